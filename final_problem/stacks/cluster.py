@@ -1,0 +1,146 @@
+"""The EKS cluster: control plane, Graviton node group, storage driver, platform charts."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_eks_v2 as eks
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from final_problem.config import Settings
+from final_problem.errors import ConfigError
+from final_problem.stacks.platform import Platform
+
+#: All five control-plane log types (EKS user guide, "Control plane logging").
+CONTROL_PLANE_LOGS = (
+    eks.ClusterLoggingTypes.API,
+    eks.ClusterLoggingTypes.AUDIT,
+    eks.ClusterLoggingTypes.AUTHENTICATOR,
+    eks.ClusterLoggingTypes.CONTROLLER_MANAGER,
+    eks.ClusterLoggingTypes.SCHEDULER,
+)
+#: The EBS CSI driver's controller service account (aws-ebs-csi-driver Helm chart and
+#: EKS add-on default), bound to the driver's IAM role through EKS Pod Identity.
+EBS_CSI_SERVICE_ACCOUNT = "ebs-csi-controller-sa"
+
+
+def kubectl_layer(scope: Construct, version: str) -> lambda_.ILayerVersion:
+    """The kubectl Lambda layer matching the cluster version.
+
+    Each Kubernetes minor version has its own PyPI package,
+    ``aws-cdk.lambda-layer-kubectl-vNN`` (aws-eks-v2 README, "Kubectl Support").
+    """
+    minor = version.split(".")[1]
+    module = f"aws_cdk.lambda_layer_kubectl_v{minor}"
+    try:
+        layer = getattr(importlib.import_module(module), f"KubectlV{minor}Layer")
+    except ImportError as e:
+        raise ConfigError(
+            "kubernetes_version", version,
+            f"the kubectl layer package for it is not installed ({module})",
+            f"pip install aws-cdk.lambda-layer-kubectl-v{minor}, or use the default version",
+        ) from e
+    return layer(scope, "KubectlLayer")
+
+
+class ClusterStack(cdk.Stack):
+    """An EKS cluster (aws_eks_v2) with the platform applied.
+
+    - secrets encrypted with a customer-managed KMS key (rotation on);
+    - all control-plane log types sent to CloudWatch;
+    - API endpoint private, public only from ``endpoint_public_cidrs``;
+    - a managed node group, Graviton by default, in the private subnets;
+    - EKS Pod Identity agent and the EBS CSI driver add-on using it;
+    - an access entry granting ``admin_role_arn`` cluster-admin, when given;
+    - the enabled charts (see :class:`Platform`).
+
+    Exposes ``cluster``, ``nodegroup``, ``secrets_key`` and ``platform``.
+    """
+
+    def __init__(self, scope: Construct, id: str, *, settings: Settings, vpc: ec2.IVpc, **kwargs: Any) -> None:
+        super().__init__(scope, id, **kwargs)
+        self.secrets_key = kms.Key(
+            self, "SecretsKey",
+            description=f"Envelope encryption of Kubernetes Secrets in {settings.cluster_name}",
+            enable_key_rotation=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        private = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        self.cluster = eks.Cluster(
+            self, "Cluster",
+            cluster_name=settings.cluster_name,
+            version=eks.KubernetesVersion.of(settings.kubernetes_version),
+            vpc=vpc,
+            vpc_subnets=[private],
+            endpoint_access=_endpoint_access(settings),
+            cluster_logging=list(CONTROL_PLANE_LOGS),
+            secrets_encryption_key=self.secrets_key,
+            # Nodes come from the managed node group below, not Auto Mode or a default group.
+            default_capacity_type=eks.DefaultCapacityType.NODEGROUP,
+            default_capacity=0,
+            kubectl_provider_options=eks.KubectlProviderOptions(
+                kubectl_layer=kubectl_layer(self, settings.kubernetes_version),
+            ),
+        )
+        self.nodegroup = self.cluster.add_nodegroup_capacity(
+            "Workers",
+            instance_types=[ec2.InstanceType(settings.node_instance_type)],
+            ami_type=(
+                eks.NodegroupAmiType.AL2023_ARM_64_STANDARD if settings.is_graviton
+                else eks.NodegroupAmiType.AL2023_X86_64_STANDARD
+            ),
+            min_size=settings.node_min,
+            desired_size=settings.node_desired,
+            max_size=settings.node_max,
+            subnets=private,
+            # One node at a time, so quorum sets (PDB maxUnavailable 1) keep quorum.
+            max_unavailable=1,
+        )
+        self.pod_identity_agent = eks.Addon(
+            self, "PodIdentityAgent", cluster=self.cluster, addon_name="eks-pod-identity-agent"
+        )
+        self.ebs_csi_role = iam.Role(
+            self, "EbsCsiDriverRole",
+            assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com").with_session_tags(),
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("service-role/AmazonEBSCSIDriverPolicy")],
+            description="EBS CSI driver controller, through EKS Pod Identity",
+        )
+        self.ebs_csi_driver = eks.CfnAddon(
+            self, "EbsCsiDriver",
+            addon_name="aws-ebs-csi-driver",
+            cluster_name=self.cluster.cluster_name,
+            pod_identity_associations=[
+                eks.CfnAddon.PodIdentityAssociationProperty(
+                    role_arn=self.ebs_csi_role.role_arn, service_account=EBS_CSI_SERVICE_ACCOUNT
+                )
+            ],
+            resolve_conflicts="OVERWRITE",
+        )
+        self.ebs_csi_driver.node.add_dependency(self.pod_identity_agent)
+        self.ebs_csi_driver.node.add_dependency(self.nodegroup)
+        if settings.admin_role_arn:
+            self.cluster.grant_access(
+                "AdminRoleAccess",
+                settings.admin_role_arn,
+                [eks.AccessPolicy.from_access_policy_name(
+                    "AmazonEKSClusterAdminPolicy", access_scope_type=eks.AccessScopeType.CLUSTER
+                )],
+            )
+        self.platform = Platform(self, "Platform", cluster=self.cluster, settings=settings)
+        # Volumes need the CSI driver and pods need nodes before charts are applied.
+        for manifest in self.platform.manifests.values():
+            manifest.node.add_dependency(self.ebs_csi_driver)
+            manifest.node.add_dependency(self.nodegroup)
+
+
+def _endpoint_access(settings: Settings) -> eks.EndpointAccess:
+    if not settings.endpoint_public_cidrs:
+        return eks.EndpointAccess.PRIVATE
+    base = eks.EndpointAccess.PUBLIC_AND_PRIVATE if settings.endpoint_private_access else eks.EndpointAccess.PUBLIC
+    return base.only_from(*settings.endpoint_public_cidrs)

@@ -1,0 +1,22 @@
+"""Every version and image reference the platform pins, each with its source.
+
+Images are official, multi-arch (linux/amd64 and linux/arm64) and pinned to exact tags:
+EKS nodes default to Graviton (arm64), the same architecture as a Raspberry Pi 4/5.
+"""
+
+from __future__ import annotations
+
+# Kubernetes: the newest version that both ``aws_eks_v2.KubernetesVersion`` (V1_36 in
+# aws-cdk-lib 2.275) and a published kubectl layer package (aws-cdk.lambda-layer-kubectl-v36
+# on PyPI) support. The layer package is chosen from this value in
+# final_problem/stacks/cluster.py.
+KUBERNETES_VERSION = "1.36"
+SUPPORTED_KUBERNETES_VERSIONS = ("1.33", "1.34", "1.35", "1.36")
+
+# Python runtime for in-cluster helper Jobs (secret generation).
+# Source: docker-library/official-images, library/python: "3.13.9-slim-trixie",
+# Architectures: amd64, arm32v5, arm32v7, arm64v8, i386, ppc64le, riscv64, s390x.
+PYTHON_IMAGE = "docker.io/library/python:3.13.9-slim-trixie"
+
+# The platform's own version, the app.kubernetes.io/version of platform-wide objects.
+PLATFORM_VERSION = "0.1.0"
