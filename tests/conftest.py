@@ -1,0 +1,107 @@
+"""Shared fixtures: one synthesis of the whole platform per session, reused by all tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+import pytest
+
+from final_problem import app as platform_app
+from final_problem import components, config, manifests
+from final_problem.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CDK_JSON = json.loads((ROOT / "cdk.json").read_text())["context"]
+
+
+def all_components() -> tuple[str, ...]:
+    """Every registered component: the tests render all of them."""
+    components.resolve(("base",))  # imports the bundled charts
+    return tuple(components.COMPONENTS)
+
+
+@lru_cache(maxsize=None)
+def full_settings() -> Settings:
+    return config.from_mapping({**CDK_JSON, "components": list(all_components())})
+
+
+@lru_cache(maxsize=None)
+def rendered(profile: str) -> tuple[dict[str, list[dict[str, Any]]], ...]:
+    """Objects of every chart of ``profile``, keyed by component (cached per session)."""
+    charts = manifests.render(full_settings(), profile)
+    return ({name: manifests.chart_objects(chart) for name, chart in charts.items()},)
+
+
+def objects_of(profile: str) -> list[dict[str, Any]]:
+    return [o for objs in rendered(profile)[0].values() for o in objs]
+
+
+def new_app(outdir: Path | None = None, **context: Any) -> cdk.App:
+    """A CDK app with the project's context (feature flags included), as `cdk synth` sees it.
+
+    Version reporting stays on so cfn-lint recognises CDK output (``AWS::CDK::Metadata``).
+    """
+    return cdk.App(
+        outdir=str(outdir) if outdir else None,
+        context={**CDK_JSON, "aws:cdk:version-reporting": True, **context},
+    )
+
+
+@dataclass
+class Synth:
+    app: cdk.App
+    stacks: platform_app.PlatformStacks
+    outdir: Path
+    dist: Path
+    templates: dict[str, dict[str, Any]]
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    """The whole platform with every component enabled, synthesized once."""
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    dist = tmp_path_factory.mktemp("dist")
+    app = new_app(outdir=outdir)
+    stacks = platform_app.build(app, full_settings())
+    platform_app.write_dist(stacks, dist)
+    assembly = app.synth()
+    platform_app.check_template_sizes(assembly)
+    templates = {s.stack_name: s.template for s in assembly.stacks}
+    return Synth(app=app, stacks=stacks, outdir=outdir, dist=dist, templates=templates)
+
+
+_ASSET_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def mask(value: Any) -> Any:
+    """Hide what changes without a change of ours: asset hashes and CDK's version metadata."""
+    if isinstance(value, dict):
+        return {k: mask(v) for k, v in value.items() if k != "CDKMetadata"}
+    if isinstance(value, list):
+        return [mask(v) for v in value]
+    if isinstance(value, str):
+        return _ASSET_HASH.sub("<asset-hash>", value)
+    return value
+
+
+def require_binary(name: str, package: str) -> str:
+    """Path of a system binary an integration test needs; fail (never skip) without it."""
+    path = shutil.which(name)
+    if not path:
+        pytest.fail(f"{name} is not installed: run `sudo make system-deps` (Debian package {package})")
+    return path
+
+
+def checkov_binary() -> str:
+    path = os.environ.get("CHECKOV") or shutil.which("checkov")
+    if not path or not Path(path).exists():
+        pytest.fail("checkov is not installed: `make test` installs it into .tools/checkov")
+    return path
