@@ -20,3 +20,12 @@ PYTHON_IMAGE = "docker.io/library/python:3.13.9-slim-trixie"
 
 # The platform's own version, the app.kubernetes.io/version of platform-wide objects.
 PLATFORM_VERSION = "0.1.0"
+
+# Redis: the official image, Debian trixie variant.
+# Source: docker-library/official-images, library/redis (Aug 2026):
+# "Tags: 8.10.1, 8.10, 8, 8.10.1-trixie, ...", Architectures: amd64, arm32v5, arm32v7,
+# arm64v8, i386, riscv64, ppc64le, s390x. The image's redis user is uid/gid 999.
+# The rendered configuration uses only directives Redis 7.0 (Debian 12, used by the
+# integration tests) also accepts; see final_problem/renderers/redis.py.
+REDIS_VERSION = "8.10.1"
+REDIS_IMAGE = f"docker.io/library/redis:{REDIS_VERSION}-trixie"

@@ -1,0 +1,317 @@
+"""A Redis primary, its replicas and Sentinels on loopback, started like the chart starts them.
+
+Each member runs the chart's ``start-redis.sh`` and each Sentinel ``start-sentinel.sh``
+with the files :func:`final_problem.renderers.redis.config_files` renders; only ports
+(free loopback ports), the bind address (127.0.0.1) and directories (a work folder)
+differ. Passwords are generated per run, as the cluster's secret Job would.
+
+Needs ``redis-server`` and ``redis-cli`` (Debian: redis-server, redis-tools).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import redis
+from redis.sentinel import Sentinel
+
+from final_problem.renderers.redis import ADMIN_USER, APP_USER, RedisConfigOptions, config_files
+
+HOST = "127.0.0.1"
+T = TypeVar("T")
+
+
+class LocalRedisError(RuntimeError):
+    """A local server did not start or did not reach the expected state in time."""
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free right now (held open together, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_for(what: str, check: Callable[[], T | None], *, timeout_s: float, interval_s: float = 0.05) -> T:
+    """Poll ``check`` until it returns a truthy value; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except (redis.RedisError, OSError) as e:
+            last_error = e
+        time.sleep(interval_s)
+    raise LocalRedisError(f"timed out after {timeout_s:.0f} s waiting for {what} (last error: {last_error})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Passwords:
+    """The three credentials of the chart's ``redis-auth`` Secret."""
+
+    admin: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    app: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    sentinel: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+
+@dataclass
+class _Process:
+    name: str
+    port: int
+    config_dir: Path
+    runtime_dir: Path
+    env: dict[str, str]
+    script: str
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+
+class LocalRedisSet:
+    """``members`` Redis servers (the first is the first-boot primary) and ``sentinels`` Sentinels.
+
+    Use as a context manager: every process started is killed on exit, even on failure.
+    """
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        options: RedisConfigOptions,
+        members: int = 3,
+        sentinels: int = 3,
+        passwords: Passwords | None = None,
+        redis_server: str = "redis-server",
+    ) -> None:
+        self.workdir = workdir
+        self.options = options
+        self.passwords = passwords or Passwords()
+        self.redis_server = shutil.which(redis_server) or redis_server
+        ports = free_ports(members + sentinels)
+        self.member_ports = ports[:members]
+        self.sentinel_ports = ports[members:]
+        sentinel_list = " ".join(f"{HOST}:{p}" for p in self.sentinel_ports)
+        common = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "REDIS_MASTER_NAME": options.master_name,
+            "REDIS_PRIMARY_FALLBACK": f"{HOST}:{self.member_ports[0]}",
+            "REDIS_SENTINELS": sentinel_list,
+            "REDIS_ADMIN_PASSWORD": self.passwords.admin,
+            "REDIS_APP_PASSWORD": self.passwords.app,
+            "REDIS_SENTINEL_PASSWORD": self.passwords.sentinel,
+            "REDIS_ANNOUNCE_HOST": HOST,
+            "SENTINEL_QUORUM": str(options.quorum),
+            "REDIS_SERVER": self.redis_server,
+        }
+        self.members: list[_Process] = []
+        self.sentinels: list[_Process] = []
+        for kind, port_list, target, script in (
+            ("redis", self.member_ports, self.members, "start-redis.sh"),
+            ("sentinel", self.sentinel_ports, self.sentinels, "start-sentinel.sh"),
+        ):
+            for index, port in enumerate(port_list):
+                name = f"{kind}-{index}"
+                base = workdir / name
+                config_dir, runtime_dir, data_dir = base / "config", base / "run", base / "data"
+                for d in (config_dir, runtime_dir, data_dir):
+                    d.mkdir(parents=True, exist_ok=True)
+                rendered = dataclasses.replace(
+                    options, port=port if kind == "redis" else options.port,
+                    sentinel_port=port if kind == "sentinel" else options.sentinel_port,
+                    bind=HOST, data_dir=str(data_dir),
+                )
+                for file_name, text in config_files(rendered).items():
+                    (config_dir / file_name).write_text(text)
+                env = {
+                    **common,
+                    "REDIS_CONFIG_DIR": str(config_dir),
+                    "REDIS_RUNTIME_DIR": str(runtime_dir),
+                    "REDIS_PORT": str(port if kind == "redis" else options.port),
+                    "SENTINEL_PORT": str(port if kind == "sentinel" else options.sentinel_port),
+                }
+                target.append(_Process(
+                    name=name, port=port, config_dir=config_dir, runtime_dir=runtime_dir,
+                    env=env, script=script, log=base / "server.log",
+                ))
+
+    # Lifecycle -----------------------------------------------------------------------
+
+    def __enter__(self) -> "LocalRedisSet":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, proc: _Process) -> None:
+        with proc.log.open("ab") as log:
+            proc.popen = subprocess.Popen(
+                ["sh", str(proc.config_dir / proc.script)],
+                env=proc.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def start(self, *, timeout_s: float = 20) -> None:
+        """Start the members (first the first-boot primary), then the Sentinels; wait until
+        replication is up and every Sentinel sees all replicas and peers."""
+        for index in range(len(self.members)):
+            self.start_member(index, timeout_s=timeout_s)
+        for index in range(len(self.members)):
+            if index:
+                self.wait_replica_linked(index, timeout_s=timeout_s)
+        for proc in self.sentinels:
+            self._spawn(proc)
+        for index in range(len(self.sentinels)):
+            self.wait_sentinel_ready(index, timeout_s=timeout_s)
+
+    def start_member(self, index: int, *, timeout_s: float = 20) -> None:
+        """Start member ``index`` through the chart's start script and wait until it answers."""
+        proc = self.members[index]
+        self._spawn(proc)
+        wait_for(f"{proc.name} to answer", lambda: self._alive(proc) and self.admin(index).ping(), timeout_s=timeout_s)
+
+    def kill_member(self, index: int) -> None:
+        """Kill member ``index`` hard (SIGKILL: no shutdown, no final fsync)."""
+        self._kill(self.members[index])
+
+    def stop(self) -> None:
+        """Kill every process this set started."""
+        for proc in self.sentinels + self.members:
+            self._kill(proc)
+
+    def _alive(self, proc: _Process) -> bool:
+        if proc.popen is None or proc.popen.poll() is not None:
+            raise LocalRedisError(f"{proc.name} exited; log {proc.log}:\n{self.log_tail(proc)}")
+        return True
+
+    @staticmethod
+    def _kill(proc: _Process) -> None:
+        if proc.popen is None:
+            return
+        if proc.popen.poll() is None:
+            try:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.popen.wait(timeout=10)
+        finally:
+            proc.popen = None
+
+    @staticmethod
+    def log_tail(proc: _Process, lines: int = 20) -> str:
+        try:
+            return "\n".join(proc.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    # Clients ---------------------------------------------------------------------------
+
+    def admin(self, index: int) -> redis.Redis:
+        return redis.Redis(
+            host=HOST, port=self.member_ports[index], username=ADMIN_USER, password=self.passwords.admin,
+            socket_timeout=2, socket_connect_timeout=2, decode_responses=True,
+        )
+
+    def sentinel_admin(self, index: int) -> redis.Redis:
+        return redis.Redis(
+            host=HOST, port=self.sentinel_ports[index], password=self.passwords.sentinel,
+            socket_timeout=2, socket_connect_timeout=2, decode_responses=True,
+        )
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [(HOST, p) for p in self.sentinel_ports]
+
+    def client_env(self) -> dict[str, str]:
+        """What an application gets in the cluster, as environment variables."""
+        return {
+            "REDIS_SENTINELS": ",".join(f"{h}:{p}" for h, p in self.sentinel_addresses),
+            "REDIS_MASTER_NAME": self.options.master_name,
+            "REDIS_USERNAME": APP_USER,
+            "REDIS_PASSWORD": self.passwords.app,
+            "REDIS_SENTINEL_PASSWORD": self.passwords.sentinel,
+        }
+
+    # State -------------------------------------------------------------------------------
+
+    def primary_by_sentinel(self, index: int = 0) -> tuple[str, int] | None:
+        answer = self.sentinel_admin(index).execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.options.master_name
+        )
+        return (answer[0], int(answer[1])) if answer else None
+
+    def member_index(self, port: int) -> int:
+        return self.member_ports.index(port)
+
+    def replication(self, index: int) -> dict[str, object]:
+        return self.admin(index).info("replication")
+
+    def wait_replica_linked(self, index: int, *, primary_port: int | None = None, timeout_s: float = 20) -> dict[str, object]:
+        """Wait until member ``index`` is a replica with its link up (to ``primary_port`` if given)."""
+        def linked() -> dict[str, object] | None:
+            self._alive(self.members[index])
+            info = self.replication(index)
+            if info.get("role") != "slave" or info.get("master_link_status") != "up":
+                return None
+            if primary_port is not None and int(info.get("master_port", 0)) != primary_port:
+                return None
+            return info
+        return wait_for(f"{self.members[index].name} to replicate", linked, timeout_s=timeout_s)
+
+    def wait_sentinel_ready(self, index: int, *, timeout_s: float = 20) -> None:
+        """Wait until Sentinel ``index`` sees every replica and every other Sentinel."""
+        replicas, peers = len(self.members) - 1, len(self.sentinels) - 1
+        name = self.options.master_name
+
+        def ready() -> bool:
+            self._alive(self.sentinels[index])
+            state = self.sentinel_admin(index).execute_command("SENTINEL", "MASTER", name)
+            fields = dict(zip(state[::2], state[1::2])) if isinstance(state, list) else dict(state)
+            return int(fields["num-slaves"]) >= replicas and int(fields["num-other-sentinels"]) >= peers
+        wait_for(f"{self.sentinels[index].name} to see the whole set", ready, timeout_s=timeout_s)
+
+    def wait_new_primary(self, old_port: int, *, timeout_s: float) -> tuple[int, float]:
+        """Wait until every Sentinel names a primary other than ``old_port``; return its
+        port and the seconds it took from the call."""
+        started = time.monotonic()
+
+        def promoted() -> int | None:
+            seen = {self.primary_by_sentinel(i) for i in range(len(self.sentinels))}
+            if len(seen) == 1:
+                (addr,) = seen
+                if addr and addr[1] != old_port:
+                    return addr[1]
+            return None
+        port = wait_for("Sentinel to promote a replica", promoted, timeout_s=timeout_s, interval_s=0.02)
+        return port, time.monotonic() - started
+
+    def sentinel_client(self, **kwargs: object) -> Sentinel:
+        """redis-py's Sentinel as the application user."""
+        return Sentinel(
+            self.sentinel_addresses,
+            sentinel_kwargs={"password": self.passwords.sentinel, "socket_timeout": 1},
+            username=APP_USER, password=self.passwords.app, **kwargs,
+        )
