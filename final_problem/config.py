@@ -79,6 +79,17 @@ class Settings:
     components: tuple[str, ...] = ("base",)
     #: Render profiles written to dist/<profile>. Default: both.
     profiles: tuple[str, ...] = ("eks", "pi")
+    #: Redis (final_problem/charts/redis.py). Unset means the default of
+    #: :class:`~final_problem.charts.redis.RedisProps` for the profile, where each is
+    #: documented and validated.
+    redis_replicas: int | None = None
+    redis_sentinels: int | None = None
+    redis_quorum: int | None = None
+    redis_down_after_ms: int | None = None
+    redis_failover_timeout_ms: int | None = None
+    redis_maxmemory_mib: int | None = None
+    redis_maxmemory_policy: str | None = None
+    redis_storage_gib: int | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -197,6 +208,12 @@ def _as_tuple(key: str, v: Any) -> tuple[str, ...]:
     raise ConfigError(key, v, "not a list", f"use a comma-separated list, e.g. -c {key}=a,b")
 
 
+def _as_opt_int(key: str, v: Any) -> int | None:
+    if v is None or v == "":
+        return None
+    return _as_int(key, v)
+
+
 def _as_opt_str(key: str, v: Any) -> str | None:
     if v is None or v == "":
         return None
@@ -218,6 +235,7 @@ for _f in dataclasses.fields(Settings):
         _as_bool if _t == "bool"
         else _as_int if _t == "int"
         else _as_tuple if _t.startswith("tuple")
+        else _as_opt_int if _t == "int | None"
         else _as_opt_str if _t.endswith("None")
         else _as_str
     )

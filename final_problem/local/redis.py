@@ -66,11 +66,12 @@ def wait_for(what: str, check: Callable[[], T | None], *, timeout_s: float, inte
 
 @dataclass(frozen=True, kw_only=True)
 class Passwords:
-    """The three credentials of the chart's ``redis-auth`` Secret."""
+    """The credentials of the chart's ``redis-auth`` Secret."""
 
     admin: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     app: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     sentinel: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    metrics: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
 
 @dataclass
@@ -117,6 +118,7 @@ class LocalRedisSet:
             "REDIS_ADMIN_PASSWORD": self.passwords.admin,
             "REDIS_APP_PASSWORD": self.passwords.app,
             "REDIS_SENTINEL_PASSWORD": self.passwords.sentinel,
+            "REDIS_METRICS_PASSWORD": self.passwords.metrics,
             "REDIS_ANNOUNCE_HOST": HOST,
             "SENTINEL_QUORUM": str(options.quorum),
             "REDIS_SERVER": self.redis_server,

@@ -40,6 +40,9 @@ ADMIN_USER = "admin"
 #: category list is ``ACL CAT dangerous``).
 APP_USER = "app"
 APP_PERMISSIONS = "~* &* +@all -@dangerous"
+#: ACL user of probes and the metrics sidecar: PING and INFO, no keys.
+METRICS_USER = "metrics"
+METRICS_PERMISSIONS = "-@all +ping +info"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +146,8 @@ def sentinel_master_conf(options: RedisConfigOptions) -> str:
 #   REDIS_ANNOUNCE_HOST   this member's stable name (its pod DNS name)
 #   REDIS_PRIMARY_FALLBACK  host:port of the first member: the primary on first boot only
 #   REDIS_SENTINELS    space-separated host:port of every Sentinel
-#   REDIS_ADMIN_PASSWORD, REDIS_APP_PASSWORD, REDIS_SENTINEL_PASSWORD (secretKeyRef)
+#   REDIS_ADMIN_PASSWORD, REDIS_APP_PASSWORD, REDIS_METRICS_PASSWORD,
+#   REDIS_SENTINEL_PASSWORD (secretKeyRef)
 #   REDIS_SERVER       the redis-server binary (default: redis-server on PATH)
 
 #: Shared shell functions: ask the Sentinels which member is the primary now.
@@ -193,7 +197,8 @@ START_REDIS = r"""#!/bin/sh
 # boot) is the first member the primary.
 . "$REDIS_CONFIG_DIR/lib.sh"
 require REDIS_CONFIG_DIR REDIS_RUNTIME_DIR REDIS_PORT REDIS_ANNOUNCE_HOST REDIS_PRIMARY_FALLBACK \
-  REDIS_SENTINELS REDIS_MASTER_NAME REDIS_ADMIN_PASSWORD REDIS_APP_PASSWORD REDIS_SENTINEL_PASSWORD
+  REDIS_SENTINELS REDIS_MASTER_NAME REDIS_ADMIN_PASSWORD REDIS_APP_PASSWORD REDIS_SENTINEL_PASSWORD \
+  REDIS_METRICS_PASSWORD
 
 primary=$(current_primary)
 source="sentinel"
@@ -216,6 +221,7 @@ conf="$REDIS_RUNTIME_DIR/redis.conf"
   echo "user default off resetpass -@all"
   echo "user admin on >$REDIS_ADMIN_PASSWORD ~* &* +@all"
   echo "user app on >$REDIS_APP_PASSWORD __APP_PERMISSIONS__"
+  echo "user metrics on >$REDIS_METRICS_PASSWORD __METRICS_PERMISSIONS__"
   if [ "$primary_host" = "$REDIS_ANNOUNCE_HOST" ] && [ "$primary_port" = "$REDIS_PORT" ]; then
     echo "starting as primary ($source)" >&2
   else
@@ -225,7 +231,9 @@ conf="$REDIS_RUNTIME_DIR/redis.conf"
 } > "$conf.tmp"
 mv "$conf.tmp" "$conf"
 exec "${REDIS_SERVER:-redis-server}" "$conf"
-""".replace("__APP_PERMISSIONS__", APP_PERMISSIONS)
+""".replace("__APP_PERMISSIONS__", APP_PERMISSIONS).replace(
+    "__METRICS_PERMISSIONS__", METRICS_PERMISSIONS
+)
 
 #: Start one Sentinel monitoring the primary the other Sentinels know.
 START_SENTINEL = r"""#!/bin/sh
@@ -261,7 +269,8 @@ echo "monitoring $REDIS_MASTER_NAME at $1:$2" >&2
 exec "${REDIS_SERVER:-redis-server}" "$conf" --sentinel
 """
 
-#: Probes. They authenticate: an unauthenticated PING is refused by design.
+#: Probes. They authenticate (Redis as the metrics user): an unauthenticated PING is
+#: refused by design.
 #:   redis-live      the server answers (PONG, or LOADING while it reads its AOF)
 #:   redis-ready     PONG, and on a replica the link to its primary is up
 #:   sentinel-live   the Sentinel answers PING
@@ -273,13 +282,13 @@ cli() {
 }
 case "$1" in
   redis-live)
-    out=$(REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" cli --user admin -p "$REDIS_PORT" PING 2>&1 || true)
+    out=$(REDISCLI_AUTH="$REDIS_METRICS_PASSWORD" cli --user metrics -p "$REDIS_PORT" PING 2>&1 || true)
     case "$out" in PONG|LOADING*|*"MASTERDOWN"*) exit 0 ;; *) echo "$out"; exit 1 ;; esac
     ;;
   redis-ready)
-    out=$(REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" cli --user admin -p "$REDIS_PORT" PING)
+    out=$(REDISCLI_AUTH="$REDIS_METRICS_PASSWORD" cli --user metrics -p "$REDIS_PORT" PING)
     [ "$out" = "PONG" ] || { echo "$out"; exit 1; }
-    info=$(REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" cli --user admin -p "$REDIS_PORT" INFO replication)
+    info=$(REDISCLI_AUTH="$REDIS_METRICS_PASSWORD" cli --user metrics -p "$REDIS_PORT" INFO replication)
     case "$info" in
       *role:master*) exit 0 ;;
       *master_link_status:up*) exit 0 ;;

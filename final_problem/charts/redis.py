@@ -1,0 +1,431 @@
+"""Redis: a replicated primary with Sentinel failover, authentication and persistence.
+
+Creates, in the ``redis`` namespace (Pod Security "restricted", default-deny):
+
+- Secret ``redis-auth`` generated in the cluster (keys ``admin-password``,
+  ``app-password``, ``sentinel-password``, ``metrics-password``); no value is in any
+  manifest;
+- StatefulSet ``redis``: one primary and ``replicas`` replicas, AOF persistence
+  (``appendfsync everysec``) on retained volumes, a PDB, hostname anti-affinity and zone
+  spread; a metrics sidecar serves ``INFO`` as Prometheus text on 9121;
+- StatefulSet ``redis-sentinel``: ``sentinels`` Sentinels (quorum a majority), one per
+  node, with a PDB;
+- headless Services for stable member names, Service ``redis-sentinel`` for clients;
+- NetworkPolicies: Redis and Sentinel ports from each other and from namespaces labelled
+  ``final-problem.io/redis-client: "true"``; metrics from namespaces labelled
+  ``final-problem.io/metrics-scraper: "true"``.
+
+ACL users: ``admin`` (replication, Sentinel, operators), ``app`` (everything but
+``@dangerous``), ``metrics`` (PING, INFO); the ``default`` user is off.
+Sources: Redis docs, "High availability with Redis Sentinel", "ACL", "Redis persistence";
+official image docs, hub.docker.com/_/redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+
+from constructs import Construct
+
+from final_problem import versions
+from final_problem.clients import redis_exporter
+from final_problem.components import PlatformChart, register
+from final_problem.config import Settings
+from final_problem.constructs.labels import set_component
+from final_problem.constructs.namespace import RestrictedNamespace, ports
+from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
+from final_problem.constructs.secrets import GeneratedSecrets, SecretSpec
+from final_problem.constructs.security import Sizing, container_context, raw_resources
+from final_problem.errors import ConfigError
+from final_problem.imports import k8s
+from final_problem.profiles import Profile
+from final_problem.renderers.redis import MAXMEMORY_POLICIES, RedisConfigOptions, config_files
+
+#: uid and gid of the ``redis`` user in the official image (its Dockerfile: groupadd -r -g 999).
+REDIS_UID = 999
+CLIENT_NAMESPACE_LABEL = ("final-problem.io/redis-client", "true")
+METRICS_NAMESPACE_LABEL = ("final-problem.io/metrics-scraper", "true")
+METRICS_PORT = 9121
+CONFIG_DIR = "/opt/redis/config"
+RUNTIME_DIR = "/run/redis"
+EXPORTER_SCRIPT = Path(redis_exporter.__file__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisProps:
+    """What a user can choose about Redis; :meth:`for_profile` gives the per-profile defaults."""
+
+    #: Replicas of the primary. Default 2: after a failover one replica is left, so
+    #: ``WAIT 1`` still succeeds. The data StatefulSet uses the quorum building block,
+    #: which places an odd number of pods (1 primary + replicas).
+    replicas: int = 2
+    #: Sentinels. Default 3, the minimum for a robust deployment
+    #: (Redis docs, "Sentinel", "Fundamental things to know").
+    sentinels: int = 3
+    #: Sentinels that must agree the primary is down. Default 2, a majority of 3.
+    quorum: int = 2
+    #: Milliseconds without a valid reply before a Sentinel sees the primary as down.
+    #: Default 5000 (the shipped sentinel.conf uses 30000; 5 s cuts the write outage of
+    #: a failover while staying well above Sentinel's 1 s ping period).
+    down_after_ms: int = 5000
+    #: Sentinel failover timeout. Default 60000 (sentinel.conf ships 180000; a
+    #: failover of a small dataset completes in seconds, and a stuck one is retried after
+    #: twice this).
+    failover_timeout_ms: int = 60000
+    #: Redis ``maxmemory``. Default 1024 MiB on EKS, 192 MiB on a Pi.
+    maxmemory_mib: int = 1024
+    #: Eviction policy. Default ``volatile-lru``: cache entries (keys with a TTL) are
+    #: evicted, state without a TTL never is (writes fail instead once memory is full).
+    maxmemory_policy: str = "volatile-lru"
+    #: Volume per member. Default 8 GiB on EKS, 2 GiB on a Pi.
+    storage_gib: int = 8
+    #: Redis container. Memory request = limit (no overcommit) at twice maxmemory: a
+    #: fork for AOF rewrite or a replica sync may copy every page it writes (Redis docs,
+    #: "Redis persistence", and "Memory optimization").
+    redis_sizing: Sizing = field(default_factory=lambda: Sizing(
+        cpu_request_m=250, cpu_limit_m=1000, memory_request_mib=2048, memory_limit_mib=2048))
+    sentinel_sizing: Sizing = field(default_factory=lambda: Sizing(
+        cpu_request_m=50, cpu_limit_m=200, memory_request_mib=32, memory_limit_mib=64))
+    metrics_sizing: Sizing = field(default_factory=lambda: Sizing(
+        cpu_request_m=10, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=64))
+
+    def __post_init__(self) -> None:
+        if self.replicas < 2 or self.replicas % 2:
+            raise ConfigError(
+                "redis.replicas", self.replicas,
+                "must be an even number of at least 2: one replica left after a failover keeps "
+                "WAIT 1 working, and 1 primary + replicas must be odd for the quorum StatefulSet",
+                "use 2 or 4",
+            )
+        if self.sentinels < 3 or self.sentinels % 2 == 0:
+            raise ConfigError(
+                "redis.sentinels", self.sentinels,
+                "must be odd and at least 3: a failover needs a majority of Sentinels, and an even "
+                "count tolerates no more failures than the odd one below it",
+                "use 3 or 5",
+            )
+        majority = self.sentinels // 2 + 1
+        if not majority <= self.quorum <= self.sentinels:
+            raise ConfigError(
+                "redis.quorum", self.quorum,
+                f"must be a majority of the {self.sentinels} Sentinels ({majority} to {self.sentinels}), "
+                "so a minority partition cannot declare the primary down",
+                f"use {majority}",
+            )
+        if not 1000 <= self.down_after_ms <= 600_000:
+            raise ConfigError(
+                "redis.down_after_ms", self.down_after_ms,
+                "must be 1000 to 600000: Sentinel pings once a second, so less than 1 s fails over on "
+                "one late reply",
+                "use e.g. 5000",
+            )
+        if self.failover_timeout_ms < 2 * self.down_after_ms:
+            raise ConfigError(
+                "redis.failover_timeout_ms", self.failover_timeout_ms,
+                f"must be at least twice down_after_ms ({self.down_after_ms}), or a failover can time "
+                "out before the replicas are reconfigured",
+                f"use {max(60_000, 2 * self.down_after_ms)}",
+            )
+        if self.maxmemory_policy not in MAXMEMORY_POLICIES:
+            raise ConfigError(
+                "redis.maxmemory_policy", self.maxmemory_policy,
+                "not an eviction policy Redis knows", f"use one of {', '.join(MAXMEMORY_POLICIES)}",
+            )
+        if self.maxmemory_mib < 16:
+            raise ConfigError("redis.maxmemory_mib", self.maxmemory_mib, "below 16 MiB Redis is of no use", "use 16 or more")
+        if 2 * self.maxmemory_mib > self.redis_sizing.memory_limit_mib:
+            raise ConfigError(
+                "redis.maxmemory_mib", self.maxmemory_mib,
+                f"must be at most half the container memory limit ({self.redis_sizing.memory_limit_mib} MiB): "
+                "a fork for persistence or replication can double the memory in use",
+                f"use {self.redis_sizing.memory_limit_mib // 2} or less, or raise the limit",
+            )
+        needed = math.ceil(3 * self.maxmemory_mib / 1024)
+        if self.storage_gib < needed:
+            raise ConfigError(
+                "redis.storage_gib", self.storage_gib,
+                f"must hold three times maxmemory ({self.maxmemory_mib} MiB): the AOF grows to twice the "
+                "data before it is rewritten, and the rewrite and an RDB snapshot sit beside it",
+                f"use {needed} or more",
+            )
+
+    @classmethod
+    def for_profile(cls, profile: Profile, **overrides: object) -> "RedisProps":
+        """Defaults of ``profile`` (a Pi gets less memory and disk, the same counts), then ``overrides``."""
+        base: dict[str, object] = {}
+        if profile.small:
+            base = {
+                "maxmemory_mib": 192,
+                "storage_gib": 2,
+                "redis_sizing": Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=384, memory_limit_mib=384),
+                "sentinel_sizing": Sizing(cpu_request_m=20, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=48),
+                "metrics_sizing": Sizing(cpu_request_m=10, cpu_limit_m=50, memory_request_mib=24, memory_limit_mib=48),
+            }
+        return cls(**{**base, **overrides})  # type: ignore[arg-type]
+
+    @classmethod
+    def from_settings(cls, settings: Settings, profile: Profile) -> "RedisProps":
+        """Props from the ``redis_*`` settings; unset ones keep the profile default."""
+        names = {f.name for f in fields(cls)}
+        overrides = {
+            name: value for name in names
+            if (value := getattr(settings, f"redis_{name}", None)) is not None
+        }
+        return cls.for_profile(profile, **overrides)
+
+    def config_options(self) -> RedisConfigOptions:
+        return RedisConfigOptions(
+            maxmemory_mib=self.maxmemory_mib,
+            maxmemory_policy=self.maxmemory_policy,
+            quorum=self.quorum,
+            down_after_ms=self.down_after_ms,
+            failover_timeout_ms=self.failover_timeout_ms,
+        )
+
+
+def _secret_env(name: str, key: str) -> k8s.EnvVar:
+    return k8s.EnvVar(
+        name=name,
+        value_from=k8s.EnvVarSource(secret_key_ref=k8s.SecretKeySelector(name=RedisChart.AUTH_SECRET, key=key)),
+    )
+
+
+def _exec_probe(check: str, *, period: int, failures: int, initial: int = 0) -> k8s.Probe:
+    return k8s.Probe(
+        exec=k8s.ExecAction(command=["sh", f"{CONFIG_DIR}/probe.sh", check]),
+        initial_delay_seconds=initial or None,
+        period_seconds=period,
+        timeout_seconds=5,
+        failure_threshold=failures,
+    )
+
+
+def _peer(selector: dict[str, str]) -> k8s.NetworkPolicyPeer:
+    return k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=selector))
+
+
+def _namespaces(label: tuple[str, str]) -> k8s.NetworkPolicyPeer:
+    return k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=dict([label])))
+
+
+@register
+class RedisChart(PlatformChart):
+    """Redis primary and replicas with Sentinel failover, in the ``redis`` namespace."""
+
+    component = "redis"
+    construct_id = "Redis"
+    requires = ("base",)
+    version = versions.REDIS_VERSION
+
+    NAMESPACE = "redis"
+    #: Secret generated in the cluster; keys ``admin-password``, ``app-password``,
+    #: ``sentinel-password``, ``metrics-password``.
+    AUTH_SECRET = "redis-auth"
+    SECRET_KEYS = ("admin-password", "app-password", "sentinel-password", "metrics-password")
+    PORT = 6379
+    SENTINEL_PORT = 26379
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: Settings,
+        profile: Profile,
+        dependencies: Mapping[str, PlatformChart],
+        props: RedisProps | None = None,
+    ) -> None:
+        super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
+        self.props = props or RedisProps.from_settings(settings, profile)
+        p = self.props
+        options = p.config_options()
+        ns = self.NAMESPACE
+        #: Sentinel's name for the primary (redis-py ``master_for``/``slave_for``).
+        self.master_name = options.master_name
+        #: Service clients give redis-py's Sentinel (port :attr:`SENTINEL_PORT`).
+        self.sentinel_service = "redis-sentinel"
+        self.sentinel_service_dns = f"{self.sentinel_service}.{ns}.svc"
+        self.client_namespace_label = dict([CLIENT_NAMESPACE_LABEL])
+
+        self.redis_namespace = RestrictedNamespace(self, "Namespace", name=ns, pss_version=f"v{settings.kubernetes_version}")
+        self.secrets = GeneratedSecrets(
+            self, "Secrets", namespace=ns, labels=self.label_set,
+            secrets=[SecretSpec(name=self.AUTH_SECRET, keys=self.SECRET_KEYS)],
+        )
+        self.secrets.node.add_dependency(self.redis_namespace)
+
+        files = {**config_files(options), "redis_exporter.py": EXPORTER_SCRIPT.read_text()}
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+        self.config_map = k8s.KubeConfigMap(
+            self, "Config", metadata=k8s.ObjectMeta(name="redis-config", namespace=ns), data=files,
+        )
+        set_component(self.config_map, "config")
+
+        redis_selector = self.label_set.selector("server")
+        sentinel_selector = self.label_set.selector("sentinel")
+        headless, sentinel_headless = "redis-headless", "redis-sentinel-headless"
+        self.headless_service = self._service("Headless", headless, redis_selector, self.PORT, "server", headless=True)
+        self.sentinel_headless_service = self._service(
+            "SentinelHeadless", sentinel_headless, sentinel_selector, self.SENTINEL_PORT, "sentinel", headless=True)
+        self.sentinel_client_service = self._service(
+            "SentinelService", self.sentinel_service, sentinel_selector, self.SENTINEL_PORT, "sentinel", headless=False)
+
+        members = 1 + p.replicas
+        member_dns = [f"redis-{i}.{headless}.{ns}.svc" for i in range(members)]
+        sentinel_dns = [f"redis-sentinel-{i}.{sentinel_headless}.{ns}.svc" for i in range(p.sentinels)]
+        common_env = [
+            k8s.EnvVar(name="POD_NAME", value_from=k8s.EnvVarSource(field_ref=k8s.ObjectFieldSelector(field_path="metadata.name"))),
+            k8s.EnvVar(name="REDIS_CONFIG_DIR", value=CONFIG_DIR),
+            k8s.EnvVar(name="REDIS_RUNTIME_DIR", value=RUNTIME_DIR),
+            k8s.EnvVar(name="REDIS_PORT", value=str(self.PORT)),
+            k8s.EnvVar(name="SENTINEL_PORT", value=str(self.SENTINEL_PORT)),
+            k8s.EnvVar(name="REDIS_MASTER_NAME", value=self.master_name),
+            k8s.EnvVar(name="REDIS_PRIMARY_FALLBACK", value=f"{member_dns[0]}:{self.PORT}"),
+            k8s.EnvVar(name="REDIS_SENTINELS", value=" ".join(f"{d}:{self.SENTINEL_PORT}" for d in sentinel_dns)),
+        ]
+        config_mount = k8s.VolumeMount(name="config", mount_path=CONFIG_DIR, read_only=True)
+        runtime_mount = k8s.VolumeMount(name="runtime", mount_path=RUNTIME_DIR)
+        config_volume = k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name="redis-config"))
+        # Memory-backed: the runtime configuration holds passwords, which never touch a disk.
+        runtime_volume = k8s.Volume(
+            name="runtime", empty_dir=k8s.EmptyDirVolumeSource(medium="Memory", size_limit=k8s.Quantity.from_string("8Mi")))
+        annotations = {"final-problem.io/config-hash": digest}
+
+        redis_container = k8s.Container(
+            name="redis",
+            image=versions.REDIS_IMAGE,
+            image_pull_policy="IfNotPresent",
+            command=["sh", f"{CONFIG_DIR}/start-redis.sh"],
+            env=common_env + [
+                k8s.EnvVar(name="REDIS_ANNOUNCE_HOST", value=f"$(POD_NAME).{headless}.{ns}.svc"),
+                _secret_env("REDIS_ADMIN_PASSWORD", "admin-password"),
+                _secret_env("REDIS_APP_PASSWORD", "app-password"),
+                _secret_env("REDIS_SENTINEL_PASSWORD", "sentinel-password"),
+                _secret_env("REDIS_METRICS_PASSWORD", "metrics-password"),
+            ],
+            ports=[k8s.ContainerPort(name="redis", container_port=self.PORT)],
+            volume_mounts=[k8s.VolumeMount(name="data", mount_path="/data"), config_mount, runtime_mount],
+            security_context=container_context(uid=REDIS_UID),
+            resources=raw_resources(p.redis_sizing),
+            # Replaying a large AOF takes a while: liveness accepts LOADING, and tolerates
+            # 6 misses in a row before a restart.
+            liveness_probe=_exec_probe("redis-live", period=10, failures=6, initial=10),
+            readiness_probe=_exec_probe("redis-ready", period=5, failures=2),
+        )
+        metrics_container = k8s.Container(
+            name="metrics",
+            image=versions.PYTHON_IMAGE,
+            image_pull_policy="IfNotPresent",
+            command=["python3", f"{CONFIG_DIR}/redis_exporter.py"],
+            env=[
+                k8s.EnvVar(name="REDIS_PORT", value=str(self.PORT)),
+                k8s.EnvVar(name="METRICS_PORT", value=str(METRICS_PORT)),
+                k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
+                _secret_env("REDIS_METRICS_PASSWORD", "metrics-password"),
+            ],
+            ports=[k8s.ContainerPort(name="metrics", container_port=METRICS_PORT)],
+            volume_mounts=[config_mount],
+            security_context=container_context(uid=REDIS_UID),
+            resources=raw_resources(p.metrics_sizing),
+            liveness_probe=k8s.Probe(
+                http_get=k8s.HttpGetAction(path="/healthz", port=k8s.IntOrString.from_number(METRICS_PORT)),
+                period_seconds=20, failure_threshold=3),
+            readiness_probe=k8s.Probe(
+                http_get=k8s.HttpGetAction(path="/metrics", port=k8s.IntOrString.from_number(METRICS_PORT)),
+                period_seconds=10, timeout_seconds=5),
+        )
+        self.redis = QuorumStatefulSet(
+            self, "Server",
+            name="redis", namespace=ns, labels=self.label_set, component="server",
+            replicas=members, service_name=headless, profile=profile, uid=REDIS_UID,
+            containers=[redis_container, metrics_container],
+            volumes=[config_volume, runtime_volume],
+            claims=[ClaimSpec(name="data", size_gib=p.storage_gib)],
+            pod_annotations={
+                **annotations,
+                "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics",
+            },
+            termination_grace_seconds=30,
+        )
+        sentinel_container = k8s.Container(
+            name="sentinel",
+            image=versions.REDIS_IMAGE,
+            image_pull_policy="IfNotPresent",
+            command=["sh", f"{CONFIG_DIR}/start-sentinel.sh"],
+            env=common_env + [
+                k8s.EnvVar(name="REDIS_ANNOUNCE_HOST", value=f"$(POD_NAME).{sentinel_headless}.{ns}.svc"),
+                k8s.EnvVar(name="SENTINEL_QUORUM", value=str(p.quorum)),
+                _secret_env("REDIS_ADMIN_PASSWORD", "admin-password"),
+                _secret_env("REDIS_SENTINEL_PASSWORD", "sentinel-password"),
+            ],
+            ports=[k8s.ContainerPort(name="sentinel", container_port=self.SENTINEL_PORT)],
+            volume_mounts=[config_mount, runtime_mount],
+            security_context=container_context(uid=REDIS_UID),
+            resources=raw_resources(p.sentinel_sizing),
+            liveness_probe=_exec_probe("sentinel-live", period=10, failures=3, initial=5),
+            readiness_probe=_exec_probe("sentinel-ready", period=5, failures=2),
+        )
+        self.sentinel = QuorumStatefulSet(
+            self, "Sentinel",
+            name="redis-sentinel", namespace=ns, labels=self.label_set, component="sentinel",
+            replicas=p.sentinels, service_name=sentinel_headless, profile=profile, uid=REDIS_UID,
+            containers=[sentinel_container], volumes=[config_volume, runtime_volume],
+            pod_annotations=annotations, termination_grace_seconds=10,
+        )
+        self._network_policies(redis_selector, sentinel_selector)
+        for child in self.node.children:
+            if child is not self.redis_namespace:
+                child.node.add_dependency(self.redis_namespace)
+
+    def _service(self, id: str, name: str, selector: dict[str, str], port: int, component: str, *, headless: bool) -> k8s.KubeService:
+        service = k8s.KubeService(
+            self, id,
+            metadata=k8s.ObjectMeta(name=name, namespace=self.NAMESPACE),
+            spec=k8s.ServiceSpec(
+                cluster_ip="None" if headless else None,
+                # Members resolve each other while starting, before they are ready.
+                publish_not_ready_addresses=True if headless else None,
+                selector=selector,
+                ports=[k8s.ServicePort(name=component, port=port, target_port=k8s.IntOrString.from_number(port))],
+            ),
+        )
+        set_component(service, component)
+        return service
+
+    def _network_policies(self, redis_selector: dict[str, str], sentinel_selector: dict[str, str]) -> None:
+        redis_peers = [_peer(redis_selector), _peer(sentinel_selector), _namespaces(CLIENT_NAMESPACE_LABEL)]
+        egress = [
+            k8s.NetworkPolicyEgressRule(to=[_peer(redis_selector)], ports=ports(self.PORT)),
+            k8s.NetworkPolicyEgressRule(to=[_peer(sentinel_selector)], ports=ports(self.SENTINEL_PORT)),
+        ]
+        self.server_policy = k8s.KubeNetworkPolicy(
+            self, "ServerPolicy",
+            metadata=k8s.ObjectMeta(name="redis-server", namespace=self.NAMESPACE),
+            spec=k8s.NetworkPolicySpec(
+                pod_selector=k8s.LabelSelector(match_labels=redis_selector),
+                policy_types=["Ingress", "Egress"],
+                ingress=[
+                    k8s.NetworkPolicyIngressRule(from_=redis_peers, ports=ports(self.PORT)),
+                    k8s.NetworkPolicyIngressRule(from_=[_namespaces(METRICS_NAMESPACE_LABEL)], ports=ports(METRICS_PORT)),
+                ],
+                egress=egress,
+            ),
+        )
+        self.sentinel_policy = k8s.KubeNetworkPolicy(
+            self, "SentinelPolicy",
+            metadata=k8s.ObjectMeta(name="redis-sentinel", namespace=self.NAMESPACE),
+            spec=k8s.NetworkPolicySpec(
+                pod_selector=k8s.LabelSelector(match_labels=sentinel_selector),
+                policy_types=["Ingress", "Egress"],
+                ingress=[k8s.NetworkPolicyIngressRule(from_=redis_peers, ports=ports(self.SENTINEL_PORT))],
+                egress=egress,
+            ),
+        )
+        for policy in (self.server_policy, self.sentinel_policy):
+            set_component(policy, "network-policy")
+
