@@ -1,0 +1,203 @@
+"""Talk to the platform's Redis through Sentinel: writes to the primary, reads from replicas.
+
+The client asks the Sentinels for the current primary on every (re)connection, so after
+a failover it follows the promoted replica by itself; reads go to replicas and fall back
+to the primary when none answers. Passwords come from the environment or from the
+Kubernetes Secret ``redis/redis-auth`` (read with ``kubectl``), never from code.
+
+Environment: ``REDIS_SENTINELS`` (``host:port,host:port``; default the in-cluster
+Service), ``REDIS_MASTER_NAME`` (default ``platform``), ``REDIS_USERNAME`` (default
+``app``), ``REDIS_PASSWORD``, ``REDIS_SENTINEL_PASSWORD``.
+
+Command line::
+
+    python -m final_problem.clients.redis example          # the write/read example
+    python -m final_problem.clients.redis cache-demo       # cache-aside, timed
+    python -m final_problem.clients.redis set KEY VALUE [--replicas 1]
+    python -m final_problem.clients.redis get KEY
+
+Source: redis-py docs, "Redis Sentinel" (``Sentinel.master_for`` / ``slave_for``);
+Redis docs, "WAIT", "Sentinel client spec".
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+DEFAULT_SENTINELS = "redis-sentinel.redis.svc:26379"
+SECRET_NAMESPACE, SECRET_NAME = "redis", "redis-auth"
+
+
+class RedisClientError(RuntimeError):
+    """The client is misconfigured or a write was not replicated as asked."""
+
+
+def _parse_sentinels(text: str) -> list[tuple[str, int]]:
+    addresses = []
+    for item in text.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not port.isdigit():
+            raise RedisClientError(f"REDIS_SENTINELS entry {item!r} is not host:port")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+def secret_from_kubernetes(key: str, *, namespace: str = SECRET_NAMESPACE, name: str = SECRET_NAME) -> str:
+    """One key of the generated Secret, through ``kubectl`` (the caller's kubeconfig)."""
+    out = subprocess.run(
+        ["kubectl", "get", "secret", name, "-n", namespace, "-o", "json"],
+        check=True, capture_output=True, text=True, timeout=30,
+    ).stdout
+    return base64.b64decode(json.loads(out)["data"][key]).decode()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    """Where the Sentinels are and who to log in as."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str = "platform"
+    username: str = "app"
+    password: str
+    sentinel_password: str
+    #: Socket timeout of each command, seconds.
+    timeout_s: float = 2.0
+    #: Retries of a command on a lost connection (each reconnection asks the Sentinels).
+    retries: int = 8
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, secret: Callable[[str], str] = secret_from_kubernetes
+    ) -> "RedisSettings":
+        """Settings from the environment; missing passwords are read from the Secret."""
+        env = os.environ if env is None else env
+        return cls(
+            sentinels=tuple(_parse_sentinels(env.get("REDIS_SENTINELS", DEFAULT_SENTINELS))),
+            master_name=env.get("REDIS_MASTER_NAME", "platform"),
+            username=env.get("REDIS_USERNAME", "app"),
+            password=env.get("REDIS_PASSWORD") or secret("app-password"),
+            sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or secret("sentinel-password"),
+        )
+
+
+class RedisClient:
+    """A primary connection for writes and a replica connection for reads, both via Sentinel."""
+
+    def __init__(self, *, settings: RedisSettings) -> None:
+        self.settings = settings
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), settings.retries)
+        self.sentinel = Sentinel(
+            list(settings.sentinels),
+            sentinel_kwargs={"password": settings.sentinel_password, "socket_timeout": settings.timeout_s},
+            username=settings.username,
+            password=settings.password,
+            socket_timeout=settings.timeout_s,
+            socket_connect_timeout=settings.timeout_s,
+            retry=retry,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError],
+            decode_responses=True,
+        )
+        self.primary: redis.Redis = self.sentinel.master_for(settings.master_name)
+        self.replica: redis.Redis = self.sentinel.slave_for(settings.master_name)
+
+    def primary_address(self) -> tuple[str, int]:
+        return self.sentinel.discover_master(self.settings.master_name)
+
+    def set_durable(self, key: str, value: str, *, replicas: int = 1, timeout_ms: int = 1000, ttl_s: int | None = None) -> int:
+        """SET, then ``WAIT`` until ``replicas`` replicas acknowledged it; return how many did.
+
+        Raises when fewer acknowledged: the write may be lost if the primary fails now.
+        """
+        pipe = self.primary.pipeline(transaction=False)
+        pipe.set(key, value, ex=ttl_s)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        _, acknowledged = pipe.execute()
+        if acknowledged < replicas:
+            raise RedisClientError(f"{key}: {acknowledged} of {replicas} replicas acknowledged within {timeout_ms} ms")
+        return int(acknowledged)
+
+    def get(self, key: str, *, from_primary: bool = False) -> str | None:
+        """Read from a replica (may lag by milliseconds), or the primary for read-your-writes."""
+        return (self.primary if from_primary else self.replica).get(key)
+
+    def cache_aside(self, key: str, load: Callable[[], str], *, ttl_s: int = 60) -> tuple[str, bool]:
+        """Return the cached value or load, store (with a TTL, evictable) and return it;
+        the flag says whether it was a hit. Reads the primary: a just-filled entry may not
+        have reached a replica yet."""
+        cached = self.primary.get(key)
+        if cached is not None:
+            return cached, True
+        value = load()
+        self.primary.set(key, value, ex=ttl_s)
+        return value, False
+
+    def close(self) -> None:
+        for client in (self.primary, self.replica):
+            client.close()
+
+
+def example(client: RedisClient, *, out: Callable[[str], None] = print) -> None:
+    """Write a key to the primary (replicated to one replica), read it back from a replica."""
+    key = "final-problem:example"
+    acknowledged = client.set_durable(key, "hello from the platform", replicas=1)
+    out(f"wrote {key} to the primary {client.primary_address()}, {acknowledged} replica(s) acknowledged")
+    out(f"read {key} from a replica: {client.get(key)!r}")
+
+
+def cache_demo(client: RedisClient, *, out: Callable[[str], None] = print, delay_s: float = 0.2) -> None:
+    """Cache-aside around a slow lookup: the first call loads, the second hits the cache."""
+    def slow_lookup() -> str:
+        time.sleep(delay_s)
+        return json.dumps({"user": 42, "plan": "pro"})
+
+    key = "final-problem:cache:user:42"
+    client.primary.delete(key)
+    for attempt in (1, 2):
+        started = time.perf_counter()
+        value, hit = client.cache_aside(key, slow_lookup, ttl_s=60)
+        out(f"call {attempt}: {'hit ' if hit else 'miss'} in {1000 * (time.perf_counter() - started):.1f} ms -> {value}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m final_problem.clients.redis", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("example", help="write to the primary with WAIT, read from a replica")
+    sub.add_parser("cache-demo", help="cache-aside around a slow lookup")
+    p_set = sub.add_parser("set", help="SET with WAIT")
+    p_set.add_argument("key")
+    p_set.add_argument("value")
+    p_set.add_argument("--replicas", type=int, default=1)
+    p_get = sub.add_parser("get", help="GET from a replica")
+    p_get.add_argument("key")
+    p_get.add_argument("--primary", action="store_true", help="read from the primary")
+    args = parser.parse_args(argv)
+    client = RedisClient(settings=RedisSettings.from_env())
+    try:
+        if args.command == "example":
+            example(client)
+        elif args.command == "cache-demo":
+            cache_demo(client)
+        elif args.command == "set":
+            print(client.set_durable(args.key, args.value, replicas=args.replicas))
+        else:
+            print(client.get(args.key, from_primary=args.primary))
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The chart's Redis configuration on real servers: authentication and Sentinel failover.
+
+One primary, two replicas and three Sentinels run on loopback from the files the chart
+renders, started by the chart's own start scripts (ports and paths remapped by
+final_problem.local.redis). Sentinel timeouts are shortened so the test stays short:
+down-after 1000 ms (the smallest the chart accepts) and failover-timeout 5000 ms.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from final_problem.charts.redis import RedisProps
+from final_problem.clients import redis_exporter
+from final_problem.clients.redis import RedisClient, RedisSettings
+from final_problem.local.redis import LocalRedisSet
+from final_problem.profiles import PI
+from tests.conftest import require_binary
+
+pytestmark = pytest.mark.integration
+
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 5000
+
+
+def redis_test_options():
+    """The Pi profile's configuration with short Sentinel timeouts (validated like the chart's)."""
+    props = RedisProps.for_profile(PI, down_after_ms=DOWN_AFTER_MS, failover_timeout_ms=FAILOVER_TIMEOUT_MS)
+    return props.config_options()
+
+
+@pytest.fixture(scope="module")
+def redis_binaries() -> None:
+    for binary, package in (("redis-server", "redis-server"), ("redis-sentinel", "redis-sentinel"), ("redis-cli", "redis-tools")):
+        require_binary(binary, package)
+
+
+@pytest.fixture(scope="module")
+def redis_shared_set(redis_binaries: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisSet]:
+    """A running set for the read-only checks (stopped at module end, even on failure)."""
+    with LocalRedisSet(workdir=tmp_path_factory.mktemp("redis-shared"), options=redis_test_options()) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_failover_set(redis_binaries: None, tmp_path: Path) -> Iterator[LocalRedisSet]:
+    """A set of its own for the failover test, which kills its primary."""
+    with LocalRedisSet(workdir=tmp_path, options=redis_test_options()) as cluster:
+        yield cluster
+
+
+def redis_app_client(cluster: LocalRedisSet) -> RedisClient:
+    settings = RedisSettings.from_env(cluster.client_env(), secret=lambda key: pytest.fail(f"asked the Secret for {key}"))
+    return RedisClient(settings=settings)
+
+
+def test_unauthenticated_commands_are_refused(redis_shared_set: LocalRedisSet) -> None:
+    for port in redis_shared_set.member_ports:
+        anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.get("any")
+    anonymous_sentinel = redis.Redis(host="127.0.0.1", port=redis_shared_set.sentinel_ports[0], socket_timeout=2)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous_sentinel.execute_command("SENTINEL", "MASTERS")
+
+
+def test_wrong_password_is_refused(redis_shared_set: LocalRedisSet) -> None:
+    wrong = redis.Redis(host="127.0.0.1", port=redis_shared_set.member_ports[0], username="app", password="wrong", socket_timeout=2)
+    with pytest.raises(redis.AuthenticationError):
+        wrong.ping()
+
+
+def test_app_user_cannot_run_dangerous_commands(redis_shared_set: LocalRedisSet) -> None:
+    app = redis.Redis(
+        host="127.0.0.1", port=redis_shared_set.member_ports[0],
+        username="app", password=redis_shared_set.passwords.app, socket_timeout=2,
+    )
+    assert app.set("allowed", "yes")
+    for command in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("SHUTDOWN",), ("REPLICAOF", "NO", "ONE")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            app.execute_command(*command)
+
+
+def test_persistence_is_aof_everysec(redis_shared_set: LocalRedisSet) -> None:
+    config = redis_shared_set.admin(0).config_get("append*")
+    assert config["appendonly"] == "yes"
+    assert config["appendfsync"] == "everysec"
+
+
+def test_probes_pass_on_primary_replica_and_sentinel(redis_shared_set: LocalRedisSet) -> None:
+    member, sentinel = redis_shared_set.members[1], redis_shared_set.sentinels[0]
+    probe = str(member.config_dir / "probe.sh")
+    for proc, check in ((member, "redis-live"), (member, "redis-ready"), (sentinel, "sentinel-live"), (sentinel, "sentinel-ready")):
+        result = subprocess.run(["sh", probe, check], env=proc.env, capture_output=True, text=True, timeout=10)
+        assert result.returncode == 0, f"{check} on {proc.name}: {result.stdout}{result.stderr}"
+
+
+def test_probe_fails_with_wrong_password(redis_shared_set: LocalRedisSet) -> None:
+    member = redis_shared_set.members[0]
+    env = {**member.env, "REDIS_METRICS_PASSWORD": "wrong"}
+    result = subprocess.run(["sh", str(member.config_dir / "probe.sh"), "redis-ready"], env=env, capture_output=True, timeout=10)
+    assert result.returncode != 0
+
+
+def test_metrics_exporter_reports_info(redis_shared_set: LocalRedisSet) -> None:
+    port = redis_shared_set.member_ports[0]
+    server = redis_exporter.serve(redis_port=port, password=redis_shared_set.passwords.metrics, bind="127.0.0.1", port=0)
+    import threading
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    metrics = dict(line.split(" ", 1) for line in text.splitlines())
+    assert metrics["redis_up"] == "1"
+    assert metrics["redis_role_primary"] == "1"
+    assert metrics["redis_connected_slaves"] == "2"
+    assert metrics["redis_aof_enabled"] == "1"
+
+
+def test_failover_keeps_acknowledged_writes_and_old_primary_rejoins(redis_failover_set: LocalRedisSet) -> None:
+    cluster = redis_failover_set
+    old_port = cluster.member_ports[0]
+    assert cluster.primary_by_sentinel() == ("127.0.0.1", old_port)
+    client = redis_app_client(cluster)
+    try:
+        acknowledged = {}
+        for i in range(200):
+            key, value = f"key:{i}", f"value:{i}"
+            assert client.set_durable(key, value, replicas=1, timeout_ms=2000) >= 1
+            acknowledged[key] = value
+        assert client.primary_address() == ("127.0.0.1", old_port)
+
+        cluster.kill_member(0)
+        # Sentinel needs down-after to see the primary down, then an election and the
+        # promotion; the failover must finish within the configured timeouts.
+        new_port, elapsed_s = cluster.wait_new_primary(
+            old_port, timeout_s=(DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS) / 1000
+        )
+        assert new_port in cluster.member_ports[1:]
+        new_index = cluster.member_index(new_port)
+        assert cluster.replication(new_index)["role"] == "master"
+
+        # The client follows the promoted replica by itself and writes there.
+        assert client.set_durable("after-failover", "yes", replicas=1, timeout_ms=5000) >= 1
+        assert client.primary_address() == ("127.0.0.1", new_port)
+
+        new_primary = cluster.admin(new_index)
+        missing = [k for k, v in acknowledged.items() if new_primary.get(k) != v]
+        assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:3]}"
+
+        # The old primary restarts through the chart's start script: it asks the
+        # Sentinels and rejoins the new primary as a replica, with the new writes.
+        cluster.start_member(0)
+        info = cluster.wait_replica_linked(0, primary_port=new_port, timeout_s=20)
+        assert info["role"] == "slave"
+        assert cluster.admin(0).get("after-failover") == "yes"
+        assert "starting as replica of 127.0.0.1:%d (sentinel)" % new_port in cluster.members[0].log.read_text()
+        # Reads through Sentinel go to a replica and see the data.
+        assert client.get("key:7") == "value:7"
+    finally:
+        client.close()
