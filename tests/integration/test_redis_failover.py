@@ -9,12 +9,15 @@ down-after 1000 ms (the smallest the chart accepts) and failover-timeout 5000 ms
 from __future__ import annotations
 
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from final_problem.charts.redis import RedisProps
 from final_problem.clients import redis_exporter
@@ -26,6 +29,8 @@ from tests.conftest import require_binary
 pytestmark = pytest.mark.integration
 
 DOWN_AFTER_MS = 1000
+# A refused login is final: no retries (redis-py retries connection errors by default).
+NO_RETRY = Retry(NoBackoff(), 0)
 FAILOVER_TIMEOUT_MS = 5000
 
 
@@ -62,16 +67,16 @@ def redis_app_client(cluster: LocalRedisSet) -> RedisClient:
 
 def test_unauthenticated_commands_are_refused(redis_shared_set: LocalRedisSet) -> None:
     for port in redis_shared_set.member_ports:
-        anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, retry=NO_RETRY)
         with pytest.raises(redis.AuthenticationError):
             anonymous.get("any")
-    anonymous_sentinel = redis.Redis(host="127.0.0.1", port=redis_shared_set.sentinel_ports[0], socket_timeout=2)
+    anonymous_sentinel = redis.Redis(host="127.0.0.1", port=redis_shared_set.sentinel_ports[0], socket_timeout=2, retry=NO_RETRY)
     with pytest.raises(redis.AuthenticationError):
         anonymous_sentinel.execute_command("SENTINEL", "MASTERS")
 
 
 def test_wrong_password_is_refused(redis_shared_set: LocalRedisSet) -> None:
-    wrong = redis.Redis(host="127.0.0.1", port=redis_shared_set.member_ports[0], username="app", password="wrong", socket_timeout=2)
+    wrong = redis.Redis(host="127.0.0.1", port=redis_shared_set.member_ports[0], username="app", password="wrong", socket_timeout=2, retry=NO_RETRY)
     with pytest.raises(redis.AuthenticationError):
         wrong.ping()
 
@@ -111,7 +116,6 @@ def test_probe_fails_with_wrong_password(redis_shared_set: LocalRedisSet) -> Non
 def test_metrics_exporter_reports_info(redis_shared_set: LocalRedisSet) -> None:
     port = redis_shared_set.member_ports[0]
     server = redis_exporter.serve(redis_port=port, password=redis_shared_set.passwords.metrics, bind="127.0.0.1", port=0)
-    import threading
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
