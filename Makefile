@@ -33,7 +33,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
 	@echo "make test         install what is missing, then run the whole test suite"
-	@echo "make bench        time the full synth against a bare VPC + EKS app"
+	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
 	@echo "sudo make system-deps      Debian packages the integration tests need"
 
@@ -68,6 +68,7 @@ test: setup $(CHECKOV_STAMP)
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
+	$(BIN)/python -m bench.redis
 	$(BIN)/python bench/bench.py
 
 deploy: setup

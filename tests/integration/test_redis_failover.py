@@ -173,3 +173,18 @@ def test_failover_keeps_acknowledged_writes_and_old_primary_rejoins(redis_failov
         assert client.get("key:7") == "value:7"
     finally:
         client.close()
+
+
+def test_client_example_and_cache_aside(redis_shared_set: LocalRedisSet) -> None:
+    from final_problem.clients.redis import cache_demo, example
+
+    client = redis_app_client(redis_shared_set)
+    lines: list[str] = []
+    try:
+        example(client, out=lines.append)
+        cache_demo(client, out=lines.append, delay_s=0.01)
+    finally:
+        client.close()
+    assert "1 replica(s) acknowledged" in lines[0] or "2 replica(s) acknowledged" in lines[0]
+    assert lines[1].endswith("'hello from the platform'")
+    assert lines[2].startswith("call 1: miss") and lines[3].startswith("call 2: hit")

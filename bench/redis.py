@@ -1,0 +1,104 @@
+"""Redis benchmark: Sentinel failover time and client throughput, on loopback.
+
+Starts the chart's configuration with final_problem.local.redis (one primary, two
+replicas, three Sentinels; Sentinel down-after 1000 ms and failover-timeout 5000 ms, as
+in the integration tests) and prints:
+
+- failover time: from SIGKILL of the primary until every Sentinel names the promoted
+  replica, median over ``--runs`` fresh sets (a Sentinel waits twice failover-timeout
+  before failing over the same primary again, so each run starts anew);
+- SET/GET ops/s through the Sentinel-aware client (one connection, one command at a
+  time) against ``redis-benchmark -c 1`` on the same primary as the same user, and the
+  ratio.
+
+    .venv/bin/python -m bench.redis [--runs 5] [--requests 20000]     (or: make bench)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a file, this folder comes first on sys.path and this module would shadow the
+# redis-py package it measures.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import csv
+import io
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+from final_problem.charts.redis import RedisProps
+from final_problem.clients.redis import RedisClient, RedisSettings
+from final_problem.local.redis import HOST, LocalRedisSet
+from final_problem.profiles import PI
+
+
+def options():
+    return RedisProps.for_profile(PI, down_after_ms=1000, failover_timeout_ms=5000).config_options()
+
+
+def failover_once(workdir: Path) -> float:
+    with LocalRedisSet(workdir=workdir, options=options()) as cluster:
+        old = cluster.member_ports[0]
+        cluster.kill_member(0)
+        _, elapsed = cluster.wait_new_primary(old, timeout_s=30)
+        return elapsed
+
+
+def client_ops(client: RedisClient, requests: int) -> dict[str, float]:
+    primary = client.primary
+    result = {}
+    started = time.perf_counter()
+    for i in range(requests):
+        primary.set(f"bench:{i}", "x" * 3)
+    result["SET"] = requests / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for i in range(requests):
+        primary.get(f"bench:{i}")
+    result["GET"] = requests / (time.perf_counter() - started)
+    return result
+
+
+def redis_benchmark_ops(cluster: LocalRedisSet, port: int, requests: int) -> dict[str, float]:
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        raise SystemExit("redis-benchmark is not installed: run `sudo make system-deps` (Debian package redis-tools)")
+    out = subprocess.run(
+        [binary, "-h", HOST, "-p", str(port), "--user", "app", "-a", cluster.passwords.app,
+         "-t", "set,get", "-n", str(requests), "-c", "1", "-d", "3", "--csv"],
+        check=True, capture_output=True, text=True, timeout=300,
+    ).stdout
+    rows = list(csv.reader(io.StringIO(out)))
+    return {row[0]: float(row[1]) for row in rows[1:] if row and row[0] in ("SET", "GET")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=20000)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="redis-bench-") as tmp:
+        times = [failover_once(Path(tmp) / f"run-{i}") for i in range(args.runs)]
+        print(f"redis failover (down-after 1000 ms): median {statistics.median(times):.2f} s "
+              f"over {len(times)} runs (min {min(times):.2f}, max {max(times):.2f})")
+        with LocalRedisSet(workdir=Path(tmp) / "throughput", options=options()) as cluster:
+            client = RedisClient(settings=RedisSettings.from_env(cluster.client_env(), secret=lambda k: ""))
+            try:
+                ours = client_ops(client, args.requests)
+                port = client.primary_address()[1]
+            finally:
+                client.close()
+            theirs = redis_benchmark_ops(cluster, port, args.requests)
+        for op in ("SET", "GET"):
+            print(f"redis {op}: sentinel client {ours[op]:,.0f} ops/s, redis-benchmark -c 1 {theirs[op]:,.0f} ops/s, "
+                  f"ratio {ours[op] / theirs[op]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
