@@ -68,7 +68,7 @@ test: setup $(CHECKOV_STAMP)
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python bench/bench.py
+	@for script in bench/*.py; do $(BIN)/python "$$script"; done
 
 deploy: setup
 	$(CDK) deploy --all --require-approval broadening $(CDK_ARGS)
