@@ -4,6 +4,7 @@
 Used by pi/build.sh; needs Python 3.11 and PyYAML only.
 
   inventory.py check  INVENTORY             validate, print nothing on success
+  inventory.py cluster INVENTORY            print the cluster name
   inventory.py plan   INVENTORY             one tab-separated line per node:
                                             hostname role k3s_init zk_myid zk_servers
   inventory.py render INVENTORY --hostname H --out DIR --mode cloud-init|firstrun
@@ -518,7 +519,7 @@ def render(inv: Inventory, hostname: str, out: Path, mode: str, boot_dir: str) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("check", "plan"):
+    for name in ("check", "plan", "cluster"):
         p = sub.add_parser(name)
         p.add_argument("inventory", type=Path)
     p = sub.add_parser("render")
@@ -530,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         inv = load(args.inventory)
-        if args.cmd == "plan":
+        if args.cmd == "cluster":
+            print(inv.cluster)
+        elif args.cmd == "plan":
             zk = ",".join(inv.zk_servers())
             for n in inv.nodes:
                 print("\t".join([n.hostname, n.role, "true" if n.k3s_init else "false",
