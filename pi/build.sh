@@ -3,7 +3,9 @@
 # See pi/README.md for the inventory format, the roles and what first boot does.
 set -euo pipefail
 
-FP_PI_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+FP_SELF="${BASH_SOURCE[0]}"
+[[ "$FP_SELF" == */* ]] || FP_SELF="./$FP_SELF"
+FP_PI_DIR="$(cd -- "${FP_SELF%/*}" && pwd)"
 FP_REPO_ROOT="$(cd -- "$FP_PI_DIR/.." && pwd)"
 # shellcheck source=pi/lib/common.sh
 . "$FP_PI_DIR/lib/common.sh"
