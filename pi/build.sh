@@ -73,6 +73,8 @@ fp_parse_args() {
 }
 
 fp_check_tools() {
+    # FAT stores local times; fix the zone so times do not depend on the build machine.
+    export TZ=UTC
     fp_need_tool python3 python3
     if ! python3 -c 'import yaml' 2>/dev/null; then
         fp_die "python3 cannot import yaml; install the Debian package 'python3-yaml' or 'pip install pyyaml' (sudo make system-deps installs every package this project needs)"
@@ -119,9 +121,6 @@ fp_source_image() {
         src="$WORK/source.img"
     fi
     SOURCE="$src"
-    # Timestamps on the boot partition come from here, so the same inputs give the
-    # same images (https://reproducible-builds.org/specs/source-date-epoch/).
-    EPOCH="${SOURCE_DATE_EPOCH:-$(stat -c %Y -- "$SOURCE")}"
 }
 
 fp_check_inventory() {
@@ -316,6 +315,10 @@ main() {
     fi
     fp_log "first boot through $MODE; boot partition mounted at $BOOT_DIR on the Pi"
     fp_fat_read "$SOURCE" "$FP_BOOT_OFFSET" cmdline.txt "$WORK/cmdline.orig"
+    # Files written to the boot partition get the time of the image's own cmdline.txt
+    # (or SOURCE_DATE_EPOCH), so the same inputs give the same images however the
+    # source file was obtained (https://reproducible-builds.org/specs/source-date-epoch/).
+    EPOCH="${SOURCE_DATE_EPOCH:-$(stat -c %Y -- "$WORK/cmdline.orig")}"
     (( has_k3s )) && fp_ensure_token
 
     local host role init myid servers count=0 total="${#lines[@]}"

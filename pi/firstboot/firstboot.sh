@@ -160,9 +160,11 @@ fb_place_manifests() {
 }
 
 fb_write_k3s_unit() {
-    local unit name="k3s" cmd="server"
+    # The server tells systemd when it is ready; the agent is started as a plain process,
+    # as k3s's own installer does.
+    local unit name="k3s" cmd="server" type="notify"
     if [[ "$FP_ROLE" == agent ]]; then
-        name="k3s-agent" cmd="agent"
+        name="k3s-agent" cmd="agent" type="exec"
     fi
     unit="$FP_ROOT/etc/systemd/system/$name.service"
     mkdir -p -- "$(dirname -- "$unit")"
@@ -175,7 +177,7 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-Type=notify
+Type=$type
 ExecStartPre=-/sbin/modprobe br_netfilter
 ExecStartPre=-/sbin/modprobe overlay
 ExecStart=/usr/local/bin/k3s $cmd
@@ -193,7 +195,9 @@ RestartSec=5s
 WantedBy=multi-user.target
 EOF
     systemctl daemon-reload
-    systemctl enable --now "$name.service" || fb_fail "k3s did not start; see 'journalctl -u $name'"
+    systemctl enable "$name.service" || fb_fail "could not enable $name.service"
+    # Do not wait: a joining node keeps retrying until the first server is up.
+    systemctl start --no-block "$name.service" || fb_fail "k3s did not start; see 'journalctl -u $name'"
 }
 
 fb_role_k3s() {

@@ -76,9 +76,10 @@ fp_fat_exists() {
     mdir -b -i "$1@@$2" "::/$3" >/dev/null 2>&1
 }
 
-# fat_read IMAGE OFFSET PATH DEST: copy a file out of the FAT file system.
+# fat_read IMAGE OFFSET PATH DEST: copy a file out of the FAT file system, keeping its
+# modification time.
 fp_fat_read() {
-    mcopy -n -i "$1@@$2" "::/$3" "$4" || fp_die "cannot read '$3' from the boot partition of '$1'"
+    mcopy -n -m -i "$1@@$2" "::/$3" "$4" || fp_die "cannot read '$3' from the boot partition of '$1'"
 }
 
 # fat_put IMAGE OFFSET SRC_DIR: copy the contents of SRC_DIR onto the FAT root,

@@ -32,6 +32,7 @@ TOOLS = {
     "debugfs": "e2fsprogs",
     "cloud-init": "cloud-init",
     "shellcheck": "shellcheck",
+    "xz": "xz-utils",
 }
 
 # Sectors of 512 bytes, laid out like Raspberry Pi OS (boot first, root after it).

@@ -305,3 +305,39 @@ def test_scripts_on_image_are_the_repository_scripts(built, tmp_path):
     for name in ("firstboot.sh", "firstrun.sh"):
         assert (boot / "fp" / name).read_bytes() == (PI / "firstboot" / name).read_bytes()
     assert (boot / "fp" / "versions.env").read_bytes() == (PI / "versions.env").read_bytes()
+
+
+def test_image_url_is_downloaded_checked_and_cached(built, tmp_path):
+    """A file:// URL exercises the download path without any network."""
+    url = built.source.as_uri()
+    out = tmp_path / "out"
+    r = _build(tmp_path, built, **{"--image": None, "--image-url": url, "--image-sha256": built.source_sha,
+                                   "--secrets": str(built.secrets)})
+    assert r.returncode == 0, r.stderr
+    assert "downloading" in r.stderr
+    assert sha256(out / ".cache" / built.source.name) == built.source_sha
+    assert sha256(out / "srv-1.img") == sha256(built.image("srv-1"))
+
+
+def test_image_url_checksum_mismatch_keeps_nothing(built, tmp_path):
+    r = _build(tmp_path, built, **{"--image": None, "--image-url": built.source.as_uri(),
+                                   "--image-sha256": "0" * 64})
+    assert r.returncode != 0 and "has SHA-256" in r.stderr
+    out = tmp_path / "out"
+    assert not any(p.suffix == ".img" for p in out.rglob("*")), list(out.rglob("*"))
+
+
+def test_image_url_needs_checksum(built, tmp_path):
+    r = _build(tmp_path, built, **{"--image": None, "--image-url": built.source.as_uri()})
+    assert r.returncode != 0 and "needs --image-sha256" in r.stderr
+
+
+def test_xz_compressed_source(built, tmp_path):
+    xz = tool("xz")
+    packed = tmp_path / "raspios.img.xz"
+    with open(packed, "wb") as f:
+        subprocess.run([xz, "-0", "-T2", "-c", str(built.source)], stdout=f, check=True)
+    r = _build(tmp_path, built, **{"--image": str(packed), "--secrets": str(built.secrets)})
+    assert r.returncode == 0, r.stderr
+    assert "unpacking" in r.stderr
+    assert sha256(tmp_path / "out" / "srv-1.img") == sha256(built.image("srv-1"))

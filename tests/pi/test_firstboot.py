@@ -136,7 +136,9 @@ def test_first_server_air_gap_install(node, built):
     assert (manifests / "10-redis.yaml").read_text() == (built.manifests / "10-redis.yaml").read_text()
     unit = (n.root / "etc/systemd/system/k3s.service").read_text()
     assert "ExecStart=/usr/local/bin/k3s server\n" in unit and "Delegate=yes" in unit
-    assert "systemctl enable --now k3s.service" in n.calls()
+    assert "systemctl enable k3s.service" in n.calls()
+    assert "systemctl start --no-block k3s.service" in n.calls()
+    assert "Type=notify" in unit
     assert "br_netfilter" in (n.root / "etc/modules-load.d/final-problem-k3s.conf").read_text()
     assert "net.ipv4.ip_forward = 1" in (n.root / "etc/sysctl.d/90-final-problem-k3s.conf").read_text()
     assert (n.root / "var/lib/final-problem/firstboot.done").exists()
@@ -164,7 +166,9 @@ def test_agent_downloads_pinned_release_and_checks_it(node):
     assert f"curl {base}/k3s-arm64" in n.calls()
     unit = (n.root / "etc/systemd/system/k3s-agent.service").read_text()
     assert "ExecStart=/usr/local/bin/k3s agent\n" in unit
-    assert "systemctl enable --now k3s-agent.service" in n.calls()
+    assert "systemctl enable k3s-agent.service" in n.calls()
+    assert "systemctl start --no-block k3s-agent.service" in n.calls()
+    assert "Type=exec" in unit
     assert not (n.root / "var/lib/rancher/k3s/server/manifests").exists()
 
 
