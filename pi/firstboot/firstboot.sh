@@ -65,7 +65,8 @@ fb_verify_sha256() {
 
 # memory_cgroup_on: k3s's kubelet needs the memory cgroup controller. It is off unless
 # cmdline.txt has cgroup_enable=memory, and some Raspberry Pi 5 kernels keep it off even
-# then (raspberrypi/linux issue 5933), so look at what the kernel really did.
+# then (https://github.com/raspberrypi/linux/issues/5933), so look at what the kernel
+# really did.
 fb_memory_cgroup_on() {
     if [[ -f "$FP_CGROUP_DIR/cgroup.controllers" ]]; then
         # cgroup v2: the root lists the controllers available.

@@ -27,6 +27,8 @@ BUILD = PI / "build.sh"
 TOOLS = {
     "sfdisk": "fdisk",
     "mcopy": "mtools",
+    "mdir": "mtools",
+    "mdel": "mtools",
     "mkfs.vfat": "dosfstools",
     "mkfs.ext4": "e2fsprogs",
     "debugfs": "e2fsprogs",

@@ -341,3 +341,37 @@ def test_xz_compressed_source(built, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "unpacking" in r.stderr
     assert sha256(tmp_path / "out" / "srv-1.img") == sha256(built.image("srv-1"))
+
+
+def test_zookeeper_only_ensemble_without_kubernetes(built, tmp_path):
+    inv = tmp_path / "zk.yaml"
+    inv.write_text(f"""
+cluster: {{name: zk}}
+defaults: {{ssh_authorized_keys: ["{ssh_key('carol')}"]}}
+nodes:
+  - {{hostname: zk-a, role: zookeeper, network: {{address: 10.30.0.1/24, gateway: 10.30.0.254}}}}
+  - {{hostname: zk-b, role: zookeeper}}
+  - {{hostname: zk-c, role: zookeeper, network: {{address: 10.30.0.3/24, gateway: 10.30.0.254}}}}
+""")
+    out = tmp_path / "out"
+    # No manifests folder and no secrets are needed without k3s nodes.
+    r = _build(tmp_path, built, **{"--inventory": str(inv), "--manifests": str(tmp_path / "none")})
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "secrets").exists()
+    servers = ["10.30.0.1", "zk-b.local", "10.30.0.3"]
+    for myid, host in enumerate(("zk-a", "zk-b", "zk-c"), start=1):
+        img = out / f"{host}.img"
+        assert json.loads(fat_read(img, "fp/zookeeper/args.json")) == {"servers": servers, "myid": myid}
+        assert fat_read(img, "fp/zookeeper/myid").strip() == str(myid)
+        assert "cgroup_enable=memory" not in fat_read(img, "cmdline.txt")
+        assert not fat_exists(img, "fp/k3s-token")
+
+
+def test_renderer_missing_output_is_an_error(built, tmp_path):
+    lazy = tmp_path / "lazy-python"
+    lazy.write_text("#!/bin/sh\nexit 0\n")
+    lazy.chmod(0o755)
+    r = run(["bash", str(BUILD), "--image", str(built.source), "--inventory", str(built.inventory),
+             "--out", str(tmp_path / "out"), "--manifests", str(built.manifests),
+             "--secrets", str(tmp_path / "s")], env=env(PYTHON=str(lazy)))
+    _assert_failed_cleanly(r, tmp_path / "out", "did not write 'zoo.cfg'")
