@@ -260,6 +260,8 @@ fp_write_node() {
     PARTIALS+=("$partial")
     fp_log "[$host] copying the source image"
     cp --sparse=always -- "$SOURCE" "$partial"
+    # Images carry the k3s token and Wi-Fi passphrase: readable by the owner only.
+    chmod 600 -- "$partial"
     need="$(du -s -B1 --apparent-size -- "$stage" | cut -f1)"
     free="$(fp_fat_free_bytes "$partial" "$FP_BOOT_OFFSET")"
     if [[ -n "$free" ]] && (( need > free )); then

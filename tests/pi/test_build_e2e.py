@@ -119,6 +119,7 @@ def test_token_generated_outside_git_never_printed_and_carried_by_k3s_nodes(buil
     assert token not in built.result.stdout + built.result.stderr
     for host in ("srv-1", "srv-2", "srv-3", "agt-1"):
         assert fat_read(built.image(host), "fp/k3s-token") == token
+        assert built.image(host).stat().st_mode & 0o777 == 0o600, "images carrying the token are private"
     for host in ("desk", "zk-1"):
         assert not fat_exists(built.image(host), "fp/k3s-token")
 
