@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import (BOOT_OFFSET, BUILD, CMDLINE, PI, env, fake_manifests, fat_exists, fat_extract,
+from pi_helpers import (BOOT_OFFSET, BUILD, CMDLINE, PI, env, fake_manifests, fat_exists, fat_extract,
                       fat_read, make_pi_image, run, sample_inventory, sha256, ssh_key, tool)
 
 HOSTS = ["srv-1", "srv-2", "srv-3", "agt-1", "desk", "zk-1"]

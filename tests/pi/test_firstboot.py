@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (BUILD, env, fake_manifests, fat_extract, make_pi_image, run, sample_inventory,
+from pi_helpers import (BUILD, env, fake_manifests, fat_extract, make_pi_image, run, sample_inventory,
                       sha256, write_exe)
 
 STUB_LOGGER = """

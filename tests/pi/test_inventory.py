@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import PI, run, ssh_key
+from pi_helpers import PI, run, ssh_key
 
 spec = importlib.util.spec_from_file_location("pi_inventory", PI / "inventory.py")
 inventory = importlib.util.module_from_spec(spec)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import BOOT_OFFSET, PI, env, make_pi_image, run, tool
+from pi_helpers import BOOT_OFFSET, PI, env, make_pi_image, run, tool
 
 
 def bash(script: str, *args: str) -> subprocess.CompletedProcess:

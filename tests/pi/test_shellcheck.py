@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import PI, run, tool
+from pi_helpers import PI, run, tool
 
 SCRIPTS = sorted(PI.rglob("*.sh")) + [PI / "versions.env"]
 
