@@ -170,6 +170,18 @@ class ZooKeeperProps:
         )
 
 
+def start_script(*, start: list[str]) -> str:
+    """The container's command: write ``myid`` = pod ordinal + 1 (ids start at 1) into
+    ``$ZOO_DATA_DIR``, then exec ``start``. A StatefulSet pod's hostname is <name>-<ordinal>."""
+    return "\n".join([
+        "set -eu",
+        'ordinal="${HOSTNAME##*-}"',
+        'case "$ordinal" in ""|*[!0-9]*) echo "no ordinal in hostname $HOSTNAME" >&2; exit 1;; esac',
+        'echo "$((ordinal + 1))" > "$ZOO_DATA_DIR/myid"',
+        "exec " + " ".join(f"'{arg}'" if "*" in arg else arg for arg in start),
+    ])
+
+
 def _tcp_word_check(*, port: int, word: str, expect: str) -> list[str]:
     """An exec probe sending a four-letter word with bash's /dev/tcp (the image has bash;
     no nc flags to depend on) and matching the answer."""
@@ -262,21 +274,14 @@ class ZooKeeperChart(PlatformChart):
 
         classpath = f"{CONF_DIR}:{ZOOKEEPER_HOME}/lib/*"
         start = java_command(java="java", classpath=classpath, config_path=f"{CONF_DIR}/zoo.cfg", heap_mib=props.effective_heap_mib)
-        # myid = ordinal + 1 (ids start at 1), written to the data volume before start:
-        # the hostname of a StatefulSet pod is <name>-<ordinal>.
-        script = "\n".join([
-            "set -eu",
-            'ordinal="${HOSTNAME##*-}"',
-            'case "$ordinal" in ""|*[!0-9]*) echo "no ordinal in hostname $HOSTNAME" >&2; exit 1;; esac',
-            f'echo "$((ordinal + 1))" > {DATA_DIR}/myid',
-            "exec " + " ".join(f"'{arg}'" if "*" in arg else arg for arg in start),
-        ])
+        script = start_script(start=start)
         container = k8s.Container(
             name="zookeeper",
             image=versions.ZOOKEEPER_IMAGE,
             image_pull_policy="IfNotPresent",
             # The image's entrypoint would write /conf/zoo.cfg; the rendered one is mounted instead.
             command=["bash", "-c", script],
+            env=[k8s.EnvVar(name="ZOO_DATA_DIR", value=DATA_DIR)],
             ports=[
                 k8s.ContainerPort(name="client", container_port=props.client_port),
                 k8s.ContainerPort(name="quorum", container_port=props.quorum_port),

@@ -167,7 +167,8 @@ class ZooKeeperClient:
         except (KazooTimeoutError, ConnectionLoss, SessionExpiredError, ConnectionClosedError) as e:
             raise ZooKeeperUnavailable(
                 f"{what}: not acknowledged within {self.timeout} s ({type(e).__name__}); "
-                f"the ensemble {self.hosts} has no quorum reachable from here"
+                f"the ensemble {self.hosts} has no quorum reachable from here. A write's outcome is "
+                "unknown: the session resends it when a quorum returns, so read before retrying"
             ) from e
 
     # -- the seed example: create and read a znode -------------------------------------
