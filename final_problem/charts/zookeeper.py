@@ -147,7 +147,7 @@ class ZooKeeperProps:
         shared by every component): 512 MiB limit, 256 MiB heap, 2 GiB volumes. Replicas
         are the same in both.
         """
-        memory = settings.zookeeper_memory_mib or (512 if profile.small else 2048)
+        memory = settings.zookeeper_memory_mib if settings.zookeeper_memory_mib is not None else (512 if profile.small else 2048)
         # Memory request = limit: the heap is fixed (-Xms = -Xmx), so the pod uses it all.
         sizing = (
             Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=memory, memory_limit_mib=memory)
@@ -158,7 +158,7 @@ class ZooKeeperProps:
             replicas=settings.zookeeper_replicas,
             sizing=sizing,
             heap_mib=settings.zookeeper_heap_mib,
-            storage_gib=settings.zookeeper_storage_gib or (2 if profile.small else 10),
+            storage_gib=settings.zookeeper_storage_gib if settings.zookeeper_storage_gib is not None else (2 if profile.small else 10),
             client_port=settings.zookeeper_client_port,
             quorum_port=settings.zookeeper_quorum_port,
             election_port=settings.zookeeper_election_port,
