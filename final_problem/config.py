@@ -79,6 +79,30 @@ class Settings:
     components: tuple[str, ...] = ("base",)
     #: Render profiles written to dist/<profile>. Default: both.
     profiles: tuple[str, ...] = ("eks", "pi")
+    #: ZooKeeper ensemble size, the same in both profiles. Default 3. Validated by
+    #: ``ZooKeeperProps`` (final_problem/charts/zookeeper.py): odd, 3 to 7.
+    zookeeper_replicas: int = 3
+    #: ZooKeeper container memory limit and JVM heap in MiB. Default: the profile's
+    #: sizing (eks 2048/1024, pi 512/256); the heap defaults to half the limit.
+    zookeeper_memory_mib: int | None = None
+    zookeeper_heap_mib: int | None = None
+    #: Size of each member's snapshot and transaction-log volumes in GiB. Default: the
+    #: profile's (eks 10, pi 2).
+    zookeeper_storage_gib: int | None = None
+    #: ZooKeeper ports: clients, followers to leader, leader election, Prometheus metrics.
+    #: Defaults 2181, 2888, 3888 (ZooKeeper Administrator's Guide) and 7000 (its
+    #: Prometheus provider's documented example).
+    zookeeper_client_port: int = 2181
+    zookeeper_quorum_port: int = 2888
+    zookeeper_election_port: int = 3888
+    zookeeper_metrics_port: int = 7000
+    #: ZooKeeper tick (ms) and the init/sync limits in ticks. Defaults 2000, 10, 5.
+    zookeeper_tick_time_ms: int = 2000
+    zookeeper_init_limit: int = 10
+    zookeeper_sync_limit: int = 5
+    #: Hosts of a bare-metal ensemble (Raspberry Pis without Kubernetes), member 1 first;
+    #: empty when ZooKeeper runs in the cluster. When given, one per replica.
+    zookeeper_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self)
@@ -197,6 +221,12 @@ def _as_tuple(key: str, v: Any) -> tuple[str, ...]:
     raise ConfigError(key, v, "not a list", f"use a comma-separated list, e.g. -c {key}=a,b")
 
 
+def _as_opt_int(key: str, v: Any) -> int | None:
+    if v is None or v == "":
+        return None
+    return _as_int(key, v)
+
+
 def _as_opt_str(key: str, v: Any) -> str | None:
     if v is None or v == "":
         return None
@@ -218,6 +248,7 @@ for _f in dataclasses.fields(Settings):
         _as_bool if _t == "bool"
         else _as_int if _t == "int"
         else _as_tuple if _t.startswith("tuple")
+        else _as_opt_int if _t == "int | None"
         else _as_opt_str if _t.endswith("None")
         else _as_str
     )

@@ -20,3 +20,9 @@ PYTHON_IMAGE = "docker.io/library/python:3.13.9-slim-trixie"
 
 # The platform's own version, the app.kubernetes.io/version of platform-wide objects.
 PLATFORM_VERSION = "0.1.0"
+
+# ZooKeeper server image, the 3.9 line.
+# Source: docker-library/official-images, library/zookeeper: "Tags: 3.9.4, 3.9, 3.9.4-jre-17",
+# Architectures: amd64, arm64v8, s390x, ppc64le (GitRepo 31z4/zookeeper-docker, Directory 3.9.4).
+ZOOKEEPER_VERSION = "3.9.4"
+ZOOKEEPER_IMAGE = f"docker.io/library/zookeeper:{ZOOKEEPER_VERSION}"

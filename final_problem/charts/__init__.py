@@ -1,5 +1,6 @@
 """The platform's charts, one module per component; importing this registers them."""
 
 from final_problem.charts.base import BaseChart
+from final_problem.charts.zookeeper import ZooKeeperChart
 
-__all__ = ["BaseChart"]
+__all__ = ["BaseChart", "ZooKeeperChart"]
