@@ -28,13 +28,18 @@ PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: help setup synth test bench deploy diff destroy system-deps clean
+# Raspberry Pi images (pi/README.md): make pi-images PI_IMAGE=raspios.img.xz PI_INVENTORY=my-inventory.yaml
+PI_IMAGE ?=
+PI_INVENTORY ?= pi/inventory.yaml
+
+.PHONY: help setup synth test bench deploy diff destroy pi-images system-deps clean
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
 	@echo "make test         install what is missing, then run the whole test suite"
 	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
+	@echo "make pi-images PI_IMAGE=... PI_INVENTORY=...   one ready-to-flash image per Pi (after synth)"
 	@echo "sudo make system-deps      Debian packages the integration tests need"
 
 $(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -68,8 +73,7 @@ test: setup $(CHECKOV_STAMP)
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python -m bench.redis
-	$(BIN)/python bench/bench.py
+	@for script in bench/*.py; do $(BIN)/python "$$script"; done
 
 deploy: setup
 	$(CDK) deploy --all --require-approval broadening $(CDK_ARGS)
@@ -79,6 +83,10 @@ diff: setup
 
 destroy: setup
 	$(CDK) destroy --all $(CDK_ARGS)
+
+pi-images: synth
+	@test -n "$(PI_IMAGE)" || { echo "PI_IMAGE=<Raspberry Pi OS Lite arm64 .img or .img.xz> is required"; exit 2; }
+	PYTHON=$(BIN)/python pi/build.sh --image "$(PI_IMAGE)" --inventory "$(PI_INVENTORY)" --out pi/out --manifests dist/pi
 
 system-deps:
 	apt-get update -qq

@@ -29,3 +29,9 @@ PLATFORM_VERSION = "0.1.0"
 # integration tests) also accepts; see final_problem/renderers/redis.py.
 REDIS_VERSION = "8.10.1"
 REDIS_IMAGE = f"docker.io/library/redis:{REDIS_VERSION}-trixie"
+
+# ZooKeeper server image, the 3.9 line.
+# Source: docker-library/official-images, library/zookeeper: "Tags: 3.9.4, 3.9, 3.9.4-jre-17",
+# Architectures: amd64, arm64v8, s390x, ppc64le (GitRepo 31z4/zookeeper-docker, Directory 3.9.4).
+ZOOKEEPER_VERSION = "3.9.4"
+ZOOKEEPER_IMAGE = f"docker.io/library/zookeeper:{ZOOKEEPER_VERSION}"

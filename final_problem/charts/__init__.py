@@ -2,5 +2,6 @@
 
 from final_problem.charts.base import BaseChart
 from final_problem.charts.redis import RedisChart
+from final_problem.charts.zookeeper import ZooKeeperChart
 
-__all__ = ["BaseChart", "RedisChart"]
+__all__ = ["BaseChart", "RedisChart", "ZooKeeperChart"]

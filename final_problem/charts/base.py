@@ -18,7 +18,7 @@ from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import RestrictedNamespace
-from final_problem.constructs.secrets import GeneratedSecrets, SecretSpec
+from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
 from final_problem.imports import k8s
 from final_problem.profiles import Profile
 

@@ -1,7 +1,7 @@
 """Create named Secrets with random values, once; run inside the cluster by a Job.
 
 Standard library only: it runs in the official ``python`` image. It reads which
-Secrets to create from ``SECRET_SPEC`` (JSON: names, keys and lengths, never values)
+Secrets to create from ``GENERATOR_SPEC`` (JSON: names, keys and lengths, never values)
 and POSTs each one to the Kubernetes API. ``201 Created`` means it was made now;
 ``409 AlreadyExists`` means an earlier run (or another pod) made it, and it is left
 untouched. So the Job is idempotent, and its service account needs ``create`` only:
@@ -72,7 +72,7 @@ def create(base: str, namespace: str, body: dict, token: str, context: ssl.SSLCo
 
 def main() -> int:
     sa_dir = os.environ.get("SA_DIR", SA_DIR)
-    specs = json.loads(os.environ["SECRET_SPEC"])
+    specs = json.loads(os.environ["GENERATOR_SPEC"])
     with open(os.path.join(sa_dir, "namespace")) as f:
         namespace = f.read().strip()
     with open(os.path.join(sa_dir, "token")) as f:

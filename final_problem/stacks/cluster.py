@@ -15,6 +15,7 @@ from constructs import Construct
 
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
+from final_problem.stacks import nag
 from final_problem.stacks.platform import Platform
 
 #: All five control-plane log types (EKS user guide, "Control plane logging").
@@ -133,10 +134,54 @@ class ClusterStack(cdk.Stack):
                 )],
             )
         self.platform = Platform(self, "Platform", cluster=self.cluster, settings=settings)
+        self._acknowledge_findings()
         # Volumes need the CSI driver and pods need nodes before charts are applied.
         for manifest in self.platform.manifests.values():
             manifest.node.add_dependency(self.ebs_csi_driver)
             manifest.node.add_dependency(self.nodegroup)
+
+
+    def _acknowledge_findings(self) -> None:
+        """Accept the cdk-nag findings that EKS itself requires, each with its reason."""
+        nag.acknowledge_managed(
+            self.cluster.role, "AmazonEKSClusterPolicy",
+            "EKS requires this AWS-managed policy on the cluster service role (EKS user guide, 'Amazon EKS cluster IAM role')",
+        )
+        node_role = self.nodegroup.role
+        for policy, why in (
+            ("AmazonEKSWorkerNodePolicy", "lets the kubelet describe the cluster and register the node"),
+            ("AmazonEC2ContainerRegistryReadOnly", "lets nodes pull the EKS add-on images from ECR"),
+            ("AmazonEKS_CNI_Policy", "lets the VPC CNI assign pod addresses (aws-node runs on every node)"),
+        ):
+            nag.acknowledge_managed(node_role, policy, f"EKS managed node groups need it: it {why} (EKS user guide, 'Amazon EKS node IAM role')")
+        nag.acknowledge_managed(
+            self.ebs_csi_role, "service-role/AmazonEBSCSIDriverPolicy",
+            "AWS maintains this policy alongside the EBS CSI driver add-on; it is scoped by tags to driver-created volumes",
+        )
+        provider = self.cluster.node.find_child("KubectlProvider")
+        lambda_reason = "the kubectl provider Lambda functions of aws_eks_v2 write their logs with it (created by aws-cdk-lib)"
+        nag.acknowledge_managed(provider, "service-role/AWSLambdaBasicExecutionRole", lambda_reason)
+        nag.acknowledge_managed(provider, "service-role/AWSLambdaVPCAccessExecutionRole", f"{lambda_reason}; it runs in the VPC to reach a private endpoint")
+        nag.acknowledge_managed(provider, "AmazonEC2ContainerRegistryReadOnly", "aws_eks_v2's kubectl handler reads ECR for Helm charts stored there")
+        nag.acknowledge(
+            provider,
+            'AwsSolutions-IAM4[Policy::{"Fn::If":["ClusterKubectlProviderHandlerHasEcrPublic69E09706",{"Fn::Join":["",["arn:",{"Ref":"AWS::Partition"},":iam::aws:policy/AmazonElasticContainerRegistryPublicReadOnly"]]},{"Ref":"AWS::NoValue"}]}]',
+            "aws_eks_v2's kubectl handler reads ECR Public (where the partition has it) for Helm charts stored there",
+        )
+        nag.acknowledge(
+            provider, "AwsSolutions-L1",
+            "the kubectl handler's runtime is fixed by aws-cdk-lib to match the kubectl layer it bundles",
+        )
+        nag.acknowledge(
+            provider, "AwsSolutions-IAM5[Resource::<ClusterKubectlProviderHandler2E05C68A.Arn>:*]",
+            "the custom resource framework invokes any version of its own handler function (ARN:*), nothing else",
+        )
+        nag.skip_provider_lambda_checks(self, "/KubectlProvider/", "aws_eks_v2's kubectl provider")
+        nag.checkov_skip(
+            self, resource_type="AWS::Logs::LogGroup", path_part="/KubectlProvider/", check_id="CKV_AWS_158",
+            reason="log group aws_eks_v2 creates for its kubectl provider (no option to pass a key); it records "
+            "kubectl runs on manifests that hold no secret values",
+        )
 
 
 def _endpoint_access(settings: Settings) -> eks.EndpointAccess:

@@ -6,10 +6,13 @@ from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from final_problem.config import LOG_RETENTION_DAYS, Settings
+from final_problem.stacks import nag
 
 
 class NetworkStack(cdk.Stack):
@@ -23,9 +26,27 @@ class NetworkStack(cdk.Stack):
 
     def __init__(self, scope: Construct, id: str, *, settings: Settings, **kwargs: Any) -> None:
         super().__init__(scope, id, **kwargs)
+        self.flow_log_key = kms.Key(
+            self, "FlowLogsKey",
+            description=f"Encryption of the VPC flow logs of {settings.cluster_name}",
+            enable_key_rotation=True,
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        # CloudWatch Logs encrypts with the key only if its regional service principal may
+        # use it, for log groups of this account and region (CloudWatch Logs user guide,
+        # "Encrypt log data in CloudWatch Logs using AWS KMS").
+        self.flow_log_key.add_to_resource_policy(iam.PolicyStatement(
+            principals=[iam.ServicePrincipal(f"logs.{cdk.Aws.REGION}.amazonaws.com")],
+            actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+            resources=["*"],
+            conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn": cdk.Arn.format(
+                cdk.ArnComponents(service="logs", resource="log-group", resource_name="*",
+                                  arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME), self)}},
+        ))
         self.flow_log_group = logs.LogGroup(
             self, "FlowLogs",
             retention=_retention(settings.flow_log_retention_days),
+            encryption_key=self.flow_log_key,
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
         self.vpc = ec2.Vpc(
@@ -51,6 +72,12 @@ class NetworkStack(cdk.Stack):
             cdk.Tags.of(subnet).add("kubernetes.io/role/elb", "1")
         for subnet in self.vpc.private_subnets:
             cdk.Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
+        nag.skip_provider_lambda_checks(self, "/Custom::VpcRestrictDefaultSG", "aws-cdk-lib's default-security-group restrictor")
+        nag.checkov_skip(
+            self, resource_type="AWS::Lambda::Function", path_part="/Custom::VpcRestrictDefaultSG", check_id="CKV_AWS_117",
+            reason="aws-cdk-lib's default-security-group restrictor calls only the EC2 API; placing it in the VPC "
+            "would make it depend on the NAT it runs beside",
+        )
 
 
 def _retention(days: int) -> logs.RetentionDays:

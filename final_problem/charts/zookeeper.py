@@ -1,0 +1,394 @@
+"""The ZooKeeper chart: a highly available ensemble in the ``zookeeper`` namespace.
+
+Creates:
+
+- the ``zookeeper`` namespace (Pod Security "restricted", default-deny);
+- a ConfigMap with ``zoo.cfg`` from :mod:`final_problem.renderers.zookeeper` (the same
+  renderer a bare-metal Pi ensemble uses) and a console-only ``logback.xml``;
+- a StatefulSet of ``replicas`` members (PDB, one per node, spread over zones, retained
+  volumes for snapshots and the transaction log), each writing ``myid`` from its ordinal;
+- a headless Service giving each member a stable DNS name, published before it is ready
+  (members must find each other to form the quorum that makes them ready), and a client
+  Service that routes only to members in a quorum;
+- NetworkPolicies: clients from this namespace and from namespaces labelled
+  ``final-problem.io/zookeeper-client=true``; quorum and election traffic only between
+  members; metrics from namespaces labelled ``final-problem.io/monitoring=true``.
+
+Sources: ZooKeeper Administrator's Guide 3.9; Kubernetes tutorial "Running ZooKeeper, A
+Distributed System Coordinator"; docker-library ``zookeeper`` image (31z4/zookeeper-docker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Mapping
+
+from constructs import Construct
+
+from final_problem import versions
+from final_problem.components import PlatformChart, register
+from final_problem.config import Settings
+from final_problem.constructs.labels import set_component
+from final_problem.constructs.namespace import RestrictedNamespace, ports
+from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
+from final_problem.constructs.security import Sizing, container_context, raw_resources
+from final_problem.errors import ConfigError
+from final_problem.imports import k8s
+from final_problem.profiles import Profile
+from final_problem.renderers.zookeeper import EnsembleConfig, Member, check_distinct_ports, java_command, zoo_cfg
+
+#: The image's user and group (31z4/zookeeper-docker Dockerfile: uid/gid 1000).
+ZOOKEEPER_UID = 1000
+#: Where the official image unpacks the release (its WORKDIR); lib/ holds every jar,
+#: the Prometheus provider included.
+ZOOKEEPER_HOME = f"/apache-zookeeper-{versions.ZOOKEEPER_VERSION}-bin"
+CONF_DIR = "/conf"
+DATA_DIR = "/data"
+DATA_LOG_DIR = "/datalog"
+#: Label a namespace carries to reach the client port.
+CLIENT_NAMESPACE_LABEL = {"final-problem.io/zookeeper-client": "true"}
+#: Label of the namespace that scrapes metrics.
+MONITORING_NAMESPACE_LABEL = {"final-problem.io/monitoring": "true"}
+#: Replica counts allowed: odd (quorum is floor(n/2)+1, so an even ensemble tolerates no
+#: more failures than the odd one below it), at least 3 (one failure tolerated), at most 7:
+#: every write waits for a majority, so more voters slow writes; scale reads with
+#: observers instead (Administrator's Guide, "Clustered (Multi-Server) Setup"; "Observers").
+REPLICAS_ALLOWED = (3, 5, 7)
+#: Largest heap as a share of the memory limit: the JVM also needs metaspace, thread
+#: stacks and Netty's direct buffers outside the heap.
+MAX_HEAP_SHARE = 0.75
+
+_LOGBACK = """<configuration>
+  <!-- Console only: the root filesystem is read-only and the kubelet collects stdout. -->
+  <appender name="CONSOLE" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%d{ISO8601} [myid:%X{myid}] %-5level [%t] %logger{36} - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="CONSOLE"/></root>
+</configuration>
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZooKeeperProps:
+    """Settings of the ensemble; defaults per profile come from :meth:`for_profile`."""
+
+    #: Members. Default 3; odd, 3 to 7 (see :data:`REPLICAS_ALLOWED`).
+    replicas: int = 3
+    #: Container requests and limits. Default: the profile's (:meth:`for_profile`).
+    sizing: Sizing
+    #: JVM heap in MiB. Default: half the memory limit.
+    heap_mib: int | None = None
+    #: Size of each of the two volumes (snapshots, transaction log). Default: the profile's.
+    storage_gib: int
+    client_port: int = 2181
+    quorum_port: int = 2888
+    election_port: int = 3888
+    metrics_port: int = 7000
+    tick_time_ms: int = 2000
+    init_limit: int = 10
+    sync_limit: int = 5
+    #: Bare-metal member hosts; empty for the in-cluster ensemble.
+    hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.replicas not in REPLICAS_ALLOWED:
+            raise ConfigError(
+                "zookeeper.replicas", self.replicas,
+                "must be odd and 3 to 7: quorum is floor(n/2)+1, so an even ensemble tolerates no more "
+                "failures than the odd one below it, fewer than 3 tolerates none, and more than 7 slows every write",
+                "use 3 (tolerates 1 failure) or 5 (tolerates 2)",
+            )
+        limit = self.sizing.memory_limit_mib
+        if self.effective_heap_mib >= limit * MAX_HEAP_SHARE:
+            raise ConfigError(
+                "zookeeper.heap_mib", self.effective_heap_mib,
+                f"must stay below {int(MAX_HEAP_SHARE * 100)}% of the memory limit ({limit} MiB): the JVM needs "
+                "memory outside the heap, and a process over its limit is killed",
+                f"use at most {int(limit * MAX_HEAP_SHARE) - 1} MiB, or raise zookeeper_memory_mib",
+            )
+        if self.effective_heap_mib < 64:
+            raise ConfigError("zookeeper.heap_mib", self.effective_heap_mib, "ZooKeeper needs at least 64 MiB of heap", "use 256 or more")
+        ClaimSpec(name="zookeeper.storage", size_gib=self.storage_gib)
+        check_distinct_ports({
+            "zookeeper.client_port": self.client_port, "zookeeper.quorum_port": self.quorum_port,
+            "zookeeper.election_port": self.election_port, "zookeeper.metrics_port": self.metrics_port,
+        })
+        if self.hosts and len(self.hosts) != self.replicas:
+            raise ConfigError(
+                "zookeeper_hosts", ",".join(self.hosts),
+                f"{len(self.hosts)} hosts for zookeeper_replicas={self.replicas}",
+                "list exactly one host per replica, or change zookeeper_replicas",
+            )
+        # The renderer checks ports, ticks and limits the same way for bare metal.
+        self.ensemble(hosts=self.hosts or tuple(f"member-{i}" for i in range(self.replicas)))
+
+    @property
+    def effective_heap_mib(self) -> int:
+        return self.heap_mib if self.heap_mib is not None else self.sizing.memory_limit_mib // 2
+
+    def ensemble(self, *, hosts: tuple[str, ...]) -> EnsembleConfig:
+        """The rendered configuration of an ensemble on ``hosts`` (member 1 first)."""
+        members = tuple(
+            Member(myid=i, host=h, client_port=self.client_port, quorum_port=self.quorum_port, election_port=self.election_port)
+            for i, h in enumerate(hosts, start=1)
+        )
+        return EnsembleConfig(
+            members=members, data_dir=DATA_DIR, data_log_dir=DATA_LOG_DIR,
+            tick_time_ms=self.tick_time_ms, init_limit=self.init_limit, sync_limit=self.sync_limit,
+            metrics_port=self.metrics_port,
+        )
+
+    @classmethod
+    def for_profile(cls, *, settings: Settings, profile: Profile) -> "ZooKeeperProps":
+        """Props from the settings, sized for ``profile``.
+
+        EKS (m7g.large, 8 GiB): 2 GiB limit, 1 GiB heap, 10 GiB volumes. Pi (4-8 GiB boards
+        shared by every component): 512 MiB limit, 256 MiB heap, 2 GiB volumes. Replicas
+        are the same in both.
+        """
+        memory = settings.zookeeper_memory_mib if settings.zookeeper_memory_mib is not None else (512 if profile.small else 2048)
+        # Memory request = limit: the heap is fixed (-Xms = -Xmx), so the pod uses it all.
+        sizing = (
+            Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=memory, memory_limit_mib=memory)
+            if profile.small
+            else Sizing(cpu_request_m=250, cpu_limit_m=1000, memory_request_mib=memory, memory_limit_mib=memory)
+        )
+        return cls(
+            replicas=settings.zookeeper_replicas,
+            sizing=sizing,
+            heap_mib=settings.zookeeper_heap_mib,
+            storage_gib=settings.zookeeper_storage_gib if settings.zookeeper_storage_gib is not None else (2 if profile.small else 10),
+            client_port=settings.zookeeper_client_port,
+            quorum_port=settings.zookeeper_quorum_port,
+            election_port=settings.zookeeper_election_port,
+            metrics_port=settings.zookeeper_metrics_port,
+            tick_time_ms=settings.zookeeper_tick_time_ms,
+            init_limit=settings.zookeeper_init_limit,
+            sync_limit=settings.zookeeper_sync_limit,
+            hosts=settings.zookeeper_hosts,
+        )
+
+
+def start_script(*, start: list[str]) -> str:
+    """The container's command: write ``myid`` = pod ordinal + 1 (ids start at 1) into
+    ``$ZOO_DATA_DIR``, then exec ``start``. A StatefulSet pod's hostname is <name>-<ordinal>."""
+    return "\n".join([
+        "set -eu",
+        'ordinal="${HOSTNAME##*-}"',
+        'case "$ordinal" in ""|*[!0-9]*) echo "no ordinal in hostname $HOSTNAME" >&2; exit 1;; esac',
+        'echo "$((ordinal + 1))" > "$ZOO_DATA_DIR/myid"',
+        "exec " + " ".join(f"'{arg}'" if "*" in arg else arg for arg in start),
+    ])
+
+
+def _tcp_word_check(*, port: int, word: str, expect: str) -> list[str]:
+    """An exec probe sending a four-letter word with bash's /dev/tcp (the image has bash;
+    no nc flags to depend on) and matching the answer."""
+    return ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf {word} >&3 && grep -qE '{expect}' <&3"]
+
+
+def readiness_command(*, client_port: int) -> list[str]:
+    """Ready only while in a quorum: ``srvr`` reports a Mode only when serving."""
+    return _tcp_word_check(port=client_port, word="srvr", expect="^Mode: (leader|follower|observer)")
+
+
+def liveness_command(*, client_port: int) -> list[str]:
+    """Alive while the process answers ``ruok``, with or without a quorum: a member
+    waiting for its peers must not be restarted for it."""
+    return _tcp_word_check(port=client_port, word="ruok", expect="imok")
+
+
+@register
+class ZooKeeperChart(PlatformChart):
+    """A ZooKeeper ensemble with quorum-aware readiness, metrics and tight network policy."""
+
+    component = "zookeeper"
+    construct_id = "ZooKeeper"
+    requires = ("base",)
+    version = versions.ZOOKEEPER_VERSION
+
+    NAMESPACE = "zookeeper"
+    NAME = "zookeeper"
+    HEADLESS_SERVICE = "zookeeper-headless"
+    CLIENT_SERVICE = "zookeeper"
+
+    @classmethod
+    def client_service_dns(cls) -> str:
+        """DNS name of the client Service (port: ``zookeeper_client_port``)."""
+        return f"{cls.CLIENT_SERVICE}.{cls.NAMESPACE}.svc.cluster.local"
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: Settings,
+        profile: Profile,
+        dependencies: Mapping[str, PlatformChart],
+    ) -> None:
+        super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
+        props = ZooKeeperProps.for_profile(settings=settings, profile=profile)
+        self.props = props
+        self.zookeeper_namespace = RestrictedNamespace(self, "Namespace", name=self.NAMESPACE, pss_version=f"v{settings.kubernetes_version}")
+        ns = self.NAMESPACE
+        selector = self.label_set.selector("server")
+
+        member_hosts = tuple(
+            f"{self.NAME}-{i}.{self.HEADLESS_SERVICE}.{ns}.svc.cluster.local" for i in range(props.replicas)
+        )
+        #: Stable DNS names of the members, member 1 (ordinal 0) first.
+        self.member_hosts = member_hosts
+        #: Connection string for clients inside the cluster.
+        self.connect_string = f"{self.client_service_dns()}:{props.client_port}"
+        config = zoo_cfg(props.ensemble(hosts=member_hosts), client_port=props.client_port)
+        self.config_map = k8s.KubeConfigMap(
+            self, "Config",
+            metadata=k8s.ObjectMeta(name=f"{self.NAME}-config", namespace=ns),
+            data={"zoo.cfg": config, "logback.xml": _LOGBACK},
+        )
+        set_component(self.config_map, "config")
+
+        service_ports = [
+            k8s.ServicePort(name="client", port=props.client_port, target_port=k8s.IntOrString.from_string("client")),
+            k8s.ServicePort(name="quorum", port=props.quorum_port, target_port=k8s.IntOrString.from_string("quorum")),
+            k8s.ServicePort(name="election", port=props.election_port, target_port=k8s.IntOrString.from_string("election")),
+            k8s.ServicePort(name="metrics", port=props.metrics_port, target_port=k8s.IntOrString.from_string("metrics")),
+        ]
+        self.headless_service = k8s.KubeService(
+            self, "Headless",
+            metadata=k8s.ObjectMeta(name=self.HEADLESS_SERVICE, namespace=ns),
+            spec=k8s.ServiceSpec(
+                cluster_ip="None", selector=selector, ports=service_ports,
+                # Members resolve each other before any is ready: readiness needs a quorum.
+                publish_not_ready_addresses=True,
+            ),
+        )
+        self.client_service = k8s.KubeService(
+            self, "Client",
+            metadata=k8s.ObjectMeta(name=self.CLIENT_SERVICE, namespace=ns),
+            spec=k8s.ServiceSpec(selector=selector, ports=service_ports[:1]),
+        )
+        for svc in (self.headless_service, self.client_service):
+            set_component(svc, "server")
+
+        classpath = f"{CONF_DIR}:{ZOOKEEPER_HOME}/lib/*"
+        start = java_command(java="java", classpath=classpath, config_path=f"{CONF_DIR}/zoo.cfg", heap_mib=props.effective_heap_mib)
+        script = start_script(start=start)
+        container = k8s.Container(
+            name="zookeeper",
+            image=versions.ZOOKEEPER_IMAGE,
+            image_pull_policy="IfNotPresent",
+            # The image's entrypoint would write /conf/zoo.cfg; the rendered one is mounted instead.
+            command=["bash", "-c", script],
+            env=[k8s.EnvVar(name="ZOO_DATA_DIR", value=DATA_DIR)],
+            ports=[
+                k8s.ContainerPort(name="client", container_port=props.client_port),
+                k8s.ContainerPort(name="quorum", container_port=props.quorum_port),
+                k8s.ContainerPort(name="election", container_port=props.election_port),
+                k8s.ContainerPort(name="metrics", container_port=props.metrics_port),
+            ],
+            security_context=container_context(uid=ZOOKEEPER_UID),
+            resources=raw_resources(props.sizing),
+            readiness_probe=k8s.Probe(
+                exec=k8s.ExecAction(command=readiness_command(client_port=props.client_port)),
+                initial_delay_seconds=10, period_seconds=10, timeout_seconds=5, failure_threshold=3,
+            ),
+            liveness_probe=k8s.Probe(
+                exec=k8s.ExecAction(command=liveness_command(client_port=props.client_port)),
+                # A JVM start plus loading a large snapshot takes a while on a Pi.
+                initial_delay_seconds=30, period_seconds=15, timeout_seconds=5, failure_threshold=6,
+            ),
+            volume_mounts=[
+                k8s.VolumeMount(name="config", mount_path=CONF_DIR, read_only=True),
+                k8s.VolumeMount(name="data", mount_path=DATA_DIR),
+                k8s.VolumeMount(name="datalog", mount_path=DATA_LOG_DIR),
+                # The JVM's perf data and Netty's native library unpack into /tmp.
+                k8s.VolumeMount(name="tmp", mount_path="/tmp"),
+            ],
+        )
+        digest = hashlib.sha256((config + _LOGBACK).encode()).hexdigest()[:16]
+        self.stateful_set = QuorumStatefulSet(
+            self, "Ensemble",
+            name=self.NAME,
+            namespace=ns,
+            labels=self.label_set,
+            component="server",
+            replicas=props.replicas,
+            service_name=self.HEADLESS_SERVICE,
+            containers=[container],
+            profile=profile,
+            uid=ZOOKEEPER_UID,
+            volumes=[
+                k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name=f"{self.NAME}-config")),
+                k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=k8s.Quantity.from_string("64Mi"))),
+            ],
+            claims=[
+                ClaimSpec(name="data", size_gib=props.storage_gib),
+                ClaimSpec(name="datalog", size_gib=props.storage_gib),
+            ],
+            pod_annotations={
+                # A changed zoo.cfg rolls the members one at a time (PDB maxUnavailable 1).
+                "final-problem.io/config-sha256": digest,
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(props.metrics_port),
+            },
+        )
+        # checkov wants uids >= 10000 so a container user never equals a host user. The
+        # image's release files belong to its user 1000 (Dockerfile), which is non-root as
+        # Pod Security "restricted" requires; keeping it keeps file ownership as shipped.
+        self.stateful_set.resource.metadata.add_annotation(
+            "checkov.io/skip1", "CKV_K8S_40=the official zookeeper image runs as its own uid 1000",
+        )
+        self._network_policies(selector=selector, props=props)
+        for child in (self.config_map, self.headless_service, self.client_service):
+            child.add_dependency(self.zookeeper_namespace.resource)
+        self.stateful_set.node.add_dependency(self.zookeeper_namespace)
+        self.stateful_set.node.add_dependency(self.config_map)
+
+    def _network_policies(self, *, selector: dict[str, str], props: ZooKeeperProps) -> None:
+        ns = self.NAMESPACE
+        members = k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=selector))
+        policies = [
+            k8s.KubeNetworkPolicy(
+                self, "AllowClients",
+                metadata=k8s.ObjectMeta(name="zookeeper-clients", namespace=ns),
+                spec=k8s.NetworkPolicySpec(
+                    pod_selector=k8s.LabelSelector(match_labels=selector),
+                    policy_types=["Ingress"],
+                    ingress=[k8s.NetworkPolicyIngressRule(
+                        from_=[
+                            k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector()),
+                            k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=CLIENT_NAMESPACE_LABEL)),
+                        ],
+                        ports=ports(props.client_port),
+                    )],
+                ),
+            ),
+            k8s.KubeNetworkPolicy(
+                self, "AllowPeers",
+                metadata=k8s.ObjectMeta(name="zookeeper-peers", namespace=ns),
+                spec=k8s.NetworkPolicySpec(
+                    pod_selector=k8s.LabelSelector(match_labels=selector),
+                    policy_types=["Ingress", "Egress"],
+                    ingress=[k8s.NetworkPolicyIngressRule(from_=[members], ports=ports(props.quorum_port, props.election_port))],
+                    egress=[k8s.NetworkPolicyEgressRule(to=[members], ports=ports(props.quorum_port, props.election_port))],
+                ),
+            ),
+            k8s.KubeNetworkPolicy(
+                self, "AllowMetrics",
+                metadata=k8s.ObjectMeta(name="zookeeper-metrics", namespace=ns),
+                spec=k8s.NetworkPolicySpec(
+                    pod_selector=k8s.LabelSelector(match_labels=selector),
+                    policy_types=["Ingress"],
+                    ingress=[k8s.NetworkPolicyIngressRule(
+                        from_=[k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=MONITORING_NAMESPACE_LABEL))],
+                        ports=ports(props.metrics_port),
+                    )],
+                ),
+            ),
+        ]
+        for policy in policies:
+            set_component(policy, "network-policy")
+            policy.add_dependency(self.zookeeper_namespace.resource)
+        self.network_policies = policies

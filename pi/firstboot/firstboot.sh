@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# First boot of a node built by pi/build.sh: installs what the node's role needs.
+# Runs as root on the Pi, from the boot partition (BOOT/fp/firstboot.sh), started by
+# cloud-init's runcmd or by the final-problem-firstboot service that firstrun.sh sets up.
+#
+# For tests every path is taken under FP_ROOT (default: the real root), and the
+# cgroup locations can be pointed elsewhere with FP_CGROUP_DIR and FP_PROC_CGROUPS.
+set -euo pipefail
+
+FP_PAYLOAD="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+FP_ROOT="${FP_ROOT:-}"
+FP_CGROUP_DIR="${FP_CGROUP_DIR:-/sys/fs/cgroup}"
+FP_PROC_CGROUPS="${FP_PROC_CGROUPS:-/proc/cgroups}"
+FP_STATE="$FP_ROOT/var/lib/final-problem"
+
+fb_log() {
+    printf '[final-problem firstboot] %s\n' "$*" >&2
+}
+
+# fail MESSAGE: report on stderr (the journal / cloud-init-output.log), in the state
+# folder and in the login message, then stop.
+fb_fail() {
+    printf '[final-problem firstboot] error: %s\n' "$*" >&2
+    mkdir -p -- "$FP_STATE" "$FP_ROOT/etc/motd.d"
+    printf '%s\n' "$*" >"$FP_STATE/firstboot.failed"
+    printf 'final-problem first boot FAILED: %s\n' "$*" >"$FP_ROOT/etc/motd.d/final-problem"
+    exit 1
+}
+
+fb_load_settings() {
+    [[ -f "$FP_PAYLOAD/node.env" ]] || fb_fail "no node.env beside $0; this boot partition was not written by pi/build.sh"
+    # shellcheck source=/dev/null
+    . "$FP_PAYLOAD/node.env"
+    # shellcheck source=pi/versions.env
+    . "$FP_PAYLOAD/versions.env"
+}
+
+# apt_install PACKAGE...: install Debian packages, refreshing the lists once.
+FB_APT_UPDATED=0
+fb_apt_install() {
+    if (( ! FB_APT_UPDATED )); then
+        apt-get update || fb_fail "apt-get update failed; check the node's network and DNS"
+        FB_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
+        || fb_fail "apt-get install $* failed; see the apt output above"
+}
+
+# fetch URL DEST: download with retries; the network may still be coming up.
+fb_fetch() {
+    curl -fsSL --retry 5 --retry-delay 5 --retry-connrefused -o "$2" -- "$1" \
+        || fb_fail "download of $1 failed; check the node's network, or build the image with --k3s-airgap"
+}
+
+# verify_sha256 FILE SUMS_FILE NAME: FILE must have the digest that SUMS_FILE (lines of
+# "HEX  NAME") gives for NAME.
+fb_verify_sha256() {
+    local file="$1" sums="$2" name="$3" expected actual
+    expected="$(awk -v n="$name" '$2 == n || $2 == "*" n {print $1; exit}' "$sums")"
+    [[ -n "$expected" ]] || fb_fail "$sums has no checksum for $name"
+    actual="$(sha256sum -- "$file")"
+    actual="${actual%% *}"
+    [[ "$actual" == "$expected" ]] || fb_fail "$name has SHA-256 $actual but the release lists $expected; the download is corrupt or tampered with"
+}
+
+# memory_cgroup_on: k3s's kubelet needs the memory cgroup controller. It is off unless
+# cmdline.txt has cgroup_enable=memory, and some Raspberry Pi 5 kernels keep it off even
+# then (https://github.com/raspberrypi/linux/issues/5933), so look at what the kernel
+# really did.
+fb_memory_cgroup_on() {
+    if [[ -f "$FP_CGROUP_DIR/cgroup.controllers" ]]; then
+        # cgroup v2: the root lists the controllers available.
+        grep -qw memory -- "$FP_CGROUP_DIR/cgroup.controllers"
+    elif [[ -f "$FP_PROC_CGROUPS" ]]; then
+        # cgroup v1: columns are subsys_name hierarchy num_cgroups enabled.
+        awk '$1 == "memory" && $4 == 1 {found = 1} END {exit !found}' "$FP_PROC_CGROUPS"
+    else
+        return 1
+    fi
+}
+
+fb_check_memory_cgroup() {
+    if fb_memory_cgroup_on; then
+        fb_log "memory cgroup is on"
+        return
+    fi
+    fb_fail "the memory cgroup is OFF, so k3s cannot run. cmdline.txt on the boot partition must contain 'cgroup_memory=1 cgroup_enable=memory' (pi/build.sh adds them); if it does, this kernel ignores them (seen on some Raspberry Pi 5 kernels): update the kernel (apt full-upgrade), reboot, and run $FP_PAYLOAD/firstboot.sh again"
+}
+
+# k3s prerequisites: forwarding and the bridge netfilter module
+# (https://docs.k3s.io/installation/requirements, networking).
+fb_k3s_prerequisites() {
+    mkdir -p -- "$FP_ROOT/etc/modules-load.d" "$FP_ROOT/etc/sysctl.d"
+    printf 'overlay\nbr_netfilter\n' >"$FP_ROOT/etc/modules-load.d/final-problem-k3s.conf"
+    printf 'net.ipv4.ip_forward = 1\nnet.bridge.bridge-nf-call-iptables = 1\n' \
+        >"$FP_ROOT/etc/sysctl.d/90-final-problem-k3s.conf"
+    if [[ -z "$FP_ROOT" ]]; then
+        modprobe overlay || true
+        modprobe br_netfilter || true
+        sysctl --system >/dev/null || true
+    fi
+}
+
+# install_k3s_binary: from the image's air-gap folder if present, else download the
+# pinned release and check it against the release's sha256sum-arm64.txt.
+fb_install_k3s_binary() {
+    local bin_dir="$FP_ROOT/usr/local/bin" images="$FP_ROOT/var/lib/rancher/k3s/agent/images"
+    mkdir -p -- "$bin_dir"
+    if [[ -f "$FP_PAYLOAD/airgap/k3s" ]]; then
+        fb_log "installing k3s $K3S_VERSION from the image (air-gap)"
+        install -m 755 -- "$FP_PAYLOAD/airgap/k3s" "$bin_dir/k3s"
+        # k3s imports image archives found here at start-up
+        # (https://docs.k3s.io/installation/airgap, "Manually Deploy Images").
+        mkdir -p -- "$images"
+        local archive
+        for archive in "$FP_PAYLOAD"/airgap/k3s-airgap-images-arm64.*; do
+            [[ -f "$archive" ]] && cp -- "$archive" "$images/"
+        done
+    else
+        local tmp version_url
+        tmp="$(mktemp -d)"
+        # The + in the version is URL-encoded in release download paths.
+        version_url="${K3S_VERSION//+/%2B}"
+        fb_log "downloading k3s $K3S_VERSION"
+        fb_fetch "$K3S_RELEASE_BASE/$version_url/sha256sum-arm64.txt" "$tmp/sha256sum-arm64.txt"
+        fb_fetch "$K3S_RELEASE_BASE/$version_url/k3s-arm64" "$tmp/k3s-arm64"
+        fb_verify_sha256 "$tmp/k3s-arm64" "$tmp/sha256sum-arm64.txt" k3s-arm64
+        install -m 755 -- "$tmp/k3s-arm64" "$bin_dir/k3s"
+        rm -rf -- "$tmp"
+    fi
+    local link
+    for link in kubectl crictl ctr; do
+        ln -sfn k3s "$bin_dir/$link"
+    done
+}
+
+fb_write_k3s_config() {
+    local conf="$FP_ROOT/etc/rancher/k3s"
+    mkdir -p -- "$conf"
+    [[ -f "$FP_PAYLOAD/k3s-config.yaml" ]] || fb_fail "no k3s-config.yaml in $FP_PAYLOAD; rebuild the image with pi/build.sh"
+    install -m 600 -- "$FP_PAYLOAD/k3s-config.yaml" "$conf/config.yaml"
+    if [[ -f "$FP_PAYLOAD/k3s-token" ]]; then
+        install -m 600 -- "$FP_PAYLOAD/k3s-token" "$conf/cluster-token"
+    fi
+    [[ -s "$conf/cluster-token" ]] || fb_fail "no k3s token in $FP_PAYLOAD or $conf; rebuild the image with pi/build.sh"
+    # The boot partition is FAT and readable by every user: keep no secret on it.
+    rm -f -- "$FP_PAYLOAD/k3s-token"
+}
+
+fb_place_manifests() {
+    [[ "$FP_K3S_INIT" == true ]] || return 0
+    local dest="$FP_ROOT/var/lib/rancher/k3s/server/manifests/final-problem" f n=0
+    mkdir -p -- "$dest"
+    for f in "$FP_PAYLOAD"/manifests/*.yaml "$FP_PAYLOAD"/manifests/*.yml; do
+        [[ -f "$f" ]] || continue
+        install -m 600 -- "$f" "$dest/"
+        n=$(( n + 1 ))
+    done
+    (( n )) || fb_fail "this is the first server but $FP_PAYLOAD/manifests holds no manifests; rebuild with --manifests pointing at dist/pi"
+    fb_log "placed $n manifest(s) in $dest for k3s to deploy"
+}
+
+fb_write_k3s_unit() {
+    # The server tells systemd when it is ready; the agent is started as a plain process,
+    # as k3s's own installer does.
+    local unit name="k3s" cmd="server" type="notify"
+    if [[ "$FP_ROLE" == agent ]]; then
+        name="k3s-agent" cmd="agent" type="exec"
+    fi
+    unit="$FP_ROOT/etc/systemd/system/$name.service"
+    mkdir -p -- "$(dirname -- "$unit")"
+    # Settings follow the unit that k3s's own installer writes (https://docs.k3s.io).
+    cat >"$unit" <<EOF
+[Unit]
+Description=Lightweight Kubernetes ($cmd)
+Documentation=https://k3s.io
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=$type
+ExecStartPre=-/sbin/modprobe br_netfilter
+ExecStartPre=-/sbin/modprobe overlay
+ExecStart=/usr/local/bin/k3s $cmd
+KillMode=process
+Delegate=yes
+LimitNOFILE=1048576
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+TimeoutStartSec=0
+Restart=always
+RestartSec=5s
+
+[Install]
+WantedBy=multi-user.target
+EOF
+    systemctl daemon-reload
+    systemctl enable "$name.service" || fb_fail "could not enable $name.service"
+    # Do not wait: a joining node keeps retrying until the first server is up.
+    systemctl start --no-block "$name.service" || fb_fail "k3s did not start; see 'journalctl -u $name'"
+}
+
+fb_role_k3s() {
+    fb_check_memory_cgroup
+    fb_k3s_prerequisites
+    fb_install_k3s_binary
+    fb_write_k3s_config
+    fb_place_manifests
+    fb_write_k3s_unit
+}
+
+# role_workstation: the command-line tools to work with the platform from this Pi.
+# kubectl's .sha256 holds just the digest; Helm's .sha256sum is "HEX  NAME".
+fb_role_workstation() {
+    local tmp bin_dir="$FP_ROOT/usr/local/bin" expected actual
+    # AWS CLI, Redis and ZooKeeper clients, Python: Debian packages.
+    fb_apt_install awscli redis-tools zookeeper python3-venv curl ca-certificates
+    tmp="$(mktemp -d)"
+    mkdir -p -- "$bin_dir"
+    fb_fetch "$KUBECTL_RELEASE_BASE/$KUBECTL_VERSION/bin/linux/arm64/kubectl" "$tmp/kubectl"
+    fb_fetch "$KUBECTL_RELEASE_BASE/$KUBECTL_VERSION/bin/linux/arm64/kubectl.sha256" "$tmp/kubectl.sha256"
+    expected="$(tr -d ' \n' <"$tmp/kubectl.sha256")"
+    actual="$(sha256sum -- "$tmp/kubectl")"
+    [[ "${actual%% *}" == "$expected" ]] || fb_fail "kubectl $KUBECTL_VERSION has SHA-256 ${actual%% *} but $expected is published; the download is corrupt"
+    install -m 755 -- "$tmp/kubectl" "$bin_dir/kubectl"
+
+    local helm_tar="helm-$HELM_VERSION-linux-arm64.tar.gz"
+    fb_fetch "$HELM_RELEASE_BASE/$helm_tar" "$tmp/$helm_tar"
+    fb_fetch "$HELM_RELEASE_BASE/$helm_tar.sha256sum" "$tmp/$helm_tar.sha256sum"
+    fb_verify_sha256 "$tmp/$helm_tar" "$tmp/$helm_tar.sha256sum" "$helm_tar"
+    tar -xzf "$tmp/$helm_tar" -C "$tmp" linux-arm64/helm
+    install -m 755 -- "$tmp/linux-arm64/helm" "$bin_dir/helm"
+    rm -rf -- "$tmp"
+
+    # Python environment with the clients the project's code uses: AWS (boto3),
+    # Kubernetes, Redis and ZooKeeper (kazoo).
+    local venv="$FP_ROOT/opt/final-problem/venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --upgrade boto3 kubernetes redis kazoo pyyaml \
+        || fb_fail "pip install of the Python clients failed; check the network and rerun"
+    mkdir -p -- "$FP_ROOT/etc/profile.d"
+    printf 'PATH="/opt/final-problem/venv/bin:$PATH"\n' >"$FP_ROOT/etc/profile.d/final-problem.sh"
+}
+
+# role_zookeeper: install Debian's ZooKeeper and the files the project's renderer wrote.
+fb_role_zookeeper() {
+    local src="$FP_PAYLOAD/zookeeper" data_dir
+    [[ -f "$src/zoo.cfg" && -f "$src/myid" && -f "$src/zookeeper.service" ]] \
+        || fb_fail "$src must hold zoo.cfg, myid and zookeeper.service; rebuild the image with pi/build.sh"
+    fb_apt_install zookeeper default-jre-headless
+    mkdir -p -- "$FP_ROOT/etc/zookeeper/conf" "$FP_ROOT/etc/systemd/system"
+    install -m 644 -- "$src/zoo.cfg" "$FP_ROOT/etc/zookeeper/conf/zoo.cfg"
+    data_dir="$(sed -n 's/^[[:space:]]*dataDir[[:space:]]*=[[:space:]]*//p' "$src/zoo.cfg" | tail -n 1)"
+    data_dir="${data_dir:-/var/lib/zookeeper}"
+    mkdir -p -- "$FP_ROOT$data_dir"
+    install -m 644 -- "$src/myid" "$FP_ROOT$data_dir/myid"
+    install -m 644 -- "$src/zookeeper.service" "$FP_ROOT/etc/systemd/system/zookeeper.service"
+    systemctl daemon-reload
+    systemctl enable --now zookeeper.service || fb_fail "ZooKeeper did not start; see 'journalctl -u zookeeper'"
+}
+
+main() {
+    fb_load_settings
+    if [[ -f "$FP_STATE/firstboot.done" ]]; then
+        fb_log "already done on $(cat -- "$FP_STATE/firstboot.done"); nothing to do"
+        return 0
+    fi
+    mkdir -p -- "$FP_STATE"
+    rm -f -- "$FP_STATE/firstboot.failed"
+    fb_log "node $FP_HOSTNAME, role $FP_ROLE"
+    case "$FP_ROLE" in
+        server|agent) fb_role_k3s ;;
+        workstation) fb_role_workstation ;;
+        zookeeper) fb_role_zookeeper ;;
+        *) fb_fail "unknown role '$FP_ROLE' in node.env" ;;
+    esac
+    # Free the boot partition of the large air-gap files once they are installed.
+    rm -rf -- "$FP_PAYLOAD/airgap"
+    rm -f -- "$FP_ROOT/etc/motd.d/final-problem"
+    date -u '+%Y-%m-%dT%H:%M:%SZ' >"$FP_STATE/firstboot.done"
+    fb_log "done"
+}
+
+main "$@"

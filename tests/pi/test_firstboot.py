@@ -1,0 +1,322 @@
+"""First boot (firstboot.sh) and first run (firstrun.sh) against a scratch root folder.
+
+The boot partition of a built image is copied out and the scripts run from it, as on
+the Pi, with FP_ROOT pointing at a scratch folder. Programs that would change this
+machine or reach the network (systemctl, apt-get, curl, useradd, ...) are replaced by
+stubs on PATH that record their arguments; curl's stub serves files from a local fake
+release folder. What only a real Pi exercises is listed in pi/README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pi_helpers import (BUILD, env, fake_manifests, fat_extract, make_pi_image, run, sample_inventory,
+                      sha256, write_exe)
+
+STUB_LOGGER = """
+#!/bin/sh
+printf '%s %s\\n' "$(basename "$0")" "$*" >>"$FP_TEST_LOG"
+"""
+
+# curl stub: serves <release dir>/<last path segment of the URL>, records the URL.
+CURL_STUB = """
+#!/usr/bin/env bash
+out="" url=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -o) out="$2"; shift 2 ;;
+    --retry|--retry-delay) shift 2 ;;
+    --) url="$2"; shift 2 ;;
+    *) shift ;;
+  esac
+done
+printf 'curl %s\\n' "$url" >>"$FP_TEST_LOG"
+src="$FP_TEST_RELEASE/${url##*/}"
+[ -f "$src" ] || { echo "curl: (22) 404 $url" >&2; exit 22; }
+cp "$src" "$out"
+"""
+
+# python3 stub for 'python3 -m venv DIR': makes DIR/bin/pip, which records its arguments.
+PYTHON_STUB = """
+#!/usr/bin/env bash
+printf 'python3 %s\\n' "$*" >>"$FP_TEST_LOG"
+if [ "$1 $2" = "-m venv" ]; then
+  mkdir -p "$3/bin"
+  printf '#!/bin/sh\\nprintf "pip %%s\\\\n" "$*" >>"$FP_TEST_LOG"\\n' >"$3/bin/pip"
+  chmod +x "$3/bin/pip"
+fi
+"""
+
+
+class Node:
+    def __init__(self, tmp: Path, image: Path):
+        self.tmp = tmp
+        self.boot = fat_extract(image, tmp / "boot")
+        self.root = tmp / "root"
+        self.root.mkdir()
+        self.log = tmp / "calls.log"
+        self.log.write_text("")
+        self.release = tmp / "release"
+        self.release.mkdir()
+        self.cgroup = tmp / "cgroup"
+        self.cgroup.mkdir()
+        (self.cgroup / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+        stubs = tmp / "stubs"
+        stubs.mkdir()
+        for name in ("systemctl", "apt-get", "modprobe", "sysctl", "useradd", "passwd", "chown"):
+            write_exe(stubs / name, STUB_LOGGER)
+        write_exe(stubs / "curl", CURL_STUB)
+        write_exe(stubs / "python3", PYTHON_STUB)
+        self.stubs = stubs
+
+    def run(self, script: str = "firstboot.sh", **extra) -> subprocess.CompletedProcess:
+        settings = {"FP_ROOT": str(self.root), "FP_CGROUP_DIR": str(self.cgroup),
+                    "FP_PROC_CGROUPS": str(self.tmp / "no-proc-cgroups"), "FP_TEST_LOG": str(self.log),
+                    "FP_TEST_RELEASE": str(self.release)}
+        e = env(**{**settings, **extra})
+        e["PATH"] = f"{self.stubs}{os.pathsep}{e['PATH']}"
+        return run(["bash", str(self.boot / "fp" / script)], env=e)
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+
+@pytest.fixture
+def node(built, tmp_path):
+    def make(host: str) -> Node:
+        return Node(tmp_path, built.image(host))
+    return make
+
+
+def add_airgap(n: Node) -> bytes:
+    binary = b"#!/bin/sh\necho k3s air-gap\n"
+    (n.boot / "fp" / "airgap").mkdir()
+    (n.boot / "fp" / "airgap" / "k3s").write_bytes(binary)
+    (n.boot / "fp" / "airgap" / "k3s-airgap-images-arm64.tar.zst").write_bytes(b"images")
+    return binary
+
+
+def fake_k3s_release(n: Node, *, corrupt: bool = False) -> bytes:
+    binary = b"#!/bin/sh\necho downloaded k3s\n"
+    (n.release / "k3s-arm64").write_bytes(binary)
+    digest = hashlib.sha256(b"something else" if corrupt else binary).hexdigest()
+    (n.release / "sha256sum-arm64.txt").write_text(f"{'e' * 64}  k3s\n{digest}  k3s-arm64\n")
+    return binary
+
+
+def test_first_server_air_gap_install(node, built):
+    n = node("srv-1")
+    binary = add_airgap(n)
+    token = (built.secrets / "testlab-k3s-token").read_text()
+    r = n.run()
+    assert r.returncode == 0, r.stderr
+    k3s = n.root / "usr/local/bin/k3s"
+    assert k3s.read_bytes() == binary and k3s.stat().st_mode & 0o777 == 0o755
+    for link in ("kubectl", "crictl", "ctr"):
+        assert os.readlink(n.root / "usr/local/bin" / link) == "k3s"
+    assert (n.root / "var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst").read_bytes() == b"images"
+    assert not any(c.startswith("curl") for c in n.calls()), "air-gap install must not download"
+    config = n.root / "etc/rancher/k3s/config.yaml"
+    assert config.read_text() == (n.boot / "fp/k3s-config.yaml").read_text()
+    assert config.stat().st_mode & 0o777 == 0o600
+    token_file = n.root / "etc/rancher/k3s/cluster-token"
+    assert token_file.read_text() == token and token_file.stat().st_mode & 0o777 == 0o600
+    assert not (n.boot / "fp/k3s-token").exists(), "token must be removed from the FAT boot partition"
+    assert not (n.boot / "fp/airgap").exists(), "air-gap files are removed from the boot partition once installed"
+    manifests = n.root / "var/lib/rancher/k3s/server/manifests/final-problem"
+    assert sorted(p.name for p in manifests.iterdir()) == ["00-namespace.yaml", "10-redis.yaml"]
+    assert (manifests / "10-redis.yaml").read_text() == (built.manifests / "10-redis.yaml").read_text()
+    unit = (n.root / "etc/systemd/system/k3s.service").read_text()
+    assert "ExecStart=/usr/local/bin/k3s server\n" in unit and "Delegate=yes" in unit
+    assert "systemctl enable k3s.service" in n.calls()
+    assert "systemctl start --no-block k3s.service" in n.calls()
+    assert "Type=notify" in unit
+    assert "br_netfilter" in (n.root / "etc/modules-load.d/final-problem-k3s.conf").read_text()
+    assert "net.ipv4.ip_forward = 1" in (n.root / "etc/sysctl.d/90-final-problem-k3s.conf").read_text()
+    assert (n.root / "var/lib/final-problem/firstboot.done").exists()
+    assert token not in r.stdout + r.stderr
+
+
+def test_second_run_does_nothing(node):
+    n = node("srv-1")
+    add_airgap(n)
+    assert n.run().returncode == 0
+    before = n.calls()
+    r = n.run()
+    assert r.returncode == 0 and "already done" in r.stderr
+    assert n.calls() == before
+
+
+def test_agent_downloads_pinned_release_and_checks_it(node):
+    n = node("agt-1")
+    binary = fake_k3s_release(n)
+    r = n.run()
+    assert r.returncode == 0, r.stderr
+    assert (n.root / "usr/local/bin/k3s").read_bytes() == binary
+    base = "https://github.com/k3s-io/k3s/releases/download/v1.34.9%2Bk3s1"
+    assert f"curl {base}/sha256sum-arm64.txt" in n.calls()
+    assert f"curl {base}/k3s-arm64" in n.calls()
+    unit = (n.root / "etc/systemd/system/k3s-agent.service").read_text()
+    assert "ExecStart=/usr/local/bin/k3s agent\n" in unit
+    assert "systemctl enable k3s-agent.service" in n.calls()
+    assert "systemctl start --no-block k3s-agent.service" in n.calls()
+    assert "Type=exec" in unit
+    assert not (n.root / "var/lib/rancher/k3s/server/manifests").exists()
+
+
+def test_download_checksum_mismatch_stops(node):
+    n = node("srv-2")
+    fake_k3s_release(n, corrupt=True)
+    r = n.run()
+    assert r.returncode == 1
+    assert "k3s-arm64 has SHA-256" in r.stderr and "corrupt or tampered" in r.stderr
+    assert not (n.root / "usr/local/bin/k3s").exists()
+    assert not any("enable" in c for c in n.calls())
+    assert "FAILED" in (n.root / "etc/motd.d/final-problem").read_text()
+    assert (n.root / "var/lib/final-problem/firstboot.failed").exists()
+    assert not (n.root / "var/lib/final-problem/firstboot.done").exists()
+
+
+def test_download_failure_stops_with_hint(node):
+    n = node("srv-2")  # empty release folder: every download fails
+    r = n.run()
+    assert r.returncode == 1 and "--k3s-airgap" in r.stderr
+
+
+@pytest.mark.parametrize("controllers", ["cpuset cpu io pids\n", ""])
+def test_memory_cgroup_off_is_reported_and_stops_k3s(node, controllers):
+    n = node("srv-1")
+    add_airgap(n)
+    (n.cgroup / "cgroup.controllers").write_text(controllers)
+    r = n.run()
+    assert r.returncode == 1
+    assert "memory cgroup is OFF" in r.stderr and "cgroup_enable=memory" in r.stderr
+    assert "memory cgroup is OFF" in (n.root / "etc/motd.d/final-problem").read_text()
+    assert not (n.root / "usr/local/bin/k3s").exists()
+
+
+@pytest.mark.parametrize("enabled,ok", [("1", True), ("0", False)])
+def test_memory_cgroup_v1_detection(node, tmp_path, enabled, ok):
+    n = node("srv-1")
+    add_airgap(n)
+    (n.cgroup / "cgroup.controllers").unlink()
+    proc = tmp_path / "proc-cgroups"
+    proc.write_text(f"#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t0\t39\t1\nmemory\t0\t39\t{enabled}\n")
+    r = n.run(FP_PROC_CGROUPS=str(proc))
+    assert (r.returncode == 0) is ok, r.stderr
+
+
+def test_zookeeper_role_installs_renderer_files(node):
+    n = node("zk-1")
+    r = n.run()
+    assert r.returncode == 0, r.stderr
+    assert any(c.startswith("apt-get install") and "zookeeper" in c for c in n.calls())
+    assert "server.1=10.20.0.31:2888:3888" in (n.root / "etc/zookeeper/conf/zoo.cfg").read_text()
+    assert (n.root / "var/lib/zookeeper/myid").read_text().strip() == "1"
+    assert (n.root / "etc/systemd/system/zookeeper.service").exists()
+    assert "systemctl enable --now zookeeper.service" in n.calls()
+    assert not (n.root / "usr/local/bin/k3s").exists()
+
+
+def test_workstation_installs_tools_with_checksums(node):
+    n = node("desk")
+    kubectl = b"kubectl binary"
+    (n.release / "kubectl").write_bytes(kubectl)
+    (n.release / "kubectl.sha256").write_text(hashlib.sha256(kubectl).hexdigest())
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("linux-arm64/helm")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"helm"))
+    tgz = "helm-v3.19.0-linux-arm64.tar.gz"
+    (n.release / tgz).write_bytes(buf.getvalue())
+    (n.release / f"{tgz}.sha256sum").write_text(f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {tgz}\n")
+    r = n.run()
+    assert r.returncode == 0, r.stderr
+    apt = [c for c in n.calls() if c.startswith("apt-get install")]
+    assert apt and all(p in apt[0].split() for p in ("awscli", "redis-tools", "zookeeper", "python3-venv"))
+    assert "curl https://dl.k8s.io/release/v1.34.9/bin/linux/arm64/kubectl" in n.calls()
+    assert (n.root / "usr/local/bin/kubectl").read_bytes() == kubectl
+    assert (n.root / "usr/local/bin/helm").read_bytes() == b"helm"
+    pip = [c for c in n.calls() if c.startswith("pip install")]
+    assert pip and all(p in pip[0].split() for p in ("boto3", "kubernetes", "redis", "kazoo"))
+
+
+def test_workstation_rejects_bad_kubectl(node):
+    n = node("desk")
+    (n.release / "kubectl").write_bytes(b"evil")
+    (n.release / "kubectl.sha256").write_text("0" * 64)
+    r = n.run()
+    assert r.returncode == 1 and "kubectl v1.34.9 has SHA-256" in r.stderr
+    assert not (n.root / "usr/local/bin/kubectl").exists()
+
+
+@pytest.fixture(scope="module")
+def firstrun_images(tmp_path_factory, fake_python):
+    base = tmp_path_factory.mktemp("firstrun")
+    src = make_pi_image(base / "old.img", cloud_init=False)
+    r = run(["bash", str(BUILD), "--image", str(src), "--inventory", str(sample_inventory(base)),
+             "--out", str(base / "out"), "--manifests", str(fake_manifests(base)), "--secrets", str(base / "s")],
+            env=env(PYTHON=str(fake_python)))
+    assert r.returncode == 0, r.stderr
+    return base / "out"
+
+
+def test_firstrun_sets_up_system_and_removes_itself(firstrun_images, tmp_path):
+    n = Node(tmp_path, firstrun_images / "desk.img")
+    for d in ("etc", "usr/share/zoneinfo/Europe", "var/lib/systemd/rfkill"):
+        (n.root / d).mkdir(parents=True)
+    (n.root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (n.root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
+    (n.root / "usr/share/zoneinfo/Europe/Paris").write_text("TZif")
+    rfkill = n.root / "var/lib/systemd/rfkill/platform-fe300000.mmcnr:wlan"
+    rfkill.write_text("1\n")
+    assert "systemd.run=" in (n.boot / "cmdline.txt").read_text()
+
+    r = n.run("firstrun.sh")
+    assert r.returncode == 0, r.stderr
+    assert (n.root / "etc/hostname").read_text() == "desk\n"
+    hosts = (n.root / "etc/hosts").read_text()
+    assert "127.0.1.1\tdesk" in hosts and "raspberrypi" not in hosts and "localhost" in hosts
+    assert any(c.startswith("useradd") and c.endswith(" ops") for c in n.calls())
+    assert any(c.startswith("passwd") and "-l ops" in c for c in n.calls())
+    keys = n.root / "home/ops/.ssh/authorized_keys"
+    assert keys.read_text() == (n.boot / "fp/authorized_keys").read_text()
+    assert keys.stat().st_mode & 0o777 == 0o600
+    assert "PasswordAuthentication no" in (n.root / "etc/ssh/sshd_config.d/10-final-problem.conf").read_text()
+    assert "ops ALL=(ALL) NOPASSWD:ALL" in (n.root / "etc/sudoers.d/010_final-problem").read_text()
+    assert os.readlink(n.root / "etc/localtime") == "/usr/share/zoneinfo/Europe/Paris"
+    nm = n.root / "etc/NetworkManager/system-connections/fp-wlan0.nmconnection"
+    assert "ssid=lab-net" in nm.read_text() and nm.stat().st_mode & 0o777 == 0o600
+    assert rfkill.read_text() == "0\n"
+    unit = (n.root / "etc/systemd/system/final-problem-firstboot.service").read_text()
+    assert "ExecStart=/bin/bash " + str(n.boot) + "/fp/firstboot.sh" in unit
+    assert (n.root / "etc/systemd/system/multi-user.target.wants/final-problem-firstboot.service").is_symlink()
+    cmdline = (n.boot / "cmdline.txt").read_text()
+    assert "systemd.run" not in cmdline and "kernel-command-line.target" not in cmdline
+    assert "cfg80211.ieee80211_regdom=FR" in cmdline and cmdline.startswith("console=serial0")
+
+
+def test_firstrun_rejects_unknown_timezone(firstrun_images, tmp_path):
+    n = Node(tmp_path, firstrun_images / "srv-1.img")
+    (n.root / "etc").mkdir()
+    r = n.run("firstrun.sh")
+    assert r.returncode == 1 and "time zone 'Europe/Paris'" in r.stderr
+
+
+def test_firstrun_image_keeps_cgroup_flags_after_hook_removed(firstrun_images, tmp_path):
+    n = Node(tmp_path, firstrun_images / "srv-1.img")
+    (n.root / "usr/share/zoneinfo/Europe").mkdir(parents=True)
+    (n.root / "usr/share/zoneinfo/Europe/Paris").write_text("TZif")
+    (n.root / "etc").mkdir()
+    assert n.run("firstrun.sh").returncode == 0
+    words = (n.boot / "cmdline.txt").read_text().split()
+    assert words.count("cgroup_enable=memory") == 1 and words.count("cgroup_memory=1") == 1

@@ -1,0 +1,53 @@
+"""The entry points a user runs: app.py (through cdk synth) and the YAML-only render."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def run_app(tmp_path: Path, context: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """Run app.py the way the CDK CLI does: context in CDK_CONTEXT_JSON, CDK_OUTDIR set."""
+    base = json.loads((ROOT / "cdk.json").read_text())["context"]
+    env = {
+        **os.environ,
+        "CDK_OUTDIR": str(tmp_path / "cdk.out"),
+        "CDK_CONTEXT_JSON": json.dumps({**base, "dist_dir": str(tmp_path / "dist"), **context}),
+    }
+    return subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_app_writes_templates_and_both_profiles(tmp_path: Path) -> None:
+    result = run_app(tmp_path, {})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "cdk.out").glob("*.template.json")) == [
+        "Cluster.template.json", "Network.template.json",
+    ]
+    for profile in ("eks", "pi"):
+        files = sorted((tmp_path / "dist" / profile).glob("*.yaml"))
+        assert files and files[0].name == "01-base.yaml"
+        assert all(list(yaml.safe_load_all(f.read_text())) for f in files)
+
+
+def test_a_bad_setting_fails_synthesis_with_the_message(tmp_path: Path) -> None:
+    result = run_app(tmp_path, {"nat_gateways": "5"})
+    assert result.returncode != 0
+    assert "nat_gateways = 5: must be between 1 and az_count (3)" in result.stderr
+    assert not (tmp_path / "cdk.out" / "Cluster.template.json").exists()
+
+
+def test_yaml_only_render_needs_no_cdk(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "final_problem.manifests", "--out", str(tmp_path), "-c", "profiles=pi"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "pi" / "01-base.yaml").exists()
+    assert not (tmp_path / "eks").exists()

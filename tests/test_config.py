@@ -1,0 +1,102 @@
+"""Settings: defaults, overrides from context strings, and every invalid value."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from final_problem import config, versions
+from final_problem.config import Settings
+from final_problem.errors import ConfigError
+from tests.conftest import CDK_JSON
+
+
+def test_defaults_match_the_documented_values() -> None:
+    s = Settings()
+    assert s.cluster_name == "final-problem"
+    assert s.kubernetes_version == versions.KUBERNETES_VERSION == "1.36"
+    assert (s.az_count, s.nat_gateways) == (3, 1)
+    assert s.node_instance_type == "m7g.large" and s.is_graviton
+    assert (s.node_min, s.node_desired, s.node_max) == (3, 3, 6)
+    assert s.endpoint_public_cidrs == () and s.endpoint_private_access is True
+    assert s.admin_role_arn is None
+    assert s.components == ("base",)
+    assert s.profiles == ("eks", "pi")
+
+
+def test_cdk_json_only_names_known_settings_or_cdk_flags() -> None:
+    # "cli-telemetry" is read by the CDK CLI itself; feature flags carry a ":".
+    cdk_keys = {"cli-telemetry"}
+    unknown = [k for k in CDK_JSON if k not in config.setting_names() and ":" not in k and k not in cdk_keys]
+    assert unknown == []
+
+
+def test_cdk_json_values_parse_to_the_dataclass_defaults() -> None:
+    from_json = config.from_mapping(CDK_JSON)
+    defaults = Settings()
+    for name in ("cluster_name", "kubernetes_version", "az_count", "nat_gateways", "node_instance_type",
+                 "node_min", "node_desired", "node_max", "endpoint_public_cidrs", "endpoint_private_access"):
+        assert getattr(from_json, name) == getattr(defaults, name), name
+
+
+def test_command_line_strings_are_parsed_to_their_types() -> None:
+    s = config.from_mapping({
+        "nat_gateways": "3", "endpoint_public_cidrs": "203.0.113.7/32, 198.51.100.0/24",
+        "endpoint_private_access": "false", "components": "base", "account": "123456789012",
+        "region": "eu-west-1", "admin_role_arn": "arn:aws:iam::123456789012:role/Admin",
+    })
+    assert s.nat_gateways == 3
+    assert s.endpoint_public_cidrs == ("203.0.113.7/32", "198.51.100.0/24")
+    assert s.endpoint_private_access is False
+    assert (s.account, s.region) == ("123456789012", "eu-west-1")
+    assert s.admin_role_arn == "arn:aws:iam::123456789012:role/Admin"
+
+
+def test_from_context_passes_only_set_keys() -> None:
+    ctx = {"nat_gateways": 2}
+    assert config.from_context(ctx.get) == dataclasses.replace(Settings(), nat_gateways=2)
+
+
+def test_non_graviton_instance_type_is_detected() -> None:
+    assert not Settings(node_instance_type="m7i.large").is_graviton
+    assert Settings(node_instance_type="c7gn.xlarge").is_graviton
+
+
+INVALID = [
+    ({"cluster_name": "-bad"}, "cluster_name", "'-bad'"),
+    ({"kubernetes_version": "1.20"}, "kubernetes_version", "'1.20'"),
+    ({"account": "12345"}, "account", "'12345'"),
+    ({"region": "mars-1"}, "region", "'mars-1'"),
+    ({"vpc_cidr": "10.0.0.0/24"}, "vpc_cidr", "'10.0.0.0/24'"),
+    ({"vpc_cidr": "banana"}, "vpc_cidr", "'banana'"),
+    ({"az_count": "1"}, "az_count", "1"),
+    ({"nat_gateways": "0"}, "nat_gateways", "0"),
+    ({"nat_gateways": "4"}, "nat_gateways", "4"),
+    ({"flow_log_retention_days": "10"}, "flow_log_retention_days", "10"),
+    ({"node_instance_type": "large"}, "node_instance_type", "'large'"),
+    ({"node_min": "2", "node_desired": "2"}, "node_min", "2"),
+    ({"node_desired": "9"}, "node_desired", "9"),
+    ({"endpoint_public_cidrs": "300.1.1.1/32"}, "endpoint_public_cidrs", "'300.1.1.1/32'"),
+    ({"endpoint_private_access": "false"}, "endpoint_private_access", "False"),
+    ({"endpoint_private_access": "maybe"}, "endpoint_private_access", "'maybe'"),
+    ({"admin_role_arn": "arn:aws:iam::123:user/x"}, "admin_role_arn", "'arn:aws:iam::123:user/x'"),
+    ({"components": ""}, "components", "()"),
+    ({"components": "base,base"}, "components", "('base', 'base')"),
+    ({"profiles": "eks,docker"}, "profiles", "('eks', 'docker')"),
+    ({"node_max": "many"}, "node_max", "'many'"),
+]
+
+
+@pytest.mark.parametrize(("values", "setting", "shown"), INVALID, ids=[i[1] + ":" + str(list(i[0].values())[-1]) for i in INVALID])
+def test_invalid_setting_names_setting_value_and_fix(values: dict, setting: str, shown: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.from_mapping(values)
+    message = str(info.value)
+    assert info.value.setting == setting
+    assert message.startswith(f"{setting} = {shown}:"), message
+    assert "Fix: " in message and len(info.value.fix) > 5
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
