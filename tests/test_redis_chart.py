@@ -65,7 +65,7 @@ def test_credentials_are_generated_in_the_redis_namespace() -> None:
     objects = redis_objects("eks")
     job = next(o for o in objects if o["kind"] == "Job")
     assert job["metadata"]["namespace"] == "redis"
-    spec = next(e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "SECRET_SPEC")
+    spec = next(e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "GENERATOR_SPEC")
     assert '"name": "redis-auth"' in spec
     for key in RedisChart.SECRET_KEYS:
         assert key in spec
