@@ -64,9 +64,10 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
+# Offline: the CLI must not look for credentials on an instance metadata endpoint.
 synth: setup
 	@rm -rf cdk.out
-	$(CDK) synth --quiet --no-notices $(CDK_ARGS) >/dev/null
+	AWS_EC2_METADATA_DISABLED=true $(CDK) synth --quiet --no-notices $(CDK_ARGS) >/dev/null
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
 test: setup $(CHECKOV_STAMP)

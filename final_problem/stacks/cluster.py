@@ -176,12 +176,14 @@ class ClusterStack(cdk.Stack):
             provider, "AwsSolutions-IAM5[Resource::<ClusterKubectlProviderHandler2E05C68A.Arn>:*]",
             "the custom resource framework invokes any version of its own handler function (ARN:*), nothing else",
         )
-        nag.skip_provider_lambda_checks(self, "/KubectlProvider/", "aws_eks_v2's kubectl provider")
         nag.checkov_skip(
-            self, resource_type="AWS::Logs::LogGroup", path_part="/KubectlProvider/", check_id="CKV_AWS_158",
-            reason="log group aws_eks_v2 creates for its kubectl provider (no option to pass a key); it records "
-            "kubectl runs on manifests that hold no secret values",
+            provider, resource_type="AWS::Lambda::Function",
+            skips=nag.provider_lambda_skips("aws_eks_v2's kubectl provider"),
         )
+        nag.checkov_skip(provider, resource_type="AWS::Logs::LogGroup", skips={
+            "CKV_AWS_158": "log group aws_eks_v2 creates for its kubectl provider (no option to pass a key); it "
+            "records kubectl runs on manifests that hold no secret values",
+        })
 
 
 def _endpoint_access(settings: Settings) -> eks.EndpointAccess:

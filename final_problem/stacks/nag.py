@@ -22,34 +22,28 @@ def acknowledge_managed(scope: IConstruct, policy: str, reason: str) -> None:
     acknowledge(scope, MANAGED.format(policy), reason)
 
 
-def checkov_skip(stack: cdk.Stack, *, resource_type: str, path_part: str, check_id: str, reason: str) -> int:
-    """Skip one checkov check on the CloudFormation resources of ``resource_type`` whose
-    construct path contains ``path_part``; returns how many resources it marked.
+def checkov_skip(scope: IConstruct, *, resource_type: str, skips: dict[str, str]) -> int:
+    """Skip checkov checks (id to reason) on the CloudFormation resources of
+    ``resource_type`` inside ``scope``; returns how many resources it marked.
 
     checkov reads ``Metadata.checkov.skip`` on each resource (checkov docs, "Suppressing
     and Skipping Policies", CloudFormation). Used only for resources aws-cdk-lib creates
     for itself (custom resource providers), which this project cannot configure.
     """
     marked = 0
-    for child in stack.node.find_all():
-        if not isinstance(child, cdk.CfnResource) or child.cfn_resource_type != resource_type:
-            continue
-        if path_part not in child.node.path:
-            continue
-        existing = child.get_metadata("checkov") or {"skip": []}
-        existing["skip"].append({"id": check_id, "comment": reason})
-        child.add_metadata("checkov", existing)
-        marked += 1
+    for child in scope.node.find_all():
+        if isinstance(child, cdk.CfnResource) and child.cfn_resource_type == resource_type:
+            child.add_metadata("checkov", {"skip": [{"id": i, "comment": why} for i, why in skips.items()]})
+            marked += 1
     if not marked:
-        raise AssertionError(f"no {resource_type} under a path containing {path_part!r} to skip {check_id} on")
+        raise AssertionError(f"no {resource_type} under {scope.node.path} to skip {sorted(skips)} on")
     return marked
 
 
-def skip_provider_lambda_checks(stack: cdk.Stack, path_part: str, what: str) -> None:
+def provider_lambda_skips(what: str) -> dict[str, str]:
     """The checkov Lambda checks that do not apply to an aws-cdk-lib custom resource provider."""
-    for check_id, reason in (
-        ("CKV_AWS_115", f"{what}: invoked only by CloudFormation during deployments, so a reserved concurrency limit would only make deployments fail"),
-        ("CKV_AWS_116", f"{what}: CloudFormation invokes it synchronously and reports failures itself; a dead-letter queue would never receive an event"),
-        ("CKV_AWS_173", f"{what}: its environment holds no secret, only names set by aws-cdk-lib; the default AWS-managed key encrypts it at rest"),
-    ):
-        checkov_skip(stack, resource_type="AWS::Lambda::Function", path_part=path_part, check_id=check_id, reason=reason)
+    return {
+        "CKV_AWS_115": f"{what}: invoked only by CloudFormation during deployments, so a reserved concurrency limit would only make deployments fail",
+        "CKV_AWS_116": f"{what}: CloudFormation invokes it synchronously and reports failures itself; a dead-letter queue would never receive an event",
+        "CKV_AWS_173": f"{what}: its environment holds no secret, only names set by aws-cdk-lib; the default AWS-managed key encrypts it at rest",
+    }

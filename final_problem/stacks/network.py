@@ -72,12 +72,13 @@ class NetworkStack(cdk.Stack):
             cdk.Tags.of(subnet).add("kubernetes.io/role/elb", "1")
         for subnet in self.vpc.private_subnets:
             cdk.Tags.of(subnet).add("kubernetes.io/role/internal-elb", "1")
-        nag.skip_provider_lambda_checks(self, "/Custom::VpcRestrictDefaultSG", "aws-cdk-lib's default-security-group restrictor")
-        nag.checkov_skip(
-            self, resource_type="AWS::Lambda::Function", path_part="/Custom::VpcRestrictDefaultSG", check_id="CKV_AWS_117",
-            reason="aws-cdk-lib's default-security-group restrictor calls only the EC2 API; placing it in the VPC "
-            "would make it depend on the NAT it runs beside",
-        )
+        # aws-cdk-lib's stack-level provider that empties the default security group.
+        restrictor = self.node.find_child("Custom::VpcRestrictDefaultSGCustomResourceProvider")
+        nag.checkov_skip(restrictor, resource_type="AWS::Lambda::Function", skips={
+            **nag.provider_lambda_skips("aws-cdk-lib's default-security-group restrictor"),
+            "CKV_AWS_117": "aws-cdk-lib's default-security-group restrictor calls only the EC2 API; placing it in "
+            "the VPC would make it depend on the NAT it runs beside",
+        })
 
 
 def _retention(days: int) -> logs.RetentionDays:

@@ -376,3 +376,31 @@ def test_renderer_missing_output_is_an_error(built, tmp_path):
              "--out", str(tmp_path / "out"), "--manifests", str(built.manifests),
              "--secrets", str(tmp_path / "s")], env=env(PYTHON=str(lazy)))
     _assert_failed_cleanly(r, tmp_path / "out", "did not write 'zoo.cfg'")
+
+
+def test_zookeeper_ensemble_with_the_project_renderer(built, tmp_path):
+    """The zookeeper role with the real final_problem.renderers.zookeeper (not the double)."""
+    import sys
+
+    inv = tmp_path / "zk.yaml"
+    inv.write_text(f"""
+cluster: {{name: zk}}
+defaults: {{ssh_authorized_keys: ["{ssh_key('dave')}"]}}
+nodes:
+  - {{hostname: zk-a, role: zookeeper, network: {{address: 10.40.0.1/24, gateway: 10.40.0.254}}}}
+  - {{hostname: zk-b, role: zookeeper, network: {{address: 10.40.0.2/24, gateway: 10.40.0.254}}}}
+  - {{hostname: zk-c, role: zookeeper, network: {{address: 10.40.0.3/24, gateway: 10.40.0.254}}}}
+""")
+    out = tmp_path / "out"
+    cmd = ["bash", str(BUILD), "--image", str(built.source), "--inventory", str(inv), "--out", str(out),
+           "--manifests", str(tmp_path / "none"), "--secrets", str(tmp_path / "secrets")]
+    r = run(cmd, env=env(PYTHON=sys.executable))
+    assert r.returncode == 0, r.stderr
+    for myid, host in enumerate(("zk-a", "zk-b", "zk-c"), start=1):
+        img = out / f"{host}.img"
+        zoo_cfg = fat_read(img, "fp/zookeeper/zoo.cfg")
+        for n in (1, 2, 3):
+            assert f"server.{n}=10.40.0.{n}:2888:3888" in zoo_cfg
+        assert "4lw.commands.whitelist=ruok,srvr,mntr" in zoo_cfg
+        assert fat_read(img, "fp/zookeeper/myid").strip() == str(myid)
+        assert "ExecStart=" in fat_read(img, "fp/zookeeper/zookeeper.service")
