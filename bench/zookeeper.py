@@ -1,7 +1,7 @@
 """Time kazoo writes and reads against a real three-member ZooKeeper ensemble on loopback.
 
 Starts the ensemble with the same launcher as the integration tests
-(final_problem.renderers.zookeeper_local), then prints p50/p99 latency and throughput of
+(final_problem.local.zookeeper), then prints p50/p99 latency and throughput of
 sequential acknowledged writes (``set``) and reads (``get``). Needs Debian's zookeeper
 package (``sudo make system-deps``).
 
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from final_problem.clients.zookeeper import ZooKeeperClient
-from final_problem.renderers.zookeeper_local import LocalEnsemble, missing_binaries
+from final_problem.local.zookeeper import LocalEnsemble, missing_binaries
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -90,27 +90,20 @@ class Settings:
     redis_maxmemory_mib: int | None = None
     redis_maxmemory_policy: str | None = None
     redis_storage_gib: int | None = None
-    #: ZooKeeper ensemble size, the same in both profiles. Default 3. Validated by
-    #: ``ZooKeeperProps`` (final_problem/charts/zookeeper.py): odd, 3 to 7.
-    zookeeper_replicas: int = 3
-    #: ZooKeeper container memory limit and JVM heap in MiB. Default: the profile's
-    #: sizing (eks 2048/1024, pi 512/256); the heap defaults to half the limit.
+    #: ZooKeeper (final_problem/charts/zookeeper.py). Unset means the default of
+    #: :class:`~final_problem.charts.zookeeper.ZooKeeperProps` for the profile, where
+    #: each is documented and validated. Memory is the container limit in MiB.
+    zookeeper_replicas: int | None = None
     zookeeper_memory_mib: int | None = None
     zookeeper_heap_mib: int | None = None
-    #: Size of each member's snapshot and transaction-log volumes in GiB. Default: the
-    #: profile's (eks 10, pi 2).
     zookeeper_storage_gib: int | None = None
-    #: ZooKeeper ports: clients, followers to leader, leader election, Prometheus metrics.
-    #: Defaults 2181, 2888, 3888 (ZooKeeper Administrator's Guide) and 7000 (its
-    #: Prometheus provider's documented example).
-    zookeeper_client_port: int = 2181
-    zookeeper_quorum_port: int = 2888
-    zookeeper_election_port: int = 3888
-    zookeeper_metrics_port: int = 7000
-    #: ZooKeeper tick (ms) and the init/sync limits in ticks. Defaults 2000, 10, 5.
-    zookeeper_tick_time_ms: int = 2000
-    zookeeper_init_limit: int = 10
-    zookeeper_sync_limit: int = 5
+    zookeeper_client_port: int | None = None
+    zookeeper_quorum_port: int | None = None
+    zookeeper_election_port: int | None = None
+    zookeeper_metrics_port: int | None = None
+    zookeeper_tick_time_ms: int | None = None
+    zookeeper_init_limit: int | None = None
+    zookeeper_sync_limit: int | None = None
     #: Hosts of a bare-metal ensemble (Raspberry Pis without Kubernetes), member 1 first;
     #: empty when ZooKeeper runs in the cluster. When given, one per replica.
     zookeeper_hosts: tuple[str, ...] = ()

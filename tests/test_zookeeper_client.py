@@ -10,7 +10,7 @@ import pytest
 
 from final_problem.clients.zookeeper import ZooKeeperClient, ZooKeeperUnavailable, resolve_hosts
 from final_problem.config import Settings
-from final_problem.renderers.zookeeper_local import free_ports
+from final_problem.local.zookeeper import free_ports
 
 
 def test_explicit_hosts_win_over_environment_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from constructs import Construct
 
@@ -147,27 +147,23 @@ class ZooKeeperProps:
         shared by every component): 512 MiB limit, 256 MiB heap, 2 GiB volumes. Replicas
         are the same in both.
         """
-        memory = settings.zookeeper_memory_mib if settings.zookeeper_memory_mib is not None else (512 if profile.small else 2048)
+        memory = settings.zookeeper_memory_mib
+        if memory is None:
+            memory = 512 if profile.small else 2048
         # Memory request = limit: the heap is fixed (-Xms = -Xmx), so the pod uses it all.
         sizing = (
             Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=memory, memory_limit_mib=memory)
             if profile.small
             else Sizing(cpu_request_m=250, cpu_limit_m=1000, memory_request_mib=memory, memory_limit_mib=memory)
         )
-        return cls(
-            replicas=settings.zookeeper_replicas,
-            sizing=sizing,
-            heap_mib=settings.zookeeper_heap_mib,
-            storage_gib=settings.zookeeper_storage_gib if settings.zookeeper_storage_gib is not None else (2 if profile.small else 10),
-            client_port=settings.zookeeper_client_port,
-            quorum_port=settings.zookeeper_quorum_port,
-            election_port=settings.zookeeper_election_port,
-            metrics_port=settings.zookeeper_metrics_port,
-            tick_time_ms=settings.zookeeper_tick_time_ms,
-            init_limit=settings.zookeeper_init_limit,
-            sync_limit=settings.zookeeper_sync_limit,
-            hosts=settings.zookeeper_hosts,
-        )
+        # Only the settings that are set override the dataclass defaults above.
+        names = ("replicas", "heap_mib", "storage_gib", "client_port", "quorum_port", "election_port",
+                 "metrics_port", "tick_time_ms", "init_limit", "sync_limit")
+        overrides: dict[str, Any] = {
+            name: value for name in names if (value := getattr(settings, f"zookeeper_{name}")) is not None
+        }
+        overrides.setdefault("storage_gib", 2 if profile.small else 10)
+        return cls(sizing=sizing, hosts=settings.zookeeper_hosts, **overrides)
 
 
 def start_script(*, start: list[str]) -> str:

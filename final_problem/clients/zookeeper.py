@@ -52,10 +52,11 @@ def connect_string(*, settings: Settings, in_cluster_dns: str | None = None) -> 
 
     Bare-metal hosts (``zookeeper_hosts``) win; otherwise the chart's client Service.
     """
-    port = settings.zookeeper_client_port
+    from final_problem.charts.zookeeper import ZooKeeperChart, ZooKeeperProps
+
+    port = settings.zookeeper_client_port if settings.zookeeper_client_port is not None else ZooKeeperProps.client_port
     if settings.zookeeper_hosts:
         return ",".join(f"{h}:{port}" for h in settings.zookeeper_hosts)
-    from final_problem.charts.zookeeper import ZooKeeperChart
 
     return f"{in_cluster_dns or ZooKeeperChart.client_service_dns()}:{port}"
 

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from final_problem.renderers.zookeeper_local import DEBIAN_JAR, LocalEnsemble
+from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
 from tests.conftest import require_binary
 
 

@@ -15,7 +15,7 @@ from kazoo.exceptions import LockTimeout
 
 from final_problem.charts.zookeeper import liveness_command, readiness_command
 from final_problem.clients.zookeeper import ZooKeeperClient, ZooKeeperUnavailable, server_mode
-from final_problem.renderers.zookeeper_local import LocalEnsemble, wait_for
+from final_problem.local.zookeeper import LocalEnsemble, wait_for
 
 pytestmark = pytest.mark.integration
 
