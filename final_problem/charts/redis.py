@@ -13,7 +13,7 @@ Creates, in the ``redis`` namespace (Pod Security "restricted", default-deny):
 - headless Services for stable member names, Service ``redis-sentinel`` for clients;
 - NetworkPolicies: Redis and Sentinel ports from each other and from namespaces labelled
   ``final-problem.io/redis-client: "true"``; metrics from namespaces labelled
-  ``final-problem.io/metrics-scraper: "true"``.
+  ``final-problem.io/monitoring: "true"``.
 
 ACL users: ``admin`` (replication, Sentinel, operators), ``app`` (everything but
 ``@dangerous``), ``metrics`` (PING, INFO); the ``default`` user is off.
@@ -37,7 +37,7 @@ from final_problem.clients import redis_exporter
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.labels import set_component
-from final_problem.constructs.namespace import RestrictedNamespace, ports
+from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
 from final_problem.constructs.security import Sizing, container_context, raw_resources
@@ -49,7 +49,7 @@ from final_problem.renderers.redis import MAXMEMORY_POLICIES, RedisConfigOptions
 #: uid and gid of the ``redis`` user in the official image (its Dockerfile: groupadd -r -g 999).
 REDIS_UID = 999
 CLIENT_NAMESPACE_LABEL = ("final-problem.io/redis-client", "true")
-METRICS_NAMESPACE_LABEL = ("final-problem.io/metrics-scraper", "true")
+METRICS_NAMESPACE_LABEL = MONITORING_NAMESPACE_LABEL
 METRICS_PORT = 9121
 CONFIG_DIR = "/opt/redis/config"
 RUNTIME_DIR = "/run/redis"

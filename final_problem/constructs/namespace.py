@@ -7,6 +7,10 @@ from constructs import Construct
 from final_problem.imports import k8s
 
 
+#: Label of the namespaces whose pods may scrape every component's metrics port.
+MONITORING_NAMESPACE_LABEL = ("final-problem.io/monitoring", "true")
+
+
 def dns_peer() -> k8s.NetworkPolicyPeer:
     """The cluster DNS pods: k8s-app=kube-dns in kube-system on EKS (CoreDNS add-on)
     and on k3s (its bundled CoreDNS manifest)."""
