@@ -1,6 +1,8 @@
 """Secrets generated inside the cluster, once, so no value exists in any template.
 
-A :class:`GeneratedSecrets` adds to a namespace: a ServiceAccount, a Role allowing
+A :class:`GeneratedSecrets` adds to a namespace (raw Kubernetes objects: each cdk8s-plus
+construct costs several jsii round trips at synth, for nothing these need): a
+ServiceAccount, a Role allowing
 ``create`` on Secrets (RBAC cannot restrict ``create`` by resource name; Kubernetes docs,
 "Using RBAC Authorization", Referring to resources), a ConfigMap holding
 ``secret_generator.py``, a NetworkPolicy letting the Job reach the API server, and a
@@ -19,14 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import cdk8s
-import cdk8s_plus_27 as kplus
 from constructs import Construct
 
 from final_problem import versions
-from final_problem.constructs.labels import LabelSet, set_component
+from final_problem.constructs.labels import LabelSet
 from final_problem.constructs.namespace import ports
-from final_problem.constructs.security import Sizing, harden, restricted_container, restricted_pod
+from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.errors import ConfigError
 from final_problem.imports import k8s
 
@@ -92,80 +92,86 @@ class GeneratedSecrets(Construct):
         sizing = sizing or Sizing(cpu_request_m=10, cpu_limit_m=200, memory_request_mib=32, memory_limit_mib=64)
         component = "secret-generator"
 
-        self.service_account = kplus.ServiceAccount(
-            self, "ServiceAccount",
-            metadata=cdk8s.ApiObjectMetadata(name="secret-generator", namespace=namespace),
-            automount_token=False,
+        name = f"secret-generator-{digest}"
+        meta_labels = {"app.kubernetes.io/component": component}
+
+        def meta(object_name: str, **extra: object) -> k8s.ObjectMeta:
+            return k8s.ObjectMeta(name=object_name, namespace=namespace, labels=meta_labels, **extra)  # type: ignore[arg-type]
+
+        self.service_account = k8s.KubeServiceAccount(
+            self, "ServiceAccount", metadata=meta("secret-generator"), automount_service_account_token=False,
         )
         self.role = k8s.KubeRole(
             self, "Role",
-            metadata=k8s.ObjectMeta(name="secret-generator", namespace=namespace),
+            metadata=meta("secret-generator"),
             rules=[k8s.PolicyRule(api_groups=[""], resources=["secrets"], verbs=["create"])],
         )
         self.role_binding = k8s.KubeRoleBinding(
             self, "RoleBinding",
-            metadata=k8s.ObjectMeta(name="secret-generator", namespace=namespace),
+            metadata=meta("secret-generator"),
             role_ref=k8s.RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="secret-generator"),
             subjects=[k8s.Subject(kind="ServiceAccount", name="secret-generator", namespace=namespace)],
         )
-        self.script = kplus.ConfigMap(
-            self, "Script",
-            metadata=cdk8s.ApiObjectMetadata(name=f"secret-generator-{digest}", namespace=namespace),
-            data={"secret_generator.py": script},
-            immutable=True,
+        self.script = k8s.KubeConfigMap(
+            self, "Script", metadata=meta(name), data={"secret_generator.py": script}, immutable=True,
         )
-        pod_labels = {
-            **labels.chart_labels(),
-            "app.kubernetes.io/component": component,
-            "final-problem.io/job": f"secret-generator-{digest}",
-        }
-        self.job = kplus.Job(
-            self, "Job",
-            metadata=cdk8s.ApiObjectMetadata(name=f"secret-generator-{digest}", namespace=namespace),
-            pod_metadata=cdk8s.ApiObjectMetadata(labels=pod_labels),
-            service_account=self.service_account,
-            automount_service_account_token=True,
-            security_context=restricted_pod(uid=RUNNER_UID),
-            backoff_limit=6,
-            # Keep the finished Job a day for its log; re-applying it after that
-            # only runs it again, which changes nothing.
-            ttl_after_finished=cdk8s.Duration.hours(24),
-            active_deadline=cdk8s.Duration.minutes(10),
-        )
-        # The one pod of the platform that needs its token: it calls the API to create Secrets.
-        self.job.metadata.add_annotation(
-            "checkov.io/skip1", "CKV_K8S_38=the generator authenticates to the API with this token to create Secrets"
-        )
-        tmp = kplus.Volume.from_empty_dir(self, "Tmp", "tmp", size_limit=cdk8s.Size.mebibytes(16))
-        script_volume = kplus.Volume.from_config_map(self, "ScriptVolume", self.script, name="script")
-        container = self.job.add_container(
+        pod_labels = {**labels.chart_labels(), **meta_labels, "final-problem.io/job": name}
+        container = k8s.Container(
             name="generate",
             image=versions.PYTHON_IMAGE,
             # Tags are pinned: pull once, so a Pi keeps working offline.
-            image_pull_policy=kplus.ImagePullPolicy.IF_NOT_PRESENT,
+            image_pull_policy="IfNotPresent",
             command=["python3", "/opt/secret-generator/secret_generator.py"],
-            env_variables={
-                "GENERATOR_SPEC": kplus.EnvValue.from_value(spec_json),
-                "PYTHONDONTWRITEBYTECODE": kplus.EnvValue.from_value("1"),
-            },
-            security_context=restricted_container(uid=RUNNER_UID),
-            resources=sizing.resources(),
+            env=[
+                k8s.EnvVar(name="GENERATOR_SPEC", value=spec_json),
+                k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
+            ],
+            security_context=container_context(uid=RUNNER_UID),
+            resources=raw_resources(sizing),
+            volume_mounts=[
+                k8s.VolumeMount(name="script", mount_path="/opt/secret-generator", read_only=True),
+                k8s.VolumeMount(name="tmp", mount_path="/tmp"),
+            ],
         )
-        container.mount("/opt/secret-generator", script_volume, read_only=True)
-        container.mount("/tmp", tmp)
-        harden(self.job)
+        self.job = k8s.KubeJob(
+            self, "Job",
+            # The one pod of the platform that needs its token: it calls the API to create Secrets.
+            metadata=meta(name, annotations={
+                "checkov.io/skip1": "CKV_K8S_38=the generator authenticates to the API with this token to create Secrets",
+            }),
+            spec=k8s.JobSpec(
+                backoff_limit=6,
+                active_deadline_seconds=600,
+                # Keep the finished Job a day for its log; re-applying it after that
+                # only runs it again, which changes nothing.
+                ttl_seconds_after_finished=24 * 3600,
+                template=k8s.PodTemplateSpec(
+                    metadata=k8s.ObjectMeta(labels=pod_labels),
+                    spec=k8s.PodSpec(
+                        restart_policy="Never",
+                        service_account_name="secret-generator",
+                        automount_service_account_token=True,
+                        enable_service_links=False,
+                        security_context=pod_context(uid=RUNNER_UID),
+                        containers=[container],
+                        volumes=[
+                            k8s.Volume(name="script", config_map=k8s.ConfigMapVolumeSource(name=name)),
+                            k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(
+                                size_limit=k8s.Quantity.from_string("16Mi"))),
+                        ],
+                    ),
+                ),
+            ),
+        )
         # Allow this Job's pod, and only it, to reach the API server.
         self.network_policy = k8s.KubeNetworkPolicy(
             self, "ApiEgress",
-            metadata=k8s.ObjectMeta(name=f"secret-generator-{digest}-api", namespace=namespace),
+            metadata=meta(f"{name}-api"),
             spec=k8s.NetworkPolicySpec(
-                pod_selector=k8s.LabelSelector(match_labels={"final-problem.io/job": f"secret-generator-{digest}"}),
+                pod_selector=k8s.LabelSelector(match_labels={"final-problem.io/job": name}),
                 policy_types=["Egress"],
                 egress=[k8s.NetworkPolicyEgressRule(ports=ports(*API_PORTS))],
             ),
         )
-        for obj in (self.service_account, self.role, self.role_binding, self.script, self.job, self.network_policy):
-            set_component(obj, component)
-        for obj in (self.role_binding, self.job):
-            obj.node.add_dependency(self.role)
-        self.job.node.add_dependency(self.role_binding)
+        self.job.add_dependency(self.role_binding, self.script)
+        self.role_binding.add_dependency(self.role, self.service_account)
