@@ -1,12 +1,12 @@
 """Secrets generated inside the cluster, once, so no value exists in any template.
 
-A :class:`GeneratedSecrets` adds to a namespace (raw Kubernetes objects: each cdk8s-plus
-construct costs several jsii round trips at synth, for nothing these need): a
-ServiceAccount, a Role allowing
+A :class:`GeneratedSecrets` adds to a namespace: a ServiceAccount, a Role allowing
 ``create`` on Secrets (RBAC cannot restrict ``create`` by resource name; Kubernetes docs,
 "Using RBAC Authorization", Referring to resources), a ConfigMap holding
 ``secret_generator.py``, a NetworkPolicy letting the Job reach the API server, and a
 Job that creates each missing Secret with random values and leaves existing ones alone.
+They are raw Kubernetes objects: each cdk8s-plus construct costs several jsii round trips
+at synthesis, for nothing these objects need.
 
 The Job name carries a hash of what it creates and of the image, so a change gives a new
 Job instead of an update that Kubernetes would reject (a Job's pod template is immutable).
