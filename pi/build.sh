@@ -201,6 +201,17 @@ fp_run_zookeeper_renderer() {
     done
 }
 
+# stage_project DEST: the project's package source and the pinned versions of its
+# clients' libraries, installed into the workstation's Python environment at first boot.
+fp_stage_project() {
+    local dest="$1"
+    mkdir -p -- "$dest"
+    tar -C "$FP_REPO_ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml README.md final_problem \
+        | tar -C "$dest" -xf - || fp_die "could not copy the project's package from $FP_REPO_ROOT"
+    grep -E '^(boto3|kazoo|kafka-python|redis|PyYAML)==' "$FP_REPO_ROOT/requirements.txt" >"$dest/requirements-clients.txt" \
+        || fp_die "requirements.txt in $FP_REPO_ROOT pins none of the clients' libraries"
+}
+
 # stage_node HOST ROLE K3S_INIT ZK_MYID ZK_SERVERS: prepare DIR/boot, the files that go
 # onto the node's boot partition, and DIR/cmdline.txt.
 fp_stage_node() {
@@ -231,6 +242,9 @@ fp_stage_node() {
             ;;
         zookeeper)
             fp_run_zookeeper_renderer "$myid" "$servers" "$stage/fp/zookeeper"
+            ;;
+        workstation)
+            fp_stage_project "$stage/fp/project"
             ;;
     esac
 

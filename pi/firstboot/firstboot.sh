@@ -233,12 +233,17 @@ fb_role_workstation() {
     install -m 755 -- "$tmp/linux-arm64/helm" "$bin_dir/helm"
     rm -rf -- "$tmp"
 
-    # Python environment with the clients the project's code uses: AWS (boto3),
-    # Kubernetes, Redis and ZooKeeper (kazoo).
-    local venv="$FP_ROOT/opt/final-problem/venv"
+    # Python environment with the project's clients (python -m final_problem.clients.redis,
+    # ...zookeeper) and the libraries they use, at the versions the project pins. The
+    # package goes in without its CDK dependencies: the clients do not need them.
+    local venv="$FP_ROOT/opt/final-problem/venv" project="$FP_PAYLOAD/project"
+    [[ -f "$project/pyproject.toml" && -f "$project/requirements-clients.txt" ]] \
+        || fb_fail "$project must hold the project's package; rebuild the image with pi/build.sh"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --upgrade boto3 kubernetes redis kazoo pyyaml \
-        || fb_fail "pip install of the Python clients failed; check the network and rerun"
+    "$venv/bin/pip" install -r "$project/requirements-clients.txt" \
+        || fb_fail "pip install of the clients' libraries failed; check the network and rerun"
+    "$venv/bin/pip" install --no-deps "$project" \
+        || fb_fail "pip install of the project's clients failed; check the network and rerun"
     mkdir -p -- "$FP_ROOT/etc/profile.d"
     printf 'PATH="/opt/final-problem/venv/bin:$PATH"\n' >"$FP_ROOT/etc/profile.d/final-problem.sh"
 }

@@ -404,3 +404,14 @@ nodes:
         assert "4lw.commands.whitelist=ruok,srvr,mntr" in zoo_cfg
         assert fat_read(img, "fp/zookeeper/myid").strip() == str(myid)
         assert "ExecStart=" in fat_read(img, "fp/zookeeper/zookeeper.service")
+
+
+def test_workstation_carries_the_project_clients_and_pinned_libraries(built):
+    img = built.image("desk")
+    assert "name = \"final-problem\"" in fat_read(img, "fp/project/pyproject.toml")
+    assert "def main" in fat_read(img, "fp/project/final_problem/clients/redis.py")
+    pins = fat_read(img, "fp/project/requirements-clients.txt").split()
+    assert {p.split("==")[0] for p in pins} == {"boto3", "kazoo", "kafka-python", "redis", "PyYAML"}
+    assert all("==" in p for p in pins)
+    assert not fat_exists(img, "fp/project/final_problem/__pycache__")
+    assert not fat_exists(built.image("srv-1"), "fp/project")

@@ -246,8 +246,9 @@ def test_workstation_installs_tools_with_checksums(node):
     assert "curl https://dl.k8s.io/release/v1.34.9/bin/linux/arm64/kubectl" in n.calls()
     assert (n.root / "usr/local/bin/kubectl").read_bytes() == kubectl
     assert (n.root / "usr/local/bin/helm").read_bytes() == b"helm"
-    pip = [c for c in n.calls() if c.startswith("pip install")]
-    assert pip and all(p in pip[0].split() for p in ("boto3", "kubernetes", "redis", "kazoo"))
+    pip = [c.split() for c in n.calls() if c.startswith("pip install")]
+    assert pip[0][:3] == ["pip", "install", "-r"] and pip[0][3].endswith("fp/project/requirements-clients.txt")
+    assert pip[1][:3] == ["pip", "install", "--no-deps"] and pip[1][3].endswith("fp/project")
 
 
 def test_workstation_rejects_bad_kubectl(node):
