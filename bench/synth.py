@@ -82,7 +82,7 @@ def main() -> int:
             [sys.executable, "-m", "final_problem.manifests", "--out", str(tmp_path / "yaml")],
         ], env, args.runs)
     full_m, floor_m, yaml_m = (statistics.median(t) for t in (full, floor, yaml_only))
-    ratio = statistics.median(a / b for a, b in zip(full, floor))
+    ratio = statistics.median(a / b for a, b in zip(full, floor, strict=True))
     print(f"synth benchmark: median of {args.runs} rounds after one warm-up round, wall seconds, one process per run")
     print(f"  full synth (app.py: 2 stacks, {', '.join(context['components'])}; dist/eks + dist/pi)  {full_m:6.2f} s  (min {min(full):.2f}, max {max(full):.2f})")
     print(f"  floor (bare VPC + aws_eks_v2 cluster app)                  {floor_m:6.2f} s  (min {min(floor):.2f}, max {max(floor):.2f})")

@@ -86,7 +86,7 @@ def test_checkov_cloudformation_templates(synth) -> None:  # type: ignore[no-unt
 
 def test_every_checkov_skip_has_a_reason() -> None:
     text = (ROOT / "tests" / "checkov-skips.yaml").read_text()
-    for framework, ids in SKIPS.items():
+    for ids in SKIPS.values():
         for check_id in ids or []:
-            line = next(l for l in text.splitlines() if l.strip().startswith(f"- {check_id}"))
+            line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"- {check_id}"))
             assert "#" in line and len(line.split("#", 1)[1].strip()) > 20, f"{check_id} has no reason"

@@ -15,7 +15,7 @@ from final_problem.components import COMPONENTS, PlatformChart, register
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.imports import k8s
-from tests.conftest import CDK_JSON, new_app
+from tests.conftest import new_app
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import cdk8s
 from constructs import Construct
 
 from final_problem import versions

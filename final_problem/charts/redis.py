@@ -42,7 +42,7 @@ from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.errors import ConfigError
-from final_problem.imports import k8s
+from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.renderers.redis import MAXMEMORY_POLICIES, RedisConfigOptions, config_files
 
@@ -293,7 +293,7 @@ class RedisChart(PlatformChart):
         config_volume = k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name="redis-config"))
         # Memory-backed: the runtime configuration holds passwords, which never touch a disk.
         runtime_volume = k8s.Volume(
-            name="runtime", empty_dir=k8s.EmptyDirVolumeSource(medium="Memory", size_limit=k8s.Quantity.from_string("8Mi")))
+            name="runtime", empty_dir=k8s.EmptyDirVolumeSource(medium="Memory", size_limit=quantity("8Mi")))
         annotations = {"final-problem.io/config-hash": digest}
 
         redis_container = k8s.Container(
@@ -333,10 +333,10 @@ class RedisChart(PlatformChart):
             security_context=container_context(uid=REDIS_UID),
             resources=raw_resources(p.metrics_sizing),
             liveness_probe=k8s.Probe(
-                http_get=k8s.HttpGetAction(path="/healthz", port=k8s.IntOrString.from_number(METRICS_PORT)),
+                http_get=k8s.HttpGetAction(path="/healthz", port=int_or_string(METRICS_PORT)),
                 period_seconds=20, failure_threshold=3),
             readiness_probe=k8s.Probe(
-                http_get=k8s.HttpGetAction(path="/metrics", port=k8s.IntOrString.from_number(METRICS_PORT)),
+                http_get=k8s.HttpGetAction(path="/metrics", port=int_or_string(METRICS_PORT)),
                 period_seconds=10, timeout_seconds=5),
         )
         self.redis = QuorumStatefulSet(
@@ -403,7 +403,7 @@ class RedisChart(PlatformChart):
                 # Members resolve each other while starting, before they are ready.
                 publish_not_ready_addresses=True if headless else None,
                 selector=selector,
-                ports=[k8s.ServicePort(name=component, port=port, target_port=k8s.IntOrString.from_number(port))],
+                ports=[k8s.ServicePort(name=component, port=port, target_port=int_or_string(port))],
             ),
         )
         set_component(service, component)

@@ -35,7 +35,7 @@ from final_problem.constructs.namespace import RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.errors import ConfigError
-from final_problem.imports import k8s
+from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.renderers.zookeeper import EnsembleConfig, Member, check_distinct_ports, java_command, zoo_cfg
 
@@ -247,10 +247,10 @@ class ZooKeeperChart(PlatformChart):
         set_component(self.config_map, "config")
 
         service_ports = [
-            k8s.ServicePort(name="client", port=props.client_port, target_port=k8s.IntOrString.from_string("client")),
-            k8s.ServicePort(name="quorum", port=props.quorum_port, target_port=k8s.IntOrString.from_string("quorum")),
-            k8s.ServicePort(name="election", port=props.election_port, target_port=k8s.IntOrString.from_string("election")),
-            k8s.ServicePort(name="metrics", port=props.metrics_port, target_port=k8s.IntOrString.from_string("metrics")),
+            k8s.ServicePort(name="client", port=props.client_port, target_port=int_or_string("client")),
+            k8s.ServicePort(name="quorum", port=props.quorum_port, target_port=int_or_string("quorum")),
+            k8s.ServicePort(name="election", port=props.election_port, target_port=int_or_string("election")),
+            k8s.ServicePort(name="metrics", port=props.metrics_port, target_port=int_or_string("metrics")),
         ]
         self.headless_service = k8s.KubeService(
             self, "Headless",
@@ -318,7 +318,7 @@ class ZooKeeperChart(PlatformChart):
             uid=ZOOKEEPER_UID,
             volumes=[
                 k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name=f"{self.NAME}-config")),
-                k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=k8s.Quantity.from_string("64Mi"))),
+                k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("64Mi"))),
             ],
             claims=[
                 ClaimSpec(name="data", size_gib=props.storage_gib),

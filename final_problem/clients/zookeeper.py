@@ -251,7 +251,7 @@ def _cli_watch(client: ZooKeeperClient, path: str, count: int) -> Iterator[bytes
     seen = 0
     while seen < count:
         with watched._changed:
-            watched._changed.wait_for(lambda: len(watched.history) > seen)
+            watched._changed.wait_for(lambda seen=seen: len(watched.history) > seen)
             new = watched.history[seen:]
         for value in new:
             seen += 1

@@ -28,7 +28,7 @@ from final_problem.constructs.labels import LabelSet
 from final_problem.constructs.namespace import ports
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.errors import ConfigError
-from final_problem.imports import k8s
+from final_problem.imports import k8s, quantity
 
 SCRIPT = Path(__file__).with_name("secret_generator.py")
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -157,7 +157,7 @@ class GeneratedSecrets(Construct):
                         volumes=[
                             k8s.Volume(name="script", config_map=k8s.ConfigMapVolumeSource(name=name)),
                             k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(
-                                size_limit=k8s.Quantity.from_string("16Mi"))),
+                                size_limit=quantity("16Mi"))),
                         ],
                     ),
                 ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from constructs import Construct
 
-from final_problem.imports import k8s
+from final_problem.imports import int_or_string, k8s
 
 
 #: Label of the namespaces whose pods may scrape every component's metrics port.
@@ -21,7 +21,7 @@ def dns_peer() -> k8s.NetworkPolicyPeer:
 
 
 def ports(*numbers: int, protocol: str = "TCP") -> list[k8s.NetworkPolicyPort]:
-    return [k8s.NetworkPolicyPort(port=k8s.IntOrString.from_number(n), protocol=protocol) for n in numbers]
+    return [k8s.NetworkPolicyPort(port=int_or_string(n), protocol=protocol) for n in numbers]
 
 
 class RestrictedNamespace(Construct):

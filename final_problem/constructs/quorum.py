@@ -26,7 +26,7 @@ from constructs import Construct
 from final_problem.constructs.labels import LabelSet
 from final_problem.constructs.security import pod_context
 from final_problem.errors import ConfigError
-from final_problem.imports import k8s
+from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 
 HOSTNAME = "kubernetes.io/hostname"
@@ -55,7 +55,7 @@ def volume_claim_template(claim: ClaimSpec, *, profile: Profile) -> k8s.KubePers
             # The 1.27 type name; the field is renamed VolumeResourceRequirements in later
             # schemas with the same shape.
             resources=k8s.ResourceRequirements(
-                requests={"storage": k8s.Quantity.from_string(f"{claim.size_gib}Gi")}
+                requests={"storage": quantity(f"{claim.size_gib}Gi")}
             ),
         ),
     )
@@ -168,7 +168,7 @@ class QuorumStatefulSet(Construct):
             self, "Disruption",
             metadata=k8s.ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/component": component}),
             spec=k8s.PodDisruptionBudgetSpec(
-                max_unavailable=k8s.IntOrString.from_number(1),
+                max_unavailable=int_or_string(1),
                 selector=k8s.LabelSelector(match_labels=self.selector),
             ),
         )

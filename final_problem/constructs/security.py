@@ -17,7 +17,7 @@ import cdk8s
 import cdk8s_plus_27 as kplus
 
 from final_problem.errors import ConfigError
-from final_problem.imports import k8s
+from final_problem.imports import k8s, quantity
 
 
 def restricted_container(*, uid: int, gid: int | None = None) -> kplus.ContainerSecurityContextProps:
@@ -133,11 +133,11 @@ def raw_resources(sizing: Sizing) -> "k8s.ResourceRequirements":
     """Raw form of :meth:`Sizing.resources`."""
     return k8s.ResourceRequirements(
         requests={
-            "cpu": k8s.Quantity.from_string(f"{sizing.cpu_request_m}m"),
-            "memory": k8s.Quantity.from_string(f"{sizing.memory_request_mib}Mi"),
+            "cpu": quantity(f"{sizing.cpu_request_m}m"),
+            "memory": quantity(f"{sizing.memory_request_mib}Mi"),
         },
         limits={
-            "cpu": k8s.Quantity.from_string(f"{sizing.cpu_limit_m}m"),
-            "memory": k8s.Quantity.from_string(f"{sizing.memory_limit_mib}Mi"),
+            "cpu": quantity(f"{sizing.cpu_limit_m}m"),
+            "memory": quantity(f"{sizing.memory_limit_mib}Mi"),
         },
     )

@@ -291,7 +291,7 @@ class LocalRedisSet:
         def ready() -> bool:
             self._alive(self.sentinels[index])
             state = self.sentinel_admin(index).execute_command("SENTINEL", "MASTER", name)
-            fields = dict(zip(state[::2], state[1::2])) if isinstance(state, list) else dict(state)
+            fields = dict(zip(state[::2], state[1::2], strict=True)) if isinstance(state, list) else dict(state)
             return int(fields["num-slaves"]) >= replicas and int(fields["num-other-sentinels"]) >= peers
         wait_for(f"{self.sentinels[index].name} to see the whole set", ready, timeout_s=timeout_s)
 

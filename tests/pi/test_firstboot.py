@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pi_helpers import (BUILD, env, fake_manifests, fat_extract, make_pi_image, run, sample_inventory,
-                      sha256, write_exe)
+                      write_exe)
 
 STUB_LOGGER = """
 #!/bin/sh
