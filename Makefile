@@ -32,12 +32,13 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PI_IMAGE ?=
 PI_INVENTORY ?= pi/inventory.yaml
 
-.PHONY: help setup synth test bench deploy diff destroy pi-images system-deps clean
+.PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images system-deps clean
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
 	@echo "make test         install what is missing, then run the whole test suite"
 	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput"
+	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
 	@echo "make pi-images PI_IMAGE=... PI_INVENTORY=...   one ready-to-flash image per Pi (after synth)"
 	@echo "sudo make system-deps      Debian packages the integration tests need"
@@ -75,6 +76,9 @@ test: setup $(CHECKOV_STAMP)
 
 bench: setup
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done
+
+bootstrap: setup
+	$(CDK) bootstrap $(CDK_ARGS)
 
 deploy: setup
 	$(CDK) deploy --all --require-approval broadening $(CDK_ARGS)
