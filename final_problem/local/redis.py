@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -25,9 +24,11 @@ from typing import Callable, TypeVar
 import redis
 from redis.sentinel import Sentinel
 
+from final_problem import local
+from final_problem.local import LOOPBACK, free_ports
 from final_problem.renderers.redis import ADMIN_USER, APP_USER, RedisConfigOptions, config_files
 
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 T = TypeVar("T")
 
 
@@ -35,33 +36,12 @@ class LocalRedisError(RuntimeError):
     """A local server did not start or did not reach the expected state in time."""
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports free right now (held open together, then released)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def wait_for(what: str, check: Callable[[], T | None], *, timeout_s: float, interval_s: float = 0.05) -> T:
-    """Poll ``check`` until it returns a truthy value; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except (redis.RedisError, OSError) as e:
-            last_error = e
-        time.sleep(interval_s)
-    raise LocalRedisError(f"timed out after {timeout_s:.0f} s waiting for {what} (last error: {last_error})")
+    """Poll ``check`` until it returns a truthy value; Redis and socket errors mean "not yet"."""
+    return local.wait_for(
+        what, check, timeout_s=timeout_s, interval_s=interval_s,
+        retry_on=(redis.RedisError, OSError), error=LocalRedisError,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

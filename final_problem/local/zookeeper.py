@@ -14,21 +14,20 @@ import dataclasses
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from final_problem import local
 from final_problem.clients.zookeeper import server_mode
+from final_problem.local import LOOPBACK, free_ports
 from final_problem.renderers.zookeeper import EnsembleConfig, Member, java_command, myid_file, zoo_cfg
 
 #: Debian's ``zookeeper`` package: the jar's manifest lists its dependencies.
 DEBIAN_JAR = "/usr/share/java/zookeeper.jar"
 #: An SLF4J binding that logs to stderr; without one the server is silent.
 DEBIAN_SLF4J_SIMPLE = "/usr/share/java/slf4j-simple.jar"
-LOOPBACK = "127.0.0.1"
 
 T = TypeVar("T")
 
@@ -37,30 +36,9 @@ class EnsembleError(RuntimeError):
     """The local ensemble did not reach the expected state in time."""
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that are free now (held open together so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def wait_for(what: str, check: Callable[[], T | None], *, timeout: float, interval: float = 0.2) -> T:
     """Poll ``check`` until it returns a truthy value; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise EnsembleError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return local.wait_for(what, check, timeout_s=timeout, interval_s=interval, error=EnsembleError)
 
 
 def missing_binaries() -> list[str]:
