@@ -18,8 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from pi_helpers import (BUILD, env, fake_manifests, fat_extract, make_pi_image, run, sample_inventory,
+from pi_helpers import (BUILD, PI, env, fake_manifests, fat_extract, make_pi_image, run, sample_inventory,
                       write_exe)
+
+# The versions first boot reads, as the shell sees them (KEY='value' lines).
+PINNED = {
+    key: value.strip("'\"")
+    for key, _, value in (
+        line.partition("=") for line in (PI / "versions.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+}
 
 STUB_LOGGER = """
 #!/bin/sh
@@ -236,7 +245,7 @@ def test_workstation_installs_tools_with_checksums(node):
         info = tarfile.TarInfo("linux-arm64/helm")
         info.size = 4
         tar.addfile(info, io.BytesIO(b"helm"))
-    tgz = "helm-v3.19.0-linux-arm64.tar.gz"
+    tgz = f"helm-{PINNED['HELM_VERSION']}-linux-arm64.tar.gz"
     (n.release / tgz).write_bytes(buf.getvalue())
     (n.release / f"{tgz}.sha256sum").write_text(f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {tgz}\n")
     r = n.run()
