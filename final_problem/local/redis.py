@@ -281,14 +281,34 @@ class LocalRedisSet:
         started = time.monotonic()
 
         def promoted() -> int | None:
-            seen = {self.primary_by_sentinel(i) for i in range(len(self.sentinels))}
-            if len(seen) == 1:
-                (addr,) = seen
-                if addr and addr[1] != old_port:
-                    return addr[1]
-            return None
+            port = self.agreed_primary_port()
+            return port if port != old_port else None
         port = wait_for("Sentinel to promote a replica", promoted, timeout_s=timeout_s, interval_s=0.02)
         return port, time.monotonic() - started
+
+    def agreed_primary_port(self) -> int | None:
+        """The primary's port when every Sentinel names the same one, else None."""
+        seen = {self.primary_by_sentinel(i) for i in range(len(self.sentinels))}
+        if len(seen) == 1:
+            (addr,) = seen
+            if addr:
+                return addr[1]
+        return None
+
+    def wait_rejoined(self, index: int, *, timeout_s: float = 30) -> dict[str, object]:
+        """Wait until member ``index`` replicates, link up, from the primary every Sentinel
+        names at that moment. The primary is read again on every poll: Sentinels may still
+        be converging when a member comes back, and a busy host can see a further failover."""
+        def linked() -> dict[str, object] | None:
+            self._alive(self.members[index])
+            primary = self.agreed_primary_port()
+            info = self.replication(index)
+            if primary is None or primary == self.member_ports[index]:
+                return None
+            if info.get("role") != "slave" or info.get("master_link_status") != "up":
+                return None
+            return info if int(info.get("master_port", 0)) == primary else None
+        return wait_for(f"{self.members[index].name} to rejoin the current primary", linked, timeout_s=timeout_s)
 
     def sentinel_client(self, **kwargs: object) -> Sentinel:
         """redis-py's Sentinel as the application user."""
