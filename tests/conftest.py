@@ -84,16 +84,18 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
 
 
 _ASSET_HASH = re.compile(r"[0-9a-f]{64}")
+_ACCOUNT = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
 
 
 def mask(value: Any) -> Any:
-    """Hide what changes without a change of ours: asset hashes and CDK's version metadata."""
+    """Hide what changes without a change of ours: asset hashes, account ids and CDK's
+    version metadata."""
     if isinstance(value, dict):
         return {k: mask(v) for k, v in value.items() if k != "CDKMetadata"}
     if isinstance(value, list):
         return [mask(v) for v in value]
     if isinstance(value, str):
-        return _ASSET_HASH.sub("<asset-hash>", value)
+        return _ACCOUNT.sub("<account>", _ASSET_HASH.sub("<asset-hash>", value))
     return value
 
 

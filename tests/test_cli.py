@@ -51,3 +51,11 @@ def test_yaml_only_render_needs_no_cdk(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "pi" / "01-base.yaml").exists()
     assert not (tmp_path / "eks").exists()
+
+
+def test_a_second_setup_installs_nothing() -> None:
+    """After `make synth` or `make test` has run once, the install stamps are up to date,
+    so a second run reinstalls nothing (make -q: exit 0 means nothing to do)."""
+    stamps = [".venv/.installed", "node_modules/.installed", ".tools/checkov/.installed"]
+    result = subprocess.run(["make", "-q", *stamps], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"make would rebuild one of {stamps}: {result.stdout}{result.stderr}"
