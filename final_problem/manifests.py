@@ -48,8 +48,8 @@ def to_yaml(objects: Iterable[Mapping[str, Any]]) -> str:
 
 
 def chart_objects(chart: cdk8s.Chart) -> list[dict[str, Any]]:
-    """The chart's objects as plain JSON-compatible dicts."""
-    return json.loads(json.dumps(chart.to_json()))
+    """The chart's objects as plain JSON-compatible dicts (what ``to_json`` returns)."""
+    return list(chart.to_json())
 
 
 def write_charts(charts: Mapping[str, PlatformChart], outdir: Path) -> list[Path]:

@@ -48,7 +48,7 @@ from final_problem.renderers.redis import MAXMEMORY_POLICIES, RedisConfigOptions
 
 #: uid and gid of the ``redis`` user in the official image (its Dockerfile: groupadd -r -g 999).
 REDIS_UID = 999
-CLIENT_NAMESPACE_LABEL = ("final-problem.io/redis-client", "true")
+CLIENT_NAMESPACE_LABEL = {"final-problem.io/redis-client": "true"}
 METRICS_NAMESPACE_LABEL = MONITORING_NAMESPACE_LABEL
 METRICS_PORT = 9121
 CONFIG_DIR = "/opt/redis/config"
@@ -209,8 +209,8 @@ def _peer(selector: dict[str, str]) -> k8s.NetworkPolicyPeer:
     return k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=selector))
 
 
-def _namespaces(label: tuple[str, str]) -> k8s.NetworkPolicyPeer:
-    return k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=dict([label])))
+def _namespaces(label: dict[str, str]) -> k8s.NetworkPolicyPeer:
+    return k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=label))
 
 
 @register
@@ -250,7 +250,7 @@ class RedisChart(PlatformChart):
         #: Service clients give redis-py's Sentinel (port :attr:`SENTINEL_PORT`).
         self.sentinel_service = "redis-sentinel"
         self.sentinel_service_dns = f"{self.sentinel_service}.{ns}.svc"
-        self.client_namespace_label = dict([CLIENT_NAMESPACE_LABEL])
+        self.client_namespace_label = dict(CLIENT_NAMESPACE_LABEL)
 
         self.redis_namespace = RestrictedNamespace(self, "Namespace", name=ns, pss_version=f"v{settings.kubernetes_version}")
         self.secrets = GeneratedSecrets(

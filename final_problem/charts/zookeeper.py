@@ -30,8 +30,7 @@ from final_problem import versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.labels import set_component
-from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL as NAMESPACE_MONITORING_LABEL
-from final_problem.constructs.namespace import RestrictedNamespace, ports
+from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.errors import ConfigError
@@ -49,8 +48,6 @@ DATA_DIR = "/data"
 DATA_LOG_DIR = "/datalog"
 #: Label a namespace carries to reach the client port.
 CLIENT_NAMESPACE_LABEL = {"final-problem.io/zookeeper-client": "true"}
-#: Label of the namespace that scrapes metrics.
-MONITORING_NAMESPACE_LABEL = dict([NAMESPACE_MONITORING_LABEL])
 #: Replica counts allowed: odd (quorum is floor(n/2)+1, so an even ensemble tolerates no
 #: more failures than the odd one below it), at least 3 (one failure tolerated), at most 7:
 #: every write waits for a majority, so more voters slow writes; scale reads with

@@ -8,7 +8,7 @@ from final_problem.imports import int_or_string, k8s
 
 
 #: Label of the namespaces whose pods may scrape every component's metrics port.
-MONITORING_NAMESPACE_LABEL = ("final-problem.io/monitoring", "true")
+MONITORING_NAMESPACE_LABEL = {"final-problem.io/monitoring": "true"}
 
 
 def dns_peer() -> k8s.NetworkPolicyPeer:
