@@ -251,17 +251,20 @@ class LocalRedisSet:
     def replication(self, index: int) -> dict[str, object]:
         return self.admin(index).info("replication")
 
-    def wait_replica_linked(self, index: int, *, primary_port: int | None = None, timeout_s: float = 20) -> dict[str, object]:
-        """Wait until member ``index`` is a replica with its link up (to ``primary_port`` if given)."""
-        def linked() -> dict[str, object] | None:
-            self._alive(self.members[index])
-            info = self.replication(index)
-            if info.get("role") != "slave" or info.get("master_link_status") != "up":
-                return None
-            if primary_port is not None and int(info.get("master_port", 0)) != primary_port:
-                return None
-            return info
-        return wait_for(f"{self.members[index].name} to replicate", linked, timeout_s=timeout_s)
+    def _linked(self, index: int, primary_port: int | None = None) -> dict[str, object] | None:
+        """Member ``index``'s replication info when it is a replica with its link up (to
+        ``primary_port`` if given), else None."""
+        self._alive(self.members[index])
+        info = self.replication(index)
+        if info.get("role") != "slave" or info.get("master_link_status") != "up":
+            return None
+        if primary_port is not None and int(info.get("master_port", 0)) != primary_port:
+            return None
+        return info
+
+    def wait_replica_linked(self, index: int, *, timeout_s: float = 20) -> dict[str, object]:
+        """Wait until member ``index`` is a replica with its link up."""
+        return wait_for(f"{self.members[index].name} to replicate", lambda: self._linked(index), timeout_s=timeout_s)
 
     def wait_sentinel_ready(self, index: int, *, timeout_s: float = 20) -> None:
         """Wait until Sentinel ``index`` sees every replica and every other Sentinel."""
@@ -300,14 +303,10 @@ class LocalRedisSet:
         names at that moment. The primary is read again on every poll: Sentinels may still
         be converging when a member comes back, and a busy host can see a further failover."""
         def linked() -> dict[str, object] | None:
-            self._alive(self.members[index])
             primary = self.agreed_primary_port()
-            info = self.replication(index)
             if primary is None or primary == self.member_ports[index]:
                 return None
-            if info.get("role") != "slave" or info.get("master_link_status") != "up":
-                return None
-            return info if int(info.get("master_port", 0)) == primary else None
+            return self._linked(index, primary)
         return wait_for(f"{self.members[index].name} to rejoin the current primary", linked, timeout_s=timeout_s)
 
     def sentinel_client(self, **kwargs: object) -> Sentinel:
