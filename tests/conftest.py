@@ -39,14 +39,14 @@ def full_settings() -> Settings:
 
 
 @lru_cache(maxsize=None)
-def rendered(profile: str) -> tuple[dict[str, list[dict[str, Any]]], ...]:
+def rendered(profile: str) -> dict[str, list[dict[str, Any]]]:
     """Objects of every chart of ``profile``, keyed by component (cached per session)."""
     charts = manifests.render(full_settings(), profile)
-    return ({name: manifests.chart_objects(chart) for name, chart in charts.items()},)
+    return {name: manifests.chart_objects(chart) for name, chart in charts.items()}
 
 
 def objects_of(profile: str) -> list[dict[str, Any]]:
-    return [o for objs in rendered(profile)[0].values() for o in objs]
+    return [o for objs in rendered(profile).values() for o in objs]
 
 
 def new_app(outdir: Path | None = None, **context: Any) -> cdk.App:

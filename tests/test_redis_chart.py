@@ -19,7 +19,7 @@ from tests.conftest import CDK_JSON, rendered
 
 
 def redis_objects(profile: str) -> list[dict[str, Any]]:
-    return rendered(profile)[0]["redis"]
+    return rendered(profile)["redis"]
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

@@ -25,4 +25,4 @@ def test_stack_template(synth, snapshot_json, stack: str) -> None:  # type: igno
 @pytest.mark.parametrize("profile", ["eks", "pi"])
 @pytest.mark.parametrize("component", all_components())
 def test_chart(snapshot_json, component: str, profile: str) -> None:  # type: ignore[no-untyped-def]
-    assert rendered(profile)[0][component] == snapshot_json
+    assert rendered(profile)[component] == snapshot_json
