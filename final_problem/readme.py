@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from final_problem import settings
+from final_problem import diagram, settings
 
 
 def blocks() -> dict[str, Callable[[], str]]:
     """Generated block name to the function that writes it."""
-    return {"settings": settings.reference_markdown}
+    return {"settings": settings.reference_markdown, "architecture": diagram.mermaid}
 
 
 def render(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from typing import Any
 
 import aws_cdk as cdk
@@ -134,6 +135,16 @@ class ClusterStack(cdk.Stack):
                 )],
             )
         self.platform = Platform(self, "Platform", cluster=self.cluster, settings=settings)
+        # What `final-problem --aws` reads to find the platform (final_problem/tour/discovery.py).
+        cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name, description="EKS cluster name")
+        cdk.CfnOutput(self, "Region", value=cdk.Aws.REGION, description="Region of the cluster")
+        cdk.CfnOutput(
+            self, "PlatformEndpoints", description="Client Service of each component (namespace, service, port)",
+            value=json.dumps({
+                name: {"namespace": ref.namespace, "service": ref.service, "port": ref.port}
+                for name, ref in self.platform.client_services.items()
+            }, sort_keys=True),
+        )
         self._acknowledge_findings()
         # Volumes need the CSI driver and pods need nodes before charts are applied.
         for manifest in self.platform.manifests.values():

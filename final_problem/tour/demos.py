@@ -1,0 +1,368 @@
+"""The nine concepts, each a short narrated run against the platform.
+
+Every demo takes a :class:`Context` (endpoints, and on ``--local`` the processes it may
+disturb) and records :class:`Step`s: what was done, what was observed and whether that is
+what the concept predicts. Demos that need a fault (a killed leader, a lost primary) run
+the fault only where the tour started the servers itself (``--local``); against a live
+platform they show the same state without disturbing it, and say so.
+
+``docs/CONCEPTS.md`` explains each one and names the test that proves it on real servers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from final_problem.tour.discovery import Endpoints
+
+
+@dataclass
+class Step:
+    """One narrated observation."""
+
+    action: str
+    observed: str
+    ok: bool = True
+
+
+@dataclass
+class Report:
+    concept: str
+    component: str
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"concept": self.concept, "component": self.component, "ok": self.ok,
+                "steps": [asdict(s) for s in self.steps]}
+
+
+@dataclass
+class Context:
+    endpoints: Endpoints
+    #: The local servers (``--local``), which demos may kill and restart; None on a live platform.
+    local: Any = None
+    say: Callable[[str], None] = print
+
+    def step(self, report: Report, action: str, observed: str, ok: bool = True) -> None:
+        report.steps.append(Step(action=action, observed=observed, ok=ok))
+        self.say(f"  {'✓' if ok else '✗'} {action}: {observed}")
+
+
+DEMOS: dict[str, tuple[str, str, Callable[[Context, Report], None]]] = {}
+
+
+def demo(concept: str, component: str, summary: str) -> Callable[[Callable[[Context, Report], None]], Callable[[Context, Report], None]]:
+    def register(fn: Callable[[Context, Report], None]) -> Callable[[Context, Report], None]:
+        DEMOS[concept] = (component, summary, fn)
+        return fn
+    return register
+
+
+def run(concept: str, ctx: Context) -> Report:
+    component, summary, fn = DEMOS[concept]
+    report = Report(concept=concept, component=component)
+    ctx.say(f"{concept} ({component}): {summary}")
+    fn(ctx, report)
+    ctx.say(f"  -> {'as the concept predicts' if report.ok else 'NOT as expected'}")
+    return report
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def _zk(ctx: Context, hosts: str | None = None, timeout: float = 10.0) -> Any:
+    from final_problem.clients.zookeeper import ZooKeeperClient
+
+    return ZooKeeperClient(hosts=hosts or ctx.endpoints.get("zookeeper"), timeout=timeout).start()
+
+
+def _members(ctx: Context) -> list[str]:
+    return [h.strip() for h in ctx.endpoints.get("zookeeper").split(",") if h.strip()]
+
+
+def _redis(ctx: Context) -> Any:
+    from final_problem.clients.redis import RedisClient, RedisSettings
+
+    env = {**__import__("os").environ, **ctx.endpoints.env, "REDIS_SENTINELS": ctx.endpoints.get("redis")}
+    return RedisClient(settings=RedisSettings.from_env(env))
+
+
+def _mode(address: str) -> str | None:
+    from final_problem.clients.zookeeper import server_mode
+
+    host, _, port = address.rpartition(":")
+    return server_mode(host=host, port=int(port))
+
+
+# --- the nine concepts ----------------------------------------------------------------------
+
+@demo("consistency", "zookeeper, redis", "linearizable ZooKeeper writes vs asynchronous Redis replicas")
+def consistency(ctx: Context, report: Report) -> None:
+    path, value = f"/final-problem/tour/consistency-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex.encode()
+    with _zk(ctx) as writer:
+        version = writer.put(path, value)
+        ctx.step(report, f"write {path} through one session", f"acknowledged by a quorum (version {version})")
+    for member in _members(ctx):
+        with _zk(ctx, hosts=member) as reader:
+            got = reader.get(path, linearizable=True)
+        ctx.step(report, f"sync + read from member {member}", "same value" if got == value else f"different value {got!r}", got == value)
+    client = _redis(ctx)
+    try:
+        key = f"final-problem:tour:{uuid.uuid4().hex[:8]}"
+        client.primary.set(key, "v1")
+        lagged = client.get(key)
+        ctx.step(report, "Redis SET on the primary, GET at once from a replica",
+                 f"replica answered {lagged!r} (asynchronous replication: it may lag; no error either way)")
+        acknowledged = client.set_durable(key, "v2", replicas=1)
+        seen = client.get(key)
+        ctx.step(report, "SET + WAIT 1, then GET from a replica",
+                 f"{acknowledged} replica(s) acknowledged; replica answered {seen!r}", acknowledged >= 1)
+    finally:
+        client.close()
+
+
+@demo("availability", "redis", "reads stay available from replicas; writes need the primary")
+def availability(ctx: Context, report: Report) -> None:
+    client = _redis(ctx)
+    try:
+        key = "final-problem:tour:availability"
+        client.set_durable(key, "before", replicas=1)
+        primary = client.primary_address()
+        ctx.step(report, "write through the primary", f"primary is {primary[0]}:{primary[1]}")
+        if ctx.local is None:
+            ctx.step(report, "read from a replica", f"{client.get(key)!r} (live platform: no fault injected)")
+            return
+        redis_set = ctx.local.redis
+        index = redis_set.member_index(primary[1])
+        redis_set.kill_member(index)
+        started = time.monotonic()
+        read = client.get(key)
+        ctx.step(report, "primary killed; read from a replica at once", f"{read!r}", read == "before")
+        client.set_durable(key, "after", replicas=1)
+        ctx.step(report, "write again (the client asks the Sentinels for the new primary)",
+                 f"accepted after {time.monotonic() - started:.1f} s by {client.primary_address()[1]}")
+        redis_set.start_member(index)
+    finally:
+        client.close()
+
+
+@demo("partition-tolerance", "zookeeper", "a minority side refuses writes rather than diverge (CP)")
+def partition_tolerance(ctx: Context, report: Report) -> None:
+    from final_problem.clients.zookeeper import ZooKeeperUnavailable
+
+    members = _members(ctx)
+    if ctx.local is None:
+        modes = {m: _mode(m) for m in members}
+        ctx.step(report, "ask every member for its mode", ", ".join(f"{m}={v}" for m, v in modes.items()),
+                 all(modes.values()))
+        ctx.step(report, "partition", "not injected on a live platform: run with --local to cut a minority off")
+        return
+    ensemble = ctx.local.zookeeper
+    survivor = next(iter(ensemble.procs))
+    others = [i for i in ensemble.procs if i != survivor]
+    for myid in others:
+        ensemble.kill(myid)
+    address = ensemble.client_address(survivor)
+    ctx.step(report, f"cut member {survivor} off from the other {len(others)}", f"its mode is now {_mode(address)!r}",
+             _mode(address) is None)
+    try:
+        with _zk(ctx, hosts=address, timeout=3) as minority:
+            minority.put("/final-problem/tour/partition", b"x")
+        ctx.step(report, "write on the minority side", "accepted (would diverge!)", False)
+    except ZooKeeperUnavailable as e:
+        ctx.step(report, "write on the minority side", f"refused: {e}")
+    for myid in others:
+        ensemble.start(myid)
+    with _zk(ctx, timeout=30) as healed:
+        healed.put("/final-problem/tour/partition", b"healed")
+    ctx.step(report, "heal the partition and write again", "accepted by the restored quorum")
+
+
+@demo("scalability", "redis, zookeeper", "reads scale out over replicas and followers; writes go through one leader")
+def scalability(ctx: Context, report: Report) -> None:
+    client = _redis(ctx)
+    try:
+        client.set_durable("final-problem:tour:scale", "x", replicas=1)
+        n = 300
+        started = time.perf_counter()
+        for _ in range(n):
+            client.get("final-problem:tour:scale")
+        rate = n / (time.perf_counter() - started)
+        replicas = len(client.sentinel.discover_slaves(client.settings.master_name))
+        ctx.step(report, f"{n} reads through the replica pool", f"{rate:,.0f} reads/s from one client; {replicas} replicas share the load")
+    finally:
+        client.close()
+    with _zk(ctx) as zk:
+        started = time.perf_counter()
+        for i in range(50):
+            zk.put("/final-problem/tour/scale", str(i).encode())
+        writes = 50 / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(200):
+            zk.get("/final-problem/tour/scale")
+        reads = 200 / (time.perf_counter() - started)
+    ctx.step(report, "ZooKeeper: 50 writes, 200 local reads",
+             f"{writes:,.0f} writes/s (each through the leader and a quorum) vs {reads:,.0f} reads/s (served by the member)",
+             reads > writes)
+
+
+@demo("consensus", "zookeeper", "one leader, agreed by a majority; a new one after it fails")
+def consensus(ctx: Context, report: Report) -> None:
+    modes = {m: _mode(m) for m in _members(ctx)}
+    leaders = [m for m, v in modes.items() if v == "leader"]
+    ctx.step(report, "ask every member for its mode", ", ".join(f"{m}={v}" for m, v in modes.items()), len(leaders) == 1)
+    if ctx.local is None or len(leaders) != 1:
+        return
+    ensemble = ctx.local.zookeeper
+    old = next(i for i in ensemble.procs if ensemble.client_address(i) == leaders[0])
+    ensemble.kill(old)
+    started = time.monotonic()
+    new: list[str] = []
+    while time.monotonic() - started < 30 and not new:
+        new = [ensemble.client_address(i) for i in ensemble.running() if _mode(ensemble.client_address(i)) == "leader"]
+        time.sleep(0.1)
+    ctx.step(report, f"kill the leader ({leaders[0]})",
+             f"{new[0]} elected in {time.monotonic() - started:.1f} s" if new else "no new leader in 30 s", bool(new))
+    ensemble.start(old)
+
+
+@demo("concurrency", "zookeeper", "a distributed lock turns racing read-modify-writes into no lost updates")
+def concurrency(ctx: Context, report: Report) -> None:
+    path = f"/final-problem/tour/counter-{uuid.uuid4().hex[:8]}"
+    workers, rounds = 4, 5
+
+    def race(locked: bool) -> int:
+        with _zk(ctx) as setup:
+            setup.put(path, b"0")
+
+        def work(n: int) -> None:
+            with _zk(ctx) as zk:
+                for _ in range(rounds):
+                    if locked:
+                        with zk.lock(path + "-lock", identifier=f"worker-{n}"):
+                            zk.put(path, str(int(zk.get(path)) + 1).encode())
+                    else:
+                        value = int(zk.get(path))
+                        time.sleep(0.01)
+                        zk.put(path, str(value + 1).encode())
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with _zk(ctx) as check:
+            return int(check.get(path, linearizable=True))
+
+    expected = workers * rounds
+    unlocked = race(locked=False)
+    ctx.step(report, f"{workers} workers x {rounds} increments, no lock", f"counter = {unlocked} of {expected} (lost updates)")
+    locked = race(locked=True)
+    ctx.step(report, "the same under a ZooKeeper lock", f"counter = {locked} of {expected}", locked == expected)
+
+
+@demo("fault-tolerance", "redis", "a failover keeps every acknowledged write")
+def fault_tolerance(ctx: Context, report: Report) -> None:
+    client = _redis(ctx)
+    try:
+        keys = [f"final-problem:tour:ft:{i}" for i in range(50)]
+        for key in keys:
+            client.set_durable(key, key, replicas=1)
+        ctx.step(report, "50 writes, each acknowledged by a replica (WAIT 1)", f"primary {client.primary_address()}")
+        if ctx.local is not None:
+            redis_set = ctx.local.redis
+            old = client.primary_address()
+            index = redis_set.member_index(old[1])
+            redis_set.kill_member(index)
+            _, seconds = redis_set.wait_new_primary(old[1], timeout_s=30)
+            ctx.step(report, "kill the primary", f"Sentinels promoted a replica in {seconds:.1f} s")
+            redis_set.start_member(index)
+        else:
+            ctx.step(report, "fault", "not injected on a live platform: run with --local to kill the primary")
+        missing = [k for k in keys if client.get(k, from_primary=True) != k]
+        ctx.step(report, "read every acknowledged write from the primary", f"{len(keys) - len(missing)} of {len(keys)} present", not missing)
+    finally:
+        client.close()
+
+
+@demo("observability", "zookeeper, redis", "every component reports its own state as metrics")
+def observability(ctx: Context, report: Report) -> None:
+    from final_problem.clients.zookeeper import four_letter_word
+
+    host, _, port = _members(ctx)[0].rpartition(":")
+    mntr = dict(line.split("\t", 1) for line in four_letter_word(host=host, port=int(port), word="mntr").splitlines() if "\t" in line)
+    ctx.step(report, "ZooKeeper mntr (the same figures its Prometheus endpoint serves)",
+             f"state {mntr.get('zk_server_state')}, {mntr.get('zk_znode_count')} znodes, avg latency {mntr.get('zk_avg_latency')} ms",
+             "zk_server_state" in mntr)
+    from final_problem.clients.redis_exporter import read_info, to_prometheus
+
+    client = _redis(ctx)
+    try:
+        host, port = client.primary_address()
+    finally:
+        client.close()
+    password = ctx.endpoints.env.get("REDIS_METRICS_PASSWORD")
+    if password is None:
+        from final_problem.tour.discovery import secret_value
+
+        password = secret_value(ctx.endpoints.kubeconfig, "redis", "redis-auth", "metrics-password")
+    text = to_prometheus(read_info(host=host, port=port, password=password))
+    lines = [line for line in text.splitlines() if line.startswith(("redis_up", "redis_role_primary", "redis_connected_slaves"))]
+    ctx.step(report, "Redis INFO as Prometheus text, as the metrics user (the exporter sidecar's view)",
+             "; ".join(lines), "redis_up 1" in lines)
+
+
+@demo("security", "redis, zookeeper", "unauthenticated and unauthorised requests are refused")
+def security(ctx: Context, report: Report) -> None:
+    import redis
+
+    from final_problem.clients.zookeeper import four_letter_word
+    from final_problem.clients.redis import _parse_sentinels
+
+    client = _redis(ctx)
+    try:
+        host, port = client.primary_address()
+    finally:
+        client.close()
+    anonymous = redis.Redis(host=host, port=port, socket_timeout=3)
+    try:
+        anonymous.ping()
+        ctx.step(report, "Redis PING without a password", "answered (authentication is off!)", False)
+    except redis.AuthenticationError as e:
+        ctx.step(report, "Redis PING without a password", f"refused: {e}")
+    except redis.ResponseError as e:
+        ctx.step(report, "Redis PING without a password", f"refused: {e}", "NOAUTH" in str(e) or "auth" in str(e).lower())
+    wrong = redis.Redis(host=host, port=port, username="app", password="wrong-password", socket_timeout=3)
+    try:
+        wrong.ping()
+        ctx.step(report, "Redis login with a wrong password", "accepted!", False)
+    except redis.AuthenticationError as e:
+        ctx.step(report, "Redis login with a wrong password", f"refused: {e}")
+    client = _redis(ctx)
+    try:
+        client.primary.execute_command("FLUSHALL")
+        ctx.step(report, "app user runs FLUSHALL (@dangerous)", "allowed!", False)
+    except redis.exceptions.NoPermissionError as e:
+        ctx.step(report, "app user runs FLUSHALL (@dangerous)", f"refused: {e}")
+    finally:
+        client.close()
+    sentinel_host, sentinel_port = _parse_sentinels(ctx.endpoints.get("redis"))[0]
+    try:
+        redis.Redis(host=sentinel_host, port=sentinel_port, socket_timeout=3).execute_command("SENTINEL", "MASTERS")
+        ctx.step(report, "Sentinel command without a password", "answered!", False)
+    except (redis.AuthenticationError, redis.ResponseError) as e:
+        ctx.step(report, "Sentinel command without a password", f"refused: {e}")
+    zk_host, _, zk_port = _members(ctx)[0].rpartition(":")
+    answer = four_letter_word(host=zk_host, port=int(zk_port), word="conf")
+    ctx.step(report, "ZooKeeper 'conf' four-letter word (not on the allowlist)",
+             answer.strip().splitlines()[0] if answer.strip() else "connection closed", "not in the whitelist" in answer or not answer)
+
+
+CONCEPTS = tuple(DEMOS)

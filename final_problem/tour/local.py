@@ -1,0 +1,83 @@
+"""``--local``: the platform's real servers on this machine, as the tests start them.
+
+A three-member ZooKeeper ensemble and a Redis primary with two replicas and three
+Sentinels (Debian's packages: ``sudo make system-deps``), each from the configuration the
+charts render, on loopback ports. Everything started is stopped on exit, even on failure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from final_problem.tour.discovery import DiscoveryError, Endpoints
+
+#: Sentinel timeouts shortened as in the tests, so a failover takes seconds.
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 5000
+
+
+class LocalPlatform:
+    """Start the local servers; ``endpoints`` and ``faults`` describe and disturb them."""
+
+    def __init__(self, *, components: tuple[str, ...] = ("zookeeper", "redis")) -> None:
+        self.components = components
+        self._stack = ExitStack()
+        self.workdir = Path(tempfile.mkdtemp(prefix="final-problem-local-"))
+        self.zookeeper: Any = None
+        self.redis: Any = None
+
+    def __enter__(self) -> "LocalPlatform":
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _start(self) -> None:
+        if "zookeeper" in self.components:
+            from final_problem.local.zookeeper import LocalEnsemble, missing_binaries
+
+            if missing := missing_binaries():
+                raise DiscoveryError(f"--local needs ZooKeeper from Debian ({', '.join(missing)} missing): run `sudo make system-deps`")
+            self.zookeeper = self._stack.enter_context(LocalEnsemble(workdir=self.workdir / "zookeeper"))
+            self.zookeeper.start_all()
+        if "redis" in self.components:
+            if not shutil.which("redis-server") or not shutil.which("redis-sentinel"):
+                raise DiscoveryError("--local needs redis-server and redis-sentinel: run `sudo make system-deps`")
+            from final_problem.charts.redis import RedisProps
+            from final_problem.local.redis import LocalRedisSet
+            from final_problem.profiles import PI
+
+            options = RedisProps.for_profile(
+                PI, down_after_ms=DOWN_AFTER_MS, failover_timeout_ms=FAILOVER_TIMEOUT_MS,
+            ).config_options()
+            self.redis = self._stack.enter_context(LocalRedisSet(workdir=self.workdir / "redis", options=options))
+        if self.zookeeper is not None:
+            from final_problem.clients.zookeeper import ZooKeeperClient
+
+            # Wait for a quorum before any demo runs.
+            with ZooKeeperClient(hosts=self.zookeeper.hosts, timeout=30) as client:
+                client.kazoo.sync("/")
+
+    def endpoints(self) -> Endpoints:
+        endpoints = Endpoints(source="local servers")
+        if self.zookeeper is not None:
+            endpoints.addresses["zookeeper"] = self.zookeeper.hosts
+        if self.redis is not None:
+            env = self.redis.client_env()
+            endpoints.addresses["redis"] = env["REDIS_SENTINELS"]
+            endpoints.env.update(env)
+            endpoints.env["REDIS_METRICS_PASSWORD"] = self.redis.passwords.metrics
+        return endpoints
