@@ -12,7 +12,8 @@ from final_problem import capacity, config, manifests
 from final_problem.errors import ConfigError
 from tests.conftest import CDK_JSON, ROOT
 
-DEFAULTS = {k: v for k, v in CDK_JSON.items() if k in config.setting_names()}
+# The components the figures below were computed for, whatever cdk.json enables.
+DEFAULTS = {**{k: v for k, v in CDK_JSON.items() if k in config.setting_names()}, "components": ["base", "redis", "zookeeper"]}
 
 
 @lru_cache(maxsize=None)
@@ -214,3 +215,29 @@ def test_synth_checks_every_profile(synth: Any) -> None:
     fits = app.check_capacity(synth.stacks.settings, app.render_profiles(synth.stacks))
     assert [f.profile for f in fits] == list(synth.stacks.settings.profiles)
     assert all(f.fits for f in fits)
+
+
+def test_app_fails_synthesis_when_a_profile_does_not_fit(tmp_path: Path) -> None:
+    from tests.test_cli import run_app
+
+    result = run_app(tmp_path, {"node_instance_type": "c7g.large"})
+    assert result.returncode != 0
+    assert "node_instance_type = 'c7g.large': eks profile: the platform requests 13,460 MiB memory" in result.stderr
+    assert not (tmp_path / "dist").exists()
+    assert not (tmp_path / "cdk.out" / "Cluster.template.json").exists()
+
+
+def test_synth_report_prints_the_fit_and_the_cost(synth: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The report reads the fit back from cdk.out and dist/: the same as the in-memory check."""
+    from final_problem import app, cost, report
+
+    assert report.main(str(synth.outdir), str(synth.dist)) == 0
+    out = capsys.readouterr().out
+    capacity_part = out.split("Capacity (requests of long-running pods; fails synth over 80%):\n")[1].split("Monthly cost:")[0]
+    fits = app.check_capacity(synth.stacks.settings, app.render_profiles(synth.stacks))
+    assert capacity_part.splitlines() == [f"  {line}" for f in fits for line in capacity.describe(f)]
+    assert capacity_part.startswith("  eks: 3 x m7g.large: cpu ")
+    assert "  pi: 3 x Raspberry Pi 4 Model B 4 GB: cpu " in capacity_part
+    total = cost.from_cdk_out(synth.outdir).total
+    assert f"Monthly cost:\n  ${total:,.2f}/month at list price in us-east-1 (region unset, priced as us-east-1)\n" in out
+    assert "    largest: EC2 $178.70, EKS $73.00, NAT $32.85" in out
