@@ -37,8 +37,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from final_problem.config import Settings
+from final_problem.config import MAX_NODES_PER_NODEGROUP, Settings
 from final_problem.errors import ConfigError
+from final_problem.profiles import PROFILES
+from final_problem.settings import how_to_set
 
 #: Largest share of allocatable the platform may request (CPU, memory, pods, volumes).
 MAX_SHARE = 0.80
@@ -169,10 +171,11 @@ def instance_type(name: str) -> InstanceType:
     try:
         return INSTANCE_TYPES[name]
     except KeyError:
+        first, *others = close_instance_types(name)
         raise ConfigError(
             "node_instance_type", name,
             "not in the capacity table (final_problem/capacity.py), so its allocatable CPU, memory and pods are unknown",
-            f"use a listed type such as {', '.join(close_instance_types(name))}",
+            f"{how_to_set('node_instance_type', first)} (or {', '.join(others)})",
         ) from None
 
 
@@ -236,6 +239,7 @@ PI4_4GB = NodeShape(
 )
 PI_NODES = 3
 EKS_ZONES = ("a", "b", "c")
+PROFILE_NAMES = tuple(PROFILES)
 
 
 def eks_shapes(type_name: str, count: int) -> list[NodeShape]:
@@ -251,7 +255,11 @@ def eks_shapes(type_name: str, count: int) -> list[NodeShape]:
 
 def node_shapes(settings: Settings, profile_name: str) -> list[NodeShape]:
     """The nodes a profile runs on: EKS from the node group settings, Pi a fixed shape."""
-    return profile_nodes(profile_name, instance_type=settings.node_instance_type, count=settings.node_desired)
+    try:
+        return profile_nodes(profile_name, instance_type=settings.node_instance_type, count=settings.node_desired)
+    except ConfigError as e:
+        origin = settings.origins.get(e.setting)
+        raise (e.add_origin(origin) if origin else e)
 
 
 def profile_nodes(profile_name: str, *, instance_type: str, count: int) -> list[NodeShape]:
@@ -468,54 +476,82 @@ def check(settings: Settings, profile: str, objects_by_component: Mapping[str, I
 
 
 def raise_unless_fits(result: Fit, settings: Settings) -> None:
+    """One ConfigError line naming the profile, what overflows, the biggest consumers and
+    fixes that are themselves valid settings."""
     node = result.nodes[0]
+    eks = result.profile == "eks"
     if result.unplaceable:
         w = max(result.unplaceable, key=lambda x: x.pods)
-        problem = (f"{result.profile} profile: {w.name} places one pod per node (required hostname anti-affinity) "
+        problem = (f"{w.name} places one pod per node (required hostname anti-affinity) "
                    f"and has {w.pods} replicas on {len(result.nodes)} nodes")
-        if result.profile == "eks":
-            raise ConfigError("node_desired", settings.node_desired, problem,
-                              f"{_node_count_fix(result, settings, w.pods)}, or lower the replicas of {w.component}")
-        raise ConfigError("profiles", result.profile, problem,
-                          f"lower the replicas of {w.component} to {len(result.nodes)}, or leave '{result.profile}' out of profiles")
+        if eks:
+            fix = f"{_node_count_fix(result, settings, w.pods)}, or lower the replicas of {w.component}"
+            raise _error(settings, result, "node_desired", settings.node_desired, problem, fix)
+        fix = f"lower the replicas of {w.component} to {len(result.nodes)}, or {_without(settings, result.profile)}"
+        raise _error(settings, result, "profiles", ",".join(settings.profiles), problem, fix)
     over = [u for u in result.usage if not u.fits]
     if not over:
         return
     worst = max(over, key=lambda u: u.share)
-    setting, value = ("node_instance_type", node.kind) if result.profile == "eks" else ("profiles", result.profile)
-    raise ConfigError(
-        setting, value,
-        f"{result.profile} profile: the platform requests {worst.describe()} allocatable on "
-        f"{len(result.nodes)} x {node.kind}, over the {MAX_SHARE:.0%} limit (biggest: {worst.biggest()})",
-        _fix(result, settings, worst),
-    )
+    problem = (f"the platform requests {worst.describe()} allocatable on {len(result.nodes)} x {node.kind}, "
+               f"over the {MAX_SHARE:.0%} limit (biggest: {worst.biggest()})")
+    if eks:
+        raise _error(settings, result, "node_instance_type", node.kind, problem, _fix(result, settings, worst))
+    raise _error(settings, result, "profiles", ",".join(settings.profiles), problem, _fix(result, settings, worst))
+
+
+def _error(settings: Settings, result: Fit, setting: str, value: Any, problem: str, fix: str) -> ConfigError:
+    error = ConfigError(setting, value, problem, fix).for_profile(result.profile)
+    origin = settings.origins.get(setting)
+    return error.add_origin(origin) if origin else error
+
+
+def _without(settings: Settings, profile: str) -> str:
+    rest = [p for p in settings.profiles if p != profile] or [p for p in PROFILE_NAMES if p != profile]
+    return how_to_set("profiles", ",".join(rest))
+
+
+def _smaller(worst: Usage) -> str:
+    """Which setting of the biggest consumer to lower, when its component declares one."""
+    if not worst.top:
+        return "disable a component"
+    component = worst.top[0][0].component
+    from final_problem import components
+
+    cls = components.COMPONENTS.get(component)
+    names = [i.name for i in cls.settings_class.infos()] if cls is not None and cls.settings_class else []
+    wanted = {"memory": "memory_mib", "cpu": "cpu", "pods": "replicas", "volumes": "replicas"}[worst.resource]
+    matches = [n for n in names if n == wanted or n.startswith(wanted)]
+    if matches:
+        return f"lower {component}.{matches[0]}, or disable a component"
+    return f"lower the {worst.resource} requests of {component}, or disable a component"
 
 
 def _fix(result: Fit, settings: Settings, worst: Usage) -> str:
-    component = worst.top[0][0].component if worst.top else "a"
-    smaller = f"lower the {worst.resource} settings of the {component} component, or disable a component"
+    smaller = _smaller(worst)
     if result.profile != "eks":
-        return f"{smaller}, or leave '{result.profile}' out of profiles (its nodes are a fixed shape)"
+        return f"{smaller}, or {_without(settings, result.profile)} (its nodes are a fixed shape)"
     options = []
-    bigger = _bigger_type(result, settings)
+    bigger = _bigger_type(result)
     if bigger:
-        options.append(f"use node_instance_type={bigger}")
+        options.append(how_to_set("node_instance_type", bigger))
     more = _nodes_needed(result)
     if more:
         options.append(_node_count_fix(result, settings, more))
-    return "; ".join(options + [smaller])
+    return "; or ".join(options + [smaller])
 
 
 def _node_count_fix(result: Fit, settings: Settings, at_least: int) -> str:
     nodes = max(at_least, _nodes_needed(result) or at_least)
-    return f"use node_desired={nodes}" + (f" and node_max={nodes}" if nodes > settings.node_max else "")
+    fix = how_to_set("node_desired", nodes)
+    return fix + (f" and {how_to_set('node_max', nodes)}" if nodes > settings.node_max else "")
 
 
 def _refit(result: Fit, type_name: str, count: int) -> Fit:
     return fit(result.profile, eks_shapes(type_name, count), result.workloads)
 
 
-def _bigger_type(result: Fit, settings: Settings) -> str | None:
+def _bigger_type(result: Fit) -> str | None:
     """The cheapest-looking type of the same architecture that fits: same family first."""
     current = INSTANCE_TYPES.get(result.nodes[0].kind)
     if current is None:
@@ -532,8 +568,8 @@ def _bigger_type(result: Fit, settings: Settings) -> str | None:
 
 
 def _nodes_needed(result: Fit) -> int | None:
-    """The fewest nodes of the current type that fit (up to 100), when more than now."""
-    for count in range(len(result.nodes), 101):
+    """The fewest nodes of the current type that fit (up to the node group quota)."""
+    for count in range(len(result.nodes), MAX_NODES_PER_NODEGROUP + 1):
         if _refit(result, result.nodes[0].kind, count).fits:
             return count
     return None
@@ -554,11 +590,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", default="cdk.json", help="cdk.json to read settings from")
     parser.add_argument("-c", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    settings = manifests.settings_from(args.context, args.overrides)
-    for profile in settings.profiles:
-        charts = manifests.render(settings, profile)
-        result = fit_of(settings, profile, {n: manifests.chart_objects(c) for n, c in charts.items()})
-        print("\n".join(describe(result)))
+    try:
+        settings = manifests.settings_from(args.context, args.overrides)
+        for profile in settings.profiles:
+            charts = manifests.render(settings, profile)
+            result = fit_of(settings, profile, {n: manifests.chart_objects(c) for n, c in charts.items()})
+            print("\n".join(describe(result)))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping
 
 from final_problem.errors import ConfigError
 from final_problem.prices import DEFAULT_REGION, HOURS_PER_MONTH, PRICES, RegionPrices
+from final_problem.settings import how_to_set
 
 #: EKS managed node groups' root volume when ``DiskSize`` is not set (CreateNodegroup API).
 DEFAULT_DISK_GIB = 20
@@ -155,8 +156,8 @@ def region_prices(region: str | None) -> tuple[RegionPrices, str]:
     assert region is not None
     if region not in PRICES:
         raise ConfigError(
-            "region", region, "no price table for this region (final_problem/prices.py)",
-            f"use one of {', '.join(PRICES)}, or add the region's prices to final_problem/prices.py",
+            "region", region, f"no price table for this region (final_problem/prices.py has {', '.join(PRICES)})",
+            f"{how_to_set('region', DEFAULT_REGION)} to price it there, or add the region's prices to final_problem/prices.py",
         )
     return PRICES[region], "from the settings"
 
@@ -219,9 +220,10 @@ def _nodegroup(props: Mapping[str, Any], logical_id: str, prices: RegionPrices) 
     instance = types[0]
     hourly = prices.instance_hour(instance)
     if hourly is None:
+        first, *others = _close(instance, prices.priced_types())
         raise ConfigError(
             "node_instance_type", instance, f"no list price for it in {prices.region} (final_problem/prices.py)",
-            f"use a priced type such as {', '.join(_close(instance, prices.priced_types()))}, "
+            f"{how_to_set('node_instance_type', first)} (or {', '.join(others)}), "
             "or add its family to final_problem/prices.py",
         )
     desired = int(props.get("ScalingConfig", {}).get("DesiredSize", 2))  # API default: 2
@@ -274,8 +276,8 @@ def _volumes(objects: list[dict[str, Any]], prices: RegionPrices) -> list[Line]:
         volume_type = classes.get(class_name or "", EBS_CSI_DEFAULT_TYPE)
         if volume_type not in prices.ebs_gb_month:
             raise ConfigError(
-                "storage_class", class_name, f"EBS volume type {volume_type!r} has no price in final_problem/prices.py",
-                f"use one of {', '.join(prices.ebs_gb_month)}",
+                "StorageClass", class_name, f"EBS volume type {volume_type!r} has no price in final_problem/prices.py",
+                f"give the StorageClass one of the types {', '.join(prices.ebs_gb_month)}",
             )
         size = _gib(spec.get("resources", {}).get("requests", {}).get("storage", "0"))
         return Line(category="EBS", item=f"{owner} {claim.get('metadata', {}).get('name')} {count} x {size:g} GiB {volume_type}",
@@ -373,5 +375,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except ConfigError as error:
-        print(error, file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

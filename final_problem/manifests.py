@@ -23,6 +23,7 @@ import yaml
 from final_problem import capacity, config
 from final_problem.components import PlatformChart, build_charts
 from final_problem.config import Settings
+from final_problem.errors import ConfigError
 from final_problem.profiles import PROFILES
 
 
@@ -94,13 +95,17 @@ def _context_args(pairs: list[str]) -> dict[str, str]:
 
 
 def settings_from(cdk_json: str | Path, overrides: list[str]) -> Settings:
-    """Settings as ``cdk synth`` would read them: cdk.json context, then ``-c`` pairs."""
+    """Settings as ``cdk synth`` would read them: cdk.json context, then ``-c`` pairs
+    (each value remembers where it came from, for the error message)."""
     path = Path(cdk_json)
     context: dict[str, Any] = {}
     if path.exists():
         context = json.loads(path.read_text()).get("context", {})
-    context.update(_context_args(overrides))
-    return config.from_mapping(context)
+    origins = {key: str(path) for key in context}
+    values = _context_args(overrides)
+    context.update(values)
+    origins.update({key: "-c" for key in values})
+    return config.load(context, origins)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,13 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=Path, default=Path("cdk.json"), help="cdk.json to read settings from")
     parser.add_argument("-c", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    settings = settings_from(args.context, args.overrides)
-    for profile in settings.profiles:
-        objects = {name: chart_objects(chart) for name, chart in render(settings, profile).items()}
-        # A profile whose pods cannot fit on its nodes fails before anything is written.
-        capacity.check(settings, profile, objects)
-        for path in write_objects(objects, args.out / profile):
-            print(path)
+    try:
+        settings = settings_from(args.context, args.overrides)
+        for profile in settings.profiles:
+            objects = {name: chart_objects(chart) for name, chart in render(settings, profile).items()}
+            # A profile whose pods cannot fit on its nodes fails before anything is written.
+            capacity.check(settings, profile, objects)
+            for path in write_objects(objects, args.out / profile):
+                print(path)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -82,11 +82,12 @@ def test_node_shapes() -> None:
 
 def test_unknown_instance_type_names_close_valid_ones() -> None:
     with pytest.raises(ConfigError) as info:
-        check("eks", node_instance_type="m7g.lage")
+        check("eks", node_instance_type="m7gd.large")  # a real type, with local NVMe, not in the table
     message = str(info.value)
-    assert message.startswith("node_instance_type = 'm7g.lage': not in the capacity table")
+    assert message.startswith("node_instance_type = 'm7gd.large': not in the capacity table")
     assert "\n" not in message
-    suggestions = message.split("Fix: use a listed type such as ")[1].split(", ")
+    first, others = message.split("Fix: set node_instance_type=")[1].rstrip(")").split(" (or ")
+    suggestions = [first, *others.split(", ")]
     assert suggestions[0] == "m7g.large"
     # Each suggestion is itself a valid setting.
     for suggestion in suggestions:
@@ -137,11 +138,11 @@ def test_eks_over_the_limit_fails_naming_consumers_and_valid_fixes() -> None:
         check("eks", node_instance_type="c7g.large")
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("node_instance_type = 'c7g.large': eks profile: the platform requests 13,460 MiB memory")
+    assert message.startswith("node_instance_type = 'c7g.large' (profile eks): the platform requests 13,460 MiB memory")
     assert "over the 80% limit (biggest: StatefulSet/redis/redis 6,240, StatefulSet/zookeeper/zookeeper 6,144" in message
     assert message.endswith(
-        "Fix: use node_instance_type=c7g.xlarge; use node_desired=6; "
-        "lower the memory settings of the redis component, or disable a component"
+        "Fix: set node_instance_type=c7g.xlarge; or set node_desired=6; "
+        "or lower redis.memory_mib, or disable a component"
     )
     # Both suggested settings fit.
     assert check("eks", node_instance_type="c7g.xlarge").fits
@@ -160,12 +161,12 @@ def test_eks_custom_instance_type() -> None:
 
 def test_eks_one_member_per_node_needs_enough_nodes() -> None:
     with pytest.raises(ConfigError, match=(
-        r"^node_desired = 3: eks profile: StatefulSet/zookeeper/zookeeper places one pod per node "
+        r"^node_desired = 3 \(profile eks\): StatefulSet/zookeeper/zookeeper places one pod per node "
         r"\(required hostname anti-affinity\) and has 5 replicas on 3 nodes\. "
-        r"Fix: use node_desired=5, or lower the replicas of zookeeper$"
+        r"Fix: set node_desired=5, or lower the replicas of zookeeper$"
     )):
-        check("eks", zookeeper_replicas=5)
-    assert check("eks", zookeeper_replicas=5, node_desired=5).fits
+        check("eks", **{"zookeeper.replicas": 5})
+    assert check("eks", node_desired=5, **{"zookeeper.replicas": 5}).fits
 
 
 # --- pi profile ---------------------------------------------------------------------------------
@@ -180,13 +181,12 @@ def test_pi_default_fits() -> None:
 
 def test_pi_over_the_limit_fails() -> None:
     with pytest.raises(ConfigError) as info:
-        check("pi", zookeeper_memory_mib=1536)
+        check("pi", **{"zookeeper.memory_mib": 1536})
     message = str(info.value)
-    assert message.startswith("profiles = 'pi': pi profile: the platform requests 6,068 MiB memory of 6,603 (92%)")
+    assert message.startswith("profiles = 'eks,pi' (profile pi): the platform requests 6,068 MiB memory of 6,603 (92%)")
     assert "biggest: StatefulSet/zookeeper/zookeeper 4,608" in message
     assert message.endswith(
-        "Fix: lower the memory settings of the zookeeper component, or disable a component, "
-        "or leave 'pi' out of profiles (its nodes are a fixed shape)"
+        "Fix: lower zookeeper.memory_mib, or disable a component, or set profiles=eks (its nodes are a fixed shape)"
     )
 
 
@@ -200,12 +200,14 @@ def test_pi_custom_instance_type_does_not_change_the_pi_nodes() -> None:
 # --- hooks ----------------------------------------------------------------------------------------
 
 
-def test_manifests_command_fails_before_writing(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^profiles = 'pi': pi profile: the platform requests"):
-        manifests.main([
-            "--out", str(tmp_path), "--context", str(ROOT / "cdk.json"),
-            "-c", "profiles=pi", "-c", "zookeeper_memory_mib=1536",
-        ])
+def test_manifests_command_fails_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert manifests.main([
+        "--out", str(tmp_path), "--context", str(ROOT / "cdk.json"),
+        "-c", "profiles=pi", "-c", "zookeeper.memory_mib=1536",
+    ]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: profiles = 'pi' (from -c, profile pi): the platform requests 6,068 MiB memory")
+    assert err.count("\n") == 1
     assert not list(tmp_path.rglob("*.yaml"))
 
 
@@ -222,7 +224,9 @@ def test_app_fails_synthesis_when_a_profile_does_not_fit(tmp_path: Path) -> None
 
     result = run_app(tmp_path, {"node_instance_type": "c7g.large"})
     assert result.returncode != 0
-    assert "node_instance_type = 'c7g.large': eks profile: the platform requests 13,460 MiB memory" in result.stderr
+    assert result.stderr.startswith(
+        "error: node_instance_type = 'c7g.large' (from -c, profile eks): the platform requests 13,460 MiB memory"
+    )
     assert not (tmp_path / "dist").exists()
     assert not (tmp_path / "cdk.out" / "Cluster.template.json").exists()
 

@@ -63,7 +63,7 @@ def test_default_equals_the_hand_computed_figure() -> None:
 def test_a_second_combination_equals_the_hand_computed_figure() -> None:
     # eu-west-1, three zones with one NAT each, 4 x m6g.xlarge, ZooKeeper volumes of 20 GiB.
     result = estimate(account=ACCOUNT, region="eu-west-1", nat_gateways=3, node_instance_type="m6g.xlarge",
-                      node_desired=4, zookeeper_storage_gib=20)
+                      node_desired=4, **{"zookeeper.storage_gib": 20})
     expected = (
         0.10 * HOURS
         + 4 * (2 * 0.086) * HOURS         # m6g.xlarge = 2 x m6g.large
@@ -85,8 +85,8 @@ def test_a_second_combination_equals_the_hand_computed_figure() -> None:
         ({"node_instance_type": "m7g.xlarge"}, 3 * 0.0816 * HOURS),            # each node doubles
         ({"node_desired": 4}, 0.0816 * HOURS + 20 * 0.08),                     # one more node + root volume
         ({"nat_gateways": 2}, 0.045 * HOURS + 0.005 * HOURS),                  # one more NAT + its address
-        ({"zookeeper_storage_gib": 15}, 3 * 2 * 5 * 0.08),                     # 3 members x 2 volumes x 5 GiB
-        ({"redis_storage_gib": 10}, 3 * 2 * 0.08),                             # 3 members x 2 GiB
+        ({"zookeeper.storage_gib": 15}, 3 * 2 * 5 * 0.08),                     # 3 members x 2 volumes x 5 GiB
+        ({"redis.storage_gib": 10}, 3 * 2 * 0.08),                             # 3 members x 2 GiB
     ],
     ids=["node-type", "node-count", "nat-count", "zookeeper-volume", "redis-volume"],
 )
@@ -153,8 +153,9 @@ def test_manifest_joined_with_tokens_is_read() -> None:
 
 def test_unknown_region_fails_with_one_line() -> None:
     with pytest.raises(ConfigError, match=(
-        r"^region = 'ap-south-2': no price table for this region \(final_problem/prices.py\)\. "
-        r"Fix: use one of us-east-1, us-west-2, eu-west-1, eu-central-1, or add the region's prices"
+        r"^region = 'ap-south-2': no price table for this region "
+        r"\(final_problem/prices.py has us-east-1, us-west-2, eu-west-1, eu-central-1\)\. "
+        r"Fix: set region=us-east-1 to price it there, or add the region's prices"
     )):
         cost.estimate([_stack(region="ap-south-2")])
 
@@ -165,7 +166,8 @@ def test_unpriced_instance_type_fails_naming_priced_ones() -> None:
         cost.estimate([_stack(region="eu-west-1", N=nodegroup)])
     message = str(info.value)
     assert message.startswith("node_instance_type = 'm8g.large': no list price for it in eu-west-1")
-    suggestions = message.split("use a priced type such as ")[1].split(", or add")[0].split(", ")
+    first, others = message.split("Fix: set node_instance_type=")[1].split("), or add")[0].split(" (or ")
+    suggestions = [first, *others.split(", ")]
     assert suggestions and all(EU.instance_hour(s) is not None for s in suggestions)
     assert all(s.endswith(".large") for s in suggestions)
 
