@@ -31,6 +31,7 @@ every profile in the settings.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
 import sys
@@ -180,26 +181,13 @@ def instance_type(name: str) -> InstanceType:
 
 
 def close_instance_types(name: str, n: int = 3) -> list[str]:
-    """Known types closest to ``name``: same size and class first, then by spelling."""
-    family, _, size = name.partition(".")
+    """Known types closest to ``name``: the same size first, then by spelling."""
+    size = name.partition(".")[2]
 
-    def score(candidate: InstanceType) -> tuple[int, int, str]:
-        c_family, c_size = candidate.name.split(".")
-        same_class = c_family[:1] == family[:1]
-        return (-(c_size == size) - same_class - (c_family.rstrip("0123456789") == family.rstrip("0123456789")),
-                _distance(candidate.name, name), candidate.name)
+    def score(candidate: str) -> tuple[bool, float, str]:
+        return (candidate.split(".")[1] != size, -difflib.SequenceMatcher(None, candidate, name).ratio(), candidate)
 
-    return [t.name for t in sorted(INSTANCE_TYPES.values(), key=score)[:n]]
-
-
-def _distance(a: str, b: str) -> int:
-    """Levenshtein distance (a few dozen names: no library needed)."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
+    return sorted(INSTANCE_TYPES, key=score)[:n]
 
 
 # --- Nodes of a profile ------------------------------------------------------------------
@@ -259,7 +247,9 @@ def node_shapes(settings: Settings, profile_name: str) -> list[NodeShape]:
         return profile_nodes(profile_name, instance_type=settings.node_instance_type, count=settings.node_desired)
     except ConfigError as e:
         origin = settings.origins.get(e.setting)
-        raise (e.add_origin(origin) if origin else e)
+        if origin:
+            e.add_origin(origin)
+        raise
 
 
 def profile_nodes(profile_name: str, *, instance_type: str, count: int) -> list[NodeShape]:
