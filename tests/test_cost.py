@@ -178,3 +178,26 @@ def test_every_capacity_type_is_priced_in_us_east_1() -> None:
     unpriced = [name for name in INSTANCE_TYPES if US.instance_hour(name) is None]
     # The 8th-generation Intel and AMD families are newer than the price table.
     assert {name.split(".")[0] for name in unpriced} <= {"m8i", "m8a", "c8i", "c8a", "r8i", "r8a"}
+
+
+def test_an_unpriced_region_fails_the_command_and_is_one_line_in_the_synth_report(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from final_problem import report
+
+    region = "ap-south-2"
+    app = new_app(outdir=tmp_path / "cdk.out", **{
+        f"availability-zones:account={ACCOUNT}:region={region}": [f"{region}{z}" for z in "abc"],
+    })
+    platform_app.build(app, config.from_mapping({**DEFAULTS, "account": ACCOUNT, "region": region}))
+    app.synth()
+    (tmp_path / "dist").mkdir()
+    command = [sys.executable, "-m", "final_problem.cost", "--cdk-out", str(tmp_path / "cdk.out")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: region = 'ap-south-2': no price table for this region")
+    assert result.stderr.count("\n") == 1
+    # The templates are valid: make synth still succeeds and says why there is no figure.
+    assert report.main(str(tmp_path / "cdk.out"), str(tmp_path / "dist")) == 0
+    out = capsys.readouterr().out
+    assert "Monthly cost:\n  not estimated: region = 'ap-south-2': no price table for this region" in out
