@@ -7,11 +7,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 from aws_cdk import cx_api
 
-from final_problem import components, config, manifests
+from final_problem import capacity, components, config, manifests
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.stacks.cluster import ClusterStack
@@ -45,14 +46,29 @@ def build(app: cdk.App, settings: Settings | None = None) -> PlatformStacks:
     return PlatformStacks(settings=settings, network=network, cluster=cluster)
 
 
-def write_dist(stacks: PlatformStacks, outdir: Path) -> list[Path]:
-    """Write dist/eks from the charts applied to the cluster, and the other profiles."""
-    written: list[Path] = []
+Objects = dict[str, dict[str, list[dict[str, Any]]]]
+
+
+def render_profiles(stacks: PlatformStacks) -> Objects:
+    """Objects of every profile in the settings, by profile and component: eks from the
+    charts applied to the cluster, the others rendered on their own."""
+    rendered: Objects = {}
     for profile in stacks.settings.profiles:
-        if profile == "eks":
-            written += manifests.write_charts(stacks.cluster.platform.charts, outdir / "eks")
-        else:
-            written += manifests.write_profile(stacks.settings, profile, outdir)
+        charts = stacks.cluster.platform.charts if profile == "eks" else manifests.render(stacks.settings, profile)
+        rendered[profile] = {name: manifests.chart_objects(chart) for name, chart in charts.items()}
+    return rendered
+
+
+def check_capacity(settings: Settings, rendered: Objects) -> list[capacity.Fit]:
+    """Fail when a profile's pods do not fit on its nodes (see final_problem.capacity)."""
+    return [capacity.check(settings, profile, objects) for profile, objects in rendered.items()]
+
+
+def write_dist(stacks: PlatformStacks, outdir: Path, rendered: Objects | None = None) -> list[Path]:
+    """Write dist/<profile>/ for every profile in the settings."""
+    written: list[Path] = []
+    for profile, objects in (rendered or render_profiles(stacks)).items():
+        written += manifests.write_objects(objects, outdir / profile)
     return written
 
 
@@ -83,7 +99,9 @@ def synth() -> None:
     app = cdk.App()
     stacks = build(app)
     outdir = Path(app.node.try_get_context("dist_dir") or "dist")
-    write_dist(stacks, outdir)
+    rendered = render_profiles(stacks)
+    check_capacity(stacks.settings, rendered)
+    write_dist(stacks, outdir, rendered)
     check_template_sizes(app.synth())
 
 

@@ -79,7 +79,7 @@ class Settings:
     )
     region: str | None = setting(
         doc="AWS region, e.g. `eu-west-1`. With `account`, CDK looks the AZs up once (credentials needed) "
-            "and caches them in `cdk.context.json`.",
+            "and caches them in `cdk.context.json`. The cost estimate uses its prices (unset: us-east-1's).",
     )
     vpc_cidr: str = setting(
         "10.0.0.0/16",
@@ -100,7 +100,8 @@ class Settings:
     )
     node_instance_type: str = setting(
         "m7g.large",
-        doc="Node instance type. Graviton (arm64, like a Pi) by default; x86 types get the x86 AMI.",
+        doc="Node instance type. Graviton (arm64, like a Pi) by default; x86 types get the x86 AMI. "
+            "Must be in the capacity table (README, \"Capacity\").",
     )
     node_min: int = setting(
         3, minimum=3, maximum=MAX_NODES_PER_NODEGROUP,

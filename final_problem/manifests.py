@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import cdk8s
 import yaml
 
-from final_problem import config
+from final_problem import capacity, config
 from final_problem.components import PlatformChart, build_charts
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
@@ -55,12 +55,18 @@ def chart_objects(chart: cdk8s.Chart) -> list[dict[str, Any]]:
 
 def write_charts(charts: Mapping[str, PlatformChart], outdir: Path) -> list[Path]:
     """Write each chart to ``outdir/NN-<component>.yaml``; remove stale files."""
+    return write_objects({name: chart_objects(chart) for name, chart in charts.items()}, outdir)
+
+
+def write_objects(objects: Mapping[str, list[dict[str, Any]]], outdir: Path) -> list[Path]:
+    """Write each component's objects to ``outdir/NN-<component>.yaml`` (in the mapping's
+    order); remove stale files."""
     outdir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for index, (name, chart) in enumerate(charts.items(), start=1):
+    for index, (name, objs) in enumerate(objects.items(), start=1):
         path = outdir / f"{index:02d}-{name}.yaml"
         tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(to_yaml(chart_objects(chart)))
+        tmp.write_text(to_yaml(objs))
         tmp.replace(path)
         written.append(path)
     for stale in outdir.glob("*.yaml"):
@@ -88,23 +94,33 @@ def _context_args(pairs: list[str]) -> dict[str, str]:
     return values
 
 
+def settings_from(cdk_json: str | Path, overrides: list[str]) -> Settings:
+    """Settings as ``cdk synth`` would read them: cdk.json context, then ``-c`` pairs
+    (each value remembers where it came from, for the error message)."""
+    path = Path(cdk_json)
+    context: dict[str, Any] = {}
+    if path.exists():
+        context = json.loads(path.read_text()).get("context", {})
+    origins = {key: str(path) for key in context}
+    values = _context_args(overrides)
+    context.update(values)
+    origins.update({key: "-c" for key in values})
+    return config.load(context, origins)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m final_problem.manifests", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("dist"))
     parser.add_argument("--context", type=Path, default=Path("cdk.json"), help="cdk.json to read settings from")
     parser.add_argument("-c", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    context: dict[str, Any] = {}
-    if args.context.exists():
-        context = json.loads(args.context.read_text()).get("context", {})
-    origins = {key: str(args.context) for key in context}
-    overrides = _context_args(args.overrides)
-    context.update(overrides)
-    origins.update({key: "-c" for key in overrides})
     try:
-        settings = config.load(context, origins)
+        settings = settings_from(args.context, args.overrides)
         for profile in settings.profiles:
-            for path in write_profile(settings, profile, args.out):
+            objects = {name: chart_objects(chart) for name, chart in render(settings, profile).items()}
+            # A profile whose pods cannot fit on its nodes fails before anything is written.
+            capacity.check(settings, profile, objects)
+            for path in write_objects(objects, args.out / profile):
                 print(path)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

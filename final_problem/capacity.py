@@ -1,0 +1,596 @@
+"""Capacity fit: do the rendered workloads of a profile fit on its nodes?
+
+The check reads the objects a profile renders (what ``kubectl apply`` would create), never
+the settings alone:
+
+- the requests of every long-running pod: StatefulSets and Deployments (``replicas`` pods)
+  and DaemonSets (one pod per node). Jobs are left out: they run once at install (the
+  secret generator) and finish before the platform is under load;
+- the cluster's own pods (:data:`SYSTEM_PODS`), which take requests and pod slots too;
+- one-member-per-node rules: a StatefulSet or Deployment with *required* anti-affinity
+  on ``kubernetes.io/hostname`` needs at least as many nodes as replicas;
+- pods per node against the kubelet's ``maxPods``, and volumes per node against the EBS
+  attachment limit (EKS; k3s local-path volumes are folders and have none).
+
+A profile fits when every figure stays within :data:`MAX_SHARE` (80%) of allocatable:
+the rest is headroom for a node drain (the PDBs move one member at a time), rolling
+updates and what the figures leave out (the kernel's own memory, image pulls).
+
+The nodes:
+
+- ``eks``: ``node_desired`` nodes of ``node_instance_type``, spread over zones a/b/c.
+  Allocatable CPU and memory follow the EKS AMI (AL2023, ``nodeadm``) formula, max pods its
+  ENI table (:data:`INSTANCE_TYPES`).
+- ``pi``: three Raspberry Pi 4 Model B 4 GB running Raspberry Pi OS Lite (arm64) and a
+  k3s server each (:data:`PI4_4GB`).
+
+Command line: ``python -m final_problem.capacity [-c key=value ...]`` prints the fit of
+every profile in the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+from final_problem.config import MAX_NODES_PER_NODEGROUP, Settings
+from final_problem.errors import ConfigError
+from final_problem.profiles import PROFILES
+from final_problem.settings import how_to_set
+
+#: Largest share of allocatable the platform may request (CPU, memory, pods, volumes).
+MAX_SHARE = 0.80
+
+# --- EKS nodes -------------------------------------------------------------------------
+#
+# Sources (amazon-eks-ami, commit 4d63a3bc of 2026-07-01, nodeadm/internal/kubelet/):
+# - config.go, withDefaultReservedResources / getCPUMillicoresToReserve /
+#   getMemoryMebibytesToReserve: kubeReserved CPU is 6% of the first core, 1% of the
+#   second, 0.5% of cores 3-4 and 0.25% of every further core; kubeReserved memory is
+#   11 MiB per pod slot + 255 MiB; no systemReserved; evictionHard memory.available 100Mi.
+# - eni_max_pods.go, calculateStandardMaxPods: maxPods = ENIs * (IPv4 per ENI - 1) + 2,
+#   from instance-info.jsonl (defaultMaxENIs, ipv4AddressesPerInterface), copied below.
+# EBS attachments (aws-ebs-csi-driver, commit 429e202e of 2026-08-19):
+# - pkg/cloud/limits/volume_limits_table.go: 32 dedicated attachments for the 7th/8th
+#   generation types listed there; any other Nitro type shares 27 with its ENIs
+#   (volume_limits.go, GetVolumeLimits);
+# - pkg/driver/node.go, getVolumesLimit: the driver reserves the root volume + 1, and on a
+#   shared limit every ENI after the first.
+EVICTION_HARD_MEMORY_MIB = 100
+KUBE_RESERVED_CPU_STEPS = ((1000, 600), (2000, 100), (4000, 50), (None, 25))  # (up to m, basis points)
+SHARED_ATTACHMENTS = 27
+DEDICATED_ATTACHMENTS = 32
+
+Arch = Literal["arm64", "x86_64"]
+#: vCPU and memory (GiB) of each size, by family class (EC2 instance type docs:
+#: general purpose m 1:4, compute optimized c 1:2, memory optimized r 1:8, burstable t 1:4).
+_SIZES: Mapping[str, Mapping[str, tuple[int, int]]] = {
+    "m": {"large": (2, 8), "xlarge": (4, 16), "2xlarge": (8, 32), "4xlarge": (16, 64)},
+    "c": {"large": (2, 4), "xlarge": (4, 8), "2xlarge": (8, 16), "4xlarge": (16, 32)},
+    "r": {"large": (2, 16), "xlarge": (4, 32), "2xlarge": (8, 64), "4xlarge": (16, 128)},
+    "t": {"large": (2, 8), "xlarge": (4, 16), "2xlarge": (8, 32)},
+}
+_STD = {"large": (3, 10), "xlarge": (4, 15), "2xlarge": (4, 15), "4xlarge": (8, 30)}
+_GEN8_INTEL = {"large": (3, 20), "xlarge": (4, 30), "2xlarge": (4, 30), "4xlarge": (8, 50)}
+_GEN8_AMD = {"large": (3, 20), "xlarge": (4, 20), "2xlarge": (4, 40), "4xlarge": (8, 40)}
+_BURST = {"large": (3, 12), "xlarge": (4, 15), "2xlarge": (4, 15)}
+#: (ENIs, IPv4 addresses per ENI) by size, per family: amazon-eks-ami instance-info.jsonl.
+_ENIS: Mapping[str, Mapping[str, tuple[int, int]]] = {
+    **{f: _STD for f in (
+        "m5", "m5a", "m6i", "m6a", "m6g", "m7i", "m7a", "m7g", "m8g",
+        "c5", "c5a", "c6i", "c6a", "c6g", "c7i", "c7a", "c7g", "c8g",
+        "r5", "r5a", "r6i", "r6a", "r6g", "r7i", "r7a", "r7g", "r8g",
+    )},
+    **{f: _GEN8_INTEL for f in ("m8i", "c8i", "r8i")},
+    **{f: _GEN8_AMD for f in ("m8a", "c8a", "r8a")},
+    **{f: _BURST for f in ("t3", "t3a", "t4g")},
+}
+#: Families with dedicated EBS attachments (aws-ebs-csi-driver volume_limits_table.go).
+_DEDICATED_EBS = frozenset({
+    "m7i", "m7a", "m8g", "m8i", "m8a", "c7i", "c7a", "c8g", "c8i", "c8a", "r7i", "r7a", "r8g", "r8i", "r8a",
+})
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstanceType:
+    """An EC2 instance type as an EKS node sees it."""
+
+    name: str
+    vcpu: int
+    memory_gib: int
+    arch: Arch
+    enis: int
+    ips_per_eni: int
+    dedicated_ebs: bool
+
+    @property
+    def family(self) -> str:
+        return self.name.split(".")[0]
+
+    @property
+    def max_pods(self) -> int:
+        return self.enis * (self.ips_per_eni - 1) + 2
+
+    @property
+    def kube_reserved_cpu_m(self) -> int:
+        total, reserved, start = self.vcpu * 1000, 0, 0
+        for end, basis_points in KUBE_RESERVED_CPU_STEPS:
+            top = total if end is None else min(total, end)
+            if top > start:
+                reserved += (top - start) * basis_points // 10000
+            if end is None or total <= end:
+                break
+            start = end
+        return reserved
+
+    @property
+    def kube_reserved_memory_mib(self) -> int:
+        return 11 * self.max_pods + 255
+
+    @property
+    def allocatable_cpu_m(self) -> int:
+        return self.vcpu * 1000 - self.kube_reserved_cpu_m
+
+    @property
+    def allocatable_memory_mib(self) -> int:
+        return self.memory_gib * 1024 - self.kube_reserved_memory_mib - EVICTION_HARD_MEMORY_MIB
+
+    @property
+    def max_volumes(self) -> int:
+        """EBS volumes the CSI driver lets the scheduler place, with every ENI attached."""
+        if self.dedicated_ebs:
+            return DEDICATED_ATTACHMENTS - 2
+        return SHARED_ATTACHMENTS - 2 - (self.enis - 1)
+
+
+def _instance_types() -> dict[str, InstanceType]:
+    table: dict[str, InstanceType] = {}
+    for family, sizes in _ENIS.items():
+        graviton = re.fullmatch(r"[a-z]+\d+g", family) is not None
+        for size, (enis, ips) in sizes.items():
+            vcpu, memory = _SIZES[family[0]][size]
+            name = f"{family}.{size}"
+            table[name] = InstanceType(
+                name=name, vcpu=vcpu, memory_gib=memory, arch="arm64" if graviton else "x86_64",
+                enis=enis, ips_per_eni=ips, dedicated_ebs=family in _DEDICATED_EBS,
+            )
+    return table
+
+
+#: The node types the fit check knows: families m, c, r (generations 5-8, Graviton and
+#: x86) and t3/t3a/t4g, sizes large to 4xlarge (t: to 2xlarge).
+INSTANCE_TYPES: Mapping[str, InstanceType] = _instance_types()
+
+
+def instance_type(name: str) -> InstanceType:
+    """The table entry of ``name``; an unknown type fails with the closest known ones."""
+    try:
+        return INSTANCE_TYPES[name]
+    except KeyError:
+        first, *others = close_instance_types(name)
+        raise ConfigError(
+            "node_instance_type", name,
+            "not in the capacity table (final_problem/capacity.py), so its allocatable CPU, memory and pods are unknown",
+            f"{how_to_set('node_instance_type', first)} (or {', '.join(others)})",
+        ) from None
+
+
+def close_instance_types(name: str, n: int = 3) -> list[str]:
+    """Known types closest to ``name``: the same size first, then by spelling."""
+    size = name.partition(".")[2]
+
+    def score(candidate: str) -> tuple[bool, float, str]:
+        return (candidate.split(".")[1] != size, -difflib.SequenceMatcher(None, candidate, name).ratio(), candidate)
+
+    return sorted(INSTANCE_TYPES, key=score)[:n]
+
+
+# --- Nodes of a profile ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeShape:
+    """What one node offers the platform's pods."""
+
+    #: e.g. ``m7g.large`` or ``Raspberry Pi 4 Model B 4 GB``.
+    kind: str
+    zone: str
+    cpu_m: int
+    memory_mib: int
+    max_pods: int
+    #: Volumes the scheduler may attach; None when the storage has no attach limit.
+    max_volumes: int | None
+
+
+#: A Raspberry Pi 4 Model B with 4 GB (4 Cortex-A72 cores) running Raspberry Pi OS Lite
+#: (arm64) and a k3s server (HA control plane, embedded etcd). Reserved for the host:
+#: - k3s with embedded etcd: 30% of a core and 1613 MB (1539 MiB), "K3s server with a
+#:   workload" on a Pi4B (k3s docs, "Resource Profiling", measured with K3s v1.26.5);
+#: - Raspberry Pi OS Lite: 256 MiB and 100m, an estimate: the firmware keeps 76 MiB for
+#:   the GPU by default on a Pi 4 (Raspberry Pi docs, config.txt "gpu_mem"), and the
+#:   kernel, systemd, journald, sshd and cloud-init's leftovers take about as much again;
+#: - the kubelet's default eviction threshold memory.available<100Mi (k3s sets none
+#:   of its own, so kube-reserved and system-reserved are 0 and this is the only cut).
+#: k3s keeps the kubelet's default of 110 pods per node; local-path volumes are folders.
+PI4_4GB = NodeShape(
+    kind="Raspberry Pi 4 Model B 4 GB",
+    zone="home",
+    cpu_m=4000 - 300 - 100,
+    memory_mib=4096 - 1539 - 256 - 100,
+    max_pods=110,
+    max_volumes=None,
+)
+PI_NODES = 3
+EKS_ZONES = ("a", "b", "c")
+PROFILE_NAMES = tuple(PROFILES)
+
+
+def eks_shapes(type_name: str, count: int) -> list[NodeShape]:
+    t = instance_type(type_name)
+    return [
+        NodeShape(
+            kind=t.name, zone=EKS_ZONES[i % len(EKS_ZONES)], cpu_m=t.allocatable_cpu_m,
+            memory_mib=t.allocatable_memory_mib, max_pods=t.max_pods, max_volumes=t.max_volumes,
+        )
+        for i in range(count)
+    ]
+
+
+def node_shapes(settings: Settings, profile_name: str) -> list[NodeShape]:
+    """The nodes a profile runs on: EKS from the node group settings, Pi a fixed shape."""
+    try:
+        return profile_nodes(profile_name, instance_type=settings.node_instance_type, count=settings.node_desired)
+    except ConfigError as e:
+        origin = settings.origins.get(e.setting)
+        if origin:
+            e.add_origin(origin)
+        raise
+
+
+def profile_nodes(profile_name: str, *, instance_type: str, count: int) -> list[NodeShape]:
+    """The nodes of a profile, given the EKS node group's type and desired size."""
+    if profile_name == "eks":
+        return eks_shapes(instance_type, count)
+    if profile_name == "pi":
+        return [PI4_4GB] * PI_NODES
+    raise ConfigError("profiles", profile_name, "no node shape for this profile", "use 'eks' or 'pi'")
+
+
+# --- What the platform asks for ------------------------------------------------------------
+
+_CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+_MEMORY_UNITS = {
+    "": 1 / 2**20, "k": 1e3 / 2**20, "M": 1e6 / 2**20, "G": 1e9 / 2**20, "T": 1e12 / 2**20,
+    "Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024**2,
+}
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|)$")
+
+
+def cpu_m(value: Any) -> int:
+    """A Kubernetes CPU quantity (``250m``, ``1``, ``0.5``) in millicores."""
+    match = _CPU.match(str(value))
+    if not match:
+        raise ValueError(f"not a CPU quantity: {value!r}")
+    number = float(match.group(1))
+    return math.ceil(number if match.group(2) else number * 1000)
+
+
+def memory_mib(value: Any) -> int:
+    """A Kubernetes memory quantity (``512Mi``, ``2Gi``, ``1G``) in MiB, rounded up."""
+    match = _MEMORY.match(str(value))
+    if not match:
+        raise ValueError(f"not a memory quantity: {value!r}")
+    return math.ceil(float(match.group(1)) * _MEMORY_UNITS[match.group(2)])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """Pods of one controller, with the requests of one pod."""
+
+    component: str
+    name: str  # kind/namespace/name
+    pods: int  # per cluster; DaemonSets: per node (see per_node)
+    cpu_m: int
+    memory_mib: int
+    volumes: int = 0
+    per_node: bool = False
+    one_per_node: bool = False
+
+    def count(self, nodes: int) -> int:
+        return nodes if self.per_node else self.pods
+
+
+#: Pods the cluster runs besides the platform, with their requests. EKS (add-ons the
+#: cluster stack installs): aws-node (VPC CNI, 25m), kube-proxy (100m), 2 CoreDNS
+#: (100m / 70Mi each), the Pod Identity agent (no requests), and the EBS CSI driver
+#: (aws-ebs-csi-driver chart 2.64.0 values.yaml: 10m / 40Mi per container; controller
+#: 2 replicas x 6 containers, node 3 containers). k3s packaged components: CoreDNS
+#: (100m / 70Mi), metrics-server (100m / 70Mi), Traefik, its ServiceLB pod on each
+#: node and the local-path provisioner (no requests). Figures from the add-ons'
+#: manifests; they change slowly and matter little beside the platform's own.
+SYSTEM_PODS: Mapping[str, tuple[Workload, ...]] = {
+    "eks": (
+        Workload(component="system", name="DaemonSet/kube-system/aws-node", pods=1, cpu_m=25, memory_mib=0, per_node=True),
+        Workload(component="system", name="DaemonSet/kube-system/kube-proxy", pods=1, cpu_m=100, memory_mib=0, per_node=True),
+        Workload(component="system", name="DaemonSet/kube-system/eks-pod-identity-agent", pods=1, cpu_m=0, memory_mib=0, per_node=True),
+        Workload(component="system", name="DaemonSet/kube-system/ebs-csi-node", pods=1, cpu_m=30, memory_mib=120, per_node=True),
+        Workload(component="system", name="Deployment/kube-system/coredns", pods=2, cpu_m=100, memory_mib=70),
+        Workload(component="system", name="Deployment/kube-system/ebs-csi-controller", pods=2, cpu_m=60, memory_mib=240),
+    ),
+    "pi": (
+        Workload(component="system", name="DaemonSet/kube-system/svclb-traefik", pods=1, cpu_m=0, memory_mib=0, per_node=True),
+        Workload(component="system", name="Deployment/kube-system/coredns", pods=1, cpu_m=100, memory_mib=70),
+        Workload(component="system", name="Deployment/kube-system/metrics-server", pods=1, cpu_m=100, memory_mib=70),
+        Workload(component="system", name="Deployment/kube-system/traefik", pods=1, cpu_m=0, memory_mib=0),
+        Workload(component="system", name="Deployment/kube-system/local-path-provisioner", pods=1, cpu_m=0, memory_mib=0),
+    ),
+}
+
+LONG_RUNNING = ("StatefulSet", "Deployment", "DaemonSet")
+
+
+def _pod_requests(pod_spec: Mapping[str, Any]) -> tuple[int, int]:
+    """Effective requests of a pod: the sum of its containers, or its largest init
+    container if that is more (Kubernetes docs, "Init Containers", resources)."""
+
+    def requests(container: Mapping[str, Any]) -> tuple[int, int]:
+        req = (container.get("resources") or {}).get("requests") or {}
+        return (cpu_m(req["cpu"]) if "cpu" in req else 0, memory_mib(req["memory"]) if "memory" in req else 0)
+
+    app = [requests(c) for c in pod_spec.get("containers", [])]
+    init = [requests(c) for c in pod_spec.get("initContainers", [])]
+    cpu = max([sum(c for c, _ in app)] + [c for c, _ in init])
+    memory = max([sum(m for _, m in app)] + [m for _, m in init])
+    return cpu, memory
+
+
+def _one_per_node(pod_spec: Mapping[str, Any]) -> bool:
+    terms = (((pod_spec.get("affinity") or {}).get("podAntiAffinity") or {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+    return any(term.get("topologyKey") == "kubernetes.io/hostname" for term in terms)
+
+
+def workloads(objects_by_component: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[Workload]:
+    """Long-running workloads in rendered objects (Jobs and bare Pods left out)."""
+    found: list[Workload] = []
+    for component, objects in objects_by_component.items():
+        for obj in objects:
+            kind = obj.get("kind")
+            if kind not in LONG_RUNNING:
+                continue
+            spec = obj.get("spec", {})
+            pod_spec = spec.get("template", {}).get("spec", {})
+            cpu, memory = _pod_requests(pod_spec)
+            meta = obj.get("metadata", {})
+            found.append(Workload(
+                component=component,
+                name=f"{kind}/{meta.get('namespace', 'default')}/{meta.get('name')}",
+                pods=1 if kind == "DaemonSet" else int(spec.get("replicas", 1)),
+                cpu_m=cpu, memory_mib=memory,
+                volumes=len(spec.get("volumeClaimTemplates", [])),
+                per_node=kind == "DaemonSet",
+                one_per_node=_one_per_node(pod_spec),
+            ))
+    return found
+
+
+# --- The fit -----------------------------------------------------------------------------
+
+Resource = Literal["cpu", "memory", "pods", "volumes"]
+_UNITS = {"cpu": "m CPU", "memory": " MiB memory", "pods": " pods", "volumes": " volumes"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage:
+    resource: Resource
+    requested: int
+    allocatable: int
+    #: The platform's biggest consumers with their amounts, largest first.
+    top: tuple[tuple[Workload, int], ...] = ()
+
+    @property
+    def share(self) -> float:
+        return self.requested / self.allocatable if self.allocatable else 0.0
+
+    @property
+    def fits(self) -> bool:
+        return self.requested <= MAX_SHARE * self.allocatable
+
+    def describe(self) -> str:
+        return f"{self.requested:,}{_UNITS[self.resource]} of {self.allocatable:,} ({self.share:.0%})"
+
+    def biggest(self) -> str:
+        return ", ".join(f"{w.name} {amount:,}" for w, amount in self.top)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fit:
+    """Requests of a profile against its nodes, cluster-wide."""
+
+    profile: str
+    nodes: tuple[NodeShape, ...]
+    workloads: tuple[Workload, ...]
+    usage: tuple[Usage, ...]
+    #: Workloads with one pod per node and more replicas than nodes.
+    unplaceable: tuple[Workload, ...] = field(default=())
+
+    @property
+    def fits(self) -> bool:
+        return not self.unplaceable and all(u.fits for u in self.usage)
+
+    def by_resource(self, resource: Resource) -> Usage:
+        return next(u for u in self.usage if u.resource == resource)
+
+    def summary(self) -> str:
+        node = self.nodes[0]
+        shares = ", ".join(f"{u.resource} {u.share:.0%}" for u in self.usage)
+        verdict = "fits" if self.fits else "DOES NOT FIT"
+        return f"{self.profile}: {len(self.nodes)} x {node.kind}: {shares} of allocatable ({verdict}; limit {MAX_SHARE:.0%})"
+
+
+def fit(profile: str, nodes: Sequence[NodeShape], platform: Sequence[Workload]) -> Fit:
+    """The profile's demand (platform + system pods) against ``nodes``."""
+    count = len(nodes)
+    every = list(platform) + list(SYSTEM_PODS.get(profile, ()))
+
+    def usage(resource: Resource, per_pod: Any, capacity: int) -> Usage:
+        amounts = [(w, w.count(count) * per_pod(w)) for w in every]
+        top = sorted(((w, a) for w, a in amounts if a and w.component != "system"), key=lambda item: -item[1])
+        return Usage(resource=resource, requested=sum(a for _, a in amounts), allocatable=capacity, top=tuple(top[:3]))
+
+    found = [
+        usage("cpu", lambda w: w.cpu_m, sum(n.cpu_m for n in nodes)),
+        usage("memory", lambda w: w.memory_mib, sum(n.memory_mib for n in nodes)),
+        usage("pods", lambda w: 1, sum(n.max_pods for n in nodes)),
+    ]
+    if all(n.max_volumes is not None for n in nodes):
+        found.append(usage("volumes", lambda w: w.volumes, sum(n.max_volumes or 0 for n in nodes)))
+    unplaceable = tuple(w for w in platform if w.one_per_node and w.pods > count)
+    return Fit(profile=profile, nodes=tuple(nodes), workloads=tuple(platform), usage=tuple(found), unplaceable=unplaceable)
+
+
+def fit_of(settings: Settings, profile: str, objects_by_component: Mapping[str, Iterable[Mapping[str, Any]]]) -> Fit:
+    return fit(profile, node_shapes(settings, profile), workloads(objects_by_component))
+
+
+def check(settings: Settings, profile: str, objects_by_component: Mapping[str, Iterable[Mapping[str, Any]]]) -> Fit:
+    """The fit of ``profile``; raise one ConfigError line when it does not fit."""
+    result = fit_of(settings, profile, objects_by_component)
+    raise_unless_fits(result, settings)
+    return result
+
+
+def raise_unless_fits(result: Fit, settings: Settings) -> None:
+    """One ConfigError line naming the profile, what overflows, the biggest consumers and
+    fixes that are themselves valid settings."""
+    node = result.nodes[0]
+    eks = result.profile == "eks"
+    if result.unplaceable:
+        w = max(result.unplaceable, key=lambda x: x.pods)
+        problem = (f"{w.name} places one pod per node (required hostname anti-affinity) "
+                   f"and has {w.pods} replicas on {len(result.nodes)} nodes")
+        if eks:
+            fix = f"{_node_count_fix(result, settings, w.pods)}, or lower the replicas of {w.component}"
+            raise _error(settings, result, "node_desired", settings.node_desired, problem, fix)
+        fix = f"lower the replicas of {w.component} to {len(result.nodes)}, or {_without(settings, result.profile)}"
+        raise _error(settings, result, "profiles", ",".join(settings.profiles), problem, fix)
+    over = [u for u in result.usage if not u.fits]
+    if not over:
+        return
+    worst = max(over, key=lambda u: u.share)
+    problem = (f"the platform requests {worst.describe()} allocatable on {len(result.nodes)} x {node.kind}, "
+               f"over the {MAX_SHARE:.0%} limit (biggest: {worst.biggest()})")
+    if eks:
+        raise _error(settings, result, "node_instance_type", node.kind, problem, _fix(result, settings, worst))
+    raise _error(settings, result, "profiles", ",".join(settings.profiles), problem, _fix(result, settings, worst))
+
+
+def _error(settings: Settings, result: Fit, setting: str, value: Any, problem: str, fix: str) -> ConfigError:
+    error = ConfigError(setting, value, problem, fix).for_profile(result.profile)
+    origin = settings.origins.get(setting)
+    return error.add_origin(origin) if origin else error
+
+
+def _without(settings: Settings, profile: str) -> str:
+    rest = [p for p in settings.profiles if p != profile] or [p for p in PROFILE_NAMES if p != profile]
+    return how_to_set("profiles", ",".join(rest))
+
+
+def _smaller(worst: Usage) -> str:
+    """Which setting of the biggest consumer to lower, when its component declares one."""
+    if not worst.top:
+        return "disable a component"
+    component = worst.top[0][0].component
+    from final_problem import components
+
+    cls = components.COMPONENTS.get(component)
+    names = [i.name for i in cls.settings_class.infos()] if cls is not None and cls.settings_class else []
+    wanted = {"memory": "memory_mib", "cpu": "cpu", "pods": "replicas", "volumes": "replicas"}[worst.resource]
+    matches = [n for n in names if n == wanted or n.startswith(wanted)]
+    if matches:
+        return f"lower {component}.{matches[0]}, or disable a component"
+    return f"lower the {worst.resource} requests of {component}, or disable a component"
+
+
+def _fix(result: Fit, settings: Settings, worst: Usage) -> str:
+    smaller = _smaller(worst)
+    if result.profile != "eks":
+        return f"{smaller}, or {_without(settings, result.profile)} (its nodes are a fixed shape)"
+    options = []
+    bigger = _bigger_type(result)
+    if bigger:
+        options.append(how_to_set("node_instance_type", bigger))
+    more = _nodes_needed(result)
+    if more:
+        options.append(_node_count_fix(result, settings, more))
+    return "; or ".join(options + [smaller])
+
+
+def _node_count_fix(result: Fit, settings: Settings, at_least: int) -> str:
+    nodes = max(at_least, _nodes_needed(result) or at_least)
+    fix = how_to_set("node_desired", nodes)
+    return fix + (f" and {how_to_set('node_max', nodes)}" if nodes > settings.node_max else "")
+
+
+def _refit(result: Fit, type_name: str, count: int) -> Fit:
+    return fit(result.profile, eks_shapes(type_name, count), result.workloads)
+
+
+def _bigger_type(result: Fit) -> str | None:
+    """The cheapest-looking type of the same architecture that fits: same family first."""
+    current = INSTANCE_TYPES.get(result.nodes[0].kind)
+    if current is None:
+        return None
+    candidates = sorted(
+        (t for t in INSTANCE_TYPES.values() if t.arch == current.arch and not t.family.startswith("t")),
+        key=lambda t: (t.family != current.family, t.vcpu, t.memory_gib, t.name),
+    )
+    for t in candidates:
+        if (t.vcpu, t.memory_gib) > (current.vcpu, current.memory_gib) or t.family != current.family:
+            if _refit(result, t.name, len(result.nodes)).fits:
+                return t.name
+    return None
+
+
+def _nodes_needed(result: Fit) -> int | None:
+    """The fewest nodes of the current type that fit (up to the node group quota)."""
+    for count in range(len(result.nodes), MAX_NODES_PER_NODEGROUP + 1):
+        if _refit(result, result.nodes[0].kind, count).fits:
+            return count
+    return None
+
+
+def describe(result: Fit) -> list[str]:
+    """Lines for the synth report: the summary, then each resource."""
+    lines = [result.summary()]
+    for u in result.usage:
+        lines.append(f"    {u.resource:<8} {u.describe():<36} {u.biggest()}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    from final_problem import manifests
+
+    parser = argparse.ArgumentParser(prog="python -m final_problem.capacity", description=__doc__.split("\n")[0])
+    parser.add_argument("--context", default="cdk.json", help="cdk.json to read settings from")
+    parser.add_argument("-c", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        settings = manifests.settings_from(args.context, args.overrides)
+        for profile in settings.profiles:
+            charts = manifests.render(settings, profile)
+            result = fit_of(settings, profile, {n: manifests.chart_objects(c) for n, c in charts.items()})
+            print("\n".join(describe(result)))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

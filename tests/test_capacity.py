@@ -1,0 +1,247 @@
+"""Capacity fit: the rendered workloads of each profile against its nodes."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from final_problem import capacity, config, manifests
+from final_problem.errors import ConfigError
+from tests.conftest import CDK_JSON, ROOT
+
+# The components the figures below were computed for, whatever cdk.json enables.
+DEFAULTS = {**{k: v for k, v in CDK_JSON.items() if k in config.setting_names()}, "components": ["base", "redis", "zookeeper"]}
+
+
+@lru_cache(maxsize=None)
+def _objects(profile: str, items: tuple[tuple[str, Any], ...]) -> dict[str, list[dict[str, Any]]]:
+    settings = config.from_mapping({**DEFAULTS, **dict(items)})
+    return {name: manifests.chart_objects(c) for name, c in manifests.render(settings, profile).items()}
+
+
+def check(profile: str, **overrides: Any) -> capacity.Fit:
+    settings = config.from_mapping({**DEFAULTS, **overrides})
+    return capacity.check(settings, profile, _objects(profile, tuple(sorted(overrides.items()))))
+
+
+# --- the node table ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "max_pods", "cpu_m", "memory_mib"),
+    [
+        # maxPods from amazon-eks-ami's ENI table; reserved CPU 60+10 m (2 cores) or
+        # 60+10+2*5+12*2.5 = 110 m (16 cores); memory 11*maxPods + 255 MiB + 100 MiB eviction.
+        ("m7g.large", 29, 2000 - 70, 8192 - (11 * 29 + 255) - 100),
+        ("m5.4xlarge", 234, 16000 - 110, 65536 - (11 * 234 + 255) - 100),
+        ("c6i.xlarge", 58, 4000 - 80, 8192 - (11 * 58 + 255) - 100),
+        ("t4g.large", 35, 2000 - 70, 8192 - (11 * 35 + 255) - 100),
+        ("r8i.large", 59, 2000 - 70, 16384 - (11 * 59 + 255) - 100),
+    ],
+)
+def test_allocatable_follows_the_eks_ami_formula(name: str, max_pods: int, cpu_m: int, memory_mib: int) -> None:
+    t = capacity.INSTANCE_TYPES[name]
+    assert (t.max_pods, t.allocatable_cpu_m, t.allocatable_memory_mib) == (max_pods, cpu_m, memory_mib)
+
+
+def test_ebs_attachments_shared_with_enis_or_dedicated() -> None:
+    # Shared (27): root volume + 1 reserved, and every ENI after the first.
+    assert capacity.INSTANCE_TYPES["m7g.large"].max_volumes == 27 - 2 - 2
+    assert capacity.INSTANCE_TYPES["m5.4xlarge"].max_volumes == 27 - 2 - 7
+    # Dedicated (32) on the 7th-generation x86 and 8th-generation types.
+    assert capacity.INSTANCE_TYPES["m8g.large"].max_volumes == 30
+
+
+def test_table_covers_the_common_families() -> None:
+    for family in ("m5", "m6i", "m6g", "m7i", "m7g", "m8g", "c5", "c6g", "c7g", "c8g", "r5", "r6g", "r7g", "r8g"):
+        for size in ("large", "xlarge", "2xlarge", "4xlarge"):
+            assert f"{family}.{size}" in capacity.INSTANCE_TYPES
+    assert {t.arch for t in capacity.INSTANCE_TYPES.values()} == {"arm64", "x86_64"}
+    assert capacity.INSTANCE_TYPES["c7g.large"].arch == "arm64"
+    assert capacity.INSTANCE_TYPES["c7i.large"].arch == "x86_64"
+
+
+def test_quantities() -> None:
+    assert [capacity.cpu_m(v) for v in ("250m", "1", "0.5", 2)] == [250, 1000, 500, 2000]
+    assert [capacity.memory_mib(v) for v in ("512Mi", "2Gi", "1G", "1048576Ki")] == [512, 2048, 954, 1024]
+    with pytest.raises(ValueError, match="not a memory quantity"):
+        capacity.memory_mib("2GB")
+
+
+def test_node_shapes() -> None:
+    settings = config.from_mapping({**DEFAULTS, "node_desired": 4})
+    eks = capacity.node_shapes(settings, "eks")
+    assert [n.zone for n in eks] == ["a", "b", "c", "a"]
+    assert {n.kind for n in eks} == {"m7g.large"}
+    pi = capacity.node_shapes(settings, "pi")
+    assert len(pi) == 3 and pi[0].memory_mib == 4096 - 1539 - 256 - 100 and pi[0].cpu_m == 3600
+
+
+def test_unknown_instance_type_names_close_valid_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        check("eks", node_instance_type="m7gd.large")  # a real type, with local NVMe, not in the table
+    message = str(info.value)
+    assert message.startswith("node_instance_type = 'm7gd.large': not in the capacity table")
+    assert "\n" not in message
+    first, others = message.split("Fix: set node_instance_type=")[1].rstrip(")").split(" (or ")
+    suggestions = [first, *others.split(", ")]
+    assert suggestions[0] == "m7g.large"
+    # Each suggestion is itself a valid setting.
+    for suggestion in suggestions:
+        config.from_mapping({**DEFAULTS, "node_instance_type": suggestion})
+        assert suggestion in capacity.INSTANCE_TYPES
+
+
+# --- what the platform requests -------------------------------------------------------------
+
+
+def test_workloads_count_long_running_pods_and_leave_jobs_out() -> None:
+    objects = _objects("eks", ())
+    found = {w.name: w for w in capacity.workloads(objects)}
+    assert set(found) == {
+        "StatefulSet/redis/redis", "StatefulSet/redis/redis-sentinel", "StatefulSet/zookeeper/zookeeper",
+    }
+    redis = found["StatefulSet/redis/redis"]
+    # Redis 250m / 2048Mi plus its metrics sidecar 10m / 32Mi.
+    assert (redis.pods, redis.cpu_m, redis.memory_mib, redis.volumes, redis.one_per_node) == (3, 260, 2080, 1, True)
+    assert found["StatefulSet/zookeeper/zookeeper"].volumes == 2
+    assert not any(o["kind"] == "Job" and o["metadata"]["name"] in found for objs in objects.values() for o in objs)
+
+
+def test_init_container_counts_when_larger_than_the_app_containers() -> None:
+    pod = {"spec": {"replicas": 2, "template": {"spec": {
+        "containers": [{"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}],
+        "initContainers": [{"resources": {"requests": {"cpu": "1", "memory": "32Mi"}}}],
+    }}}, "kind": "Deployment", "metadata": {"name": "x", "namespace": "y"}}
+    (w,) = capacity.workloads({"x": [pod]})
+    assert (w.cpu_m, w.memory_mib, w.pods) == (1000, 64, 2)
+
+
+# --- eks profile --------------------------------------------------------------------------------
+
+
+def test_eks_default_fits() -> None:
+    result = check("eks")
+    assert result.fits
+    memory = result.by_resource("memory")
+    # Platform: 3 x (2080 + 32 + 2048) MiB; system: 3 x 120 + 2 x 70 + 2 x 240.
+    assert memory.requested == 3 * (2080 + 32 + 2048) + 3 * 120 + 2 * 70 + 2 * 240
+    assert memory.allocatable == 3 * capacity.INSTANCE_TYPES["m7g.large"].allocatable_memory_mib
+    assert result.by_resource("volumes").requested == 9
+
+
+def test_eks_over_the_limit_fails_naming_consumers_and_valid_fixes() -> None:
+    with pytest.raises(ConfigError) as info:
+        check("eks", node_instance_type="c7g.large")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("node_instance_type = 'c7g.large' (profile eks): the platform requests 13,460 MiB memory")
+    assert "over the 80% limit (biggest: StatefulSet/redis/redis 6,240, StatefulSet/zookeeper/zookeeper 6,144" in message
+    assert message.endswith(
+        "Fix: set node_instance_type=c7g.xlarge; or set node_desired=6; "
+        "or lower redis.memory_mib, or disable a component"
+    )
+    # Both suggested settings fit.
+    assert check("eks", node_instance_type="c7g.xlarge").fits
+    assert check("eks", node_instance_type="c7g.large", node_desired=6).fits
+
+
+def test_eks_custom_instance_type() -> None:
+    result = check("eks", node_instance_type="r7g.xlarge", node_desired=4)
+    assert result.fits
+    assert [n.kind for n in result.nodes] == ["r7g.xlarge"] * 4
+    t = capacity.INSTANCE_TYPES["r7g.xlarge"]
+    assert result.by_resource("memory").allocatable == 4 * t.allocatable_memory_mib
+    assert result.by_resource("pods").allocatable == 4 * 58
+    assert "eks: 4 x r7g.xlarge: cpu" in result.summary()
+
+
+def test_eks_one_member_per_node_needs_enough_nodes() -> None:
+    with pytest.raises(ConfigError, match=(
+        r"^node_desired = 3 \(profile eks\): StatefulSet/zookeeper/zookeeper places one pod per node "
+        r"\(required hostname anti-affinity\) and has 5 replicas on 3 nodes\. "
+        r"Fix: set node_desired=5, or lower the replicas of zookeeper$"
+    )):
+        check("eks", **{"zookeeper.replicas": 5})
+    assert check("eks", node_desired=5, **{"zookeeper.replicas": 5}).fits
+
+
+# --- pi profile ---------------------------------------------------------------------------------
+
+
+def test_pi_default_fits() -> None:
+    result = check("pi")
+    assert result.fits
+    assert [n.kind for n in result.nodes] == ["Raspberry Pi 4 Model B 4 GB"] * 3
+    assert {u.resource for u in result.usage} == {"cpu", "memory", "pods"}  # local-path: no attach limit
+
+
+def test_pi_over_the_limit_fails() -> None:
+    with pytest.raises(ConfigError) as info:
+        check("pi", **{"zookeeper.memory_mib": 1536})
+    message = str(info.value)
+    assert message.startswith("profiles = 'eks,pi' (profile pi): the platform requests 6,068 MiB memory of 6,603 (92%)")
+    assert "biggest: StatefulSet/zookeeper/zookeeper 4,608" in message
+    assert message.endswith(
+        "Fix: lower zookeeper.memory_mib, or disable a component, or set profiles=eks (its nodes are a fixed shape)"
+    )
+
+
+def test_pi_custom_instance_type_does_not_change_the_pi_nodes() -> None:
+    # The node type is an EKS setting: the Pi shape stays, and the same objects fit.
+    result = check("pi", node_instance_type="c7g.large")
+    assert result.fits
+    assert result.nodes == tuple([capacity.PI4_4GB] * 3)
+
+
+# --- hooks ----------------------------------------------------------------------------------------
+
+
+def test_manifests_command_fails_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert manifests.main([
+        "--out", str(tmp_path), "--context", str(ROOT / "cdk.json"),
+        "-c", "profiles=pi", "-c", "zookeeper.memory_mib=1536",
+    ]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: profiles = 'pi' (from -c, profile pi): the platform requests 6,068 MiB memory")
+    assert err.count("\n") == 1
+    assert not list(tmp_path.rglob("*.yaml"))
+
+
+def test_synth_checks_every_profile(synth: Any) -> None:
+    from final_problem import app
+
+    fits = app.check_capacity(synth.stacks.settings, app.render_profiles(synth.stacks))
+    assert [f.profile for f in fits] == list(synth.stacks.settings.profiles)
+    assert all(f.fits for f in fits)
+
+
+def test_app_fails_synthesis_when_a_profile_does_not_fit(tmp_path: Path) -> None:
+    from tests.test_cli import run_app
+
+    result = run_app(tmp_path, {"node_instance_type": "c7g.large"})
+    assert result.returncode != 0
+    assert result.stderr.startswith(
+        "error: node_instance_type = 'c7g.large' (from -c, profile eks): the platform requests 13,460 MiB memory"
+    )
+    assert not (tmp_path / "dist").exists()
+    assert not (tmp_path / "cdk.out" / "Cluster.template.json").exists()
+
+
+def test_synth_report_prints_the_fit_and_the_cost(synth: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """The report reads the fit back from cdk.out and dist/: the same as the in-memory check."""
+    from final_problem import app, cost, report
+
+    assert report.main(str(synth.outdir), str(synth.dist)) == 0
+    out = capsys.readouterr().out
+    capacity_part = out.split("Capacity (requests of long-running pods; fails synth over 80%):\n")[1].split("Monthly cost:")[0]
+    fits = app.check_capacity(synth.stacks.settings, app.render_profiles(synth.stacks))
+    assert capacity_part.splitlines() == [f"  {line}" for f in fits for line in capacity.describe(f)]
+    assert capacity_part.startswith("  eks: 3 x m7g.large: cpu ")
+    assert "  pi: 3 x Raspberry Pi 4 Model B 4 GB: cpu " in capacity_part
+    total = cost.from_cdk_out(synth.outdir).total
+    assert f"Monthly cost:\n  ${total:,.2f}/month at list price in us-east-1 (region unset, priced as us-east-1)\n" in out
+    assert "    largest: EC2 $178.70, EKS $73.00, NAT $32.85" in out
