@@ -185,28 +185,40 @@ count() {
   echo "$#"
 }
 
-# One line "config-epoch host port" per Sentinel (this one excluded) that answers with
-# the primary it monitors.
+# redis-cli against the Sentinel at $1 (host:port), the rest of the arguments a command.
+sentinel_cli() {
+  target=$1
+  shift
+  REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD" timeout 3 \
+    redis-cli --no-auth-warning --raw -h "${target%:*}" -p "${target##*:}" "$@" 2>/dev/null | tr -d '\r'
+}
+
+# One line "config-epoch host port" per Sentinel (this one excluded) that answers. The
+# address is what Sentinel gives clients (during a failover, the promoted replica once
+# the others are being reconfigured); the epoch is that of its configuration.
 sentinel_views() {
   for addr in $REDIS_SENTINELS; do
     if [ "$addr" = "${SELF_SENTINEL:-}" ]; then
       continue
     fi
-    REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD" timeout 3 \
-      redis-cli --no-auth-warning --raw -h "${addr%:*}" -p "${addr##*:}" \
-      SENTINEL master "$REDIS_MASTER_NAME" 2>/dev/null | tr -d '\r' |
-      awk 'NR % 2 == 1 { key = $0; next } { v[key] = $0 }
-        END { if (v["ip"] != "" && v["port"] > 0) print v["config-epoch"] + 0, v["ip"], v["port"] }' || true
+    epoch=$(sentinel_cli "$addr" SENTINEL master "$REDIS_MASTER_NAME" |
+      awk 'NR % 2 == 1 { key = $0; next } key == "config-epoch" { print $0 + 0 }') || continue
+    answer=$(sentinel_cli "$addr" SENTINEL get-master-addr-by-name "$REDIS_MASTER_NAME" | tr '\n' ' ') || continue
+    set -- $answer
+    if [ -n "$epoch" ] && [ "$#" -eq 2 ] && [ "$2" -gt 0 ] 2>/dev/null; then
+      echo "$epoch $1 $2"
+    fi
   done
 }
 
 # "config-epoch host port" of the primary named with the highest config epoch (the
-# latest failover wins, as between Sentinels), when at least $1 Sentinels answer.
+# latest failover wins, as between Sentinels), then by the most Sentinels, when at
+# least $1 Sentinels answer.
 sentinel_primary() {
   views=$(sentinel_views)
   answered=$(printf '%s\n' "$views" | grep -c . || true)
   if [ "$answered" -ge "$1" ]; then
-    printf '%s\n' "$views" | sort -k1,1nr | head -n 1
+    printf '%s\n' "$views" | sort | uniq -c | sort -k2,2nr -k1,1nr | head -n 1 | awk '{ print $2, $3, $4 }'
   fi
 }
 
