@@ -37,6 +37,7 @@ def test_redis_conf_defaults() -> None:
     assert d["maxmemory-policy"] == "volatile-lru"
     assert d["dir"] == "/data"
     assert d["enable-debug-command"] == "no"
+    assert d["repl-diskless-sync-max-replicas"] == "2"
 
 
 def test_redis_conf_remaps_port_bind_and_dir() -> None:

@@ -204,6 +204,7 @@ class RedisProps:
 
     def config_options(self) -> RedisConfigOptions:
         return RedisConfigOptions(
+            replicas=self.replicas,
             maxmemory_mib=self.maxmemory_mib,
             maxmemory_policy=self.maxmemory_policy,
             quorum=self.quorum,

@@ -56,6 +56,8 @@ class RedisConfigOptions:
 
     #: Sentinel's name for the replicated set, used by clients to find the primary.
     master_name: str = "platform"
+    #: Replicas of the primary.
+    replicas: int = 2
     port: int = 6379
     sentinel_port: int = 26379
     #: Addresses to listen on. ``* -::*``: every IPv4 address and, if present, IPv6
@@ -102,6 +104,11 @@ def redis_conf(options: RedisConfigOptions) -> str:
         # so reads stay available during a failover.
         "replica-serve-stale-data yes",
         "repl-diskless-sync yes",
+        # A diskless sync waits repl-diskless-sync-delay (5 s) for more replicas to share
+        # the transfer, unless every replica is already waiting (Redis 7.0+, redis.conf):
+        # after a full restart the replicas resynchronise, and acknowledged writes wait
+        # for them, without that delay.
+        f"repl-diskless-sync-max-replicas {o.replicas}",
         "tcp-keepalive 300",
         # No DEBUG or MODULE commands for anyone, whatever the ACL (Redis 7.0+).
         "enable-debug-command no",
