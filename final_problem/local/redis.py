@@ -27,6 +27,7 @@ import redis
 from redis.sentinel import Sentinel
 
 from final_problem import local
+from final_problem.clients.redis import RedisClient, RedisClientError
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.renderers.redis import ADMIN_USER, APP_USER, RedisConfigOptions, config_files
 
@@ -210,9 +211,16 @@ class LocalRedisSet:
         return proc.popen is not None and proc.popen.poll() is None
 
     def stop(self) -> None:
-        """Kill every process this set started."""
+        """Kill every process this set started (SIGKILL: also a power cut)."""
         for proc in self.sentinels + self.members:
             self._kill(proc)
+
+    def spawn_all(self) -> None:
+        """Start every member's and Sentinel's start script at once, as pods after a power cut."""
+        for index in range(len(self.members)):
+            self.spawn_member(index)
+        for index in range(len(self.sentinels)):
+            self.spawn_sentinel(index)
 
     def _alive(self, proc: _Process) -> bool:
         if proc.popen is None or proc.popen.poll() is not None:
@@ -355,3 +363,18 @@ class LocalRedisSet:
             sentinel_kwargs={"password": self.passwords.sentinel, "socket_timeout": 1},
             username=APP_USER, password=self.passwords.app, **kwargs,
         )
+
+
+def first_acknowledged_write(client: RedisClient, key: str, value: str, *, timeout_s: float, replicas: int = 1) -> float:
+    """Retry ``SET key value`` + ``WAIT replicas`` through the Sentinel client until a
+    primary acknowledges it with ``replicas`` replicas; return the seconds it took."""
+    started = time.monotonic()
+
+    def attempt() -> bool:
+        try:
+            client.set_durable(key, value, replicas=replicas, timeout_ms=1000)
+        except RedisClientError:
+            return False
+        return True
+    wait_for(f"a primary to acknowledge {key!r} with {replicas} replica(s)", attempt, timeout_s=timeout_s, interval_s=0.05)
+    return time.monotonic() - started

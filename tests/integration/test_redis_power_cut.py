@@ -18,8 +18,8 @@ from typing import Iterator
 import pytest
 import redis
 
-from final_problem.clients.redis import RedisClient, RedisClientError, RedisSettings
-from final_problem.local.redis import LocalRedisSet, wait_for
+from final_problem.clients.redis import RedisClient, RedisSettings
+from final_problem.local.redis import LocalRedisSet, first_acknowledged_write
 from tests.integration.conftest import REDIS_DOWN_AFTER_MS, REDIS_FAILOVER_TIMEOUT_MS, redis_test_options
 
 pytestmark = pytest.mark.integration
@@ -54,16 +54,10 @@ class Ledger:
 
     def first_acknowledged_write(self, what: str, *, timeout_s: float = RECOVERY_TIMEOUT_S) -> float:
         """Retry one acknowledged write until it succeeds; return the seconds it took."""
-        started = time.monotonic()
-
-        def attempt() -> bool:
-            try:
-                self.write(f"{what}:first", 1)
-            except RedisClientError:
-                return False
-            return True
-        wait_for(f"a writable primary after {what}", attempt, timeout_s=timeout_s, interval_s=0.2)
-        return time.monotonic() - started
+        key, value = f"{what}:first", str(time.monotonic_ns())
+        elapsed = first_acknowledged_write(self.client, key, value, timeout_s=timeout_s)
+        self.acknowledged[key] = value
+        return elapsed
 
     def primary_index(self) -> int:
         """The member the Sentinels name, checked to be a primary that answers."""
