@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from final_problem.clients.redis import RedisClient, RedisSettings
-from final_problem.local.redis import LocalRedisSet, first_acknowledged_write
+from final_problem.local.redis import LocalRedisSet, first_acknowledged_write, wait_for
 from tests.integration.conftest import REDIS_DOWN_AFTER_MS, REDIS_FAILOVER_TIMEOUT_MS, redis_test_options
 
 pytestmark = pytest.mark.integration
@@ -205,3 +205,35 @@ def test_a_member_with_data_and_nobody_answering_waits(cluster: LocalRedisSet, l
     for index in range(len(cluster.sentinels)):
         cluster.spawn_sentinel(index)
     cluster.wait_member_answers(0, timeout_s=RECOVERY_TIMEOUT_S)
+
+
+def test_primary_never_back_no_stale_promotion_until_an_operator_chooses(cluster: LocalRedisSet, ledger: Ledger, rng: random.Random) -> None:
+    """After a full restart without the primary, offsets no longer tell a current replica
+    from a stale one (they restart at 0): no replica is promoted on its own. An operator
+    restores the priority of the replica they trust and asks for a failover."""
+    ledger.write("before", 20)
+    cluster.kill_member(1)
+    ledger.write("without-redis-1", 50)  # acknowledged by redis-2 only: redis-1 is stale
+    power_cut(cluster)
+    restart(cluster, rng, members=[1, 2])
+
+    # Several failover attempts' worth of time: each finds no promotable replica.
+    time.sleep(3 * REDIS_DOWN_AFTER_MS / 1000 + 2 * REDIS_FAILOVER_TIMEOUT_MS / 1000)
+    for index in (1, 2):
+        cluster.wait_member_answers(index)
+        info = cluster.replication(index)
+        assert info["role"] == "slave" and int(info["slave_priority"]) == 0, (index, info)
+    logs = "".join(proc.log.read_text() for proc in cluster.sentinels)
+    assert "-failover-abort-no-good-slave" in logs, "the Sentinels never tried to fail over"
+
+    cluster.admin(2).config_set("replica-priority", 100)
+
+    def failover_started() -> bool:
+        try:
+            return bool(cluster.sentinel_admin(0).execute_command("SENTINEL", "FAILOVER", cluster.options.master_name))
+        except redis.ResponseError:  # INPROG or NOGOODSLAVE while Sentinel's view settles
+            return False
+    wait_for("Sentinel to accept a failover", failover_started, timeout_s=RECOVERY_TIMEOUT_S, interval_s=0.5)
+    cluster.wait_new_primary(cluster.member_ports[0], timeout_s=RECOVERY_TIMEOUT_S)
+    ledger.first_acknowledged_write("the operator's failover")
+    assert ledger.assert_all_on_primary("the operator promoted redis-2") == 2
