@@ -285,6 +285,7 @@ START_REDIS = r"""#!/bin/sh
 #    answered for REDIS_BOOTSTRAP_WAIT_S: first boot of the set, start as primary;
 # 5. else wait and ask again: a member with data never elects itself, since its data
 #    may be older than what the others acknowledged.
+# Named primary with an empty data directory (a lost volume), it waits for the failover.
 # A replica starts with replica-priority 0 (Sentinel never promotes it) and gets the
 # default priority back once it has synchronised with its primary: a replica that came
 # back with old data and has not caught up can never become the primary.
@@ -303,6 +304,13 @@ has_data() {
 while :; do
   primary=$(sentinel_primary "$majority" | cut -d ' ' -f 2-)
   source="named by the Sentinels"
+  if [ "$primary" = "$REDIS_ANNOUNCE_HOST $REDIS_PORT" ] && ! has_data; then
+    # This member was the primary and lost its volume: as an empty primary it would
+    # empty every replica. The Sentinels fail over to a synchronised replica meanwhile.
+    say_waiting "the Sentinels name this member, whose data directory is empty: waiting for their failover"
+    sleep "${REDIS_RETRY_S:-2}"
+    continue
+  fi
   [ -z "$primary" ] || break
   primary=$(best_member)
   source="the most up-to-date member answering, no Sentinel majority"
@@ -334,6 +342,7 @@ primary_port=$2
 umask 077
 conf="$REDIS_RUNTIME_DIR/redis.conf"
 replica=no
+# A brace group with a redirection runs in this shell: "replica" is set here.
 {
   cat "$REDIS_CONFIG_DIR/redis.conf"
   echo "replica-announce-ip $REDIS_ANNOUNCE_HOST"
@@ -350,12 +359,10 @@ replica=no
     echo "starting as replica of $primary_host:$primary_port ($source)" >&2
     echo "replicaof $primary_host $primary_port"
     echo "replica-priority 0"
+    replica=yes
   fi
 } > "$conf.tmp"
 mv "$conf.tmp" "$conf"
-if grep -q '^replicaof ' "$conf"; then
-  replica=yes
-fi
 
 # Once linked and synchronised, the replica may be promoted again.
 if [ "$replica" = yes ]; then

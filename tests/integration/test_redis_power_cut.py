@@ -11,6 +11,7 @@ must be on it. Restart orders and delays are random; the seed is printed.
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Iterator
@@ -237,3 +238,22 @@ def test_primary_never_back_no_stale_promotion_until_an_operator_chooses(cluster
     cluster.wait_new_primary(cluster.member_ports[0], timeout_s=RECOVERY_TIMEOUT_S)
     ledger.first_acknowledged_write("the operator's failover")
     assert ledger.assert_all_on_primary("the operator promoted redis-2") == 2
+
+
+def test_primary_back_without_its_volume_waits_for_the_failover(cluster: LocalRedisSet, ledger: Ledger) -> None:
+    """The Sentinels still name redis-0 when it restarts with an empty volume: started as an
+    empty primary it would empty its replicas. It waits, and follows the promoted replica."""
+    ledger.write("before", 50)
+    cluster.kill_member(0)
+    shutil.rmtree(cluster.members[0].env["REDIS_DATA_DIR"])
+    Path(cluster.members[0].env["REDIS_DATA_DIR"]).mkdir()
+    cluster.spawn_member(0)
+
+    new_port, _ = cluster.wait_new_primary(
+        cluster.member_ports[0], timeout_s=3 * (REDIS_DOWN_AFTER_MS + REDIS_FAILOVER_TIMEOUT_MS) / 1000)
+    ledger.first_acknowledged_write("the failover")
+    assert ledger.assert_all_on_primary("redis-0 lost its volume") == cluster.member_index(new_port)
+    assert cluster.wait_rejoined(0, timeout_s=RECOVERY_TIMEOUT_S)["role"] == "slave"
+    assert "whose data directory is empty: waiting for their failover" in cluster.members[0].log.read_text()
+    replica = cluster.admin(0)
+    assert all(replica.get(k) == v for k, v in ledger.acknowledged.items())
