@@ -9,9 +9,12 @@ in the integration tests) and prints:
   before failing over the same primary again, so each run starts anew);
 - SET/GET ops/s through the Sentinel-aware client (one connection, one command at a
   time) against ``redis-benchmark -c 1`` on the same primary as the same user, and the
-  ratio.
+  ratio;
+- power cut: every member and Sentinel killed (SIGKILL) and started again at once; the
+  time from "all pods started" to the first write a primary acknowledged with
+  ``WAIT 1``, median over ``--cuts`` cuts of one set.
 
-    .venv/bin/python -m bench.redis [--runs 5] [--requests 20000]     (or: make bench)
+    .venv/bin/python -m bench.redis [--runs 5] [--requests 20000] [--cuts 5]     (or: make bench)
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ import time
 
 from final_problem.charts.redis import RedisProps
 from final_problem.clients.redis import RedisClient, RedisSettings
-from final_problem.local.redis import HOST, LocalRedisSet
+from final_problem.local.redis import HOST, LocalRedisSet, first_acknowledged_write
 from final_problem.profiles import PI
 
 
 def options():
-    return RedisProps.for_profile(PI, down_after_ms=1000, failover_timeout_ms=5000).config_options()
+    return RedisProps.for_profile(PI, down_after_ms=1000, failover_timeout_ms=5000, bootstrap_wait_s=1).config_options()
 
 
 def failover_once(workdir: Path) -> float:
@@ -48,6 +51,22 @@ def failover_once(workdir: Path) -> float:
         cluster.kill_member(0)
         _, elapsed = cluster.wait_new_primary(old, timeout_s=30)
         return elapsed
+
+
+def power_cuts(workdir: Path, cuts: int) -> list[float]:
+    """Seconds from the last pod started to the first acknowledged write, per power cut."""
+    times = []
+    with LocalRedisSet(workdir=workdir, options=options()) as cluster:
+        client = RedisClient(settings=RedisSettings.from_env(cluster.client_env(), secret=lambda k: ""))
+        try:
+            for cut in range(cuts):
+                first_acknowledged_write(client, f"before-cut-{cut}", "x", timeout_s=60)
+                cluster.stop()
+                cluster.spawn_all()
+                times.append(first_acknowledged_write(client, f"after-cut-{cut}", "x", timeout_s=120))
+        finally:
+            client.close()
+    return times
 
 
 def client_ops(client: RedisClient, requests: int) -> dict[str, float]:
@@ -81,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--cuts", type=int, default=5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="redis-bench-") as tmp:
         times = [failover_once(Path(tmp) / f"run-{i}") for i in range(args.runs)]
@@ -97,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         for op in ("SET", "GET"):
             print(f"redis {op}: sentinel client {ours[op]:,.0f} ops/s, redis-benchmark -c 1 {theirs[op]:,.0f} ops/s, "
                   f"ratio {ours[op] / theirs[op]:.2f}")
+        cuts = power_cuts(Path(tmp) / "power-cut", args.cuts)
+        print(f"redis power cut (all pods killed, then started at once): first acknowledged write (WAIT 1) "
+              f"median {statistics.median(cuts):.2f} s after the last pod started, over {len(cuts)} cuts "
+              f"(min {min(cuts):.2f}, max {max(cuts):.2f})")
     return 0
 
 

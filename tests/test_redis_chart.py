@@ -129,13 +129,41 @@ def test_sentinels_spread_one_per_node_with_a_pdb() -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
 
 
-def test_replica_rejoin_asks_sentinels_first() -> None:
+def test_members_know_every_sentinel_and_member_and_only_redis_0_bootstraps() -> None:
     redis = container(find(redis_objects("eks"), "StatefulSet", "redis"), "redis")
     env = {e["name"]: e.get("value") for e in redis["env"]}
-    assert env["REDIS_PRIMARY_FALLBACK"] == "redis-0.redis-headless.redis.svc:6379"
+    assert env["REDIS_BOOTSTRAP_PRIMARY"] == "redis-0.redis-headless.redis.svc:6379"
+    assert env["REDIS_BOOTSTRAP_WAIT_S"] == "30"
+    assert env["REDIS_DATA_DIR"] == "/data"
+    assert env["REDIS_MEMBERS"].split() == [f"redis-{i}.redis-headless.redis.svc:6379" for i in range(3)]
     assert env["REDIS_SENTINELS"].split() == [
         f"redis-sentinel-{i}.redis-sentinel-headless.redis.svc:26379" for i in range(3)]
     assert env["REDIS_ANNOUNCE_HOST"] == "$(POD_NAME).redis-headless.redis.svc"
+
+
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+def test_sentinel_state_on_a_retained_volume(profile: str) -> None:
+    sts = find(redis_objects(profile), "StatefulSet", "redis-sentinel")
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert claim["spec"]["storageClassName"] == PROFILES[profile].storage_class
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    sentinel = container(sts, "sentinel")
+    assert {"name": "state", "mountPath": "/data"} in sentinel["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in sentinel["env"]}
+    assert env["REDIS_SENTINEL_DIR"] == "/data"
+    # No memory-backed runtime volume: the state must outlive the pod.
+    assert [v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]] == ["config"]
+
+
+def test_startup_probes_let_a_waiting_member_wait() -> None:
+    objects = redis_objects("eks")
+    for sts_name, name, check in (("redis", "redis", "redis-live"), ("redis-sentinel", "sentinel", "sentinel-live")):
+        c = container(find(objects, "StatefulSet", sts_name), name)
+        startup = c["startupProbe"]
+        assert startup["exec"]["command"][-1] == check
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 3600
+        assert "initialDelaySeconds" not in c["livenessProbe"]
 
 
 def test_network_policy_admits_labelled_client_namespaces() -> None:
@@ -220,6 +248,8 @@ def test_section_in_cdk_json_reaches_the_chart() -> None:
         ({"maxmemory_mib": 8}, r"redis.maxmemory_mib = 8: must be 16 to 131072"),
         ({"maxmemory_mib": 1500}, r"redis.maxmemory_mib = 1500: must be at most half of redis.memory_mib \(2048\)"),
         ({"storage_gib": 2}, r"redis.storage_gib = 2: must hold three times maxmemory \(1024 MiB\).*Fix: set redis.storage_gib=3$"),
+        ({"bootstrap_wait_s": -1}, r"redis.bootstrap_wait_s = -1: must be 0 to 600"),
+        ({"bootstrap_wait_s": 601}, r"redis.bootstrap_wait_s = 601: must be 0 to 600"),
     ],
 )
 def test_invalid_props_raise(changes: dict[str, Any], message: str) -> None:

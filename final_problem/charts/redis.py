@@ -9,7 +9,9 @@ Creates, in the ``redis`` namespace (Pod Security "restricted", default-deny):
   (``appendfsync everysec``) on retained volumes, a PDB, hostname anti-affinity and zone
   spread; a metrics sidecar serves ``INFO`` as Prometheus text on 9121;
 - StatefulSet ``redis-sentinel``: ``sentinels`` Sentinels (quorum a majority), one per
-  node, with a PDB;
+  node, with a PDB; each keeps its state (its rewritten ``sentinel.conf``: primary,
+  epochs, peers) on a retained volume, so a power cut does not make it forget the
+  latest failover;
 - headless Services for stable member names, Service ``redis-sentinel`` for clients;
 - NetworkPolicies: Redis and Sentinel ports from each other and from namespaces labelled
   ``final-problem.io/redis-client: "true"``; metrics from namespaces labelled
@@ -53,6 +55,16 @@ METRICS_NAMESPACE_LABEL = MONITORING_NAMESPACE_LABEL
 METRICS_PORT = 9121
 CONFIG_DIR = "/opt/redis/config"
 RUNTIME_DIR = "/run/redis"
+#: Data directory of a member and state directory of a Sentinel (the official image's
+#: working directory, owned by its redis user), each a retained volume.
+DATA_DIR = "/data"
+#: A Sentinel's state is a small configuration file; 1 GiB is the smallest whole size.
+SENTINEL_STORAGE_GIB = 1
+#: Startup probes give a member or Sentinel that waits for its peers (after a power cut)
+#: this long before liveness applies: 360 x 10 s = 1 h. Waiting is the safe behaviour;
+#: a restart would only start the wait again, with back-off.
+STARTUP_PERIOD_S = 10
+STARTUP_FAILURES = 360
 EXPORTER_SCRIPT = Path(redis_exporter.__file__)
 
 
@@ -97,6 +109,12 @@ class RedisProps(ComponentSettings):
     storage_gib: int = setting(
         per_profile(eks=8, pi=2), minimum=1, maximum=16_384,
         doc="Each member's volume; at least 3 x maxmemory.",
+    )
+    bootstrap_wait_s: int = setting(
+        30, minimum=0, maximum=600,
+        doc="Seconds `redis-0`, when its data directory is empty, waits for a Sentinel or a member to answer "
+            "before it starts a new, empty set as its primary. The Sentinels start in parallel and answer from "
+            "their saved state within seconds, so an empty `redis-0` (a lost volume) follows them instead.",
     )
 
     @property
@@ -157,11 +175,13 @@ class RedisProps(ComponentSettings):
 
     def config_options(self) -> RedisConfigOptions:
         return RedisConfigOptions(
+            replicas=self.replicas,
             maxmemory_mib=self.maxmemory_mib,
             maxmemory_policy=self.maxmemory_policy,
             quorum=self.quorum,
             down_after_ms=self.down_after_ms,
             failover_timeout_ms=self.failover_timeout_ms,
+            bootstrap_wait_s=self.bootstrap_wait_s,
         )
 
 
@@ -172,10 +192,9 @@ def _secret_env(name: str, key: str) -> k8s.EnvVar:
     )
 
 
-def _exec_probe(check: str, *, period: int, failures: int, initial: int = 0) -> k8s.Probe:
+def _exec_probe(check: str, *, period: int, failures: int) -> k8s.Probe:
     return k8s.Probe(
         exec=k8s.ExecAction(command=["sh", f"{CONFIG_DIR}/probe.sh", check]),
-        initial_delay_seconds=initial or None,
         period_seconds=period,
         timeout_seconds=5,
         failure_threshold=failures,
@@ -257,17 +276,17 @@ class RedisChart(PlatformChart):
         common_env = [
             k8s.EnvVar(name="POD_NAME", value_from=k8s.EnvVarSource(field_ref=k8s.ObjectFieldSelector(field_path="metadata.name"))),
             k8s.EnvVar(name="REDIS_CONFIG_DIR", value=CONFIG_DIR),
-            k8s.EnvVar(name="REDIS_RUNTIME_DIR", value=RUNTIME_DIR),
             k8s.EnvVar(name="REDIS_PORT", value=str(self.PORT)),
             k8s.EnvVar(name="SENTINEL_PORT", value=str(self.SENTINEL_PORT)),
             k8s.EnvVar(name="REDIS_MASTER_NAME", value=self.master_name),
-            k8s.EnvVar(name="REDIS_PRIMARY_FALLBACK", value=f"{member_dns[0]}:{self.PORT}"),
+            k8s.EnvVar(name="REDIS_MEMBERS", value=" ".join(f"{d}:{self.PORT}" for d in member_dns)),
             k8s.EnvVar(name="REDIS_SENTINELS", value=" ".join(f"{d}:{self.SENTINEL_PORT}" for d in sentinel_dns)),
         ]
         config_mount = k8s.VolumeMount(name="config", mount_path=CONFIG_DIR, read_only=True)
         runtime_mount = k8s.VolumeMount(name="runtime", mount_path=RUNTIME_DIR)
         config_volume = k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name="redis-config"))
-        # Memory-backed: the runtime configuration holds passwords, which never touch a disk.
+        # Memory-backed: a member's runtime configuration holds passwords, which never touch
+        # its disk. (A Sentinel's configuration is its state and lives on its volume.)
         runtime_volume = k8s.Volume(
             name="runtime", empty_dir=k8s.EmptyDirVolumeSource(medium="Memory", size_limit=quantity("8Mi")))
         annotations = {"final-problem.io/config-hash": digest}
@@ -279,18 +298,26 @@ class RedisChart(PlatformChart):
             command=["sh", f"{CONFIG_DIR}/start-redis.sh"],
             env=common_env + [
                 k8s.EnvVar(name="REDIS_ANNOUNCE_HOST", value=f"$(POD_NAME).{headless}.{ns}.svc"),
+                k8s.EnvVar(name="REDIS_RUNTIME_DIR", value=RUNTIME_DIR),
+                k8s.EnvVar(name="REDIS_DATA_DIR", value=DATA_DIR),
+                # Only an empty redis-0 that hears from nobody starts a new set.
+                k8s.EnvVar(name="REDIS_BOOTSTRAP_PRIMARY", value=f"{member_dns[0]}:{self.PORT}"),
+                k8s.EnvVar(name="REDIS_BOOTSTRAP_WAIT_S", value=str(p.bootstrap_wait_s)),
                 _secret_env("REDIS_ADMIN_PASSWORD", "admin-password"),
                 _secret_env("REDIS_APP_PASSWORD", "app-password"),
                 _secret_env("REDIS_SENTINEL_PASSWORD", "sentinel-password"),
                 _secret_env("REDIS_METRICS_PASSWORD", "metrics-password"),
             ],
             ports=[k8s.ContainerPort(name="redis", container_port=self.PORT)],
-            volume_mounts=[k8s.VolumeMount(name="data", mount_path="/data"), config_mount, runtime_mount],
+            volume_mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR), config_mount, runtime_mount],
             security_context=container_context(uid=REDIS_UID),
             resources=raw_resources(p.redis_sizing),
+            # After a power cut the start script may wait for its peers before the server
+            # starts; the startup probe holds liveness off meanwhile.
+            startup_probe=_exec_probe("redis-live", period=STARTUP_PERIOD_S, failures=STARTUP_FAILURES),
             # Replaying a large AOF takes a while: liveness accepts LOADING, and tolerates
             # 6 misses in a row before a restart.
-            liveness_probe=_exec_probe("redis-live", period=10, failures=6, initial=10),
+            liveness_probe=_exec_probe("redis-live", period=10, failures=6),
             readiness_probe=_exec_probe("redis-ready", period=5, failures=2),
         )
         metrics_container = k8s.Container(
@@ -336,26 +363,31 @@ class RedisChart(PlatformChart):
             env=common_env + [
                 k8s.EnvVar(name="REDIS_ANNOUNCE_HOST", value=f"$(POD_NAME).{sentinel_headless}.{ns}.svc"),
                 k8s.EnvVar(name="SENTINEL_QUORUM", value=str(p.quorum)),
+                k8s.EnvVar(name="REDIS_SENTINEL_DIR", value=DATA_DIR),
                 _secret_env("REDIS_ADMIN_PASSWORD", "admin-password"),
                 _secret_env("REDIS_SENTINEL_PASSWORD", "sentinel-password"),
             ],
             ports=[k8s.ContainerPort(name="sentinel", container_port=self.SENTINEL_PORT)],
-            volume_mounts=[config_mount, runtime_mount],
+            volume_mounts=[k8s.VolumeMount(name="state", mount_path=DATA_DIR), config_mount],
             security_context=container_context(uid=REDIS_UID),
             resources=raw_resources(p.sentinel_sizing),
-            liveness_probe=_exec_probe("sentinel-live", period=10, failures=3, initial=5),
+            startup_probe=_exec_probe("sentinel-live", period=STARTUP_PERIOD_S, failures=STARTUP_FAILURES),
+            liveness_probe=_exec_probe("sentinel-live", period=10, failures=3),
             readiness_probe=_exec_probe("sentinel-ready", period=5, failures=2),
         )
         self.sentinel = QuorumStatefulSet(
             self, "Sentinel",
             name="redis-sentinel", namespace=ns, labels=self.label_set, component="sentinel",
             replicas=p.sentinels, service_name=sentinel_headless, profile=profile, uid=REDIS_UID,
-            containers=[sentinel_container], volumes=[config_volume, runtime_volume],
+            containers=[sentinel_container], volumes=[config_volume],
+            # Sentinel state survives restarts: without it, Sentinels restarted together
+            # would forget the latest failover and name a replica as the primary.
+            claims=[ClaimSpec(name="state", size_gib=SENTINEL_STORAGE_GIB)],
             pod_annotations=annotations, termination_grace_seconds=10,
         )
         # Passwords arrive as secretKeyRef env: redis-cli (start scripts, probes) takes a
         # password only from REDISCLI_AUTH or its command line, and the start scripts write
-        # them into the memory-backed runtime config; files would be copied to env anyway.
+        # them into the server's configuration; files would be copied to env anyway.
         for workload in (self.redis, self.sentinel):
             workload.resource.metadata.add_annotation(
                 "checkov.io/skip1", "CKV_K8S_35=redis-cli reads the password from REDISCLI_AUTH; values come from secretKeyRef",

@@ -3,7 +3,9 @@
 Each member runs the chart's ``start-redis.sh`` and each Sentinel ``start-sentinel.sh``
 with the files :func:`final_problem.renderers.redis.config_files` renders; only ports
 (free loopback ports), the bind address (127.0.0.1) and directories (a work folder)
-differ. Passwords are generated per run, as the cluster's secret Job would.
+differ. Passwords are generated per run, as the cluster's secret Job would. As in the
+chart, a member's data directory and a Sentinel's state directory survive restarts (the
+retained volumes) and a member's runtime directory does not (a memory-backed emptyDir).
 
 Needs ``redis-server`` and ``redis-cli`` (Debian: redis-server, redis-tools).
 """
@@ -25,6 +27,7 @@ import redis
 from redis.sentinel import Sentinel
 
 from final_problem import local
+from final_problem.clients.redis import RedisClient, RedisClientError
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.renderers.redis import ADMIN_USER, APP_USER, RedisConfigOptions, config_files
 
@@ -81,6 +84,7 @@ class LocalRedisSet:
         sentinels: int = 3,
         passwords: Passwords | None = None,
         redis_server: str = "redis-server",
+        retry_s: float = 0.5,
     ) -> None:
         self.workdir = workdir
         self.options = options
@@ -93,7 +97,11 @@ class LocalRedisSet:
         common = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "REDIS_MASTER_NAME": options.master_name,
-            "REDIS_PRIMARY_FALLBACK": f"{HOST}:{self.member_ports[0]}",
+            "REDIS_MEMBERS": " ".join(f"{HOST}:{p}" for p in self.member_ports),
+            "REDIS_BOOTSTRAP_PRIMARY": f"{HOST}:{self.member_ports[0]}",
+            "REDIS_BOOTSTRAP_WAIT_S": str(options.bootstrap_wait_s),
+            # The chart's scripts ask again every 2 s while they wait; tests ask sooner.
+            "REDIS_RETRY_S": str(retry_s),
             "REDIS_SENTINELS": sentinel_list,
             "REDIS_ADMIN_PASSWORD": self.passwords.admin,
             "REDIS_APP_PASSWORD": self.passwords.app,
@@ -125,10 +133,13 @@ class LocalRedisSet:
                 env = {
                     **common,
                     "REDIS_CONFIG_DIR": str(config_dir),
-                    "REDIS_RUNTIME_DIR": str(runtime_dir),
                     "REDIS_PORT": str(port if kind == "redis" else options.port),
                     "SENTINEL_PORT": str(port if kind == "sentinel" else options.sentinel_port),
                 }
+                if kind == "redis":
+                    env.update(REDIS_RUNTIME_DIR=str(runtime_dir), REDIS_DATA_DIR=str(data_dir))
+                else:
+                    env.update(REDIS_SENTINEL_DIR=str(data_dir))
                 target.append(_Process(
                     name=name, port=port, config_dir=config_dir, runtime_dir=runtime_dir,
                     env=env, script=script, log=base / "server.log",
@@ -148,6 +159,9 @@ class LocalRedisSet:
         self.stop()
 
     def _spawn(self, proc: _Process) -> None:
+        # A pod's memory-backed runtime volume starts empty.
+        shutil.rmtree(proc.runtime_dir, ignore_errors=True)
+        proc.runtime_dir.mkdir(parents=True)
         with proc.log.open("ab") as log:
             proc.popen = subprocess.Popen(
                 ["sh", str(proc.config_dir / proc.script)],
@@ -156,32 +170,57 @@ class LocalRedisSet:
             )
 
     def start(self, *, timeout_s: float = 20) -> None:
-        """Start the members (first the first-boot primary), then the Sentinels; wait until
-        replication is up and every Sentinel sees all replicas and peers."""
+        """First boot of an empty set: start the members (the bootstrap member first), then
+        the Sentinels; wait until every replica is synchronised and may be promoted, and
+        every Sentinel sees all replicas and peers."""
         for index in range(len(self.members)):
-            self.start_member(index, timeout_s=timeout_s)
-        for index in range(len(self.members)):
-            if index:
-                self.wait_replica_linked(index, timeout_s=timeout_s)
+            self.start_member(index, timeout_s=timeout_s + self.options.bootstrap_wait_s)
+        for index in range(1, len(self.members)):
+            self.wait_promotable(index, timeout_s=timeout_s)
         for proc in self.sentinels:
             self._spawn(proc)
         for index in range(len(self.sentinels)):
             self.wait_sentinel_ready(index, timeout_s=timeout_s)
 
+    def spawn_member(self, index: int) -> None:
+        """Start member ``index``'s start script, as a pod starting; do not wait."""
+        self._spawn(self.members[index])
+
+    def spawn_sentinel(self, index: int) -> None:
+        """Start Sentinel ``index``'s start script, as a pod starting; do not wait."""
+        self._spawn(self.sentinels[index])
+
     def start_member(self, index: int, *, timeout_s: float = 20) -> None:
         """Start member ``index`` through the chart's start script and wait until it answers."""
+        self.spawn_member(index)
+        self.wait_member_answers(index, timeout_s=timeout_s)
+
+    def wait_member_answers(self, index: int, *, timeout_s: float = 20) -> None:
         proc = self.members[index]
-        self._spawn(proc)
         wait_for(f"{proc.name} to answer", lambda: self._alive(proc) and self.admin(index).ping(), timeout_s=timeout_s)
 
     def kill_member(self, index: int) -> None:
         """Kill member ``index`` hard (SIGKILL: no shutdown, no final fsync)."""
         self._kill(self.members[index])
 
+    def kill_sentinel(self, index: int) -> None:
+        """Kill Sentinel ``index`` hard (SIGKILL)."""
+        self._kill(self.sentinels[index])
+
+    def running(self, proc: _Process) -> bool:
+        return proc.popen is not None and proc.popen.poll() is None
+
     def stop(self) -> None:
-        """Kill every process this set started."""
+        """Kill every process this set started (SIGKILL: also a power cut)."""
         for proc in self.sentinels + self.members:
             self._kill(proc)
+
+    def spawn_all(self) -> None:
+        """Start every member's and Sentinel's start script at once, as pods after a power cut."""
+        for index in range(len(self.members)):
+            self.spawn_member(index)
+        for index in range(len(self.sentinels)):
+            self.spawn_sentinel(index)
 
     def _alive(self, proc: _Process) -> bool:
         if proc.popen is None or proc.popen.poll() is not None:
@@ -266,6 +305,14 @@ class LocalRedisSet:
         """Wait until member ``index`` is a replica with its link up."""
         return wait_for(f"{self.members[index].name} to replicate", lambda: self._linked(index), timeout_s=timeout_s)
 
+    def wait_promotable(self, index: int, *, timeout_s: float = 20) -> dict[str, object]:
+        """Wait until member ``index`` is a linked replica that Sentinel may promote (its
+        start script restores its priority once it has synchronised)."""
+        def promotable() -> dict[str, object] | None:
+            info = self._linked(index)
+            return info if info and int(info.get("slave_priority", 0)) > 0 else None
+        return wait_for(f"{self.members[index].name} to be promotable", promotable, timeout_s=timeout_s)
+
     def wait_sentinel_ready(self, index: int, *, timeout_s: float = 20) -> None:
         """Wait until Sentinel ``index`` sees every replica and every other Sentinel."""
         replicas, peers = len(self.members) - 1, len(self.sentinels) - 1
@@ -316,3 +363,18 @@ class LocalRedisSet:
             sentinel_kwargs={"password": self.passwords.sentinel, "socket_timeout": 1},
             username=APP_USER, password=self.passwords.app, **kwargs,
         )
+
+
+def first_acknowledged_write(client: RedisClient, key: str, value: str, *, timeout_s: float, replicas: int = 1) -> float:
+    """Retry ``SET key value`` + ``WAIT replicas`` through the Sentinel client until a
+    primary acknowledges it with ``replicas`` replicas; return the seconds it took."""
+    started = time.monotonic()
+
+    def attempt() -> bool:
+        try:
+            client.set_durable(key, value, replicas=replicas, timeout_ms=1000)
+        except RedisClientError:
+            return False
+        return True
+    wait_for(f"a primary to acknowledge {key!r} with {replicas} replica(s)", attempt, timeout_s=timeout_s, interval_s=0.05)
+    return time.monotonic() - started

@@ -6,10 +6,12 @@ remapped), so what is tested is what is deployed.
 
 What is rendered here never contains a secret. Passwords reach the servers at start:
 :data:`START_REDIS` and :data:`START_SENTINEL` read them from the environment (a
-Kubernetes ``secretKeyRef``) and write the runtime configuration into a private,
-writable directory (a memory-backed ``emptyDir`` in the chart). Sentinel must be able to
-rewrite that file (it stores the current primary and its peers there), and Redis rewrites
-its own on ``REPLICAOF`` + ``CONFIG REWRITE`` from Sentinel.
+Kubernetes ``secretKeyRef``). A member writes its runtime configuration into a private,
+writable directory (a memory-backed ``emptyDir`` in the chart; Redis rewrites it on
+``REPLICAOF`` + ``CONFIG REWRITE`` from Sentinel). A Sentinel's configuration file is its
+state (the current primary, the epochs, its peers), which Sentinel rewrites as it learns:
+it lives on the Sentinel's retained volume so that a power cut does not erase it, and it
+therefore holds the Sentinel and admin passwords (file mode 0600, renewed at each start).
 
 Every directive rendered is understood by Redis 7.0 (Debian 12, the integration tests)
 and by the pinned image (:data:`final_problem.versions.REDIS_IMAGE`).
@@ -54,6 +56,8 @@ class RedisConfigOptions:
 
     #: Sentinel's name for the replicated set, used by clients to find the primary.
     master_name: str = "platform"
+    #: Replicas of the primary.
+    replicas: int = 2
     port: int = 6379
     sentinel_port: int = 26379
     #: Addresses to listen on. ``* -::*``: every IPv4 address and, if present, IPv6
@@ -68,6 +72,9 @@ class RedisConfigOptions:
     failover_timeout_ms: int = 60000
     #: Replicas resynchronised at once after a failover; 1 keeps the others serving reads.
     parallel_syncs: int = 1
+    #: Seconds the bootstrap member with an empty data directory waits for a Sentinel or
+    #: a member to answer before it starts a new, empty set as its primary.
+    bootstrap_wait_s: int = 30
 
 
 def redis_conf(options: RedisConfigOptions) -> str:
@@ -97,6 +104,11 @@ def redis_conf(options: RedisConfigOptions) -> str:
         # so reads stay available during a failover.
         "replica-serve-stale-data yes",
         "repl-diskless-sync yes",
+        # A diskless sync waits repl-diskless-sync-delay (5 s) for more replicas to share
+        # the transfer, unless every replica is already waiting (Redis 7.0+, redis.conf):
+        # after a full restart the replicas resynchronise, and acknowledged writes wait
+        # for them, without that delay.
+        f"repl-diskless-sync-max-replicas {o.replicas}",
         "tcp-keepalive 300",
         # No DEBUG or MODULE commands for anyone, whatever the ACL (Redis 7.0+).
         "enable-debug-command no",
@@ -141,16 +153,28 @@ def sentinel_master_conf(options: RedisConfigOptions) -> str:
 # The scripts are POSIX sh: the official image and Debian both run them with /bin/sh.
 # Inputs (environment):
 #   REDIS_CONFIG_DIR   read-only files rendered above (redis.conf, sentinel.conf, ...)
-#   REDIS_RUNTIME_DIR  private writable directory for the runtime configuration
+#   REDIS_RUNTIME_DIR  private writable directory for a member's runtime configuration
+#   REDIS_DATA_DIR     a member's data directory (its retained volume)
+#   REDIS_SENTINEL_DIR a Sentinel's state directory (its retained volume)
 #   REDIS_PORT, SENTINEL_PORT, REDIS_MASTER_NAME, SENTINEL_QUORUM
 #   REDIS_ANNOUNCE_HOST   this member's stable name (its pod DNS name)
-#   REDIS_PRIMARY_FALLBACK  host:port of the first member: the primary on first boot only
+#   REDIS_MEMBERS      space-separated host:port of every Redis member
+#   REDIS_BOOTSTRAP_PRIMARY  host:port of the member that may bootstrap an EMPTY set
+#   REDIS_BOOTSTRAP_WAIT_S   seconds it first waits for a Sentinel or a member to answer
+#   REDIS_RETRY_S      seconds between two rounds of questions while waiting
 #   REDIS_SENTINELS    space-separated host:port of every Sentinel
 #   REDIS_ADMIN_PASSWORD, REDIS_APP_PASSWORD, REDIS_METRICS_PASSWORD,
 #   REDIS_SENTINEL_PASSWORD (secretKeyRef)
 #   REDIS_SERVER       the redis-server binary (default: redis-server on PATH)
 
-#: Shared shell functions: ask the Sentinels which member is the primary now.
+#: File an operator creates in a member's data directory to make it start as the
+#: primary when nothing else can decide (see the README, "power cut").
+FORCE_PRIMARY_FILE = "force-primary"
+#: ``replica-priority`` of a replica once it has synchronised with its primary (the
+#: Redis default, redis.conf); a replica starts at 0, which Sentinel never promotes.
+REPLICA_PRIORITY = 100
+
+#: Shared shell functions: ask the Sentinels and the members who is the primary.
 LIB_SH = r"""# Sourced by start-redis.sh and start-sentinel.sh.
 set -eu
 
@@ -164,54 +188,161 @@ require() {
   done
 }
 
-# Print "host port" of the primary as the first Sentinel that answers sees it; print
-# nothing when none answers (first boot: no Sentinel runs yet).
-current_primary() {
-  for addr in $REDIS_SENTINELS; do
-    host=${addr%:*}
-    port=${addr##*:}
-    if [ "$host:$port" = "${SELF_SENTINEL:-}" ]; then
-      continue
-    fi
-    answer=$(REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD" timeout 3 \
-      redis-cli --no-auth-warning --raw -h "$host" -p "$port" \
-      SENTINEL get-master-addr-by-name "$REDIS_MASTER_NAME" 2>/dev/null | tr '\n' ' ') || continue
-    set -- $answer
-    if [ "$#" -eq 2 ] && [ -n "$1" ] && [ "$2" -gt 0 ] 2>/dev/null; then
-      echo "$1 $2"
-      return 0
-    fi
-  done
-  return 0
+count() {
+  echo "$#"
 }
 
-fallback_primary() {
-  echo "${REDIS_PRIMARY_FALLBACK%:*} ${REDIS_PRIMARY_FALLBACK##*:}"
+# redis-cli against the Sentinel at $1 (host:port), the rest of the arguments a command.
+sentinel_cli() {
+  target=$1
+  shift
+  REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD" timeout 3 \
+    redis-cli --no-auth-warning --raw -h "${target%:*}" -p "${target##*:}" "$@" 2>/dev/null | tr -d '\r'
+}
+
+# One line "config-epoch host port" per Sentinel (this one excluded) that answers. The
+# address is what Sentinel gives clients (during a failover, the promoted replica once
+# the others are being reconfigured); the epoch is that of its configuration.
+sentinel_views() {
+  for addr in $REDIS_SENTINELS; do
+    if [ "$addr" = "${SELF_SENTINEL:-}" ]; then
+      continue
+    fi
+    epoch=$(sentinel_cli "$addr" SENTINEL master "$REDIS_MASTER_NAME" |
+      awk 'NR % 2 == 1 { key = $0; next } key == "config-epoch" { print $0 + 0 }') || continue
+    answer=$(sentinel_cli "$addr" SENTINEL get-master-addr-by-name "$REDIS_MASTER_NAME" | tr '\n' ' ') || continue
+    set -- $answer
+    if [ -n "$epoch" ] && [ "$#" -eq 2 ] && [ "$2" -gt 0 ] 2>/dev/null; then
+      echo "$epoch $1 $2"
+    fi
+  done
+}
+
+# "config-epoch host port" of the primary named with the highest config epoch (the
+# latest failover wins, as between Sentinels), then by the most Sentinels, when at
+# least $1 Sentinels answer.
+sentinel_primary() {
+  views=$(sentinel_views)
+  answered=$(printf '%s\n' "$views" | grep -c . || true)
+  if [ "$answered" -ge "$1" ]; then
+    printf '%s\n' "$views" | sort | uniq -c | sort -k2,2nr -k1,1nr | head -n 1 | awk '{ print $2, $3, $4 }'
+  fi
+}
+
+# One line "rank offset host port" per reachable member (this one excluded): rank 2 a
+# primary, rank 1 a replica whose link to its primary is up. A replica whose link is
+# down may hold old data (it may have been down while writes were acknowledged), so it
+# is never followed. Offsets restart at 0 when a member restarts: they only order
+# members that kept running.
+member_views() {
+  for addr in $REDIS_MEMBERS; do
+    if [ "$addr" = "${SELF_MEMBER:-}" ]; then
+      continue
+    fi
+    REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" timeout 3 \
+      redis-cli --no-auth-warning --raw --user admin -h "${addr%:*}" -p "${addr##*:}" \
+      INFO replication 2>/dev/null | tr -d '\r' |
+      awk -F: -v host="${addr%:*}" -v port="${addr##*:}" '{ v[$1] = $2 }
+        END {
+          if (v["role"] == "master") print 2, v["master_repl_offset"] + 0, host, port
+          else if (v["role"] == "slave" && v["master_link_status"] == "up") print 1, v["slave_repl_offset"] + 0, host, port
+        }' || true
+  done
+}
+
+# "host port" of the most up-to-date reachable member: a primary before any replica,
+# then the larger replication offset; nothing when no member qualifies.
+best_member() {
+  member_views | sort -k1,1nr -k2,2nr | head -n 1 | cut -d ' ' -f 3-
+}
+
+# "host port" of the most up-to-date reachable primary (what a Sentinel may monitor).
+best_primary() {
+  member_views | grep '^2 ' | sort -k2,2nr | head -n 1 | cut -d ' ' -f 3- || true
+}
+
+# Log a waiting message at most every 30 s.
+say_waiting() {
+  now=$(date +%s)
+  if [ $((now - ${last_said:-0})) -ge 30 ]; then
+    echo "$1" >&2
+    last_said=$now
+  fi
 }
 """
 
-#: Start one Redis member: primary or replica of the primary the Sentinels know.
+#: Start one Redis member: follow the primary the Sentinels name, else the most
+#: up-to-date reachable member, else wait (or bootstrap an empty set).
 START_REDIS = r"""#!/bin/sh
-# Start a Redis member. A member that restarts rejoins the primary the Sentinels report,
-# not the member that was primary at first deploy; only when no Sentinel answers (first
-# boot) is the first member the primary.
+# Start a Redis member. In order:
+# 1. a majority of the Sentinels answers: follow the primary they name (highest config
+#    epoch). Sentinels keep their state on their own volumes, so after a power cut they
+#    still name the primary of the latest failover;
+# 2. else, a member answers as primary, or as a replica linked to its primary: follow
+#    the most up-to-date of them;
+# 3. else, an operator created __FORCE__ in the data directory: start as primary;
+# 4. else, this is the bootstrap member and its data directory is EMPTY, and nothing
+#    answered for REDIS_BOOTSTRAP_WAIT_S: first boot of the set, start as primary;
+# 5. else wait and ask again: a member with data never elects itself, since its data
+#    may be older than what the others acknowledged.
+# Named primary with an empty data directory (a lost volume), it waits for the failover.
+# A replica starts with replica-priority 0 (Sentinel never promotes it) and gets the
+# default priority back once it has synchronised with its primary: a replica that came
+# back with old data and has not caught up can never become the primary.
 . "$REDIS_CONFIG_DIR/lib.sh"
-require REDIS_CONFIG_DIR REDIS_RUNTIME_DIR REDIS_PORT REDIS_ANNOUNCE_HOST REDIS_PRIMARY_FALLBACK \
-  REDIS_SENTINELS REDIS_MASTER_NAME REDIS_ADMIN_PASSWORD REDIS_APP_PASSWORD REDIS_SENTINEL_PASSWORD \
-  REDIS_METRICS_PASSWORD
+require REDIS_CONFIG_DIR REDIS_RUNTIME_DIR REDIS_DATA_DIR REDIS_PORT REDIS_ANNOUNCE_HOST REDIS_MEMBERS \
+  REDIS_BOOTSTRAP_PRIMARY REDIS_BOOTSTRAP_WAIT_S REDIS_SENTINELS REDIS_MASTER_NAME REDIS_ADMIN_PASSWORD \
+  REDIS_APP_PASSWORD REDIS_SENTINEL_PASSWORD REDIS_METRICS_PASSWORD
+SELF_MEMBER="$REDIS_ANNOUNCE_HOST:$REDIS_PORT"
+majority=$(($(count $REDIS_SENTINELS) / 2 + 1))
+started=$(date +%s)
 
-primary=$(current_primary)
-source="sentinel"
-if [ -z "$primary" ]; then
-  primary=$(fallback_primary)
-  source="first boot, no Sentinel answered"
-fi
+has_data() {
+  [ -e "$REDIS_DATA_DIR/appendonlydir" ] || [ -e "$REDIS_DATA_DIR/dump.rdb" ]
+}
+
+while :; do
+  primary=$(sentinel_primary "$majority" | cut -d ' ' -f 2-)
+  source="named by the Sentinels"
+  if [ "$primary" = "$REDIS_ANNOUNCE_HOST $REDIS_PORT" ] && ! has_data; then
+    # This member was the primary and lost its volume: as an empty primary it would
+    # empty every replica. The Sentinels fail over to a synchronised replica meanwhile.
+    say_waiting "the Sentinels name this member, whose data directory is empty: waiting for their failover"
+    sleep "${REDIS_RETRY_S:-2}"
+    continue
+  fi
+  [ -z "$primary" ] || break
+  primary=$(best_member)
+  source="the most up-to-date member answering, no Sentinel majority"
+  [ -z "$primary" ] || break
+  if [ -e "$REDIS_DATA_DIR/__FORCE__" ]; then
+    rm -f "$REDIS_DATA_DIR/__FORCE__"
+    primary="$REDIS_ANNOUNCE_HOST $REDIS_PORT"
+    source="forced by $REDIS_DATA_DIR/__FORCE__"
+    break
+  fi
+  if [ "$SELF_MEMBER" = "$REDIS_BOOTSTRAP_PRIMARY" ] && ! has_data; then
+    if [ $(($(date +%s) - started)) -ge "$REDIS_BOOTSTRAP_WAIT_S" ]; then
+      primary="$REDIS_ANNOUNCE_HOST $REDIS_PORT"
+      source="first boot: empty data, nothing answered for ${REDIS_BOOTSTRAP_WAIT_S} s"
+      break
+    fi
+    say_waiting "empty data: waiting up to ${REDIS_BOOTSTRAP_WAIT_S} s for a Sentinel majority or a member before bootstrapping"
+  elif has_data; then
+    say_waiting "waiting for a Sentinel majority or a member to follow; this member has data and does not elect itself (operator: create $REDIS_DATA_DIR/__FORCE__)"
+  else
+    say_waiting "empty data: waiting for a Sentinel majority or a member to follow"
+  fi
+  sleep "${REDIS_RETRY_S:-2}"
+done
 set -- $primary
 primary_host=$1
 primary_port=$2
 
 umask 077
 conf="$REDIS_RUNTIME_DIR/redis.conf"
+replica=no
+# A brace group with a redirection runs in this shell: "replica" is set here.
 {
   cat "$REDIS_CONFIG_DIR/redis.conf"
   echo "replica-announce-ip $REDIS_ANNOUNCE_HOST"
@@ -227,45 +358,100 @@ conf="$REDIS_RUNTIME_DIR/redis.conf"
   else
     echo "starting as replica of $primary_host:$primary_port ($source)" >&2
     echo "replicaof $primary_host $primary_port"
+    echo "replica-priority 0"
+    replica=yes
   fi
 } > "$conf.tmp"
 mv "$conf.tmp" "$conf"
+
+# Once linked and synchronised, the replica may be promoted again.
+if [ "$replica" = yes ]; then
+  (
+    while sleep 1; do
+      info=$(REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" timeout 3 redis-cli --no-auth-warning --raw --user admin \
+        -p "$REDIS_PORT" INFO replication 2>/dev/null | tr -d '\r') || continue
+      case "$info" in *role:master*) exit 0 ;; esac
+      case "$info" in *master_link_status:up*) ;; *) continue ;; esac
+      case "$info" in *master_sync_in_progress:0*) ;; *) continue ;; esac
+      if REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" timeout 3 redis-cli --no-auth-warning --user admin \
+        -p "$REDIS_PORT" CONFIG SET replica-priority __PRIORITY__ >/dev/null 2>&1; then
+        echo "synchronised with the primary: replica-priority __PRIORITY__" >&2
+        exit 0
+      fi
+    done
+  ) &
+fi
 exec "${REDIS_SERVER:-redis-server}" "$conf"
 """.replace("__APP_PERMISSIONS__", APP_PERMISSIONS).replace(
     "__METRICS_PERMISSIONS__", METRICS_PERMISSIONS
-)
+).replace("__FORCE__", FORCE_PRIMARY_FILE).replace("__PRIORITY__", str(REPLICA_PRIORITY))
 
-#: Start one Sentinel monitoring the primary the other Sentinels know.
+#: Start one Sentinel from its saved state, or from what its peers or the members report.
 START_SENTINEL = r"""#!/bin/sh
-# Start a Sentinel. It monitors the primary its peers report; on first boot (no peer
-# answers) the first Redis member. Its configuration lives in a writable directory
-# because Sentinel rewrites it with what it learns.
+# Start a Sentinel. Its configuration file, which Sentinel rewrites (fsync, rename) with
+# everything it learns (the primary, the config and current epochs, the replicas and the
+# other Sentinels), lives on its own retained volume, so a restart, even of every
+# Sentinel at once, resumes from the latest failover it knew. Only the settings and
+# passwords are renewed at each start. Without saved state (first boot, or a lost
+# volume) it monitors the primary the other Sentinels name, with their config epoch,
+# else the most up-to-date member answering as primary; else it waits.
 . "$REDIS_CONFIG_DIR/lib.sh"
-require REDIS_CONFIG_DIR REDIS_RUNTIME_DIR SENTINEL_PORT SENTINEL_QUORUM REDIS_ANNOUNCE_HOST \
-  REDIS_PRIMARY_FALLBACK REDIS_SENTINELS REDIS_MASTER_NAME REDIS_ADMIN_PASSWORD REDIS_SENTINEL_PASSWORD
+require REDIS_CONFIG_DIR REDIS_SENTINEL_DIR SENTINEL_PORT SENTINEL_QUORUM REDIS_ANNOUNCE_HOST \
+  REDIS_MEMBERS REDIS_SENTINELS REDIS_MASTER_NAME REDIS_ADMIN_PASSWORD REDIS_SENTINEL_PASSWORD
 SELF_SENTINEL="$REDIS_ANNOUNCE_HOST:$SENTINEL_PORT"
+name=$REDIS_MASTER_NAME
+conf="$REDIS_SENTINEL_DIR/sentinel.conf"
+umask 077
 
-primary=$(current_primary)
-if [ -z "$primary" ]; then
-  primary=$(fallback_primary)
+saved=""
+if [ -f "$conf" ]; then
+  saved=$(awk -v name="$name" '$1 == "sentinel" && $2 == "monitor" && $3 == name { print $4, $5 }' "$conf" | tr -d '"')
+fi
+if [ -n "$saved" ]; then
+  primary=$saved
+  source="saved state"
+  # Sentinel's own state lines; everything else is rendered anew.
+  global_state=$(grep -E '^sentinel (myid|current-epoch) ' "$conf" || true)
+  master_state=$(grep -E "^sentinel (config-epoch|leader-epoch|known-replica|known-sentinel) \"?$name\"? " "$conf" || true)
+else
+  while :; do
+    view=$(sentinel_primary 1)
+    if [ -n "$view" ]; then
+      set -- $view
+      primary="$2 $3"
+      source="named by the other Sentinels, config epoch $1"
+      global_state="sentinel current-epoch $1"
+      master_state="sentinel config-epoch $name $1"
+      break
+    fi
+    primary=$(best_primary)
+    if [ -n "$primary" ]; then
+      source="the most up-to-date member answering as primary"
+      global_state=""
+      master_state=""
+      break
+    fi
+    say_waiting "no saved state, no Sentinel and no primary answering: waiting"
+    sleep "${REDIS_RETRY_S:-2}"
+  done
 fi
 set -- $primary
 
-umask 077
-conf="$REDIS_RUNTIME_DIR/sentinel.conf"
 {
   cat "$REDIS_CONFIG_DIR/sentinel.conf"
-  echo "dir $REDIS_RUNTIME_DIR"
+  echo "dir $REDIS_SENTINEL_DIR"
   echo "sentinel announce-ip $REDIS_ANNOUNCE_HOST"
   echo "sentinel announce-port $SENTINEL_PORT"
   echo "requirepass $REDIS_SENTINEL_PASSWORD"
   echo "sentinel sentinel-pass $REDIS_SENTINEL_PASSWORD"
-  echo "sentinel monitor $REDIS_MASTER_NAME $1 $2 $SENTINEL_QUORUM"
+  [ -z "$global_state" ] || printf '%s\n' "$global_state"
+  echo "sentinel monitor $name $1 $2 $SENTINEL_QUORUM"
   cat "$REDIS_CONFIG_DIR/sentinel-master.conf"
-  echo "sentinel auth-pass $REDIS_MASTER_NAME $REDIS_ADMIN_PASSWORD"
+  echo "sentinel auth-pass $name $REDIS_ADMIN_PASSWORD"
+  [ -z "$master_state" ] || printf '%s\n' "$master_state"
 } > "$conf.tmp"
 mv "$conf.tmp" "$conf"
-echo "monitoring $REDIS_MASTER_NAME at $1:$2" >&2
+echo "monitoring $name at $1:$2 ($source)" >&2
 exec "${REDIS_SERVER:-redis-server}" "$conf" --sentinel
 """
 

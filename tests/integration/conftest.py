@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from final_problem.charts.redis import RedisProps
 from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
+from final_problem.profiles import PI
+from final_problem.renderers.redis import RedisConfigOptions
 from tests.conftest import require_binary
+
+#: Sentinel timeouts shortened so the tests stay short: down-after 1000 ms (the smallest
+#: the chart accepts) and failover-timeout 5000 ms; an empty first member bootstraps the
+#: set after 1 s instead of 30 s.
+REDIS_DOWN_AFTER_MS = 1000
+REDIS_FAILOVER_TIMEOUT_MS = 5000
+REDIS_BOOTSTRAP_WAIT_S = 1
+#: Set to replay a randomised test with the seed it printed.
+SEED_VARIABLE = "FINAL_PROBLEM_TEST_SEED"
+
+
+def redis_test_options() -> RedisConfigOptions:
+    """The Pi profile's configuration with short Sentinel timeouts (validated like the chart's)."""
+    props = RedisProps.for_profile(
+        PI, down_after_ms=REDIS_DOWN_AFTER_MS, failover_timeout_ms=REDIS_FAILOVER_TIMEOUT_MS,
+        bootstrap_wait_s=REDIS_BOOTSTRAP_WAIT_S,
+    )
+    return props.config_options()
+
+
+@pytest.fixture(scope="module")
+def redis_binaries() -> None:
+    for binary, package in (("redis-server", "redis-server"), ("redis-sentinel", "redis-sentinel"), ("redis-cli", "redis-tools")):
+        require_binary(binary, package)
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """A random generator whose seed is printed (shown with a failure) and can be replayed
+    with FINAL_PROBLEM_TEST_SEED=<seed>."""
+    seed = int(os.environ.get(SEED_VARIABLE) or random.SystemRandom().randrange(2**32))
+    print(f"{request.node.name}: seed {seed} (replay: {SEED_VARIABLE}={seed})")
+    return random.Random(seed)
 
 
 @pytest.fixture

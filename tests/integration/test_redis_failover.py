@@ -2,8 +2,7 @@
 
 One primary, two replicas and three Sentinels run on loopback from the files the chart
 renders, started by the chart's own start scripts (ports and paths remapped by
-final_problem.local.redis). Sentinel timeouts are shortened so the test stays short:
-down-after 1000 ms (the smallest the chart accepts) and failover-timeout 5000 ms.
+final_problem.local.redis), with the short timeouts of ``redis_test_options``.
 """
 
 from __future__ import annotations
@@ -19,31 +18,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from final_problem.charts.redis import RedisProps
 from final_problem.clients import redis_exporter
 from final_problem.clients.redis import RedisClient, RedisSettings
 from final_problem.local.redis import LocalRedisSet
-from final_problem.profiles import PI
-from tests.conftest import require_binary
+from tests.integration.conftest import REDIS_DOWN_AFTER_MS, REDIS_FAILOVER_TIMEOUT_MS, redis_test_options
 
 pytestmark = pytest.mark.integration
 
-DOWN_AFTER_MS = 1000
 # A refused login is final: no retries (redis-py retries connection errors by default).
 NO_RETRY = Retry(NoBackoff(), 0)
-FAILOVER_TIMEOUT_MS = 5000
-
-
-def redis_test_options():
-    """The Pi profile's configuration with short Sentinel timeouts (validated like the chart's)."""
-    props = RedisProps.for_profile(PI, down_after_ms=DOWN_AFTER_MS, failover_timeout_ms=FAILOVER_TIMEOUT_MS)
-    return props.config_options()
-
-
-@pytest.fixture(scope="module")
-def redis_binaries() -> None:
-    for binary, package in (("redis-server", "redis-server"), ("redis-sentinel", "redis-sentinel"), ("redis-cli", "redis-tools")):
-        require_binary(binary, package)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +131,7 @@ def test_failover_keeps_acknowledged_writes_and_old_primary_rejoins(redis_failov
         # Sentinel needs down-after to see the primary down, then an election and the
         # promotion; the failover must finish within the configured timeouts.
         new_port, elapsed_s = cluster.wait_new_primary(
-            old_port, timeout_s=(DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS) / 1000
+            old_port, timeout_s=(REDIS_DOWN_AFTER_MS + REDIS_FAILOVER_TIMEOUT_MS) / 1000
         )
         assert new_port in cluster.member_ports[1:]
         new_index = cluster.member_index(new_port)
@@ -173,7 +156,7 @@ def test_failover_keeps_acknowledged_writes_and_old_primary_rejoins(redis_failov
         assert cluster.admin(0).get("after-failover") == "yes"
         assert all(cluster.admin(0).get(k) == v for k, v in acknowledged.items())
         log = cluster.members[0].log.read_text()
-        assert "starting as replica of 127.0.0.1:" in log and "(sentinel)" in log
+        assert "starting as replica of 127.0.0.1:" in log and "(named by the Sentinels)" in log
         # Reads through Sentinel go to a replica and see the data.
         assert client.get("key:7") == "value:7"
     finally:
