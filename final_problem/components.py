@@ -110,7 +110,8 @@ def register(cls: C) -> C:
     Fails with a :class:`ConfigError` when the class breaks the contract of
     :class:`PlatformChart`: a missing or malformed ``component``, ``construct_id`` or
     ``version``, a name or construct id another component already has, a settings class
-    that is not a :class:`ComponentSettings`, or an image without an exact tag.
+    that is not a :class:`ComponentSettings` or that another component already uses, or an
+    image without an exact tag. A class that fails changes nothing.
     """
     where = f"{cls.__module__}.{cls.__qualname__}"
     name = getattr(cls, "component", None)
@@ -151,13 +152,22 @@ def register(cls: C) -> C:
                 f"{where}.settings_class", settings_class, "must be a ComponentSettings dataclass",
                 "derive it from final_problem.settings.ComponentSettings",
             )
-        settings_class.section = name
+        owner = next((c for c in COMPONENTS.values() if c is not cls and c.settings_class is settings_class), None)
+        if owner is not None:
+            raise ConfigError(
+                f"{where}.settings_class", settings_class.__qualname__,
+                f"already the settings of component '{owner.component}': one class reads one cdk.json section",
+                f"derive a class of its own from {settings_class.__qualname__}",
+            )
     for image in cls.images:
         if not isinstance(image, str) or not _PINNED_IMAGE.fullmatch(image):
             raise ConfigError(
                 f"{where}.images", image, "an image must name its registry and an exact version tag (or digest)",
                 'use e.g. "docker.io/library/redis:8.10.1-trixie"',
             )
+    # Only a class that passed every check changes shared state.
+    if settings_class is not None:
+        settings_class.section = name
     COMPONENTS[name] = cls
     return cls
 

@@ -168,6 +168,25 @@ def test_a_duplicate_construct_id_fails_at_registration(registry: dict) -> None:
     assert "search" not in registry
 
 
+def test_a_settings_class_of_another_component_fails_at_registration(registry: dict) -> None:
+    zookeeper_settings = registry["zookeeper"].settings_class
+    with pytest.raises(api.ConfigError, match=r"\.settings_class = 'ZooKeeperProps': already the settings of component 'zookeeper'"):
+        api.register(component_class(settings_class=zookeeper_settings))
+    assert zookeeper_settings.section == "zookeeper"
+
+
+def test_a_failed_registration_changes_nothing(registry: dict) -> None:
+    @dataclass(frozen=True, kw_only=True)
+    class SearchSettings(api.ComponentSettings):
+        replicas: int = api.setting(3, doc="Members.")
+
+    with pytest.raises(api.ConfigError, match=r"\.images = 'docker\.io/library/solr:latest'"):
+        api.register(component_class(settings_class=SearchSettings, images=("docker.io/library/solr:latest",)))
+    assert SearchSettings.section == "" and "search" not in registry
+    api.register(component_class(settings_class=SearchSettings))
+    assert SearchSettings.section == "search"
+
+
 def test_registering_the_same_class_twice_is_harmless(registry: dict) -> None:
     cls = component_class()
     assert api.register(api.register(cls)) is cls
