@@ -6,20 +6,21 @@ dependency order, hands each its dependencies' charts (to read their public attr
 and records the order as chart dependencies. The CDK platform mirrors those as
 CloudFormation dependencies; ``dist/`` files are numbered in that order.
 
-Other apps add components the same way (``examples/`` has a whole one)::
+Other apps add components the same way, importing from :mod:`final_problem.api`;
+``examples/search/`` in the source repository is a whole one::
 
     @dataclass(frozen=True, kw_only=True)
     class SearchSettings(ComponentSettings):
-        replicas: int = setting(3, doc="Members.", choices=(3, 5, 7))
+        replicas: int = setting(3, doc="Solr nodes.", choices=(3, 5, 7))
 
     @register
     class SearchChart(PlatformChart):
         component = "search"          # registry key, cdk.json section, default namespace
         construct_id = "Search"       # the manifest's id in the CDK app: a contract
-        requires = ("base",)
-        version = "2.19.0"            # the upstream version it deploys
+        requires = ("base", "zookeeper")
+        version = "9.10.1"            # the upstream version it deploys
         settings_class = SearchSettings
-        images = ("docker.io/library/search:2.19.0",)
+        images = ("docker.io/library/solr:9.10.1",)
 
         def __init__(self, scope, id, *, settings, profile, dependencies):
             super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)

@@ -21,7 +21,7 @@ from final_problem import app as platform_app
 from final_problem.components import COMPONENTS
 from final_problem.config import Settings
 from final_problem.stacks import nag
-from tests.conftest import new_app
+from tests.conftest import ROOT, new_app
 
 
 @pytest.fixture
@@ -55,6 +55,12 @@ def test_the_api_exports_each_name_with_a_docstring(name: str) -> None:
 
 def test_every_exported_name_exists() -> None:
     assert [n for n in api.__all__ if not hasattr(api, n)] == []
+
+
+def test_the_readme_lists_every_public_name() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Extending the platform"):readme.index("## Wiping data")]
+    assert [n for n in api.__all__ if f"`{n}" not in section] == []
 
 
 def test_the_chart_constructor_contract_is_documented() -> None:
