@@ -144,6 +144,8 @@ for profile in ("eks", "pi"):
 del components.COMPONENTS["search"]
 report["undeclared"] = policy.check_images(objects)
 report["in_versions"] = final_problem_search.SOLR_IMAGE in vars(versions).values()
+from final_problem.settings import markdown_table
+report["settings_table"] = markdown_table(final_problem_search.SearchSettings.infos(), prefix="search.")
 print(json.dumps(report))
 """
 
@@ -174,6 +176,9 @@ def test_the_example_from_wheels_synthesizes_after_what_it_requires_and_passes_t
     # The image is the extension's own, accepted because the component declares it.
     assert report["in_versions"] is False
     assert report["undeclared"] and all("docker.io/library/solr:" in p and "declared" in p for p in report["undeclared"])
+
+    # The example's README shows its settings as the platform renders them.
+    assert report["settings_table"] + "\n" in (EXAMPLE / "README.md").read_text()
 
     objects = [o for o in yaml.safe_load_all((dist / "eks" / "03-search.yaml").read_text()) if o]
     assert {o["kind"] for o in objects} >= {"Namespace", "StatefulSet", "PodDisruptionBudget", "NetworkPolicy", "Service"}
