@@ -1,11 +1,14 @@
 """The example extension (examples/search) as another app uses it: both packages built as
-wheels and installed in a venv of their own, with only requirements.txt beside them.
+wheels and installed in a fresh venv, with only requirements.txt beside them.
 
-The venv holds the pinned runtime requirements and Node.js (jsii needs it); it is cached
-under ``${XDG_CACHE_HOME:-~/.cache}/final-problem/app-venv-<hash>/``, keyed by a hash of
-what is installed in it, so only the first run installs anything. The two wheels are built
-and reinstalled on every run, so the venv always runs this checkout's code. Everything runs
-in two test functions so the venv is set up once per session.
+Installing the pinned requirements (aws-cdk-lib and the rest) takes minutes, so they are
+installed once into a venv cached under
+``${XDG_CACHE_HOME:-~/.cache}/final-problem/app-venv-<hash>/``, keyed by a hash of what is
+installed in it, and never changed afterwards. Each run makes a fresh, empty venv whose
+``.pth`` file adds the cached venv's site-packages, and installs this checkout's two wheels
+into it: so concurrent runs (pytest-xdist workers, two checkouts) never write the same venv,
+and nothing but the requirements and the wheels is importable. Everything runs in two test
+functions so the wheels are built once per worker.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def _run(*args: str | Path, timeout: int = 1800, **kwargs: Any) -> subprocess.Co
     return result
 
 
-def app_venv() -> Path:
+def requirements_venv() -> Path:
     """A venv with requirements.txt and Node.js installed, made once per requirements hash."""
     node = _node_requirement()
     key = hashlib.sha256((ROOT / "requirements.txt").read_bytes() + node.encode()).hexdigest()[:16]
@@ -65,6 +68,18 @@ def app_venv() -> Path:
             _run(venv / "bin" / "python", *PIP, "install", "-r", ROOT / "requirements.txt", node)
             stamp.touch()
     return venv
+
+
+def site_packages(venv: Path) -> Path:
+    (path,) = venv.glob("lib/python*/site-packages")
+    return path
+
+
+def fresh_venv(where: Path, requirements: Path) -> Path:
+    """An empty venv at ``where`` that sees the packages of the ``requirements`` venv."""
+    _run(sys.executable, "-m", "venv", "--without-pip", where)
+    (site_packages(where) / "requirements.pth").write_text(f"{site_packages(requirements)}\n")
+    return where
 
 
 def build_wheel(source: Path, paths: tuple[str, ...], outdir: Path, scratch: Path) -> Path:
@@ -112,17 +127,22 @@ class ExampleApp:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> ExampleApp:
-    venv = app_venv()
+    requirements = requirements_venv()
+    stray = sorted(p.name for p in site_packages(requirements).glob("final_problem*"))
+    assert stray == [], f"{requirements} must hold the requirements only, not {stray}: delete it to have it made again"
+    venv = fresh_venv(tmp_path_factory.mktemp("app") / "venv", requirements)
     wheels = tmp_path_factory.mktemp("wheels")
     scratch = tmp_path_factory.mktemp("sources")
     platform = build_wheel(ROOT, ("pyproject.toml", "README.md", "final_problem"), wheels, scratch)
     search = build_wheel(EXAMPLE, ("pyproject.toml", "final_problem_search"), wheels, scratch)
     python = venv / "bin" / "python"
-    _run(python, *PIP, "install", "--no-deps", "--force-reinstall", "--no-index", platform, search)
+    # pip itself comes from the requirements venv; it installs into the running venv.
+    _run(python, *PIP, "install", "--no-deps", "--no-index", platform, search)
     # Every dependency either wheel declares is met by requirements.txt alone.
     _run(python, "-m", "pip", "check")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    # The app venv's bin first (python3), then Node.js from the requirements venv (jsii).
+    env["PATH"] = os.pathsep.join((str(venv / "bin"), str(requirements / "bin"), env.get("PATH", "")))
     context = json.loads((EXAMPLE / "cdk.json").read_text())["context"]
     return ExampleApp(python=python, env=env, app_dir=EXAMPLE, context=context)
 
@@ -169,6 +189,7 @@ def test_the_example_from_wheels_synthesizes_after_what_it_requires_and_passes_t
 
     # -I: nothing from the working directory or PYTHONPATH, only what the venv installed.
     report = json.loads(_run(example.python, "-I", "-c", POLICY_SCRIPT, dist, env=example.env, cwd=tmp_path).stdout)
+    # Both packages come from the wheels installed in the fresh venv, not from this checkout.
     site = str(example.python.parent.parent)
     assert report["final_problem"].startswith(site) and report["final_problem_search"].startswith(site)
     for profile in ("eks", "pi"):
