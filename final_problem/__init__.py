@@ -2,7 +2,8 @@
 
 The same cdk8s charts are rendered for two targets: Amazon EKS (applied through the
 cluster's manifest API by the CDK stacks in :mod:`final_problem.stacks`) and k3s on
-Raspberry Pis (plain YAML, see ``pi/``).
+Raspberry Pis (plain YAML, see ``pi/``). A component written in another app imports
+what it needs from :mod:`final_problem.api`.
 """
 
 from final_problem.errors import ConfigError

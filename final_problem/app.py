@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import aws_cdk as cdk
 from aws_cdk import cx_api
@@ -95,9 +96,9 @@ def check_template_sizes(assembly: cx_api.CloudAssembly, limit: int = MAX_TEMPLA
 TRACEBACK_ENV = "FINAL_PROBLEM_TRACEBACK"
 
 
-def synth() -> None:
-    app = cdk.App()
-    stacks = build(app)
+def write_outputs(app: cdk.App, stacks: PlatformStacks) -> None:
+    """Write the YAML of every profile (context ``dist_dir``, default ``dist/``) and the
+    cloud assembly, failing on a template CloudFormation would refuse."""
     outdir = Path(app.node.try_get_context("dist_dir") or "dist")
     rendered = render_profiles(stacks)
     check_capacity(stacks.settings, rendered)
@@ -105,12 +106,29 @@ def synth() -> None:
     check_template_sizes(app.synth())
 
 
-def main() -> None:
-    """``cdk synth`` runs this: a bad setting ends it with one line on stderr and exit 1."""
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """End the program with one line on stderr and exit status 1 on a :class:`ConfigError`.
+
+    An app that registers its own components imports them inside this block, so a
+    component that breaks the registration contract is reported the same way as a bad
+    setting. ``FINAL_PROBLEM_TRACEBACK=1`` shows the traceback instead.
+    """
     try:
-        synth()
+        yield
     except ConfigError as e:
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def synth() -> None:
+    app = cdk.App()
+    write_outputs(app, build(app))
+
+
+def main() -> None:
+    """``cdk synth`` runs this: a bad setting ends it with one line on stderr and exit 1."""
+    with one_line_errors():
+        synth()

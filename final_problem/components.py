@@ -6,20 +6,21 @@ dependency order, hands each its dependencies' charts (to read their public attr
 and records the order as chart dependencies. The CDK platform mirrors those as
 CloudFormation dependencies; ``dist/`` files are numbered in that order.
 
-Other apps add components the same way (``examples/`` has a whole one)::
+Other apps add components the same way, importing from :mod:`final_problem.api`;
+``examples/search/`` in the source repository is a whole one::
 
     @dataclass(frozen=True, kw_only=True)
     class SearchSettings(ComponentSettings):
-        replicas: int = setting(3, doc="Members.", choices=(3, 5, 7))
+        replicas: int = setting(3, doc="Solr nodes.", choices=(3, 5, 7))
 
     @register
     class SearchChart(PlatformChart):
         component = "search"          # registry key, cdk.json section, default namespace
         construct_id = "Search"       # the manifest's id in the CDK app: a contract
-        requires = ("base",)
-        version = "2.19.0"            # the upstream version it deploys
+        requires = ("base", "zookeeper")
+        version = "9.10.1"            # the upstream version it deploys
         settings_class = SearchSettings
-        images = ("docker.io/library/search:2.19.0",)
+        images = ("docker.io/library/solr:9.10.1",)
 
         def __init__(self, scope, id, *, settings, profile, dependencies):
             super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
@@ -110,7 +111,8 @@ def register(cls: C) -> C:
     Fails with a :class:`ConfigError` when the class breaks the contract of
     :class:`PlatformChart`: a missing or malformed ``component``, ``construct_id`` or
     ``version``, a name or construct id another component already has, a settings class
-    that is not a :class:`ComponentSettings`, or an image without an exact tag.
+    that is not a :class:`ComponentSettings` or that another component already uses, or an
+    image without an exact tag. A class that fails changes nothing.
     """
     where = f"{cls.__module__}.{cls.__qualname__}"
     name = getattr(cls, "component", None)
@@ -151,13 +153,22 @@ def register(cls: C) -> C:
                 f"{where}.settings_class", settings_class, "must be a ComponentSettings dataclass",
                 "derive it from final_problem.settings.ComponentSettings",
             )
-        settings_class.section = name
+        owner = next((c for c in COMPONENTS.values() if c is not cls and c.settings_class is settings_class), None)
+        if owner is not None:
+            raise ConfigError(
+                f"{where}.settings_class", settings_class.__qualname__,
+                f"already the settings of component '{owner.component}': one class reads one cdk.json section",
+                f"derive a class of its own from {settings_class.__qualname__}",
+            )
     for image in cls.images:
         if not isinstance(image, str) or not _PINNED_IMAGE.fullmatch(image):
             raise ConfigError(
                 f"{where}.images", image, "an image must name its registry and an exact version tag (or digest)",
                 'use e.g. "docker.io/library/redis:8.10.1-trixie"',
             )
+    # Only a class that passed every check changes shared state.
+    if settings_class is not None:
+        settings_class.section = name
     COMPONENTS[name] = cls
     return cls
 

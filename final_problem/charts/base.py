@@ -45,9 +45,7 @@ class BaseChart(PlatformChart):
         dependencies: Mapping[str, PlatformChart],
     ) -> None:
         super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
-        self.platform_namespace = RestrictedNamespace(
-            self, "Namespace", name=self.NAMESPACE, pss_version=f"v{settings.kubernetes_version}"
-        )
+        self.platform_namespace = RestrictedNamespace(self, "Namespace", name=self.NAMESPACE)
         #: Name of the StorageClass every volume claim of the platform uses.
         self.storage_class_name = profile.storage_class
         annotations = {"storageclass.kubernetes.io/is-default-class": "true"} if profile.storage_default else None

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from typing import Mapping
+
+import cdk8s
 from constructs import Construct
 
+from final_problem import versions
+from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s
 
 
@@ -21,7 +27,22 @@ def dns_peer() -> k8s.NetworkPolicyPeer:
 
 
 def ports(*numbers: int, protocol: str = "TCP") -> list[k8s.NetworkPolicyPort]:
+    """NetworkPolicy ports for port numbers: ``ports(2181, 7000)``; ``protocol`` TCP or UDP."""
     return [k8s.NetworkPolicyPort(port=int_or_string(n), protocol=protocol) for n in numbers]
+
+
+#: A Pod Security Standards version label value: "latest" or "v<major>.<minor>"
+#: (Kubernetes docs, "Pod Security Admission", "Pod Security Admission labels for namespaces").
+_PSS_VERSION = re.compile(r"latest|v[0-9]+\.[0-9]+")
+_PSS_PREFIX = "pod-security.kubernetes.io/"
+
+
+def pss_version_of(scope: Construct) -> str:
+    """The Pod Security Standards version for a namespace under ``scope``: the Kubernetes
+    version of the enclosing platform chart's settings (``kubernetes_version``), else the
+    platform's default (:data:`final_problem.versions.KUBERNETES_VERSION`)."""
+    settings = getattr(cdk8s.Chart.of(scope), "settings", None)
+    return f"v{getattr(settings, 'kubernetes_version', None) or versions.KUBERNETES_VERSION}"
 
 
 class RestrictedNamespace(Construct):
@@ -30,19 +51,52 @@ class RestrictedNamespace(Construct):
     Creates the Namespace, a default-deny NetworkPolicy for ingress and egress, and a
     policy allowing DNS to the cluster resolver; components add their own allows.
     Source: Kubernetes docs, "Enforce Pod Security Standards with Namespace Labels".
+
+    ``pss_version``: the Pod Security Standards version the labels pin ("v1.36" or
+    "latest"). Default: the cluster's Kubernetes version from the chart's settings
+    (:func:`pss_version_of`), so the policy changes only when the cluster is upgraded.
+    ``labels``: extra labels of the Namespace, e.g. :data:`MONITORING_NAMESPACE_LABEL`
+    for a namespace whose pods scrape metrics; they cannot replace the Pod Security labels
+    or the component label. Default: none.
     """
 
-    def __init__(self, scope: Construct, id: str, *, name: str, pss_version: str) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        name: str,
+        pss_version: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(scope, id)
         #: The namespace name, for objects placed in it.
         self.name = name
+        if pss_version is None:
+            pss_version = pss_version_of(self)
+        if not _PSS_VERSION.fullmatch(pss_version):
+            raise ConfigError(
+                f"RestrictedNamespace({name}).pss_version", pss_version,
+                'a Pod Security Standards version is "latest" or "v<major>.<minor>"',
+                f"leave it unset (the cluster's version, {pss_version_of(self)}) or pass e.g. \"{pss_version_of(self)}\"",
+            )
+        own = {"app.kubernetes.io/component": "namespace"}
+        for key in labels or {}:
+            if key.startswith(_PSS_PREFIX) or key in own:
+                raise ConfigError(
+                    f"RestrictedNamespace({name}).labels", key,
+                    "RestrictedNamespace sets this label itself (Pod Security level and version, component)",
+                    "remove it from labels; pass pss_version to pin another Pod Security version",
+                )
         pss: dict[str, str] = {}
         for mode in ("enforce", "audit", "warn"):
-            pss[f"pod-security.kubernetes.io/{mode}"] = "restricted"
-            pss[f"pod-security.kubernetes.io/{mode}-version"] = pss_version
+            pss[f"{_PSS_PREFIX}{mode}"] = "restricted"
+            pss[f"{_PSS_PREFIX}{mode}-version"] = pss_version
+        #: Every label of the Namespace.
+        self.labels = {**(labels or {}), **pss, **own}
         self.resource = k8s.KubeNamespace(
             self, "Resource",
-            metadata=k8s.ObjectMeta(name=name, labels={**pss, "app.kubernetes.io/component": "namespace"}),
+            metadata=k8s.ObjectMeta(name=name, labels=self.labels),
         )
         labels = {"app.kubernetes.io/component": "network-policy"}
         self.default_deny = k8s.KubeNetworkPolicy(

@@ -191,7 +191,7 @@ class ClusterStack(cdk.Stack):
             provider, resource_type="AWS::Lambda::Function",
             skips=nag.provider_lambda_skips("aws_eks_v2's kubectl provider"),
         )
-        nag.checkov_skip(provider, resource_type="AWS::Logs::LogGroup", skips={
+        nag.checkov_skip(provider, resource_type="AWS::Logs::LogGroup", feature_flag=nag.LAMBDA_LOG_GROUP_FLAG, skips={
             "CKV_AWS_158": "log group aws_eks_v2 creates for its kubectl provider (no option to pass a key); it "
             "records kubectl runs on manifests that hold no secret values",
         })

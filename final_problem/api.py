@@ -1,0 +1,74 @@
+"""The public API of the platform: everything a component written in another app needs.
+
+Import from here, not from the modules behind it; these names are kept stable::
+
+    from final_problem.api import PlatformChart, register, ComponentSettings, setting
+
+- The contract: :class:`PlatformChart` (a component's chart class and its constructor),
+  :func:`register` (the class decorator that checks the contract at import time),
+  :class:`ConfigError` (the one error type, one line: setting, value, problem, fix).
+- Settings: :class:`ComponentSettings`, :func:`setting`, :func:`per_profile`; the chart
+  reads its values for the profile being rendered from ``self.props``.
+- Where a chart renders: :class:`Settings` (cluster-level settings, ``self.settings``),
+  :class:`Profile` and the profiles :data:`EKS` and :data:`PI` (``self.profile``).
+- Building blocks (:mod:`final_problem.constructs`): :class:`RestrictedNamespace`,
+  :class:`QuorumStatefulSet` with :class:`ClaimSpec`, :class:`GeneratedSecrets` with
+  :class:`SecretSpec`, :class:`Sizing`, :func:`container_context`, :func:`pod_context`,
+  :func:`raw_resources`, :class:`LabelSet`, :func:`set_component`, :func:`ports`,
+  :data:`MONITORING_NAMESPACE_LABEL`.
+- Kubernetes objects: :mod:`k8s` (the 1.27 API bundled with cdk8s-plus-27), and
+  :func:`int_or_string` and :func:`quantity`, which make each distinct value once.
+
+``examples/search/`` in the source repository is a whole component built on this module.
+"""
+
+from final_problem.components import PlatformChart, register
+from final_problem.config import Settings
+from final_problem.constructs import (
+    MONITORING_NAMESPACE_LABEL,
+    ClaimSpec,
+    GeneratedSecrets,
+    LabelSet,
+    QuorumStatefulSet,
+    RestrictedNamespace,
+    SecretSpec,
+    Sizing,
+    container_context,
+    pod_context,
+    ports,
+    raw_resources,
+    set_component,
+)
+from final_problem.errors import ConfigError
+from final_problem.imports import int_or_string, k8s, quantity
+from final_problem.profiles import EKS, PI, Profile
+from final_problem.settings import ComponentSettings, per_profile, setting
+
+__all__ = [
+    "EKS",
+    "MONITORING_NAMESPACE_LABEL",
+    "PI",
+    "ClaimSpec",
+    "ComponentSettings",
+    "ConfigError",
+    "GeneratedSecrets",
+    "LabelSet",
+    "PlatformChart",
+    "Profile",
+    "QuorumStatefulSet",
+    "RestrictedNamespace",
+    "SecretSpec",
+    "Settings",
+    "Sizing",
+    "container_context",
+    "int_or_string",
+    "k8s",
+    "per_profile",
+    "pod_context",
+    "ports",
+    "quantity",
+    "raw_resources",
+    "register",
+    "set_component",
+    "setting",
+]
