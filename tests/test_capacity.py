@@ -130,7 +130,8 @@ def test_eks_default_fits() -> None:
     # Platform: 3 x (2080 + 32 + 2048) MiB; system: 3 x 120 + 2 x 70 + 2 x 240.
     assert memory.requested == 3 * (2080 + 32 + 2048) + 3 * 120 + 2 * 70 + 2 * 240
     assert memory.allocatable == 3 * capacity.INSTANCE_TYPES["m7g.large"].allocatable_memory_mib
-    assert result.by_resource("volumes").requested == 9
+    # ZooKeeper 2 per member, Redis 1 per member, Sentinel state 1 per Sentinel.
+    assert result.by_resource("volumes").requested == 3 * 2 + 3 + 3
 
 
 def test_eks_over_the_limit_fails_naming_consumers_and_valid_fixes() -> None:
