@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -134,9 +135,13 @@ def admin(settings: KafkaSettings, **overrides: Any) -> KafkaAdminClient:
 
 
 def produce(settings: KafkaSettings, topic: str, values: Iterable[bytes], *, key: bytes | None = None,
-            timeout_s: float = 120.0) -> list[tuple[int, int]]:
-    """Send ``values`` and wait for each acknowledgement; return ``(partition, offset)`` each."""
-    p = producer(settings)
+            timeout_s: float = 120.0, **producer_overrides: Any) -> list[tuple[int, int]]:
+    """Send ``values`` and wait for each acknowledgement; return ``(partition, offset)`` each.
+    A refused write raises :class:`KafkaClientError` naming the broker's error."""
+    p = producer(settings, **producer_overrides)
+    errors = _RetriedErrors(topic)
+    sender_log = logging.getLogger("kafka.producer.sender")
+    sender_log.addHandler(errors)
     try:
         futures = [p.send(topic, value=v, key=key) for v in values]
         p.flush(timeout=timeout_s)
@@ -145,11 +150,30 @@ def produce(settings: KafkaSettings, topic: str, values: Iterable[bytes], *, key
             try:
                 meta = f.get(timeout=timeout_s)
             except KafkaError as e:
-                raise KafkaClientError(f"write to {topic} not acknowledged: {type(e).__name__}: {e}") from e
+                cause = f"; the brokers answered {', '.join(errors.seen)}" if errors.seen else ""
+                raise KafkaClientError(f"write to {topic} not acknowledged: {type(e).__name__}: {e}{cause}") from e
             acks.append((meta.partition, meta.offset))
         return acks
     finally:
+        sender_log.removeHandler(errors)
         p.close(timeout=10)
+
+
+class _RetriedErrors(logging.Handler):
+    """Collects the broker errors kafka-python retried for one topic: when the delivery
+    timeout expires it reports only a timeout, and the cause (NotEnoughReplicas while
+    min.insync.replicas is not met, say) is what an operator needs."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(level=logging.WARNING)
+        self.topic = topic
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Got error produce response" not in str(record.msg) or not isinstance(record.args, tuple):
+            return
+        if len(record.args) > 3 and self.topic in str(record.args[1]) and str(record.args[3]) not in self.seen:
+            self.seen.append(str(record.args[3]))
 
 
 def consume(settings: KafkaSettings, topic: str, *, group_id: str, max_records: int | None = None,

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import TopicAlreadyExistsError
 
 
 class ReconcileError(RuntimeError):
@@ -85,6 +86,17 @@ def _partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, in
     return counts
 
 
+def _wait_partition_count(admin: KafkaAdminClient, name: str, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        count = _partition_counts(admin, [name]).get(name)
+        if count:
+            return count
+        if time.monotonic() > deadline:
+            raise ReconcileError(f"topic {name} exists but no broker describes it after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def _topic_overrides(admin: KafkaAdminClient, name: str) -> dict[str, str]:
     """The topic's own configuration (set on the topic, not inherited)."""
     result = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
@@ -97,15 +109,22 @@ def reconcile(admin: KafkaAdminClient, topics: Iterable[TopicSpec]) -> Report:
     topics = list(topics)
     report = Report()
     counts = _partition_counts(admin, [t.name for t in topics])
-    missing = [t for t in topics if t.name not in counts]
-    if missing:
-        admin.create_topics({
-            t.name: {"num_partitions": t.partitions, "replication_factor": t.replication_factor, "configs": dict(t.configs)}
-            for t in missing
-        })
-        report.created += [t.name for t in missing]
+    created = set()
     for t in topics:
-        if t.name not in counts:
+        if t.name in counts:
+            continue
+        try:
+            admin.create_topics({t.name: {
+                "num_partitions": t.partitions, "replication_factor": t.replication_factor, "configs": dict(t.configs),
+            }})
+            report.created.append(t.name)
+            created.add(t.name)
+        except TopicAlreadyExistsError:
+            # Created meanwhile (another run), or the broker asked first had not yet
+            # replayed its creation from the metadata log: reconcile it as existing.
+            counts[t.name] = _wait_partition_count(admin, t.name)
+    for t in topics:
+        if t.name in created:
             continue
         current = counts[t.name]
         if current > t.partitions:
