@@ -26,11 +26,10 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import TopicAlreadyExistsError
+if TYPE_CHECKING:
+    from kafka import KafkaAdminClient
 
 
 class ReconcileError(RuntimeError):
@@ -99,6 +98,8 @@ def _wait_partition_count(admin: KafkaAdminClient, name: str, timeout_s: float =
 
 def _topic_overrides(admin: KafkaAdminClient, name: str) -> dict[str, str]:
     """The topic's own configuration (set on the topic, not inherited)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
     result = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
     entries = result.get("topic", {}).get(name, {})
     return {k: v["value"] for k, v in entries.items() if v.get("config_source") == "DYNAMIC_TOPIC_CONFIG"}
@@ -106,6 +107,10 @@ def _topic_overrides(admin: KafkaAdminClient, name: str) -> dict[str, str]:
 
 def reconcile(admin: KafkaAdminClient, topics: Iterable[TopicSpec]) -> Report:
     """Make the cluster's topics match ``topics``; see the module docstring."""
+    # kafka-python is imported here: the chart imports TopicSpec at synthesis without it.
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import TopicAlreadyExistsError
+
     topics = list(topics)
     report = Report()
     counts = _partition_counts(admin, [t.name for t in topics])
@@ -149,6 +154,8 @@ def reconcile(admin: KafkaAdminClient, topics: Iterable[TopicSpec]) -> Report:
 
 def admin_client(*, bootstrap_servers: str, username: str, password: str, **extra: Any) -> KafkaAdminClient:
     """An admin client authenticating with SCRAM-SHA-512 over SASL_PLAINTEXT."""
+    from kafka import KafkaAdminClient
+
     return KafkaAdminClient(
         bootstrap_servers=bootstrap_servers.split(","),
         security_protocol="SASL_PLAINTEXT",
