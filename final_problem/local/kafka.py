@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from final_problem import local, versions
+from final_problem.charts.kafka import KafkaProps
+from final_problem.clients.kafka import KafkaSettings, admin
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.profiles import EKS, PI
 from final_problem.renderers.kafka import (
     ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SCRAM_MECHANISM, SERVER_MAIN, STORAGE_MAIN,
     KafkaClusterConfig, format_args, java_command, layout_nodes, random_cluster_id, scram_argument, server_properties,
@@ -107,13 +108,15 @@ class LocalKafkaCluster:
     def __init__(
         self, *, workdir: Path, layout: str = "dedicated", controllers: int = 3, brokers: int = 3,
         heap_mib: int = 256, extra: Sequence[tuple[str, str]] = TEST_TUNING,
-        offsets_topic_partitions: int = 3,
+        offsets_topic_partitions: int = 3, jvm_options: Sequence[str] = TEST_JVM,
+        props: "KafkaProps | None" = None,
     ) -> None:
         if layout not in ("dedicated", "combined"):
             raise ValueError(f"layout {layout!r}: use 'dedicated' or 'combined'")
         self.workdir = workdir
         self.layout = layout
         self.heap_mib = heap_mib
+        self.jvm_options = tuple(jvm_options)
         self.credentials = Credentials.random()
         self.cluster_id = random_cluster_id()
         count = controllers + (0 if layout == "combined" else brokers)
@@ -127,8 +130,13 @@ class LocalKafkaCluster:
             controllers=controllers, brokers=0 if layout == "combined" else brokers,
             combined=layout == "combined", place=place,
         )
-        self.config = KafkaClusterConfig(
-            nodes=nodes, bind_host=LOOPBACK, extra=tuple(extra), offsets_topic_partitions=offsets_topic_partitions,
+        # The chart's durability settings (replication factor, min.insync.replicas,
+        # partitions) on loopback nodes: the file each node gets is the chart's but for
+        # hosts, ports, directories and the ``extra`` timeouts.
+        props = props or KafkaProps.for_profile(PI if layout == "combined" else EKS)
+        self.config = props.with_durability(
+            KafkaClusterConfig(nodes=nodes), bind_host=LOOPBACK, extra=tuple(extra),
+            offsets_topic_partitions=offsets_topic_partitions,
         )
         self.procs = {n.node_id: _Process(node_id=n.node_id, directory=workdir / f"node-{n.node_id}") for n in nodes}
         workdir.mkdir(parents=True, exist_ok=True)
@@ -151,10 +159,10 @@ class LocalKafkaCluster:
         env[CONTROLLER_PASSWORD_ENV] = self.credentials.controller
         return env
 
-    def _java(self, main: str, args: Sequence[str], heap_mib: int) -> list[str]:
+    def _java(self, main: str, args: Sequence[str], heap_mib: int, jvm: Sequence[str] | None = None) -> list[str]:
         return java_command(
             java=shutil.which("java") or "java", classpath=classpath(), main=main, args=args,
-            heap_mib=heap_mib, log4j_config=str(self.log4j), extra_jvm=TEST_JVM,
+            heap_mib=heap_mib, log4j_config=str(self.log4j), extra_jvm=self.jvm_options if jvm is None else jvm,
         )
 
     def _write(self, proc: _Process) -> Path:
@@ -282,29 +290,38 @@ class LocalKafkaCluster:
         return local.wait_for(what, check, timeout_s=timeout, interval_s=interval, retry_on=retry_on,
                               error=KafkaClusterError)
 
-    def tool(self, main: str, args: Sequence[str], *, timeout: float = 120.0) -> str:
+    def tool(self, main: str, args: Sequence[str], *, timeout: float = 120.0, heap_mib: int = 128,
+             jvm: Sequence[str] | None = None) -> str:
         """Run a Kafka command-line tool (a main class of ``libs/``) and return its output."""
         result = subprocess.run(
-            self._java(main, args, 128), capture_output=True, text=True, timeout=timeout, env=self._env(),
+            self._java(main, args, heap_mib, jvm), capture_output=True, text=True, timeout=timeout, env=self._env(),
             stdin=subprocess.DEVNULL,
         )
         if result.returncode != 0:
             raise KafkaClusterError(f"{main} {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
         return result.stdout
 
-    def quorum_leader(self) -> int:
-        """The active controller's node id, as ``kafka-metadata-quorum describe --status`` reports it."""
-        out = self.tool("org.apache.kafka.tools.MetadataQuorumCommand", [
-            "--bootstrap-server", self.bootstrap_servers, "--command-config", str(self.admin_properties),
-            "describe", "--status",
-        ])
-        match = re.search(r"^LeaderId:\s+(\d+)", out, re.MULTILINE)
-        if not match:
-            raise KafkaClusterError(f"no LeaderId in: {out}")
-        return int(match.group(1))
+    def app_settings(self, *, password: str | None = None) -> KafkaSettings:
+        """Client settings of the ``app`` user (the chart's client user) for this cluster."""
+        return KafkaSettings(bootstrap_servers=self.bootstrap_servers, username=self.credentials.app_user,
+                             password=self.credentials.app if password is None else password)
 
+    def wait_healthy(self, topics: Sequence[str] = (), *, timeout: float = 180.0) -> None:
+        """Every broker registered and unfenced, and every partition of ``topics`` fully in sync."""
+        settings = self.app_settings()
 
-def temporary_cluster(**kwargs: object) -> tuple[LocalKafkaCluster, tempfile.TemporaryDirectory[str]]:
-    """A cluster in a fresh temporary directory (the caller closes both)."""
-    tmp = tempfile.TemporaryDirectory(prefix="kafka-")
-    return LocalKafkaCluster(workdir=Path(tmp.name), **kwargs), tmp  # type: ignore[arg-type]
+        def healthy() -> bool:
+            a = admin(settings, bootstrap_timeout_ms=5000)
+            try:
+                alive = [b for b in a.describe_cluster()["brokers"] if not b.get("is_fenced")]
+                if len(alive) != len(self.broker_ids):
+                    return False
+                for t in a.describe_topics(list(topics)) if topics else ():
+                    for p in t["partitions"]:
+                        if len(p["isr_nodes"]) != len(p["replica_nodes"]) or p["leader_id"] < 0:
+                            return False
+                return True
+            finally:
+                a.close()
+
+        self.wait_for("all brokers up and every replica in sync", healthy, timeout=timeout)

@@ -41,7 +41,7 @@ def start_cluster(tmp_path_factory: pytest.TempPathFactory, layout: str) -> Loca
     cluster = LocalKafkaCluster(workdir=tmp_path_factory.mktemp(f"kafka-{layout}"), layout=layout)
     try:
         cluster.start_all()
-        wait_healthy(cluster)
+        cluster.wait_healthy()
     except BaseException:
         logs = "\n".join(f"--- node {i}\n{cluster.tail(i, 40)}" for i in cluster.procs)
         cluster.close()
@@ -74,35 +74,14 @@ def kafka_any(request: pytest.FixtureRequest) -> LocalKafkaCluster:
     return request.getfixturevalue(f"kafka_{request.param}")
 
 
-def app_settings(cluster: LocalKafkaCluster, *, password: str | None = None) -> KafkaSettings:
+def app_settings(cluster: LocalKafkaCluster) -> KafkaSettings:
+    """The ``app`` user's settings, read the way the client reads them (environment)."""
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
         "KAFKA_USERNAME": cluster.credentials.app_user,
-        "KAFKA_PASSWORD": cluster.credentials.app if password is None else password,
+        "KAFKA_PASSWORD": cluster.credentials.app,
     }
     return KafkaSettings.from_env(env, secret=lambda key: pytest.fail(f"asked the Secret for {key}"))
-
-
-def wait_healthy(cluster: LocalKafkaCluster, topics: list[str] = (), timeout: float = 180.0) -> None:  # type: ignore[assignment]
-    """Every broker registered and unfenced, and every partition of ``topics`` fully in sync."""
-    settings = app_settings(cluster)
-
-    def healthy() -> bool:
-        a = admin(settings, bootstrap_timeout_ms=5000)
-        try:
-            alive = [b for b in a.describe_cluster()["brokers"] if not b.get("is_fenced")]
-            if len(alive) != len(cluster.broker_ids):
-                return False
-            if topics:
-                for t in a.describe_topics(list(topics)):
-                    for p in t["partitions"]:
-                        if len(p["isr_nodes"]) != len(p["replica_nodes"]) or p["leader_id"] < 0:
-                            return False
-            return True
-        finally:
-            a.close()
-
-    cluster.wait_for("all brokers up and every replica in sync", healthy, timeout=timeout)
 
 
 def new_topic(cluster: LocalKafkaCluster, *, partitions: int = 3) -> str:
@@ -112,7 +91,7 @@ def new_topic(cluster: LocalKafkaCluster, *, partitions: int = 3) -> str:
         reconcile(a, [TopicSpec(name=name, partitions=partitions, replication_factor=3)])
     finally:
         a.close()
-    wait_healthy(cluster, [name])
+    cluster.wait_healthy([name])
     return name
 
 
@@ -281,7 +260,7 @@ def test_broker_killed_during_acks_all_produce_loses_and_duplicates_nothing(kafk
     finally:
         cluster.start(victim)
     assert len(acked) >= count * 0.9, f"only {len(acked)} of {count} acknowledged"
-    wait_healthy(cluster, [topic])
+    cluster.wait_healthy([topic])
     records = read_all(cluster, topic, expected=len(acked))
     assert_exactly_once_in_order(acked, records)
 
@@ -312,7 +291,7 @@ def test_two_brokers_down_refuses_acks_all_writes_then_recovers(kafka_dedicated:
     finally:
         for node in down:
             cluster.start(node)
-    wait_healthy(cluster, [topic])
+    cluster.wait_healthy([topic])
     assert produce(settings, topic, [b"after-recovery"], timeout_s=60)
 
 
@@ -349,7 +328,7 @@ def test_active_controller_killed_a_new_one_is_elected_and_metadata_changes_work
         cluster.wait_for("a topic created through the new controller", created, timeout=120)
     finally:
         cluster.start(old)
-    wait_healthy(cluster)
+    cluster.wait_healthy()
 
 
 def test_power_cut_every_node_killed_at_once_keeps_every_acknowledged_record(kafka_any: LocalKafkaCluster) -> None:
@@ -365,7 +344,7 @@ def test_power_cut_every_node_killed_at_once_keeps_every_acknowledged_record(kaf
     for node in order:
         cluster.start(node)
         time.sleep(random.uniform(0.0, 2.0))
-    wait_healthy(cluster, [topic], timeout=240)
+    cluster.wait_healthy([topic], timeout=240)
     records = read_all(cluster, topic, expected=len(acked))
     assert_exactly_once_in_order(acked, records)
     # And the cluster takes writes again.
