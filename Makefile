@@ -32,6 +32,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # every runtime jar of org.apache.kafka:kafka_2.13 and kafka-tools at the pinned version
 # (final_problem/versions.py), once, into a cache outside the clone keyed by version.
 KAFKA_VERSION := $(shell sed -n 's/^KAFKA_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
+JMX_AGENT_VERSION := $(shell sed -n 's/^JMX_AGENT_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
 KAFKA_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/kafka-$(KAFKA_VERSION)
 KAFKA_STAMP := $(KAFKA_HOME)/.installed
 
@@ -73,12 +74,12 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
-$(KAFKA_STAMP): deps/kafka/pom.xml
+$(KAFKA_STAMP): deps/kafka/pom.xml final_problem/versions.py
 	@test -n "$(KAFKA_VERSION)" || { echo "KAFKA_VERSION not found in final_problem/versions.py"; exit 1; }
 	@echo "==> Kafka $(KAFKA_VERSION) jars from Maven Central ($(KAFKA_HOME)/libs)"
-	rm -rf "$(KAFKA_HOME)/libs"
+	rm -rf "$(KAFKA_HOME)/libs" "$(KAFKA_HOME)/agents"
 	nice mvn --batch-mode --quiet --file deps/kafka/pom.xml package \
-	  -Dkafka.version=$(KAFKA_VERSION) -Dlibs.dir="$(KAFKA_HOME)/libs"
+	  -Dkafka.version=$(KAFKA_VERSION) -Djmx.agent.version=$(JMX_AGENT_VERSION) -Dlibs.dir="$(KAFKA_HOME)/libs"
 	@touch $@
 
 kafka: $(KAFKA_STAMP)

@@ -77,15 +77,6 @@ MAX_HEAP_SHARE = 0.75
 #: Controller counts allowed: odd (the Raft quorum is a majority), 3 (one failure
 #: tolerated) or 5 (two). Kafka docs, "KRaft", Controller Servers.
 CONTROLLERS_ALLOWED = (3, 5)
-#: The Prometheus JMX exporter Java agent on Maven Central (maven-metadata.xml: release
-#: 1.0.1, Oct 2026), with the SHA-256 of that jar (computed from the download; Maven
-#: Central's .sha1 f9c53eb0aa1828c3c9cd7647238563e43a4ed68c matches it).
-JMX_AGENT_VERSION = "1.0.1"
-JMX_AGENT_URL = (
-    "https://repo1.maven.org/maven2/io/prometheus/jmx/jmx_prometheus_javaagent/"
-    f"{JMX_AGENT_VERSION}/jmx_prometheus_javaagent-{JMX_AGENT_VERSION}.jar"
-)
-JMX_AGENT_SHA256 = "7d61f737fd661610ccc14aea79764faa1ea94a340cbc8f0029b3d2edea3d80c1"
 #: kafka-python for the topic Job, installed with pip --require-hashes (PyPI: the
 #: py3-none-any wheel of the version requirements.txt pins).
 KAFKA_PYTHON_REQUIREMENT = (
@@ -110,22 +101,22 @@ JMX_EXPORTER_RULES = """\
 lowercaseOutputName: true
 lowercaseOutputLabelNames: true
 rules:
-  - pattern: 'kafka.(\\\\w+)<type=(.+), name=(.+)PerSec\\\\w*, (.+)=(.+)><>Count'
-    name: kafka_$1_$2_$3_total
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+)PerSec\\w*, (.+)=(.+)><>Count'
+    name: kafka_$1_$2_$3
     labels: {"$4": "$5"}
     type: COUNTER
-  - pattern: 'kafka.(\\\\w+)<type=(.+), name=(.+)PerSec\\\\w*><>Count'
-    name: kafka_$1_$2_$3_total
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+)PerSec\\w*><>Count'
+    name: kafka_$1_$2_$3
     type: COUNTER
-  - pattern: 'kafka.(\\\\w+)<type=(.+), name=(.+), (.+)=(.+), (.+)=(.+)><>Value'
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+), (.+)=(.+), (.+)=(.+)><>Value'
     name: kafka_$1_$2_$3
     labels: {"$4": "$5", "$6": "$7"}
     type: GAUGE
-  - pattern: 'kafka.(\\\\w+)<type=(.+), name=(.+), (.+)=(.+)><>Value'
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+), (.+)=(.+)><>Value'
     name: kafka_$1_$2_$3
     labels: {"$4": "$5"}
     type: GAUGE
-  - pattern: 'kafka.(\\\\w+)<type=(.+), name=(.+)><>Value'
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+)><>Value'
     name: kafka_$1_$2_$3
     type: GAUGE
   - pattern: 'kafka.server<type=raft-metrics><>(.+):'
@@ -474,7 +465,7 @@ class KafkaChart(PlatformChart):
             name="fetch-metrics-agent",
             image=versions.PYTHON_IMAGE,
             image_pull_policy="IfNotPresent",
-            command=["python3", "-c", _FETCH_AGENT, JMX_AGENT_URL, JMX_AGENT_SHA256, f"{AGENT_DIR}/jmx_prometheus_javaagent.jar"],
+            command=["python3", "-c", _FETCH_AGENT, versions.JMX_AGENT_URL, versions.JMX_AGENT_SHA256, f"{AGENT_DIR}/jmx_prometheus_javaagent.jar"],
             env=[k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1")],
             volume_mounts=[k8s.VolumeMount(name="metrics-agent", mount_path=AGENT_DIR)],
             security_context=security,

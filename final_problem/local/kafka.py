@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from final_problem import local, versions
-from final_problem.charts.kafka import KafkaProps
+from final_problem.charts.kafka import JMX_EXPORTER_RULES, KafkaProps
 from final_problem.clients.kafka import KafkaSettings, admin
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.profiles import EKS, PI
@@ -71,7 +71,8 @@ def missing_binaries() -> list[str]:
     if not shutil.which("java"):
         missing.append("java (Debian package default-jre-headless, brought by zookeeper)")
     home = kafka_home()
-    if not (home / ".installed").exists() or not (home / "libs" / f"kafka_2.13-{versions.KAFKA_VERSION}.jar").exists():
+    if not (home / ".installed").exists() or not (home / "libs" / f"kafka_2.13-{versions.KAFKA_VERSION}.jar").exists() \
+            or not (home / "agents" / "jmx_prometheus_javaagent.jar").exists():
         missing.append(f"{home}/libs (run `make kafka`)")
     return missing
 
@@ -109,7 +110,7 @@ class LocalKafkaCluster:
         self, *, workdir: Path, layout: str = "dedicated", controllers: int = 3, brokers: int = 3,
         heap_mib: int = 256, extra: Sequence[tuple[str, str]] = TEST_TUNING,
         offsets_topic_partitions: int = 3, jvm_options: Sequence[str] = TEST_JVM,
-        props: "KafkaProps | None" = None,
+        props: "KafkaProps | None" = None, metrics: bool = False,
     ) -> None:
         if layout not in ("dedicated", "combined"):
             raise ValueError(f"layout {layout!r}: use 'dedicated' or 'combined'")
@@ -140,6 +141,11 @@ class LocalKafkaCluster:
         )
         self.procs = {n.node_id: _Process(node_id=n.node_id, directory=workdir / f"node-{n.node_id}") for n in nodes}
         workdir.mkdir(parents=True, exist_ok=True)
+        # With ``metrics``, every node loads the chart's JMX exporter agent and rules, each
+        # on a port of its own.
+        self.metrics_ports: dict[int, int] = dict(zip(self.procs, free_ports(len(self.procs)), strict=True)) if metrics else {}
+        self.metrics_rules = workdir / "jmx-exporter.yaml"
+        self.metrics_rules.write_text(JMX_EXPORTER_RULES)
         self.log4j = workdir / "log4j2.properties"
         self.log4j.write_text(LOG4J2_PROPERTIES)
         self.admin_properties = workdir / "admin.properties"
@@ -214,8 +220,13 @@ class LocalKafkaCluster:
         path = self._write(proc)
         log = open(proc.directory / "server.log", "ab")
         try:
+            agent = (
+                [f"-javaagent:{kafka_home() / 'agents' / 'jmx_prometheus_javaagent.jar'}="
+                 f"{LOOPBACK}:{self.metrics_ports[node_id]}:{self.metrics_rules}"]
+                if node_id in self.metrics_ports else []
+            )
             proc.process = subprocess.Popen(
-                self._java(SERVER_MAIN, [str(path)], self.heap_mib),
+                self._java(SERVER_MAIN, [str(path)], self.heap_mib, [*self.jvm_options, *agent]),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=proc.directory, env=self._env(), start_new_session=True,
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from typing import Any, Iterator
@@ -38,7 +39,9 @@ def start_cluster(tmp_path_factory: pytest.TempPathFactory, layout: str) -> Loca
     missing = missing_binaries()
     if missing:
         pytest.fail(f"cannot run Kafka here, missing: {', '.join(missing)}")
-    cluster = LocalKafkaCluster(workdir=tmp_path_factory.mktemp(f"kafka-{layout}"), layout=layout)
+    # The Pi layout also loads the chart's metrics agent and rules.
+    cluster = LocalKafkaCluster(workdir=tmp_path_factory.mktemp(f"kafka-{layout}"), layout=layout,
+                                metrics=layout == "combined")
     try:
         cluster.start_all()
         cluster.wait_healthy()
@@ -191,6 +194,22 @@ def test_min_insync_replicas_is_the_cluster_default(kafka_dedicated: LocalKafkaC
     assert entry["value"] == "2"
     # With eligible leader replicas the controllers apply it cluster-wide (KIP-966).
     assert entry["config_source"] == "DYNAMIC_DEFAULT_BROKER_CONFIG"
+
+
+def test_metrics_agent_serves_the_charts_rules_and_health(kafka_combined: LocalKafkaCluster) -> None:
+    node = kafka_combined.controller_ids[0]
+    base = f"http://127.0.0.1:{kafka_combined.metrics_ports[node]}"
+    # The chart's liveness probe.
+    with urllib.request.urlopen(f"{base}/-/healthy", timeout=10) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        body = response.read().decode()
+    names = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line.startswith("kafka_")}
+    for name in ("kafka_server_replicamanager_underreplicatedpartitions",
+                 "kafka_controller_kafkacontroller_offlinepartitionscount",
+                 "kafka_controller_kafkacontroller_activecontrollercount",
+                 "kafka_raft_current_leader", "kafka_server_brokertopicmetrics_messagesin_total"):
+        assert name in names, f"{name} not exported"
 
 
 # -- topics as code ----------------------------------------------------------------------
