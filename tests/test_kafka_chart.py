@@ -11,7 +11,6 @@ from final_problem import config, manifests, versions
 from final_problem.charts.kafka import DEFAULT_TOPICS, KAFKA_UID, KafkaProps, _read_lock
 from final_problem.clients.kafka import KafkaSettings
 from final_problem.clients.kafka_topics import TopicSpec
-from final_problem.constructs.security import Sizing
 from final_problem.errors import ConfigError
 from final_problem.profiles import EKS, PI
 from final_problem.renderers.kafka import KafkaClusterConfig, KafkaNode, layout_nodes, server_properties
@@ -154,9 +153,9 @@ def test_metrics_port_open_to_monitoring_only(eks: list[dict[str, Any]]) -> None
         ({"topics": (TopicSpec(name="t", replication_factor=4),)}, "kafka.topics.t.replication_factor"),
         ({"topics": (TopicSpec(name="t", configs={"min.insync.replicas": "3"}),)}, "kafka.topics.t.min.insync.replicas"),
         ({"broker_heap_mib": 1200}, "kafka.broker_heap_mib"),
-        ({"controller_sizing": Sizing(cpu_request_m=1, cpu_limit_m=1, memory_request_mib=128, memory_limit_mib=128)},
-         "kafka.controller_heap_mib"),
+        ({"controller_memory_mib": 256, "controller_heap_mib": 200}, "kafka.controller_heap_mib"),
         ({"metrics_port": 9092}, "kafka.metrics_port"),
+        ({"controllers": 1}, "kafka.controllers"),
     ],
 )
 def test_bad_settings_fail_synthesis_with_the_setting_named(overrides: dict[str, Any], setting: str) -> None:
@@ -178,10 +177,21 @@ def test_raising_partitions_is_allowed() -> None:
 
 
 def test_combined_layout_counts_its_nodes_as_brokers() -> None:
+    # On the Pi, brokers is ignored: the 3 combined nodes are the brokers.
+    props = KafkaProps.for_profile(PI, brokers=5)
+    assert props.combined and props.broker_count == 3
+    with pytest.raises(ConfigError, match="odd and at least 3"):
+        KafkaProps.for_profile(EKS, brokers=4)
     with pytest.raises(ConfigError, match="broker count"):
-        KafkaProps.for_profile(PI, replication_factor=3, controllers=3, brokers=1, combined=True,
-                               topics=(TopicSpec(name="events", partitions=6, replication_factor=5),))
-    assert KafkaProps.for_profile(PI).broker_count == 3
+        KafkaProps.for_profile(PI, replication_factor=5)
+
+
+def test_settings_come_from_the_kafka_section() -> None:
+    s = config.from_mapping({"components": ["base", "kafka"], "kafka": {"brokers": "5", "broker_memory_mib": 2048}})
+    objects = manifests.chart_objects(manifests.render(s, "eks")["kafka"])
+    broker = one(objects, "StatefulSet", "kafka-broker")
+    assert broker["spec"]["replicas"] == 5
+    assert "-Xmx1024m" in broker["spec"]["template"]["spec"]["containers"][0]["command"]
 
 
 # -- renderer ----------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from final_problem.constructs.security import Sizing, container_context, pod_con
 from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.kafka import (
     ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SERVER_MAIN, STORAGE_MAIN,
     KafkaClusterConfig, check_min_isr, check_topic_name, format_args, java_command, layout_nodes, scram_argument,
@@ -130,86 +131,85 @@ def _read_lock() -> dict[str, int]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class KafkaProps:
-    """What a user can choose about Kafka; :meth:`for_profile` gives the per-profile defaults."""
+class KafkaProps(ComponentSettings):
+    """Settings of the cluster (section ``kafka``); defaults per profile."""
 
-    #: KRaft controllers (voters). Default 3; 3 or 5.
-    controllers: int = 3
-    #: Brokers. Default 3: replication factor 3 needs 3. Ignored when ``combined``.
-    brokers: int = 3
-    #: Run both roles in every node (``controllers`` nodes). Default: off on EKS, on on the Pi.
-    combined: bool = False
-    #: Replication factor of topics created without one and of internal topics. Default 3.
-    replication_factor: int = 3
-    #: Replicas that must acknowledge an acks=all write, cluster-wide. Default 2.
-    min_insync_replicas: int = 2
-    #: Partitions of a topic created without a count. Default 3.
-    num_partitions: int = 3
-    #: Declared topics, applied by the topic Job. Default :data:`DEFAULT_TOPICS`.
+    controllers: int = setting(
+        3, choices=CONTROLLERS_ALLOWED,
+        doc="KRaft controllers (voters): the quorum is a majority, so an even count tolerates no more failures "
+            "than the odd one below it, 1 tolerates none, and more voters slow every metadata commit.",
+    )
+    brokers: int = setting(3, minimum=3, maximum=99, doc="Dedicated brokers, odd (they run as a quorum set); ignored when combined.")
+    combined: bool = setting(
+        per_profile(eks=False, pi=True),
+        doc="Every node is broker and controller (`controllers` nodes): less memory, less isolation (README, Pi trade-offs).",
+    )
+    replication_factor: int = setting(
+        3, minimum=1, maximum=100, doc="Replicas of topics created without a factor and of internal topics; at most the broker count.")
+    min_insync_replicas: int = setting(
+        2, minimum=1, maximum=99,
+        doc="Replicas that must acknowledge an acks=all write, cluster-wide; below replication_factor, so one broker "
+            "may be down and writes go on.",
+    )
+    num_partitions: int = setting(3, minimum=1, maximum=10_000, doc="Partitions of a topic created without a count.")
+    controller_memory_mib: int = setting(
+        768, minimum=256, maximum=65_536, doc="Memory request and limit of a dedicated controller.")
+    broker_memory_mib: int = setting(
+        per_profile(eks=1536, pi=768), minimum=256, maximum=262_144,
+        doc="Memory request and limit of a broker (or combined node); what the heap leaves is page cache.",
+    )
+    controller_heap_mib: int | None = setting(
+        default_doc="half of controller_memory_mib", minimum=128, maximum=49_152,
+        doc="JVM heap of a controller, below 75% of its memory.",
+    )
+    broker_heap_mib: int | None = setting(
+        default_doc="half of broker_memory_mib", minimum=128, maximum=196_608,
+        doc="JVM heap of a broker or combined node, below 75% of its memory.",
+    )
+    broker_storage_gib: int = setting(per_profile(eks=20, pi=5), minimum=1, maximum=65_536, doc="Volume of each broker (partitions).")
+    controller_storage_gib: int = setting(2, minimum=1, maximum=1024, doc="Volume of each dedicated controller (metadata log).")
+    client_port: int = setting(9092, minimum=1024, maximum=65_535, doc="Client listener (SASL/SCRAM).")
+    controller_port: int = setting(9093, minimum=1024, maximum=65_535, doc="Controller listener (SASL/PLAIN).")
+    replication_port: int = setting(9094, minimum=1024, maximum=65_535, doc="Broker-to-broker listener (SASL/SCRAM).")
+    metrics_port: int = setting(9404, minimum=1024, maximum=65_535, doc="Prometheus metrics (JMX exporter agent).")
+    #: Declared topics, applied by the topic Job (set in code: ``KafkaProps.for_profile(p, topics=...)``).
     topics: tuple[TopicSpec, ...] = DEFAULT_TOPICS
     #: Partition counts already deployed (:data:`PARTITIONS_LOCK`).
     partitions_lock: Mapping[str, int] = field(default_factory=_read_lock)
-    #: Container of a controller, of a broker, and of a combined node.
-    controller_sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=200, cpu_limit_m=1000, memory_request_mib=768, memory_limit_mib=768))
-    broker_sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=250, cpu_limit_m=1500, memory_request_mib=1536, memory_limit_mib=1536))
-    #: JVM heap of a controller / a broker (a combined node uses the broker's), in MiB.
-    #: Default: half the memory limit.
-    controller_heap_mib: int | None = None
-    broker_heap_mib: int | None = None
-    #: Volume of a broker (partitions) and of a controller (metadata log), GiB.
-    broker_storage_gib: int = 20
-    controller_storage_gib: int = 2
-    client_port: int = 9092
-    controller_port: int = 9093
-    replication_port: int = 9094
-    metrics_port: int = 9404
 
-    def __post_init__(self) -> None:
-        if self.controllers not in CONTROLLERS_ALLOWED:
-            raise ConfigError(
-                "kafka.controllers", self.controllers,
-                "must be 3 or 5: the KRaft quorum is a majority, so an even count tolerates no more failures "
-                "than the odd one below it, 1 tolerates none, and more voters slow every metadata commit",
-                "use 3 (tolerates 1 failure) or 5 (tolerates 2)",
-            )
-        if self.brokers < 1:
-            raise ConfigError("kafka.brokers", self.brokers, "a cluster needs brokers", "use 3")
-        if self.replication_factor < 1:
-            raise ConfigError("kafka.replication_factor", self.replication_factor, "must be at least 1", "use 3")
+    def check(self) -> None:
+        if not self.combined and (self.brokers < 3 or self.brokers % 2 == 0):
+            raise self.error(
+                "brokers", "must be odd and at least 3: brokers run as a quorum set (one per node, a PDB, zone "
+                "spread), which places odd sets, and 3 replicas need 3 brokers",
+                f"set kafka.brokers={max(3, self.brokers + 1 if self.brokers % 2 == 0 else 3)}")
         if self.replication_factor > self.broker_count:
-            raise ConfigError(
-                "kafka.replication_factor", self.replication_factor,
-                f"above the broker count ({self.broker_count}): no topic could be created",
-                f"use {self.broker_count} or fewer, or add brokers",
-            )
+            raise self.error(
+                "replication_factor", f"above the broker count ({self.broker_count}): no topic could be created",
+                f"set kafka.replication_factor={self.broker_count}")
         check_min_isr(self.min_insync_replicas, self.replication_factor)
-        if self.num_partitions < 1:
-            raise ConfigError("kafka.num_partitions", self.num_partitions, "a topic needs at least one partition", "use 3")
         self._check_topics()
-        for role, sizing, heap in (("controller", self.controller_sizing, self.controller_heap),
-                                   ("broker", self.broker_sizing, self.broker_heap)):
-            limit = sizing.memory_limit_mib
-            if heap >= limit * MAX_HEAP_SHARE:
-                raise ConfigError(
-                    f"kafka.{role}_heap_mib", heap,
-                    f"must stay below {int(MAX_HEAP_SHARE * 100)}% of the {role} memory limit ({limit} MiB): the JVM "
+        for role in ("controller", "broker"):
+            limit = getattr(self, f"{role}_memory_mib")
+            heap = getattr(self, f"{role}_heap")
+            largest = int(limit * MAX_HEAP_SHARE) - 1
+            if heap > largest:
+                raise self.error(
+                    f"{role}_heap_mib",
+                    f"must stay below {int(MAX_HEAP_SHARE * 100)}% of kafka.{role}_memory_mib ({limit} MiB): the JVM "
                     "needs memory outside the heap, and a process over its limit is killed",
-                    f"use at most {int(limit * MAX_HEAP_SHARE) - 1} MiB, or raise the memory limit",
+                    f"set kafka.{role}_heap_mib={max(128, largest)}" if largest >= 128
+                    else f"set kafka.{role}_memory_mib={2 * heap}",
+                    value=heap,
                 )
-            if heap < 128:
-                raise ConfigError(f"kafka.{role}_heap_mib", heap, "a Kafka node needs at least 128 MiB of heap", "use 256 or more")
-        ClaimSpec(name="kafka.broker_storage", size_gib=self.broker_storage_gib)
-        ClaimSpec(name="kafka.controller_storage", size_gib=self.controller_storage_gib)
-        named = {"kafka.client_port": self.client_port, "kafka.controller_port": self.controller_port,
-                 "kafka.replication_port": self.replication_port, "kafka.metrics_port": self.metrics_port}
+        ports = {"client_port": self.client_port, "controller_port": self.controller_port,
+                 "replication_port": self.replication_port, "metrics_port": self.metrics_port}
         seen: dict[int, str] = {}
-        for name, port in named.items():
-            if not 1024 <= port <= 65535:
-                raise ConfigError(name, port, "must be 1024-65535 (the container runs unprivileged)", "use e.g. 9092")
+        for name, port in ports.items():
             if port in seen:
-                raise ConfigError(name, port, f"already used by {seen[port]}", "give every listener its own port")
+                free = next(p for p in range(port + 1, 65_536) if p not in ports.values())
+                raise self.error(name, f"the same port as kafka.{seen[port]}: two listeners cannot share a port",
+                                 f"set kafka.{name}={free}")
             seen[port] = name
         # The renderer checks the cluster as a whole (ids, voters, durability) the same way.
         self.cluster_config(namespace="kafka")
@@ -249,11 +249,22 @@ class KafkaProps:
 
     @property
     def controller_heap(self) -> int:
-        return self.controller_heap_mib or self.controller_sizing.memory_limit_mib // 2
+        return self.controller_heap_mib or self.controller_memory_mib // 2
 
     @property
     def broker_heap(self) -> int:
-        return self.broker_heap_mib or self.broker_sizing.memory_limit_mib // 2
+        return self.broker_heap_mib or self.broker_memory_mib // 2
+
+    @property
+    def controller_sizing(self) -> Sizing:
+        return Sizing(cpu_request_m=100 if self.profile.small else 200, cpu_limit_m=1000,
+                      memory_request_mib=self.controller_memory_mib, memory_limit_mib=self.controller_memory_mib)
+
+    @property
+    def broker_sizing(self) -> Sizing:
+        cpu = (200, 1000) if self.profile.small else (250, 1500)
+        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
+                      memory_request_mib=self.broker_memory_mib, memory_limit_mib=self.broker_memory_mib)
 
     def cluster_config(self, *, namespace: str, **overrides: Any) -> KafkaClusterConfig:
         """The rendered cluster: nodes named as the chart's pods in ``namespace``."""
@@ -271,23 +282,6 @@ class KafkaProps:
         """``config`` with these props' durability settings (the local launcher uses this too)."""
         return replace(config, default_replication_factor=self.replication_factor,
                        min_insync_replicas=self.min_insync_replicas, num_partitions=self.num_partitions, **overrides)
-
-    @classmethod
-    def for_profile(cls, profile: Profile, **overrides: Any) -> "KafkaProps":
-        """Defaults of ``profile``, then ``overrides``.
-
-        EKS (3 x m7g.large, 8 GiB, shared with every component): 3 controllers with 768 MiB
-        and 3 brokers with 1.5 GiB. Pi (three 4 GiB boards running everything): 3 combined
-        nodes with 768 MiB and 384 MiB of heap, 5 GiB volumes.
-        """
-        base: dict[str, Any] = {}
-        if profile.small:
-            base = {
-                "combined": True,
-                "broker_sizing": Sizing(cpu_request_m=200, cpu_limit_m=1000, memory_request_mib=768, memory_limit_mib=768),
-                "broker_storage_gib": 5,
-            }
-        return cls(**{**base, **overrides})
 
 
 def _secret_env(name: str, secret: str, key: str) -> k8s.EnvVar:
@@ -321,6 +315,8 @@ class KafkaChart(PlatformChart):
     construct_id = "Kafka"
     requires = ("base",)
     version = versions.KAFKA_VERSION
+    settings_class = KafkaProps
+    images = (versions.KAFKA_IMAGE, versions.PYTHON_IMAGE)
 
     NAMESPACE = "kafka"
     AUTH_SECRET = "kafka-auth"
@@ -345,10 +341,9 @@ class KafkaChart(PlatformChart):
         settings: Settings,
         profile: Profile,
         dependencies: Mapping[str, PlatformChart],
-        props: KafkaProps | None = None,
     ) -> None:
         super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
-        self.props = p = props or KafkaProps.for_profile(profile)
+        p: KafkaProps = self.props  # type: ignore[assignment]
         ns = self.NAMESPACE
         self.kafka_namespace = RestrictedNamespace(self, "Namespace", name=ns, pss_version=f"v{settings.kubernetes_version}")
         self.secrets = GeneratedSecrets(

@@ -370,11 +370,25 @@ def test_power_cut_every_node_killed_at_once_keeps_every_acknowledged_record(kaf
     assert produce(app_settings(cluster), topic, [b"pc-after"], timeout_s=60)
 
 
-def test_consumer_group_members_share_partitions(kafka_dedicated: LocalKafkaCluster) -> None:
+def test_consumer_group_shares_partitions_while_the_producer_rides_out_a_broker_restart(kafka_dedicated: LocalKafkaCluster) -> None:
     from final_problem.clients.kafka import group_demo
 
-    topic = new_topic(kafka_dedicated, partitions=6)
-    result = group_demo(app_settings(kafka_dedicated), topic, consumers=3, records=300, group_id=f"g-{topic}", timeout_s=120)
+    cluster = kafka_dedicated
+    topic = new_topic(cluster, partitions=6)
+    victim = cluster.broker_ids[-1]
+
+    def restart_a_broker(i: int) -> None:
+        if i == 100:
+            cluster.kill(victim)
+        elif i == 200:
+            cluster.start(victim)
+
+    try:
+        result = group_demo(app_settings(cluster), topic, consumers=3, records=300, group_id=f"g-{topic}",
+                            timeout_s=180, during_produce=restart_a_broker)
+    finally:
+        cluster.start(victim)
+    # The producer survived the restart: every record acknowledged and consumed.
     assert sum(result.consumed.values()) >= 300
     owned = [p for parts in result.assignments.values() for p in parts]
     assert sorted(set(owned)) == list(range(6))
