@@ -30,7 +30,8 @@ from final_problem.clients.kafka import KafkaClientError, KafkaSettings, admin, 
 from final_problem.clients.kafka_topics import ReconcileError, TopicSpec, reconcile
 from final_problem.local.kafka import LocalKafkaCluster, missing_binaries
 
-pytestmark = pytest.mark.integration
+# One worker runs this module under pytest-xdist: its clusters are module fixtures.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("kafka")]
 
 log = logging.getLogger(__name__)
 
