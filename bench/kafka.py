@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 # Run as a script, this file's folder comes first on the import path, and its name would
@@ -32,7 +31,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from final_problem.clients.kafka import admin, consumer, producer
-from final_problem.clients.kafka_topics import TopicSpec, reconcile
 from final_problem.local.kafka import TEST_TUNING, LocalKafkaCluster, missing_binaries
 
 RECORD = b"x" * 1024
@@ -40,17 +38,6 @@ RECORD = b"x" * 1024
 
 def percentile(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] if len(samples) > 1 else samples[0]
-
-
-def create_topic(cluster: LocalKafkaCluster, partitions: int) -> str:
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    a = admin(cluster.app_settings())
-    try:
-        reconcile(a, [TopicSpec(name=name, partitions=partitions, replication_factor=3)])
-    finally:
-        a.close()
-    cluster.wait_healthy([name])
-    return name
 
 
 def project_throughput(cluster: LocalKafkaCluster, topic: str, records: int) -> float:
@@ -165,15 +152,15 @@ def main() -> int:
         cluster.start_all()
         cluster.wait_healthy()
         print(f"kafka: 3 controllers + 3 brokers on loopback (SASL/SCRAM), acks=all, {len(RECORD)} B records")
-        topic = create_topic(cluster, partitions=3)
+        topic = cluster.create_topic(partitions=3, prefix="bench")
         ours = project_throughput(cluster, topic, args.records)
         theirs = perf_test_throughput(cluster, topic, args.records)
         print(f"kafka produce  project client {ours:9.0f} rec/s  kafka-producer-perf-test {theirs:9.0f} rec/s  "
               f"ratio {ours / theirs:5.2f}  ({args.records} records each)")
-        latency = end_to_end_latency(cluster, create_topic(cluster, partitions=3), args.latency_records)
+        latency = end_to_end_latency(cluster, cluster.create_topic(partitions=3, prefix="bench"), args.latency_records)
         print(f"kafka e2e      p50 {percentile(latency, 50):7.2f} ms  p99 {percentile(latency, 99):7.2f} ms  "
               f"({len(latency)} of {args.latency_records} records, one per 5 ms)")
-        failover = kill_to_first_write(cluster, create_topic(cluster, partitions=1))
+        failover = kill_to_first_write(cluster, cluster.create_topic(partitions=1, prefix="bench"))
         print(f"kafka failover kill -9 of the partition leader to first acks=all write {failover:6.2f} s "
               f"(broker.session.timeout.ms {dict(TEST_TUNING)['broker.session.timeout.ms']})")
     return 0

@@ -49,7 +49,9 @@ from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
 from final_problem.constructs.labels import set_component
-from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
+from final_problem.constructs.namespace import (
+    MONITORING_NAMESPACE_LABEL, RestrictedNamespace, namespace_peer, pod_peer, ports,
+)
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.errors import ConfigError
@@ -289,12 +291,6 @@ def _secret_env(name: str, secret: str, key: str) -> k8s.EnvVar:
         secret_key_ref=k8s.SecretKeySelector(name=secret, key=key)))
 
 
-def _peer(selector: dict[str, str]) -> k8s.NetworkPolicyPeer:
-    return k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=selector))
-
-
-def _namespaces(label: dict[str, str]) -> k8s.NetworkPolicyPeer:
-    return k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=label))
 
 
 _FETCH_AGENT = """\
@@ -604,21 +600,21 @@ class KafkaChart(PlatformChart):
     def _network_policies(self, *, broker_kind: str, controller_kind: str) -> None:
         p = self.props
         ns = self.NAMESPACE
-        brokers = _peer(self.selectors[broker_kind])
-        controllers = _peer(self.selectors[controller_kind])
-        nodes = [_peer(s) for s in self.selectors.values()]
+        brokers = pod_peer(self.selectors[broker_kind])
+        controllers = pod_peer(self.selectors[controller_kind])
+        nodes = [pod_peer(s) for s in self.selectors.values()]
         # Fetching the metrics agent (Maven Central) and the topic Job's kafka-python (PyPI).
         https_out = k8s.NetworkPolicyEgressRule(ports=ports(443))
         policies: list[k8s.KubeNetworkPolicy] = []
         for kind, selector in self.selectors.items():
             ingress = [
-                k8s.NetworkPolicyIngressRule(from_=[_namespaces(MONITORING_NAMESPACE_LABEL)], ports=ports(p.metrics_port)),
+                k8s.NetworkPolicyIngressRule(from_=[namespace_peer(MONITORING_NAMESPACE_LABEL)], ports=ports(p.metrics_port)),
             ]
             egress = [https_out]
             if kind in ("broker", "combined"):
                 ingress += [
                     k8s.NetworkPolicyIngressRule(
-                        from_=[_namespaces(CLIENT_NAMESPACE_LABEL), _peer(self.topics_selector), brokers],
+                        from_=[namespace_peer(CLIENT_NAMESPACE_LABEL), pod_peer(self.topics_selector), brokers],
                         ports=ports(p.client_port)),
                     k8s.NetworkPolicyIngressRule(from_=[brokers], ports=ports(p.replication_port)),
                 ]

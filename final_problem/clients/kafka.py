@@ -24,7 +24,6 @@ Kafka 4.4 docs, "Producer Configs" (acks, enable.idempotence), "Consumer Configs
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -39,6 +38,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
+from final_problem.clients import read_secret
+
 DEFAULT_BOOTSTRAP = "kafka-bootstrap.kafka.svc:9092"
 SECRET_NAMESPACE, SECRET_NAME = "kafka", "kafka-auth"
 
@@ -49,11 +50,7 @@ class KafkaClientError(RuntimeError):
 
 def secret_from_kubernetes(key: str, *, namespace: str = SECRET_NAMESPACE, name: str = SECRET_NAME) -> str:
     """One key of the generated Secret, through ``kubectl`` (the caller's kubeconfig)."""
-    out = subprocess.run(
-        ["kubectl", "get", "secret", name, "-n", namespace, "-o", "json"],
-        check=True, capture_output=True, text=True, timeout=30,
-    ).stdout
-    return base64.b64decode(json.loads(out)["data"][key]).decode()
+    return read_secret(namespace=namespace, name=name, key=key)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -27,6 +27,7 @@ from typing import Callable, Sequence, TypeVar
 from final_problem import local, versions
 from final_problem.charts.kafka import JMX_EXPORTER_RULES, KafkaProps
 from final_problem.clients.kafka import KafkaSettings, admin
+from final_problem.clients.kafka_topics import TopicSpec, reconcile
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.profiles import EKS, PI
 from final_problem.renderers.kafka import (
@@ -206,9 +207,7 @@ class LocalKafkaCluster:
         finally:
             for _, log, p in running:
                 log.close()
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
+                local.kill_group(p)
 
     def start(self, node_id: int) -> None:
         """Start node ``node_id`` (again); its data directory is kept."""
@@ -243,22 +242,14 @@ class LocalKafkaCluster:
         proc = self.procs[node_id]
         if proc.process is None:
             return
-        if proc.process.poll() is None:
-            try:
-                os.killpg(proc.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.process.wait(timeout=30)
+        local.kill_group(proc.process)
         proc.process = None
 
     def kill_all(self) -> None:
         """SIGKILL every node at once (a power cut)."""
         for proc in self.procs.values():
-            if proc.process is not None and proc.process.poll() is None:
-                try:
-                    os.killpg(proc.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if proc.process is not None:
+                local.kill_group(proc.process, reap=False)
         for node_id in self.procs:
             self.kill(node_id)
 
@@ -316,6 +307,17 @@ class LocalKafkaCluster:
         """Client settings of the ``app`` user (the chart's client user) for this cluster."""
         return KafkaSettings(bootstrap_servers=self.bootstrap_servers, username=self.credentials.app_user,
                              password=self.credentials.app if password is None else password)
+
+    def create_topic(self, *, partitions: int = 3, replication_factor: int = 3, prefix: str = "t") -> str:
+        """A new topic created by the topic Job's logic, once every replica is in sync."""
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        a = admin(self.app_settings())
+        try:
+            reconcile(a, [TopicSpec(name=name, partitions=partitions, replication_factor=replication_factor)])
+        finally:
+            a.close()
+        self.wait_healthy([name])
+        return name
 
     def wait_healthy(self, topics: Sequence[str] = (), *, timeout: float = 180.0) -> None:
         """Every broker registered and unfenced, and every partition of ``topics`` fully in sync."""

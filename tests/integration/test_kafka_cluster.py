@@ -88,17 +88,6 @@ def app_settings(cluster: LocalKafkaCluster) -> KafkaSettings:
     return KafkaSettings.from_env(env, secret=lambda key: pytest.fail(f"asked the Secret for {key}"))
 
 
-def new_topic(cluster: LocalKafkaCluster, *, partitions: int = 3) -> str:
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    a = admin(app_settings(cluster))
-    try:
-        reconcile(a, [TopicSpec(name=name, partitions=partitions, replication_factor=3)])
-    finally:
-        a.close()
-    cluster.wait_healthy([name])
-    return name
-
-
 def read_all(cluster: LocalKafkaCluster, topic: str, *, expected: int) -> list[Any]:
     """Every record of ``topic`` read by a fresh group (from the earliest offset)."""
     return consume(app_settings(cluster), topic, group_id=f"check-{uuid.uuid4().hex[:8]}",
@@ -265,7 +254,7 @@ def settle(cluster: LocalKafkaCluster, a: KafkaAdminClient, topic: str, *, parti
 
 def test_broker_killed_during_acks_all_produce_loses_and_duplicates_nothing(kafka_any: LocalKafkaCluster) -> None:
     cluster = kafka_any
-    topic = new_topic(cluster)
+    topic = cluster.create_topic()
     victim = random.choice(cluster.broker_ids)
     count = 3000
 
@@ -287,7 +276,7 @@ def test_broker_killed_during_acks_all_produce_loses_and_duplicates_nothing(kafk
 
 def test_two_brokers_down_refuses_acks_all_writes_then_recovers(kafka_dedicated: LocalKafkaCluster) -> None:
     cluster = kafka_dedicated
-    topic = new_topic(cluster, partitions=1)
+    topic = cluster.create_topic(partitions=1)
     down = cluster.broker_ids[:2]
     settings = app_settings(cluster)
     try:
@@ -353,7 +342,7 @@ def test_active_controller_killed_a_new_one_is_elected_and_metadata_changes_work
 
 def test_power_cut_every_node_killed_at_once_keeps_every_acknowledged_record(kafka_any: LocalKafkaCluster) -> None:
     cluster = kafka_any
-    topic = new_topic(cluster)
+    topic = cluster.create_topic()
     acked = produce_acked(cluster, topic, 1500, prefix="pc")
     assert len(acked) == 1500
     cluster.kill_all()
@@ -375,7 +364,7 @@ def test_consumer_group_shares_partitions_while_the_producer_rides_out_a_broker_
     from final_problem.clients.kafka import group_demo
 
     cluster = kafka_dedicated
-    topic = new_topic(cluster, partitions=6)
+    topic = cluster.create_topic(partitions=6)
     victim = cluster.broker_ids[-1]
 
     def restart_a_broker(i: int) -> None:
