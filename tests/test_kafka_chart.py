@@ -14,17 +14,12 @@ from final_problem.clients.kafka_topics import TopicSpec
 from final_problem.errors import ConfigError
 from final_problem.profiles import EKS, PI
 from final_problem.renderers.kafka import KafkaClusterConfig, KafkaNode, layout_nodes, server_properties
+from tests.conftest import one
 
 
 def render(profile: str = "eks") -> list[dict[str, Any]]:
     s = config.from_mapping({"components": ["base", "kafka"]})
     return manifests.chart_objects(manifests.render(s, profile)["kafka"])
-
-
-def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
-    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
-    return found[0]
 
 
 def properties(text: str) -> dict[str, str]:

@@ -36,7 +36,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("kafka")]
 log = logging.getLogger(__name__)
 
 
-def start_cluster(tmp_path_factory: pytest.TempPathFactory, layout: str) -> LocalKafkaCluster:
+def running_cluster(tmp_path_factory: pytest.TempPathFactory, layout: str) -> Iterator[LocalKafkaCluster]:
+    """A started cluster of ``layout``, stopped at module end, even on failure."""
     missing = missing_binaries()
     if missing:
         pytest.fail(f"cannot run Kafka here, missing: {', '.join(missing)}")
@@ -50,27 +51,22 @@ def start_cluster(tmp_path_factory: pytest.TempPathFactory, layout: str) -> Loca
         logs = "\n".join(f"--- node {i}\n{cluster.tail(i, 40)}" for i in cluster.procs)
         cluster.close()
         pytest.fail(f"the {layout} Kafka cluster did not start:\n{logs}")
-    return cluster
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(scope="module")
 def kafka_dedicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaCluster]:
-    """3 controllers + 3 brokers (the EKS layout), stopped at module end, even on failure."""
-    cluster = start_cluster(tmp_path_factory, "dedicated")
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+    """3 controllers + 3 brokers (the EKS layout)."""
+    yield from running_cluster(tmp_path_factory, "dedicated")
 
 
 @pytest.fixture(scope="module")
 def kafka_combined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaCluster]:
-    """3 broker+controller nodes (the Pi layout), stopped at module end, even on failure."""
-    cluster = start_cluster(tmp_path_factory, "combined")
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+    """3 broker+controller nodes (the Pi layout)."""
+    yield from running_cluster(tmp_path_factory, "combined")
 
 
 @pytest.fixture(params=["dedicated", "combined"])
