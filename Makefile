@@ -16,8 +16,10 @@ CDK_ARGS ?=
 # Passed to pytest, e.g. make test PYTEST_ARGS="-k policy"
 PYTEST_ARGS ?=
 # pytest-xdist workers; a snapshot update runs in one process (syrupy writes the files).
+# loadgroup: tests marked xdist_group("name") share one worker, so a module-scoped
+# fixture (a whole Kafka cluster) starts once, not once per worker.
 PYTEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
-PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS))
+PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS) --dist loadgroup)
 
 # The venv first on PATH: `python3` in cdk.json and `node` for jsii are the venv's.
 export PATH := $(BIN):$(PATH)
@@ -31,15 +33,24 @@ PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
+# Kafka broker and tools from Maven Central for the real-broker tests and benchmarks:
+# every runtime jar of org.apache.kafka:kafka_2.13 and kafka-tools at the pinned version
+# (final_problem/versions.py), once, into a cache outside the clone keyed by version.
+KAFKA_VERSION := $(shell sed -n 's/^KAFKA_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
+JMX_AGENT_VERSION := $(shell sed -n 's/^JMX_AGENT_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
+KAFKA_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/kafka-$(KAFKA_VERSION)
+KAFKA_STAMP := $(KAFKA_HOME)/.installed
+
 # Raspberry Pi images (pi/README.md): make pi-images PI_IMAGE=raspios.img.xz PI_INVENTORY=my-inventory.yaml
 PI_IMAGE ?=
 PI_INVENTORY ?= pi/inventory.yaml
 
-.PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images system-deps clean
+.PHONY: help setup kafka synth test bench bootstrap deploy diff destroy pi-images system-deps clean
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
 	@echo "make test         install what is missing, then run the whole test suite"
+	@echo "make kafka        the Kafka broker jars from Maven Central (make test and make bench need them)"
 	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
@@ -69,6 +80,16 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
+$(KAFKA_STAMP): deps/kafka/pom.xml final_problem/versions.py
+	@test -n "$(KAFKA_VERSION)" || { echo "KAFKA_VERSION not found in final_problem/versions.py"; exit 1; }
+	@echo "==> Kafka $(KAFKA_VERSION) jars from Maven Central ($(KAFKA_HOME)/libs)"
+	rm -rf "$(KAFKA_HOME)/libs" "$(KAFKA_HOME)/agents"
+	nice mvn --batch-mode --quiet --file deps/kafka/pom.xml package \
+	  -Dkafka.version=$(KAFKA_VERSION) -Djmx.agent.version=$(JMX_AGENT_VERSION) -Dlibs.dir="$(KAFKA_HOME)/libs"
+	@touch $@
+
+kafka: $(KAFKA_STAMP)
+
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.
 synth: setup
 	@rm -rf cdk.out
@@ -79,10 +100,10 @@ synth: setup
 	  | { grep -v -e '^python3 app.py: Subprocess exited with error' -e '^Supply a stack id' >&2 || true; }
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
-test: setup $(CHECKOV_STAMP)
+test: setup $(CHECKOV_STAMP) $(KAFKA_STAMP)
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
-bench: setup
+bench: setup $(KAFKA_STAMP)
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done
 
 bootstrap: setup

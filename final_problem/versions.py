@@ -35,3 +35,24 @@ REDIS_IMAGE = f"docker.io/library/redis:{REDIS_VERSION}-trixie"
 # Architectures: amd64, arm64v8, s390x, ppc64le (GitRepo 31z4/zookeeper-docker, Directory 3.9.4).
 ZOOKEEPER_VERSION = "3.9.4"
 ZOOKEEPER_IMAGE = f"docker.io/library/zookeeper:{ZOOKEEPER_VERSION}"
+
+# Kafka: the newest 4.x that is both on Maven Central as org.apache.kafka:kafka_2.13 (the
+# integration tests run that build: repo1.maven.org .../kafka_2.13/maven-metadata.xml lists
+# 4.4.0 as the newest, Nov 2026) and an apache/kafka image tag (Kafka docs 4.4, "Docker":
+# "docker pull apache/kafka:4.4.0"). The image is built for linux/amd64 and linux/arm64
+# (Kafka's docker/docker_release.py builds with `--platform linux/amd64,linux/arm64`).
+# The image is Alpine with a Java 21 JRE; appuser is uid 1000 (final_problem/charts/kafka.py).
+KAFKA_VERSION = "4.4.0"
+KAFKA_IMAGE = f"docker.io/apache/kafka:{KAFKA_VERSION}"
+
+# The Prometheus JMX exporter Java agent, loaded by the Kafka pods (the apache/kafka image ships
+# no exporter). Source: Maven Central io.prometheus.jmx:jmx_prometheus_javaagent
+# maven-metadata.xml (release 1.0.1, Oct 2026); the SHA-256 is of that jar (its .sha1 on Maven
+# Central, f9c53eb0aa1828c3c9cd7647238563e43a4ed68c, matches the same download). `make kafka`
+# fetches the same jar for the tests.
+JMX_AGENT_VERSION = "1.0.1"
+JMX_AGENT_URL = (
+    "https://repo1.maven.org/maven2/io/prometheus/jmx/jmx_prometheus_javaagent/"
+    f"{JMX_AGENT_VERSION}/jmx_prometheus_javaagent-{JMX_AGENT_VERSION}.jar"
+)
+JMX_AGENT_SHA256 = "7d61f737fd661610ccc14aea79764faa1ea94a340cbc8f0029b3d2edea3d80c1"

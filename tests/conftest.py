@@ -45,6 +45,13 @@ def rendered(profile: str) -> dict[str, list[dict[str, Any]]]:
     return {name: manifests.chart_objects(chart) for name, chart in charts.items()}
 
 
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    """The single object of ``kind`` (and ``name``) among ``objects``."""
+    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
 def objects_of(profile: str) -> list[dict[str, Any]]:
     return [o for objs in rendered(profile).values() for o in objs]
 

@@ -3,6 +3,7 @@ and the objects that run it (least privilege, no values in the manifest)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -108,6 +109,16 @@ def test_first_run_creates_the_secret_with_random_values(api: FakeSecretsApi, sa
     assert api.requests[0][2] == f"Bearer {TOKEN}"
 
 
+def test_kafka_uuid_values_are_cluster_ids_the_storage_tool_accepts(api: FakeSecretsApi, sa_dir: Path) -> None:
+    spec = [{"name": "kafka-cluster-id", "keys": ["cluster-id"], "bytes": 16, "labels": {}, "format": "kafka-uuid"}]
+    result = run_generator(api, sa_dir, spec)
+    assert result.returncode == 0, result.stdout + result.stderr
+    value = api.store[("platform", "kafka-cluster-id")]["stringData"]["cluster-id"]
+    # Kafka's Uuid.fromString: 16 bytes as URL-safe base64 without padding (22 characters).
+    assert len(value) == 22 and "=" not in value and not value.startswith("-")
+    assert len(base64.urlsafe_b64decode(value + "==")) == 16
+
+
 def test_values_are_never_printed(api: FakeSecretsApi, sa_dir: Path) -> None:
     result = run_generator(api, sa_dir, SPEC)
     for value in api.store[("platform", "platform-admin")]["stringData"].values():
@@ -167,6 +178,8 @@ def test_no_secret_object_is_rendered() -> None:
         ({"name": "Bad_Name", "keys": ("k",)}, "secret.name"),
         ({"name": "ok", "keys": ()}, "secret ok.keys"),
         ({"name": "ok", "keys": ("k",), "bytes": 8}, "secret ok.bytes"),
+        ({"name": "ok", "keys": ("k",), "format": "hex"}, "secret ok.format"),
+        ({"name": "ok", "keys": ("k",), "format": "kafka-uuid"}, "secret ok.bytes"),
     ],
 )
 def test_bad_secret_specs_are_refused(kwargs: dict[str, Any], setting: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from final_problem import config, manifests, versions
 from final_problem.charts.zookeeper import MONITORING_NAMESPACE_LABEL, CLIENT_NAMESPACE_LABEL
 from final_problem.errors import ConfigError
+from tests.conftest import one
 
 
 def render(profile: str = "eks", **settings: Any) -> list[dict[str, Any]]:
@@ -19,12 +20,6 @@ def render(profile: str = "eks", **settings: Any) -> list[dict[str, Any]]:
     context = {key.replace("zookeeper_", "zookeeper.", 1): value for key, value in settings.items()}
     s = config.from_mapping({"components": ["base", "zookeeper"], **context})
     return manifests.chart_objects(manifests.render(s, profile)["zookeeper"])
-
-
-def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
-    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
-    return found[0]
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:

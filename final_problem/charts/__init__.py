@@ -1,7 +1,8 @@
 """The platform's charts, one module per component; importing this registers them."""
 
 from final_problem.charts.base import BaseChart
+from final_problem.charts.kafka import KafkaChart
 from final_problem.charts.redis import RedisChart
 from final_problem.charts.zookeeper import ZooKeeperChart
 
-__all__ = ["BaseChart", "RedisChart", "ZooKeeperChart"]
+__all__ = ["BaseChart", "KafkaChart", "RedisChart", "ZooKeeperChart"]

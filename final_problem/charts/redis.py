@@ -39,7 +39,9 @@ from final_problem.clients import redis_exporter
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.labels import set_component
-from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
+from final_problem.constructs.namespace import (
+    MONITORING_NAMESPACE_LABEL, RestrictedNamespace, namespace_peer, pod_peer, ports,
+)
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
 from final_problem.constructs.security import Sizing, container_context, raw_resources
@@ -201,12 +203,6 @@ def _exec_probe(check: str, *, period: int, failures: int) -> k8s.Probe:
     )
 
 
-def _peer(selector: dict[str, str]) -> k8s.NetworkPolicyPeer:
-    return k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=selector))
-
-
-def _namespaces(label: dict[str, str]) -> k8s.NetworkPolicyPeer:
-    return k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=label))
 
 
 @register
@@ -418,10 +414,10 @@ class RedisChart(PlatformChart):
         return service
 
     def _network_policies(self, redis_selector: dict[str, str], sentinel_selector: dict[str, str]) -> None:
-        redis_peers = [_peer(redis_selector), _peer(sentinel_selector), _namespaces(CLIENT_NAMESPACE_LABEL)]
+        redis_peers = [pod_peer(redis_selector), pod_peer(sentinel_selector), namespace_peer(CLIENT_NAMESPACE_LABEL)]
         egress = [
-            k8s.NetworkPolicyEgressRule(to=[_peer(redis_selector)], ports=ports(self.PORT)),
-            k8s.NetworkPolicyEgressRule(to=[_peer(sentinel_selector)], ports=ports(self.SENTINEL_PORT)),
+            k8s.NetworkPolicyEgressRule(to=[pod_peer(redis_selector)], ports=ports(self.PORT)),
+            k8s.NetworkPolicyEgressRule(to=[pod_peer(sentinel_selector)], ports=ports(self.SENTINEL_PORT)),
         ]
         self.server_policy = k8s.KubeNetworkPolicy(
             self, "ServerPolicy",
@@ -431,7 +427,7 @@ class RedisChart(PlatformChart):
                 policy_types=["Ingress", "Egress"],
                 ingress=[
                     k8s.NetworkPolicyIngressRule(from_=redis_peers, ports=ports(self.PORT)),
-                    k8s.NetworkPolicyIngressRule(from_=[_namespaces(METRICS_NAMESPACE_LABEL)], ports=ports(METRICS_PORT)),
+                    k8s.NetworkPolicyIngressRule(from_=[namespace_peer(METRICS_NAMESPACE_LABEL)], ports=ports(METRICS_PORT)),
                 ],
                 egress=egress,
             ),

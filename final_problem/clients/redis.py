@@ -23,10 +23,8 @@ Redis docs, "WAIT", "Sentinel client spec".
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +34,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
+
+from final_problem.clients import read_secret
 
 DEFAULT_SENTINELS = "redis-sentinel.redis.svc:26379"
 SECRET_NAMESPACE, SECRET_NAME = "redis", "redis-auth"
@@ -57,11 +57,7 @@ def _parse_sentinels(text: str) -> list[tuple[str, int]]:
 
 def secret_from_kubernetes(key: str, *, namespace: str = SECRET_NAMESPACE, name: str = SECRET_NAME) -> str:
     """One key of the generated Secret, through ``kubectl`` (the caller's kubeconfig)."""
-    out = subprocess.run(
-        ["kubectl", "get", "secret", name, "-n", namespace, "-o", "json"],
-        check=True, capture_output=True, text=True, timeout=30,
-    ).stdout
-    return base64.b64decode(json.loads(out)["data"][key]).decode()
+    return read_secret(namespace=namespace, name=name, key=key)
 
 
 @dataclass(frozen=True, kw_only=True)

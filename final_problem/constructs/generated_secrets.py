@@ -38,6 +38,8 @@ RUNNER_UID = 65534
 # NetworkPolicy applies, on EKS the control-plane ENIs on 443, on k3s the server on 6443
 # (k3s docs, "Inbound Rules for K3s Nodes").
 API_PORTS = (443, 6443)
+#: Value formats the generator knows (``secret_generator.py``, ``value``).
+VALUE_FORMATS = ("token", "kafka-uuid")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,12 +51,21 @@ class SecretSpec:
     #: Random bytes per value, URL-safe base64 encoded. Default 32 (256 bits).
     bytes: int = 32
     labels: dict[str, str] = field(default_factory=dict)
+    #: How a value is written. Default ``token``: URL-safe base64 of ``bytes`` random
+    #: bytes. ``kafka-uuid``: a Kafka cluster id as ``kafka-storage random-uuid`` prints
+    #: it (16 random bytes, URL-safe base64 without padding, not starting with ``-``);
+    #: ``bytes`` must then be 16.
+    format: str = "token"
 
     def __post_init__(self) -> None:
         if not _DNS_NAME.match(self.name) or len(self.name) > 253:
             raise ConfigError("secret.name", self.name, "not a valid Kubernetes object name", "use lower-case letters, digits and '-'")
         if not self.keys:
             raise ConfigError(f"secret {self.name}.keys", self.keys, "a secret needs at least one key", "name its keys, e.g. ('password',)")
+        if self.format not in VALUE_FORMATS:
+            raise ConfigError(f"secret {self.name}.format", self.format, "unknown value format", f"use one of {', '.join(VALUE_FORMATS)}")
+        if self.format == "kafka-uuid" and self.bytes != 16:
+            raise ConfigError(f"secret {self.name}.bytes", self.bytes, "a Kafka cluster id is 16 bytes", "use bytes=16")
         if self.bytes < 16:
             raise ConfigError(
                 f"secret {self.name}.bytes", self.bytes,
@@ -85,7 +96,11 @@ class GeneratedSecrets(Construct):
         #: Names of the Secrets this creates, for consumers to reference.
         self.secret_names = tuple(names)
         self.namespace = namespace
-        spec = [{"name": s.name, "keys": list(s.keys), "bytes": s.bytes, "labels": s.labels} for s in secrets]
+        spec = [
+            {"name": s.name, "keys": list(s.keys), "bytes": s.bytes, "labels": s.labels,
+             **({"format": s.format} if s.format != "token" else {})}
+            for s in secrets
+        ]
         spec_json = json.dumps(spec, sort_keys=True)
         script = SCRIPT.read_text()
         digest = hashlib.sha256((spec_json + versions.PYTHON_IMAGE + script).encode()).hexdigest()[:8]

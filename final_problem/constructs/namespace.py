@@ -26,6 +26,16 @@ def dns_peer() -> k8s.NetworkPolicyPeer:
     )
 
 
+def pod_peer(selector: dict[str, str]) -> k8s.NetworkPolicyPeer:
+    """Pods of this namespace matching ``selector``."""
+    return k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=selector))
+
+
+def namespace_peer(label: dict[str, str]) -> k8s.NetworkPolicyPeer:
+    """Every pod of the namespaces carrying ``label``."""
+    return k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=label))
+
+
 def ports(*numbers: int, protocol: str = "TCP") -> list[k8s.NetworkPolicyPort]:
     """NetworkPolicy ports for port numbers: ``ports(2181, 7000)``; ``protocol`` TCP or UDP."""
     return [k8s.NetworkPolicyPort(port=int_or_string(n), protocol=protocol) for n in numbers]

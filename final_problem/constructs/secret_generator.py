@@ -13,6 +13,7 @@ Source: Kubernetes API reference, "Secret v1" create (POST
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -35,9 +36,21 @@ def api_base() -> str:
     return f"https://{host}:{port}"
 
 
+def value(spec: dict) -> str:
+    """One fresh random value in the spec's format."""
+    if spec.get("format") == "kafka-uuid":
+        # Kafka's Uuid.toString: URL-safe base64 of 16 bytes without padding; like
+        # Uuid.randomUuid, skip ids starting with "-" (they read as a command-line option).
+        while True:
+            text = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+            if not text.startswith("-"):
+                return text
+    return secrets.token_urlsafe(int(spec.get("bytes", 32)))
+
+
 def secret_body(spec: dict, namespace: str) -> dict:
     """The Secret object for one spec entry, with fresh random values."""
-    values = {key: secrets.token_urlsafe(int(spec.get("bytes", 32))) for key in spec["keys"]}
+    values = {key: value(spec) for key in spec["keys"]}
     return {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -6,7 +6,10 @@ exercise is the one that is deployed, with only ports and paths remapped.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import time
 from typing import Callable, TypeVar
 
@@ -26,6 +29,18 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def kill_group(process: subprocess.Popen[bytes], *, timeout_s: float = 30.0, reap: bool = True) -> None:
+    """SIGKILL ``process`` and its session (started with ``start_new_session``), then reap it
+    unless ``reap`` is false: a crash, not a clean shutdown."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if reap:
+        process.wait(timeout=timeout_s)
 
 
 def wait_for(

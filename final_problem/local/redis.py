@@ -16,7 +16,6 @@ import dataclasses
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -231,13 +230,8 @@ class LocalRedisSet:
     def _kill(proc: _Process) -> None:
         if proc.popen is None:
             return
-        if proc.popen.poll() is None:
-            try:
-                os.killpg(proc.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         try:
-            proc.popen.wait(timeout=10)
+            local.kill_group(proc.popen, timeout_s=10)
         finally:
             proc.popen = None
 

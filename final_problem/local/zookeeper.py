@@ -11,9 +11,7 @@ Every process it starts is stopped by :meth:`LocalEnsemble.close` (also on ``wit
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +125,7 @@ class LocalEnsemble:
         proc = self.procs[myid]
         if proc.process is None:
             return
-        if proc.process.poll() is None:
-            os.killpg(proc.process.pid, signal.SIGKILL)
-        proc.process.wait(timeout=10)
+        local.kill_group(proc.process, timeout_s=10)
         proc.process = None
 
     def close(self) -> None:

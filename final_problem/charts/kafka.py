@@ -1,0 +1,650 @@
+"""Kafka: a KRaft cluster, durable and authenticated by default, with topics as code.
+
+Creates, in the ``kafka`` namespace (Pod Security "restricted", default-deny):
+
+- Secrets generated in the cluster, once: ``kafka-auth`` (``admin-password``,
+  ``controller-password``, ``app-password``) and ``kafka-cluster-id`` (a Kafka cluster
+  id); no value is in any manifest;
+- ConfigMap ``kafka-config``: one ``server.properties`` per pod from
+  :mod:`final_problem.renderers.kafka` (the renderer the real-broker tests start),
+  ``log4j2.properties`` (console) and the Prometheus JMX exporter's rules;
+- on EKS, StatefulSets ``kafka-controller`` (``controllers`` KRaft voters) and
+  ``kafka-broker`` (``brokers``); on the Pi one StatefulSet ``kafka`` of combined
+  ``broker,controller`` nodes. Each is a quorum set (PDB, one pod per node, zone
+  spread) with retained volumes. An init container formats storage with the cluster id
+  and the SCRAM users (``kafka-storage format --add-scram``, idempotent with
+  ``--ignore-formatted``); the container starts ``kafka.Kafka`` directly, with the
+  rendered file mounted read-only (the image's wrapper would write ``/opt/kafka/config``);
+- headless Services giving each pod the stable name it advertises, and Service
+  ``kafka-bootstrap`` for clients (port 9092);
+- a topic Job that waits for the brokers and reconciles the declared topics
+  (:mod:`final_problem.clients.kafka_topics`);
+- NetworkPolicies: clients from namespaces labelled ``final-problem.io/kafka-client:
+  "true"``; replication between brokers; the controller port from nodes only; metrics
+  from namespaces labelled ``final-problem.io/monitoring: "true"``.
+
+Metrics: the image ships no Prometheus exporter, so an init container fetches the
+Prometheus JMX exporter Java agent (``io.prometheus.jmx:jmx_prometheus_javaagent``) from
+Maven Central, checks its SHA-256, and the JVM loads it (``-javaagent``), serving
+``/metrics`` on 9404: the way the exporter's README documents ("Running the Java Agent").
+
+Sources: Kafka 4.4 docs ("KRaft", "Authentication using SASL", "Docker"); apache/kafka
+``docker/jvm/Dockerfile``; prometheus/jmx_exporter README.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from constructs import Construct
+
+from final_problem import versions
+from final_problem.clients import kafka_topics
+from final_problem.clients.kafka_topics import TopicSpec
+from final_problem.components import PlatformChart, register
+from final_problem.config import Settings
+from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
+from final_problem.constructs.labels import set_component
+from final_problem.constructs.namespace import (
+    MONITORING_NAMESPACE_LABEL, RestrictedNamespace, namespace_peer, pod_peer, ports,
+)
+from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
+from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
+from final_problem.errors import ConfigError
+from final_problem.imports import int_or_string, k8s, quantity
+from final_problem.profiles import Profile
+from final_problem.settings import ComponentSettings, per_profile, setting
+from final_problem.renderers.kafka import (
+    ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SERVER_MAIN, STORAGE_MAIN,
+    KafkaClusterConfig, check_min_isr, check_topic_name, format_args, java_command, layout_nodes, scram_argument,
+    server_properties,
+)
+
+#: ``appuser`` of the image: apache/kafka docker/jvm/Dockerfile runs
+#: ``adduser -h /home/appuser -D --shell /bin/bash appuser`` on Alpine, whose first
+#: user gets uid 1000 (and its own group 1000); ``USER appuser`` names no number.
+KAFKA_UID = 1000
+#: Where the image unpacks the release; ``libs/`` holds every jar.
+KAFKA_HOME = "/opt/kafka"
+CONFIG_DIR = "/opt/kafka-config"
+DATA_DIR = "/var/lib/kafka/data"
+AGENT_DIR = "/opt/metrics-agent"
+CLIENT_NAMESPACE_LABEL = {"final-problem.io/kafka-client": "true"}
+#: Largest heap as a share of the memory limit: Kafka serves reads from the page cache
+#: and the JVM needs metaspace, thread stacks and direct buffers outside the heap.
+MAX_HEAP_SHARE = 0.75
+#: Controller counts allowed: odd (the Raft quorum is a majority), 3 (one failure
+#: tolerated) or 5 (two). Kafka docs, "KRaft", Controller Servers.
+CONTROLLERS_ALLOWED = (3, 5)
+#: kafka-python for the topic Job, installed with pip --require-hashes (PyPI: the
+#: py3-none-any wheel of the version requirements.txt pins).
+KAFKA_PYTHON_REQUIREMENT = (
+    "kafka-python==3.0.12 --hash=sha256:67add72052e3ad0c37ed9963ebe2b1696adc7f063c64eaf19862c21b69a64a18"
+)
+TOPICS_SCRIPT = Path(kafka_topics.__file__)
+#: Partition counts already deployed: a declaration may raise them, never lower them
+#: (Kafka cannot remove partitions). Raise a topic here in the same change that raises it
+#: in :data:`DEFAULT_TOPICS`.
+PARTITIONS_LOCK = Path(__file__).with_name("kafka-partitions.json")
+
+#: The platform's topics. ``events``: 6 partitions (room for 6 consumers of one group),
+#: a week's retention (Kafka's default ``log.retention.hours`` is 168).
+DEFAULT_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(name="events", partitions=6, replication_factor=3, configs={"retention.ms": str(7 * 24 * 3600 * 1000)}),
+)
+
+#: JMX exporter rules: the broker's yammer and KRaft metrics as gauges and counters,
+#: names lower-cased (prometheus/jmx_exporter example_configs/kafka-kraft-3_0_0.yml
+#: follows the same pattern; these are the project's own, shorter rules).
+JMX_EXPORTER_RULES = """\
+lowercaseOutputName: true
+lowercaseOutputLabelNames: true
+rules:
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+)PerSec\\w*, (.+)=(.+)><>Count'
+    name: kafka_$1_$2_$3
+    labels: {"$4": "$5"}
+    type: COUNTER
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+)PerSec\\w*><>Count'
+    name: kafka_$1_$2_$3
+    type: COUNTER
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+), (.+)=(.+), (.+)=(.+)><>Value'
+    name: kafka_$1_$2_$3
+    labels: {"$4": "$5", "$6": "$7"}
+    type: GAUGE
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+), (.+)=(.+)><>Value'
+    name: kafka_$1_$2_$3
+    labels: {"$4": "$5"}
+    type: GAUGE
+  - pattern: 'kafka.(\\w+)<type=(.+), name=(.+)><>Value'
+    name: kafka_$1_$2_$3
+    type: GAUGE
+  - pattern: 'kafka.server<type=raft-metrics><>(.+):'
+    name: kafka_raft_$1
+    type: GAUGE
+"""
+
+
+def _read_lock() -> dict[str, int]:
+    return {str(k): int(v) for k, v in json.loads(PARTITIONS_LOCK.read_text()).items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaProps(ComponentSettings):
+    """Settings of the cluster (section ``kafka``); defaults per profile."""
+
+    controllers: int = setting(
+        3, choices=CONTROLLERS_ALLOWED,
+        doc="KRaft controllers (voters): the quorum is a majority, so an even count tolerates no more failures "
+            "than the odd one below it, 1 tolerates none, and more voters slow every metadata commit.",
+    )
+    brokers: int = setting(3, minimum=3, maximum=99, doc="Dedicated brokers, odd (they run as a quorum set); ignored when combined.")
+    combined: bool = setting(
+        per_profile(eks=False, pi=True),
+        doc="Every node is broker and controller (`controllers` nodes): less memory, less isolation (README, Pi trade-offs).",
+    )
+    replication_factor: int = setting(
+        3, minimum=1, maximum=100, doc="Replicas of topics created without a factor and of internal topics; at most the broker count.")
+    min_insync_replicas: int = setting(
+        2, minimum=1, maximum=99,
+        doc="Replicas that must acknowledge an acks=all write, cluster-wide; below replication_factor, so one broker "
+            "may be down and writes go on.",
+    )
+    num_partitions: int = setting(3, minimum=1, maximum=10_000, doc="Partitions of a topic created without a count.")
+    controller_memory_mib: int = setting(
+        768, minimum=256, maximum=65_536, doc="Memory request and limit of a dedicated controller.")
+    broker_memory_mib: int = setting(
+        per_profile(eks=1536, pi=768), minimum=256, maximum=262_144,
+        doc="Memory request and limit of a broker (or combined node); what the heap leaves is page cache.",
+    )
+    controller_heap_mib: int | None = setting(
+        default_doc="half of controller_memory_mib", minimum=128, maximum=49_152,
+        doc="JVM heap of a controller, below 75% of its memory.",
+    )
+    broker_heap_mib: int | None = setting(
+        default_doc="half of broker_memory_mib", minimum=128, maximum=196_608,
+        doc="JVM heap of a broker or combined node, below 75% of its memory.",
+    )
+    broker_storage_gib: int = setting(per_profile(eks=20, pi=5), minimum=1, maximum=65_536, doc="Volume of each broker (partitions).")
+    controller_storage_gib: int = setting(2, minimum=1, maximum=1024, doc="Volume of each dedicated controller (metadata log).")
+    client_port: int = setting(9092, minimum=1024, maximum=65_535, doc="Client listener (SASL/SCRAM).")
+    controller_port: int = setting(9093, minimum=1024, maximum=65_535, doc="Controller listener (SASL/PLAIN).")
+    replication_port: int = setting(9094, minimum=1024, maximum=65_535, doc="Broker-to-broker listener (SASL/SCRAM).")
+    metrics_port: int = setting(9404, minimum=1024, maximum=65_535, doc="Prometheus metrics (JMX exporter agent).")
+    #: Declared topics, applied by the topic Job (set in code: ``KafkaProps.for_profile(p, topics=...)``).
+    topics: tuple[TopicSpec, ...] = DEFAULT_TOPICS
+    #: Partition counts already deployed (:data:`PARTITIONS_LOCK`).
+    partitions_lock: Mapping[str, int] = field(default_factory=_read_lock)
+
+    def check(self) -> None:
+        if not self.combined and (self.brokers < 3 or self.brokers % 2 == 0):
+            raise self.error(
+                "brokers", "must be odd and at least 3: brokers run as a quorum set (one per node, a PDB, zone "
+                "spread), which places odd sets, and 3 replicas need 3 brokers",
+                f"set kafka.brokers={max(3, self.brokers + 1 if self.brokers % 2 == 0 else 3)}")
+        if self.replication_factor > self.broker_count:
+            raise self.error(
+                "replication_factor", f"above the broker count ({self.broker_count}): no topic could be created",
+                f"set kafka.replication_factor={self.broker_count}")
+        check_min_isr(self.min_insync_replicas, self.replication_factor)
+        self._check_topics()
+        for role in ("controller", "broker"):
+            limit = getattr(self, f"{role}_memory_mib")
+            heap = getattr(self, f"{role}_heap")
+            largest = int(limit * MAX_HEAP_SHARE) - 1
+            if heap > largest:
+                raise self.error(
+                    f"{role}_heap_mib",
+                    f"must stay below {int(MAX_HEAP_SHARE * 100)}% of kafka.{role}_memory_mib ({limit} MiB): the JVM "
+                    "needs memory outside the heap, and a process over its limit is killed",
+                    f"set kafka.{role}_heap_mib={max(128, largest)}" if largest >= 128
+                    else f"set kafka.{role}_memory_mib={2 * heap}",
+                    value=heap,
+                )
+        ports = {"client_port": self.client_port, "controller_port": self.controller_port,
+                 "replication_port": self.replication_port, "metrics_port": self.metrics_port}
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                free = next(p for p in range(port + 1, 65_536) if p not in ports.values())
+                raise self.error(name, f"the same port as kafka.{seen[port]}: two listeners cannot share a port",
+                                 f"set kafka.{name}={free}")
+            seen[port] = name
+        # The renderer checks the cluster as a whole (ids, voters, durability) the same way.
+        self.cluster_config(namespace="kafka")
+
+    def _check_topics(self) -> None:
+        # Kafka refuses a topic whose name equals another's with '.' and '_' swapped
+        # (they would share metric names), so those count as duplicates too.
+        seen: set[str] = set()
+        for t in self.topics:
+            check_topic_name(t.name)
+            key = t.name.replace(".", "_")
+            if key in seen:
+                raise ConfigError("kafka.topics", t.name, "declared twice (or collides with a name differing only in '.' and '_')",
+                                  "declare each topic once")
+            seen.add(key)
+            if t.partitions < 1:
+                raise ConfigError(f"kafka.topics.{t.name}.partitions", t.partitions, "a topic needs at least one partition", "use 1 or more")
+            floor = self.partitions_lock.get(t.name, 0)
+            if t.partitions < floor:
+                raise ConfigError(
+                    f"kafka.topics.{t.name}.partitions", t.partitions,
+                    f"below the {floor} partitions already deployed: Kafka cannot remove partitions",
+                    f"declare {floor} or more",
+                )
+            if not 1 <= t.replication_factor <= self.broker_count:
+                raise ConfigError(
+                    f"kafka.topics.{t.name}.replication_factor", t.replication_factor,
+                    f"must be 1 to the broker count ({self.broker_count})", f"use {min(3, self.broker_count)}",
+                )
+            if "min.insync.replicas" in t.configs:
+                check_min_isr(int(t.configs["min.insync.replicas"]), t.replication_factor,
+                              setting=f"kafka.topics.{t.name}.min.insync.replicas")
+
+    @property
+    def broker_count(self) -> int:
+        return self.controllers if self.combined else self.brokers
+
+    @property
+    def controller_heap(self) -> int:
+        return self.controller_heap_mib or self.controller_memory_mib // 2
+
+    @property
+    def broker_heap(self) -> int:
+        return self.broker_heap_mib or self.broker_memory_mib // 2
+
+    @property
+    def controller_sizing(self) -> Sizing:
+        return Sizing(cpu_request_m=100 if self.profile.small else 200, cpu_limit_m=1000,
+                      memory_request_mib=self.controller_memory_mib, memory_limit_mib=self.controller_memory_mib)
+
+    @property
+    def broker_sizing(self) -> Sizing:
+        cpu = (200, 1000) if self.profile.small else (250, 1500)
+        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
+                      memory_request_mib=self.broker_memory_mib, memory_limit_mib=self.broker_memory_mib)
+
+    def cluster_config(self, *, namespace: str, **overrides: Any) -> KafkaClusterConfig:
+        """The rendered cluster: nodes named as the chart's pods in ``namespace``."""
+
+        def place(kind: str, ordinal: int) -> dict[str, Any]:
+            name, service = KafkaChart.workload(kind)
+            return {"host": f"{name}-{ordinal}.{service}.{namespace}.svc.cluster.local",
+                    "client_port": self.client_port, "controller_port": self.controller_port,
+                    "replication_port": self.replication_port}
+
+        nodes = layout_nodes(controllers=self.controllers, brokers=self.brokers, combined=self.combined, place=place)
+        return self.with_durability(KafkaClusterConfig(nodes=nodes, log_dir=DATA_DIR), **overrides)
+
+    def with_durability(self, config: KafkaClusterConfig, **overrides: Any) -> KafkaClusterConfig:
+        """``config`` with these props' durability settings (the local launcher uses this too)."""
+        return replace(config, default_replication_factor=self.replication_factor,
+                       min_insync_replicas=self.min_insync_replicas, num_partitions=self.num_partitions, **overrides)
+
+
+def _secret_env(name: str, secret: str, key: str) -> k8s.EnvVar:
+    return k8s.EnvVar(name=name, value_from=k8s.EnvVarSource(
+        secret_key_ref=k8s.SecretKeySelector(name=secret, key=key)))
+
+
+
+
+_FETCH_AGENT = """\
+import hashlib, sys, urllib.request
+url, digest, target = sys.argv[1:4]
+data = urllib.request.urlopen(url, timeout=60).read()
+if hashlib.sha256(data).hexdigest() != digest:
+    sys.exit(f"{url}: SHA-256 mismatch")
+open(target, "wb").write(data)
+"""
+
+
+@register
+class KafkaChart(PlatformChart):
+    """A KRaft Kafka cluster with SCRAM authentication, durable defaults and topics as code."""
+
+    component = "kafka"
+    construct_id = "Kafka"
+    requires = ("base",)
+    version = versions.KAFKA_VERSION
+    settings_class = KafkaProps
+    images = (versions.KAFKA_IMAGE, versions.PYTHON_IMAGE)
+
+    NAMESPACE = "kafka"
+    AUTH_SECRET = "kafka-auth"
+    AUTH_KEYS = ("admin-password", "controller-password", "app-password")
+    CLUSTER_ID_SECRET = "kafka-cluster-id"
+    BOOTSTRAP_SERVICE = "kafka-bootstrap"
+    #: SCRAM users bootstrapped at format time: ``admin`` (replication, the topic Job)
+    #: and ``app`` (applications; ``final_problem.clients.kafka``).
+    APP_USER = "app"
+
+    @staticmethod
+    def workload(kind: str) -> tuple[str, str]:
+        """StatefulSet and headless Service names of ``controller``, ``broker`` or ``combined``."""
+        name = {"controller": "kafka-controller", "broker": "kafka-broker", "combined": "kafka"}[kind]
+        return name, f"{name}-headless"
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: Settings,
+        profile: Profile,
+        dependencies: Mapping[str, PlatformChart],
+    ) -> None:
+        super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
+        p: KafkaProps = self.props  # type: ignore[assignment]
+        ns = self.NAMESPACE
+        self.kafka_namespace = RestrictedNamespace(self, "Namespace", name=ns, pss_version=f"v{settings.kubernetes_version}")
+        self.secrets = GeneratedSecrets(
+            self, "Secrets", namespace=ns, labels=self.label_set,
+            secrets=[
+                SecretSpec(name=self.AUTH_SECRET, keys=self.AUTH_KEYS),
+                SecretSpec(name=self.CLUSTER_ID_SECRET, keys=("cluster-id",), bytes=16, format="kafka-uuid"),
+            ],
+        )
+        self.cluster = p.cluster_config(namespace=ns)
+        #: Bootstrap address for clients inside the cluster.
+        self.bootstrap_servers = f"{self.BOOTSTRAP_SERVICE}.{ns}.svc:{p.client_port}"
+        self.client_namespace_label = dict(CLIENT_NAMESPACE_LABEL)
+
+        files: dict[str, str] = {"log4j2.properties": LOG4J2_PROPERTIES, "jmx-exporter.yaml": JMX_EXPORTER_RULES}
+        kinds = ["combined"] if p.combined else ["controller", "broker"]
+        for kind in kinds:
+            name, _ = self.workload(kind)
+            roles = {"controller": ("controller",), "broker": ("broker",), "combined": ("broker", "controller")}[kind]
+            role_nodes = [n for n in self.cluster.nodes if n.roles == roles]
+            for ordinal, node in enumerate(role_nodes):
+                files[f"{name}-{ordinal}.properties"] = server_properties(self.cluster, node.node_id)
+        self.config_map = k8s.KubeConfigMap(
+            self, "Config", metadata=k8s.ObjectMeta(name="kafka-config", namespace=ns), data=files,
+        )
+        set_component(self.config_map, "config")
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+        self.selectors = {kind: self.label_set.selector(kind) for kind in kinds}
+        broker_kind = "combined" if p.combined else "broker"
+        controller_kind = "combined" if p.combined else "controller"
+        self.headless_services = {
+            kind: self._service(f"{kind.capitalize()}Headless", self.workload(kind)[1], kind, headless=True)
+            for kind in kinds
+        }
+        self.bootstrap_service = self._service("Bootstrap", self.BOOTSTRAP_SERVICE, broker_kind, headless=False)
+
+        self.stateful_sets: dict[str, QuorumStatefulSet] = {}
+        for kind in kinds:
+            is_broker = kind in ("broker", "combined")
+            sizing = p.broker_sizing if is_broker else p.controller_sizing
+            heap = p.broker_heap if is_broker else p.controller_heap
+            storage = p.broker_storage_gib if is_broker else p.controller_storage_gib
+            count = p.controllers if kind != "broker" else p.brokers
+            self.stateful_sets[kind] = self._stateful_set(kind, count=count, sizing=sizing, heap=heap, storage=storage,
+                                                          ready_port=p.client_port if is_broker else p.controller_port,
+                                                          digest=digest)
+        self._topic_job(broker_kind)
+        self._network_policies(broker_kind=broker_kind, controller_kind=controller_kind)
+        for child in self.node.children:
+            if child is not self.kafka_namespace:
+                child.node.add_dependency(self.kafka_namespace)
+
+    # -- objects ----------------------------------------------------------------------
+
+    def _service(self, id: str, name: str, kind: str, *, headless: bool) -> k8s.KubeService:
+        p = self.props
+        if headless:
+            service_ports = [
+                k8s.ServicePort(name="client", port=p.client_port, target_port=int_or_string(p.client_port)),
+                k8s.ServicePort(name="controller", port=p.controller_port, target_port=int_or_string(p.controller_port)),
+                k8s.ServicePort(name="replication", port=p.replication_port, target_port=int_or_string(p.replication_port)),
+                k8s.ServicePort(name="metrics", port=p.metrics_port, target_port=int_or_string(p.metrics_port)),
+            ]
+        else:
+            service_ports = [k8s.ServicePort(name="client", port=p.client_port, target_port=int_or_string(p.client_port))]
+        service = k8s.KubeService(
+            self, id,
+            metadata=k8s.ObjectMeta(name=name, namespace=self.NAMESPACE),
+            spec=k8s.ServiceSpec(
+                cluster_ip="None" if headless else None,
+                # Nodes resolve each other while starting: the quorum forms before any is ready.
+                publish_not_ready_addresses=True if headless else None,
+                selector=self.selectors[kind],
+                ports=service_ports,
+            ),
+        )
+        set_component(service, kind)
+        return service
+
+    def _stateful_set(self, kind: str, *, count: int, sizing: Sizing, heap: int, storage: int, ready_port: int,
+                      digest: str) -> QuorumStatefulSet:
+        p = self.props
+        name, service = self.workload(kind)
+        config_path = f"{CONFIG_DIR}/$(POD_NAME).properties"
+        log4j = f"{CONFIG_DIR}/log4j2.properties"
+        classpath = f"{KAFKA_HOME}/libs/*"
+        agent = f"-javaagent:{AGENT_DIR}/jmx_prometheus_javaagent.jar={p.metrics_port}:{CONFIG_DIR}/jmx-exporter.yaml"
+        server = java_command(java="java", classpath=classpath, main=SERVER_MAIN, args=[config_path], heap_mib=heap,
+                              log4j_config=log4j, extra_jvm=[agent])
+        scram = [scram_argument(self.cluster.admin_user, "$(KAFKA_ADMIN_PASSWORD)"),
+                 scram_argument(self.APP_USER, "$(KAFKA_APP_PASSWORD)")]
+        storage_tool = java_command(
+            java="java", classpath=classpath, main=STORAGE_MAIN, heap_mib=128, log4j_config=log4j,
+            args=format_args(config_path=config_path, cluster_id="$(KAFKA_CLUSTER_ID)", scram=scram),
+        )
+        env = [
+            k8s.EnvVar(name="POD_NAME", value_from=k8s.EnvVarSource(field_ref=k8s.ObjectFieldSelector(field_path="metadata.name"))),
+            _secret_env(ADMIN_PASSWORD_ENV, self.AUTH_SECRET, "admin-password"),
+            _secret_env(CONTROLLER_PASSWORD_ENV, self.AUTH_SECRET, "controller-password"),
+        ]
+        format_env = env + [
+            _secret_env("KAFKA_APP_PASSWORD", self.AUTH_SECRET, "app-password"),
+            _secret_env("KAFKA_CLUSTER_ID", self.CLUSTER_ID_SECRET, "cluster-id"),
+        ]
+        mounts = [
+            k8s.VolumeMount(name="config", mount_path=CONFIG_DIR, read_only=True),
+            k8s.VolumeMount(name="data", mount_path=DATA_DIR),
+            # The JVM's perf data and native libraries (zstd, snappy) unpack into /tmp.
+            k8s.VolumeMount(name="tmp", mount_path="/tmp"),
+        ]
+        security = container_context(uid=KAFKA_UID)
+        fetch_agent = k8s.Container(
+            name="fetch-metrics-agent",
+            image=versions.PYTHON_IMAGE,
+            image_pull_policy="IfNotPresent",
+            command=["python3", "-c", _FETCH_AGENT, versions.JMX_AGENT_URL, versions.JMX_AGENT_SHA256, f"{AGENT_DIR}/jmx_prometheus_javaagent.jar"],
+            env=[k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1")],
+            volume_mounts=[k8s.VolumeMount(name="metrics-agent", mount_path=AGENT_DIR)],
+            security_context=security,
+            resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=200, memory_request_mib=32, memory_limit_mib=64)),
+        )
+        format_storage = k8s.Container(
+            name="format-storage",
+            image=versions.KAFKA_IMAGE,
+            image_pull_policy="IfNotPresent",
+            command=storage_tool,
+            env=format_env,
+            volume_mounts=mounts,
+            security_context=security,
+            resources=raw_resources(Sizing(cpu_request_m=100, cpu_limit_m=1000, memory_request_mib=256, memory_limit_mib=256)),
+        )
+        container_ports = [k8s.ContainerPort(name="metrics", container_port=p.metrics_port)]
+        if kind != "broker":
+            container_ports.append(k8s.ContainerPort(name="controller", container_port=p.controller_port))
+        if kind != "controller":
+            container_ports += [k8s.ContainerPort(name="client", container_port=p.client_port),
+                                k8s.ContainerPort(name="replication", container_port=p.replication_port)]
+        container = k8s.Container(
+            name="kafka",
+            image=versions.KAFKA_IMAGE,
+            image_pull_policy="IfNotPresent",
+            # kafka.Kafka directly: the image's wrapper would write /opt/kafka/config and
+            # take its settings from KAFKA_* variables instead of the rendered file.
+            command=server,
+            env=env,
+            ports=container_ports,
+            volume_mounts=mounts + [k8s.VolumeMount(name="metrics-agent", mount_path=AGENT_DIR, read_only=True)],
+            security_context=security,
+            resources=raw_resources(sizing),
+            # Ready once the role's listener accepts connections (a broker opens it only
+            # after catching up with the metadata log).
+            readiness_probe=k8s.Probe(tcp_socket=k8s.TcpSocketAction(port=int_or_string(ready_port)),
+                                      period_seconds=10, timeout_seconds=5, failure_threshold=3),
+            # Alive while the JVM answers HTTP (the exporter's health endpoint): recovering a
+            # large log after a crash can take minutes, during which the listener is closed.
+            liveness_probe=k8s.Probe(http_get=k8s.HttpGetAction(path="/-/healthy", port=int_or_string(p.metrics_port)),
+                                     initial_delay_seconds=30, period_seconds=20, timeout_seconds=5, failure_threshold=6),
+        )
+        sts = QuorumStatefulSet(
+            self, {"controller": "Controller", "broker": "Broker", "combined": "Node"}[kind],
+            name=name, namespace=self.NAMESPACE, labels=self.label_set, component=kind,
+            replicas=count, service_name=service, profile=self.profile, uid=KAFKA_UID,
+            init_containers=[fetch_agent, format_storage], containers=[container],
+            volumes=[
+                k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name="kafka-config")),
+                k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("256Mi"))),
+                k8s.Volume(name="metrics-agent", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("32Mi"))),
+            ],
+            claims=[ClaimSpec(name="data", size_gib=storage)],
+            pod_annotations={
+                # A changed configuration rolls the pods one at a time (PDB maxUnavailable 1).
+                "final-problem.io/config-sha256": digest,
+                "prometheus.io/scrape": "true", "prometheus.io/port": str(p.metrics_port), "prometheus.io/path": "/metrics",
+            },
+            # A clean shutdown moves partition leadership away first; give it time.
+            termination_grace_seconds=120,
+        )
+        sts.resource.metadata.add_annotation(
+            "checkov.io/skip1", "CKV_K8S_40=the official apache/kafka image runs as its own appuser, uid 1000")
+        # Passwords arrive as secretKeyRef env: Kafka's EnvVarConfigProvider reads them from the
+        # environment, and the storage tool takes SCRAM passwords only on its command line.
+        sts.resource.metadata.add_annotation(
+            "checkov.io/skip2", "CKV_K8S_35=Kafka's EnvVarConfigProvider reads passwords from the environment")
+        return sts
+
+    def _topic_job(self, broker_kind: str) -> None:
+        p = self.props
+        ns = self.NAMESPACE
+        topics_json = json.dumps([t.to_json() for t in p.topics], sort_keys=True)
+        script = TOPICS_SCRIPT.read_text()
+        digest = hashlib.sha256((topics_json + script + KAFKA_PYTHON_REQUIREMENT + versions.PYTHON_IMAGE).encode()).hexdigest()[:8]
+        name = f"kafka-topics-{digest}"
+        self.topics_config = k8s.KubeConfigMap(
+            self, "TopicsScript", metadata=k8s.ObjectMeta(name=name, namespace=ns),
+            data={"kafka_topics.py": script, "requirements.txt": KAFKA_PYTHON_REQUIREMENT + "\n"}, immutable=True,
+        )
+        set_component(self.topics_config, "topics")
+        self.topics_selector = {"final-problem.io/job": "kafka-topics"}
+        command = (
+            "set -eu\n"
+            "python3 -m pip install --quiet --no-cache-dir --disable-pip-version-check --require-hashes "
+            "--target /tmp/deps -r /opt/topics/requirements.txt\n"
+            "exec python3 /opt/topics/kafka_topics.py\n"
+        )
+        container = k8s.Container(
+            name="topics",
+            image=versions.PYTHON_IMAGE,
+            image_pull_policy="IfNotPresent",
+            command=["sh", "-c", command],
+            env=[
+                k8s.EnvVar(name="KAFKA_BOOTSTRAP_SERVERS", value=self.bootstrap_servers),
+                k8s.EnvVar(name="KAFKA_USERNAME", value=self.cluster.admin_user),
+                _secret_env("KAFKA_PASSWORD", self.AUTH_SECRET, "admin-password"),
+                k8s.EnvVar(name="KAFKA_TOPICS", value=topics_json),
+                k8s.EnvVar(name="PYTHONPATH", value="/tmp/deps"),
+                k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
+                k8s.EnvVar(name="HOME", value="/tmp"),
+            ],
+            volume_mounts=[
+                k8s.VolumeMount(name="script", mount_path="/opt/topics", read_only=True),
+                k8s.VolumeMount(name="tmp", mount_path="/tmp"),
+            ],
+            security_context=container_context(uid=KAFKA_UID),
+            resources=raw_resources(Sizing(cpu_request_m=50, cpu_limit_m=500, memory_request_mib=96, memory_limit_mib=192)),
+        )
+        self.topic_job = k8s.KubeJob(
+            self, "TopicJob",
+            metadata=k8s.ObjectMeta(name=name, namespace=ns, annotations={
+                "checkov.io/skip1": "CKV_K8S_35=kafka-python takes the password as a value; it comes from secretKeyRef",
+                "checkov.io/skip2": "CKV_K8S_40=runs as the uid of the Kafka image's appuser, 1000",
+            }),
+            spec=k8s.JobSpec(
+                backoff_limit=10,
+                # Waits up to 10 min for the brokers (KAFKA_WAIT_S), then retries.
+                active_deadline_seconds=3600,
+                ttl_seconds_after_finished=24 * 3600,
+                template=k8s.PodTemplateSpec(
+                    metadata=k8s.ObjectMeta(labels={**self.label_set.chart_labels(), "app.kubernetes.io/component": "topics",
+                                                    **self.topics_selector}),
+                    spec=k8s.PodSpec(
+                        restart_policy="Never",
+                        automount_service_account_token=False,
+                        enable_service_links=False,
+                        security_context=pod_context(uid=KAFKA_UID),
+                        containers=[container],
+                        volumes=[
+                            k8s.Volume(name="script", config_map=k8s.ConfigMapVolumeSource(name=name)),
+                            k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("128Mi"))),
+                        ],
+                    ),
+                ),
+            ),
+        )
+        set_component(self.topic_job, "topics")
+        self.topic_job.add_dependency(self.topics_config)
+
+    def _network_policies(self, *, broker_kind: str, controller_kind: str) -> None:
+        p = self.props
+        ns = self.NAMESPACE
+        brokers = pod_peer(self.selectors[broker_kind])
+        controllers = pod_peer(self.selectors[controller_kind])
+        nodes = [pod_peer(s) for s in self.selectors.values()]
+        # Fetching the metrics agent (Maven Central) and the topic Job's kafka-python (PyPI).
+        https_out = k8s.NetworkPolicyEgressRule(ports=ports(443))
+        policies: list[k8s.KubeNetworkPolicy] = []
+        for kind, selector in self.selectors.items():
+            ingress = [
+                k8s.NetworkPolicyIngressRule(from_=[namespace_peer(MONITORING_NAMESPACE_LABEL)], ports=ports(p.metrics_port)),
+            ]
+            egress = [https_out]
+            if kind in ("broker", "combined"):
+                ingress += [
+                    k8s.NetworkPolicyIngressRule(
+                        from_=[namespace_peer(CLIENT_NAMESPACE_LABEL), pod_peer(self.topics_selector), brokers],
+                        ports=ports(p.client_port)),
+                    k8s.NetworkPolicyIngressRule(from_=[brokers], ports=ports(p.replication_port)),
+                ]
+                egress += [
+                    k8s.NetworkPolicyEgressRule(to=[brokers], ports=ports(p.replication_port, p.client_port)),
+                    k8s.NetworkPolicyEgressRule(to=[controllers], ports=ports(p.controller_port)),
+                ]
+            if kind in ("controller", "combined"):
+                ingress.append(k8s.NetworkPolicyIngressRule(from_=nodes, ports=ports(p.controller_port)))
+                egress.append(k8s.NetworkPolicyEgressRule(to=[controllers], ports=ports(p.controller_port)))
+            name, _ = self.workload(kind)
+            policy = k8s.KubeNetworkPolicy(
+                self, f"{kind.capitalize()}Policy",
+                metadata=k8s.ObjectMeta(name=name, namespace=ns),
+                spec=k8s.NetworkPolicySpec(
+                    pod_selector=k8s.LabelSelector(match_labels=selector),
+                    policy_types=["Ingress", "Egress"], ingress=ingress, egress=egress,
+                ),
+            )
+            policies.append(policy)
+        policies.append(k8s.KubeNetworkPolicy(
+            self, "TopicsPolicy",
+            metadata=k8s.ObjectMeta(name="kafka-topics", namespace=ns),
+            spec=k8s.NetworkPolicySpec(
+                pod_selector=k8s.LabelSelector(match_labels=self.topics_selector),
+                policy_types=["Ingress", "Egress"],
+                egress=[https_out, k8s.NetworkPolicyEgressRule(to=[brokers], ports=ports(p.client_port))],
+            ),
+        ))
+        for policy in policies:
+            set_component(policy, "network-policy")
+        self.network_policies = policies
+

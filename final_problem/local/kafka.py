@@ -1,0 +1,340 @@
+"""Run a real KRaft cluster on one host's loopback, from the renderer's output.
+
+Used by the integration tests and ``bench/kafka.py``. Each node's ``server.properties``
+comes from :func:`final_problem.renderers.kafka.server_properties` (the function the
+chart mounts), with hosts set to 127.0.0.1, ports remapped to free ones, a directory per
+node and, through ``extra``, shorter failure-detection timeouts. Storage is formatted
+with the storage tool and ``--add-scram`` exactly as the chart's init container does.
+The jars come from Maven Central (``make kafka``) into
+``${XDG_CACHE_HOME:-~/.cache}/final-problem/kafka-<version>/libs``.
+
+Layouts: ``dedicated`` (3 controllers + 3 brokers, the EKS layout) and ``combined``
+(3 ``broker,controller`` nodes, the Pi layout). Every process it starts is stopped by
+:meth:`LocalKafkaCluster.close` (also on ``with`` exit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+from final_problem import local, versions
+from final_problem.charts.kafka import JMX_EXPORTER_RULES, KafkaProps
+from final_problem.clients.kafka import KafkaSettings, admin
+from final_problem.clients.kafka_topics import TopicSpec, reconcile
+from final_problem.local import LOOPBACK, free_ports
+from final_problem.profiles import EKS, PI
+from final_problem.renderers.kafka import (
+    ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SCRAM_MECHANISM, SERVER_MAIN, STORAGE_MAIN,
+    KafkaClusterConfig, format_args, java_command, layout_nodes, random_cluster_id, scram_argument, server_properties,
+)
+
+T = TypeVar("T")
+
+#: Failure detection sized for a test on a busy host: a killed broker is fenced after 6 s
+#: (default 9 s), a lagging replica leaves the ISR after 6 s (default 30 s), and consumer
+#: groups start without the 3 s initial rebalance delay. Source: Kafka 4.4 "Broker Configs".
+TEST_TUNING: tuple[tuple[str, str], ...] = (
+    ("broker.session.timeout.ms", "6000"),
+    ("broker.heartbeat.interval.ms", "1000"),
+    ("replica.lag.time.max.ms", "6000"),
+    ("group.initial.rebalance.delay.ms", "0"),
+    # Small segments: a restarted broker recovers little, and the logs roll under test.
+    ("log.segment.bytes", str(1024 * 1024)),
+    ("num.network.threads", "2"),
+    ("num.io.threads", "2"),
+    ("num.recovery.threads.per.data.dir", "1"),
+)
+#: JVM options for six nodes sharing two cores: no C2 compiler and a serial collector
+#: start a node in seconds instead of tens.
+TEST_JVM = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss512k", "-XX:MaxMetaspaceSize=128m")
+
+
+class KafkaClusterError(RuntimeError):
+    """The local cluster did not reach the expected state in time."""
+
+
+def kafka_home(version: str = versions.KAFKA_VERSION) -> Path:
+    """Where ``make kafka`` installs the jars of ``version``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "final-problem" / f"kafka-{version}"
+
+
+def missing_binaries() -> list[str]:
+    """What is missing to run a cluster here (empty when ready)."""
+    missing = []
+    if not shutil.which("java"):
+        missing.append("java (Debian package default-jre-headless, brought by zookeeper)")
+    home = kafka_home()
+    if not (home / ".installed").exists() or not (home / "libs" / f"kafka_2.13-{versions.KAFKA_VERSION}.jar").exists() \
+            or not (home / "agents" / "jmx_prometheus_javaagent.jar").exists():
+        missing.append(f"{home}/libs (run `make kafka`)")
+    return missing
+
+
+def classpath() -> str:
+    """Every jar of ``libs/``, as ``kafka-run-class.sh`` builds it."""
+    return str(kafka_home() / "libs" / "*")
+
+
+@dataclass
+class _Process:
+    node_id: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Random passwords of one local cluster (never written into a rendered file)."""
+
+    admin: str
+    controller: str
+    app: str
+    app_user: str = "app"
+
+    @classmethod
+    def random(cls) -> "Credentials":
+        return cls(admin=random_cluster_id(), controller=random_cluster_id(), app=random_cluster_id())
+
+
+class LocalKafkaCluster:
+    """A KRaft cluster on 127.0.0.1 with free ports, in ``workdir``."""
+
+    def __init__(
+        self, *, workdir: Path, layout: str = "dedicated", controllers: int = 3, brokers: int = 3,
+        heap_mib: int = 256, extra: Sequence[tuple[str, str]] = TEST_TUNING,
+        offsets_topic_partitions: int = 3, jvm_options: Sequence[str] = TEST_JVM,
+        props: "KafkaProps | None" = None, metrics: bool = False,
+    ) -> None:
+        if layout not in ("dedicated", "combined"):
+            raise ValueError(f"layout {layout!r}: use 'dedicated' or 'combined'")
+        self.workdir = workdir
+        self.layout = layout
+        self.heap_mib = heap_mib
+        self.jvm_options = tuple(jvm_options)
+        self.credentials = Credentials.random()
+        self.cluster_id = random_cluster_id()
+        count = controllers + (0 if layout == "combined" else brokers)
+        ports = iter(free_ports(3 * count))
+
+        def place(kind: str, ordinal: int) -> dict[str, object]:
+            return {"host": LOOPBACK, "client_port": next(ports), "controller_port": next(ports),
+                    "replication_port": next(ports)}
+
+        nodes = layout_nodes(
+            controllers=controllers, brokers=0 if layout == "combined" else brokers,
+            combined=layout == "combined", place=place,
+        )
+        # The chart's durability settings (replication factor, min.insync.replicas,
+        # partitions) on loopback nodes: the file each node gets is the chart's but for
+        # hosts, ports, directories and the ``extra`` timeouts.
+        props = props or KafkaProps.for_profile(PI if layout == "combined" else EKS)
+        self.config = props.with_durability(
+            KafkaClusterConfig(nodes=nodes), bind_host=LOOPBACK, extra=tuple(extra),
+            offsets_topic_partitions=offsets_topic_partitions,
+        )
+        self.procs = {n.node_id: _Process(node_id=n.node_id, directory=workdir / f"node-{n.node_id}") for n in nodes}
+        workdir.mkdir(parents=True, exist_ok=True)
+        # With ``metrics``, every node loads the chart's JMX exporter agent and rules, each
+        # on a port of its own.
+        self.metrics_ports: dict[int, int] = dict(zip(self.procs, free_ports(len(self.procs)), strict=True)) if metrics else {}
+        self.metrics_rules = workdir / "jmx-exporter.yaml"
+        self.metrics_rules.write_text(JMX_EXPORTER_RULES)
+        self.log4j = workdir / "log4j2.properties"
+        self.log4j.write_text(LOG4J2_PROPERTIES)
+        self.admin_properties = workdir / "admin.properties"
+        self.admin_properties.write_text(
+            "security.protocol=SASL_PLAINTEXT\n"
+            f"sasl.mechanism={SCRAM_MECHANISM}\n"
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{self.config.admin_user}" password="{self.credentials.admin}";\n'
+        )
+        self.admin_properties.chmod(0o600)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+        env[ADMIN_PASSWORD_ENV] = self.credentials.admin
+        env[CONTROLLER_PASSWORD_ENV] = self.credentials.controller
+        return env
+
+    def _java(self, main: str, args: Sequence[str], heap_mib: int, jvm: Sequence[str] | None = None) -> list[str]:
+        return java_command(
+            java=shutil.which("java") or "java", classpath=classpath(), main=main, args=args,
+            heap_mib=heap_mib, log4j_config=str(self.log4j), extra_jvm=self.jvm_options if jvm is None else jvm,
+        )
+
+    def _write(self, proc: _Process) -> Path:
+        data = proc.directory / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        node_config = dataclasses.replace(self.config, log_dir=str(data))
+        path = proc.directory / "server.properties"
+        path.write_text(server_properties(node_config, proc.node_id))
+        return path
+
+    def _format_command(self, proc: _Process) -> list[str]:
+        path = self._write(proc)
+        scram = [
+            scram_argument(self.config.admin_user, self.credentials.admin),
+            scram_argument(self.credentials.app_user, self.credentials.app),
+        ]
+        return self._java(STORAGE_MAIN, format_args(config_path=str(path), cluster_id=self.cluster_id, scram=scram), 128)
+
+    def format_all(self) -> None:
+        """Format every node's storage (in parallel: each is a JVM start)."""
+        running = []
+        for proc in self.procs.values():
+            if (proc.directory / "data" / "meta.properties").exists():
+                continue
+            proc.directory.mkdir(parents=True, exist_ok=True)
+            log = open(proc.directory / "format.log", "wb")
+            running.append((proc, log, subprocess.Popen(
+                self._format_command(proc), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self._env(), start_new_session=True,
+            )))
+        try:
+            for proc, log, p in running:
+                if p.wait(timeout=180) != 0:
+                    raise KafkaClusterError(f"formatting node {proc.node_id} failed: see {log.name}")
+        finally:
+            for _, log, p in running:
+                log.close()
+                local.kill_group(p)
+
+    def start(self, node_id: int) -> None:
+        """Start node ``node_id`` (again); its data directory is kept."""
+        proc = self.procs[node_id]
+        if proc.process is not None and proc.process.poll() is None:
+            return
+        if not (proc.directory / "data" / "meta.properties").exists():
+            self.format_all()
+        path = self._write(proc)
+        log = open(proc.directory / "server.log", "ab")
+        try:
+            agent = (
+                [f"-javaagent:{kafka_home() / 'agents' / 'jmx_prometheus_javaagent.jar'}="
+                 f"{LOOPBACK}:{self.metrics_ports[node_id]}:{self.metrics_rules}"]
+                if node_id in self.metrics_ports else []
+            )
+            proc.process = subprocess.Popen(
+                self._java(SERVER_MAIN, [str(path)], self.heap_mib, [*self.jvm_options, *agent]),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=proc.directory, env=self._env(), start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def start_all(self, order: Sequence[int] | None = None) -> None:
+        self.format_all()
+        for node_id in order or list(self.procs):
+            self.start(node_id)
+
+    def kill(self, node_id: int) -> None:
+        """Kill node ``node_id`` with SIGKILL: a crash, not a clean shutdown."""
+        proc = self.procs[node_id]
+        if proc.process is None:
+            return
+        local.kill_group(proc.process)
+        proc.process = None
+
+    def kill_all(self) -> None:
+        """SIGKILL every node at once (a power cut)."""
+        for proc in self.procs.values():
+            if proc.process is not None:
+                local.kill_group(proc.process, reap=False)
+        for node_id in self.procs:
+            self.kill(node_id)
+
+    def close(self) -> None:
+        """Stop every node this cluster started."""
+        self.kill_all()
+
+    def __enter__(self) -> "LocalKafkaCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- observation -----------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.config.bootstrap_servers
+
+    @property
+    def broker_ids(self) -> list[int]:
+        return [n.node_id for n in self.config.brokers]
+
+    @property
+    def controller_ids(self) -> list[int]:
+        return [n.node_id for n in self.config.controllers]
+
+    def running(self) -> list[int]:
+        return [i for i, p in self.procs.items() if p.process is not None and p.process.poll() is None]
+
+    def log(self, node_id: int) -> str:
+        path = self.procs[node_id].directory / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def tail(self, node_id: int, lines: int = 30) -> str:
+        return "\n".join(self.log(node_id).splitlines()[-lines:])
+
+    def wait_for(self, what: str, check: Callable[[], T | None], *, timeout: float = 120.0, interval: float = 0.5,
+                 retry_on: tuple[type[BaseException], ...] = (Exception,)) -> T:
+        return local.wait_for(what, check, timeout_s=timeout, interval_s=interval, retry_on=retry_on,
+                              error=KafkaClusterError)
+
+    def tool(self, main: str, args: Sequence[str], *, timeout: float = 120.0, heap_mib: int = 128,
+             jvm: Sequence[str] | None = None) -> str:
+        """Run a Kafka command-line tool (a main class of ``libs/``) and return its output."""
+        result = subprocess.run(
+            self._java(main, args, heap_mib, jvm), capture_output=True, text=True, timeout=timeout, env=self._env(),
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            raise KafkaClusterError(f"{main} {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+        return result.stdout
+
+    def app_settings(self, *, password: str | None = None) -> KafkaSettings:
+        """Client settings of the ``app`` user (the chart's client user) for this cluster."""
+        return KafkaSettings(bootstrap_servers=self.bootstrap_servers, username=self.credentials.app_user,
+                             password=self.credentials.app if password is None else password)
+
+    def create_topic(self, *, partitions: int = 3, replication_factor: int = 3, prefix: str = "t") -> str:
+        """A new topic created by the topic Job's logic, once every replica is in sync."""
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        a = admin(self.app_settings())
+        try:
+            reconcile(a, [TopicSpec(name=name, partitions=partitions, replication_factor=replication_factor)])
+        finally:
+            a.close()
+        self.wait_healthy([name])
+        return name
+
+    def wait_healthy(self, topics: Sequence[str] = (), *, timeout: float = 180.0) -> None:
+        """Every broker registered and unfenced, and every partition of ``topics`` fully in sync."""
+        settings = self.app_settings()
+
+        def healthy() -> bool:
+            a = admin(settings, bootstrap_timeout_ms=5000)
+            try:
+                alive = [b for b in a.describe_cluster()["brokers"] if not b.get("is_fenced")]
+                if len(alive) != len(self.broker_ids):
+                    return False
+                for t in a.describe_topics(list(topics)) if topics else ():
+                    for p in t["partitions"]:
+                        if len(p["isr_nodes"]) != len(p["replica_nodes"]) or p["leader_id"] < 0:
+                            return False
+                return True
+            finally:
+                a.close()
+
+        self.wait_for("all brokers up and every replica in sync", healthy, timeout=timeout)

@@ -1,0 +1,382 @@
+"""The chart's Kafka configuration on real brokers: authentication, topics as code, durability.
+
+KRaft clusters run on loopback from the ``server.properties`` the chart renders
+(final_problem.local.kafka remaps hosts, ports and directories, and shortens failure
+detection: brokers are fenced after 6 s instead of 9 s). The dedicated layout (3
+controllers + 3 brokers, as on EKS) carries most tests; the combined layout (3
+broker+controller nodes, as on the Pi) gets the crash tests too. Every client logs in as
+the chart's ``app`` user with SCRAM-SHA-512, as deployed.
+
+"Power cut" here kills every JVM with SIGKILL at once; the host's page cache survives,
+so it proves the on-disk logs and the quorum recover, not what an fsync policy would add
+(Kafka relies on replication, not fsync, by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from typing import Any, Iterator
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError, KafkaTimeoutError
+
+from final_problem.clients.kafka import KafkaClientError, KafkaSettings, admin, consume, produce, producer
+from final_problem.clients.kafka_topics import ReconcileError, TopicSpec, reconcile
+from final_problem.local.kafka import LocalKafkaCluster, missing_binaries
+
+# One worker runs this module under pytest-xdist: its clusters are module fixtures.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("kafka")]
+
+log = logging.getLogger(__name__)
+
+
+def running_cluster(tmp_path_factory: pytest.TempPathFactory, layout: str) -> Iterator[LocalKafkaCluster]:
+    """A started cluster of ``layout``, stopped at module end, even on failure."""
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(f"cannot run Kafka here, missing: {', '.join(missing)}")
+    # The Pi layout also loads the chart's metrics agent and rules.
+    cluster = LocalKafkaCluster(workdir=tmp_path_factory.mktemp(f"kafka-{layout}"), layout=layout,
+                                metrics=layout == "combined")
+    try:
+        cluster.start_all()
+        cluster.wait_healthy()
+    except BaseException:
+        logs = "\n".join(f"--- node {i}\n{cluster.tail(i, 40)}" for i in cluster.procs)
+        cluster.close()
+        pytest.fail(f"the {layout} Kafka cluster did not start:\n{logs}")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def kafka_dedicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaCluster]:
+    """3 controllers + 3 brokers (the EKS layout)."""
+    yield from running_cluster(tmp_path_factory, "dedicated")
+
+
+@pytest.fixture(scope="module")
+def kafka_combined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaCluster]:
+    """3 broker+controller nodes (the Pi layout)."""
+    yield from running_cluster(tmp_path_factory, "combined")
+
+
+@pytest.fixture(params=["dedicated", "combined"])
+def kafka_any(request: pytest.FixtureRequest) -> LocalKafkaCluster:
+    return request.getfixturevalue(f"kafka_{request.param}")
+
+
+def app_settings(cluster: LocalKafkaCluster) -> KafkaSettings:
+    """The ``app`` user's settings, read the way the client reads them (environment)."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap_servers,
+        "KAFKA_USERNAME": cluster.credentials.app_user,
+        "KAFKA_PASSWORD": cluster.credentials.app,
+    }
+    return KafkaSettings.from_env(env, secret=lambda key: pytest.fail(f"asked the Secret for {key}"))
+
+
+def read_all(cluster: LocalKafkaCluster, topic: str, *, expected: int) -> list[Any]:
+    """Every record of ``topic`` read by a fresh group (from the earliest offset)."""
+    return consume(app_settings(cluster), topic, group_id=f"check-{uuid.uuid4().hex[:8]}",
+                   max_records=None, idle_timeout_s=10.0 if expected else 5.0)
+
+
+def assert_exactly_once_in_order(acked: dict[bytes, tuple[int, int]], records: list[Any]) -> None:
+    """Each acknowledged value read exactly once, at its acknowledged partition and offset,
+    and per partition in the order it was sent."""
+    seen: dict[bytes, int] = defaultdict(int)
+    for r in records:
+        seen[r.value] += 1
+    missing = [v for v in acked if seen[v] == 0]
+    duplicated = [v for v, n in seen.items() if n > 1]
+    assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:5]}"
+    assert not duplicated, f"{len(duplicated)} records duplicated, e.g. {duplicated[:5]}"
+    where = {r.value: (r.partition, r.offset) for r in records}
+    moved = [v for v, pos in acked.items() if where[v] != pos]
+    assert not moved, f"records not at their acknowledged offset, e.g. {moved[:5]}"
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_partition[r.partition].append(int(r.value.split(b"-")[1]))
+    for partition, sequence in by_partition.items():
+        assert sequence == sorted(sequence), f"partition {partition} out of send order"
+
+
+def produce_acked(cluster: LocalKafkaCluster, topic: str, count: int, *, during: Any = None,
+                  prefix: str = "rec") -> dict[bytes, tuple[int, int]]:
+    """Send ``count`` records with the project's producer (acks=all, idempotent), one key
+    per partition-bound stream; return the acknowledged ones with partition and offset.
+    ``during(i)`` runs before record ``i``."""
+    p = producer(app_settings(cluster), delivery_timeout_ms=120_000)
+    futures = []
+    try:
+        for i in range(count):
+            if during is not None:
+                during(i)
+            value = f"{prefix}-{i}".encode()
+            futures.append((value, p.send(topic, key=str(i % 3).encode(), value=value)))
+            if i % 50 == 0:
+                time.sleep(0.01)
+        p.flush(timeout=180)
+    finally:
+        p.close(timeout=30)
+    acked: dict[bytes, tuple[int, int]] = {}
+    for value, f in futures:
+        try:
+            meta = f.get(timeout=1)
+        except KafkaError as e:  # not acknowledged: allowed to be lost
+            log.info("not acknowledged: %s %s", value, e)
+            continue
+        acked[value] = (meta.partition, meta.offset)
+    return acked
+
+
+# -- authentication ----------------------------------------------------------------------
+
+
+def _bootstrap(cluster: LocalKafkaCluster, **auth: Any) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers.split(",")[:1], bootstrap_timeout_ms=4000, **auth)
+
+
+def test_unauthenticated_client_is_refused(kafka_dedicated: LocalKafkaCluster) -> None:
+    broker = kafka_dedicated.broker_ids[0]
+    before = kafka_dedicated.log(broker).count("during SASL handshake")
+    with pytest.raises(KafkaTimeoutError):
+        _bootstrap(kafka_dedicated)
+    assert kafka_dedicated.log(broker).count("during SASL handshake") > before, "the broker did not refuse the request"
+
+
+def test_wrong_password_is_refused(kafka_dedicated: LocalKafkaCluster) -> None:
+    broker = kafka_dedicated.broker_ids[0]
+    marker = "invalid credentials with SASL mechanism SCRAM-SHA-512"
+    before = kafka_dedicated.log(broker).count(marker)
+    scram = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "app"}
+    with pytest.raises(KafkaTimeoutError):
+        _bootstrap(kafka_dedicated, sasl_plain_password="wrong", **scram)
+    assert kafka_dedicated.log(broker).count(marker) > before
+    # The same client with the chart's password gets in: the refusal was the password.
+    _bootstrap(kafka_dedicated, sasl_plain_password=kafka_dedicated.credentials.app, **scram).close()
+
+
+def test_min_insync_replicas_is_the_cluster_default(kafka_dedicated: LocalKafkaCluster) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    a = admin(app_settings(kafka_dedicated))
+    try:
+        broker = str(kafka_dedicated.broker_ids[0])
+        result = a.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, broker, configs={"min.insync.replicas": None})], config_filter="all")
+        entry = result["broker"][broker]["min.insync.replicas"]
+    finally:
+        a.close()
+    assert entry["value"] == "2"
+    # With eligible leader replicas the controllers apply it cluster-wide (KIP-966).
+    assert entry["config_source"] == "DYNAMIC_DEFAULT_BROKER_CONFIG"
+
+
+def test_metrics_agent_serves_the_charts_rules_and_health(kafka_combined: LocalKafkaCluster) -> None:
+    node = kafka_combined.controller_ids[0]
+    base = f"http://127.0.0.1:{kafka_combined.metrics_ports[node]}"
+    # The chart's liveness probe.
+    with urllib.request.urlopen(f"{base}/-/healthy", timeout=10) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        body = response.read().decode()
+    names = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line.startswith("kafka_")}
+    for name in ("kafka_server_replicamanager_underreplicatedpartitions",
+                 "kafka_controller_kafkacontroller_offlinepartitionscount",
+                 "kafka_controller_kafkacontroller_activecontrollercount",
+                 "kafka_raft_current_leader", "kafka_server_brokertopicmetrics_messagesin_total"):
+        assert name in names, f"{name} not exported"
+
+
+# -- topics as code ----------------------------------------------------------------------
+
+
+def test_topic_job_creates_is_idempotent_and_raises_partitions(kafka_dedicated: LocalKafkaCluster) -> None:
+    name = f"orders-{uuid.uuid4().hex[:6]}"
+    declared = [TopicSpec(name=name, partitions=3, replication_factor=3, configs={"retention.ms": "3600000"})]
+    a = admin(app_settings(kafka_dedicated))
+    try:
+        first = reconcile(a, declared)
+        assert first.created == [name]
+        settle(kafka_dedicated, a, name, partitions=3, retention="3600000")
+        second = reconcile(a, declared)
+        assert not second.changed, second.lines()
+        raised = [TopicSpec(name=name, partitions=6, replication_factor=3, configs={"retention.ms": "7200000"})]
+        third = reconcile(a, raised)
+        assert third.partitions_raised == {name: (3, 6)}
+        assert third.configs_changed == {name: {"retention.ms": "7200000"}}
+        settle(kafka_dedicated, a, name, partitions=6, retention="7200000")
+        (topic,) = a.describe_topics([name])
+        assert all(len(p["replica_nodes"]) == 3 for p in topic["partitions"])
+        with pytest.raises(ReconcileError, match="cannot remove partitions"):
+            reconcile(a, [TopicSpec(name=name, partitions=2)])
+        assert not reconcile(a, raised).changed
+    finally:
+        a.close()
+
+
+def settle(cluster: LocalKafkaCluster, a: KafkaAdminClient, topic: str, *, partitions: int, retention: str) -> None:
+    """Wait until every broker serves the topic's new state: brokers apply a change when
+    they replay it from the metadata log, so one may answer from just before it."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    def seen_by_all() -> bool:
+        for broker in cluster.broker_ids:
+            one = admin(app_settings(cluster), bootstrap_servers=[cluster.config.node(broker).bootstrap])
+            try:
+                (t,) = one.describe_topics([topic])
+                configs = one.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": None})])
+                if len(t["partitions"]) != partitions or configs["topic"][topic]["retention.ms"]["value"] != retention:
+                    return False
+            finally:
+                one.close()
+        return True
+
+    cluster.wait_for(f"every broker to serve {topic} as declared", seen_by_all, timeout=30)
+
+
+# -- durability --------------------------------------------------------------------------
+
+
+def test_broker_killed_during_acks_all_produce_loses_and_duplicates_nothing(kafka_any: LocalKafkaCluster) -> None:
+    cluster = kafka_any
+    topic = cluster.create_topic()
+    victim = random.choice(cluster.broker_ids)
+    count = 3000
+
+    def chaos(i: int) -> None:
+        if i == count // 3:
+            cluster.kill(victim)
+        elif i == 2 * count // 3:
+            cluster.start(victim)
+
+    try:
+        acked = produce_acked(cluster, topic, count, during=chaos)
+    finally:
+        cluster.start(victim)
+    assert len(acked) >= count * 0.9, f"only {len(acked)} of {count} acknowledged"
+    cluster.wait_healthy([topic])
+    records = read_all(cluster, topic, expected=len(acked))
+    assert_exactly_once_in_order(acked, records)
+
+
+def test_two_brokers_down_refuses_acks_all_writes_then_recovers(kafka_dedicated: LocalKafkaCluster) -> None:
+    cluster = kafka_dedicated
+    topic = cluster.create_topic(partitions=1)
+    down = cluster.broker_ids[:2]
+    settings = app_settings(cluster)
+    try:
+        for node in down:
+            cluster.kill(node)
+        survivor = [b for b in cluster.broker_ids if b not in down]
+
+        def isr_shrunk() -> bool:
+            a = admin(settings, bootstrap_timeout_ms=5000)
+            try:
+                (t,) = a.describe_topics([topic])
+                return all(p["isr_nodes"] == survivor and p["leader_id"] == survivor[0] for p in t["partitions"])
+            finally:
+                a.close()
+
+        cluster.wait_for("the ISR to shrink to the surviving broker", isr_shrunk, timeout=120)
+        # Retried until the delivery timeout (kept short here), then reported with the cause.
+        with pytest.raises(KafkaClientError, match="NotEnoughReplicas"):
+            produce(settings, topic, [b"must-not-be-acknowledged"], timeout_s=60,
+                    delivery_timeout_ms=15_000, request_timeout_ms=5_000)
+    finally:
+        for node in down:
+            cluster.start(node)
+    cluster.wait_healthy([topic])
+    assert produce(settings, topic, [b"after-recovery"], timeout_s=60)
+
+
+def test_active_controller_killed_a_new_one_is_elected_and_metadata_changes_work(kafka_any: LocalKafkaCluster) -> None:
+    cluster = kafka_any
+    settings = app_settings(cluster)
+
+    def leader(other_than: int | None = None) -> list[int] | None:
+        """[the quorum leader's id] (a list: node id 0 is falsy), once it is not ``other_than``."""
+        a = admin(settings, bootstrap_timeout_ms=5000)
+        try:
+            lid = a.describe_metadata_quorum()["topics"][0]["partitions"][0]["leader_id"]
+        finally:
+            a.close()
+        return [lid] if lid >= 0 and lid != other_than else None
+
+    (old,) = cluster.wait_for("a quorum leader", leader, timeout=60)
+    try:
+        cluster.kill(old)
+        (new,) = cluster.wait_for("a new quorum leader", lambda: leader(other_than=old), timeout=120)
+        assert new in cluster.controller_ids
+        name = f"after-failover-{uuid.uuid4().hex[:6]}"
+        # In the combined layout the killed node was also a broker: two are left.
+        replication = 3 if cluster.layout == "dedicated" else 2
+
+        def created() -> bool:
+            a = admin(settings, bootstrap_timeout_ms=5000)
+            try:
+                reconcile(a, [TopicSpec(name=name, partitions=2, replication_factor=replication)])
+                return name in a.list_topics()
+            finally:
+                a.close()
+
+        cluster.wait_for("a topic created through the new controller", created, timeout=120)
+    finally:
+        cluster.start(old)
+    cluster.wait_healthy()
+
+
+def test_power_cut_every_node_killed_at_once_keeps_every_acknowledged_record(kafka_any: LocalKafkaCluster) -> None:
+    cluster = kafka_any
+    topic = cluster.create_topic()
+    acked = produce_acked(cluster, topic, 1500, prefix="pc")
+    assert len(acked) == 1500
+    cluster.kill_all()
+    order = list(cluster.procs)
+    random.shuffle(order)
+    log.info("restart order %s", order)
+    # Restarted with a pause between, in random order: brokers may come before any controller.
+    for node in order:
+        cluster.start(node)
+        time.sleep(random.uniform(0.0, 2.0))
+    cluster.wait_healthy([topic], timeout=240)
+    records = read_all(cluster, topic, expected=len(acked))
+    assert_exactly_once_in_order(acked, records)
+    # And the cluster takes writes again.
+    assert produce(app_settings(cluster), topic, [b"pc-after"], timeout_s=60)
+
+
+def test_consumer_group_shares_partitions_while_the_producer_rides_out_a_broker_restart(kafka_dedicated: LocalKafkaCluster) -> None:
+    from final_problem.clients.kafka import group_demo
+
+    cluster = kafka_dedicated
+    topic = cluster.create_topic(partitions=6)
+    victim = cluster.broker_ids[-1]
+
+    def restart_a_broker(i: int) -> None:
+        if i == 100:
+            cluster.kill(victim)
+        elif i == 200:
+            cluster.start(victim)
+
+    try:
+        result = group_demo(app_settings(cluster), topic, consumers=3, records=300, group_id=f"g-{topic}",
+                            timeout_s=180, during_produce=restart_a_broker)
+    finally:
+        cluster.start(victim)
+    # The producer survived the restart: every record acknowledged and consumed.
+    assert sum(result.consumed.values()) >= 300
+    owned = [p for parts in result.assignments.values() for p in parts]
+    assert sorted(set(owned)) == list(range(6))
+    assert sum(1 for parts in result.assignments.values() if parts) >= 2, result.assignments
+
