@@ -138,7 +138,7 @@ class DemoChart(PlatformChart):
                 ),
             ),
         )
-        MeshWorkload.apply(self.deployment)
+        self.deployment = MeshWorkload.apply(self.deployment)
         self.headless = k8s.KubeService(
             self, "Headless",
             metadata=k8s.ObjectMeta(name=self.HEADLESS, namespace=ns),

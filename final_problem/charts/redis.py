@@ -400,7 +400,7 @@ class RedisChart(PlatformChart):
                 "checkov.io/skip2", "CKV_K8S_40=the official redis image runs as its own uid 999",
             )
         if self.mesh:
-            MeshWorkload.apply(self.redis.resource)
+            self.redis.resource = MeshWorkload.apply(self.redis.resource)
             self.mesh_policy = self.mesh.network_policy(self, "MeshPolicy", pod_selector=redis_selector)
         self._network_policies(redis_selector, sentinel_selector)
         for child in self.node.children:

@@ -271,10 +271,31 @@ class MeshWorkload(Construct):
         return policy
 
     @staticmethod
-    def apply(workload: cdk8s.ApiObject, *, first_init_index: int = 0) -> None:
+    def apply(workload: cdk8s.ApiObject) -> cdk8s.ApiObject:
         """Make the two mesh init containers native sidecars (``restartPolicy: Always``;
-        Kubernetes 1.29+ beta on by default, GA in 1.33): the 1.27 types used here lack
-        the field, so it is a JSON patch."""
-        spec = "/spec/template/spec" if workload.kind != "Pod" else "/spec"
-        for index in (first_init_index, first_init_index + 1):
-            workload.add_json_patch(cdk8s.JsonPatch.add(f"{spec}/initContainers/{index}/restartPolicy", "Always"))
+        beta and on by default since Kubernetes 1.29, GA in 1.33) and return the object
+        that replaces ``workload``.
+
+        The typed 1.27 objects used here drop fields their schema lacks when rendered, so
+        the workload is replaced by a plain ApiObject carrying the same manifest plus the
+        field. Call it last, after every change to the workload.
+        """
+        manifest = workload.to_json()
+        pod = manifest["spec"]["template"]["spec"] if manifest["kind"] != "Pod" else manifest["spec"]
+        for container in pod.get("initContainers") or []:
+            if container["name"] in ("mesh-register", "consul-dataplane"):
+                container["restartPolicy"] = "Always"
+        scope, id = workload.node.scope, workload.node.id
+        assert scope is not None
+        dependencies = list(workload.node.dependencies)
+        scope.node.try_remove_child(id)
+        meta = manifest["metadata"]
+        replacement = cdk8s.ApiObject(
+            scope, id, api_version=manifest["apiVersion"], kind=manifest["kind"],
+            metadata=cdk8s.ApiObjectMetadata(name=meta.get("name"), namespace=meta.get("namespace"),
+                                             labels=meta.get("labels"), annotations=meta.get("annotations")),
+        )
+        replacement.add_json_patch(cdk8s.JsonPatch.add("/spec", manifest["spec"]))
+        if dependencies:
+            replacement.node.add_dependency(*dependencies)
+        return replacement
