@@ -80,3 +80,11 @@ def test_bad_edge_numbers_fail_at_synth() -> None:
 def test_pi_profile_is_smaller() -> None:
     assert EnvoyProps.for_profile(PI).sizing.memory_limit_mib < EnvoyProps.for_profile(EKS).sizing.memory_limit_mib
     assert EnvoyProps.for_profile(PI).replicas == 2
+
+
+def test_on_a_pi_envoy_runs_only_where_the_kernel_allows() -> None:
+    pi = find("Deployment", "pi")["spec"]["template"]["spec"]["affinity"]
+    term = pi["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert term["matchExpressions"] == [
+        {"key": "final-problem.io/arm64-va-bits", "operator": "In", "values": ["47", "48", "52"]}]
+    assert "nodeAffinity" not in find("Deployment", "eks")["spec"]["template"]["spec"]["affinity"]

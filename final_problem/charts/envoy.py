@@ -250,7 +250,7 @@ class EnvoyChart(PlatformChart):
                         automount_service_account_token=False,
                         enable_service_links=False,
                         security_context=pod_context(uid=versions.ENVOY_UID),
-                        affinity=QuorumPolicy.affinity(selector),
+                        affinity=self._affinity(selector, profile),
                         topology_spread_constraints=QuorumPolicy.spread(selector, profile),
                         termination_grace_period_seconds=30,
                         containers=[container],
@@ -288,6 +288,21 @@ class EnvoyChart(PlatformChart):
         for child in self.node.children:
             if child is not self.edge_namespace:
                 child.node.add_dependency(self.edge_namespace)
+
+    @staticmethod
+    def _affinity(selector: dict[str, str], profile: Profile) -> k8s.Affinity:
+        """One proxy per node; on profiles that say so, only on nodes whose kernel runs Envoy."""
+        affinity = QuorumPolicy.affinity(selector)
+        if not profile.envoy_node_labels:
+            return affinity
+        return k8s.Affinity(
+            pod_anti_affinity=affinity.pod_anti_affinity,
+            node_affinity=k8s.NodeAffinity(required_during_scheduling_ignored_during_execution=k8s.NodeSelector(
+                node_selector_terms=[k8s.NodeSelectorTerm(match_expressions=[
+                    k8s.NodeSelectorRequirement(key=key, operator="In", values=list(values))
+                    for key, values in profile.envoy_node_labels.items()
+                ])])),
+        )
 
     @staticmethod
     def _lb_annotations(profile: Profile) -> dict[str, str] | None:
