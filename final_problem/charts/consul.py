@@ -43,7 +43,6 @@ from final_problem.clients import consul_init
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs import secret_generator
-from final_problem.constructs.labels import set_component
 from final_problem.constructs.mesh import (
     CONSUL_GRPC_PORT,
     CONSUL_HTTPS_PORT,

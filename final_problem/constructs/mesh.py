@@ -205,7 +205,7 @@ class MeshWorkload(Construct):
                 "-envoy-ready-bind-address=0.0.0.0",
                 f"-envoy-ready-bind-port={SIDECAR_READY_PORT}",
                 "-envoy-concurrency=1",
-                f"-telemetry-prom-scrape-path=/metrics",
+                "-telemetry-prom-scrape-path=/metrics",
                 "-log-json",
                 "-shutdown-drain-listeners",
                 "-shutdown-grace-period-seconds=10",

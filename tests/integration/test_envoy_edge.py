@@ -167,7 +167,7 @@ def _stops_reaching(edge: LocalEdge, backend: Backend, tag: str) -> None:
 
 
 def test_a_backend_failing_health_checks_is_ejected(edge: LocalEdge, backends: dict[str, Backend]) -> None:
-    a, b = backends["demo-a"], backends["demo-b"]
+    b = backends["demo-b"]
     b.set(healthy=False)
     wait_for("demo-b marked unhealthy", lambda: edge.healthy_hosts("demo") == 1, timeout_s=10)
     assert edge.host_flags("demo")[f"127.0.0.1:{b.port}"] == "failed_active_health_check"
@@ -183,7 +183,7 @@ def test_a_backend_failing_health_checks_is_ejected(edge: LocalEdge, backends: d
 
 
 def test_a_backend_answering_5xx_is_ejected_by_outlier_detection(edge: LocalEdge, backends: dict[str, Backend]) -> None:
-    a, b = backends["demo-a"], backends["demo-b"]
+    b = backends["demo-b"]
     b.set(status=500)  # health checks still pass: only outlier detection can catch it
     for i in range(40):
         http_get(f"{edge.url}/outlier-{i}")
