@@ -148,16 +148,22 @@ def test_network_policy_admits_mesh_pods_to_tls_ports_only() -> None:
 
 @pytest.mark.parametrize("replicas", [1, 2, 4])
 def test_even_or_single_server_counts_fail(replicas: int) -> None:
-    with pytest.raises(ConfigError, match=f"consul.replicas = {replicas}: must be odd and at least 3"):
-        ConsulProps(replicas=replicas)
+    with pytest.raises(ConfigError, match=f"consul.replicas = {replicas}: must be one of 3, 5, 7"):
+        ConsulProps.for_profile(EKS, replicas=replicas)
 
 
 def test_suggested_fixes_are_valid() -> None:
-    for bad in (2, 4):
-        try:
-            ConsulProps(replicas=bad)
-        except ConfigError as e:
-            ConsulProps(replicas=int(e.fix.split()[-1]))
+    for bad, field in ((2, "replicas"), (5000, "cert_days")):
+        with pytest.raises(ConfigError) as e:
+            ConsulProps.for_profile(EKS, **{field: bad})
+        key, _, value = e.value.fix.split()[-1].partition("=")
+        assert key == f"consul.{field}"
+        ConsulProps.for_profile(EKS, **{field: int(value)})
+
+
+def test_certificate_outliving_the_ca_fails() -> None:
+    with pytest.raises(ConfigError, match="consul.cert_days = 3000: outlives the CA"):
+        ConsulProps.for_profile(EKS, ca_days=1000, cert_days=3000)
 
 
 def test_renderer_refuses_an_even_count_too() -> None:

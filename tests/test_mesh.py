@@ -8,7 +8,7 @@ import json
 import pytest
 
 from final_problem import config
-from final_problem.charts.envoy import EnvoyProps, RouteSpec
+from final_problem.charts.envoy import EnvoyProps
 from final_problem.errors import ConfigError
 from final_problem.profiles import EKS
 from final_problem.renderers.consul import (
@@ -122,10 +122,14 @@ def test_mesh_without_consul_fails() -> None:
 
 
 def test_edge_route_to_an_undeployed_service_fails() -> None:
-    props = EnvoyProps.for_profile(EKS, routes=(RouteSpec(component="cadence", name="ui", prefix="/ui/",
-                                                          service="x", namespace="y", port=1),))
-    with pytest.raises(ConfigError, match=r"envoy.routes\[ui\] = 'cadence': routes to component 'cadence', which is not deployed"):
+    props = EnvoyProps.for_profile(EKS, routes=("demo", "cadence"))
+    with pytest.raises(ConfigError, match=r"envoy.routes = \('demo', 'cadence'\): routes to component 'cadence', which is not deployed"):
         props.route_specs(("base", "demo"))
+
+
+def test_edge_route_to_a_component_without_a_route_fails() -> None:
+    with pytest.raises(ConfigError, match="envoy.routes = .*'redis' has no route"):
+        EnvoyProps.for_profile(EKS, routes=("redis",))
 
 
 def test_edge_routes_only_to_enabled_components() -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -53,15 +53,14 @@ from final_problem.constructs.mesh import (
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
-from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.consul import (
     AUTH_METHOD,
     DATACENTER,
     ServerConfigOptions,
     ServerPorts,
-    Intention,
     auth_method,
     binding_rules,
     check_mesh,
@@ -80,43 +79,33 @@ API_PORTS = (443, 6443)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConsulProps:
-    """What a user can choose about Consul; :meth:`for_profile` gives per-profile defaults."""
+class ConsulProps(ComponentSettings):
+    """What a user can choose about Consul (section ``consul``); defaults per profile."""
 
-    #: Servers. Default 3 (Consul's deployment guide: 3 or 5); must be odd.
-    replicas: int = 3
-    #: Raft data volume per server. Default 10 GiB on EKS, 1 GiB on a Pi.
-    storage_gib: int = 10
-    #: Intentions. Default: the platform's (constructs/mesh.py INTENTIONS) among the
-    #: enabled services.
-    intentions: tuple[Intention, ...] | None = None
-    sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=200, cpu_limit_m=1000, memory_request_mib=512, memory_limit_mib=512))
-    #: Certificate lifetimes in days: the CA 10 years, the server certificate 825 days
-    #: (``consul tls`` defaults: 1825 and 365; 825 is the longest public browsers accept).
-    ca_days: int = 3650
-    cert_days: int = 825
+    replicas: int = setting(
+        3, choices=(3, 5, 7),
+        doc="Servers (`bootstrap_expect`): odd, as Raft's quorum is floor(n/2)+1, so an even count tolerates "
+            "no more failures than the odd one below it (Consul docs, \"Deployment guide\": 3 or 5).",
+    )
+    storage_gib: int = setting(per_profile(eks=10, pi=1), minimum=1, maximum=16_384,
+                               doc="Raft data volume of each server.")
+    memory_mib: int = setting(per_profile(eks=512, pi=192), minimum=128, maximum=65_536,
+                              doc="Memory request and limit of each server.")
+    ca_days: int = setting(3650, minimum=365, maximum=10_950, doc="Lifetime of the CA certificate (`consul tls ca create -days`).")
+    cert_days: int = setting(
+        825, minimum=30, maximum=3650,
+        doc="Lifetime of the server certificate; at most ca_days (825 days, the longest public browsers accept).",
+    )
 
-    def __post_init__(self) -> None:
-        if self.replicas < 3 or self.replicas % 2 == 0:
-            raise ConfigError(
-                "consul.replicas", self.replicas,
-                "must be odd and at least 3: Raft's quorum is floor(n/2)+1, so an even count tolerates no "
-                "more failures than the odd one below it, and 1 tolerates none",
-                f"use {max(3, self.replicas - 1 if self.replicas % 2 == 0 else 3)}",
-            )
-        if self.storage_gib < 1:
-            raise ConfigError("consul.storage_gib", self.storage_gib, "Raft needs a volume", "use 1 or more")
+    @property
+    def sizing(self) -> Sizing:
+        cpu = (100, 500) if self.profile.small else (200, 1000)
+        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
+                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
 
-    @classmethod
-    def for_profile(cls, profile: Profile, **overrides: object) -> "ConsulProps":
-        base: dict[str, object] = {}
-        if profile.small:
-            base = {
-                "storage_gib": 1,
-                "sizing": Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=192, memory_limit_mib=192),
-            }
-        return cls(**{**base, **overrides})  # type: ignore[arg-type]
+    def check(self) -> None:
+        if self.cert_days > self.ca_days:
+            raise self.error("cert_days", f"outlives the CA ({self.ca_days} days)", f"set consul.cert_days={min(825, self.ca_days)}")
 
 
 def _meta(name: str, ns: str, component: str, **extra: object) -> k8s.ObjectMeta:
@@ -131,6 +120,7 @@ class ConsulChart(PlatformChart):
     construct_id = "Consul"
     requires = ("base",)
     version = versions.CONSUL_VERSION
+    settings_class = ConsulProps
 
     NAMESPACE = "consul"
     SERVER = "consul-server"
@@ -144,15 +134,14 @@ class ConsulChart(PlatformChart):
         settings: Settings,
         profile: Profile,
         dependencies: Mapping[str, PlatformChart],
-        props: ConsulProps | None = None,
     ) -> None:
         super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
-        self.props = p = props or ConsulProps.for_profile(profile)
+        p: ConsulProps = self.props
         ns = self.NAMESPACE
         enabled = tuple(settings.components)
         #: The mesh: services of the enabled components and who may call whom.
         self.mesh_services = services_of(enabled)
-        self.intentions = list(p.intentions) if p.intentions is not None else intentions_of(self.mesh_services)
+        self.intentions = intentions_of(self.mesh_services)
         check_mesh(self.mesh_services, self.intentions)
         #: HTTPS API and UI inside the cluster; gRPC for dataplanes on :data:`CONSUL_GRPC_PORT`.
         self.address = f"https://{self.SERVER}.{ns}.svc:{self.PORTS.https}"

@@ -14,7 +14,7 @@ Creates, in the ``demo`` namespace (Pod Security "restricted", default-deny):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -30,9 +30,9 @@ from final_problem.constructs.namespace import RestrictedNamespace, ports
 from final_problem.constructs.quorum import QuorumPolicy
 from final_problem.constructs.secret_generator import SA_DIR
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
-from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s
 from final_problem.profiles import Profile
+from final_problem.settings import ComponentSettings, setting
 
 SCRIPT = Path(demo_service.__file__)
 #: The python image's "nobody".
@@ -40,19 +40,15 @@ DEMO_UID = 65534
 
 
 @dataclass(frozen=True, kw_only=True)
-class DemoProps:
-    #: Pods. Default 2, so the edge's retries and outlier detection have a second host.
-    replicas: int = 2
-    sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=20, cpu_limit_m=200, memory_request_mib=48, memory_limit_mib=64))
+class DemoProps(ComponentSettings):
+    """What a user can choose about the demo (section ``demo``)."""
 
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise ConfigError("demo.replicas", self.replicas, "the edge routes to the demo", "use 2")
+    replicas: int = setting(2, minimum=1, maximum=10,
+                            doc="Pods; 2, so the edge's retries and outlier detection have a second host.")
 
-    @classmethod
-    def for_profile(cls, profile: Profile, **overrides: object) -> "DemoProps":
-        return cls(**overrides)  # type: ignore[arg-type]
+    @property
+    def sizing(self) -> Sizing:
+        return Sizing(cpu_request_m=20, cpu_limit_m=200, memory_request_mib=48, memory_limit_mib=64)
 
 
 @register
@@ -63,6 +59,7 @@ class DemoChart(PlatformChart):
     construct_id = "Demo"
     requires = ("base", "consul", "redis")
     version = versions.PLATFORM_VERSION
+    settings_class = DemoProps
 
     NAMESPACE = "demo"
     HEADLESS = "demo-headless"
@@ -76,10 +73,9 @@ class DemoChart(PlatformChart):
         settings: Settings,
         profile: Profile,
         dependencies: Mapping[str, PlatformChart],
-        props: DemoProps | None = None,
     ) -> None:
         super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
-        self.props = p = props or DemoProps.for_profile(profile)
+        p: DemoProps = self.props
         ns = self.NAMESPACE
         service = SERVICES["demo"]
         self.port = service.port

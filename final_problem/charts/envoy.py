@@ -25,7 +25,7 @@ Services" (ServiceLB).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 from constructs import Construct
@@ -37,9 +37,9 @@ from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import QuorumPolicy
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
-from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.envoy import EdgeOptions, EdgeRoute, check_routes, envoy_args, render
 
 CONFIG_DIR = "/etc/envoy"
@@ -77,60 +77,57 @@ KNOWN_ROUTES = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class EnvoyProps:
-    """What a user can choose about the edge; :meth:`for_profile` gives per-profile defaults."""
+class EnvoyProps(ComponentSettings):
+    """What a user can choose about the edge (section ``envoy``); defaults per profile."""
 
-    #: Proxies. Default 2: one can be drained or lost while the other serves.
-    replicas: int = 2
-    #: Routes. Default: :data:`KNOWN_ROUTES` of the enabled components.
-    routes: tuple[RouteSpec, ...] | None = None
-    #: Port of the LoadBalancer Service. Default 80.
-    service_port: int = 80
-    #: Timeouts, retries and limits of the edge (see EdgeOptions for each default).
-    request_timeout_ms: int = EdgeOptions.request_timeout_ms
-    per_try_timeout_ms: int = EdgeOptions.per_try_timeout_ms
-    retries: int = EdgeOptions.retries
-    retry_budget_percent: float = EdgeOptions.retry_budget_percent
-    max_connections: int = EdgeOptions.max_connections
-    max_downstream_connections: int = EdgeOptions.max_downstream_connections
-    #: Worker threads. Default 2 (one per CPU of the limit; Envoy defaults to every
-    #: hardware thread of the node, which oversubscribes a shared node).
-    concurrency: int = 2
-    #: Requests and limits. Memory request = limit; the overload manager's heap limit is
-    #: 80% of it.
-    sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=250, cpu_limit_m=2000, memory_request_mib=256, memory_limit_mib=256))
+    replicas: int = setting(2, minimum=2, maximum=20,
+                            doc="Proxies; at least 2: the edge is the only entry point, one replica makes every "
+                                "drain an outage.")
+    routes: tuple[str, ...] | None = setting(
+        default_doc="every enabled component with a route", example=("demo",),
+        doc="Components the edge routes to (`demo` at `/`, `cadence` at `/cadence/`); each must be enabled.",
+    )
+    service_port: int = setting(80, minimum=1, maximum=65_535, doc="Port of the LoadBalancer Service.")
+    request_timeout_ms: int = setting(EdgeOptions.request_timeout_ms, minimum=100, maximum=3_600_000,
+                                      doc="Whole request, retries included (Envoy's own default is 15 s).")
+    per_try_timeout_ms: int = setting(EdgeOptions.per_try_timeout_ms, minimum=50, maximum=3_600_000,
+                                      doc="One try; at most request_timeout_ms, so retries fit.")
+    retries: int = setting(EdgeOptions.retries, minimum=0, maximum=5,
+                           doc="Retries of a request that failed to connect, was reset or got 503.")
+    retry_budget_percent: int = setting(
+        int(EdgeOptions.retry_budget_percent), minimum=1, maximum=100,
+        doc="Share of active requests that may be retries (Envoy docs, \"Circuit breaking\", retry budgets).")
+    max_connections: int = setting(EdgeOptions.max_connections, minimum=1, maximum=1_000_000,
+                                   doc="Circuit breaker per backend: connections, pending and active requests.")
+    max_downstream_connections: int = setting(per_profile(eks=10_000, pi=2000), minimum=10, maximum=1_000_000,
+                                              doc="Client connections the proxy accepts in all.")
+    concurrency: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=64,
+                               doc="Worker threads (Envoy defaults to every hardware thread of the node).")
+    memory_mib: int = setting(per_profile(eks=256, pi=128), minimum=64, maximum=16_384,
+                              doc="Memory request and limit; the overload manager's heap limit is 80% of it.")
 
-    def __post_init__(self) -> None:
-        if self.replicas < 2:
-            raise ConfigError(
-                "envoy.replicas", self.replicas,
-                "the edge is the platform's only entry point: one replica makes every drain an outage",
-                "use 2 or more",
-            )
-        if not 1 <= self.service_port <= 65535:
-            raise ConfigError("envoy.service_port", self.service_port, "not a port number", "use 80")
-        if self.concurrency < 1:
-            raise ConfigError("envoy.concurrency", self.concurrency, "Envoy needs a worker thread", "use 1 or more")
-        self.edge_options()  # validates the edge numbers with one message each
+    @property
+    def sizing(self) -> Sizing:
+        cpu = (100, 1000) if self.profile.small else (250, 2000)
+        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
+                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
 
-    @classmethod
-    def for_profile(cls, profile: Profile, **overrides: object) -> "EnvoyProps":
-        base: dict[str, object] = {}
-        if profile.small:
-            base = {
-                "concurrency": 1,
-                "max_downstream_connections": 2000,
-                "sizing": Sizing(cpu_request_m=100, cpu_limit_m=1000, memory_request_mib=128, memory_limit_mib=128),
-            }
-        return cls(**{**base, **overrides})  # type: ignore[arg-type]
+    def check(self) -> None:
+        if self.per_try_timeout_ms > self.request_timeout_ms:
+            raise self.error("per_try_timeout_ms", f"longer than request_timeout_ms ({self.request_timeout_ms}), "
+                             "so no retry could ever run",
+                             f"set envoy.per_try_timeout_ms={max(50, self.request_timeout_ms // (self.retries + 1))}")
+        known = {r.component for r in KNOWN_ROUTES}
+        for name in self.routes or ():
+            if name not in known:
+                raise self.error("routes", f"'{name}' has no route", f"list only {', '.join(sorted(known))}")
 
     def edge_options(self) -> EdgeOptions:
         return EdgeOptions(
             request_timeout_ms=self.request_timeout_ms,
             per_try_timeout_ms=self.per_try_timeout_ms,
             retries=self.retries,
-            retry_budget_percent=self.retry_budget_percent,
+            retry_budget_percent=float(self.retry_budget_percent),
             max_connections=self.max_connections,
             max_downstream_connections=self.max_downstream_connections,
             max_heap_bytes=self.sizing.memory_limit_mib * 1024 * 1024 * 8 // 10,
@@ -141,18 +138,18 @@ class EnvoyProps:
         if self.routes is None:
             chosen = tuple(r for r in KNOWN_ROUTES if r.component in enabled)
         else:
-            chosen = self.routes
-            for r in chosen:
-                if r.component not in enabled:
-                    raise ConfigError(
-                        f"envoy.routes[{r.name}]", r.component,
-                        f"routes to component '{r.component}', which is not deployed",
-                        f"enable '{r.component}' in components, or remove the route",
+            for name in self.routes:
+                if name not in enabled:
+                    raise self.error(
+                        "routes", f"routes to component '{name}', which is not deployed",
+                        f"enable '{name}' in components, or set envoy.routes without it",
+                        value=self.routes,
                     )
+            chosen = tuple(r for r in KNOWN_ROUTES if r.component in self.routes)
         if not chosen:
-            raise ConfigError(
-                "envoy.routes", [], "the edge has nothing to route to: no routed component is enabled",
-                f"enable one of {', '.join(r.component for r in KNOWN_ROUTES)}",
+            raise self.error(
+                "routes", "the edge has nothing to route to: no routed component is enabled",
+                f"enable one of {', '.join(r.component for r in KNOWN_ROUTES)}", value=self.routes or (),
             )
         check_routes([r.edge_route() for r in chosen])
         return chosen
@@ -166,6 +163,7 @@ class EnvoyChart(PlatformChart):
     construct_id = "Envoy"
     requires = ("base",)
     version = versions.ENVOY_VERSION
+    settings_class = EnvoyProps
 
     NAMESPACE = "edge"
     SERVICE = "envoy"
@@ -178,11 +176,9 @@ class EnvoyChart(PlatformChart):
         settings: Settings,
         profile: Profile,
         dependencies: Mapping[str, PlatformChart],
-        props: EnvoyProps | None = None,
     ) -> None:
         super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
-        self.props = props or EnvoyProps.for_profile(profile)
-        p = self.props
+        p: EnvoyProps = self.props
         ns = self.NAMESPACE
         #: The routes deployed, and the Envoy configuration (for the tests and other apps).
         self.route_specs = p.route_specs(tuple(settings.components))

@@ -275,3 +275,22 @@ class LocalEdge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def serve_backend(argv: list[str]) -> int:
+    """``python -m final_problem.local.envoy PORT``: one Backend until SIGTERM (benchmarks
+    run it in its own process, so it does not share the load generator's interpreter)."""
+    backend = Backend("bench", port=int(argv[1]))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(serve_backend(sys.argv))
