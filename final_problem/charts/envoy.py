@@ -120,7 +120,8 @@ class EnvoyProps(ComponentSettings):
         known = {r.component for r in KNOWN_ROUTES}
         for name in self.routes or ():
             if name not in known:
-                raise self.error("routes", f"'{name}' has no route", f"list only {', '.join(sorted(known))}")
+                raise self.error("routes", f"'{name}' has no route",
+                                 f"set envoy.routes={','.join(sorted(known & set(self.routes or ())) or ['demo'])}")
 
     def edge_options(self) -> EdgeOptions:
         return EdgeOptions(
