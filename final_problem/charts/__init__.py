@@ -6,3 +6,7 @@ from final_problem.charts.redis import RedisChart
 from final_problem.charts.zookeeper import ZooKeeperChart
 
 __all__ = ["BaseChart", "KafkaChart", "RedisChart", "ZooKeeperChart"]
+from final_problem.charts.consul import ConsulChart
+from final_problem.charts.demo import DemoChart
+from final_problem.charts.envoy import EnvoyChart
+__all__ = ["BaseChart", "ConsulChart", "DemoChart", "EnvoyChart", "RedisChart", "ZooKeeperChart"]

@@ -42,6 +42,8 @@ from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import (
     MONITORING_NAMESPACE_LABEL, RestrictedNamespace, namespace_peer, pod_peer, ports,
 )
+from final_problem.constructs.mesh import SERVICES, MeshWorkload
+from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
 from final_problem.constructs.security import Sizing, container_context, raw_resources
@@ -338,12 +340,21 @@ class RedisChart(PlatformChart):
                 http_get=k8s.HttpGetAction(path="/metrics", port=int_or_string(METRICS_PORT)),
                 period_seconds=10, timeout_seconds=5),
         )
+        # With Consul deployed, Redis joins the service mesh as service "redis": mesh
+        # clients reach it through their sidecars' upstreams, as intentions allow.
+        self.mesh = None
+        if "consul" in settings.components:
+            self.mesh = MeshWorkload(self, "Mesh", service=SERVICES["redis"], namespace=ns, profile=profile,
+                                     enabled=tuple(settings.components))
         self.redis = QuorumStatefulSet(
             self, "Server",
             name="redis", namespace=ns, labels=self.label_set, component="server",
             replicas=members, service_name=headless, profile=profile, uid=REDIS_UID,
             containers=[redis_container, metrics_container],
-            volumes=[config_volume, runtime_volume],
+            init_containers=self.mesh.init_containers if self.mesh else (),
+            service_account_name=SERVICES["redis"].name if self.mesh else None,
+            pod_labels=self.mesh.pod_labels if self.mesh else None,
+            volumes=[config_volume, runtime_volume, *(self.mesh.volumes if self.mesh else [])],
             claims=[ClaimSpec(name="data", size_gib=p.storage_gib)],
             pod_annotations={
                 **annotations,
@@ -393,6 +404,9 @@ class RedisChart(PlatformChart):
             workload.resource.metadata.add_annotation(
                 "checkov.io/skip2", "CKV_K8S_40=the official redis image runs as its own uid 999",
             )
+        if self.mesh:
+            self.redis.resource = MeshWorkload.apply(self.redis.resource)
+            self.mesh_policy = self.mesh.network_policy(self, "MeshPolicy", pod_selector=redis_selector)
         self._network_policies(redis_selector, sentinel_selector)
         for child in self.node.children:
             if child is not self.redis_namespace:

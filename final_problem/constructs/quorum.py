@@ -116,6 +116,7 @@ class QuorumStatefulSet(Construct):
         volumes: Sequence[k8s.Volume] = (),
         claims: Sequence[ClaimSpec] = (),
         pod_annotations: dict[str, str] | None = None,
+        pod_labels: dict[str, str] | None = None,
         termination_grace_seconds: int = 60,
         pod_management_policy: str = "Parallel",
         service_account_name: str | None = None,
@@ -133,7 +134,7 @@ class QuorumStatefulSet(Construct):
         self.replicas = replicas
         self.service_name = service_name
         self.selector = labels.selector(component)
-        pod_labels = {**labels.chart_labels(), **self.selector}
+        pod_labels = {**labels.chart_labels(), **(pod_labels or {}), **self.selector}
         self.resource = k8s.KubeStatefulSet(
             self, "Resource",
             metadata=k8s.ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/component": component}),

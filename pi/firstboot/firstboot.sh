@@ -147,6 +147,40 @@ fb_write_k3s_config() {
     rm -f -- "$FP_PAYLOAD/k3s-token"
 }
 
+# arm64_va_bits: user virtual address bits of the running kernel. 16K pages mean 47
+# (Raspberry Pi 5's kernel_2712.img); otherwise the kernel's CONFIG_ARM64_VA_BITS, and 39
+# (Raspberry Pi OS's kernel8.img) when the configuration cannot be read.
+fb_arm64_va_bits() {
+    local page config bits=""
+    page="$(getconf PAGESIZE 2>/dev/null || echo 4096)"
+    if [[ "$page" == 16384 ]]; then
+        echo 47
+        return
+    fi
+    config="$FP_ROOT/boot/config-$(uname -r)"
+    if [[ -r "$config" ]]; then
+        bits="$(sed -n 's/^CONFIG_ARM64_VA_BITS=\([0-9]*\)$/\1/p' "$config")"
+    elif [[ -r "$FP_ROOT/proc/config.gz" ]]; then
+        bits="$(zcat "$FP_ROOT/proc/config.gz" | sed -n 's/^CONFIG_ARM64_VA_BITS=\([0-9]*\)$/\1/p')"
+    fi
+    echo "${bits:-39}"
+}
+
+# label_va_bits: the node carries final-problem.io/arm64-va-bits=N (a k3s config drop-in;
+# "+" appends to node-label, https://docs.k3s.io/installation/configuration). Envoy needs
+# 47 or more (pi/README.md, "Envoy on a Raspberry Pi").
+fb_label_va_bits() {
+    local bits dir="$FP_ROOT/etc/rancher/k3s/config.yaml.d"
+    bits="$(fb_arm64_va_bits)"
+    mkdir -p -- "$dir"
+    printf 'node-label+:\n  - final-problem.io/arm64-va-bits=%s\n' "$bits" >"$dir/50-final-problem-va-bits.yaml"
+    if (( bits < 47 )); then
+        fb_log "WARNING: this kernel has ${bits}-bit virtual addresses; Envoy (edge proxy, mesh sidecars) aborts on it and will not be scheduled here. A Pi 5 boots kernel_2712.img (47 bits); a Pi 4 needs a kernel built with CONFIG_ARM64_VA_BITS_48 (pi/README.md)"
+    else
+        fb_log "kernel has ${bits}-bit virtual addresses: Envoy can run here"
+    fi
+}
+
 fb_place_manifests() {
     [[ "$FP_K3S_INIT" == true ]] || return 0
     local dest="$FP_ROOT/var/lib/rancher/k3s/server/manifests/final-problem" f n=0
@@ -206,6 +240,7 @@ fb_role_k3s() {
     fb_k3s_prerequisites
     fb_install_k3s_binary
     fb_write_k3s_config
+    fb_label_va_bits
     fb_place_manifests
     fb_write_k3s_unit
 }

@@ -137,3 +137,29 @@ fp_cmdline_add() {
     done
     printf '%s\n' "${out[*]}"
 }
+
+# config_txt_kernel: print config.txt (read on stdin) with the platform's kernel block
+# at the end, replacing an earlier copy of the block (so a rebuild keeps one).
+#
+# Envoy (the edge proxy and the consul-dataplane sidecars) allocates with tcmalloc, which
+# places memory at addresses that need a kernel with at least 47-bit user virtual
+# addresses. Raspberry Pi OS's 4K-page kernels (kernel8.img) have 39 (3-level page
+# tables): Envoy aborts at start, "MmapAligned() failed" (envoyproxy/envoy#15235,
+# #23339; raspberrypi/linux#4375, #6261). The Pi 5's default kernel_2712.img uses 16K
+# pages and 47-bit addresses, on which tcmalloc's addresses (below 2^45) fit, so a Pi 5
+# is pinned to it: the common advice "kernel=kernel8.img" (4K pages for jemalloc
+# programs) would make Envoy abort there too. A Pi 4 has no Raspberry Pi kernel with more
+# than 39 bits; first boot labels each node with what its kernel offers
+# (final-problem.io/arm64-va-bits) and the edge Envoy is scheduled only where it can run.
+# Later config.txt lines override earlier ones, so the block goes last
+# (https://www.raspberrypi.com/documentation/computers/config_txt.html, conditional filters).
+FP_CONFIG_BEGIN="# BEGIN final-problem: kernel for Envoy (pi/README.md)"
+FP_CONFIG_END="# END final-problem"
+fp_config_txt_kernel() {
+    awk -v begin="$FP_CONFIG_BEGIN" -v end="$FP_CONFIG_END" '
+        $0 == begin {skip = 1; next}
+        skip && $0 == end {skip = 0; next}
+        !skip {print}
+    '
+    printf '%s\n[pi5]\nkernel=kernel_2712.img\n[all]\n%s\n' "$FP_CONFIG_BEGIN" "$FP_CONFIG_END"
+}

@@ -415,3 +415,12 @@ def test_workstation_carries_the_project_clients_and_pinned_libraries(built):
     assert all("==" in p for p in pins)
     assert not fat_exists(img, "fp/project/final_problem/__pycache__")
     assert not fat_exists(built.image("srv-1"), "fp/project")
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_config_txt_pins_the_pi5_kernel_for_envoy(built, host):
+    text = fat_read(built.image(host), "config.txt")
+    # The source image's settings are kept, the kernel block follows them once.
+    assert text.startswith("[all]\narm_64bit=1\n")
+    assert text.count("kernel=kernel_2712.img") == 1
+    assert text.splitlines()[-3:] == ["kernel=kernel_2712.img", "[all]", "# END final-problem"]

@@ -330,3 +330,41 @@ def test_firstrun_image_keeps_cgroup_flags_after_hook_removed(firstrun_images, t
     assert n.run("firstrun.sh").returncode == 0
     words = (n.boot / "cmdline.txt").read_text().split()
     assert words.count("cgroup_enable=memory") == 1 and words.count("cgroup_memory=1") == 1
+
+
+def va_bits_label(n: Node) -> str:
+    return (n.root / "etc/rancher/k3s/config.yaml.d/50-final-problem-va-bits.yaml").read_text()
+
+
+def test_node_is_labelled_with_a_16k_kernel_s_47_bits(node):
+    n = node("srv-1")
+    add_airgap(n)
+    write_exe(n.stubs / "getconf", "#!/bin/sh\necho 16384\n")
+    r = n.run()
+    assert r.returncode == 0, r.stderr
+    assert va_bits_label(n) == "node-label+:\n  - final-problem.io/arm64-va-bits=47\n"
+    assert "Envoy can run here" in r.stdout + r.stderr
+
+
+def test_node_with_a_39_bit_kernel_is_labelled_and_warned(node):
+    n = node("srv-1")
+    add_airgap(n)
+    write_exe(n.stubs / "getconf", "#!/bin/sh\necho 4096\n")
+    release = subprocess.run(["uname", "-r"], capture_output=True, text=True, check=True).stdout.strip()
+    (n.root / "boot").mkdir()
+    (n.root / "boot" / f"config-{release}").write_text("CONFIG_ARM64_4K_PAGES=y\nCONFIG_ARM64_VA_BITS=39\n")
+    r = n.run()
+    assert r.returncode == 0, r.stderr
+    assert "arm64-va-bits=39" in va_bits_label(n)
+    assert "WARNING: this kernel has 39-bit virtual addresses" in r.stdout + r.stderr
+
+
+def test_node_with_a_48_bit_kernel_is_labelled_48(node):
+    n = node("srv-1")
+    add_airgap(n)
+    write_exe(n.stubs / "getconf", "#!/bin/sh\necho 4096\n")
+    release = subprocess.run(["uname", "-r"], capture_output=True, text=True, check=True).stdout.strip()
+    (n.root / "boot").mkdir()
+    (n.root / "boot" / f"config-{release}").write_text("CONFIG_ARM64_VA_BITS_48=y\nCONFIG_ARM64_VA_BITS=48\n")
+    assert n.run().returncode == 0
+    assert "arm64-va-bits=48" in va_bits_label(n)

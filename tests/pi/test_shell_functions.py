@@ -123,3 +123,25 @@ def test_need_tool_names_package_and_make_target():
     assert r.returncode == 1
     assert "'no-such-program-xyz'" in r.stderr and "'some-package'" in r.stderr
     assert "sudo make system-deps" in r.stderr
+
+
+def config_txt(text: str) -> str:
+    r = run(["bash", "-c", f'set -euo pipefail; . "{PI}/lib/common.sh"; . "{PI}/lib/image.sh"; fp_config_txt_kernel'],
+            input=text)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_config_txt_pins_the_pi5_kernel_last():
+    out = config_txt("[all]\narm_64bit=1\n[pi5]\nkernel=kernel8.img\n")
+    lines = out.splitlines()
+    # The original settings stay; the block comes after them, so it wins.
+    assert lines[:4] == ["[all]", "arm_64bit=1", "[pi5]", "kernel=kernel8.img"]
+    assert lines[-4:-1] == ["[pi5]", "kernel=kernel_2712.img", "[all]"]
+    assert lines.index("kernel=kernel_2712.img") > lines.index("kernel=kernel8.img")
+
+
+def test_config_txt_block_is_replaced_not_repeated():
+    once = config_txt("[all]\narm_64bit=1\n")
+    assert config_txt(once) == once
+    assert once.count("kernel=kernel_2712.img") == 1
