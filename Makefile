@@ -32,7 +32,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PI_IMAGE ?=
 PI_INVENTORY ?= pi/inventory.yaml
 
-.PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images system-deps clean
+.PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images system-deps clean cadence-tools
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
@@ -65,16 +65,22 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
+# cadence-sql-tool built from the github.com/uber/cadence Go module at the version in
+# deps/cadence/go.mod, once, into ${XDG_CACHE_HOME:-~/.cache}/final-problem/cadence-<version>/
+# (the script keeps an install stamp there; a few minutes cold, nothing afterwards).
+cadence-tools:
+	deps/cadence/build.sh
+
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.
 synth: setup
 	@rm -rf cdk.out
 	AWS_EC2_METADATA_DISABLED=true $(CDK) synth --quiet --no-notices $(CDK_ARGS) >/dev/null
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
-test: setup $(CHECKOV_STAMP)
+test: setup $(CHECKOV_STAMP) cadence-tools
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: setup cadence-tools
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done
 
 bootstrap: setup
