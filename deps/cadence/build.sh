@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds cadence-sql-tool at the pinned version into
 # ${XDG_CACHE_HOME:-$HOME/.cache}/final-problem/cadence-<version>/bin, once (install stamp).
-# The schema files it applies come with the module source in Go's module cache; their
-# directory is written to <cache>/schema-dir so the tests find it without asking Go again.
+# The schema files it applies come with the module source in Go's module cache (the same
+# files the server image ships under /etc/cadence/schema); they are copied to
+# <cache>/schema/postgres so a cleaned module cache does not lose them.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 version="$(sed -n 's/^require github.com\/uber\/cadence \(v[0-9.]*\)$/\1/p' "$here/go.mod")"
@@ -14,6 +15,11 @@ echo "==> cadence-sql-tool $version (go build, a few minutes cold) into $cache"
 mkdir -p "$cache/bin"
 cd "$here"
 nice go build -trimpath -o "$cache/bin/cadence-sql-tool" ./cmd/cadence-sql-tool
-go list -m -f '{{.Dir}}' github.com/uber/cadence | sed 's|$|/schema/postgres|' > "$cache/schema-dir"
-test -d "$(cat "$cache/schema-dir")/cadence/versioned"
+src="$(go list -m -f '{{.Dir}}' github.com/uber/cadence)/schema/postgres"
+rm -rf "$cache/schema"
+mkdir -p "$cache/schema"
+cp -R "$src" "$cache/schema/postgres"
+chmod -R u+w "$cache/schema"
+test -d "$cache/schema/postgres/cadence/versioned"
+test -d "$cache/schema/postgres/visibility/versioned"
 touch "$stamp"

@@ -45,11 +45,11 @@ def sql_tool() -> Path:
 
 
 def schema_dir() -> Path:
-    """The module's ``schema/postgres`` folder (``cadence/``, ``visibility/``)."""
-    marker = cache_dir() / "schema-dir"
-    if not marker.exists():
-        raise CadenceToolsMissing(f"{marker} is missing: run `make cadence-tools` (deps/cadence/build.sh)")
-    return Path(marker.read_text().strip())
+    """The module's ``schema/postgres`` folder (``cadence/``, ``visibility/``), copied by the build."""
+    path = cache_dir() / "schema" / "postgres"
+    if not (path / "cadence" / "versioned").is_dir():
+        raise CadenceToolsMissing(f"{path} is missing: run `make cadence-tools` (deps/cadence/build.sh)")
+    return path
 
 
 def latest_version(kind: str, *, root: Path | None = None) -> str:
