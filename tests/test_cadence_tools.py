@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_go_module_builds_the_version_of_the_image() -> None:
     go_mod = (ROOT / "deps" / "cadence" / "go.mod").read_text()
-    assert re.search(r"^require github.com/uber/cadence (\S+)$", go_mod, re.M).group(1) == versions.CADENCE_VERSION
+    assert re.search(r"^(?:require)?\s*github.com/uber/cadence (v[0-9.]+)$", go_mod, re.M).group(1) == versions.CADENCE_VERSION
     assert versions.CADENCE_SERVER_IMAGE.endswith(f":{versions.CADENCE_VERSION}")
     # Cadence's go.mod replaces apache/thrift; `go` ignores a dependency's replace lines.
     assert "replace github.com/apache/thrift => github.com/apache/thrift v0.16.0" in go_mod

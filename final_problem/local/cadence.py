@@ -1,13 +1,14 @@
 """Cadence's tools on one host, run from what the chart renders.
 
 ``make cadence-tools`` (a dependency of ``make test`` and ``make bench``) builds
-``cadence-sql-tool`` from the ``github.com/uber/cadence`` Go module at
+``cadence-sql-tool`` and the ``cadence`` CLI from the ``github.com/uber/cadence`` Go module at
 :data:`final_problem.versions.CADENCE_VERSION` into :func:`cache_dir` (see
 ``deps/cadence/``); the schema files it applies are the module's ``schema/postgres``, the
 same files the server image ships under ``/etc/cadence/schema/postgres``.
 
 :func:`run_schema_script` runs the schema Job's script (:data:`~final_problem.renderers.cadence.SCHEMA_SCRIPT`)
-against a local PostgreSQL exactly as the Job and the server pods' init containers run it.
+against a local PostgreSQL exactly as the Job and the server pods' init containers run it;
+:func:`run_domain_script` runs the domain Job's script with the real CLI.
 
 The server itself is not built here: the module's ``main`` package and its service wiring
 (``cmd/server``, package ``cmd/server/cadence``) form a separate nested module,
@@ -24,7 +25,7 @@ import subprocess
 from pathlib import Path
 
 from final_problem import versions
-from final_problem.renderers.cadence import SCHEMA_SCRIPT, Database, schema_env
+from final_problem.renderers.cadence import SCHEMA_SCRIPT, Database, domain_script, schema_env
 
 
 class CadenceToolsMissing(RuntimeError):
@@ -73,4 +74,22 @@ def run_schema_script(
     return subprocess.run(
         ["sh", "-c", SCHEMA_SCRIPT, "cadence-schema.sh", mode],
         env=env, capture_output=True, text=True, timeout=timeout_s,
+    )
+
+
+def cli() -> Path:
+    path = cache_dir() / "bin" / "cadence"
+    if not path.exists():
+        raise CadenceToolsMissing(f"{path} is missing: run `make cadence-tools` (deps/cadence/build.sh)")
+    return path
+
+
+def run_domain_script(
+    *, frontend_address: str, domain: str, retention_days: int, wait_timeout_s: int = 60, timeout_s: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run the domain Job's script with the locally built CLI."""
+    script = domain_script(domain=domain, retention_days=retention_days, frontend_address=frontend_address, cli=str(cli()))
+    return subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, timeout=timeout_s,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WAIT_TIMEOUT_S": str(wait_timeout_s), "HOME": "/tmp"},
     )
