@@ -6,17 +6,12 @@ import shutil
 import subprocess
 from typing import Any
 
-import cdk8s
 import pytest
 import yaml
 
 from final_problem import config, manifests, versions
-from final_problem.charts.base import BaseChart
-from final_problem.charts.cadence import (
-    HISTORY_SHARDS, CadenceChart, CadenceProps, ServiceProps, check_connections,
-)
-from final_problem.charts.postgres import PGDATA, MOUNT, PostgresChart, PostgresProps
-from final_problem.constructs.security import Sizing
+from final_problem.charts.cadence import HISTORY_SHARDS, CadenceProps, check_connections
+from final_problem.charts.postgres import PGDATA, MOUNT, PostgresProps
 from final_problem.errors import ConfigError
 from final_problem.profiles import EKS, PI
 from final_problem.renderers import cadence as render
@@ -24,8 +19,8 @@ from final_problem.renderers import cadence as render
 Obj = dict[str, Any]
 
 
-def render_all(profile: str = "eks") -> dict[str, list[Obj]]:
-    s = config.from_mapping({"components": ["base", "postgres", "cadence"]})
+def render_all(profile: str = "eks", **sections: Any) -> dict[str, list[Obj]]:
+    s = config.from_mapping({"components": ["base", "postgres", "cadence"], **sections})
     charts = manifests.render(s, profile)
     return {name: manifests.chart_objects(chart) for name, chart in charts.items()}
 
@@ -73,7 +68,7 @@ def test_rendered_config_carries_the_frozen_shard_count(eks: dict[str, list[Obj]
 
 @pytest.mark.parametrize("shards", [0, -1, 16385])
 def test_shard_count_out_of_range_fails(shards: int) -> None:
-    with pytest.raises(ConfigError, match=r"cadence.num_history_shards.*never change"):
+    with pytest.raises(ConfigError, match=r"cadence.num_history_shards = -?\d+: must be 1 to 16384"):
         CadenceProps.for_profile(PI, num_history_shards=shards)
 
 
@@ -81,17 +76,19 @@ def test_shard_count_out_of_range_fails(shards: int) -> None:
 
 
 def test_replicas_out_of_range_fail() -> None:
-    services = dict(CadenceProps.for_profile(PI).services)
-    services["matching"] = ServiceProps(replicas=0, sizing=services["matching"].sizing)
-    with pytest.raises(ConfigError, match=r"cadence.matching.replicas = 0"):
-        CadenceProps.for_profile(PI, services=services)
+    with pytest.raises(ConfigError, match=r"cadence.matching_replicas = 0: must be 1 to 10"):
+        CadenceProps.for_profile(PI, matching_replicas=0)
 
 
 def test_more_history_hosts_than_shards_fails() -> None:
-    services = dict(CadenceProps.for_profile(PI).services)
-    services["history"] = ServiceProps(replicas=3, sizing=services["history"].sizing)
-    with pytest.raises(ConfigError, match=r"cadence.history.replicas = 3.*shards \(2\)"):
-        CadenceProps.for_profile(PI, num_history_shards=2, services=services)
+    with pytest.raises(ConfigError, match=r"cadence.history_replicas = 3.*shards \(2\).*set cadence.history_replicas=2"):
+        CadenceProps.for_profile(PI, num_history_shards=2, history_replicas=3)
+
+
+def test_settings_come_from_the_cadence_section() -> None:
+    objs = render_all("pi", cadence={"history_replicas": 2, "retention_days": "7"})["cadence"]
+    assert one(objs, "Deployment", "cadence-history")["spec"]["replicas"] == 2
+    assert "--retention 7" in one(objs, "ConfigMap", "cadence-scripts")["data"]["register-domain.sh"]
 
 
 @pytest.mark.parametrize("days", [0, 31])
@@ -104,6 +101,7 @@ def test_retention_out_of_range_fails(days: int) -> None:
     ("visibility_db", "cadence", "equals cadence.cadence_db"),
     ("cadence_db", "Cadence-DB", "not a plain PostgreSQL identifier"),
     ("max_conns", 1, "must be 2 to 100"),
+    ("domain", "bad domain", "not a valid domain name"),
 ])
 def test_database_settings_that_cannot_work_fail(field: str, value: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -112,11 +110,11 @@ def test_database_settings_that_cannot_work_fail(field: str, value: object, matc
 
 def test_connection_pools_must_fit_postgres_max_connections() -> None:
     props = CadenceProps.for_profile(EKS, max_conns=20)
-    with pytest.raises(ConfigError, match=r"cadence.max_conns = 20: .* 200 connections.*Fix: lower cadence.max_conns to 9") as e:
+    with pytest.raises(ConfigError, match=r"cadence.max_conns = 20: .* 200 connections.*Fix: set cadence.max_conns=9") as e:
         check_connections(props, 100)
     # The suggested fix is itself valid.
     check_connections(CadenceProps.for_profile(EKS, max_conns=9), 100)
-    with pytest.raises(ConfigError, match="raise postgres.max_connections to 50"):
+    with pytest.raises(ConfigError, match="set postgres.max_connections=50"):
         check_connections(CadenceProps.for_profile(EKS, max_conns=3), 20)
     assert e.value.setting == "cadence.max_conns"
 
@@ -133,13 +131,8 @@ def test_cadence_without_postgres_fails_naming_both() -> None:
 
 
 def test_chart_checks_connections_against_the_postgres_chart() -> None:
-    settings = config.from_mapping({"components": ["base", "postgres", "cadence"]})
-    app = cdk8s.App()
-    base = BaseChart(app, "Base", settings=settings, profile=EKS, dependencies={})
-    postgres = PostgresChart(app, "Postgres", settings=settings, profile=EKS, dependencies={"base": base},
-                             props=PostgresProps.for_profile(EKS, max_connections=40))
     with pytest.raises(ConfigError, match="cadence.max_conns = 8.*postgres.max_connections \\(40\\)"):
-        CadenceChart(app, "Cadence", settings=settings, profile=EKS, dependencies={"base": base, "postgres": postgres})
+        render_all("eks", postgres={"max_connections": 40})
 
 
 # -- Cadence chart -----------------------------------------------------------------------
@@ -280,8 +273,8 @@ def test_postgres_pi_profile_is_small(pi: dict[str, list[Obj]]) -> None:
 
 @pytest.mark.parametrize("overrides,match", [
     ({"max_connections": 5}, "postgres.max_connections = 5"),
-    ({"shared_buffers_mib": 4096}, r"postgres.shared_buffers_mib = 4096.*Fix: use 512"),
-    ({"storage_gib": 0}, "postgres.storage.size_gib = 0"),
+    ({"shared_buffers_mib": 4096}, r"postgres.shared_buffers_mib = 4096.*Fix: set postgres.shared_buffers_mib=512"),
+    ({"storage_gib": 0}, "postgres.storage_gib = 0"),
     ({"metrics_port": 5432}, "postgres.metrics_port = 5432"),
 ])
 def test_postgres_settings_that_cannot_work_fail(overrides: dict[str, object], match: str) -> None:
@@ -291,10 +284,9 @@ def test_postgres_settings_that_cannot_work_fail(overrides: dict[str, object], m
 
 def test_postgres_shared_buffers_fix_is_valid() -> None:
     PostgresProps.for_profile(EKS, shared_buffers_mib=512)
-    small = Sizing(cpu_request_m=10, cpu_limit_m=100, memory_request_mib=256, memory_limit_mib=256)
-    with pytest.raises(ConfigError, match="Fix: use 64"):
-        PostgresProps.for_profile(EKS, sizing=small)
-    PostgresProps.for_profile(EKS, sizing=small, shared_buffers_mib=64)
+    with pytest.raises(ConfigError, match="Fix: set postgres.shared_buffers_mib=64"):
+        PostgresProps.for_profile(EKS, memory_mib=256)
+    PostgresProps.for_profile(EKS, memory_mib=256, shared_buffers_mib=64)
 
 
 # -- renderer --------------------------------------------------------------------------

@@ -10,6 +10,10 @@ version="$(sed -En 's/^(require)?[[:space:]]*github\.com\/uber\/cadence (v[0-9.]
 test -n "$version" || { echo "no github.com/uber/cadence version in $here/go.mod" >&2; exit 1; }
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/final-problem/cadence-${version}"
 stamp="$cache/.installed"
+mkdir -p "$cache"
+# One build at a time (make and a test may start this together).
+exec 9>"$cache/.lock"
+flock 9
 binaries="cadence-sql-tool cadence"
 missing=""
 for b in $binaries; do [ -x "$cache/bin/$b" ] || missing="$missing $b"; done

@@ -34,7 +34,8 @@ Cassandra and is not "restricted").
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from typing import Mapping
 
 from constructs import Construct
@@ -52,6 +53,7 @@ from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.renderers import cadence as render
+from final_problem.settings import ComponentSettings, per_profile, setting
 
 #: The server image's user since v1.4.1 (Dockerfile: ``adduser -u 1000 ... cadence``).
 CADENCE_UID = 1000
@@ -84,98 +86,84 @@ class ServiceProps:
     sizing: Sizing
 
 
-def _default_services(small: bool) -> dict[str, ServiceProps]:
-    if small:
-        # 3 Pi 4 (4 GiB each) run every component: one of each service, ~1 GiB in total.
-        return {
-            "frontend": ServiceProps(replicas=1, sizing=Sizing(cpu_request_m=50, cpu_limit_m=500, memory_request_mib=192, memory_limit_mib=256)),
-            "history": ServiceProps(replicas=1, sizing=Sizing(cpu_request_m=100, cpu_limit_m=1000, memory_request_mib=256, memory_limit_mib=384)),
-            "matching": ServiceProps(replicas=1, sizing=Sizing(cpu_request_m=50, cpu_limit_m=500, memory_request_mib=128, memory_limit_mib=256)),
-            "worker": ServiceProps(replicas=1, sizing=Sizing(cpu_request_m=50, cpu_limit_m=500, memory_request_mib=128, memory_limit_mib=192)),
-        }
-    # 3 x m7g.large (8 GiB) shared by every component: about 3.5 GiB of limits for Cadence.
-    return {
-        "frontend": ServiceProps(replicas=2, sizing=Sizing(cpu_request_m=100, cpu_limit_m=1000, memory_request_mib=256, memory_limit_mib=512)),
-        "history": ServiceProps(replicas=3, sizing=Sizing(cpu_request_m=250, cpu_limit_m=1000, memory_request_mib=512, memory_limit_mib=768)),
-        "matching": ServiceProps(replicas=2, sizing=Sizing(cpu_request_m=100, cpu_limit_m=1000, memory_request_mib=256, memory_limit_mib=384)),
-        "worker": ServiceProps(replicas=1, sizing=Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=128, memory_limit_mib=256)),
-    }
+#: Container sizing per service: (cpu request m, cpu limit m, memory request MiB, memory limit MiB).
+#: Pi: 3 Pi 4 (4 GiB each) run every component, one of each service, ~1.1 GiB of limits in all.
+#: EKS: 3 x m7g.large (8 GiB) shared by every component, about 3.5 GiB of limits for Cadence.
+_SIZING = {
+    "pi": {"frontend": (50, 500, 192, 256), "history": (100, 1000, 256, 384),
+           "matching": (50, 500, 128, 256), "worker": (50, 500, 128, 192), "web": (20, 300, 96, 192)},
+    "eks": {"frontend": (100, 1000, 256, 512), "history": (250, 1000, 512, 768),
+            "matching": (100, 1000, 256, 384), "worker": (100, 500, 128, 256), "web": (50, 500, 128, 256)},
+}
+
+
+def _sizing(profile: Profile, name: str) -> Sizing:
+    cpu_req, cpu_lim, mem_req, mem_lim = _SIZING[profile.name][name]
+    return Sizing(cpu_request_m=cpu_req, cpu_limit_m=cpu_lim, memory_request_mib=mem_req, memory_limit_mib=mem_lim)
 
 
 @dataclass(frozen=True, kw_only=True)
-class CadenceProps:
-    """What a user can choose about Cadence; :meth:`for_profile` gives the per-profile defaults."""
+class CadenceProps(ComponentSettings):
+    """What a user can choose about Cadence (section ``cadence``); defaults per profile."""
 
-    #: See :data:`HISTORY_SHARDS`: never change it for a live cluster.
-    num_history_shards: int
-    #: Replicas and sizing of frontend, history, matching and worker.
-    services: Mapping[str, ServiceProps]
-    #: Domain the domain Job registers. Default ``default``.
-    domain: str = "default"
-    #: Days closed workflows are kept. Default 3 (a Pi's disk is small).
-    retention_days: int = 3
-    #: Connections per service process to the default store (visibility: a quarter, at
-    #: least 2). Default 8 on EKS, 5 on a Pi. All processes' connections must fit
-    #: PostgreSQL's max_connections (:func:`check_connections`).
-    max_conns: int = 8
-    cadence_db: str = "cadence"
-    visibility_db: str = "cadence_visibility"
-    web_replicas: int = 1
-    web_sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=50, cpu_limit_m=500, memory_request_mib=128, memory_limit_mib=256))
+    num_history_shards: int = setting(
+        per_profile(eks=HISTORY_SHARDS["eks"], pi=HISTORY_SHARDS["pi"]),
+        minimum=render.MIN_HISTORY_SHARDS, maximum=render.MAX_HISTORY_SHARDS,
+        doc="History shards. Fixed when the cluster's database is first set up: never change it for a live cluster.",
+    )
+    frontend_replicas: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Frontend pods.")
+    history_replicas: int = setting(per_profile(eks=3, pi=1), minimum=1, maximum=10,
+                                    doc="History pods; no more than num_history_shards.")
+    matching_replicas: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Matching pods.")
+    worker_replicas: int = setting(1, minimum=1, maximum=10, doc="Worker service pods.")
+    web_replicas: int = setting(1, minimum=1, maximum=3, doc="Web UI pods.")
+    domain: str = setting("default", doc="Domain the domain Job registers.")
+    retention_days: int = setting(
+        3, minimum=MIN_RETENTION_DAYS, maximum=MAX_RETENTION_DAYS,
+        doc="Days closed workflows are kept: Cadence rejects less than 1, its frontend caps it at "
+            "`frontend.maxRetentionDays` (30).",
+    )
+    max_conns: int = setting(
+        per_profile(eks=8, pi=5), minimum=2, maximum=100,
+        doc="Connections per server process to the default store (visibility: a quarter, at least 2). All "
+            "processes' pools must fit postgres.max_connections less 10.",
+    )
+    cadence_db: str = setting("cadence", doc="Database of the default store.")
+    visibility_db: str = setting("cadence_visibility", doc="Database of the visibility store.")
 
-    def __post_init__(self) -> None:
-        render.check_history_shards(self.num_history_shards)
-        if set(self.services) != set(render.SERVICES):
-            raise ConfigError("cadence.services", sorted(self.services), "needs exactly the four services",
-                              f"give replicas and sizing for {', '.join(render.SERVICES)}")
-        for name, svc in self.services.items():
-            if not 1 <= svc.replicas <= 10:
-                raise ConfigError(f"cadence.{name}.replicas", svc.replicas, "must be 1 to 10",
-                                  "use 1 on a Pi, 2 or 3 on EKS")
-        if self.services["history"].replicas > self.num_history_shards:
-            raise ConfigError("cadence.history.replicas", self.services["history"].replicas,
-                              f"more history hosts than shards ({self.num_history_shards}) leaves hosts idle",
-                              f"use at most {self.num_history_shards}")
-        if not MIN_RETENTION_DAYS <= self.retention_days <= MAX_RETENTION_DAYS:
-            raise ConfigError(
-                "cadence.retention_days", self.retention_days,
-                f"must be {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS}: Cadence rejects a retention below one day, "
-                "and its frontend caps it at frontend.maxRetentionDays (30)",
-                "use 3 (the default) or up to 30",
-            )
-        if not 1 <= self.web_replicas <= 3:
-            raise ConfigError("cadence.web_replicas", self.web_replicas, "must be 1 to 3", "use 1")
-        if not 2 <= self.max_conns <= 100:
-            raise ConfigError("cadence.max_conns", self.max_conns, "must be 2 to 100", "use 10")
-        for key, value in (("cadence.cadence_db", self.cadence_db), ("cadence.visibility_db", self.visibility_db)):
-            if not value.replace("_", "").isalnum() or not value[0].isalpha() or value != value.lower() or len(value) > 63:
-                raise ConfigError(key, value, "not a plain PostgreSQL identifier (lower-case letters, digits, '_', at most 63)",
-                                  "use e.g. cadence and cadence_visibility")
+    @property
+    def services(self) -> dict[str, ServiceProps]:
+        return {name: ServiceProps(replicas=getattr(self, f"{name}_replicas"), sizing=_sizing(self.profile, name))
+                for name in render.SERVICES}
+
+    @property
+    def web_sizing(self) -> Sizing:
+        return _sizing(self.profile, "web")
+
+    def check(self) -> None:
+        if self.history_replicas > self.num_history_shards:
+            raise self.error("history_replicas",
+                             f"more history hosts than shards ({self.num_history_shards}) leaves hosts idle",
+                             f"set cadence.history_replicas={self.num_history_shards}")
+        for name in ("cadence_db", "visibility_db"):
+            value = getattr(self, name)
+            if not _IDENTIFIER.fullmatch(value):
+                raise self.error(name, "not a plain PostgreSQL identifier (lower-case letters, digits, '_', "
+                                 "at most 63, starting with a letter)", f"set cadence.{name}=cadence")
         if self.cadence_db == self.visibility_db:
-            raise ConfigError("cadence.visibility_db", self.visibility_db, "equals cadence.cadence_db: the two schemas "
-                              "have tables of the same name", "use cadence_visibility")
-        if not all(c.isalnum() or c in "-_." for c in self.domain) or not self.domain:
-            raise ConfigError("cadence.domain", self.domain, "not a valid domain name", "use letters, digits, '-', '_' or '.'")
+            raise self.error("visibility_db", "equals cadence.cadence_db: the two schemas have tables of the same name",
+                             "set cadence.visibility_db=cadence_visibility")
+        if not _DOMAIN.fullmatch(self.domain):
+            raise self.error("domain", "not a valid domain name", "set cadence.domain=default")
 
     def connections(self, max_conns: int | None = None) -> int:
         """Connections all server processes may open at once (default + visibility stores)."""
         m = self.max_conns if max_conns is None else max_conns
         return (m + max(2, m // 4)) * sum(s.replicas for s in self.services.values())
 
-    @classmethod
-    def for_profile(cls, profile: Profile, **overrides: object) -> "CadenceProps":
-        base: dict[str, object] = {
-            "num_history_shards": HISTORY_SHARDS[profile.name],
-            "services": _default_services(profile.small),
-        }
-        # 8 processes on EKS at (8 + 2) connections, 4 on a Pi at (5 + 2): within the 90 of
-        # PostgreSQL's default 100 left to Cadence.
-        base["max_conns"] = 8
-        if profile.small:
-            base["max_conns"] = 5
-            base["web_sizing"] = Sizing(cpu_request_m=20, cpu_limit_m=300, memory_request_mib=96, memory_limit_mib=192)
-        return cls(**{**base, **overrides})  # type: ignore[arg-type]
+
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_DOMAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 
 
 #: Connections of PostgreSQL's max_connections kept for the schema Job, the exporter and operators.
@@ -189,8 +177,8 @@ def check_connections(props: CadenceProps, max_connections: int) -> None:
     if props.connections() <= budget:
         return
     fitting = [m for m in range(2, props.max_conns) if props.connections(m) <= budget]
-    fix = (f"lower cadence.max_conns to {fitting[-1]}" if fitting
-           else f"raise postgres.max_connections to {props.connections() + RESERVED_CONNECTIONS}")
+    fix = (f"set cadence.max_conns={fitting[-1]}" if fitting
+           else f"set postgres.max_connections={props.connections() + RESERVED_CONNECTIONS}")
     raise ConfigError(
         "cadence.max_conns", props.max_conns,
         f"the Cadence processes may open {props.connections()} connections, more than postgres.max_connections "
@@ -215,6 +203,8 @@ class CadenceChart(PlatformChart):
     construct_id = "Cadence"
     requires = ("base", "postgres")
     version = versions.CADENCE_VERSION
+    settings_class = CadenceProps
+    images = (versions.CADENCE_SERVER_IMAGE, versions.CADENCE_WEB_IMAGE)
 
     NAMESPACE = "cadence"
     DB_SECRET = "cadence-postgres"
@@ -231,16 +221,14 @@ class CadenceChart(PlatformChart):
         settings: Settings,
         profile: Profile,
         dependencies: Mapping[str, PlatformChart],
-        props: CadenceProps | None = None,
     ) -> None:
         super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
         postgres = self.dependency("postgres")
         if not isinstance(postgres, PostgresChart):
             raise ConfigError("components", "postgres", "cadence needs the postgres chart of final_problem.charts.postgres",
                               "enable the bundled postgres component")
-        self.props = props or CadenceProps.for_profile(profile)
-        p = self.props
-        check_connections(p, postgres.props.max_connections)
+        p: CadenceProps = self.props  # type: ignore[assignment]
+        check_connections(p, postgres.props.max_connections)  # type: ignore[attr-defined]
         ns = self.NAMESPACE
         self.cadence_namespace = RestrictedNamespace(self, "Namespace", name=ns, pss_version=f"v{settings.kubernetes_version}")
         self.secrets = GeneratedSecrets(self, "Secrets", namespace=ns, labels=self.label_set,
@@ -299,6 +287,8 @@ class CadenceChart(PlatformChart):
                 resources=raw_resources(small_job), volume_mounts=[scripts_mount, tmp_mount],
             ),
             volumes=[scripts_volume, tmp_volume], extra_labels=db_client_labels,
+            annotations={"checkov.io/skip2": "CKV_K8S_35=cadence-sql-tool reads SQL_PASSWORD from its environment; "
+                                             "the value comes from a secretKeyRef"},
         )
 
         # -- servers ------------------------------------------------------------------
@@ -353,11 +343,13 @@ class CadenceChart(PlatformChart):
     # -- builders ---------------------------------------------------------------------
 
     def _job(self, id: str, name: str, component: str, *, container: k8s.Container,
-             volumes: list[k8s.Volume], extra_labels: Mapping[str, str] | None = None) -> k8s.KubeJob:
+             volumes: list[k8s.Volume], extra_labels: Mapping[str, str] | None = None,
+             annotations: Mapping[str, str] | None = None) -> k8s.KubeJob:
         job = k8s.KubeJob(
             self, id,
             metadata=k8s.ObjectMeta(name=name, namespace=self.NAMESPACE, annotations={
                 "checkov.io/skip1": "CKV_K8S_40=the official ubercadence/server image runs as its own uid 1000",
+                **(annotations or {}),
             }),
             spec=k8s.JobSpec(
                 backoff_limit=10,

@@ -43,6 +43,7 @@ from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
+from final_problem.settings import ComponentSettings, per_profile, setting
 
 #: The image's postgres user and group (docker-library/postgres Dockerfile: uid/gid 999).
 POSTGRES_UID = 999
@@ -84,55 +85,50 @@ print("fetched the password of %s/%s" % (os.environ["SOURCE_NAMESPACE"], os.envi
 
 
 @dataclass(frozen=True, kw_only=True)
-class PostgresProps:
-    """Settings of the server; :meth:`for_profile` gives the per-profile defaults."""
+class PostgresProps(ComponentSettings):
+    """What a user can choose about PostgreSQL (section ``postgres``); defaults per profile."""
 
-    #: Connections. Default 100 (PostgreSQL's default); every Cadence service process
-    #: keeps up to ``cadence.max_conns`` to its default store and a quarter to visibility.
-    max_connections: int = 100
-    #: ``shared_buffers``: a quarter of the memory limit (PostgreSQL docs, "Resource
-    #: Consumption": 25% of memory is a reasonable start). Default 512 MiB on EKS, 128 on a Pi.
-    shared_buffers_mib: int = 512
-    #: Volume. Default 20 GiB on EKS, 4 GiB on a Pi.
-    storage_gib: int = 20
-    port: int = 5432
-    metrics_port: int = 9187
-    sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=250, cpu_limit_m=1000, memory_request_mib=2048, memory_limit_mib=2048))
-    exporter_sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=10, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=64))
+    max_connections: int = setting(
+        100, minimum=20, maximum=1000,
+        doc="`max_connections` (PostgreSQL's default 100); each connection is a process with its own memory. "
+            "Every Cadence process keeps a pool to each of its two databases.",
+    )
+    memory_mib: int = setting(
+        per_profile(eks=2048, pi=512), minimum=256, maximum=262_144,
+        doc="Memory request and limit of the server container.",
+    )
+    shared_buffers_mib: int = setting(
+        per_profile(eks=512, pi=128), minimum=16, maximum=131_072,
+        doc="`shared_buffers`; at most half of memory_mib (PostgreSQL docs, \"Resource Consumption\": a quarter "
+            "of memory is a reasonable start).",
+    )
+    storage_gib: int = setting(per_profile(eks=20, pi=4), minimum=1, maximum=16_384, doc="The server's volume.")
+    port: int = setting(5432, minimum=1024, maximum=65535, doc="Client port.")
+    metrics_port: int = setting(9187, minimum=1024, maximum=65535, doc="postgres_exporter port.")
 
-    def __post_init__(self) -> None:
-        if not 20 <= self.max_connections <= 1000:
-            raise ConfigError(
-                "postgres.max_connections", self.max_connections,
-                "must be 20 to 1000: each connection is a process with its own memory",
-                "use 100 (the default) or raise it with the memory limit",
+    @property
+    def sizing(self) -> Sizing:
+        cpu = (100, 1000) if self.profile.small else (250, 1000)
+        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
+                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+
+    @property
+    def exporter_sizing(self) -> Sizing:
+        if self.profile.small:
+            return Sizing(cpu_request_m=10, cpu_limit_m=50, memory_request_mib=24, memory_limit_mib=48)
+        return Sizing(cpu_request_m=10, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=64)
+
+    def check(self) -> None:
+        if 2 * self.shared_buffers_mib > self.memory_mib:
+            raise self.error(
+                "shared_buffers_mib",
+                f"must be at most half of postgres.memory_mib ({self.memory_mib}): backends, sorts and the page "
+                "cache need the rest",
+                f"set postgres.shared_buffers_mib={max(16, self.memory_mib // 4)}",
             )
-        limit = self.sizing.memory_limit_mib
-        if not 16 <= self.shared_buffers_mib <= limit // 2:
-            raise ConfigError(
-                "postgres.shared_buffers_mib", self.shared_buffers_mib,
-                f"must be 16 MiB to half the memory limit ({limit // 2} MiB): backends, sorts and the "
-                "page cache need the rest",
-                f"use {max(16, limit // 4)} (a quarter of the limit)",
-            )
-        ClaimSpec(name="postgres.storage", size_gib=self.storage_gib)
         if self.port == self.metrics_port:
-            raise ConfigError("postgres.metrics_port", self.metrics_port, "equals postgres.port", "use 9187")
-
-    @classmethod
-    def for_profile(cls, profile: Profile, **overrides: object) -> "PostgresProps":
-        """Defaults of ``profile`` (a Pi gets 512 MiB and 4 GiB), then ``overrides``."""
-        base: dict[str, object] = {}
-        if profile.small:
-            base = {
-                "shared_buffers_mib": 128,
-                "storage_gib": 4,
-                "sizing": Sizing(cpu_request_m=100, cpu_limit_m=1000, memory_request_mib=512, memory_limit_mib=512),
-                "exporter_sizing": Sizing(cpu_request_m=10, cpu_limit_m=50, memory_request_mib=24, memory_limit_mib=48),
-            }
-        return cls(**{**base, **overrides})  # type: ignore[arg-type]
+            raise self.error("metrics_port", "equals postgres.port", "set postgres.metrics_port=9187"
+                             if self.port != 9187 else "set postgres.metrics_port=9188")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +157,8 @@ class PostgresChart(PlatformChart):
     construct_id = "Postgres"
     requires = ("base",)
     version = versions.POSTGRES_VERSION
+    settings_class = PostgresProps
+    images = (versions.POSTGRES_IMAGE, versions.POSTGRES_EXPORTER_IMAGE, versions.PYTHON_IMAGE)
 
     NAMESPACE = "postgres"
     NAME = "postgres"
@@ -175,11 +173,9 @@ class PostgresChart(PlatformChart):
         settings: Settings,
         profile: Profile,
         dependencies: Mapping[str, PlatformChart],
-        props: PostgresProps | None = None,
     ) -> None:
         super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
-        self.props = props or PostgresProps.for_profile(profile)
-        p = self.props
+        p: PostgresProps = self.props  # type: ignore[assignment]
         ns = self.NAMESPACE
         #: DNS name and port clients connect to.
         self.host = f"{self.SERVICE}.{ns}.svc.cluster.local"
@@ -418,6 +414,7 @@ class PostgresChart(PlatformChart):
             metadata=k8s.ObjectMeta(name=job_name, namespace=ns, labels=meta_labels, annotations={
                 "checkov.io/skip1": "CKV_K8S_38=the job reads the client's password Secret through the API with this token",
                 "checkov.io/skip2": "CKV_K8S_35=PGPASSWORD is read by psql; the value comes from a secretKeyRef",
+                "checkov.io/skip3": "CKV_K8S_40=psql runs as the official postgres image's uid 999",
             }),
             spec=k8s.JobSpec(
                 backoff_limit=10,
