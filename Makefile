@@ -36,7 +36,7 @@ PI_INVENTORY ?= pi/inventory.yaml
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
-	@echo "make test         install what is missing (cadence-sql-tool: about 13 min cold), then run the whole test suite"
+	@echo "make test         install what is missing (Cadence tools: about 25 min cold), then run the whole test suite"
 	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput; Cadence schema setup"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
