@@ -44,7 +44,7 @@ from final_problem import versions
 from final_problem.charts.postgres import PostgresChart, PostgresClient
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
-from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
+from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec, secret_env
 from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import HOSTNAME
@@ -191,10 +191,6 @@ def _labels(chart: PlatformChart, component: str, extra: Mapping[str, str] | Non
     return {**chart.label_set.chart_labels(), **chart.label_set.selector(component), **(extra or {})}
 
 
-def _env_secret(name: str, secret: str, key: str) -> k8s.EnvVar:
-    return k8s.EnvVar(name=name, value_from=k8s.EnvVarSource(secret_key_ref=k8s.SecretKeySelector(name=secret, key=key)))
-
-
 @register
 class CadenceChart(PlatformChart):
     """Cadence frontend, history, matching and worker on PostgreSQL, with its web UI."""
@@ -269,7 +265,7 @@ class CadenceChart(PlatformChart):
             cm.add_dependency(self.cadence_namespace.resource)
 
         schema_env = [k8s.EnvVar(name=k, value=v) for k, v in render.schema_env(database, schema_dir=SCHEMA_DIR).items()]
-        schema_env.append(_env_secret("SQL_PASSWORD", self.DB_SECRET, "password"))
+        schema_env.append(secret_env("SQL_PASSWORD", self.DB_SECRET, "password"))
         scripts_volume = k8s.Volume(name="scripts", config_map=k8s.ConfigMapVolumeSource(name="cadence-scripts"))
         scripts_mount = k8s.VolumeMount(name="scripts", mount_path=SCRIPTS_DIR, read_only=True)
         tmp_volume = k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("64Mi")))
@@ -388,7 +384,7 @@ class CadenceChart(PlatformChart):
             command=render.server_command(root=CADENCE_ROOT, env=CONFIG_ENV, service=name),
             env=[
                 k8s.EnvVar(name="POD_IP", value_from=k8s.EnvVarSource(field_ref=k8s.ObjectFieldSelector(field_path="status.podIP"))),
-                _env_secret("SQL_PASSWORD", self.DB_SECRET, "password"),
+                secret_env("SQL_PASSWORD", self.DB_SECRET, "password"),
             ],
             ports=[
                 k8s.ContainerPort(name="tchannel", container_port=port.tchannel),

@@ -34,7 +34,7 @@ from constructs import Construct
 from final_problem import versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
-from final_problem.constructs.generated_secrets import API_PORTS, GeneratedSecrets, SecretSpec
+from final_problem.constructs.generated_secrets import API_PORTS, GeneratedSecrets, SecretSpec, secret_env
 from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, volume_claim_template
@@ -145,10 +145,6 @@ class PostgresClient:
     pod_selector: Mapping[str, str] = field(default_factory=dict)
 
 
-def _env_secret(name: str, secret: str, key: str) -> k8s.EnvVar:
-    return k8s.EnvVar(name=name, value_from=k8s.EnvVarSource(secret_key_ref=k8s.SecretKeySelector(name=secret, key=key)))
-
-
 @register
 class PostgresChart(PlatformChart):
     """A PostgreSQL server with a generated superuser password, metrics and per-client access."""
@@ -214,7 +210,7 @@ class PostgresChart(PlatformChart):
             env=[
                 k8s.EnvVar(name="PGDATA", value=PGDATA),
                 k8s.EnvVar(name="PGPORT", value=str(p.port)),
-                _env_secret("POSTGRES_PASSWORD", self.SUPERUSER_SECRET, "password"),
+                secret_env("POSTGRES_PASSWORD", self.SUPERUSER_SECRET, "password"),
                 k8s.EnvVar(name="POSTGRES_INITDB_ARGS", value="--auth-local=scram-sha-256 --auth-host=scram-sha-256"),
             ],
             ports=[k8s.ContainerPort(name="postgres", container_port=p.port)],
@@ -244,7 +240,7 @@ class PostgresChart(PlatformChart):
             env=[
                 k8s.EnvVar(name="DATA_SOURCE_URI", value=f"127.0.0.1:{p.port}/postgres?sslmode=disable"),
                 k8s.EnvVar(name="DATA_SOURCE_USER", value="postgres"),
-                _env_secret("DATA_SOURCE_PASS", self.SUPERUSER_SECRET, "password"),
+                secret_env("DATA_SOURCE_PASS", self.SUPERUSER_SECRET, "password"),
             ],
             ports=[k8s.ContainerPort(name="metrics", container_port=p.metrics_port)],
             security_context=container_context(uid=EXPORTER_UID),
@@ -402,7 +398,7 @@ class PostgresChart(PlatformChart):
                 f'echo "role {client.role} ready"',
             ])],
             env=[
-                _env_secret("PGPASSWORD", self.SUPERUSER_SECRET, "password"),
+                secret_env("PGPASSWORD", self.SUPERUSER_SECRET, "password"),
                 k8s.EnvVar(name="SQL", value=ROLE_SQL),
             ],
             security_context=container_context(uid=POSTGRES_UID),
