@@ -87,7 +87,7 @@ class ServiceProps:
 
 
 #: Container sizing per service: (cpu request m, cpu limit m, memory request MiB, memory limit MiB).
-#: Pi: 3 Pi 4 (4 GiB each) run every component, one of each service, ~1.1 GiB of limits in all.
+#: Pi: 3 Pi 4 (4 GiB each) run every component: one of each service, 1.25 GiB of limits with the web UI.
 #: EKS: 3 x m7g.large (8 GiB) shared by every component, about 3.5 GiB of limits for Cadence.
 _SIZING = {
     "pi": {"frontend": (50, 500, 192, 256), "history": (100, 1000, 256, 384),
