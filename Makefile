@@ -52,6 +52,9 @@ help:
 	@echo "make test         install what is missing, then run the whole test suite"
 	@echo "make kafka        the Kafka broker jars from Maven Central (make test and make bench need them)"
 	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput"
+.PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images system-deps clean cadence-tools
+	@echo "make test         install what is missing (Cadence tools: about 25 min cold), then run the whole test suite"
+	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput; Cadence schema setup"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
 	@echo "make pi-images PI_IMAGE=... PI_INVENTORY=...   one ready-to-flash image per Pi (after synth)"
@@ -89,6 +92,11 @@ $(KAFKA_STAMP): deps/kafka/pom.xml final_problem/versions.py
 	@touch $@
 
 kafka: $(KAFKA_STAMP)
+# cadence-sql-tool built from the github.com/uber/cadence Go module at the version in
+# deps/cadence/go.mod, once, into ${XDG_CACHE_HOME:-~/.cache}/final-problem/cadence-<version>/
+# (the script keeps an install stamp there; a few minutes cold, nothing afterwards).
+cadence-tools:
+	deps/cadence/build.sh
 
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.
 synth: setup
@@ -104,6 +112,8 @@ test: setup $(CHECKOV_STAMP) $(KAFKA_STAMP)
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 bench: setup $(KAFKA_STAMP)
+test: setup $(CHECKOV_STAMP) cadence-tools
+bench: setup cadence-tools
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done
 
 bootstrap: setup

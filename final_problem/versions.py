@@ -81,3 +81,30 @@ CONSUL_IMAGE = f"docker.io/hashicorp/consul:{CONSUL_VERSION}"
 CONSUL_DATAPLANE_VERSION = "1.9.9"
 CONSUL_DATAPLANE_IMAGE = f"docker.io/hashicorp/consul-dataplane:{CONSUL_DATAPLANE_VERSION}"
 CONSUL_DATAPLANE_ENVOY_VERSION = "1.35.12"
+# Cadence server image and the Go module the tests build the same version from.
+# Source: cadence-workflow/cadence-charts charts/cadence/values.yaml (Jul 2026): server
+# "docker.io/ubercadence/server" tag "v1.4.1", web "docker.io/ubercadence/web" tag "v4.0.11".
+# The server image publishes linux/amd64 and linux/arm64 and runs as uid 1000 from v1.4.1
+# (cadence v1.4.1 Dockerfile: `adduser -u 1000 ... cadence`, `USER cadence`); it ships
+# cadence-sql-tool and the schema files under /etc/cadence/schema. The module version is
+# repeated in deps/cadence/go.mod (a test keeps the two equal).
+CADENCE_VERSION = "v1.4.1"
+CADENCE_SERVER_IMAGE = f"docker.io/ubercadence/server:{CADENCE_VERSION}"
+# cadence-web (Next.js standalone server) runs as uid 1001 (cadence-web Dockerfile:
+# `adduser --system --uid 1001 nextjs`), port 8088.
+CADENCE_WEB_VERSION = "v4.0.11"
+CADENCE_WEB_IMAGE = f"docker.io/ubercadence/web:{CADENCE_WEB_VERSION}"
+# PostgreSQL: the official image, Debian trixie variant, the 17 line (cadence's own
+# docker-compose-postgres.yml runs postgres 17). Source: docker-library/official-images,
+# library/postgres (Aug 2026): "Tags: 17.11, 17, 17.11-trixie, 17-trixie", Architectures:
+# amd64, arm32v5, arm32v7, arm64v8, i386, ppc64le, riscv64, s390x. The image's postgres
+# user is uid/gid 999. The integration tests run Debian 12's PostgreSQL 15: the settings
+# the chart passes exist in both.
+POSTGRES_VERSION = "17.11"
+POSTGRES_IMAGE = f"docker.io/library/postgres:{POSTGRES_VERSION}-trixie"
+# postgres_exporter, the Prometheus community's exporter for PostgreSQL (a sidecar of the
+# postgres chart). Source: prometheus-community/postgres_exporter release v0.19.0; its
+# image quay.io/prometheuscommunity/postgres-exporter is built for linux/amd64, arm64,
+# armv7, ppc64le and s390x (Makefile.common DOCKER_ARCHS) and runs as nobody (65534).
+POSTGRES_EXPORTER_VERSION = "v0.19.0"
+POSTGRES_EXPORTER_IMAGE = f"quay.io/prometheuscommunity/postgres-exporter:{POSTGRES_EXPORTER_VERSION}"

@@ -10,3 +10,6 @@ from final_problem.charts.consul import ConsulChart
 from final_problem.charts.demo import DemoChart
 from final_problem.charts.envoy import EnvoyChart
 __all__ = ["BaseChart", "ConsulChart", "DemoChart", "EnvoyChart", "RedisChart", "ZooKeeperChart"]
+from final_problem.charts.cadence import CadenceChart
+from final_problem.charts.postgres import PostgresChart
+__all__ = ["BaseChart", "CadenceChart", "PostgresChart", "RedisChart", "ZooKeeperChart"]

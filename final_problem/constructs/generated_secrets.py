@@ -190,3 +190,8 @@ class GeneratedSecrets(Construct):
         )
         self.job.add_dependency(self.role_binding, self.script)
         self.role_binding.add_dependency(self.role, self.service_account)
+
+
+def secret_env(name: str, secret: str, key: str) -> k8s.EnvVar:
+    """Environment variable ``name`` from key ``key`` of Secret ``secret`` (never a literal value)."""
+    return k8s.EnvVar(name=name, value_from=k8s.EnvVarSource(secret_key_ref=k8s.SecretKeySelector(name=secret, key=key)))

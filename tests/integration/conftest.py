@@ -10,6 +10,7 @@ from typing import Iterator
 import pytest
 
 from final_problem.charts.redis import RedisProps
+from final_problem.local.postgres import LocalPostgres, LocalPostgresError
 from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
 from final_problem.profiles import PI
 from final_problem.renderers.redis import RedisConfigOptions
@@ -66,3 +67,14 @@ def zookeeper_ensemble(tmp_path: Path) -> Iterator[LocalEnsemble]:
         yield ensemble
     finally:
         ensemble.close()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[LocalPostgres]:
+    """A fresh PostgreSQL (Debian's package) on a free loopback port; stopped and removed afterwards."""
+    try:
+        server = LocalPostgres()
+    except LocalPostgresError as e:
+        pytest.fail(str(e))
+    with server:
+        yield server

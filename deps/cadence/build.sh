@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds cadence-sql-tool and the cadence CLI at the pinned version into
+# ${XDG_CACHE_HOME:-$HOME/.cache}/final-problem/cadence-<version>/bin, once (install stamp).
+# The schema files it applies come with the module source in Go's module cache (the same
+# files the server image ships under /etc/cadence/schema); they are copied to
+# <cache>/schema/postgres so a cleaned module cache does not lose them.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+version="$(sed -En 's/^(require)?[[:space:]]*github\.com\/uber\/cadence (v[0-9.]+)$/\2/p' "$here/go.mod")"
+test -n "$version" || { echo "no github.com/uber/cadence version in $here/go.mod" >&2; exit 1; }
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/final-problem/cadence-${version}"
+stamp="$cache/.installed"
+mkdir -p "$cache"
+# One build at a time (make and a test may start this together).
+exec 9>"$cache/.lock"
+flock 9
+binaries="cadence-sql-tool cadence"
+missing=""
+for b in $binaries; do [ -x "$cache/bin/$b" ] || missing="$missing $b"; done
+if [ -f "$stamp" ] && [ -z "$missing" ]; then exit 0; fi
+echo "==> Cadence $version tools:${missing:- schema files} (go build, about 15 minutes cold) into $cache"
+mkdir -p "$cache/bin"
+cd "$here"
+for b in $missing; do
+  nice go build -trimpath -o "$cache/bin/$b" "./cmd/$b"
+done
+src="$(go list -m -f '{{.Dir}}' github.com/uber/cadence)/schema/postgres"
+rm -rf "$cache/schema"
+mkdir -p "$cache/schema"
+cp -R "$src" "$cache/schema/postgres"
+chmod -R u+w "$cache/schema"
+test -d "$cache/schema/postgres/cadence/versioned"
+test -d "$cache/schema/postgres/visibility/versioned"
+touch "$stamp"

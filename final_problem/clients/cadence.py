@@ -1,0 +1,165 @@
+"""A Cadence workflow, its activities, a worker and a starter, on the official Python SDK.
+
+``cadence-python-client`` (PyPI, 0.4.1): async workflows as classes (``@workflow.run``),
+activities as functions (``@registry.activity()``), a :class:`cadence.worker.Worker`
+polling decision and activity tasks over gRPC (frontend port 7833), a
+:class:`cadence.Client` that starts, signals and queries workflows. It has no call that
+waits for a result; :func:`wait_for_result` long-polls the close event of the history.
+
+The workflow, ``OrderWorkflow``, reserves stock, waits, then charges:
+
+- ``reserve`` fails on its first two attempts (``activity.info().attempt`` 0 and 1, as a
+  flaky dependency would) and succeeds on the third: the server retries it under the
+  retry policy :data:`RESERVE_RETRY` (the SDK passes the policy; the server schedules
+  the attempts);
+- a durable timer between the two steps is the window in which a worker can be killed:
+  the workflow's progress is in the server's history, so a new worker replays it and the
+  workflow completes with the same result.
+
+Command line::
+
+    python -m final_problem.clients.cadence worker --target HOST:7833 --domain default
+    python -m final_problem.clients.cadence start  --target HOST:7833 --domain default --items 3 --wait
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from cadence import Client, activity, workflow
+from cadence.api.v1.common_pb2 import WorkflowExecution
+from cadence.api.v1.history_pb2 import EventFilterType
+from cadence.api.v1.service_workflow_pb2 import GetWorkflowExecutionHistoryRequest
+from cadence.worker import Registry, Worker
+
+TASK_LIST = "final-problem-orders"
+#: Price per item, in cents.
+PRICE_CENTS = 250
+#: Attempts ``reserve`` fails before it succeeds.
+RESERVE_FAILURES = 2
+#: Retry policy of ``reserve``: enough attempts for :data:`RESERVE_FAILURES`, short
+#: backoff so a test sees the third attempt within seconds.
+RESERVE_RETRY: workflow.RetryPolicy = {
+    "initial_interval": timedelta(milliseconds=200),
+    "backoff_coefficient": 2.0,
+    "maximum_interval": timedelta(seconds=2),
+    "maximum_attempts": 5,
+}
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+
+registry = Registry()
+
+
+class TemporaryFailure(RuntimeError):
+    """A failure the retry policy retries."""
+
+
+@registry.activity()
+def reserve(order_id: str, items: int) -> int:
+    """Reserve ``items``; fails on the first :data:`RESERVE_FAILURES` attempts. Returns the attempt that succeeded."""
+    attempt = activity.info().attempt
+    if attempt < RESERVE_FAILURES:
+        raise TemporaryFailure(f"stock service unavailable (attempt {attempt})")
+    return attempt
+
+
+@registry.activity()
+def charge(order_id: str, items: int) -> int:
+    """Charge the order; returns the amount in cents."""
+    return items * PRICE_CENTS
+
+
+@registry.workflow()
+class OrderWorkflow:
+    """Reserve, wait ``pause_s`` on a durable timer, charge; returns what happened."""
+
+    @workflow.run
+    async def run(self, order_id: str, items: int, pause_s: float) -> dict[str, Any]:
+        attempt = await reserve.with_options(
+            start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RESERVE_RETRY,
+        ).execute(order_id, items)
+        await workflow.sleep(timedelta(seconds=pause_s))
+        amount = await charge.with_options(start_to_close_timeout=ACTIVITY_TIMEOUT).execute(order_id, items)
+        return {"order_id": order_id, "reserved_on_attempt": attempt, "charged_cents": amount}
+
+
+def expected_result(order_id: str, items: int) -> dict[str, Any]:
+    """What :class:`OrderWorkflow` returns for a completed order."""
+    return {"order_id": order_id, "reserved_on_attempt": RESERVE_FAILURES, "charged_cents": items * PRICE_CENTS}
+
+
+async def start_order(client: Client, *, items: int, pause_s: float, workflow_id: str | None = None,
+                      task_list: str = TASK_LIST) -> WorkflowExecution:
+    order_id = workflow_id or f"order-{uuid.uuid4()}"
+    return await client.start_workflow(
+        "OrderWorkflow", order_id, items, pause_s,
+        task_list=task_list, workflow_id=order_id,
+        execution_start_to_close_timeout=timedelta(minutes=10),
+    )
+
+
+async def wait_for_result(client: Client, execution: WorkflowExecution) -> Any:
+    """Long-poll the workflow's close event; return its result or raise with the close event."""
+    while True:
+        response = await client.workflow_stub.GetWorkflowExecutionHistory(
+            GetWorkflowExecutionHistoryRequest(
+                domain=client.domain, workflow_execution=execution, wait_for_new_event=True,
+                history_event_filter_type=EventFilterType.EVENT_FILTER_TYPE_CLOSE_EVENT, skip_archival=True,
+            )
+        )
+        events = response.history.events
+        if not events:
+            continue  # the long poll expired before the workflow closed
+        event = events[-1]
+        if event.HasField("workflow_execution_completed_event_attributes"):
+            payload = event.workflow_execution_completed_event_attributes.result
+            return client.data_converter.from_data(payload, [dict])[0]
+        raise RuntimeError(f"workflow {execution.workflow_id} closed without completing: {event}")
+
+
+async def run_worker(*, target: str, domain: str, task_list: str = TASK_LIST) -> None:
+    async with Client(target=target, domain=domain) as client:
+        async with Worker(client, task_list, registry):
+            print(f"worker polling {task_list} on {target} (domain {domain})", flush=True)
+            await asyncio.Event().wait()
+
+
+async def run_start(*, target: str, domain: str, items: int, pause_s: float, wait: bool,
+                    task_list: str = TASK_LIST) -> dict[str, Any]:
+    async with Client(target=target, domain=domain) as client:
+        execution = await start_order(client, items=items, pause_s=pause_s, task_list=task_list)
+        out: dict[str, Any] = {"workflow_id": execution.workflow_id, "run_id": execution.run_id}
+        if wait:
+            out["result"] = await wait_for_result(client, execution)
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m final_problem.clients.cadence", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("worker", "start"))
+    parser.add_argument("--target", default="127.0.0.1:7833", help="frontend gRPC host:port")
+    parser.add_argument("--domain", default="default")
+    parser.add_argument("--task-list", default=TASK_LIST)
+    parser.add_argument("--items", type=int, default=1)
+    parser.add_argument("--pause-s", type=float, default=5.0, help="durable timer between reserve and charge")
+    parser.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    args = parser.parse_args(argv)
+    if args.items < 1:
+        parser.error("--items must be at least 1")
+    if args.command == "worker":
+        asyncio.run(run_worker(target=args.target, domain=args.domain, task_list=args.task_list))
+        return 0
+    result = asyncio.run(run_start(target=args.target, domain=args.domain, items=args.items,
+                                   pause_s=args.pause_s, wait=args.wait, task_list=args.task_list))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

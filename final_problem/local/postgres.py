@@ -1,0 +1,200 @@
+"""A PostgreSQL server on loopback, in a temporary directory, for tests and benchmarks.
+
+Uses Debian's ``postgresql`` package (``/usr/lib/postgresql/<major>/bin``): ``initdb`` a
+fresh cluster with a generated superuser password (scram-sha-256 over TCP, as the chart's
+server requires), then ``postgres`` on a free loopback port with the settings
+:func:`final_problem.renderers.postgres.server_settings` renders for the chart.
+
+PostgreSQL refuses to run as root ("root" execution of the PostgreSQL server is not
+permitted). When the caller is root (CI), every server process runs as ``nobody``, which
+owns the temporary directory; otherwise as the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+from final_problem import local
+from final_problem.local import LOOPBACK, free_ports
+from final_problem.renderers.postgres import server_args, server_settings
+
+#: Unprivileged account the server runs as when the caller is root.
+RUN_AS_WHEN_ROOT = "nobody"
+SUPERUSER = "postgres"
+
+
+class LocalPostgresError(RuntimeError):
+    """The server could not be initialised or started, or did not answer in time."""
+
+
+def debian_bin_dir() -> Path:
+    """The newest ``/usr/lib/postgresql/<major>/bin`` holding ``postgres`` and ``initdb``."""
+    root = Path("/usr/lib/postgresql")
+    majors = sorted(
+        (int(p.name), p / "bin") for p in root.glob("*") if p.name.isdigit() and (p / "bin" / "postgres").exists()
+    ) if root.is_dir() else []
+    if not majors:
+        raise LocalPostgresError(
+            "no PostgreSQL server under /usr/lib/postgresql: install Debian's postgresql package "
+            "(sudo make system-deps)"
+        )
+    return majors[-1][1]
+
+
+class LocalPostgres:
+    """One PostgreSQL server; a context manager that stops (kills) it and removes its files.
+
+    ``kill()`` and ``start()`` let a test cut the power and restart on the same data.
+    """
+
+    def __init__(self, *, bin_dir: Path | None = None, password: str | None = None) -> None:
+        self.bin_dir = bin_dir or debian_bin_dir()
+        self.password = password or secrets.token_urlsafe(24)
+        self.user = SUPERUSER
+        self.host = LOOPBACK
+        self.port = free_ports(1)[0]
+        self.run_as = RUN_AS_WHEN_ROOT if os.geteuid() == 0 else None
+        self.workdir = Path(tempfile.mkdtemp(prefix="final-problem-postgres-"))
+        self.data_dir = self.workdir / "data"
+        self.socket_dir = self.workdir / "run"
+        self.log_path = self.workdir / "postgres.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    # -- process control -------------------------------------------------------------
+
+    def _as_server_user(self, argv: list[str]) -> list[str]:
+        if self.run_as is None:
+            return argv
+        # setpriv (util-linux) switches uid, gid and drops supplementary groups, nothing else.
+        entry = pwd.getpwnam(self.run_as)
+        return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups", *argv]
+
+    def _chown(self, path: Path) -> None:
+        if self.run_as is not None:
+            entry = pwd.getpwnam(self.run_as)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def init(self) -> None:
+        """``initdb`` a new cluster: superuser ``postgres`` with the generated password."""
+        self._chown(self.workdir)
+        self.socket_dir.mkdir()
+        self._chown(self.socket_dir)
+        pwfile = self.workdir / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        self._chown(pwfile)
+        argv = self._as_server_user([
+            str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.user,
+            f"--pwfile={pwfile}", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+            "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
+        ])
+        result = subprocess.run(argv, capture_output=True, text=True, env=self._env())
+        pwfile.unlink()
+        if result.returncode != 0:
+            raise LocalPostgresError(f"initdb failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+
+    def _env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+
+    def start(self, *, timeout_s: float = 60) -> None:
+        """Start ``postgres`` on the data directory and wait until it accepts logins."""
+        settings = {
+            **server_settings(),
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": str(self.socket_dir),
+        }
+        argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), *server_args(settings)]
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self._as_server_user(argv), stdout=self._log, stderr=subprocess.STDOUT, env=self._env(),
+            start_new_session=True,
+        )
+        local.wait_for(
+            f"postgres on {self.host}:{self.port}", self._ready, timeout_s=timeout_s, interval_s=0.2,
+            error=LocalPostgresError,
+        )
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise LocalPostgresError(f"postgres exited with {self.process.returncode}: {self.log_tail()}")
+        return self.psql("SELECT 1", check=False).returncode == 0
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend (its process group): a power cut."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        # Backends die with the postmaster's group; wait until the port is free again.
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), then SIGKILL if it does not exit within 30 s."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> "LocalPostgres":
+        try:
+            self.init()
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- SQL ---------------------------------------------------------------------------
+
+    def psql(self, sql: str, *, database: str = "postgres", check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``sql`` with psql over TCP as the superuser; unaligned, tuples only."""
+        psql = shutil.which("psql") or str(self.bin_dir / "psql")
+        argv = [psql, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                "-h", self.host, "-p", str(self.port), "-U", self.user, "-d", database, "-c", sql]
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60,
+            env={**self._env(), "PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "5"},
+        )
+        if check and result.returncode != 0:
+            raise LocalPostgresError(f"psql failed: {result.stderr.strip()}")
+        return result
+
+    def query(self, sql: str, *, database: str = "postgres") -> list[list[str]]:
+        out = self.psql(sql, database=database).stdout
+        return [line.split("|") for line in out.splitlines() if line]
+
+    def databases(self) -> set[str]:
+        return {row[0] for row in self.query("SELECT datname FROM pg_database WHERE NOT datistemplate")}
+
+    def server_version(self) -> str:
+        return self.query("SHOW server_version")[0][0]
+

@@ -1,0 +1,246 @@
+"""Cadence server configuration, rendered once for the chart and the local tools.
+
+- :func:`server_config` renders the YAML ``cadence-server --root R --env E --config config``
+  loads from ``R/config/E.yaml`` (cadence ``common/config/loader.go``); the loader expands
+  ``${VAR}`` from the environment, so the database password arrives as ``${SQL_PASSWORD}``
+  from a Secret and never sits in the ConfigMap;
+- :func:`dynamic_config` renders the file-based dynamic configuration;
+- :data:`SCHEMA_SCRIPT` is the schema management script (``cadence_schema.sh``) the schema
+  Job and the server pods' init containers run, and the tests run against a real PostgreSQL;
+- :func:`domain_script` is the domain registration Job's script.
+
+Sources: cadence v1.4.1 ``config/development_postgres.yaml``, ``config/development.yaml``,
+``docker/config_template.yaml``; ``common/peerprovider/ringpopprovider`` (bootstrap modes).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+
+from final_problem.errors import ConfigError
+
+SCHEMA_SCRIPT = (Path(__file__).with_name("cadence_schema.sh")).read_text()
+
+#: The four services, in the order the server starts them.
+SERVICES = ("frontend", "history", "matching", "worker")
+
+#: numHistoryShards limits: the shard count is fixed at the first start and can never
+#: change for a cluster (Cadence docs, "Cluster configuration": numHistoryShards
+#: "cannot be changed after the cluster is first set up"); every shard is one row and one
+#: owner loop in history, so a Pi cluster stays far below what an EKS cluster can use.
+MIN_HISTORY_SHARDS = 1
+MAX_HISTORY_SHARDS = 16384
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServicePorts:
+    """Ports of one Cadence service: TChannel (membership, internal RPC), gRPC, metrics."""
+
+    tchannel: int
+    grpc: int
+    metrics: int
+
+
+#: Cadence's own defaults (config/development.yaml): frontend 7933/7833, history
+#: 7934/7834, matching 7935/7835, worker 7939/7839; Prometheus on 9090 (cadence-charts).
+DEFAULT_PORTS: Mapping[str, ServicePorts] = {
+    "frontend": ServicePorts(tchannel=7933, grpc=7833, metrics=9090),
+    "history": ServicePorts(tchannel=7934, grpc=7834, metrics=9090),
+    "matching": ServicePorts(tchannel=7935, grpc=7835, metrics=9090),
+    "worker": ServicePorts(tchannel=7939, grpc=7839, metrics=9090),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Database:
+    """Where the server's two SQL databases live. The password comes from ``$SQL_PASSWORD``."""
+
+    host: str
+    port: int = 5432
+    user: str = "cadence"
+    cadence_db: str = "cadence"
+    visibility_db: str = "cadence_visibility"
+    #: Connections per service process to the default store; visibility gets a quarter.
+    max_conns: int = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Everything the rendered configuration depends on."""
+
+    #: Fixed for the life of the cluster: see :data:`MIN_HISTORY_SHARDS`.
+    num_history_shards: int
+    database: Database
+    ports: Mapping[str, ServicePorts] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    #: Address every listener binds. In a pod 0.0.0.0 with the pod IP broadcast to peers.
+    bind_on_ip: str = "0.0.0.0"
+    #: Address announced to ring peers; ``${POD_IP}`` in a pod (downward API).
+    broadcast_address: str = "${POD_IP}"
+    #: Ringpop bootstrap: "dns-srv" with ``tchannel.<headless service DNS>`` in a cluster,
+    #: "hosts" with host:port entries on one machine.
+    bootstrap_mode: str = "dns-srv"
+    bootstrap_hosts: tuple[str, ...] = ()
+    #: gRPC address of the frontend, used by the worker service and the cluster metadata.
+    frontend_address: str = "127.0.0.1:7833"
+    dynamic_config_path: str = "/etc/cadence/dynamicconfig/dynamicconfig.yaml"
+    cluster_name: str = "cluster0"
+
+    def __post_init__(self) -> None:
+        check_history_shards(self.num_history_shards)
+        if set(self.ports) != set(SERVICES):
+            raise ConfigError("cadence.ports", sorted(self.ports), "needs exactly the four services", f"give ports for {', '.join(SERVICES)}")
+        if self.bootstrap_mode not in ("hosts", "dns", "dns-srv"):
+            raise ConfigError("cadence.bootstrap_mode", self.bootstrap_mode, "unknown ringpop bootstrap mode", "use dns-srv (cluster) or hosts")
+        if not self.bootstrap_hosts:
+            raise ConfigError("cadence.bootstrap_hosts", self.bootstrap_hosts, "ringpop needs seeds to join", "list the membership Service (dns-srv) or host:port seeds")
+
+
+def check_history_shards(value: int) -> None:
+    if not isinstance(value, int) or not MIN_HISTORY_SHARDS <= value <= MAX_HISTORY_SHARDS:
+        raise ConfigError(
+            "cadence.num_history_shards", value,
+            f"must be {MIN_HISTORY_SHARDS} to {MAX_HISTORY_SHARDS}; it is fixed when the cluster is first set up "
+            "and can never change for a live cluster",
+            "keep the value the cluster was created with (a new cluster: 4 on a Pi, 512 on EKS)",
+        )
+
+
+def _sql(db: Database, name: str, max_conns: int) -> dict[str, object]:
+    return {
+        "pluginName": "postgres",
+        "databaseName": name,
+        "connectAddr": f"{db.host}:{db.port}",
+        "connectProtocol": "tcp",
+        "user": db.user,
+        # Expanded by the server's config loader from the container environment.
+        "password": "${SQL_PASSWORD}",
+        "maxConns": max_conns,
+        "maxIdleConns": max_conns,
+        "maxConnLifetime": "1h",
+    }
+
+
+def server_config_dict(cfg: ServerConfig) -> dict[str, object]:
+    db = cfg.database
+    services: dict[str, object] = {}
+    for name in SERVICES:
+        p = cfg.ports[name]
+        services[name] = {
+            "rpc": {"port": p.tchannel, "grpcPort": p.grpc, "bindOnIP": cfg.bind_on_ip},
+            "metrics": {"prometheus": {"timerType": "histogram", "listenAddress": f"{cfg.bind_on_ip}:{p.metrics}"}},
+        }
+    return {
+        "log": {"stdout": True, "level": "info"},
+        "persistence": {
+            "numHistoryShards": cfg.num_history_shards,
+            "defaultStore": "postgres-default",
+            "visibilityStore": "postgres-visibility",
+            "datastores": {
+                "postgres-default": {"sql": _sql(db, db.cadence_db, db.max_conns)},
+                "postgres-visibility": {"sql": _sql(db, db.visibility_db, max(2, db.max_conns // 4))},
+            },
+        },
+        "ringpop": {
+            "name": "cadence",
+            "broadcastAddress": cfg.broadcast_address,
+            "bootstrapMode": cfg.bootstrap_mode,
+            "bootstrapHosts": list(cfg.bootstrap_hosts),
+            "maxJoinDuration": "30s",
+        },
+        "services": services,
+        "clusterGroupMetadata": {
+            "failoverVersionIncrement": 10,
+            "primaryClusterName": cfg.cluster_name,
+            "currentClusterName": cfg.cluster_name,
+            "clusterGroup": {
+                cfg.cluster_name: {
+                    "enabled": True,
+                    "initialFailoverVersion": 0,
+                    "rpcName": "cadence-frontend",
+                    "rpcAddress": cfg.frontend_address,
+                    "rpcTransport": "grpc",
+                },
+            },
+        },
+        "dcRedirectionPolicy": {"policy": "noop"},
+        # No archival: it needs a blob store this platform does not run.
+        "archival": {"history": {"status": "disabled"}, "visibility": {"status": "disabled"}},
+        "domainDefaults": {"archival": {"history": {"status": "disabled"}, "visibility": {"status": "disabled"}}},
+        "publicClient": {"hostPort": cfg.frontend_address},
+        "dynamicconfig": {
+            "client": "filebased",
+            "filebased": {"filepath": cfg.dynamic_config_path, "pollInterval": "60s"},
+        },
+    }
+
+
+def server_config(cfg: ServerConfig) -> str:
+    """The server's YAML configuration (``<root>/config/<env>.yaml``)."""
+    return yaml.safe_dump(server_config_dict(cfg), sort_keys=False)
+
+
+def dynamic_config(*, history_count_limit_error: int = 51200) -> str:
+    """File-based dynamic configuration: each key a list of ``{value, constraints}``.
+
+    Only limits worth stating are set; everything else keeps Cadence's defaults
+    (``common/dynamicconfig/dynamicproperties``). ``history.historyCountLimitError``:
+    events after which a workflow is terminated (Cadence default 204800); lower here so a
+    runaway workflow cannot fill a Pi's disk.
+    """
+    doc = {
+        "history.historyCountLimitError": [{"value": history_count_limit_error, "constraints": {}}],
+        "system.enableGRPCOutbound": [{"value": True, "constraints": {}}],
+    }
+    return yaml.safe_dump(doc, sort_keys=True)
+
+
+def server_command(*, root: str, env: str, service: str) -> list[str]:
+    """The container command: the server directly, not the image's template script."""
+    if service not in SERVICES:
+        raise ConfigError("cadence.service", service, "unknown service", f"use one of {', '.join(SERVICES)}")
+    return ["cadence-server", "--root", root, "--env", env, "--config", "config", "start", "--services", service]
+
+
+def schema_env(db: Database, *, schema_dir: str, wait_timeout_s: int = 600) -> dict[str, str]:
+    """Environment of :data:`SCHEMA_SCRIPT`, without ``SQL_PASSWORD`` (a secret)."""
+    return {
+        "SQL_HOST": db.host,
+        "SQL_PORT": str(db.port),
+        "SQL_USER": db.user,
+        "CADENCE_DB": db.cadence_db,
+        "VISIBILITY_DB": db.visibility_db,
+        "SCHEMA_DIR": schema_dir,
+        "WAIT_TIMEOUT_S": str(wait_timeout_s),
+    }
+
+
+def domain_script(*, domain: str, retention_days: int, frontend_address: str, cli: str = "cadence") -> str:
+    """Register ``domain`` unless it exists; idempotent, retried until the frontend answers.
+
+    ``cadence --do D domain describe`` succeeds only for an existing domain; ``register``
+    of an existing one fails with DomainAlreadyExistsError, also counted as success
+    (two Job pods racing). Retention is applied at registration only: changing it later
+    is an operator's ``domain update``, never silent.
+    """
+    q = shlex.quote
+    return "\n".join([
+        "set -eu",
+        f"cli={q(cli)} address={q(frontend_address)} domain={q(domain)}",
+        'deadline=$(( $(date +%s) + ${WAIT_TIMEOUT_S:-600} ))',
+        "while :; do",
+        '  if "$cli" --address "$address" --transport grpc --do "$domain" domain describe >/dev/null 2>&1; then',
+        '    echo "domain $domain exists"; exit 0',
+        "  fi",
+        f'  if out="$("$cli" --address "$address" --transport grpc --do "$domain" domain register --retention {int(retention_days)} 2>&1)"; then',
+        f'    echo "registered domain $domain (retention {int(retention_days)} days)"; exit 0',
+        "  fi",
+        '  case "$out" in *AlreadyExists*|*"already exists"*) echo "domain $domain exists"; exit 0;; esac',
+        '  if [ "$(date +%s)" -ge "$deadline" ]; then echo "giving up: $out" >&2; exit 1; fi',
+        "  sleep 5",
+        "done",
+    ])

@@ -1,0 +1,78 @@
+"""The Cadence build pins one version, builds once, and the Python workflow's logic."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cadence.testing import TestWorkflowEnvironment
+
+from final_problem import versions
+from final_problem.clients import cadence as orders
+from final_problem.local import cadence as tools
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_go_module_builds_the_version_of_the_image() -> None:
+    go_mod = (ROOT / "deps" / "cadence" / "go.mod").read_text()
+    assert re.search(r"^(?:require)?\s*github.com/uber/cadence (v[0-9.]+)$", go_mod, re.M).group(1) == versions.CADENCE_VERSION
+    assert versions.CADENCE_SERVER_IMAGE.endswith(f":{versions.CADENCE_VERSION}")
+    # Cadence's go.mod replaces apache/thrift; `go` ignores a dependency's replace lines.
+    assert "replace github.com/apache/thrift => github.com/apache/thrift v0.16.0" in go_mod
+
+
+def test_a_second_build_builds_nothing() -> None:
+    """`make test` built the tools; running the build again only checks the stamp."""
+    assert (tools.cache_dir() / ".installed").exists(), "run `make cadence-tools` first"
+    result = subprocess.run([str(ROOT / "deps" / "cadence" / "build.sh")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_schema_files_are_the_modules() -> None:
+    assert tools.latest_version("cadence") == "0.7"
+    assert tools.latest_version("visibility") == "0.9"
+
+
+def run_order(env: TestWorkflowEnvironment, workflow_id: str, items: int) -> None:
+    async def go() -> None:
+        await env.client.start_workflow(
+            "OrderWorkflow", workflow_id, items, 30.0, task_list=orders.TASK_LIST, workflow_id=workflow_id,
+            execution_start_to_close_timeout=timedelta(minutes=1),
+        )
+    asyncio.run(go())
+
+
+def test_order_workflow_logic_in_the_sdks_test_environment() -> None:
+    """The SDK's in-memory environment runs the workflow code (not a server: it neither
+    retries activities nor persists history). ``reserve`` is replaced by its third,
+    successful attempt; ``charge`` runs for real; the 30 s timer fires on virtual time."""
+    env = TestWorkflowEnvironment(orders.registry, task_list=orders.TASK_LIST)
+    env.on_activity("reserve", fn=lambda order_id, items: orders.RESERVE_FAILURES)
+    start = env.now()
+    run_order(env, "order-1", 3)
+    assert env.get_workflow_result(dict, "order-1") == orders.expected_result("order-1", 3)
+    assert env.now() - start >= timedelta(seconds=30)
+
+
+def test_reserve_fails_its_first_attempts_then_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Info:
+        attempt = 0
+    monkeypatch.setattr(orders.activity, "info", lambda: Info)
+    for attempt in range(orders.RESERVE_FAILURES):
+        Info.attempt = attempt
+        with pytest.raises(orders.TemporaryFailure):
+            orders.reserve("o", 1)
+    Info.attempt = orders.RESERVE_FAILURES
+    assert orders.reserve("o", 1) == orders.RESERVE_FAILURES
+    assert orders.RESERVE_RETRY["maximum_attempts"] > orders.RESERVE_FAILURES
+
+
+def test_cli_rejects_a_bad_item_count(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        orders.main(["start", "--items", "0"])
+    assert "--items must be at least 1" in capsys.readouterr().err
