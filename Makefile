@@ -28,15 +28,30 @@ PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
+# Kubernetes' control plane and etcd for the admission and scheduling tests, built once from
+# the Go modules deps/kubernetes/go.mod pins, into a cache keyed by version (outside the
+# clone, so a fresh clone reuses it). Static, stripped binaries: -trimpath -ldflags=-s -w.
+KUBE_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" {sub(/^v/, "", $$2); print $$2}' deps/kubernetes/go.mod)
+KUBE_MINOR := $(word 2,$(subst ., ,$(KUBE_VERSION)))
+KUBE_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/kubernetes-$(KUBE_VERSION)
+KUBE_STAMP := $(KUBE_CACHE)/.installed
+# What `kube-apiserver --version` reports and what version-dependent defaults key on.
+KUBE_LDFLAGS := -s -w \
+  -X k8s.io/component-base/version.gitVersion=v$(KUBE_VERSION) \
+  -X k8s.io/component-base/version.gitMajor=1 \
+  -X k8s.io/component-base/version.gitMinor=$(KUBE_MINOR) \
+  -X k8s.io/component-base/version.gitTreeState=clean
+
 # Raspberry Pi images (pi/README.md): make pi-images PI_IMAGE=raspios.img.xz PI_INVENTORY=my-inventory.yaml
 PI_IMAGE ?=
 PI_INVENTORY ?= pi/inventory.yaml
 
-.PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images system-deps clean
+.PHONY: help setup kube-binaries synth test bench bootstrap deploy diff destroy pi-images system-deps clean
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
 	@echo "make test         install what is missing, then run the whole test suite"
+	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler and etcd (make test does)"
 	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
@@ -65,13 +80,21 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
+$(KUBE_STAMP):
+	@command -v go >/dev/null || { echo "go (1.26 or later) is required to build Kubernetes $(KUBE_VERSION)"; exit 1; }
+	@echo "==> Kubernetes $(KUBE_VERSION) control plane and etcd from Go modules, into $(KUBE_CACHE) (once)"
+	cd deps/kubernetes && CGO_ENABLED=0 nice go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_CACHE)/bin/ ./cmd/...
+	@touch $@
+
+kube-binaries: $(KUBE_STAMP)
+
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.
 synth: setup
 	@rm -rf cdk.out
 	AWS_EC2_METADATA_DISABLED=true $(CDK) synth --quiet --no-notices $(CDK_ARGS) >/dev/null
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
-test: setup $(CHECKOV_STAMP)
+test: setup $(CHECKOV_STAMP) $(KUBE_STAMP)
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
