@@ -15,7 +15,7 @@ selected a node for: it creates a matching PersistentVolume, which the persisten
 controller binds. So everything up to a pod bound to a node is the real thing: admission,
 RBAC, the workload controllers, volume binding and the scheduler.
 
-Every process is stopped by :meth:`LocalControlPlane.stop` (also on ``with`` exit).
+Every process is stopped by :meth:`LocalControlPlane.stop`.
 """
 
 from __future__ import annotations
@@ -374,17 +374,6 @@ class LocalControlPlane:
         self.base = f"https://{LOOPBACK}:{self.port}"
         self.pki: Pki | None = None
         self._api: Api | None = None
-
-    def __enter__(self) -> "LocalControlPlane":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def api(self) -> Api:
