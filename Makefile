@@ -41,6 +41,10 @@ KUBE_LDFLAGS := -s -w \
   -X k8s.io/component-base/version.gitMajor=1 \
   -X k8s.io/component-base/version.gitMinor=$(KUBE_MINOR) \
   -X k8s.io/component-base/version.gitTreeState=clean
+# KWOK (sigs.k8s.io/kwok) plays the fake Nodes' kubelets; its version is pinned in versions.py.
+KWOK_VERSION := $(shell sed -n 's/^KWOK_VERSION = "\(.*\)"/\1/p' final_problem/versions.py)
+KWOK_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/kwok-$(KWOK_VERSION)
+KWOK_STAMP := $(KWOK_CACHE)/.installed
 
 # Raspberry Pi images (pi/README.md): make pi-images PI_IMAGE=raspios.img.xz PI_INVENTORY=my-inventory.yaml
 PI_IMAGE ?=
@@ -87,7 +91,19 @@ $(KUBE_STAMP):
 	cd deps/kubernetes && CGO_ENABLED=0 nice go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_CACHE)/bin/ ./cmd/...
 	@touch $@
 
-kube-binaries: $(KUBE_STAMP)
+# Its go.mod has no replace directive, so `go install module@version` builds it as released.
+$(KWOK_STAMP):
+	@command -v go >/dev/null || { echo "go (1.26 or later) is required to build KWOK $(KWOK_VERSION)"; exit 1; }
+	@echo "==> KWOK $(KWOK_VERSION) from its Go module, into $(KWOK_CACHE) (once)"
+	CGO_ENABLED=0 GOBIN=$(KWOK_CACHE)/bin nice go install -trimpath -ldflags "-s -w" sigs.k8s.io/kwok/cmd/kwok@v$(KWOK_VERSION)
+	@# Its behaviour comes from Stage objects: the release's "fast" stages (Nodes Ready at once;
+	@# pods Running and Ready once bound, Jobs' pods done, deleted pods gone), as released.
+	stages=$$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$(KWOK_VERSION)/kustomize/stage; \
+	  for f in $$stages/node/fast/node-initialize.yaml $$stages/pod/fast/pod-{ready,complete,delete}.yaml; do \
+	    echo "---"; cat "$$f"; done > $(KWOK_CACHE)/stages.yaml
+	@touch $@
+
+kube-binaries: $(KUBE_STAMP) $(KWOK_STAMP)
 
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.
 synth: setup
@@ -99,7 +115,7 @@ synth: setup
 	  | { grep -v -e '^python3 app.py: Subprocess exited with error' -e '^Supply a stack id' >&2 || true; }
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
-test: setup $(CHECKOV_STAMP) $(KUBE_STAMP)
+test: setup $(CHECKOV_STAMP) $(KUBE_STAMP) $(KWOK_STAMP)
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

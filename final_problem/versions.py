@@ -35,3 +35,8 @@ REDIS_IMAGE = f"docker.io/library/redis:{REDIS_VERSION}-trixie"
 # Architectures: amd64, arm64v8, s390x, ppc64le (GitRepo 31z4/zookeeper-docker, Directory 3.9.4).
 ZOOKEEPER_VERSION = "3.9.4"
 ZOOKEEPER_IMAGE = f"docker.io/library/zookeeper:{ZOOKEEPER_VERSION}"
+
+# KWOK plays the kubelet of the integration tests' fake Nodes (pods turn Running and Ready).
+# Source: the Go module proxy, proxy.golang.org/sigs.k8s.io/kwok/@v/list (v0.8.0 newest, Nov
+# 2026); its go.mod requires k8s.io/* v0.36.1, the cluster's minor. `make kube-binaries` builds it.
+KWOK_VERSION = "0.8.0"

@@ -8,8 +8,11 @@ client certificates and a service-account key generated per run (``openssl``), R
 Pod Security admission on (``restricted`` enforced by default in every namespace).
 
 No kubelet runs: :func:`register_nodes` creates Nodes with the capacity of
-:func:`node_shapes` and keeps them Ready by running the controller manager without its
-node lifecycle controller (nothing marks them NotReady or evicts their pods). A
+:func:`node_shapes`, kept Ready by running the controller manager without its node
+lifecycle controller (nothing marks them NotReady or evicts their pods). KWOK
+(``sigs.k8s.io/kwok``, also built by ``make kube-binaries``) plays their kubelets: pods bound
+to them turn Running and Ready and Jobs' pods complete, so the workload controllers and
+PodDisruptionBudgets progress; no container runs and no probe is called. A
 :class:`Provisioner` thread does what a volume provisioner does for claims the scheduler
 selected a node for: it creates a matching PersistentVolume, which the persistent-volume
 controller binds. So everything up to a pod bound to a node is the real thing: admission,
@@ -37,7 +40,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
-from final_problem import local
+from final_problem import local, versions
 from final_problem.config import Settings
 from final_problem.local import LOOPBACK, free_ports
 
@@ -77,9 +80,18 @@ def bin_dir(version: str | None = None) -> Path:
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
+def kwok_dir(version: str = versions.KWOK_VERSION) -> Path:
+    """Where ``make kube-binaries`` puts KWOK (``bin/kwok``) and its stages (``stages.yaml``)."""
+    return bin_dir().parents[1] / f"kwok-{version}"
+
+
 def missing_binaries(directory: Path | None = None) -> list[str]:
     directory = directory or bin_dir()
-    return [str(directory / b) for b in BINARIES if not os.access(directory / b, os.X_OK)]
+    paths = [directory / b for b in BINARIES] + [kwok_dir() / "bin" / "kwok"]
+    missing = [str(p) for p in paths if not os.access(p, os.X_OK)]
+    if not (kwok_dir() / "stages.yaml").exists():
+        missing.append(str(kwok_dir() / "stages.yaml"))
+    return missing
 
 
 # --- node shapes -------------------------------------------------------------------------
@@ -395,8 +407,9 @@ class LocalControlPlane:
         }))
         return path
 
-    def _spawn(self, name: str, args: list[str]) -> None:
-        proc = _Process(name=name, args=[str(self.binaries / name), *args], log=self.workdir / f"{name}.log")
+    def _spawn(self, name: str, args: list[str], *, binary: Path | None = None) -> None:
+        binary = binary or self.binaries / name
+        proc = _Process(name=name, args=[str(binary), *args], log=self.workdir / f"{name}.log")
         with proc.log.open("ab") as log:
             proc.process = subprocess.Popen(
                 proc.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -490,6 +503,13 @@ class LocalControlPlane:
             f"--cert-dir={self.workdir / 'scheduler-certs'}",
             "--leader-elect=false",
         ])
+        # KWOK plays every Node's kubelet: bound pods turn Running and Ready, Jobs' pods
+        # complete (its default "fast" stages). Its own server stays on loopback.
+        self._spawn("kwok", [
+            f"--kubeconfig={self._kubeconfig('admin')}", f"--config={kwok_dir() / 'stages.yaml'}",
+            "--manage-all-nodes=true",
+            f"--server-address={LOOPBACK}:{free_ports(1)[0]}", f"--node-ip={LOOPBACK}", "--cidr=10.244.0.0/16",
+        ], binary=kwok_dir() / "bin" / "kwok")
         # The service-account controller creates "default" in every namespace: a sign the
         # controller manager is up and authorized.
         self.wait_for("the default ServiceAccount", lambda: self._exists("/api/v1/namespaces/default/serviceaccounts/default"),
@@ -623,12 +643,22 @@ class Provisioner:
                     "persistentVolumeReclaimPolicy": storage_class.get("reclaimPolicy", "Delete"),
                     "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                                  "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
-                    "csi": {"driver": storage_class["provisioner"], "volumeHandle": name},
+                    **self._source(storage_class["provisioner"], name),
                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                         {"key": key, "operator": "In", "values": [value]}]}]}},
                 },
             })
             self.created.append(name)
+
+
+    @staticmethod
+    def _source(provisioner: str, name: str) -> dict[str, Any]:
+        # A CSI driver's name is a DNS subdomain (ebs.csi.aws.com); k3s's local-path
+        # provisioner (rancher.io/local-path) is no CSI driver and makes hostPath volumes
+        # under /var/lib/rancher/k3s/storage (k3s docs, "Volumes and Storage").
+        if "/" in provisioner:
+            return {"hostPath": {"path": f"/var/lib/rancher/k3s/storage/{name}", "type": "DirectoryOrCreate"}}
+        return {"csi": {"driver": provisioner, "volumeHandle": name}}
 
 
 def manifest_objects(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
