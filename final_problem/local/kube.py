@@ -34,6 +34,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -382,10 +383,13 @@ class LocalControlPlane:
         self.workdir = workdir
         self.binaries = binaries or bin_dir()
         self.procs: dict[str, _Process] = {}
-        self.etcd_port, self.etcd_peer_port, self.port = free_ports(3)
+        # All at once, so no two servers are handed the same port.
+        (self.etcd_port, self.etcd_peer_port, self.port,
+         self._controller_manager_port, self._scheduler_port, self._kwok_port) = free_ports(6)
         self.base = f"https://{LOOPBACK}:{self.port}"
         self.pki: Pki | None = None
         self._api: Api | None = None
+        self.started_s = 0.0
 
     @property
     def api(self) -> Api:
@@ -430,6 +434,7 @@ class LocalControlPlane:
                     f"{proc.name} exited with {proc.process.returncode}:\n{self.log_tail(proc.name)}")
 
     def start(self, *, timeout_s: float = 180) -> None:
+        began = time.monotonic()
         missing = missing_binaries(self.binaries)
         if missing:
             raise ControlPlaneError(f"missing {', '.join(missing)}: run `make kube-binaries`")
@@ -484,7 +489,7 @@ class LocalControlPlane:
         self._spawn("kube-controller-manager", [
             f"--kubeconfig={cm_kubeconfig}", f"--authentication-kubeconfig={cm_kubeconfig}",
             f"--authorization-kubeconfig={cm_kubeconfig}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={free_ports(1)[0]}",
+            f"--bind-address={LOOPBACK}", f"--secure-port={self._controller_manager_port}",
             f"--cert-dir={self.workdir / 'controller-manager-certs'}",
             "--leader-elect=false",
             # Each controller acts as its own service account, so RBAC applies to it.
@@ -499,7 +504,7 @@ class LocalControlPlane:
         self._spawn("kube-scheduler", [
             f"--kubeconfig={sched_kubeconfig}", f"--authentication-kubeconfig={sched_kubeconfig}",
             f"--authorization-kubeconfig={sched_kubeconfig}",
-            f"--bind-address={LOOPBACK}", f"--secure-port={free_ports(1)[0]}",
+            f"--bind-address={LOOPBACK}", f"--secure-port={self._scheduler_port}",
             f"--cert-dir={self.workdir / 'scheduler-certs'}",
             "--leader-elect=false",
         ])
@@ -508,12 +513,14 @@ class LocalControlPlane:
         self._spawn("kwok", [
             f"--kubeconfig={self._kubeconfig('admin')}", f"--config={kwok_dir() / 'stages.yaml'}",
             "--manage-all-nodes=true",
-            f"--server-address={LOOPBACK}:{free_ports(1)[0]}", f"--node-ip={LOOPBACK}", "--cidr=10.244.0.0/16",
+            f"--server-address={LOOPBACK}:{self._kwok_port}", f"--node-ip={LOOPBACK}", "--cidr=10.244.0.0/16",
         ], binary=kwok_dir() / "bin" / "kwok")
         # The service-account controller creates "default" in every namespace: a sign the
         # controller manager is up and authorized.
         self.wait_for("the default ServiceAccount", lambda: self._exists("/api/v1/namespaces/default/serviceaccounts/default"),
                       timeout_s=timeout_s)
+        #: Seconds :meth:`start` took.
+        self.started_s = time.monotonic() - began
 
     def _exists(self, path: str) -> bool:
         try:
@@ -534,17 +541,15 @@ class LocalControlPlane:
     def wait_ready(self, *, timeout_s: float) -> None:
         self.wait_for("kube-apiserver /readyz", lambda: self.api.get("/readyz") == "ok", timeout_s=timeout_s)
 
-    def stop(self) -> None:
-        for name in reversed(list(self.procs)):
-            proc = self.procs[name].process
-            if proc and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for name in reversed(list(self.procs)):
-            proc = self.procs[name].process
-            if not proc:
-                continue
+    def stop(self, *, grace_s: float = 3) -> None:
+        """SIGTERM every process, SIGKILL what is left after ``grace_s`` (all state is throw-away)."""
+        running = [p.process for p in reversed(list(self.procs.values())) if p.process and p.process.poll() is None]
+        for proc in running:
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in running:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -787,3 +792,66 @@ def unschedulable(api: Api, namespaces: Iterable[str]) -> dict[str, str]:
             if not pod["spec"].get("nodeName"):
                 pending[key] = last.get(key, "no scheduler event yet")
     return pending
+
+
+@dataclass
+class KubePlatform:
+    """The platform's rendered YAML applied to a real control plane with a profile's nodes."""
+
+    profile: str
+    control_plane: LocalControlPlane
+    shapes: list[NodeShape]
+    files: list[Path]
+    objects: list[dict[str, Any]]
+    rejected: list[Rejection]
+    provisioner: Provisioner
+
+    @property
+    def api(self) -> Api:
+        return self.control_plane.api
+
+    @property
+    def namespaces(self) -> list[str]:
+        return sorted({o["metadata"]["namespace"] for o in self.objects if o["metadata"].get("namespace")})
+
+    def wait_for_pods(self, *, bound: bool, timeout_s: float = 120) -> dict[str, list[dict[str, Any]]]:
+        """Wait until every workload has its pods (bound to nodes, if ``bound``); return
+        them by workload. On time-out, return what there is: the tests say what is missing."""
+        expected = expected_pods(self.objects)
+
+        def complete() -> dict[str, list[dict[str, Any]]] | None:
+            pods = pods_by_owner(self.api, self.namespaces)
+            for owner, count in expected.items():
+                have = pods.get(owner, [])
+                if len(have) < count or (bound and not all(p["spec"].get("nodeName") for p in have)):
+                    return None
+            return pods
+
+        try:
+            return self.control_plane.wait_for("the platform's pods", complete, timeout_s=timeout_s, interval_s=0.5)
+        except ControlPlaneError:
+            return pods_by_owner(self.api, self.namespaces)
+
+
+@contextmanager
+def platform(workdir: Path, settings: Settings, profile: str) -> Iterator[KubePlatform]:
+    """Render ``profile`` in-process into ``workdir/dist``, start a control plane with the
+    profile's Nodes and a provisioner, and apply the YAML; stop everything on exit."""
+    from final_problem import manifests  # the charts, only when a platform is rendered
+
+    files = manifests.write_profile(settings, profile, workdir / "dist")
+    control_plane = LocalControlPlane(workdir=workdir / "control-plane")
+    try:
+        try:
+            control_plane.start()
+        except ControlPlaneError as e:
+            logs = "\n".join(f"--- {name}\n{control_plane.log_tail(name)}" for name in control_plane.procs)
+            raise ControlPlaneError(f"{e}\n{logs}") from None
+        shapes = node_shapes(settings, profile)
+        register_nodes(control_plane.api, shapes)
+        with Provisioner(control_plane.api) as provisioner:
+            objects = list(manifest_objects(files))
+            _, rejected = apply_files(control_plane.api, files)
+            yield KubePlatform(profile, control_plane, shapes, files, objects, rejected, provisioner)
+    finally:
+        control_plane.stop()
