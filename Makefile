@@ -56,7 +56,7 @@ help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
 	@echo "make test         install what is missing, then run the whole test suite"
 	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler and etcd (make test does)"
-	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput"
+	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput; the platform landing on a local control plane"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
 	@echo "make pi-images PI_IMAGE=... PI_INVENTORY=...   one ready-to-flash image per Pi (after synth)"
@@ -118,7 +118,7 @@ synth: setup
 test: setup $(CHECKOV_STAMP) $(KUBE_STAMP) $(KWOK_STAMP)
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: setup $(KUBE_STAMP) $(KWOK_STAMP)
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done
 
 bootstrap: setup
