@@ -40,12 +40,30 @@ KAFKA_VERSION := $(shell sed -n 's/^KAFKA_VERSION = "\(.*\)"$$/\1/p' final_probl
 JMX_AGENT_VERSION := $(shell sed -n 's/^JMX_AGENT_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
 KAFKA_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/kafka-$(KAFKA_VERSION)
 KAFKA_STAMP := $(KAFKA_HOME)/.installed
+# Kubernetes' control plane and etcd for the admission and scheduling tests, built once from
+# the Go modules deps/kubernetes/go.mod pins, into a cache keyed by version (outside the
+# clone, so a fresh clone reuses it). Static, stripped binaries: -trimpath -ldflags=-s -w.
+KUBE_VERSION := $(shell awk '$$1 == "k8s.io/kubernetes" {sub(/^v/, "", $$2); print $$2}' deps/kubernetes/go.mod)
+KUBE_MINOR := $(word 2,$(subst ., ,$(KUBE_VERSION)))
+KUBE_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/kubernetes-$(KUBE_VERSION)
+KUBE_STAMP := $(KUBE_CACHE)/.installed
+# What `kube-apiserver --version` reports and what version-dependent defaults key on.
+KUBE_LDFLAGS := -s -w \
+  -X k8s.io/component-base/version.gitVersion=v$(KUBE_VERSION) \
+  -X k8s.io/component-base/version.gitMajor=1 \
+  -X k8s.io/component-base/version.gitMinor=$(KUBE_MINOR) \
+  -X k8s.io/component-base/version.gitTreeState=clean
+# KWOK (sigs.k8s.io/kwok) plays the fake Nodes' kubelets; its version is pinned in versions.py.
+KWOK_VERSION := $(shell sed -n 's/^KWOK_VERSION = "\(.*\)"/\1/p' final_problem/versions.py)
+KWOK_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/kwok-$(KWOK_VERSION)
+KWOK_STAMP := $(KWOK_CACHE)/.installed
 
 # Raspberry Pi images (pi/README.md): make pi-images PI_IMAGE=raspios.img.xz PI_INVENTORY=my-inventory.yaml
 PI_IMAGE ?=
 PI_INVENTORY ?= pi/inventory.yaml
 
 .PHONY: help setup kafka synth test bench bootstrap deploy diff destroy pi-images system-deps clean
+.PHONY: help setup kube-binaries synth test bench bootstrap deploy diff destroy pi-images system-deps clean
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
@@ -55,6 +73,8 @@ help:
 .PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images system-deps clean cadence-tools
 	@echo "make test         install what is missing (Cadence tools: about 25 min cold), then run the whole test suite"
 	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput; Cadence schema setup"
+	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler and etcd (make test does)"
+	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput; the platform landing on a local control plane"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
 	@echo "make pi-images PI_IMAGE=... PI_INVENTORY=...   one ready-to-flash image per Pi (after synth)"
@@ -97,6 +117,21 @@ kafka: $(KAFKA_STAMP)
 # (the script keeps an install stamp there; a few minutes cold, nothing afterwards).
 cadence-tools:
 	deps/cadence/build.sh
+$(KUBE_STAMP):
+	@command -v go >/dev/null || { echo "go (1.26 or later) is required to build Kubernetes $(KUBE_VERSION)"; exit 1; }
+	@echo "==> Kubernetes $(KUBE_VERSION) control plane and etcd from Go modules, into $(KUBE_CACHE) (once)"
+	cd deps/kubernetes && CGO_ENABLED=0 nice go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_CACHE)/bin/ ./cmd/...
+# Its go.mod has no replace directive, so `go install module@version` builds it as released.
+$(KWOK_STAMP):
+	@command -v go >/dev/null || { echo "go (1.26 or later) is required to build KWOK $(KWOK_VERSION)"; exit 1; }
+	@echo "==> KWOK $(KWOK_VERSION) from its Go module, into $(KWOK_CACHE) (once)"
+	CGO_ENABLED=0 GOBIN=$(KWOK_CACHE)/bin nice go install -trimpath -ldflags "-s -w" sigs.k8s.io/kwok/cmd/kwok@v$(KWOK_VERSION)
+	@# Its behaviour comes from Stage objects: the release's "fast" stages (Nodes Ready at once;
+	@# pods Running and Ready once bound, Jobs' pods done, deleted pods gone), as released.
+	stages=$$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$(KWOK_VERSION)/kustomize/stage; \
+	  for f in $$stages/node/fast/node-initialize.yaml $$stages/pod/fast/pod-{ready,complete,delete}.yaml; do \
+	    echo "---"; cat "$$f"; done > $(KWOK_CACHE)/stages.yaml
+kube-binaries: $(KUBE_STAMP) $(KWOK_STAMP)
 
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.
 synth: setup
@@ -114,6 +149,9 @@ test: setup $(CHECKOV_STAMP) $(KAFKA_STAMP)
 bench: setup $(KAFKA_STAMP)
 test: setup $(CHECKOV_STAMP) cadence-tools
 bench: setup cadence-tools
+test: setup $(CHECKOV_STAMP) $(KUBE_STAMP) $(KWOK_STAMP)
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
+bench: setup $(KUBE_STAMP) $(KWOK_STAMP)
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done
 
 bootstrap: setup

@@ -108,3 +108,7 @@ POSTGRES_IMAGE = f"docker.io/library/postgres:{POSTGRES_VERSION}-trixie"
 # armv7, ppc64le and s390x (Makefile.common DOCKER_ARCHS) and runs as nobody (65534).
 POSTGRES_EXPORTER_VERSION = "v0.19.0"
 POSTGRES_EXPORTER_IMAGE = f"quay.io/prometheuscommunity/postgres-exporter:{POSTGRES_EXPORTER_VERSION}"
+# KWOK plays the kubelet of the integration tests' fake Nodes (pods turn Running and Ready).
+# Source: the Go module proxy, proxy.golang.org/sigs.k8s.io/kwok/@v/list (v0.8.0 newest, Nov
+# 2026); its go.mod requires k8s.io/* v0.36.1, the cluster's minor. `make kube-binaries` builds it.
+KWOK_VERSION = "0.8.0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +16,9 @@ from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
 from final_problem.profiles import PI
 from final_problem.renderers.redis import RedisConfigOptions
 from tests.conftest import require_binary
+from final_problem.config import Settings
+from final_problem.local.kube import ControlPlaneError, KubePlatform, missing_binaries, platform
+from tests.conftest import full_settings, require_binary
 
 #: Sentinel timeouts shortened so the tests stay short: down-after 1000 ms (the smallest
 #: the chart accepts) and failover-timeout 5000 ms; an empty first member bootstraps the
@@ -78,3 +82,25 @@ def postgres_server() -> Iterator[LocalPostgres]:
         pytest.fail(str(e))
     with server:
         yield server
+@contextmanager
+def kube_platform(workdir: Path, settings: Settings, profile: str) -> Iterator[KubePlatform]:
+    """:func:`final_problem.local.kube.platform`, failing the test (never skipping) with the
+    servers' logs when the control plane cannot run here."""
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run `make kube-binaries` (Go 1.26 builds them)")
+    require_binary("openssl", "openssl")
+    with ExitStack() as stack:
+            started = stack.enter_context(platform(workdir, settings, profile))
+        except ControlPlaneError as e:
+            pytest.fail(f"the control plane did not start: {e}")
+        yield started
+
+
+@pytest.fixture(scope="session", params=["eks", "pi"])
+def kube(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubePlatform]:
+    """Every component of one profile applied to a real control plane, once per profile
+    (pytest runs one profile's tests, then the other's: one control plane at a time)."""
+    with kube_platform(tmp_path_factory.mktemp(f"kube-{request.param}"), full_settings(), request.param) as platform:
+        platform.wait_for_pods(bound=True)
+        yield platform

@@ -1,0 +1,218 @@
+"""The platform's YAML on a real Kubernetes control plane: admitted, created, scheduled.
+
+Both profiles, every component, no per-component code: ``dist/<profile>/`` is rendered
+in-process, applied in file order with server-side apply to etcd + kube-apiserver +
+kube-controller-manager + kube-scheduler (built from the Go modules), with Nodes shaped
+like the profile's (:func:`final_problem.local.kube.node_shapes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from final_problem.local.kube import (
+    ApiError, describe, events, expected_pods, pod_requests, unschedulable,
+)
+from tests.conftest import full_settings
+from tests.integration.conftest import KubePlatform, kube_platform
+
+# A valid pod that "restricted" forbids on several counts: root, privilege escalation and
+# capabilities not dropped, no seccomp profile.
+FORBIDDEN_POD = {
+    "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pod-security-probe"},
+    "spec": {"containers": [{"name": "c", "image": "docker.io/library/busybox:1.37.0",
+                             "securityContext": {"runAsUser": 0}}]},
+}
+
+
+def all_pods(platform: KubePlatform) -> list[dict[str, Any]]:
+    return [p for pods in platform.wait_for_pods(bound=False, timeout_s=0).values() for p in pods]
+
+
+def test_every_object_is_accepted(kube: KubePlatform) -> None:
+    assert kube.objects, f"nothing rendered for {kube.profile}"
+    assert not kube.rejected, "the API server refused:\n" + "\n".join(
+        f"  {r.file}: {r.object}: {r.message}" for r in kube.rejected)
+    for obj in kube.objects:
+        stored = kube.api.get(kube.api.object_path(obj))
+        assert stored["metadata"]["uid"], describe(obj)
+
+
+def test_every_pod_passes_pod_security_restricted(kube: KubePlatform) -> None:
+    # Admission really enforces "restricted" in every namespace the platform uses.
+    for namespace in kube.namespaces:
+        # The ServiceAccount admission plugin refuses any pod before its account exists.
+        kube.control_plane.wait_for(f"{namespace}/default ServiceAccount", lambda ns=namespace: kube.api.get(
+            f"/api/v1/namespaces/{ns}/serviceaccounts/default"), timeout_s=60)
+        with pytest.raises(ApiError, match="violates PodSecurity"):
+            kube.api.request("POST", f"/api/v1/namespaces/{namespace}/pods", FORBIDDEN_POD, query={"dryRun": "All"})
+    pods = kube.wait_for_pods(bound=False)
+    failed = [f"  {e['involvedObject']['kind']} {e['metadata']['namespace']}/{e['involvedObject']['name']}: "
+              f"{e['message']}" for e in events(kube.api, kube.namespaces, "FailedCreate")]
+    assert not failed, "controllers could not create pods:\n" + "\n".join(failed)
+    missing = {owner: f"{len(pods.get(owner, []))}/{count}" for owner, count in expected_pods(kube.objects).items()
+               if len(pods.get(owner, [])) < count}
+    assert not missing, f"workloads without all their pods: {missing}"
+
+
+def test_every_pod_is_scheduled_one_quorum_member_per_node(kube: KubePlatform) -> None:
+    pods = kube.wait_for_pods(bound=True)
+    pending = unschedulable(kube.api, kube.namespaces)
+    assert not pending, f"pods the scheduler could not place on the {kube.profile} nodes:\n" + "\n".join(
+        f"  {pod}: {why}" for pod, why in pending.items())
+
+    shapes = {s.name: s for s in kube.shapes}
+    used = {name: [0, 0, 0] for name in shapes}
+    for pod in (p for group in pods.values() for p in group):
+        cpu_m, memory_mib = pod_requests(pod)
+        node = used[pod["spec"]["nodeName"]]
+        node[0], node[1], node[2] = node[0] + cpu_m, node[1] + memory_mib, node[2] + 1
+    print(f"\n{kube.profile}: requested / allocatable per node")
+    for name, (cpu_m, memory_mib, count) in used.items():
+        s = shapes[name]
+        print(f"  {name:<12} cpu {cpu_m:>5}m / {s.cpu_m}m  memory {memory_mib:>5}Mi / {s.memory_mib}Mi  "
+              f"pods {count} / {s.pods}  {s.labels.get('topology.kubernetes.io/zone', '')}")
+        assert cpu_m <= s.cpu_m and memory_mib <= s.memory_mib and count <= s.pods, name
+
+    # Every StatefulSet is a quorum set: one member per node, and per zone where nodes have one.
+    for obj in (o for o in kube.objects if o["kind"] == "StatefulSet"):
+        members = pods[describe(obj)]
+        nodes = [p["spec"]["nodeName"] for p in members]
+        assert len(set(nodes)) == len(nodes), f"{describe(obj)}: two members share a node: {sorted(nodes)}"
+        zones = [shapes[n].labels.get("topology.kubernetes.io/zone") for n in nodes]
+        if kube.profile == "eks" and len(nodes) <= len({z for s in shapes.values()
+                                                         if (z := s.labels.get("topology.kubernetes.io/zone"))}):
+            assert len(set(zones)) == len(zones), f"{describe(obj)}: two members share a zone: {zones}"
+
+
+def _not_progressed(kube: KubePlatform) -> list[str]:
+    """Workloads whose status does not (yet) show every pod running, ready or done."""
+    behind = []
+    for obj in kube.objects:
+        kind, spec = obj["kind"], obj.get("spec", {})
+        if kind not in ("StatefulSet", "Deployment", "PodDisruptionBudget", "Job"):
+            continue
+        status = kube.api.get(kube.api.object_path(obj)).get("status", {})
+        if kind == "StatefulSet" and status.get("readyReplicas", 0) < spec.get("replicas", 1):
+            behind.append(f"{describe(obj)}: {status.get('readyReplicas', 0)}/{spec.get('replicas', 1)} ready")
+        elif kind == "Deployment" and status.get("availableReplicas", 0) < spec.get("replicas", 1):
+            behind.append(f"{describe(obj)}: {status.get('availableReplicas', 0)}/{spec.get('replicas', 1)} available")
+        elif kind == "PodDisruptionBudget" and not 0 < status.get("expectedPods", 0) == status.get("currentHealthy"):
+            behind.append(f"{describe(obj)}: {status.get('currentHealthy')}/{status.get('expectedPods')} healthy")
+        elif kind == "Job" and not any(c["type"] == "Complete" and c["status"] == "True"
+                                       for c in status.get("conditions", [])):
+            behind.append(f"{describe(obj)}: not complete ({status.get('succeeded', 0)} succeeded)")
+    return behind
+
+
+def test_pods_turn_ready_and_the_controllers_progress(kube: KubePlatform) -> None:
+    # KWOK plays the kubelets: bound pods turn Running and Ready (no container runs, no probe).
+    kube.wait_for_pods(bound=True)
+    try:
+        kube.control_plane.wait_for("every workload ready", lambda: not _not_progressed(kube), timeout_s=120,
+                                    interval_s=1)
+    except Exception:
+        pytest.fail("workloads that did not progress:\n  " + "\n  ".join(_not_progressed(kube)))
+    pdbs = [kube.api.get(kube.api.object_path(o)) for o in kube.objects if o["kind"] == "PodDisruptionBudget"]
+    for pdb in pdbs:
+        # Every quorum set can lose one member to a voluntary disruption (a node drain).
+        assert pdb["status"]["disruptionsAllowed"] >= 1, f"{describe(pdb)}: {pdb['status']}"
+
+
+def _generator_jobs(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == "Job"
+            and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "secret-generator"]
+
+
+def test_secret_generator_runs_as_its_service_account(kube: KubePlatform, tmp_path: Path) -> None:
+    jobs = _generator_jobs(kube.objects)
+    assert jobs, "no secret generator Job rendered"
+    for job in jobs:
+        _check_generator(kube, job, tmp_path / job["metadata"]["namespace"])
+
+
+def _check_generator(kube: KubePlatform, job: dict[str, Any], workdir: Path) -> None:
+    """Run the Job's script as the Job's service account, twice, then try to read a Secret."""
+    namespace = job["metadata"]["namespace"]
+    pod = job["spec"]["template"]["spec"]
+    account = pod["serviceAccountName"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0].get("env", []) if "value" in e}
+    names = [s["name"] for s in json.loads(env["GENERATOR_SPEC"])]
+    # The script the cluster runs: the ConfigMap the Job mounts.
+    config_map = next(v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v)
+    script = next(o for o in kube.objects if o["kind"] == "ConfigMap"
+                  and o["metadata"]["name"] == config_map)["data"]["secret_generator.py"]
+    token = kube.api.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", {
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 600},
+    })["status"]["token"]
+    sa_dir = workdir / "serviceaccount"
+    sa_dir.mkdir(parents=True)
+    (sa_dir / "token").write_text(token)
+    (sa_dir / "namespace").write_text(namespace)
+    shutil.copy(kube.api.cafile, sa_dir / "ca.crt")
+    (workdir / "secret_generator.py").write_text(script)
+
+    def run() -> str:
+        result = subprocess.run(
+            [sys.executable, str(workdir / "secret_generator.py")],
+            env={**env, "SA_DIR": str(sa_dir), "KUBERNETES_API_URL": kube.control_plane.base},
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert result.returncode == 0, f"{namespace}: {result.stdout}{result.stderr}"
+        return result.stdout
+
+    def stored() -> dict[str, tuple[str, dict[str, str]]]:
+        found = {}
+        for name in names:
+            secret = kube.api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+            found[name] = (secret["metadata"]["resourceVersion"], secret["data"])
+        return found
+
+    first = run()
+    for name in names:
+        assert f"secret {namespace}/{name}: created" in first, first
+    created = stored()
+    second = run()
+    for name in names:
+        assert f"secret {namespace}/{name}: already exists, left unchanged" in second, second
+    assert stored() == created, "the second run changed a Secret"
+
+    as_generator = kube.api.as_token(token)
+    for path in [f"/api/v1/namespaces/{namespace}/secrets/{name}" for name in names] + [
+            f"/api/v1/namespaces/{namespace}/secrets"]:
+        with pytest.raises(ApiError) as refused:
+            as_generator.get(path)
+        assert refused.value.status == 403, refused.value
+
+
+def test_nodes_too_small_name_the_unschedulable_pods(tmp_path: Path) -> None:
+    # t4g.nano: 0.5 GiB, 4 pods; after EKS's reservations 74 MiB allocatable per node.
+    settings = dataclasses.replace(full_settings(), node_instance_type="t4g.nano")
+    with kube_platform(tmp_path, settings, "eks") as platform:
+        assert not platform.rejected, platform.rejected
+        platform.wait_for_pods(bound=False)
+        largest_mib = max(s.memory_mib for s in platform.shapes)
+
+        def explained() -> dict[str, str] | None:
+            pending = unschedulable(platform.api, platform.namespaces)
+            return pending if pending and "no scheduler event yet" not in pending.values() else None
+
+        pending = platform.control_plane.wait_for("the scheduler's verdict on every pending pod", explained,
+                                                  timeout_s=90, interval_s=0.5)
+        report = "\n".join(f"  {pod}: {why}" for pod, why in sorted(pending.items()))
+        print(f"\nunschedulable on 3 x t4g.nano ({largest_mib} MiB allocatable each):\n{report}")
+        for pod, why in pending.items():
+            assert "0/3 nodes are available" in why and ("Insufficient" in why or "Too many pods" in why), pod
+        # Every pod asking for more memory than any node has must be among them.
+        too_big = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in all_pods(platform)
+                   if pod_requests(p)[1] > largest_mib}
+        assert too_big, "the shapes are not too small for this test"
+        assert too_big <= set(pending), f"scheduled although too big: {sorted(too_big - set(pending))}"
