@@ -126,8 +126,10 @@ fp_source_image() {
 fp_check_inventory() {
     local errors
     if ! errors="$(python3 "$FP_PI_DIR/inventory.py" check "$INVENTORY" 2>&1)"; then
-        printf '%s\n' "$errors" >&2
-        fp_die "inventory '$INVENTORY' is not valid (see the lines above); pi/inventory.example.yaml shows the format"
+        # The reasons come last, where the eye lands; the example shows the format.
+        printf '[pi-build] error: inventory %s is not valid (pi/inventory.example.yaml shows the format):\n%s\n' \
+            "$INVENTORY" "$errors" >&2
+        exit 1
     fi
     [[ -z "$errors" ]] || printf '%s\n' "$errors" >&2
     PLAN="$(python3 "$FP_PI_DIR/inventory.py" plan "$INVENTORY")"

@@ -70,10 +70,23 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def ssh_key(seed: str, ktype: str = "ssh-ed25519") -> str:
-    """A well-formed public key line (nobody has the private key)."""
+    """A structurally valid public key line of KTYPE (nobody has the private key)."""
     def s(b: bytes) -> bytes:
         return struct.pack(">I", len(b)) + b
-    blob = s(ktype.encode()) + s(hashlib.sha256(seed.encode()).digest())
+
+    def filler(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(f"{seed}{len(out)}".encode()).digest()
+        return out[:n]
+
+    fields = {
+        "ssh-ed25519": s(filler(32)),
+        # mpint e = 65537, mpint n of 2048 bits (top bit set, so a leading zero byte).
+        "ssh-rsa": s(b"\x01\x00\x01") + s(b"\x00\x80" + filler(255)),
+        "ecdsa-sha2-nistp256": s(b"nistp256") + s(b"\x04" + filler(64)),
+    }[ktype]
+    blob = s(ktype.encode()) + fields
     return f"{ktype} {base64.b64encode(blob).decode()} {seed}@test"
 
 
