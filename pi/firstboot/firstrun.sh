@@ -73,6 +73,8 @@ fr_network() {
         # NetworkManager ignores keyfiles readable by others (nm-settings-keyfile(5)).
         install -m 600 -- "$f" "$dir/"
     done
+    # They hold the Wi-Fi passphrase; the boot partition is readable by every user.
+    rm -rf -- "$FP_PAYLOAD/network"
     if [[ -n "$FP_WIFI_COUNTRY" ]]; then
         # Raspberry Pi OS keeps Wi-Fi soft-blocked until a country is set; systemd
         # restores these saved rfkill states at boot (systemd-rfkill(8)).

@@ -169,11 +169,15 @@ p.add_argument("--out", required=True, type=pathlib.Path)
 a = p.parse_args(sys.argv[3:])
 a.out.mkdir(parents=True, exist_ok=True)
 servers = a.servers.split(",")
-lines = ["tickTime=2000", "dataDir=/var/lib/zookeeper", "clientPort=2181"]
+lines = ["tickTime=2000", "dataDir=/var/lib/zookeeper/data", "dataLogDir=/var/lib/zookeeper/datalog",
+         "clientPort=2181"]
 lines += [f"server.{i}={h}:2888:3888" for i, h in enumerate(servers, 1)]
 (a.out / "zoo.cfg").write_text("\\n".join(lines) + "\\n")
 (a.out / "myid").write_text(f"{a.myid}\\n")
-(a.out / "zookeeper.service").write_text("[Unit]\\nDescription=ZooKeeper\\n[Service]\\nExecStart=/usr/share/zookeeper/bin/zkServer.sh start-foreground /etc/zookeeper/conf/zoo.cfg\\n")
+(a.out / "zookeeper.service").write_text(
+    "[Unit]\\nDescription=ZooKeeper\\n[Service]\\nType=exec\\nUser=zookeeper\\nProtectSystem=strict\\n"
+    "ReadWritePaths=/var/lib/zookeeper/data /var/lib/zookeeper/datalog\\n"
+    "ExecStart=/usr/share/zookeeper/bin/zkServer.sh start-foreground /etc/zookeeper/conf/zoo.cfg\\n")
 (a.out / "args.json").write_text(json.dumps({"servers": servers, "myid": a.myid}))
 """
 
