@@ -175,6 +175,17 @@ fb_take_secrets() {
     # script; it keeps what it applied under /etc (NetworkManager keyfiles, mode 600).
     rm -f -- "$FP_BOOT/network-config"
     rm -rf -- "$FP_PAYLOAD/network"
+    # What cloud-init made of it must not be readable by every user either: older
+    # cloud-init releases (Debian 12's 22.4) write the netplan file world-readable and
+    # log the network configuration, passphrase included, to a world-readable log.
+    local f
+    for f in "$FP_ROOT"/etc/netplan/*.yaml; do
+        [[ -f "$f" ]] && chmod 600 -- "$f"
+    done
+    for f in "$FP_ROOT"/var/log/cloud-init.log "$FP_ROOT"/var/log/cloud-init-output.log; do
+        [[ -f "$f" ]] && chmod o-rwx -- "$f"
+    done
+    return 0
 }
 
 # unit_values UNIT KEY: the values of KEY= in a unit file, space-separated.

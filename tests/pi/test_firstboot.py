@@ -349,6 +349,19 @@ def test_no_secret_left_on_the_boot_partition(node):
     assert leftovers == []
 
 
+def test_what_cloud_init_made_of_the_network_settings_is_closed_to_other_users(node):
+    n = node("srv-1")
+    add_airgap(n)
+    opened = [n.root / "etc/netplan/50-cloud-init.yaml", n.root / "var/log/cloud-init.log",
+              n.root / "var/log/cloud-init-output.log"]
+    for p in opened:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("password: correct horse battery\n")
+        p.chmod(0o644)
+    assert n.run().returncode == 0
+    assert [oct(p.stat().st_mode & 0o777) for p in opened] == [oct(0o600), oct(0o640), oct(0o640)]
+
+
 def test_secrets_leave_the_boot_partition_even_when_first_boot_fails(node, built):
     n = node("srv-1")
     add_airgap(n)
