@@ -180,12 +180,11 @@ fb_take_secrets() {
     # log the network configuration, passphrase included, to a world-readable log.
     local f
     for f in "$FP_ROOT"/etc/netplan/*.yaml; do
-        [[ -f "$f" ]] && chmod 600 -- "$f"
+        if [[ -f "$f" ]]; then chmod 600 -- "$f"; fi
     done
     for f in "$FP_ROOT"/var/log/cloud-init.log "$FP_ROOT"/var/log/cloud-init-output.log; do
-        [[ -f "$f" ]] && chmod o-rwx -- "$f"
+        if [[ -f "$f" ]]; then chmod o-rwx -- "$f"; fi
     done
-    return 0
 }
 
 # unit_values UNIT KEY: the values of KEY= in a unit file, space-separated.

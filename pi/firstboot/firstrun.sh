@@ -79,7 +79,8 @@ fr_network() {
         # Raspberry Pi OS keeps Wi-Fi soft-blocked until a country is set; systemd
         # restores these saved rfkill states at boot (systemd-rfkill(8)).
         for f in "$FP_ROOT"/var/lib/systemd/rfkill/*:wlan; do
-            [[ -f "$f" ]] && printf '0\n' >"$f"
+            # (an 'if': a bare test that fails on the last file would fail the script)
+            if [[ -f "$f" ]]; then printf '0\n' >"$f"; fi
         done
     fi
 }

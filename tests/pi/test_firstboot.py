@@ -456,6 +456,18 @@ def test_firstrun_sets_up_system_and_removes_itself(firstrun_images, tmp_path):
     assert "cfg80211.ieee80211_regdom=FR" in cmdline and cmdline.startswith("console=serial0")
 
 
+def test_firstrun_wifi_node_without_saved_rfkill_state(firstrun_images, tmp_path):
+    """A fresh card has no saved rfkill state yet: nothing to unblock, and no failure."""
+    n = Node(tmp_path, firstrun_images / "desk.img")
+    for d in ("etc", "usr/share/zoneinfo/Europe", "var/lib/systemd/rfkill"):
+        (n.root / d).mkdir(parents=True)
+    (n.root / "usr/share/zoneinfo/Europe/Paris").write_text("TZif")
+    r = n.run("firstrun.sh")
+    assert r.returncode == 0, r.stderr
+    assert (n.root / "etc/NetworkManager/system-connections/fp-wlan0.nmconnection").exists()
+    assert "systemd.run" not in (n.boot / "cmdline.txt").read_text()
+
+
 def test_firstrun_rejects_unknown_timezone(firstrun_images, tmp_path):
     n = Node(tmp_path, firstrun_images / "srv-1.img")
     (n.root / "etc").mkdir()
