@@ -60,10 +60,12 @@ KWOK_STAMP := $(KWOK_CACHE)/.installed
 
 # Raspberry Pi images (pi/README.md): make pi-images PI_IMAGE=raspios.img.xz PI_INVENTORY=my-inventory.yaml
 PI_IMAGE ?=
+# Git-ignored: an inventory holds SSH keys and the Wi-Fi passphrase.
 PI_INVENTORY ?= pi/inventory.yaml
 
 .PHONY: help setup kafka synth test bench bootstrap deploy diff destroy pi-images system-deps clean
 .PHONY: help setup kube-binaries synth test bench bootstrap deploy diff destroy pi-images system-deps clean
+.PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images pi-images-args pi-rootfs system-deps clean
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
@@ -77,7 +79,7 @@ help:
 	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput; the platform landing on a local control plane"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
-	@echo "make pi-images PI_IMAGE=... PI_INVENTORY=...   one ready-to-flash image per Pi (after synth)"
+	@echo "make pi-images PI_IMAGE=... [PI_INVENTORY=pi/inventory.yaml]   one ready-to-flash image per Pi (after synth)"
 	@echo "sudo make system-deps      Debian packages the integration tests need"
 
 $(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -145,6 +147,8 @@ synth: setup
 
 test: setup $(CHECKOV_STAMP) $(KAFKA_STAMP)
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+test: setup $(CHECKOV_STAMP) pi-rootfs
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup $(KAFKA_STAMP)
 test: setup $(CHECKOV_STAMP) cadence-tools
@@ -166,8 +170,18 @@ diff: setup
 destroy: setup
 	$(CDK) destroy --all $(CDK_ARGS)
 
-pi-images: synth
+# The Debian root the Pi boot tests start with systemd-nspawn, built once into
+# ~/.cache/final-problem/pi-rootfs-<suite>-<hash>/ (debootstrap: root only). Without root
+# it only reports what is missing, and the boot tests fail saying so.
+pi-rootfs:
+	@nice tests/pi/boot/build-rootfs.sh || [ "$$(id -u)" -ne 0 ]
+
+# Check the arguments before the synth, not after it.
+pi-images-args:
 	@test -n "$(PI_IMAGE)" || { echo "PI_IMAGE=<Raspberry Pi OS Lite arm64 .img or .img.xz> is required"; exit 2; }
+	@test -f "$(PI_INVENTORY)" || { echo "no inventory at $(PI_INVENTORY): copy pi/inventory.example.yaml there (git ignores pi/inventory.yaml) and edit it, or pass PI_INVENTORY=FILE"; exit 2; }
+
+pi-images: pi-images-args synth
 	PYTHON=$(BIN)/python pi/build.sh --image "$(PI_IMAGE)" --inventory "$(PI_INVENTORY)" --out pi/out --manifests dist/pi
 
 system-deps:

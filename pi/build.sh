@@ -126,8 +126,10 @@ fp_source_image() {
 fp_check_inventory() {
     local errors
     if ! errors="$(python3 "$FP_PI_DIR/inventory.py" check "$INVENTORY" 2>&1)"; then
-        printf '%s\n' "$errors" >&2
-        fp_die "inventory '$INVENTORY' is not valid (see the lines above); pi/inventory.example.yaml shows the format"
+        # The reasons come last, where the eye lands; the example shows the format.
+        printf '[pi-build] error: inventory %s is not valid (pi/inventory.example.yaml shows the format):\n%s\n' \
+            "$INVENTORY" "$errors" >&2
+        exit 1
     fi
     [[ -z "$errors" ]] || printf '%s\n' "$errors" >&2
     PLAN="$(python3 "$FP_PI_DIR/inventory.py" plan "$INVENTORY")"
@@ -198,6 +200,27 @@ fp_run_zookeeper_renderer() {
     fi
     for f in zoo.cfg myid zookeeper.service; do
         [[ -s "$dest/$f" ]] || fp_die "the ZooKeeper renderer did not write '$f' into its --out folder; it must write zoo.cfg, myid and zookeeper.service"
+    done
+    fp_check_zookeeper_unit "$dest"
+}
+
+# check_zookeeper_unit DIR: under ProtectSystem=strict the service can write only its
+# ReadWritePaths, so zoo.cfg's dataDir and dataLogDir must lie inside them (first boot
+# creates those folders for the unit's user).
+fp_check_zookeeper_unit() {
+    local unit="$1/zookeeper.service" key path entry covered
+    local -a writable=()
+    grep -q '^ProtectSystem=strict' "$unit" || return 0
+    read -r -a writable <<<"$(sed -n 's/^ReadWritePaths=//p' "$unit" | tr '\n' ' ')"
+    for key in dataDir dataLogDir; do
+        path="$(sed -n "s/^[[:space:]]*${key}[[:space:]]*=[[:space:]]*//p" "$1/zoo.cfg" | tail -n 1)"
+        [[ -n "$path" ]] || continue
+        covered=0
+        for entry in "${writable[@]}"; do
+            entry="${entry#[-+]}"
+            [[ "$path" == "$entry" || "$path" == "$entry"/* ]] && covered=1
+        done
+        (( covered )) || fp_die "the ZooKeeper renderer's zookeeper.service could not write zoo.cfg's $key '$path': it has ProtectSystem=strict and ReadWritePaths='${writable[*]}'; fix the renderer"
     done
 }
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import functools
 import hashlib
 import ipaddress
 import re
 import shlex
 import struct
 import sys
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,20 @@ CLUSTER_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 # An IANA time zone name such as Europe/London, Etc/UTC or UTC.
 TIMEZONE_RE = re.compile(r"^[A-Za-z_]+(/[A-Za-z0-9_+-]+)*$")
+# Keys an inventory may hold; anything else is a typo that would be dropped silently
+# (a misspelt 'network' would leave a node on DHCP).
+TOP_KEYS = ("cluster", "defaults", "nodes")
+CLUSTER_KEYS = ("name", "server_url")
+NODE_KEYS = ("hostname", "role", "user", "ssh_authorized_keys", "ssh_authorized_key_files", "timezone",
+             "network", "wifi", "zookeeper_id")
+# Keys that name one node and cannot be shared through 'defaults'.
+PER_NODE_KEYS = ("hostname", "role", "zookeeper_id")
+NETWORK_KEYS = ("interface", "address", "gateway", "dns")
+WIFI_KEYS = ("ssid", "password", "country")
+# Accounts that the images' packages create for their services (Debian's zookeeper
+# package: zookeeper) or that Debian reserves; the login user must be none of them.
+RESERVED_USERS = ("root", "daemon", "bin", "sys", "sync", "nobody", "zookeeper", "sshd", "messagebus",
+                  "systemd-network", "systemd-resolve", "systemd-timesync", "_apt")
 
 # k3s servers listen for the supervisor and API on 6443
 # (https://docs.k3s.io/installation/requirements, "Inbound Rules for K3s Nodes").
@@ -134,26 +150,91 @@ class Inventory:
 # --------------------------------------------------------------------------- checks
 
 
+# Curve name and public point size of each ECDSA key type: the point is uncompressed,
+# 0x04 then X and Y of the field size (RFC 5656, sections 3.1 and 6.1; SEC 1, 2.3.3).
+_ECDSA_POINT = {"nistp256": 65, "nistp384": 97, "nistp521": 133}
+# OpenSSH refuses RSA keys below 1024 bits (SSH_RSA_MINIMUM_MODULUS_SIZE in its sshkey.h).
+RSA_MIN_BITS = 1024
+# An Ed25519 public key is 32 bytes (RFC 8709, section 4).
+ED25519_KEY_BYTES = 32
+
+
+class _Blob:
+    """Reader of the SSH wire encoding: uint32 length, then that many bytes (RFC 4251, 5)."""
+
+    def __init__(self, raw: bytes):
+        self.raw, self.pos = raw, 0
+
+    def string(self) -> bytes:
+        if self.pos + 4 > len(self.raw):
+            raise ValueError("ends inside a length field")
+        (length,) = struct.unpack(">I", self.raw[self.pos : self.pos + 4])
+        start, self.pos = self.pos + 4, self.pos + 4 + length
+        if self.pos > len(self.raw):
+            raise ValueError(f"ends {self.pos - len(self.raw)} byte(s) short of a {length}-byte field")
+        return self.raw[start : self.pos]
+
+    def done(self) -> bool:
+        return self.pos == len(self.raw)
+
+
+def _key_fields_problem(ktype: str, blob: _Blob) -> str | None:
+    """What is wrong with the fields after the type of a KTYPE key, or None."""
+    base = ktype.removeprefix("sk-").removesuffix("@openssh.com")
+    if base == "ssh-ed25519":
+        if len(blob.string()) != ED25519_KEY_BYTES:
+            return f"is not a {ED25519_KEY_BYTES}-byte Ed25519 key"
+    elif base == "ssh-rsa":
+        exponent, modulus = blob.string(), blob.string()  # mpint e, mpint n (RFC 4253, 6.6)
+        bits = int.from_bytes(modulus, "big").bit_length()
+        if not exponent or int.from_bytes(exponent, "big") < 3:
+            return "has no usable RSA exponent"
+        if bits < RSA_MIN_BITS:
+            return f"has a {bits}-bit RSA modulus; OpenSSH refuses keys under {RSA_MIN_BITS} bits"
+    else:  # ecdsa-sha2-<curve>: string curve, string Q
+        curve = base.removeprefix("ecdsa-sha2-")
+        if blob.string().decode("ascii", "replace") != curve:
+            return f"names a curve other than {curve}"
+        point = blob.string()
+        if len(point) != _ECDSA_POINT[curve] or point[:1] != b"\x04":
+            return f"has a {len(point)}-byte point, not the {_ECDSA_POINT[curve]}-byte {curve} point"
+    if ktype.startswith("sk-"):
+        # Security keys add the FIDO application, usually "ssh:" (OpenSSH PROTOCOL.u2f).
+        if not blob.string():
+            return "has an empty security-key application"
+    return None
+
+
 def check_ssh_key(key: object) -> str | None:
-    """Return None if KEY is a well-formed authorized_keys line, else what is wrong."""
+    """Return None if KEY is a well-formed authorized_keys line, else what is wrong.
+
+    The base64 part is decoded and walked field by field, so a key cut short by a copy
+    or a line wrap is caught here rather than by a Pi that nobody can log in to.
+    """
     if not isinstance(key, str) or not key.strip():
         return "is empty or not a string"
     parts = key.strip().split()
     if len(parts) < 2:
         return "needs at least a key type and the base64 key, e.g. 'ssh-ed25519 AAAA... you@host'"
-    ktype, blob = parts[0], parts[1]
+    ktype, b64 = parts[0], parts[1]
     if ktype not in SSH_KEY_TYPES:
         return f"has unknown key type {ktype!r} (expected one of {', '.join(SSH_KEY_TYPES)}); options before the type are not supported"
     try:
-        raw = base64.b64decode(blob, validate=True)
+        raw = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         return "has a key part that is not valid base64 (was the line cut or wrapped?)"
-    # The decoded blob starts with the key type as an SSH string (RFC 4253, section 6.6).
-    if len(raw) < 4:
-        return "has a key part too short to be a public key"
-    (length,) = struct.unpack(">I", raw[:4])
-    if raw[4 : 4 + length].decode("ascii", "replace") != ktype:
-        return f"has a key part that does not encode a {ktype} key (type and key do not match)"
+    blob = _Blob(raw)
+    try:
+        # The blob starts with the key type as an SSH string (RFC 4253, section 6.6).
+        if blob.string().decode("ascii", "replace") != ktype:
+            return f"has a key part that does not encode a {ktype} key (type and key do not match)"
+        problem = _key_fields_problem(ktype, blob)
+    except ValueError as exc:
+        return f"is truncated: its key part {exc} (copy the whole line from the .pub file)"
+    if problem:
+        return problem + " (copy the whole line from the .pub file)"
+    if not blob.done():
+        return f"has {len(raw) - blob.pos} byte(s) after the key (two keys run together?)"
     return None
 
 
@@ -165,12 +246,38 @@ def _as_list(value: object) -> list:
     return [value]
 
 
+def _unknown_keys(raw: dict, allowed: tuple[str, ...], where: str, errors: list[str]) -> None:
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    if unknown:
+        errors.append(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+
+
+@functools.cache
+def _tz_database() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _check_timezone(timezone: str, where: str, errors: list[str]) -> None:
+    if not TIMEZONE_RE.match(timezone):
+        errors.append(f"{where}: timezone {timezone!r} is not a time zone name such as Europe/London or Etc/UTC")
+        return
+    # The Pi looks the name up in its tz database (/usr/share/zoneinfo); so does this
+    # check, where the build machine has one.
+    if _tz_database():
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            errors.append(f"{where}: timezone {timezone!r} is not in the tz database; use a name from"
+                          " 'timedatectl list-timezones' such as Europe/London or Etc/UTC")
+
+
 def _parse_network(raw: object, where: str, errors: list[str]) -> Network:
     if raw is None or raw == "dhcp":
         return Network(mode="dhcp")
     if not isinstance(raw, dict):
         errors.append(f"{where}: network must be 'dhcp' or a mapping with address/gateway/dns, got {raw!r}")
         return Network(mode="dhcp")
+    _unknown_keys(raw, NETWORK_KEYS, f"{where}: network", errors)
     iface = str(raw.get("interface", "eth0"))
     if iface not in ("eth0", "wlan0"):
         errors.append(f"{where}: network.interface {iface!r} is not supported; use eth0 or wlan0")
@@ -184,6 +291,10 @@ def _parse_network(raw: object, where: str, errors: list[str]) -> Network:
     except ValueError:
         errors.append(f"{where}: network.address {address!r} is not an IPv4 address with prefix length; write it like 192.168.1.21/24, or use 'dhcp'")
         return Network(mode="dhcp", interface=iface)
+    net = iface_addr.network
+    if net.prefixlen < 31 and iface_addr.ip in (net.network_address, net.broadcast_address):
+        errors.append(f"{where}: network.address {address} is the {'network' if iface_addr.ip == net.network_address else 'broadcast'}"
+                      f" address of {net}, not a host address; pick one between them, e.g. {net.network_address + 10}/{net.prefixlen}")
     gateway = raw.get("gateway")
     if gateway is None:
         errors.append(f"{where}: a static network.address needs network.gateway (the router's address, e.g. 192.168.1.1)")
@@ -193,6 +304,8 @@ def _parse_network(raw: object, where: str, errors: list[str]) -> Network:
             gw = ipaddress.IPv4Address(str(gateway))
             if gw not in iface_addr.network:
                 errors.append(f"{where}: network.gateway {gateway} is outside {iface_addr.network}; fix the address prefix or the gateway")
+            elif gw == iface_addr.ip:
+                errors.append(f"{where}: network.gateway {gateway} is the node's own address; give the router's address")
         except ValueError:
             errors.append(f"{where}: network.gateway {gateway!r} is not an IPv4 address")
     dns = [str(d) for d in _as_list(raw.get("dns"))] or ([str(gateway)] if gateway else [])
@@ -210,16 +323,21 @@ def _parse_wifi(raw: object, where: str, errors: list[str]) -> Wifi | None:
     if not isinstance(raw, dict):
         errors.append(f"{where}: wifi must be a mapping with ssid, password and country")
         return None
+    _unknown_keys(raw, WIFI_KEYS, f"{where}: wifi", errors)
     ssid, password, country = raw.get("ssid"), raw.get("password"), raw.get("country")
     ok = True
-    if not isinstance(ssid, str) or not 1 <= len(ssid.encode()) <= 32:
-        errors.append(f"{where}: wifi.ssid {ssid!r} must be 1 to 32 bytes (IEEE 802.11)")
+    # Control characters (a newline above all) would break the keyfile or YAML lines
+    # the SSID is written into.
+    if not isinstance(ssid, str) or not 1 <= len(ssid.encode()) <= 32 or not ssid.isprintable():
+        errors.append(f"{where}: wifi.ssid {ssid!r} must be 1 to 32 bytes (IEEE 802.11) of printable characters")
         ok = False
-    # WPA2-PSK: a passphrase of 8-63 characters or 64 hex digits (IEEE 802.11i).
+    # WPA2-PSK: a passphrase of 8-63 printable ASCII characters (codes 32-126) or 64 hex
+    # digits (IEEE 802.11i, annex H.4.1). The value itself is never echoed.
     if not isinstance(password, str) or not (
-        8 <= len(password) <= 63 or re.fullmatch(r"[0-9a-fA-F]{64}", password)
+        (8 <= len(password) <= 63 and all(32 <= ord(c) <= 126 for c in password))
+        or re.fullmatch(r"[0-9a-fA-F]{64}", password)
     ):
-        errors.append(f"{where}: wifi.password must be a WPA2 passphrase of 8 to 63 characters (or 64 hex digits)")
+        errors.append(f"{where}: wifi.password must be a WPA2 passphrase of 8 to 63 printable ASCII characters (or 64 hex digits)")
         ok = False
     if not isinstance(country, str) or not COUNTRY_RE.match(country):
         errors.append(f"{where}: wifi.country {country!r} must be a two-letter country code such as GB or US (the radio stays off without it)")
@@ -248,9 +366,9 @@ def validate(data: object, base: Path) -> Inventory:
     defaults = data.get("defaults") or {}
     if not isinstance(cluster, dict) or not isinstance(defaults, dict):
         raise InventoryError(["'cluster' and 'defaults' must be mappings"])
-    unknown = set(data) - {"cluster", "defaults", "nodes"}
-    if unknown:
-        errors.append(f"unknown top-level keys {sorted(unknown)}; allowed: cluster, defaults, nodes")
+    _unknown_keys(data, TOP_KEYS, "inventory", errors)
+    _unknown_keys(cluster, CLUSTER_KEYS, "cluster", errors)
+    _unknown_keys(defaults, tuple(k for k in NODE_KEYS if k not in PER_NODE_KEYS), "defaults", errors)
 
     cluster_name = str(cluster.get("name", DEFAULT_CLUSTER))
     if not CLUSTER_RE.match(cluster_name):
@@ -272,13 +390,15 @@ def validate(data: object, base: Path) -> Inventory:
         if not isinstance(hostname, str) or not HOSTNAME_RE.match(hostname):
             errors.append(f"{where}: hostname {hostname!r} must be 1-63 lower-case letters, digits or hyphens, not starting or ending with a hyphen")
             hostname = f"invalid-{i}"
+        _unknown_keys(raw, NODE_KEYS, where, errors)
         role = raw.get("role")
         if role not in ROLES:
             errors.append(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
         merged = {**defaults, **raw}
         user = str(merged.get("user", DEFAULT_USER))
-        if not USERNAME_RE.match(user) or user == "root":
-            errors.append(f"{where}: user {user!r} must be a lower-case login name other than root")
+        if not USERNAME_RE.match(user) or user in RESERVED_USERS:
+            errors.append(f"{where}: user {user!r} must be a lower-case login name other than the system accounts"
+                          f" {', '.join(RESERVED_USERS)}; e.g. 'pi'")
         keys = [k for k in _as_list(merged.get("ssh_authorized_keys"))]
         keys += _read_key_files(_as_list(merged.get("ssh_authorized_key_files")), base, where, errors)
         if not keys:
@@ -289,9 +409,8 @@ def validate(data: object, base: Path) -> Inventory:
                 shown = key if isinstance(key, str) and len(key) <= 40 else (str(key)[:37] + "...")
                 errors.append(f"{where}: SSH key {k_i} ({shown!r}) {problem}")
         timezone = str(merged.get("timezone", DEFAULT_TIMEZONE))
-        if not TIMEZONE_RE.match(timezone):
-            errors.append(f"{where}: timezone {timezone!r} is not a time zone name such as Europe/London or Etc/UTC")
-        network = _parse_network(raw.get("network"), where, errors)
+        _check_timezone(timezone, where, errors)
+        network = _parse_network(merged.get("network"), where, errors)
         wifi = _parse_wifi(merged.get("wifi"), where, errors)
         if network.interface == "wlan0" and wifi is None:
             errors.append(f"{where}: network.interface is wlan0 but no wifi (ssid, password, country) is set")
@@ -357,15 +476,24 @@ def validate(data: object, base: Path) -> Inventory:
     return Inventory(cluster=cluster_name, server_url=str(server_url or ""), nodes=nodes)
 
 
+def yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: the file, the line and column, then what the parser found wrong."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    reason = " ".join(str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
+    return f"{where}: not valid YAML: {reason or exc}"
+
+
 def load(path: Path) -> Inventory:
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InventoryError([f"cannot read inventory {str(path)!r}: {exc.strerror}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InventoryError([f"cannot read inventory {str(path)!r}: {reason}"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InventoryError([f"inventory {str(path)!r} is not valid YAML: {exc}"]) from None
+        raise InventoryError([yaml_error(path, exc)]) from None
     return validate(data, path.parent)
 
 

@@ -98,6 +98,8 @@ def test_systemd_unit_runs_the_shared_java_command() -> None:
         "org.apache.zookeeper.server.quorum.QuorumPeerMain /etc/zookeeper/conf/zoo.cfg"
     )
     assert "User=zookeeper" in unit and "ProtectSystem=strict" in unit
+    # systemctl start must fail when the service cannot be executed at all.
+    assert "Type=exec" in unit.splitlines()
     assert "ReadWritePaths=/var/lib/zookeeper/data /var/lib/zookeeper/datalog" in unit
 
 

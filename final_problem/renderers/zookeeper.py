@@ -287,7 +287,10 @@ def systemd_unit(
         "After=network-online.target",
         "",
         "[Service]",
-        "Type=simple",
+        # exec, not simple: 'systemctl start' then fails when the service cannot be
+        # executed (a missing ReadWritePaths folder is status 226/NAMESPACE) instead of
+        # reporting success for a process that never ran (systemd.service(5), Type=).
+        "Type=exec",
         f"User={user}",
         f"Group={user}",
         f"ExecStart={' '.join(command)}",

@@ -8,7 +8,11 @@
 set -euo pipefail
 
 FP_PAYLOAD="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+FP_BOOT="$(dirname -- "$FP_PAYLOAD")"
 FP_ROOT="${FP_ROOT:-}"
+# Seconds a started service has to become active (and answer, where a check is given).
+# A Pi 3 needs about a minute to start a JVM; two leave room.
+FP_UNIT_TIMEOUT="${FP_UNIT_TIMEOUT:-120}"
 FP_CGROUP_DIR="${FP_CGROUP_DIR:-/sys/fs/cgroup}"
 FP_PROC_CGROUPS="${FP_PROC_CGROUPS:-/proc/cgroups}"
 FP_STATE="$FP_ROOT/var/lib/final-problem"
@@ -139,12 +143,7 @@ fb_write_k3s_config() {
     mkdir -p -- "$conf"
     [[ -f "$FP_PAYLOAD/k3s-config.yaml" ]] || fb_fail "no k3s-config.yaml in $FP_PAYLOAD; rebuild the image with pi/build.sh"
     install -m 600 -- "$FP_PAYLOAD/k3s-config.yaml" "$conf/config.yaml"
-    if [[ -f "$FP_PAYLOAD/k3s-token" ]]; then
-        install -m 600 -- "$FP_PAYLOAD/k3s-token" "$conf/cluster-token"
-    fi
-    [[ -s "$conf/cluster-token" ]] || fb_fail "no k3s token in $FP_PAYLOAD or $conf; rebuild the image with pi/build.sh"
-    # The boot partition is FAT and readable by every user: keep no secret on it.
-    rm -f -- "$FP_PAYLOAD/k3s-token"
+    [[ -s "$conf/cluster-token" ]] || fb_fail "no k3s token in $conf (the image carries it as $FP_PAYLOAD/k3s-token); rebuild the image with pi/build.sh"
 }
 
 # arm64_va_bits: user virtual address bits of the running kernel. 16K pages mean 47
@@ -192,6 +191,109 @@ fb_place_manifests() {
     done
     (( n )) || fb_fail "this is the first server but $FP_PAYLOAD/manifests holds no manifests; rebuild with --manifests pointing at dist/pi"
     fb_log "placed $n manifest(s) in $dest for k3s to deploy"
+}
+
+# take_secrets: the boot partition is FAT, readable by every user of the Pi, and is
+# read off the card by anyone holding it. Move the k3s token into the root file system
+# (mode 600) and delete what has already been applied: the network settings with the
+# Wi-Fi passphrase (cloud-init's network-config, or the NetworkManager keyfiles that
+# firstrun.sh installed). This runs first, so a failing step later leaves no secret.
+fb_take_secrets() {
+    local conf="$FP_ROOT/etc/rancher/k3s"
+    if [[ -f "$FP_PAYLOAD/k3s-token" ]]; then
+        mkdir -p -- "$conf"
+        install -m 600 -- "$FP_PAYLOAD/k3s-token" "$conf/cluster-token"
+        rm -f -- "$FP_PAYLOAD/k3s-token"
+    fi
+    # cloud-init read network-config in its first stage, before runcmd started this
+    # script; it keeps what it applied under /etc (NetworkManager keyfiles, mode 600).
+    rm -f -- "$FP_BOOT/network-config"
+    rm -rf -- "$FP_PAYLOAD/network"
+    # What cloud-init made of it must not be readable by every user either: older
+    # cloud-init releases (Debian 12's 22.4) write the netplan file world-readable and
+    # log the network configuration, passphrase included, to a world-readable log.
+    local f
+    for f in "$FP_ROOT"/etc/netplan/*.yaml; do
+        if [[ -f "$f" ]]; then chmod 600 -- "$f"; fi
+    done
+    for f in "$FP_ROOT"/var/log/cloud-init.log "$FP_ROOT"/var/log/cloud-init-output.log; do
+        if [[ -f "$f" ]]; then chmod o-rwx -- "$f"; fi
+    done
+}
+
+# unit_values UNIT KEY: the values of KEY= in a unit file, space-separated.
+fb_unit_values() {
+    sed -n "s/^[[:space:]]*$2=//p" "$1" | tr '\n' ' '
+}
+
+# prepare_unit UNIT: what a rendered unit needs before it can start: its User= exists,
+# and every ReadWritePaths= folder exists and belongs to that user. systemd refuses to
+# start a unit whose ReadWritePaths= entry is missing (status 226/NAMESPACE), and
+# under ProtectSystem=strict nothing else is writable.
+fb_prepare_unit() {
+    local unit="$1" user group path
+    user="$(fb_unit_values "$unit" User)"
+    user="${user// /}"
+    group="$(fb_unit_values "$unit" Group)"
+    group="${group// /}"
+    if [[ -n "$user" ]] && ! grep -q "^$user:" "$FP_ROOT/etc/passwd" 2>/dev/null; then
+        fb_fail "$(basename -- "$unit") runs as user '$user', which does not exist; the package that creates it did not install"
+    fi
+    for path in $(fb_unit_values "$unit" ReadWritePaths); do
+        # A leading '-' marks an optional path: systemd skips it when missing.
+        [[ "$path" == -* ]] && continue
+        path="${path#+}"
+        mkdir -p -- "$FP_ROOT$path"
+        [[ -z "$user" ]] || chown -R -- "$user:$group" "$FP_ROOT$path" \
+            || fb_fail "could not give $path to $user"
+    done
+}
+
+# unit_state NAME: "ActiveState Result NRestarts" of a unit.
+fb_unit_state() {
+    local key value active="" result="" restarts=""
+    while IFS='=' read -r key value; do
+        case "$key" in
+            ActiveState) active="$value" ;;
+            Result) result="$value" ;;
+            NRestarts) restarts="$value" ;;
+        esac
+    done < <(systemctl show -p ActiveState -p Result -p NRestarts -- "$1")
+    printf '%s %s %s\n' "${active:-unknown}" "${result:-unknown}" "${restarts:-0}"
+}
+
+# start_unit NAME [READY_COMMAND...]: enable and start a unit, then wait until it is
+# active and READY_COMMAND succeeds. 'systemctl start' returns once the process is
+# started: a service that then exits, or restarts, is seen only in its state, and is
+# a failed first boot.
+fb_start_unit() {
+    local name="$1" waited=0 active result restarts
+    shift
+    systemctl daemon-reload
+    systemctl enable --now "$name" || fb_fail "$name did not start; see 'journalctl -u $name'"
+    while :; do
+        read -r active result restarts < <(fb_unit_state "$name")
+        if [[ "$active" == failed || "$result" != success || "$restarts" != 0 ]]; then
+            fb_fail "$name failed to start (state $active, result $result, restarts $restarts); see 'journalctl -u $name'"
+        fi
+        if [[ "$active" == active ]] && { (( $# == 0 )) || "$@"; }; then
+            fb_log "$name is running"
+            return 0
+        fi
+        (( waited < FP_UNIT_TIMEOUT )) \
+            || fb_fail "$name is $active but not ready after ${FP_UNIT_TIMEOUT}s; see 'journalctl -u $name'"
+        sleep 1
+        waited=$(( waited + 1 ))
+    done
+}
+
+# zk_ruok PORT: ZooKeeper on this node answers its 'ruok' four-letter word with 'imok'
+# (https://zookeeper.apache.org/doc/r3.8.4/zookeeperAdmin.html#sc_4lw), which it does
+# once it runs, before an ensemble has formed.
+fb_zk_ruok() {
+    local reply=""
+    reply="$( { exec 3<>"/dev/tcp/127.0.0.1/$1" && printf ruok >&3 && read -r -t 5 -N 4 r <&3; printf '%s' "${r:-}"; } 2>/dev/null)" || true
+    [[ "$reply" == imok ]]
 }
 
 fb_write_k3s_unit() {
@@ -283,25 +385,33 @@ fb_role_workstation() {
     printf 'PATH="/opt/final-problem/venv/bin:$PATH"\n' >"$FP_ROOT/etc/profile.d/final-problem.sh"
 }
 
-# role_zookeeper: install Debian's ZooKeeper and the files the project's renderer wrote.
+# zk_setting KEY: the value of KEY= in the rendered zoo.cfg.
+fb_zk_setting() {
+    sed -n "s/^[[:space:]]*${1}[[:space:]]*=[[:space:]]*//p" "$FP_PAYLOAD/zookeeper/zoo.cfg" | tail -n 1
+}
+
+# role_zookeeper: install Debian's ZooKeeper and the files the project's renderer wrote,
+# start it, and wait until it answers.
 fb_role_zookeeper() {
-    local src="$FP_PAYLOAD/zookeeper" data_dir
+    local src="$FP_PAYLOAD/zookeeper" data_dir unit="$FP_ROOT/etc/systemd/system/zookeeper.service"
     [[ -f "$src/zoo.cfg" && -f "$src/myid" && -f "$src/zookeeper.service" ]] \
         || fb_fail "$src must hold zoo.cfg, myid and zookeeper.service; rebuild the image with pi/build.sh"
     fb_apt_install zookeeper default-jre-headless
     mkdir -p -- "$FP_ROOT/etc/zookeeper/conf" "$FP_ROOT/etc/systemd/system"
     install -m 644 -- "$src/zoo.cfg" "$FP_ROOT/etc/zookeeper/conf/zoo.cfg"
-    data_dir="$(sed -n 's/^[[:space:]]*dataDir[[:space:]]*=[[:space:]]*//p' "$src/zoo.cfg" | tail -n 1)"
-    data_dir="${data_dir:-/var/lib/zookeeper}"
-    mkdir -p -- "$FP_ROOT$data_dir"
+    install -m 644 -- "$src/zookeeper.service" "$unit"
+    # Its folders (dataDir, dataLogDir) are the unit's ReadWritePaths, owned by its user.
+    fb_prepare_unit "$unit"
+    data_dir="$(fb_zk_setting dataDir)"
+    [[ -n "$data_dir" && -d "$FP_ROOT$data_dir" ]] \
+        || fb_fail "zoo.cfg's dataDir '${data_dir}' is not among the ReadWritePaths of zookeeper.service; rebuild the image with pi/build.sh"
     install -m 644 -- "$src/myid" "$FP_ROOT$data_dir/myid"
-    install -m 644 -- "$src/zookeeper.service" "$FP_ROOT/etc/systemd/system/zookeeper.service"
-    systemctl daemon-reload
-    systemctl enable --now zookeeper.service || fb_fail "ZooKeeper did not start; see 'journalctl -u zookeeper'"
+    fb_start_unit zookeeper.service fb_zk_ruok "$(fb_zk_setting clientPort)"
 }
 
 main() {
     fb_load_settings
+    fb_take_secrets
     if [[ -f "$FP_STATE/firstboot.done" ]]; then
         fb_log "already done on $(cat -- "$FP_STATE/firstboot.done"); nothing to do"
         return 0

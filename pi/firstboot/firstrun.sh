@@ -73,11 +73,14 @@ fr_network() {
         # NetworkManager ignores keyfiles readable by others (nm-settings-keyfile(5)).
         install -m 600 -- "$f" "$dir/"
     done
+    # They hold the Wi-Fi passphrase; the boot partition is readable by every user.
+    rm -rf -- "$FP_PAYLOAD/network"
     if [[ -n "$FP_WIFI_COUNTRY" ]]; then
         # Raspberry Pi OS keeps Wi-Fi soft-blocked until a country is set; systemd
         # restores these saved rfkill states at boot (systemd-rfkill(8)).
         for f in "$FP_ROOT"/var/lib/systemd/rfkill/*:wlan; do
-            [[ -f "$f" ]] && printf '0\n' >"$f"
+            # (an 'if': a bare test that fails on the last file would fail the script)
+            if [[ -f "$f" ]]; then printf '0\n' >"$f"; fi
         done
     fi
 }

@@ -70,10 +70,23 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def ssh_key(seed: str, ktype: str = "ssh-ed25519") -> str:
-    """A well-formed public key line (nobody has the private key)."""
+    """A structurally valid public key line of KTYPE (nobody has the private key)."""
     def s(b: bytes) -> bytes:
         return struct.pack(">I", len(b)) + b
-    blob = s(ktype.encode()) + s(hashlib.sha256(seed.encode()).digest())
+
+    def filler(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(f"{seed}{len(out)}".encode()).digest()
+        return out[:n]
+
+    fields = {
+        "ssh-ed25519": s(filler(32)),
+        # mpint e = 65537, mpint n of 2048 bits (top bit set, so a leading zero byte).
+        "ssh-rsa": s(b"\x01\x00\x01") + s(b"\x00\x80" + filler(255)),
+        "ecdsa-sha2-nistp256": s(b"nistp256") + s(b"\x04" + filler(64)),
+    }[ktype]
+    blob = s(ktype.encode()) + fields
     return f"{ktype} {base64.b64encode(blob).decode()} {seed}@test"
 
 
@@ -156,11 +169,15 @@ p.add_argument("--out", required=True, type=pathlib.Path)
 a = p.parse_args(sys.argv[3:])
 a.out.mkdir(parents=True, exist_ok=True)
 servers = a.servers.split(",")
-lines = ["tickTime=2000", "dataDir=/var/lib/zookeeper", "clientPort=2181"]
+lines = ["tickTime=2000", "dataDir=/var/lib/zookeeper/data", "dataLogDir=/var/lib/zookeeper/datalog",
+         "clientPort=2181"]
 lines += [f"server.{i}={h}:2888:3888" for i, h in enumerate(servers, 1)]
 (a.out / "zoo.cfg").write_text("\\n".join(lines) + "\\n")
 (a.out / "myid").write_text(f"{a.myid}\\n")
-(a.out / "zookeeper.service").write_text("[Unit]\\nDescription=ZooKeeper\\n[Service]\\nExecStart=/usr/share/zookeeper/bin/zkServer.sh start-foreground /etc/zookeeper/conf/zoo.cfg\\n")
+(a.out / "zookeeper.service").write_text(
+    "[Unit]\\nDescription=ZooKeeper\\n[Service]\\nType=exec\\nUser=zookeeper\\nProtectSystem=strict\\n"
+    "ReadWritePaths=/var/lib/zookeeper/data /var/lib/zookeeper/datalog\\n"
+    "ExecStart=/usr/share/zookeeper/bin/zkServer.sh start-foreground /etc/zookeeper/conf/zoo.cfg\\n")
 (a.out / "args.json").write_text(json.dumps({"servers": servers, "myid": a.myid}))
 """
 

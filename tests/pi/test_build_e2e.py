@@ -378,6 +378,36 @@ def test_renderer_missing_output_is_an_error(built, tmp_path):
     _assert_failed_cleanly(r, tmp_path / "out", "did not write 'zoo.cfg'")
 
 
+def test_renderer_unit_that_cannot_write_its_data_log_is_an_error(built, tmp_path, fake_python):
+    """A unit under ProtectSystem=strict whose ReadWritePaths leave out zoo.cfg's
+    dataLogDir could never start; the build stops instead of writing such an image."""
+    narrow = tmp_path / "narrow-python"
+    narrow.write_text(fake_python.read_text().replace(
+        "ReadWritePaths=/var/lib/zookeeper/data /var/lib/zookeeper/datalog", "ReadWritePaths=/var/lib/zookeeper/data"))
+    narrow.chmod(0o755)
+    r = run(["bash", str(BUILD), "--image", str(built.source), "--inventory", str(built.inventory),
+             "--out", str(tmp_path / "out"), "--manifests", str(built.manifests),
+             "--secrets", str(tmp_path / "s")], env=env(PYTHON=str(narrow)))
+    _assert_failed_cleanly(r, tmp_path / "out", "could not write zoo.cfg's dataLogDir '/var/lib/zookeeper/datalog'",
+                           "ReadWritePaths='/var/lib/zookeeper/data'")
+
+
+def test_default_inventory_of_make_pi_images_is_git_ignored():
+    """make pi-images reads pi/inventory.yaml by default; with keys and a Wi-Fi
+    passphrase in it, git must not offer it for a commit."""
+    makefile = (PI.parent / "Makefile").read_text()
+    assert "PI_INVENTORY ?= pi/inventory.yaml" in makefile
+    r = run(["git", "-C", str(PI.parent), "check-ignore", "-q", "pi/inventory.yaml"])
+    assert r.returncode == 0, "pi/inventory.yaml is not ignored by git"
+
+
+def test_make_pi_images_without_inventory_says_what_to_do(tmp_path):
+    r = run(["make", "-C", str(PI.parent), "--no-print-directory", "pi-images-args", "PI_IMAGE=x.img",
+             f"PI_INVENTORY={tmp_path / 'none.yaml'}"])
+    assert r.returncode == 2
+    assert "copy pi/inventory.example.yaml" in r.stdout and "git ignores pi/inventory.yaml" in r.stdout
+
+
 def test_zookeeper_ensemble_with_the_project_renderer(built, tmp_path):
     """The zookeeper role with the real final_problem.renderers.zookeeper (not the double)."""
     import sys

@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,17 @@ PINNED = {
 STUB_LOGGER = """
 #!/bin/sh
 printf '%s %s\\n' "$(basename "$0")" "$*" >>"$FP_TEST_LOG"
+"""
+
+# systemctl stub: records its arguments; 'show' answers with the unit state the test
+# sets in FP_TEST_UNIT (ActiveState Result NRestarts), by default a running unit.
+SYSTEMCTL_STUB = """
+#!/bin/sh
+printf 'systemctl %s\\n' "$*" >>"$FP_TEST_LOG"
+if [ "$1" = show ]; then
+  set -- ${FP_TEST_UNIT:-active success 0}
+  printf 'ActiveState=%s\\nResult=%s\\nNRestarts=%s\\n' "$1" "$2" "$3"
+fi
 """
 
 # curl stub: serves <release dir>/<last path segment of the URL>, records the URL.
@@ -80,8 +93,9 @@ class Node:
         (self.cgroup / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
         stubs = tmp / "stubs"
         stubs.mkdir()
-        for name in ("systemctl", "apt-get", "modprobe", "sysctl", "useradd", "passwd", "chown"):
+        for name in ("apt-get", "modprobe", "sysctl", "useradd", "passwd", "chown"):
             write_exe(stubs / name, STUB_LOGGER)
+        write_exe(stubs / "systemctl", SYSTEMCTL_STUB)
         write_exe(stubs / "curl", CURL_STUB)
         write_exe(stubs / "python3", PYTHON_STUB)
         self.stubs = stubs
@@ -223,16 +237,140 @@ def test_memory_cgroup_v1_detection(node, tmp_path, enabled, ok):
     assert (r.returncode == 0) is ok, r.stderr
 
 
-def test_zookeeper_role_installs_renderer_files(node):
+@pytest.fixture
+def imok_port():
+    """A loopback listener that answers ZooKeeper's 'ruok' with 'imok', as a running
+    member does; yields its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                if conn.recv(4) == b"ruok":
+                    conn.sendall(b"imok")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+
+
+def zookeeper_node(node, client_port: int) -> Node:
+    """zk-1 with Debian's zookeeper user (the package creates it) and zoo.cfg's client
+    port moved to CLIENT_PORT."""
     n = node("zk-1")
+    (n.root / "etc").mkdir()
+    (n.root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\nzookeeper:x:107:113::/var/lib/zookeeper:/bin/false\n")
+    cfg = n.boot / "fp/zookeeper/zoo.cfg"
+    cfg.write_text(cfg.read_text().replace("clientPort=2181", f"clientPort={client_port}"))
+    return n
+
+
+def test_zookeeper_role_installs_renderer_files(node, imok_port):
+    n = zookeeper_node(node, imok_port)
     r = n.run()
     assert r.returncode == 0, r.stderr
     assert any(c.startswith("apt-get install") and "zookeeper" in c for c in n.calls())
     assert "server.1=10.20.0.31:2888:3888" in (n.root / "etc/zookeeper/conf/zoo.cfg").read_text()
-    assert (n.root / "var/lib/zookeeper/myid").read_text().strip() == "1"
+    assert (n.root / "var/lib/zookeeper/data/myid").read_text().strip() == "1"
     assert (n.root / "etc/systemd/system/zookeeper.service").exists()
     assert "systemctl enable --now zookeeper.service" in n.calls()
+    assert "zookeeper.service is running" in r.stderr
     assert not (n.root / "usr/local/bin/k3s").exists()
+
+
+def test_zookeeper_unit_folders_exist_and_belong_to_its_user(node, imok_port):
+    """Every ReadWritePaths folder of the rendered unit, dataLogDir included, exists
+    before the unit starts (systemd refuses it otherwise: 226/NAMESPACE) and belongs to
+    the unit's user, who must write there under ProtectSystem=strict."""
+    n = zookeeper_node(node, imok_port)
+    assert n.run().returncode == 0
+    calls = n.calls()
+    start = calls.index("systemctl enable --now zookeeper.service")
+    for folder in ("var/lib/zookeeper/data", "var/lib/zookeeper/datalog"):
+        assert (n.root / folder).is_dir()
+        chown = f"chown -R -- zookeeper: {n.root}/{folder}"
+        assert chown in calls and calls.index(chown) < start, calls
+
+
+@pytest.mark.parametrize("state,needle", [
+    ("failed exit-code 0", "state failed, result exit-code"),
+    ("activating exit-code 1", "state activating, result exit-code, restarts 1"),
+    ("activating success 2", "state activating, result success, restarts 2"),
+])
+def test_zookeeper_unit_that_does_not_start_fails_first_boot(node, imok_port, state, needle):
+    n = zookeeper_node(node, imok_port)
+    r = n.run(FP_TEST_UNIT=state)
+    assert r.returncode == 1
+    assert f"zookeeper.service failed to start ({needle}" in r.stderr
+    assert "journalctl -u zookeeper.service" in r.stderr
+    assert (n.root / "var/lib/final-problem/firstboot.failed").exists()
+    assert not (n.root / "var/lib/final-problem/firstboot.done").exists()
+    assert "FAILED" in (n.root / "etc/motd.d/final-problem").read_text()
+
+
+def test_zookeeper_that_never_answers_fails_first_boot(node):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        n = zookeeper_node(node, silent.getsockname()[1])
+        r = n.run(FP_UNIT_TIMEOUT="1")
+    assert r.returncode == 1
+    assert "zookeeper.service is active but not ready after 1s" in r.stderr
+
+
+def test_zookeeper_without_its_user_fails_first_boot(node, imok_port):
+    n = zookeeper_node(node, imok_port)
+    (n.root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    r = n.run()
+    assert r.returncode == 1
+    assert "zookeeper.service runs as user 'zookeeper', which does not exist" in r.stderr
+    assert "systemctl enable --now zookeeper.service" not in n.calls()
+
+
+def test_no_secret_left_on_the_boot_partition(node):
+    """Cloud-init image of a k3s node with Wi-Fi: the token and network-config (with
+    the passphrase) are gone from the boot partition after first boot."""
+    n = node("srv-1")
+    add_airgap(n)
+    network_config = (n.boot / "network-config")
+    network_config.write_text(network_config.read_text() + "# wifis: {wlan0: {password: correct horse battery}}\n")
+    assert n.run().returncode == 0
+    assert not network_config.exists() and not (n.boot / "fp/k3s-token").exists()
+    leftovers = [p for p in n.boot.rglob("*") if p.is_file() and "correct horse" in p.read_text(errors="replace")]
+    assert leftovers == []
+
+
+def test_what_cloud_init_made_of_the_network_settings_is_closed_to_other_users(node):
+    n = node("srv-1")
+    add_airgap(n)
+    opened = [n.root / "etc/netplan/50-cloud-init.yaml", n.root / "var/log/cloud-init.log",
+              n.root / "var/log/cloud-init-output.log"]
+    for p in opened:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("password: correct horse battery\n")
+        p.chmod(0o644)
+    assert n.run().returncode == 0
+    assert [oct(p.stat().st_mode & 0o777) for p in opened] == [oct(0o600), oct(0o640), oct(0o640)]
+
+
+def test_secrets_leave_the_boot_partition_even_when_first_boot_fails(node, built):
+    n = node("srv-1")
+    add_airgap(n)
+    (n.cgroup / "cgroup.controllers").write_text("cpuset cpu io pids\n")  # k3s cannot run here
+    r = n.run()
+    assert r.returncode == 1 and "memory cgroup is OFF" in r.stderr
+    assert not (n.boot / "fp/k3s-token").exists() and not (n.boot / "network-config").exists()
+    token = (built.secrets / "testlab-k3s-token").read_text()
+    assert (n.root / "etc/rancher/k3s/cluster-token").read_text() == token
 
 
 def test_workstation_installs_tools_with_checksums(node):
@@ -306,6 +444,9 @@ def test_firstrun_sets_up_system_and_removes_itself(firstrun_images, tmp_path):
     assert os.readlink(n.root / "etc/localtime") == "/usr/share/zoneinfo/Europe/Paris"
     nm = n.root / "etc/NetworkManager/system-connections/fp-wlan0.nmconnection"
     assert "ssid=lab-net" in nm.read_text() and nm.stat().st_mode & 0o777 == 0o600
+    # The keyfile holds the Wi-Fi passphrase: it is gone from the boot partition.
+    assert not (n.boot / "fp/network").exists()
+    assert [p for p in n.boot.rglob("*") if p.is_file() and "correct horse" in p.read_text(errors="replace")] == []
     assert rfkill.read_text() == "0\n"
     unit = (n.root / "etc/systemd/system/final-problem-firstboot.service").read_text()
     assert "ExecStart=/bin/bash " + str(n.boot) + "/fp/firstboot.sh" in unit
@@ -313,6 +454,18 @@ def test_firstrun_sets_up_system_and_removes_itself(firstrun_images, tmp_path):
     cmdline = (n.boot / "cmdline.txt").read_text()
     assert "systemd.run" not in cmdline and "kernel-command-line.target" not in cmdline
     assert "cfg80211.ieee80211_regdom=FR" in cmdline and cmdline.startswith("console=serial0")
+
+
+def test_firstrun_wifi_node_without_saved_rfkill_state(firstrun_images, tmp_path):
+    """A fresh card has no saved rfkill state yet: nothing to unblock, and no failure."""
+    n = Node(tmp_path, firstrun_images / "desk.img")
+    for d in ("etc", "usr/share/zoneinfo/Europe", "var/lib/systemd/rfkill"):
+        (n.root / d).mkdir(parents=True)
+    (n.root / "usr/share/zoneinfo/Europe/Paris").write_text("TZif")
+    r = n.run("firstrun.sh")
+    assert r.returncode == 0, r.stderr
+    assert (n.root / "etc/NetworkManager/system-connections/fp-wlan0.nmconnection").exists()
+    assert "systemd.run" not in (n.boot / "cmdline.txt").read_text()
 
 
 def test_firstrun_rejects_unknown_timezone(firstrun_images, tmp_path):

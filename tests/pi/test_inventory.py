@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import shutil
+import struct
+import subprocess
 import sys
 
 import pytest
@@ -52,16 +56,56 @@ def test_valid_minimal_server():
     assert inv.nodes[0].user == "pi" and inv.nodes[0].timezone == "Etc/UTC"
 
 
+def _truncated(key: str, drop: int) -> str:
+    """KEY with its last DROP bytes cut off, re-encoded as valid base64."""
+    ktype, b64, comment = key.split()
+    raw = base64.b64decode(b64)
+    return f"{ktype} {base64.b64encode(raw[:-drop]).decode()} {comment}"
+
+
+def _with_field(ktype: str, *fields: bytes) -> str:
+    blob = b"".join(struct.pack(">I", len(f)) + f for f in (ktype.encode(), *fields))
+    return f"{ktype} {base64.b64encode(blob).decode()} x@test"
+
+
 @pytest.mark.parametrize("key,needle", [
     ("ssh-ed25519", "at least a key type and the base64 key"),
     ("ssh-ed25519 !!!notbase64", "not valid base64"),
     ("ssh-dss AAAAB3NzaC1kc3MAAACBAP", "unknown key type 'ssh-dss'"),
     (ssh_key("x", "ssh-rsa").replace("ssh-rsa", "ssh-ed25519", 1), "does not encode a ssh-ed25519 key"),
     ("", "is empty"),
+    # Cut short by a copy: still valid base64, but the length fields promise more.
+    (_truncated(ssh_key("x"), 4), "is truncated: its key part ends 4 byte(s) short of a 32-byte field"),
+    (_truncated(ssh_key("x", "ssh-rsa"), 100), "is truncated"),
+    (_truncated(ssh_key("x", "ecdsa-sha2-nistp256"), 1), "is truncated"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE", "not valid base64"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5", "is truncated: its key part ends inside a length field"),
+    (_with_field("ssh-ed25519", b"k" * 31), "is not a 32-byte Ed25519 key"),
+    (_with_field("ssh-rsa", b"\x01\x00\x01", b"\x00\x80" + b"n" * 63), "512-bit RSA modulus"),
+    (_with_field("ecdsa-sha2-nistp256", b"nistp384", b"\x04" + b"q" * 96), "names a curve other than nistp256"),
+    (_with_field("ecdsa-sha2-nistp256", b"nistp256", b"\x04" + b"q" * 63), "64-byte point"),
+    (_with_field("ssh-ed25519", b"k" * 32, b"extra"), "byte(s) after the key"),
+    (_with_field("sk-ssh-ed25519@openssh.com", b"k" * 32, b""), "empty security-key application"),
 ])
 def test_malformed_ssh_key(key, needle):
     data = {"nodes": [{"hostname": "a", "role": "server", "ssh_authorized_keys": [key]}]}
     one_error(data, "nodes[0] (a): SSH key 1", needle)
+
+
+@pytest.mark.parametrize("ktype,bits", [("ed25519", None), ("rsa", "1024"), ("rsa", "3072"), ("ecdsa", "256"),
+                                        ("ecdsa", "384"), ("ecdsa", "521")])
+def test_keys_from_ssh_keygen_are_accepted(tmp_path, ktype, bits):
+    """Real keys, as OpenSSH writes them, pass the structural check; cut by one
+    base64 group, each is rejected."""
+    keygen = shutil.which("ssh-keygen")
+    assert keygen, "ssh-keygen is missing; it comes with the Debian package openssh-client (sudo make system-deps)"
+    key_file = tmp_path / "id"
+    subprocess.run([keygen, "-q", "-t", ktype, *(["-b", bits] if bits else []), "-N", "", "-C", "me@laptop",
+                    "-f", str(key_file)], check=True)
+    line = (tmp_path / "id.pub").read_text().strip()
+    assert inventory.check_ssh_key(line) is None
+    ktype_name, b64, comment = line.split()
+    assert "truncated" in inventory.check_ssh_key(f"{ktype_name} {b64[:-8]} {comment}")
 
 
 def test_missing_ssh_key():
@@ -130,19 +174,58 @@ def test_unknown_role_and_bad_hostname():
     ({"address": "10.0.0.5/24", "gateway": "10.0.0.1", "dns": ["nope"]}, "dns entry 'nope'"),
     ({"interface": "wlan0"}, "no wifi"),
     ("static", "must be 'dhcp' or a mapping"),
+    ({"address": "10.0.0.0/24", "gateway": "10.0.0.1"}, "is the network address of 10.0.0.0/24"),
+    ({"address": "10.0.0.255/24", "gateway": "10.0.0.1"}, "is the broadcast address"),
+    ({"address": "10.0.0.1/24", "gateway": "10.0.0.1"}, "the node's own address"),
+    ({"address": "10.0.0.5/24", "gw": "10.0.0.1"}, "network: unknown key(s) gw"),
 ])
 def test_bad_network(network, needle):
     one_error(nodes({"hostname": "a", "role": "server", "network": network}), needle)
 
 
 @pytest.mark.parametrize("wifi,needle", [
-    ({"ssid": "x", "password": "short", "country": "GB"}, "8 to 63 characters"),
+    ({"ssid": "x", "password": "short", "country": "GB"}, "8 to 63 printable ASCII characters"),
+    ({"ssid": "x", "password": "line\nbreak inside", "country": "GB"}, "8 to 63 printable ASCII characters"),
+    ({"ssid": "two\nlines", "password": "long enough", "country": "GB"}, "printable characters"),
+    ({"ssid": "x", "password": "long enough", "country": "GB", "pasword": "x"}, "wifi: unknown key(s) pasword"),
     ({"ssid": "x", "password": "long enough", "country": "gb"}, "two-letter country code"),
     ({"ssid": "", "password": "long enough", "country": "GB"}, "1 to 32 bytes"),
     ({"ssid": "x", "password": "long enough"}, "country None"),
 ])
 def test_bad_wifi(wifi, needle):
     one_error(nodes({"hostname": "a", "role": "server", "wifi": wifi}), needle)
+
+
+def test_unknown_keys_are_errors_not_ignored():
+    errs = one_error(nodes({"hostname": "a", "role": "server", "netwrok": {"address": "dhcp"}},
+                           cluster={"nmae": "x"}, extra=1),
+                     "nodes[0] (a): unknown key(s) netwrok", "cluster: unknown key(s) nmae", "inventory: unknown key(s) extra")
+    assert "allowed: hostname, role" in errs
+
+
+def test_defaults_cannot_name_a_node():
+    data = nodes({"hostname": "a", "role": "server"})
+    data["defaults"]["hostname"] = "x"
+    one_error(data, "defaults: unknown key(s) hostname")
+
+
+def test_defaults_network_applies_to_every_node():
+    data = nodes({"hostname": "a", "role": "server"}, {"hostname": "b", "role": "agent"})
+    data["defaults"]["network"] = {"interface": "eth0", "address": "dhcp"}
+    inv = inventory.validate(data, PI)
+    assert [n.network.mode for n in inv.nodes] == ["dhcp", "dhcp"]
+    data["defaults"]["network"] = {"address": "10.0.0.5/24", "gateway": "10.0.0.1"}
+    one_error(data, "address 10.0.0.5 is given to both 'a' and 'b'")
+
+
+def test_unknown_timezone_is_an_error():
+    one_error(nodes({"hostname": "a", "role": "server", "timezone": "Europe/Atlantis"}),
+              "timezone 'Europe/Atlantis' is not in the tz database")
+
+
+@pytest.mark.parametrize("user", ["root", "zookeeper", "daemon"])
+def test_system_account_as_user_is_an_error(user):
+    one_error(nodes({"hostname": "a", "role": "server", "user": user}), f"user {user!r} must be", "e.g. 'pi'")
 
 
 def test_all_errors_reported_together():
@@ -153,10 +236,21 @@ def test_all_errors_reported_together():
 
 def test_malformed_yaml_cli(tmp_path):
     bad = tmp_path / "inv.yaml"
-    bad.write_text("nodes: [\n  - hostname: a\n")
+    bad.write_text("nodes:\n  - hostname: a\n    role: [server\n")
     r = run([sys.executable, str(PI / "inventory.py"), "check", str(bad)])
     assert r.returncode == 2
-    assert "is not valid YAML" in r.stderr and str(bad) in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"inventory error: {bad}:4:1: not valid YAML: while parsing a flow sequence expected ',' or ']', but got '<stream end>'"], lines
+    assert "<unicode string>" not in r.stderr
+
+
+def test_build_reports_yaml_error_last(tmp_path):
+    bad = tmp_path / "inv.yaml"
+    bad.write_text("nodes:\n  - hostname: a\n   role: server\n")
+    r = run(["bash", str(PI / "build.sh"), "--image", str(tmp_path / "none.img"), "--inventory", str(bad)])
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"inventory error: {bad}:3:4: not valid YAML: while parsing a block collection"), r.stderr
 
 
 def test_missing_inventory_cli(tmp_path):
