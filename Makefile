@@ -63,20 +63,17 @@ PI_IMAGE ?=
 # Git-ignored: an inventory holds SSH keys and the Wi-Fi passphrase.
 PI_INVENTORY ?= pi/inventory.yaml
 
-.PHONY: help setup kafka synth test bench bootstrap deploy diff destroy pi-images system-deps clean
-.PHONY: help setup kube-binaries synth test bench bootstrap deploy diff destroy pi-images system-deps clean
-.PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images pi-images-args pi-rootfs system-deps clean
+.PHONY: help setup kafka cadence-tools kube-binaries pi-rootfs synth test bench bootstrap deploy diff destroy \
+	pi-images pi-images-args system-deps clean
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
 	@echo "make test         install what is missing, then run the whole test suite"
+	@echo "make bench        every bench/*.py: synth against a bare VPC + EKS app, each component's servers, the control plane"
 	@echo "make kafka        the Kafka broker jars from Maven Central (make test and make bench need them)"
-	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput"
-.PHONY: help setup synth test bench bootstrap deploy diff destroy pi-images system-deps clean cadence-tools
-	@echo "make test         install what is missing (Cadence tools: about 25 min cold), then run the whole test suite"
-	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput; Cadence schema setup"
-	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler and etcd (make test does)"
-	@echo "make bench        time the full synth against a bare VPC + EKS app; Redis failover and client throughput; the platform landing on a local control plane"
+	@echo "make cadence-tools   build the Cadence server tools from their Go module, once (about 25 min cold)"
+	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler, etcd and KWOK, once"
+	@echo "make pi-rootfs    the Debian root the Pi boot tests start (root: debootstrap), once"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
 	@echo "make pi-images PI_IMAGE=... [PI_INVENTORY=pi/inventory.yaml]   one ready-to-flash image per Pi (after synth)"
@@ -145,17 +142,13 @@ synth: setup
 	  | { grep -v -e '^python3 app.py: Subprocess exited with error' -e '^Supply a stack id' >&2 || true; }
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
-test: setup $(CHECKOV_STAMP) $(KAFKA_STAMP)
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
-test: setup $(CHECKOV_STAMP) pi-rootfs
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
+# Servers the tests start, each built or fetched once into the version-keyed cache.
+SERVERS := $(KAFKA_STAMP) cadence-tools $(KUBE_STAMP) $(KWOK_STAMP)
 
-bench: setup $(KAFKA_STAMP)
-test: setup $(CHECKOV_STAMP) cadence-tools
-bench: setup cadence-tools
-test: setup $(CHECKOV_STAMP) $(KUBE_STAMP) $(KWOK_STAMP)
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
-bench: setup $(KUBE_STAMP) $(KWOK_STAMP)
+test: setup $(CHECKOV_STAMP) $(SERVERS) pi-rootfs
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+
+bench: setup $(SERVERS)
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done
 
 bootstrap: setup

@@ -43,7 +43,6 @@ from final_problem.constructs.namespace import (
     MONITORING_NAMESPACE_LABEL, RestrictedNamespace, namespace_peer, pod_peer, ports,
 )
 from final_problem.constructs.mesh import SERVICES, MeshWorkload
-from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
 from final_problem.constructs.security import Sizing, container_context, raw_resources

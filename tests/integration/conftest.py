@@ -15,7 +15,6 @@ from final_problem.local.postgres import LocalPostgres, LocalPostgresError
 from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
 from final_problem.profiles import PI
 from final_problem.renderers.redis import RedisConfigOptions
-from tests.conftest import require_binary
 from final_problem.config import Settings
 from final_problem.local.kube import ControlPlaneError, KubePlatform, missing_binaries, platform
 from tests.conftest import full_settings, require_binary
@@ -82,6 +81,8 @@ def postgres_server() -> Iterator[LocalPostgres]:
         pytest.fail(str(e))
     with server:
         yield server
+
+
 @contextmanager
 def kube_platform(workdir: Path, settings: Settings, profile: str) -> Iterator[KubePlatform]:
     """:func:`final_problem.local.kube.platform`, failing the test (never skipping) with the
@@ -91,6 +92,7 @@ def kube_platform(workdir: Path, settings: Settings, profile: str) -> Iterator[K
         pytest.fail(f"missing {', '.join(missing)}: run `make kube-binaries` (Go 1.26 builds them)")
     require_binary("openssl", "openssl")
     with ExitStack() as stack:
+        try:
             started = stack.enter_context(platform(workdir, settings, profile))
         except ControlPlaneError as e:
             pytest.fail(f"the control plane did not start: {e}")
