@@ -16,10 +16,11 @@ CDK_ARGS ?=
 # Passed to pytest, e.g. make test PYTEST_ARGS="-k policy"
 PYTEST_ARGS ?=
 # pytest-xdist workers; a snapshot update runs in one process (syrupy writes the files).
-# loadgroup: tests marked xdist_group("name") share one worker, so a module-scoped
-# fixture (a whole Kafka cluster) starts once, not once per worker.
+# loadfile: a module's tests share one worker, so a module-scoped fixture (a whole Kafka
+# cluster, a Redis set) starts once, not once per worker. (loadgroup with xdist_group marks
+# does not group here: pytest-xdist 3.8 under pytest 9 spreads the group over workers.)
 PYTEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
-PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS) --dist loadgroup)
+PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS) --dist loadfile)
 
 # The venv first on PATH: `python3` in cdk.json and `node` for jsii are the venv's.
 export PATH := $(BIN):$(PATH)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,6 +132,26 @@ def test_metrics_port_open_to_monitoring_only(eks: list[dict[str, Any]]) -> None
     policy = one(eks, "NetworkPolicy", "kafka-broker")["spec"]
     metrics = [r for r in policy["ingress"] if r["ports"] == [{"port": 9404, "protocol": "TCP"}]]
     assert metrics and metrics[0]["from"] == [{"namespaceSelector": {"matchLabels": {"final-problem.io/monitoring": "true"}}}]
+
+
+def test_agent_fetch_downloads_checks_and_keeps_the_pinned_jar(tmp_path: Path) -> None:
+    from final_problem.charts.kafka import _FETCH_AGENT
+
+    source = tmp_path / "agent.jar"
+    source.write_bytes(b"agent bytes")
+    digest = hashlib.sha256(b"agent bytes").hexdigest()
+    target = tmp_path / "volume" / "metrics-agent" / "agent.jar"
+
+    def fetch(url: str, sha: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _FETCH_AGENT, url, sha, str(target)],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    assert fetch(source.as_uri(), digest).returncode == 0 and target.read_bytes() == b"agent bytes"
+    # Kept on the volume: a restart without network needs no download.
+    assert fetch((tmp_path / "missing.jar").as_uri(), digest).returncode == 0
+    target.unlink()
+    bad = fetch(source.as_uri(), "0" * 64)
+    assert bad.returncode != 0 and "SHA-256 mismatch" in bad.stderr and not target.exists()
 
 
 # -- settings errors ---------------------------------------------------------------------

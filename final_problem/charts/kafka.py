@@ -25,7 +25,8 @@ Creates, in the ``kafka`` namespace (Pod Security "restricted", default-deny):
 
 Metrics: the image ships no Prometheus exporter, so an init container fetches the
 Prometheus JMX exporter Java agent (``io.prometheus.jmx:jmx_prometheus_javaagent``) from
-Maven Central, checks its SHA-256, and the JVM loads it (``-javaagent``), serving
+Maven Central onto the node's volume, once (SHA-256 checked; a restart offline reuses it),
+and the JVM loads it (``-javaagent``), serving
 ``/metrics`` on 9404: the way the exporter's README documents ("Running the Java Agent").
 
 Sources: Kafka 4.4 docs ("KRaft", "Authentication using SASL", "Docker"); apache/kafka
@@ -71,8 +72,11 @@ KAFKA_UID = 1000
 #: Where the image unpacks the release; ``libs/`` holds every jar.
 KAFKA_HOME = "/opt/kafka"
 CONFIG_DIR = "/opt/kafka-config"
-DATA_DIR = "/var/lib/kafka/data"
-AGENT_DIR = "/opt/metrics-agent"
+#: The node's volume: Kafka's log directory and, beside it, the metrics agent, kept so a
+#: restart (a Pi after a power cut, offline) needs no download.
+VOLUME_DIR = "/var/lib/kafka"
+DATA_DIR = f"{VOLUME_DIR}/data"
+AGENT_DIR = f"{VOLUME_DIR}/metrics-agent"
 CLIENT_NAMESPACE_LABEL = {"final-problem.io/kafka-client": "true"}
 #: Largest heap as a share of the memory limit: Kafka serves reads from the page cache
 #: and the JVM needs metaspace, thread stacks and direct buffers outside the heap.
@@ -294,12 +298,20 @@ def _secret_env(name: str, secret: str, key: str) -> k8s.EnvVar:
 
 
 _FETCH_AGENT = """\
-import hashlib, sys, urllib.request
+import hashlib, os, sys, urllib.request
 url, digest, target = sys.argv[1:4]
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+if os.path.exists(target) and sha256(target) == digest:
+    sys.exit(0)
+os.makedirs(os.path.dirname(target), exist_ok=True)
 data = urllib.request.urlopen(url, timeout=60).read()
 if hashlib.sha256(data).hexdigest() != digest:
     sys.exit(f"{url}: SHA-256 mismatch")
-open(target, "wb").write(data)
+with open(target + ".part", "wb") as f:
+    f.write(data)
+os.replace(target + ".part", target)
 """
 
 
@@ -447,7 +459,7 @@ class KafkaChart(PlatformChart):
         ]
         mounts = [
             k8s.VolumeMount(name="config", mount_path=CONFIG_DIR, read_only=True),
-            k8s.VolumeMount(name="data", mount_path=DATA_DIR),
+            k8s.VolumeMount(name="data", mount_path=VOLUME_DIR),
             # The JVM's perf data and native libraries (zstd, snappy) unpack into /tmp.
             k8s.VolumeMount(name="tmp", mount_path="/tmp"),
         ]
@@ -458,7 +470,7 @@ class KafkaChart(PlatformChart):
             image_pull_policy="IfNotPresent",
             command=["python3", "-c", _FETCH_AGENT, versions.JMX_AGENT_URL, versions.JMX_AGENT_SHA256, f"{AGENT_DIR}/jmx_prometheus_javaagent.jar"],
             env=[k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1")],
-            volume_mounts=[k8s.VolumeMount(name="metrics-agent", mount_path=AGENT_DIR)],
+            volume_mounts=[k8s.VolumeMount(name="data", mount_path=VOLUME_DIR)],
             security_context=security,
             resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=200, memory_request_mib=32, memory_limit_mib=64)),
         )
@@ -487,7 +499,7 @@ class KafkaChart(PlatformChart):
             command=server,
             env=env,
             ports=container_ports,
-            volume_mounts=mounts + [k8s.VolumeMount(name="metrics-agent", mount_path=AGENT_DIR, read_only=True)],
+            volume_mounts=mounts,
             security_context=security,
             resources=raw_resources(sizing),
             # Ready once the role's listener accepts connections (a broker opens it only
@@ -507,7 +519,6 @@ class KafkaChart(PlatformChart):
             volumes=[
                 k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name="kafka-config")),
                 k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("256Mi"))),
-                k8s.Volume(name="metrics-agent", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("32Mi"))),
             ],
             claims=[ClaimSpec(name="data", size_gib=storage)],
             pod_annotations={

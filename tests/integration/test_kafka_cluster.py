@@ -30,8 +30,7 @@ from final_problem.clients.kafka import KafkaClientError, KafkaSettings, admin, 
 from final_problem.clients.kafka_topics import ReconcileError, TopicSpec, reconcile
 from final_problem.local.kafka import LocalKafkaCluster, missing_binaries
 
-# One worker runs this module under pytest-xdist: its clusters are module fixtures.
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("kafka")]
+pytestmark = pytest.mark.integration
 
 log = logging.getLogger(__name__)
 
