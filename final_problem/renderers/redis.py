@@ -391,8 +391,12 @@ START_SENTINEL = r"""#!/bin/sh
 # Start a Sentinel. Its configuration file, which Sentinel rewrites (fsync, rename) with
 # everything it learns (the primary, the config and current epochs, the replicas and the
 # other Sentinels), lives on its own retained volume, so a restart, even of every
-# Sentinel at once, resumes from the latest failover it knew. Only the settings and
-# passwords are renewed at each start. Without saved state (first boot, or a lost
+# Sentinel at once, resumes from the latest failover it knew. Kept rather than rebuilt
+# from the members: a restarted member's replication offset starts again at 0 (the AOF
+# does not keep it), so after a power cut the members cannot tell who holds the latest
+# writes, and only a kept config epoch stops a Sentinel that missed a failover from
+# overruling it. Only the settings and passwords are renewed at each start. Without
+# saved state (first boot, or a lost
 # volume) it monitors the primary the other Sentinels name, with their config epoch,
 # else the most up-to-date member answering as primary; else it waits.
 . "$REDIS_CONFIG_DIR/lib.sh"
