@@ -131,7 +131,8 @@ def test_cadence_without_postgres_fails_naming_both() -> None:
 
 
 def test_chart_checks_connections_against_the_postgres_chart() -> None:
-    with pytest.raises(ConfigError, match="cadence.max_conns = 8.*postgres.max_connections \\(40\\)"):
+    with pytest.raises(ConfigError, match=r"cadence.max_conns = 8 \(default for the eks profile\).*"
+                                          r"postgres.max_connections \(40\).*set postgres.max_connections=90"):
         render_all("eks", postgres={"max_connections": 40})
 
 
@@ -273,7 +274,7 @@ def test_postgres_pi_profile_is_small(pi: dict[str, list[Obj]]) -> None:
 
 @pytest.mark.parametrize("overrides,match", [
     ({"max_connections": 5}, "postgres.max_connections = 5"),
-    ({"shared_buffers_mib": 4096}, r"postgres.shared_buffers_mib = 4096.*Fix: set postgres.shared_buffers_mib=512"),
+    ({"shared_buffers_mib": 4096}, r"postgres.shared_buffers_mib = 4096.*Fix: leave postgres.shared_buffers_mib unset .* at most 1024"),
     ({"storage_gib": 0}, "postgres.storage_gib = 0"),
     ({"metrics_port": 5432}, "postgres.metrics_port = 5432"),
 ])
@@ -284,9 +285,11 @@ def test_postgres_settings_that_cannot_work_fail(overrides: dict[str, object], m
 
 def test_postgres_shared_buffers_fix_is_valid() -> None:
     PostgresProps.for_profile(EKS, shared_buffers_mib=512)
-    with pytest.raises(ConfigError, match="Fix: set postgres.shared_buffers_mib=64"):
+    with pytest.raises(ConfigError, match="at most 128"):
         PostgresProps.for_profile(EKS, memory_mib=256)
-    PostgresProps.for_profile(EKS, memory_mib=256, shared_buffers_mib=64)
+    PostgresProps.for_profile(EKS, memory_mib=256, shared_buffers_mib=128)
+    # Unset, each profile's default fits its memory.
+    PostgresProps.for_profile(PI)
 
 
 # -- renderer --------------------------------------------------------------------------

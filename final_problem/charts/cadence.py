@@ -224,7 +224,13 @@ class CadenceChart(PlatformChart):
             raise ConfigError("components", "postgres", "cadence needs the postgres chart of final_problem.charts.postgres",
                               "enable the bundled postgres component")
         p: CadenceProps = self.props  # type: ignore[assignment]
-        check_connections(p, postgres.props.max_connections)  # type: ignore[attr-defined]
+        try:
+            check_connections(p, postgres.props.max_connections)  # type: ignore[attr-defined]
+        except ConfigError as e:
+            origin = settings.origins.get(e.setting)
+            if origin:
+                raise e.add_origin(origin).for_profile(profile.name) from None
+            raise e.add_origin(f"default for the {profile.name} profile") from None
         ns = self.NAMESPACE
         self.cadence_namespace = RestrictedNamespace(self, "Namespace", name=ns, pss_version=f"v{settings.kubernetes_version}")
         self.secrets = GeneratedSecrets(self, "Secrets", namespace=ns, labels=self.label_set,

@@ -124,7 +124,8 @@ class PostgresProps(ComponentSettings):
                 "shared_buffers_mib",
                 f"must be at most half of postgres.memory_mib ({self.memory_mib}): backends, sorts and the page "
                 "cache need the rest",
-                f"set postgres.shared_buffers_mib={max(16, self.memory_mib // 4)}",
+                f"leave postgres.shared_buffers_mib unset (each profile's default is a quarter of its memory), "
+                f"or give at most {self.memory_mib // 2}",
             )
         if self.port == self.metrics_port:
             raise self.error("metrics_port", "equals postgres.port", "set postgres.metrics_port=9187"
