@@ -576,20 +576,14 @@ def describe(result: Fit) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from final_problem import manifests
 
-    parser = argparse.ArgumentParser(prog="python -m final_problem.capacity", description=__doc__.split("\n")[0])
-    parser.add_argument("--context", default="cdk.json", help="cdk.json to read settings from")
-    parser.add_argument("-c", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    try:
+    args = manifests.settings_parser("python -m final_problem.capacity", __doc__.split("\n")[0]).parse_args(argv)
+
+    def show() -> None:
         settings = manifests.settings_from(args.context, args.overrides)
-        for profile in settings.profiles:
-            charts = manifests.render(settings, profile)
-            result = fit_of(settings, profile, {n: manifests.chart_objects(c) for n, c in charts.items()})
-            print("\n".join(describe(result)))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        for profile, objects in manifests.profile_objects(settings):
+            print("\n".join(describe(fit_of(settings, profile, objects))))
+
+    return manifests.one_line_errors(show)
 
 
 if __name__ == "__main__":
