@@ -30,7 +30,6 @@ every profile in the settings.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import math
 import re
