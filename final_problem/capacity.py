@@ -179,14 +179,15 @@ def instance_type(name: str) -> InstanceType:
         ) from None
 
 
-def close_instance_types(name: str, n: int = 3) -> list[str]:
-    """Known types closest to ``name``: the same size first, then by spelling."""
+def close_instance_types(name: str, n: int = 3, candidates: Iterable[str] | None = None) -> list[str]:
+    """The ``n`` types closest to ``name`` (default: of the capacity table): the same size
+    first, then by spelling."""
     size = name.partition(".")[2]
 
     def score(candidate: str) -> tuple[bool, float, str]:
         return (candidate.split(".")[1] != size, -difflib.SequenceMatcher(None, candidate, name).ratio(), candidate)
 
-    return sorted(INSTANCE_TYPES, key=score)[:n]
+    return sorted(INSTANCE_TYPES if candidates is None else candidates, key=score)[:n]
 
 
 # --- Nodes of a profile ------------------------------------------------------------------
