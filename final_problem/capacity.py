@@ -306,8 +306,9 @@ class Workload:
 
 
 #: Pods the cluster runs besides the platform, with their requests. EKS (add-ons the
-#: cluster stack installs): aws-node (VPC CNI, 25m), kube-proxy (100m), 2 CoreDNS
-#: (100m / 70Mi each), the Pod Identity agent (no requests), and the EBS CSI driver
+#: cluster stack installs): aws-node (VPC CNI: its aws-node and aws-eks-nodeagent
+#: containers request 25m each in the EKS add-on's DaemonSet), kube-proxy (100m),
+#: 2 CoreDNS (100m / 70Mi each), the Pod Identity agent (no requests), and the EBS CSI driver
 #: (aws-ebs-csi-driver chart 2.64.0 values.yaml: 10m / 40Mi per container; controller
 #: 2 replicas x 6 containers, node 3 containers). k3s packaged components: CoreDNS
 #: (100m / 70Mi), metrics-server (100m / 70Mi), Traefik, its ServiceLB pod on each
@@ -315,7 +316,7 @@ class Workload:
 #: manifests; they change slowly and matter little beside the platform's own.
 SYSTEM_PODS: Mapping[str, tuple[Workload, ...]] = {
     "eks": (
-        Workload(component="system", name="DaemonSet/kube-system/aws-node", pods=1, cpu_m=25, memory_mib=0, per_node=True),
+        Workload(component="system", name="DaemonSet/kube-system/aws-node", pods=1, cpu_m=50, memory_mib=0, per_node=True),
         Workload(component="system", name="DaemonSet/kube-system/kube-proxy", pods=1, cpu_m=100, memory_mib=0, per_node=True),
         Workload(component="system", name="DaemonSet/kube-system/eks-pod-identity-agent", pods=1, cpu_m=0, memory_mib=0, per_node=True),
         Workload(component="system", name="DaemonSet/kube-system/ebs-csi-node", pods=1, cpu_m=30, memory_mib=120, per_node=True),
