@@ -19,8 +19,8 @@ Priced (list prices of :mod:`final_problem.prices`, 730 hours a month):
 - CloudWatch Logs ingestion of the control-plane log types and the VPC flow logs.
 
 Assumptions (``--help`` shows how to change them): :class:`Assumptions`. Not priced:
-data transfer out of AWS, data processed by NAT (0 GB assumed), log storage past the
-first month, Lambda runs of the kubectl provider (at deploy time only), snapshots.
+data transfer out of AWS, data processed by NAT (0 GB assumed), log storage, Lambda runs
+of the kubectl provider (at deploy time only), snapshots.
 
 Command line::
 
