@@ -30,7 +30,6 @@ every profile in the settings.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import math
 import re
@@ -180,14 +179,15 @@ def instance_type(name: str) -> InstanceType:
         ) from None
 
 
-def close_instance_types(name: str, n: int = 3) -> list[str]:
-    """Known types closest to ``name``: the same size first, then by spelling."""
+def close_instance_types(name: str, n: int = 3, candidates: Iterable[str] | None = None) -> list[str]:
+    """The ``n`` types closest to ``name`` (default: of the capacity table): the same size
+    first, then by spelling."""
     size = name.partition(".")[2]
 
     def score(candidate: str) -> tuple[bool, float, str]:
         return (candidate.split(".")[1] != size, -difflib.SequenceMatcher(None, candidate, name).ratio(), candidate)
 
-    return sorted(INSTANCE_TYPES, key=score)[:n]
+    return sorted(INSTANCE_TYPES if candidates is None else candidates, key=score)[:n]
 
 
 # --- Nodes of a profile ------------------------------------------------------------------
@@ -306,8 +306,9 @@ class Workload:
 
 
 #: Pods the cluster runs besides the platform, with their requests. EKS (add-ons the
-#: cluster stack installs): aws-node (VPC CNI, 25m), kube-proxy (100m), 2 CoreDNS
-#: (100m / 70Mi each), the Pod Identity agent (no requests), and the EBS CSI driver
+#: cluster stack installs): aws-node (VPC CNI: its aws-node and aws-eks-nodeagent
+#: containers request 25m each in the EKS add-on's DaemonSet), kube-proxy (100m),
+#: 2 CoreDNS (100m / 70Mi each), the Pod Identity agent (no requests), and the EBS CSI driver
 #: (aws-ebs-csi-driver chart 2.64.0 values.yaml: 10m / 40Mi per container; controller
 #: 2 replicas x 6 containers, node 3 containers). k3s packaged components: CoreDNS
 #: (100m / 70Mi), metrics-server (100m / 70Mi), Traefik, its ServiceLB pod on each
@@ -315,7 +316,7 @@ class Workload:
 #: manifests; they change slowly and matter little beside the platform's own.
 SYSTEM_PODS: Mapping[str, tuple[Workload, ...]] = {
     "eks": (
-        Workload(component="system", name="DaemonSet/kube-system/aws-node", pods=1, cpu_m=25, memory_mib=0, per_node=True),
+        Workload(component="system", name="DaemonSet/kube-system/aws-node", pods=1, cpu_m=50, memory_mib=0, per_node=True),
         Workload(component="system", name="DaemonSet/kube-system/kube-proxy", pods=1, cpu_m=100, memory_mib=0, per_node=True),
         Workload(component="system", name="DaemonSet/kube-system/eks-pod-identity-agent", pods=1, cpu_m=0, memory_mib=0, per_node=True),
         Workload(component="system", name="DaemonSet/kube-system/ebs-csi-node", pods=1, cpu_m=30, memory_mib=120, per_node=True),
@@ -576,20 +577,14 @@ def describe(result: Fit) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from final_problem import manifests
 
-    parser = argparse.ArgumentParser(prog="python -m final_problem.capacity", description=__doc__.split("\n")[0])
-    parser.add_argument("--context", default="cdk.json", help="cdk.json to read settings from")
-    parser.add_argument("-c", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    try:
+    args = manifests.settings_parser("python -m final_problem.capacity", __doc__.split("\n")[0]).parse_args(argv)
+
+    def show() -> None:
         settings = manifests.settings_from(args.context, args.overrides)
-        for profile in settings.profiles:
-            charts = manifests.render(settings, profile)
-            result = fit_of(settings, profile, {n: manifests.chart_objects(c) for n, c in charts.items()})
-            print("\n".join(describe(result)))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        for profile, objects in manifests.profile_objects(settings):
+            print("\n".join(describe(fit_of(settings, profile, objects))))
+
+    return manifests.one_line_errors(show)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ Priced (list prices of :mod:`final_problem.prices`, 730 hours a month):
 - CloudWatch Logs ingestion of the control-plane log types and the VPC flow logs.
 
 Assumptions (``--help`` shows how to change them): :class:`Assumptions`. Not priced:
-data transfer out of AWS, data processed by NAT (0 GB assumed), log storage past the
-first month, Lambda runs of the kubectl provider (at deploy time only), snapshots.
+data transfer out of AWS, data processed by NAT (0 GB assumed), log storage, Lambda runs
+of the kubectl provider (at deploy time only), snapshots.
 
 Command line::
 
@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from final_problem.capacity import close_instance_types, memory_mib
 from final_problem.errors import ConfigError
 from final_problem.prices import DEFAULT_REGION, HOURS_PER_MONTH, PRICES, RegionPrices
 from final_problem.settings import how_to_set
@@ -220,7 +221,7 @@ def _nodegroup(props: Mapping[str, Any], logical_id: str, prices: RegionPrices) 
     instance = types[0]
     hourly = prices.instance_hour(instance)
     if hourly is None:
-        first, *others = _close(instance, prices.priced_types())
+        first, *others = close_instance_types(instance, candidates=prices.priced_types())
         raise ConfigError(
             "node_instance_type", instance, f"no list price for it in {prices.region} (final_problem/prices.py)",
             f"{how_to_set('node_instance_type', first)} (or {', '.join(others)}), "
@@ -236,11 +237,6 @@ def _nodegroup(props: Mapping[str, Any], logical_id: str, prices: RegionPrices) 
     ]
 
 
-def _close(name: str, candidates: list[str], n: int = 3) -> list[str]:
-    family, _, size = name.partition(".")
-    return sorted(candidates, key=lambda c: (c.split(".")[1] != size, c[0] != name[:1], c))[:n]
-
-
 def _manifest(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Objects of one manifest resource. Its ``Manifest`` is a JSON string, or a join of
     strings and tokens when an object holds a deploy-time value (tokens become '')."""
@@ -252,8 +248,6 @@ def _manifest(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _gib(quantity: str) -> float:
-    from final_problem.capacity import memory_mib
-
     return memory_mib(quantity) / 1024
 
 

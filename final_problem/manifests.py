@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import cdk8s
 import yaml
@@ -108,24 +108,44 @@ def settings_from(cdk_json: str | Path, overrides: list[str]) -> Settings:
     return config.load(context, origins)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m final_problem.manifests", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("dist"))
+def settings_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A command line that reads settings as ``cdk synth`` does (``--context``, ``-c``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--context", type=Path, default=Path("cdk.json"), help="cdk.json to read settings from")
     parser.add_argument("-c", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def profile_objects(settings: Settings) -> Iterator[tuple[str, dict[str, list[dict[str, Any]]]]]:
+    """Each profile in the settings with its objects, by component."""
+    for profile in settings.profiles:
+        yield profile, {name: chart_objects(chart) for name, chart in render(settings, profile).items()}
+
+
+def one_line_errors(command: Callable[[], None]) -> int:
+    """Run ``command``; a bad setting ends it with its one line on stderr and exit 1."""
     try:
-        settings = settings_from(args.context, args.overrides)
-        for profile in settings.profiles:
-            objects = {name: chart_objects(chart) for name, chart in render(settings, profile).items()}
-            # A profile whose pods cannot fit on its nodes fails before anything is written.
-            capacity.check(settings, profile, objects)
-            for path in write_objects(objects, args.out / profile):
-                print(path)
+        command()
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = settings_parser("python -m final_problem.manifests", __doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("dist"))
+    args = parser.parse_args(argv)
+
+    def write() -> None:
+        settings = settings_from(args.context, args.overrides)
+        for profile, objects in profile_objects(settings):
+            # A profile whose pods cannot fit on its nodes fails before anything is written.
+            capacity.check(settings, profile, objects)
+            for path in write_objects(objects, args.out / profile):
+                print(path)
+
+    return one_line_errors(write)
 
 
 if __name__ == "__main__":

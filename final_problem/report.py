@@ -14,6 +14,22 @@ import yaml
 from final_problem import capacity, cost
 from final_problem.errors import ConfigError
 
+# libyaml's parser when PyYAML was built with it (its wheels are): several times faster.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: Objects of each written file (``NN-<component>.yaml``), by profile and file name.
+Written = dict[str, dict[str, list[dict[str, Any]]]]
+
+
+def read_dist(dist_dir: Path) -> Written:
+    """Every profile folder in ``dist_dir``, parsed once."""
+    return {
+        profile_dir.name: {
+            path.name: [d for d in yaml.load_all(path.read_text(), Loader=_Loader) if d]
+            for path in sorted(profile_dir.glob("*.yaml"))
+        }
+        for profile_dir in sorted(p for p in dist_dir.iterdir() if p.is_dir())
+    }
+
 
 def _nodegroup(out: Path, manifest: dict[str, Any]) -> tuple[str, int] | None:
     """Instance type and desired size of the (first) managed node group in the templates."""
@@ -28,20 +44,17 @@ def _nodegroup(out: Path, manifest: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
-def capacity_lines(out: Path, dist_dir: Path, manifest: dict[str, Any]) -> list[str]:
-    """The fit of each profile in ``dist_dir``, read back from the written YAML."""
+def capacity_lines(out: Path, written: Written, manifest: dict[str, Any]) -> list[str]:
+    """The fit of each written profile, read back from its YAML."""
     lines: list[str] = []
     nodegroup = _nodegroup(out, manifest)
-    for profile_dir in sorted(p for p in dist_dir.iterdir() if p.is_dir()):
-        if profile_dir.name == "eks" and nodegroup is None:
+    for profile, files in written.items():
+        if profile == "eks" and nodegroup is None:
             continue
         instance_type, count = nodegroup or ("", 0)
-        objects = {
-            path.stem.split("-", 1)[1]: [d for d in yaml.safe_load_all(path.read_text()) if d]
-            for path in sorted(profile_dir.glob("*.yaml"))
-        }
-        nodes = capacity.profile_nodes(profile_dir.name, instance_type=instance_type, count=count)
-        lines += capacity.describe(capacity.fit(profile_dir.name, nodes, capacity.workloads(objects)))
+        objects = {name.removesuffix(".yaml").split("-", 1)[1]: docs for name, docs in files.items()}
+        nodes = capacity.profile_nodes(profile, instance_type=instance_type, count=count)
+        lines += capacity.describe(capacity.fit(profile, nodes, capacity.workloads(objects)))
     return lines
 
 
@@ -60,15 +73,15 @@ def main(cdk_out: str = "cdk.out", dist: str = "dist") -> int:
             f"  {artifact['properties'].get('stackName', template_file.stem):<28} "
             f"{sum(kinds.values()):>3} resources  {template_file.stat().st_size:>8,} B  {env}"
         )
-    for profile_dir in sorted(p for p in dist_dir.iterdir() if p.is_dir()):
-        print(f"Kubernetes YAML ({profile_dir}/):")
-        for path in sorted(profile_dir.glob("*.yaml")):
-            docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    written = read_dist(dist_dir)
+    for profile, files in written.items():
+        print(f"Kubernetes YAML ({dist_dir / profile}/):")
+        for name, docs in files.items():
             kinds = Counter(d["kind"] for d in docs)
             summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-            print(f"  {path.name:<28} {len(docs):>3} objects  ({summary})")
+            print(f"  {name:<28} {len(docs):>3} objects  ({summary})")
     print(f"Capacity (requests of long-running pods; fails synth over {capacity.MAX_SHARE:.0%}):")
-    for line in capacity_lines(out, dist_dir, manifest):
+    for line in capacity_lines(out, written, manifest):
         print(f"  {line}")
     print("Monthly cost:")
     try:
