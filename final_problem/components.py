@@ -230,7 +230,13 @@ def check_settings(settings: Settings) -> None:
     apply its charts.)"""
     from final_problem.profiles import PROFILES
 
-    order = resolve(settings.components)
+    try:
+        order = resolve(settings.components)
+    except ConfigError as e:
+        origin = settings.origins.get("components")
+        if origin:
+            e.add_origin(origin)
+        raise
     for profile_name in dict.fromkeys(("eks", *settings.profiles)):
         for name in order:
             settings_class = COMPONENTS[name].settings_class
