@@ -108,15 +108,15 @@ class RestrictedNamespace(Construct):
             self, "Resource",
             metadata=k8s.ObjectMeta(name=name, labels=self.labels),
         )
-        labels = {"app.kubernetes.io/component": "network-policy"}
+        policy_labels = {"app.kubernetes.io/component": "network-policy"}
         self.default_deny = k8s.KubeNetworkPolicy(
             self, "DefaultDeny",
-            metadata=k8s.ObjectMeta(name="default-deny", namespace=name, labels=labels),
+            metadata=k8s.ObjectMeta(name="default-deny", namespace=name, labels=policy_labels),
             spec=k8s.NetworkPolicySpec(pod_selector=k8s.LabelSelector(), policy_types=["Ingress", "Egress"]),
         )
         self.allow_dns = k8s.KubeNetworkPolicy(
             self, "AllowDns",
-            metadata=k8s.ObjectMeta(name="allow-dns", namespace=name, labels=labels),
+            metadata=k8s.ObjectMeta(name="allow-dns", namespace=name, labels=policy_labels),
             spec=k8s.NetworkPolicySpec(
                 pod_selector=k8s.LabelSelector(),
                 policy_types=["Egress"],
