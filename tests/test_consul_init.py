@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from final_problem.clients import consul_init
+from tests.test_secret_generator import _Handler as SecretsHandler
 
 
 class FakeApi(ThreadingHTTPServer):
@@ -28,8 +29,10 @@ class FakeApi(ThreadingHTTPServer):
         self.bodies: list[str] = []
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeApi
+class _Handler(SecretsHandler):
+    """Reuses the secret generator test's reply and logging; adds GET, PUT, ConfigMaps."""
+
+    server: FakeApi  # type: ignore[assignment]
 
     def _key(self) -> tuple[str, str, str] | None:
         parts = self.path.strip("/").split("/")  # api v1 namespaces NS KIND [NAME]
@@ -67,17 +70,6 @@ class _Handler(BaseHTTPRequestHandler):
         values = obj.get("stringData") or obj.get("data") or {}
         data = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()} if obj["kind"] == "Secret" else values
         self._reply(200, {**obj, "data": data})
-
-    def _reply(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture

@@ -93,22 +93,24 @@ def doubles(certificate: tuple[Path, Path]) -> Iterator[tuple[Recorder, Recorder
             server.server_close()
 
 
-def demo_spec() -> dict[str, Any]:
+def sidecar_env(consul: Recorder, kube: Recorder, tmp_path: Path, **pod: str) -> tuple[dict[str, str], Path]:
+    """The environment the demo chart gives the sidecar, pointed at the doubles."""
     deployment = next(o for o in rendered("eks")["demo"] if o["kind"] == "Deployment")
     register = deployment["spec"]["template"]["spec"]["initContainers"][0]
-    return json.loads(next(e["value"] for e in register["env"] if e["name"] == "MESH_SPEC"))
-
-
-def test_registers_then_deregisters_on_sigterm(doubles: tuple[Recorder, Recorder], tmp_path: Path) -> None:
-    consul, kube = doubles
-    spec = demo_spec()
+    spec = json.loads(next(e["value"] for e in register["env"] if e["name"] == "MESH_SPEC"))
     spec["address"] = f"https://localhost:{consul.server_address[1]}"
     sa, mesh_dir = tmp_path / "sa", tmp_path / "mesh"
     sa.mkdir(), mesh_dir.mkdir()
     (sa / "token").write_text("pod-jwt\n")
     env = {**os.environ, "MESH_SPEC": json.dumps(spec), "MESH_DIR": str(mesh_dir), "SA_DIR": str(sa),
            "KUBERNETES_API_URL": f"http://127.0.0.1:{kube.server_address[1]}",
-           "POD_NAME": "demo-7f9c-abcde", "POD_IP": "10.1.2.3", "POD_NAMESPACE": "demo", "MESH_REFRESH_S": "0.5"}
+           "POD_IP": "10.1.2.3", "POD_NAMESPACE": "demo", **pod}
+    return env, mesh_dir
+
+
+def test_registers_then_deregisters_on_sigterm(doubles: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    consul, kube = doubles
+    env, mesh_dir = sidecar_env(consul, kube, tmp_path, POD_NAME="demo-7f9c-abcde", MESH_REFRESH_S="0.5")
     proc = subprocess.Popen([sys.executable, mesh_register.__file__], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -146,14 +148,7 @@ def test_refuses_a_consul_whose_certificate_the_ca_does_not_sign(
                     "-keyout", str(other / "k.pem"), "-out", str(other / "c.pem"), "-days", "1", "-subj", "/CN=x"],
                    check=True, capture_output=True)
     kube.replies["GET /api/v1/namespaces/consul/configmaps/consul-ca"] = {"data": {"ca.crt": (other / "c.pem").read_text()}}
-    spec = demo_spec()
-    spec["address"] = f"https://localhost:{consul.server_address[1]}"
-    sa, mesh_dir = tmp_path / "sa", tmp_path / "mesh"
-    sa.mkdir(), mesh_dir.mkdir()
-    (sa / "token").write_text("pod-jwt\n")
-    env = {**os.environ, "MESH_SPEC": json.dumps(spec), "MESH_DIR": str(mesh_dir), "SA_DIR": str(sa),
-           "KUBERNETES_API_URL": f"http://127.0.0.1:{kube.server_address[1]}",
-           "POD_NAME": "demo-1", "POD_IP": "10.1.2.3", "POD_NAMESPACE": "demo"}
+    env, mesh_dir = sidecar_env(consul, kube, tmp_path, POD_NAME="demo-1")
     result = subprocess.run([sys.executable, mesh_register.__file__], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in result.stderr
     assert not [c for c in consul.calls if c[1] == "/v1/acl/login"]
