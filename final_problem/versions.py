@@ -69,9 +69,11 @@ ENVOY_IMAGE = f"docker.io/envoyproxy/envoy:distroless-v{ENVOY_VERSION}"
 ENVOY_UID = 65532
 # Consul servers: HashiCorp's image (the Docker "library/consul" official image ended
 # with 1.15; hashicorp/consul is the one HashiCorp publishes). BUSL-1.1 since 1.17: the
-# platform runs it unmodified and builds nothing from its source. The 1.22 line
-# (released 2025-10-28, endoflife.date); 1.22.3 is a published patch release. Images
-# are multi-arch (amd64, arm64). The image's consul user is uid 100, gid 1000.
+# platform runs it unmodified and builds nothing from its source. The 1.22 line:
+# v1.22.0 released 2025-10-28 (hashicorp/consul release, endoflife.date); 1.22.3 is a
+# published patch release (repackaged as openeuler/consul 1.22.3, amd64 + arm64).
+# HashiCorp publishes hashicorp/consul:<version> for linux/amd64 and linux/arm64 (and 386,
+# arm). The image's consul user is uid 100, gid 1000 (NOTES, official image notes).
 CONSUL_VERSION = "1.22.3"
 CONSUL_IMAGE = f"docker.io/hashicorp/consul:{CONSUL_VERSION}"
 # consul-dataplane: the sidecar that replaces client agents (MPL-2.0, distroless, USER

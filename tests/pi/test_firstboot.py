@@ -499,25 +499,18 @@ def test_node_is_labelled_with_a_16k_kernel_s_47_bits(node):
     assert "Envoy can run here" in r.stdout + r.stderr
 
 
-def test_node_with_a_39_bit_kernel_is_labelled_and_warned(node):
+@pytest.mark.parametrize(("config", "bits", "warned"), [
+    ("CONFIG_ARM64_4K_PAGES=y\nCONFIG_ARM64_VA_BITS=39\n", "39", True),
+    ("CONFIG_ARM64_VA_BITS_48=y\nCONFIG_ARM64_VA_BITS=48\n", "48", False),
+])
+def test_node_with_a_4k_kernel_is_labelled_with_its_config(node, config, bits, warned):
     n = node("srv-1")
     add_airgap(n)
     write_exe(n.stubs / "getconf", "#!/bin/sh\necho 4096\n")
     release = subprocess.run(["uname", "-r"], capture_output=True, text=True, check=True).stdout.strip()
     (n.root / "boot").mkdir()
-    (n.root / "boot" / f"config-{release}").write_text("CONFIG_ARM64_4K_PAGES=y\nCONFIG_ARM64_VA_BITS=39\n")
+    (n.root / "boot" / f"config-{release}").write_text(config)
     r = n.run()
     assert r.returncode == 0, r.stderr
-    assert "arm64-va-bits=39" in va_bits_label(n)
-    assert "WARNING: this kernel has 39-bit virtual addresses" in r.stdout + r.stderr
-
-
-def test_node_with_a_48_bit_kernel_is_labelled_48(node):
-    n = node("srv-1")
-    add_airgap(n)
-    write_exe(n.stubs / "getconf", "#!/bin/sh\necho 4096\n")
-    release = subprocess.run(["uname", "-r"], capture_output=True, text=True, check=True).stdout.strip()
-    (n.root / "boot").mkdir()
-    (n.root / "boot" / f"config-{release}").write_text("CONFIG_ARM64_VA_BITS_48=y\nCONFIG_ARM64_VA_BITS=48\n")
-    assert n.run().returncode == 0
-    assert "arm64-va-bits=48" in va_bits_label(n)
+    assert f"arm64-va-bits={bits}\n" in va_bits_label(n)
+    assert ("WARNING: this kernel has 39-bit virtual addresses" in r.stdout + r.stderr) is warned
