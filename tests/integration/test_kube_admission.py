@@ -69,6 +69,12 @@ def test_every_pod_is_scheduled_one_quorum_member_per_node(kube: KubePlatform) -
     assert not pending, f"pods the scheduler could not place on the {kube.profile} nodes:\n" + "\n".join(
         f"  {pod}: {why}" for pod, why in pending.items())
 
+    # Every claim bound to a volume the fixture's provisioner made for the chosen node.
+    claims = kube.api.items("/api/v1/persistentvolumeclaims")
+    assert claims and all(c["status"].get("phase") == "Bound" for c in claims), [
+        (c["metadata"]["name"], c["status"].get("phase")) for c in claims]
+    assert not kube.provisioner.errors, kube.provisioner.errors
+
     shapes = {s.name: s for s in kube.shapes}
     used = {name: [0, 0, 0] for name in shapes}
     for pod in (p for group in pods.values() for p in group):
