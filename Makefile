@@ -15,6 +15,9 @@ CDK := $(CURDIR)/node_modules/.bin/cdk
 CDK_ARGS ?=
 # Passed to pytest, e.g. make test PYTEST_ARGS="-k policy"
 PYTEST_ARGS ?=
+# pytest-xdist workers; a snapshot update runs in one process (syrupy writes the files).
+PYTEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS))
 
 # The venv first on PATH: `python3` in cdk.json and `node` for jsii are the venv's.
 export PATH := $(BIN):$(PATH)
@@ -116,7 +119,7 @@ synth: setup
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
 test: setup $(CHECKOV_STAMP) $(KUBE_STAMP) $(KWOK_STAMP)
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 bench: setup $(KUBE_STAMP) $(KWOK_STAMP)
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done

@@ -11,7 +11,7 @@ from pathlib import Path
 import aws_cdk as cdk
 from aws_cdk import cx_api
 
-from final_problem import config, manifests
+from final_problem import components, config, manifests
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.stacks.cluster import ClusterStack
@@ -32,6 +32,7 @@ class PlatformStacks:
 def build(app: cdk.App, settings: Settings | None = None) -> PlatformStacks:
     """Create the platform's stacks in ``app`` from ``settings`` (default: app context)."""
     settings = settings or config.from_context(app.node.get_all_context)
+    components.check_settings(settings)
     env = cdk.Environment(account=settings.account, region=settings.region)
     network = NetworkStack(
         app, "Network", settings=settings, env=env, stack_name=f"{settings.cluster_name}-network",

@@ -178,9 +178,10 @@ def resolve(enabled: tuple[str, ...]) -> list[str]:
 
     for name in enabled:
         if name not in COMPONENTS:
+            known = [n for n in enabled if n in COMPONENTS]
             raise ConfigError(
-                "components", name, "unknown component",
-                f"use one of: {', '.join(sorted(COMPONENTS))}",
+                "components", name, f"unknown component (registered: {', '.join(sorted(COMPONENTS))})",
+                f"set components={','.join(known or ['base'])}, adding only registered names",
             )
     for name in enabled:
         for dep in COMPONENTS[name].requires:
@@ -188,7 +189,7 @@ def resolve(enabled: tuple[str, ...]) -> list[str]:
                 raise ConfigError(
                     "components", ",".join(enabled),
                     f"component '{name}' requires component '{dep}', which is not enabled",
-                    f"add '{dep}' to components, or remove '{name}'",
+                    f"set components={','.join((*enabled, dep))}, or remove '{name}'",
                 )
     order: list[str] = []
     visiting: set[str] = set()
@@ -210,6 +211,20 @@ def resolve(enabled: tuple[str, ...]) -> list[str]:
     for name in enabled:
         visit(name, ())
     return order
+
+
+def check_settings(settings: Settings) -> None:
+    """Resolve every enabled component's settings for every profile rendered, so a bad
+    value fails before any construct is built. (``eks`` is always built: the CDK stacks
+    apply its charts.)"""
+    from final_problem.profiles import PROFILES
+
+    order = resolve(settings.components)
+    for profile_name in dict.fromkeys(("eks", *settings.profiles)):
+        for name in order:
+            settings_class = COMPONENTS[name].settings_class
+            if settings_class is not None:
+                settings.component(settings_class, PROFILES[profile_name])
 
 
 def build_charts(app: cdk8s.App, settings: Settings, profile: Profile) -> dict[str, PlatformChart]:

@@ -298,7 +298,12 @@ def load(context: Mapping[str, Any], origins: Mapping[str, str] | None = None) -
         try:
             if key in infos:
                 cluster[key] = parse_value(key, infos[key], raw)
-            elif key in sections_known and isinstance(raw, Mapping):
+            elif key in sections_known and not isinstance(raw, Mapping):
+                raise ConfigError(
+                    key, raw, "a component's settings are an object of its keys",
+                    f'write "{key}": {{"key": value}} in cdk.json, or -c {key}.key=value',
+                )
+            elif key in sections_known:
                 for sub, value in raw.items():
                     _section_value(sections, sections_known, key, str(sub), value, known_keys)
                     origins.setdefault(f"{key}.{sub}", origin or "cdk.json")
