@@ -16,8 +16,10 @@ CDK_ARGS ?=
 # Passed to pytest, e.g. make test PYTEST_ARGS="-k policy"
 PYTEST_ARGS ?=
 # pytest-xdist workers; a snapshot update runs in one process (syrupy writes the files).
+# loadgroup: tests marked with one xdist_group run on one worker, so a session fixture
+# (the Kubernetes control plane of a profile) starts once, not once per worker.
 PYTEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
-PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS))
+PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS) --dist loadgroup)
 
 # The venv first on PATH: `python3` in cdk.json and `node` for jsii are the venv's.
 export PATH := $(BIN):$(PATH)
