@@ -732,7 +732,7 @@ def apply_files(api: Api, paths: Iterable[Path]) -> tuple[list[dict[str, Any]], 
         for obj in manifest_objects([path]):
             try:
                 applied.append(api.apply(obj))
-            except ApiError as e:
+            except (ApiError, ControlPlaneError) as e:  # refused, or a kind the API does not serve
                 rejected.append(Rejection(path.name, describe(obj), str(e)))
     return applied, rejected
 

@@ -24,6 +24,10 @@ from final_problem.local.kube import (
 from tests.conftest import full_settings
 from tests.integration.conftest import KubePlatform, kube_platform
 
+# One worker under pytest-xdist (make test: --dist loadgroup) runs them all, so each
+# profile's control plane starts once per session.
+pytestmark = pytest.mark.xdist_group("kube-control-plane")
+
 # A valid pod that "restricted" forbids on several counts: root, privilege escalation and
 # capabilities not dropped, no seccomp profile.
 FORBIDDEN_POD = {
@@ -68,6 +72,12 @@ def test_every_pod_is_scheduled_one_quorum_member_per_node(kube: KubePlatform) -
     pending = unschedulable(kube.api, kube.namespaces)
     assert not pending, f"pods the scheduler could not place on the {kube.profile} nodes:\n" + "\n".join(
         f"  {pod}: {why}" for pod, why in pending.items())
+
+    # Every claim bound to a volume the fixture's provisioner made for the chosen node.
+    claims = kube.api.items("/api/v1/persistentvolumeclaims")
+    assert claims and all(c["status"].get("phase") == "Bound" for c in claims), [
+        (c["metadata"]["name"], c["status"].get("phase")) for c in claims]
+    assert not kube.provisioner.errors, kube.provisioner.errors
 
     shapes = {s.name: s for s in kube.shapes}
     used = {name: [0, 0, 0] for name in shapes}
