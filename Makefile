@@ -15,6 +15,11 @@ CDK := $(CURDIR)/node_modules/.bin/cdk
 CDK_ARGS ?=
 # Passed to pytest, e.g. make test PYTEST_ARGS="-k policy"
 PYTEST_ARGS ?=
+# pytest-xdist workers; a snapshot update runs in one process (syrupy writes the files).
+# loadgroup: tests marked xdist_group share one worker (the Pi boot tests boot their nodes
+# once, in a module fixture); every other test is spread as with the default 'load'.
+PYTEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS) --dist loadgroup)
 
 # The venv first on PATH: `python3` in cdk.json and `node` for jsii are the venv's.
 export PATH := $(BIN):$(PATH)
@@ -50,8 +55,9 @@ $(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
-	  || $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@# setuptools notes that an editable install imports from this folder: that is the point of it.
+	PYTHONWARNINGS="ignore::UserWarning:setuptools.command.editable_wheel" \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json $(PY_STAMP)
@@ -70,11 +76,15 @@ setup: $(PY_STAMP) $(NODE_STAMP)
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.
 synth: setup
 	@rm -rf cdk.out
-	AWS_EC2_METADATA_DISABLED=true $(CDK) synth --quiet --no-notices $(CDK_ARGS) >/dev/null
+	@# A bad setting ends the app with one line (final_problem.app.main); the CLI's own
+	@# "Subprocess exited with error 1" after it says nothing more, so it is dropped, and so
+	@# is its hint to name a stack (synth writes every template to cdk.out/).
+	@AWS_EC2_METADATA_DISABLED=true $(CDK) synth --quiet --no-notices $(CDK_ARGS) 2>&1 >/dev/null \
+	  | { grep -v -e '^python3 app.py: Subprocess exited with error' -e '^Supply a stack id' >&2 || true; }
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
 test: setup $(CHECKOV_STAMP) pi-rootfs
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 bench: setup
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import aws_cdk as cdk
 from aws_cdk import cx_api
 
-from final_problem import config, manifests
+from final_problem import components, config, manifests
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.stacks.cluster import ClusterStack
@@ -29,7 +31,8 @@ class PlatformStacks:
 
 def build(app: cdk.App, settings: Settings | None = None) -> PlatformStacks:
     """Create the platform's stacks in ``app`` from ``settings`` (default: app context)."""
-    settings = settings or config.from_context(app.node.try_get_context)
+    settings = settings or config.from_context(app.node.get_all_context)
+    components.check_settings(settings)
     env = cdk.Environment(account=settings.account, region=settings.region)
     network = NetworkStack(
         app, "Network", settings=settings, env=env, stack_name=f"{settings.cluster_name}-network",
@@ -72,9 +75,24 @@ def check_template_sizes(assembly: cx_api.CloudAssembly, limit: int = MAX_TEMPLA
         )
 
 
-def main() -> None:
+#: Set to 1 to see the traceback of a bad setting instead of its one-line message.
+TRACEBACK_ENV = "FINAL_PROBLEM_TRACEBACK"
+
+
+def synth() -> None:
     app = cdk.App()
     stacks = build(app)
     outdir = Path(app.node.try_get_context("dist_dir") or "dist")
     write_dist(stacks, outdir)
     check_template_sizes(app.synth())
+
+
+def main() -> None:
+    """``cdk synth`` runs this: a bad setting ends it with one line on stderr and exit 1."""
+    try:
+        synth()
+    except ConfigError as e:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -6,16 +6,29 @@ dependency order, hands each its dependencies' charts (to read their public attr
 and records the order as chart dependencies. The CDK platform mirrors those as
 CloudFormation dependencies; ``dist/`` files are numbered in that order.
 
-Other apps add components the same way::
+Other apps add components the same way (``examples/`` has a whole one)::
+
+    @dataclass(frozen=True, kw_only=True)
+    class SearchSettings(ComponentSettings):
+        replicas: int = setting(3, doc="Members.", choices=(3, 5, 7))
 
     @register
-    class MyChart(PlatformChart):
-        component = "mine"
+    class SearchChart(PlatformChart):
+        component = "search"          # registry key, cdk.json section, default namespace
+        construct_id = "Search"       # the manifest's id in the CDK app: a contract
         requires = ("base",)
+        version = "2.19.0"            # the upstream version it deploys
+        settings_class = SearchSettings
+        images = ("docker.io/library/search:2.19.0",)
+
+        def __init__(self, scope, id, *, settings, profile, dependencies):
+            super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
+            self.props.replicas  # this component's settings for this profile
 """
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Mapping, TypeVar
 
 import cdk8s
@@ -25,6 +38,7 @@ from final_problem.config import Settings
 from final_problem.constructs.labels import LabelSet
 from final_problem.errors import ConfigError
 from final_problem.profiles import Profile
+from final_problem.settings import ComponentSettings
 
 COMPONENTS: dict[str, type["PlatformChart"]] = {}
 
@@ -34,15 +48,30 @@ C = TypeVar("C", bound=type["PlatformChart"])
 class PlatformChart(cdk8s.Chart):
     """A cdk8s chart of one platform component.
 
-    Subclasses set ``component`` (the registry key, also the default namespace),
-    ``construct_id`` (the id of its manifest in the CDK app: renaming it replaces the
-    resources), ``requires`` and ``version`` (the upstream version it deploys).
+    The contract of a component class:
+
+    - ``component``: the registry key, the section of its settings in cdk.json and,
+      by convention, its namespace; lowercase letters, digits and '-'.
+    - ``construct_id``: the id of its manifest in the CDK app; renaming it replaces
+      every resource it deployed. PascalCase, unique.
+    - ``requires``: components it needs; they render first, and their charts are
+      handed to it in ``dependencies`` (read their public attributes).
+    - ``version``: the upstream version it deploys (the ``app.kubernetes.io/version`` label).
+    - ``settings_class``: its :class:`~final_problem.settings.ComponentSettings`
+      (optional); the chart reads the values for its profile from :attr:`props`.
+    - ``images``: every image its pods run, pinned to exact tags; the policy checks
+      accept these and the platform's own (:mod:`final_problem.versions`).
+
+    The constructor takes ``(scope, id, *, settings, profile, dependencies)`` and calls
+    ``super().__init__`` with them first.
     """
 
     component: ClassVar[str]
     construct_id: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
     version: ClassVar[str]
+    settings_class: ClassVar[type[ComponentSettings] | None] = None
+    images: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -58,35 +87,101 @@ class PlatformChart(cdk8s.Chart):
         self.settings = settings
         self.profile = profile
         self.dependencies = dict(dependencies)
+        #: This component's settings for ``profile`` (``None`` without a settings_class).
+        self.props: ComponentSettings | None = (
+            settings.component(self.settings_class, profile) if self.settings_class is not None else None
+        )
 
     def dependency(self, name: str) -> "PlatformChart":
         """The chart of a required component (a missing one fails earlier, in build_charts)."""
         return self.dependencies[name]
 
 
+_COMPONENT_NAME = re.compile(r"[a-z][a-z0-9-]{0,40}")
+_CONSTRUCT_ID = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
+# An image reference pinned to an exact tag: registry/path:tag, no "latest", no floating
+# major-only tag (a tag must contain a digit and a dot, or be a digest).
+_PINNED_IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]*[0-9]\.[0-9][A-Za-z0-9._-]*|@sha256:[0-9a-f]{64})")
+
+
 def register(cls: C) -> C:
-    """Add a component to the registry (class decorator)."""
-    existing = COMPONENTS.get(cls.component)
+    """Add a component to the registry (class decorator).
+
+    Fails with a :class:`ConfigError` when the class breaks the contract of
+    :class:`PlatformChart`: a missing or malformed ``component``, ``construct_id`` or
+    ``version``, a name or construct id another component already has, a settings class
+    that is not a :class:`ComponentSettings`, or an image without an exact tag.
+    """
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    name = getattr(cls, "component", None)
+    if not isinstance(name, str) or not _COMPONENT_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{where}.component", name, "a component needs a name of lowercase letters, digits and '-'",
+            'set component = "search" (the cdk.json section and namespace)',
+        )
+    construct_id = cls.__dict__.get("construct_id", getattr(cls, "construct_id", None))
+    if not isinstance(construct_id, str) or not _CONSTRUCT_ID.fullmatch(construct_id):
+        raise ConfigError(
+            f"{where}.construct_id", construct_id,
+            "a component needs a PascalCase construct id: the id of its manifest in the CDK app",
+            f'set construct_id = "{name.title().replace("-", "")}" and never change it (renaming replaces resources)',
+        )
+    version = getattr(cls, "version", None)
+    if not isinstance(version, str) or not version.strip():
+        raise ConfigError(f"{where}.version", version, "a component names the upstream version it deploys",
+                          'set version = "1.2.3"')
+    existing = COMPONENTS.get(name)
     if existing is not None and existing is not cls:
         raise ConfigError(
-            "component", cls.component,
+            f"{where}.component", name,
             f"already registered by {existing.__module__}.{existing.__qualname__}",
             "give the component a unique name",
         )
-    COMPONENTS[cls.component] = cls
+    for other in COMPONENTS.values():
+        if other is not cls and other.component != name and other.construct_id == construct_id:
+            raise ConfigError(
+                f"{where}.construct_id", construct_id,
+                f"already used by component '{other.component}' ({other.__module__}.{other.__qualname__})",
+                "give the component a unique construct id",
+            )
+    settings_class = cls.settings_class
+    if settings_class is not None:
+        if not (isinstance(settings_class, type) and issubclass(settings_class, ComponentSettings)):
+            raise ConfigError(
+                f"{where}.settings_class", settings_class, "must be a ComponentSettings dataclass",
+                "derive it from final_problem.settings.ComponentSettings",
+            )
+        settings_class.section = name
+    for image in cls.images:
+        if not isinstance(image, str) or not _PINNED_IMAGE.fullmatch(image):
+            raise ConfigError(
+                f"{where}.images", image, "an image must name its registry and an exact version tag (or digest)",
+                'use e.g. "docker.io/library/redis:8.10.1-trixie"',
+            )
+    COMPONENTS[name] = cls
     return cls
+
+
+def load_bundled() -> None:
+    """Import the charts shipped with the package, so they register themselves."""
+    import final_problem.charts  # noqa: F401
+
+
+def declared_images() -> frozenset[str]:
+    """Every image a registered component declares."""
+    return frozenset(image for cls in COMPONENTS.values() for image in cls.images)
 
 
 def resolve(enabled: tuple[str, ...]) -> list[str]:
     """Enabled components in dependency order; fail on unknown, missing or cyclic ones."""
-    # Import the bundled charts so they register themselves.
-    import final_problem.charts  # noqa: F401
+    load_bundled()
 
     for name in enabled:
         if name not in COMPONENTS:
+            known = [n for n in enabled if n in COMPONENTS]
             raise ConfigError(
-                "components", name, "unknown component",
-                f"use one of: {', '.join(sorted(COMPONENTS))}",
+                "components", name, f"unknown component (registered: {', '.join(sorted(COMPONENTS))})",
+                f"set components={','.join(known or ['base'])}, adding only registered names",
             )
     for name in enabled:
         for dep in COMPONENTS[name].requires:
@@ -94,7 +189,7 @@ def resolve(enabled: tuple[str, ...]) -> list[str]:
                 raise ConfigError(
                     "components", ",".join(enabled),
                     f"component '{name}' requires component '{dep}', which is not enabled",
-                    f"add '{dep}' to components, or remove '{name}'",
+                    f"set components={','.join((*enabled, dep))}, or remove '{name}'",
                 )
     order: list[str] = []
     visiting: set[str] = set()
@@ -116,6 +211,20 @@ def resolve(enabled: tuple[str, ...]) -> list[str]:
     for name in enabled:
         visit(name, ())
     return order
+
+
+def check_settings(settings: Settings) -> None:
+    """Resolve every enabled component's settings for every profile rendered, so a bad
+    value fails before any construct is built. (``eks`` is always built: the CDK stacks
+    apply its charts.)"""
+    from final_problem.profiles import PROFILES
+
+    order = resolve(settings.components)
+    for profile_name in dict.fromkeys(("eks", *settings.profiles)):
+        for name in order:
+            settings_class = COMPONENTS[name].settings_class
+            if settings_class is not None:
+                settings.component(settings_class, PROFILES[profile_name])
 
 
 def build_charts(app: cdk8s.App, settings: Settings, profile: Profile) -> dict[str, PlatformChart]:

@@ -1,278 +1,376 @@
-"""Typed settings of the platform, read from ``cdk.json`` context.
+"""Cluster-level settings of the platform, read from ``cdk.json`` context.
 
 Every key can be overridden on the command line: ``make synth CDK_ARGS="-c nat_gateways=3"``
 or ``cdk synth -c nat_gateways=3``. Values from ``-c`` arrive as strings; values in
 ``cdk.json`` may be JSON numbers, booleans and lists. Both are accepted.
 
-Each default is written once, here, and documented in the README's settings table.
+Components own their settings (:mod:`final_problem.settings`): each reads its own section,
+``"zookeeper": {"replicas": 5}`` in cdk.json or ``-c zookeeper.replicas=5``. This module
+knows none of them; it keeps the raw sections and hands each component its own.
+
+Each default is written once, here, and the README's table is generated from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from final_problem import versions
 from final_problem.errors import ConfigError
+from final_problem.profiles import PROFILES, Profile
+from final_problem.settings import (
+    ComponentSettings, SettingInfo, _check_value, _infos, how_to_set, parse_value, setting, unknown_key,
+)
 
-# EKS cluster names: 1-100 characters, start with a letter or digit, then letters,
-# digits, hyphens and underscores. Source: EKS API reference, CreateCluster "name".
-_CLUSTER_NAME = re.compile(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$")
-_ACCOUNT = re.compile(r"^\d{12}$")
-_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-# EC2 instance types are FAMILY.SIZE; Graviton families carry a "g" right after the
-# generation digit (m7g, c7gn, r8g, t4g). Source: EC2 docs, "Instance type naming".
-_INSTANCE_TYPE = re.compile(r"^(?P<family>[a-z]+\d+[a-z-]*)\.(?P<size>[a-z0-9]+)$")
-_GRAVITON_FAMILY = re.compile(r"^[a-z]+\d+g[a-z]*$")
+# CloudFormation stack names: letters, digits and hyphens, starting with a letter, at most
+# 128 characters (CloudFormation API reference, CreateStack "StackName"). EKS also allows
+# '_' (CreateCluster "name"), but the cluster name prefixes the stack names.
+_CLUSTER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,99}")
+_ACCOUNT = re.compile(r"[0-9]{12}")
+_REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]")
+# IAM role names: ASCII letters, digits and +=,.@_- (IAM user guide, "IAM object names").
+_ROLE_ARN = re.compile(r"arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([A-Za-z0-9+=,.@_-]+/)*[A-Za-z0-9+=,.@_-]{1,64}")
+# EC2 instance types are FAMILY.SIZE (EC2 docs, "Amazon EC2 instance type naming
+# conventions"): a series letter(s), a generation digit, options (g = Graviton, d, n, ...).
+_INSTANCE_TYPE = re.compile(r"(?P<family>[a-z]+[0-9]+[a-z-]*)\.(?P<size>[a-z0-9-]+)")
+_SIZES = ("nano", "micro", "small", "medium", "large", "xlarge", "metal")
+_SIZE = re.compile(r"nano|micro|small|medium|large|xlarge|[0-9]{1,2}xlarge|metal|metal-[0-9]{1,2}xl")
+# Graviton families carry "g" right after the generation digit (m7g, c7gn, r8g, t4g);
+# a1 is Graviton 1 (EC2 docs, "Instance type naming conventions").
+_GRAVITON_FAMILY = re.compile(r"[a-z]+[0-9]+g[a-z]*|a1")
 # The only retention periods CloudWatch Logs accepts (PutRetentionPolicy API reference).
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+# EKS quota "Nodes per managed node group": 450 (EKS user guide, "Amazon EKS service quotas").
+MAX_NODES_PER_NODEGROUP = 450
+#: Context keys the CDK CLI or toolkit reads itself, besides those with a ":" or "@"
+#: (feature flags, aws:cdk:*, lookups cached in cdk.context.json).
+CDK_KEYS = frozenset({"cli-telemetry", "acknowledged-issue-numbers", "dist_dir"})
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Everything a user can choose about the platform.
+    """Everything a user can choose about the cluster; components keep their own.
 
     Validation runs in ``__post_init__``: a bad value raises :class:`ConfigError` naming
     the setting, the value and the fix, before any resource is created.
     """
 
-    #: EKS cluster name, also the prefix of the stack names. Default: ``final-problem``.
-    cluster_name: str = "final-problem"
-    #: Kubernetes minor version. Default: :data:`versions.KUBERNETES_VERSION`.
-    kubernetes_version: str = versions.KUBERNETES_VERSION
-    #: AWS account and region. Default: none, an environment-agnostic synth
-    #: (CDK then places the VPC in 2 AZs, the most it can without a lookup).
-    account: str | None = None
-    region: str | None = None
-    #: VPC CIDR. Default ``10.0.0.0/16``: the VPC CNI gives every pod a VPC address,
-    #: so the private subnets are /19s (8,190 addresses each).
-    vpc_cidr: str = "10.0.0.0/16"
-    #: Availability zones used by the VPC when account and region are known. Default 3:
-    #: a quorum of 3 survives the loss of one zone only when spread over 3 zones.
-    az_count: int = 3
-    #: NAT gateways. Default 1 (cost); set it to az_count so one zone's outage does not
-    #: cut the others' egress.
-    nat_gateways: int = 1
-    #: Days the VPC flow logs are kept. Default 90.
-    flow_log_retention_days: int = 90
-    #: Node instance type. Default ``m7g.large`` (Graviton3, arm64, 2 vCPU / 8 GiB), the
-    #: same architecture as a Raspberry Pi 4/5.
-    node_instance_type: str = "m7g.large"
-    #: Managed node group size. Default 3/3/6: three nodes carry one member of each
-    #: quorum set apiece (required hostname anti-affinity).
-    node_min: int = 3
-    node_desired: int = 3
-    node_max: int = 6
-    #: CIDRs allowed to reach the public API endpoint. Default: none, so the endpoint is
-    #: private only. Give e.g. ``203.0.113.7/32`` to reach it from a workstation.
-    endpoint_public_cidrs: tuple[str, ...] = ()
-    #: Keep the private API endpoint on (nodes talk to the API inside the VPC). Default true.
-    endpoint_private_access: bool = True
-    #: IAM role granted cluster-admin through an EKS access entry. Default: none.
-    admin_role_arn: str | None = None
-    #: Components to render, in any order; dependencies must be listed too.
-    #: Default: the base chart alone.
-    components: tuple[str, ...] = ("base",)
-    #: Render profiles written to dist/<profile>. Default: both.
-    profiles: tuple[str, ...] = ("eks", "pi")
-    #: Redis (final_problem/charts/redis.py). Unset means the default of
-    #: :class:`~final_problem.charts.redis.RedisProps` for the profile, where each is
-    #: documented and validated.
-    redis_replicas: int | None = None
-    redis_sentinels: int | None = None
-    redis_quorum: int | None = None
-    redis_down_after_ms: int | None = None
-    redis_failover_timeout_ms: int | None = None
-    redis_maxmemory_mib: int | None = None
-    redis_maxmemory_policy: str | None = None
-    redis_storage_gib: int | None = None
-    #: ZooKeeper (final_problem/charts/zookeeper.py). Unset means the default of
-    #: :class:`~final_problem.charts.zookeeper.ZooKeeperProps` for the profile, where
-    #: each is documented and validated. Memory is the container limit in MiB.
-    zookeeper_replicas: int | None = None
-    zookeeper_memory_mib: int | None = None
-    zookeeper_heap_mib: int | None = None
-    zookeeper_storage_gib: int | None = None
-    zookeeper_client_port: int | None = None
-    zookeeper_quorum_port: int | None = None
-    zookeeper_election_port: int | None = None
-    zookeeper_metrics_port: int | None = None
-    zookeeper_tick_time_ms: int | None = None
-    zookeeper_init_limit: int | None = None
-    zookeeper_sync_limit: int | None = None
-    #: Hosts of a bare-metal ensemble (Raspberry Pis without Kubernetes), member 1 first;
-    #: empty when ZooKeeper runs in the cluster. When given, one per replica.
-    zookeeper_hosts: tuple[str, ...] = ()
+    cluster_name: str = setting(
+        "final-problem",
+        doc="EKS cluster name; stacks are `<name>-network` and `<name>-cluster`. Letters, digits and '-', "
+            "starting with a letter (it prefixes CloudFormation stack names).",
+    )
+    kubernetes_version: str = setting(
+        versions.KUBERNETES_VERSION,
+        doc=f"Kubernetes minor version, {versions.SUPPORTED_KUBERNETES_VERSIONS[0]} to "
+            f"{versions.SUPPORTED_KUBERNETES_VERSIONS[-1]}; the default is the newest both `aws_eks_v2` and a "
+            "published kubectl layer package support (other versions need their "
+            "`aws-cdk.lambda-layer-kubectl-vNN` package).",
+    )
+    account: str | None = setting(
+        doc="AWS account id (12 digits). Unset gives an environment-agnostic synth (CDK then uses 2 AZs).",
+    )
+    region: str | None = setting(
+        doc="AWS region, e.g. `eu-west-1`. With `account`, CDK looks the AZs up once (credentials needed) "
+            "and caches them in `cdk.context.json`.",
+    )
+    vpc_cidr: str = setting(
+        "10.0.0.0/16",
+        doc="VPC range, /16 or /17: each zone gets a /24 public and a /19 private subnet, because the VPC CNI "
+            "gives every pod a VPC address.",
+    )
+    az_count: int = setting(
+        3, choices=(2, 3),
+        doc="Zones the VPC spans when the environment is known. A quorum of 3 survives a zone's loss only "
+            "over 3 zones.",
+    )
+    nat_gateways: int = setting(
+        1, minimum=1,
+        doc="NAT gateways, 1..az_count; set it to az_count so one zone's outage does not cut the others' egress.",
+    )
+    flow_log_retention_days: int = setting(
+        90, choices=LOG_RETENTION_DAYS, doc="VPC flow log retention in days (a value CloudWatch Logs accepts).",
+    )
+    node_instance_type: str = setting(
+        "m7g.large",
+        doc="Node instance type. Graviton (arm64, like a Pi) by default; x86 types get the x86 AMI.",
+    )
+    node_min: int = setting(
+        3, minimum=3, maximum=MAX_NODES_PER_NODEGROUP,
+        doc="Smallest node group size: one node per quorum member (required hostname anti-affinity).",
+    )
+    node_desired: int = setting(
+        3, minimum=3, maximum=MAX_NODES_PER_NODEGROUP, doc="Nodes started; between node_min and node_max.",
+    )
+    node_max: int = setting(
+        6, minimum=3, maximum=MAX_NODES_PER_NODEGROUP, doc="Largest node group size (EKS allows 450).",
+    )
+    endpoint_public_cidrs: tuple[str, ...] = setting(
+        (), doc="IPv4 CIDRs allowed to the public API endpoint; empty means a private endpoint only.",
+        example=("203.0.113.7/32",),
+    )
+    endpoint_private_access: bool = setting(
+        True, doc="Keep the private API endpoint; false needs endpoint_public_cidrs.",
+    )
+    admin_role_arn: str | None = setting(
+        doc="IAM role granted `AmazonEKSClusterAdminPolicy` through an access entry.",
+        example="arn:aws:iam::123456789012:role/Admin",
+    )
+    components: tuple[str, ...] = setting(
+        ("base",),
+        doc="Components to render (cdk.json enables every bundled one); each one's requirements must be "
+            "enabled too.",
+    )
+    profiles: tuple[str, ...] = setting(("eks", "pi"), doc="Which `dist/<profile>/` folders to write.")
+    #: Raw values of each component's section, keys already checked; see :meth:`component`.
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    #: Where each given value came from, by setting name ("cdk.json", "-c").
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _cache: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check(self)
+        for info in cluster_infos():
+            try:
+                _check_value("", info, getattr(self, info.name), PROFILES["eks"])
+            except ConfigError as e:
+                self._origin(e)
+                raise
+        try:
+            _check(self)
+        except ConfigError as e:
+            self._origin(e)
+            raise
+
+    def _origin(self, e: ConfigError) -> ConfigError:
+        origin = self.origins.get(e.setting)
+        return e.add_origin(origin) if origin else e
 
     @property
     def is_graviton(self) -> bool:
-        family = _INSTANCE_TYPE.match(self.node_instance_type)
-        return bool(family and _GRAVITON_FAMILY.match(family.group("family")))
+        family = _INSTANCE_TYPE.fullmatch(self.node_instance_type)
+        return bool(family and _GRAVITON_FAMILY.fullmatch(family.group("family")))
+
+    def component(self, settings_class: type[ComponentSettings], profile: Profile) -> ComponentSettings:
+        """The settings of one component for ``profile``: its section's values over its defaults.
+
+        A bad value raises :class:`ConfigError` naming ``<component>.<key>``, where the value
+        came from, and the profile when the component's defaults differ by profile.
+        """
+        key = (settings_class, profile.name)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        values = self.sections.get(settings_class.section, {})
+        try:
+            result = settings_class.from_values(values, profile)
+        except ConfigError as e:
+            self._origin(e)
+            raise
+        self._cache[key] = result
+        return result
+
+
+def cluster_infos() -> tuple[SettingInfo, ...]:
+    return _infos(Settings)
+
+
+def _suggest_cluster_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")[:100] or "final-problem"
+    return cleaned if _CLUSTER_NAME.fullmatch(cleaned) else f"fp-{cleaned}"[:100]
 
 
 def _check(s: Settings) -> None:
-    if not _CLUSTER_NAME.match(s.cluster_name):
-        raise ConfigError(
-            "cluster_name", s.cluster_name,
-            "EKS cluster names are 1-100 letters, digits, '-' or '_', starting with a letter or digit",
-            "choose a name such as 'final-problem'",
-        )
     if s.kubernetes_version not in versions.SUPPORTED_KUBERNETES_VERSIONS:
         raise ConfigError(
             "kubernetes_version", s.kubernetes_version,
             f"supported versions are {', '.join(versions.SUPPORTED_KUBERNETES_VERSIONS)}",
-            f"use one of them, e.g. {versions.KUBERNETES_VERSION!r}",
+            how_to_set("kubernetes_version", versions.KUBERNETES_VERSION),
         )
-    if s.account is not None and not _ACCOUNT.match(s.account):
-        raise ConfigError("account", s.account, "an AWS account id is 12 digits", "give the 12-digit id or leave it unset")
-    if s.region is not None and not _REGION.match(s.region):
-        raise ConfigError("region", s.region, "not an AWS region name", "use a name such as 'eu-west-1'")
+    if not _CLUSTER_NAME.fullmatch(s.cluster_name):
+        raise ConfigError(
+            "cluster_name", s.cluster_name,
+            "must be 1-100 ASCII letters, digits or '-', starting with a letter: it prefixes the "
+            "CloudFormation stack names, which allow nothing else",
+            how_to_set("cluster_name", _suggest_cluster_name(s.cluster_name)),
+        )
+    if s.account is not None and not _ACCOUNT.fullmatch(s.account):
+        raise ConfigError("account", s.account, "an AWS account id is 12 ASCII digits", "give the 12-digit id, or leave account unset")
+    if s.region is not None and not _REGION.fullmatch(s.region):
+        raise ConfigError("region", s.region, "not an AWS region name", how_to_set("region", "eu-west-1"))
     try:
         net = ipaddress.IPv4Network(s.vpc_cidr)
     except ValueError as e:
-        raise ConfigError("vpc_cidr", s.vpc_cidr, f"not an IPv4 network ({e})", "use e.g. '10.0.0.0/16'") from e
-    if not 16 <= net.prefixlen <= 18:
+        raise ConfigError("vpc_cidr", s.vpc_cidr, f"not an IPv4 network ({e})", how_to_set("vpc_cidr", "10.0.0.0/16")) from e
+    if not 16 <= net.prefixlen <= 17:
+        # A /18 (16,384 addresses) cannot hold two /19 private subnets plus two /24 public ones.
         raise ConfigError(
             "vpc_cidr", s.vpc_cidr,
-            "the prefix must be /16 to /18 so each zone gets a /19 or larger private subnet for pod addresses",
-            "use a /16, e.g. '10.0.0.0/16'",
+            "the prefix must be /16 or /17: each zone needs a /19 private subnet (pod addresses) and a /24 public one",
+            how_to_set("vpc_cidr", f"{net.network_address}/16" if net.prefixlen > 17 else "10.0.0.0/16"),
         )
-    if not 2 <= s.az_count <= 3:
-        # EKS requires subnets in at least two AZs (EKS user guide, "VPC and subnet
-        # requirements"); /19 private subnets of a /16 fit at most 3 zones with room left.
-        raise ConfigError("az_count", s.az_count, "must be 2 or 3 (EKS needs at least two zones)", "use 3 for zone-fault-tolerant quorums")
     if not 1 <= s.nat_gateways <= s.az_count:
         raise ConfigError(
             "nat_gateways", s.nat_gateways,
             f"must be between 1 and az_count ({s.az_count}): nodes in private subnets pull images through NAT",
-            "use 1 to save cost or az_count for zone-independent egress",
+            f"set nat_gateways=1 to save cost, or nat_gateways={s.az_count} for zone-independent egress",
         )
-    if s.flow_log_retention_days not in LOG_RETENTION_DAYS:
+    match = _INSTANCE_TYPE.fullmatch(s.node_instance_type)
+    if not match or not _SIZE.fullmatch(match.group("size")):
+        family = match.group("family") if match else "m7g"
+        size = match.group("size") if match else ""
+        close = difflib.get_close_matches(size, _SIZES, n=1, cutoff=0.5)
         raise ConfigError(
-            "flow_log_retention_days", s.flow_log_retention_days,
-            "CloudWatch Logs accepts only fixed retention periods",
-            f"use one of {LOG_RETENTION_DAYS}",
-        )
-    if not _INSTANCE_TYPE.match(s.node_instance_type):
-        raise ConfigError("node_instance_type", s.node_instance_type, "not an EC2 instance type", "use FAMILY.SIZE, e.g. 'm7g.large'")
-    if s.node_min < 3:
-        raise ConfigError(
-            "node_min", s.node_min,
-            "quorum sets of 3 require one node per member (required hostname anti-affinity)",
-            "use at least 3",
+            "node_instance_type", s.node_instance_type, "not an EC2 instance type (FAMILY.SIZE, e.g. m7g.large)",
+            how_to_set("node_instance_type", f"{family}.{close[0] if close else 'large'}"),
         )
     if not s.node_min <= s.node_desired <= s.node_max:
         raise ConfigError(
             "node_desired", s.node_desired,
             f"must lie between node_min ({s.node_min}) and node_max ({s.node_max})",
-            "set node_min <= node_desired <= node_max",
+            how_to_set("node_desired", min(max(s.node_desired, s.node_min), s.node_max))
+            if s.node_min <= s.node_max else how_to_set("node_max", max(s.node_min, s.node_desired)),
         )
     for cidr in s.endpoint_public_cidrs:
         try:
             ipaddress.IPv4Network(cidr)
         except ValueError as e:
-            raise ConfigError("endpoint_public_cidrs", cidr, f"not an IPv4 CIDR ({e})", "use e.g. '203.0.113.7/32'") from e
+            raise ConfigError(
+                "endpoint_public_cidrs", cidr, f"not an IPv4 CIDR ({e})",
+                how_to_set("endpoint_public_cidrs", "203.0.113.7/32"),
+            ) from e
     if not s.endpoint_public_cidrs and not s.endpoint_private_access:
         raise ConfigError(
             "endpoint_private_access", s.endpoint_private_access,
             "with no endpoint_public_cidrs the API server would be reachable from nowhere",
-            "keep endpoint_private_access=true or give endpoint_public_cidrs",
+            "set endpoint_private_access=true, or give endpoint_public_cidrs",
         )
-    if s.admin_role_arn is not None and not _ROLE_ARN.match(s.admin_role_arn):
+    if s.admin_role_arn is not None and not _ROLE_ARN.fullmatch(s.admin_role_arn):
         raise ConfigError(
-            "admin_role_arn", s.admin_role_arn, "not an IAM role ARN",
-            "use arn:aws:iam::123456789012:role/NAME, or leave it unset",
+            "admin_role_arn", s.admin_role_arn, "not an IAM role ARN (ASCII, arn:aws:iam::ACCOUNT:role/NAME)",
+            how_to_set("admin_role_arn", "arn:aws:iam::123456789012:role/Admin") + ", or leave it unset",
         )
     if not s.components:
-        raise ConfigError("components", s.components, "no component enabled", "enable at least 'base'")
+        raise ConfigError("components", s.components, "no component enabled", "set components=base")
     if len(set(s.components)) != len(s.components):
-        raise ConfigError("components", s.components, "a component is listed twice", "list each component once")
+        raise ConfigError("components", s.components, "a component is listed twice",
+                          how_to_set("components", list(dict.fromkeys(s.components))))
+    if not s.profiles:
+        raise ConfigError("profiles", s.profiles, "no render profile", "set profiles=eks,pi")
     for p in s.profiles:
-        if p not in ("eks", "pi"):
-            raise ConfigError("profiles", s.profiles, f"unknown render profile {p!r}", "use 'eks', 'pi' or both")
+        if p not in PROFILES:
+            raise ConfigError("profiles", s.profiles, f"unknown render profile {p!r}", "set profiles=eks,pi (or one of them)")
 
 
-def _as_bool(key: str, v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    raise ConfigError(key, v, "not a boolean", f"use -c {key}=true or -c {key}=false")
+# --- reading context ------------------------------------------------------------------
+
+def is_cdk_key(key: str) -> bool:
+    """Context the CDK itself reads: feature flags, aws:cdk:*, cached lookups, CLI keys."""
+    return ":" in key or key.startswith("@") or key in CDK_KEYS
 
 
-def _as_int(key: str, v: Any) -> int:
-    if isinstance(v, bool):
-        raise ConfigError(key, v, "not a whole number", f"use e.g. -c {key}=3")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
-        return int(v)
-    raise ConfigError(key, v, "not a whole number", f"use e.g. -c {key}=3")
+def load(context: Mapping[str, Any], origins: Mapping[str, str] | None = None) -> Settings:
+    """Settings from every context value: cluster keys, component sections, CDK's own keys.
 
-
-def _as_tuple(key: str, v: Any) -> tuple[str, ...]:
-    if isinstance(v, (list, tuple)):
-        return tuple(str(x).strip() for x in v)
-    if isinstance(v, str):
-        return tuple(x.strip() for x in v.split(",") if x.strip())
-    raise ConfigError(key, v, "not a list", f"use a comma-separated list, e.g. -c {key}=a,b")
-
-
-def _as_opt_int(key: str, v: Any) -> int | None:
-    if v is None or v == "":
-        return None
-    return _as_int(key, v)
-
-
-def _as_opt_str(key: str, v: Any) -> str | None:
-    if v is None or v == "":
-        return None
-    if isinstance(v, str):
-        return v
-    raise ConfigError(key, v, "not a string", f"use -c {key}=VALUE")
-
-
-def _as_str(key: str, v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    raise ConfigError(key, v, "not a string", f"use -c {key}=VALUE")
-
-
-_PARSERS: dict[str, Callable[[str, Any], Any]] = {}
-for _f in dataclasses.fields(Settings):
-    _t = str(_f.type)
-    _PARSERS[_f.name] = (
-        _as_bool if _t == "bool"
-        else _as_int if _t == "int"
-        else _as_tuple if _t.startswith("tuple")
-        else _as_opt_int if _t == "int | None"
-        else _as_opt_str if _t.endswith("None")
-        else _as_str
-    )
-
-
-def from_context(get: Callable[[str], Any]) -> Settings:
-    """Build settings from a context getter such as ``app.node.try_get_context``.
-
-    Only keys that are set are passed on, so every default stays in :class:`Settings`.
+    Any other key fails with a did-you-mean. ``origins`` says where each key came from.
     """
-    return from_mapping({k: v for k in _PARSERS if (v := get(k)) is not None})
+    from final_problem import components
+
+    components.load_bundled()
+    origins = dict(origins or {})
+    infos = {i.name: i for i in cluster_infos()}
+    sections_known = {name: cls.settings_class for name, cls in components.COMPONENTS.items()}
+    known_keys = list(infos) + [
+        f"{name}.{i.name}" for name, sc in sections_known.items() if sc is not None for i in sc.infos()
+    ]
+    cluster: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, raw in context.items():
+        if is_cdk_key(key):
+            continue
+        origin = origins.get(key)
+        try:
+            if key in infos:
+                cluster[key] = parse_value(key, infos[key], raw)
+            elif key in sections_known and not isinstance(raw, Mapping):
+                raise ConfigError(
+                    key, raw, "a component's settings are an object of its keys",
+                    f'write "{key}": {{"key": value}} in cdk.json, or -c {key}.key=value',
+                )
+            elif key in sections_known:
+                for sub, value in raw.items():
+                    _section_value(sections, sections_known, key, str(sub), value, known_keys)
+                    origins.setdefault(f"{key}.{sub}", origin or "cdk.json")
+            elif "." in key and key.split(".", 1)[0] in sections_known:
+                section, sub = key.split(".", 1)
+                _section_value(sections, sections_known, section, sub, raw, known_keys)
+            else:
+                raise unknown_key(key, raw, known_keys + list(sections_known))
+        except ConfigError as e:
+            if origin:
+                e.add_origin(origin)
+            raise
+    # Section values named by a dotted key (-c) win over the section object (cdk.json).
+    for key, raw in context.items():
+        if "." in key and not is_cdk_key(key) and key.split(".", 1)[0] in sections_known:
+            section, sub = key.split(".", 1)
+            sections[section][sub] = raw
+    return Settings(**cluster, sections=sections, origins=origins)
+
+
+def _section_value(
+    sections: dict[str, dict[str, Any]], known: Mapping[str, Any], section: str, sub: str, raw: Any, known_keys: list[str],
+) -> None:
+    settings_class = known[section]
+    names = {i.name for i in settings_class.infos()} if settings_class is not None else set()
+    if sub not in names:
+        raise unknown_key(f"{section}.{sub}", raw, known_keys)
+    sections.setdefault(section, {})[sub] = raw
+
+
+def context_origins(context: Mapping[str, Any], project_dir: Path = Path(".")) -> dict[str, str]:
+    """Where each context key came from: ``cdk.json``, ``cdk.context.json`` or ``-c``.
+
+    The CDK CLI merges the three before it starts the app; a key whose value equals the
+    one in cdk.json (or cdk.context.json) came from there, any other from the command line.
+    """
+    files: list[tuple[str, Mapping[str, Any]]] = []
+    for name, path in (("cdk.json", project_dir / "cdk.json"), ("cdk.context.json", project_dir / "cdk.context.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        files.append((name, data.get("context", {}) if name == "cdk.json" else data))
+    origins: dict[str, str] = {}
+    for key, value in context.items():
+        origins[key] = next((name for name, ctx in files if key in ctx and ctx[key] == value), "-c")
+    return origins
+
+
+def from_context(get_all: Callable[[], Mapping[str, Any]], project_dir: Path = Path(".")) -> Settings:
+    """Settings from a CDK app's context (``app.node.get_all_context``)."""
+    context = dict(get_all())
+    return load(context, context_origins(context, project_dir))
 
 
 def from_mapping(values: Mapping[str, Any]) -> Settings:
-    """Build settings from a mapping of raw (string or JSON) values."""
-    return Settings(**{k: _PARSERS[k](k, v) for k, v in values.items() if k in _PARSERS})
+    """Settings from a mapping of raw (string or JSON) values, e.g. a cdk.json context."""
+    return load(values)
 
 
 def setting_names() -> tuple[str, ...]:
-    return tuple(_PARSERS)
+    return tuple(i.name for i in cluster_infos())
 
 
-__all__ = ["Settings", "from_context", "from_mapping", "setting_names"]
+def replace(settings: Settings, **changes: Any) -> Settings:
+    """A copy of ``settings`` with ``changes`` (validated again)."""
+    return dataclasses.replace(settings, **changes)
+
+
+__all__ = ["Settings", "load", "from_context", "from_mapping", "setting_names", "context_origins", "is_cdk_key"]

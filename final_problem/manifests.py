@@ -23,6 +23,7 @@ import yaml
 from final_problem import config
 from final_problem.components import PlatformChart, build_charts
 from final_problem.config import Settings
+from final_problem.errors import ConfigError
 from final_problem.profiles import PROFILES
 
 
@@ -96,11 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     context: dict[str, Any] = {}
     if args.context.exists():
         context = json.loads(args.context.read_text()).get("context", {})
-    context.update(_context_args(args.overrides))
-    settings = config.from_mapping(context)
-    for profile in settings.profiles:
-        for path in write_profile(settings, profile, args.out):
-            print(path)
+    origins = {key: str(args.context) for key in context}
+    overrides = _context_args(args.overrides)
+    context.update(overrides)
+    origins.update({key: "-c" for key in overrides})
+    try:
+        settings = config.load(context, origins)
+        for profile in settings.profiles:
+            for path in write_profile(settings, profile, args.out):
+                print(path)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -153,8 +153,12 @@ def check_probes(objects: list[Obj]) -> list[str]:
 
 
 def pinned_images() -> set[str]:
-    """Every image reference pinned in :mod:`final_problem.versions`."""
-    return {v for k, v in vars(versions).items() if k.endswith("_IMAGE") and isinstance(v, str)}
+    """Every image reference pinned in :mod:`final_problem.versions`, and every image a
+    registered component declares (``PlatformChart.images``), wherever it lives."""
+    from final_problem import components
+
+    own = {v for k, v in vars(versions).items() if k.endswith("_IMAGE") and isinstance(v, str)}
+    return own | set(components.declared_images())
 
 
 def check_images(objects: list[Obj]) -> list[str]:
@@ -171,7 +175,10 @@ def check_images(objects: list[Obj]) -> list[str]:
             elif not re.search(r"\d", tag.split("@")[0]):
                 problems.append(f"{where}: image {image!r} tag is not a version")
             if image not in allowed:
-                problems.append(f"{where}: image {image!r} is not pinned in final_problem/versions.py")
+                problems.append(
+                    f"{where}: image {image!r} is neither pinned in final_problem/versions.py nor declared "
+                    "in its component's `images`"
+                )
     return problems
 
 

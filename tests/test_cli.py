@@ -39,7 +39,7 @@ def test_app_writes_templates_and_both_profiles(tmp_path: Path) -> None:
 def test_a_bad_setting_fails_synthesis_with_the_message(tmp_path: Path) -> None:
     result = run_app(tmp_path, {"nat_gateways": "5"})
     assert result.returncode != 0
-    assert "nat_gateways = 5: must be between 1 and az_count (3)" in result.stderr
+    assert "nat_gateways = 5 (from -c): must be between 1 and az_count (3)" in result.stderr
     assert not (tmp_path / "cdk.out" / "Cluster.template.json").exists()
 
 

@@ -55,7 +55,7 @@ def test_command_line_strings_are_parsed_to_their_types() -> None:
 
 def test_from_context_passes_only_set_keys() -> None:
     ctx = {"nat_gateways": 2}
-    assert config.from_context(ctx.get) == dataclasses.replace(Settings(), nat_gateways=2)
+    assert config.from_context(lambda: ctx) == dataclasses.replace(Settings(), nat_gateways=2)
 
 
 def test_non_graviton_instance_type_is_detected() -> None:
@@ -76,6 +76,14 @@ INVALID = [
     ({"flow_log_retention_days": "10"}, "flow_log_retention_days", "10"),
     ({"node_instance_type": "large"}, "node_instance_type", "'large'"),
     ({"node_min": "2", "node_desired": "2"}, "node_min", "2"),
+    ({"node_max": "99999999999999999999"}, "node_max", "99999999999999999999"),
+    ({"node_instance_type": "m7g.lage"}, "node_instance_type", "'m7g.lage'"),
+    ({"cluster_name": "final_problem"}, "cluster_name", "'final_problem'"),
+    ({"vpc_cidr": "10.0.0.0/18"}, "vpc_cidr", "'10.0.0.0/18'"),
+    ({"region": "eu-west-1\n"}, "region", "'eu-west-1\\n'"),
+    ({"account": "١٢٣٤٥٦٧٨٩٠١٢"}, "account", "'١٢٣٤٥٦٧٨٩٠١٢'"),
+    ({"admin_role_arn": "arn:aws:iam::123456789012:role/Ädmin"}, "admin_role_arn", "'arn:aws:iam::123456789012:role/Ädmin'"),
+    ({"zookeeper_replicas": "5"}, "zookeeper_replicas", "'5'"),
     ({"node_desired": "9"}, "node_desired", "9"),
     ({"endpoint_public_cidrs": "300.1.1.1/32"}, "endpoint_public_cidrs", "'300.1.1.1/32'"),
     ({"endpoint_private_access": "false"}, "endpoint_private_access", "False"),

@@ -11,7 +11,6 @@ import pytest
 from final_problem import config, manifests, versions
 from final_problem.charts.base import BaseChart
 from final_problem.charts.redis import RedisChart, RedisProps
-from final_problem.constructs.security import Sizing
 from final_problem.errors import ConfigError
 from final_problem.profiles import EKS, PI, PROFILES
 
@@ -33,6 +32,8 @@ def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def render_with(profile: str = "eks", **context: Any) -> list[dict[str, Any]]:
+    """The chart's objects; a keyword ``redis_x`` stands for the ``-c`` key ``redis.x``."""
+    context = {key.replace("redis_", "redis.", 1): value for key, value in context.items()}
     settings = config.from_mapping({**CDK_JSON, "components": ["base", "redis"], **context})
     charts = manifests.render(settings, profile)
     return manifests.chart_objects(charts["redis"])
@@ -180,23 +181,22 @@ def test_settings_override_props() -> None:
 
 
 def test_settings_from_strings_like_cdk_c() -> None:
-    settings = config.from_mapping({"redis_replicas": "4", "redis_maxmemory_policy": "noeviction"})
-    props = RedisProps.from_settings(settings, EKS)
+    settings = config.from_mapping({"redis.replicas": "4", "redis.maxmemory_policy": "noeviction"})
+    props = settings.component(RedisProps, EKS)
     assert props.replicas == 4 and props.maxmemory_policy == "noeviction"
     assert props.sentinels == 3  # unset keeps the default
 
 
 def test_bad_setting_fails_synthesis() -> None:
-    with pytest.raises(ConfigError, match=r"redis.sentinels = 4: must be odd"):
+    with pytest.raises(ConfigError, match=r"redis.sentinels = 4: must be one of 3, 5, 7"):
         render_with(redis_sentinels=4)
 
 
-def test_explicit_props_win() -> None:
+def test_section_in_cdk_json_reaches_the_chart() -> None:
     app = cdk8s.App()
-    settings = config.from_mapping({**CDK_JSON, "components": ["base", "redis"]})
+    settings = config.from_mapping({**CDK_JSON, "components": ["base", "redis"], "redis": {"replicas": 4}})
     base = BaseChart(app, "Base", settings=settings, profile=EKS, dependencies={})
-    chart = RedisChart(app, "Redis", settings=settings, profile=EKS, dependencies={"base": base},
-                       props=RedisProps(replicas=4))
+    chart = RedisChart(app, "Redis", settings=settings, profile=EKS, dependencies={"base": base})
     sts = find(manifests.chart_objects(chart), "StatefulSet", "redis")
     assert sts["spec"]["replicas"] == 5
     assert chart.sentinel_service_dns == "redis-sentinel.redis.svc"
@@ -206,20 +206,20 @@ def test_explicit_props_win() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"replicas": 1}, r"redis.replicas = 1: must be an even number of at least 2"),
-        ({"replicas": 3}, r"redis.replicas = 3: must be an even number"),
-        ({"sentinels": 1}, r"redis.sentinels = 1: must be odd and at least 3"),
-        ({"sentinels": 4}, r"redis.sentinels = 4: must be odd"),
-        ({"quorum": 1}, r"redis.quorum = 1: must be a majority of the 3 Sentinels \(2 to 3\)"),
-        ({"quorum": 4}, r"redis.quorum = 4: must be a majority"),
+        ({"replicas": 1}, r"redis.replicas = 1: must be 2 to 6\. Fix: set redis.replicas=2$"),
+        ({"replicas": 3}, r"redis.replicas = 3: must be even.*Fix: set redis.replicas=4$"),
+        ({"sentinels": 1}, r"redis.sentinels = 1: must be one of 3, 5, 7"),
+        ({"sentinels": 4}, r"redis.sentinels = 4: must be one of 3, 5, 7\. Fix: set redis.sentinels=3$"),
+        ({"quorum": 1}, r"redis.quorum = 1: must be at least 2"),
+        ({"quorum": 4}, r"redis.quorum = 4: must be a majority.*Fix: set redis.quorum=2$"),
         ({"sentinels": 5, "quorum": 2}, r"redis.quorum = 2: must be a majority of the 5 Sentinels \(3 to 5\)"),
         ({"down_after_ms": 999}, r"redis.down_after_ms = 999: must be 1000 to 600000"),
         ({"down_after_ms": 600_001, "failover_timeout_ms": 2_000_000}, r"redis.down_after_ms = 600001"),
-        ({"down_after_ms": 10_000, "failover_timeout_ms": 15_000}, r"redis.failover_timeout_ms = 15000: must be at least twice"),
-        ({"maxmemory_policy": "lru"}, r"redis.maxmemory_policy = 'lru': not an eviction policy"),
-        ({"maxmemory_mib": 8}, r"redis.maxmemory_mib = 8: below 16 MiB"),
-        ({"maxmemory_mib": 1500}, r"redis.maxmemory_mib = 1500: must be at most half the container memory limit \(2048 MiB\)"),
-        ({"storage_gib": 2}, r"redis.storage_gib = 2: must hold three times maxmemory \(1024 MiB\).*use 3 or more"),
+        ({"down_after_ms": 10_000, "failover_timeout_ms": 15_000}, r"redis.failover_timeout_ms = 15000: must be at least twice.*Fix: set redis.failover_timeout_ms=60000$"),
+        ({"maxmemory_policy": "lru"}, r"redis.maxmemory_policy = 'lru': must be one of noeviction"),
+        ({"maxmemory_mib": 8}, r"redis.maxmemory_mib = 8: must be 16 to 131072"),
+        ({"maxmemory_mib": 1500}, r"redis.maxmemory_mib = 1500: must be at most half of redis.memory_mib \(2048\)"),
+        ({"storage_gib": 2}, r"redis.storage_gib = 2: must hold three times maxmemory \(1024 MiB\).*Fix: set redis.storage_gib=3$"),
     ],
 )
 def test_invalid_props_raise(changes: dict[str, Any], message: str) -> None:
@@ -228,13 +228,10 @@ def test_invalid_props_raise(changes: dict[str, Any], message: str) -> None:
 
 
 def test_bigger_limit_allows_more_maxmemory() -> None:
-    props = RedisProps(
-        maxmemory_mib=3072, storage_gib=9,
-        redis_sizing=Sizing(cpu_request_m=500, cpu_limit_m=2000, memory_request_mib=6144, memory_limit_mib=6144),
-    )
+    props = RedisProps(maxmemory_mib=3072, storage_gib=9, memory_mib=6144)
     assert props.maxmemory_mib == 3072
 
 
 def test_pi_props_are_valid_and_validated() -> None:
-    with pytest.raises(ConfigError, match=r"redis.maxmemory_mib = 256: must be at most half .*384 MiB"):
+    with pytest.raises(ConfigError, match=r"redis.maxmemory_mib = 256: must be at most half of redis.memory_mib \(384\)"):
         RedisProps.for_profile(PI, maxmemory_mib=256)

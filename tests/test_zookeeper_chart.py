@@ -15,7 +15,9 @@ from final_problem.errors import ConfigError
 
 
 def render(profile: str = "eks", **settings: Any) -> list[dict[str, Any]]:
-    s = config.from_mapping({"components": ["base", "zookeeper"], **settings})
+    """The chart's objects; a keyword ``zookeeper_x`` stands for the ``-c`` key ``zookeeper.x``."""
+    context = {key.replace("zookeeper_", "zookeeper.", 1): value for key, value in settings.items()}
+    s = config.from_mapping({"components": ["base", "zookeeper"], **context})
     return manifests.chart_objects(manifests.render(s, profile)["zookeeper"])
 
 
@@ -177,21 +179,22 @@ def test_a_config_change_rolls_the_members() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"zookeeper_replicas": "4"}, r"zookeeper\.replicas = 4: must be odd"),
-        ({"zookeeper_replicas": "1"}, r"zookeeper\.replicas = 1: must be odd and 3 to 7"),
+        ({"zookeeper_replicas": "4"}, r"zookeeper\.replicas = 4: must be one of 3, 5, 7\. Fix: set zookeeper\.replicas=3$"),
+        ({"zookeeper_replicas": "1"}, r"zookeeper\.replicas = 1: must be one of 3, 5, 7"),
         ({"zookeeper_replicas": "9"}, r"zookeeper\.replicas = 9"),
-        ({"zookeeper_heap_mib": "2048"}, r"zookeeper\.heap_mib = 2048: must stay below 75% of the memory limit \(2048 MiB\)"),
-        ({"zookeeper_heap_mib": "4096"}, r"zookeeper\.heap_mib = 4096"),
-        ({"zookeeper_memory_mib": "64"}, r"zookeeper\.heap_mib = 32: ZooKeeper needs at least 64 MiB"),
-        ({"zookeeper_metrics_port": "2181"}, r"zookeeper\.metrics_port = 2181: the same port as zookeeper\.client_port"),
+        ({"zookeeper_heap_mib": "2048"}, r"zookeeper\.heap_mib = 2048: must stay below 75% of zookeeper\.memory_mib \(2048 MiB\).*Fix: set zookeeper\.heap_mib=1535$"),
+        ({"zookeeper_heap_mib": "4096"}, r"zookeeper\.heap_mib = 4096: must stay below 75%"),
+        ({"zookeeper_memory_mib": "64"}, r"zookeeper\.memory_mib = 64 \(profile eks\): must be 256 to 65536\. Fix: set zookeeper\.memory_mib=2048$"),
+        ({"zookeeper_metrics_port": "2181"}, r"zookeeper\.metrics_port = 2181: the same port as zookeeper\.client_port.*Fix: set zookeeper\.metrics_port=2182$"),
         ({"zookeeper_election_port": "2888"}, r"zookeeper\.election_port = 2888: the same port as zookeeper\.quorum_port"),
-        ({"zookeeper_client_port": "80"}, r"zookeeper\.client_port = 80: a port must be 1024-65535"),
-        ({"zookeeper_hosts": "pi1,pi2"}, r"zookeeper_hosts = 'pi1,pi2': 2 hosts for zookeeper_replicas=3"),
-        ({"zookeeper_tick_time_ms": "50"}, r"zookeeper\.tick_time_ms = 50"),
-        ({"zookeeper_init_limit": "0"}, r"zookeeper\.init_limit/sync_limit"),
-        ({"zookeeper_sync_limit": "20"}, r"zookeeper\.sync_limit = 20: exceeds init_limit \(10\)"),
-        ({"zookeeper_storage_gib": "0"}, r"zookeeper\.storage\.size_gib = 0: a volume needs at least 1 GiB"),
-        ({"zookeeper_memory_mib": "0"}, r"memory_request_mib = 0"),
+        ({"zookeeper_client_port": "80"}, r"zookeeper\.client_port = 80: must be 1024 to 65535\. Fix: set zookeeper\.client_port=2181$"),
+        ({"zookeeper_hosts": "pi1,pi2"}, r"zookeeper\.hosts = 'pi1,pi2': 2 hosts for zookeeper\.replicas=3"),
+        ({"zookeeper_tick_time_ms": "50"}, r"zookeeper\.tick_time_ms = 50: must be 100 to 60000"),
+        ({"zookeeper_init_limit": "0"}, r"zookeeper\.init_limit = 0: must be 1 to 100"),
+        ({"zookeeper_sync_limit": "20"}, r"zookeeper\.sync_limit = 20: exceeds zookeeper\.init_limit \(10\).*Fix: set zookeeper\.sync_limit=10$"),
+        ({"zookeeper_storage_gib": "0"}, r"zookeeper\.storage_gib = 0 \(profile eks\): must be 1 to 16384"),
+        ({"zookeeper_memory_mib": "0"}, r"zookeeper\.memory_mib = 0 \(profile eks\): must be 256"),
+        ({"zookeeper_replica": "5"}, r"zookeeper\.replica = '5': not a setting.*did you mean zookeeper\.replicas\?$"),
     ],
 )
 def test_bad_settings_fail_synthesis(settings: dict[str, str], message: str) -> None:

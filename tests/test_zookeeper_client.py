@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from final_problem.clients.zookeeper import ZooKeeperClient, ZooKeeperUnavailable, resolve_hosts
+from final_problem import config
 from final_problem.config import Settings
 from final_problem.local.zookeeper import free_ports
 
@@ -21,7 +22,7 @@ def test_explicit_hosts_win_over_environment_and_settings(monkeypatch: pytest.Mo
 
 def test_settings_give_bare_metal_hosts_or_the_client_service(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ZOOKEEPER_HOSTS", raising=False)
-    pis = Settings(zookeeper_hosts=("pi1", "pi2", "pi3"), zookeeper_client_port=2281)
+    pis = config.from_mapping({"zookeeper": {"hosts": ["pi1", "pi2", "pi3"], "client_port": 2281}})
     assert resolve_hosts(hosts=None, settings=pis) == "pi1:2281,pi2:2281,pi3:2281"
     assert resolve_hosts(hosts=None, settings=Settings()) == "zookeeper.zookeeper.svc.cluster.local:2181"
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -41,9 +41,9 @@ from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, Restr
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
 from final_problem.constructs.security import Sizing, container_context, raw_resources
-from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.redis import MAXMEMORY_POLICIES, RedisConfigOptions, config_files
 
 #: uid and gid of the ``redis`` user in the official image (its Dockerfile: groupadd -r -g 999).
@@ -57,126 +57,103 @@ EXPORTER_SCRIPT = Path(redis_exporter.__file__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RedisProps:
-    """What a user can choose about Redis; :meth:`for_profile` gives the per-profile defaults."""
+class RedisProps(ComponentSettings):
+    """What a user can choose about Redis (section ``redis``); defaults per profile."""
 
-    #: Replicas of the primary. Default 2: after a failover one replica is left, so
-    #: ``WAIT 1`` still succeeds. The data StatefulSet uses the quorum building block,
-    #: which places an odd number of pods (1 primary + replicas).
-    replicas: int = 2
-    #: Sentinels. Default 3, the minimum for a robust deployment
-    #: (Redis docs, "Sentinel", "Fundamental things to know").
-    sentinels: int = 3
-    #: Sentinels that must agree the primary is down. Default 2, a majority of 3.
-    quorum: int = 2
-    #: Milliseconds without a valid reply before a Sentinel sees the primary as down.
-    #: Default 5000 (the shipped sentinel.conf uses 30000; 5 s cuts the write outage of
-    #: a failover while staying well above Sentinel's 1 s ping period).
-    down_after_ms: int = 5000
-    #: Sentinel failover timeout. Default 60000 (sentinel.conf ships 180000; a
-    #: failover of a small dataset completes in seconds, and a stuck one is retried after
-    #: twice this).
-    failover_timeout_ms: int = 60000
-    #: Redis ``maxmemory``. Default 1024 MiB on EKS, 192 MiB on a Pi.
-    maxmemory_mib: int = 1024
-    #: Eviction policy. Default ``volatile-lru``: cache entries (keys with a TTL) are
-    #: evicted, state without a TTL never is (writes fail instead once memory is full).
-    maxmemory_policy: str = "volatile-lru"
-    #: Volume per member. Default 8 GiB on EKS, 2 GiB on a Pi.
-    storage_gib: int = 8
-    #: Redis container. Memory request = limit (no overcommit) at twice maxmemory: a
-    #: fork for AOF rewrite or a replica sync may copy every page it writes (Redis docs,
-    #: "Redis persistence", and "Memory optimization").
-    redis_sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=250, cpu_limit_m=1000, memory_request_mib=2048, memory_limit_mib=2048))
-    sentinel_sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=50, cpu_limit_m=200, memory_request_mib=32, memory_limit_mib=64))
-    metrics_sizing: Sizing = field(default_factory=lambda: Sizing(
-        cpu_request_m=10, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=64))
+    replicas: int = setting(
+        2, minimum=2, maximum=6,
+        doc="Replicas of the primary; even, so data pods (primary + replicas) are an odd set of at least 3. "
+            "After a failover one replica is left, so `WAIT 1` still succeeds.",
+    )
+    sentinels: int = setting(
+        3, choices=(3, 5, 7),
+        doc="Sentinels; odd, at least 3, the minimum for a robust deployment (Redis docs, \"Sentinel\").",
+    )
+    quorum: int = setting(2, minimum=2, doc="Sentinels that must agree the primary is down; a majority.")
+    down_after_ms: int = setting(
+        5000, minimum=1000, maximum=600_000,
+        doc="Silence before a Sentinel calls the primary down. The shipped sentinel.conf uses 30000; 5 s cuts "
+            "the write outage of a failover and stays well above Sentinel's 1 s ping period.",
+    )
+    failover_timeout_ms: int = setting(
+        60_000, minimum=2000, maximum=3_600_000,
+        doc="Sentinel failover timeout; at least 2 x down_after_ms (sentinel.conf ships 180000; a failover of "
+            "a small dataset completes in seconds, a stuck one is retried after twice this).",
+    )
+    memory_mib: int = setting(
+        per_profile(eks=2048, pi=384), minimum=64, maximum=262_144,
+        doc="Memory request and limit of each Redis container (no overcommit).",
+    )
+    maxmemory_mib: int = setting(
+        per_profile(eks=1024, pi=192), minimum=16, maximum=131_072,
+        doc="Redis `maxmemory`; at most half of memory_mib: a fork for AOF rewrite or replica sync may copy "
+            "every page (Redis docs, \"Redis persistence\").",
+    )
+    maxmemory_policy: str = setting(
+        "volatile-lru", choices=MAXMEMORY_POLICIES,
+        doc="Eviction policy: keys with a TTL (cache) are evicted, state without one never is (writes fail "
+            "instead once memory is full).",
+    )
+    storage_gib: int = setting(
+        per_profile(eks=8, pi=2), minimum=1, maximum=16_384,
+        doc="Each member's volume; at least 3 x maxmemory.",
+    )
 
-    def __post_init__(self) -> None:
-        if self.replicas < 2 or self.replicas % 2:
-            raise ConfigError(
-                "redis.replicas", self.replicas,
-                "must be an even number of at least 2: one replica left after a failover keeps "
-                "WAIT 1 working, and 1 primary + replicas must be odd for the quorum StatefulSet",
-                "use 2 or 4",
-            )
-        if self.sentinels < 3 or self.sentinels % 2 == 0:
-            raise ConfigError(
-                "redis.sentinels", self.sentinels,
-                "must be odd and at least 3: a failover needs a majority of Sentinels, and an even "
-                "count tolerates no more failures than the odd one below it",
-                "use 3 or 5",
+    @property
+    def redis_sizing(self) -> Sizing:
+        cpu = (100, 500) if self.profile.small else (250, 1000)
+        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
+                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+
+    @property
+    def sentinel_sizing(self) -> Sizing:
+        if self.profile.small:
+            return Sizing(cpu_request_m=20, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=48)
+        return Sizing(cpu_request_m=50, cpu_limit_m=200, memory_request_mib=32, memory_limit_mib=64)
+
+    @property
+    def metrics_sizing(self) -> Sizing:
+        if self.profile.small:
+            return Sizing(cpu_request_m=10, cpu_limit_m=50, memory_request_mib=24, memory_limit_mib=48)
+        return Sizing(cpu_request_m=10, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=64)
+
+    def check(self) -> None:
+        if self.replicas % 2:
+            raise self.error(
+                "replicas",
+                "must be even: 1 primary + replicas must be an odd set for the quorum StatefulSet",
+                f"set redis.replicas={self.replicas + 1}",
             )
         majority = self.sentinels // 2 + 1
         if not majority <= self.quorum <= self.sentinels:
-            raise ConfigError(
-                "redis.quorum", self.quorum,
+            raise self.error(
+                "quorum",
                 f"must be a majority of the {self.sentinels} Sentinels ({majority} to {self.sentinels}), "
                 "so a minority partition cannot declare the primary down",
-                f"use {majority}",
-            )
-        if not 1000 <= self.down_after_ms <= 600_000:
-            raise ConfigError(
-                "redis.down_after_ms", self.down_after_ms,
-                "must be 1000 to 600000: Sentinel pings once a second, so less than 1 s fails over on "
-                "one late reply",
-                "use e.g. 5000",
+                f"set redis.quorum={majority}",
             )
         if self.failover_timeout_ms < 2 * self.down_after_ms:
-            raise ConfigError(
-                "redis.failover_timeout_ms", self.failover_timeout_ms,
+            raise self.error(
+                "failover_timeout_ms",
                 f"must be at least twice down_after_ms ({self.down_after_ms}), or a failover can time "
                 "out before the replicas are reconfigured",
-                f"use {max(60_000, 2 * self.down_after_ms)}",
+                f"set redis.failover_timeout_ms={min(3_600_000, max(60_000, 2 * self.down_after_ms))}",
             )
-        if self.maxmemory_policy not in MAXMEMORY_POLICIES:
-            raise ConfigError(
-                "redis.maxmemory_policy", self.maxmemory_policy,
-                "not an eviction policy Redis knows", f"use one of {', '.join(MAXMEMORY_POLICIES)}",
-            )
-        if self.maxmemory_mib < 16:
-            raise ConfigError("redis.maxmemory_mib", self.maxmemory_mib, "below 16 MiB Redis is of no use", "use 16 or more")
-        if 2 * self.maxmemory_mib > self.redis_sizing.memory_limit_mib:
-            raise ConfigError(
-                "redis.maxmemory_mib", self.maxmemory_mib,
-                f"must be at most half the container memory limit ({self.redis_sizing.memory_limit_mib} MiB): "
+        if 2 * self.maxmemory_mib > self.memory_mib:
+            raise self.error(
+                "maxmemory_mib",
+                f"must be at most half of redis.memory_mib ({self.memory_mib}): "
                 "a fork for persistence or replication can double the memory in use",
-                f"use {self.redis_sizing.memory_limit_mib // 2} or less, or raise the limit",
+                f"set redis.maxmemory_mib={self.memory_mib // 2}, or redis.memory_mib={min(262_144, 2 * self.maxmemory_mib)}",
             )
         needed = math.ceil(3 * self.maxmemory_mib / 1024)
         if self.storage_gib < needed:
-            raise ConfigError(
-                "redis.storage_gib", self.storage_gib,
+            raise self.error(
+                "storage_gib",
                 f"must hold three times maxmemory ({self.maxmemory_mib} MiB): the AOF grows to twice the "
                 "data before it is rewritten, and the rewrite and an RDB snapshot sit beside it",
-                f"use {needed} or more",
+                f"set redis.storage_gib={needed}",
             )
-
-    @classmethod
-    def for_profile(cls, profile: Profile, **overrides: object) -> "RedisProps":
-        """Defaults of ``profile`` (a Pi gets less memory and disk, the same counts), then ``overrides``."""
-        base: dict[str, object] = {}
-        if profile.small:
-            base = {
-                "maxmemory_mib": 192,
-                "storage_gib": 2,
-                "redis_sizing": Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=384, memory_limit_mib=384),
-                "sentinel_sizing": Sizing(cpu_request_m=20, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=48),
-                "metrics_sizing": Sizing(cpu_request_m=10, cpu_limit_m=50, memory_request_mib=24, memory_limit_mib=48),
-            }
-        return cls(**{**base, **overrides})  # type: ignore[arg-type]
-
-    @classmethod
-    def from_settings(cls, settings: Settings, profile: Profile) -> "RedisProps":
-        """Props from the ``redis_*`` settings; unset ones keep the profile default."""
-        names = {f.name for f in fields(cls)}
-        overrides = {
-            name: value for name in names
-            if (value := getattr(settings, f"redis_{name}", None)) is not None
-        }
-        return cls.for_profile(profile, **overrides)
 
     def config_options(self) -> RedisConfigOptions:
         return RedisConfigOptions(
@@ -221,6 +198,7 @@ class RedisChart(PlatformChart):
     construct_id = "Redis"
     requires = ("base",)
     version = versions.REDIS_VERSION
+    settings_class = RedisProps
 
     NAMESPACE = "redis"
     #: Secret generated in the cluster; keys ``admin-password``, ``app-password``,
@@ -238,11 +216,9 @@ class RedisChart(PlatformChart):
         settings: Settings,
         profile: Profile,
         dependencies: Mapping[str, PlatformChart],
-        props: RedisProps | None = None,
     ) -> None:
         super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
-        self.props = props or RedisProps.from_settings(settings, profile)
-        p = self.props
+        p: RedisProps = self.props
         options = p.config_options()
         ns = self.NAMESPACE
         #: Sentinel's name for the primary (redis-py ``master_for``/``slave_for``).

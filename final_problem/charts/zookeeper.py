@@ -21,8 +21,9 @@ Distributed System Coordinator"; docker-library ``zookeeper`` image (31z4/zookee
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Mapping
 
 from constructs import Construct
 
@@ -33,10 +34,10 @@ from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
-from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
-from final_problem.renderers.zookeeper import EnsembleConfig, Member, check_distinct_ports, java_command, zoo_cfg
+from final_problem.settings import ComponentSettings, per_profile, setting
+from final_problem.renderers.zookeeper import EnsembleConfig, Member, java_command, zoo_cfg
 
 #: The image's user and group (31z4/zookeeper-docker Dockerfile: uid/gid 1000).
 ZOOKEEPER_UID = 1000
@@ -68,62 +69,88 @@ _LOGBACK = """<configuration>
 
 
 @dataclass(frozen=True, kw_only=True)
-class ZooKeeperProps:
-    """Settings of the ensemble; defaults per profile come from :meth:`for_profile`."""
+class ZooKeeperProps(ComponentSettings):
+    """Settings of the ensemble (section ``zookeeper``); defaults per profile."""
 
-    #: Members. Default 3; odd, 3 to 7 (see :data:`REPLICAS_ALLOWED`).
-    replicas: int = 3
-    #: Container requests and limits. Default: the profile's (:meth:`for_profile`).
-    sizing: Sizing
-    #: JVM heap in MiB. Default: half the memory limit.
-    heap_mib: int | None = None
-    #: Size of each of the two volumes (snapshots, transaction log). Default: the profile's.
-    storage_gib: int
-    client_port: int = 2181
-    quorum_port: int = 2888
-    election_port: int = 3888
-    metrics_port: int = 7000
-    tick_time_ms: int = 2000
-    init_limit: int = 10
-    sync_limit: int = 5
-    #: Bare-metal member hosts; empty for the in-cluster ensemble.
-    hosts: tuple[str, ...] = ()
+    replicas: int = setting(
+        3, choices=REPLICAS_ALLOWED,
+        doc="Members: quorum is floor(n/2)+1, so an even ensemble tolerates no more failures than the odd one "
+            "below it, 1 tolerates none, and more than 7 slows every write (use observers to scale reads).",
+    )
+    memory_mib: int = setting(
+        per_profile(eks=2048, pi=512), minimum=256, maximum=65_536,
+        doc="Memory request and limit of each member (the heap is fixed, so the pod uses it all).",
+    )
+    heap_mib: int | None = setting(
+        default_doc="half of memory_mib", minimum=64, maximum=49_152,
+        doc="JVM heap (-Xms = -Xmx), below 75% of memory_mib: the JVM needs metaspace, thread stacks and "
+            "direct buffers outside the heap.",
+    )
+    storage_gib: int = setting(
+        per_profile(eks=10, pi=2), minimum=1, maximum=16_384,
+        doc="Each of the member's two volumes (snapshots, transaction log).",
+    )
+    client_port: int = setting(2181, minimum=1024, maximum=65_535, doc="Client port.")
+    quorum_port: int = setting(2888, minimum=1024, maximum=65_535, doc="Port followers connect to the leader on.")
+    election_port: int = setting(3888, minimum=1024, maximum=65_535, doc="Leader election port.")
+    metrics_port: int = setting(7000, minimum=1024, maximum=65_535, doc="Prometheus metrics port.")
+    tick_time_ms: int = setting(2000, minimum=100, maximum=60_000, doc="ZooKeeper's basic time unit.")
+    init_limit: int = setting(10, minimum=1, maximum=100, doc="Ticks a follower may take to connect and sync.")
+    sync_limit: int = setting(5, minimum=1, maximum=100, doc="Ticks a follower may lag; at most init_limit.")
+    hosts: tuple[str, ...] = setting(
+        (), example=("pi1", "pi2", "pi3"),
+        doc="Bare-metal member hosts (Raspberry Pis without Kubernetes), member 1 first, one per replica; the "
+            "client connects to these when set.",
+    )
 
-    def __post_init__(self) -> None:
-        if self.replicas not in REPLICAS_ALLOWED:
-            raise ConfigError(
-                "zookeeper.replicas", self.replicas,
-                "must be odd and 3 to 7: quorum is floor(n/2)+1, so an even ensemble tolerates no more "
-                "failures than the odd one below it, fewer than 3 tolerates none, and more than 7 slows every write",
-                "use 3 (tolerates 1 failure) or 5 (tolerates 2)",
-            )
-        limit = self.sizing.memory_limit_mib
-        if self.effective_heap_mib >= limit * MAX_HEAP_SHARE:
-            raise ConfigError(
-                "zookeeper.heap_mib", self.effective_heap_mib,
-                f"must stay below {int(MAX_HEAP_SHARE * 100)}% of the memory limit ({limit} MiB): the JVM needs "
-                "memory outside the heap, and a process over its limit is killed",
-                f"use at most {int(limit * MAX_HEAP_SHARE) - 1} MiB, or raise zookeeper_memory_mib",
-            )
-        if self.effective_heap_mib < 64:
-            raise ConfigError("zookeeper.heap_mib", self.effective_heap_mib, "ZooKeeper needs at least 64 MiB of heap", "use 256 or more")
-        ClaimSpec(name="zookeeper.storage", size_gib=self.storage_gib)
-        check_distinct_ports({
-            "zookeeper.client_port": self.client_port, "zookeeper.quorum_port": self.quorum_port,
-            "zookeeper.election_port": self.election_port, "zookeeper.metrics_port": self.metrics_port,
-        })
-        if self.hosts and len(self.hosts) != self.replicas:
-            raise ConfigError(
-                "zookeeper_hosts", ",".join(self.hosts),
-                f"{len(self.hosts)} hosts for zookeeper_replicas={self.replicas}",
-                "list exactly one host per replica, or change zookeeper_replicas",
-            )
-        # The renderer checks ports, ticks and limits the same way for bare metal.
-        self.ensemble(hosts=self.hosts or tuple(f"member-{i}" for i in range(self.replicas)))
+    @property
+    def sizing(self) -> Sizing:
+        cpu = (100, 500) if self.profile.small else (250, 1000)
+        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
+                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
 
     @property
     def effective_heap_mib(self) -> int:
-        return self.heap_mib if self.heap_mib is not None else self.sizing.memory_limit_mib // 2
+        return self.heap_mib if self.heap_mib is not None else self.memory_mib // 2
+
+    def check(self) -> None:
+        limit = self.memory_mib
+        largest = int(limit * MAX_HEAP_SHARE) - 1
+        if self.effective_heap_mib > largest:
+            raise self.error(
+                "heap_mib",
+                f"must stay below {int(MAX_HEAP_SHARE * 100)}% of zookeeper.memory_mib ({limit} MiB): the JVM "
+                "needs memory outside the heap, and a process over its limit is killed",
+                f"set zookeeper.heap_mib={max(64, largest)}" if largest >= 64
+                else f"set zookeeper.memory_mib={math.ceil(2 * self.effective_heap_mib)}",
+                value=self.effective_heap_mib,
+            )
+        ports = {"client_port": self.client_port, "quorum_port": self.quorum_port,
+                 "election_port": self.election_port, "metrics_port": self.metrics_port}
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                free = next(p for p in range(port + 1, 65_536) if p not in seen and p not in ports.values())
+                raise self.error(
+                    name, f"the same port as zookeeper.{seen[port]}: two listeners cannot share a port",
+                    f"set zookeeper.{name}={free}",
+                )
+            seen[port] = name
+        if self.sync_limit > self.init_limit:
+            raise self.error(
+                "sync_limit",
+                f"exceeds zookeeper.init_limit ({self.init_limit}): the initial sync transfers a snapshot and "
+                "needs at least as long as staying in sync",
+                f"set zookeeper.sync_limit={self.init_limit}",
+            )
+        if self.hosts and len(self.hosts) != self.replicas:
+            raise self.error(
+                "hosts", f"{len(self.hosts)} hosts for zookeeper.replicas={self.replicas}",
+                "list exactly one host per replica",
+                value=",".join(self.hosts),
+            )
+        # The renderer checks the same way for bare metal.
+        self.ensemble(hosts=self.hosts or tuple(f"member-{i}" for i in range(self.replicas)))
 
     def ensemble(self, *, hosts: tuple[str, ...]) -> EnsembleConfig:
         """The rendered configuration of an ensemble on ``hosts`` (member 1 first)."""
@@ -136,32 +163,6 @@ class ZooKeeperProps:
             tick_time_ms=self.tick_time_ms, init_limit=self.init_limit, sync_limit=self.sync_limit,
             metrics_port=self.metrics_port,
         )
-
-    @classmethod
-    def for_profile(cls, *, settings: Settings, profile: Profile) -> "ZooKeeperProps":
-        """Props from the settings, sized for ``profile``.
-
-        EKS (m7g.large, 8 GiB): 2 GiB limit, 1 GiB heap, 10 GiB volumes. Pi (4-8 GiB boards
-        shared by every component): 512 MiB limit, 256 MiB heap, 2 GiB volumes. Replicas
-        are the same in both.
-        """
-        memory = settings.zookeeper_memory_mib
-        if memory is None:
-            memory = 512 if profile.small else 2048
-        # Memory request = limit: the heap is fixed (-Xms = -Xmx), so the pod uses it all.
-        sizing = (
-            Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=memory, memory_limit_mib=memory)
-            if profile.small
-            else Sizing(cpu_request_m=250, cpu_limit_m=1000, memory_request_mib=memory, memory_limit_mib=memory)
-        )
-        # Only the settings that are set override the dataclass defaults above.
-        names = ("replicas", "heap_mib", "storage_gib", "client_port", "quorum_port", "election_port",
-                 "metrics_port", "tick_time_ms", "init_limit", "sync_limit")
-        overrides: dict[str, Any] = {
-            name: value for name in names if (value := getattr(settings, f"zookeeper_{name}")) is not None
-        }
-        overrides.setdefault("storage_gib", 2 if profile.small else 10)
-        return cls(sizing=sizing, hosts=settings.zookeeper_hosts, **overrides)
 
 
 def start_script(*, start: list[str]) -> str:
@@ -201,6 +202,7 @@ class ZooKeeperChart(PlatformChart):
     construct_id = "ZooKeeper"
     requires = ("base",)
     version = versions.ZOOKEEPER_VERSION
+    settings_class = ZooKeeperProps
 
     NAMESPACE = "zookeeper"
     NAME = "zookeeper"
@@ -222,8 +224,7 @@ class ZooKeeperChart(PlatformChart):
         dependencies: Mapping[str, PlatformChart],
     ) -> None:
         super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
-        props = ZooKeeperProps.for_profile(settings=settings, profile=profile)
-        self.props = props
+        props: ZooKeeperProps = self.props
         self.zookeeper_namespace = RestrictedNamespace(self, "Namespace", name=self.NAMESPACE, pss_version=f"v{settings.kubernetes_version}")
         ns = self.NAMESPACE
         selector = self.label_set.selector("server")

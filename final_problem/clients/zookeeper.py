@@ -10,7 +10,7 @@ Shows what a ZooKeeper ensemble guarantees:
   fail with :class:`ZooKeeperUnavailable` instead of being accepted and lost.
 
 Where it connects (first that is set): ``--hosts`` / ``hosts=``; ``ZOOKEEPER_HOSTS``;
-the settings (``zookeeper_hosts`` for bare-metal Pis, else the chart's client Service).
+the settings (``zookeeper.hosts`` for bare-metal Pis, else the chart's client Service).
 
 Command line::
 
@@ -50,13 +50,15 @@ class ZooKeeperUnavailable(RuntimeError):
 def connect_string(*, settings: Settings, in_cluster_dns: str | None = None) -> str:
     """Where the ensemble listens, from the settings.
 
-    Bare-metal hosts (``zookeeper_hosts``) win; otherwise the chart's client Service.
+    Bare-metal hosts (``zookeeper.hosts``) win; otherwise the chart's client Service.
     """
     from final_problem.charts.zookeeper import ZooKeeperChart, ZooKeeperProps
+    from final_problem.profiles import EKS
 
-    port = settings.zookeeper_client_port if settings.zookeeper_client_port is not None else ZooKeeperProps.client_port
-    if settings.zookeeper_hosts:
-        return ",".join(f"{h}:{port}" for h in settings.zookeeper_hosts)
+    props = settings.component(ZooKeeperProps, EKS)
+    port = props.client_port
+    if props.hosts:
+        return ",".join(f"{h}:{port}" for h in props.hosts)
 
     return f"{in_cluster_dns or ZooKeeperChart.client_service_dns()}:{port}"
 

@@ -9,6 +9,7 @@ here) and a ZooKeeper node whose service cannot start.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import time
@@ -20,6 +21,10 @@ import pytest
 from pi_boot import (FIRST_BOOT_TIMEOUT, Container, Network, build_images, four_letter_word, prepare_base,
                      require_boot_tools, secrets_open_to_others)
 from pi_helpers import ssh_key
+
+# Every node boots once, in the module fixture: keep these tests on one xdist worker
+# (make test runs pytest with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("pi-boot")
 
 KEY = ssh_key("alice")
 PASSPHRASE = "correct horse battery"
@@ -100,7 +105,7 @@ def boot(tmp_path_factory):
         out, out_dl, out_fr, base = main.result(), download.result(), firstrun.result(), base_job.result()
     prepared = time.monotonic()
 
-    net = Network(f"fp{tmp.name[-6:].replace('-', '')}"[:10])
+    net = Network(f"fpboot{os.getpid()}")
     nodes: dict[str, Container] = {}
     try:
         for i, (host, address) in enumerate(ZK.items(), start=1):
