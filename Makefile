@@ -79,6 +79,7 @@ help:
 	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
 	@echo "make pi-images PI_IMAGE=... [PI_INVENTORY=pi/inventory.yaml]   one ready-to-flash image per Pi (after synth)"
 	@echo "sudo make system-deps      Debian packages the integration tests need"
+	@echo "sudo make pi-rootfs        once: the Debian root the Pi boot tests boot (make test runs it)"
 
 $(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@echo "==> Python venv ($(VENV))"

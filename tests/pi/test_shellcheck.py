@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from pi_helpers import PI, run, tool
+from pi_helpers import PI, REPO, run, tool
 
-SCRIPTS = sorted(PI.rglob("*.sh")) + [PI / "versions.env"]
+# The boot tests' root builder is shell as well.
+SCRIPTS = sorted(PI.rglob("*.sh")) + [PI / "versions.env", REPO / "tests/pi/boot/build-rootfs.sh"]
 
 
 def test_scripts_found():
-    names = {p.relative_to(PI).as_posix() for p in SCRIPTS}
-    assert {"build.sh", "lib/common.sh", "lib/image.sh", "firstboot/firstboot.sh",
-            "firstboot/firstrun.sh", "versions.env"} <= names
+    names = {p.relative_to(REPO).as_posix() for p in SCRIPTS}
+    assert {"pi/build.sh", "pi/lib/common.sh", "pi/lib/image.sh", "pi/firstboot/firstboot.sh",
+            "pi/firstboot/firstrun.sh", "pi/versions.env", "tests/pi/boot/build-rootfs.sh"} <= names
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.relative_to(PI).as_posix())
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_shellcheck_clean(script):
     r = run([tool("shellcheck"), "-S", "warning", "-x", "--shell=bash", script.name], cwd=script.parent)
     assert r.returncode == 0, r.stdout + r.stderr
