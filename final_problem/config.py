@@ -99,7 +99,9 @@ class Settings:
         90, choices=LOG_RETENTION_DAYS, doc="VPC flow log retention in days (a value CloudWatch Logs accepts).",
     )
     node_instance_type: str = setting(
-        "m7g.large",
+        # 3 x m7g.xlarge (4 vCPU, 16 GiB each) carry every bundled component within 80% of
+        # their allocatable CPU and memory (README, "Capacity"); m7g.large would not.
+        "m7g.xlarge",
         doc="Node instance type. Graviton (arm64, like a Pi) by default; x86 types get the x86 AMI. "
             "Must be in the capacity table (README, \"Capacity\").",
     )

@@ -17,7 +17,7 @@ def test_defaults_match_the_documented_values() -> None:
     assert s.cluster_name == "final-problem"
     assert s.kubernetes_version == versions.KUBERNETES_VERSION == "1.36"
     assert (s.az_count, s.nat_gateways) == (3, 1)
-    assert s.node_instance_type == "m7g.large" and s.is_graviton
+    assert s.node_instance_type == "m7g.xlarge" and s.is_graviton
     assert (s.node_min, s.node_desired, s.node_max) == (3, 3, 6)
     assert s.endpoint_public_cidrs == () and s.endpoint_private_access is True
     assert s.admin_role_arn is None

@@ -87,10 +87,11 @@ class ServiceProps:
 
 
 #: Container sizing per service: (cpu request m, cpu limit m, memory request MiB, memory limit MiB).
-#: Pi: 3 Pi 4 (4 GiB each) run every component: one of each service, 1.25 GiB of limits with the web UI.
-#: EKS: 3 x m7g.large (8 GiB) shared by every component, about 3.5 GiB of limits for Cadence.
+#: Pi: 3 Pi 4 (4 GiB each) run every component: one of each service, 1.25 GiB of limits with the web UI;
+#: requests (what the capacity check and the scheduler count) fit the 80% budget of the Pi shape.
+#: EKS: 3 x m7g.xlarge (16 GiB) shared by every component, about 3.5 GiB of limits for Cadence.
 _SIZING = {
-    "pi": {"frontend": (50, 500, 192, 256), "history": (100, 1000, 256, 384),
+    "pi": {"frontend": (50, 500, 192, 256), "history": (100, 1000, 192, 384),
            "matching": (50, 500, 128, 256), "worker": (50, 500, 128, 192), "web": (20, 300, 96, 192)},
     "eks": {"frontend": (100, 1000, 256, 512), "history": (250, 1000, 512, 768),
             "matching": (100, 1000, 256, 384), "worker": (100, 500, 128, 256), "web": (50, 500, 128, 256)},

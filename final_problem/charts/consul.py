@@ -89,7 +89,7 @@ class ConsulProps(ComponentSettings):
     )
     storage_gib: int = setting(per_profile(eks=10, pi=1), minimum=1, maximum=16_384,
                                doc="Raft data volume of each server.")
-    memory_mib: int = setting(per_profile(eks=512, pi=192), minimum=128, maximum=65_536,
+    memory_mib: int = setting(per_profile(eks=512, pi=128), minimum=128, maximum=65_536,
                               doc="Memory request and limit of each server.")
     ca_days: int = setting(3650, minimum=365, maximum=10_950, doc="Lifetime of the CA certificate (`consul tls ca create -days`).")
     cert_days: int = setting(

@@ -103,7 +103,7 @@ class EnvoyProps(ComponentSettings):
                                               doc="Client connections the proxy accepts in all.")
     concurrency: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=64,
                                doc="Worker threads (Envoy defaults to every hardware thread of the node).")
-    memory_mib: int = setting(per_profile(eks=256, pi=128), minimum=64, maximum=16_384,
+    memory_mib: int = setting(per_profile(eks=256, pi=96), minimum=64, maximum=16_384,
                               doc="Memory request and limit; the overload manager's heap limit is 80% of it.")
 
     @property

@@ -161,7 +161,7 @@ class KafkaProps(ComponentSettings):
     controller_memory_mib: int = setting(
         768, minimum=256, maximum=65_536, doc="Memory request and limit of a dedicated controller.")
     broker_memory_mib: int = setting(
-        per_profile(eks=1536, pi=768), minimum=256, maximum=262_144,
+        per_profile(eks=1536, pi=448), minimum=256, maximum=262_144,
         doc="Memory request and limit of a broker (or combined node); what the heap leaves is page cache.",
     )
     controller_heap_mib: int | None = setting(

@@ -94,7 +94,7 @@ class PostgresProps(ComponentSettings):
             "Every Cadence process keeps a pool to each of its two databases.",
     )
     memory_mib: int = setting(
-        per_profile(eks=2048, pi=512), minimum=256, maximum=262_144,
+        per_profile(eks=2048, pi=384), minimum=256, maximum=262_144,
         doc="Memory request and limit of the server container.",
     )
     shared_buffers_mib: int = setting(

@@ -96,11 +96,11 @@ class RedisProps(ComponentSettings):
             "a small dataset completes in seconds, a stuck one is retried after twice this).",
     )
     memory_mib: int = setting(
-        per_profile(eks=2048, pi=384), minimum=64, maximum=262_144,
+        per_profile(eks=2048, pi=256), minimum=64, maximum=262_144,
         doc="Memory request and limit of each Redis container (no overcommit).",
     )
     maxmemory_mib: int = setting(
-        per_profile(eks=1024, pi=192), minimum=16, maximum=131_072,
+        per_profile(eks=1024, pi=128), minimum=16, maximum=131_072,
         doc="Redis `maxmemory`; at most half of memory_mib: a fork for AOF rewrite or replica sync may copy "
             "every page (Redis docs, \"Redis persistence\").",
     )

@@ -78,7 +78,7 @@ class ZooKeeperProps(ComponentSettings):
             "below it, 1 tolerates none, and more than 7 slows every write (use observers to scale reads).",
     )
     memory_mib: int = setting(
-        per_profile(eks=2048, pi=512), minimum=256, maximum=65_536,
+        per_profile(eks=2048, pi=320), minimum=256, maximum=65_536,
         doc="Memory request and limit of each member (the heap is fixed, so the pod uses it all).",
     )
     heap_mib: int | None = setting(
