@@ -268,7 +268,7 @@ def test_postgres_runs_the_official_image_as_999_with_pgdata_below_the_mount(eks
 
 def test_postgres_pi_profile_is_small(pi: dict[str, list[Obj]]) -> None:
     c = pod(one(pi["postgres"], "StatefulSet", "postgres"))["containers"][0]
-    assert c["resources"]["limits"]["memory"] == "512Mi"
+    assert c["resources"]["limits"]["memory"] == "384Mi"
     assert "shared_buffers=128MB" in c["args"]
 
 

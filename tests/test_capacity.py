@@ -188,7 +188,7 @@ def test_pi_over_the_limit_fails() -> None:
     with pytest.raises(ConfigError) as info:
         check("pi", **{"zookeeper.memory_mib": 1536})
     message = str(info.value)
-    assert message.startswith("profiles = 'eks,pi' (profile pi): the platform requests 6,068 MiB memory of 6,603 (92%)")
+    assert message.startswith("profiles = 'eks,pi' (profile pi): the platform requests 5,684 MiB memory of 6,603 (86%)")
     assert "biggest: StatefulSet/zookeeper/zookeeper 4,608" in message
     assert message.endswith(
         "Fix: lower zookeeper.memory_mib, or disable a component, or set profiles=eks (its nodes are a fixed shape)"
@@ -208,10 +208,10 @@ def test_pi_custom_instance_type_does_not_change_the_pi_nodes() -> None:
 def test_manifests_command_fails_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert manifests.main([
         "--out", str(tmp_path), "--context", str(ROOT / "cdk.json"),
-        "-c", "profiles=pi", "-c", "zookeeper.memory_mib=1536",
+        "-c", "profiles=pi", "-c", "components=base,redis,zookeeper", "-c", "zookeeper.memory_mib=1536",
     ]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: profiles = 'pi' (from -c, profile pi): the platform requests 6,068 MiB memory")
+    assert err.startswith("error: profiles = 'pi' (from -c, profile pi): the platform requests 5,684 MiB memory")
     assert err.count("\n") == 1
     assert not list(tmp_path.rglob("*.yaml"))
 
@@ -227,7 +227,7 @@ def test_synth_checks_every_profile(synth: Any) -> None:
 def test_app_fails_synthesis_when_a_profile_does_not_fit(tmp_path: Path) -> None:
     from tests.test_cli import run_app
 
-    result = run_app(tmp_path, {"node_instance_type": "c7g.large"})
+    result = run_app(tmp_path, {"node_instance_type": "c7g.large", "components": ["base", "redis", "zookeeper"]})
     assert result.returncode != 0
     assert result.stderr.startswith(
         "error: node_instance_type = 'c7g.large' (from -c, profile eks): the platform requests 13,460 MiB memory"
@@ -245,8 +245,8 @@ def test_synth_report_prints_the_fit_and_the_cost(synth: Any, capsys: pytest.Cap
     capacity_part = out.split("Capacity (requests of long-running pods; fails synth over 80%):\n")[1].split("Monthly cost:")[0]
     fits = app.check_capacity(synth.stacks.settings, app.render_profiles(synth.stacks))
     assert capacity_part.splitlines() == [f"  {line}" for f in fits for line in capacity.describe(f)]
-    assert capacity_part.startswith("  eks: 3 x m7g.large: cpu ")
+    assert capacity_part.startswith("  eks: 3 x m7g.xlarge: cpu ")
     assert "  pi: 3 x Raspberry Pi 4 Model B 4 GB: cpu " in capacity_part
     total = cost.from_cdk_out(synth.outdir).total
     assert f"Monthly cost:\n  ${total:,.2f}/month at list price in us-east-1 (region unset, priced as us-east-1)\n" in out
-    assert "    largest: EC2 $178.70, EKS $73.00, NAT $32.85" in out
+    assert "    largest: EC2 $357.41, EKS $73.00, NAT $32.85" in out

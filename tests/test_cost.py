@@ -107,7 +107,7 @@ def test_cdk_out_and_the_in_memory_assembly_agree(synth: Any) -> None:
 def test_command_prints_the_breakdown_and_json(synth: Any) -> None:
     run = [sys.executable, "-m", "final_problem.cost", "--cdk-out", str(synth.outdir)]
     text = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
-    assert "3 x m7g.large" in text and "total (USD, 730 hours a month)" in text and "Assumptions:" in text
+    assert "3 x m7g.xlarge" in text and "total (USD, 730 hours a month)" in text and "Assumptions:" in text
     data = json.loads(subprocess.run(run + ["--json", "--flow-log-gb", "0"], cwd=ROOT, capture_output=True,
                                       text=True, check=True, timeout=120).stdout)
     assert data["total_monthly"] == round(cost.from_cdk_out(synth.outdir).total - 5.0 * 0.50, 2)

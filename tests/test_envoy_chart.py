@@ -50,21 +50,22 @@ def test_config_map_holds_the_rendered_routes() -> None:
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     endpoint = clusters["demo"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert endpoint["socket_address"] == {"address": "demo-headless.demo.svc.cluster.local", "port_value": 8080}
-    # Cadence is not a component of this render: no route to it.
-    assert "cadence-web" not in clusters
+    # Cadence is a component of this render: its web UI is routed.
+    web = clusters["cadence-web"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert web["socket_address"]["port_value"] == 8088
 
 
 def test_heap_limit_follows_the_memory_limit() -> None:
     config = json.loads(find("ConfigMap", "pi")["data"]["envoy.json"])
     heap = next(m for m in config["overload_manager"]["resource_monitors"] if m["name"].endswith("fixed_heap"))
-    assert heap["typed_config"]["max_heap_size_bytes"] == 128 * 1024 * 1024 * 8 // 10
+    assert heap["typed_config"]["max_heap_size_bytes"] == 96 * 1024 * 1024 * 8 // 10
 
 
 def test_network_policy_egress_only_to_routed_backends() -> None:
     policy = find("NetworkPolicy", name="envoy")
     egress = policy["spec"]["egress"]
     assert [(r["to"][0]["namespaceSelector"]["matchLabels"], r["ports"][0]["port"]) for r in egress] == [
-        ({"kubernetes.io/metadata.name": "demo"}, 8080)]
+        ({"kubernetes.io/metadata.name": "demo"}, 8080), ({"kubernetes.io/metadata.name": "cadence"}, 8088)]
 
 
 def test_single_replica_fails() -> None:

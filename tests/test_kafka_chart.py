@@ -57,7 +57,7 @@ def test_pi_combines_both_roles_in_three_nodes(pi: list[dict[str, Any]]) -> None
     data = one(pi, "ConfigMap", "kafka-config")["data"]
     assert properties(data["kafka-0.properties"])["process.roles"] == "broker,controller"
     limit = sts["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
-    assert limit == "768Mi"
+    assert limit == "448Mi"
 
 
 def test_every_pod_gets_its_own_rendered_file_with_static_voters_and_its_own_advertised_name(eks: list[dict[str, Any]]) -> None:
@@ -187,7 +187,7 @@ def test_suggested_fixes_are_valid() -> None:
     # "use 3", "use 2", "declare 6 or more": each fix passes validation.
     KafkaProps.for_profile(EKS, controllers=3, min_insync_replicas=2, replication_factor=3)
     KafkaProps.for_profile(EKS, topics=(TopicSpec(name="events", partitions=6),))
-    KafkaProps.for_profile(PI, broker_heap_mib=575)
+    KafkaProps.for_profile(PI, broker_heap_mib=None)
 
 
 def test_raising_partitions_is_allowed() -> None:

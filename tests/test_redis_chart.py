@@ -109,7 +109,7 @@ def test_pi_gets_less_memory_same_counts() -> None:
     assert pi.redis_sizing.memory_limit_mib < eks.redis_sizing.memory_limit_mib
     assert (pi.replicas, pi.sentinels, pi.quorum) == (eks.replicas, eks.sentinels, eks.quorum)
     data = find(redis_objects("pi"), "ConfigMap", "redis-config")["data"]
-    assert "maxmemory 192mb" in data["redis.conf"]
+    assert "maxmemory 128mb" in data["redis.conf"]
 
 
 def test_probes_authenticate_and_differ() -> None:
@@ -263,5 +263,5 @@ def test_bigger_limit_allows_more_maxmemory() -> None:
 
 
 def test_pi_props_are_valid_and_validated() -> None:
-    with pytest.raises(ConfigError, match=r"redis.maxmemory_mib = 256: must be at most half of redis.memory_mib \(384\)"):
+    with pytest.raises(ConfigError, match=r"redis.maxmemory_mib = 256: must be at most half of redis.memory_mib \(256\)"):
         RedisProps.for_profile(PI, maxmemory_mib=256)

@@ -22,4 +22,4 @@ def test_every_component_setting_is_documented() -> None:
 
 
 def test_per_profile_defaults_are_shown_per_profile() -> None:
-    assert "| `zookeeper.memory_mib` | eks 2048, pi 512 |" in settings.reference_markdown()
+    assert "| `zookeeper.memory_mib` | eks 2048, pi 320 |" in settings.reference_markdown()

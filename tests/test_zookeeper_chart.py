@@ -104,7 +104,7 @@ def test_probes_differ_readiness_asks_for_a_quorum_mode(eks: list[dict[str, Any]
 
 
 def test_heap_is_half_the_memory_limit_in_each_profile(eks: list[dict[str, Any]], pi: list[dict[str, Any]]) -> None:
-    for objects, memory, heap in ((eks, "2048Mi", 1024), (pi, "512Mi", 256)):
+    for objects, memory, heap in ((eks, "2048Mi", 1024), (pi, "320Mi", 160)):
         c = container(objects)
         assert c["resources"]["limits"]["memory"] == memory
         assert f"-Xmx{heap}m" in c["command"][-1] and f"-Xms{heap}m" in c["command"][-1]

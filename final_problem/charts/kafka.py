@@ -204,7 +204,9 @@ class KafkaProps(ComponentSettings):
                     f"{role}_heap_mib",
                     f"must stay below {int(MAX_HEAP_SHARE * 100)}% of kafka.{role}_memory_mib ({limit} MiB): the JVM "
                     "needs memory outside the heap, and a process over its limit is killed",
-                    f"set kafka.{role}_heap_mib={max(128, largest)}" if largest >= 128
+                    # Unset, the heap is half the memory in every profile: valid wherever this fails.
+                    f"leave kafka.{role}_heap_mib unset (it is then half of kafka.{role}_memory_mib)"
+                    if getattr(self, f"{role}_heap_mib") is not None
                     else f"set kafka.{role}_memory_mib={2 * heap}",
                     value=heap,
                 )
