@@ -219,7 +219,12 @@ def check_settings(settings: Settings) -> None:
     apply its charts.)"""
     from final_problem.profiles import PROFILES
 
-    order = resolve(settings.components)
+    try:
+        order = resolve(settings.components)
+    except ConfigError as e:
+        if origin := settings.origins.get("components"):
+            e.add_origin(origin)
+        raise
     for profile_name in dict.fromkeys(("eks", *settings.profiles)):
         for name in order:
             settings_class = COMPONENTS[name].settings_class

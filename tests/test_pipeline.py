@@ -61,11 +61,11 @@ def test_missing_dependency_names_both_components(registry: dict) -> None:
     make_component("beta", requires=("base", "alpha"))
     with pytest.raises(ConfigError, match=r"component 'beta' requires component 'alpha', which is not enabled") as info:
         components.resolve(("base", "beta"))
-    assert "add 'alpha' to components" in str(info.value)
+    assert "set components=base,beta,alpha" in str(info.value)
 
 
 def test_unknown_component_lists_the_known_ones(registry: dict) -> None:
-    with pytest.raises(ConfigError, match=r"components = 'nope': unknown component\. Fix: use one of: .*base"):
+    with pytest.raises(ConfigError, match=r"components = 'nope': unknown component \(registered: .*base.*\)\. Fix: set components="):
         components.resolve(("base", "nope"))
 
 

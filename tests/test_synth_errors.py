@@ -82,7 +82,7 @@ CASES: list[tuple[str, Any, str, str]] = [
     # The CDK CLI trims -c values, but a value in cdk.json keeps its trailing newline.
     ("cdk.json", {"region": "eu-west-1\n"}, "region", "'eu-west-1\\n'"),
     ("cdk.json", {"node_instance_type": "m7g.lage"}, "node_instance_type", "'m7g.lage'"),
-    ("cdk.json", {"node_desired": 2, "node_min": 2}, "node_min", "2"),
+    ("cdk.json", {"node_min": 2}, "node_min", "2"),
 ]
 
 

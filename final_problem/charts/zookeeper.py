@@ -121,7 +121,9 @@ class ZooKeeperProps(ComponentSettings):
                 "heap_mib",
                 f"must stay below {int(MAX_HEAP_SHARE * 100)}% of zookeeper.memory_mib ({limit} MiB): the JVM "
                 "needs memory outside the heap, and a process over its limit is killed",
-                f"set zookeeper.heap_mib={max(64, largest)}" if largest >= 64
+                # Unset, the heap is half the memory in every profile: valid wherever this fails.
+                "leave zookeeper.heap_mib unset (it is then half of zookeeper.memory_mib)"
+                if self.heap_mib is not None
                 else f"set zookeeper.memory_mib={math.ceil(2 * self.effective_heap_mib)}",
                 value=self.effective_heap_mib,
             )
@@ -144,9 +146,11 @@ class ZooKeeperProps(ComponentSettings):
                 f"set zookeeper.sync_limit={self.init_limit}",
             )
         if self.hosts and len(self.hosts) != self.replicas:
+            hosts = list(self.hosts[: self.replicas])
+            hosts += [f"host{i}" for i in range(len(hosts) + 1, self.replicas + 1)]
             raise self.error(
                 "hosts", f"{len(self.hosts)} hosts for zookeeper.replicas={self.replicas}",
-                "list exactly one host per replica",
+                f"list exactly one host per replica, e.g. set zookeeper.hosts={','.join(hosts)}",
                 value=",".join(self.hosts),
             )
         # The renderer checks the same way for bare metal.
