@@ -2,7 +2,8 @@
 # Build, once, the Debian root that the boot tests (tests/pi/test_boot.py) start with
 # systemd-nspawn, as a tarball in the cache outside the clone:
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/final-problem/pi-rootfs-<suite>-<key>/rootfs.tar
-# <key> hashes the package list, so changing it builds a new root.
+# <key> hashes the package list, so changing it builds a new root (a change to the steps
+# below does not: delete the cache folder to rebuild).
 # debootstrap needs root. Usage: build-rootfs.sh [--print-path]
 set -euo pipefail
 
