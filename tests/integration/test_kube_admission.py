@@ -211,18 +211,29 @@ def test_nodes_too_small_name_the_unschedulable_pods(tmp_path: Path) -> None:
         platform.wait_for_pods(bound=False)
         largest_mib = max(s.memory_mib for s in platform.shapes)
 
-        def explained() -> dict[str, str] | None:
-            pending = unschedulable(platform.api, platform.namespaces)
-            return pending if pending and "no scheduler event yet" not in pending.values() else None
+        seen: list[frozenset[str]] = []
 
-        pending = platform.control_plane.wait_for("the scheduler's verdict on every pending pod", explained,
-                                                  timeout_s=90, interval_s=0.5)
+        def explained() -> tuple[dict[str, str], list[dict[str, Any]]] | None:
+            # The controllers create pods over time: wait until the same pods are there twice in a
+            # row and the scheduler has spoken on every unbound one.
+            pods = all_pods(platform)
+            names = frozenset(f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods)
+            pending = unschedulable(platform.api, platform.namespaces)
+            stable = bool(seen) and seen[-1] == names
+            seen.append(names)
+            unbound = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods if not p["spec"].get("nodeName")}
+            if not stable or not pending or "no scheduler event yet" in pending.values() or not unbound <= set(pending):
+                return None
+            return pending, pods
+
+        pending, pods = platform.control_plane.wait_for("the scheduler's verdict on every pending pod", explained,
+                                                        timeout_s=90, interval_s=1.0)
         report = "\n".join(f"  {pod}: {why}" for pod, why in sorted(pending.items()))
         print(f"\nunschedulable on 3 x t4g.nano ({largest_mib} MiB allocatable each):\n{report}")
         for pod, why in pending.items():
             assert "0/3 nodes are available" in why and ("Insufficient" in why or "Too many pods" in why), pod
         # Every pod asking for more memory than any node has must be among them.
-        too_big = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in all_pods(platform)
+        too_big = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods
                    if pod_requests(p)[1] > largest_mib}
         assert too_big, "the shapes are not too small for this test"
         assert too_big <= set(pending), f"scheduled although too big: {sorted(too_big - set(pending))}"
