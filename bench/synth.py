@@ -63,6 +63,35 @@ def timed(commands: list[list[str]], env: dict[str, str], runs: int) -> list[lis
     return times
 
 
+def component_costs(context: dict, rounds: int) -> dict[str, float]:
+    """Seconds each component's charts take in the app process (both profiles: construct
+    the chart, then render its objects), median of ``rounds``, measured in-process."""
+    from final_problem import components, config
+    from final_problem.profiles import PROFILES
+
+    settings = config.from_mapping(context)
+    order = components.resolve(settings.components)
+    samples: dict[str, list[float]] = {name: [] for name in order}
+    import cdk8s
+
+    for _ in range(rounds + 1):
+        for profile in settings.profiles:
+            app = cdk8s.App()
+            charts: dict[str, components.PlatformChart] = {}
+            for name in order:
+                cls = components.COMPONENTS[name]
+                start = time.perf_counter()
+                chart = cls(app, cls.construct_id, settings=settings, profile=PROFILES[profile],
+                            dependencies={dep: charts[dep] for dep in cls.requires})
+                chart.to_json()
+                samples[name].append(time.perf_counter() - start)
+                charts[name] = chart
+    per_round = len(settings.profiles)
+    # Drop the warm-up round (the first `per_round` samples of each component).
+    return {name: statistics.median(
+        sum(times[i:i + per_round]) for i in range(per_round, len(times), per_round)) for name, times in samples.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -114,6 +143,11 @@ def main() -> int:
     print(row("app process alone, floor", floor))
     print(f"  {'ratio full / floor, app process alone':<52} {ratio(full, floor):6.2f}")
     print(row("YAML-only render (python -m final_problem.manifests)", yaml_only))
+    costs = component_costs(context, args.runs)
+    print(f"per-component cost in the app process (both profiles: build the chart, render its objects; median of {args.runs}):")
+    for name, seconds in costs.items():
+        print(f"  {name:<20} {1000 * seconds:7.0f} ms")
+    print(f"  {'all charts':<20} {1000 * sum(costs.values()):7.0f} ms")
     return 0
 
 
