@@ -17,18 +17,49 @@ LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
 
 
+#: Ports servers started here listen on: below Linux's default ephemeral range (32768-60999,
+#: net.ipv4.ip_local_port_range), so no client's outgoing connection can take one between
+#: the moment it is picked and the moment its server binds it.
+SERVER_PORTS = range(10_000, 32_768)
+_next_port: int | None = None
+
+
+def _port_block() -> range:
+    """This process's share of :data:`SERVER_PORTS`: each pytest-xdist worker gets its own
+    block, so parallel workers never pick the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if worker.startswith("gw") and worker[2:].isdigit() and workers > 0:
+        size = len(SERVER_PORTS) // workers
+        start = SERVER_PORTS.start + int(worker[2:]) * size
+        return range(start, start + size)
+    return SERVER_PORTS
+
+
 def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
-    """``count`` distinct ports free on ``host`` now (held open together so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """``count`` distinct ports free on ``host`` now, from this process's block of
+    :data:`SERVER_PORTS`, handed out in turn (a port is not handed out again until the block
+    wraps around), each checked free by binding it."""
+    global _next_port
+    block = _port_block()
+    if _next_port is None or _next_port not in block:
+        # Start at a random place so separate runs (and processes outside pytest) spread out.
+        _next_port = block.start + (os.getpid() * 7919) % len(block)
+    ports: list[int] = []
+    tried = 0
+    while len(ports) < count:
+        if tried > len(block):
+            raise OSError(f"no {count} free ports in {block.start}-{block.stop - 1} on {host}")
+        port = _next_port
+        _next_port = block.start + (_next_port + 1 - block.start) % len(block)
+        tried += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
 
 
 def kill_group(process: subprocess.Popen[bytes], *, timeout_s: float = 30.0, reap: bool = True) -> None:
