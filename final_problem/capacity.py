@@ -19,10 +19,15 @@ updates and what the figures leave out (the kernel's own memory, image pulls).
 The nodes:
 
 - ``eks``: ``node_desired`` nodes of ``node_instance_type``, spread over zones a/b/c.
-  Allocatable CPU and memory follow the EKS AMI (AL2023, ``nodeadm``) formula, max pods its
-  ENI table (:data:`INSTANCE_TYPES`).
+  Allocatable CPU and memory follow the EKS AMI (AL2023, ``nodeadm``) formula on the memory
+  the kubelet sees (less :data:`VM_MEMORY_OVERHEAD`), max pods its ENI table
+  (:data:`INSTANCE_TYPES`).
 - ``pi``: three Raspberry Pi 4 Model B 4 GB running Raspberry Pi OS Lite (arm64) and a
   k3s server each (:data:`PI4_4GB`).
+
+These are the only node figures in the project: the local control plane's fake Nodes
+(``final_problem.local.kube.node_shapes``) take theirs from :func:`node_shapes`, and
+:meth:`Fit.fits_within` at 1.0 (all of allocatable) is the answer its scheduler must agree with.
 
 Command line: ``python -m final_problem.capacity [-c key=value ...]`` prints the fit of
 every profile in the settings.
@@ -61,6 +66,10 @@ MAX_SHARE = 0.80
 # - pkg/driver/node.go, getVolumesLimit: the driver reserves the root volume + 1, and on a
 #   shared limit every ENI after the first.
 EVICTION_HARD_MEMORY_MIB = 100
+# The kubelet's memory capacity is what the kernel reports (MemTotal), less than the type's
+# nominal GiB: the hypervisor, firmware and kernel keep the rest. Karpenter predicts node
+# capacity with VM_MEMORY_OVERHEAD_PERCENT, default 0.075 (karpenter.sh docs, "Settings").
+VM_MEMORY_OVERHEAD = 0.075
 KUBE_RESERVED_CPU_STEPS = ((1000, 600), (2000, 100), (4000, 50), (None, 25))  # (up to m, basis points)
 SHARED_ATTACHMENTS = 27
 DEDICATED_ATTACHMENTS = 32
@@ -136,8 +145,13 @@ class InstanceType:
         return self.vcpu * 1000 - self.kube_reserved_cpu_m
 
     @property
+    def capacity_memory_mib(self) -> int:
+        """Memory the kubelet reports: the nominal size less the VM overhead."""
+        return int(self.memory_gib * 1024 * (1 - VM_MEMORY_OVERHEAD))
+
+    @property
     def allocatable_memory_mib(self) -> int:
-        return self.memory_gib * 1024 - self.kube_reserved_memory_mib - EVICTION_HARD_MEMORY_MIB
+        return self.capacity_memory_mib - self.kube_reserved_memory_mib - EVICTION_HARD_MEMORY_MIB
 
     @property
     def max_volumes(self) -> int:
@@ -400,7 +414,11 @@ class Usage:
 
     @property
     def fits(self) -> bool:
-        return self.requested <= MAX_SHARE * self.allocatable
+        return self.fits_within(MAX_SHARE)
+
+    def fits_within(self, share: float) -> bool:
+        """Whether the requests stay within ``share`` of allocatable (1.0: all of it)."""
+        return self.requested <= share * self.allocatable
 
     def describe(self) -> str:
         return f"{self.requested:,}{_UNITS[self.resource]} of {self.allocatable:,} ({self.share:.0%})"
@@ -422,7 +440,12 @@ class Fit:
 
     @property
     def fits(self) -> bool:
-        return not self.unplaceable and all(u.fits for u in self.usage)
+        return self.fits_within(MAX_SHARE)
+
+    def fits_within(self, share: float) -> bool:
+        """The raw answer at ``share`` of allocatable: ``fits_within(1.0)`` is whether the
+        scheduler can place every pod at all (cluster-wide sums; :attr:`fits` keeps headroom)."""
+        return not self.unplaceable and all(u.fits_within(share) for u in self.usage)
 
     def by_resource(self, resource: Resource) -> Usage:
         return next(u for u in self.usage if u.resource == resource)
@@ -434,10 +457,11 @@ class Fit:
         return f"{self.profile}: {len(self.nodes)} x {node.kind}: {shares} of allocatable ({verdict}; limit {MAX_SHARE:.0%})"
 
 
-def fit(profile: str, nodes: Sequence[NodeShape], platform: Sequence[Workload]) -> Fit:
-    """The profile's demand (platform + system pods) against ``nodes``."""
+def fit(profile: str, nodes: Sequence[NodeShape], platform: Sequence[Workload], *, system_pods: bool = True) -> Fit:
+    """The profile's demand (platform + system pods, unless ``system_pods`` is False)
+    against ``nodes``."""
     count = len(nodes)
-    every = list(platform) + list(SYSTEM_PODS.get(profile, ()))
+    every = list(platform) + list(SYSTEM_PODS.get(profile, ()) if system_pods else ())
 
     def usage(resource: Resource, per_pod: Any, capacity: int) -> Usage:
         amounts = [(w, w.count(count) * per_pod(w)) for w in every]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,13 @@ def check(profile: str, **overrides: Any) -> capacity.Fit:
     ("name", "max_pods", "cpu_m", "memory_mib"),
     [
         # maxPods from amazon-eks-ami's ENI table; reserved CPU 60+10 m (2 cores) or
-        # 60+10+2*5+12*2.5 = 110 m (16 cores); memory 11*maxPods + 255 MiB + 100 MiB eviction.
-        ("m7g.large", 29, 2000 - 70, 8192 - (11 * 29 + 255) - 100),
-        ("m5.4xlarge", 234, 16000 - 110, 65536 - (11 * 234 + 255) - 100),
-        ("c6i.xlarge", 58, 4000 - 80, 8192 - (11 * 58 + 255) - 100),
-        ("t4g.large", 35, 2000 - 70, 8192 - (11 * 35 + 255) - 100),
-        ("r8i.large", 59, 2000 - 70, 16384 - (11 * 59 + 255) - 100),
+        # 60+10+2*5+12*2.5 = 110 m (16 cores); memory: nominal less the 7.5% VM overhead,
+        # less 11*maxPods + 255 MiB and 100 MiB eviction.
+        ("m7g.large", 29, 2000 - 70, int(8192 * 0.925) - (11 * 29 + 255) - 100),
+        ("m5.4xlarge", 234, 16000 - 110, int(65536 * 0.925) - (11 * 234 + 255) - 100),
+        ("c6i.xlarge", 58, 4000 - 80, int(8192 * 0.925) - (11 * 58 + 255) - 100),
+        ("t4g.large", 35, 2000 - 70, int(8192 * 0.925) - (11 * 35 + 255) - 100),
+        ("r8i.large", 59, 2000 - 70, int(16384 * 0.925) - (11 * 59 + 255) - 100),
     ],
 )
 def test_allocatable_follows_the_eks_ami_formula(name: str, max_pods: int, cpu_m: int, memory_mib: int) -> None:
@@ -250,3 +252,19 @@ def test_synth_report_prints_the_fit_and_the_cost(synth: Any, capsys: pytest.Cap
     total = cost.from_cdk_out(synth.outdir).total
     assert f"Monthly cost:\n  ${total:,.2f}/month at list price in us-east-1 (region unset, priced as us-east-1)\n" in out
     assert "    largest: EC2 $357.41, EKS $73.00, NAT $32.85" in out
+
+
+def test_fits_within_is_the_raw_answer_and_fits_keeps_the_headroom() -> None:
+    nodes = capacity.eks_shapes("m7g.large", 3)
+    memory = sum(n.memory_mib for n in nodes)
+    big = capacity.Workload(component="x", name="StatefulSet/x/x", pods=1, cpu_m=100, memory_mib=int(memory * 0.9))
+    result = capacity.fit("eks", nodes, [big], system_pods=False)
+    assert result.fits_within(1.0) and not result.fits
+    assert result.by_resource("memory").fits_within(0.95) and not result.by_resource("memory").fits_within(0.85)
+    # The add-ons count unless left out: with them the same workload no longer fits at all.
+    nearly = dataclasses.replace(big, memory_mib=memory - 100)
+    assert capacity.fit("eks", nodes, [nearly], system_pods=False).fits_within(1.0)
+    assert not capacity.fit("eks", nodes, [nearly]).fits_within(1.0)
+    # One member per node on too few nodes never fits, whatever the share.
+    spread = dataclasses.replace(big, pods=4, memory_mib=10, one_per_node=True)
+    assert not capacity.fit("eks", nodes, [spread], system_pods=False).fits_within(1.0)

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from final_problem import versions
-from final_problem.local.kube import ec2_instance, eks_kube_reserved, memory_mib, module_versions, node_shapes
+from final_problem import capacity, versions
+from final_problem.errors import ConfigError
+from final_problem.local.kube import memory_mib, module_versions, node_shapes
 from tests.conftest import full_settings
 
 
@@ -17,35 +18,49 @@ def test_binaries_are_built_at_the_clusters_kubernetes_minor() -> None:
     assert built["etcd"] == "3.6.8"  # build/dependencies.yaml of Kubernetes 1.36.5
 
 
-def test_eks_reservations_follow_the_eks_ami_formula() -> None:
-    # m7g.large: 2 vCPU, 29 pods -> 60m + 10m, 11 * 29 + 255 = 574 MiB.
-    assert eks_kube_reserved(2, 29) == (70, 574)
-    # 8 vCPU: 60 + 10 + 5 + 5 + 4 * 2.5 = 90m.
-    assert eks_kube_reserved(8, 58) == (90, 893)
+def test_node_figures_are_the_capacity_checks(settings_and_profile: tuple[str, dict[str, object]]) -> None:
+    profile, overrides = settings_and_profile
+    settings = dataclasses.replace(full_settings(), **overrides)
+    nodes = node_shapes(settings, profile)
+    checked = capacity.node_shapes(settings, profile)
+    assert [(s.cpu_m, s.memory_mib, s.pods) for s in nodes] == [(n.cpu_m, n.memory_mib, n.max_pods) for n in checked]
+
+
+@pytest.fixture(params=[("eks", {}), ("eks", {"node_instance_type": "m7i.large", "node_desired": 5, "node_max": 6}),
+                        ("pi", {})], ids=["eks-default", "eks-m7i-large", "pi"])
+def settings_and_profile(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param
 
 
 def test_eks_nodes_follow_the_settings() -> None:
     shapes = node_shapes(full_settings(), "eks")
     assert [s.name for s in shapes] == ["eks-node-1", "eks-node-2", "eks-node-3"]
-    # m7g.xlarge: 4 vCPU, 16 GiB, 58 pods (EKS AMI figures, final_problem/local/kube.py).
-    assert {(s.cpu_m, s.memory_mib, s.pods) for s in shapes} == {(3920, 14162, 58)}
+    # m7g.xlarge: 4 vCPU, 16 GiB less 7.5% VM overhead, 58 pods; EKS AMI reservations
+    # 80m and 11 * 58 + 255 = 893 MiB, eviction 100 MiB (final_problem/capacity.py).
+    assert {(s.cpu_m, s.memory_mib, s.pods) for s in shapes} == {(3920, int(16384 * 0.925) - 893 - 100, 58)}
     assert [s.labels["topology.kubernetes.io/zone"] for s in shapes] == ["zone-a", "zone-b", "zone-c"]
     assert {s.labels["kubernetes.io/arch"] for s in shapes} == {"arm64"}
+    assert {s.labels["node.kubernetes.io/instance-type"] for s in shapes} == {"m7g.xlarge"}
     bigger = node_shapes(dataclasses.replace(full_settings(), node_instance_type="r7g.xlarge", node_desired=4, node_max=6), "eks")
     assert len(bigger) == 4 and bigger[3].labels["topology.kubernetes.io/zone"] == "zone-a"
     assert (bigger[0].cpu_m, bigger[0].pods) == (4000 - 80, 58)
+    x86 = node_shapes(dataclasses.replace(full_settings(), node_instance_type="m7i.xlarge"), "eks")
+    assert {s.labels["kubernetes.io/arch"] for s in x86} == {"amd64"}
 
 
 def test_pi_nodes_are_three_pi4_k3s_servers_without_zones() -> None:
     shapes = node_shapes(full_settings(), "pi")
     assert len(shapes) == 3
-    assert {(s.cpu_m, s.memory_mib, s.pods) for s in shapes} == {(3700, 2382, 110)}
+    # 4 cores less k3s (300m) and the OS (100m); 4096 MiB less k3s (1539), the OS (256) and
+    # the eviction threshold (100): capacity.PI4_4GB.
+    assert {(s.cpu_m, s.memory_mib, s.pods) for s in shapes} == {(3600, 2201, 110)}
     assert all("topology.kubernetes.io/zone" not in s.labels for s in shapes)
+    assert {(s.labels["kubernetes.io/arch"], s.labels["final-problem.io/arm64-va-bits"]) for s in shapes} == {("arm64", "48")}
 
 
-def test_unknown_instance_type_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="known are c/m/r"):
-        ec2_instance("x2gd.large")
+def test_unknown_instance_type_fails_like_the_capacity_check() -> None:
+    with pytest.raises(ConfigError, match="not in the capacity table"):
+        node_shapes(dataclasses.replace(full_settings(), node_instance_type="x2gd.large"), "eks")
 
 
 @pytest.mark.parametrize("quantity, mib", [("512Mi", 512), ("1Gi", 1024), ("1G", 954), ("2048Ki", 2), ("1048576", 1)])

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
-from final_problem import local, versions
+from final_problem import capacity, local, versions
 from final_problem.config import Settings
 from final_problem.local import LOOPBACK, free_ports
 
@@ -108,135 +108,55 @@ class NodeShape:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Instance:
-    vcpus: int
-    memory_mib: int
-    max_pods: int
-
-
-# vCPUs by size for the m/c/r Graviton families, and GiB per vCPU by family letter.
-# Source: EC2 User Guide, "Instance type specifications" (general purpose m: 4 GiB per
-# vCPU, compute optimized c: 2, memory optimized r: 8), e.g. m7g.large = 2 vCPU, 8 GiB.
-_VCPUS = {"medium": 1, "large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16}
-_GIB_PER_VCPU = {"c": 2, "m": 4, "r": 8}
-# Pods per instance with the VPC CNI's ENI IP addresses (no prefix delegation).
-# Source: awslabs/amazon-eks-ami, nodeadm/internal/kubelet/eni-max-pods.txt
-# (m7g.medium 8, m7g.large 29, m7g.xlarge 58, m7g.2xlarge 58, m7g.4xlarge 234; the
-# same for c6g/c7g/c8g, m6g/m8g and r6g/r7g/r8g; t4g.nano 4, t4g.micro 4, t4g.small 11,
-# t4g.medium 17, t4g.large 35, t4g.xlarge 58, t4g.2xlarge 58).
-_MAX_PODS = {"medium": 8, "large": 29, "xlarge": 58, "2xlarge": 58, "4xlarge": 234}
-# Burstable t4g: (vCPU, MiB, max pods). Source: EC2 "Burstable performance instances"
-# specifications and eni-max-pods.txt as above.
-_T4G = {
-    "nano": _Instance(2, 512, 4), "micro": _Instance(2, 1024, 4), "small": _Instance(2, 2048, 11),
-    "medium": _Instance(2, 4096, 17), "large": _Instance(2, 8192, 35),
-    "xlarge": _Instance(4, 16384, 58), "2xlarge": _Instance(8, 32768, 58),
-}
-_GRAVITON = re.compile(r"^(?P<letter>[cmr])[678]g[a-z]*\.(?P<size>[0-9]*x?[a-z]+)$")
-# What the hypervisor and kernel keep of an instance's nominal memory before the kubelet
-# reports capacity. Source: Karpenter's VM_MEMORY_OVERHEAD_PERCENT default, 0.075
-# (karpenter.sh docs, "Settings"), the figure it uses to predict node capacity.
-_VM_MEMORY_OVERHEAD = 0.075
-# The kubelet's hard eviction threshold on EKS AMIs: memory.available<100Mi.
-# Source: awslabs/amazon-eks-ami, nodeadm/internal/kubelet/config.go (EvictionHard).
-_EKS_EVICTION_MIB = 100
-
-
-def ec2_instance(instance_type: str) -> _Instance:
-    """vCPUs, memory and max pods of a Graviton instance type."""
-    family, _, size = instance_type.partition(".")
-    if family == "t4g" and size in _T4G:
-        return _T4G[size]
-    match = _GRAVITON.match(instance_type)
-    if not match or match.group("size") not in _VCPUS:
-        raise ValueError(
-            f"no node shape for instance type {instance_type!r}: known are c/m/r 6g-8g "
-            f"{', '.join(_VCPUS)} and t4g {', '.join(_T4G)}"
-        )
-    vcpus = _VCPUS[match.group("size")]
-    return _Instance(vcpus, vcpus * _GIB_PER_VCPU[match.group("letter")] * 1024, _MAX_PODS[match.group("size")])
-
-
-def eks_kube_reserved(vcpus: int, max_pods: int) -> tuple[int, int]:
-    """(CPU millicores, memory MiB) that EKS AMIs reserve for the kubelet and runtime.
-
-    Source: awslabs/amazon-eks-ami, nodeadm/internal/kubelet/config.go
-    (withDefaultReservedResources): memory ``11 * maxPods + 255`` MiB; CPU 6% of the first
-    core, 1% of the second, 0.5% of the third and fourth, 0.25% of every further one.
-    """
-    cpu_m = 0.0
-    for core in range(vcpus):
-        cpu_m += 1000 * (0.06 if core == 0 else 0.01 if core == 1 else 0.005 if core < 4 else 0.0025)
-    return round(cpu_m), 11 * max_pods + 255
-
-
 def _eks_shapes(settings: Settings) -> list[NodeShape]:
-    instance = ec2_instance(settings.node_instance_type)
-    reserved_cpu_m, reserved_mib = eks_kube_reserved(instance.vcpus, instance.max_pods)
-    capacity_mib = int(instance.memory_mib * (1 - _VM_MEMORY_OVERHEAD))
+    arch = capacity.instance_type(settings.node_instance_type).arch
     zones = [f"zone-{chr(ord('a') + i)}" for i in range(settings.az_count)]
     return [
         NodeShape(
             name=f"eks-node-{i + 1}",
-            cpu_m=instance.vcpus * 1000 - reserved_cpu_m,
-            memory_mib=capacity_mib - reserved_mib - _EKS_EVICTION_MIB,
-            pods=instance.max_pods,
+            cpu_m=node.cpu_m,
+            memory_mib=node.memory_mib,
+            pods=node.max_pods,
             labels={
-                "kubernetes.io/arch": "arm64",
+                "kubernetes.io/arch": "arm64" if arch == "arm64" else "amd64",
                 "kubernetes.io/os": "linux",
-                "node.kubernetes.io/instance-type": settings.node_instance_type,
+                "node.kubernetes.io/instance-type": node.kind,
                 # Managed node groups spread instances over the subnets' zones in turn.
                 "topology.kubernetes.io/zone": zones[i % len(zones)],
             },
         )
-        for i in range(settings.node_desired)
+        for i, node in enumerate(capacity.node_shapes(settings, "eks"))
     ]
 
 
-# Raspberry Pi 4 Model B, 4 GB: 4 Cortex-A72 cores. The firmware keeps gpu_mem (76 MiB by
-# default on a Pi 4; Raspberry Pi documentation, "config.txt", Memory options) from Linux.
-_PI_CORES = 4
-_PI_MEMORY_MIB = 4096 - 76
-# A k3s server with embedded etcd and a workload on a Pi 4B: 30% of a core and 1613 MB.
-# Source: docs.k3s.io, "Resource Profiling" (Min RAM with embedded etcd, Pi4B BCM2711).
-# Every Pi is a server: three servers form the embedded-etcd quorum (pi/README.md).
-_K3S_SERVER_CPU_M = 300
-_K3S_SERVER_MIB = round(1613 * 1000**2 / 1024**2)
-# k3s sets no kube/system reservation; the kubelet's default hard eviction threshold
-# memory.available<100Mi applies (Kubernetes docs, "Node-pressure Eviction"), and its
-# default maxPods is 110 (KubeletConfiguration reference).
-_KUBELET_EVICTION_MIB = 100
-_KUBELET_MAX_PODS = 110
-
-
-def _pi_shapes() -> list[NodeShape]:
+def _pi_shapes(settings: Settings) -> list[NodeShape]:
     return [
         NodeShape(
             name=f"pi-{i + 1}",
-            cpu_m=_PI_CORES * 1000 - _K3S_SERVER_CPU_M,
-            memory_mib=_PI_MEMORY_MIB - _K3S_SERVER_MIB - _KUBELET_EVICTION_MIB,
-            pods=_KUBELET_MAX_PODS,
+            cpu_m=node.cpu_m,
+            memory_mib=node.memory_mib,
+            pods=node.max_pods,
             # The label first boot sets from the kernel (pi/README.md, "Envoy on a Raspberry
             # Pi"): 48 for the 48-bit kernel a Pi 4 needs to run Envoy (Pi 5: 47). With the
             # stock 39-bit Pi 4 kernel the edge Envoy stays Pending, as the profile intends.
             labels={"kubernetes.io/arch": "arm64", "kubernetes.io/os": "linux", "final-problem.io/arm64-va-bits": "48"},
         )
-        for i in range(3)
+        for i, node in enumerate(capacity.node_shapes(settings, "pi"))
     ]
 
 
 def node_shapes(settings: Settings, profile_name: str) -> list[NodeShape]:
-    """The Nodes a profile runs on, with what the scheduler may place on each.
+    """The Nodes a profile runs on, named and labelled, with the allocatable CPU, memory
+    and pods of :func:`final_problem.capacity.node_shapes` (the one source of the figures).
 
-    ``eks``: ``node_desired`` nodes of ``node_instance_type``, allocatable as EKS AMIs
-    compute it, arm64, one zone each in turn over ``az_count`` zones. ``pi``: three
-    Raspberry Pi 4 (4 GB) k3s servers, arm64, no zone label (k3s sets none).
+    ``eks``: ``node_desired`` nodes of ``node_instance_type``, one zone each in turn over
+    ``az_count`` zones. ``pi``: three Raspberry Pi 4 (4 GB) k3s servers, arm64, no zone
+    label (k3s sets none).
     """
     if profile_name == "eks":
         return _eks_shapes(settings)
     if profile_name == "pi":
-        return _pi_shapes()
+        return _pi_shapes(settings)
     raise ValueError(f"no node shapes for profile {profile_name!r}")
 
 

@@ -3,7 +3,9 @@
 Both profiles, every component, no per-component code: ``dist/<profile>/`` is rendered
 in-process, applied in file order with server-side apply to etcd + kube-apiserver +
 kube-controller-manager + kube-scheduler (built from the Go modules), with Nodes shaped
-like the profile's (:func:`final_problem.local.kube.node_shapes`).
+like the profile's (:func:`final_problem.local.kube.node_shapes`, with the figures of
+:func:`final_problem.capacity.node_shapes`), so the synth-time capacity check and the real
+scheduler are held to agree.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from final_problem import capacity
+from final_problem.config import Settings
 from final_problem.local.kube import (
     ApiError, describe, events, expected_pods, pod_requests, unschedulable,
 )
@@ -35,6 +39,13 @@ FORBIDDEN_POD = {
     "spec": {"containers": [{"name": "c", "image": "docker.io/library/busybox:1.37.0",
                              "securityContext": {"runAsUser": 0}}]},
 }
+
+
+def raw_fit(settings: Settings, platform: KubePlatform) -> capacity.Fit:
+    """The capacity check's figures for what was applied, at face value: the platform's
+    workloads on the same nodes, without the cluster add-ons (none run here)."""
+    return capacity.fit(platform.profile, capacity.node_shapes(settings, platform.profile),
+                        capacity.workloads({"platform": platform.objects}), system_pods=False)
 
 
 def all_pods(platform: KubePlatform) -> list[dict[str, Any]]:
@@ -203,13 +214,24 @@ def _check_generator(kube: KubePlatform, job: dict[str, Any], workdir: Path) -> 
         assert refused.value.status == 403, refused.value
 
 
-def test_nodes_too_small_name_the_unschedulable_pods(tmp_path: Path) -> None:
-    # t4g.nano: 0.5 GiB, 4 pods; after EKS's reservations 74 MiB allocatable per node.
-    settings = dataclasses.replace(full_settings(), node_instance_type="t4g.nano")
+def test_the_scheduler_places_what_the_capacity_check_says_fits(kube: KubePlatform) -> None:
+    result = raw_fit(full_settings(), kube)
+    assert result.fits_within(1.0), "\n".join(capacity.describe(result))
+    kube.wait_for_pods(bound=True)
+    pending = unschedulable(kube.api, kube.namespaces)
+    assert not pending, f"{result.summary()}\nbut the scheduler left pending:\n" + "\n".join(
+        f"  {pod}: {why}" for pod, why in pending.items())
+
+
+def test_the_scheduler_leaves_pending_what_the_capacity_check_says_does_not_fit(tmp_path: Path) -> None:
+    # m7g.large: 2 vCPU, 8 GiB; the platform asks for more CPU and memory than 3 of them offer.
+    settings = dataclasses.replace(full_settings(), node_instance_type="m7g.large")
     with kube_platform(tmp_path, settings, "eks") as platform:
         assert not platform.rejected, platform.rejected
+        result = raw_fit(settings, platform)
+        over = {u.resource for u in result.usage if not u.fits_within(1.0)}
+        assert {"cpu", "memory"} & over, "\n".join(capacity.describe(result))
         platform.wait_for_pods(bound=False)
-        largest_mib = max(s.memory_mib for s in platform.shapes)
 
         seen: list[frozenset[str]] = []
 
@@ -229,11 +251,15 @@ def test_nodes_too_small_name_the_unschedulable_pods(tmp_path: Path) -> None:
         pending, pods = platform.control_plane.wait_for("the scheduler's verdict on every pending pod", explained,
                                                         timeout_s=90, interval_s=1.0)
         report = "\n".join(f"  {pod}: {why}" for pod, why in sorted(pending.items()))
-        print(f"\nunschedulable on 3 x t4g.nano ({largest_mib} MiB allocatable each):\n{report}")
+        print(f"\n{result.summary()}\nunschedulable:\n{report}")
+        assert pending, f"{result.summary()}, yet the scheduler placed every pod"
         for pod, why in pending.items():
-            assert "0/3 nodes are available" in why and ("Insufficient" in why or "Too many pods" in why), pod
-        # Every pod asking for more memory than any node has must be among them.
-        too_big = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods
-                   if pod_requests(p)[1] > largest_mib}
-        assert too_big, "the shapes are not too small for this test"
-        assert too_big <= set(pending), f"scheduled although too big: {sorted(too_big - set(pending))}"
+            assert "0/3 nodes are available" in why, pod
+        assert any("Insufficient memory" in why or "Insufficient cpu" in why for why in pending.values()), report
+        # What the scheduler placed stays within every node's allocatable (finished Job pods
+        # no longer count).
+        for shape in platform.shapes:
+            name = shape.name
+            placed = [pod_requests(p) for p in pods if p["spec"].get("nodeName") == name
+                      and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+            assert sum(c for c, _ in placed) <= shape.cpu_m and sum(m for _, m in placed) <= shape.memory_mib, name
