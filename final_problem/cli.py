@@ -31,6 +31,8 @@ from final_problem.tour.discovery import DiscoveryError, Endpoints
 CLIENTS = {
     "zookeeper": "final_problem.clients.zookeeper",
     "redis": "final_problem.clients.redis",
+    "kafka": "final_problem.clients.kafka",
+    "cadence": "final_problem.clients.cadence",
 }
 
 
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--local", action="store_true", help="start the real servers on this machine (sudo make system-deps)")
     where.add_argument("--zookeeper", metavar="H:P,...", help="ZooKeeper members")
     where.add_argument("--redis-sentinels", metavar="H:P,...", help="Redis Sentinels")
+    where.add_argument("--kafka", metavar="H:P,...", help="Kafka bootstrap servers")
     where.add_argument("--kubeconfig", help="kubeconfig of the cluster (default: KUBECONFIG, ~/.kube/config, k3s's)")
     where.add_argument("--aws", action="store_true", help="find the EKS cluster through the stacks' outputs")
     where.add_argument("--cluster-name", default="final-problem", help="with --aws: the cluster_name setting")
@@ -61,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 def find(args: argparse.Namespace, stack: ExitStack) -> Endpoints:
     """The endpoints, from the first source that applies."""
     explicit = {"zookeeper": args.zookeeper or os.environ.get("ZOOKEEPER_HOSTS"),
-                "redis": args.redis_sentinels or os.environ.get("REDIS_SENTINELS")}
+                "redis": args.redis_sentinels or os.environ.get("REDIS_SENTINELS"),
+                "kafka": args.kafka or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")}
     if args.local:
         from final_problem.tour.local import LocalPlatform
 
@@ -71,6 +75,7 @@ def find(args: argparse.Namespace, stack: ExitStack) -> Endpoints:
         return endpoints
     if all(explicit.values()):
         return Endpoints(source="flags and environment", addresses=dict(explicit))  # type: ignore[arg-type]
+    explicit = {k: v for k, v in explicit.items() if v}
     if discovery.in_cluster():
         endpoints = discovery.from_cluster_dns(discovery.service_refs())
     elif args.aws:
@@ -85,7 +90,7 @@ def find(args: argparse.Namespace, stack: ExitStack) -> Endpoints:
         discovery.check_reachable(kubeconfig)
         endpoints = discovery.from_kubeconfig(kubeconfig, discovery.service_refs())
     stack.callback(endpoints.close)
-    endpoints.addresses.update({k: v for k, v in explicit.items() if v})
+    endpoints.addresses.update(explicit)
     return endpoints
 
 

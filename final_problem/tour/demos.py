@@ -94,6 +94,26 @@ def _redis(ctx: Context) -> Any:
     return RedisClient(settings=RedisSettings.from_env(env))
 
 
+def _kafka(ctx: Context) -> Any:
+    from final_problem.clients.kafka import KafkaSettings
+
+    env = {**__import__("os").environ, **ctx.endpoints.env, "KAFKA_BOOTSTRAP_SERVERS": ctx.endpoints.get("kafka")}
+    return KafkaSettings.from_env(env)
+
+
+def _kafka_topic(settings: Any, partitions: int) -> str:
+    from final_problem.clients.kafka import admin
+    from final_problem.clients.kafka_topics import TopicSpec, reconcile
+
+    name = f"tour-{uuid.uuid4().hex[:8]}"
+    a = admin(settings)
+    try:
+        reconcile(a, [TopicSpec(name=name, partitions=partitions, replication_factor=3)])
+    finally:
+        a.close()
+    return name
+
+
 def _mode(address: str) -> str | None:
     from final_problem.clients.zookeeper import server_mode
 
@@ -213,8 +233,49 @@ def scalability(ctx: Context, report: Report) -> None:
              reads > writes)
 
 
-@demo("consensus", "zookeeper", "one leader, agreed by a majority; a new one after it fails")
+@demo("consensus", "zookeeper, kafka", "one leader, agreed by a majority; a new one after it fails")
 def consensus(ctx: Context, report: Report) -> None:
+    _zookeeper_consensus(ctx, report)
+    _kafka_consensus(ctx, report)
+
+
+def _kafka_consensus(ctx: Context, report: Report) -> None:
+    from final_problem.clients.kafka import describe
+
+    settings = _kafka(ctx)
+    before = describe(settings)
+    ctx.step(report, "ask the Kafka controller quorum (KRaft) for its leader",
+             f"controller {before['active_controller']} leads voters {before['voters']}",
+             before["active_controller"] in before["voters"])
+    if ctx.local is None:
+        return
+    cluster = ctx.local.kafka
+    old = before["active_controller"]
+    cluster.kill(old)
+    started = time.monotonic()
+    after: dict[str, Any] = {}
+    while time.monotonic() - started < 60:
+        try:
+            after = describe(settings)
+        except Exception:  # noqa: BLE001 - the quorum is electing; ask again
+            after = {}
+        if after.get("active_controller") not in (None, -1, old):
+            break
+        time.sleep(0.5)
+    new = after.get("active_controller")
+    ctx.step(report, f"kill the active controller ({old})",
+             f"controller {new} elected in {time.monotonic() - started:.1f} s" if new not in (None, -1, old)
+             else "no new controller in 60 s", new not in (None, -1, old))
+    # The old controller comes back as a follower (its address is in every client's bootstrap list).
+    cluster.start(old)
+    cluster.wait_healthy()
+    name = _kafka_topic(settings, partitions=1)
+    leader = describe(settings)["active_controller"]
+    ctx.step(report, "change metadata under the new leader (create a topic)", f"{name} created; controller {leader} leads",
+             leader not in (None, -1))
+
+
+def _zookeeper_consensus(ctx: Context, report: Report) -> None:
     modes = {m: _mode(m) for m in _members(ctx)}
     leaders = [m for m, v in modes.items() if v == "leader"]
     ctx.step(report, "ask every member for its mode", ", ".join(f"{m}={v}" for m, v in modes.items()), len(leaders) == 1)
@@ -233,8 +294,24 @@ def consensus(ctx: Context, report: Report) -> None:
     ensemble.start(old)
 
 
-@demo("concurrency", "zookeeper", "a distributed lock turns racing read-modify-writes into no lost updates")
+@demo("concurrency", "zookeeper, kafka",
+      "a distributed lock turns racing read-modify-writes into no lost updates; a consumer group shares partitions")
 def concurrency(ctx: Context, report: Report) -> None:
+    _lock_race(ctx, report)
+    from final_problem.clients.kafka import group_demo
+
+    settings = _kafka(ctx)
+    topic = _kafka_topic(settings, partitions=6)
+    result = group_demo(settings, topic, consumers=3, records=300, group_id=f"tour-{topic}")
+    owned = [set(p) for p in result.assignments.values()]
+    disjoint = sum(len(p) for p in owned) == len(set().union(*owned)) == 6
+    ctx.step(report, "3 consumers of one group read a 6-partition topic while 300 records are written",
+             "partitions " + ", ".join(f"consumer {i}: {p}" for i, p in result.assignments.items())
+             + f"; {sum(result.consumed.values())} of {result.produced} records processed",
+             disjoint and sum(result.consumed.values()) >= result.produced)
+
+
+def _lock_race(ctx: Context, report: Report) -> None:
     path = f"/final-problem/tour/counter-{uuid.uuid4().hex[:8]}"
     workers, rounds = 4, 5
 
@@ -319,7 +396,7 @@ def observability(ctx: Context, report: Report) -> None:
              "; ".join(lines), "redis_up 1" in lines)
 
 
-@demo("security", "redis, zookeeper", "unauthenticated and unauthorised requests are refused")
+@demo("security", "redis, kafka, zookeeper", "unauthenticated and unauthorised requests are refused")
 def security(ctx: Context, report: Report) -> None:
     import redis
 
@@ -359,6 +436,25 @@ def security(ctx: Context, report: Report) -> None:
         ctx.step(report, "Sentinel command without a password", "answered!", False)
     except (redis.AuthenticationError, redis.ResponseError) as e:
         ctx.step(report, "Sentinel command without a password", f"refused: {e}")
+    from final_problem.clients.kafka import KafkaSettings, admin, describe
+
+    kafka = _kafka(ctx)
+    marker = "invalid credentials with SASL mechanism SCRAM-SHA-512"
+    logged = sum(ctx.local.kafka.log(n).count(marker) for n in ctx.local.kafka.broker_ids) if ctx.local else 0
+    try:
+        admin(KafkaSettings(bootstrap_servers=kafka.bootstrap_servers, username=kafka.username,
+                            password="wrong-password", request_timeout_s=10)).close()
+        ctx.step(report, "Kafka login with a wrong password (SCRAM-SHA-512)", "accepted!", False)
+    except Exception as e:  # noqa: BLE001 - kafka-python retries a failed login until it times out
+        # The same client with the real password gets in: the refusal was the password.
+        brokers = describe(kafka)["brokers"]
+        seen = ""
+        if ctx.local is not None:
+            now = sum(ctx.local.kafka.log(n).count(marker) for n in ctx.local.kafka.broker_ids)
+            seen = f"; the broker logged '{marker}'" if now > logged else "; no refusal in the broker log"
+        ctx.step(report, "Kafka login with a wrong password (SCRAM-SHA-512)",
+                 f"refused: no session ({type(e).__name__}), while the real password reaches brokers {brokers}{seen}",
+                 bool(brokers) and "no refusal" not in seen)
     zk_host, _, zk_port = _members(ctx)[0].rpartition(":")
     answer = four_letter_word(host=zk_host, port=int(zk_port), word="conf")
     ctx.step(report, "ZooKeeper 'conf' four-letter word (not on the allowlist)",

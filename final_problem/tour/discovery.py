@@ -102,11 +102,17 @@ def _redis_service(chart: Any) -> ServiceRef:
     return ServiceRef("redis", chart.NAMESPACE, chart.sentinel_service, chart.SENTINEL_PORT, cluster_network=True)
 
 
+def _kafka_service(chart: Any) -> ServiceRef:
+    # Brokers advertise their pod names: clients need the cluster network.
+    return ServiceRef("kafka", chart.NAMESPACE, chart.BOOTSTRAP_SERVICE, chart.props.client_port, cluster_network=True)
+
+
 #: Component to the client Service of its chart. A component of another app can instead
 #: give its chart a ``client_service()`` method returning a :class:`ServiceRef`.
 CLIENT_SERVICES: dict[str, Callable[[Any], ServiceRef]] = {
     "zookeeper": _zookeeper_service,
     "redis": _redis_service,
+    "kafka": _kafka_service,
 }
 
 

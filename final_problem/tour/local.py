@@ -1,8 +1,10 @@
 """``--local``: the platform's real servers on this machine, as the tests start them.
 
 A three-member ZooKeeper ensemble and a Redis primary with two replicas and three
-Sentinels (Debian's packages: ``sudo make system-deps``), each from the configuration the
-charts render, on loopback ports. Everything started is stopped on exit, even on failure.
+Sentinels (Debian's packages: ``sudo make system-deps``), and a Kafka cluster of three
+combined broker-controllers, the Pi layout (the broker's jars: ``make kafka``), each from the
+configuration the charts render, on loopback ports. Everything started is stopped on exit,
+even on failure.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ FAILOVER_TIMEOUT_MS = 5000
 class LocalPlatform:
     """Start the local servers; ``endpoints`` and ``faults`` describe and disturb them."""
 
-    def __init__(self, *, components: tuple[str, ...] = ("zookeeper", "redis")) -> None:
+    def __init__(self, *, components: tuple[str, ...] = ("zookeeper", "redis", "kafka")) -> None:
         self.components = components
         self._stack = ExitStack()
         self.workdir = Path(tempfile.mkdtemp(prefix="final-problem-local-"))
         self.zookeeper: Any = None
         self.redis: Any = None
+        self.kafka: Any = None
 
     def __enter__(self) -> "LocalPlatform":
         try:
@@ -46,13 +49,17 @@ class LocalPlatform:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _start(self) -> None:
-        if "zookeeper" in self.components:
-            from final_problem.local.zookeeper import LocalEnsemble, missing_binaries
+        # Each launcher picks free ports when it is created; a server binds its ports only once
+        # it runs. Start each set and wait until it serves before the next picks its ports, and
+        # the JVMs that bind late (Kafka, ZooKeeper) first and last with a wait between.
+        if "kafka" in self.components:
+            from final_problem.local.kafka import LocalKafkaCluster, missing_binaries as kafka_missing
 
-            if missing := missing_binaries():
-                raise DiscoveryError(f"--local needs ZooKeeper from Debian ({', '.join(missing)} missing): run `sudo make system-deps`")
-            self.zookeeper = self._stack.enter_context(LocalEnsemble(workdir=self.workdir / "zookeeper"))
-            self.zookeeper.start_all()
+            if missing := kafka_missing():
+                raise DiscoveryError(f"--local needs the Kafka broker ({', '.join(missing)} missing): run `make kafka`")
+            self.kafka = self._stack.enter_context(LocalKafkaCluster(workdir=self.workdir / "kafka", layout="combined"))
+            self.kafka.start_all()
+            self.kafka.wait_healthy()
         if "redis" in self.components:
             if not shutil.which("redis-server") or not shutil.which("redis-sentinel"):
                 raise DiscoveryError("--local needs redis-server and redis-sentinel: run `sudo make system-deps`")
@@ -64,6 +71,13 @@ class LocalPlatform:
                 PI, down_after_ms=DOWN_AFTER_MS, failover_timeout_ms=FAILOVER_TIMEOUT_MS,
             ).config_options()
             self.redis = self._stack.enter_context(LocalRedisSet(workdir=self.workdir / "redis", options=options))
+        if "zookeeper" in self.components:
+            from final_problem.local.zookeeper import LocalEnsemble, missing_binaries
+
+            if missing := missing_binaries():
+                raise DiscoveryError(f"--local needs ZooKeeper from Debian ({', '.join(missing)} missing): run `sudo make system-deps`")
+            self.zookeeper = self._stack.enter_context(LocalEnsemble(workdir=self.workdir / "zookeeper"))
+            self.zookeeper.start_all()
         if self.zookeeper is not None:
             from final_problem.clients.zookeeper import ZooKeeperClient
 
@@ -80,4 +94,9 @@ class LocalPlatform:
             endpoints.addresses["redis"] = env["REDIS_SENTINELS"]
             endpoints.env.update(env)
             endpoints.env["REDIS_METRICS_PASSWORD"] = self.redis.passwords.metrics
+        if self.kafka is not None:
+            endpoints.addresses["kafka"] = self.kafka.bootstrap_servers
+            endpoints.env.update({"KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+                                  "KAFKA_USERNAME": self.kafka.credentials.app_user,
+                                  "KAFKA_PASSWORD": self.kafka.credentials.app})
         return endpoints
