@@ -14,7 +14,7 @@ from typing import Any
 def mermaid(settings: Any | None = None) -> str:
     from final_problem import components, config, manifests
     from final_problem.profiles import EKS
-    from final_problem.tour.discovery import CLIENT_SERVICES
+    from final_problem.tour.discovery import client_services
 
     if settings is None:
         components.load_bundled()
@@ -39,9 +39,9 @@ def mermaid(settings: Any | None = None) -> str:
     for name, chart in charts.items():
         for dep in chart.requires:
             lines.append(f"  {dep} -. before .-> {name}")
+    refs = client_services(charts)
     for name, chart in charts.items():
-        ref = chart.client_service() if callable(getattr(chart, "client_service", None)) else (
-            CLIENT_SERVICES[name](chart) if name in CLIENT_SERVICES else None)
+        ref = refs.get(name)
         if ref is not None:
             lines.append(f'  user -- "{ref.service}:{ref.port}" --> {name}')
         for target in getattr(chart, "calls", ()):

@@ -30,11 +30,7 @@ class Platform(Construct):
             for dep in chart.requires:
                 manifest.node.add_dependency(self.manifests[dep])
             self.manifests[name] = manifest
-        from final_problem.tour.discovery import CLIENT_SERVICES
+        from final_problem.tour.discovery import client_services
 
         #: Component to its client Service, for discovery (the cluster stack's outputs).
-        self.client_services = {
-            name: (chart.client_service() if callable(getattr(chart, "client_service", None)) else CLIENT_SERVICES[name](chart))
-            for name, chart in self.charts.items()
-            if name in CLIENT_SERVICES or callable(getattr(chart, "client_service", None))
-        }
+        self.client_services = client_services(self.charts)

@@ -122,8 +122,15 @@ def service_refs(settings: Any | None = None) -> dict[str, ServiceRef]:
     from final_problem.profiles import EKS
 
     settings = settings or config.from_mapping(_project_context())
+    return client_services(manifests.render(settings, EKS.name))
+
+
+def client_services(charts: Mapping[str, Any]) -> dict[str, ServiceRef]:
+    """The client Service of each chart that has one: the chart's own ``client_service()``,
+    else the entry of :data:`CLIENT_SERVICES`. Discovery, the cluster stack's outputs and the
+    README's diagram all read it here."""
     refs: dict[str, ServiceRef] = {}
-    for name, chart in manifests.render(settings, EKS.name).items():
+    for name, chart in charts.items():
         if callable(getattr(chart, "client_service", None)):
             refs[name] = chart.client_service()
         elif name in CLIENT_SERVICES:
