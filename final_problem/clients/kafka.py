@@ -233,7 +233,12 @@ def group_demo(settings: KafkaSettings, topic: str, *, consumers: int = 3, recor
                during_produce: Callable[[int], None] | None = None) -> GroupDemoResult:
     """``consumers`` members of one group share ``topic``'s partitions while a producer writes
     ``records`` records; ``during_produce(i)`` is called before record ``i`` (to restart a
-    broker mid-stream, say). Returns who got which partitions and how much each processed."""
+    broker mid-stream, say). Returns who held which partitions at the end and how much each
+    processed.
+
+    Members join one after another, so the first one briefly owns every partition until the
+    group rebalances; the producer starts only once the group has settled (every partition
+    owned by exactly one member), so the records are shared, not read by whoever came first."""
     stop = threading.Event()
     assignments: dict[int, set[int]] = defaultdict(set)
     consumed: dict[int, int] = defaultdict(int)
@@ -247,7 +252,7 @@ def group_demo(settings: KafkaSettings, topic: str, *, consumers: int = 3, recor
                 while not stop.is_set():
                     batch = c.poll(timeout_ms=300)
                     with lock:
-                        assignments[index].update(tp.partition for tp in c.assignment())
+                        assignments[index] = {tp.partition for tp in c.assignment()}
                         consumed[index] += sum(len(v) for v in batch.values())
                     if batch:
                         c.commit()
@@ -261,6 +266,15 @@ def group_demo(settings: KafkaSettings, topic: str, *, consumers: int = 3, recor
         t.start()
     p = producer(settings)
     try:
+        partitions = p.partitions_for(topic)
+        settle_by = time.monotonic() + timeout_s
+        while time.monotonic() < settle_by and not errors:
+            with lock:
+                held = [assignments[i] for i in range(consumers)]
+            if sum(map(len, held)) == len(partitions) and set().union(*held) == partitions \
+                    and sum(1 for h in held if h) == min(consumers, len(partitions)):
+                break
+            time.sleep(0.2)
         futures = []
         for i in range(records):
             if during_produce is not None:
