@@ -16,8 +16,11 @@ Import from here, not from the modules behind it; these names are kept stable::
   :class:`SecretSpec`, :class:`Sizing`, :func:`container_context`, :func:`pod_context`,
   :func:`raw_resources`, :class:`LabelSet`, :func:`set_component`, :func:`ports`,
   :data:`MONITORING_NAMESPACE_LABEL`.
-- Kubernetes objects: :mod:`k8s` (the 1.27 API bundled with cdk8s-plus-27), and
-  :func:`int_or_string` and :func:`quantity`, which make each distinct value once.
+- Kubernetes objects: :mod:`k8s` (the typed 1.27 API of cdk8s-plus-27, one class per kind,
+  rendered in Python), :func:`int_or_string` and :func:`quantity` for its value types;
+  :class:`Group` to group objects into a building block of one's own (others depend on a
+  group as on each object in it), :class:`ObjectChart` for a chart outside the platform,
+  :class:`JsonPatch` for a field the typed API lacks.
 
 ``examples/search/`` in the source repository is a whole component built on this module.
 """
@@ -41,6 +44,7 @@ from final_problem.constructs import (
 )
 from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
+from final_problem.objects import Group, JsonPatch, ObjectChart
 from final_problem.profiles import EKS, PI, Profile
 from final_problem.settings import ComponentSettings, per_profile, setting
 
@@ -52,7 +56,10 @@ __all__ = [
     "ComponentSettings",
     "ConfigError",
     "GeneratedSecrets",
+    "Group",
+    "JsonPatch",
     "LabelSet",
+    "ObjectChart",
     "PlatformChart",
     "Profile",
     "QuorumStatefulSet",

@@ -38,6 +38,7 @@ from constructs import Construct
 from final_problem.config import Settings
 from final_problem.constructs.labels import LabelSet
 from final_problem.errors import ConfigError
+from final_problem.objects import ObjectChart
 from final_problem.profiles import Profile
 from final_problem.settings import ComponentSettings
 
@@ -46,7 +47,7 @@ COMPONENTS: dict[str, type["PlatformChart"]] = {}
 C = TypeVar("C", bound=type["PlatformChart"])
 
 
-class PlatformChart(cdk8s.Chart):
+class PlatformChart(ObjectChart):
     """A cdk8s chart of one platform component.
 
     The contract of a component class:

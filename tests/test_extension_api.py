@@ -41,6 +41,7 @@ PUBLIC = (
     "set_component", "ports", "int_or_string", "quantity", "k8s", "RestrictedNamespace",
     "QuorumStatefulSet", "ClaimSpec", "GeneratedSecrets", "SecretSpec", "Sizing", "container_context",
     "pod_context", "raw_resources", "LabelSet", "MONITORING_NAMESPACE_LABEL", "Settings", "Profile",
+    "Group", "ObjectChart", "JsonPatch",
 )
 
 
@@ -92,13 +93,13 @@ def test_namespace_pss_version_follows_the_chart_settings() -> None:
 
 
 def test_namespace_outside_a_platform_chart_uses_the_platform_version() -> None:
-    chart = cdk8s.Chart(cdk8s.App(), "Plain")
+    chart = api.ObjectChart(cdk8s.App(), "Plain")
     api.RestrictedNamespace(chart, "Namespace", name="plain")
     assert namespace_labels(chart)["pod-security.kubernetes.io/enforce-version"] == f"v{versions.KUBERNETES_VERSION}"
 
 
 def test_namespace_takes_extra_labels_and_an_explicit_version() -> None:
-    chart = cdk8s.Chart(cdk8s.App(), "Plain")
+    chart = api.ObjectChart(cdk8s.App(), "Plain")
     ns = api.RestrictedNamespace(
         chart, "Namespace", name="plain", pss_version="latest", labels=api.MONITORING_NAMESPACE_LABEL
     )
@@ -111,13 +112,13 @@ def test_namespace_takes_extra_labels_and_an_explicit_version() -> None:
 
 @pytest.mark.parametrize("key", ["pod-security.kubernetes.io/enforce", "app.kubernetes.io/component"])
 def test_namespace_labels_cannot_replace_its_own(key: str) -> None:
-    chart = cdk8s.Chart(cdk8s.App(), "Plain")
+    chart = api.ObjectChart(cdk8s.App(), "Plain")
     with pytest.raises(api.ConfigError, match=rf"^RestrictedNamespace\(plain\)\.labels = '{key}': .*sets this label itself"):
         api.RestrictedNamespace(chart, "Namespace", name="plain", labels={key: "privileged"})
 
 
 def test_namespace_refuses_a_malformed_pss_version() -> None:
-    chart = cdk8s.Chart(cdk8s.App(), "Plain")
+    chart = api.ObjectChart(cdk8s.App(), "Plain")
     with pytest.raises(api.ConfigError, match=r"^RestrictedNamespace\(plain\)\.pss_version = '1\.36': .*Fix: leave it unset"):
         api.RestrictedNamespace(chart, "Namespace", name="plain", pss_version="1.36")
 

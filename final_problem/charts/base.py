@@ -68,4 +68,4 @@ class BaseChart(PlatformChart):
             labels=self.label_set,
             secrets=[SecretSpec(name=self.ADMIN_SECRET, keys=("password",))],
         )
-        self.secrets.node.add_dependency(self.platform_namespace)
+        self.secrets.add_dependency(self.platform_namespace)

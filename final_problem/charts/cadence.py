@@ -236,7 +236,7 @@ class CadenceChart(PlatformChart):
         self.cadence_namespace = RestrictedNamespace(self, "Namespace", name=ns, pss_version=f"v{settings.kubernetes_version}")
         self.secrets = GeneratedSecrets(self, "Secrets", namespace=ns, labels=self.label_set,
                                         secrets=[SecretSpec(name=self.DB_SECRET, keys=("password",))])
-        self.secrets.node.add_dependency(self.cadence_namespace)
+        self.secrets.add_dependency(self.cadence_namespace)
         db_client_labels = postgres.client_pod_labels()
         postgres.add_client(self, PostgresClient(
             role=self.DB_ROLE, namespace=ns, secret=self.DB_SECRET,

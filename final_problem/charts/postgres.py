@@ -185,7 +185,7 @@ class PostgresChart(PlatformChart):
             self, "Secrets", namespace=ns, labels=self.label_set,
             secrets=[SecretSpec(name=self.SUPERUSER_SECRET, keys=("password",))],
         )
-        self.secrets.node.add_dependency(self.postgres_namespace)
+        self.secrets.add_dependency(self.postgres_namespace)
 
         settings_map = server_settings(max_connections=p.max_connections, shared_buffers_mib=p.shared_buffers_mib)
         args = server_args(settings_map)
@@ -311,7 +311,7 @@ class PostgresChart(PlatformChart):
         set_component(self.metrics_policy, "network-policy")
         for child in (self.service, self.stateful_set, self.metrics_policy):
             child.add_dependency(self.postgres_namespace.resource)
-        self.stateful_set.node.add_dependency(self.secrets)
+        self.stateful_set.add_dependency(self.secrets)
 
     def client_pod_labels(self) -> dict[str, str]:
         """Labels a client's pods must carry (their namespace must be declared with :meth:`add_client`)."""

@@ -249,7 +249,7 @@ class RedisChart(PlatformChart):
             self, "Secrets", namespace=ns, labels=self.label_set,
             secrets=[SecretSpec(name=self.AUTH_SECRET, keys=self.SECRET_KEYS)],
         )
-        self.secrets.node.add_dependency(self.redis_namespace)
+        self.secrets.add_dependency(self.redis_namespace)
 
         files = {**config_files(options), "redis_exporter.py": EXPORTER_SCRIPT.read_text()}
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
@@ -407,9 +407,9 @@ class RedisChart(PlatformChart):
             self.redis.resource = MeshWorkload.apply(self.redis.resource)
             self.mesh_policy = self.mesh.network_policy(self, "MeshPolicy", pod_selector=redis_selector)
         self._network_policies(redis_selector, sentinel_selector)
-        for child in self.node.children:
+        for child in self.children:
             if child is not self.redis_namespace:
-                child.node.add_dependency(self.redis_namespace)
+                child.add_dependency(self.redis_namespace)
 
     def _service(self, id: str, name: str, selector: dict[str, str], port: int, component: str, *, headless: bool) -> k8s.KubeService:
         service = k8s.KubeService(

@@ -342,8 +342,8 @@ class ZooKeeperChart(PlatformChart):
         self._network_policies(selector=selector, props=props)
         for child in (self.config_map, self.headless_service, self.client_service):
             child.add_dependency(self.zookeeper_namespace.resource)
-        self.stateful_set.node.add_dependency(self.zookeeper_namespace)
-        self.stateful_set.node.add_dependency(self.config_map)
+        self.stateful_set.add_dependency(self.zookeeper_namespace)
+        self.stateful_set.add_dependency(self.config_map)
 
     def _network_policies(self, *, selector: dict[str, str], props: ZooKeeperProps) -> None:
         ns = self.NAMESPACE

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from constructs import Construct
+from final_problem.objects import Group, ObjectChart
 
 from final_problem import versions
 from final_problem.constructs.labels import LabelSet
@@ -74,12 +74,12 @@ class SecretSpec:
             )
 
 
-class GeneratedSecrets(Construct):
+class GeneratedSecrets(Group):
     """Generate named Secrets in ``namespace`` from inside the cluster, once."""
 
     def __init__(
         self,
-        scope: Construct,
+        scope: ObjectChart | Group,
         id: str,
         *,
         namespace: str,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import cdk8s
 
+from final_problem.objects import ApiObject, Group, api_object_of
+
 PART_OF = "final-problem"
 
 
@@ -40,6 +42,10 @@ class LabelSet:
 
 
 def set_component(obj: object, component: str) -> None:
-    """Label an object (cdk8s ApiObject or cdk8s-plus resource) with its component."""
+    """Label an object with its component: a :mod:`final_problem.k8s` object, a group
+    (its ``Resource`` object), or a cdk8s construct (cdk8s-plus resource, ApiObject)."""
+    if isinstance(obj, (ApiObject, Group)):
+        api_object_of(obj).metadata.add_label("app.kubernetes.io/component", component)
+        return
     api = obj if isinstance(obj, cdk8s.ApiObject) else cdk8s.ApiObject.of(obj)  # type: ignore[arg-type]
     api.metadata.add_label("app.kubernetes.io/component", component)

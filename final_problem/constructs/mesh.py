@@ -30,8 +30,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import cdk8s
-from constructs import Construct
+from final_problem.objects import ApiObject, Group, JsonPatch, ObjectChart
 
 from final_problem import versions
 from final_problem.clients import mesh_register
@@ -106,14 +105,14 @@ class SidecarSizing:
                    dataplane=Sizing(cpu_request_m=100, cpu_limit_m=1000, memory_request_mib=128, memory_limit_mib=192))
 
 
-class MeshWorkload(Construct):
+class MeshWorkload(Group):
     """What one workload needs in the mesh; the chart puts :attr:`init_containers`,
     :attr:`volumes` and :attr:`pod_labels` into its pod template, names
     :attr:`service_account` in it, then calls :meth:`apply` on the workload object."""
 
     def __init__(
         self,
-        scope: Construct,
+        scope: ObjectChart | Group,
         id: str,
         *,
         service: MeshService,
@@ -244,7 +243,7 @@ class MeshWorkload(Construct):
             ])),
         ]
 
-    def network_policy(self, scope: Construct, id: str, *, pod_selector: dict[str, str]) -> k8s.KubeNetworkPolicy:
+    def network_policy(self, scope: ObjectChart | Group, id: str, *, pod_selector: dict[str, str]) -> k8s.KubeNetworkPolicy:
         """Ingress to the sidecar from mesh pods; egress to Consul, the API server and the
         upstreams' sidecars."""
         mesh_peer = k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(),
@@ -271,31 +270,17 @@ class MeshWorkload(Construct):
         return policy
 
     @staticmethod
-    def apply(workload: cdk8s.ApiObject) -> cdk8s.ApiObject:
+    def apply(workload: ApiObject) -> ApiObject:
         """Make the two mesh init containers native sidecars (``restartPolicy: Always``;
-        beta and on by default since Kubernetes 1.29, GA in 1.33) and return the object
-        that replaces ``workload``.
+        beta and on by default since Kubernetes 1.29, GA in 1.33) and return the workload.
 
-        The typed 1.27 objects used here drop fields their schema lacks when rendered, so
-        the workload is replaced by a plain ApiObject carrying the same manifest plus the
-        field. Call it last, after every change to the workload.
+        The typed 1.27 structs have no such field, so it is added to the rendered object
+        as a JSON patch. Call it last, after every change to the workload's containers.
         """
         manifest = workload.to_json()
-        pod = manifest["spec"]["template"]["spec"] if manifest["kind"] != "Pod" else manifest["spec"]
-        for container in pod.get("initContainers") or []:
+        spec = "/spec" if manifest["kind"] == "Pod" else "/spec/template/spec"
+        pod = manifest["spec"] if manifest["kind"] == "Pod" else manifest["spec"]["template"]["spec"]
+        for index, container in enumerate(pod.get("initContainers") or []):
             if container["name"] in ("mesh-register", "consul-dataplane"):
-                container["restartPolicy"] = "Always"
-        scope, id = workload.node.scope, workload.node.id
-        assert scope is not None
-        dependencies = list(workload.node.dependencies)
-        scope.node.try_remove_child(id)
-        meta = manifest["metadata"]
-        replacement = cdk8s.ApiObject(
-            scope, id, api_version=manifest["apiVersion"], kind=manifest["kind"],
-            metadata=cdk8s.ApiObjectMetadata(name=meta.get("name"), namespace=meta.get("namespace"),
-                                             labels=meta.get("labels"), annotations=meta.get("annotations")),
-        )
-        replacement.add_json_patch(cdk8s.JsonPatch.add("/spec", manifest["spec"]))
-        if dependencies:
-            replacement.node.add_dependency(*dependencies)
-        return replacement
+                workload.add_json_patch(JsonPatch.add(f"{spec}/initContainers/{index}/restartPolicy", "Always"))
+        return workload

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-import cdk8s
-from constructs import Construct
+from final_problem.objects import Group, ObjectChart, chart_of
 
 from final_problem import versions
 from final_problem.errors import ConfigError
@@ -47,15 +46,15 @@ _PSS_VERSION = re.compile(r"latest|v[0-9]+\.[0-9]+")
 _PSS_PREFIX = "pod-security.kubernetes.io/"
 
 
-def pss_version_of(scope: Construct) -> str:
+def pss_version_of(scope: object) -> str:
     """The Pod Security Standards version for a namespace under ``scope``: the Kubernetes
     version of the enclosing platform chart's settings (``kubernetes_version``), else the
     platform's default (:data:`final_problem.versions.KUBERNETES_VERSION`)."""
-    settings = getattr(cdk8s.Chart.of(scope), "settings", None)
+    settings = getattr(chart_of(scope), "settings", None)
     return f"v{getattr(settings, 'kubernetes_version', None) or versions.KUBERNETES_VERSION}"
 
 
-class RestrictedNamespace(Construct):
+class RestrictedNamespace(Group):
     """A namespace labelled to enforce, audit and warn at Pod Security "restricted".
 
     Creates the Namespace, a default-deny NetworkPolicy for ingress and egress, and a
@@ -72,7 +71,7 @@ class RestrictedNamespace(Construct):
 
     def __init__(
         self,
-        scope: Construct,
+        scope: ObjectChart | Group,
         id: str,
         *,
         name: str,

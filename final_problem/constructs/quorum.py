@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from constructs import Construct
+from final_problem.objects import Group, ObjectChart
 
 from final_problem.constructs.labels import LabelSet
 from final_problem.constructs.security import pod_context
@@ -88,7 +88,7 @@ class QuorumPolicy:
         ]
 
 
-class QuorumStatefulSet(Construct):
+class QuorumStatefulSet(Group):
     """A StatefulSet of quorum members with a PDB, anti-affinity, spread and retained volumes.
 
     Exposes ``name``, ``namespace``, ``selector`` and ``replicas``; the headless Service
@@ -98,7 +98,7 @@ class QuorumStatefulSet(Construct):
 
     def __init__(
         self,
-        scope: Construct,
+        scope: ObjectChart | Group,
         id: str,
         *,
         name: str,

@@ -185,7 +185,7 @@ class SearchChart(PlatformChart):
         for child in (self.headless_service, self.client_service):
             set_component(child, "server")
             child.add_dependency(self.search_namespace.resource)
-        self.stateful_set.node.add_dependency(self.search_namespace)
+        self.stateful_set.add_dependency(self.search_namespace)
 
     def _network_policies(self, *, selector: dict[str, str], zookeeper: PlatformChart) -> None:
         nodes = k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=selector))

@@ -1,0 +1,81 @@
+"""The Kubernetes API for charts: the typed structs of ``cdk8s_plus_27.k8s`` (the 1.27 API;
+every field used here exists unchanged up to 1.36, checked by kubernetes-validate in the
+tests) and one class per kind, ``KubeService``, ``KubeStatefulSet``, ..., that builds an
+:class:`~final_problem.objects.ApiObject` rendered in Python.
+
+``KubeService(scope, "Id", metadata=k8s.ObjectMeta(...), spec=k8s.ServiceSpec(...))`` takes
+the same arguments as its cdk8s-plus counterpart, checked against the same props struct.
+``IntOrString`` and ``Quantity`` values come from :func:`final_problem.imports.int_or_string`
+and :func:`final_problem.imports.quantity`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cdk8s_plus_27 import k8s as _k8s
+from cdk8s_plus_27.k8s import *  # noqa: F401,F403  (the structs, by their cdk8s-plus names)
+
+from final_problem.objects import ApiObject, Value
+
+
+def _kind_class(name: str) -> type[ApiObject]:
+    jsii_class = getattr(_k8s, name)
+    return type(name, (ApiObject,), {
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": (jsii_class.__doc__ or "").split("\n")[0] + "\n\nRendered in Python; see final_problem.objects.ApiObject.",
+        "_jsii_class": jsii_class,
+        "_props_class": getattr(_k8s, f"{name}Props"),
+    })
+
+
+_KINDS = [n for n in _k8s.__all__ if n.startswith("Kube") and not n.endswith("Props") and f"{n}Props" in _k8s.__all__]
+globals().update({name: _kind_class(name) for name in _KINDS})
+
+
+class _IntOrStringValue(_k8s.IntOrString, Value):
+    """An ``IntOrString`` known in Python (no jsii object unless one is needed)."""
+
+    raw: Any
+
+    @property  # type: ignore[override]
+    def value(self) -> Any:
+        return self.raw
+
+    @property
+    def __jsii_ref__(self) -> Any:  # handed to a jsii call: make the real value then
+        made = (_k8s.IntOrString.from_number(self.raw) if isinstance(self.raw, int)
+                else _k8s.IntOrString.from_string(self.raw))
+        return made.__jsii_ref__
+
+
+class _QuantityValue(_k8s.Quantity, Value):
+    """A ``Quantity`` known in Python (no jsii object unless one is needed)."""
+
+    raw: Any
+
+    @property  # type: ignore[override]
+    def value(self) -> Any:
+        return self.raw
+
+    @property
+    def __jsii_ref__(self) -> Any:
+        made = (_k8s.Quantity.from_number(self.raw) if isinstance(self.raw, (int, float))
+                else _k8s.Quantity.from_string(self.raw))
+        return made.__jsii_ref__
+
+
+def int_or_string_value(raw: int | str) -> _k8s.IntOrString:
+    value = object.__new__(_IntOrStringValue)
+    value.raw = raw
+    return value
+
+
+def quantity_value(raw: int | float | str) -> _k8s.Quantity:
+    value = object.__new__(_QuantityValue)
+    value.raw = raw
+    return value
+
+
+__all__ = [*_k8s.__all__]

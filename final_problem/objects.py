@@ -1,0 +1,432 @@
+"""Kubernetes objects built and rendered in Python, inside a cdk8s chart.
+
+A chart built from ``cdk8s_plus_27.k8s`` objects pays a round trip to the jsii runtime
+(a Node.js process) for every object it creates and every value it renders, and again
+when it is serialized; with nine components and two profiles that was most of the
+platform's synthesis time. The objects here keep cdk8s's model and its output, and do the
+work in Python:
+
+- :class:`ObjectChart` is a ``cdk8s.Chart``. Its ``to_json`` (what ``cdk8s`` and
+  ``aws_eks_v2.Cluster.add_cdk8s_chart`` call) renders the Python objects, then any cdk8s
+  construct added to it the usual way (cdk8s-plus workloads, say), which cdk8s renders.
+- :class:`ApiObject` is one Kubernetes object; :mod:`final_problem.k8s` gives one class
+  per kind, taking the typed structs of ``cdk8s_plus_27.k8s`` (checked when built).
+- :class:`Group` groups objects, as a construct groups its children in cdk8s.
+
+Rendering follows cdk8s 2 (``ApiObject.toJson``, ``DependencyGraph``): the chart's labels
+under every object's own, ``null`` values dropped, empty metadata fields dropped, keys
+sorted (``apiVersion``, ``kind`` and ``metadata`` first), JSON patches applied, and objects
+ordered by their dependencies, then by where they were added. A dependency on a group is
+a dependency on every object in it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
+
+import cdk8s
+from constructs import Construct
+
+
+class ObjectError(ValueError):
+    """A Kubernetes object that cannot be built or rendered (a programming error)."""
+
+
+class Group:
+    """A named group of objects (and groups) in an :class:`ObjectChart`.
+
+    ``scope``: the chart or a group; ``id``: unique among the scope's children. Other
+    objects may depend on the group: they come after every object in it.
+    """
+
+    def __init__(self, scope: ObjectChart | Group, id: str) -> None:
+        self.scope: Group | None = None
+        self.id = id
+        self.children: list[Group | ApiObject] = []
+        self.dependencies: list[Group | ApiObject] = []
+        self._chart: ObjectChart | None = None
+        if scope is not None:
+            _attach(self, scope)
+
+    @property
+    def chart(self) -> ObjectChart:
+        """The chart this group belongs to."""
+        assert self._chart is not None
+        return self._chart
+
+    @property
+    def path(self) -> str:
+        return f"{self.scope.path}/{self.id}" if self.scope is not None else self.id
+
+    def add_dependency(self, *targets: Group | ApiObject) -> None:
+        """Render every object in this group after every object in ``targets``."""
+        _add_dependencies(self, targets)
+
+    def find_all(self) -> Iterator[Group | ApiObject]:
+        """This group and everything under it, parents first, in the order they were added."""
+        yield self
+        for child in self.children:
+            if isinstance(child, Group):
+                yield from child.find_all()
+            else:
+                yield child
+
+    @property
+    def default_child(self) -> ApiObject | Group | None:
+        """The child named ``Resource`` or ``Default`` (as in the constructs library)."""
+        for child in self.children:
+            if child.id in ("Resource", "Default"):
+                return child
+        return None
+
+    def objects(self) -> list[ApiObject]:
+        """The objects of this group, in the order cdk8s would write them."""
+        return _topology(self)
+
+
+def _attach(child: Group | ApiObject, scope: Any) -> None:
+    parent = scope if isinstance(scope, Group) else getattr(scope, "_object_root", None)
+    if not isinstance(parent, Group):
+        raise ObjectError(
+            f"{type(child).__name__} '{child.id}' needs an ObjectChart (a PlatformChart) or a Group in one as its "
+            f"scope, not {type(scope).__name__}"
+        )
+    if any(c.id == child.id for c in parent.children):
+        raise ObjectError(f"there is already a child named '{child.id}' in {parent.path}")
+    child.scope = parent
+    child._chart = parent._chart
+    parent.children.append(child)
+
+
+def _add_dependencies(source: Group | ApiObject, targets: Sequence[Group | ApiObject]) -> None:
+    for target in targets:
+        if not isinstance(target, (Group, ApiObject)):
+            raise ObjectError(f"{source.path} can only depend on objects and groups of an ObjectChart, not {type(target).__name__}")
+        if target is not source and target not in source.dependencies:
+            source.dependencies.append(target)
+
+
+def _topology(root: Group) -> list[ApiObject]:
+    """The objects under ``root`` in cdk8s's order (``DependencyGraph.topology``): a
+    dependency on a group becomes one on each of its objects; objects nothing depends on
+    are the roots, taken in tree order, each written after what it depends on."""
+    nodes = list(root.find_all())
+    present = {id(n) for n in nodes}
+    edges: dict[int, list[Group | ApiObject]] = {id(n): list(n.dependencies) for n in nodes}
+
+    def objects_under(n: Group | ApiObject) -> list[ApiObject]:
+        return [o for o in n.find_all() if isinstance(o, ApiObject)] if isinstance(n, Group) else [n]
+
+    for source in nodes:
+        for target in list(source.dependencies):
+            if id(target) not in present:
+                continue  # another chart's object: the charts' own order covers it
+            for t in objects_under(target):
+                for s in objects_under(source):
+                    if t is not s and t not in edges[id(s)]:
+                        edges[id(s)].append(t)
+    inbound = {id(t) for n in nodes for t in edges[id(n)] if id(t) in present}
+    order: list[Group | ApiObject] = []
+    done: set[int] = set()
+    visiting: list[Group | ApiObject] = []
+
+    def visit(n: Group | ApiObject) -> None:
+        if id(n) in done:
+            return
+        if any(v is n for v in visiting):
+            cycle = visiting[next(i for i, v in enumerate(visiting) if v is n):] + [n]
+            raise ObjectError("dependency cycle: " + " => ".join(v.path for v in cycle))
+        visiting.append(n)
+        for target in edges[id(n)]:
+            if id(target) in present:
+                visit(target)
+        visiting.pop()
+        done.add(id(n))
+        order.append(n)
+
+    for n in nodes:
+        if id(n) not in inbound:
+            visit(n)
+    # Whatever no root reaches hangs off a cycle; visiting it finds the cycle.
+    for n in nodes:
+        visit(n)
+    return [n for n in order if isinstance(n, ApiObject)]
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+_SCHEMA_NAME = re.compile(r":schema: \S+#(\S+)")
+
+
+@lru_cache(maxsize=None)
+def _json_names(struct: type) -> dict[str, str]:
+    """Python field name to Kubernetes JSON name for a ``cdk8s_plus_27.k8s`` struct: the
+    name in each property's ``:schema:`` line (``clusterIP``, where the TypeScript name is
+    ``clusterIp``), else the TypeScript name."""
+    names: dict[str, str] = {}
+    for python_name, ts_name in struct.__jsii_name_mapping__.items():  # type: ignore[attr-defined]
+        doc = getattr(getattr(struct, python_name, None), "__doc__", None) or ""
+        match = _SCHEMA_NAME.search(doc)
+        names[python_name] = match.group(1) if match else ts_name
+    return names
+
+
+class Value:
+    """A scalar the structs type as a jsii class (``IntOrString``, ``Quantity``); see
+    :mod:`final_problem.k8s`. ``raw`` is its JSON value."""
+
+    raw: Any
+
+
+_jsii_values: dict[int, tuple[Any, Any]] = {}
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON data: structs by their Kubernetes field names, ``None`` dropped."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Value):
+        return value.raw
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: p for k, v in value.items() if (p := plain(v)) is not None}
+    names = _json_names(type(value)) if hasattr(type(value), "__jsii_name_mapping__") else None
+    if names is not None:
+        return {names[k]: p for k, v in value._values.items() if (p := plain(v)) is not None}
+    if hasattr(value, "__jsii_ref__") and hasattr(type(value), "value"):
+        # An IntOrString or Quantity made through jsii: read its value once.
+        cached = _jsii_values.get(id(value))
+        if cached is None or cached[0] is not value:
+            cached = (value, value.value)
+            _jsii_values[id(value)] = cached
+        return cached[1]
+    raise ObjectError(f"cannot render a {type(value).__name__} in a Kubernetes object")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _without_empty(value: Any) -> Any:
+    """Drop empty lists and maps, recursively (cdk8s does so in metadata)."""
+    if isinstance(value, dict):
+        kept = {k: v for k, v in ((k, _without_empty(v)) for k, v in value.items()) if v is not None}
+        return kept or None
+    if isinstance(value, list):
+        return value or None
+    return value
+
+
+@dataclass(frozen=True)
+class JsonPatch:
+    """One RFC 6902 operation on an object's rendered JSON: :meth:`add`, :meth:`replace`
+    or :meth:`remove`."""
+
+    op: str
+    path: str
+    value: Any = None
+
+    @staticmethod
+    def add(path: str, value: Any) -> JsonPatch:
+        """Add ``value`` at ``path``: a key of a map, or before an index of a list (``-``: at the end)."""
+        return JsonPatch("add", path, value)
+
+    @staticmethod
+    def replace(path: str, value: Any) -> JsonPatch:
+        return JsonPatch("replace", path, value)
+
+    @staticmethod
+    def remove(path: str) -> JsonPatch:
+        return JsonPatch("remove", path)
+
+    def apply(self, document: dict[str, Any]) -> None:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in self.path.split("/")[1:]]
+        target: Any = document
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if isinstance(target, list):
+            index = len(target) if last == "-" else int(last)
+            if self.op == "add":
+                target.insert(index, plain(self.value))
+            elif self.op == "replace":
+                target[index] = plain(self.value)
+            else:
+                del target[index]
+        elif self.op == "remove":
+            del target[last]
+        else:
+            if self.op == "replace" and last not in target:
+                raise ObjectError(f"JSON patch: nothing to replace at {self.path}")
+            target[last] = plain(self.value)
+
+
+class Metadata:
+    """An object's metadata: what it was given, plus labels and annotations added later."""
+
+    def __init__(self, given: Mapping[str, Any]) -> None:
+        self._given = {k: v for k, v in given.items() if k not in ("labels", "annotations")}
+        self.labels: dict[str, str] = dict(given.get("labels") or {})
+        self.annotations: dict[str, str] = dict(given.get("annotations") or {})
+
+    @property
+    def name(self) -> str | None:
+        return self._given.get("name")
+
+    @property
+    def namespace(self) -> str | None:
+        return self._given.get("namespace")
+
+    def add_label(self, key: str, value: str) -> None:
+        self.labels[key] = value
+
+    def get_label(self, key: str) -> str | None:
+        return self.labels.get(key)
+
+    def add_annotation(self, key: str, value: str) -> None:
+        self.annotations[key] = value
+
+    def to_json(self, chart_labels: Mapping[str, str]) -> dict[str, Any]:
+        meta = {**self._given, "annotations": self.annotations, "labels": {**chart_labels, **self.labels}}
+        return _without_empty(meta) or {}
+
+
+class ApiObject:
+    """One Kubernetes object in an :class:`ObjectChart` (or a :class:`Group` in one).
+
+    ``api_version``, ``kind`` and ``metadata`` (an ``ObjectMeta`` struct or a mapping) as
+    in Kubernetes; every other keyword is a top-level field (structs or JSON data). The
+    classes of :mod:`final_problem.k8s` fix ``api_version`` and ``kind`` and check the
+    fields against the kind's typed props.
+    """
+
+    #: The kind's class in ``cdk8s_plus_27.k8s`` (its ``GVK``) and its props struct.
+    _jsii_class: ClassVar[Any] = None
+    _props_class: ClassVar[Any] = None
+    _gvk: ClassVar[tuple[str, str] | None] = None
+
+    def __init__(self, scope: ObjectChart | Group, id: str, *, api_version: str | None = None,
+                 kind: str | None = None, metadata: Any = None, **fields: Any) -> None:
+        cls = type(self)
+        if cls._props_class is not None:
+            # Type-checks every field against the kind's schema (and refuses unknown ones).
+            cls._props_class(metadata=metadata, **fields)
+            names = _json_names(cls._props_class)
+            fields = {names[k]: v for k, v in fields.items()}
+            if cls._gvk is None:
+                gvk = cls._jsii_class.GVK
+                cls._gvk = (gvk.api_version, gvk.kind)
+            api_version, kind = cls._gvk
+        if not api_version or not kind:
+            raise ObjectError(f"object '{id}' needs an api_version and a kind")
+        self.id = id
+        self.scope: Group | None = None
+        self._chart: ObjectChart | None = None
+        self.api_version = api_version
+        self.kind = kind
+        self.fields = fields
+        self.metadata = Metadata(plain(metadata) or {})
+        self.dependencies: list[Group | ApiObject] = []
+        self.patches: list[JsonPatch] = []
+        if not self.metadata.name:
+            raise ObjectError(f"{kind} '{id}' needs metadata.name: objects reached by name are named explicitly")
+        _attach(self, scope)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name or ""
+
+    @property
+    def chart(self) -> ObjectChart:
+        assert self._chart is not None
+        return self._chart
+
+    @property
+    def path(self) -> str:
+        return f"{self.scope.path}/{self.id}" if self.scope is not None else self.id
+
+    def add_dependency(self, *targets: Group | ApiObject) -> None:
+        """Render this object after every object in ``targets``."""
+        _add_dependencies(self, targets)
+
+    def add_json_patch(self, *ops: JsonPatch) -> None:
+        """Apply RFC 6902 operations to the rendered JSON, in order."""
+        self.patches.extend(ops)
+
+    def to_json(self) -> dict[str, Any]:
+        body = {k: p for k, v in self.fields.items() if (p := plain(v)) is not None}
+        document = {
+            "apiVersion": self.api_version, "kind": self.kind,
+            "metadata": self.metadata.to_json(self.chart.object_labels), **body,
+        }
+        for op in self.patches:
+            op.apply(document)
+        document = _sorted(document)
+        head = ("apiVersion", "kind", "metadata")
+        return {**{k: document[k] for k in head}, **{k: v for k, v in document.items() if k not in head}}
+
+
+def api_object_of(node: Any) -> ApiObject:
+    """``node`` itself if it is an object, else its default child, recursively."""
+    while isinstance(node, Group):
+        child = node.default_child
+        if child is None:
+            raise ObjectError(f"{node.path} has no child named 'Resource' or 'Default'")
+        node = child
+    if not isinstance(node, ApiObject):
+        raise ObjectError(f"not an object of an ObjectChart: {type(node).__name__}")
+    return node
+
+
+def chart_of(scope: Any) -> cdk8s.Chart:
+    """The chart of a group or object, or of any cdk8s construct."""
+    if isinstance(scope, (Group, ApiObject)):
+        return scope.chart
+    if isinstance(scope, cdk8s.Chart):
+        return scope
+    return cdk8s.Chart.of(scope)
+
+
+class ObjectChart(cdk8s.Chart):
+    """A cdk8s chart whose :class:`ApiObject` objects are rendered in Python.
+
+    ``labels`` go on every object. ``to_json`` returns the Python objects in dependency
+    order, then whatever cdk8s constructs were added to the chart directly.
+    """
+
+    def __init__(self, scope: Construct, id: str, *, labels: Mapping[str, str] | None = None,
+                 disable_resource_name_hashes: bool | None = None) -> None:
+        super().__init__(scope, id, labels=dict(labels) if labels else None,
+                         disable_resource_name_hashes=disable_resource_name_hashes)
+        root = Group(None, id)  # type: ignore[arg-type]
+        root._chart = self
+        self._object_root = root
+        #: Labels every object gets (an object's own labels win).
+        self.object_labels: dict[str, str] = dict(labels or {})
+
+    @property
+    def children(self) -> list[Group | ApiObject]:
+        """Objects and groups added to the chart itself, in order."""
+        return self._object_root.children
+
+    def find_all(self) -> Iterator[Group | ApiObject]:
+        """Every object and group of the chart, parents first."""
+        for child in self.children:
+            yield from (child.find_all() if isinstance(child, Group) else (child,))
+
+    def objects(self) -> list[ApiObject]:
+        """The chart's Python objects, in the order they are written."""
+        return _topology(self._object_root)
+
+    def to_json(self) -> list[Any]:
+        rendered: list[Any] = [o.to_json() for o in self.objects()]
+        if self.node.children:
+            rendered += list(super().to_json())
+        return rendered
