@@ -8,16 +8,18 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-
-import aws_cdk as cdk
-from aws_cdk import cx_api
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from final_problem import capacity, components, config, manifests
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
-from final_problem.stacks.cluster import ClusterStack
-from final_problem.stacks.network import NetworkStack
+
+if TYPE_CHECKING:
+    import aws_cdk as cdk
+    from aws_cdk import cx_api
+
+    from final_problem.stacks.cluster import ClusterStack
+    from final_problem.stacks.network import NetworkStack
 
 #: CloudFormation's limit on a template uploaded through S3, as CDK deploys them
 #: (CloudFormation user guide, "Quotas": template body size in an S3 object, 1 MB).
@@ -33,6 +35,11 @@ class PlatformStacks:
 
 def build(app: cdk.App, settings: Settings | None = None) -> PlatformStacks:
     """Create the platform's stacks in ``app`` from ``settings`` (default: app context)."""
+    import aws_cdk as cdk
+
+    from final_problem.stacks.cluster import ClusterStack
+    from final_problem.stacks.network import NetworkStack
+
     settings = settings or config.from_context(app.node.get_all_context)
     components.check_settings(settings)
     env = cdk.Environment(account=settings.account, region=settings.region)
@@ -123,7 +130,32 @@ def one_line_errors() -> Iterator[None]:
         sys.exit(1)
 
 
+#: Where the CDK CLI hands the app its context (cdk.json, cdk.context.json and ``-c``
+#: merged): a JSON object in this variable, or in a file named by the second one when it is
+#: too large for the environment (aws-cdk-lib ``cx_api``: CONTEXT_ENV,
+#: CONTEXT_OVERFLOW_LOCATION_ENV).
+CONTEXT_ENV = "CDK_CONTEXT_JSON"
+CONTEXT_OVERFLOW_ENV = "CONTEXT_OVERFLOW_LOCATION_ENV"
+
+
+def cli_context(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The context the CDK CLI gave this process, read as aws-cdk-lib's ``App`` reads it."""
+    context: dict[str, Any] = {}
+    if inline := environ.get(CONTEXT_ENV):
+        context.update(json.loads(inline))
+    if overflow := environ.get(CONTEXT_OVERFLOW_ENV):  # the file wins, as in App.loadContext
+        context.update(json.loads(Path(overflow).read_text()))
+    return context
+
+
+def check_cli_settings(environ: Mapping[str, str] = os.environ) -> None:
+    """Fail on a bad setting before aws-cdk-lib loads (about half of the app's start-up)."""
+    components.check_settings(config.load((context := cli_context(environ)), config.context_origins(context)))
+
+
 def synth() -> None:
+    import aws_cdk as cdk
+
     app = cdk.App()
     write_outputs(app, build(app))
 
@@ -131,4 +163,5 @@ def synth() -> None:
 def main() -> None:
     """``cdk synth`` runs this: a bad setting ends it with one line on stderr and exit 1."""
     with one_line_errors():
+        check_cli_settings()
         synth()
