@@ -135,8 +135,13 @@ $(KWOK_STAMP):
 kube-binaries: $(KUBE_STAMP) $(KWOK_STAMP)
 
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.
+# The package's bytecode, as pip writes it for an installed package: the app imports it from
+# this folder, and where PYTHONDONTWRITEBYTECODE is set Python would compile it on every run.
+BYTECODE = $(BIN)/python -m compileall -q final_problem app.py >/dev/null
+
 synth: setup
 	@rm -rf cdk.out
+	@$(BYTECODE)
 	@# A bad setting ends the app with one line (final_problem.app.main); the CLI's own
 	@# "Subprocess exited with error 1" after it says nothing more, so it is dropped, and so
 	@# is its hint to name a stack (synth writes every template to cdk.out/).
@@ -158,6 +163,7 @@ test: setup $(CHECKOV_STAMP) $(SERVERS) pi-rootfs
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
 
 bench: setup $(SERVERS)
+	@$(BYTECODE)
 	@for script in bench/*.py; do $(BIN)/python "$$script"; done
 
 bootstrap: setup

@@ -30,8 +30,19 @@ def _kind_class(name: str) -> type[ApiObject]:
     })
 
 
-_KINDS = [n for n in _k8s.__all__ if n.startswith("Kube") and not n.endswith("Props") and f"{n}Props" in _k8s.__all__]
-globals().update({name: _kind_class(name) for name in _KINDS})
+_NAMES = frozenset(_k8s.__all__)
+#: The kinds: each ``KubeX`` with a ``KubeXProps``. Their classes are made on first use
+#: (``__getattr__``), so importing this module costs no more than importing cdk8s-plus-27's.
+_KINDS = frozenset(n for n in _NAMES if n.startswith("Kube") and not n.endswith("Props") and f"{n}Props" in _NAMES)
+for _name in _KINDS:
+    del globals()[_name]  # cdk8s-plus-27's jsii class, from the star import
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _KINDS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    cls = globals()[name] = _kind_class(name)
+    return cls
 
 
 class _IntOrStringValue(_k8s.IntOrString, Value):
