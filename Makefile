@@ -89,6 +89,9 @@ $(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@# setuptools notes that an editable install imports from this folder: that is the point of it.
 	PYTHONWARNINGS="ignore::UserWarning:setuptools.command.editable_wheel" \
 	  $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# pip writes the installed packages' bytecode for plain runs only; the app runs with -O.
+	@# A file that does not compile (none today) is only compiled again at import: not an error.
+	$(BIN)/python -O -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json $(PY_STAMP)
@@ -135,9 +138,12 @@ $(KWOK_STAMP):
 kube-binaries: $(KUBE_STAMP) $(KWOK_STAMP)
 
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.
-# The package's bytecode, as pip writes it for an installed package: the app imports it from
-# this folder, and where PYTHONDONTWRITEBYTECODE is set Python would compile it on every run.
-BYTECODE = $(BIN)/python -m compileall -q final_problem app.py >/dev/null
+# The app runs optimized (cdk.json: python3 -O app.py): jsii's run-time type checks of every
+# struct built (jsii docs: Python, "disabled with -O") are the largest part of its own time;
+# the tests run with them on. Bytecode of both levels for this package, as pip writes it for an
+# installed one (where PYTHONDONTWRITEBYTECODE is set, Python would compile it on every run).
+BYTECODE = $(BIN)/python -m compileall -q final_problem app.py >/dev/null && \
+  $(BIN)/python -O -m compileall -q final_problem app.py >/dev/null
 
 synth: setup
 	@rm -rf cdk.out
@@ -146,7 +152,7 @@ synth: setup
 	@# "Subprocess exited with error 1" after it says nothing more, so it is dropped, and so
 	@# is its hint to name a stack (synth writes every template to cdk.out/).
 	@AWS_EC2_METADATA_DISABLED=true $(CDK) synth --quiet --no-notices $(CDK_ARGS) 2>&1 >/dev/null \
-	  | { grep -v -e '^python3 app.py: Subprocess exited with error' -e '^Supply a stack id' >&2 || true; }
+	  | { grep -v -e '^python3 -O app.py: Subprocess exited with error' -e '^Supply a stack id' >&2 || true; }
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
 # Servers the tests start, each built or fetched once into the version-keyed cache.

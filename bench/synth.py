@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -96,7 +97,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    cdk_json = json.loads((ROOT / "cdk.json").read_text())
+    context = cdk_json["context"]
+    # The interpreter's flags in cdk.json's app command (python3 -O app.py): the floor runs
+    # with the same ones, so both pay (or skip) jsii's run-time type checks alike.
+    flags = [w for w in shlex.split(cdk_json["app"])[1:] if w.startswith("-")]
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         bare = tmp_path / "bare_app.py"
@@ -119,11 +124,11 @@ def main() -> int:
                     "--app", app, "--output", str(tmp_path / "cli.out"), "-c", f"dist_dir={tmp_path / 'dist'}"]
 
         cli_full, cli_floor = timed([
-            cdk_synth(f"{sys.executable} app.py"), cdk_synth(f"{sys.executable} {bare}"),
+            cdk_synth(shlex.join([sys.executable, *flags, "app.py"])), cdk_synth(shlex.join([sys.executable, *flags, str(bare)])),
         ], cli_env, args.runs)
         full, floor, yaml_only = timed([
-            [sys.executable, "app.py"],
-            [sys.executable, str(bare)],
+            [sys.executable, *flags, "app.py"],
+            [sys.executable, *flags, str(bare)],
             [sys.executable, "-m", "final_problem.manifests", "--out", str(tmp_path / "yaml")],
         ], env, args.runs)
 
@@ -135,7 +140,8 @@ def main() -> int:
 
     components = ", ".join(context["components"])
     print(f"synth benchmark (target: ratio <= 1.3): median of {args.runs} rounds after one warm-up round, wall seconds")
-    print(f"  full synth = 2 stacks, charts {components}, dist/eks + dist/pi; floor = bare VPC + aws_eks_v2 app")
+    print(f"  full synth = 2 stacks, charts {components}, dist/eks + dist/pi; floor = bare VPC + aws_eks_v2 app;")
+    print(f"  both run as cdk.json's app command runs Python: python3 {' '.join(flags)}")
     print(row("cdk synth, full (as make synth runs it)", cli_full))
     print(row("cdk synth, floor", cli_floor))
     print(f"  {'ratio full / floor, cdk synth':<52} {ratio(cli_full, cli_floor):6.2f}")

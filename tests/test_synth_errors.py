@@ -24,7 +24,7 @@ from final_problem import components, config, manifests
 from tests.conftest import CDK_JSON, ROOT
 
 CDK = ROOT / "node_modules" / ".bin" / "cdk"
-CLI_TAIL = re.compile(r"^\S+ \S*app\.py: Subprocess exited with error 1$")
+CLI_TAIL = re.compile(r"^\S+ (-O )?\S*app\.py: Subprocess exited with error 1$")
 
 # (where, change, setting, shown value): "-c" cases pass KEY=VALUE on the command line;
 # "cdk.json" cases change the context of cdk.json (a dict merged into it).
@@ -108,7 +108,7 @@ def _project(tmp_path: Path, context: dict[str, Any]) -> Path:
     project.mkdir()
     cdk_json = json.loads((ROOT / "cdk.json").read_text())
     cdk_json["context"] = context
-    cdk_json["app"] = f"{sys.executable} {ROOT / 'app.py'}"
+    cdk_json["app"] = f"{sys.executable} -O {ROOT / 'app.py'}"  # as this project's cdk.json runs it
     (project / "cdk.json").write_text(json.dumps(cdk_json, ensure_ascii=False))
     return project
 
