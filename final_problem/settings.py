@@ -196,6 +196,37 @@ class ComponentSettings:
         shown = getattr(self, name) if value is dataclasses.MISSING else value
         return ConfigError(f"{self.section}.{name}", shown, problem, fix)
 
+    def check_distinct_ports(self, *names: str) -> None:
+        """Fail when two of the port settings ``names`` are equal: two listeners of one
+        process cannot share a port. The fix names the next port none of them uses."""
+        ports = {name: getattr(self, name) for name in names}
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                free = next(p for p in range(port + 1, 65_536) if p not in ports.values())
+                raise self.error(name, f"the same port as {self.section}.{seen[port]}: two listeners cannot share a port",
+                                 f"set {self.section}.{name}={free}")
+            seen[port] = name
+
+    def check_jvm_heap(self, heap_setting: str, memory_setting: str, *, max_share: float) -> None:
+        """Fail when the JVM heap is not below ``max_share`` of the memory limit: the JVM
+        needs memory outside the heap, and a process over its limit is killed. An unset
+        heap (``None``) is half the memory."""
+        limit = getattr(self, memory_setting)
+        given = getattr(self, heap_setting)
+        heap = given if given is not None else limit // 2
+        if heap > int(limit * max_share) - 1:
+            raise self.error(
+                heap_setting,
+                f"must stay below {int(max_share * 100)}% of {self.section}.{memory_setting} ({limit} MiB): the JVM "
+                "needs memory outside the heap, and a process over its limit is killed",
+                # Unset, the heap is half the memory in every profile: valid wherever this fails.
+                f"leave {self.section}.{heap_setting} unset (it is then half of {self.section}.{memory_setting})"
+                if given is not None
+                else f"set {self.section}.{memory_setting}={2 * heap}",
+                value=heap,
+            )
+
     @classmethod
     def infos(cls) -> tuple[SettingInfo, ...]:
         return _infos(cls)

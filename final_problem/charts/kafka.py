@@ -196,29 +196,8 @@ class KafkaProps(ComponentSettings):
         check_min_isr(self.min_insync_replicas, self.replication_factor)
         self._check_topics()
         for role in ("controller", "broker"):
-            limit = getattr(self, f"{role}_memory_mib")
-            heap = getattr(self, f"{role}_heap")
-            largest = int(limit * MAX_HEAP_SHARE) - 1
-            if heap > largest:
-                raise self.error(
-                    f"{role}_heap_mib",
-                    f"must stay below {int(MAX_HEAP_SHARE * 100)}% of kafka.{role}_memory_mib ({limit} MiB): the JVM "
-                    "needs memory outside the heap, and a process over its limit is killed",
-                    # Unset, the heap is half the memory in every profile: valid wherever this fails.
-                    f"leave kafka.{role}_heap_mib unset (it is then half of kafka.{role}_memory_mib)"
-                    if getattr(self, f"{role}_heap_mib") is not None
-                    else f"set kafka.{role}_memory_mib={2 * heap}",
-                    value=heap,
-                )
-        ports = {"client_port": self.client_port, "controller_port": self.controller_port,
-                 "replication_port": self.replication_port, "metrics_port": self.metrics_port}
-        seen: dict[int, str] = {}
-        for name, port in ports.items():
-            if port in seen:
-                free = next(p for p in range(port + 1, 65_536) if p not in ports.values())
-                raise self.error(name, f"the same port as kafka.{seen[port]}: two listeners cannot share a port",
-                                 f"set kafka.{name}={free}")
-            seen[port] = name
+            self.check_jvm_heap(f"{role}_heap_mib", f"{role}_memory_mib", max_share=MAX_HEAP_SHARE)
+        self.check_distinct_ports("client_port", "controller_port", "replication_port", "metrics_port")
         # The renderer checks the cluster as a whole (ids, voters, durability) the same way.
         self.cluster_config(namespace="kafka")
 

@@ -21,7 +21,6 @@ Distributed System Coordinator"; docker-library ``zookeeper`` image (31z4/zookee
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -114,30 +113,8 @@ class ZooKeeperProps(ComponentSettings):
         return self.heap_mib if self.heap_mib is not None else self.memory_mib // 2
 
     def check(self) -> None:
-        limit = self.memory_mib
-        largest = int(limit * MAX_HEAP_SHARE) - 1
-        if self.effective_heap_mib > largest:
-            raise self.error(
-                "heap_mib",
-                f"must stay below {int(MAX_HEAP_SHARE * 100)}% of zookeeper.memory_mib ({limit} MiB): the JVM "
-                "needs memory outside the heap, and a process over its limit is killed",
-                # Unset, the heap is half the memory in every profile: valid wherever this fails.
-                "leave zookeeper.heap_mib unset (it is then half of zookeeper.memory_mib)"
-                if self.heap_mib is not None
-                else f"set zookeeper.memory_mib={math.ceil(2 * self.effective_heap_mib)}",
-                value=self.effective_heap_mib,
-            )
-        ports = {"client_port": self.client_port, "quorum_port": self.quorum_port,
-                 "election_port": self.election_port, "metrics_port": self.metrics_port}
-        seen: dict[int, str] = {}
-        for name, port in ports.items():
-            if port in seen:
-                free = next(p for p in range(port + 1, 65_536) if p not in seen and p not in ports.values())
-                raise self.error(
-                    name, f"the same port as zookeeper.{seen[port]}: two listeners cannot share a port",
-                    f"set zookeeper.{name}={free}",
-                )
-            seen[port] = name
+        self.check_jvm_heap("heap_mib", "memory_mib", max_share=MAX_HEAP_SHARE)
+        self.check_distinct_ports("client_port", "quorum_port", "election_port", "metrics_port")
         if self.sync_limit > self.init_limit:
             raise self.error(
                 "sync_limit",
