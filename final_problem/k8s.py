@@ -45,10 +45,11 @@ def __getattr__(name: str) -> Any:
     return cls
 
 
-class _IntOrStringValue(_k8s.IntOrString, Value):
-    """An ``IntOrString`` known in Python (no jsii object unless one is needed)."""
+class _Known(Value):
+    """A value of a jsii class known in Python: no jsii object unless a jsii call needs one."""
 
     raw: Any
+    _jsii_class: Any
 
     @property  # type: ignore[override]
     def value(self) -> Any:
@@ -56,37 +57,37 @@ class _IntOrStringValue(_k8s.IntOrString, Value):
 
     @property
     def __jsii_ref__(self) -> Any:  # handed to a jsii call: make the real value then
-        made = (_k8s.IntOrString.from_number(self.raw) if isinstance(self.raw, int)
-                else _k8s.IntOrString.from_string(self.raw))
+        jsii_class = self._jsii_class
+        made = jsii_class.from_number(self.raw) if isinstance(self.raw, (int, float)) else jsii_class.from_string(self.raw)
         return made.__jsii_ref__
 
+    @classmethod
+    def of(cls, raw: Any) -> Any:
+        value = object.__new__(cls)  # not cls(...): that would make the jsii object now
+        value.raw = raw
+        return value
 
-class _QuantityValue(_k8s.Quantity, Value):
-    """A ``Quantity`` known in Python (no jsii object unless one is needed)."""
 
-    raw: Any
+class _IntOrStringValue(_Known, _k8s.IntOrString):
+    """An ``IntOrString`` known in Python."""
 
-    @property  # type: ignore[override]
-    def value(self) -> Any:
-        return self.raw
+    _jsii_class = _k8s.IntOrString
 
-    @property
-    def __jsii_ref__(self) -> Any:
-        made = (_k8s.Quantity.from_number(self.raw) if isinstance(self.raw, (int, float))
-                else _k8s.Quantity.from_string(self.raw))
-        return made.__jsii_ref__
+
+class _QuantityValue(_Known, _k8s.Quantity):
+    """A ``Quantity`` known in Python."""
+
+    _jsii_class = _k8s.Quantity
 
 
 def int_or_string_value(raw: int | str) -> _k8s.IntOrString:
-    value = object.__new__(_IntOrStringValue)
-    value.raw = raw
-    return value
+    """An ``IntOrString``: a port number or name."""
+    return _IntOrStringValue.of(raw)
 
 
 def quantity_value(raw: int | float | str) -> _k8s.Quantity:
-    value = object.__new__(_QuantityValue)
-    value.raw = raw
-    return value
+    """A ``Quantity``: ``250m``, ``2Gi``."""
+    return _QuantityValue.of(raw)
 
 
 __all__ = [*_k8s.__all__]

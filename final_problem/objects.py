@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping
 
 import cdk8s
 from constructs import Construct
@@ -35,25 +35,18 @@ class ObjectError(ValueError):
     """A Kubernetes object that cannot be built or rendered (a programming error)."""
 
 
-class Group:
-    """A named group of objects (and groups) in an :class:`ObjectChart`.
+class _Member:
+    """What groups and objects share: a place in a chart's tree and dependencies."""
 
-    ``scope``: the chart or a group; ``id``: unique among the scope's children. Other
-    objects may depend on the group: they come after every object in it.
-    """
-
-    def __init__(self, scope: ObjectChart | Group, id: str) -> None:
-        self.scope: Group | None = None
+    def __init__(self, id: str) -> None:
         self.id = id
-        self.children: list[Group | ApiObject] = []
-        self.dependencies: list[Group | ApiObject] = []
+        self.scope: Group | None = None
         self._chart: ObjectChart | None = None
-        if scope is not None:
-            _attach(self, scope)
+        self.dependencies: list[Group | ApiObject] = []
 
     @property
     def chart(self) -> ObjectChart:
-        """The chart this group belongs to."""
+        """The chart this belongs to."""
         assert self._chart is not None
         return self._chart
 
@@ -62,8 +55,26 @@ class Group:
         return f"{self.scope.path}/{self.id}" if self.scope is not None else self.id
 
     def add_dependency(self, *targets: Group | ApiObject) -> None:
-        """Render every object in this group after every object in ``targets``."""
-        _add_dependencies(self, targets)
+        """Render this (every object of it, for a group) after every object in ``targets``."""
+        for target in targets:
+            if not isinstance(target, _Member):
+                raise ObjectError(f"{self.path} can only depend on objects and groups of an ObjectChart, not {type(target).__name__}")
+            if target is not self and target not in self.dependencies:
+                self.dependencies.append(target)  # type: ignore[arg-type]
+
+
+class Group(_Member):
+    """A named group of objects (and groups) in an :class:`ObjectChart`.
+
+    ``scope``: the chart or a group; ``id``: unique among the scope's children. Other
+    objects may depend on the group: they come after every object in it.
+    """
+
+    def __init__(self, scope: ObjectChart | Group, id: str) -> None:
+        super().__init__(id)
+        self.children: list[Group | ApiObject] = []
+        if scope is not None:
+            _attach(self, scope)
 
     def find_all(self) -> Iterator[Group | ApiObject]:
         """This group and everything under it, parents first, in the order they were added."""
@@ -99,14 +110,6 @@ def _attach(child: Group | ApiObject, scope: Any) -> None:
     child.scope = parent
     child._chart = parent._chart
     parent.children.append(child)
-
-
-def _add_dependencies(source: Group | ApiObject, targets: Sequence[Group | ApiObject]) -> None:
-    for target in targets:
-        if not isinstance(target, (Group, ApiObject)):
-            raise ObjectError(f"{source.path} can only depend on objects and groups of an ObjectChart, not {type(target).__name__}")
-        if target is not source and target not in source.dependencies:
-            source.dependencies.append(target)
 
 
 def _topology(root: Group) -> list[ApiObject]:
@@ -298,7 +301,7 @@ class Metadata:
         return _without_empty(meta) or {}
 
 
-class ApiObject:
+class ApiObject(_Member):
     """One Kubernetes object in an :class:`ObjectChart` (or a :class:`Group` in one).
 
     ``api_version``, ``kind`` and ``metadata`` (an ``ObjectMeta`` struct or a mapping) as
@@ -326,14 +329,11 @@ class ApiObject:
             api_version, kind = cls._gvk
         if not api_version or not kind:
             raise ObjectError(f"object '{id}' needs an api_version and a kind")
-        self.id = id
-        self.scope: Group | None = None
-        self._chart: ObjectChart | None = None
+        super().__init__(id)
         self.api_version = api_version
         self.kind = kind
         self.fields = fields
         self.metadata = Metadata(plain(metadata) or {})
-        self.dependencies: list[Group | ApiObject] = []
         self.patches: list[JsonPatch] = []
         if not self.metadata.name:
             raise ObjectError(f"{kind} '{id}' needs metadata.name: objects reached by name are named explicitly")
@@ -342,19 +342,6 @@ class ApiObject:
     @property
     def name(self) -> str:
         return self.metadata.name or ""
-
-    @property
-    def chart(self) -> ObjectChart:
-        assert self._chart is not None
-        return self._chart
-
-    @property
-    def path(self) -> str:
-        return f"{self.scope.path}/{self.id}" if self.scope is not None else self.id
-
-    def add_dependency(self, *targets: Group | ApiObject) -> None:
-        """Render this object after every object in ``targets``."""
-        _add_dependencies(self, targets)
 
     def add_json_patch(self, *ops: JsonPatch) -> None:
         """Apply RFC 6902 operations to the rendered JSON, in order."""
