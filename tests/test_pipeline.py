@@ -119,3 +119,32 @@ def test_every_template_of_the_full_platform_is_under_the_limit(synth) -> None: 
     assert len(files) == 2
     for path in files:
         assert path.stat().st_size < platform_app.MAX_TEMPLATE_BYTES, path.name
+
+
+# --- settings checked before aws-cdk-lib loads --------------------------------------------
+
+def test_the_app_reads_the_context_the_cli_hands_it_the_file_winning(tmp_path: Path) -> None:
+    overflow = tmp_path / "context.json"
+    overflow.write_text('{"node_desired": 5, "region": "eu-west-1"}')
+    context = platform_app.cli_context({
+        platform_app.CONTEXT_ENV: '{"node_desired": 4, "cluster_name": "x"}',
+        platform_app.CONTEXT_OVERFLOW_ENV: str(overflow),
+    })
+    assert context == {"node_desired": 5, "cluster_name": "x", "region": "eu-west-1"}
+
+
+def test_a_bad_setting_fails_before_aws_cdk_lib_is_imported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from final_problem import app\n"
+        "try:\n"
+        "    app.check_cli_settings()\n"
+        "except app.ConfigError as e:\n"
+        "    print(e, '|', 'aws_cdk' in sys.modules)\n"
+    )
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", platform_app.CONTEXT_ENV: '{"components": "base,zookeeper", "zookeeper.replicas": "4"}'}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "zookeeper.replicas = 4 (from -c): must be one of 3, 5, 7. Fix: set zookeeper.replicas=3 | False"
