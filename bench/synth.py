@@ -3,10 +3,11 @@
 Prints median wall times of the full synth (both stacks, all charts, dist/ for both
 profiles) and of the floor, a bare VPC + aws_eks_v2 cluster app written by this script,
 measured two ways: as ``make synth`` runs them (the pinned CDK CLI's ``cdk synth``, which
-starts the app), and as the app process alone (``python app.py`` with the environment the
-CLI gives it). Then their ratios, and the YAML-only render
-(``python -m final_problem.manifests``). Commands run in turn, each as a fresh process;
-one warm-up round is not counted.
+starts the app), and as the app process alone (``python3 -O app.py``, with the interpreter
+flags of cdk.json's app command, for both apps, and the environment the CLI gives it). Then
+their ratios, and the YAML-only render (``python -m final_problem.manifests``). Commands run
+in turn, each as a fresh process; one warm-up round is not counted. Last, each component's
+cost, measured in this process (jsii's type checks on, as in the tests).
 
     make bench            # or: .venv/bin/python bench/synth.py [--runs N]
 """
@@ -150,7 +151,7 @@ def main() -> int:
     print(f"  {'ratio full / floor, app process alone':<52} {ratio(full, floor):6.2f}")
     print(row("YAML-only render (python -m final_problem.manifests)", yaml_only))
     costs = component_costs(context, args.runs)
-    print(f"per-component cost in the app process (both profiles: build the chart, render its objects; median of {args.runs}):")
+    print(f"per-component cost (both profiles: build the chart, render its objects; in-process, type checks on; median of {args.runs}):")
     for name, seconds in costs.items():
         print(f"  {name:<20} {1000 * seconds:7.0f} ms")
     print(f"  {'all charts':<20} {1000 * sum(costs.values()):7.0f} ms")
