@@ -40,6 +40,7 @@ from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, Restr
 from final_problem.constructs.quorum import ClaimSpec, volume_claim_template
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.errors import ConfigError
+from final_problem.objects import ObjectChart
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
@@ -317,7 +318,7 @@ class PostgresChart(PlatformChart):
         """Labels a client's pods must carry (their namespace must be declared with :meth:`add_client`)."""
         return {CLIENT_POD_LABEL: "true"}
 
-    def add_client(self, scope: Construct, client: PostgresClient) -> None:
+    def add_client(self, scope: ObjectChart, client: PostgresClient) -> None:
         """Give ``client`` a login role with CREATEDB and network access.
 
         Adds to this chart a NetworkPolicy admitting the client's labelled pods from its
