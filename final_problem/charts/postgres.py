@@ -40,8 +40,8 @@ from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, Restr
 from final_problem.constructs.quorum import ClaimSpec, volume_claim_template
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.errors import ConfigError
-from final_problem.objects import ObjectChart
 from final_problem.imports import int_or_string, k8s, quantity
+from final_problem.objects import ObjectChart
 from final_problem.profiles import Profile
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
 from final_problem.settings import ComponentSettings, per_profile, setting
