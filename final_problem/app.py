@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,13 @@ def write_outputs(app: cdk.App, stacks: PlatformStacks) -> None:
     outdir = Path(app.node.try_get_context("dist_dir") or "dist")
     rendered = render_profiles(stacks)
     check_capacity(stacks.settings, rendered)
-    write_dist(stacks, outdir, rendered)
-    check_template_sizes(app.synth())
+    # Writing the YAML is Python alone, and synthesis is the Node.js process alone: one
+    # waits on the other otherwise (a thread runs while the main one waits on the pipe).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        written = pool.submit(write_dist, stacks, outdir, rendered)
+        assembly = app.synth()
+        written.result()
+    check_template_sizes(assembly)
 
 
 @contextmanager
