@@ -30,13 +30,12 @@ CDK_JSON = json.loads((ROOT / "cdk.json").read_text())["context"]
 #: The real-server tests run in two lanes side by side (``make test``: ``-n 2 --dist loadfile``),
 #: each lane's files one after another on one worker, so which servers overlap is the same on
 #: every run. The processes that load the CPU most (six Kafka JVMs, the Kubernetes control
-#: plane, the tour's three clusters, ZooKeeper's JVMs) share one lane; Redis, Envoy and
-#: PostgreSQL, which mostly wait on timeouts, the other. A lane is balanced by the measured time
-#: of its files, about 4 minutes each on 2 cores.
+#: plane, the tour's three clusters) share one lane, so they never run together; Redis, Envoy,
+#: PostgreSQL and ZooKeeper, which mostly wait on timeouts, the other. The lanes are balanced by
+#: the measured time of their files: about 5 minutes each on 2 cores.
 INTEGRATION = "tests/integration/"
 HEAVY_LANE = frozenset(INTEGRATION + name for name in (
     "test_kafka_cluster.py", "test_kube_admission.py", "test_tour_local.py",
-    "test_zookeeper_ensemble.py", "test_zookeeper_power_cut.py",
 ))
 
 
@@ -51,7 +50,7 @@ def xdist_lane(path: str) -> str:
 
 
 class LaneScheduling(LoadFileScheduling):
-    """``--dist loadfile`` with the real-server test files grouped into :func:`xdist_lane`\ s.
+    """``--dist loadfile`` with the real-server test files grouped into lanes (:func:`xdist_lane`).
 
     (pytest-xdist's own ``--dist loadgroup`` marks the nodeid through an attribute pytest 9 no
     longer reads, so its groups are spread over the workers; the scope is decided here, from
