@@ -684,9 +684,13 @@ def owner_of(pod: Mapping[str, Any]) -> str:
 
 
 def pods_by_owner(api: Api, namespaces: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """The pods of ``namespaces`` by owner, from one list of every namespace's pods: one
+    snapshot, so a Job's pod that finished and the pod the scheduler placed in its room are
+    never both counted (one list per namespace, taken a moment apart, could see both)."""
+    wanted = set(namespaces)
     found: dict[str, list[dict[str, Any]]] = {}
-    for namespace in namespaces:
-        for pod in api.items(f"/api/v1/namespaces/{namespace}/pods"):
+    for pod in api.items("/api/v1/pods"):
+        if pod["metadata"]["namespace"] in wanted:
             found.setdefault(owner_of(pod), []).append(pod)
     return found
 
