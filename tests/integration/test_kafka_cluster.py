@@ -84,10 +84,12 @@ def app_settings(cluster: LocalKafkaCluster) -> KafkaSettings:
 
 
 def read_all(cluster: LocalKafkaCluster, topic: str) -> list[Any]:
-    """Every record of ``topic``: each partition read from its first offset up to its high
-    watermark, taken once the writes ended. An acknowledged (acks=all) record is below it, and
-    so is any duplicate or stray record the writes left, so reading stops there instead of
-    after seconds of silence."""
+    """Every record of ``topic``: each partition read from its first offset up to the high
+    watermark its leader reports with the records (the writes have ended). An acknowledged
+    (acks=all) record is below it, and so is any duplicate or stray record the writes left, so
+    reading stops there instead of after seconds of silence. (The high watermark comes with
+    each fetch: a ListOffsets request for the latest offset can be refused for a while after a
+    leader change, until the new leader's high watermark passes its epoch's first offset.)"""
     c = KafkaConsumer(**app_settings(cluster).common(), group_id=None, enable_auto_commit=False,
                       client_id=f"check-{uuid.uuid4().hex[:8]}")
     try:
@@ -95,15 +97,15 @@ def read_all(cluster: LocalKafkaCluster, topic: str) -> list[Any]:
         partitions = [TopicPartition(topic, n) for n in sorted(numbers)]
         c.assign(partitions)
         c.seek_to_beginning()
-        end = c.end_offsets(partitions)
         records: list[Any] = []
 
         def read_to_the_end() -> bool:
             for batch in c.poll(timeout_ms=500).values():
                 records.extend(batch)
-            return all(c.position(tp) >= end[tp] for tp in partitions)
+            ends = [c.highwater(tp) for tp in partitions]
+            return all(end is not None and c.position(tp) >= end for tp, end in zip(partitions, ends, strict=True))
 
-        cluster.wait_for(f"every record of {topic} up to {sorted(end.values())}", read_to_the_end, timeout=120,
+        cluster.wait_for(f"every record of {topic} up to its high watermarks", read_to_the_end, timeout=120,
                          interval=0, retry_on=())
         return records
     finally:
