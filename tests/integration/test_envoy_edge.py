@@ -103,10 +103,22 @@ def edge(tmp_path: Path, backends: dict[str, Backend]) -> Iterator[LocalEdge]:
             pytest.fail(f"the edge Envoy did not start: {e}\n{proxy.log()[-3000:]}")
         proxy.wait_healthy("demo", 2)
         proxy.wait_healthy("cadence-web", 1)
+        _reaches_every_backend(proxy, [backends["demo-a"], backends["demo-b"]])
         yield proxy
     finally:
         proxy.close()
         assert proxy.proc is None or proxy.proc.poll() is not None
+
+
+def _reaches_every_backend(edge: LocalEdge, demo: list[Backend]) -> None:
+    """Wait until requests through the edge reach every demo backend. The admin endpoint shows
+    the main thread's health-check results; the worker threads that route take the new host
+    set a moment later, and until then a retry finds no other host to go to."""
+    def every_one() -> bool:
+        http_get(f"{edge.url}/warm-up")
+        return all("/warm-up" in b.requests for b in demo)
+
+    wait_for("requests to reach every demo backend", every_one, timeout_s=15)
 
 
 def _log_line(edge: LocalEdge, path: str) -> dict:
