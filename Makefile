@@ -17,8 +17,10 @@ CDK_ARGS ?=
 PYTEST_ARGS ?=
 # pytest-xdist workers; a snapshot update runs in one process (syrupy writes the files).
 # loadfile: a module's tests share one worker, so a module-scoped fixture (a whole Kafka
-# cluster, a Redis set) starts once, not once per worker. (loadgroup with xdist_group marks
-# does not group here: pytest-xdist 3.8 under pytest 9 spreads the group over workers.)
+# cluster, a Redis set) starts once, not once per worker; the real-server test files go in
+# two lanes of files run one after another (tests/conftest.py, xdist_lane). (loadgroup with
+# xdist_group marks does not group here: pytest-xdist 3.8 under pytest 9 spreads the group
+# over workers.)
 PYTEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS) --dist loadfile)
 
@@ -158,14 +160,15 @@ synth: setup
 # Servers the tests start, each built or fetched once into the version-keyed cache.
 SERVERS := $(KAFKA_STAMP) cadence-tools $(KUBE_STAMP) $(KWOK_STAMP)
 
-# Two passes: everything but the server tests in parallel, then the tests of real servers
-# (failovers timed in seconds, quorum elections) one at a time, so no test's timing depends
-# on what another runs beside it.
+# Two passes: everything but the server tests, then the tests of real servers (failovers
+# timed in seconds, quorum elections) in their two lanes (tests/conftest.py, xdist_lane), so
+# the CPU-bound synth tests never run beside a failover, and what runs beside a real-server
+# test is the same on every run.
 test: setup $(CHECKOV_STAMP) $(SERVERS) pi-rootfs
 	@# pytest's exit status 5 (no test selected) is fine in a pass that PYTEST_ARGS filtered empty.
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) --ignore=tests/integration $(PYTEST_ARGS) \
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest tests/integration $(PYTEST_ARGS) \
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) tests/integration $(PYTEST_ARGS) \
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
 
 bench: setup $(SERVERS)

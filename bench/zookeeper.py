@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from final_problem.clients.zookeeper import ZooKeeperClient, ZooKeeperUnavailable
-from final_problem.local.zookeeper import LocalEnsemble, missing_binaries, wait_for
+from final_problem.local import wait_for
+from final_problem.local.zookeeper import LocalEnsemble, missing_binaries
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -52,7 +53,7 @@ def first_write_after_power_cut(ensemble: LocalEnsemble, value: bytes) -> float:
             return False
         finally:
             client.close()
-    wait_for("a write after the power cut", write, timeout=120, interval=0.05)
+    wait_for("a write after the power cut", write, timeout_s=120, interval_s=0.05)
     return time.perf_counter() - started
 
 

@@ -18,6 +18,7 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 
 import aws_cdk as cdk  # noqa: E402
 import pytest  # noqa: E402
+from xdist.scheduler import LoadFileScheduling  # noqa: E402
 
 from final_problem import app as platform_app
 from final_problem import components, config, manifests
@@ -25,6 +26,45 @@ from final_problem.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CDK_JSON = json.loads((ROOT / "cdk.json").read_text())["context"]
+
+#: The real-server tests run in two lanes side by side (``make test``: ``-n 2 --dist loadfile``),
+#: each lane's files one after another on one worker, so which servers overlap is the same on
+#: every run. The processes that load the CPU most (six Kafka JVMs, the Kubernetes control
+#: plane, the tour's three clusters) share one lane, so they never run together; Redis, Envoy,
+#: PostgreSQL and ZooKeeper, which mostly wait on timeouts, the other. The lanes are balanced by
+#: the measured time of their files: about 5 minutes each on 2 cores.
+INTEGRATION = "tests/integration/"
+HEAVY_LANE = frozenset(INTEGRATION + name for name in (
+    "test_kafka_cluster.py", "test_kube_admission.py", "test_tour_local.py",
+))
+
+
+def xdist_lane(path: str) -> str:
+    """The pytest-xdist scope of the test file ``path`` (rootdir-relative): its lane when it is
+    a real-server test, else the file itself (``--dist loadfile``)."""
+    if path in HEAVY_LANE:
+        return "integration: heavy processes"
+    if path.startswith(INTEGRATION):
+        return "integration: servers that wait"
+    return path
+
+
+class LaneScheduling(LoadFileScheduling):
+    """``--dist loadfile`` with the real-server test files grouped into lanes (:func:`xdist_lane`).
+
+    (pytest-xdist's own ``--dist loadgroup`` marks the nodeid through an attribute pytest 9 no
+    longer reads, so its groups are spread over the workers; the scope is decided here, from
+    the path, on the controller, which sees node ids only.)
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        return xdist_lane(super()._split_scope(nodeid))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileScheduling | None:
+    if config.getvalue("dist") == "loadfile":
+        return LaneScheduling(config, log)
+    return None
 
 
 def all_components() -> tuple[str, ...]:

@@ -30,6 +30,11 @@ from final_problem import local
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.renderers.envoy import EdgeOptions, EdgeRoute, edge_config, envoy_args, remapped
 
+#: The access log here is a file the tests read back; Envoy writes files out every 10 s by
+#: default (`--file-flush-interval-msec`, Envoy docs "Command line options"), as long as a
+#: test's wait for a log line. Every 0.5 s, a line is there soon after its request.
+LOG_FILE_FLUSH = ("--file-flush-interval-msec", "500")
+
 
 class EdgeError(RuntimeError):
     """The local Envoy did not start or did not reach the expected state in time."""
@@ -206,7 +211,7 @@ class LocalEdge:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [envoy_binary(), *envoy_args(str(self.config_path), concurrency=self.concurrency),
-                 "--log-level", "warn"],
+                 "--log-level", "warn", *LOG_FILE_FLUSH],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 

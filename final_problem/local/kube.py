@@ -485,15 +485,7 @@ def register_nodes(api: Api, shapes: Iterable[NodeShape]) -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for shape in shapes:
         resources = {"cpu": f"{shape.cpu_m}m", "memory": f"{shape.memory_mib}Mi", "pods": str(shape.pods)}
-        api.request("POST", "/api/v1/nodes", {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": shape.name, "labels": {"kubernetes.io/hostname": shape.name, **shape.labels}},
-        })
-        # The TaintNodesByCondition admission plugin taints a new Node not-ready; the node
-        # lifecycle controller would lift it once Ready, and it does not run here.
-        api.request("PATCH", f"/api/v1/nodes/{shape.name}", {"spec": {"taints": None}},
-                    content_type="application/merge-patch+json")
-        api.request("PATCH", f"/api/v1/nodes/{shape.name}/status", {"status": {
+        status = {
             "capacity": resources, "allocatable": resources,
             "conditions": [
                 {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "fake node",
@@ -506,7 +498,24 @@ def register_nodes(api: Api, shapes: Iterable[NodeShape]) -> None:
                          "bootID": "", "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "",
                          "kubeProxyVersion": ""},
             "addresses": [{"type": "InternalIP", "address": LOOPBACK}, {"type": "Hostname", "address": shape.name}],
-        }}, content_type="application/merge-patch+json")
+        }
+        # Created Ready with its resources, as a kubelet registers its Node: KWOK initialises
+        # only a Node that is not Ready, with 1k CPUs and 1 TiB unless set, and a status it
+        # computed before a later PATCH could land after it and stay (the scheduler then
+        # placed pods beyond the shape on a busy host).
+        api.request("POST", "/api/v1/nodes", {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": shape.name, "labels": {"kubernetes.io/hostname": shape.name, **shape.labels}},
+            "status": status,
+        })
+        # The TaintNodesByCondition admission plugin taints a new Node not-ready; the node
+        # lifecycle controller would lift it once Ready, and it does not run here.
+        api.request("PATCH", f"/api/v1/nodes/{shape.name}", {"spec": {"taints": None}},
+                    content_type="application/merge-patch+json")
+        allocatable = api.get(f"/api/v1/nodes/{shape.name}")["status"].get("allocatable", {})
+        if (cpu_millicores(allocatable.get("cpu", "0")), memory_mib(allocatable.get("memory", "0")),
+                int(allocatable.get("pods", 0))) != (shape.cpu_m, shape.memory_mib, shape.pods):
+            raise ControlPlaneError(f"Node {shape.name} stored allocatable {allocatable}, not {resources}")
 
 
 class Provisioner:
@@ -684,9 +693,13 @@ def owner_of(pod: Mapping[str, Any]) -> str:
 
 
 def pods_by_owner(api: Api, namespaces: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """The pods of ``namespaces`` by owner, from one list of every namespace's pods: one
+    snapshot, so a Job's pod that finished and the pod the scheduler placed in its room are
+    never both counted (one list per namespace, taken a moment apart, could see both)."""
+    wanted = set(namespaces)
     found: dict[str, list[dict[str, Any]]] = {}
-    for namespace in namespaces:
-        for pod in api.items(f"/api/v1/namespaces/{namespace}/pods"):
+    for pod in api.items("/api/v1/pods"):
+        if pod["metadata"]["namespace"] in wanted:
             found.setdefault(owner_of(pod), []).append(pod)
     return found
 

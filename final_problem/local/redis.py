@@ -26,24 +26,33 @@ import redis
 from redis.sentinel import Sentinel
 
 from final_problem import local
+from final_problem.charts.redis import RedisProps
 from final_problem.clients.redis import RedisClient, RedisClientError
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.profiles import PI
 from final_problem.renderers.redis import ADMIN_USER, APP_USER, RedisConfigOptions, config_files
 
 HOST = LOOPBACK
 T = TypeVar("T")
+#: Errors that mean "not yet" while a server starts or a failover runs.
+NOT_YET: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 
 class LocalRedisError(RuntimeError):
     """A local server did not start or did not reach the expected state in time."""
 
 
-def wait_for(what: str, check: Callable[[], T | None], *, timeout_s: float, interval_s: float = 0.05) -> T:
-    """Poll ``check`` until it returns a truthy value; Redis and socket errors mean "not yet"."""
-    return local.wait_for(
-        what, check, timeout_s=timeout_s, interval_s=interval_s,
-        retry_on=(redis.RedisError, OSError), error=LocalRedisError,
-    )
+def local_options() -> RedisConfigOptions:
+    """The Pi profile's configuration for servers started here (tests, ``--local``), validated
+    like the chart's. Sentinel's down-after is the chart's (5 s): shorter, a host busy with other
+    servers answers a ping late and the Sentinels fail over a primary that is up. The failover
+    timeout is the shortest the chart accepts with it (twice down-after), so an aborted attempt
+    is retried after 20 s instead of 2 min. The first boot of an empty set waits 1 s for a peer
+    instead of 30: here the members start before the Sentinels, so nobody could answer."""
+    chart = RedisProps.for_profile(PI)
+    return RedisProps.for_profile(
+        PI, failover_timeout_ms=2 * chart.down_after_ms, bootstrap_wait_s=1,
+    ).config_options()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,7 +205,7 @@ class LocalRedisSet:
 
     def wait_member_answers(self, index: int, *, timeout_s: float = 20) -> None:
         proc = self.members[index]
-        wait_for(f"{proc.name} to answer", lambda: self._alive(proc) and self.admin(index).ping(), timeout_s=timeout_s)
+        self.wait_for(f"{proc.name} to answer", lambda: self._alive(proc) and self.admin(index).ping(), timeout_s=timeout_s)
 
     def kill_member(self, index: int) -> None:
         """Kill member ``index`` hard (SIGKILL: no shutdown, no final fsync)."""
@@ -241,6 +250,11 @@ class LocalRedisSet:
             return "\n".join(proc.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def wait_for(self, what: str, check: Callable[[], T | None], *, timeout_s: float, interval_s: float = 0.05) -> T:
+        """:func:`final_problem.local.wait_for`, Redis and socket errors meaning "not yet"."""
+        return local.wait_for(what, check, timeout_s=timeout_s, interval_s=interval_s, retry_on=NOT_YET,
+                              error=LocalRedisError)
 
     # Clients ---------------------------------------------------------------------------
 
@@ -297,7 +311,7 @@ class LocalRedisSet:
 
     def wait_replica_linked(self, index: int, *, timeout_s: float = 20) -> dict[str, object]:
         """Wait until member ``index`` is a replica with its link up."""
-        return wait_for(f"{self.members[index].name} to replicate", lambda: self._linked(index), timeout_s=timeout_s)
+        return self.wait_for(f"{self.members[index].name} to replicate", lambda: self._linked(index), timeout_s=timeout_s)
 
     def wait_promotable(self, index: int, *, timeout_s: float = 20) -> dict[str, object]:
         """Wait until member ``index`` is a linked replica that Sentinel may promote (its
@@ -305,7 +319,7 @@ class LocalRedisSet:
         def promotable() -> dict[str, object] | None:
             info = self._linked(index)
             return info if info and int(info.get("slave_priority", 0)) > 0 else None
-        return wait_for(f"{self.members[index].name} to be promotable", promotable, timeout_s=timeout_s)
+        return self.wait_for(f"{self.members[index].name} to be promotable", promotable, timeout_s=timeout_s)
 
     def wait_sentinel_ready(self, index: int, *, timeout_s: float = 20) -> None:
         """Wait until Sentinel ``index`` sees every replica and every other Sentinel."""
@@ -317,7 +331,7 @@ class LocalRedisSet:
             state = self.sentinel_admin(index).execute_command("SENTINEL", "MASTER", name)
             fields = dict(zip(state[::2], state[1::2], strict=True)) if isinstance(state, list) else dict(state)
             return int(fields["num-slaves"]) >= replicas and int(fields["num-other-sentinels"]) >= peers
-        wait_for(f"{self.sentinels[index].name} to see the whole set", ready, timeout_s=timeout_s)
+        self.wait_for(f"{self.sentinels[index].name} to see the whole set", ready, timeout_s=timeout_s)
 
     def wait_new_primary(self, old_port: int, *, timeout_s: float) -> tuple[int, float]:
         """Wait until every Sentinel names a primary other than ``old_port``; return its
@@ -327,7 +341,7 @@ class LocalRedisSet:
         def promoted() -> int | None:
             port = self.agreed_primary_port()
             return port if port != old_port else None
-        port = wait_for("Sentinel to promote a replica", promoted, timeout_s=timeout_s, interval_s=0.02)
+        port = self.wait_for("Sentinel to promote a replica", promoted, timeout_s=timeout_s, interval_s=0.02)
         return port, time.monotonic() - started
 
     def agreed_primary_port(self) -> int | None:
@@ -348,7 +362,7 @@ class LocalRedisSet:
             if primary is None or primary == self.member_ports[index]:
                 return None
             return self._linked(index, primary)
-        return wait_for(f"{self.members[index].name} to rejoin the current primary", linked, timeout_s=timeout_s)
+        return self.wait_for(f"{self.members[index].name} to rejoin the current primary", linked, timeout_s=timeout_s)
 
     def sentinel_client(self, **kwargs: object) -> Sentinel:
         """redis-py's Sentinel as the application user."""
@@ -370,5 +384,6 @@ def first_acknowledged_write(client: RedisClient, key: str, value: str, *, timeo
         except RedisClientError:
             return False
         return True
-    wait_for(f"a primary to acknowledge {key!r} with {replicas} replica(s)", attempt, timeout_s=timeout_s, interval_s=0.05)
+    local.wait_for(f"a primary to acknowledge {key!r} with {replicas} replica(s)", attempt, timeout_s=timeout_s,
+                   interval_s=0.05, retry_on=NOT_YET, error=LocalRedisError)
     return time.monotonic() - started

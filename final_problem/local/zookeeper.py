@@ -15,7 +15,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
 
 from final_problem import local
 from final_problem.clients.zookeeper import server_mode
@@ -27,16 +26,9 @@ DEBIAN_JAR = "/usr/share/java/zookeeper.jar"
 #: An SLF4J binding that logs to stderr; without one the server is silent.
 DEBIAN_SLF4J_SIMPLE = "/usr/share/java/slf4j-simple.jar"
 
-T = TypeVar("T")
-
 
 class EnsembleError(RuntimeError):
     """The local ensemble did not reach the expected state in time."""
-
-
-def wait_for(what: str, check: Callable[[], T | None], *, timeout: float, interval: float = 0.2) -> T:
-    """Poll ``check`` until it returns a truthy value; fail after ``timeout`` seconds."""
-    return local.wait_for(what, check, timeout_s=timeout, interval_s=interval, error=EnsembleError)
 
 
 def missing_binaries() -> list[str]:
@@ -175,7 +167,7 @@ class LocalEnsemble:
             if not modes or any(mode not in ("leader", "follower") for mode in modes.values()):
                 return None
             return self.leader()
-        return wait_for("a leader and followers", settled, timeout=timeout)
+        return local.wait_for("a leader and followers", settled, timeout_s=timeout, interval_s=0.2, error=EnsembleError)
 
     def log(self, myid: int) -> str:
         path = self.procs[myid].directory / "server.log"

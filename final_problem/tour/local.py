@@ -17,9 +17,13 @@ from typing import Any
 
 from final_problem.tour.discovery import DiscoveryError, Endpoints
 
-#: Sentinel timeouts shortened as in the tests, so a failover takes seconds.
+#: Sentinel timeouts shortened so a failover takes seconds: the demos' client retries a lost
+#: connection for about 5 s (final_problem.clients.redis.RedisSettings.retries).
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
+#: The first boot of the empty set waits 1 s for a peer, as in the tests
+#: (final_problem.local.redis.local_options): the members start before the Sentinels.
+BOOTSTRAP_WAIT_S = 1
 
 
 class LocalPlatform:
@@ -68,7 +72,7 @@ class LocalPlatform:
             from final_problem.profiles import PI
 
             options = RedisProps.for_profile(
-                PI, down_after_ms=DOWN_AFTER_MS, failover_timeout_ms=FAILOVER_TIMEOUT_MS,
+                PI, down_after_ms=DOWN_AFTER_MS, failover_timeout_ms=FAILOVER_TIMEOUT_MS, bootstrap_wait_s=BOOTSTRAP_WAIT_S,
             ).config_options()
             self.redis = self._stack.enter_context(LocalRedisSet(workdir=self.workdir / "redis", options=options))
         if "zookeeper" in self.components:

@@ -10,32 +10,20 @@ from typing import Iterator
 
 import pytest
 
-from final_problem.charts.redis import RedisProps
 from final_problem.local.postgres import LocalPostgres, LocalPostgresError
+from final_problem.local.redis import local_options
 from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
-from final_problem.profiles import PI
-from final_problem.renderers.redis import RedisConfigOptions
 from final_problem.config import Settings
 from final_problem.local.kube import ControlPlaneError, KubePlatform, missing_binaries, platform
 from tests.conftest import full_settings, require_binary
 
-#: Sentinel timeouts shortened so the tests stay short: down-after 1000 ms (the smallest
-#: the chart accepts) and failover-timeout 5000 ms; an empty first member bootstraps the
-#: set after 1 s instead of 30 s.
-REDIS_DOWN_AFTER_MS = 1000
-REDIS_FAILOVER_TIMEOUT_MS = 5000
-REDIS_BOOTSTRAP_WAIT_S = 1
+#: Sentinel timing of the local sets (final_problem.local.redis.local_options): the chart's
+#: down-after, the shortest failover timeout the chart accepts with it, a 1 s first-boot wait.
+REDIS_OPTIONS = local_options()
+REDIS_DOWN_AFTER_MS = REDIS_OPTIONS.down_after_ms
+REDIS_FAILOVER_TIMEOUT_MS = REDIS_OPTIONS.failover_timeout_ms
 #: Set to replay a randomised test with the seed it printed.
 SEED_VARIABLE = "FINAL_PROBLEM_TEST_SEED"
-
-
-def redis_test_options() -> RedisConfigOptions:
-    """The Pi profile's configuration with short Sentinel timeouts (validated like the chart's)."""
-    props = RedisProps.for_profile(
-        PI, down_after_ms=REDIS_DOWN_AFTER_MS, failover_timeout_ms=REDIS_FAILOVER_TIMEOUT_MS,
-        bootstrap_wait_s=REDIS_BOOTSTRAP_WAIT_S,
-    )
-    return props.config_options()
 
 
 @pytest.fixture(scope="module")

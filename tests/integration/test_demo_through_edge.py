@@ -20,11 +20,10 @@ import pytest
 import redis
 
 from final_problem.charts.envoy import EnvoyProps, chart_config
-from final_problem.charts.redis import RedisProps
 from final_problem.clients import demo_service
 from final_problem.local import LOOPBACK, free_ports, wait_for
 from final_problem.local.envoy import LocalEdge, http_get
-from final_problem.local.redis import LocalRedisSet
+from final_problem.local.redis import LocalRedisSet, local_options
 from final_problem.profiles import PI
 from tests.conftest import require_binary
 
@@ -33,7 +32,9 @@ from tests.conftest import require_binary
 def redis_set(tmp_path: Path) -> Iterator[LocalRedisSet]:
     for binary, package in (("redis-server", "redis-server"), ("redis-sentinel", "redis-sentinel"), ("redis-cli", "redis-tools")):
         require_binary(binary, package)
-    with LocalRedisSet(workdir=tmp_path / "redis", options=RedisProps.for_profile(PI).config_options()) as cluster:
+    # The chart's configuration but for Sentinel timing: a first boot here waits 1 s for peers
+    # that cannot answer yet, not 30 s (local_options).
+    with LocalRedisSet(workdir=tmp_path / "redis", options=local_options()) as cluster:
         yield cluster
 
 

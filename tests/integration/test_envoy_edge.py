@@ -2,7 +2,7 @@
 
 Every configuration the project generates passes ``envoy --mode validate``; the edge
 configuration the chart renders is then started on loopback against local HTTP
-backends (only addresses and ports remapped, and health-check timing shortened so the
+backends (only addresses and ports remapped, and the health-check interval shortened so the
 test waits seconds, not the deployed 5 s intervals) and its behaviour exercised.
 """
 
@@ -25,8 +25,11 @@ from final_problem.renderers.envoy import render
 from tests.conftest import rendered
 
 ENABLED = ("base", "demo", "cadence")
-#: Fast health checking for the test; everything else is the chart's.
-FAST = {"health_interval_ms": 300, "health_timeout_ms": 200, "unhealthy_threshold": 2, "healthy_threshold": 1}
+#: Health checks every 1.5 s instead of 5 s (the interval must exceed the timeout), so a test
+#: waits seconds for a host's state to change; everything else is the chart's, the 1 s check
+#: timeout and the thresholds included (a 0.2 s timeout failed checks of a healthy backend on
+#: a busy host, and a retry then had no other host to go to).
+FAST = {"health_interval_ms": 1500}
 
 
 def test_the_wheel_is_the_image_version() -> None:
@@ -100,10 +103,22 @@ def edge(tmp_path: Path, backends: dict[str, Backend]) -> Iterator[LocalEdge]:
             pytest.fail(f"the edge Envoy did not start: {e}\n{proxy.log()[-3000:]}")
         proxy.wait_healthy("demo", 2)
         proxy.wait_healthy("cadence-web", 1)
+        _reaches_every_backend(proxy, [backends["demo-a"], backends["demo-b"]])
         yield proxy
     finally:
         proxy.close()
         assert proxy.proc is None or proxy.proc.poll() is not None
+
+
+def _reaches_every_backend(edge: LocalEdge, demo: list[Backend]) -> None:
+    """Wait until requests through the edge reach every demo backend. The admin endpoint shows
+    the main thread's health-check results; the worker threads that route take the new host
+    set a moment later, and until then a retry finds no other host to go to."""
+    def every_one() -> bool:
+        http_get(f"{edge.url}/warm-up")
+        return all("/warm-up" in b.requests for b in demo)
+
+    wait_for("requests to reach every demo backend", every_one, timeout_s=15)
 
 
 def _log_line(edge: LocalEdge, path: str) -> dict:

@@ -2,7 +2,7 @@
 
 One primary, two replicas and three Sentinels run on loopback from the files the chart
 renders, started by the chart's own start scripts (ports and paths remapped by
-final_problem.local.redis), with the short timeouts of ``redis_test_options``.
+final_problem.local.redis), with the Sentinel timing of ``local_options`` (the chart's down-after).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from redis.retry import Retry
 
 from final_problem.clients import redis_exporter
 from final_problem.clients.redis import RedisClient, RedisSettings
-from final_problem.local.redis import LocalRedisSet
-from tests.integration.conftest import REDIS_DOWN_AFTER_MS, REDIS_FAILOVER_TIMEOUT_MS, redis_test_options
+from final_problem.local.redis import LocalRedisSet, local_options
+from tests.integration.conftest import REDIS_DOWN_AFTER_MS, REDIS_FAILOVER_TIMEOUT_MS
 
 pytestmark = pytest.mark.integration
 
@@ -32,14 +32,14 @@ NO_RETRY = Retry(NoBackoff(), 0)
 @pytest.fixture(scope="module")
 def redis_shared_set(redis_binaries: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisSet]:
     """A running set for the read-only checks (stopped at module end, even on failure)."""
-    with LocalRedisSet(workdir=tmp_path_factory.mktemp("redis-shared"), options=redis_test_options()) as cluster:
+    with LocalRedisSet(workdir=tmp_path_factory.mktemp("redis-shared"), options=local_options()) as cluster:
         yield cluster
 
 
 @pytest.fixture
 def redis_failover_set(redis_binaries: None, tmp_path: Path) -> Iterator[LocalRedisSet]:
     """A set of its own for the failover test, which kills its primary."""
-    with LocalRedisSet(workdir=tmp_path, options=redis_test_options()) as cluster:
+    with LocalRedisSet(workdir=tmp_path, options=local_options()) as cluster:
         yield cluster
 
 

@@ -15,7 +15,8 @@ from kazoo.exceptions import LockTimeout
 
 from final_problem.charts.zookeeper import liveness_command, readiness_command
 from final_problem.clients.zookeeper import ZooKeeperClient, ZooKeeperUnavailable, server_mode
-from final_problem.local.zookeeper import LocalEnsemble, wait_for
+from final_problem.local import wait_for
+from final_problem.local.zookeeper import LocalEnsemble
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def test_leader_loss_then_quorum_loss_then_recovery(zookeeper_ensemble: LocalEns
         #    serving and the client's write fails instead of being acknowledged.
         ensemble.kill(second_leader)
         (survivor,) = ensemble.running()
-        wait_for("the survivor to stop serving", lambda: ensemble.modes()[survivor] is None, timeout=10)
+        wait_for("the survivor to stop serving", lambda: ensemble.modes()[survivor] is None, timeout_s=10)
         with pytest.raises(ZooKeeperUnavailable, match="no quorum"):
             client.put("/faults/in-doubt", b"written without quorum")
 
@@ -89,7 +90,7 @@ def test_probes_report_quorum_membership_not_just_liveness(zookeeper_ensemble: L
     assert run(liveness_command(client_port=port)) == 0
     ensemble.kill(2)
     ensemble.kill(3)
-    wait_for("member 1 to leave the quorum", lambda: server_mode(host="127.0.0.1", port=port) is None, timeout=10)
+    wait_for("member 1 to leave the quorum", lambda: server_mode(host="127.0.0.1", port=port) is None, timeout_s=10)
     assert run(readiness_command(client_port=port)) != 0
     assert run(liveness_command(client_port=port)) == 0
 
@@ -109,15 +110,15 @@ def test_election_one_leader_and_handover_when_it_resigns(zookeeper_ensemble: Lo
             thread.start()
             threads.append(thread)
             # Start in a known order so the first contender is the first leader.
-            wait_for(f"{name} to run", lambda name=name: name in elections[name].contenders(), timeout=10)
+            wait_for(f"{name} to run", lambda name=name: name in elections[name].contenders(), timeout_s=10)
 
-        wait_for("a leader", lambda: leaders, timeout=10)
+        wait_for("a leader", lambda: leaders, timeout_s=10)
         time.sleep(1)  # the other contender must stay a follower meanwhile
         assert leaders == ["alpha"]
         assert elections["beta"].contenders() == ["alpha", "beta"]
 
         release["alpha"].set()  # the leader's work ends: it resigns
-        wait_for("the handover", lambda: len(leaders) == 2, timeout=10)
+        wait_for("the handover", lambda: len(leaders) == 2, timeout_s=10)
         assert leaders == ["alpha", "beta"]
         release["beta"].set()
     finally:
