@@ -63,7 +63,10 @@ def render_profiles(stacks: PlatformStacks) -> Objects:
     charts applied to the cluster, the others rendered on their own."""
     rendered: Objects = {}
     for profile in stacks.settings.profiles:
-        charts = stacks.cluster.platform.charts if profile == "eks" else manifests.render(stacks.settings, profile)
+        if profile == "eks":
+            rendered[profile] = dict(stacks.cluster.platform.objects)
+            continue
+        charts = manifests.render(stacks.settings, profile)
         rendered[profile] = {name: manifests.chart_objects(chart) for name, chart in charts.items()}
     return rendered
 

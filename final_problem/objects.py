@@ -56,6 +56,7 @@ class _Member:
 
     def add_dependency(self, *targets: Group | ApiObject) -> None:
         """Render this (every object of it, for a group) after every object in ``targets``."""
+        self.chart.check_open(self.path)
         for target in targets:
             if not isinstance(target, _Member):
                 raise ObjectError(f"{self.path} can only depend on objects and groups of an ObjectChart, not {type(target).__name__}")
@@ -107,6 +108,7 @@ def _attach(child: Group | ApiObject, scope: Any) -> None:
         )
     if any(c.id == child.id for c in parent.children):
         raise ObjectError(f"there is already a child named '{child.id}' in {parent.path}")
+    parent.chart.check_open(f"{parent.path}/{child.id}")
     child.scope = parent
     child._chart = parent._chart
     parent.children.append(child)
@@ -345,6 +347,7 @@ class ApiObject(_Member):
 
     def add_json_patch(self, *ops: JsonPatch) -> None:
         """Apply RFC 6902 operations to the rendered JSON, in order."""
+        self.chart.check_open(self.path)
         self.patches.extend(ops)
 
     def to_json(self) -> dict[str, Any]:
@@ -395,8 +398,13 @@ class ObjectChart(cdk8s.Chart):
         root = Group(None, id)  # type: ignore[arg-type]
         root._chart = self
         self._object_root = root
+        self._applied: list[Any] | None = None
         #: Labels every object gets (an object's own labels win).
         self.object_labels: dict[str, str] = dict(labels or {})
+
+    def check_open(self, what: str) -> None:
+        if self._applied is not None:
+            raise ObjectError(f"{what}: chart {self.node.id} was already applied (rendered for good); change it before")
 
     @property
     def children(self) -> list[Group | ApiObject]:
@@ -413,7 +421,17 @@ class ObjectChart(cdk8s.Chart):
         return _topology(self._object_root)
 
     def to_json(self) -> list[Any]:
+        if self._applied is not None:
+            return list(self._applied)
         rendered: list[Any] = [o.to_json() for o in self.objects()]
         if self.node.children:
             rendered += list(super().to_json())
         return rendered
+
+    def apply(self) -> list[Any]:
+        """Render the chart once, for good: what is applied to a cluster. ``to_json``
+        returns the same objects from now on, and a later object, group, dependency or
+        patch fails instead of silently missing from what was applied."""
+        if self._applied is None:
+            self._applied = self.to_json()
+        return list(self._applied)

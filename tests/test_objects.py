@@ -167,3 +167,14 @@ def test_a_dependency_cycle_is_refused_when_rendered() -> None:
     b.add_dependency(a)
     with pytest.raises(ObjectError, match=r"^dependency cycle: "):
         chart.to_json()
+
+
+def test_an_applied_chart_renders_what_was_applied_and_refuses_changes() -> None:
+    chart = ObjectChart(cdk8s.App(), "Applied")
+    cm = k8s.KubeConfigMap(chart, "Cm", metadata=k8s.ObjectMeta(name="a"))
+    applied = chart.apply()
+    assert chart.to_json() == applied == [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}]
+    with pytest.raises(ObjectError, match=r"^Applied/Late: chart Applied was already applied"):
+        k8s.KubeConfigMap(chart, "Late", metadata=k8s.ObjectMeta(name="b"))
+    with pytest.raises(ObjectError, match=r"^Applied/Cm: chart Applied was already applied"):
+        cm.add_json_patch(JsonPatch.add("/data", {}))

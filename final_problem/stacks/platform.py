@@ -25,7 +25,10 @@ class Platform(Construct):
         self.cdk8s_app = cdk8s.App()
         self.charts: dict[str, PlatformChart] = build_charts(self.cdk8s_app, settings, EKS)
         self.manifests: dict[str, eks.KubernetesManifest] = {}
+        #: Component to the objects applied (what dist/eks/ is written from, too).
+        self.objects: dict[str, list[dict]] = {}
         for name, chart in self.charts.items():
+            self.objects[name] = chart.apply()
             manifest = cluster.add_cdk8s_chart(chart.construct_id, chart)
             for dep in chart.requires:
                 manifest.node.add_dependency(self.manifests[dep])
