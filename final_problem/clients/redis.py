@@ -71,8 +71,11 @@ class RedisSettings:
     sentinel_password: str
     #: Socket timeout of each command, seconds.
     timeout_s: float = 2.0
-    #: Retries of a command on a lost connection (each reconnection asks the Sentinels).
-    retries: int = 8
+    #: Retries of a command on a lost connection (each reconnection asks the Sentinels), with
+    #: backoff from 100 ms doubling to 1 s: 20 retries wait about 17.5 s in all, more than a
+    #: failover takes with the chart's defaults (5 s until the Sentinels call the primary down,
+    #: then an election and a promotion of a few seconds), so a command rides one out.
+    retries: int = 20
 
     @classmethod
     def from_env(

@@ -17,8 +17,8 @@ from typing import Any
 
 from final_problem.tour.discovery import DiscoveryError, Endpoints
 
-#: Sentinel timeouts shortened so a failover takes seconds: the demos' client retries a lost
-#: connection for about 5 s (final_problem.clients.redis.RedisSettings.retries).
+#: Sentinel timeouts shortened so the demos' failover takes a second or two (their client
+#: rides out a failover at the chart's own timing too: RedisSettings.retries).
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
 #: The first boot of the empty set waits 1 s for a peer, as in the tests
