@@ -60,6 +60,11 @@ class _Member:
         for target in targets:
             if not isinstance(target, _Member):
                 raise ObjectError(f"{self.path} can only depend on objects and groups of an ObjectChart, not {type(target).__name__}")
+            if target.chart is not self.chart:
+                raise ObjectError(
+                    f"{self.path} cannot depend on {target.path}, in another chart: a component comes after the "
+                    "ones it names in `requires`"
+                )
             if target is not self and target not in self.dependencies:
                 self.dependencies.append(target)  # type: ignore[arg-type]
 
@@ -128,7 +133,7 @@ def _topology(root: Group) -> list[ApiObject]:
     for source in nodes:
         for target in list(source.dependencies):
             if id(target) not in present:
-                continue  # another chart's object: the charts' own order covers it
+                continue  # outside the group being ordered
             for t in objects_under(target):
                 for s in objects_under(source):
                     if t is not s and t not in edges[id(s)]:

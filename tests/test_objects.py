@@ -178,3 +178,11 @@ def test_an_applied_chart_renders_what_was_applied_and_refuses_changes() -> None
         k8s.KubeConfigMap(chart, "Late", metadata=k8s.ObjectMeta(name="b"))
     with pytest.raises(ObjectError, match=r"^Applied/Cm: chart Applied was already applied"):
         cm.add_json_patch(JsonPatch.add("/data", {}))
+
+
+def test_a_dependency_across_charts_is_refused() -> None:
+    app = cdk8s.App()
+    a = k8s.KubeConfigMap(ObjectChart(app, "A"), "Cm", metadata=k8s.ObjectMeta(name="a"))
+    b = k8s.KubeConfigMap(ObjectChart(app, "B"), "Cm", metadata=k8s.ObjectMeta(name="b"))
+    with pytest.raises(ObjectError, match=r"^A/Cm cannot depend on B/Cm, in another chart"):
+        a.add_dependency(b)
