@@ -416,6 +416,13 @@ class ObjectChart(cdk8s.Chart):
         """Objects and groups added to the chart itself, in order."""
         return self._object_root.children
 
+    def put_first(self, first: Group | ApiObject) -> None:
+        """Make everything added to the chart so far (but ``first``) come after ``first``:
+        a namespace before what lives in it."""
+        for child in self.children:
+            if child is not first:
+                child.add_dependency(first)
+
     def find_all(self) -> Iterator[Group | ApiObject]:
         """Every object and group of the chart, parents first."""
         for child in self.children:

@@ -186,3 +186,13 @@ def test_a_dependency_across_charts_is_refused() -> None:
     b = k8s.KubeConfigMap(ObjectChart(app, "B"), "Cm", metadata=k8s.ObjectMeta(name="b"))
     with pytest.raises(ObjectError, match=r"^A/Cm cannot depend on B/Cm, in another chart"):
         a.add_dependency(b)
+
+
+def test_put_first_orders_everything_already_in_the_chart_after_it() -> None:
+    chart = ObjectChart(cdk8s.App(), "First")
+    k8s.KubeConfigMap(chart, "Early", metadata=k8s.ObjectMeta(name="early", namespace="n"))
+    block = Group(chart, "Block")
+    k8s.KubeConfigMap(block, "Inner", metadata=k8s.ObjectMeta(name="inner", namespace="n"))
+    ns = k8s.KubeNamespace(chart, "Namespace", metadata=k8s.ObjectMeta(name="n"))
+    chart.put_first(ns)
+    assert [o["metadata"]["name"] for o in chart.to_json()] == ["n", "early", "inner"]

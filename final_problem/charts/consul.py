@@ -166,9 +166,7 @@ class ConsulChart(PlatformChart):
         self._servers(ns, selector, profile, config_text)
         self._acl_job(ns, members, scripts)
         self._network_policies(ns, selector)
-        for child in self.children:
-            if child is not self.consul_namespace:
-                child.add_dependency(self.consul_namespace)
+        self.put_first(self.consul_namespace)
 
     # -- RBAC ---------------------------------------------------------------------------
 

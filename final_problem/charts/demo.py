@@ -173,6 +173,4 @@ class DemoChart(PlatformChart):
             ),
         )
         set_component(self.edge_policy, "network-policy")
-        for child in self.children:
-            if child is not self.demo_namespace:
-                child.add_dependency(self.demo_namespace)
+        self.put_first(self.demo_namespace)

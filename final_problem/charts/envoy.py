@@ -282,9 +282,7 @@ class EnvoyChart(PlatformChart):
         )
         set_component(self.service, "proxy")
         self._network_policy(selector)
-        for child in self.children:
-            if child is not self.edge_namespace:
-                child.add_dependency(self.edge_namespace)
+        self.put_first(self.edge_namespace)
 
     @staticmethod
     def _affinity(selector: dict[str, str], profile: Profile) -> k8s.Affinity:

@@ -382,9 +382,7 @@ class KafkaChart(PlatformChart):
                                                           digest=digest)
         self._topic_job(broker_kind)
         self._network_policies(broker_kind=broker_kind, controller_kind=controller_kind)
-        for child in self.children:
-            if child is not self.kafka_namespace:
-                child.add_dependency(self.kafka_namespace)
+        self.put_first(self.kafka_namespace)
 
     # -- objects ----------------------------------------------------------------------
 

@@ -407,9 +407,7 @@ class RedisChart(PlatformChart):
             self.redis.resource = MeshWorkload.apply(self.redis.resource)
             self.mesh_policy = self.mesh.network_policy(self, "MeshPolicy", pod_selector=redis_selector)
         self._network_policies(redis_selector, sentinel_selector)
-        for child in self.children:
-            if child is not self.redis_namespace:
-                child.add_dependency(self.redis_namespace)
+        self.put_first(self.redis_namespace)
 
     def _service(self, id: str, name: str, selector: dict[str, str], port: int, component: str, *, headless: bool) -> k8s.KubeService:
         service = k8s.KubeService(
