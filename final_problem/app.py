@@ -157,20 +157,23 @@ def cli_context(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     return context
 
 
-def check_cli_settings(environ: Mapping[str, str] = os.environ) -> None:
-    """Fail on a bad setting before aws-cdk-lib loads (about half of the app's start-up)."""
-    components.check_settings(config.load((context := cli_context(environ)), config.context_origins(context)))
+def check_cli_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    """The settings the CDK CLI hands this process, checked before aws-cdk-lib loads (about
+    half of the app's start-up): a bad one fails first."""
+    settings = config.load((context := cli_context(environ)), config.context_origins(context))
+    components.check_settings(settings)
+    return settings
 
 
-def synth() -> None:
+def synth(settings: Settings | None = None) -> None:
+    """Build the stacks (from ``settings``, default the app's context) and write everything."""
     import aws_cdk as cdk
 
     app = cdk.App()
-    write_outputs(app, build(app))
+    write_outputs(app, build(app, settings))
 
 
 def main() -> None:
     """``cdk synth`` runs this: a bad setting ends it with one line on stderr and exit 1."""
     with one_line_errors():
-        check_cli_settings()
-        synth()
+        synth(check_cli_settings())
