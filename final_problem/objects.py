@@ -99,10 +99,6 @@ class Group(_Member):
                 return child
         return None
 
-    def objects(self) -> list[ApiObject]:
-        """The objects of this group, in the order cdk8s would write them."""
-        return _topology(self)
-
 
 def _attach(child: Group | ApiObject, scope: Any) -> None:
     parent = scope if isinstance(scope, Group) else getattr(scope, "_object_root", None)
@@ -422,11 +418,6 @@ class ObjectChart(cdk8s.Chart):
         for child in self.children:
             if child is not first:
                 child.add_dependency(first)
-
-    def find_all(self) -> Iterator[Group | ApiObject]:
-        """Every object and group of the chart, parents first."""
-        for child in self.children:
-            yield from (child.find_all() if isinstance(child, Group) else (child,))
 
     def objects(self) -> list[ApiObject]:
         """The chart's Python objects, in the order they are written."""
