@@ -296,6 +296,12 @@ def _cluster(route: EdgeRoute, options: EdgeOptions) -> dict[str, Any]:
             "enforcing_consecutive_gateway_failure": 100,
             # Success-rate ejection needs traffic statistics over many hosts; off.
             "enforcing_success_rate": 0,
+            # Envoy's default (true) lets one passing active health check uneject a host
+            # and reset its counters (Envoy API docs, OutlierDetection
+            # successful_active_health_check_uneject_host). The health path proves the
+            # process is up, not that requests succeed: a host answering 5xx would be back
+            # within one health interval. Ejected hosts serve out base_ejection_time.
+            "successful_active_health_check_uneject_host": False,
         },
         # Health checks and outlier detection both decide; a host failing checks is
         # removed even while it still answers some requests.

@@ -208,6 +208,12 @@ def test_a_backend_answering_5xx_is_ejected_by_outlier_detection(edge: LocalEdge
     assert "failed_outlier_check" in edge.host_flags("demo")[f"127.0.0.1:{b.port}"]
     _stops_reaching(edge, b, "outlier")
     before = b.count()
+    # demo-b still passes its health checks: two more rounds of them must not uneject it
+    # (base_ejection_time, not the next passing check, ends an ejection).
+    checks = edge.stat("cluster.demo.health_check.success")
+    wait_for("two more passing health checks of each demo host",
+             lambda: edge.stat("cluster.demo.health_check.success") >= checks + 4, timeout_s=15)
+    assert "failed_outlier_check" in edge.host_flags("demo")[f"127.0.0.1:{b.port}"]
     statuses = {http_get(f"{edge.url}/ejected-{i}")[0] for i in range(20)}
     assert statuses == {200} and b.count() == before
 
