@@ -169,6 +169,13 @@ def availability(ctx: Context, report: Report) -> None:
         ctx.step(report, "write again (the client asks the Sentinels for the new primary)",
                  f"accepted after {time.monotonic() - started:.1f} s by {client.primary_address()[1]}")
         redis_set.start_member(index)
+        # Sentinel turns the restarted member into a replica of the new primary; wait for
+        # every replica's link so the demos after this one start from a whole set.
+        primary_port = client.primary_address()[1]
+        linked = [redis_set.wait_rejoined(i) for i in range(len(redis_set.members))
+                  if redis_set.member_ports[i] != primary_port]
+        ctx.step(report, "restart the old primary",
+                 f"it rejoined as a replica; {len(linked)} replicas follow {primary_port}")
     finally:
         client.close()
 
