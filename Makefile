@@ -66,13 +66,14 @@ PI_IMAGE ?=
 # Git-ignored: an inventory holds SSH keys and the Wi-Fi passphrase.
 PI_INVENTORY ?= pi/inventory.yaml
 
-.PHONY: help setup kafka cadence-tools kube-binaries pi-rootfs synth test bench bootstrap deploy diff destroy \
+.PHONY: help setup k8s-api kafka cadence-tools kube-binaries pi-rootfs synth test bench bootstrap deploy diff destroy \
 	pi-images pi-images-args system-deps clean
 
 help:
 	@echo "make synth        install what is missing, then write cdk.out/ and dist/{eks,pi} (offline)"
 	@echo "make test         install what is missing, then run the whole test suite"
 	@echo "make bench        every bench/*.py: synth against a bare VPC + EKS app, each component's servers, the control plane"
+	@echo "make k8s-api      regenerate final_problem/k8s_api.py from the Kubernetes schema (tools/gen_k8s_api.py)"
 	@echo "make kafka        the Kafka broker jars from Maven Central (make test and make bench need them)"
 	@echo "make cadence-tools   build the Cadence server tools from their Go module, once (about 25 min cold)"
 	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler, etcd and KWOK, once"
@@ -170,6 +171,9 @@ test: setup $(CHECKOV_STAMP) $(SERVERS) pi-rootfs
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) tests/integration $(PYTEST_ARGS) \
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
+
+k8s-api: setup
+	$(BIN)/python tools/gen_k8s_api.py
 
 bench: setup $(SERVERS)
 	@$(BYTECODE)

@@ -16,11 +16,11 @@ Import from here, not from the modules behind it; these names are kept stable::
   :class:`SecretSpec`, :class:`Sizing`, :func:`container_context`, :func:`pod_context`,
   :func:`raw_resources`, :class:`LabelSet`, :func:`set_component`, :func:`ports`,
   :data:`MONITORING_NAMESPACE_LABEL`.
-- Kubernetes objects: :mod:`k8s` (the typed 1.27 API of cdk8s-plus-27, one class per kind,
-  rendered in Python), :func:`int_or_string` and :func:`quantity` for its value types;
+- Kubernetes objects: :mod:`k8s` (the typed Kubernetes 1.34 API with cdk8s's names, one class
+  per kind, rendered in Python), :func:`int_or_string` and :func:`quantity` for its value types;
   :class:`Group` to group objects into a building block of one's own (others depend on a
   group as on each object in it), :class:`ObjectChart` for a chart outside the platform,
-  :class:`JsonPatch` for a field the typed API lacks.
+  :class:`JsonPatch` to change the rendered JSON.
 
 ``examples/search/`` in the source repository is a whole component built on this module.
 """

@@ -10,7 +10,8 @@ work in Python:
   ``aws_eks_v2.Cluster.add_cdk8s_chart`` call) renders the Python objects, then any cdk8s
   construct added to it the usual way (cdk8s-plus workloads, say), which cdk8s renders.
 - :class:`ApiObject` is one Kubernetes object; :mod:`final_problem.k8s` gives one class
-  per kind, taking the typed structs of ``cdk8s_plus_27.k8s`` (checked when built).
+  per kind, taking the typed :class:`Struct` classes generated from the Kubernetes schema
+  (:mod:`final_problem.k8s_api`), with :class:`IntOrString` and :class:`Quantity` values.
 - :class:`Group` groups objects, as a construct groups its children in cdk8s.
 
 Rendering follows cdk8s 2 (``ApiObject.toJson``, ``DependencyGraph``): the chart's labels
@@ -22,7 +23,6 @@ a dependency on every object in it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Iterator, Mapping
@@ -164,30 +164,159 @@ def _topology(root: Group) -> list[ApiObject]:
 
 # --- JSON -------------------------------------------------------------------------------
 
-_SCHEMA_NAME = re.compile(r":schema: \S+#(\S+)")
+class Value:
+    """A scalar with a type of its own in the API (``IntOrString``, ``Quantity``): ``raw``
+    is its JSON value."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    @property
+    def value(self) -> Any:
+        return self.raw
+
+    @classmethod
+    def from_number(cls, value: int | float) -> Any:
+        return cls(value)
+
+    @classmethod
+    def from_string(cls, value: str) -> Any:
+        return cls(value)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.raw == self.raw  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.raw))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.raw!r})"
+
+
+class IntOrString(Value):
+    """A port number or name (``8080``, ``"http"``), a count or a percentage (``"25%"``)."""
+
+    __slots__ = ()
+
+    def __init__(self, raw: int | str) -> None:
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+            raise ObjectError(f"an IntOrString is an int or a str, not {type(raw).__name__} {raw!r}")
+        super().__init__(raw)
+
+
+class Quantity(Value):
+    """A resource quantity (``250m``, ``2Gi``, ``1``)."""
+
+    __slots__ = ()
+
+    def __init__(self, raw: int | float | str) -> None:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ObjectError(f"a Quantity is a number or a str, not {type(raw).__name__} {raw!r}")
+        super().__init__(raw)
+
+
+_SCALARS: dict[str, Any] = {"str": str, "int": int, "float": (int, float), "bool": bool,
+                            "ios": IntOrString, "qty": Quantity}
+
+
+def _coerce(spec: str, value: Any, where: str, check: bool) -> Any:
+    """``value`` for a field of type ``spec`` (see ``tools/gen_k8s_api.py``): a mapping where
+    a type is expected is made into it (Python field names, as for cdk8s's structs). With
+    ``check``, a value of another type raises :class:`ObjectError` naming the field."""
+    if value is None or spec == "any":
+        return value
+    scalar = _SCALARS.get(spec)
+    if scalar is not None:
+        if check and (not isinstance(value, scalar) or (isinstance(value, bool) and spec in ("int", "float"))):
+            raise ObjectError(f"{where}: expected {spec_name(spec)}, got {type(value).__name__} {value!r}")
+        return value
+    if spec[0] == "[":
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if check:
+                raise ObjectError(f"{where}: expected a list of {spec_name(spec[1:-1])}, got {type(value).__name__}")
+            return value
+        item = spec[1:-1]
+        if not check and item in _SCALARS:
+            return value
+        return [_coerce(item, v, f"{where}[{i}]", check) for i, v in enumerate(value)]
+    if spec[0] == "{":
+        if not isinstance(value, Mapping):
+            if check:
+                raise ObjectError(f"{where}: expected a map of {spec_name(spec[1:-1])}, got {type(value).__name__}")
+            return value
+        item = spec[1:-1]
+        if not check and item in _SCALARS:
+            return value
+        return {k: _coerce(item, v, f"{where}[{k!r}]", check) for k, v in value.items()}
+    struct = _struct_class(spec)
+    if isinstance(value, struct):
+        return value
+    if isinstance(value, Mapping) and not isinstance(value, Struct):
+        return struct(**value)
+    if check:
+        raise ObjectError(f"{where}: expected {spec}, got {type(value).__name__}")
+    return value
+
+
+def spec_name(spec: str) -> str:
+    if spec[0] == "[":
+        return f"a list of {spec_name(spec[1:-1])}"
+    if spec[0] == "{":
+        return f"a map of {spec_name(spec[1:-1])}"
+    return {"ios": "IntOrString", "qty": "Quantity"}.get(spec, spec)
 
 
 @lru_cache(maxsize=None)
-def _json_names(struct: type) -> dict[str, str]:
-    """Python field name to Kubernetes JSON name for a ``cdk8s_plus_27.k8s`` struct: the
-    name in each property's ``:schema:`` line (``clusterIP``, where the TypeScript name is
-    ``clusterIp``), else the TypeScript name."""
-    names: dict[str, str] = {}
-    for python_name, ts_name in struct.__jsii_name_mapping__.items():  # type: ignore[attr-defined]
-        doc = getattr(getattr(struct, python_name, None), "__doc__", None) or ""
-        match = _SCHEMA_NAME.search(doc)
-        names[python_name] = match.group(1) if match else ts_name
-    return names
+def _struct_class(name: str) -> type[Struct]:
+    from final_problem import k8s_api
+
+    return getattr(k8s_api, name)  # type: ignore[no-any-return]
 
 
-class Value:
-    """A scalar the structs type as a jsii class (``IntOrString``, ``Quantity``); see
-    :mod:`final_problem.k8s`. ``raw`` is its JSON value."""
+class Struct:
+    """A typed Kubernetes value (``ObjectMeta``, ``ServiceSpec``, ...): the classes of
+    :mod:`final_problem.k8s_api`, generated from the Kubernetes schema. Keyword arguments
+    by Python name; rendered by JSON name, ``None`` left out. Types are checked when the
+    interpreter runs with assertions on (not under ``python -O``, as ``cdk synth`` runs
+    the app); a mapping given for a typed field is made into that type."""
 
-    raw: Any
+    __slots__ = ("_values",)
+    _schema: ClassVar[str] = ""
+    #: Python name -> (JSON name, type).
+    _fields: ClassVar[dict[str, tuple[str, str]]] = {}
+    _required: ClassVar[tuple[str, ...]] = ()
 
+    def _init(self, given: dict[str, Any]) -> None:
+        cls = type(self)
+        values: dict[str, Any] = {}
+        for name, (_, spec) in cls._fields.items():
+            value = given[name]
+            if value is not None:
+                values[name] = _coerce(spec, value, f"{cls.__name__}.{name}", __debug__)
+        missing = [n for n in cls._required if n not in values]
+        if missing:
+            raise ObjectError(f"{cls.__name__}: missing required field(s) {', '.join(missing)}")
+        self._values = values
 
-_jsii_values: dict[int, tuple[Any, Any]] = {}
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self)._fields:
+            return self._values.get(name)
+        raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The value as Kubernetes JSON."""
+        return plain(self)  # type: ignore[no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._values == self._values  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
 
 
 def plain(value: Any) -> Any:
@@ -196,20 +325,13 @@ def plain(value: Any) -> Any:
         return value
     if isinstance(value, Value):
         return value.raw
+    if isinstance(value, Struct):
+        fields = type(value)._fields
+        return {fields[k][0]: p for k, v in value._values.items() if (p := plain(v)) is not None}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, Mapping):
         return {k: p for k, v in value.items() if (p := plain(v)) is not None}
-    names = _json_names(type(value)) if hasattr(type(value), "__jsii_name_mapping__") else None
-    if names is not None:
-        return {names[k]: p for k, v in value._values.items() if (p := plain(v)) is not None}
-    if hasattr(value, "__jsii_ref__") and hasattr(type(value), "value"):
-        # An IntOrString or Quantity made through jsii: read its value once.
-        cached = _jsii_values.get(id(value))
-        if cached is None or cached[0] is not value:
-            cached = (value, value.value)
-            _jsii_values[id(value)] = cached
-        return cached[1]
     raise ObjectError(f"cannot render a {type(value).__name__} in a Kubernetes object")
 
 
@@ -309,27 +431,25 @@ class ApiObject(_Member):
 
     ``api_version``, ``kind`` and ``metadata`` (an ``ObjectMeta`` struct or a mapping) as
     in Kubernetes; every other keyword is a top-level field (structs or JSON data). The
-    classes of :mod:`final_problem.k8s` fix ``api_version`` and ``kind`` and check the
-    fields against the kind's typed props.
+    classes of :mod:`final_problem.k8s` (``KubeService``, ...) fix ``api_version`` and
+    ``kind`` and take the kind's fields, typed.
     """
 
-    #: The kind's class in ``cdk8s_plus_27.k8s`` (its ``GVK``) and its props struct.
-    _jsii_class: ClassVar[Any] = None
-    _props_class: ClassVar[Any] = None
+    #: A kind's ``(apiVersion, kind)`` and its fields as a struct (the generated classes).
     _gvk: ClassVar[tuple[str, str] | None] = None
+    _props_class: ClassVar[type[Struct] | None] = None
+
+    def _init_kind(self, scope: ObjectChart | Group, id: str, given: dict[str, Any]) -> None:
+        """The constructor of a generated kind: ``given`` is its keyword arguments."""
+        props = self._props_class
+        assert props is not None and self._gvk is not None
+        values = props(**{k: given[k] for k in props._fields})._values
+        metadata = values.pop("metadata", None)
+        fields = {props._fields[k][0]: v for k, v in values.items()}
+        ApiObject.__init__(self, scope, id, api_version=self._gvk[0], kind=self._gvk[1], metadata=metadata, **fields)
 
     def __init__(self, scope: ObjectChart | Group, id: str, *, api_version: str | None = None,
                  kind: str | None = None, metadata: Any = None, **fields: Any) -> None:
-        cls = type(self)
-        if cls._props_class is not None:
-            # Type-checks every field against the kind's schema (and refuses unknown ones).
-            cls._props_class(metadata=metadata, **fields)
-            names = _json_names(cls._props_class)
-            fields = {names[k]: v for k, v in fields.items()}
-            if cls._gvk is None:
-                gvk = cls._jsii_class.GVK
-                cls._gvk = (gvk.api_version, gvk.kind)
-            api_version, kind = cls._gvk
         if not api_version or not kind:
             raise ObjectError(f"object '{id}' needs an api_version and a kind")
         super().__init__(id)

@@ -125,20 +125,29 @@ def test_cdk8s_constructs_in_the_same_chart_come_after_its_objects() -> None:
     assert [o["metadata"]["name"] for o in chart.to_json()] == ["own", "from-plus"]
 
 
-def test_values_made_in_python_work_in_a_jsii_call_too() -> None:
-    chart = cdk8s.Chart(cdk8s.App(), "Jsii")
-    jsii_k8s.KubeService(chart, "Svc", metadata=jsii_k8s.ObjectMeta(name="svc"),
-                         spec=jsii_k8s.ServiceSpec(ports=[jsii_k8s.ServicePort(port=80, target_port=int_or_string("http"))]))
-    (svc,) = chart.to_json()
-    assert svc["spec"]["ports"] == [{"port": 80, "targetPort": "http"}]
-
-
-def test_a_struct_field_of_the_wrong_type_fails_when_the_object_is_built() -> None:
+def test_a_field_of_the_wrong_type_fails_when_the_value_is_built() -> None:
     chart = ObjectChart(cdk8s.App(), "Typed")
-    with pytest.raises(TypeError):
+    with pytest.raises(ObjectError, match=r"^KubeConfigMapProps\.data: expected a map of str, got str$"):
         k8s.KubeConfigMap(chart, "Bad", metadata=k8s.ObjectMeta(name="x"), data="not a mapping")
-    with pytest.raises(TypeError):
+    with pytest.raises(ObjectError, match=r"^ServicePort\.port: expected int, got str '80'$"):
+        k8s.ServicePort(port="80")
+    with pytest.raises(ObjectError, match=r"^ServicePort\.target_port: expected IntOrString, got int 80$"):
+        k8s.ServicePort(port=80, target_port=80)
+    with pytest.raises(ObjectError, match=r"^PodSpec\.containers\[1\]: expected Container, got str$"):
+        k8s.PodSpec(containers=[k8s.Container(name="a"), "b"])
+    with pytest.raises(TypeError, match="dataa"):
         k8s.KubeConfigMap(chart, "Unknown", metadata=k8s.ObjectMeta(name="x"), dataa={})
+
+
+def test_a_required_field_is_required() -> None:
+    with pytest.raises(ObjectError, match=r"^Container: missing required field\(s\) name$"):
+        k8s.Container(image="docker.io/library/busybox:1.37.0")
+
+
+def test_a_mapping_for_a_typed_field_is_made_into_that_type() -> None:
+    spec = k8s.ServiceSpec(ports=[{"port": 80, "target_port": int_or_string("http")}])
+    assert spec.ports == [k8s.ServicePort(port=80, target_port=int_or_string("http"))]
+    assert spec.to_json() == {"ports": [{"port": 80, "targetPort": "http"}]}
 
 
 def test_an_object_needs_a_name() -> None:

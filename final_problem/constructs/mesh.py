@@ -274,8 +274,9 @@ class MeshWorkload(Group):
         """Make the two mesh init containers native sidecars (``restartPolicy: Always``;
         beta and on by default since Kubernetes 1.29, GA in 1.33) and return the workload.
 
-        The typed 1.27 structs have no such field, so it is added to the rendered object
-        as a JSON patch. Call it last, after every change to the workload's containers.
+        The field is added to the rendered object as a JSON patch, so this works on any
+        workload, however its containers were built. Call it last, after every change to
+        the workload's containers.
         """
         manifest = workload.to_json()
         spec = "/spec" if manifest["kind"] == "Pod" else "/spec/template/spec"

@@ -52,9 +52,7 @@ def volume_claim_template(claim: ClaimSpec, *, profile: Profile) -> k8s.KubePers
         spec=k8s.PersistentVolumeClaimSpec(
             access_modes=["ReadWriteOnce"],
             storage_class_name=profile.storage_class,
-            # The 1.27 type name; the field is renamed VolumeResourceRequirements in later
-            # schemas with the same shape.
-            resources=k8s.ResourceRequirements(
+            resources=k8s.VolumeResourceRequirements(
                 requests={"storage": quantity(f"{claim.size_gib}Gi")}
             ),
         ),
