@@ -232,23 +232,16 @@ def _coerce(spec: str, value: Any, where: str, check: bool) -> Any:
         if check and (not isinstance(value, scalar) or (isinstance(value, bool) and spec in ("int", "float"))):
             raise ObjectError(f"{where}: expected {spec_name(spec)}, got {type(value).__name__} {value!r}")
         return value
-    if spec[0] == "[":
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+    if spec[0] in "[{":
+        item, is_list = spec[1:-1], spec[0] == "["
+        if not (isinstance(value, (list, tuple)) if is_list else isinstance(value, Mapping)):
             if check:
-                raise ObjectError(f"{where}: expected a list of {spec_name(spec[1:-1])}, got {type(value).__name__}")
+                raise ObjectError(f"{where}: expected {spec_name(spec)}, got {type(value).__name__}")
             return value
-        item = spec[1:-1]
         if not check and item in _SCALARS:
             return value
-        return [_coerce(item, v, f"{where}[{i}]", check) for i, v in enumerate(value)]
-    if spec[0] == "{":
-        if not isinstance(value, Mapping):
-            if check:
-                raise ObjectError(f"{where}: expected a map of {spec_name(spec[1:-1])}, got {type(value).__name__}")
-            return value
-        item = spec[1:-1]
-        if not check and item in _SCALARS:
-            return value
+        if is_list:
+            return [_coerce(item, v, f"{where}[{i}]", check) for i, v in enumerate(value)]
         return {k: _coerce(item, v, f"{where}[{k!r}]", check) for k, v in value.items()}
     struct = _struct_class(spec)
     if isinstance(value, struct):
@@ -312,8 +305,7 @@ class Struct:
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other._values == self._values  # type: ignore[attr-defined]
 
-    def __hash__(self) -> int:
-        return id(self)
+    __hash__ = None  # type: ignore[assignment]  # compared by value, and mutable through _values
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
