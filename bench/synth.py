@@ -7,7 +7,7 @@ starts the app), and as the app process alone (``python3 -O app.py``, with the i
 flags of cdk.json's app command, for both apps, and the environment the CLI gives it). Then
 their ratios, and the YAML-only render (``python -m final_problem.manifests``). Commands run
 in turn, each as a fresh process; one warm-up round is not counted. Last, each component's
-cost, measured in this process (jsii's type checks on, as in the tests).
+cost, measured in this process (the Kubernetes types' checks on, as in the tests).
 
     make bench            # or: .venv/bin/python bench/synth.py [--runs N]
 """
