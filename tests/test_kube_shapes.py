@@ -8,7 +8,7 @@ import pytest
 
 from final_problem import capacity, versions
 from final_problem.errors import ConfigError
-from final_problem.local.kube import memory_mib, module_versions, node_shapes
+from final_problem.local.kube import fake_nodes, memory_mib, module_versions
 from tests.conftest import full_settings
 
 
@@ -21,7 +21,7 @@ def test_binaries_are_built_at_the_clusters_kubernetes_minor() -> None:
 def test_node_figures_are_the_capacity_checks(settings_and_profile: tuple[str, dict[str, object]]) -> None:
     profile, overrides = settings_and_profile
     settings = dataclasses.replace(full_settings(), **overrides)
-    nodes = node_shapes(settings, profile)
+    nodes = fake_nodes(settings, profile)
     checked = capacity.node_shapes(settings, profile)
     assert [(s.cpu_m, s.memory_mib, s.pods) for s in nodes] == [(n.cpu_m, n.memory_mib, n.max_pods) for n in checked]
 
@@ -33,7 +33,7 @@ def settings_and_profile(request: pytest.FixtureRequest) -> tuple[str, dict[str,
 
 
 def test_eks_nodes_follow_the_settings() -> None:
-    shapes = node_shapes(full_settings(), "eks")
+    shapes = fake_nodes(full_settings(), "eks")
     assert [s.name for s in shapes] == ["eks-node-1", "eks-node-2", "eks-node-3"]
     # m7g.xlarge: 4 vCPU, 16 GiB less 7.5% VM overhead, 58 pods; EKS AMI reservations
     # 80m and 11 * 58 + 255 = 893 MiB, eviction 100 MiB (final_problem/capacity.py).
@@ -41,15 +41,15 @@ def test_eks_nodes_follow_the_settings() -> None:
     assert [s.labels["topology.kubernetes.io/zone"] for s in shapes] == ["zone-a", "zone-b", "zone-c"]
     assert {s.labels["kubernetes.io/arch"] for s in shapes} == {"arm64"}
     assert {s.labels["node.kubernetes.io/instance-type"] for s in shapes} == {"m7g.xlarge"}
-    bigger = node_shapes(dataclasses.replace(full_settings(), node_instance_type="r7g.xlarge", node_desired=4, node_max=6), "eks")
+    bigger = fake_nodes(dataclasses.replace(full_settings(), node_instance_type="r7g.xlarge", node_desired=4, node_max=6), "eks")
     assert len(bigger) == 4 and bigger[3].labels["topology.kubernetes.io/zone"] == "zone-a"
     assert (bigger[0].cpu_m, bigger[0].pods) == (4000 - 80, 58)
-    x86 = node_shapes(dataclasses.replace(full_settings(), node_instance_type="m7i.xlarge"), "eks")
+    x86 = fake_nodes(dataclasses.replace(full_settings(), node_instance_type="m7i.xlarge"), "eks")
     assert {s.labels["kubernetes.io/arch"] for s in x86} == {"amd64"}
 
 
 def test_pi_nodes_are_three_pi4_k3s_servers_without_zones() -> None:
-    shapes = node_shapes(full_settings(), "pi")
+    shapes = fake_nodes(full_settings(), "pi")
     assert len(shapes) == 3
     # 4 cores less k3s (300m) and the OS (100m); 4096 MiB less k3s (1539), the OS (256) and
     # the eviction threshold (100): capacity.PI4_4GB.
@@ -60,7 +60,7 @@ def test_pi_nodes_are_three_pi4_k3s_servers_without_zones() -> None:
 
 def test_unknown_instance_type_fails_like_the_capacity_check() -> None:
     with pytest.raises(ConfigError, match="not in the capacity table"):
-        node_shapes(dataclasses.replace(full_settings(), node_instance_type="x2gd.large"), "eks")
+        fake_nodes(dataclasses.replace(full_settings(), node_instance_type="x2gd.large"), "eks")
 
 
 @pytest.mark.parametrize("quantity, mib", [("512Mi", 512), ("1Gi", 1024), ("1G", 954), ("2048Ki", 2), ("1048576", 1)])

@@ -8,7 +8,7 @@ client certificates and a service-account key generated per run (``openssl``), R
 Pod Security admission on (``restricted`` enforced by default in every namespace).
 
 No kubelet runs: :func:`register_nodes` creates Nodes with the capacity of
-:func:`node_shapes`, kept Ready by running the controller manager without its node
+:func:`fake_nodes`, kept Ready by running the controller manager without its node
 lifecycle controller (nothing marks them NotReady or evicts their pods). KWOK
 (``sigs.k8s.io/kwok``, also built by ``make kube-binaries``) plays their kubelets: pods bound
 to them turn Running and Ready and Jobs' pods complete, so the workload controllers and
@@ -98,8 +98,9 @@ def missing_binaries(directory: Path | None = None) -> list[str]:
 # --- node shapes -------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
-class NodeShape:
-    """A Node as the scheduler sees it: allocatable resources and labels."""
+class FakeNode:
+    """A Node registered without a kubelet: a profile's node (:class:`final_problem.capacity.NodeShape`)
+    as the scheduler sees it, named and labelled."""
 
     name: str
     cpu_m: int
@@ -108,56 +109,38 @@ class NodeShape:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def _eks_shapes(settings: Settings) -> list[NodeShape]:
-    arch = capacity.instance_type(settings.node_instance_type).arch
-    zones = [f"zone-{chr(ord('a') + i)}" for i in range(settings.az_count)]
-    return [
-        NodeShape(
-            name=f"eks-node-{i + 1}",
-            cpu_m=node.cpu_m,
-            memory_mib=node.memory_mib,
-            pods=node.max_pods,
-            labels={
-                "kubernetes.io/arch": "arm64" if arch == "arm64" else "amd64",
-                "kubernetes.io/os": "linux",
-                "node.kubernetes.io/instance-type": node.kind,
-                # Managed node groups spread instances over the subnets' zones in turn.
-                "topology.kubernetes.io/zone": zones[i % len(zones)],
-            },
-        )
-        for i, node in enumerate(capacity.node_shapes(settings, "eks"))
-    ]
+def _labels(settings: Settings, profile_name: str, index: int) -> dict[str, str]:
+    if profile_name == "pi":
+        # The label first boot sets from the kernel (pi/README.md, "Envoy on a Raspberry
+        # Pi"): 48 for the 48-bit kernel a Pi 4 needs to run Envoy (Pi 5: 47). With the
+        # stock 39-bit Pi 4 kernel the edge Envoy stays Pending, as the profile intends.
+        return {"kubernetes.io/arch": "arm64", "kubernetes.io/os": "linux", "final-problem.io/arm64-va-bits": "48"}
+    instance = capacity.instance_type(settings.node_instance_type)
+    return {
+        "kubernetes.io/arch": "arm64" if instance.arch == "arm64" else "amd64",
+        "kubernetes.io/os": "linux",
+        "node.kubernetes.io/instance-type": instance.name,
+        # Managed node groups spread instances over the subnets' zones in turn.
+        "topology.kubernetes.io/zone": f"zone-{chr(ord('a') + index % settings.az_count)}",
+    }
 
 
-def _pi_shapes(settings: Settings) -> list[NodeShape]:
-    return [
-        NodeShape(
-            name=f"pi-{i + 1}",
-            cpu_m=node.cpu_m,
-            memory_mib=node.memory_mib,
-            pods=node.max_pods,
-            # The label first boot sets from the kernel (pi/README.md, "Envoy on a Raspberry
-            # Pi"): 48 for the 48-bit kernel a Pi 4 needs to run Envoy (Pi 5: 47). With the
-            # stock 39-bit Pi 4 kernel the edge Envoy stays Pending, as the profile intends.
-            labels={"kubernetes.io/arch": "arm64", "kubernetes.io/os": "linux", "final-problem.io/arm64-va-bits": "48"},
-        )
-        for i, node in enumerate(capacity.node_shapes(settings, "pi"))
-    ]
-
-
-def node_shapes(settings: Settings, profile_name: str) -> list[NodeShape]:
-    """The Nodes a profile runs on, named and labelled, with the allocatable CPU, memory
-    and pods of :func:`final_problem.capacity.node_shapes` (the one source of the figures).
+def fake_nodes(settings: Settings, profile_name: str) -> list[FakeNode]:
+    """The Nodes a profile runs on, with the allocatable CPU, memory and pods of
+    :func:`final_problem.capacity.node_shapes` (the one source of the figures).
 
     ``eks``: ``node_desired`` nodes of ``node_instance_type``, one zone each in turn over
     ``az_count`` zones. ``pi``: three Raspberry Pi 4 (4 GB) k3s servers, arm64, no zone
     label (k3s sets none).
     """
-    if profile_name == "eks":
-        return _eks_shapes(settings)
-    if profile_name == "pi":
-        return _pi_shapes(settings)
-    raise ValueError(f"no node shapes for profile {profile_name!r}")
+    prefix = {"eks": "eks-node", "pi": "pi"}.get(profile_name)
+    if prefix is None:
+        raise ValueError(f"no nodes for profile {profile_name!r}")
+    return [
+        FakeNode(name=f"{prefix}-{i + 1}", cpu_m=node.cpu_m, memory_mib=node.memory_mib, pods=node.max_pods,
+                 labels=_labels(settings, profile_name, i))
+        for i, node in enumerate(capacity.node_shapes(settings, profile_name))
+    ]
 
 
 # --- certificates --------------------------------------------------------------------------
@@ -480,7 +463,7 @@ class LocalControlPlane:
 
 # --- nodes, volumes, manifests ------------------------------------------------------------------
 
-def register_nodes(api: Api, shapes: Iterable[NodeShape]) -> None:
+def register_nodes(api: Api, shapes: Iterable[FakeNode]) -> None:
     """Create a Ready Node per shape, with its allocatable resources and labels."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for shape in shapes:
@@ -736,7 +719,7 @@ class KubePlatform:
 
     profile: str
     control_plane: LocalControlPlane
-    shapes: list[NodeShape]
+    shapes: list[FakeNode]
     files: list[Path]
     objects: list[dict[str, Any]]
     rejected: list[Rejection]
@@ -783,7 +766,7 @@ def platform(workdir: Path, settings: Settings, profile: str) -> Iterator[KubePl
         except ControlPlaneError as e:
             logs = "\n".join(f"--- {name}\n{control_plane.log_tail(name)}" for name in control_plane.procs)
             raise ControlPlaneError(f"{e}\n{logs}") from None
-        shapes = node_shapes(settings, profile)
+        shapes = fake_nodes(settings, profile)
         register_nodes(control_plane.api, shapes)
         with Provisioner(control_plane.api) as provisioner:
             objects = list(manifest_objects(files))

@@ -3,7 +3,7 @@
 Both profiles, every component, no per-component code: ``dist/<profile>/`` is rendered
 in-process, applied in file order with server-side apply to etcd + kube-apiserver +
 kube-controller-manager + kube-scheduler (built from the Go modules), with Nodes shaped
-like the profile's (:func:`final_problem.local.kube.node_shapes`, with the figures of
+like the profile's (:func:`final_problem.local.kube.fake_nodes`, with the figures of
 :func:`final_problem.capacity.node_shapes`), so the synth-time capacity check and the real
 scheduler are held to agree.
 """
