@@ -105,8 +105,9 @@ def _kinds(defs: dict[str, Any]) -> dict[str, tuple[str, str]]:
         props = schema.get("properties", {})
         versions = props.get("apiVersion", {}).get("enum")
         kind = props.get("kind", {}).get("enum")
-        if versions and kind and "metadata" in props and not kind[0].endswith("List") \
-                and not re.search(r"alpha|beta", versions[0]):
+        # An object has an ObjectMeta (a List and meta/v1 Status have a ListMeta).
+        meta = props.get("metadata", {}).get("$ref", "")
+        if versions and kind and meta.endswith(".meta.v1.ObjectMeta") and not re.search(r"alpha|beta", versions[0]):
             kinds[name] = (versions[0], kind[0])
     return kinds
 
