@@ -12,19 +12,5 @@ and :func:`final_problem.imports.quantity`.
 
 from __future__ import annotations
 
-from final_problem.k8s_api import *  # noqa: F401,F403
-from final_problem.k8s_api import __all__ as _api
-from final_problem.objects import IntOrString, Quantity
-
-
-def int_or_string_value(raw: int | str) -> IntOrString:
-    """An ``IntOrString``: a port number or name."""
-    return IntOrString(raw)
-
-
-def quantity_value(raw: int | float | str) -> Quantity:
-    """A ``Quantity``: ``250m``, ``2Gi``."""
-    return Quantity(raw)
-
-
-__all__ = [*_api, "int_or_string_value", "quantity_value"]
+from final_problem.k8s_api import *  # noqa: F401,F403  (IntOrString and Quantity too)
+from final_problem.k8s_api import __all__  # noqa: F401  (the same names)

@@ -173,18 +173,6 @@ class Value:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
 
-    @property
-    def value(self) -> Any:
-        return self.raw
-
-    @classmethod
-    def from_number(cls, value: int | float) -> Any:
-        return cls(value)
-
-    @classmethod
-    def from_string(cls, value: str) -> Any:
-        return cls(value)
-
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.raw == self.raw  # type: ignore[attr-defined]
 
@@ -230,13 +218,13 @@ def _coerce(spec: str, value: Any, where: str, check: bool) -> Any:
     scalar = _SCALARS.get(spec)
     if scalar is not None:
         if check and (not isinstance(value, scalar) or (isinstance(value, bool) and spec in ("int", "float"))):
-            raise ObjectError(f"{where}: expected {spec_name(spec)}, got {type(value).__name__} {value!r}")
+            raise ObjectError(f"{where}: expected {_spec_name(spec)}, got {type(value).__name__} {value!r}")
         return value
     if spec[0] in "[{":
         item, is_list = spec[1:-1], spec[0] == "["
         if not (isinstance(value, (list, tuple)) if is_list else isinstance(value, Mapping)):
             if check:
-                raise ObjectError(f"{where}: expected {spec_name(spec)}, got {type(value).__name__}")
+                raise ObjectError(f"{where}: expected {_spec_name(spec)}, got {type(value).__name__}")
             return value
         if not check and item in _SCALARS:
             return value
@@ -253,11 +241,11 @@ def _coerce(spec: str, value: Any, where: str, check: bool) -> Any:
     return value
 
 
-def spec_name(spec: str) -> str:
+def _spec_name(spec: str) -> str:
     if spec[0] == "[":
-        return f"a list of {spec_name(spec[1:-1])}"
+        return f"a list of {_spec_name(spec[1:-1])}"
     if spec[0] == "{":
-        return f"a map of {spec_name(spec[1:-1])}"
+        return f"a map of {_spec_name(spec[1:-1])}"
     return {"ios": "IntOrString", "qty": "Quantity"}.get(spec, spec)
 
 
