@@ -75,7 +75,7 @@ help:
 	@echo "make bench        every bench/*.py: synth against a bare VPC + EKS app, each component's servers, the control plane"
 	@echo "make k8s-api      regenerate final_problem/k8s_api.py from the Kubernetes schema (tools/gen_k8s_api.py)"
 	@echo "make kafka        the Kafka broker jars from Maven Central (make test and make bench need them)"
-	@echo "make cadence-tools   build the Cadence server tools from their Go module, once (about 25 min cold)"
+	@echo "make cadence-tools   build cadence-server and its tools from the Go module, once (about 25 min cold)"
 	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler, etcd and KWOK, once"
 	@echo "make pi-rootfs    the Debian root the Pi boot tests start (root: debootstrap), once"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
@@ -119,7 +119,8 @@ $(KAFKA_STAMP): deps/kafka/pom.xml final_problem/versions.py
 	@touch $@
 
 kafka: $(KAFKA_STAMP)
-# cadence-sql-tool built from the github.com/uber/cadence Go module at the version in
+# cadence-server (deps/cadence/cmd/cadence-server), cadence-sql-tool and the cadence CLI built
+# from the github.com/uber/cadence Go module at the version in
 # deps/cadence/go.mod, once, into ${XDG_CACHE_HOME:-~/.cache}/final-problem/cadence-<version>/
 # (the script keeps an install stamp there; a few minutes cold, nothing afterwards).
 cadence-tools:

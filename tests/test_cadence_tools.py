@@ -41,7 +41,7 @@ def test_schema_files_are_the_modules() -> None:
 def run_order(env: TestWorkflowEnvironment, workflow_id: str, items: int) -> None:
     async def go() -> None:
         await env.client.start_workflow(
-            "OrderWorkflow", workflow_id, items, 30.0, task_list=orders.TASK_LIST, workflow_id=workflow_id,
+            "OrderWorkflow", workflow_id, items, 30, task_list=orders.TASK_LIST, workflow_id=workflow_id,
             execution_start_to_close_timeout=timedelta(minutes=1),
         )
     asyncio.run(go())
@@ -76,3 +76,14 @@ def test_cli_rejects_a_bad_item_count(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         orders.main(["start", "--items", "0"])
     assert "--items must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_timer_the_server_would_reject(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        orders.main(["start", "--pause-s", "0"])
+    assert "--pause-s: the durable timer takes whole seconds, at least 1" in capsys.readouterr().err
+
+
+def test_start_order_rejects_a_sub_second_pause_before_calling_the_server() -> None:
+    with pytest.raises(ValueError, match="pause_s = 0.5: the durable timer takes whole seconds"):
+        asyncio.run(orders.start_order(None, items=1, pause_s=0.5))  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds cadence-sql-tool and the cadence CLI at the pinned version into
+# Builds cadence-server (cmd/cadence-server: this folder's launcher over the module's
+# packages), cadence-sql-tool and the cadence CLI at the pinned version into
 # ${XDG_CACHE_HOME:-$HOME/.cache}/final-problem/cadence-<version>/bin, once (install stamp).
 # The schema files it applies come with the module source in Go's module cache (the same
 # files the server image ships under /etc/cadence/schema); they are copied to
@@ -14,11 +15,11 @@ mkdir -p "$cache"
 # One build at a time (make and a test may start this together).
 exec 9>"$cache/.lock"
 flock 9
-binaries="cadence-sql-tool cadence"
+binaries="cadence-server cadence-sql-tool cadence"
 missing=""
 for b in $binaries; do [ -x "$cache/bin/$b" ] || missing="$missing $b"; done
 if [ -f "$stamp" ] && [ -z "$missing" ]; then exit 0; fi
-echo "==> Cadence $version tools:${missing:- schema files} (go build, about 15 minutes cold) into $cache"
+echo "==> Cadence $version tools:${missing:- schema files} (go build, about 15 minutes cold each, shared packages once) into $cache"
 mkdir -p "$cache/bin"
 cd "$here"
 for b in $missing; do

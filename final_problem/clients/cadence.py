@@ -16,6 +16,9 @@ The workflow, ``OrderWorkflow``, reserves stock, waits, then charges:
   the workflow's progress is in the server's history, so a new worker replays it and the
   workflow completes with the same result.
 
+``EchoWorkflow`` runs one activity and returns its value: the smallest complete workflow,
+what ``bench/cadence.py`` starts to measure throughput and start-to-complete latency.
+
 Command line::
 
     python -m final_problem.clients.cadence worker --target HOST:7833 --domain default
@@ -27,9 +30,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from cadence import Client, activity, workflow
@@ -52,6 +57,11 @@ RESERVE_RETRY: workflow.RetryPolicy = {
     "maximum_attempts": 5,
 }
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
+#: Cadence timers count whole seconds: a shorter sleep becomes a 0 s timer, which the server
+#: rejects (BAD_START_TIMER_ATTRIBUTES, "Invalid StartToFireTimeoutSeconds: 0") on every
+#: decision until the workflow is terminated.
+MIN_PAUSE_S = 1
+PAUSE_RULE = f"the durable timer takes whole seconds, at least {MIN_PAUSE_S} (the server rejects a 0 s timer)"
 
 registry = Registry()
 
@@ -80,7 +90,7 @@ class OrderWorkflow:
     """Reserve, wait ``pause_s`` on a durable timer, charge; returns what happened."""
 
     @workflow.run
-    async def run(self, order_id: str, items: int, pause_s: float) -> dict[str, Any]:
+    async def run(self, order_id: str, items: int, pause_s: int) -> dict[str, Any]:
         attempt = await reserve.with_options(
             start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RESERVE_RETRY,
         ).execute(order_id, items)
@@ -89,13 +99,38 @@ class OrderWorkflow:
         return {"order_id": order_id, "reserved_on_attempt": attempt, "charged_cents": amount}
 
 
+@registry.activity()
+def echo(value: int) -> int:
+    """The simple workflow's one activity."""
+    return value
+
+
+@registry.workflow()
+class EchoWorkflow:
+    """One activity, no timer: the smallest complete workflow (benchmarks: start-to-complete)."""
+
+    @workflow.run
+    async def run(self, value: int) -> int:
+        return await echo.with_options(start_to_close_timeout=ACTIVITY_TIMEOUT).execute(value)
+
+
+async def start_echo(client: Client, value: int, *, task_list: str = TASK_LIST) -> WorkflowExecution:
+    workflow_id = f"echo-{uuid.uuid4()}"
+    return await client.start_workflow(
+        "EchoWorkflow", value, task_list=task_list, workflow_id=workflow_id,
+        execution_start_to_close_timeout=timedelta(minutes=5),
+    )
+
+
 def expected_result(order_id: str, items: int) -> dict[str, Any]:
     """What :class:`OrderWorkflow` returns for a completed order."""
     return {"order_id": order_id, "reserved_on_attempt": RESERVE_FAILURES, "charged_cents": items * PRICE_CENTS}
 
 
-async def start_order(client: Client, *, items: int, pause_s: float, workflow_id: str | None = None,
+async def start_order(client: Client, *, items: int, pause_s: int, workflow_id: str | None = None,
                       task_list: str = TASK_LIST) -> WorkflowExecution:
+    if not isinstance(pause_s, int) or pause_s < MIN_PAUSE_S:
+        raise ValueError(f"pause_s = {pause_s!r}: {PAUSE_RULE}")
     order_id = workflow_id or f"order-{uuid.uuid4()}"
     return await client.start_workflow(
         "OrderWorkflow", order_id, items, pause_s,
@@ -104,7 +139,7 @@ async def start_order(client: Client, *, items: int, pause_s: float, workflow_id
     )
 
 
-async def wait_for_result(client: Client, execution: WorkflowExecution) -> Any:
+async def wait_for_result(client: Client, execution: WorkflowExecution, result_type: type = dict) -> Any:
     """Long-poll the workflow's close event; return its result or raise with the close event."""
     while True:
         response = await client.workflow_stub.GetWorkflowExecutionHistory(
@@ -119,8 +154,28 @@ async def wait_for_result(client: Client, execution: WorkflowExecution) -> Any:
         event = events[-1]
         if event.HasField("workflow_execution_completed_event_attributes"):
             payload = event.workflow_execution_completed_event_attributes.result
-            return client.data_converter.from_data(payload, [dict])[0]
+            return client.data_converter.from_data(payload, [result_type])[0]
         raise RuntimeError(f"workflow {execution.workflow_id} closed without completing: {event}")
+
+
+async def history_events(client: Client, execution: WorkflowExecution) -> list[Any]:
+    """Every event of the workflow's history so far (``history_pb2.HistoryEvent``), in order."""
+    events: list[Any] = []
+    token = b""
+    while True:
+        response = await client.workflow_stub.GetWorkflowExecutionHistory(
+            GetWorkflowExecutionHistoryRequest(domain=client.domain, workflow_execution=execution,
+                                               next_page_token=token, skip_archival=True)
+        )
+        events.extend(response.history.events)
+        token = response.next_page_token
+        if not token:
+            return events
+
+
+def event_kind(event: Any) -> str:
+    """The event's attributes field without its suffix: ``activity_task_started``, ``timer_started``, ..."""
+    return event.WhichOneof("attributes").removesuffix("_event_attributes")
 
 
 async def run_worker(*, target: str, domain: str, task_list: str = TASK_LIST) -> None:
@@ -130,7 +185,7 @@ async def run_worker(*, target: str, domain: str, task_list: str = TASK_LIST) ->
             await asyncio.Event().wait()
 
 
-async def run_start(*, target: str, domain: str, items: int, pause_s: float, wait: bool,
+async def run_start(*, target: str, domain: str, items: int, pause_s: int, wait: bool,
                     task_list: str = TASK_LIST) -> dict[str, Any]:
     async with Client(target=target, domain=domain) as client:
         execution = await start_order(client, items=items, pause_s=pause_s, task_list=task_list)
@@ -140,6 +195,14 @@ async def run_start(*, target: str, domain: str, items: int, pause_s: float, wai
         return out
 
 
+def spawn_worker(*, target: str, domain: str, log: Path, task_list: str = TASK_LIST) -> subprocess.Popen[bytes]:
+    """This module's worker as a process of its own (its own session, so ``killpg`` stops it
+    and nothing else), appending to ``log``: what a demo or a test kills mid-workflow."""
+    argv = [sys.executable, "-m", "final_problem.clients.cadence", "worker", "--target", target, "--domain", domain, "--task-list", task_list]
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m final_problem.clients.cadence", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("worker", "start"))
@@ -147,11 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain", default="default")
     parser.add_argument("--task-list", default=TASK_LIST)
     parser.add_argument("--items", type=int, default=1)
-    parser.add_argument("--pause-s", type=float, default=5.0, help="durable timer between reserve and charge")
+    parser.add_argument("--pause-s", type=int, default=5, help="durable timer between reserve and charge, whole seconds")
     parser.add_argument("--wait", action="store_true", help="wait for the result and print it")
     args = parser.parse_args(argv)
     if args.items < 1:
         parser.error("--items must be at least 1")
+    if args.pause_s < MIN_PAUSE_S:
+        parser.error(f"--pause-s: {PAUSE_RULE}")
     if args.command == "worker":
         asyncio.run(run_worker(target=args.target, domain=args.domain, task_list=args.task_list))
         return 0

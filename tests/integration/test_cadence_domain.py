@@ -1,8 +1,9 @@
 """The domain Job's script with the real cadence CLI (built from the pinned module).
 
-No Cadence server runs here (README, "What only a real cluster exercises"), so this checks
-what can be checked without one: the CLI accepts every flag the script passes, and the
-script retries an unreachable frontend until its deadline, then fails so the Job retries.
+With a server, tests/integration/test_cadence_server.py registers the domain once and
+finds it the second time. Without one, the CLI accepts every flag the script passes, and
+the script retries an unreachable frontend until its deadline, then fails so the Job
+retries.
 """
 
 from __future__ import annotations
