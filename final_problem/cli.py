@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--zookeeper", metavar="H:P,...", help="ZooKeeper members")
     where.add_argument("--redis-sentinels", metavar="H:P,...", help="Redis Sentinels")
     where.add_argument("--kafka", metavar="H:P,...", help="Kafka bootstrap servers")
+    where.add_argument("--cadence", metavar="H:P", help="Cadence frontend (gRPC)")
     where.add_argument("--kubeconfig", help="kubeconfig of the cluster (default: KUBECONFIG, ~/.kube/config, k3s's)")
     where.add_argument("--aws", action="store_true", help="find the EKS cluster through the stacks' outputs")
     where.add_argument("--cluster-name", default="final-problem", help="with --aws: the cluster_name setting")
@@ -65,7 +66,8 @@ def find(args: argparse.Namespace, stack: ExitStack) -> Endpoints:
     """The endpoints, from the first source that applies."""
     explicit = {"zookeeper": args.zookeeper or os.environ.get("ZOOKEEPER_HOSTS"),
                 "redis": args.redis_sentinels or os.environ.get("REDIS_SENTINELS"),
-                "kafka": args.kafka or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")}
+                "kafka": args.kafka or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+                "cadence": args.cadence or os.environ.get("CADENCE_FRONTEND")}
     if args.local:
         from final_problem.tour.local import LocalPlatform
 

@@ -329,8 +329,62 @@ def _lock_race(ctx: Context, report: Report) -> None:
     ctx.step(report, "the same under a ZooKeeper lock", f"counter = {locked} of {expected}", locked == expected)
 
 
-@demo("fault-tolerance", "redis", "a failover keeps every acknowledged write")
+@demo("fault-tolerance", "redis, cadence",
+      "a failover keeps every acknowledged write; a workflow outlives the worker running it")
 def fault_tolerance(ctx: Context, report: Report) -> None:
+    _redis_failover(ctx, report)
+    _cadence_worker_kill(ctx, report)
+
+
+def _cadence_worker_kill(ctx: Context, report: Report) -> None:
+    """The tour starts its own worker of the sample workflow and kills it (kill -9) while the
+    workflow waits on its durable timer; a second worker finishes it from the server's
+    history. The tour owns both workers, so this runs on a live platform too."""
+    import asyncio
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from cadence import Client
+
+    from final_problem.clients import cadence as orders
+    from final_problem.local import kill_group
+
+    target = ctx.endpoints.get("cadence")
+    domain = ctx.endpoints.env.get("CADENCE_DOMAIN") or os.environ.get("CADENCE_DOMAIN", "default")
+    task_list = f"tour-{uuid.uuid4().hex[:8]}"
+    log = Path(tempfile.mkdtemp(prefix="final-problem-tour-")) / "workers.log"
+
+    async def scenario() -> tuple[Any, dict[str, Any], list[Any], float]:
+        async with Client(target=target, domain=domain) as client:
+            execution = await orders.start_order(client, items=2, pause_s=5, task_list=task_list)
+            first = orders.spawn_worker(target=target, domain=domain, log=log, task_list=task_list)
+            try:
+                while "timer_started" not in [orders.event_kind(e) for e in await orders.history_events(client, execution)]:
+                    await asyncio.sleep(0.2)
+            finally:
+                kill_group(first)
+            killed = time.monotonic()
+            second = orders.spawn_worker(target=target, domain=domain, log=log, task_list=task_list)
+            try:
+                result = await orders.wait_for_result(client, execution)
+            finally:
+                kill_group(second)
+            return execution, result, await orders.history_events(client, execution), time.monotonic() - killed
+
+    execution, result, events, seconds = asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+    ctx.step(report, f"start workflow {execution.workflow_id} on Cadence; a worker runs 'reserve' (retried by the "
+             "server after two failures), then the workflow sleeps on a durable timer", "kill -9 the worker")
+    reserves = sum(1 for e in events if orders.event_kind(e) == "activity_task_scheduled"
+                   and e.activity_task_scheduled_event_attributes.activity_type.name == "reserve")
+    expected = orders.expected_result(execution.workflow_id, 2)
+    ctx.step(report, "start a new worker",
+             f"it replayed the history and completed the workflow {seconds:.1f} s after the kill: {result}; "
+             f"'reserve' scheduled {reserves} time(s) in all",
+             result == expected and reserves == 1)
+
+
+def _redis_failover(ctx: Context, report: Report) -> None:
     client = _redis(ctx)
     try:
         keys = [f"final-problem:tour:ft:{i}" for i in range(50)]

@@ -3,7 +3,7 @@
 Sources, first match wins for each endpoint:
 
 1. explicit flags (``--zookeeper H:P,...``) and the clients' environment variables
-   (``ZOOKEEPER_HOSTS``, ``REDIS_SENTINELS``, ...);
+   (``ZOOKEEPER_HOSTS``, ``REDIS_SENTINELS``, ``CADENCE_FRONTEND``, ...);
 2. ``--local``: the real servers the tests use, started on loopback (:mod:`final_problem.tour.local`);
 3. inside a pod (``KUBERNETES_SERVICE_HOST`` set): the Services' cluster DNS names;
 4. a kubeconfig (``--kubeconfig``, ``KUBECONFIG`` or ``~/.kube/config``; a k3s server's is
@@ -107,12 +107,18 @@ def _kafka_service(chart: Any) -> ServiceRef:
     return ServiceRef("kafka", chart.NAMESPACE, chart.BOOTSTRAP_SERVICE, chart.props.client_port, cluster_network=True)
 
 
+def _cadence_service(chart: Any) -> ServiceRef:
+    # The frontend's gRPC Service: clients talk to it alone, so a port-forward is enough.
+    return ServiceRef("cadence", chart.NAMESPACE, chart.FRONTEND_SERVICE, chart.server_config.ports["frontend"].grpc)
+
+
 #: Component to the client Service of its chart. A component of another app can instead
 #: give its chart a ``client_service()`` method returning a :class:`ServiceRef`.
 CLIENT_SERVICES: dict[str, Callable[[Any], ServiceRef]] = {
     "zookeeper": _zookeeper_service,
     "redis": _redis_service,
     "kafka": _kafka_service,
+    "cadence": _cadence_service,
 }
 
 

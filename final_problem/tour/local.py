@@ -2,8 +2,10 @@
 
 A three-member ZooKeeper ensemble and a Redis primary with two replicas and three
 Sentinels (Debian's packages: ``sudo make system-deps``), and a Kafka cluster of three
-combined broker-controllers, the Pi layout (the broker's jars: ``make kafka``), each from the
-configuration the charts render, on loopback ports. Everything started is stopped on exit,
+combined broker-controllers, the Pi layout (the broker's jars: ``make kafka``), and Cadence's
+four services on a PostgreSQL (Debian's; the server and tools: ``make cadence-tools``) with the
+schema and domain set up by the Jobs' scripts, each from the configuration the charts render,
+on loopback ports. Everything started is stopped on exit,
 even on failure.
 """
 
@@ -29,13 +31,14 @@ BOOTSTRAP_WAIT_S = 1
 class LocalPlatform:
     """Start the local servers; ``endpoints`` and ``faults`` describe and disturb them."""
 
-    def __init__(self, *, components: tuple[str, ...] = ("zookeeper", "redis", "kafka")) -> None:
+    def __init__(self, *, components: tuple[str, ...] = ("zookeeper", "redis", "kafka", "cadence")) -> None:
         self.components = components
         self._stack = ExitStack()
         self.workdir = Path(tempfile.mkdtemp(prefix="final-problem-local-"))
         self.zookeeper: Any = None
         self.redis: Any = None
         self.kafka: Any = None
+        self.cadence: Any = None
 
     def __enter__(self) -> "LocalPlatform":
         try:
@@ -64,6 +67,8 @@ class LocalPlatform:
             self.kafka = self._stack.enter_context(LocalKafkaCluster(workdir=self.workdir / "kafka", layout="combined"))
             self.kafka.start_all()
             self.kafka.wait_healthy()
+        if "cadence" in self.components:
+            self._start_cadence()
         if "redis" in self.components:
             if not shutil.which("redis-server") or not shutil.which("redis-sentinel"):
                 raise DiscoveryError("--local needs redis-server and redis-sentinel: run `sudo make system-deps`")
@@ -89,6 +94,31 @@ class LocalPlatform:
             with ZooKeeperClient(hosts=self.zookeeper.hosts, timeout=30) as client:
                 client.kazoo.sync("/")
 
+    def _start_cadence(self) -> None:
+        from final_problem.local import cadence as tools
+        from final_problem.local.postgres import LocalPostgres, LocalPostgresError
+        from final_problem.renderers.cadence import Database
+
+        try:
+            tools.server_binary()
+            tools.sql_tool()
+            tools.cli()
+            postgres = self._stack.enter_context(LocalPostgres())
+        except (tools.CadenceToolsMissing, LocalPostgresError) as e:
+            raise DiscoveryError(f"--local needs Cadence and PostgreSQL: {e}") from None
+        database = Database(host=postgres.host, port=postgres.port, user=postgres.user)
+        schema = tools.run_schema_script("setup", database=database, password=postgres.password)
+        if schema.returncode != 0:
+            raise DiscoveryError(f"--local: the Cadence schema script failed: {schema.stderr.strip()[-500:]}")
+        self.cadence = self._stack.enter_context(
+            tools.LocalCadence(database=database, password=postgres.password, workdir=self.workdir / "cadence"))
+        self.cadence.start_all()
+        self.cadence.wait_ready()
+        domain = tools.run_domain_script(frontend_address=self.cadence.frontend_address, domain=self.cadence.props.domain,
+                                         retention_days=self.cadence.props.retention_days, wait_timeout_s=90)
+        if domain.returncode != 0:
+            raise DiscoveryError(f"--local: the Cadence domain script failed: {domain.stderr.strip()[-500:]}")
+
     def endpoints(self) -> Endpoints:
         endpoints = Endpoints(source="local servers")
         if self.zookeeper is not None:
@@ -103,4 +133,7 @@ class LocalPlatform:
             endpoints.env.update({"KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
                                   "KAFKA_USERNAME": self.kafka.credentials.app_user,
                                   "KAFKA_PASSWORD": self.kafka.credentials.app})
+        if self.cadence is not None:
+            endpoints.addresses["cadence"] = self.cadence.frontend_address
+            endpoints.env["CADENCE_DOMAIN"] = self.cadence.props.domain
         return endpoints

@@ -14,7 +14,7 @@ from tests.conftest import require_binary
 def test_every_concept_demo_runs_on_the_local_real_servers() -> None:
     for binary, package in (("java", "zookeeper"), ("redis-server", "redis-server"), ("redis-sentinel", "redis-sentinel")):
         require_binary(binary, package)
-    env = {k: v for k, v in os.environ.items() if k not in ("ZOOKEEPER_HOSTS", "REDIS_SENTINELS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("ZOOKEEPER_HOSTS", "REDIS_SENTINELS", "CADENCE_FRONTEND")}
     result = subprocess.run(
         [sys.executable, "-m", "final_problem.cli", "--local", "--json", "demo", "all"],
         env=env, capture_output=True, text=True, timeout=600,
@@ -31,6 +31,8 @@ def test_every_concept_demo_runs_on_the_local_real_servers() -> None:
     assert "counter = 20 of 20" in observed["concurrency"]
     assert "300 of 300 records processed" in observed["concurrency"]
     assert "50 of 50 present" in observed["fault-tolerance"] and "promoted a replica" in observed["fault-tolerance"]
+    assert "kill -9 the worker" in observed["fault-tolerance"]
+    assert "completed the workflow" in observed["fault-tolerance"] and "'reserve' scheduled 1 time(s)" in observed["fault-tolerance"]
     assert "redis_up 1" in observed["observability"] and "zk_" not in observed["observability"]
     assert observed["security"].count("refused") >= 5
     assert "Kafka login with a wrong password (SCRAM-SHA-512)" in observed["security"] or "refused" in observed["security"]
