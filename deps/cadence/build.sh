@@ -16,14 +16,25 @@ mkdir -p "$cache"
 exec 9>"$cache/.lock"
 flock 9
 binaries="cadence-server cadence-sql-tool cadence"
+# A binary is rebuilt when it is missing or its source changed: each records the digest of
+# go.mod, go.sum and its own cmd/<name>/ folder it was built from.
+source_digest() {
+  (cd "$here" && { cat go.mod go.sum; find "cmd/$1" -type f -print0 | LC_ALL=C sort -z | xargs -0 cat; }) \
+    | sha256sum | cut -d' ' -f1
+}
 missing=""
-for b in $binaries; do [ -x "$cache/bin/$b" ] || missing="$missing $b"; done
+for b in $binaries; do
+  if [ ! -x "$cache/bin/$b" ] || [ "$(cat "$cache/bin/.$b.sha256" 2>/dev/null)" != "$(source_digest "$b")" ]; then
+    missing="$missing $b"
+  fi
+done
 if [ -f "$stamp" ] && [ -z "$missing" ]; then exit 0; fi
 echo "==> Cadence $version tools:${missing:- schema files} (go build, about 15 minutes cold each, shared packages once) into $cache"
 mkdir -p "$cache/bin"
 cd "$here"
 for b in $missing; do
   nice go build -trimpath -o "$cache/bin/$b" "./cmd/$b"
+  source_digest "$b" > "$cache/bin/.$b.sha256"
 done
 src="$(go list -m -f '{{.Dir}}' github.com/uber/cadence)/schema/postgres"
 rm -rf "$cache/schema"

@@ -309,10 +309,6 @@ class LocalRedisSet:
             return None
         return info
 
-    def wait_replica_linked(self, index: int, *, timeout_s: float = 20) -> dict[str, object]:
-        """Wait until member ``index`` is a replica with its link up."""
-        return self.wait_for(f"{self.members[index].name} to replicate", lambda: self._linked(index), timeout_s=timeout_s)
-
     def wait_promotable(self, index: int, *, timeout_s: float = 20) -> dict[str, object]:
         """Wait until member ``index`` is a linked replica that Sentinel may promote (its
         start script restores its priority once it has synchronised)."""
