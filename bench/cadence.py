@@ -87,13 +87,14 @@ def workflow_figures(*, sequential: int, count: int, concurrency: int) -> None:
             if domain.returncode != 0:
                 raise SystemExit(f"domain registration failed: {domain.stderr[-2000:]}")
             worker = sample.spawn_worker(target=cadence.frontend_address, domain=cadence.props.domain,
-                                               log=Path(tmp) / "worker.log")
+                                         log=Path(tmp) / "worker.log")
             try:
                 _, one_at_a_time = asyncio.run(workflows(cadence, count=sequential, concurrency=1))
                 wall, loaded = asyncio.run(workflows(cadence, count=count, concurrency=concurrency))
             finally:
                 kill_group(worker)
-    print(f"Cadence {tools.cache_dir().name.removeprefix('cadence-')} server (4 processes, Pi profile settings), "
+            processes = len(cadence.instances)
+    print(f"Cadence {tools.cache_dir().name.removeprefix('cadence-')} server ({processes} processes, Pi profile settings), "
           "one Python worker process, EchoWorkflow:")
     print(f"  start-to-complete, one at a time ({sequential}):  p50 {percentile(one_at_a_time, 50) * 1000:6.0f} ms   "
           f"p99 {percentile(one_at_a_time, 99) * 1000:6.0f} ms")

@@ -118,94 +118,102 @@ class LocalCadenceError(RuntimeError):
 
 
 class LocalCadence:
-    """The four Cadence services on one host, one process each, on a PostgreSQL whose schema
+    """The Cadence services on one host, one process per replica, on a PostgreSQL whose schema
     is current (run :func:`run_schema_script` ``setup`` first, as the schema Job does).
 
-    The configuration is the chart's for the Pi profile (:class:`CadenceProps` defaults:
-    shard count, connection pool), rendered by the same function; only ports, the bind and
-    broadcast address and ringpop's seeds differ. The password reaches the server as
-    ``$SQL_PASSWORD``, as from the chart's Secret. ``kill()`` is a crash (SIGKILL),
-    ``start()`` brings a service back on the same configuration.
+    The configuration is the chart's (:class:`CadenceProps`, the Pi profile's by default:
+    shard count, connection pool, replicas per service), rendered by the same function; only
+    ports, the bind and broadcast address and ringpop's seeds differ. Each replica is an
+    instance named ``<service>-<n>`` with ports of its own, so it loads a configuration file
+    of its own (``config/<instance>.yaml``, the ``--env`` it starts with). The password
+    reaches the server as ``$SQL_PASSWORD``, as from the chart's Secret. ``kill()`` is a
+    crash (SIGKILL), ``start()`` brings an instance back on the same configuration.
     """
-
-    ENV = "local"
 
     def __init__(self, *, database: Database, password: str, workdir: Path,
                  props: CadenceProps | None = None) -> None:
         self.props = props or CadenceProps.for_profile(PI)
         self.password = password
         self.workdir = workdir
-        ports = free_ports(3 * len(render.SERVICES))
+        #: Instance name (``history-1``) to its service.
+        self.instances = {f"{name}-{n}": name for name, svc in self.props.services.items() for n in range(svc.replicas)}
+        ports = free_ports(3 * len(self.instances))
         self.ports = {
-            name: render.ServicePorts(tchannel=ports[3 * i], grpc=ports[3 * i + 1], metrics=ports[3 * i + 2])
-            for i, name in enumerate(render.SERVICES)
+            instance: render.ServicePorts(tchannel=ports[3 * i], grpc=ports[3 * i + 1], metrics=ports[3 * i + 2])
+            for i, instance in enumerate(self.instances)
         }
-        self.frontend_address = f"{LOOPBACK}:{self.ports['frontend'].grpc}"
-        self.config = render.ServerConfig(
-            num_history_shards=self.props.num_history_shards,
-            database=Database(host=database.host, port=database.port, user=database.user,
-                              cadence_db=self.props.cadence_db, visibility_db=self.props.visibility_db,
-                              max_conns=self.props.max_conns),
-            ports=self.ports,
-            bind_on_ip=LOOPBACK,
-            broadcast_address=LOOPBACK,
-            bootstrap_mode="hosts",
-            bootstrap_hosts=tuple(f"{LOOPBACK}:{p.tchannel}" for p in self.ports.values()),
-            frontend_address=self.frontend_address,
-            dynamic_config_path=str(workdir / "dynamicconfig" / "dynamicconfig.yaml"),
-        )
+        #: The first frontend's gRPC address (clients, the CLI, the worker service).
+        self.frontend_address = f"{LOOPBACK}:{self.ports['frontend-0'].grpc}"
+        database = Database(host=database.host, port=database.port, user=database.user,
+                            cadence_db=self.props.cadence_db, visibility_db=self.props.visibility_db,
+                            max_conns=self.props.max_conns)
+        seeds = tuple(f"{LOOPBACK}:{p.tchannel}" for p in self.ports.values())
+        dynamic = workdir / "dynamicconfig" / "dynamicconfig.yaml"
         (workdir / "config").mkdir(parents=True, exist_ok=True)
-        (workdir / "dynamicconfig").mkdir(exist_ok=True)
-        (workdir / "config" / f"{self.ENV}.yaml").write_text(render.server_config(self.config))
-        (workdir / "dynamicconfig" / "dynamicconfig.yaml").write_text(render.dynamic_config())
+        dynamic.parent.mkdir(exist_ok=True)
+        dynamic.write_text(render.dynamic_config())
+        for instance, service in self.instances.items():
+            # Every service's section is rendered; an instance listens on its own service's.
+            ports = {name: self.ports[f"{name}-0"] for name in render.SERVICES}
+            ports[service] = self.ports[instance]
+            config = render.ServerConfig(
+                num_history_shards=self.props.num_history_shards, database=database, ports=ports,
+                bind_on_ip=LOOPBACK, broadcast_address=LOOPBACK, bootstrap_mode="hosts", bootstrap_hosts=seeds,
+                frontend_address=self.frontend_address, dynamic_config_path=str(dynamic),
+            )
+            (workdir / "config" / f"{instance}.yaml").write_text(render.server_config(config))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
 
-    def log_path(self, service: str) -> Path:
-        return self.workdir / f"{service}.log"
+    def log_path(self, instance: str) -> Path:
+        return self.workdir / f"{instance}.log"
 
-    def start(self, service: str) -> None:
-        """Start ``service`` with the chart's command line, the binary path aside."""
-        argv = render.server_command(root=str(self.workdir), env=self.ENV, service=service)
+    def start(self, instance: str) -> None:
+        """Start ``instance`` with the chart's command line, the binary path and ``--env`` aside."""
+        argv = render.server_command(root=str(self.workdir), env=instance, service=self.instances[instance])
         argv[0] = str(server_binary())
-        if service in self._logs:
-            self._logs[service].close()
-        self._logs[service] = open(self.log_path(service), "ab")
-        self.processes[service] = subprocess.Popen(
-            argv, stdout=self._logs[service], stderr=subprocess.STDOUT, start_new_session=True,
+        if instance in self._logs:
+            self._logs[instance].close()
+        self._logs[instance] = open(self.log_path(instance), "ab")
+        self.processes[instance] = subprocess.Popen(
+            argv, stdout=self._logs[instance], stderr=subprocess.STDOUT, start_new_session=True,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SQL_PASSWORD": self.password, "HOME": str(self.workdir)},
         )
 
     def start_all(self) -> None:
-        for service in render.SERVICES:
-            self.start(service)
+        for instance in self.instances:
+            self.start(instance)
 
-    def _serving(self, service: str) -> bool:
-        process = self.processes.get(service)
+    def of(self, service: str) -> list[str]:
+        """The instances of ``service``."""
+        return [i for i, s in self.instances.items() if s == service]
+
+    def _serving(self, instance: str) -> bool:
+        process = self.processes.get(instance)
         if process is not None and process.poll() is not None:
-            raise LocalCadenceError(f"{service} exited with {process.returncode}: {self.log_tail(service)}")
+            raise LocalCadenceError(f"{instance} exited with {process.returncode}: {self.log_tail(instance)}")
         # The chart's readiness probe: the service's gRPC port accepts connections.
         with socket.socket() as s:
             s.settimeout(1)
-            return s.connect_ex((LOOPBACK, self.ports[service].grpc)) == 0
+            return s.connect_ex((LOOPBACK, self.ports[instance].grpc)) == 0
 
     def wait_ready(self, *, timeout_s: float = 90) -> None:
-        for service in self.processes:
-            local.wait_for(f"cadence {service}", lambda s=service: self._serving(s), timeout_s=timeout_s,
+        for instance in self.processes:
+            local.wait_for(f"cadence {instance}", lambda i=instance: self._serving(i), timeout_s=timeout_s,
                            interval_s=0.2, error=LocalCadenceError)
 
-    def kill(self, service: str) -> None:
-        """SIGKILL ``service``: a crash."""
-        process = self.processes.pop(service, None)
+    def kill(self, instance: str) -> None:
+        """SIGKILL ``instance``: a crash."""
+        process = self.processes.pop(instance, None)
         if process is not None:
             local.kill_group(process)
 
     def kill_all(self) -> None:
-        for service in list(self.processes):
-            self.kill(service)
+        for instance in list(self.processes):
+            self.kill(instance)
 
     def close(self) -> None:
-        """SIGTERM every service, SIGKILL what is still running after 10 s (a frontend with
+        """SIGTERM every instance, SIGKILL what is still running after 10 s (a frontend with
         clients' long polls open takes about 30 s to drain; the chart gives pods 60 s)."""
         for process in self.processes.values():
             if process.poll() is None:
@@ -226,9 +234,8 @@ class LocalCadence:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def log_tail(self, service: str, lines: int = 30) -> str:
+    def log_tail(self, instance: str, lines: int = 30) -> str:
         try:
-            return "\n".join(self.log_path(service).read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(self.log_path(instance).read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-

@@ -1,8 +1,8 @@
 """The Python workflow on a real Cadence server, started from the chart's configuration.
 
 ``cadence-server`` (built by ``make cadence-tools``, see final_problem.local.cadence) runs
-the four services as four processes on a local PostgreSQL whose schema the schema Job's
-script set up; the domain Job's script registers the domain with the real CLI. The
+the four services, history and matching with two replicas each as on EKS (the Pi runs one),
+one process per replica, on a local PostgreSQL whose schema the schema Job's script set up; the domain Job's script registers the domain with the real CLI. The
 workflow and its worker are the project's sample (final_problem.clients.cadence), the
 worker a separate process so it can be killed.
 """
@@ -10,6 +10,7 @@ worker a separate process so it can be killed.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,16 +18,21 @@ from typing import Any, Iterator
 import pytest
 from cadence import Client
 
+from final_problem.charts.cadence import CadenceProps
 from final_problem.clients import cadence as sample
 from final_problem.local import cadence as tools
 from final_problem.local import kill_group, wait_for
 from final_problem.local.postgres import LocalPostgres, LocalPostgresError
+from final_problem.profiles import PI
 from final_problem.renderers.cadence import Database
 
 pytestmark = pytest.mark.integration
 
 #: Seconds a whole workflow may take here (the sample's own steps take a few seconds).
 RESULT_TIMEOUT_S = 120
+#: The Pi profile's settings with the EKS profile's several history and matching hosts, so
+#: shards and task lists are spread over a ring of more than one host.
+PROPS = CadenceProps.for_profile(PI, history_replicas=2, matching_replicas=2)
 
 
 class Platform:
@@ -48,7 +54,7 @@ class Platform:
         schema = tools.run_schema_script("setup", database=self.database, password=self.postgres.password)
         assert schema.returncode == 0, schema.stderr[-3000:]
         self.cadence = tools.LocalCadence(database=self.database, password=self.postgres.password,
-                                          workdir=self.workdir / "cadence")
+                                          workdir=self.workdir / "cadence", props=PROPS)
         self.cadence.start_all()
         self.wait_ready()
         domain = self.register_domain()
@@ -60,7 +66,7 @@ class Platform:
         try:
             self.cadence.wait_ready()
         except tools.LocalCadenceError as e:
-            logs = "\n".join(f"--- {s}\n{self.cadence.log_tail(s)}" for s in ("frontend", "history", "matching", "worker"))
+            logs = "\n".join(f"--- {i}\n{self.cadence.log_tail(i)}" for i in self.cadence.instances)
             pytest.fail(f"{e}\n{logs}")
 
     def register_domain(self) -> Any:
@@ -180,6 +186,49 @@ def test_a_worker_killed_mid_workflow_is_resumed_by_a_new_worker(platform: Platf
     # Replayed, not re-run: each activity was scheduled once in the whole history.
     assert scheduled(events, "reserve") == 1
     assert scheduled(events, "charge") == 1
+
+
+def shards_created(platform: Platform, instance: str) -> set[int]:
+    """Shard ids ``instance`` has created an item for (it owned them at some point)."""
+    assert platform.cadence is not None
+    ids = set()
+    for line in platform.cadence.log_path(instance).read_text(errors="replace").splitlines():
+        if '"Created new history shard item"' in line:
+            ids.add(json.loads(line)["shard-id"])
+    return ids
+
+
+def test_a_history_host_killed_hands_its_shards_to_the_other(platform: Platform, task_list: str) -> None:
+    """kill -9 of one of the two history hosts with workflows in flight: ringpop drops it,
+    the other takes its shards over from the database, and every workflow completes."""
+    assert platform.cadence is not None
+    # The survivor is the host that has owned fewer shards: the other owned some it never had.
+    killed, survivor = sorted(platform.cadence.of("history"), key=lambda i: -len(shards_created(platform, i)))
+    moved = shards_created(platform, killed) - shards_created(platform, survivor)
+    print(f"{killed} owned shards {sorted(moved)} that {survivor} never had")
+    assert moved, f"the two history hosts should share the {PROPS.num_history_shards} shards"
+
+    async def start_all() -> list:
+        async with platform.client() as client:
+            return [await sample.start_order(client, items=i, pause_s=3, task_list=task_list) for i in range(1, 7)]
+
+    async def results(executions: list) -> list[dict]:
+        async with platform.client() as client:
+            return [await sample.wait_for_result(client, e) for e in executions]
+
+    worker = platform.worker("worker-history-kill", task_list)
+    try:
+        executions = run(start_all())
+        platform.cadence.kill(killed)
+        # Calls routed to the dead host fail until ringpop drops it: retry until they answer.
+        done = wait_for("every workflow's result with one history host gone", lambda: _try(lambda: results(executions)),
+                        timeout_s=RESULT_TIMEOUT_S, interval_s=1)
+    finally:
+        kill_group(worker)
+        platform.cadence.start(killed)
+        platform.wait_ready()
+    assert [r["charged_cents"] for r in done] == [i * sample.PRICE_CENTS for i in range(1, 7)]
+    assert moved <= shards_created(platform, survivor), f"shards {sorted(moved)} should have moved to {survivor}"
 
 
 def test_power_cut_of_postgres_and_every_cadence_service(platform: Platform, task_list: str) -> None:
