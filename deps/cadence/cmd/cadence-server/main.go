@@ -13,7 +13,7 @@
 //
 // Left out, because the platform's configuration uses none of them: advanced visibility
 // (Elasticsearch, OpenSearch, Pinot and the Kafka client they need), the shard
-// distributor, Cassandra, archival providers other than the built-in ones.
+// distributor, Cassandra, the gcloud archiver plugin, zonal isolation groups.
 package main
 
 import (
@@ -246,6 +246,7 @@ func newService(name string, d deps) (common.Daemon, error) {
 
 	params.PProfInitializer = svcCfg.PProf.NewInitializer(logger)
 	params.ClusterRedirectionPolicy = group.ClusterRedirectionPolicy
+	// No isolation groups: the release reads them from dynamic config, the platform sets none.
 	params.GetIsolationGroups = func() []string { return nil }
 	params.ClusterMetadata = cluster.NewMetadata(*group, dc.GetBoolPropertyFilteredByDomain(dynamicproperties.UseNewInitialFailoverVersion), d.MetricsClient, logger)
 
