@@ -234,6 +234,20 @@ class LocalCadence:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def shard_owners(self) -> dict[int, str]:
+        """History shard to the instance that owns it by the ring, as the frontend reports it
+        (``cadence admin shard list``, the admin API's DescribeShardDistribution)."""
+        result = subprocess.run(
+            [str(cli()), "--address", self.frontend_address, "--transport", "grpc", "admin", "shard", "list",
+             "--format", "json"],
+            input="", capture_output=True, text=True, timeout=60, env={"PATH": os.environ.get("PATH", ""), "HOME": "/tmp"},
+        )
+        if result.returncode != 0:
+            raise LocalCadenceError(f"admin shard list failed: {result.stderr.strip()[-500:]}")
+        by_address = {f"{LOOPBACK}:{p.tchannel}": instance for instance, p in self.ports.items()}
+        return {int(shard): by_address.get(identity, identity)
+                for shard, identity in re.findall(r'"ShardID": (\d+),\s*"Identity": "([^"]+)"', result.stdout)}
+
     def log_tail(self, instance: str, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path(instance).read_text(errors="replace").splitlines()[-lines:])

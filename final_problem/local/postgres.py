@@ -23,7 +23,7 @@ from pathlib import Path
 
 from final_problem import local
 from final_problem.local import LOOPBACK, free_ports
-from final_problem.renderers.postgres import server_args, server_settings
+from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
 
 #: Unprivileged account the server runs as when the caller is root.
 RUN_AS_WHEN_ROOT = "nobody"
@@ -187,6 +187,20 @@ class LocalPostgres:
         if check and result.returncode != 0:
             raise LocalPostgresError(f"psql failed: {result.stderr.strip()}")
         return result
+
+    def create_role(self, role: str, password: str | None = None) -> str:
+        """The chart's client role (:data:`~final_problem.renderers.postgres.ROLE_SQL`: a login
+        role with CREATEDB and nothing more), created as the provisioning Job does; returns
+        its password."""
+        password = password or secrets.token_urlsafe(24)
+        psql = shutil.which("psql") or str(self.bin_dir / "psql")
+        subprocess.run(
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", self.host, "-p", str(self.port), "-U", self.user,
+             "-d", "postgres", "-v", f"role={role}", "-v", f"password={password}"],
+            input=ROLE_SQL, capture_output=True, text=True, timeout=60, check=True,
+            env={**self._env(), "PGPASSWORD": self.password},
+        )
+        return password
 
     def query(self, sql: str, *, database: str = "postgres") -> list[list[str]]:
         out = self.psql(sql, database=database).stdout

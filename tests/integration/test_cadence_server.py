@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 from cadence import Client
 
-from final_problem.charts.cadence import CadenceProps
+from final_problem.charts.cadence import CadenceChart, CadenceProps
 from final_problem.clients import cadence as sample
 from final_problem.local import cadence as tools
 from final_problem.local import kill_group, wait_for
@@ -42,18 +42,21 @@ class Platform:
         self.workdir = workdir
         self.postgres = LocalPostgres()
         self.cadence: tools.LocalCadence | None = None
+        self.password = ""
         self.domain_output = ""
 
     @property
     def database(self) -> Database:
-        return Database(host=self.postgres.host, port=self.postgres.port, user=self.postgres.user)
+        # The chart's role: CREATEDB, not a superuser (charts/cadence.py, DB_ROLE).
+        return Database(host=self.postgres.host, port=self.postgres.port, user=CadenceChart.DB_ROLE)
 
     def start(self) -> None:
         self.postgres.init()
         self.postgres.start()
-        schema = tools.run_schema_script("setup", database=self.database, password=self.postgres.password)
+        self.password = self.postgres.create_role(CadenceChart.DB_ROLE)
+        schema = tools.run_schema_script("setup", database=self.database, password=self.password)
         assert schema.returncode == 0, schema.stderr[-3000:]
-        self.cadence = tools.LocalCadence(database=self.database, password=self.postgres.password,
+        self.cadence = tools.LocalCadence(database=self.database, password=self.password,
                                           workdir=self.workdir / "cadence", props=PROPS)
         self.cadence.start_all()
         self.wait_ready()
@@ -188,29 +191,46 @@ def test_a_worker_killed_mid_workflow_is_resumed_by_a_new_worker(platform: Platf
     assert scheduled(events, "charge") == 1
 
 
-def shards_created(platform: Platform, instance: str) -> set[int]:
-    """Shard ids ``instance`` has created an item for (it owned them at some point)."""
-    assert platform.cadence is not None
-    ids = set()
-    for line in platform.cadence.log_path(instance).read_text(errors="replace").splitlines():
-        if '"Created new history shard item"' in line:
-            ids.add(json.loads(line)["shard-id"])
-    return ids
+def shard_of(platform: Platform, workflow_id: str) -> int:
+    """The history shard a workflow lives in (its row of the executions table)."""
+    rows = platform.postgres.query(f"SELECT shard_id FROM executions WHERE workflow_id = '{workflow_id}'",
+                                   database=PROPS.cadence_db)
+    return int(rows[0][0])
+
+
+def range_ids(platform: Platform) -> dict[int, int]:
+    """Each shard's range id: a host that takes a shard over raises it (a fencing token)."""
+    return {int(s): int(r) for s, r in platform.postgres.query("SELECT shard_id, range_id FROM shards",
+                                                                database=PROPS.cadence_db)}
 
 
 def test_a_history_host_killed_hands_its_shards_to_the_other(platform: Platform, task_list: str) -> None:
     """kill -9 of one of the two history hosts with workflows in flight: ringpop drops it,
-    the other takes its shards over from the database, and every workflow completes."""
-    assert platform.cadence is not None
-    # The survivor is the host that has owned fewer shards: the other owned some it never had.
-    killed, survivor = sorted(platform.cadence.of("history"), key=lambda i: -len(shards_created(platform, i)))
-    moved = shards_created(platform, killed) - shards_created(platform, survivor)
-    print(f"{killed} owned shards {sorted(moved)} that {survivor} never had")
-    assert moved, f"the two history hosts should share the {PROPS.num_history_shards} shards"
+    the other takes its shards over (raising their range ids in the database), and every
+    workflow completes, those in the killed host's shards included."""
+    cadence = platform.cadence
+    assert cadence is not None
+    killed, survivor = cadence.of("history")
+    all_shards = set(range(PROPS.num_history_shards))
 
-    async def start_all() -> list:
+    def both_own_shards() -> dict[int, str] | None:
+        owners = cadence.shard_owners()
+        return owners if set(owners) == all_shards and set(owners.values()) == {killed, survivor} else None
+
+    owners = wait_for("the ring to split the shards between both history hosts", both_own_shards, timeout_s=60,
+                      interval_s=1, retry_on=(tools.LocalCadenceError,))
+    moved = {shard for shard, owner in owners.items() if owner == killed}
+
+    async def start_until_three_in_moved_shards() -> tuple[list, list]:
+        """Workflows until three live in the killed host's shards (ids hash to shards)."""
+        started, theirs = [], []
         async with platform.client() as client:
-            return [await sample.start_order(client, items=i, pause_s=3, task_list=task_list) for i in range(1, 7)]
+            while len(theirs) < 3 and len(started) < 60:
+                execution = await sample.start_order(client, items=len(started) + 1, pause_s=3, task_list=task_list)
+                started.append(execution)
+                if shard_of(platform, execution.workflow_id) in moved:
+                    theirs.append(execution)
+        return started, theirs
 
     async def results(executions: list) -> list[dict]:
         async with platform.client() as client:
@@ -218,17 +238,26 @@ def test_a_history_host_killed_hands_its_shards_to_the_other(platform: Platform,
 
     worker = platform.worker("worker-history-kill", task_list)
     try:
-        executions = run(start_all())
-        platform.cadence.kill(killed)
+        executions, in_moved = run(start_until_three_in_moved_shards())
+        before = range_ids(platform)
+        cadence.kill(killed)
         # Calls routed to the dead host fail until ringpop drops it: retry until they answer.
         done = wait_for("every workflow's result with one history host gone", lambda: _try(lambda: results(executions)),
                         timeout_s=RESULT_TIMEOUT_S, interval_s=1)
+        after = wait_for("the ring to give every shard to the survivor",
+                         lambda: (o := cadence.shard_owners()) and set(o.values()) == {survivor} and o,
+                         timeout_s=60, interval_s=1, retry_on=(tools.LocalCadenceError,))
+        taken = range_ids(platform)
     finally:
         kill_group(worker)
-        platform.cadence.start(killed)
+        cadence.start(killed)
         platform.wait_ready()
-    assert [r["charged_cents"] for r in done] == [i * sample.PRICE_CENTS for i in range(1, 7)]
-    assert moved <= shards_created(platform, survivor), f"shards {sorted(moved)} should have moved to {survivor}"
+    assert len(in_moved) == 3, f"no three of {len(executions)} workflows hashed to the shards of {killed}"
+    assert [r["charged_cents"] for r in done] == [i * sample.PRICE_CENTS for i in range(1, len(executions) + 1)]
+    assert set(after) == all_shards
+    # The survivor acquired each shard those workflows live in: their range ids went up.
+    for shard in {shard_of(platform, e.workflow_id) for e in in_moved}:
+        assert taken[shard] > before[shard], f"shard {shard} kept range id {before[shard]}"
 
 
 def test_power_cut_of_postgres_and_every_cadence_service(platform: Platform, task_list: str) -> None:
@@ -249,7 +278,7 @@ def test_power_cut_of_postgres_and_every_cadence_service(platform: Platform, tas
     platform.postgres.kill()
 
     platform.postgres.start()
-    wait = tools.run_schema_script("wait", database=platform.database, password=platform.postgres.password)
+    wait = tools.run_schema_script("wait", database=platform.database, password=platform.password)
     assert wait.returncode == 0, wait.stderr[-2000:]
     platform.cadence.start_all()
     platform.wait_ready()
