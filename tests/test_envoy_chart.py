@@ -89,3 +89,65 @@ def test_on_a_pi_envoy_runs_only_where_the_kernel_allows() -> None:
     assert term["matchExpressions"] == [
         {"key": "final-problem.io/arm64-va-bits", "operator": "In", "values": ["47", "48", "52"]}]
     assert "nodeAffinity" not in find("Deployment", "eks")["spec"]["template"]["spec"]["affinity"]
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+def test_every_route_reaches_a_backend_that_admits_the_edge(profile: str) -> None:
+    """What the edge's configuration names exists in the rendered platform: the route's
+    Service (headless, so Envoy resolves each pod), on the route's port, selecting pods that
+    a NetworkPolicy of their namespace lets the envoy pods reach on that port."""
+    objects = [o for objs in rendered(profile).values() for o in objs]
+    config = json.loads(find("ConfigMap", profile)["data"]["envoy.json"])
+    envoy_pod = find("Deployment", profile)["spec"]["template"]["metadata"]["labels"]
+    edge_namespace = {"kubernetes.io/metadata.name": "edge"}
+    routed = 0
+    for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == "admin":
+            continue
+        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+        service_name, namespace = address["address"].split(".")[:2]
+        port = address["port_value"]
+        service = next((o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == service_name
+                        and o["metadata"]["namespace"] == namespace), None)
+        assert service is not None, f"route {cluster['name']}: no Service {service_name} in {namespace}"
+        assert service["spec"].get("clusterIP") == "None", f"{service_name} is not headless"
+        assert port in [p["port"] for p in service["spec"]["ports"]]
+        pods = [o["spec"]["template"]["metadata"]["labels"] for o in objects
+                if o["kind"] in ("Deployment", "StatefulSet") and o["metadata"]["namespace"] == namespace
+                and _matches({"matchLabels": service["spec"]["selector"]}, o["spec"]["template"]["metadata"]["labels"])]
+        assert pods, f"{service_name} selects no pods"
+        admitted = [
+            p for p in objects if p["kind"] == "NetworkPolicy" and p["metadata"]["namespace"] == namespace
+            and all(_matches(p["spec"]["podSelector"], labels) for labels in pods)
+            for rule in p["spec"].get("ingress", [])
+            if any(port_rule["port"] == port for port_rule in rule.get("ports", []))
+            and any(_matches(peer.get("namespaceSelector", {}), edge_namespace)
+                    and _matches(peer.get("podSelector", {}), envoy_pod) for peer in rule.get("from", []))
+        ]
+        assert admitted, f"no NetworkPolicy in {namespace} admits the edge Envoy to {service_name}:{port}"
+        routed += 1
+    assert routed == 2
+
+
+def test_the_web_ui_has_a_port_of_the_edge_to_itself() -> None:
+    config = json.loads(find("ConfigMap")["data"]["envoy.json"])
+    listeners = {item["name"]: item for item in config["static_resources"]["listeners"]}
+    web = listeners["edge-cadence-web"]
+    assert web["address"]["socket_address"]["port_value"] == 8088
+    routes = web["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert [(r["match"], r["route"]["cluster"]) for r in routes] == [({"prefix": "/"}, "cadence-web")]
+    edge_routes = listeners["edge"]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert [r["route"]["cluster"] for r in edge_routes] == ["demo"]
+    service = find("Service")
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 80), ("cadence-web", 8088)]
+    ingress = find("NetworkPolicy", name="envoy")["spec"]["ingress"][0]
+    assert [p["port"] for p in ingress["ports"]] == [8080, 8088]
+
+
+def test_a_service_port_taken_by_a_route_listener_fails() -> None:
+    with pytest.raises(ConfigError, match="envoy.service_port = 8088: the edge Service already uses this port"):
+        EnvoyProps(service_port=8088).route_specs(("base", "demo", "cadence"))

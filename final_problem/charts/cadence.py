@@ -19,12 +19,12 @@ Creates:
   whose target is each pod's own ``tchannel`` port, so its SRV record lists every server
   with its own TChannel port (ringpop bootstrap mode ``dns-srv``);
 - Service ``cadence-frontend`` (gRPC 7833, TChannel 7933) and the web UI
-  (``ubercadence/web``, Service ``cadence-web`` on 8088);
+  (``ubercadence/web``, Service ``cadence-web`` on 8088, ``cadence-web-headless`` for the edge);
 - a domain Job registering the default domain with its retention, once;
 - NetworkPolicies: servers talk to each other on TChannel and gRPC; servers and Jobs
   reach PostgreSQL; the frontend admits the web UI, the domain Job and namespaces
   labelled ``final-problem.io/cadence-client=true``; the web UI admits namespaces
-  labelled ``final-problem.io/cadence-web-client=true``; metrics from monitoring.
+  labelled ``final-problem.io/cadence-web-client=true`` and from the edge Envoy; metrics from monitoring.
 
 Sources: Cadence docs "Cluster configuration" and "Deployment"; cadence v1.4.1
 ``docker/start-cadence.sh``, ``Dockerfile``; cadence-charts (reference only: it defaults to
@@ -209,6 +209,10 @@ class CadenceChart(PlatformChart):
     MEMBERSHIP_SERVICE = "cadence-membership"
     FRONTEND_SERVICE = "cadence-frontend"
     WEB_SERVICE = "cadence-web"
+    #: Every web pod's address, for the edge Envoy's health checks and outlier detection.
+    WEB_HEADLESS_SERVICE = "cadence-web-headless"
+    #: The edge Envoy's namespace (final_problem/charts/envoy.py), admitted to the web UI.
+    EDGE_NAMESPACE = "edge"
 
     def __init__(
         self,
@@ -514,12 +518,18 @@ class CadenceChart(PlatformChart):
             spec=k8s.ServiceSpec(selector=selector, ports=[k8s.ServicePort(name="http", port=WEB_PORT, target_port=int_or_string("http"))]),
         )
         set_component(service, "web")
+        headless = k8s.KubeService(
+            self, "WebHeadless", metadata=k8s.ObjectMeta(name=self.WEB_HEADLESS_SERVICE, namespace=self.NAMESPACE),
+            spec=k8s.ServiceSpec(cluster_ip="None", selector=selector,
+                                 ports=[k8s.ServicePort(name="http", port=WEB_PORT, target_port=int_or_string("http"))]),
+        )
+        set_component(headless, "web")
         pdb = k8s.KubePodDisruptionBudget(
             self, "WebDisruption", metadata=k8s.ObjectMeta(name="cadence-web", namespace=self.NAMESPACE),
             spec=k8s.PodDisruptionBudgetSpec(max_unavailable=int_or_string(1), selector=k8s.LabelSelector(match_labels=selector)),
         )
         set_component(pdb, "web")
-        for obj in (deployment, service, pdb):
+        for obj in (deployment, service, headless, pdb):
             obj.add_dependency(self.cadence_namespace.resource)
         self.web_service = service
         return deployment
@@ -558,7 +568,13 @@ class CadenceChart(PlatformChart):
             "AllowFrontendEgress": ("cadence-frontend-egress", {"app.kubernetes.io/name": name}, ["Egress"], None,
                                     [k8s.NetworkPolicyEgressRule(to=[peer(frontend)], ports=ports(fp.grpc))]),
             "AllowWebClients": ("cadence-web-clients", self.label_set.selector("web"), ["Ingress"],
-                                [k8s.NetworkPolicyIngressRule(from_=[namespaces(WEB_CLIENT_NAMESPACE_LABEL)], ports=ports(WEB_PORT))], None),
+                                [k8s.NetworkPolicyIngressRule(from_=[
+                                    namespaces(WEB_CLIENT_NAMESPACE_LABEL),
+                                    k8s.NetworkPolicyPeer(
+                                        namespace_selector=k8s.LabelSelector(
+                                            match_labels={"kubernetes.io/metadata.name": self.EDGE_NAMESPACE}),
+                                        pod_selector=k8s.LabelSelector(match_labels={"app.kubernetes.io/name": "envoy"})),
+                                ], ports=ports(WEB_PORT))], None),
             "AllowMetrics": ("cadence-metrics", servers, ["Ingress"],
                              [k8s.NetworkPolicyIngressRule(from_=[namespaces(MONITORING_NAMESPACE_LABEL)], ports=ports(*metrics_ports))], None),
         }

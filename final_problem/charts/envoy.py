@@ -14,8 +14,9 @@ Creates, in the ``edge`` namespace (Pod Security "restricted", default-deny):
   only to the routed backends.
 
 Routes go only to components that are enabled: the demo service (``/``) and, when the
-``cadence`` component is enabled, Cadence's web UI (``/cadence/``). A route naming a
-component that is not enabled fails synthesis.
+``cadence`` component is enabled, Cadence's web UI (``/`` of port 8088 of the same Service:
+it cannot live under a path prefix). A route naming a component that is not enabled fails
+synthesis.
 Sources: Envoy docs, "Configuring Envoy as an edge proxy"; Kubernetes docs, "Service"
 (type LoadBalancer, ``externalTrafficPolicy``); AWS cloud provider annotations
 (``service.beta.kubernetes.io/aws-load-balancer-type: nlb``); k3s docs, "Networking
@@ -60,19 +61,25 @@ class RouteSpec:
     port: int
     health_path: str = "/healthz"
     rewrite_prefix: str | None = None
+    #: A port of the edge Service of its own, the route at its ``/`` (see EdgeRoute).
+    listener_port: int | None = None
 
     def edge_route(self) -> EdgeRoute:
         host = f"{self.service}.{self.namespace}.svc.cluster.local"
         return EdgeRoute(name=self.name, prefix=self.prefix, endpoints=((host, self.port),),
-                         health_path=self.health_path, rewrite_prefix=self.rewrite_prefix)
+                         health_path=self.health_path, rewrite_prefix=self.rewrite_prefix,
+                         listener_port=self.listener_port)
 
 
-#: Routes of the platform's own components, taken when the component is enabled.
-#: Cadence's web UI (ubercadence/web, port 8088, NOTES) answers ``/`` for its health.
+#: Routes of the platform's own components, taken when the component is enabled; each
+#: component's chart creates the headless Service and admits the edge namespace.
+#: Cadence's web UI (ubercadence/web, port 8088, NOTES) answers ``/`` for its health; it is
+#: a Next.js app built without a base path (its pages load ``/_next/...``), so it cannot
+#: live under a prefix and gets port 8088 of the edge to itself.
 KNOWN_ROUTES = (
     RouteSpec(component="demo", name="demo", prefix="/", service="demo-headless", namespace="demo", port=8080),
-    RouteSpec(component="cadence", name="cadence-web", prefix="/cadence/", service="cadence-web-headless",
-              namespace="cadence", port=8088, health_path="/", rewrite_prefix="/"),
+    RouteSpec(component="cadence", name="cadence-web", prefix="/", service="cadence-web-headless",
+              namespace="cadence", port=8088, health_path="/", listener_port=8088),
 )
 
 
@@ -85,7 +92,8 @@ class EnvoyProps(ComponentSettings):
                                 "drain an outage.")
     routes: tuple[str, ...] | None = setting(
         default_doc="every enabled component with a route", example=("demo",),
-        doc="Components the edge routes to (`demo` at `/`, `cadence` at `/cadence/`); each must be enabled.",
+        doc="Components the edge routes to (`demo` at `/`, `cadence`'s web UI at `/` of port 8088); each must be "
+            "enabled.",
     )
     service_port: int = setting(80, minimum=1, maximum=65_535, doc="Port of the LoadBalancer Service.")
     request_timeout_ms: int = setting(EdgeOptions.request_timeout_ms, minimum=100, maximum=3_600_000,
@@ -152,7 +160,10 @@ class EnvoyProps(ComponentSettings):
                 "routes", "the edge has nothing to route to: no routed component is enabled",
                 f"enable one of {', '.join(r.component for r in KNOWN_ROUTES)}", value=self.routes or (),
             )
-        check_routes([r.edge_route() for r in chosen])
+        check_routes([r.edge_route() for r in chosen], self.edge_options())
+        if self.service_port in {r.listener_port for r in chosen}:
+            raise self.error("service_port", "the edge Service already uses this port for a route's own listener",
+                             "set envoy.service_port=80", value=self.service_port)
         return chosen
 
 
@@ -184,6 +195,8 @@ class EnvoyChart(PlatformChart):
         #: The routes deployed, and the Envoy configuration (for the tests and other apps).
         self.route_specs = p.route_specs(tuple(settings.components))
         self.routes = [r.edge_route() for r in self.route_specs]
+        #: Routes served on a port of the edge of their own.
+        self.own_listeners = [r for r in self.route_specs if r.listener_port is not None]
         self.options = p.edge_options()
         self.config_text = render(self.options, self.routes)
         #: In-cluster address of the edge.
@@ -207,6 +220,7 @@ class EnvoyChart(PlatformChart):
                 k8s.ContainerPort(name="http", container_port=o.port),
                 k8s.ContainerPort(name="health", container_port=o.health_port),
                 k8s.ContainerPort(name="metrics", container_port=o.metrics_port),
+                *(k8s.ContainerPort(name=r.name, container_port=r.listener_port) for r in self.own_listeners),
             ],
             volume_mounts=[
                 k8s.VolumeMount(name="config", mount_path=CONFIG_DIR, read_only=True),
@@ -277,7 +291,9 @@ class EnvoyChart(PlatformChart):
                 # second hop between nodes. ServiceLB on k3s forwards from every node, so
                 # Cluster there.
                 external_traffic_policy="Local" if profile.name == "eks" else "Cluster",
-                ports=[k8s.ServicePort(name="http", port=p.service_port, target_port=int_or_string(o.port))],
+                ports=[k8s.ServicePort(name="http", port=p.service_port, target_port=int_or_string(o.port)),
+                       *(k8s.ServicePort(name=r.name, port=r.listener_port, target_port=int_or_string(r.listener_port))
+                         for r in self.own_listeners)],
             ),
         )
         set_component(self.service, "proxy")
@@ -327,7 +343,7 @@ class EnvoyChart(PlatformChart):
                 policy_types=["Ingress", "Egress"],
                 ingress=[
                     # The load balancer forwards clients from anywhere.
-                    k8s.NetworkPolicyIngressRule(ports=ports(o.port)),
+                    k8s.NetworkPolicyIngressRule(ports=ports(o.port, *(r.listener_port for r in self.own_listeners))),
                     k8s.NetworkPolicyIngressRule(
                         from_=[k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(
                             match_labels=MONITORING_NAMESPACE_LABEL))],

@@ -192,7 +192,10 @@ class LocalEdge:
             admin_address=LOOPBACK, admin_port=admin_port,
             access_log_path=str(workdir / "access.log"),
         )
-        self.routes = remapped(routes, {name: tuple(eps) for name, eps in backends.items()})
+        own = [r.name for r in routes if r.listener_port is not None]
+        #: Route name to the local port of its own listener.
+        self.listener_ports = dict(zip(own, free_ports(len(own)), strict=True))
+        self.routes = remapped(routes, {name: tuple(eps) for name, eps in backends.items()}, self.listener_ports)
         self.config_path = workdir / "envoy.json"
         self.config_path.write_text(json.dumps(edge_config(self.options, self.routes), indent=2))
         self.concurrency = concurrency
@@ -202,6 +205,10 @@ class LocalEdge:
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.options.port}"
+
+    def route_url(self, name: str) -> str:
+        """The URL of a route with a listener of its own."""
+        return f"http://{LOOPBACK}:{self.listener_ports[name]}"
 
     @property
     def admin_url(self) -> str:

@@ -8,7 +8,10 @@ What the configuration holds, and why:
 
 - one HTTP listener; each :class:`EdgeRoute` is a path prefix routed to a cluster of
   every address its DNS name resolves to (``STRICT_DNS`` on a headless Service, so
-  health checks and outlier detection see each pod, not one ClusterIP);
+  health checks and outlier detection see each pod, not one ClusterIP); a route with a
+  ``listener_port`` gets a listener of its own and the whole path space of it, for an
+  application whose links assume it is served at ``/`` (a single-page app built without
+  a base path, such as Cadence's web UI);
 - timeouts on every stage: connect, request headers, stream idle, the whole request and
   each try;
 - retries on connect failures, resets and 503 (a 503 means "not processed": safe to
@@ -85,8 +88,17 @@ class EdgeRoute:
     health_path: str = "/healthz"
     #: Prefix the backend sees instead of :attr:`prefix`. Default: unchanged.
     rewrite_prefix: str | None = None
+    #: A listener of its own on this port, the route at its ``/``. Default: the edge listener.
+    listener_port: int | None = None
 
     def __post_init__(self) -> None:
+        if self.listener_port is not None:
+            if not 1024 <= self.listener_port <= 65535:
+                raise ConfigError(f"route {self.name}.listener_port", self.listener_port, "not an unprivileged port",
+                                  "use 1024-65535")
+            if self.prefix != "/":
+                raise ConfigError(f"route {self.name}.prefix", self.prefix, "a route with a listener of its own has all of it",
+                                  "use '/'")
         if not _NAME.match(self.name):
             raise ConfigError("route.name", self.name, "not a DNS label", "use lower-case letters, digits and '-'")
         if not self.prefix.startswith("/"):
@@ -339,29 +351,43 @@ def _route(route: EdgeRoute, options: EdgeOptions) -> dict[str, Any]:
     }
 
 
-def check_routes(routes: Sequence[EdgeRoute]) -> None:
-    """Route names and prefixes are unique."""
+def check_routes(routes: Sequence[EdgeRoute], options: EdgeOptions | None = None) -> None:
+    """Route names are unique, and so are prefixes on a listener and the routes' own
+    listener ports (also against the edge's other listeners)."""
     names = [r.name for r in routes]
-    prefixes = [r.prefix for r in routes]
+    prefixes = [r.prefix for r in routes if r.listener_port is None]
+    own_ports = [r.listener_port for r in routes if r.listener_port is not None]
     if len(set(names)) != len(names):
         raise ConfigError("envoy.routes", names, "a route name is used twice", "give each route its own name")
     if len(set(prefixes)) != len(prefixes):
         raise ConfigError("envoy.routes", prefixes, "two routes match the same prefix", "give each route its own prefix")
+    taken = [] if options is None else [options.port, options.health_port, options.metrics_port, options.admin_port]
+    if len(set(own_ports)) != len(own_ports) or set(own_ports) & set(taken):
+        raise ConfigError("envoy.routes", own_ports, "two listeners share a port", "give each route's listener its own port")
+
+
+def _route_config(name: str, routes: Sequence[EdgeRoute], options: EdgeOptions) -> dict[str, Any]:
+    # Longest prefix first: Envoy takes the first route that matches.
+    ordered = sorted(routes, key=lambda r: (-len(r.prefix), r.prefix))
+    return {
+        "name": name,
+        "virtual_hosts": [{"name": name, "domains": ["*"], "routes": [_route(r, options) for r in ordered]}],
+        # Hop-by-hop information from the client is not trusted.
+        "request_headers_to_remove": ["x-envoy-upstream-rq-timeout-ms", "x-envoy-max-retries", "x-envoy-retry-on"],
+    }
 
 
 def edge_config(options: EdgeOptions, routes: Sequence[EdgeRoute]) -> dict[str, Any]:
     """The bootstrap document of the edge Envoy."""
     if not routes:
         raise ConfigError("envoy.routes", [], "the edge has nothing to route to", "enable the demo component or add a route")
-    check_routes(routes)
-    # Longest prefix first: Envoy takes the first route that matches.
-    ordered = sorted(routes, key=lambda r: (-len(r.prefix), r.prefix))
-    edge_routes = {
-        "name": "edge",
-        "virtual_hosts": [{"name": "edge", "domains": ["*"], "routes": [_route(r, options) for r in ordered]}],
-        # Hop-by-hop information from the client is not trusted.
-        "request_headers_to_remove": ["x-envoy-upstream-rq-timeout-ms", "x-envoy-max-retries", "x-envoy-retry-on"],
-    }
+    check_routes(routes, options)
+    edge_routes = _route_config("edge", [r for r in routes if r.listener_port is None], options)
+    own_listeners = [
+        _listener(f"edge-{r.name}", options.listen_address, r.listener_port,
+                  _hcm(f"edge-{r.name}", _route_config(f"edge-{r.name}", [r], options), [], options, log=True), options)
+        for r in sorted(routes, key=lambda r: r.name) if r.listener_port is not None
+    ]
     health_routes = {
         "name": "health",
         "virtual_hosts": [{"name": "health", "domains": ["*"], "routes": [
@@ -404,6 +430,7 @@ def edge_config(options: EdgeOptions, routes: Sequence[EdgeRoute]) -> dict[str, 
                           _hcm("health", health_routes, [health_filter], options, log=False), options),
                 _listener("metrics", options.listen_address, options.metrics_port,
                           _hcm("metrics", metrics_routes, [], options, log=False), options),
+                *own_listeners,
             ],
             "clusters": [_cluster(r, options) for r in sorted(routes, key=lambda r: r.name)] + [admin_cluster],
         },
@@ -444,6 +471,10 @@ def render(options: EdgeOptions, routes: Sequence[EdgeRoute]) -> str:
     return json.dumps(edge_config(options, routes), indent=2, sort_keys=True) + "\n"
 
 
-def remapped(routes: Sequence[EdgeRoute], endpoints: dict[str, tuple[tuple[str, int], ...]]) -> list[EdgeRoute]:
-    """``routes`` with the backends of those named in ``endpoints`` replaced (local runs)."""
-    return [replace(r, endpoints=endpoints.get(r.name, r.endpoints)) for r in routes]
+def remapped(routes: Sequence[EdgeRoute], endpoints: dict[str, tuple[tuple[str, int], ...]],
+             listener_ports: dict[str, int] | None = None) -> list[EdgeRoute]:
+    """``routes`` with the backends of those named in ``endpoints``, and the own listener
+    ports of those named in ``listener_ports``, replaced (local runs)."""
+    ports = listener_ports or {}
+    return [replace(r, endpoints=endpoints.get(r.name, r.endpoints), listener_port=ports.get(r.name, r.listener_port))
+            for r in routes]

@@ -127,14 +127,19 @@ def _log_line(edge: LocalEdge, path: str) -> dict:
                     lambda: next((e for e in edge.access_log() if e["path"] == path), None), timeout_s=10)
 
 
-def test_requests_route_by_prefix(edge: LocalEdge, backends: dict[str, Backend]) -> None:
+def test_requests_route_by_listener_and_prefix(edge: LocalEdge, backends: dict[str, Backend]) -> None:
     status, headers, body = http_get(f"{edge.url}/hello")
     assert status == 200 and b'"demo-' in body and headers["x-edge-route"] == "demo"
-    status, headers, body = http_get(f"{edge.url}/cadence/domains")
-    assert status == 200 and headers["x-edge-route"] == "cadence-web"
-    # The prefix is rewritten: the web UI sees its own paths.
-    assert backends["cadence"].requests == ["/domains"]
-    line = _log_line(edge, "/cadence/domains")
+    # The web UI has the edge's port 8088 (here remapped) to itself, every path of it: its
+    # pages load /_next/... from the root.
+    for path in ("/domains", "/_next/static/app.js"):
+        status, headers, _ = http_get(f"{edge.route_url('cadence-web')}{path}")
+        assert status == 200 and headers["x-edge-route"] == "cadence-web"
+    assert backends["cadence"].requests == ["/domains", "/_next/static/app.js"]
+    # ... and the main listener does not route to it.
+    status, headers, _ = http_get(f"{edge.url}/_next/static/app.js")
+    assert headers["x-edge-route"] == "demo"
+    line = _log_line(edge, "/domains")
     assert line["status"] == 200 and line["route"] == "cadence-web" and line["method"] == "GET"
 
 
