@@ -193,15 +193,25 @@ def instance_type(name: str) -> InstanceType:
         ) from None
 
 
+def carries_the_defaults(t: InstanceType) -> bool:
+    """Whether ``t`` has at least the allocatable CPU and memory of the default node type, on
+    which every bundled component fits: a type suggested as a fix must carry them too."""
+    default = INSTANCE_TYPES[Settings.__dataclass_fields__["node_instance_type"].default]
+    return t.allocatable_cpu_m >= default.allocatable_cpu_m and t.allocatable_memory_mib >= default.allocatable_memory_mib
+
+
 def close_instance_types(name: str, n: int = 3, candidates: Iterable[str] | None = None) -> list[str]:
-    """The ``n`` types closest to ``name`` (default: of the capacity table): the same size
+    """The ``n`` types closest to ``name`` among those of the capacity table that carry the
+    default platform (:func:`carries_the_defaults`; or among ``candidates``): the same size
     first, then by spelling."""
     size = name.partition(".")[2]
 
     def score(candidate: str) -> tuple[bool, float, str]:
         return (candidate.split(".")[1] != size, -difflib.SequenceMatcher(None, candidate, name).ratio(), candidate)
 
-    return sorted(INSTANCE_TYPES if candidates is None else candidates, key=score)[:n]
+    if candidates is None:
+        candidates = [t for t, info in INSTANCE_TYPES.items() if carries_the_defaults(info)]
+    return sorted(candidates, key=score)[:n]
 
 
 # --- Nodes of a profile ------------------------------------------------------------------

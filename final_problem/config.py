@@ -216,7 +216,7 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             "vpc_cidr", s.vpc_cidr,
             "the prefix must be /16 or /17: each zone needs a /19 private subnet (pod addresses) and a /24 public one",
-            how_to_set("vpc_cidr", f"{net.network_address}/16" if net.prefixlen > 17 else "10.0.0.0/16"),
+            how_to_set("vpc_cidr", str(net.supernet(new_prefix=16)) if net.prefixlen > 17 else "10.0.0.0/16"),
         )
     if not 1 <= s.nat_gateways <= s.az_count:
         raise ConfigError(
@@ -226,12 +226,15 @@ def _check(s: Settings) -> None:
         )
     match = _INSTANCE_TYPE.fullmatch(s.node_instance_type)
     if not match or not _SIZE.fullmatch(match.group("size")):
+        from final_problem.capacity import close_instance_types
+
         family = match.group("family") if match else "m7g"
         size = match.group("size") if match else ""
         close = difflib.get_close_matches(size, _SIZES, n=1, cutoff=0.5)
+        # The nearest spelling among the types that carry the platform (m7g.lage: m7g.xlarge).
         raise ConfigError(
-            "node_instance_type", s.node_instance_type, "not an EC2 instance type (FAMILY.SIZE, e.g. m7g.large)",
-            how_to_set("node_instance_type", f"{family}.{close[0] if close else 'large'}"),
+            "node_instance_type", s.node_instance_type, "not an EC2 instance type (FAMILY.SIZE, e.g. m7g.xlarge)",
+            how_to_set("node_instance_type", close_instance_types(f"{family}.{close[0] if close else 'xlarge'}", n=1)[0]),
         )
     if not s.node_min <= s.node_desired <= s.node_max:
         raise ConfigError(

@@ -324,6 +324,18 @@ def parse_value(name: str, info: SettingInfo, raw: Any, profile: Profile | None 
     raise TypeError(f"setting {name} has a type the parser does not know: {t!r}")
 
 
+def _portable_example(info: SettingInfo, profile: Profile) -> Any:
+    """A value to suggest for a setting given once for every profile (``-c`` and a cdk.json
+    section are): of whole-number per-profile defaults the smallest, which the nodes of the
+    bigger profiles carry too (the failing profile's own default may not fit a smaller
+    one's nodes); else :meth:`SettingInfo.example_value`."""
+    if info.example is None and isinstance(info.default, PerProfile):
+        values = [info.default.for_profile(p) for p in PROFILES.values()]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return min(values)
+    return info.example_value(profile)
+
+
 def _check_value(section: str, info: SettingInfo, value: Any, profile: Profile) -> None:
     name = f"{section}.{info.name}" if section else info.name
     if value is None:
@@ -332,7 +344,7 @@ def _check_value(section: str, info: SettingInfo, value: Any, profile: Profile) 
         raise ConfigError(name, value, "is required", f"give a {info.type_name()}")
     t = info.base_type
     if t is int and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ConfigError(name, value, "not a whole number", how_to_set(name, info.example_value(profile)))
+        raise ConfigError(name, value, "not a whole number", how_to_set(name, _portable_example(info, profile)))
     if info.choices is not None and value not in info.choices:
         allowed = ", ".join(_show(c) for c in info.choices)
         raise ConfigError(name, value, f"must be one of {allowed}", how_to_set(name, info.example_value(profile)))
@@ -345,7 +357,7 @@ def _check_value(section: str, info: SettingInfo, value: Any, profile: Profile) 
                 bounds = f"must be at least {low}"
             else:
                 bounds = f"must be at most {high}"
-            suggestion = info.example_value(profile)
+            suggestion = _portable_example(info, profile)
             if not isinstance(suggestion, int) or (low is not None and suggestion < low) or (high is not None and suggestion > high):
                 suggestion = low if low is not None else high
             raise ConfigError(name, value, bounds, how_to_set(name, suggestion))

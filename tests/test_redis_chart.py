@@ -235,7 +235,7 @@ def test_section_in_cdk_json_reaches_the_chart() -> None:
     ("changes", "message"),
     [
         ({"replicas": 1}, r"redis.replicas = 1: must be 2 to 6\. Fix: set redis.replicas=2$"),
-        ({"replicas": 3}, r"redis.replicas = 3: must be even.*Fix: set redis.replicas=4$"),
+        ({"replicas": 3}, r"redis.replicas = 3: must be even.*Fix: set redis.replicas=2$"),
         ({"sentinels": 1}, r"redis.sentinels = 1: must be one of 3, 5, 7"),
         ({"sentinels": 4}, r"redis.sentinels = 4: must be one of 3, 5, 7\. Fix: set redis.sentinels=3$"),
         ({"quorum": 1}, r"redis.quorum = 1: must be at least 2"),

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from final_problem import components, config, manifests
+from final_problem import capacity, components, config, manifests
 from tests.conftest import CDK_JSON, ROOT
 
 CDK = ROOT / "node_modules" / ".bin" / "cdk"
@@ -36,6 +36,7 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("-c", "account=١٢٣٤٥٦٧٨٩٠١٢", "account", "'١٢٣٤٥٦٧٨٩٠١٢'"),
     ("-c", "region=mars-1", "region", "'mars-1'"),
     ("-c", "vpc_cidr=10.0.0.0/18", "vpc_cidr", "'10.0.0.0/18'"),
+    ("-c", "vpc_cidr=10.0.64.0/18", "vpc_cidr", "'10.0.64.0/18'"),
     ("-c", "vpc_cidr=banana", "vpc_cidr", "'banana'"),
     ("-c", "az_count=1", "az_count", "1"),
     ("-c", "nat_gateways=0", "nat_gateways", "0"),
@@ -150,11 +151,11 @@ def apply_fix(context: dict[str, Any], fix: str) -> dict[str, Any] | None:
 
 def fix_is_valid(context: dict[str, Any]) -> None:
     """Everything synthesis checks before writing: settings, every component's settings in
-    every profile, and the charts of both profiles."""
+    every profile, the charts of both profiles, and that their pods fit the nodes."""
     settings = config.from_mapping(context)
     components.check_settings(settings)
-    for profile in settings.profiles:
-        manifests.render(settings, profile)
+    for profile, objects in manifests.profile_objects(settings):
+        capacity.check(settings, profile, objects)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])

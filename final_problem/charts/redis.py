@@ -143,7 +143,8 @@ class RedisProps(ComponentSettings):
             raise self.error(
                 "replicas",
                 "must be even: 1 primary + replicas must be an odd set for the quorum StatefulSet",
-                f"set redis.replicas={self.replicas + 1}",
+                # One fewer, not one more: the set must still fit one member per node.
+                f"set redis.replicas={max(2, self.replicas - 1)}",
             )
         majority = self.sentinels // 2 + 1
         if not majority <= self.quorum <= self.sentinels:
