@@ -2,7 +2,7 @@
 
     final-problem endpoints                 # what was found, and where
     final-problem demo consistency          # one concept, narrated
-    final-problem demo all --local --json   # every concept on local real servers, as JSON
+    final-problem --local --json demo all   # every concept on local real servers, as JSON
     final-problem zookeeper status          # a component's own client (its subcommands)
     final-problem redis example
 
@@ -100,10 +100,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     # kazoo logs every dropped connection; the demos report what matters themselves.
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in CLIENTS:
-        # The component's own command line, flags and all (its --help included).
-        return int(importlib.import_module(CLIENTS[argv[0]]).main(argv[1:]) or 0)
-    args = _parser().parse_args(argv)
+    try:
+        if argv and argv[0] in CLIENTS:
+            # The component's own command line, flags and all (its --help included).
+            return _client(argv[0], argv[1:])
+        args = _parser().parse_args(argv)
+        if args.command in CLIENTS:
+            # Location flags given before a client's subcommand reach it as its environment.
+            for flag, variable in LOCATION_VARIABLES.items():
+                if getattr(args, flag):
+                    os.environ[variable] = getattr(args, flag)
+            return _client(args.command, args.args)
+        return _main(args)
+    except ModuleNotFoundError as e:
+        if not missing_client_library(e):
+            raise
+        print(f"error: the Python package '{e.name}' is missing: pip install 'final-problem[clients]'", file=sys.stderr)
+        return 2
+
+
+#: Top-level modules of the libraries in the package's ``clients`` extra (pyproject.toml).
+CLIENT_LIBRARIES = frozenset({"boto3", "botocore", "kazoo", "kafka", "redis", "cadence", "grpc"})
+
+
+def missing_client_library(error: ModuleNotFoundError) -> bool:
+    """Whether ``error`` is a library of the optional ``clients`` extra not being installed."""
+    return (error.name or "").split(".")[0] in CLIENT_LIBRARIES
+
+
+#: Location flag to the environment variable a client reads.
+LOCATION_VARIABLES = {"zookeeper": "ZOOKEEPER_HOSTS", "redis_sentinels": "REDIS_SENTINELS",
+                      "kafka": "KAFKA_BOOTSTRAP_SERVERS", "cadence": "CADENCE_FRONTEND"}
+
+
+def _client(name: str, argv: list[str]) -> int:
+    return int(importlib.import_module(CLIENTS[name]).main(argv) or 0)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         with ExitStack() as stack:
             endpoints = find(args, stack)
@@ -134,6 +168,8 @@ def _demo(args: argparse.Namespace, endpoints: Endpoints) -> int:
         except DiscoveryError:
             raise
         except Exception as e:  # noqa: BLE001 - a demo that cannot run is reported, the rest go on
+            if isinstance(e, ModuleNotFoundError) and missing_client_library(e):
+                raise  # one line for the whole command (main)
             report = demos.Report(concept=concept, component=demos.DEMOS[concept][0])
             report.steps.append(demos.Step(action="run", observed=f"{type(e).__name__}: {e}", ok=False))
             say(f"  ✗ could not run: {type(e).__name__}: {e}")

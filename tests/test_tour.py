@@ -16,6 +16,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from final_problem import cli
 from final_problem.tour import discovery
 from final_problem.tour.discovery import DiscoveryError, ServiceRef
 from tests.conftest import ROOT
@@ -226,3 +227,41 @@ def test_client_commands_live_under_final_problem() -> None:
     result = subprocess.run([sys.executable, "-m", "final_problem.cli", "zookeeper", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "status" in result.stdout
+
+
+@pytest.fixture
+def fake_client(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """A client module standing in for the ZooKeeper one: records what it was given."""
+    import types
+
+    seen: dict[str, object] = {}
+    module = types.ModuleType("final_problem_fake_client")
+
+    def main(argv: list[str]) -> int:
+        seen["argv"] = argv
+        seen["hosts"] = os.environ.get("ZOOKEEPER_HOSTS")
+        if argv == ["needs-a-library"]:
+            raise ModuleNotFoundError("No module named 'kazoo'", name="kazoo")
+        return 0
+
+    module.main = main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(cli.CLIENTS, "zookeeper", module.__name__)
+    monkeypatch.delenv("ZOOKEEPER_HOSTS", raising=False)
+    return seen
+
+
+def test_location_flags_before_a_client_command_reach_the_client(fake_client: dict[str, object]) -> None:
+    assert cli.main(["--zookeeper", "10.0.0.1:2181", "zookeeper", "status", "--path", "/x"]) == 0
+    assert fake_client == {"argv": ["status", "--path", "/x"], "hosts": "10.0.0.1:2181"}
+
+
+def test_a_missing_client_library_is_one_line(fake_client: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["zookeeper", "needs-a-library"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the Python package 'kazoo' is missing: pip install 'final-problem[clients]'"]
+
+
+def test_another_missing_module_is_not_hidden_as_a_client_library() -> None:
+    assert not cli.missing_client_library(ModuleNotFoundError("x", name="final_problem.nothing"))
+    assert cli.missing_client_library(ModuleNotFoundError("x", name="kafka.errors"))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -206,7 +207,8 @@ def spawn_worker(*, target: str, domain: str, log: Path, task_list: str = TASK_L
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m final_problem.clients.cadence", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("worker", "start"))
-    parser.add_argument("--target", default="127.0.0.1:7833", help="frontend gRPC host:port")
+    parser.add_argument("--target", default=os.environ.get("CADENCE_FRONTEND", "127.0.0.1:7833"),
+                        help="frontend gRPC host:port (default: $CADENCE_FRONTEND, else 127.0.0.1:7833)")
     parser.add_argument("--domain", default="default")
     parser.add_argument("--task-list", default=TASK_LIST)
     parser.add_argument("--items", type=int, default=1)
