@@ -129,6 +129,7 @@ $(KUBE_STAMP):
 	@command -v go >/dev/null || { echo "go (1.26 or later) is required to build Kubernetes $(KUBE_VERSION)"; exit 1; }
 	@echo "==> Kubernetes $(KUBE_VERSION) control plane and etcd from Go modules, into $(KUBE_CACHE) (once)"
 	cd deps/kubernetes && CGO_ENABLED=0 nice go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(KUBE_CACHE)/bin/ ./cmd/...
+	@touch $@
 # Its go.mod has no replace directive, so `go install module@version` builds it as released.
 $(KWOK_STAMP):
 	@command -v go >/dev/null || { echo "go (1.26 or later) is required to build KWOK $(KWOK_VERSION)"; exit 1; }
@@ -139,6 +140,7 @@ $(KWOK_STAMP):
 	stages=$$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$(KWOK_VERSION)/kustomize/stage; \
 	  for f in $$stages/node/fast/node-initialize.yaml $$stages/pod/fast/pod-{ready,complete,delete}.yaml; do \
 	    echo "---"; cat "$$f"; done > $(KWOK_CACHE)/stages.yaml
+	@touch $@
 kube-binaries: $(KUBE_STAMP) $(KWOK_STAMP)
 
 # Offline: the CLI must not look for credentials on an instance metadata endpoint.

@@ -106,7 +106,7 @@ def check_history_shards(value: int) -> None:
             "cadence.num_history_shards", value,
             f"must be {MIN_HISTORY_SHARDS} to {MAX_HISTORY_SHARDS}; it is fixed when the cluster is first set up "
             "and can never change for a live cluster",
-            "keep the value the cluster was created with (a new cluster: 4 on a Pi, 512 on EKS)",
+            "keep the value the cluster was created with (a new cluster: 16 on a Pi, 512 on EKS)",
         )
 
 

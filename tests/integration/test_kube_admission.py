@@ -28,7 +28,7 @@ from final_problem.local.kube import (
 from tests.conftest import full_settings
 from tests.integration.conftest import KubePlatform, kube_platform
 
-# One worker under pytest-xdist (make test: --dist loadgroup) runs them all, so each
+# One worker under pytest-xdist (make test: --dist loadfile, one lane per file group) runs them all, so each
 # profile's control plane starts once per session.
 pytestmark = pytest.mark.xdist_group("kube-control-plane")
 
