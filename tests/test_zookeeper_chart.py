@@ -179,7 +179,7 @@ def test_a_config_change_rolls_the_members() -> None:
         ({"zookeeper_replicas": "9"}, r"zookeeper\.replicas = 9"),
         ({"zookeeper_heap_mib": "2048"}, r"zookeeper\.heap_mib = 2048: must stay below 75% of zookeeper\.memory_mib \(2048 MiB\).*Fix: leave zookeeper\.heap_mib unset \(it is then half of zookeeper\.memory_mib\)$"),
         ({"zookeeper_heap_mib": "4096"}, r"zookeeper\.heap_mib = 4096: must stay below 75%"),
-        ({"zookeeper_memory_mib": "64"}, r"zookeeper\.memory_mib = 64 \(profile eks\): must be 256 to 65536\. Fix: set zookeeper\.memory_mib=2048$"),
+        ({"zookeeper_memory_mib": "64"}, r"zookeeper\.memory_mib = 64 \(profile eks\): must be 256 to 65536\. Fix: set zookeeper\.memory_mib=320$"),
         ({"zookeeper_metrics_port": "2181"}, r"zookeeper\.metrics_port = 2181: the same port as zookeeper\.client_port.*Fix: set zookeeper\.metrics_port=2182$"),
         ({"zookeeper_election_port": "2888"}, r"zookeeper\.election_port = 2888: the same port as zookeeper\.quorum_port"),
         ({"zookeeper_client_port": "80"}, r"zookeeper\.client_port = 80: must be 1024 to 65535\. Fix: set zookeeper\.client_port=2181$"),

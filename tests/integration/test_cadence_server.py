@@ -10,7 +10,6 @@ worker a separate process so it can be killed.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
