@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from functools import lru_cache
@@ -205,3 +206,27 @@ def test_an_unpriced_region_fails_the_command_and_is_one_line_in_the_synth_repor
     assert report.main(str(tmp_path / "cdk.out"), str(tmp_path / "dist")) == 0
     out = capsys.readouterr().out
     assert "Monthly cost:\n  not estimated: region = 'ap-south-2': no price table for this region" in out
+
+
+#: Rows of the README's cost table (us-east-1, every component cdk.json enables) and their settings.
+README_ROWS = {
+    "**default**": {},
+    "cheapest HA that fits every component on nodes that do not throttle": {"node_instance_type": "m6g.xlarge"},
+    "zone-independent": {"account": ACCOUNT, "region": "us-east-1", "nat_gateways": 3},
+    "ZooKeeper and Redis only": {"components": ["base", "redis", "zookeeper"], "node_instance_type": "m7g.large"},
+}
+
+
+def test_the_readme_cost_table_is_what_the_estimate_says() -> None:
+    readme = (ROOT / "README.md").read_text().splitlines()
+    platform = {k: v for k, v in CDK_JSON.items() if k in config.setting_names()}
+    for label, overrides in README_ROWS.items():
+        row = next(line for line in readme if line.startswith(f"| {label}"))
+        shown = float(re.findall(r"\$([\d,]+\.\d\d)", row)[-1].replace(",", ""))
+        context = {}
+        if "region" in overrides:
+            region = overrides["region"]
+            context[f"availability-zones:account={ACCOUNT}:region={region}"] = [f"{region}{z}" for z in "abc"]
+        app = new_app(**context)
+        platform_app.build(app, config.from_mapping({**platform, **overrides}))
+        assert round(cost.from_assembly(app.synth()).total, 2) == shown, label
