@@ -63,6 +63,8 @@ class PlatformChart(ObjectChart):
       (optional); the chart reads the values for its profile from :attr:`props`.
     - ``images``: every image its pods run, pinned to exact tags; the policy checks
       accept these and the platform's own (:mod:`final_problem.versions`).
+    - ``calls``: the components its pods call (traffic, not order); the README's
+      architecture diagram draws them. An instance attribute when it depends on settings.
 
     The constructor takes ``(scope, id, *, settings, profile, dependencies)`` and calls
     ``super().__init__`` with them first.
@@ -74,6 +76,7 @@ class PlatformChart(ObjectChart):
     version: ClassVar[str]
     settings_class: ClassVar[type[ComponentSettings] | None] = None
     images: ClassVar[tuple[str, ...]] = ()
+    calls: tuple[str, ...] = ()
 
     def __init__(
         self,

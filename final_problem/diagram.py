@@ -1,8 +1,9 @@
 """The architecture diagram of the README (Mermaid), generated from the component registry.
 
 Stacks, the charts each enabled component renders, what each requires (the order they are
-applied in) and the traffic paths: clients to each component's client Service, and the
-calls a component declares (``PlatformChart.calls``). ``python -m final_problem.readme``
+applied in) and the traffic paths: clients to each component's client Service and to a
+chart's load balancer (``load_balancer``), and the calls a component declares
+(``PlatformChart.calls``). ``python -m final_problem.readme``
 writes it into the README; a test fails when it drifts.
 """
 
@@ -44,6 +45,8 @@ def mermaid(settings: Any | None = None) -> str:
         ref = refs.get(name)
         if ref is not None:
             lines.append(f'  user -- "{ref.service}:{ref.port}" --> {name}')
+        if (entry := getattr(chart, "load_balancer", None)) is not None:
+            lines.append(f'  user -- "{entry} (load balancer)" --> {name}')
         for target in getattr(chart, "calls", ()):
             if target in charts:
                 lines.append(f"  {name} == calls ==> {target}")

@@ -23,3 +23,18 @@ def test_every_component_setting_is_documented() -> None:
 
 def test_per_profile_defaults_are_shown_per_profile() -> None:
     assert "| `zookeeper.memory_mib` | eks 2048, pi 320 |" in settings.reference_markdown()
+
+
+def test_the_diagram_draws_the_traffic_the_charts_wire() -> None:
+    """Calls come from the charts' own wiring: the edge's routes, the demo's mesh upstreams,
+    Cadence's database; with a component disabled, the calls to it go too."""
+    from final_problem import config, diagram
+
+    full = diagram.mermaid()
+    for edge in ("envoy == calls ==> demo", "envoy == calls ==> cadence", "demo == calls ==> redis",
+                 "cadence == calls ==> postgres", 'user -- "envoy:80,8088 (load balancer)" --> envoy'):
+        assert edge in full, edge
+    without_cadence = diagram.mermaid(config.from_mapping(
+        {"components": ["base", "consul", "redis", "demo", "envoy"]}))
+    assert "envoy == calls ==> demo" in without_cadence and "cadence" not in without_cadence
+    assert 'user -- "envoy:80 (load balancer)" --> envoy' in without_cadence

@@ -242,6 +242,7 @@ class CadenceChart(PlatformChart):
                                         secrets=[SecretSpec(name=self.DB_SECRET, keys=("password",))])
         self.secrets.add_dependency(self.cadence_namespace)
         db_client_labels = postgres.client_pod_labels()
+        self.calls = (postgres.component,)
         postgres.add_client(self, PostgresClient(
             role=self.DB_ROLE, namespace=ns, secret=self.DB_SECRET,
             pod_selector={"app.kubernetes.io/name": self.label_set.name},

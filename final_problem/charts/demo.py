@@ -87,6 +87,8 @@ class DemoChart(PlatformChart):
             data={"demo_service.py": SCRIPT.read_text()},
         )
         set_component(self.script, "config")
+        # Its mesh upstreams, and Consul (its sidecars log in and fetch their configuration).
+        self.calls = (*(u.service for u in service.upstreams), "consul")
         redis_port = next(u.local_port for u in service.upstreams if u.service == "redis")
         selector = self.label_set.selector("server")
         app = k8s.Container(

@@ -346,6 +346,8 @@ class RedisChart(PlatformChart):
         if "consul" in settings.components:
             self.mesh = MeshWorkload(self, "Mesh", service=SERVICES["redis"], namespace=ns, profile=profile,
                                      enabled=tuple(settings.components))
+            # Its sidecars log in to Consul and fetch their configuration from it.
+            self.calls = ("consul",)
         self.redis = QuorumStatefulSet(
             self, "Server",
             name="redis", namespace=ns, labels=self.label_set, component="server",
