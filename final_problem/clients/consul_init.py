@@ -13,10 +13,10 @@ stored: no one can issue another certificate for this CA.
 
 ``acl``: bootstraps the ACL system once (``PUT /v1/acl/bootstrap``) and keeps the
 management token in Secret ``consul-bootstrap-token``; on every run after that it reads
-it back, then upserts the agent policy and token (set on every server), the Kubernetes
-auth method and its binding rules, and the declared intentions (``service-intentions``
-config entries; entries for destinations no longer declared are deleted). Every step is
-an upsert, so running it again changes nothing.
+it back, then makes the agent policy and token once (set on every server on every run),
+upserts the Kubernetes auth method, and reconciles its binding rules and the declared
+intentions (``service-intentions`` config entries): what is declared is created or updated,
+what is no longer declared is deleted. Running it again changes nothing.
 
 Sources: Consul docs, "ACL HTTP API" (bootstrap, policy, token, auth-method,
 binding-rule), "Config HTTP API", "Agent HTTP API" (``/v1/agent/token``), "consul tls".
@@ -210,11 +210,21 @@ def acl(spec: dict) -> int:
     method["Config"] = {**method["Config"], "CACert": Path(sa, "ca.crt").read_text(), "ServiceAccountJWT": reviewer}
     status, _ = consul.call("GET", f"/v1/acl/auth-method/{method['Name']}", ok=(200, 403, 404))
     consul.call("PUT", f"/v1/acl/auth-method/{method['Name']}" if status == 200 else "/v1/acl/auth-method", method)
-    rules = consul.call("GET", f"/v1/acl/binding-rules?authmethod={method['Name']}")[1] or []
-    have = {(r["BindType"], r["BindName"]) for r in rules}
-    for rule in spec["binding_rules"]:
-        if (rule["BindType"], rule["BindName"]) not in have:
+    # Binding rules have no name: one is known by what it binds. Declared ones are created
+    # or updated, undeclared ones deleted.
+    existing = {(r["BindType"], r["BindName"]): r
+                for r in consul.call("GET", f"/v1/acl/binding-rules?authmethod={method['Name']}")[1] or []}
+    declared_rules = {(rule["BindType"], rule["BindName"]): rule for rule in spec["binding_rules"]}
+    for key, rule in declared_rules.items():
+        current = existing.get(key)
+        if current is None:
             consul.call("PUT", "/v1/acl/binding-rule", rule)
+        elif any(current.get(field) != value for field, value in rule.items()):
+            consul.call("PUT", f"/v1/acl/binding-rule/{current['ID']}", rule)
+    for key, rule in existing.items():
+        if key not in declared_rules:
+            consul.call("DELETE", f"/v1/acl/binding-rule/{rule['ID']}")
+            print(f"binding rule {key}: deleted (no longer declared)", flush=True)
     declared = {entry["Name"] for entry in spec["intentions"]}
     for entry in spec["intentions"]:
         consul.call("PUT", "/v1/config", entry)
