@@ -170,6 +170,11 @@ def test_the_first_run_sets_everything_up(consul: FakeConsul, api: FakeApi, spec
     agent = api.store[("consul", "secrets", "consul-agent-token")]["stringData"]["token"]
     assert consul.tokens[agent]["Policies"] == [{"Name": consul_init.AGENT_POLICY}]
     assert consul.agent_tokens == [agent] * len(spec["servers"])
+    metrics = api.store[("consul", "secrets", "consul-metrics-token")]["stringData"]["token"]
+    assert consul.tokens[metrics]["Policies"] == [{"Name": consul_init.METRICS_POLICY}]
+    rules = {p["Name"]: p["Rules"] for p in consul.policies.values()}
+    assert rules[consul_init.METRICS_POLICY] == 'agent_prefix "" { policy = "read" }\n'
+    assert len(consul.tokens) == 2  # the agent's and the scrape's, nothing else
     method = consul.auth_methods[spec["auth_method"]["Name"]]
     assert method["Config"]["CACert"] == "KUBERNETES-CA" and method["Config"]["ServiceAccountJWT"] == "reviewer-jwt"
     assert sorted((r["BindType"], r["BindName"]) for r in consul.binding_rules.values()) == sorted(

@@ -189,7 +189,8 @@ class ConsulChart(PlatformChart):
             role_ref=k8s.RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="system:auth-delegator"),
             subjects=[k8s.Subject(kind="ServiceAccount", name="consul-auth-method", namespace=ns)],
         )
-        own = ["consul-tls", "consul-bootstrap-token", "consul-agent-token", "consul-auth-method-token"]
+        own = ["consul-tls", "consul-bootstrap-token", "consul-agent-token", "consul-metrics-token",
+               "consul-auth-method-token"]
         self.init_role = k8s.KubeRole(
             self, "InitRole", metadata=_meta("consul-init", ns, "rbac"),
             rules=[

@@ -13,7 +13,8 @@ stored: no one can issue another certificate for this CA.
 
 ``acl``: bootstraps the ACL system once (``PUT /v1/acl/bootstrap``) and keeps the
 management token in Secret ``consul-bootstrap-token``; on every run after that it reads
-it back, then makes the agent policy and token once (set on every server on every run),
+it back, then makes the agent token once (set on every server on every run) and the
+metrics token a Prometheus scrape presents (Secret ``consul-metrics-token``),
 upserts the Kubernetes auth method, and reconciles its binding rules and the declared
 intentions (``service-intentions`` config entries): what is declared is created or updated,
 what is no longer declared is deleted. Running it again changes nothing.
@@ -44,6 +45,9 @@ AGENT_POLICY = "consul-server-agent"
 # Servers register themselves as nodes and read services for DNS and health; Consul docs,
 # "Create an agent token".
 AGENT_RULES = 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n'
+METRICS_POLICY = "consul-metrics"
+# /v1/agent/metrics needs agent:read (Consul docs, "Agent HTTP API", "View Metrics").
+METRICS_RULES = 'agent_prefix "" { policy = "read" }\n'
 
 
 def _kube_request(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -178,17 +182,29 @@ def upsert_policy(consul: Consul, name: str, rules: str) -> str:
     return consul.call("PUT", "/v1/acl/policy", body)[1]["ID"]
 
 
-def agent_token(consul: Consul) -> str:
-    """The servers' agent token, made once and kept in Secret consul-agent-token."""
+def kept_token(consul: Consul, secret: str, policy: str, rules: str, description: str) -> str:
+    """A token of ``policy``, made once and kept in Secret ``secret``; the policy's rules
+    are brought up to date on every run."""
+    upsert_policy(consul, policy, rules)
     try:
-        return read_secret("consul-agent-token")["token"]
+        return read_secret(secret)["token"]
     except RuntimeError:
         pass
-    upsert_policy(consul, AGENT_POLICY, AGENT_RULES)
-    token = consul.call("PUT", "/v1/acl/token", {"Description": "Consul servers' agent token",
-                                                  "Policies": [{"Name": AGENT_POLICY}]})[1]["SecretID"]
-    create_secret("consul-agent-token", {"token": token})
-    return read_secret("consul-agent-token")["token"]
+    token = consul.call("PUT", "/v1/acl/token", {"Description": description,
+                                                  "Policies": [{"Name": policy}]})[1]["SecretID"]
+    create_secret(secret, {"token": token})
+    return read_secret(secret)["token"]
+
+
+def agent_token(consul: Consul) -> str:
+    """The servers' agent token, kept in Secret consul-agent-token."""
+    return kept_token(consul, "consul-agent-token", AGENT_POLICY, AGENT_RULES, "Consul servers' agent token")
+
+
+def metrics_token(consul: Consul) -> str:
+    """The token a Prometheus scrape of ``/v1/agent/metrics`` presents (it needs agent:read),
+    kept in Secret consul-metrics-token."""
+    return kept_token(consul, "consul-metrics-token", METRICS_POLICY, METRICS_RULES, "metrics scrape (agent:read)")
 
 
 def acl(spec: dict) -> int:
@@ -197,6 +213,7 @@ def acl(spec: dict) -> int:
     wait_for_leader(consul)
     consul.token = bootstrap_token(consul)
     token = agent_token(consul)
+    metrics_token(consul)
     for server in spec["servers"]:
         # Each server keeps it (enable_token_persistence); retried on the next run if one is down.
         try:
