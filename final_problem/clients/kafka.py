@@ -139,21 +139,36 @@ def produce(settings: KafkaSettings, topic: str, values: Iterable[bytes], *, key
     errors = _RetriedErrors(topic)
     sender_log = logging.getLogger("kafka.producer.sender")
     sender_log.addHandler(errors)
+    def refused(e: KafkaError) -> KafkaClientError:
+        cause = f"; the brokers answered {', '.join(errors.seen)}" if errors.seen else ""
+        return KafkaClientError(f"write to {topic} not acknowledged: {type(e).__name__}: {e}{cause}")
+
     try:
         futures = [p.send(topic, value=v, key=key) for v in values]
-        p.flush(timeout=timeout_s)
+        try:
+            p.flush(timeout=timeout_s)
+        except KafkaError:
+            pass  # each record's own outcome is reported below
         acks = []
         for f in futures:
             try:
                 meta = f.get(timeout=timeout_s)
             except KafkaError as e:
-                cause = f"; the brokers answered {', '.join(errors.seen)}" if errors.seen else ""
-                raise KafkaClientError(f"write to {topic} not acknowledged: {type(e).__name__}: {e}{cause}") from e
+                raise refused(e) from e
             acks.append((meta.partition, meta.offset))
         return acks
     finally:
         sender_log.removeHandler(errors)
-        p.close(timeout=10)
+        try:
+            p.close(timeout=10)
+        except KafkaError:
+            # kafka-python's close() flushes first and gives up while records nobody took are
+            # queued (no leader: a minority side), leaving the producer open for its __del__
+            # to fail again. Those records were never acknowledged: stop the sender thread.
+            sender = getattr(p, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+            p._closed = True
 
 
 class _RetriedErrors(logging.Handler):

@@ -180,8 +180,47 @@ def availability(ctx: Context, report: Report) -> None:
         client.close()
 
 
-@demo("partition-tolerance", "zookeeper", "a minority side refuses writes rather than diverge (CP)")
+@demo("partition-tolerance", "zookeeper, kafka", "a minority side refuses writes rather than diverge (CP)")
 def partition_tolerance(ctx: Context, report: Report) -> None:
+    _zookeeper_partition(ctx, report)
+    _kafka_partition(ctx, report)
+
+
+def _kafka_partition(ctx: Context, report: Report) -> None:
+    """Two of the three Kafka nodes stopped (with --local: the Pi layout, each a voter and a
+    broker): the survivor is a minority of the controller quorum and of each partition's
+    replicas, and an acks=all write is not acknowledged; with the others back it is."""
+    from kafka.errors import KafkaError
+
+    from final_problem.clients.kafka import KafkaClientError, describe, produce
+
+    settings = _kafka(ctx)
+    if ctx.local is None:
+        quorum = describe(settings)
+        ctx.step(report, "ask the Kafka controller quorum for its voters",
+                 f"voters {quorum['voters']}, leader {quorum['active_controller']}")
+        ctx.step(report, "partition", "not injected on a live platform: run with --local to cut a minority off")
+        return
+    cluster = ctx.local.kafka
+    topic = _kafka_topic(settings, partitions=1)
+    down = cluster.broker_ids[1:]
+    for node in down:
+        cluster.kill(node)
+    try:
+        produce(settings, topic, [b"minority"], timeout_s=12, delivery_timeout_ms=8_000, request_timeout_ms=3_000)
+        ctx.step(report, f"stop Kafka nodes {down}; acks=all write on the one left", "acknowledged (would diverge!)", False)
+    except (KafkaClientError, KafkaError) as e:  # a send with no leader to take it times out
+        ctx.step(report, f"stop Kafka nodes {down}; acks=all write on the one left",
+                 f"not acknowledged within 12 s ({str(e).removeprefix(f'write to {topic} not acknowledged: ')[:120]})")
+    finally:
+        for node in down:
+            cluster.start(node)
+    cluster.wait_healthy([topic])
+    produce(settings, topic, [b"healed"], timeout_s=60)
+    ctx.step(report, "bring them back and write again", "acknowledged by all three replicas")
+
+
+def _zookeeper_partition(ctx: Context, report: Report) -> None:
     from final_problem.clients.zookeeper import ZooKeeperUnavailable
 
     members = _members(ctx)

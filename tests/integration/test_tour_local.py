@@ -26,6 +26,8 @@ def test_every_concept_demo_runs_on_the_local_real_servers() -> None:
     observed = {c: " | ".join(s["observed"] for s in r["steps"]) for c, r in reports.items()}
     assert "same value" in observed["consistency"]
     assert "refused" in observed["partition-tolerance"] and "accepted by the restored quorum" in observed["partition-tolerance"]
+    assert "not acknowledged" in observed["partition-tolerance"]
+    assert "acknowledged by all three replicas" in observed["partition-tolerance"]
     assert "elected in" in observed["consensus"] and "leads voters" in observed["consensus"]
     assert "created" in observed["consensus"]  # metadata changes through the Kafka controller quorum
     assert "counter = 20 of 20" in observed["concurrency"]
