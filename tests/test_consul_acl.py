@@ -15,7 +15,7 @@ import itertools
 import json
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import parse_qs, urlparse
@@ -26,6 +26,7 @@ from final_problem.clients import consul_init
 from tests.conftest import rendered
 from tests.test_consul_init import FakeApi, api  # noqa: F401 - the Kubernetes API fixture
 from tests.test_mesh_register import certificate  # noqa: F401 - a self-signed certificate fixture
+from tests.test_secret_generator import _Handler as JsonHandler
 
 
 class FakeConsul(ThreadingHTTPServer):
@@ -52,16 +53,10 @@ class FakeConsul(ThreadingHTTPServer):
                               "config": {f"{k}/{n}": v for (k, n), v in self.config.items()}})
 
 
-class _ConsulHandler(BaseHTTPRequestHandler):
-    server: FakeConsul
+class _ConsulHandler(JsonHandler):
+    """JSON replies and quiet logs from the secret generator test's handler."""
 
-    def _reply(self, status: int, body: Any = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    server: FakeConsul  # type: ignore[assignment]
 
     def _handle(self) -> None:  # noqa: C901 - one branch per endpoint
         s = self.server
@@ -95,7 +90,7 @@ class _ConsulHandler(BaseHTTPRequestHandler):
             return self._reply(200, s.tokens[secret])
         if parts == ["agent", "token", "agent"] and method == "PUT":
             s.agent_tokens.append(body["Token"])
-            return self._reply(200)
+            return self._reply(200, None)  # type: ignore[arg-type]
         if parts[:2] == ["acl", "auth-method"]:
             if method == "GET":
                 found = s.auth_methods.get(parts[2])
@@ -124,9 +119,6 @@ class _ConsulHandler(BaseHTTPRequestHandler):
         self._reply(404, f"unexpected {method} {path}")
 
     do_GET = do_PUT = do_POST = do_DELETE = _handle  # noqa: N815
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
