@@ -446,8 +446,37 @@ def _redis_failover(ctx: Context, report: Report) -> None:
         client.close()
 
 
-@demo("observability", "zookeeper, redis", "every component reports its own state as metrics")
+@demo("observability", "zookeeper, redis, cadence", "every component reports its own state as metrics")
 def observability(ctx: Context, report: Report) -> None:
+    _zookeeper_and_redis_metrics(ctx, report)
+    _cadence_metrics(ctx, report)
+
+
+def _cadence_metrics(ctx: Context, report: Report) -> None:
+    """Each Cadence service's Prometheus endpoint (the chart's port 9090, admitted from
+    monitoring namespaces only, so read here only on the local servers)."""
+    import urllib.request
+
+    cadence = getattr(ctx.local, "cadence", None)
+    if cadence is None:
+        ctx.step(report, "Cadence metrics", "each server pod serves Prometheus text on port 9090, to namespaces "
+                 "labelled final-problem.io/monitoring=true only: not read from here")
+        return
+    seen = []
+    for instance in (cadence.of("frontend")[0], cadence.of("history")[0]):
+        url = f"http://127.0.0.1:{cadence.ports[instance].metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+        requests = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("persistence_requests{"))
+        seen.append((instance, len(families), requests))
+    ctx.step(report, "Cadence's Prometheus endpoints (frontend, history)",
+             "; ".join(f"{i}: {n} metric families, {r:.0f} database requests" for i, n, r in seen),
+             all(n > 0 for _, n, _ in seen))
+
+
+def _zookeeper_and_redis_metrics(ctx: Context, report: Report) -> None:
     from final_problem.clients.zookeeper import four_letter_word
 
     host, _, port = _members(ctx)[0].rpartition(":")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,8 @@ def test_every_concept_demo_runs_on_the_local_real_servers() -> None:
     assert "kill -9 the worker" in observed["fault-tolerance"]
     assert "completed the workflow" in observed["fault-tolerance"] and "'reserve' scheduled 1 time(s)" in observed["fault-tolerance"]
     assert "redis_up 1" in observed["observability"] and "zk_" not in observed["observability"]
+    assert re.search(r"frontend-0: [1-9]\d* metric families, [1-9]\d* database requests", observed["observability"])
+    assert re.search(r"history-0: [1-9]\d* metric families", observed["observability"])
     assert observed["security"].count("refused") >= 5
     assert "while the real password reaches brokers" in observed["security"]
     assert "the broker logged 'invalid credentials with SASL mechanism SCRAM-SHA-512'" in observed["security"]
