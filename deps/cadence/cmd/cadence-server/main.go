@@ -79,6 +79,8 @@ type deps struct {
 	Logger        log.Logger
 	ZapLogger     *zap.Logger
 	DynamicConfig dynamicconfig.Client
+	Collection    *dynamicconfig.Collection
+	TimeSource    clock.TimeSource
 	Scope         tally.Scope
 	MetricsClient metrics.Client
 }
@@ -201,7 +203,8 @@ func newService(name string, d deps) (common.Daemon, error) {
 	fullName := service.FullName(name)
 	logger := d.Logger.WithTags(tag.Service(fullName))
 	group := cfg.ClusterGroupMetadata
-	dc := dynamicconfig.NewCollection(d.DynamicConfig, logger, dynamicproperties.ClusterNameFilter(group.CurrentClusterName))
+	// The dynamic config module's collection, filtered by the current cluster's name.
+	dc := d.Collection
 
 	params := resource.Params{
 		Name:                   fullName,
@@ -238,7 +241,7 @@ func newService(name string, d deps) (common.Daemon, error) {
 	}
 	params.HashRings = make(map[string]membership.SingleProvider)
 	for _, ring := range service.ListWithRing {
-		params.HashRings[ring] = membership.NewHashring(ring, peers, clock.NewRealTimeSource(), logger, d.MetricsClient.Scope(metrics.HashringScope))
+		params.HashRings[ring] = membership.NewHashring(ring, peers, d.TimeSource, logger, d.MetricsClient.Scope(metrics.HashringScope))
 	}
 	if params.MembershipResolver, err = membership.NewResolver(peers, d.MetricsClient, logger, params.HashRings); err != nil {
 		return nil, fmt.Errorf("membership: %w", err)
