@@ -82,8 +82,7 @@ def workflow_figures(*, sequential: int, count: int, concurrency: int) -> None:
         with tools.LocalCadence(database=db, password=server.password, workdir=Path(tmp)) as cadence:
             cadence.start_all()
             cadence.wait_ready()
-            domain = tools.run_domain_script(frontend_address=cadence.frontend_address, domain=cadence.props.domain,
-                                             retention_days=cadence.props.retention_days, wait_timeout_s=90)
+            domain = cadence.register_domain()
             if domain.returncode != 0:
                 raise SystemExit(f"domain registration failed: {domain.stderr[-2000:]}")
             worker = sample.spawn_worker(target=cadence.frontend_address, domain=cadence.props.domain,

@@ -27,6 +27,11 @@ from typing import Sequence
 from final_problem.tour import discovery
 from final_problem.tour.discovery import DiscoveryError, Endpoints
 
+#: Component to its location flag (argparse's attribute name) and the environment variable
+#: its client reads; the flag wins over the variable.
+LOCATIONS = {"zookeeper": ("zookeeper", "ZOOKEEPER_HOSTS"), "redis": ("redis_sentinels", "REDIS_SENTINELS"),
+             "kafka": ("kafka", "KAFKA_BOOTSTRAP_SERVERS"), "cadence": ("cadence", "CADENCE_FRONTEND")}
+
 #: Component name to the module whose ``main(argv)`` is its command line.
 CLIENTS = {
     "zookeeper": "final_problem.clients.zookeeper",
@@ -64,10 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def find(args: argparse.Namespace, stack: ExitStack) -> Endpoints:
     """The endpoints, from the first source that applies."""
-    explicit = {"zookeeper": args.zookeeper or os.environ.get("ZOOKEEPER_HOSTS"),
-                "redis": args.redis_sentinels or os.environ.get("REDIS_SENTINELS"),
-                "kafka": args.kafka or os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                "cadence": args.cadence or os.environ.get("CADENCE_FRONTEND")}
+    explicit = {component: getattr(args, flag) or os.environ.get(variable)
+                for component, (flag, variable) in LOCATIONS.items()}
     if args.local:
         from final_problem.tour.local import LocalPlatform
 
@@ -107,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command in CLIENTS:
             # Location flags given before a client's subcommand reach it as its environment.
-            for flag, variable in LOCATION_VARIABLES.items():
+            for flag, variable in LOCATIONS.values():
                 if getattr(args, flag):
                     os.environ[variable] = getattr(args, flag)
             return _client(args.command, args.args)
@@ -126,11 +129,6 @@ CLIENT_LIBRARIES = frozenset({"boto3", "botocore", "kazoo", "kafka", "redis", "c
 def missing_client_library(error: ModuleNotFoundError) -> bool:
     """Whether ``error`` is a library of the optional ``clients`` extra not being installed."""
     return (error.name or "").split(".")[0] in CLIENT_LIBRARIES
-
-
-#: Location flag to the environment variable a client reads.
-LOCATION_VARIABLES = {"zookeeper": "ZOOKEEPER_HOSTS", "redis_sentinels": "REDIS_SENTINELS",
-                      "kafka": "KAFKA_BOOTSTRAP_SERVERS", "cadence": "CADENCE_FRONTEND"}
 
 
 def _client(name: str, argv: list[str]) -> int:

@@ -196,11 +196,11 @@ class EnvoyChart(PlatformChart):
         self.route_specs = p.route_specs(tuple(settings.components))
         self.routes = [r.edge_route() for r in self.route_specs]
         self.calls = tuple(r.component for r in self.route_specs)
-        #: What clients outside the cluster reach: the LoadBalancer Service's ports.
-        self.load_balancer = f"{self.SERVICE}:" + ",".join(
-            str(port) for port in (p.service_port, *(r.listener_port for r in self.route_specs if r.listener_port)))
         #: Routes served on a port of the edge of their own.
         self.own_listeners = [r for r in self.route_specs if r.listener_port is not None]
+        #: What clients outside the cluster reach: the LoadBalancer Service's ports.
+        self.load_balancer = f"{self.SERVICE}:" + ",".join(
+            str(port) for port in (p.service_port, *(r.listener_port for r in self.own_listeners)))
         self.options = p.edge_options()
         self.config_text = render(self.options, self.routes)
         #: In-cluster address of the edge.

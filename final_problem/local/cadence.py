@@ -15,10 +15,10 @@ release's own ``main`` package and its service wiring (``cmd/server``) form a ne
 ``github.com/uber/cadence/cmd/server``, that the Go module proxy does not serve
 (``@v/v1.4.1.info``: 404 Not Found), so the project's launcher wires the four services from
 the root module's packages, with the image binary's command line. :class:`LocalCadence`
-starts one process per service, as the chart runs one Deployment per service, from
+starts one process per replica, as the chart runs one Deployment per service, from
 :func:`~final_problem.renderers.cadence.server_config` with ports and addresses remapped to
-one host and ringpop bootstrapped from the four TChannel ports (the chart: the membership
-Service's SRV record).
+one host and ringpop bootstrapped from every instance's TChannel port (the chart: the
+membership Service's SRV record).
 """
 
 from __future__ import annotations
@@ -49,11 +49,15 @@ def cache_dir() -> Path:
     return Path(base) / "final-problem" / f"cadence-{versions.CADENCE_VERSION}"
 
 
-def sql_tool() -> Path:
-    path = cache_dir() / "bin" / "cadence-sql-tool"
+def _binary(name: str) -> Path:
+    path = cache_dir() / "bin" / name
     if not path.exists():
         raise CadenceToolsMissing(f"{path} is missing: run `make cadence-tools` (deps/cadence/build.sh)")
     return path
+
+
+def sql_tool() -> Path:
+    return _binary("cadence-sql-tool")
 
 
 def schema_dir() -> Path:
@@ -89,10 +93,7 @@ def run_schema_script(
 
 
 def cli() -> Path:
-    path = cache_dir() / "bin" / "cadence"
-    if not path.exists():
-        raise CadenceToolsMissing(f"{path} is missing: run `make cadence-tools` (deps/cadence/build.sh)")
-    return path
+    return _binary("cadence")
 
 
 def run_domain_script(
@@ -107,10 +108,15 @@ def run_domain_script(
 
 
 def server_binary() -> Path:
-    path = cache_dir() / "bin" / "cadence-server"
-    if not path.exists():
-        raise CadenceToolsMissing(f"{path} is missing: run `make cadence-tools` (deps/cadence/build.sh)")
-    return path
+    return _binary("cadence-server")
+
+
+def require_binaries() -> None:
+    """Everything a local server needs (the server, the schema tool, the CLI the domain Job
+    uses); raises :class:`CadenceToolsMissing` naming the first one missing."""
+    server_binary()
+    sql_tool()
+    cli()
 
 
 class LocalCadenceError(RuntimeError):
@@ -233,6 +239,11 @@ class LocalCadence:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def register_domain(self, *, wait_timeout_s: int = 90) -> subprocess.CompletedProcess[str]:
+        """The domain Job's script against this server, with the chart's domain and retention."""
+        return run_domain_script(frontend_address=self.frontend_address, domain=self.props.domain,
+                                 retention_days=self.props.retention_days, wait_timeout_s=wait_timeout_s)
 
     def shard_owners(self) -> dict[int, str]:
         """History shard to the instance that owns it by the ring, as the frontend reports it

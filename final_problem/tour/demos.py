@@ -457,6 +457,8 @@ def _cadence_metrics(ctx: Context, report: Report) -> None:
     monitoring namespaces only, so read here only on the local servers)."""
     import urllib.request
 
+    from final_problem.local import LOOPBACK
+
     cadence = getattr(ctx.local, "cadence", None)
     if cadence is None:
         ctx.step(report, "Cadence metrics", "each server pod serves Prometheus text on port 9090, to namespaces "
@@ -464,7 +466,7 @@ def _cadence_metrics(ctx: Context, report: Report) -> None:
         return
     seen = []
     for instance in (cadence.of("frontend")[0], cadence.of("history")[0]):
-        url = f"http://127.0.0.1:{cadence.ports[instance].metrics}/metrics"
+        url = f"http://{LOOPBACK}:{cadence.ports[instance].metrics}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]

@@ -100,9 +100,7 @@ class LocalPlatform:
         from final_problem.renderers.cadence import Database
 
         try:
-            tools.server_binary()
-            tools.sql_tool()
-            tools.cli()
+            tools.require_binaries()
             postgres = self._stack.enter_context(LocalPostgres())
         except (tools.CadenceToolsMissing, LocalPostgresError) as e:
             raise DiscoveryError(f"--local needs Cadence and PostgreSQL: {e}") from None
@@ -114,8 +112,7 @@ class LocalPlatform:
             tools.LocalCadence(database=database, password=postgres.password, workdir=self.workdir / "cadence"))
         self.cadence.start_all()
         self.cadence.wait_ready()
-        domain = tools.run_domain_script(frontend_address=self.cadence.frontend_address, domain=self.cadence.props.domain,
-                                         retention_days=self.cadence.props.retention_days, wait_timeout_s=90)
+        domain = self.cadence.register_domain()
         if domain.returncode != 0:
             raise DiscoveryError(f"--local: the Cadence domain script failed: {domain.stderr.strip()[-500:]}")
 

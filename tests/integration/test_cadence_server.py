@@ -59,7 +59,7 @@ class Platform:
                                           workdir=self.workdir / "cadence", props=PROPS)
         self.cadence.start_all()
         self.wait_ready()
-        domain = self.register_domain()
+        domain = self.cadence.register_domain()
         assert domain.returncode == 0, domain.stderr[-3000:]
         self.domain_output = domain.stdout
 
@@ -70,12 +70,6 @@ class Platform:
         except tools.LocalCadenceError as e:
             logs = "\n".join(f"--- {i}\n{self.cadence.log_tail(i)}" for i in self.cadence.instances)
             pytest.fail(f"{e}\n{logs}")
-
-    def register_domain(self) -> Any:
-        assert self.cadence is not None
-        return tools.run_domain_script(frontend_address=self.cadence.frontend_address,
-                                       domain=self.cadence.props.domain,
-                                       retention_days=self.cadence.props.retention_days, wait_timeout_s=90)
 
     def worker(self, name: str, task_list: str) -> Any:
         assert self.cadence is not None
@@ -97,9 +91,7 @@ class Platform:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     try:
-        tools.server_binary()
-        tools.sql_tool()
-        tools.cli()
+        tools.require_binaries()
     except tools.CadenceToolsMissing as e:
         pytest.fail(str(e))
     try:
@@ -141,7 +133,8 @@ def scheduled(events: list, activity: str) -> int:
 
 def test_the_domain_job_registers_the_domain_once(platform: Platform) -> None:
     assert "registered domain default (retention 3 days)" in platform.domain_output
-    again = platform.register_domain()
+    assert platform.cadence is not None
+    again = platform.cadence.register_domain()
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "domain default exists"
 
