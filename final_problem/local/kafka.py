@@ -319,11 +319,26 @@ class LocalKafkaCluster:
         self.wait_healthy([name])
         return name
 
+    def serves(self, node_id: int) -> bool:
+        """Whether broker ``node_id`` itself answers a client (connects, authenticates and
+        returns metadata). The cluster's metadata alone does not say so: with the controller
+        quorum lost, nothing fences a broker that died, and it stays listed as unfenced until
+        a quorum is back and its session times out."""
+        try:
+            admin(dataclasses.replace(self.app_settings(), bootstrap_servers=self.config.node(node_id).bootstrap),
+                  bootstrap_timeout_ms=3000).close()
+        except Exception:  # noqa: BLE001 - kafka-python raises several types for a node that does not answer
+            return False
+        return True
+
     def wait_healthy(self, topics: Sequence[str] = (), *, timeout: float = 180.0) -> None:
-        """Every broker registered and unfenced, and every partition of ``topics`` fully in sync."""
+        """Every broker answering clients itself, registered and unfenced, and every partition
+        of ``topics`` fully in sync."""
         settings = self.app_settings()
 
         def healthy() -> bool:
+            if not all(self.serves(n) for n in self.broker_ids):
+                return False
             a = admin(settings, bootstrap_timeout_ms=5000)
             try:
                 alive = [b for b in a.describe_cluster()["brokers"] if not b.get("is_fenced")]

@@ -28,7 +28,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from final_problem.clients.kafka import KafkaClientError, KafkaSettings, admin, produce, producer
 from final_problem.clients.kafka_topics import ReconcileError, TopicSpec, reconcile
-from final_problem.local.kafka import LocalKafkaCluster, missing_binaries
+from final_problem.local.kafka import KafkaClusterError, LocalKafkaCluster, missing_binaries
 
 pytestmark = pytest.mark.integration
 
@@ -320,6 +320,35 @@ def test_two_brokers_down_refuses_acks_all_writes_then_recovers(kafka_dedicated:
             cluster.start(node)
     cluster.wait_healthy([topic])
     assert produce(settings, topic, [b"after-recovery"], timeout_s=60)
+
+
+def test_with_the_quorum_lost_dead_brokers_still_listed_as_unfenced_are_not_healthy(kafka_combined: LocalKafkaCluster) -> None:
+    """Two of the three Pi-layout nodes killed: no controller majority is left to fence them,
+    so the survivor's metadata still lists them as live brokers. wait_healthy must not trust
+    that listing (clients that pick one of them are refused) and must wait until each
+    restarted broker answers clients itself."""
+    cluster = kafka_combined
+    survivor, *down = cluster.broker_ids
+    try:
+        for node in down:
+            cluster.kill(node)
+        def listed() -> list[int]:
+            # The client sends to a broker of the listing, and is refused when it picks a dead one.
+            a = admin(app_settings(cluster), bootstrap_timeout_ms=5000)
+            try:
+                return sorted(b["broker_id"] for b in a.describe_cluster()["brokers"] if not b.get("is_fenced"))
+            finally:
+                a.close()
+
+        assert cluster.wait_for("the survivor's broker listing", listed, timeout=60) == sorted(cluster.broker_ids)
+        assert [cluster.serves(n) for n in cluster.broker_ids] == [True, False, False]
+        with pytest.raises(KafkaClusterError, match="all brokers up"):
+            cluster.wait_healthy(timeout=8)
+    finally:
+        for node in down:
+            cluster.start(node)
+    cluster.wait_healthy()
+    assert all(cluster.serves(n) for n in cluster.broker_ids)
 
 
 def test_active_controller_killed_a_new_one_is_elected_and_metadata_changes_work(kafka_any: LocalKafkaCluster) -> None:
