@@ -134,8 +134,10 @@ def admin(settings: KafkaSettings, **overrides: Any) -> KafkaAdminClient:
 def produce(settings: KafkaSettings, topic: str, values: Iterable[bytes], *, key: bytes | None = None,
             timeout_s: float = 120.0, **producer_overrides: Any) -> list[tuple[int, int]]:
     """Send ``values`` and wait for each acknowledgement; return ``(partition, offset)`` each.
-    A refused write raises :class:`KafkaClientError` naming the broker's error."""
-    p = producer(settings, **producer_overrides)
+    A refused write raises :class:`KafkaClientError` naming the broker's error; one not
+    acknowledged within ``timeout_s`` raises it too, and the call returns about then."""
+    # send() waits for the topic's metadata up to max.block.ms: within the call's timeout too.
+    p = producer(settings, **{"max_block_ms": int(timeout_s * 1000), **producer_overrides})
     errors = _RetriedErrors(topic)
     sender_log = logging.getLogger("kafka.producer.sender")
     sender_log.addHandler(errors)
@@ -143,6 +145,9 @@ def produce(settings: KafkaSettings, topic: str, values: Iterable[bytes], *, key
         cause = f"; the brokers answered {', '.join(errors.seen)}" if errors.seen else ""
         return KafkaClientError(f"write to {topic} not acknowledged: {type(e).__name__}: {e}{cause}")
 
+    # One deadline for the flush and every acknowledgement together.
+    deadline = time.monotonic() + timeout_s
+    acked = False
     try:
         futures = [p.send(topic, value=v, key=key) for v in values]
         try:
@@ -152,15 +157,17 @@ def produce(settings: KafkaSettings, topic: str, values: Iterable[bytes], *, key
         acks = []
         for f in futures:
             try:
-                meta = f.get(timeout=timeout_s)
+                meta = f.get(timeout=max(0.0, deadline - time.monotonic()))
             except KafkaError as e:
                 raise refused(e) from e
             acks.append((meta.partition, meta.offset))
+        acked = True
         return acks
     finally:
         sender_log.removeHandler(errors)
         try:
-            p.close(timeout=10)
+            # Nothing is left to wait for once a record went unacknowledged: close at once.
+            p.close(timeout=10 if acked else 0)
         except KafkaError:
             # kafka-python's close() flushes first and gives up while records nobody took are
             # queued (no leader: a minority side), leaving the producer open for its __del__

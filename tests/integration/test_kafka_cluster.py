@@ -328,10 +328,17 @@ def test_with_the_quorum_lost_dead_brokers_still_listed_as_unfenced_are_not_heal
     that listing (clients that pick one of them are refused) and must wait until each
     restarted broker answers clients itself."""
     cluster = kafka_combined
+    topic = cluster.create_topic(partitions=1)
     survivor, *down = cluster.broker_ids
     try:
         for node in down:
             cluster.kill(node)
+        # A write the minority cannot acknowledge is reported when its timeout says, not later:
+        # the flush, every acknowledgement and the close share one deadline.
+        started = time.monotonic()
+        with pytest.raises(KafkaClientError, match="not acknowledged"):
+            produce(app_settings(cluster), topic, [b"minority"], timeout_s=6, request_timeout_ms=3_000)
+        assert time.monotonic() - started < 6 + 10
         def listed() -> list[int]:
             # The client sends to a broker of the listing, and is refused when it picks a dead one.
             a = admin(app_settings(cluster), bootstrap_timeout_ms=5000)
