@@ -511,12 +511,13 @@ def security(ctx: Context, report: Report) -> None:
     from final_problem.clients.zookeeper import four_letter_word
     from final_problem.clients.redis import _parse_sentinels
 
+    # retry=None: redis-py retries a refused login with a backoff (about 4 s); one refusal says it.
     client = _redis(ctx)
     try:
         host, port = client.primary_address()
     finally:
         client.close()
-    anonymous = redis.Redis(host=host, port=port, socket_timeout=3)
+    anonymous = redis.Redis(host=host, port=port, socket_timeout=3, retry=None)
     try:
         anonymous.ping()
         ctx.step(report, "Redis PING without a password", "answered (authentication is off!)", False)
@@ -524,7 +525,7 @@ def security(ctx: Context, report: Report) -> None:
         ctx.step(report, "Redis PING without a password", f"refused: {e}")
     except redis.ResponseError as e:
         ctx.step(report, "Redis PING without a password", f"refused: {e}", "NOAUTH" in str(e) or "auth" in str(e).lower())
-    wrong = redis.Redis(host=host, port=port, username="app", password="wrong-password", socket_timeout=3)
+    wrong = redis.Redis(host=host, port=port, username="app", password="wrong-password", socket_timeout=3, retry=None)
     try:
         wrong.ping()
         ctx.step(report, "Redis login with a wrong password", "accepted!", False)
@@ -540,7 +541,7 @@ def security(ctx: Context, report: Report) -> None:
         client.close()
     sentinel_host, sentinel_port = _parse_sentinels(ctx.endpoints.get("redis"))[0]
     try:
-        redis.Redis(host=sentinel_host, port=sentinel_port, socket_timeout=3).execute_command("SENTINEL", "MASTERS")
+        redis.Redis(host=sentinel_host, port=sentinel_port, socket_timeout=3, retry=None).execute_command("SENTINEL", "MASTERS")
         ctx.step(report, "Sentinel command without a password", "answered!", False)
     except (redis.AuthenticationError, redis.ResponseError) as e:
         ctx.step(report, "Sentinel command without a password", f"refused: {e}")
@@ -551,9 +552,9 @@ def security(ctx: Context, report: Report) -> None:
     logged = sum(ctx.local.kafka.log(n).count(marker) for n in ctx.local.kafka.broker_ids) if ctx.local else 0
     try:
         admin(KafkaSettings(bootstrap_servers=kafka.bootstrap_servers, username=kafka.username,
-                            password="wrong-password", request_timeout_s=10)).close()
+                            password="wrong-password", request_timeout_s=10), bootstrap_timeout_ms=5000).close()
         ctx.step(report, "Kafka login with a wrong password (SCRAM-SHA-512)", "accepted!", False)
-    except Exception as e:  # noqa: BLE001 - kafka-python retries a failed login until it times out
+    except Exception as e:  # noqa: BLE001 - kafka-python retries a failed login until the bootstrap times out
         # The same client with the real password gets in: the refusal was the password.
         brokers = describe(kafka)["brokers"]
         seen = ""
