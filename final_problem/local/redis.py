@@ -358,7 +358,48 @@ class LocalRedisSet:
             if primary is None or primary == self.member_ports[index]:
                 return None
             return self._linked(index, primary)
-        return self.wait_for(f"{self.members[index].name} to rejoin the current primary", linked, timeout_s=timeout_s)
+        try:
+            return self.wait_for(f"{self.members[index].name} to rejoin the current primary", linked, timeout_s=timeout_s)
+        except LocalRedisError as e:
+            raise LocalRedisError(f"{e}; the set: {self.describe()}") from None
+
+    def wait_settled(self, *, timeout_s: float = 60) -> int:
+        """Wait until every Sentinel names one primary and every other member replicates from
+        it, link up; return its port. The primary is read again on every poll, as in
+        :meth:`wait_rejoined`: a failover can follow another."""
+        def settled() -> int | None:
+            primary = self.agreed_primary_port()
+            if primary is None:
+                return None
+            for index, port in enumerate(self.member_ports):
+                if port != primary and self._linked(index, primary) is None:
+                    return None
+            return primary
+        try:
+            return self.wait_for("every member to follow the one primary the Sentinels name", settled, timeout_s=timeout_s)
+        except LocalRedisError as e:
+            raise LocalRedisError(f"{e}; the set: {self.describe()}") from None
+
+    def describe(self) -> str:
+        """Each member's role and primary, and the primary each Sentinel names: what a timed-out
+        wait reports."""
+        parts = []
+        for index, proc in enumerate(self.members):
+            try:
+                self._alive(proc)
+                info = self.replication(index)
+                role = ("primary" if info.get("role") == "master"
+                        else f"replica of {info.get('master_port')} (link {info.get('master_link_status')})")
+            except Exception as e:  # noqa: BLE001 - a description of whatever state the set is in
+                role = f"not answering ({type(e).__name__})"
+            parts.append(f"{proc.name} :{proc.port} {role}")
+        for index, proc in enumerate(self.sentinels):
+            try:
+                named = self.primary_by_sentinel(index)
+                parts.append(f"{proc.name} names {named[1] if named else None}")
+            except Exception as e:  # noqa: BLE001
+                parts.append(f"{proc.name} not answering ({type(e).__name__})")
+        return "; ".join(parts)
 
     def sentinel_client(self, **kwargs: object) -> Sentinel:
         """redis-py's Sentinel as the application user."""
