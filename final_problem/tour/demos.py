@@ -171,19 +171,70 @@ def availability(ctx: Context, report: Report) -> None:
         redis_set.start_member(index)
         # Sentinel turns the restarted member into a replica of the new primary; wait for
         # every replica's link so the demos after this one start from a whole set.
-        primary_port = client.primary_address()[1]
-        linked = [redis_set.wait_rejoined(i) for i in range(len(redis_set.members))
-                  if redis_set.member_ports[i] != primary_port]
+        primary_port = redis_set.wait_settled()
         ctx.step(report, "restart the old primary",
-                 f"it rejoined as a replica; {len(linked)} replicas follow {primary_port}")
+                 f"it rejoined as a replica; {len(redis_set.members) - 1} replicas follow {primary_port}")
     finally:
         client.close()
 
 
-@demo("partition-tolerance", "zookeeper, kafka", "a minority side refuses writes rather than diverge (CP)")
+@demo("partition-tolerance", "zookeeper, kafka, redis",
+      "a minority side refuses writes (or a failover) rather than diverge")
 def partition_tolerance(ctx: Context, report: Report) -> None:
     _zookeeper_partition(ctx, report)
     _kafka_partition(ctx, report)
+    _sentinel_partition(ctx, report)
+
+
+def _sentinel_partition(ctx: Context, report: Report) -> None:
+    """Two of the three Sentinels stopped (with --local): the one left is a minority, below
+    the quorum of 2 that must agree the primary is down and the majority that must elect a
+    leader to fail over, so it promotes nobody, even with the primary dead. With the others
+    back, the majority fails over."""
+    import redis
+
+    def ckquorum(sentinel: Any) -> str:
+        try:
+            answer = sentinel.execute_command("SENTINEL", "CKQUORUM", name)
+            return answer.decode() if isinstance(answer, bytes) else str(answer)
+        except redis.ResponseError as e:
+            return str(e)
+
+    client = _redis(ctx)
+    try:
+        name = client.settings.master_name
+        if ctx.local is None:
+            verdict = ckquorum(client.sentinel.sentinels[0])
+            ctx.step(report, "ask a Sentinel whether a failover could be authorised", verdict, verdict.startswith("OK"))
+            ctx.step(report, "partition", "not injected on a live platform: run with --local to cut a minority off")
+            return
+        redis_set = ctx.local.redis
+        old_port = client.primary_address()[1]
+    finally:
+        client.close()
+    lone, *others = range(len(redis_set.sentinels))
+    member = redis_set.member_index(old_port)
+    for index in others:
+        redis_set.kill_sentinel(index)
+    redis_set.kill_member(member)
+    # Long enough for a failover if one could happen: down-after, then an election. The
+    # Sentinel left counts the others as usable until they too are down for down-after.
+    time.sleep(4 * redis_set.options.down_after_ms / 1000)
+    verdict = ckquorum(redis_set.sentinel_admin(lone))
+    named = redis_set.primary_by_sentinel(lone)
+    ctx.step(report, f"stop Sentinels {others}, then kill the primary ({old_port})",
+             f"the Sentinel left says {verdict!r}; {4 * redis_set.options.down_after_ms / 1000:.0f} s later "
+             f"it still names {named[1] if named else None}: no promotion on a minority",
+             verdict.startswith("NOQUORUM") and named is not None and named[1] == old_port)
+    for index in others:
+        redis_set.spawn_sentinel(index)
+    new_port, took = redis_set.wait_new_primary(old_port, timeout_s=60)
+    ctx.step(report, "bring the Sentinels back", f"the majority promoted {new_port} in {took:.1f} s")
+    # The old primary comes back as a replica, so later demos start from a whole set.
+    redis_set.start_member(member)
+    redis_set.wait_settled()
+    for index in range(len(redis_set.sentinels)):
+        redis_set.wait_sentinel_ready(index, timeout_s=60)
 
 
 def _kafka_partition(ctx: Context, report: Report) -> None:
@@ -446,10 +497,39 @@ def _redis_failover(ctx: Context, report: Report) -> None:
         client.close()
 
 
-@demo("observability", "zookeeper, redis, cadence", "every component reports its own state as metrics")
+@demo("observability", "zookeeper, redis, kafka, cadence", "every component reports its own state as metrics")
 def observability(ctx: Context, report: Report) -> None:
     _zookeeper_and_redis_metrics(ctx, report)
+    _kafka_metrics(ctx, report)
     _cadence_metrics(ctx, report)
+
+
+def _kafka_metrics(ctx: Context, report: Report) -> None:
+    """A Kafka node's Prometheus endpoint: the chart's JMX exporter agent and rules (port 9404
+    in the chart, admitted from monitoring namespaces only, so read here only on the local
+    servers)."""
+    import urllib.request
+
+    from final_problem.local import LOOPBACK
+
+    cluster = getattr(ctx.local, "kafka", None)
+    if cluster is None or not cluster.metrics_ports:
+        ctx.step(report, "Kafka metrics", "each node's JMX exporter agent serves Prometheus text, to namespaces "
+                 "labelled final-problem.io/monitoring=true only: not read from here")
+        return
+    node = cluster.broker_ids[0]
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{cluster.metrics_ports[node]}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kafka_") and not line.startswith("#"):
+            metric, _, value = line.rpartition(" ")
+            values[metric.split("{")[0]] = values.get(metric.split("{")[0], 0.0) + float(value)
+    wanted = ("kafka_server_replicamanager_underreplicatedpartitions", "kafka_controller_kafkacontroller_activecontrollercount",
+              "kafka_raft_current_leader")
+    ctx.step(report, f"Kafka node {node}'s Prometheus endpoint (the chart's JMX exporter rules)",
+             f"{len(values)} kafka_ series; " + ", ".join(f"{w.removeprefix('kafka_')} {values[w]:g}" for w in wanted if w in values),
+             all(w in values for w in wanted))
 
 
 def _cadence_metrics(ctx: Context, report: Report) -> None:

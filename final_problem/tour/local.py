@@ -64,7 +64,8 @@ class LocalPlatform:
 
             if missing := kafka_missing():
                 raise DiscoveryError(f"--local needs the Kafka broker ({', '.join(missing)} missing): run `make kafka`")
-            self.kafka = self._stack.enter_context(LocalKafkaCluster(workdir=self.workdir / "kafka", layout="combined"))
+            self.kafka = self._stack.enter_context(LocalKafkaCluster(workdir=self.workdir / "kafka", layout="combined",
+                                                                    metrics=True))
             self.kafka.start_all()
             self.kafka.wait_healthy()
         if "cadence" in self.components:

@@ -23,12 +23,15 @@ def test_every_concept_demo_runs_on_the_local_real_servers() -> None:
     reports = {r["concept"]: r for r in json.loads(result.stdout)}
     assert tuple(reports) == CONCEPTS
     failed = {c: [s for s in r["steps"] if not s["ok"]] for c, r in reports.items() if not r["ok"]}
-    assert not failed and result.returncode == 0, (failed, result.stderr[-2000:])
+    # A string message: pytest prints it whole (a tuple's repr is cut to a line).
+    assert not failed and result.returncode == 0, json.dumps(failed, indent=1) + "\n" + result.stderr[-2000:]
     observed = {c: " | ".join(s["observed"] for s in r["steps"]) for c, r in reports.items()}
     assert "same value" in observed["consistency"]
     assert "refused" in observed["partition-tolerance"] and "accepted by the restored quorum" in observed["partition-tolerance"]
     assert "not acknowledged" in observed["partition-tolerance"]
     assert "acknowledged by all three replicas" in observed["partition-tolerance"]
+    assert "NOQUORUM" in observed["partition-tolerance"] and "no promotion on a minority" in observed["partition-tolerance"]
+    assert "the majority promoted" in observed["partition-tolerance"]
     assert "elected in" in observed["consensus"] and "leads voters" in observed["consensus"]
     assert "created" in observed["consensus"]  # metadata changes through the Kafka controller quorum
     assert "counter = 20 of 20" in observed["concurrency"]
@@ -37,6 +40,7 @@ def test_every_concept_demo_runs_on_the_local_real_servers() -> None:
     assert "kill -9 the worker" in observed["fault-tolerance"]
     assert "completed the workflow" in observed["fault-tolerance"] and "'reserve' scheduled 1 time(s)" in observed["fault-tolerance"]
     assert "redis_up 1" in observed["observability"] and "zk_" not in observed["observability"]
+    assert re.search(r"[1-9]\d* kafka_ series; server_replicamanager_underreplicatedpartitions \d", observed["observability"])
     assert re.search(r"frontend-0: [1-9]\d* metric families, [1-9]\d* database requests", observed["observability"])
     assert re.search(r"history-0: [1-9]\d* metric families", observed["observability"])
     assert observed["security"].count("refused") >= 5
