@@ -224,18 +224,14 @@ def test_a_history_host_killed_hands_its_shards_to_the_other(platform: Platform,
                     theirs.append(execution)
         return started, theirs
 
-    async def results(executions: list) -> list[dict]:
-        async with platform.client() as client:
-            return [await sample.wait_for_result(client, e) for e in executions]
-
     worker = platform.worker("worker-history-kill", task_list)
     try:
         executions, in_moved = run(start_until_three_in_moved_shards())
         before = range_ids(platform)
         cadence.kill(killed)
-        # Calls routed to the dead host fail until ringpop drops it: retry until they answer.
-        done = wait_for("every workflow's result with one history host gone", lambda: _try(lambda: results(executions)),
-                        timeout_s=RESULT_TIMEOUT_S, interval_s=1)
+        # Calls routed to the dead host fail until ringpop drops it: ask again until they answer.
+        done = wait_closed(platform, executions, "every workflow's result with one history host gone",
+                           logs=["worker-history-kill", survivor])
         after = wait_for("the ring to give every shard to the survivor",
                          lambda: (o := cadence.shard_owners()) and set(o.values()) == {survivor} and o,
                          timeout_s=60, interval_s=1, retry_on=(tools.LocalCadenceError,))
@@ -275,24 +271,54 @@ def test_power_cut_of_postgres_and_every_cadence_service(platform: Platform, tas
     platform.cadence.start_all()
     platform.wait_ready()
     worker = platform.worker("worker-after-cut", task_list)
-
-    async def results() -> list[dict]:
-        async with platform.client() as client:
-            return [await sample.wait_for_result(client, e) for e in executions]
-
     try:
-        # The frontend may serve before history owns its shards again: retry until it answers.
-        done = wait_for("every workflow's result after the power cut", lambda: _try(results),
-                        timeout_s=RESULT_TIMEOUT_S, interval_s=1)
+        # The frontend may serve before history owns its shards again: ask again until it answers.
+        done = wait_closed(platform, executions, "every workflow's result after the power cut",
+                           logs=["worker-after-cut", *platform.cadence.of("history")])
     finally:
         kill_group(worker)
     assert [r["order_id"] for r in done] == [e.workflow_id for e in executions]
     assert [r["charged_cents"] for r in done] == [i * sample.PRICE_CENTS for i in range(1, 6)]
 
 
-def _try(results: Any) -> list[dict] | None:
+def wait_closed(platform: Platform, executions: list, what: str, *, logs: list[str]) -> list[dict]:
+    """Each workflow's result once every one has completed. Each poll reads the histories
+    without a long poll, so no call can outlast the wait; an unanswered call (gRPC unavailable
+    while the ring forms again) counts as "not yet". On timeout the failure says where each
+    open workflow stopped, with the tails of ``logs`` (worker log names or Cadence instances)."""
+    assert platform.cadence is not None
+    last: dict[str, list[str]] = {}
+
+    async def poll() -> list[dict] | None:
+        results = []
+        async with platform.client() as client:
+            for execution in executions:
+                events = await sample.history_events(client, execution)
+                last[execution.workflow_id] = kinds(events)
+                if not events or kinds(events)[-1] != "workflow_execution_completed":
+                    return None
+                payload = events[-1].workflow_execution_completed_event_attributes.result
+                results.append(client.data_converter.from_data(payload, [dict])[0])
+        return results
+
+    def attempt() -> list[dict] | None:
+        try:
+            return asyncio.run(asyncio.wait_for(poll(), timeout=20))
+        except Exception as e:  # noqa: BLE001 - any failed call is "not yet"
+            print(f"not yet: {type(e).__name__}: {e}")
+            return None
+
     try:
-        return run(results())
-    except Exception as e:  # gRPC unavailable while the ring forms again
-        print(f"not yet: {type(e).__name__}: {e}")
-        return None
+        return wait_for(what, attempt, timeout_s=RESULT_TIMEOUT_S, interval_s=1)
+    except TimeoutError as e:
+        cadence = platform.cadence
+        open_ones = "\n".join(f"  {w}: ... {' '.join(k[-6:])}" for w, k in last.items()
+                               if not k or k[-1] != "workflow_execution_completed")
+
+        def tail(name: str) -> str:
+            path = platform.workdir / f"{name}.log"
+            text = cadence.log_tail(name, 15) if name in cadence.instances else (
+                "\n".join(path.read_text(errors="replace").splitlines()[-15:]) if path.exists() else "")
+            return f"--- {name}\n{text}"
+
+        pytest.fail(f"{e}\nopen workflows (last events):\n{open_ones}\n" + "\n".join(tail(n) for n in logs))
