@@ -42,6 +42,10 @@ class LocalRedisError(RuntimeError):
     """A local server did not start or did not reach the expected state in time."""
 
 
+class _Timeout(Exception):
+    """A wait of :meth:`LocalRedisSet.wait_for` ran out (reported as LocalRedisError)."""
+
+
 def local_options() -> RedisConfigOptions:
     """The Pi profile's configuration for servers started here (tests, ``--local``), validated
     like the chart's. Sentinel's down-after is the chart's (5 s): shorter, a host busy with other
@@ -252,9 +256,13 @@ class LocalRedisSet:
             return ""
 
     def wait_for(self, what: str, check: Callable[[], T | None], *, timeout_s: float, interval_s: float = 0.05) -> T:
-        """:func:`final_problem.local.wait_for`, Redis and socket errors meaning "not yet"."""
-        return local.wait_for(what, check, timeout_s=timeout_s, interval_s=interval_s, retry_on=NOT_YET,
-                              error=LocalRedisError)
+        """:func:`final_problem.local.wait_for`, Redis and socket errors meaning "not yet"; a
+        timeout also reports the set's state (:meth:`describe`)."""
+        try:
+            return local.wait_for(what, check, timeout_s=timeout_s, interval_s=interval_s, retry_on=NOT_YET,
+                                  error=_Timeout)
+        except _Timeout as e:
+            raise LocalRedisError(f"{e}; the set: {self.describe()}") from None
 
     # Clients ---------------------------------------------------------------------------
 
@@ -358,10 +366,7 @@ class LocalRedisSet:
             if primary is None or primary == self.member_ports[index]:
                 return None
             return self._linked(index, primary)
-        try:
-            return self.wait_for(f"{self.members[index].name} to rejoin the current primary", linked, timeout_s=timeout_s)
-        except LocalRedisError as e:
-            raise LocalRedisError(f"{e}; the set: {self.describe()}") from None
+        return self.wait_for(f"{self.members[index].name} to rejoin the current primary", linked, timeout_s=timeout_s)
 
     def wait_settled(self, *, timeout_s: float = 60) -> int:
         """Wait until every Sentinel names one primary and every other member replicates from
@@ -375,14 +380,11 @@ class LocalRedisSet:
                 if port != primary and self._linked(index, primary) is None:
                     return None
             return primary
-        try:
-            return self.wait_for("every member to follow the one primary the Sentinels name", settled, timeout_s=timeout_s)
-        except LocalRedisError as e:
-            raise LocalRedisError(f"{e}; the set: {self.describe()}") from None
+        return self.wait_for("every member to follow the one primary the Sentinels name", settled, timeout_s=timeout_s)
 
     def describe(self) -> str:
         """Each member's role and primary, and the primary each Sentinel names: what a timed-out
-        wait reports."""
+        :meth:`wait_for` reports."""
         parts = []
         for index, proc in enumerate(self.members):
             try:
