@@ -219,11 +219,12 @@ def _sentinel_partition(ctx: Context, report: Report) -> None:
     redis_set.kill_member(member)
     # Long enough for a failover if one could happen: down-after, then an election. The
     # Sentinel left counts the others as usable until they too are down for down-after.
-    time.sleep(4 * redis_set.options.down_after_ms / 1000)
+    wait_s = 4 * redis_set.options.down_after_ms / 1000
+    time.sleep(wait_s)
     verdict = ckquorum(redis_set.sentinel_admin(lone))
     named = redis_set.primary_by_sentinel(lone)
     ctx.step(report, f"stop Sentinels {others}, then kill the primary ({old_port})",
-             f"the Sentinel left says {verdict!r}; {4 * redis_set.options.down_after_ms / 1000:.0f} s later "
+             f"the Sentinel left says {verdict!r}; {wait_s:.0f} s later "
              f"it still names {named[1] if named else None}: no promotion on a minority",
              verdict.startswith("NOQUORUM") and named is not None and named[1] == old_port)
     for index in others:
@@ -504,27 +505,33 @@ def observability(ctx: Context, report: Report) -> None:
     _cadence_metrics(ctx, report)
 
 
-def _kafka_metrics(ctx: Context, report: Report) -> None:
-    """A Kafka node's Prometheus endpoint: the chart's JMX exporter agent and rules (port 9404
-    in the chart, admitted from monitoring namespaces only, so read here only on the local
-    servers)."""
+def _scrape(port: int, timeout_s: float) -> str:
+    """The Prometheus text a local server serves at ``/metrics`` on ``port``."""
     import urllib.request
 
     from final_problem.local import LOOPBACK
 
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=timeout_s) as response:
+        return response.read().decode()
+
+
+def _kafka_metrics(ctx: Context, report: Report) -> None:
+    """A Kafka node's Prometheus endpoint: the chart's JMX exporter agent and rules (port 9404
+    in the chart, admitted from monitoring namespaces only, so read here only on the local
+    servers)."""
     cluster = getattr(ctx.local, "kafka", None)
     if cluster is None or not cluster.metrics_ports:
         ctx.step(report, "Kafka metrics", "each node's JMX exporter agent serves Prometheus text, to namespaces "
                  "labelled final-problem.io/monitoring=true only: not read from here")
         return
     node = cluster.broker_ids[0]
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{cluster.metrics_ports[node]}/metrics", timeout=30) as response:
-        text = response.read().decode()
+    # Each series' value, summed per metric name over its labels.
     values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("kafka_") and not line.startswith("#"):
-            metric, _, value = line.rpartition(" ")
-            values[metric.split("{")[0]] = values.get(metric.split("{")[0], 0.0) + float(value)
+    for line in _scrape(cluster.metrics_ports[node], timeout_s=30).splitlines():
+        if line.startswith("kafka_"):
+            series, _, value = line.rpartition(" ")
+            name = series.split("{")[0]
+            values[name] = values.get(name, 0.0) + float(value)
     wanted = ("kafka_server_replicamanager_underreplicatedpartitions", "kafka_controller_kafkacontroller_activecontrollercount",
               "kafka_raft_current_leader")
     ctx.step(report, f"Kafka node {node}'s Prometheus endpoint (the chart's JMX exporter rules)",
@@ -535,10 +542,6 @@ def _kafka_metrics(ctx: Context, report: Report) -> None:
 def _cadence_metrics(ctx: Context, report: Report) -> None:
     """Each Cadence service's Prometheus endpoint (the chart's port 9090, admitted from
     monitoring namespaces only, so read here only on the local servers)."""
-    import urllib.request
-
-    from final_problem.local import LOOPBACK
-
     cadence = getattr(ctx.local, "cadence", None)
     if cadence is None:
         ctx.step(report, "Cadence metrics", "each server pod serves Prometheus text on port 9090, to namespaces "
@@ -546,9 +549,7 @@ def _cadence_metrics(ctx: Context, report: Report) -> None:
         return
     seen = []
     for instance in (cadence.of("frontend")[0], cadence.of("history")[0]):
-        url = f"http://{LOOPBACK}:{cadence.ports[instance].metrics}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
+        text = _scrape(cadence.ports[instance].metrics, timeout_s=10)
         families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
         requests = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                        if line.startswith("persistence_requests{"))
