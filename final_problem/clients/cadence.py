@@ -152,11 +152,15 @@ async def wait_for_result(client: Client, execution: WorkflowExecution, result_t
         events = response.history.events
         if not events:
             continue  # the long poll expired before the workflow closed
-        event = events[-1]
-        if event.HasField("workflow_execution_completed_event_attributes"):
-            payload = event.workflow_execution_completed_event_attributes.result
-            return client.data_converter.from_data(payload, [result_type])[0]
-        raise RuntimeError(f"workflow {execution.workflow_id} closed without completing: {event}")
+        return close_result(client, execution, events[-1], result_type)
+
+
+def close_result(client: Client, execution: WorkflowExecution, event: Any, result_type: type = dict) -> Any:
+    """The result a workflow's close ``event`` carries; raise when it closed without completing."""
+    if event.HasField("workflow_execution_completed_event_attributes"):
+        payload = event.workflow_execution_completed_event_attributes.result
+        return client.data_converter.from_data(payload, [result_type])[0]
+    raise RuntimeError(f"workflow {execution.workflow_id} closed without completing: {event}")
 
 
 async def history_events(client: Client, execution: WorkflowExecution) -> list[Any]:

@@ -302,8 +302,7 @@ def wait_closed(platform: Platform, executions: list, what: str, *, logs: list[s
                 last[execution.workflow_id] = kinds(events)
                 if not events or kinds(events)[-1] != "workflow_execution_completed":
                     return None
-                payload = events[-1].workflow_execution_completed_event_attributes.result
-                results.append(client.data_converter.from_data(payload, [dict])[0])
+                results.append(sample.close_result(client, execution, events[-1]))
         return results
 
     def attempt() -> list[dict] | None:
