@@ -339,6 +339,7 @@ def test_with_the_quorum_lost_dead_brokers_still_listed_as_unfenced_are_not_heal
         with pytest.raises(KafkaClientError, match="not acknowledged"):
             produce(app_settings(cluster), topic, [b"minority"], timeout_s=6, request_timeout_ms=3_000)
         assert time.monotonic() - started < 6 + 10
+
         def listed() -> list[int]:
             # The client sends to a broker of the listing, and is refused when it picks a dead one.
             a = admin(app_settings(cluster), bootstrap_timeout_ms=5000)
