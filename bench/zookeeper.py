@@ -67,7 +67,7 @@ def main() -> int:
         print(f"missing {', '.join(missing)}: run `sudo make system-deps`", file=sys.stderr)
         return 1
     value = b"x" * args.size
-    with tempfile.TemporaryDirectory(prefix="zk-bench-") as tmp, LocalEnsemble(workdir=Path(tmp), heap_mib=256) as ensemble:
+    with tempfile.TemporaryDirectory(prefix="zk-bench-") as tmp, LocalEnsemble(workdir=Path(tmp)) as ensemble:
         ensemble.start_all()
         leader = ensemble.wait_for_quorum(timeout=30)
         print(f"zookeeper ensemble: 3 members on loopback, leader {leader}; {args.ops} sequential ops of {args.size} B")

@@ -22,7 +22,10 @@ import tempfile
 from pathlib import Path
 
 from final_problem import local
+from final_problem.charts.postgres import PostgresProps
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.local.limits import Groups, Limits
+from final_problem.profiles import PI, Profile
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
 
 #: Unprivileged account the server runs as when the caller is root.
@@ -54,7 +57,13 @@ class LocalPostgres:
     ``kill()`` and ``start()`` let a test cut the power and restart on the same data.
     """
 
-    def __init__(self, *, bin_dir: Path | None = None, password: str | None = None) -> None:
+    def __init__(self, *, bin_dir: Path | None = None, password: str | None = None, profile: Profile = PI,
+                 limits: bool = True) -> None:
+        """The chart's server settings of ``profile`` (``shared_buffers``, ``max_connections``);
+        with ``limits``, the server and its backends run under the container's CPU and
+        memory limits there."""
+        self.props = PostgresProps.for_profile(profile)
+        self.groups = Groups(enabled=limits)
         self.bin_dir = bin_dir or debian_bin_dir()
         self.password = password or secrets.token_urlsafe(24)
         self.user = SUPERUSER
@@ -107,7 +116,8 @@ class LocalPostgres:
     def start(self, *, timeout_s: float = 60) -> None:
         """Start ``postgres`` on the data directory and wait until it accepts logins."""
         settings = {
-            **server_settings(),
+            **server_settings(max_connections=self.props.max_connections,
+                              shared_buffers_mib=self.props.shared_buffers_mib),
             "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.socket_dir),
@@ -115,7 +125,7 @@ class LocalPostgres:
         argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), *server_args(settings)]
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self._as_server_user(argv), stdout=self._log, stderr=subprocess.STDOUT, env=self._env(),
+            self.groups.wrap("postgres", Limits.of(self.props.sizing), self._as_server_user(argv)), stdout=self._log, stderr=subprocess.STDOUT, env=self._env(),
             start_new_session=True,
         )
         local.wait_for(
@@ -171,6 +181,7 @@ class LocalPostgres:
         try:
             self.stop()
         finally:
+            self.groups.remove_all()
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- SQL ---------------------------------------------------------------------------
