@@ -10,6 +10,8 @@ then prints for each:
   ``kafka-producer-perf-test`` (org.apache.kafka.tools.ProducerPerformance) with the same
   acks, idempotence, linger and user, and their ratio;
 - end-to-end latency (send to receipt by a group consumer) p50/p99 at a modest rate;
+- on the Pi layout, the produce throughput without fsync on every write, against which
+  the default's cost is stated;
 - the time from ``kill -9`` of the partition leader to the first acknowledged acks=all write
   (the profile's ``broker.session.timeout.ms`` bounds it);
 - per node, peak memory against its limit, OOM kills, CPU time and throttling, and the
@@ -36,7 +38,9 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from final_problem.clients.kafka import admin, consumer, producer
+from final_problem.charts.kafka import KafkaProps
 from final_problem.local.kafka import LocalKafkaCluster, missing_binaries
+from final_problem.profiles import PI
 
 RECORD = b"x" * 1024
 
@@ -152,16 +156,23 @@ def main() -> int:
     if missing := missing_binaries():
         print(f"missing {', '.join(missing)}: run `make kafka`", file=sys.stderr)
         return 1
-    for layout, profile in (("dedicated", "eks"), ("combined", "pi")):
+    pi_without_fsync = KafkaProps.for_profile(PI, fsync_every_write=False)
+    throughput: dict[str, float] = {}
+    for name, layout, props in (("kafka eks", "dedicated", None), ("kafka pi", "combined", None),
+                                ("kafka pi without fsync", "combined", pi_without_fsync)):
         with tempfile.TemporaryDirectory(prefix="kafka-bench-") as tmp, \
-                LocalKafkaCluster(workdir=Path(tmp), layout=layout) as cluster:
+                LocalKafkaCluster(workdir=Path(tmp), layout=layout, props=props) as cluster:
             cluster.start_all()
             cluster.wait_healthy()
-            name = f"kafka {profile}"
             nodes = "3 controllers + 3 brokers" if layout == "dedicated" else "3 broker+controller nodes"
-            print(f"{name}: {nodes} on loopback (SASL/SCRAM) under their pods' limits, acks=all, {len(RECORD)} B records")
+            print(f"{name}: {nodes} on loopback (SASL/SCRAM) under their pods' limits, acks=all, {len(RECORD)} B records"
+                  f", fsync every write {'on' if cluster.props.fsync_every_write else 'off'}")
             topic = cluster.create_topic(partitions=3, prefix="bench")
-            ours = project_throughput(cluster, topic, args.records)
+            throughput[name] = ours = project_throughput(cluster, topic, args.records)
+            if props is not None:
+                print(f"{name} produce  project client {ours:9.0f} rec/s; with fsync every write "
+                      f"{throughput['kafka pi'] / ours:5.2f} of that ({args.records} records each)")
+                continue
             theirs = perf_test_throughput(cluster, topic, args.records)
             print(f"{name} produce  project client {ours:9.0f} rec/s  kafka-producer-perf-test {theirs:9.0f} rec/s  "
                   f"ratio {ours / theirs:5.2f}  ({args.records} records each)")

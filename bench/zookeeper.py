@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from final_problem.clients.zookeeper import ZooKeeperClient, ZooKeeperUnavailable
-from final_problem.local import wait_for
+from final_problem.local import limits, wait_for
 from final_problem.local.zookeeper import LocalEnsemble, missing_binaries
 
 
@@ -89,6 +89,8 @@ def main() -> int:
         print(f"zookeeper power cut (all members killed, then started at once): first acknowledged write "
               f"median {statistics.median(cuts):.2f} s after the last member started, over {len(cuts)} cuts "
               f"(min {min(cuts):.2f}, max {max(cuts):.2f})")
+        for line in limits.report("zookeeper", ensemble.groups, ensemble.gc_pauses_ms()):
+            print(line)
     return 0
 
 

@@ -301,3 +301,14 @@ def test_the_collector_and_heap_bound_buffers_are_sized_for_the_profiles_heap(pr
     # Kafka requires a request to fit the queue.
     assert int(conf["socket.request.max.bytes"]) <= int(conf["queued.max.request.bytes"]) <= heap * mib // 4
     assert int(conf["replica.fetch.response.max.bytes"]) <= 10 * mib
+
+
+def test_pi_brokers_fsync_every_write_and_eks_brokers_rest_on_replication() -> None:
+    pi_node = properties(one(render("pi"), "ConfigMap", "kafka-config")["data"]["kafka-0.properties"])
+    assert pi_node["log.flush.interval.messages"] == "1"
+    eks_broker = properties(one(render("eks"), "ConfigMap", "kafka-config")["data"]["kafka-broker-0.properties"])
+    assert "log.flush.interval.messages" not in eks_broker
+    s = config.from_mapping({"components": ["base", "kafka"], "kafka": {"fsync_every_write": "false"}})
+    objects = manifests.chart_objects(manifests.render(s, "pi")["kafka"])
+    off = properties(one(objects, "ConfigMap", "kafka-config")["data"]["kafka-0.properties"])
+    assert "log.flush.interval.messages" not in off

@@ -184,6 +184,13 @@ class KafkaProps(ComponentSettings):
         doc="How often a broker heartbeats to the controllers: a sixth of the session, so a few lost "
             "heartbeats do not fence it.",
     )
+    fsync_every_write: bool = setting(
+        per_profile(eks=False, pi=True),
+        doc="Fsync each partition's log on every append (`log.flush.interval.messages=1`), so an acks=all write is "
+            "on disk on every in-sync replica when it is acknowledged and survives every node losing power at once. "
+            "Off, Kafka's default, an acknowledged write is in the replicas' page cache and a power cut of every "
+            "node loses the last seconds (README, \"Power cut\"); on EKS the brokers sit in three zones.",
+    )
     broker_storage_gib: int = setting(per_profile(eks=20, pi=5), minimum=1, maximum=65_536, doc="Volume of each broker (partitions).")
     controller_storage_gib: int = setting(2, minimum=1, maximum=1024, doc="Volume of each dedicated controller (metadata log).")
     client_port: int = setting(9092, minimum=1024, maximum=65_535, doc="Client listener (SASL/SCRAM).")
@@ -283,7 +290,8 @@ class KafkaProps(ComponentSettings):
                        min_insync_replicas=self.min_insync_replicas, num_partitions=self.num_partitions,
                        broker_session_timeout_ms=self.broker_session_timeout_ms,
                        broker_heartbeat_interval_ms=self.broker_heartbeat_interval_ms,
-                       broker_heap_mib=self.broker_heap, **self.thread_counts, **overrides)
+                       broker_heap_mib=self.broker_heap, flush_interval_messages=1 if self.fsync_every_write else None,
+                       **self.thread_counts, **overrides)
 
     @property
     def thread_counts(self) -> dict[str, int | None]:

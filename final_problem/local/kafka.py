@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import subprocess
 import uuid
@@ -57,7 +56,6 @@ TEST_TUNING: tuple[tuple[str, str], ...] = (
 #: The storage tool runs as the chart's ``format-storage`` init container: 128 MiB of heap
 #: under 256 MiB and 1 CPU (charts/kafka.py).
 FORMAT_LIMITS = Limits(cpu_m=1000, memory_mib=256)
-_GC_PAUSE = re.compile(r"\bPause .*? (\d+(?:\.\d+)?)ms$")
 
 
 class KafkaClusterError(RuntimeError):
@@ -246,9 +244,8 @@ class LocalKafkaCluster:
                  f"{LOOPBACK}:{self.metrics_ports[node_id]}:{self.metrics_rules}"]
                 if node_id in self.metrics_ports else []
             )
-            # A GC log per process (``%p``): pause times for the benchmark; it changes nothing else.
-            gc_log = [f"-Xlog:gc:file={proc.directory / 'gc-%p.log'}:uptime"]
-            command = self._java(SERVER_MAIN, [str(path)], proc.heap_mib, [*self.jvm_options, *gc_log, *agent])
+            gc_log = local.gc_log_flag(proc.directory)
+            command = self._java(SERVER_MAIN, [str(path)], proc.heap_mib, [*self.jvm_options, gc_log, *agent])
             command = self.groups.wrap(self.group_name(node_id), proc.limits, command)
             proc.process = subprocess.Popen(
                 command,
@@ -308,14 +305,8 @@ class LocalKafkaCluster:
     def gc_pauses_ms(self, node_id: int | None = None) -> list[float]:
         """Every stop-the-world GC pause of node ``node_id`` (or of all nodes), in ms,
         read from the JVMs' GC logs."""
-        pauses: list[float] = []
-        for proc in self.procs.values() if node_id is None else [self.procs[node_id]]:
-            for path in proc.directory.glob("gc-*.log"):
-                for line in path.read_text(errors="replace").splitlines():
-                    m = _GC_PAUSE.search(line)
-                    if m:
-                        pauses.append(float(m.group(1)))
-        return pauses
+        procs = self.procs.values() if node_id is None else [self.procs[node_id]]
+        return local.gc_pauses_ms(p.directory for p in procs)
 
     def __enter__(self) -> "LocalKafkaCluster":
         return self

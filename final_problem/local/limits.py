@@ -307,3 +307,14 @@ class Groups:
         for group in self.groups.values():
             group.remove()
         self.groups.clear()
+
+
+def report(component: str, groups: Groups, gc_pauses_ms: Sequence[float] = ()) -> list[str]:
+    """Lines for a benchmark: each group's peak memory against its limit, and the JVM's GC
+    pauses (p99 and longest) when given."""
+    lines = [f"{component} {u}" for u in groups.usage()]
+    if gc_pauses_ms:
+        ordered = sorted(gc_pauses_ms)
+        p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        lines.append(f"{component} GC pauses p99 {p99:.1f} ms, longest {ordered[-1]:.1f} ms ({len(ordered)} pauses)")
+    return lines

@@ -108,6 +108,7 @@ class LocalEnsemble:
         cfg = self._write(proc)
         classpath = ":".join(p for p in (str(proc.directory), DEBIAN_JAR, DEBIAN_SLF4J_SIMPLE) if Path(p).exists())
         command = java_command(java=shutil.which("java") or "java", classpath=classpath, config_path=str(cfg), heap_mib=self.heap_mib)
+        command.insert(1, local.gc_log_flag(proc.directory))
         log = open(proc.directory / "server.log", "ab")
         try:
             proc.process = subprocess.Popen(
@@ -145,6 +146,10 @@ class LocalEnsemble:
         self.close()
 
     # -- observation -----------------------------------------------------------------
+
+    def gc_pauses_ms(self) -> list[float]:
+        """Every member's stop-the-world GC pauses, in ms (from their GC logs)."""
+        return local.gc_pauses_ms(p.directory for p in self.procs.values())
 
     def running(self) -> list[int]:
         return [i for i, p in self.procs.items() if p.process is not None and p.process.poll() is None]

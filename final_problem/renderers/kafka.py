@@ -135,6 +135,12 @@ class KafkaClusterConfig:
     #: The brokers' heap: what the heap-bound buffers below are sized from. ``None``
     #: keeps Kafka's defaults (sized for a 1 GiB heap and more).
     broker_heap_mib: int | None = None
+    #: Messages a partition's log takes before the broker fsyncs it; ``None`` leaves
+    #: Kafka's default (never: the OS writes the page cache back in its own time, and
+    #: durability rests on replication). 1 fsyncs every append before the broker
+    #: acknowledges or a follower fetches on, so an acks=all record is on disk on every
+    #: in-sync replica when the producer hears of it.
+    flush_interval_messages: int | None = None
     #: Network and request-handler threads of a broker. ``None``: Kafka's defaults (3 and 8).
     network_threads: int | None = None
     io_threads: int | None = None
@@ -178,6 +184,10 @@ class KafkaClusterConfig:
                 "a broker that heartbeats less often than the session lasts is fenced while healthy",
                 f"use {max(1, self.broker_session_timeout_ms // 6)} (a sixth of the session)",
             )
+        if self.flush_interval_messages is not None and self.flush_interval_messages < 1:
+            raise ConfigError("kafka.flush_interval_messages", self.flush_interval_messages,
+                              "a log cannot be flushed every 0 or fewer messages",
+                              "use 1 (fsync every write) or leave it unset (Kafka's default)")
         if self.num_partitions < 1 or self.offsets_topic_partitions < 1:
             raise ConfigError("kafka.num_partitions", self.num_partitions, "a topic needs a partition", "use 1 or more")
 
@@ -331,6 +341,8 @@ def server_properties(config: KafkaClusterConfig, node_id: int) -> str:
             f"share.coordinator.state.topic.replication.factor={config.default_replication_factor}",
             f"share.coordinator.state.topic.min.isr={config.min_insync_replicas}",
         ]
+        if config.flush_interval_messages is not None:
+            lines.append(f"log.flush.interval.messages={config.flush_interval_messages}")
         if config.broker_heap_mib is not None:
             lines += [f"{k}={v}" for k, v in heap_bound_settings(config.broker_heap_mib)]
         if config.network_threads is not None:
