@@ -66,3 +66,19 @@ def test_unknown_instance_type_fails_like_the_capacity_check() -> None:
 @pytest.mark.parametrize("quantity, mib", [("512Mi", 512), ("1Gi", 1024), ("1G", 954), ("2048Ki", 2), ("1048576", 1)])
 def test_memory_quantities(quantity: str, mib: int) -> None:
     assert memory_mib(quantity) == mib
+
+
+def test_both_request_counts_agree_on_every_rendered_pod() -> None:
+    # capacity.pod_requests (synth's figure) and kube.pod_requests (what the tests sum over
+    # bound pods) are written apart; on every pod template rendered they give the same.
+    from final_problem.local.kube import pod_requests
+    from tests.conftest import TARGETS, rendered
+
+    checked = 0
+    for target in TARGETS:
+        for obj in (o for objs in rendered(target).values() for o in objs):
+            template = (obj.get("spec") or {}).get("template")
+            if template:
+                assert pod_requests(template) == capacity.pod_requests(template["spec"]), obj["metadata"]["name"]
+                checked += 1
+    assert checked > 30

@@ -214,6 +214,69 @@ def test_capacity_figure_is_what_the_scheduler_bound(kube: KubePlatform) -> None
     assert result.fits, "\n".join(capacity.describe(result))
 
 
+def _probe(kube: KubePlatform, node: str, name: str, cpu_m: int, memory_mib: int) -> str | None:
+    """Ask the scheduler for a pod of these requests on ``node``: None when it binds it,
+    else its FailedScheduling message. The pod is removed either way."""
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "probe", "image": capacity.SYSTEM_IMAGE,
+                "resources": {"requests": {"cpu": f"{cpu_m}m", "memory": f"{memory_mib}Mi"}},
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }
+    path = f"/api/v1/namespaces/default/pods/{name}"
+    kube.api.request("POST", "/api/v1/namespaces/default/pods", pod)
+    try:
+        def verdict() -> tuple[str | None] | None:
+            if kube.api.get(path)["spec"].get("nodeName"):
+                return (None,)
+            failed = [e for e in events(kube.api, ["default"], "FailedScheduling") if e["involvedObject"]["name"] == name]
+            return (failed[-1]["message"],) if failed else None
+
+        return kube.control_plane.wait_for(f"the scheduler's verdict on {name}", verdict, timeout_s=60)[0]
+    finally:
+        kube.api.request("DELETE", path, query={"gracePeriodSeconds": "0"})
+        kube.control_plane.wait_for(f"{name} gone", lambda: not _exists(kube, path), timeout_s=60)
+
+
+def _exists(kube: KubePlatform, path: str) -> bool:
+    try:
+        kube.api.get(path)
+        return True
+    except ApiError as e:
+        if e.status == 404:
+            return False
+        raise
+
+
+def test_the_scheduler_charges_each_node_what_the_capacity_arithmetic_says(kube: KubePlatform) -> None:
+    """Independent of the arithmetic's own code: on each node, a pod asking for exactly what
+    the arithmetic says is left is bound, and one asking 1% of the node more memory (or
+    CPU) than that is refused for lack of it. So the scheduler's own count of what its
+    bound pods hold is the arithmetic's, within 1%."""
+    kube.wait_for_pods(bound=True, system=True)
+    kube.control_plane.wait_for("every workload ready", lambda: not _not_progressed(kube), timeout_s=120,
+                                interval_s=1)
+    pods = [p for group in kube.wait_for_pods(bound=True, system=True).values() for p in group
+            if p["spec"].get("nodeName") and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+    for shape in kube.shapes:
+        on_node = [pod_requests(p) for p in pods if p["spec"]["nodeName"] == shape.name]
+        free_cpu = shape.cpu_m - sum(c for c, _ in on_node)
+        free_memory = shape.memory_mib - sum(m for _, m in on_node)
+        name = shape.name.replace(".", "-")
+        assert _probe(kube, shape.name, f"fits-{name}", free_cpu, free_memory) is None, shape.name
+        over_memory = _probe(kube, shape.name, f"memory-{name}", 0, free_memory + max(1, shape.memory_mib // 100))
+        assert over_memory and "Insufficient memory" in over_memory, (shape.name, over_memory)
+        over_cpu = _probe(kube, shape.name, f"cpu-{name}", free_cpu + max(1, shape.cpu_m // 100), 0)
+        assert over_cpu and "Insufficient cpu" in over_cpu, (shape.name, over_cpu)
+        print(f"\n{shape.name}: free by the arithmetic {free_cpu}m, {free_memory}Mi: the scheduler agrees")
+
+
 def test_no_pod_runs_where_its_kernel_cannot_start_it(kube: KubePlatform) -> None:
     labelled = {int(s.labels[ARM64_VA_BITS_LABEL]) for s in kube.shapes if ARM64_VA_BITS_LABEL in s.labels}
     # The default Pi target: Pi 4 boards with Raspberry Pi OS's stock 39-bit kernel; EKS
