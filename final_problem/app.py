@@ -130,7 +130,12 @@ def write_outputs(app: cdk.App, stacks: PlatformStacks) -> None:
         assembly = app.synth()
         written.result()
     check_template_sizes(assembly)
-    Path(assembly.directory, report.SYNTH_FACTS).write_text(json.dumps(synth_facts(stacks.settings), indent=2) + "\n")
+    write_synth_facts(stacks.settings, Path(assembly.directory))
+
+
+def write_synth_facts(settings: Settings, cdk_out: Path) -> None:
+    """:func:`synth_facts` into the cloud assembly, where ``make synth``'s report reads them."""
+    (cdk_out / report.SYNTH_FACTS).write_text(json.dumps(synth_facts(settings), indent=2) + "\n")
 
 
 @contextmanager

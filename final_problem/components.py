@@ -289,7 +289,7 @@ def left_out_line(settings: Settings, profile: Profile) -> str | None:
         setting_name = profile.arm64_va_bits_setting
         line += (f": they need arm64 kernels with at least {needed}-bit virtual addresses, and "
                  f"{setting_name} is {getattr(settings, setting_name)}. Fix: where every node is a Pi 5 or runs a "
-                 f"48-bit kernel, set {setting_name}=48")
+                 f"48-bit kernel, set {setting_name}=48 (pi/README.md, \"What runs on which Pi\")")
     return line
 
 

@@ -148,6 +148,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     platform_app.write_dist(stacks, dist)
     assembly = app.synth()
     platform_app.check_template_sizes(assembly)
+    platform_app.write_synth_facts(stacks.settings, outdir)
     templates = {s.stack_name: s.template for s in assembly.stacks}
     return Synth(app=app, stacks=stacks, outdir=outdir, dist=dist, templates=templates)
 

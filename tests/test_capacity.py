@@ -312,15 +312,20 @@ def test_app_fails_synthesis_when_a_profile_does_not_fit(tmp_path: Path) -> None
 
 def test_synth_report_prints_the_fit_and_the_cost(synth: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """The report reads the fit back from cdk.out and dist/: the same as the in-memory check."""
-    from final_problem import app, cost, report
+    from final_problem import app, components, cost, report
+    from final_problem.profiles import PROFILES
 
     assert report.main(str(synth.outdir), str(synth.dist)) == 0
     out = capsys.readouterr().out
     capacity_part = out.split("Capacity (requests of long-running pods; fails synth over 80%):\n")[1].split("Monthly cost:")[0]
     fits = app.check_capacity(synth.stacks.settings, app.render_profiles(synth.stacks))
-    assert capacity_part.splitlines() == [f"  {line}" for f in fits for line in capacity.describe(f)]
+    # Each profile's fit by the scheduler's count, then the line saying what it left out.
+    left_out = {f.profile: components.left_out_line(synth.stacks.settings, PROFILES[f.profile]) for f in fits}
+    assert capacity_part.splitlines() == [f"  {line}" for f in fits
+                                          for line in capacity.describe(f) + [left_out[f.profile]] if line]
     assert capacity_part.startswith("  eks: 3 x m7g.xlarge: cpu ")
     assert "  pi: 3 x Raspberry Pi 4 Model B 4 GB: cpu " in capacity_part
+    assert "\n  pi: left out consul (its mesh sidecars embed Envoy), envoy (runs Envoy), demo (requires consul)" in capacity_part
     total = cost.from_cdk_out(synth.outdir).total
     assert f"Monthly cost:\n  ${total:,.2f}/month at list price in us-east-1 (region unset, priced as us-east-1)\n" in out
     assert "    largest: EC2 $357.41, EKS $73.00, NAT $32.85" in out

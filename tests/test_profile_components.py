@@ -51,7 +51,8 @@ def test_left_out_line_says_what_why_and_the_fix() -> None:
     assert line == (
         "pi: left out consul (its mesh sidecars embed Envoy), envoy (runs Envoy), demo (requires consul): "
         "they need arm64 kernels with at least 47-bit virtual addresses, and pi_arm64_va_bits is 39. "
-        "Fix: where every node is a Pi 5 or runs a 48-bit kernel, set pi_arm64_va_bits=48"
+        "Fix: where every node is a Pi 5 or runs a 48-bit kernel, set pi_arm64_va_bits=48 "
+        "(pi/README.md, \"What runs on which Pi\")"
     )
 
 
@@ -81,3 +82,14 @@ def test_bad_va_bits_fails_with_one_line() -> None:
 
     with pytest.raises(ConfigError, match=r"^pi_arm64_va_bits = 40: must be one of 39, 47, 48, 52\. Fix: set pi_arm64_va_bits=39$"):
         config.from_mapping({**CDK_JSON, "pi_arm64_va_bits": 40})
+
+
+def test_yaml_only_render_says_what_it_left_out(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import ROOT, all_components
+
+    assert manifests.main(["--out", str(tmp_path), "--context", str(ROOT / "cdk.json"), "-c", "profiles=pi",
+                           "-c", f"components={','.join(all_components())}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == components.left_out_line(full_settings(), PROFILES["pi"])
+    assert sorted(p.name.split("-", 1)[1] for p in (tmp_path / "pi").glob("*.yaml")) == sorted(
+        c + ".yaml" for c in all_components() if c not in ("consul", "envoy", "demo"))
