@@ -1,7 +1,9 @@
 """Render profiles: the two places the same charts run.
 
 A profile says what differs between targets — storage, sizing and how hard zone spread
-is — never what the platform is: replica counts are the same in both.
+is — never what the platform is: replica counts are the same in both. The one exception is
+what a target's nodes cannot run at all: a profile whose arm64 kernels have too few virtual
+address bits for a component leaves it out, and says so (``arm64_va_bits_setting``).
 """
 
 from __future__ import annotations
