@@ -299,6 +299,11 @@ def test_platform_on_stock_kernels_with_envoy_enabled_would_not_start(tmp_path: 
         # ... and the edge Envoy, pinned by node affinity, stays pending.
         pending = unschedulable(platform.api, ["edge"])
         assert pending and all("affinity" in why for why in pending.values()), pending
+        # ServiceLB holds the edge's ports on every node: nothing else (no Traefik) has them.
+        svclb = [p for p in platform.api.items(f"/api/v1/namespaces/{capacity.SYSTEM_NAMESPACE}/pods")
+                 if p["metadata"]["name"].startswith("svclb-envoy-")]
+        assert sorted(p["spec"].get("nodeName") or "" for p in svclb) == sorted(s.name for s in platform.shapes)
+        assert {port["hostPort"] for p in svclb for c in p["spec"]["containers"] for port in c["ports"]} == {80, 8088}
 
 
 def _generator_jobs(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
