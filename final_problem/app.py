@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from final_problem import capacity, components, config, manifests
+from final_problem import capacity, components, config, manifests, report
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
+from final_problem.profiles import PROFILES
 
 if TYPE_CHECKING:
     import aws_cdk as cdk
@@ -103,6 +104,15 @@ def check_template_sizes(assembly: cx_api.CloudAssembly, limit: int = MAX_TEMPLA
         )
 
 
+def synth_facts(settings: Settings) -> dict[str, Any]:
+    """What the synth report needs beyond the templates and the YAML: the Pi boards' memory
+    and what each profile left out (written to the cloud assembly, report.SYNTH_FACTS)."""
+    return {
+        "pi_memory_gib": settings.pi_memory_gib,
+        "left_out": {p: line for p in settings.profiles if (line := components.left_out_line(settings, PROFILES[p]))},
+    }
+
+
 #: Set to 1 to see the traceback of a bad setting instead of its one-line message.
 TRACEBACK_ENV = "FINAL_PROBLEM_TRACEBACK"
 
@@ -120,6 +130,12 @@ def write_outputs(app: cdk.App, stacks: PlatformStacks) -> None:
         assembly = app.synth()
         written.result()
     check_template_sizes(assembly)
+    write_synth_facts(stacks.settings, Path(assembly.directory))
+
+
+def write_synth_facts(settings: Settings, cdk_out: Path) -> None:
+    """:func:`synth_facts` into the cloud assembly, where ``make synth``'s report reads them."""
+    (cdk_out / report.SYNTH_FACTS).write_text(json.dumps(synth_facts(settings), indent=2) + "\n")
 
 
 @contextmanager

@@ -3,10 +3,13 @@
 The check reads the objects a profile renders (what ``kubectl apply`` would create), never
 the settings alone:
 
-- the requests of every long-running pod: StatefulSets and Deployments (``replicas`` pods)
-  and DaemonSets (one pod per node). Jobs are left out: they run once at install (the
-  secret generator) and finish before the platform is under load;
-- the cluster's own pods (:data:`SYSTEM_PODS`), which take requests and pod slots too;
+- the requests of every long-running pod, as kube-scheduler counts them (:func:`pod_requests`:
+  native sidecars added to the main containers, init containers' peak, pod overhead):
+  StatefulSets and Deployments (``replicas`` pods) and DaemonSets (one pod per node). Jobs
+  are left out: they run once at install (the secret generator) and finish before the
+  platform is under load;
+- the cluster's own pods (:func:`system_objects`: the add-ons on EKS; what k3s runs, with
+  ServiceLB's DaemonSet per LoadBalancer Service), which take requests and pod slots too;
 - one-member-per-node rules: a StatefulSet or Deployment with *required* anti-affinity
   on ``kubernetes.io/hostname`` needs at least as many nodes as replicas;
 - pods per node against the kubelet's ``maxPods``, and volumes per node against the EBS
@@ -241,14 +244,21 @@ class NodeShape:
 #: - the kubelet's default eviction threshold memory.available<100Mi (k3s sets none
 #:   of its own, so kube-reserved and system-reserved are 0 and this is the only cut).
 #: k3s keeps the kubelet's default of 110 pods per node; local-path volumes are folders.
-PI4_4GB = NodeShape(
-    kind="Raspberry Pi 4 Model B 4 GB",
-    zone="home",
-    cpu_m=4000 - 300 - 100,
-    memory_mib=4096 - 1539 - 256 - 100,
-    max_pods=110,
-    max_volumes=None,
-)
+def pi_shape(memory_gib: int) -> NodeShape:
+    """A Raspberry Pi k3s server with ``memory_gib`` GB (``pi_memory_gib``). The host's share
+    is the same on every board: k3s's figure was measured on a Pi 4 (a Pi 5 has the same 4
+    cores, faster), and the OS's does not grow with the memory."""
+    return NodeShape(
+        kind="Raspberry Pi 4 Model B 4 GB" if memory_gib == 4 else f"Raspberry Pi {memory_gib} GB",
+        zone="home",
+        cpu_m=4000 - 300 - 100,
+        memory_mib=memory_gib * 1024 - 1539 - 256 - 100,
+        max_pods=110,
+        max_volumes=None,
+    )
+
+
+PI4_4GB = pi_shape(4)
 PI_NODES = 3
 EKS_ZONES = ("a", "b", "c")
 PROFILE_NAMES = tuple(PROFILES)
@@ -268,7 +278,8 @@ def eks_shapes(type_name: str, count: int) -> list[NodeShape]:
 def node_shapes(settings: Settings, profile_name: str) -> list[NodeShape]:
     """The nodes a profile runs on: EKS from the node group settings, Pi a fixed shape."""
     try:
-        return profile_nodes(profile_name, instance_type=settings.node_instance_type, count=settings.node_desired)
+        return profile_nodes(profile_name, instance_type=settings.node_instance_type, count=settings.node_desired,
+                             pi_memory_gib=settings.pi_memory_gib)
     except ConfigError as e:
         origin = settings.origins.get(e.setting)
         if origin:
@@ -276,12 +287,13 @@ def node_shapes(settings: Settings, profile_name: str) -> list[NodeShape]:
         raise
 
 
-def profile_nodes(profile_name: str, *, instance_type: str, count: int) -> list[NodeShape]:
-    """The nodes of a profile, given the EKS node group's type and desired size."""
+def profile_nodes(profile_name: str, *, instance_type: str, count: int, pi_memory_gib: int = 4) -> list[NodeShape]:
+    """The nodes of a profile, given the EKS node group's type and desired size and the Pi
+    boards' memory."""
     if profile_name == "eks":
         return eks_shapes(instance_type, count)
     if profile_name == "pi":
-        return [PI4_4GB] * PI_NODES
+        return [pi_shape(pi_memory_gib)] * PI_NODES
     raise ConfigError("profiles", profile_name, "no node shape for this profile", "use 'eks' or 'pi'")
 
 
@@ -329,49 +341,164 @@ class Workload:
         return nodes if self.per_node else self.pods
 
 
-#: Pods the cluster runs besides the platform, with their requests. EKS (add-ons the
-#: cluster stack installs): aws-node (VPC CNI: its aws-node and aws-eks-nodeagent
-#: containers request 25m each in the EKS add-on's DaemonSet), kube-proxy (100m),
-#: 2 CoreDNS (100m / 70Mi each), the Pod Identity agent (no requests), and the EBS CSI driver
-#: (aws-ebs-csi-driver chart 2.64.0 values.yaml: 10m / 40Mi per container; controller
-#: 2 replicas x 6 containers, node 3 containers). k3s packaged components: CoreDNS
-#: (100m / 70Mi), metrics-server (100m / 70Mi), Traefik, its ServiceLB pod on each
-#: node and the local-path provisioner (no requests). Figures from the add-ons'
-#: manifests; they change slowly and matter little beside the platform's own.
-SYSTEM_PODS: Mapping[str, tuple[Workload, ...]] = {
-    "eks": (
-        Workload(component="system", name="DaemonSet/kube-system/aws-node", pods=1, cpu_m=50, memory_mib=0, per_node=True),
-        Workload(component="system", name="DaemonSet/kube-system/kube-proxy", pods=1, cpu_m=100, memory_mib=0, per_node=True),
-        Workload(component="system", name="DaemonSet/kube-system/eks-pod-identity-agent", pods=1, cpu_m=0, memory_mib=0, per_node=True),
-        Workload(component="system", name="DaemonSet/kube-system/ebs-csi-node", pods=1, cpu_m=30, memory_mib=120, per_node=True),
-        Workload(component="system", name="Deployment/kube-system/coredns", pods=2, cpu_m=100, memory_mib=70),
-        Workload(component="system", name="Deployment/kube-system/ebs-csi-controller", pods=2, cpu_m=60, memory_mib=240),
-    ),
-    "pi": (
-        Workload(component="system", name="DaemonSet/kube-system/svclb-traefik", pods=1, cpu_m=0, memory_mib=0, per_node=True),
-        Workload(component="system", name="Deployment/kube-system/coredns", pods=1, cpu_m=100, memory_mib=70),
-        Workload(component="system", name="Deployment/kube-system/metrics-server", pods=1, cpu_m=100, memory_mib=70),
-        Workload(component="system", name="Deployment/kube-system/traefik", pods=1, cpu_m=0, memory_mib=0),
-        Workload(component="system", name="Deployment/kube-system/local-path-provisioner", pods=1, cpu_m=0, memory_mib=0),
-    ),
-}
+# --- What the cluster itself runs ----------------------------------------------------------
+#
+# The pods each target runs besides the platform, as the manifests that create them: the
+# capacity check counts their requests with the same arithmetic as the platform's, and the
+# local control plane (final_problem.local.kube) applies the same objects, so its scheduler
+# places them too. Requests per container, each from the manifest that deploys it:
+#
+# EKS (bootstrap add-ons vpc-cni, kube-proxy and coredns, and the add-ons the cluster stack
+# installs, final_problem/stacks/cluster.py):
+# - aws-node (amazon-vpc-cni-k8s config/master/aws-k8s-cni.yaml): containers aws-node and
+#   aws-eks-nodeagent request cpu 25m each, init container aws-vpc-cni-init 25m; no memory;
+# - kube-proxy (EKS kube-proxy add-on DaemonSet, as in Kubernetes' cluster/addons): cpu 100m;
+# - coredns (EKS CoreDNS add-on): 2 replicas, cpu 100m, memory 70Mi;
+# - aws-ebs-csi-driver (chart values.yaml, 2.64.0): every container requests 10m / 40Mi;
+#   the controller runs 2 replicas of 6 containers (ebs-plugin, csi-provisioner,
+#   csi-attacher, csi-snapshotter, csi-resizer, liveness-probe), the node DaemonSet 3
+#   (ebs-plugin, node-driver-registrar, liveness-probe);
+# - eks-pod-identity-agent (its add-on chart's values.yaml: resources {}): no requests.
+# k3s, configured by pi/inventory.py with Traefik disabled (pi/README.md, "What k3s runs"):
+# - coredns (k3s manifests/coredns.yaml): 1 replica, cpu 100m, memory 70Mi;
+# - metrics-server (k3s manifests/metrics-server/metrics-server-deployment.yaml): 1 replica,
+#   cpu 100m, memory 70Mi;
+# - local-path-provisioner (k3s manifests/local-storage.yaml): 1 replica, no requests;
+# - ServiceLB (k3s pkg/cloudprovider/servicelb.go, newDaemonSet): per LoadBalancer Service
+#   a DaemonSet svclb-<service>-<uid> in kube-system, one klipper-lb container per port,
+#   named lb-<protocol>-<port>, holding that port as a host port, without requests.
+
+#: The scheduler's two built-in classes, as the add-ons' manifests name them.
+_NODE_CRITICAL, _CLUSTER_CRITICAL = "system-node-critical", "system-cluster-critical"
+#: KWOK runs no container: the image only names the stand-in (Kubernetes 1.36's pause,
+#: kubeadm's constants PauseVersion 3.10).
+SYSTEM_IMAGE = "registry.k8s.io/pause:3.10"
+SYSTEM_NAMESPACE = "kube-system"
+
+
+def _container(name: str, cpu: str | None = None, memory: str | None = None,
+               host_ports: Sequence[tuple[int, str]] = ()) -> dict[str, Any]:
+    requests = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
+    container: dict[str, Any] = {"name": name, "image": SYSTEM_IMAGE}
+    if requests:
+        container["resources"] = {"requests": requests}
+    if host_ports:
+        container["ports"] = [{"containerPort": port, "hostPort": port, "protocol": protocol}
+                              for port, protocol in host_ports]
+    return container
+
+
+def _system(kind: str, name: str, containers: list[dict[str, Any]], *, priority: str, replicas: int = 1,
+            init_containers: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "cluster-add-ons"}
+    pod: dict[str, Any] = {"priorityClassName": priority, "containers": containers,
+                           "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}]}
+    if init_containers:
+        pod["initContainers"] = list(init_containers)
+    spec: dict[str, Any] = {"selector": {"matchLabels": labels},
+                            "template": {"metadata": {"labels": labels}, "spec": pod}}
+    if kind == "Deployment":
+        spec["replicas"] = replicas
+    return {"apiVersion": "apps/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE, "labels": labels}, "spec": spec}
+
+
+def load_balancer_services(objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [o for o in objects if o.get("kind") == "Service" and (o.get("spec") or {}).get("type") == "LoadBalancer"]
+
+
+def system_objects(profile: str, platform_objects: Iterable[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The Deployments and DaemonSets the target runs in kube-system for ``profile``, given
+    the platform's objects (k3s's ServiceLB adds a DaemonSet per LoadBalancer Service)."""
+    if profile == "eks":
+        ebs = lambda name: _container(name, "10m", "40Mi")  # noqa: E731
+        return [
+            _system("DaemonSet", "aws-node", [_container("aws-node", "25m"), _container("aws-eks-nodeagent", "25m")],
+                    init_containers=[_container("aws-vpc-cni-init", "25m")], priority=_NODE_CRITICAL),
+            _system("DaemonSet", "kube-proxy", [_container("kube-proxy", "100m")], priority=_NODE_CRITICAL),
+            _system("DaemonSet", "eks-pod-identity-agent", [_container("eks-pod-identity-agent")],
+                    priority=_NODE_CRITICAL),
+            _system("DaemonSet", "ebs-csi-node",
+                    [ebs(n) for n in ("ebs-plugin", "node-driver-registrar", "liveness-probe")], priority=_NODE_CRITICAL),
+            _system("Deployment", "coredns", [_container("coredns", "100m", "70Mi")], replicas=2,
+                    priority=_CLUSTER_CRITICAL),
+            _system("Deployment", "ebs-csi-controller",
+                    [ebs(n) for n in ("ebs-plugin", "csi-provisioner", "csi-attacher", "csi-snapshotter", "csi-resizer",
+                                      "liveness-probe")], replicas=2, priority=_CLUSTER_CRITICAL),
+        ]
+    if profile == "pi":
+        found = [
+            _system("Deployment", "coredns", [_container("coredns", "100m", "70Mi")], priority=_CLUSTER_CRITICAL),
+            _system("Deployment", "metrics-server", [_container("metrics-server", "100m", "70Mi")],
+                    priority=_NODE_CRITICAL),
+            _system("Deployment", "local-path-provisioner", [_container("local-path-provisioner")],
+                    priority=_NODE_CRITICAL),
+        ]
+        for service in load_balancer_services(platform_objects):
+            ports = [(int(p["port"]), p.get("protocol", "TCP")) for p in service["spec"].get("ports", [])]
+            found.append(_system(
+                "DaemonSet", f"svclb-{service['metadata']['name']}",
+                [_container(f"lb-{protocol.lower()}-{port}", host_ports=[(port, protocol)]) for port, protocol in ports],
+                priority=_NODE_CRITICAL))
+        return found
+    return []
+
+
+def system_workloads(profile: str, objects_by_component: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[Workload]:
+    """:func:`system_objects` of ``profile`` as workloads of the component ``system``."""
+    platform = [o for objects in objects_by_component.values() for o in objects]
+    return workloads({"system": system_objects(profile, platform)})
+
 
 LONG_RUNNING = ("StatefulSet", "Deployment", "DaemonSet")
 
 
-def _pod_requests(pod_spec: Mapping[str, Any]) -> tuple[int, int]:
-    """Effective requests of a pod: the sum of its containers, or its largest init
-    container if that is more (Kubernetes docs, "Init Containers", resources)."""
+def _memory_bytes(value: Any) -> float:
+    match = _MEMORY.match(str(value))
+    if not match:
+        raise ValueError(f"not a memory quantity: {value!r}")
+    return float(match.group(1)) * _MEMORY_UNITS[match.group(2)] * 2**20
 
-    def requests(container: Mapping[str, Any]) -> tuple[int, int]:
+
+def pod_requests(pod_spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(CPU millicores, memory MiB) a pod takes from its node, as kube-scheduler counts it.
+
+    kube-scheduler's NodeResourcesFit takes ``PodRequests`` of
+    k8s.io/component-helpers/resource/helpers.go (Kubernetes 1.36; Kubernetes docs,
+    "Sidecar Containers", "Resource sharing within containers"):
+
+    - native sidecars (init containers with ``restartPolicy: Always``) run beside the main
+      containers, so they are added to the sum of the main containers;
+    - each regular init container runs alone with the sidecars started before it, so it
+      needs its own requests plus theirs;
+    - the pod needs the larger of the two, then its ``spec.overhead`` (RuntimeClass) on top.
+    """
+
+    def requests(container: Mapping[str, Any]) -> tuple[int, float]:
         req = (container.get("resources") or {}).get("requests") or {}
-        return (cpu_m(req["cpu"]) if "cpu" in req else 0, memory_mib(req["memory"]) if "memory" in req else 0)
+        return (cpu_m(req["cpu"]) if "cpu" in req else 0, _memory_bytes(req["memory"]) if "memory" in req else 0.0)
 
-    app = [requests(c) for c in pod_spec.get("containers", [])]
-    init = [requests(c) for c in pod_spec.get("initContainers", [])]
-    cpu = max([sum(c for c, _ in app)] + [c for c, _ in init])
-    memory = max([sum(m for _, m in app)] + [m for _, m in init])
-    return cpu, memory
+    main = [requests(c) for c in pod_spec.get("containers") or []]
+    cpu, memory = sum(c for c, _ in main), sum(m for _, m in main)
+    sidecar_cpu, sidecar_memory = 0, 0.0
+    init_cpu, init_memory = 0, 0.0
+    for container in pod_spec.get("initContainers") or []:
+        c, m = requests(container)
+        if container.get("restartPolicy") == "Always":
+            sidecar_cpu, sidecar_memory = sidecar_cpu + c, sidecar_memory + m
+            cpu, memory = cpu + c, memory + m
+            # While it starts, the sidecars before it and itself run.
+            c, m = sidecar_cpu, sidecar_memory
+        else:
+            c, m = c + sidecar_cpu, m + sidecar_memory
+        init_cpu, init_memory = max(init_cpu, c), max(init_memory, m)
+    cpu, memory = max(cpu, init_cpu), max(memory, init_memory)
+    overhead = pod_spec.get("overhead") or {}
+    if "cpu" in overhead:
+        cpu += cpu_m(overhead["cpu"])
+    if "memory" in overhead:
+        memory += _memory_bytes(overhead["memory"])
+    return cpu, math.ceil(memory / 2**20 - 1e-9)
 
 
 def _one_per_node(pod_spec: Mapping[str, Any]) -> bool:
@@ -390,7 +517,7 @@ def workloads(objects_by_component: Mapping[str, Iterable[Mapping[str, Any]]]) -
                 continue
             spec = obj.get("spec", {})
             pod_spec = spec.get("template", {}).get("spec", {})
-            cpu, memory = _pod_requests(pod_spec)
+            cpu, memory = pod_requests(pod_spec)
             meta = obj.get("metadata", {})
             found.append(Workload(
                 component=component,
@@ -447,6 +574,8 @@ class Fit:
     usage: tuple[Usage, ...]
     #: Workloads with one pod per node and more replicas than nodes.
     unplaceable: tuple[Workload, ...] = field(default=())
+    #: The cluster's own workloads counted with them.
+    system: tuple[Workload, ...] = field(default=())
 
     @property
     def fits(self) -> bool:
@@ -467,11 +596,17 @@ class Fit:
         return f"{self.profile}: {len(self.nodes)} x {node.kind}: {shares} of allocatable ({verdict}; limit {MAX_SHARE:.0%})"
 
 
-def fit(profile: str, nodes: Sequence[NodeShape], platform: Sequence[Workload], *, system_pods: bool = True) -> Fit:
-    """The profile's demand (platform + system pods, unless ``system_pods`` is False)
-    against ``nodes``."""
+def fit(profile: str, nodes: Sequence[NodeShape], platform: Sequence[Workload], *, system_pods: bool = True,
+        system: Sequence[Workload] | None = None) -> Fit:
+    """The profile's demand (platform + the cluster's own pods, unless ``system_pods`` is
+    False) against ``nodes``. ``system``: the cluster's workloads (:func:`system_workloads`);
+    default: those of ``profile`` with no LoadBalancer Service."""
     count = len(nodes)
-    every = list(platform) + list(SYSTEM_PODS.get(profile, ()) if system_pods else ())
+    if system is None:
+        system = system_workloads(profile, {}) if system_pods else ()
+    elif not system_pods:
+        system = ()
+    every = list(platform) + list(system)
 
     def usage(resource: Resource, per_pod: Any, capacity: int) -> Usage:
         amounts = [(w, w.count(count) * per_pod(w)) for w in every]
@@ -486,11 +621,13 @@ def fit(profile: str, nodes: Sequence[NodeShape], platform: Sequence[Workload], 
     if all(n.max_volumes is not None for n in nodes):
         found.append(usage("volumes", lambda w: w.volumes, sum(n.max_volumes or 0 for n in nodes)))
     unplaceable = tuple(w for w in platform if w.one_per_node and w.pods > count)
-    return Fit(profile=profile, nodes=tuple(nodes), workloads=tuple(platform), usage=tuple(found), unplaceable=unplaceable)
+    return Fit(profile=profile, nodes=tuple(nodes), workloads=tuple(platform), usage=tuple(found),
+               unplaceable=unplaceable, system=tuple(system))
 
 
 def fit_of(settings: Settings, profile: str, objects_by_component: Mapping[str, Iterable[Mapping[str, Any]]]) -> Fit:
-    return fit(profile, node_shapes(settings, profile), workloads(objects_by_component))
+    return fit(profile, node_shapes(settings, profile), workloads(objects_by_component),
+               system=system_workloads(profile, objects_by_component))
 
 
 def check(settings: Settings, profile: str, objects_by_component: Mapping[str, Iterable[Mapping[str, Any]]]) -> Fit:
@@ -554,8 +691,14 @@ def _smaller(worst: Usage) -> str:
 
 def _fix(result: Fit, settings: Settings, worst: Usage) -> str:
     smaller = _smaller(worst)
+    if result.profile == "pi":
+        bigger = next((gib for gib in (8, 16) if gib > settings.pi_memory_gib and worst.resource == "memory"
+                       and fit(result.profile, [pi_shape(gib)] * len(result.nodes), result.workloads,
+                               system=result.system).fits), None)
+        if bigger:
+            smaller = f"{smaller}, or on {bigger} GB boards {how_to_set('pi_memory_gib', bigger)}"
     if result.profile != "eks":
-        return f"{smaller}, or {_without(settings, result.profile)} (its nodes are a fixed shape)"
+        return f"{smaller}, or {_without(settings, result.profile)}"
     options = []
     bigger = _bigger_type(result)
     if bigger:
@@ -573,7 +716,7 @@ def _node_count_fix(result: Fit, settings: Settings, at_least: int) -> str:
 
 
 def _refit(result: Fit, type_name: str, count: int) -> Fit:
-    return fit(result.profile, eks_shapes(type_name, count), result.workloads)
+    return fit(result.profile, eks_shapes(type_name, count), result.workloads, system=result.system)
 
 
 def _bigger_type(result: Fit) -> str | None:

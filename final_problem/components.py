@@ -29,6 +29,7 @@ Other apps add components the same way, importing from :mod:`final_problem.api`;
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import ClassVar, Mapping, TypeVar
 
@@ -65,6 +66,10 @@ class PlatformChart(ObjectChart):
       accept these and the platform's own (:mod:`final_problem.versions`).
     - ``calls``: the components its pods call (traffic, not order); the README's
       architecture diagram draws them. An instance attribute when it depends on settings.
+    - ``min_arm64_va_bits`` and ``min_arm64_va_bits_reason``: the fewest user virtual
+      address bits an arm64 kernel needs for its pods (or the pods it adds to others) to
+      start, and why; a profile whose nodes have fewer (``pi_arm64_va_bits``) leaves the
+      component out, and what requires it too (:func:`profile_components`). Default: 0, any.
 
     The constructor takes ``(scope, id, *, settings, profile, dependencies)`` and calls
     ``super().__init__`` with them first.
@@ -77,6 +82,8 @@ class PlatformChart(ObjectChart):
     settings_class: ClassVar[type[ComponentSettings] | None] = None
     images: ClassVar[tuple[str, ...]] = ()
     calls: tuple[str, ...] = ()
+    min_arm64_va_bits: ClassVar[int] = 0
+    min_arm64_va_bits_reason: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -247,8 +254,58 @@ def check_settings(settings: Settings) -> None:
                 settings.component(settings_class, PROFILES[profile_name])
 
 
+def profile_components(settings: Settings, profile: Profile) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The enabled components that ``profile``'s nodes can run, in the user's order, and
+    those it leaves out with the reason: a component whose pods need more arm64 virtual
+    address bits than the profile's kernels have, then every component that requires one
+    left out."""
+    resolve(settings.components)
+    bits = getattr(settings, profile.arm64_va_bits_setting) if profile.arm64_va_bits_setting else None
+    left_out: dict[str, str] = {}
+    for name in settings.components:
+        cls = COMPONENTS[name]
+        if bits is not None and bits < cls.min_arm64_va_bits:
+            left_out[name] = cls.min_arm64_va_bits_reason or f"needs {cls.min_arm64_va_bits}-bit virtual addresses"
+    changed = True
+    while changed:
+        changed = False
+        for name in settings.components:
+            missing = [dep for dep in COMPONENTS[name].requires if dep in left_out]
+            if name not in left_out and missing:
+                left_out[name] = f"requires {', '.join(missing)}"
+                changed = True
+    return tuple(n for n in settings.components if n not in left_out), left_out
+
+
+def left_out_line(settings: Settings, profile: Profile) -> str | None:
+    """One line saying what ``profile`` leaves out of the enabled components and why, with
+    the setting that brings them back; None when it renders every one."""
+    _, left_out = profile_components(settings, profile)
+    if not left_out:
+        return None
+    line = f"{profile.name}: left out " + ", ".join(f"{name} ({why})" for name, why in left_out.items())
+    needed = max(COMPONENTS[name].min_arm64_va_bits for name in left_out)
+    if needed and profile.arm64_va_bits_setting:
+        setting_name = profile.arm64_va_bits_setting
+        line += (f": they need arm64 kernels with at least {needed}-bit virtual addresses, and "
+                 f"{setting_name} is {getattr(settings, setting_name)}. Fix: where every node is a Pi 5 or runs a "
+                 f"48-bit kernel, set {setting_name}=48 (pi/README.md, \"What runs on which Pi\")")
+    return line
+
+
+def for_profile(settings: Settings, profile: Profile) -> Settings:
+    """``settings`` with only the components ``profile`` renders (:func:`profile_components`):
+    what its charts see as ``settings.components``."""
+    kept, left_out = profile_components(settings, profile)
+    if not left_out:
+        return settings
+    return dataclasses.replace(settings, components=kept)
+
+
 def build_charts(app: cdk8s.App, settings: Settings, profile: Profile) -> dict[str, PlatformChart]:
-    """Render every enabled component for ``profile`` into ``app``, in dependency order."""
+    """Render every enabled component for ``profile`` into ``app``, in dependency order,
+    leaving out those the profile's nodes cannot run (:func:`profile_components`)."""
+    settings = for_profile(settings, profile)
     charts: dict[str, PlatformChart] = {}
     for name in resolve(settings.components):
         cls = COMPONENTS[name]

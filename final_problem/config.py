@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 from final_problem import versions
 from final_problem.errors import ConfigError
-from final_problem.profiles import PROFILES, Profile
+from final_problem.profiles import ARM64_VA_BITS, PROFILES, Profile
 from final_problem.settings import (
     ComponentSettings, SettingInfo, _check_value, _infos, how_to_set, parse_value, setting, unknown_key,
 )
@@ -132,6 +132,22 @@ class Settings:
             "enabled too.",
     )
     profiles: tuple[str, ...] = setting(("eks", "pi"), doc="Which `dist/<profile>/` folders to write.")
+    pi_memory_gib: int = setting(
+        # Raspberry Pi 4 Model B comes with 1, 2, 4 or 8 GB, Pi 5 with 2, 4, 8 or 16 GB
+        # (raspberrypi.com product pages); below 4 GB k3s and the platform do not fit.
+        4, choices=(4, 8, 16),
+        doc="Memory of each of the three Pi nodes (the capacity check's node shape; 4 cores each, Pi 4 or Pi 5).",
+    )
+    pi_arm64_va_bits: int = setting(
+        # Raspberry Pi OS's only Pi 4 kernel (kernel8.img) has 3-level page tables: 39 bits
+        # (pi/README.md, "Envoy on a Raspberry Pi").
+        39, choices=ARM64_VA_BITS,
+        doc="User virtual address bits of the Pi nodes' kernels (first boot labels each node with it): 39 for "
+            "Raspberry Pi OS's stock Pi 4 kernel, 47 for a Pi 5's default 16K-page kernel, 48 for a Pi 4 kernel "
+            "built with CONFIG_ARM64_VA_BITS_48. Below 47 the pi profile leaves out what runs Envoy (its "
+            "allocator aborts there): the edge Envoy, and Consul with the mesh and what needs it. Say 47 or 48 "
+            "only when every Pi node has such a kernel.",
+    )
     #: Raw values of each component's section, keys already checked; see :meth:`component`.
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, hash=False, repr=False)
     #: Where each given value came from, by setting name ("cdk.json", "-c").

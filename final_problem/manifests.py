@@ -21,7 +21,7 @@ import cdk8s
 import yaml
 
 from final_problem import capacity, config
-from final_problem.components import PlatformChart, build_charts
+from final_problem.components import PlatformChart, build_charts, left_out_line
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.profiles import PROFILES
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             capacity.check(settings, profile, objects)
             for path in write_objects(objects, args.out / profile):
                 print(path)
+            if left_out := left_out_line(settings, PROFILES[profile]):
+                print(left_out)
 
     return one_line_errors(write)
 

@@ -275,12 +275,28 @@ def check_namespaces(objects: list[Obj]) -> list[str]:
     return problems
 
 
+def check_replicated_deployments(objects: list[Obj]) -> list[str]:
+    """Deployments of more than one pod: a PodDisruptionBudget selects their pods, so a
+    node drain never evicts all of them at once."""
+    pdbs = [o for o in objects if o.get("kind") == "PodDisruptionBudget"]
+    problems = []
+    for d in (o for o in objects if o.get("kind") == "Deployment"):
+        if (d["spec"].get("replicas") or 1) < 2:
+            continue
+        labels = pod_template(d)["metadata"].get("labels") or {}
+        if not [p for p in pdbs if p["metadata"].get("namespace") == d["metadata"].get("namespace")
+                and _selects(p["spec"].get("selector"), labels)]:
+            problems.append(f"{ref(d)}: {d['spec']['replicas']} replicas and no PodDisruptionBudget selects its pods")
+    return problems
+
+
 CHECKS: dict[str, Callable[[list[Obj]], list[str]]] = {
     "restricted": check_restricted,
     "resources": check_resources,
     "probes": check_probes,
     "images": check_images,
     "quorum_sets": check_quorum_sets,
+    "replicated_deployments": check_replicated_deployments,
     "network_policies": check_network_policies,
     "no_secret_values": check_no_secret_values,
     "labels": check_labels,

@@ -1,13 +1,26 @@
 """Render profiles: the two places the same charts run.
 
 A profile says what differs between targets — storage, sizing and how hard zone spread
-is — never what the platform is: replica counts are the same in both.
+is — never what the platform is: replica counts are the same in both. The one exception is
+what a target's nodes cannot run at all: a profile whose arm64 kernels have too few virtual
+address bits for a component leaves it out, and says so (``arm64_va_bits_setting``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
+
+#: The fewest user virtual address bits of an arm64 kernel on which Envoy starts: its
+#: tcmalloc maps memory at addresses up to 2^45 and aborts on kernels with 39 bits
+#: (envoyproxy/envoy#15235 and #23339, raspberrypi/linux#4375); a Pi 5's 16K-page kernel
+#: has 47 (raspberrypi/linux#6261), a kernel built with CONFIG_ARM64_VA_BITS_48 has 48.
+ENVOY_MIN_ARM64_VA_BITS = 47
+#: What first boot labels each Pi node with (pi/firstboot/firstboot.sh, fb_label_va_bits).
+ARM64_VA_BITS_LABEL = "final-problem.io/arm64-va-bits"
+#: The virtual address sizes an arm64 Linux kernel can be built with (CONFIG_ARM64_VA_BITS;
+#: 47 is how first boot labels a 16K-page kernel, which has 47 bits).
+ARM64_VA_BITS = (39, 47, 48, 52)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +44,11 @@ class Profile:
     #: On a Pi, Envoy aborts on kernels with fewer than 47-bit virtual addresses
     #: (pi/README.md); first boot labels each node with its kernel's.
     envoy_node_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The cluster setting that says how many virtual address bits the nodes' arm64 kernels
+    #: have; components that need more are left out of this profile
+    #: (:func:`final_problem.components.profile_components`). None: every kernel is enough
+    #: (EKS's AL2023 arm64 AMIs have 48 bits).
+    arm64_va_bits_setting: str | None = None
 
 
 EKS = Profile(
@@ -54,7 +72,8 @@ PI = Profile(
     storage_default=False,
     zone_spread="ScheduleAnyway",
     small=True,
-    envoy_node_labels={"final-problem.io/arm64-va-bits": ("47", "48", "52")},
+    envoy_node_labels={ARM64_VA_BITS_LABEL: tuple(str(b) for b in ARM64_VA_BITS if b >= ENVOY_MIN_ARM64_VA_BITS)},
+    arm64_va_bits_setting="pi_arm64_va_bits",
 )
 
 PROFILES: Mapping[str, Profile] = {p.name: p for p in (EKS, PI)}

@@ -44,17 +44,32 @@ def _nodegroup(out: Path, manifest: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
+#: Written by the app beside the templates (final_problem.app.synth_facts).
+SYNTH_FACTS = "final-problem.json"
+
+
+def synth_facts(out: Path) -> dict[str, Any]:
+    """The Pi boards' memory and what each profile left out, as the app recorded them."""
+    path = out / SYNTH_FACTS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def capacity_lines(out: Path, written: Written, manifest: dict[str, Any]) -> list[str]:
     """The fit of each written profile, read back from its YAML."""
     lines: list[str] = []
     nodegroup = _nodegroup(out, manifest)
+    facts = synth_facts(out)
     for profile, files in written.items():
         if profile == "eks" and nodegroup is None:
             continue
         instance_type, count = nodegroup or ("", 0)
         objects = {name.removesuffix(".yaml").split("-", 1)[1]: docs for name, docs in files.items()}
-        nodes = capacity.profile_nodes(profile, instance_type=instance_type, count=count)
-        lines += capacity.describe(capacity.fit(profile, nodes, capacity.workloads(objects)))
+        nodes = capacity.profile_nodes(profile, instance_type=instance_type, count=count,
+                                       pi_memory_gib=facts.get("pi_memory_gib", 4))
+        lines += capacity.describe(capacity.fit(profile, nodes, capacity.workloads(objects),
+                                                system=capacity.system_workloads(profile, objects)))
+        if left_out := facts.get("left_out", {}).get(profile):
+            lines.append(left_out)
     return lines
 
 

@@ -78,6 +78,9 @@ K3S_API_PORT = 6443
 DEFAULT_USER = "pi"
 DEFAULT_TIMEZONE = "Etc/UTC"
 DEFAULT_CLUSTER = "final-problem"
+# Packaged components k3s is told not to deploy (server option --disable; pi/README.md,
+# "What k3s runs"). ServiceLB, CoreDNS, metrics-server and local-path stay.
+K3S_DISABLE = ("traefik",)
 # Name of the token file the first boot reads; k3s takes it with token-file
 # (https://docs.k3s.io/cli/server, "--token-file").
 TOKEN_PATH_ON_NODE = "/etc/rancher/k3s/cluster-token"
@@ -513,6 +516,12 @@ def k3s_config(inv: Inventory, node: Node) -> dict:
         else:
             cfg["server"] = inv.server_url
         cfg["write-kubeconfig-mode"] = "0600"
+        # The platform's edge Envoy is the cluster's way in: a LoadBalancer Service on port 80
+        # that ServiceLB serves on every node's host ports. k3s's bundled Traefik would take
+        # host ports 80 and 443 first (its own LoadBalancer Service), leaving the edge pending,
+        # and routes nothing the platform uses. Every server carries the same list
+        # (https://docs.k3s.io/installation/packaged-components, "Using the --disable flag").
+        cfg["disable"] = list(K3S_DISABLE)
         sans = [node.hostname, f"{node.hostname}.local"] + ([node.network.ip] if node.network.ip else [])
         cfg["tls-san"] = sans
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import re
@@ -79,10 +81,29 @@ def full_settings() -> Settings:
     return config.from_mapping({**CDK_JSON, "components": list(all_components())})
 
 
+#: What makes the pi profile render every component: nodes that are Pi 5 boards or run a 48-bit
+#: kernel (Envoy starts there), with 8 GB each (the full platform's memory fits).
+PI_FULL = {"pi_arm64_va_bits": 48, "pi_memory_gib": 8}
+#: Render targets of the tests: the two profiles with the default settings, and "pi-full",
+#: the pi profile with :data:`PI_FULL`.
+TARGETS = ("eks", "pi", "pi-full")
+
+
 @lru_cache(maxsize=None)
-def rendered(profile: str) -> dict[str, list[dict[str, Any]]]:
-    """Objects of every chart of ``profile``, keyed by component (cached per session)."""
-    charts = manifests.render(full_settings(), profile)
+def settings_for(target: str) -> Settings:
+    """Every component enabled, and for "pi-full" the Pi settings that run them all."""
+    return dataclasses.replace(full_settings(), **PI_FULL) if target == "pi-full" else full_settings()
+
+
+def profile_of(target: str) -> str:
+    return target.removesuffix("-full")
+
+
+@lru_cache(maxsize=None)
+def rendered(target: str) -> dict[str, list[dict[str, Any]]]:
+    """Objects of every chart of ``target`` (a profile, or "pi-full"), keyed by component
+    (cached per session)."""
+    charts = manifests.render(settings_for(target), profile_of(target))
     return {name: manifests.chart_objects(chart) for name, chart in charts.items()}
 
 
@@ -127,6 +148,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     platform_app.write_dist(stacks, dist)
     assembly = app.synth()
     platform_app.check_template_sizes(assembly)
+    platform_app.write_synth_facts(stacks.settings, outdir)
     templates = {s.stack_name: s.template for s in assembly.stacks}
     return Synth(app=app, stacks=stacks, outdir=outdir, dist=dist, templates=templates)
 

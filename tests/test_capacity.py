@@ -127,6 +127,74 @@ def test_init_container_counts_when_larger_than_the_app_containers() -> None:
     assert (w.cpu_m, w.memory_mib, w.pods) == (1000, 64, 2)
 
 
+def test_native_sidecars_add_to_the_main_containers_as_the_scheduler_counts() -> None:
+    # kube-scheduler (component-helpers PodRequests): sidecars (restartPolicy Always) add to
+    # the main containers; a regular init container runs with the sidecars started before it;
+    # the pod takes the larger, plus its overhead.
+    def container(cpu: str, memory: str, **extra: str) -> dict[str, Any]:
+        return {"resources": {"requests": {"cpu": cpu, "memory": memory}}, **extra}
+
+    pod = {
+        "containers": [container("100m", "64Mi")],
+        "initContainers": [
+            container("10m", "32Mi", restartPolicy="Always"),
+            container("200m", "16Mi"),  # runs beside the first sidecar: 210m, 48Mi
+            container("5m", "8Mi", restartPolicy="Always"),
+        ],
+        "overhead": {"cpu": "20m", "memory": "10Mi"},
+    }
+    # cpu: max(100 + 10 + 5, 200 + 10) + 20; memory: max(64 + 32 + 8, 16 + 32) + 10.
+    assert capacity.pod_requests(pod) == (230, 114)
+    # Without restartPolicy the same containers are ordinary init containers: the largest alone.
+    plain = {**pod, "initContainers": [{k: v for k, v in c.items() if k != "restartPolicy"}
+                                       for c in pod["initContainers"]]}
+    assert capacity.pod_requests(plain) == (200 + 20, 64 + 10)
+
+
+def test_k3s_runs_servicelb_per_load_balancer_service_and_no_traefik() -> None:
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "envoy", "namespace": "edge"},
+               "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80}, {"name": "cadence-web", "port": 8088}]}}
+    names = lambda objects: [f"{o['kind']}/{o['metadata']['name']}" for o in objects]  # noqa: E731
+    base = ["Deployment/coredns", "Deployment/metrics-server", "Deployment/local-path-provisioner"]
+    assert names(capacity.system_objects("pi")) == base  # Traefik is disabled (pi/inventory.py)
+    with_lb = capacity.system_objects("pi", [service])
+    assert names(with_lb) == base + ["DaemonSet/svclb-envoy"]
+    pod = with_lb[-1]["spec"]["template"]["spec"]
+    # One container per port, holding it as a host port on every node, without requests.
+    assert [(c["name"], c["ports"]) for c in pod["containers"]] == [
+        ("lb-tcp-80", [{"containerPort": 80, "hostPort": 80, "protocol": "TCP"}]),
+        ("lb-tcp-8088", [{"containerPort": 8088, "hostPort": 8088, "protocol": "TCP"}]),
+    ]
+    assert all("resources" not in c for c in pod["containers"])
+    # EKS's load balancers are NLBs outside the nodes: nothing more runs there.
+    assert names(capacity.system_objects("eks", [service])) == names(capacity.system_objects("eks"))
+    (svclb,) = [w for w in capacity.system_workloads("pi", {"envoy": [service]}) if "svclb" in w.name]
+    assert (svclb.per_node, svclb.cpu_m, svclb.memory_mib) == (True, 0, 0)
+
+
+def test_system_workloads_carry_the_add_ons_requests() -> None:
+    by_name = {w.name: w for w in capacity.system_workloads("eks", {})}
+    # aws-node: two 25m containers beside a 25m init container; EBS CSI 10m / 40Mi per container.
+    assert (by_name["DaemonSet/kube-system/aws-node"].cpu_m, by_name["DaemonSet/kube-system/aws-node"].memory_mib) == (50, 0)
+    assert (by_name["Deployment/kube-system/ebs-csi-controller"].pods,
+            by_name["Deployment/kube-system/ebs-csi-controller"].memory_mib) == (2, 240)
+    pi = {w.name: (w.pods, w.cpu_m, w.memory_mib) for w in capacity.system_workloads("pi", {})}
+    assert pi == {"Deployment/kube-system/coredns": (1, 100, 70), "Deployment/kube-system/metrics-server": (1, 100, 70),
+                  "Deployment/kube-system/local-path-provisioner": (1, 0, 0)}
+
+
+def test_every_bundled_component_fits_by_the_schedulers_count() -> None:
+    from tests.conftest import full_settings, rendered
+
+    for profile in ("eks", "pi"):
+        result = capacity.fit_of(full_settings(), profile, rendered(profile))
+        assert result.fits, "\n".join(capacity.describe(result))
+        # Native sidecars count: Redis's pods on eks carry them (mesh-register, consul-dataplane).
+        if profile == "eks":
+            redis = next(w for w in result.workloads if w.name == "StatefulSet/redis/redis")
+            assert redis.memory_mib == 2080 + 32 + 128
+
+
 # --- eks profile --------------------------------------------------------------------------------
 
 
@@ -194,8 +262,11 @@ def test_pi_over_the_limit_fails() -> None:
     assert message.startswith("profiles = 'eks,pi' (profile pi): the platform requests 5,684 MiB memory of 6,603 (86%)")
     assert "biggest: StatefulSet/zookeeper/zookeeper 4,608" in message
     assert message.endswith(
-        "Fix: lower zookeeper.memory_mib, or disable a component, or set profiles=eks (its nodes are a fixed shape)"
+        "Fix: lower zookeeper.memory_mib, or disable a component, or on 8 GB boards set pi_memory_gib=8, "
+        "or set profiles=eks"
     )
+    # The suggested board size carries the same objects.
+    assert check("pi", pi_memory_gib=8, **{"zookeeper.memory_mib": 1536}).fits
 
 
 def test_pi_custom_instance_type_does_not_change_the_pi_nodes() -> None:
@@ -241,15 +312,20 @@ def test_app_fails_synthesis_when_a_profile_does_not_fit(tmp_path: Path) -> None
 
 def test_synth_report_prints_the_fit_and_the_cost(synth: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """The report reads the fit back from cdk.out and dist/: the same as the in-memory check."""
-    from final_problem import app, cost, report
+    from final_problem import app, components, cost, report
+    from final_problem.profiles import PROFILES
 
     assert report.main(str(synth.outdir), str(synth.dist)) == 0
     out = capsys.readouterr().out
     capacity_part = out.split("Capacity (requests of long-running pods; fails synth over 80%):\n")[1].split("Monthly cost:")[0]
     fits = app.check_capacity(synth.stacks.settings, app.render_profiles(synth.stacks))
-    assert capacity_part.splitlines() == [f"  {line}" for f in fits for line in capacity.describe(f)]
+    # Each profile's fit by the scheduler's count, then the line saying what it left out.
+    left_out = {f.profile: components.left_out_line(synth.stacks.settings, PROFILES[f.profile]) for f in fits}
+    assert capacity_part.splitlines() == [f"  {line}" for f in fits
+                                          for line in capacity.describe(f) + [left_out[f.profile]] if line]
     assert capacity_part.startswith("  eks: 3 x m7g.xlarge: cpu ")
     assert "  pi: 3 x Raspberry Pi 4 Model B 4 GB: cpu " in capacity_part
+    assert "\n  pi: left out consul (its mesh sidecars embed Envoy), envoy (runs Envoy), demo (requires consul)" in capacity_part
     total = cost.from_cdk_out(synth.outdir).total
     assert f"Monthly cost:\n  ${total:,.2f}/month at list price in us-east-1 (region unset, priced as us-east-1)\n" in out
     assert "    largest: EC2 $357.41, EKS $73.00, NAT $32.85" in out

@@ -35,7 +35,7 @@ def server_container(profile: str = "eks") -> dict:
     return find("StatefulSet", "consul-server", profile)["spec"]["template"]["spec"]["containers"][0]
 
 
-@pytest.mark.parametrize("profile", ["eks", "pi"])
+@pytest.mark.parametrize("profile", ["eks", "pi-full"])
 def test_bootstrap_expect_is_the_replica_count(profile: str) -> None:
     config = server_json(profile)
     assert config["server"] is True
@@ -96,7 +96,7 @@ def test_raft_data_on_retained_volumes() -> None:
     sts = find("StatefulSet", "consul-server")
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
-    pi = find("StatefulSet", "consul-server", "pi")
+    pi = find("StatefulSet", "consul-server", "pi-full")
     assert pi["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "local-path-retain"
 
 
@@ -112,7 +112,7 @@ def test_tls_job_generates_in_cluster_and_discards_the_ca_key() -> None:
 
 
 def test_no_key_material_in_any_manifest() -> None:
-    text = json.dumps(objects()) + json.dumps(objects("pi"))
+    text = json.dumps(objects()) + json.dumps(objects("pi-full"))
     for marker in ("BEGIN CERTIFICATE", "BEGIN EC PRIVATE KEY", "BEGIN PRIVATE KEY"):
         assert marker not in text
     secrets = [o for o in objects() if o["kind"] == "Secret"]

@@ -37,7 +37,7 @@ def test_pdb_keeps_one_up() -> None:
 
 
 def test_load_balancer_per_profile() -> None:
-    eks, pi = find("Service", "eks"), find("Service", "pi")
+    eks, pi = find("Service", "eks"), find("Service", "pi-full")
     assert eks["spec"]["type"] == pi["spec"]["type"] == "LoadBalancer"
     assert eks["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
     assert eks["spec"]["externalTrafficPolicy"] == "Local"
@@ -56,7 +56,7 @@ def test_config_map_holds_the_rendered_routes() -> None:
 
 
 def test_heap_limit_follows_the_memory_limit() -> None:
-    config = json.loads(find("ConfigMap", "pi")["data"]["envoy.json"])
+    config = json.loads(find("ConfigMap", "pi-full")["data"]["envoy.json"])
     heap = next(m for m in config["overload_manager"]["resource_monitors"] if m["name"].endswith("fixed_heap"))
     assert heap["typed_config"]["max_heap_size_bytes"] == 96 * 1024 * 1024 * 8 // 10
 
@@ -84,7 +84,7 @@ def test_pi_profile_is_smaller() -> None:
 
 
 def test_on_a_pi_envoy_runs_only_where_the_kernel_allows() -> None:
-    pi = find("Deployment", "pi")["spec"]["template"]["spec"]["affinity"]
+    pi = find("Deployment", "pi-full")["spec"]["template"]["spec"]["affinity"]
     term = pi["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
     assert term["matchExpressions"] == [
         {"key": "final-problem.io/arm64-va-bits", "operator": "In", "values": ["47", "48", "52"]}]
@@ -95,7 +95,7 @@ def _matches(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
 
 
-@pytest.mark.parametrize("profile", ["eks", "pi"])
+@pytest.mark.parametrize("profile", ["eks", "pi-full"])
 def test_every_route_reaches_a_backend_that_admits_the_edge(profile: str) -> None:
     """What the edge's configuration names exists in the rendered platform: the route's
     Service (headless, so Envoy resolves each pod), on the route's port, selecting pods that

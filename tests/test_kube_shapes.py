@@ -55,7 +55,10 @@ def test_pi_nodes_are_three_pi4_k3s_servers_without_zones() -> None:
     # the eviction threshold (100): capacity.PI4_4GB.
     assert {(s.cpu_m, s.memory_mib, s.pods) for s in shapes} == {(3600, 2201, 110)}
     assert all("topology.kubernetes.io/zone" not in s.labels for s in shapes)
-    assert {(s.labels["kubernetes.io/arch"], s.labels["final-problem.io/arm64-va-bits"]) for s in shapes} == {("arm64", "48")}
+    # Labelled as Raspberry Pi OS's stock Pi 4 kernel (39-bit), the default target.
+    assert {(s.labels["kubernetes.io/arch"], s.labels["final-problem.io/arm64-va-bits"]) for s in shapes} == {("arm64", "39")}
+    full = fake_nodes(dataclasses.replace(full_settings(), pi_arm64_va_bits=48, pi_memory_gib=8), "pi")
+    assert {(s.memory_mib, s.labels["final-problem.io/arm64-va-bits"]) for s in full} == {(8192 - 1539 - 256 - 100, "48")}
 
 
 def test_unknown_instance_type_fails_like_the_capacity_check() -> None:
@@ -66,3 +69,19 @@ def test_unknown_instance_type_fails_like_the_capacity_check() -> None:
 @pytest.mark.parametrize("quantity, mib", [("512Mi", 512), ("1Gi", 1024), ("1G", 954), ("2048Ki", 2), ("1048576", 1)])
 def test_memory_quantities(quantity: str, mib: int) -> None:
     assert memory_mib(quantity) == mib
+
+
+def test_both_request_counts_agree_on_every_rendered_pod() -> None:
+    # capacity.pod_requests (synth's figure) and kube.pod_requests (what the tests sum over
+    # bound pods) are written apart; on every pod template rendered they give the same.
+    from final_problem.local.kube import pod_requests
+    from tests.conftest import TARGETS, rendered
+
+    checked = 0
+    for target in TARGETS:
+        for obj in (o for objs in rendered(target).values() for o in objs):
+            template = (obj.get("spec") or {}).get("template")
+            if template:
+                assert pod_requests(template) == capacity.pod_requests(template["spec"]), obj["metadata"]["name"]
+                checked += 1
+    assert checked > 30

@@ -153,3 +153,31 @@ def test_refuses_a_consul_whose_certificate_the_ca_does_not_sign(
     assert result.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in result.stderr
     assert not [c for c in consul.calls if c[1] == "/v1/acl/login"]
     assert not (mesh_dir / "registered").exists()
+
+
+def test_liveness_probe_fails_once_registration_stops(doubles: tuple[Recorder, Recorder], tmp_path: Path) -> None:
+    consul, kube = doubles
+    env, mesh_dir = sidecar_env(consul, kube, tmp_path, POD_NAME="demo-live", MESH_REFRESH_S="0.5")
+    deployment = next(o for o in rendered("eks")["demo"] if o["kind"] == "Deployment")
+    register = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    probe = register["livenessProbe"]["exec"]["command"]
+    assert probe[:3] == ["python3", "/opt/mesh/mesh_register.py", "--check-alive"]
+    max_age = float(probe[3])
+    # The probe as the kubelet runs it, against this machine's copy of the script.
+    run_probe = lambda: subprocess.run([sys.executable, mesh_register.__file__, *probe[2:]],  # noqa: E731
+                                       env={**env}, capture_output=True, text=True, timeout=30)
+    assert run_probe().returncode == 1  # nothing registered yet
+    proc = subprocess.Popen([sys.executable, mesh_register.__file__], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for("the registered marker", lambda: (mesh_dir / "registered").exists(), timeout_s=20)
+        assert run_probe().returncode == 0
+        # The loop stops (a call that never returns): the record ages past the limit.
+        proc.send_signal(signal.SIGSTOP)
+        (mesh_dir / "alive").write_text(str(float((mesh_dir / "alive").read_text()) - max_age - 1))
+        result = run_probe()
+        assert result.returncode == 1 and "more than" in result.stdout
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)

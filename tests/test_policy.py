@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 
 from final_problem import policy, versions
-from tests.conftest import objects_of
+from tests.conftest import TARGETS, objects_of
 
 
-@pytest.mark.parametrize("profile", ["eks", "pi"])
+@pytest.mark.parametrize("profile", TARGETS)
 @pytest.mark.parametrize("check", sorted(policy.CHECKS))
 def test_rendered_objects_pass(check: str, profile: str) -> None:
     assert policy.CHECKS[check](objects_of(profile)) == []
 
 
 def test_every_profile_renders_workloads_to_walk() -> None:
-    for profile in ("eks", "pi"):
+    for profile in TARGETS:
         assert list(policy.workloads(objects_of(profile)))
 
 
@@ -118,6 +118,8 @@ BREAKS = {
         lambda o: _pod(o).pop("topologySpreadConstraints"),
         lambda o: o[3]["spec"]["persistentVolumeClaimRetentionPolicy"].update(whenScaled="Delete"),
     ],
+    # The replicated workload as a Deployment without its PodDisruptionBudget.
+    "replicated_deployments": [lambda o: (o[3].update(kind="Deployment"), o.pop(2))],
     "network_policies": [lambda o: o[1]["spec"].update(podSelector={"matchLabels": {"other": "x"}})],
     "no_secret_values": [
         lambda o: o.append({"kind": "Secret", "metadata": {"name": "s", "namespace": "ns"}, "data": {"k": "dg=="}}),

@@ -8,6 +8,7 @@ Creates, in the ``demo`` namespace (Pod Security "restricted", default-deny):
   127.0.0.1:16379, allowed by the intention demo → redis;
 - headless Service ``demo-headless`` (every pod's address, for the edge Envoy's health
   checks and outlier detection);
+- PodDisruptionBudget ``demo``: a drain evicts one pod at a time;
 - a Role in ``redis`` letting the demo's service account read Secret ``redis-auth``
   (its ``app`` password), and the NetworkPolicies: port 8080 from the edge Envoy only.
 """
@@ -145,6 +146,14 @@ class DemoChart(PlatformChart):
                                                         target_port=int_or_string(service.port))]),
         )
         set_component(self.headless, "server")
+        # A node drain takes one demo pod at a time, so the edge always has one to send to
+        # (maxUnavailable, not minAvailable: with demo.replicas=1 a drain may still proceed).
+        self.pdb = k8s.KubePodDisruptionBudget(
+            self, "Disruption",
+            metadata=k8s.ObjectMeta(name="demo", namespace=ns, labels={"app.kubernetes.io/component": "server"}),
+            spec=k8s.PodDisruptionBudgetSpec(
+                max_unavailable=int_or_string(1), selector=k8s.LabelSelector(match_labels=selector)),
+        )
         # Read access to the one Secret holding the app password, in Redis's namespace.
         self.redis_role = k8s.KubeRole(
             self, "RedisSecretRole",

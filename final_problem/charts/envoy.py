@@ -39,7 +39,7 @@ from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, Restr
 from final_problem.constructs.quorum import QuorumPolicy
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
-from final_problem.profiles import Profile
+from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.envoy import EdgeOptions, EdgeRoute, check_routes, envoy_args, render
 
@@ -176,6 +176,9 @@ class EnvoyChart(PlatformChart):
     requires = ("base",)
     version = versions.ENVOY_VERSION
     settings_class = EnvoyProps
+    # Envoy's allocator (tcmalloc) aborts below 47 bits: final_problem.profiles, pi/README.md.
+    min_arm64_va_bits = ENVOY_MIN_ARM64_VA_BITS
+    min_arm64_va_bits_reason = "runs Envoy"
 
     NAMESPACE = "edge"
     SERVICE = "envoy"

@@ -15,7 +15,10 @@ consul-k8s's endpoints controller would for this one pod:
    dataplane (``-proxy-service-id-path``) and a ``registered`` marker for the startup probe;
 4. every ``MESH_REFRESH_S`` seconds registers again, with the check ``passing`` when the
    application answers on its port and ``critical`` when it does not;
-5. on SIGTERM deregisters both and logs out.
+5. after every registration writes the time to ``alive`` in the shared volume, which the
+   container's liveness probe reads (``mesh_register.py --check-alive SECONDS``: exit 1
+   when the last registration is older), so a registration loop that hangs is restarted;
+6. on SIGTERM deregisters both and logs out.
 
 Environment: ``MESH_SPEC`` (JSON: the MeshService and Consul's address), ``POD_NAME``,
 ``POD_IP``, ``POD_NAMESPACE``, ``MESH_DIR``.
@@ -70,7 +73,27 @@ def app_healthy(port: int) -> bool:
         return False
 
 
+#: File in MESH_DIR holding the time of the last registration (the liveness probe's).
+ALIVE = "alive"
+
+
+def check_alive(mesh_dir: Path, max_age_s: float, now: float | None = None) -> int:
+    """0 when the last registration is at most ``max_age_s`` old, else 1 with the reason."""
+    try:
+        last = float((mesh_dir / ALIVE).read_text())
+    except (OSError, ValueError) as e:
+        print(f"no registration recorded: {e}", flush=True)
+        return 1
+    age = (time.time() if now is None else now) - last
+    if age > max_age_s:
+        print(f"last registration {age:.0f} s ago, more than {max_age_s:.0f} s", flush=True)
+        return 1
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--check-alive"]:
+        return check_alive(Path(os.environ.get("MESH_DIR", "/consul-mesh")), float(sys.argv[2]))
     spec = json.loads(os.environ["MESH_SPEC"])
     mesh_dir = Path(os.environ.get("MESH_DIR", "/consul-mesh"))
     pod, pod_ip, ns = os.environ["POD_NAME"], os.environ["POD_IP"], os.environ["POD_NAMESPACE"]
@@ -104,6 +127,7 @@ def main() -> int:
         for doc in (service, sidecar):
             doc["Check"]["Status"] = status
             consul(spec, "PUT", "/v1/catalog/register", doc, token)
+        (mesh_dir / ALIVE).write_text(f"{time.time():.3f}")
         if first:
             (mesh_dir / "proxy-id").write_text(sidecar["Service"]["ID"])
             (mesh_dir / "registered").write_text("1")

@@ -68,6 +68,10 @@ DATAPLANE_UID = 100
 #: The python image's "nobody" runs the registration sidecar.
 REGISTER_UID = 65534
 API_PORTS = (443, 6443)
+#: Seconds after its last registration round the mesh-register sidecar counts as hung:
+#: twice the longest healthy gap (a 30 s refresh and two calls with 15 s timeouts,
+#: final_problem.clients.mesh_register).
+REGISTER_STALE_S = 2 * (30 + 2 * 15)
 
 #: Mesh services of the platform's components, by component.
 SERVICES: dict[str, MeshService] = {
@@ -184,6 +188,12 @@ class MeshWorkload(Group):
             startup_probe=k8s.Probe(
                 exec=k8s.ExecAction(command=["test", "-f", f"{MESH_DIR}/registered"]),
                 period_seconds=2, failure_threshold=150),
+            # A loop that stops registering (hung on a call) is restarted: a healthy one
+            # records each round, every MESH_REFRESH_S (30 s) plus two calls of at most 15 s.
+            liveness_probe=k8s.Probe(
+                exec=k8s.ExecAction(command=["python3", "/opt/mesh/mesh_register.py", "--check-alive",
+                                             str(REGISTER_STALE_S)]),
+                period_seconds=30, timeout_seconds=5, failure_threshold=2),
         )
         dataplane = k8s.Container(
             name="consul-dataplane",

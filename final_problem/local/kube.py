@@ -7,7 +7,7 @@ published Go modules by ``make kube-binaries`` (``deps/kubernetes/``) into
 client certificates and a service-account key generated per run (``openssl``), RBAC and
 Pod Security admission on (``restricted`` enforced by default in every namespace).
 
-No kubelet runs: :func:`register_nodes` creates Nodes with the capacity of
+No kubelet runs: :func:`register_nodes` creates Nodes with the capacity and labels of
 :func:`fake_nodes`, kept Ready by running the controller manager without its node
 lifecycle controller (nothing marks them NotReady or evicts their pods). KWOK
 (``sigs.k8s.io/kwok``, also built by ``make kube-binaries``) plays their kubelets: pods bound
@@ -15,7 +15,11 @@ to them turn Running and Ready and Jobs' pods complete, so the workload controll
 PodDisruptionBudgets progress; no container runs and no probe is called. A
 :class:`Provisioner` thread does what a volume provisioner does for claims the scheduler
 selected a node for: it creates a matching PersistentVolume, which the persistent-volume
-controller binds. So everything up to a pod bound to a node is the real thing: admission,
+controller binds. Before the platform, :func:`platform` applies what the target itself runs
+in kube-system (:func:`final_problem.capacity.system_objects`: EKS's add-ons, or k3s's
+CoreDNS, metrics-server, local-path provisioner and a ServiceLB DaemonSet with host ports
+per LoadBalancer Service), with their requests, so the scheduler places the platform
+beside them as on the real target. So everything up to a pod bound to a node is the real thing: admission,
 RBAC, the workload controllers, volume binding and the scheduler.
 
 Every process is stopped by :meth:`LocalControlPlane.stop`.
@@ -23,6 +27,7 @@ Every process is stopped by :meth:`LocalControlPlane.stop`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -44,6 +49,7 @@ import yaml
 from final_problem import capacity, local, versions
 from final_problem.config import Settings
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.profiles import ARM64_VA_BITS_LABEL
 
 #: The wrapper module that pins the control plane's and etcd's versions.
 GO_MOD = Path(__file__).resolve().parents[2] / "deps" / "kubernetes" / "go.mod"
@@ -112,9 +118,10 @@ class FakeNode:
 def _labels(settings: Settings, profile_name: str, index: int) -> dict[str, str]:
     if profile_name == "pi":
         # The label first boot sets from the kernel (pi/README.md, "Envoy on a Raspberry
-        # Pi"): 48 for the 48-bit kernel a Pi 4 needs to run Envoy (Pi 5: 47). With the
-        # stock 39-bit Pi 4 kernel the edge Envoy stays Pending, as the profile intends.
-        return {"kubernetes.io/arch": "arm64", "kubernetes.io/os": "linux", "final-problem.io/arm64-va-bits": "48"}
+        # Pi"), as the settings say the kernels are: 39 for Raspberry Pi OS's stock Pi 4
+        # kernel (the default), 47 for a Pi 5, 48 for a Pi 4 with a 48-bit kernel.
+        return {"kubernetes.io/arch": "arm64", "kubernetes.io/os": "linux",
+                ARM64_VA_BITS_LABEL: str(settings.pi_arm64_va_bits)}
     instance = capacity.instance_type(settings.node_instance_type)
     return {
         "kubernetes.io/arch": "arm64" if instance.arch == "arm64" else "amd64",
@@ -130,8 +137,8 @@ def fake_nodes(settings: Settings, profile_name: str) -> list[FakeNode]:
     :func:`final_problem.capacity.node_shapes` (the one source of the figures).
 
     ``eks``: ``node_desired`` nodes of ``node_instance_type``, one zone each in turn over
-    ``az_count`` zones. ``pi``: three Raspberry Pi 4 (4 GB) k3s servers, arm64, no zone
-    label (k3s sets none).
+    ``az_count`` zones. ``pi``: three Raspberry Pi k3s servers of ``pi_memory_gib``, arm64,
+    labelled with ``pi_arm64_va_bits``, no zone label (k3s sets none).
     """
     prefix = {"eks": "eks-node", "pi": "pi"}.get(profile_name)
     if prefix is None:
@@ -590,19 +597,47 @@ def manifest_objects(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
 
 
 def pod_requests(pod: Mapping[str, Any]) -> tuple[int, int]:
-    """(CPU millicores, memory MiB) the scheduler counts for a pod (init containers' peak)."""
-    def total(containers: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
-        cpu = mem = 0
-        for c in containers:
-            requests = c.get("resources", {}).get("requests", {})
-            cpu += cpu_millicores(requests.get("cpu", "0"))
-            mem += memory_mib(requests.get("memory", "0"))
-        return cpu, mem
-    cpu, mem = total(pod["spec"]["containers"])
-    for init in pod["spec"].get("initContainers", []):
-        icpu, imem = total([init])
-        cpu, mem = max(cpu, icpu), max(mem, imem)
-    return cpu, mem
+    """(CPU millicores, memory MiB) the scheduler holds on a node for a pod.
+
+    Written after ``PodRequests`` of k8s.io/component-helpers/resource/helpers.go, step by
+    step, independently of :func:`final_problem.capacity.pod_requests` (the tests compare
+    the two): the main containers' sum; each native sidecar (``restartPolicy: Always``) is
+    added to it and to the running sidecars; each init container needs itself plus the
+    sidecars started before it; the pod takes the larger, then ``spec.overhead``.
+    """
+    def requests(container: Mapping[str, Any]) -> dict[str, float]:
+        found = (container.get("resources") or {}).get("requests") or {}
+        return {"cpu": cpu_millicores(found.get("cpu", "0")), "memory": _bytes(found.get("memory", "0"))}
+
+    def add(total: dict[str, float], more: Mapping[str, float]) -> None:
+        for key, value in more.items():
+            total[key] = total.get(key, 0) + value
+
+    spec = pod["spec"]
+    total: dict[str, float] = {}
+    for container in spec["containers"]:
+        add(total, requests(container))
+    sidecars: dict[str, float] = {}
+    init_peak: dict[str, float] = {}
+    for container in spec.get("initContainers") or []:
+        need = requests(container)
+        if container.get("restartPolicy") == "Always":
+            add(total, need)
+            add(sidecars, need)
+            need = dict(sidecars)
+        else:
+            add(need, sidecars)
+        for key, value in need.items():
+            init_peak[key] = max(init_peak.get(key, 0), value)
+    for key, value in init_peak.items():
+        total[key] = max(total.get(key, 0), value)
+    overhead = spec.get("overhead") or {}
+    add(total, {"cpu": cpu_millicores(overhead.get("cpu", "0")), "memory": _bytes(overhead.get("memory", "0"))})
+    return int(total.get("cpu", 0)), round(total.get("memory", 0) / 2**20)
+
+
+def _bytes(quantity: str) -> float:
+    return memory_mib_exact(quantity) * 2**20
 
 
 def cpu_millicores(quantity: str) -> int:
@@ -614,12 +649,16 @@ _MEMORY_UNITS = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024**2,
                  "k": 1000 / 1024**2, "M": 1000**2 / 1024**2, "G": 1000**3 / 1024**2}
 
 
-def memory_mib(quantity: str) -> int:
+def memory_mib_exact(quantity: str) -> float:
     quantity = str(quantity)
     for suffix in sorted(_MEMORY_UNITS, key=len, reverse=True):
         if quantity.endswith(suffix):
-            return round(float(quantity[: -len(suffix)]) * _MEMORY_UNITS[suffix])
-    return round(float(quantity) / 1024**2)
+            return float(quantity[: -len(suffix)]) * _MEMORY_UNITS[suffix]
+    return float(quantity) / 1024**2
+
+
+def memory_mib(quantity: str) -> int:
+    return round(memory_mib_exact(quantity))
 
 
 # --- the platform on the control plane -----------------------------------------------------------
@@ -652,8 +691,9 @@ def apply_files(api: Api, paths: Iterable[Path]) -> tuple[list[dict[str, Any]], 
     return applied, rejected
 
 
-def expected_pods(objects: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Pods the workload controllers should create, by workload (``Kind ns/name``)."""
+def expected_pods(objects: Iterable[Mapping[str, Any]], nodes: int = 0) -> dict[str, int]:
+    """Pods the workload controllers should create, by workload (``Kind ns/name``);
+    DaemonSets (none of which select nodes) one per node of ``nodes``."""
     counts = {}
     for obj in objects:
         spec = obj.get("spec", {})
@@ -661,6 +701,8 @@ def expected_pods(objects: Iterable[Mapping[str, Any]]) -> dict[str, int]:
             counts[describe(obj)] = int(spec.get("replicas", 1))
         elif obj["kind"] == "Job":
             counts[describe(obj)] = int(spec.get("parallelism", 1))
+        elif obj["kind"] == "DaemonSet":
+            counts[describe(obj)] = nodes
     return counts
 
 
@@ -724,6 +766,9 @@ class KubePlatform:
     objects: list[dict[str, Any]]
     rejected: list[Rejection]
     provisioner: Provisioner
+    #: What the target itself runs in kube-system (:func:`final_problem.capacity.system_objects`),
+    #: applied before the platform.
+    system: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def api(self) -> Api:
@@ -733,13 +778,16 @@ class KubePlatform:
     def namespaces(self) -> list[str]:
         return sorted({o["metadata"]["namespace"] for o in self.objects if o["metadata"].get("namespace")})
 
-    def wait_for_pods(self, *, bound: bool, timeout_s: float = 120) -> dict[str, list[dict[str, Any]]]:
+    def wait_for_pods(self, *, bound: bool, timeout_s: float = 120,
+                      system: bool = False) -> dict[str, list[dict[str, Any]]]:
         """Wait until every workload has its pods (bound to nodes, if ``bound``); return
-        them by workload. On time-out, return what there is: the tests say what is missing."""
-        expected = expected_pods(self.objects)
+        them by workload. On time-out, return what there is: the tests say what is missing.
+        ``system``: the target's own workloads in kube-system too."""
+        expected = expected_pods(self.objects + (self.system if system else []), len(self.shapes))
+        namespaces = self.namespaces + ([capacity.SYSTEM_NAMESPACE] if system else [])
 
         def complete() -> dict[str, list[dict[str, Any]]] | None:
-            pods = pods_by_owner(self.api, self.namespaces)
+            pods = pods_by_owner(self.api, namespaces)
             for owner, count in expected.items():
                 have = pods.get(owner, [])
                 if len(have) < count or (bound and not all(p["spec"].get("nodeName") for p in have)):
@@ -749,13 +797,16 @@ class KubePlatform:
         try:
             return self.control_plane.wait_for("the platform's pods", complete, timeout_s=timeout_s, interval_s=0.5)
         except ControlPlaneError:
-            return pods_by_owner(self.api, self.namespaces)
+            return pods_by_owner(self.api, namespaces)
 
 
 @contextmanager
-def platform(workdir: Path, settings: Settings, profile: str) -> Iterator[KubePlatform]:
+def platform(workdir: Path, settings: Settings, profile: str, *,
+             node_labels: Mapping[str, str] | None = None) -> Iterator[KubePlatform]:
     """Render ``profile`` in-process into ``workdir/dist``, start a control plane with the
-    profile's Nodes and a provisioner, and apply the YAML; stop everything on exit."""
+    profile's Nodes (``node_labels`` over their own labels) and a provisioner, apply what
+    the target itself runs (:func:`final_problem.capacity.system_objects`), wait until the
+    scheduler has placed it, then apply the YAML; stop everything on exit."""
     from final_problem import manifests  # the charts, only when a platform is rendered
 
     files = manifests.write_profile(settings, profile, workdir / "dist")
@@ -766,11 +817,37 @@ def platform(workdir: Path, settings: Settings, profile: str) -> Iterator[KubePl
         except ControlPlaneError as e:
             logs = "\n".join(f"--- {name}\n{control_plane.log_tail(name)}" for name in control_plane.procs)
             raise ControlPlaneError(f"{e}\n{logs}") from None
-        shapes = fake_nodes(settings, profile)
+        shapes = [dataclasses.replace(s, labels={**s.labels, **(node_labels or {})}) for s in fake_nodes(settings, profile)]
         register_nodes(control_plane.api, shapes)
         with Provisioner(control_plane.api) as provisioner:
             objects = list(manifest_objects(files))
+            system = capacity.system_objects(profile, objects)
+            apply_system(control_plane, system, len(shapes))
             _, rejected = apply_files(control_plane.api, files)
-            yield KubePlatform(profile, control_plane, shapes, files, objects, rejected, provisioner)
+            yield KubePlatform(profile, control_plane, shapes, files, objects, rejected, provisioner, system)
     finally:
         control_plane.stop()
+
+
+def apply_system(control_plane: LocalControlPlane, system: list[dict[str, Any]], nodes: int,
+                 *, timeout_s: float = 120) -> None:
+    """Apply the target's own workloads and wait until the scheduler has bound their pods,
+    as they are when the platform is deployed onto a running cluster. (Any left pending
+    are reported by the tests, with the scheduler's reason.)"""
+    api = control_plane.api
+    control_plane.wait_for(f"{capacity.SYSTEM_NAMESPACE}/default ServiceAccount", lambda: api.get(
+        f"/api/v1/namespaces/{capacity.SYSTEM_NAMESPACE}/serviceaccounts/default"), timeout_s=timeout_s)
+    for obj in system:
+        api.apply(obj)
+    expected = expected_pods(system, nodes)
+
+    def placed() -> bool:
+        pods = pods_by_owner(api, [capacity.SYSTEM_NAMESPACE])
+        return all(len(pods.get(owner, [])) >= count and all(p["spec"].get("nodeName") for p in pods[owner])
+                   for owner, count in expected.items())
+
+    try:
+        control_plane.wait_for("the target's own pods bound", placed, timeout_s=timeout_s, interval_s=0.5)
+    except ControlPlaneError as e:
+        pending = unschedulable(api, [capacity.SYSTEM_NAMESPACE])
+        raise ControlPlaneError(f"{e}; pending: " + "; ".join(f"{p}: {why}" for p, why in pending.items())) from None

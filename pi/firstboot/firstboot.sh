@@ -174,7 +174,7 @@ fb_label_va_bits() {
     mkdir -p -- "$dir"
     printf 'node-label+:\n  - final-problem.io/arm64-va-bits=%s\n' "$bits" >"$dir/50-final-problem-va-bits.yaml"
     if (( bits < 47 )); then
-        fb_log "WARNING: this kernel has ${bits}-bit virtual addresses; Envoy (edge proxy, mesh sidecars) aborts on it and will not be scheduled here. A Pi 5 boots kernel_2712.img (47 bits); a Pi 4 needs a kernel built with CONFIG_ARM64_VA_BITS_48 (pi/README.md)"
+        fb_log "WARNING: this kernel has ${bits}-bit virtual addresses; Envoy (edge proxy, mesh sidecars) aborts on it: keep pi_arm64_va_bits=39 (the default, which leaves Envoy, Consul and the demo out) or give this node a kernel with 47 or more. A Pi 5 boots kernel_2712.img (47 bits); a Pi 4 needs a kernel built with CONFIG_ARM64_VA_BITS_48 (pi/README.md)"
     else
         fb_log "kernel has ${bits}-bit virtual addresses: Envoy can run here"
     fi

@@ -6,7 +6,7 @@ import os
 import random
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -101,7 +101,7 @@ def postgres_server() -> Iterator[LocalPostgres]:
 
 
 @contextmanager
-def kube_platform(workdir: Path, settings: Settings, profile: str) -> Iterator[KubePlatform]:
+def kube_platform(workdir: Path, settings: Settings, profile: str, **options: Any) -> Iterator[KubePlatform]:
     """:func:`final_problem.local.kube.platform`, failing the test (never skipping) with the
     servers' logs when the control plane cannot run here."""
     missing = missing_binaries()
@@ -110,7 +110,7 @@ def kube_platform(workdir: Path, settings: Settings, profile: str) -> Iterator[K
     require_binary("openssl", "openssl")
     with ExitStack() as stack:
         try:
-            started = stack.enter_context(platform(workdir, settings, profile))
+            started = stack.enter_context(platform(workdir, settings, profile, **options))
         except ControlPlaneError as e:
             pytest.fail(f"the control plane did not start: {e}")
         yield started

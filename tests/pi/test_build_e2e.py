@@ -107,6 +107,11 @@ def test_k3s_configs_per_role(built):
         assert cfg["server"] == "https://10.20.0.11:6443", host
         assert "cluster-init" not in cfg
     assert "tls-san" not in yaml.safe_load(fat_read(built.image("agt-1"), "fp/k3s-config.yaml"))
+    # Every server runs without Traefik (its host ports 80/443 would keep the edge pending);
+    # "disable" is a server option only.
+    for host in ("srv-1", "srv-2", "srv-3"):
+        assert yaml.safe_load(fat_read(built.image(host), "fp/k3s-config.yaml"))["disable"] == ["traefik"], host
+    assert "disable" not in yaml.safe_load(fat_read(built.image("agt-1"), "fp/k3s-config.yaml"))
     for host in ("desk", "zk-1"):
         assert not fat_exists(built.image(host), "fp/k3s-config.yaml")
 

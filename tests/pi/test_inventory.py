@@ -267,6 +267,17 @@ def test_server_url_override_and_validation():
     one_error(data, "must look like https://HOST:6443")
 
 
+def test_servers_disable_traefik_and_keep_servicelb():
+    # The edge Envoy's LoadBalancer Service needs host port 80, which Traefik's would hold.
+    data = nodes({"hostname": "a", "role": "server"}, {"hostname": "b", "role": "server"},
+                 {"hostname": "c", "role": "agent"})
+    inv = inventory.validate(data, PI)
+    for server in inv.nodes[:2]:
+        assert inventory.k3s_config(inv, server)["disable"] == ["traefik"]
+    # "disable" is a server option; an agent's config has none.
+    assert "disable" not in inventory.k3s_config(inv, inv.nodes[2])
+
+
 def test_even_server_count_warns(capsys):
     inventory.validate(nodes({"hostname": "a", "role": "server"}, {"hostname": "b", "role": "server"}), PI)
     assert "odd number" in capsys.readouterr().err
