@@ -179,11 +179,23 @@ def main() -> int:
             latency = end_to_end_latency(cluster, cluster.create_topic(partitions=3, prefix="bench"), args.latency_records)
             print(f"{name} e2e      p50 {percentile(latency, 50):7.2f} ms  p99 {percentile(latency, 99):7.2f} ms  "
                   f"({len(latency)} of {args.latency_records} records, one per 5 ms)")
+            before = len(fencings(cluster))
             failover = kill_to_first_write(cluster, cluster.create_topic(partitions=1, prefix="bench"))
+            fenced = fencings(cluster)
             print(f"{name} failover kill -9 of the partition leader to first acks=all write {failover:6.2f} s "
-                  f"(broker.session.timeout.ms {cluster.props.broker_session_timeout_ms})")
+                  f"(broker.session.timeout.ms {cluster.props.broker_session_timeout_ms}); live brokers fenced under "
+                  f"the load before the kill (false fencing): {before}, fencings in all {len(fenced)}")
             print_usage(name, cluster)
     return 0
+
+
+def fencings(cluster: LocalKafkaCluster) -> list[str]:
+    """Every broker the controllers fenced for a timed-out session, in order (the active
+    controller logs each: "Fencing broker N at epoch E because its session has timed out")."""
+    found = []
+    for node_id in cluster.controller_ids:
+        found += re.findall(r"Fencing broker (\d+) at epoch \d+ because its session has timed out", cluster.log(node_id))
+    return found
 
 
 def print_usage(name: str, cluster: LocalKafkaCluster) -> None:
