@@ -216,6 +216,20 @@ class Cgroup:
                 return int(value)
         return 0
 
+    def peak_rss_bytes(self) -> int:
+        """The largest resident set each process of the group has had so far (``VmHWM``),
+        summed: the memory the servers themselves held, without the page cache."""
+        total = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+        return total
+
     def pids(self) -> list[int]:
         path = self.memory_dir / "cgroup.procs"
         return [int(p) for p in path.read_text().split()] if path.exists() else []
@@ -255,18 +269,21 @@ def _write(path: Path, value: object) -> None:
 
 @dataclass(frozen=True)
 class Usage:
-    """What one server's group used, against its limits."""
+    """What one server's group used, against its limits (read while its servers run: the
+    peak resident set is the live processes')."""
 
     name: str
     limits: Limits
     peak_memory_mib: float
+    peak_rss_mib: float
     oom_kills: int
     cpu_seconds: float
     throttled_periods: int
 
     def __str__(self) -> str:
         share = 100 * self.peak_memory_mib / self.limits.memory_mib
-        return (f"{self.name}: peak {self.peak_memory_mib:.0f} of {self.limits.memory_mib} MiB ({share:.0f}%), "
+        return (f"{self.name}: peak RSS {self.peak_rss_mib:.0f} MiB, peak charged (RSS and page cache) "
+                f"{self.peak_memory_mib:.0f} of {self.limits.memory_mib} MiB ({share:.0f}%), "
                 f"{self.oom_kills} OOM kills, {self.cpu_seconds:.1f} CPU s at {self.limits.cpu_m}m "
                 f"({self.throttled_periods} periods throttled)")
 
@@ -295,6 +312,7 @@ class Groups:
     def usage(self) -> list[Usage]:
         return [
             Usage(name=name, limits=g.limits, peak_memory_mib=g.peak_memory_bytes() / (1024 * 1024),
+                  peak_rss_mib=g.peak_rss_bytes() / (1024 * 1024),
                   oom_kills=g.oom_kills(), cpu_seconds=g.cpu_seconds(), throttled_periods=g.throttled_periods())
             for name, g in self.groups.items()
         ]

@@ -1,0 +1,62 @@
+"""The limits harness puts a server under its container's limits as the kubelet does."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from final_problem.local import limits
+from final_problem.local.limits import Groups, Limits
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.oom_expected
+def test_a_process_over_its_memory_limit_is_oom_killed_and_counted() -> None:
+    groups = Groups()
+    try:
+        # 64 MiB limit; the child touches 200 MiB.
+        command = groups.wrap("hog", Limits(cpu_m=500, memory_mib=64),
+                              [sys.executable, "-c", "x = bytearray(200 * 1024 * 1024); print('survived')"])
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == -9 and "survived" not in result.stdout
+        assert groups.oom_killed() == {"hog": 1}
+    finally:
+        groups.remove_all()
+    # Kept after the group is removed, for the check after each test.
+    (group,) = [g for g in limits.created if g.name == "hog"][-1:]
+    assert group.oom_kills() == 1 and not any(d.exists() for d in group.dirs)
+
+
+def test_a_jvm_reads_the_limits_and_sizes_itself_as_in_the_pod() -> None:
+    """Inside a Pi Kafka node's limits (1 CPU, 448 MiB) a JVM started without a collector
+    flag is not a server-class machine: it takes Serial, and a default heap sized from the
+    limit (about a quarter of it), not from the host's memory."""
+    java = shutil.which("java")
+    assert java, "java is missing: run `sudo make system-deps`"
+    groups = Groups()
+    try:
+        out = subprocess.run(groups.wrap("jvm", Limits(cpu_m=1000, memory_mib=448), [java, "-XX:+PrintFlagsFinal", "-version"]),
+                             capture_output=True, text=True, timeout=60).stdout
+    finally:
+        groups.remove_all()
+    flags = {line.split()[1]: line.split()[3] for line in out.splitlines() if line.count("=") == 1 and len(line.split()) >= 4}
+    assert flags["UseSerialGC"] == "true" and flags["UseG1GC"] == "false"
+    assert int(flags["MaxHeapSize"]) < 448 * 1024 * 1024 // 3
+
+
+def test_a_cpu_limit_is_a_cfs_quota_per_100_ms() -> None:
+    groups = Groups()
+    try:
+        groups.wrap("cpu", Limits(cpu_m=1500, memory_mib=64), ["true"])
+        group = groups.groups["cpu"]
+        if group.v2:
+            assert (group.cpu_dir / "cpu.max").read_text().split() == ["150000", "100000"]
+        else:
+            assert (group.cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "150000"
+            assert (group.cpu_dir / "cpu.cfs_period_us").read_text().strip() == "100000"
+    finally:
+        groups.remove_all()
