@@ -283,6 +283,13 @@ class PowerStrip:
         # ext4's defaults (commit=5, delalloc, data=ordered), as a Pi mounts its card.
         _run("mount", "-t", "ext4", disk.device, str(disk.mountpoint))
 
+    def settle(self) -> None:
+        """Write every disk's page cache back (``sync --file-system``), as the kernel does
+        by itself within ``vm.dirty_expire_centisecs`` (30 s) of a write: the state of
+        servers that have been running for a while, not only since a few seconds."""
+        for disk in self.disks.values():
+            _run("sync", "--file-system", str(disk.mountpoint))
+
     # -- the cut ---------------------------------------------------------------------------
 
     def freeze(self, groups: Iterable[int], *, timeout_s: float = 10.0) -> None:

@@ -10,6 +10,7 @@ from typing import Iterator
 
 import pytest
 
+from final_problem.local import powercut
 from final_problem.local.postgres import LocalPostgres, LocalPostgresError
 from final_problem.local.redis import local_options
 from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
@@ -58,6 +59,18 @@ def zookeeper_ensemble(tmp_path: Path) -> Iterator[LocalEnsemble]:
         yield ensemble
     finally:
         ensemble.close()
+
+
+@pytest.fixture
+def power_strip(tmp_path: Path) -> Iterator[powercut.PowerStrip]:
+    """An XFS store for node disks that lose power together (final_problem.local.powercut).
+    Request it before the servers' fixtures: it is torn down after them, once nothing
+    holds a disk, and unmounts and removes everything it made."""
+    problems = powercut.missing()
+    if problems:
+        pytest.fail(f"the power-cut harness needs {', '.join(problems)}: run the tests as root after `sudo make system-deps`")
+    with powercut.PowerStrip(tmp_path / "power") as strip:
+        yield strip
 
 
 @pytest.fixture
