@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 from final_problem import local
 from final_problem.local import LOOPBACK, free_ports
@@ -54,7 +55,13 @@ class LocalPostgres:
     ``kill()`` and ``start()`` let a test cut the power and restart on the same data.
     """
 
-    def __init__(self, *, bin_dir: Path | None = None, password: str | None = None) -> None:
+    def __init__(
+        self, *, bin_dir: Path | None = None, password: str | None = None, data_dir: Path | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """``data_dir`` (default: in the work directory) must not exist yet or be empty; on a
+        volume, a directory inside it (initdb refuses a mount point's ``lost+found``).
+        ``settings`` replace :func:`~final_problem.renderers.postgres.server_settings`' defaults."""
         self.bin_dir = bin_dir or debian_bin_dir()
         self.password = password or secrets.token_urlsafe(24)
         self.user = SUPERUSER
@@ -62,7 +69,8 @@ class LocalPostgres:
         self.port = free_ports(1)[0]
         self.run_as = RUN_AS_WHEN_ROOT if os.geteuid() == 0 else None
         self.workdir = Path(tempfile.mkdtemp(prefix="final-problem-postgres-"))
-        self.data_dir = self.workdir / "data"
+        self.data_dir = data_dir or self.workdir / "data"
+        self.settings = dict(settings) if settings is not None else server_settings()
         self.socket_dir = self.workdir / "run"
         self.log_path = self.workdir / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -85,6 +93,9 @@ class LocalPostgres:
     def init(self) -> None:
         """``initdb`` a new cluster: superuser ``postgres`` with the generated password."""
         self._chown(self.workdir)
+        # initdb takes an existing empty directory; it must be the server user's.
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self._chown(self.data_dir)
         self.socket_dir.mkdir()
         self._chown(self.socket_dir)
         pwfile = self.workdir / "pwfile"
@@ -107,7 +118,7 @@ class LocalPostgres:
     def start(self, *, timeout_s: float = 60) -> None:
         """Start ``postgres`` on the data directory and wait until it accepts logins."""
         settings = {
-            **server_settings(),
+            **self.settings,
             "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.socket_dir),

@@ -278,6 +278,12 @@ class PowerStrip:
             os.chown(mountpoint, *owner)
         return disk
 
+    def remove_disk(self, name: str) -> None:
+        """Unmount disk ``name`` and delete its image (nothing may use it any more)."""
+        disk = self.disks.pop(name)
+        self._unmount_disk(disk)
+        disk.image.unlink(missing_ok=True)
+
     def _mount(self, disk: Disk) -> None:
         disk.device = _attach(disk.image)
         # ext4's defaults (commit=5, delalloc, data=ordered), as a Pi mounts its card.

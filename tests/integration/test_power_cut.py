@@ -12,17 +12,27 @@ tests. Run with ``-s`` to see the figures.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from kazoo.exceptions import NoNodeError
 
+from final_problem.charts.postgres import PostgresProps
+from final_problem.charts.redis import SENTINEL_STORAGE_GIB, RedisProps
 from final_problem.charts.zookeeper import ZooKeeperProps
+from final_problem.clients.redis import RedisClient, RedisSettings
 from final_problem.clients.zookeeper import ZooKeeperClient
 from final_problem.local.powercut import LiveWriter, Losses, PowerStrip, losses
+from final_problem.local.postgres import LocalPostgres
+from final_problem.local.redis import LocalRedisSet, local_options
 from final_problem.local.zookeeper import LocalEnsemble
 from final_problem.profiles import PI
+from final_problem.renderers.postgres import server_settings
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +101,148 @@ def test_zookeeper_without_fsync_loses_acknowledged_writes(power_strip: PowerStr
     result = zookeeper_power_cut(power_strip, tmp_path / "zookeeper", extra=(("forceSync", "no"),))
     print(result.summary("ZooKeeper, forceSync=no"))
     assert result.lost, f"all {result.acknowledged} acknowledged writes survived although nothing was fsynced"
+
+
+# -- Redis ----------------------------------------------------------------------------------
+
+#: Redis fsyncs an ``everysec`` AOF once a second, and delays a write up to 2 s more while
+#: an fsync is still running (Redis docs, "Redis persistence": "you can only lose one second
+#: worth of writes"; redis.conf, appendfsync). The bound adds 1 s for a busy 2-core host.
+EVERYSEC_WINDOW_S = 3.0
+
+
+def redis_power_cut(strip: PowerStrip, workdir: Path, *, appendfsync: str) -> Losses:
+    """The Pi profile's primary, two replicas and three Sentinels (``local_options``) with
+    ``appendfsync``; every member's data and every Sentinel's state on a disk of ``strip``.
+    The application's client writes with ``WAIT 1`` (``set_durable``) until the cut."""
+    options = dataclasses.replace(local_options(), appendfsync=appendfsync)
+    pi = RedisProps.for_profile(PI)
+    cluster = LocalRedisSet(workdir=workdir, options=options)
+    for proc in cluster.members:
+        strip.add_disk(proc.name, Path(proc.env["REDIS_DATA_DIR"]), size_gib=pi.storage_gib)
+    for proc in cluster.sentinels:
+        strip.add_disk(proc.name, Path(proc.env["REDIS_SENTINEL_DIR"]), size_gib=SENTINEL_STORAGE_GIB)
+    with cluster:
+        assert cluster.admin(0).config_get("appendfsync")["appendfsync"] == appendfsync
+        strip.settle()
+        client = RedisClient(settings=RedisSettings.from_env(cluster.client_env(), secret=lambda key: ""))
+        writer = LiveWriter(lambda seq: client.set_durable(f"power-cut:{seq}", "x", replicas=1, timeout_ms=2000)).start()
+        time.sleep(WRITE_S)
+        strip.freeze(proc.popen.pid for proc in cluster.members + cluster.sentinels if proc.popen is not None)
+        acks = writer.stop()
+        strip.cut()
+        client.close()
+        cluster.stop()  # reaps the processes the cut killed
+        cluster.spawn_all()
+        primary = cluster.member_index(cluster.wait_settled(timeout_s=RECOVERY_TIMEOUT_S))
+        values = cluster.admin(primary).mget([f"power-cut:{a.seq}" for a in acks]) if acks else []
+        present = {a.seq for a, v in zip(acks, values, strict=True) if v is not None}
+        writer.join()
+    return losses(acks, present, frozen_at=strip.frozen_at or 0.0, started_at=writer.started_at)
+
+
+def test_redis_everysec_loses_at_most_the_last_seconds(power_strip: PowerStrip, tmp_path: Path, redis_binaries: None) -> None:
+    """The default, ``appendfsync everysec``: writes acknowledged in about the last second
+    before the cut may be lost, only those, and never one older than a newer one kept."""
+    result = redis_power_cut(power_strip, tmp_path / "redis", appendfsync="everysec")
+    print(result.summary("Redis, appendfsync everysec (default)"))
+    assert result.acknowledged > 0
+    assert result.window_s <= EVERYSEC_WINDOW_S, (
+        f"{len(result.lost)} lost writes go back {result.window_s:.1f} s before the cut (limit {EVERYSEC_WINDOW_S} s)")
+    assert not result.holes, "a lost write is older than a write that survived"
+
+
+def test_redis_always_loses_no_acknowledged_write(power_strip: PowerStrip, tmp_path: Path, redis_binaries: None) -> None:
+    """``appendfsync always``: the primary fsyncs the AOF before it replies to a write."""
+    result = redis_power_cut(power_strip, tmp_path / "redis", appendfsync="always")
+    print(result.summary("Redis, appendfsync always"))
+    assert result.acknowledged > 0
+    assert not result.lost, f"{len(result.lost)} acknowledged writes lost, e.g. {result.lost[:5]}"
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+class PsqlSession:
+    """One psql session inserting one row per statement (autocommit: each is a commit); a
+    row psql prints back is an acknowledged commit."""
+
+    def __init__(self, server: LocalPostgres) -> None:
+        self.process = subprocess.Popen(
+            [shutil.which("psql") or str(server.bin_dir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+             "-h", server.host, "-p", str(server.port), "-U", server.user, "-d", "postgres"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGPASSWORD": server.password},
+        )
+
+    def insert(self, seq: int) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"INSERT INTO power_cut VALUES ({seq}) RETURNING seq;\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if answer.strip() != str(seq):
+            raise RuntimeError(f"psql answered {answer!r} to the insert of {seq}")
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+
+def postgres_power_cut(strip: PowerStrip, **changes: str) -> Losses:
+    """The Pi profile's server settings (with ``changes``), its data directory inside a disk
+    of ``strip`` as in the chart (PGDATA a directory of the volume); a psql session commits
+    one row per statement until the cut."""
+    pi = PostgresProps.for_profile(PI)
+    settings = {**server_settings(max_connections=pi.max_connections, shared_buffers_mib=pi.shared_buffers_mib), **changes}
+    # The server runs as nobody when the tests run as root: its volume must be reachable by
+    # it, which pytest's private temporary directories are not.
+    volume = Path(tempfile.mkdtemp(prefix="final-problem-postgres-volume-"))
+    try:
+        volume.chmod(0o755)
+        strip.add_disk("postgres", volume, size_gib=pi.storage_gib)
+        try:
+            return _postgres_power_cut(strip, LocalPostgres(data_dir=volume / "pgdata", settings=settings), changes)
+        finally:
+            strip.remove_disk("postgres")
+    finally:
+        volume.rmdir()
+
+
+def _postgres_power_cut(strip: PowerStrip, server: LocalPostgres, changes: dict[str, str]) -> Losses:
+    with server:
+        for key, value in changes.items():
+            assert server.query(f"SHOW {key}")[0][0] == value
+        server.psql("CREATE TABLE power_cut (seq int PRIMARY KEY)")
+        strip.settle()
+        session = PsqlSession(server)
+        try:
+            writer = LiveWriter(session.insert).start()
+            time.sleep(WRITE_S)
+            assert server.process is not None
+            strip.freeze([server.process.pid])
+            acks = writer.stop()
+            strip.cut()
+        finally:
+            session.close()
+        writer.join()
+        server.kill()  # reaps the postmaster the cut killed
+        server.start(timeout_s=RECOVERY_TIMEOUT_S)  # crash recovery replays the WAL on disk
+        present = {int(row[0]) for row in server.query("SELECT seq FROM power_cut")}
+    return losses(acks, present, frozen_at=strip.frozen_at or 0.0, started_at=writer.started_at)
+
+
+def test_postgres_loses_no_committed_row(power_strip: PowerStrip) -> None:
+    """A commit returns once its WAL is flushed to disk (``synchronous_commit=on``, ``fsync=on``,
+    rendered explicitly): every acknowledged commit survives."""
+    result = postgres_power_cut(power_strip)
+    print(result.summary("PostgreSQL, synchronous_commit=on (default)"))
+    assert result.acknowledged > 0
+    assert not result.lost, f"{len(result.lost)} committed rows lost, e.g. {result.lost[:5]}"
+
+
+def test_postgres_asynchronous_commit_loses_committed_rows(power_strip: PowerStrip) -> None:
+    """The harness catches commits acknowledged before their WAL is on disk:
+    ``synchronous_commit=off`` may lose up to three times ``wal_writer_delay`` (200 ms) of
+    commits (PostgreSQL docs, "Asynchronous Commit")."""
+    result = postgres_power_cut(power_strip, synchronous_commit="off")
+    print(result.summary("PostgreSQL, synchronous_commit=off"))
+    assert result.lost, f"all {result.acknowledged} commits survived although none waited for its WAL flush"
