@@ -15,6 +15,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from final_problem.charts.redis import SENTINEL_STORAGE_GIB, RedisProps
 from final_problem.charts.zookeeper import ZooKeeperProps
 from final_problem.clients.redis import RedisClient, RedisSettings
 from final_problem.clients.zookeeper import ZooKeeperClient
+from final_problem.local import powercut
 from final_problem.local.powercut import LiveWriter, Losses, PowerStrip, losses
 from final_problem.local.postgres import LocalPostgres
 from final_problem.local.redis import LocalRedisSet, local_options
@@ -41,6 +43,44 @@ pytestmark = pytest.mark.integration
 WRITE_S = 6
 #: Seconds for servers to answer again after the cut (JVM start on a busy host included).
 RECOVERY_TIMEOUT_S = 90
+
+
+# -- the harness ----------------------------------------------------------------------------
+
+def test_a_cut_keeps_fsynced_data_and_drops_the_rest(tmp_path: Path) -> None:
+    """What the harness rests on: a file fsynced before the cut is there afterwards, a file
+    only written (in the page cache, which a kill -9 keeps) is not. After close, no mount,
+    loop device or image file is left."""
+    if powercut.missing():
+        pytest.fail(f"the power-cut harness needs {', '.join(powercut.missing())}: run the tests as root "
+                    "after `sudo make system-deps`")
+    node = tmp_path / "node"
+    with PowerStrip(tmp_path / "power") as strip:
+        strip.add_disk("node", node, size_gib=1)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", (
+                "import os, sys, time\n"
+                "with open('synced', 'w') as f: f.write('kept'); f.flush(); os.fsync(f.fileno())\n"
+                "with open('written', 'w') as f: f.write('lost')\n"
+                "print('done', flush=True); time.sleep(600)")],
+            cwd=node, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == "done\n"
+            strip.freeze([writer.pid])
+            strip.cut()
+        finally:
+            writer.kill()
+            writer.wait(timeout=30)
+        assert (node / "synced").read_text() == "kept"
+        assert not (node / "written").exists()
+        store = strip.store
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(node) not in mounts and str(store) not in mounts
+    backing = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"], capture_output=True,
+                             text=True, check=True).stdout
+    assert str(tmp_path) not in backing
+    assert not any((tmp_path / "power").rglob("*.img"))
 
 
 # -- ZooKeeper ------------------------------------------------------------------------------
