@@ -145,9 +145,9 @@ def test_zookeeper_without_fsync_loses_acknowledged_writes(power_strip: PowerStr
 
 # -- Redis ----------------------------------------------------------------------------------
 
-#: Redis fsyncs an ``everysec`` AOF once a second, and delays a write up to 2 s more while
-#: an fsync is still running (Redis docs, "Redis persistence": "you can only lose one second
-#: worth of writes"; redis.conf, appendfsync). The bound adds 1 s for a busy 2-core host.
+#: Redis fsyncs an ``everysec`` AOF once a second ("you may lose 1 second of data": Redis docs,
+#: "Redis persistence"), and while an fsync runs late it holds the next write back for at most
+#: 2 s (src/aof.c, flushAppendOnlyFile). The bound adds 1 s for a busy 2-core host.
 EVERYSEC_WINDOW_S = 3.0
 
 
