@@ -212,10 +212,9 @@ class PowerStrip:
         with image.open("wb") as f:
             f.truncate(self.capacity_gib << 30)
         _run("mkfs.xfs", "-q", "-f", "-m", "reflink=1", str(image))
-        store = Path(tempfile.mkdtemp(prefix="store-", dir=self.workdir))
+        self.store = Path(tempfile.mkdtemp(prefix="store-", dir=self.workdir))
         self._store_device = _attach(image)
-        _run("mount", "-t", "xfs", self._store_device, str(store))
-        self.store = store
+        _run("mount", "-t", "xfs", self._store_device, str(self.store))
 
     def close(self) -> None:
         """Kill what is still frozen, unmount every disk and the store, detach every loop
@@ -231,7 +230,7 @@ class PowerStrip:
         for disk in self.disks.values():
             attempt(lambda disk=disk: self._unmount_disk(disk))
         self.disks.clear()
-        if self.store is not None:
+        if self.store is not None and os.path.ismount(self.store):
             attempt(lambda: _unmount(self.store))  # type: ignore[arg-type]
         if self._store_device is not None:
             attempt(lambda: _detach(self._store_device))  # type: ignore[arg-type]
@@ -460,8 +459,10 @@ class Losses:
 def losses(acks: Sequence[Ack], present: Collection[int], *, frozen_at: float, started_at: float) -> Losses:
     """Compare the acknowledged writes ``acks`` with the sequence numbers ``present`` after
     the cut."""
-    lost = tuple(a.seq for a in acks if a.seq not in present)
-    window = frozen_at - min(a.at for a in acks if a.seq in lost) if lost else 0.0
+    lost_acks = [a for a in acks if a.seq not in present]
+    lost = tuple(a.seq for a in lost_acks)
+    # Acknowledgements arrive in order: the first lost one opens the window.
+    window = frozen_at - lost_acks[0].at if lost_acks else 0.0
     duration = (acks[-1].at - started_at) if acks else 0.0
     holes = bool(lost) and any(a.seq > lost[0] and a.seq in present for a in acks)
     return Losses(acknowledged=len(acks), lost=lost, window_s=max(window, 0.0),

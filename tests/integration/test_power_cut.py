@@ -29,8 +29,8 @@ from final_problem.charts.zookeeper import ZooKeeperProps
 from final_problem.clients.redis import RedisClient, RedisSettings
 from final_problem.clients.zookeeper import ZooKeeperClient
 from final_problem.local import powercut
-from final_problem.local.powercut import LiveWriter, Losses, PowerStrip, losses
 from final_problem.local.postgres import LocalPostgres
+from final_problem.local.powercut import LiveWriter, Losses, PowerStrip, losses
 from final_problem.local.redis import LocalRedisSet, local_options
 from final_problem.local.zookeeper import LocalEnsemble
 from final_problem.profiles import PI
@@ -81,6 +81,28 @@ def test_a_cut_keeps_fsynced_data_and_drops_the_rest(tmp_path: Path) -> None:
                              text=True, check=True).stdout
     assert str(tmp_path) not in backing
     assert not any((tmp_path / "power").rglob("*.img"))
+
+
+def test_a_failure_while_frozen_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A test that fails with its servers frozen on their disks: closing the strip kills
+    them, then unmounts and detaches everything."""
+    if powercut.missing():
+        pytest.fail(f"the power-cut harness needs {', '.join(powercut.missing())}")
+    node = tmp_path / "node"
+    server: subprocess.Popen[bytes] | None = None
+    with pytest.raises(RuntimeError, match="failed while frozen"):
+        with PowerStrip(tmp_path / "power") as strip:
+            strip.add_disk("node", node, size_gib=1)
+            # Its working directory keeps the disk busy until it is killed.
+            server = subprocess.Popen(["sleep", "600"], cwd=node, start_new_session=True)
+            strip.freeze([server.pid])
+            raise RuntimeError("failed while frozen")
+    assert server is not None
+    assert server.wait(timeout=30) == -9
+    assert str(node) not in Path("/proc/self/mounts").read_text()
+    backing = subprocess.run(["losetup", "--list", "--noheadings", "--output", "BACK-FILE"], capture_output=True,
+                             text=True, check=True).stdout
+    assert str(tmp_path) not in backing
 
 
 # -- ZooKeeper ------------------------------------------------------------------------------
