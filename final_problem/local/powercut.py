@@ -9,10 +9,11 @@ loses. This harness can. Each node's data directory is its own disk:
 - each node's disk is a sparse image file on that XFS, on a loop device, formatted ext4
   and mounted with ext4's default options, as a Pi's SD card is: journal commit every 5 s
   (``commit=5``), delayed allocation (``delalloc``), ``data=ordered``. Data written without
-  ``fsync`` sits in the ext4 page cache until the kernel's flusher writes it back, after
-  ``vm.dirty_expire_centisecs`` (30 s by default), or the next journal commit writes the
-  metadata naming it (Linux docs: Documentation/admin-guide/ext4.rst, mount options
-  ``commit=nrsec`` and ``delalloc``; Documentation/admin-guide/sysctl/vm.rst,
+  ``fsync`` sits in the ext4 page cache until the kernel's flusher writes it back, once it
+  is older than ``vm.dirty_expire_centisecs`` (3000, 30 s, by default: mm/page-writeback.c);
+  a new file's name reaches the disk with the next journal commit (Linux docs:
+  Documentation/admin-guide/ext4.rst, mount options ``commit=nrsec``, "The default value is
+  5 seconds", and ``delalloc``; Documentation/admin-guide/sysctl/vm.rst,
   ``dirty_expire_centisecs`` and ``dirty_writeback_centisecs``).
 
 The cut (:meth:`PowerStrip.freeze`, then :meth:`PowerStrip.cut`):
@@ -21,11 +22,12 @@ The cut (:meth:`PowerStrip.freeze`, then :meth:`PowerStrip.cut`):
    waits until each of their threads is stopped: from then on no server sends anything,
    so every acknowledgement a client holds was sent before the cut;
 2. the caller stops its client and records what was acknowledged;
-3. every disk image is cloned with the ``FICLONE`` ioctl. On XFS a clone shares the
-   source's extents and is taken under the file's locks, after its dirty pages are
-   written: it holds exactly the writes the loop device had completed, and none of the
-   ext4 page cache above it (ioctl_ficlone(2): "the contents of the destination file
-   are replaced by the contents of the source file"; XFS supports it with reflink);
+3. every disk image is cloned with the ``FICLONE`` ioctl: the clone shares the image's
+   storage, and a later write to either stays private to it (ioctl_ficlone(2); XFS
+   supports it when made with ``reflink=1``, mkfs.xfs(8)). The kernel writes the image's
+   own dirty pages first and clones under the file's locks (``generic_remap_file_range_prep``,
+   fs/remap_range.c): the clone holds exactly the writes the loop device had completed,
+   and none of the ext4 page cache above it;
 4. the servers are killed (SIGKILL) and their old disks unmounted and thrown away;
 5. each clone is mounted where its node's data lives (ext4 replays its journal), and
    the caller restarts the servers from it.
