@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from final_problem.local import powercut
 from final_problem.local.powercut import Ack, losses
 from tests.conftest import xdist_lane
+from tests.integration.conftest import require_power_cut
 
 
 def acks(*times: float) -> list[Ack]:
@@ -34,3 +36,15 @@ def test_an_older_write_lost_while_a_newer_one_survived_is_a_hole() -> None:
 
 def test_the_power_cuts_run_in_the_waiting_lane() -> None:
     assert xdist_lane("tests/integration/test_power_cut.py") == "integration: servers that wait"
+
+
+def test_a_host_that_cannot_cut_fails_the_test_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(powercut.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(powercut.shutil, "which", lambda tool: None if tool == "mkfs.xfs" else f"/usr/bin/{tool}")
+    monkeypatch.setattr(powercut, "SBIN", ())
+    assert powercut.missing()[:2] == ["root (loop devices and mounts)", "mkfs.xfs (Debian package xfsprogs)"]
+    with pytest.raises(pytest.fail.Exception) as failure:
+        require_power_cut()
+    message = str(failure.value)
+    assert message.startswith("the power-cut harness needs root (loop devices and mounts), mkfs.xfs (Debian package xfsprogs)")
+    assert message.endswith("run the tests as root after `sudo make system-deps`") and "\n" not in message

@@ -68,6 +68,8 @@ from typing import Callable, Collection, Iterable, Sequence
 FICLONE = 0x40049409
 #: Tools the harness runs, each with the Debian package that provides it.
 TOOLS = {"losetup": "mount", "mount": "mount", "umount": "mount", "mkfs.xfs": "xfsprogs", "mkfs.ext4": "e2fsprogs"}
+#: Where they live when a non-login PATH lacks the sbin directories.
+SBIN: tuple[str, ...] = ("/usr/sbin", "/sbin")
 
 
 class PowerCutError(RuntimeError):
@@ -80,16 +82,19 @@ def missing() -> list[str]:
     if os.geteuid() != 0:
         problems.append("root (loop devices and mounts)")
     for tool, package in TOOLS.items():
-        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists() and not Path("/sbin", tool).exists():
+        if shutil.which(tool) is None and not any(Path(directory, tool).exists() for directory in SBIN):
             problems.append(f"{tool} (Debian package {package})")
     if not Path("/dev/loop-control").exists():
         problems.append("/dev/loop-control (the kernel's loop driver: modprobe loop)")
     return problems
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": os.pathsep.join([os.environ.get("PATH", ""), *SBIN])}
+
+
 def _run(*argv: str) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PATH": f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"})
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=_env())
     if result.returncode != 0:
         raise PowerCutError(f"{' '.join(argv)} failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")
     return result.stdout.strip()
@@ -109,7 +114,7 @@ def _unmount(mountpoint: Path, *, timeout_s: float = 10.0) -> None:
     in the end lazily, so no mount is ever left behind."""
     deadline = time.monotonic() + timeout_s
     while True:
-        result = subprocess.run(["umount", str(mountpoint)], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(["umount", str(mountpoint)], capture_output=True, text=True, timeout=120, env=_env())
         if result.returncode == 0:
             return
         if time.monotonic() >= deadline:

@@ -61,14 +61,19 @@ def zookeeper_ensemble(tmp_path: Path) -> Iterator[LocalEnsemble]:
         ensemble.close()
 
 
+def require_power_cut() -> None:
+    """Fail (never skip) with one line when this host cannot run the power-cut harness."""
+    problems = powercut.missing()
+    if problems:
+        pytest.fail(f"the power-cut harness needs {', '.join(problems)}: run the tests as root after `sudo make system-deps`")
+
+
 @pytest.fixture
 def power_strip(tmp_path: Path) -> Iterator[powercut.PowerStrip]:
     """An XFS store for node disks that lose power together (final_problem.local.powercut).
     Request it before the servers' fixtures: it is torn down after them, once nothing
     holds a disk, and unmounts and removes everything it made."""
-    problems = powercut.missing()
-    if problems:
-        pytest.fail(f"the power-cut harness needs {', '.join(problems)}: run the tests as root after `sudo make system-deps`")
+    require_power_cut()
     with powercut.PowerStrip(tmp_path / "power") as strip:
         yield strip
 

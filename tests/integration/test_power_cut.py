@@ -28,13 +28,13 @@ from final_problem.charts.redis import SENTINEL_STORAGE_GIB, RedisProps
 from final_problem.charts.zookeeper import ZooKeeperProps
 from final_problem.clients.redis import RedisClient, RedisSettings
 from final_problem.clients.zookeeper import ZooKeeperClient
-from final_problem.local import powercut
 from final_problem.local.postgres import LocalPostgres
 from final_problem.local.powercut import LiveWriter, Losses, PowerStrip, losses
 from final_problem.local.redis import LocalRedisSet, local_options
 from final_problem.local.zookeeper import LocalEnsemble
 from final_problem.profiles import PI
 from final_problem.renderers.postgres import server_settings
+from tests.integration.conftest import require_power_cut
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +51,7 @@ def test_a_cut_keeps_fsynced_data_and_drops_the_rest(tmp_path: Path) -> None:
     """What the harness rests on: a file fsynced before the cut is there afterwards, a file
     only written (in the page cache, which a kill -9 keeps) is not. After close, no mount,
     loop device or image file is left."""
-    if powercut.missing():
-        pytest.fail(f"the power-cut harness needs {', '.join(powercut.missing())}: run the tests as root "
-                    "after `sudo make system-deps`")
+    require_power_cut()
     node = tmp_path / "node"
     with PowerStrip(tmp_path / "power") as strip:
         strip.add_disk("node", node, size_gib=1)
@@ -86,8 +84,7 @@ def test_a_cut_keeps_fsynced_data_and_drops_the_rest(tmp_path: Path) -> None:
 def test_a_failure_while_frozen_leaves_nothing_behind(tmp_path: Path) -> None:
     """A test that fails with its servers frozen on their disks: closing the strip kills
     them, then unmounts and detaches everything."""
-    if powercut.missing():
-        pytest.fail(f"the power-cut harness needs {', '.join(powercut.missing())}")
+    require_power_cut()
     node = tmp_path / "node"
     server: subprocess.Popen[bytes] | None = None
     with pytest.raises(RuntimeError, match="failed while frozen"):
