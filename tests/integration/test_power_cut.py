@@ -299,9 +299,18 @@ def test_postgres_loses_no_committed_row(power_strip: PowerStrip) -> None:
 
 
 def test_postgres_asynchronous_commit_loses_committed_rows(power_strip: PowerStrip) -> None:
-    """The harness catches commits acknowledged before their WAL is on disk:
-    ``synchronous_commit=off`` may lose up to three times ``wal_writer_delay`` (200 ms) of
-    commits (PostgreSQL docs, "Asynchronous Commit")."""
+    """Commits acknowledged before their WAL is on disk are lost: ``synchronous_commit=off``
+    may lose up to three times ``wal_writer_delay`` (200 ms) of commits (PostgreSQL docs,
+    "Asynchronous Commit"). Most of them are still in the server's WAL buffers, which a
+    kill -9 loses too; ``fsync=off`` below is the case only a power cut shows."""
     result = postgres_power_cut(power_strip, synchronous_commit="off")
     print(result.summary("PostgreSQL, synchronous_commit=off"))
     assert result.lost, f"all {result.acknowledged} commits survived although none waited for its WAL flush"
+
+
+def test_postgres_without_fsync_loses_committed_rows(power_strip: PowerStrip) -> None:
+    """``fsync=off``: commits write their WAL to the kernel but never force it to disk. A
+    kill -9 keeps such writes (the page cache survives it); this cut loses them."""
+    result = postgres_power_cut(power_strip, fsync="off")
+    print(result.summary("PostgreSQL, fsync=off"))
+    assert result.lost, f"all {result.acknowledged} commits survived although nothing was fsynced"
