@@ -314,3 +314,15 @@ def test_postgres_without_fsync_loses_committed_rows(power_strip: PowerStrip) ->
     result = postgres_power_cut(power_strip, fsync="off")
     print(result.summary("PostgreSQL, fsync=off"))
     assert result.lost, f"all {result.acknowledged} commits survived although nothing was fsynced"
+
+
+def test_postgres_without_fsync_keeps_commits_through_a_kill_9() -> None:
+    """The contrast: with ``fsync=off`` a kill -9 of every server process loses nothing
+    (the page cache survives it), so only the harness shows what a power cut loses."""
+    with LocalPostgres(settings={**server_settings(), "fsync": "off"}) as server:
+        server.psql("CREATE TABLE t (v int)")
+        for i in range(100):
+            server.psql(f"INSERT INTO t VALUES ({i})")
+        server.kill()
+        server.start(timeout_s=RECOVERY_TIMEOUT_S)
+        assert server.query("SELECT count(*) FROM t") == [["100"]]
