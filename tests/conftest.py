@@ -34,7 +34,7 @@ CDK_JSON = json.loads((ROOT / "cdk.json").read_text())["context"]
 #: PostgreSQL and ZooKeeper, which mostly wait on timeouts, the other. The lanes are balanced by
 #: the measured time of their files (``--durations=0``, summed per file): about 5.5 minutes
 #: each on 2 cores, the Cadence schema scripts (PostgreSQL, little CPU) with the heavy lane.
-#: The power cuts (test_power_cut.py, about 65 s: 6 s write bursts against ZooKeeper, Redis
+#: The power cuts (test_power_cut.py, about 2 min: 6 s write bursts against ZooKeeper, Redis
 #: and PostgreSQL, each on loop-device disks) join the waiting lane: beside the heavy lane's
 #: JVMs a burst only writes less, and the tests count losses, not speed.
 INTEGRATION = "tests/integration/"
