@@ -36,7 +36,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from final_problem.clients import cadence as sample
 from final_problem.local import cadence as tools
-from final_problem.local import kill_group
+from final_problem.local import kill_group, limits
 from final_problem.local.postgres import LocalPostgres
 from final_problem.renderers.cadence import Database
 
@@ -93,12 +93,15 @@ def workflow_figures(*, sequential: int, count: int, concurrency: int) -> None:
             finally:
                 kill_group(worker)
             processes = len(cadence.instances)
+            usage = limits.report("cadence pi", cadence.groups) + limits.report("postgres pi", server.groups)
     print(f"Cadence {tools.cache_dir().name.removeprefix('cadence-')} server ({processes} processes, Pi profile settings), "
           "one Python worker process, EchoWorkflow:")
     print(f"  start-to-complete, one at a time ({sequential}):  p50 {percentile(one_at_a_time, 50) * 1000:6.0f} ms   "
           f"p99 {percentile(one_at_a_time, 99) * 1000:6.0f} ms")
     print(f"  throughput, {concurrency} in flight ({count}):     {count / wall:6.1f} workflows/s   "
           f"latency p50 {percentile(loaded, 50) * 1000:.0f} ms, p99 {percentile(loaded, 99) * 1000:.0f} ms")
+    for line in usage:
+        print(f"  {line}")
 
 
 def main() -> int:

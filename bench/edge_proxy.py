@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from final_problem.charts.envoy import EnvoyProps, chart_config
-from final_problem.local import LOOPBACK, free_ports, wait_for
+from final_problem.local import LOOPBACK, free_ports, limits, wait_for
 from final_problem.local.envoy import LocalEdge, envoy_version
 from final_problem.profiles import EKS
 
@@ -72,7 +72,7 @@ def main() -> int:
                  timeout_s=15, retry_on=(OSError,))
         options, routes = chart_config(EnvoyProps.for_profile(EKS), ("base", "demo"))
         with tempfile.TemporaryDirectory(prefix="envoy-bench-") as tmp, LocalEdge(
-            workdir=Path(tmp), routes=routes, backends={"demo": [(LOOPBACK, port)]}, options=options,
+            workdir=Path(tmp), routes=routes, backends={"demo": [(LOOPBACK, port)]}, options=options, profile=EKS,
         ) as edge:
             edge.wait_healthy("demo", 1)
             direct, direct_s = run_load(port, args.requests)
@@ -80,6 +80,7 @@ def main() -> int:
             cpu_before = cpu_seconds(edge.proc.pid)
             proxied, proxied_s = run_load(edge.options.port, args.requests)
             cpu = cpu_seconds(edge.proc.pid) - cpu_before
+            usage = limits.report("envoy eks", edge.groups)
         print(f"envoy {envoy_version()} edge config (1 worker), {args.requests} sequential keep-alive GETs each, "
               f"on {os.cpu_count()} shared cores")
         for name, samples, elapsed in (("direct", direct, direct_s), ("via envoy", proxied, proxied_s)):
@@ -89,6 +90,8 @@ def main() -> int:
               f"p99 {percentile(proxied, 99) - percentile(direct, 99):6.3f} ms")
         per_core = args.requests / cpu if cpu > 0 else float("inf")
         print(f"  envoy used {cpu:.2f} CPU-s for {args.requests} requests: {per_core:,.0f} requests/s per core")
+        for line in usage:
+            print(f"  {line}")
     finally:
         backend.terminate()
         backend.wait(timeout=10)

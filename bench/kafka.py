@@ -1,14 +1,21 @@
 """Measure the project's Kafka client against a real 3 controller + 3 broker cluster on loopback.
 
-Starts the cluster with the launcher the integration tests use (final_problem.local.kafka,
-the chart's rendered configuration) with the JVM's full JIT, then prints:
+Starts a cluster of each layout (EKS: 3 controllers + 3 brokers; Pi: 3 combined nodes) with
+the launcher the integration tests use (final_problem.local.kafka: the chart's rendered
+configuration and JVM command line, each node under its container's CPU and memory limits),
+then prints for each:
 
 - produce throughput, acks=all, 1 KiB records, of the project's producer
   (final_problem.clients.kafka: kafka-python, idempotent) and of Kafka's own
   ``kafka-producer-perf-test`` (org.apache.kafka.tools.ProducerPerformance) with the same
   acks, idempotence, linger and user, and their ratio;
 - end-to-end latency (send to receipt by a group consumer) p50/p99 at a modest rate;
-- the time from ``kill -9`` of the partition leader to the first acknowledged acks=all write.
+- on the Pi layout, the produce throughput without fsync on every write, against which
+  the default's cost is stated;
+- the time from ``kill -9`` of the partition leader to the first acknowledged acks=all write
+  (the profile's ``broker.session.timeout.ms`` bounds it);
+- per node, peak memory against its limit, OOM kills, CPU time and throttling, and the
+  JVM's GC pauses (p99 and longest, from its GC log).
 
 Needs ``make kafka`` (the jars) and Java.
 
@@ -31,7 +38,9 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from final_problem.clients.kafka import admin, consumer, producer
-from final_problem.local.kafka import TEST_TUNING, LocalKafkaCluster, missing_binaries
+from final_problem.charts.kafka import KafkaProps
+from final_problem.local.kafka import LocalKafkaCluster, missing_binaries
+from final_problem.profiles import PI
 
 RECORD = b"x" * 1024
 
@@ -147,23 +156,45 @@ def main() -> int:
     if missing := missing_binaries():
         print(f"missing {', '.join(missing)}: run `make kafka`", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="kafka-bench-") as tmp, \
-            LocalKafkaCluster(workdir=Path(tmp), heap_mib=512, jvm_options=(), extra=TEST_TUNING) as cluster:
-        cluster.start_all()
-        cluster.wait_healthy()
-        print(f"kafka: 3 controllers + 3 brokers on loopback (SASL/SCRAM), acks=all, {len(RECORD)} B records")
-        topic = cluster.create_topic(partitions=3, prefix="bench")
-        ours = project_throughput(cluster, topic, args.records)
-        theirs = perf_test_throughput(cluster, topic, args.records)
-        print(f"kafka produce  project client {ours:9.0f} rec/s  kafka-producer-perf-test {theirs:9.0f} rec/s  "
-              f"ratio {ours / theirs:5.2f}  ({args.records} records each)")
-        latency = end_to_end_latency(cluster, cluster.create_topic(partitions=3, prefix="bench"), args.latency_records)
-        print(f"kafka e2e      p50 {percentile(latency, 50):7.2f} ms  p99 {percentile(latency, 99):7.2f} ms  "
-              f"({len(latency)} of {args.latency_records} records, one per 5 ms)")
-        failover = kill_to_first_write(cluster, cluster.create_topic(partitions=1, prefix="bench"))
-        print(f"kafka failover kill -9 of the partition leader to first acks=all write {failover:6.2f} s "
-              f"(broker.session.timeout.ms {dict(TEST_TUNING)['broker.session.timeout.ms']})")
+    pi_without_fsync = KafkaProps.for_profile(PI, fsync_every_write=False)
+    throughput: dict[str, float] = {}
+    for name, layout, props in (("kafka eks", "dedicated", None), ("kafka pi", "combined", None),
+                                ("kafka pi without fsync", "combined", pi_without_fsync)):
+        with tempfile.TemporaryDirectory(prefix="kafka-bench-") as tmp, \
+                LocalKafkaCluster(workdir=Path(tmp), layout=layout, props=props) as cluster:
+            cluster.start_all()
+            cluster.wait_healthy()
+            nodes = "3 controllers + 3 brokers" if layout == "dedicated" else "3 broker+controller nodes"
+            print(f"{name}: {nodes} on loopback (SASL/SCRAM) under their pods' limits, acks=all, {len(RECORD)} B records"
+                  f", fsync every write {'on' if cluster.props.fsync_every_write else 'off'}")
+            topic = cluster.create_topic(partitions=3, prefix="bench")
+            throughput[name] = ours = project_throughput(cluster, topic, args.records)
+            if props is not None:
+                print(f"{name} produce  project client {ours:9.0f} rec/s; with fsync every write "
+                      f"{throughput['kafka pi'] / ours:5.2f} of that ({args.records} records each)")
+                continue
+            theirs = perf_test_throughput(cluster, topic, args.records)
+            print(f"{name} produce  project client {ours:9.0f} rec/s  kafka-producer-perf-test {theirs:9.0f} rec/s  "
+                  f"ratio {ours / theirs:5.2f}  ({args.records} records each)")
+            latency = end_to_end_latency(cluster, cluster.create_topic(partitions=3, prefix="bench"), args.latency_records)
+            print(f"{name} e2e      p50 {percentile(latency, 50):7.2f} ms  p99 {percentile(latency, 99):7.2f} ms  "
+                  f"({len(latency)} of {args.latency_records} records, one per 5 ms)")
+            failover = kill_to_first_write(cluster, cluster.create_topic(partitions=1, prefix="bench"))
+            print(f"{name} failover kill -9 of the partition leader to first acks=all write {failover:6.2f} s "
+                  f"(broker.session.timeout.ms {cluster.props.broker_session_timeout_ms})")
+            print_usage(name, cluster)
     return 0
+
+
+def print_usage(name: str, cluster: LocalKafkaCluster) -> None:
+    """Per node: peak memory against the container's limit, and the JVM's GC pauses."""
+    usage = {u.name: u for u in cluster.groups.usage()}
+    for node_id in cluster.procs:
+        u = usage.get(cluster.group_name(node_id))
+        pauses = cluster.gc_pauses_ms(node_id)
+        gc = (f"GC pauses p99 {percentile(pauses, 99):6.1f} ms, max {max(pauses):6.1f} ms ({len(pauses)})"
+              if pauses else "no GC pause")
+        print(f"{name} node {node_id:3d} {u}; {gc}")
 
 
 if __name__ == "__main__":

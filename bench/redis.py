@@ -37,6 +37,7 @@ import time
 
 from final_problem.charts.redis import RedisProps
 from final_problem.clients.redis import RedisClient, RedisSettings
+from final_problem.local import limits
 from final_problem.local.redis import HOST, LocalRedisSet, first_acknowledged_write
 from final_problem.profiles import PI
 
@@ -114,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 client.close()
             theirs = redis_benchmark_ops(cluster, port, args.requests)
+            usage = limits.report("redis", cluster.groups)
         for op in ("SET", "GET"):
             print(f"redis {op}: sentinel client {ours[op]:,.0f} ops/s, redis-benchmark -c 1 {theirs[op]:,.0f} ops/s, "
                   f"ratio {ours[op] / theirs[op]:.2f}")
+        # Under the Pi pods' limits, after both throughput runs.
+        for line in usage:
+            print(line)
         cuts = power_cuts(Path(tmp) / "power-cut", args.cuts)
         print(f"redis power cut (all pods killed, then started at once): first acknowledged write (WAIT 1) "
               f"median {statistics.median(cuts):.2f} s after the last pod started, over {len(cuts)} cuts "

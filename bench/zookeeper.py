@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from final_problem.clients.zookeeper import ZooKeeperClient, ZooKeeperUnavailable
-from final_problem.local import wait_for
+from final_problem.local import limits, wait_for
 from final_problem.local.zookeeper import LocalEnsemble, missing_binaries
 
 
@@ -67,7 +67,7 @@ def main() -> int:
         print(f"missing {', '.join(missing)}: run `sudo make system-deps`", file=sys.stderr)
         return 1
     value = b"x" * args.size
-    with tempfile.TemporaryDirectory(prefix="zk-bench-") as tmp, LocalEnsemble(workdir=Path(tmp), heap_mib=256) as ensemble:
+    with tempfile.TemporaryDirectory(prefix="zk-bench-") as tmp, LocalEnsemble(workdir=Path(tmp)) as ensemble:
         ensemble.start_all()
         leader = ensemble.wait_for_quorum(timeout=30)
         print(f"zookeeper ensemble: 3 members on loopback, leader {leader}; {args.ops} sequential ops of {args.size} B")
@@ -89,6 +89,8 @@ def main() -> int:
         print(f"zookeeper power cut (all members killed, then started at once): first acknowledged write "
               f"median {statistics.median(cuts):.2f} s after the last member started, over {len(cuts)} cuts "
               f"(min {min(cuts):.2f}, max {max(cuts):.2f})")
+        for line in limits.report("zookeeper", ensemble.groups, ensemble.gc_pauses_ms()):
+            print(line)
     return 0
 
 

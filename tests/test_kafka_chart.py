@@ -81,7 +81,9 @@ def test_durability_defaults(eks: list[dict[str, Any]]) -> None:
     data = one(eks, "ConfigMap", "kafka-config")["data"]
     broker = properties(data["kafka-broker-0.properties"])
     controller = properties(data["kafka-controller-0.properties"])
-    assert broker["default.replication.factor"] == "3"
+    # Topic-creation defaults are the controllers' in KRaft, and only theirs.
+    assert controller["default.replication.factor"] == "3" and controller["num.partitions"] == "3"
+    assert "default.replication.factor" not in broker and "num.partitions" not in broker
     # Set on the controllers too: with eligible leader replicas theirs is the cluster value.
     assert broker["min.insync.replicas"] == controller["min.insync.replicas"] == "2"
     assert broker["unclean.leader.election.enable"] == "false"
@@ -258,3 +260,55 @@ def test_client_settings_come_from_the_environment_or_the_secret() -> None:
     assert s.common()["bootstrap_servers"] == ["a:1", "b:2"] and s.common()["sasl_mechanism"] == "SCRAM-SHA-512"
     s = KafkaSettings.from_env({"KAFKA_PASSWORD": "env"}, secret=secret)
     assert s.password == "env" and s.bootstrap_servers == "kafka-bootstrap.kafka.svc:9092"
+
+
+def test_combined_nodes_carry_the_controller_defaults(pi: list[dict[str, Any]]) -> None:
+    node = properties(one(pi, "ConfigMap", "kafka-config")["data"]["kafka-0.properties"])
+    assert node["num.partitions"] == node["default.replication.factor"] == "3"
+
+
+@pytest.mark.parametrize(("profile", "session", "heartbeat"), [("eks", "3000", "500"), ("pi", "6000", "1000")])
+def test_failure_detection_per_profile_on_the_role_that_reads_it(profile: str, session: str, heartbeat: str) -> None:
+    data = one(render(profile), "ConfigMap", "kafka-config")["data"]
+    files = {name: properties(text) for name, text in data.items() if name.startswith("kafka-")}
+    for name, conf in files.items():
+        roles = conf["process.roles"].split(",")
+        # broker.session.timeout.ms is read by the controllers (they fence), the interval by brokers.
+        assert conf.get("broker.session.timeout.ms") == (session if "controller" in roles else None), name
+        assert conf.get("broker.heartbeat.interval.ms") == (heartbeat if "broker" in roles else None), name
+
+
+def test_heartbeat_not_below_the_session_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.broker_heartbeat_interval_ms = 6000: must be positive and below "
+                                          r"kafka\.broker_session_timeout_ms \(6000\).*use 1000"):
+        KafkaProps.for_profile(PI, broker_heartbeat_interval_ms=6000).check()
+
+
+@pytest.mark.parametrize(("profile", "heap", "dedupe_mib"), [("eks", 768, 48), ("pi", 224, 14)])
+def test_the_collector_and_heap_bound_buffers_are_sized_for_the_profiles_heap(profile: str, heap: int, dedupe_mib: int) -> None:
+    objects = render(profile)
+    kind = "kafka-broker" if profile == "eks" else "kafka"
+    container = one(objects, "StatefulSet", kind)["spec"]["template"]["spec"]["containers"][0]
+    command = container["command"]
+    # The image's start script's collector, named: inside the pod's limits the JVM would
+    # otherwise pick Serial.
+    assert f"-Xmx{heap}m" in command and "-XX:+UseG1GC" in command and "-XX:MaxGCPauseMillis=20" in command
+    name = "kafka-broker-0.properties" if profile == "eks" else "kafka-0.properties"
+    conf = properties(one(objects, "ConfigMap", "kafka-config")["data"][name])
+    mib = 1024 * 1024
+    assert int(conf["log.cleaner.dedupe.buffer.size"]) == dedupe_mib * mib
+    assert int(conf["log.cleaner.dedupe.buffer.size"]) <= heap * mib // 16
+    # Kafka requires a request to fit the queue.
+    assert int(conf["socket.request.max.bytes"]) <= int(conf["queued.max.request.bytes"]) <= heap * mib // 4
+    assert int(conf["replica.fetch.response.max.bytes"]) <= 10 * mib
+
+
+def test_pi_brokers_fsync_every_write_and_eks_brokers_rest_on_replication() -> None:
+    pi_node = properties(one(render("pi"), "ConfigMap", "kafka-config")["data"]["kafka-0.properties"])
+    assert pi_node["log.flush.interval.messages"] == "1"
+    eks_broker = properties(one(render("eks"), "ConfigMap", "kafka-config")["data"]["kafka-broker-0.properties"])
+    assert "log.flush.interval.messages" not in eks_broker
+    s = config.from_mapping({"components": ["base", "kafka"], "kafka": {"fsync_every_write": "false"}})
+    objects = manifests.chart_objects(manifests.render(s, "pi")["kafka"])
+    off = properties(one(objects, "ConfigMap", "kafka-config")["data"]["kafka-0.properties"])
+    assert "log.flush.interval.messages" not in off

@@ -172,6 +172,25 @@ class KafkaProps(ComponentSettings):
         default_doc="half of broker_memory_mib", minimum=128, maximum=196_608,
         doc="JVM heap of a broker or combined node, below 75% of its memory.",
     )
+    broker_session_timeout_ms: int = setting(
+        per_profile(eks=3000, pi=6000), minimum=1000, maximum=60_000,
+        doc="Heartbeats a broker may miss for this long before the controllers fence it and its partitions get "
+            "new leaders: shorter means a dead broker stops acks=all writes for less time, but a live broker "
+            "paused longer than this (a GC or CPU-throttling stall, an SD card stall on a Pi) is fenced too and "
+            "its leaders move (README, \"Kafka failover\").",
+    )
+    broker_heartbeat_interval_ms: int = setting(
+        per_profile(eks=500, pi=1000), minimum=100, maximum=30_000,
+        doc="How often a broker heartbeats to the controllers: a sixth of the session, so a few lost "
+            "heartbeats do not fence it.",
+    )
+    fsync_every_write: bool = setting(
+        per_profile(eks=False, pi=True),
+        doc="Fsync each partition's log on every append (`log.flush.interval.messages=1`), so an acks=all write is "
+            "on disk on every in-sync replica when it is acknowledged and survives every node losing power at once. "
+            "Off, Kafka's default, an acknowledged write is in the replicas' page cache and a power cut of every "
+            "node loses the last seconds (README, \"Power cut\"); on EKS the brokers sit in three zones.",
+    )
     broker_storage_gib: int = setting(per_profile(eks=20, pi=5), minimum=1, maximum=65_536, doc="Volume of each broker (partitions).")
     controller_storage_gib: int = setting(2, minimum=1, maximum=1024, doc="Volume of each dedicated controller (metadata log).")
     client_port: int = setting(9092, minimum=1024, maximum=65_535, doc="Client listener (SASL/SCRAM).")
@@ -268,7 +287,20 @@ class KafkaProps(ComponentSettings):
     def with_durability(self, config: KafkaClusterConfig, **overrides: Any) -> KafkaClusterConfig:
         """``config`` with these props' durability settings (the local launcher uses this too)."""
         return replace(config, default_replication_factor=self.replication_factor,
-                       min_insync_replicas=self.min_insync_replicas, num_partitions=self.num_partitions, **overrides)
+                       min_insync_replicas=self.min_insync_replicas, num_partitions=self.num_partitions,
+                       broker_session_timeout_ms=self.broker_session_timeout_ms,
+                       broker_heartbeat_interval_ms=self.broker_heartbeat_interval_ms,
+                       broker_heap_mib=self.broker_heap, flush_interval_messages=1 if self.fsync_every_write else None,
+                       **self.thread_counts, **overrides)
+
+    @property
+    def thread_counts(self) -> dict[str, int | None]:
+        """Network and request-handler threads of a broker: Kafka's defaults (3 and 8)
+        assume several cores; a Pi node's 1 CPU limit runs 2 and 4 (each idle thread
+        still costs a stack and wake-ups)."""
+        if self.profile.small:
+            return {"network_threads": 2, "io_threads": 4}
+        return {"network_threads": None, "io_threads": None}
 
 
 def _secret_env(name: str, secret: str, key: str) -> k8s.EnvVar:

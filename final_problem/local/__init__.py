@@ -7,11 +7,13 @@ exercise is the one that is deployed, with only ports and paths remapped.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
@@ -100,3 +102,26 @@ def wait_for(
             detail = f" (last error: {last_error})" if last_error else ""
             raise error(f"timed out after {timeout_s:.0f} s waiting for {what}{detail}")
         time.sleep(interval_s)
+
+
+#: A stop-the-world pause in a JVM's unified GC log (``-Xlog:gc``): "... Pause Young (Normal)
+#: (G1 Evacuation Pause) 23M->5M(224M) 3.456ms".
+_GC_PAUSE = re.compile(r"\bPause .*? (\d+(?:\.\d+)?)ms$")
+
+
+def gc_log_flag(directory: Path) -> str:
+    """The JVM option writing a GC log per process (``%p``: a restart keeps the last one's)
+    into ``directory``: pause figures for tests and benchmarks, nothing else changes."""
+    return f"-Xlog:gc:file={directory / 'gc-%p.log'}:uptime"
+
+
+def gc_pauses_ms(directories: Iterable[Path]) -> list[float]:
+    """Every stop-the-world pause, in ms, in the GC logs :func:`gc_log_flag` wrote there."""
+    pauses: list[float] = []
+    for directory in directories:
+        for path in directory.glob("gc-*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                m = _GC_PAUSE.search(line)
+                if m:
+                    pauses.append(float(m.group(1)))
+    return pauses

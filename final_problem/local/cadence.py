@@ -34,6 +34,7 @@ from typing import IO
 from final_problem import local, versions
 from final_problem.charts.cadence import CadenceProps
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import PI
 from final_problem.renderers import cadence as render
 from final_problem.renderers.cadence import SCHEMA_SCRIPT, Database, domain_script, schema_env
@@ -137,8 +138,10 @@ class LocalCadence:
     """
 
     def __init__(self, *, database: Database, password: str, workdir: Path,
-                 props: CadenceProps | None = None) -> None:
+                 props: CadenceProps | None = None, limits: bool = True) -> None:
+        """With ``limits``, each instance runs under its service's container limits."""
         self.props = props or CadenceProps.for_profile(PI)
+        self.groups = Groups(enabled=limits)
         self.password = password
         self.workdir = workdir
         #: Instance name (``history-1``) to its service.
@@ -181,8 +184,9 @@ class LocalCadence:
         if instance in self._logs:
             self._logs[instance].close()
         self._logs[instance] = open(self.log_path(instance), "ab")
+        sizing = self.props.services[self.instances[instance]].sizing
         self.processes[instance] = subprocess.Popen(
-            argv, stdout=self._logs[instance], stderr=subprocess.STDOUT, start_new_session=True,
+            self.groups.wrap(instance, Limits.of(sizing), argv), stdout=self._logs[instance], stderr=subprocess.STDOUT, start_new_session=True,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SQL_PASSWORD": self.password, "HOME": str(self.workdir)},
         )
 
@@ -233,6 +237,7 @@ class LocalCadence:
         for log in self._logs.values():
             log.close()
         self._logs.clear()
+        self.groups.remove_all()
 
     def __enter__(self) -> "LocalCadence":
         return self

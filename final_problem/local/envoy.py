@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from final_problem import local
+from final_problem.charts.envoy import EnvoyProps
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.local.limits import Groups, Limits
+from final_problem.profiles import PI, Profile
 from final_problem.renderers.envoy import EdgeOptions, EdgeRoute, edge_config, envoy_args, remapped
 
 #: The access log here is a file the tests read back; Envoy writes files out every 10 s by
@@ -182,7 +185,12 @@ class LocalEdge:
         backends: dict[str, Sequence[tuple[str, int]]],
         options: EdgeOptions | None = None,
         concurrency: int = 1,
+        limits: bool = True,
+        profile: Profile = PI,
     ) -> None:
+        """With ``limits``, Envoy runs under the edge container's limits in ``profile``."""
+        self.groups = Groups(enabled=limits)
+        self.limits = Limits.of(EnvoyProps.for_profile(profile).sizing)
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         port, health_port, metrics_port, admin_port = free_ports(4)
@@ -217,8 +225,9 @@ class LocalEdge:
     def start(self, *, timeout_s: float = 30) -> "LocalEdge":
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [envoy_binary(), *envoy_args(str(self.config_path), concurrency=self.concurrency),
-                 "--log-level", "warn", *LOG_FILE_FLUSH],
+                self.groups.wrap("envoy", self.limits, [
+                    envoy_binary(), *envoy_args(str(self.config_path), concurrency=self.concurrency),
+                    "--log-level", "warn", *LOG_FILE_FLUSH]),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
@@ -273,6 +282,12 @@ class LocalEdge:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def close(self) -> None:
+        try:
+            self._stop()
+        finally:
+            self.groups.remove_all()
+
+    def _stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)

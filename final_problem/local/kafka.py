@@ -29,31 +29,33 @@ from final_problem.charts.kafka import JMX_EXPORTER_RULES, KafkaProps
 from final_problem.clients.kafka import KafkaSettings, admin
 from final_problem.clients.kafka_topics import TopicSpec, reconcile
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import EKS, PI
 from final_problem.renderers.kafka import (
     ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SCRAM_MECHANISM, SERVER_MAIN, STORAGE_MAIN,
-    KafkaClusterConfig, format_args, java_command, layout_nodes, random_cluster_id, scram_argument, server_properties,
+    KafkaClusterConfig, KafkaNode, format_args, java_command, layout_nodes, random_cluster_id, scram_argument,
+    server_properties,
 )
 
 T = TypeVar("T")
 
-#: Failure detection sized for a test on a busy host: a killed broker is fenced after 6 s
-#: (default 9 s), a lagging replica leaves the ISR after 6 s (default 30 s), and consumer
-#: groups start without the 3 s initial rebalance delay. Source: Kafka 4.4 "Broker Configs".
+#: What the tests change from the chart's configuration, and why. Failure detection
+#: (``broker.session.timeout.ms``, heartbeats), buffers, threads and the JVM are the
+#: chart's, per profile. Source: Kafka 4.4 "Broker Configs".
 TEST_TUNING: tuple[tuple[str, str], ...] = (
-    ("broker.session.timeout.ms", "6000"),
-    ("broker.heartbeat.interval.ms", "1000"),
+    # A lagging (not dead) replica leaves the ISR after 6 s, not 30 s: a test that stops a
+    # follower's traffic sees the ISR shrink within its wait. A dead broker leaves the ISR
+    # when the controllers fence it, which is the chart's session timeout.
     ("replica.lag.time.max.ms", "6000"),
+    # Consumer groups start without the 3 s initial rebalance delay.
     ("group.initial.rebalance.delay.ms", "0"),
     # Small segments: a restarted broker recovers little, and the logs roll under test.
     ("log.segment.bytes", str(1024 * 1024)),
-    ("num.network.threads", "2"),
-    ("num.io.threads", "2"),
     ("num.recovery.threads.per.data.dir", "1"),
 )
-#: JVM options for six nodes sharing two cores: no C2 compiler and a serial collector
-#: start a node in seconds instead of tens.
-TEST_JVM = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss512k", "-XX:MaxMetaspaceSize=128m")
+#: The storage tool runs as the chart's ``format-storage`` init container: 128 MiB of heap
+#: under 256 MiB and 1 CPU (charts/kafka.py).
+FORMAT_LIMITS = Limits(cpu_m=1000, memory_mib=256)
 
 
 class KafkaClusterError(RuntimeError):
@@ -85,9 +87,15 @@ def classpath() -> str:
 
 @dataclass
 class _Process:
-    node_id: int
+    node: KafkaNode
     directory: Path
+    heap_mib: int
+    limits: Limits | None
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def node_id(self) -> int:
+        return self.node.node_id
 
 
 @dataclass(frozen=True)
@@ -109,15 +117,19 @@ class LocalKafkaCluster:
 
     def __init__(
         self, *, workdir: Path, layout: str = "dedicated", controllers: int = 3, brokers: int = 3,
-        heap_mib: int = 256, extra: Sequence[tuple[str, str]] = TEST_TUNING,
-        offsets_topic_partitions: int = 3, jvm_options: Sequence[str] = TEST_JVM,
-        props: "KafkaProps | None" = None, metrics: bool = False,
+        extra: Sequence[tuple[str, str]] = TEST_TUNING, offsets_topic_partitions: int = 3,
+        jvm_options: Sequence[str] = (), props: "KafkaProps | None" = None, metrics: bool = False,
+        limits: bool = True,
     ) -> None:
+        """``props``: the chart's settings (default: the profile of the layout, EKS for
+        ``dedicated``, Pi for ``combined``); each node runs with its role's heap and JVM
+        flags from them, and, with ``limits``, under its container's CPU and memory limits
+        (:mod:`final_problem.local.limits`). ``jvm_options`` are added after the chart's
+        (the tests add none)."""
         if layout not in ("dedicated", "combined"):
             raise ValueError(f"layout {layout!r}: use 'dedicated' or 'combined'")
         self.workdir = workdir
         self.layout = layout
-        self.heap_mib = heap_mib
         self.jvm_options = tuple(jvm_options)
         self.credentials = Credentials.random()
         self.cluster_id = random_cluster_id()
@@ -132,15 +144,22 @@ class LocalKafkaCluster:
             controllers=controllers, brokers=0 if layout == "combined" else brokers,
             combined=layout == "combined", place=place,
         )
-        # The chart's durability settings (replication factor, min.insync.replicas,
-        # partitions) on loopback nodes: the file each node gets is the chart's but for
-        # hosts, ports, directories and the ``extra`` timeouts.
-        props = props or KafkaProps.for_profile(PI if layout == "combined" else EKS)
+        # The chart's settings (durability, failure detection, heap-bound buffers, threads)
+        # on loopback nodes: the file each node gets is the chart's but for hosts, ports,
+        # directories and the ``extra`` test settings.
+        self.props = props = props or KafkaProps.for_profile(PI if layout == "combined" else EKS)
         self.config = props.with_durability(
             KafkaClusterConfig(nodes=nodes), bind_host=LOOPBACK, extra=tuple(extra),
             offsets_topic_partitions=offsets_topic_partitions,
         )
-        self.procs = {n.node_id: _Process(node_id=n.node_id, directory=workdir / f"node-{n.node_id}") for n in nodes}
+
+        def role(node: KafkaNode) -> tuple[int, Limits | None]:
+            heap, sizing = (props.broker_heap, props.broker_sizing) if node.is_broker else \
+                (props.controller_heap, props.controller_sizing)
+            return heap, Limits.of(sizing) if limits else None
+
+        self.groups = Groups(enabled=limits)
+        self.procs = {n.node_id: _Process(n, workdir / f"node-{n.node_id}", *role(n)) for n in nodes}
         workdir.mkdir(parents=True, exist_ok=True)
         # With ``metrics``, every node loads the chart's JMX exporter agent and rules, each
         # on a port of its own.
@@ -166,10 +185,10 @@ class LocalKafkaCluster:
         env[CONTROLLER_PASSWORD_ENV] = self.credentials.controller
         return env
 
-    def _java(self, main: str, args: Sequence[str], heap_mib: int, jvm: Sequence[str] | None = None) -> list[str]:
+    def _java(self, main: str, args: Sequence[str], heap_mib: int, jvm: Sequence[str] = ()) -> list[str]:
         return java_command(
             java=shutil.which("java") or "java", classpath=classpath(), main=main, args=args,
-            heap_mib=heap_mib, log4j_config=str(self.log4j), extra_jvm=self.jvm_options if jvm is None else jvm,
+            heap_mib=heap_mib, log4j_config=str(self.log4j), extra_jvm=jvm,
         )
 
     def _write(self, proc: _Process) -> Path:
@@ -186,7 +205,8 @@ class LocalKafkaCluster:
             scram_argument(self.config.admin_user, self.credentials.admin),
             scram_argument(self.credentials.app_user, self.credentials.app),
         ]
-        return self._java(STORAGE_MAIN, format_args(config_path=str(path), cluster_id=self.cluster_id, scram=scram), 128)
+        command = self._java(STORAGE_MAIN, format_args(config_path=str(path), cluster_id=self.cluster_id, scram=scram), 128)
+        return self.groups.wrap(f"kafka-format-{proc.node_id}", FORMAT_LIMITS, command)
 
     def format_all(self) -> None:
         """Format every node's storage (in parallel: each is a JVM start)."""
@@ -224,8 +244,11 @@ class LocalKafkaCluster:
                  f"{LOOPBACK}:{self.metrics_ports[node_id]}:{self.metrics_rules}"]
                 if node_id in self.metrics_ports else []
             )
+            gc_log = local.gc_log_flag(proc.directory)
+            command = self._java(SERVER_MAIN, [str(path)], proc.heap_mib, [*self.jvm_options, gc_log, *agent])
+            command = self.groups.wrap(self.group_name(node_id), proc.limits, command)
             proc.process = subprocess.Popen(
-                self._java(SERVER_MAIN, [str(path)], self.heap_mib, [*self.jvm_options, *agent]),
+                command,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=proc.directory, env=self._env(), start_new_session=True,
             )
@@ -254,8 +277,36 @@ class LocalKafkaCluster:
             self.kill(node_id)
 
     def close(self) -> None:
-        """Stop every node this cluster started."""
+        """Stop every node this cluster started and remove their cgroups."""
         self.kill_all()
+        self.groups.remove_all()
+
+    # -- what the nodes used ---------------------------------------------------------
+
+    @staticmethod
+    def group_name(node_id: int) -> str:
+        """The cgroup of node ``node_id`` in :attr:`groups`."""
+        return f"kafka-{node_id}"
+
+    def out_of_memory(self) -> dict[int, str]:
+        """Per node that ran out of memory: the line of its log that says so (a heap
+        ``OutOfMemoryError``, which ``-XX:+ExitOnOutOfMemoryError`` turns into an exit), or
+        the count of kernel OOM kills."""
+        found: dict[int, str] = {}
+        for node_id in self.procs:
+            line = next((l for l in self.log(node_id).splitlines() if "OutOfMemoryError" in l), None)
+            if line:
+                found[node_id] = line.strip()
+        for name, kills in self.groups.oom_killed().items():
+            node_id = int(name.rsplit("-", 1)[1])
+            found.setdefault(node_id, f"{kills} OOM kill(s) by the kernel")
+        return found
+
+    def gc_pauses_ms(self, node_id: int | None = None) -> list[float]:
+        """Every stop-the-world GC pause of node ``node_id`` (or of all nodes), in ms,
+        read from the JVMs' GC logs."""
+        procs = self.procs.values() if node_id is None else [self.procs[node_id]]
+        return local.gc_pauses_ms(p.directory for p in procs)
 
     def __enter__(self) -> "LocalKafkaCluster":
         return self
@@ -293,7 +344,7 @@ class LocalKafkaCluster:
                               error=KafkaClusterError)
 
     def tool(self, main: str, args: Sequence[str], *, timeout: float = 120.0, heap_mib: int = 128,
-             jvm: Sequence[str] | None = None) -> str:
+             jvm: Sequence[str] = ()) -> str:
         """Run a Kafka command-line tool (a main class of ``libs/``) and return its output."""
         result = subprocess.run(
             self._java(main, args, heap_mib, jvm), capture_output=True, text=True, timeout=timeout, env=self._env(),

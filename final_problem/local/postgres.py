@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Mapping
 
 from final_problem import local
+from final_problem.charts.postgres import PostgresProps
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.local.limits import Groups, Limits
+from final_problem.profiles import PI, Profile
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
 
 #: Unprivileged account the server runs as when the caller is root.
@@ -56,12 +59,16 @@ class LocalPostgres:
     """
 
     def __init__(
-        self, *, bin_dir: Path | None = None, password: str | None = None, data_dir: Path | None = None,
-        settings: Mapping[str, str] | None = None,
+        self, *, bin_dir: Path | None = None, password: str | None = None, profile: Profile = PI,
+        limits: bool = True, data_dir: Path | None = None, overrides: Mapping[str, str] | None = None,
     ) -> None:
-        """``data_dir`` (default: in the work directory) must not exist yet or be empty; on a
-        volume, a directory inside it (initdb refuses a mount point's ``lost+found``).
-        ``settings`` replace :func:`~final_problem.renderers.postgres.server_settings`' defaults."""
+        """The chart's server settings of ``profile`` (``shared_buffers``, ``max_connections``),
+        changed by ``overrides``; with ``limits``, the server and its backends run under the
+        container's CPU and memory limits there. ``data_dir`` (default: in the work directory)
+        must not exist yet or be empty; on a volume, a directory inside it (initdb refuses a
+        mount point's ``lost+found``)."""
+        self.props = PostgresProps.for_profile(profile)
+        self.groups = Groups(enabled=limits)
         self.bin_dir = bin_dir or debian_bin_dir()
         self.password = password or secrets.token_urlsafe(24)
         self.user = SUPERUSER
@@ -70,7 +77,10 @@ class LocalPostgres:
         self.run_as = RUN_AS_WHEN_ROOT if os.geteuid() == 0 else None
         self.workdir = Path(tempfile.mkdtemp(prefix="final-problem-postgres-"))
         self.data_dir = data_dir or self.workdir / "data"
-        self.settings = dict(settings) if settings is not None else server_settings()
+        self.settings = {
+            **server_settings(max_connections=self.props.max_connections, shared_buffers_mib=self.props.shared_buffers_mib),
+            **(overrides or {}),
+        }
         self.socket_dir = self.workdir / "run"
         self.log_path = self.workdir / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -126,7 +136,7 @@ class LocalPostgres:
         argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), *server_args(settings)]
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self._as_server_user(argv), stdout=self._log, stderr=subprocess.STDOUT, env=self._env(),
+            self.groups.wrap("postgres", Limits.of(self.props.sizing), self._as_server_user(argv)), stdout=self._log, stderr=subprocess.STDOUT, env=self._env(),
             start_new_session=True,
         )
         local.wait_for(
@@ -182,6 +192,7 @@ class LocalPostgres:
         try:
             self.stop()
         finally:
+            self.groups.remove_all()
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- SQL ---------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from final_problem import local
 from final_problem.charts.redis import RedisProps
 from final_problem.clients.redis import RedisClient, RedisClientError
 from final_problem.local import LOOPBACK, free_ports
-from final_problem.profiles import PI
+from final_problem.local.limits import Groups, Limits
+from final_problem.profiles import PI, Profile
 from final_problem.renderers.redis import ADMIN_USER, APP_USER, RedisConfigOptions, config_files
 
 HOST = LOOPBACK
@@ -78,6 +79,7 @@ class _Process:
     env: dict[str, str]
     script: str
     log: Path
+    limits: Limits
     popen: subprocess.Popen[bytes] | None = None
 
 
@@ -97,8 +99,15 @@ class LocalRedisSet:
         passwords: Passwords | None = None,
         redis_server: str = "redis-server",
         retry_s: float = 0.5,
+        limits: bool = True,
+        profile: Profile = PI,
     ) -> None:
+        """With ``limits``, each member's and Sentinel's start script (and the server it
+        becomes) runs under its container's CPU and memory limits in ``profile``."""
         self.workdir = workdir
+        props = RedisProps.for_profile(profile)
+        self.groups = Groups(enabled=limits)
+        self.limits = {"redis": Limits.of(props.redis_sizing), "sentinel": Limits.of(props.sentinel_sizing)}
         self.options = options
         self.passwords = passwords or Passwords()
         self.redis_server = shutil.which(redis_server) or redis_server
@@ -154,7 +163,7 @@ class LocalRedisSet:
                     env.update(REDIS_SENTINEL_DIR=str(data_dir))
                 target.append(_Process(
                     name=name, port=port, config_dir=config_dir, runtime_dir=runtime_dir,
-                    env=env, script=script, log=base / "server.log",
+                    env=env, script=script, log=base / "server.log", limits=self.limits[kind],
                 ))
 
     # Lifecycle -----------------------------------------------------------------------
@@ -163,12 +172,17 @@ class LocalRedisSet:
         try:
             self.start()
         except BaseException:
-            self.stop()
+            self.close()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill every process and remove the cgroups."""
         self.stop()
+        self.groups.remove_all()
 
     def _spawn(self, proc: _Process) -> None:
         # A pod's memory-backed runtime volume starts empty.
@@ -176,7 +190,7 @@ class LocalRedisSet:
         proc.runtime_dir.mkdir(parents=True)
         with proc.log.open("ab") as log:
             proc.popen = subprocess.Popen(
-                ["sh", str(proc.config_dir / proc.script)],
+                self.groups.wrap(proc.name, proc.limits, ["sh", str(proc.config_dir / proc.script)]),
                 env=proc.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )

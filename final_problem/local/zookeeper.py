@@ -18,7 +18,10 @@ from pathlib import Path
 
 from final_problem import local
 from final_problem.clients.zookeeper import server_mode
+from final_problem.charts.zookeeper import ZooKeeperProps
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.local.limits import Groups, Limits
+from final_problem.profiles import PI, Profile
 from final_problem.renderers.zookeeper import EnsembleConfig, Member, java_command, myid_file, zoo_cfg
 
 #: Debian's ``zookeeper`` package: the jar's manifest lists its dependencies.
@@ -52,10 +55,16 @@ class LocalEnsemble:
     """``size`` ZooKeeper members on 127.0.0.1 with free ports, in ``workdir``.
 
     Short ticks (250 ms) make elections and failure detection quick enough for tests;
-    the rest of the configuration is the platform's.
+    the rest of the configuration is the platform's. Each member runs with the chart's heap
+    for ``profile`` and, with ``limits``, under its container's CPU and memory limits.
     """
 
-    def __init__(self, *, workdir: Path, size: int = 3, heap_mib: int = 128, tick_time_ms: int = 250) -> None:
+    def __init__(self, *, workdir: Path, size: int = 3, tick_time_ms: int = 250, profile: Profile = PI,
+                 limits: bool = True) -> None:
+        props = ZooKeeperProps.for_profile(profile)
+        heap_mib = props.effective_heap_mib
+        self.limits = Limits.of(props.sizing)
+        self.groups = Groups(enabled=limits)
         ports = free_ports(3 * size)
         members = tuple(
             Member(
@@ -99,10 +108,11 @@ class LocalEnsemble:
         cfg = self._write(proc)
         classpath = ":".join(p for p in (str(proc.directory), DEBIAN_JAR, DEBIAN_SLF4J_SIMPLE) if Path(p).exists())
         command = java_command(java=shutil.which("java") or "java", classpath=classpath, config_path=str(cfg), heap_mib=self.heap_mib)
+        command.insert(1, local.gc_log_flag(proc.directory))
         log = open(proc.directory / "server.log", "ab")
         try:
             proc.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.groups.wrap(f"zookeeper-{myid}", self.limits, command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=proc.directory, start_new_session=True,
             )
         finally:
@@ -127,6 +137,7 @@ class LocalEnsemble:
                 self.kill(myid)
             except ProcessLookupError:
                 pass
+        self.groups.remove_all()
 
     def __enter__(self) -> "LocalEnsemble":
         return self
@@ -135,6 +146,10 @@ class LocalEnsemble:
         self.close()
 
     # -- observation -----------------------------------------------------------------
+
+    def gc_pauses_ms(self) -> list[float]:
+        """Every member's stop-the-world GC pauses, in ms (from their GC logs)."""
+        return local.gc_pauses_ms(p.directory for p in self.procs.values())
 
     def running(self) -> list[int]:
         return [i for i, p in self.procs.items() if p.process is not None and p.process.poll() is None]

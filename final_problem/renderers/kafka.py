@@ -126,6 +126,24 @@ class KafkaClusterConfig:
     num_partitions: int = 3
     #: Partitions of ``__consumer_offsets``. Default 50 (Kafka's own default).
     offsets_topic_partitions: int = 50
+    #: How long the controllers wait for a broker's heartbeat before fencing it (its
+    #: partitions then get new leaders). A controller setting. Default Kafka's 9000.
+    broker_session_timeout_ms: int = 9000
+    #: How often a broker heartbeats to the active controller. A broker setting. Default
+    #: Kafka's 2000.
+    broker_heartbeat_interval_ms: int = 2000
+    #: The brokers' heap: what the heap-bound buffers below are sized from. ``None``
+    #: keeps Kafka's defaults (sized for a 1 GiB heap and more).
+    broker_heap_mib: int | None = None
+    #: Messages a partition's log takes before the broker fsyncs it; ``None`` leaves
+    #: Kafka's default (never: the OS writes the page cache back in its own time, and
+    #: durability rests on replication). 1 fsyncs every append before the broker
+    #: acknowledges or a follower fetches on, so an acks=all record is on disk on every
+    #: in-sync replica when the producer hears of it.
+    flush_interval_messages: int | None = None
+    #: Network and request-handler threads of a broker. ``None``: Kafka's defaults (3 and 8).
+    network_threads: int | None = None
+    io_threads: int | None = None
     #: SCRAM user of the replication listener and of operators (the topic Job).
     admin_user: str = "admin"
     #: PLAIN user of the controller listener.
@@ -159,6 +177,17 @@ class KafkaClusterConfig:
         for name, user in (("kafka.admin_user", self.admin_user), ("kafka.controller_user", self.controller_user)):
             if not _USER.match(user):
                 raise ConfigError(name, user, "not a plain user name", "use letters, digits, '-' and '_'")
+        if not 0 < self.broker_heartbeat_interval_ms < self.broker_session_timeout_ms:
+            raise ConfigError(
+                "kafka.broker_heartbeat_interval_ms", self.broker_heartbeat_interval_ms,
+                f"must be positive and below kafka.broker_session_timeout_ms ({self.broker_session_timeout_ms}): "
+                "a broker that heartbeats less often than the session lasts is fenced while healthy",
+                f"use {max(1, self.broker_session_timeout_ms // 6)} (a sixth of the session)",
+            )
+        if self.flush_interval_messages is not None and self.flush_interval_messages < 1:
+            raise ConfigError("kafka.flush_interval_messages", self.flush_interval_messages,
+                              "a log cannot be flushed every 0 or fewer messages",
+                              "use 1 (fsync every write) or leave it unset (Kafka's default)")
         if self.num_partitions < 1 or self.offsets_topic_partitions < 1:
             raise ConfigError("kafka.num_partitions", self.num_partitions, "a topic needs a partition", "use 1 or more")
 
@@ -280,9 +309,18 @@ def server_properties(config: KafkaClusterConfig, node_id: int) -> str:
         # Durability: with eligible leader replicas (KIP-966) the controllers apply the
         # cluster-level min.insync.replicas, so every node carries the same value.
         f"min.insync.replicas={config.min_insync_replicas}",
-        f"default.replication.factor={config.default_replication_factor}",
         "unclean.leader.election.enable=false",
     ]
+    if node.is_controller:
+        lines += [
+            # Topic-creation defaults are applied by the controllers in KRaft: set on brokers
+            # only, a topic created without a count got Kafka's 1 partition (brokers log
+            # "num.partitions is defined in broker. It should be defined in the controller role").
+            f"num.partitions={config.num_partitions}",
+            f"default.replication.factor={config.default_replication_factor}",
+            # The controllers fence a broker whose heartbeats stop for this long.
+            f"broker.session.timeout.ms={config.broker_session_timeout_ms}",
+        ]
     if node.is_broker:
         lines += [
             f"inter.broker.listener.name={REPLICATION_LISTENER}",
@@ -294,7 +332,7 @@ def server_properties(config: KafkaClusterConfig, node_id: int) -> str:
             + _jaas(_SCRAM_MODULE, username=config.admin_user, password=_env(ADMIN_PASSWORD_ENV)),
             # Topics are declared as code and created by the topic Job, never by a typo.
             "auto.create.topics.enable=false",
-            f"num.partitions={config.num_partitions}",
+            f"broker.heartbeat.interval.ms={config.broker_heartbeat_interval_ms}",
             # Internal topics as durable as user topics.
             f"offsets.topic.replication.factor={config.default_replication_factor}",
             f"offsets.topic.num.partitions={config.offsets_topic_partitions}",
@@ -303,8 +341,56 @@ def server_properties(config: KafkaClusterConfig, node_id: int) -> str:
             f"share.coordinator.state.topic.replication.factor={config.default_replication_factor}",
             f"share.coordinator.state.topic.min.isr={config.min_insync_replicas}",
         ]
+        if config.flush_interval_messages is not None:
+            lines.append(f"log.flush.interval.messages={config.flush_interval_messages}")
+        if config.broker_heap_mib is not None:
+            lines += [f"{k}={v}" for k, v in heap_bound_settings(config.broker_heap_mib)]
+        if config.network_threads is not None:
+            lines.append(f"num.network.threads={config.network_threads}")
+        if config.io_threads is not None:
+            lines.append(f"num.io.threads={config.io_threads}")
     lines += [f"{k}={v}" for k, v in config.extra]
     return "\n".join(lines) + "\n"
+
+
+MIB = 1024 * 1024
+
+
+def heap_bound_settings(heap_mib: int) -> tuple[tuple[str, str], ...]:
+    """A broker's buffers that live on the heap, sized for a heap of ``heap_mib``.
+
+    Kafka's defaults assume a heap of 1 GiB or more (its start script's default is 1 GiB):
+
+    - ``log.cleaner.dedupe.buffer.size`` (default 128 MiB): the log cleaner's offset map,
+      one array allocated when the cleaner starts. On a 224 MiB heap it does not fit beside
+      the broker's own data (the Pi nodes died with ``OutOfMemoryError: Java heap space``
+      right after ``Starting the log cleaner``). A sixteenth of the heap, at least 8 MiB:
+      24 bytes a key at a 0.9 load factor (Kafka docs, "Log Compaction"), so 14 MiB holds
+      the last offsets of about 500,000 keys per cleaning pass, far more than the
+      platform's compacted topics (consumer offsets, transaction state) have.
+    - ``queued.max.request.bytes`` (default unbounded): bytes of requests read and not yet
+      handled. A quarter of the heap, so a burst of produce requests waits in the socket
+      instead of filling the heap.
+    - ``socket.request.max.bytes`` (default 100 MiB): the largest request a broker reads;
+      an eighth of the heap (Kafka requires it at most ``queued.max.request.bytes``), still
+      well above the 1 MiB producers send by default (``max.request.size``).
+    - ``replica.fetch.response.max.bytes`` (default 10 MiB): what one follower fetch brings
+      onto the heap, per replica fetcher thread and leader. A sixteenth of the heap, at most
+      the default.
+
+    Consumer fetches are sent from the page cache (zero copy) and never reach the heap,
+    so ``fetch.max.bytes`` keeps its default. Source: Kafka 4.4 docs, "Broker Configs".
+    """
+    dedupe = max(8, heap_mib // 16)
+    queued = max(16, heap_mib // 4)
+    request = min(100, max(8, heap_mib // 8))
+    fetch = min(10, max(1, heap_mib // 16))
+    return (
+        ("log.cleaner.dedupe.buffer.size", str(dedupe * MIB)),
+        ("queued.max.request.bytes", str(queued * MIB)),
+        ("socket.request.max.bytes", str(request * MIB)),
+        ("replica.fetch.response.max.bytes", str(fetch * MIB)),
+    )
 
 
 def scram_argument(user: str, password: str) -> str:
@@ -330,12 +416,25 @@ logger.apache.level = INFO
 """
 
 
+#: The collector the image's own start script chooses (``kafka-run-class.sh``,
+#: ``KAFKA_JVM_PERFORMANCE_OPTS``: G1 with a 20 ms pause goal, concurrent cycles from 35%
+#: occupancy, ``System.gc()`` as a concurrent cycle). The chart starts ``kafka.Kafka``
+#: directly, so without these the JVM would choose for itself: inside a pod's limits of
+#: fewer than 2 CPUs or less than about 1792 MiB it is not a "server class machine" and
+#: takes the Serial collector (stop-the-world old-generation collections). Source: Kafka
+#: 4.4 ``bin/kafka-run-class.sh``; Kafka docs, "Java Version" (G1 settings of a large
+#: production cluster); OpenJDK 17 "Garbage Collector Ergonomics".
+G1_FLAGS = ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true")
+
+
 def jvm_flags(*, heap_mib: int, log4j_config: str) -> list[str]:
-    """JVM options: a fixed heap, exit on OOM (the supervisor restarts a clean process),
-    and the Log4j 2 configuration (``kafka-run-class.sh`` passes the same property)."""
+    """JVM options: a fixed heap, the image's G1 collector (:data:`G1_FLAGS`), exit on OOM
+    (the supervisor restarts a clean process), and the Log4j 2 configuration
+    (``kafka-run-class.sh`` passes the same property)."""
     if heap_mib < 128:
         raise ConfigError("kafka.heap_mib", heap_mib, "a Kafka node needs at least 128 MiB of heap", "use 256 or more")
-    return [f"-Xms{heap_mib}m", f"-Xmx{heap_mib}m", "-XX:+ExitOnOutOfMemoryError",
+    return [f"-Xms{heap_mib}m", f"-Xmx{heap_mib}m", *G1_FLAGS, "-XX:+ExitOnOutOfMemoryError",
             f"-Dlog4j2.configurationFile={log4j_config}"]
 
 

@@ -39,6 +39,11 @@ class LocalPlatform:
         self.redis: Any = None
         self.kafka: Any = None
         self.cadence: Any = None
+        # The servers run under their Pi pods' limits where this host can set them (root,
+        # cgroups); elsewhere, as they are: the tour shows behaviour, the tests hold the limits.
+        from final_problem.local import limits
+
+        self.limits = limits.problem() is None
 
     def __enter__(self) -> "LocalPlatform":
         try:
@@ -65,7 +70,7 @@ class LocalPlatform:
             if missing := kafka_missing():
                 raise DiscoveryError(f"--local needs the Kafka broker ({', '.join(missing)} missing): run `make kafka`")
             self.kafka = self._stack.enter_context(LocalKafkaCluster(workdir=self.workdir / "kafka", layout="combined",
-                                                                    metrics=True))
+                                                                    metrics=True, limits=self.limits))
             self.kafka.start_all()
             self.kafka.wait_healthy()
         if "cadence" in self.components:
@@ -80,13 +85,14 @@ class LocalPlatform:
             options = RedisProps.for_profile(
                 PI, down_after_ms=DOWN_AFTER_MS, failover_timeout_ms=FAILOVER_TIMEOUT_MS, bootstrap_wait_s=BOOTSTRAP_WAIT_S,
             ).config_options()
-            self.redis = self._stack.enter_context(LocalRedisSet(workdir=self.workdir / "redis", options=options))
+            self.redis = self._stack.enter_context(LocalRedisSet(workdir=self.workdir / "redis", options=options,
+                                                                      limits=self.limits))
         if "zookeeper" in self.components:
             from final_problem.local.zookeeper import LocalEnsemble, missing_binaries
 
             if missing := missing_binaries():
                 raise DiscoveryError(f"--local needs ZooKeeper from Debian ({', '.join(missing)} missing): run `sudo make system-deps`")
-            self.zookeeper = self._stack.enter_context(LocalEnsemble(workdir=self.workdir / "zookeeper"))
+            self.zookeeper = self._stack.enter_context(LocalEnsemble(workdir=self.workdir / "zookeeper", limits=self.limits))
             self.zookeeper.start_all()
         if self.zookeeper is not None:
             from final_problem.clients.zookeeper import ZooKeeperClient
@@ -102,7 +108,7 @@ class LocalPlatform:
 
         try:
             tools.require_binaries()
-            postgres = self._stack.enter_context(LocalPostgres())
+            postgres = self._stack.enter_context(LocalPostgres(limits=self.limits))
         except (tools.CadenceToolsMissing, LocalPostgresError) as e:
             raise DiscoveryError(f"--local needs Cadence and PostgreSQL: {e}") from None
         database = Database(host=postgres.host, port=postgres.port, user=postgres.user)
@@ -110,7 +116,8 @@ class LocalPlatform:
         if schema.returncode != 0:
             raise DiscoveryError(f"--local: the Cadence schema script failed: {schema.stderr.strip()[-500:]}")
         self.cadence = self._stack.enter_context(
-            tools.LocalCadence(database=database, password=postgres.password, workdir=self.workdir / "cadence"))
+            tools.LocalCadence(database=database, password=postgres.password, workdir=self.workdir / "cadence",
+                               limits=self.limits))
         self.cadence.start_all()
         self.cadence.wait_ready()
         domain = self.cadence.register_domain()

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from final_problem.local import powercut
+from final_problem.local import limits, powercut
 from final_problem.local.postgres import LocalPostgres, LocalPostgresError
 from final_problem.local.redis import local_options
 from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
@@ -25,6 +25,32 @@ REDIS_DOWN_AFTER_MS = REDIS_OPTIONS.down_after_ms
 REDIS_FAILOVER_TIMEOUT_MS = REDIS_OPTIONS.failover_timeout_ms
 #: Set to replay a randomised test with the seed it printed.
 SEED_VARIABLE = "FINAL_PROBLEM_TEST_SEED"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def servers_run_under_their_limits() -> None:
+    """Every real server here runs under its pod's CPU and memory limits (cgroups): without
+    root or the controllers the tests fail, in one line, instead of running servers
+    unbounded. Groups left by an interrupted earlier run are removed first."""
+    try:
+        limits.require()
+    except limits.LimitsUnavailable as e:
+        pytest.fail(str(e))
+    limits.sweep()
+
+
+@pytest.fixture(autouse=True)
+def no_server_killed_for_memory() -> Iterator[None]:
+    """After each test: no server of any launcher was OOM-killed by the kernel under its
+    limit (a heap OutOfMemoryError is each launcher's own check)."""
+    yield
+    killed = [f"{g.name} ({g.limits}): {g.oom_kills()}" for g in limits.created if g.oom_kills()
+              and id(g) not in _REPORTED]
+    _REPORTED.update(id(g) for g in limits.created if g.oom_kills())
+    assert not killed, f"OOM-killed under the pod's memory limit: {'; '.join(killed)}"
+
+
+_REPORTED: set[int] = set()
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +83,8 @@ def zookeeper_ensemble(tmp_path: Path) -> Iterator[LocalEnsemble]:
             logs = "\n".join(f"--- member {i}\n{ensemble.log(i)[-2000:]}" for i in ensemble.procs)
             pytest.fail(f"the ensemble did not form a quorum:\n{logs}")
         yield ensemble
+        heap = [i for i in ensemble.procs if "OutOfMemoryError" in ensemble.log(i)]
+        assert not heap, f"members {heap} ran out of heap under their limits"
     finally:
         ensemble.close()
 

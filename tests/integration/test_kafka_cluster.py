@@ -1,11 +1,13 @@
 """The chart's Kafka configuration on real brokers: authentication, topics as code, durability.
 
 KRaft clusters run on loopback from the ``server.properties`` the chart renders
-(final_problem.local.kafka remaps hosts, ports and directories, and shortens failure
-detection: brokers are fenced after 6 s instead of 9 s). The dedicated layout (3
-controllers + 3 brokers, as on EKS) carries most tests; the combined layout (3
-broker+controller nodes, as on the Pi) gets the crash tests too. Every client logs in as
-the chart's ``app`` user with SCRAM-SHA-512, as deployed.
+(final_problem.local.kafka remaps hosts, ports and directories; failure detection, buffers
+and threads are the chart's for the profile). Each node runs with its role's JVM command
+line from the chart, under its container's CPU and memory limits (cgroups), so the JVM
+sizes itself as in the pod. The dedicated layout (3 controllers + 3 brokers, as on EKS)
+carries most tests; the combined layout (3 broker+controller nodes, as on the Pi) gets
+the crash tests too. Every client logs in as the chart's ``app`` user with SCRAM-SHA-512,
+as deployed.
 
 "Power cut" here kills every JVM with SIGKILL at once; the host's page cache survives,
 so it proves the on-disk logs and the quorum recover, not what an fsync policy would add
@@ -28,7 +30,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from final_problem.clients.kafka import KafkaClientError, KafkaSettings, admin, produce, producer
 from final_problem.clients.kafka_topics import ReconcileError, TopicSpec, reconcile
-from final_problem.local.kafka import KafkaClusterError, LocalKafkaCluster, missing_binaries
+from final_problem.local.kafka import TEST_TUNING, KafkaClusterError, LocalKafkaCluster, missing_binaries
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +54,8 @@ def running_cluster(tmp_path_factory: pytest.TempPathFactory, layout: str) -> It
         pytest.fail(f"the {layout} Kafka cluster did not start:\n{logs}")
     try:
         yield cluster
+        # Whatever the module did to it, no node may have run out of memory under its limits.
+        assert not cluster.out_of_memory(), f"the {layout} cluster ran out of memory: {cluster.out_of_memory()}"
     finally:
         cluster.close()
 
@@ -220,7 +224,64 @@ def test_metrics_agent_serves_the_charts_rules_and_health(kafka_combined: LocalK
         assert name in names, f"{name} not exported"
 
 
+# -- the pod's limits --------------------------------------------------------------------
+
+
+def test_each_node_runs_under_its_containers_limits_with_the_charts_collector(kafka_any: LocalKafkaCluster) -> None:
+    cluster = kafka_any
+    props = cluster.props
+    for node_id, proc in cluster.procs.items():
+        sizing = props.broker_sizing if proc.node.is_broker else props.controller_sizing
+        group = cluster.groups.groups[cluster.group_name(node_id)]
+        assert proc.process is not None
+        assert proc.process.pid in group.pids(), f"node {node_id} is not in its cgroup"
+        limit = group.memory_dir / ("memory.max" if group.v2 else "memory.limit_in_bytes")
+        assert int(limit.read_text()) == sizing.memory_limit_mib * 1024 * 1024
+        heap = props.broker_heap if proc.node.is_broker else props.controller_heap
+        assert proc.heap_mib == heap
+        # The chart names G1 (the image's start script does); without it the JVM would pick
+        # Serial inside these limits.
+        (gc_log,) = proc.directory.glob(f"gc-{proc.process.pid}.log")
+        assert "Using G1" in gc_log.read_text()
+
+
+def test_kafkas_own_defaults_run_a_pi_node_out_of_heap_under_its_limits(tmp_path: Any) -> None:
+    """What the chart's collector and heap-bound buffers prevent: with the collector the
+    JVM picks inside a Pi node's limits (Serial) and Kafka's 128 MiB log-cleaner buffer,
+    a node dies with OutOfMemoryError as its log cleaner starts. This is the crash the Pi
+    clusters had; it shows the limits harness catches it."""
+    serial = ("-XX:-UseG1GC", "-XX:+UseSerialGC")
+    kafka_default = (*TEST_TUNING, ("log.cleaner.dedupe.buffer.size", str(128 * 1024 * 1024)))
+    with LocalKafkaCluster(workdir=tmp_path, layout="combined", jvm_options=serial, extra=kafka_default) as cluster:
+        cluster.start_all()
+        died = cluster.wait_for("a node out of memory", lambda: cluster.out_of_memory(), timeout=120, retry_on=())
+    assert any("OutOfMemoryError: Java heap space" in line for line in died.values()), died
+
+
 # -- topics as code ----------------------------------------------------------------------
+
+
+def test_a_topic_created_without_a_count_gets_the_charts_partitions_and_replicas(kafka_any: LocalKafkaCluster) -> None:
+    """In KRaft the controllers apply topic-creation defaults: the chart sets them there,
+    on both layouts (set on brokers only, such a topic got Kafka's 1 partition)."""
+    from kafka.admin import NewTopic
+
+    name = f"defaults-{uuid.uuid4().hex[:6]}"
+    a = admin(app_settings(kafka_any))
+    try:
+        a.create_topics([NewTopic(name)])  # no count, no factor: -1 in the request
+
+        def described() -> dict[str, Any] | None:
+            # A broker's metadata may list the topic a moment before its partitions.
+            (topic,) = a.describe_topics([name])
+            return topic if topic["partitions"] else None
+
+        topic = kafka_any.wait_for(f"topic {name} with its partitions", described, timeout=60)
+    finally:
+        a.close()
+    assert len(topic["partitions"]) == kafka_any.props.num_partitions == 3
+    assert {len(p["replica_nodes"]) for p in topic["partitions"]} == {kafka_any.props.replication_factor}
+
 
 
 def test_topic_job_creates_is_idempotent_and_raises_partitions(kafka_dedicated: LocalKafkaCluster) -> None:

@@ -33,7 +33,6 @@ from final_problem.local.powercut import LiveWriter, Losses, PowerStrip, losses
 from final_problem.local.redis import LocalRedisSet, local_options
 from final_problem.local.zookeeper import LocalEnsemble
 from final_problem.profiles import PI
-from final_problem.renderers.postgres import server_settings
 from tests.integration.conftest import require_power_cut
 
 pytestmark = pytest.mark.integration
@@ -109,7 +108,7 @@ def zookeeper_power_cut(strip: PowerStrip, workdir: Path, *, extra: tuple[tuple[
     member with its two volumes (snapshots, transaction log) on disks of ``strip``; a client
     creates znodes until the cut."""
     pi = ZooKeeperProps.for_profile(PI)
-    ensemble = LocalEnsemble(workdir=workdir, heap_mib=pi.effective_heap_mib)
+    ensemble = LocalEnsemble(workdir=workdir, profile=PI)
     ensemble.config = dataclasses.replace(ensemble.config, extra=extra)
     with ensemble:
         for myid, proc in ensemble.procs.items():
@@ -176,7 +175,7 @@ def redis_power_cut(strip: PowerStrip, workdir: Path, *, appendfsync: str) -> Lo
     The application's client writes with ``WAIT 1`` (``set_durable``) until the cut."""
     options = dataclasses.replace(local_options(), appendfsync=appendfsync)
     pi = RedisProps.for_profile(PI)
-    cluster = LocalRedisSet(workdir=workdir, options=options)
+    cluster = LocalRedisSet(workdir=workdir, options=options, profile=PI)
     for proc in cluster.members:
         strip.add_disk(proc.name, Path(proc.env["REDIS_DATA_DIR"]), size_gib=pi.storage_gib)
     for proc in cluster.sentinels:
@@ -251,7 +250,6 @@ def postgres_power_cut(strip: PowerStrip, **changes: str) -> Losses:
     of ``strip`` as in the chart (PGDATA a directory of the volume); a psql session commits
     one row per statement until the cut."""
     pi = PostgresProps.for_profile(PI)
-    settings = {**server_settings(max_connections=pi.max_connections, shared_buffers_mib=pi.shared_buffers_mib), **changes}
     # The server runs as nobody when the tests run as root: its volume must be reachable by
     # it, which pytest's private temporary directories are not.
     volume = Path(tempfile.mkdtemp(prefix="final-problem-postgres-volume-"))
@@ -259,7 +257,8 @@ def postgres_power_cut(strip: PowerStrip, **changes: str) -> Losses:
         volume.chmod(0o755)
         strip.add_disk("postgres", volume, size_gib=pi.storage_gib)
         try:
-            return _postgres_power_cut(strip, LocalPostgres(data_dir=volume / "pgdata", settings=settings), changes)
+            server = LocalPostgres(profile=PI, data_dir=volume / "pgdata", overrides=changes)
+            return _postgres_power_cut(strip, server, changes)
         finally:
             strip.remove_disk("postgres")
     finally:
@@ -319,7 +318,7 @@ def test_postgres_without_fsync_loses_committed_rows(power_strip: PowerStrip) ->
 def test_postgres_without_fsync_keeps_commits_through_a_kill_9() -> None:
     """The contrast: with ``fsync=off`` a kill -9 of every server process loses nothing
     (the page cache survives it), so only the harness shows what a power cut loses."""
-    with LocalPostgres(settings={**server_settings(), "fsync": "off"}) as server:
+    with LocalPostgres(profile=PI, overrides={"fsync": "off"}) as server:
         server.psql("CREATE TABLE t (v int)")
         for i in range(100):
             server.psql(f"INSERT INTO t VALUES ({i})")
