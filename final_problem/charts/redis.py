@@ -113,7 +113,7 @@ class RedisProps(ComponentSettings):
         "everysec", choices=APPENDFSYNC_POLICIES,
         doc="When a member fsyncs its append-only file (Redis docs, \"Redis persistence\"). `everysec`: a power "
             "cut of every member loses the writes of up to about the last second; `always`: none, but each "
-            "write waits for an fsync, 20 to 45 times fewer `WAIT 1` writes per second for one client "
+            "write waits for an fsync, about 20 times fewer `WAIT 1` writes per second for one client "
             "(README, Redis, \"Power cut\"); `no`: up to the kernel's writeback delay, 30 s. A change is a "
             "rolling restart of the Redis pods.",
     )
