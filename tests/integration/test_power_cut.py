@@ -118,10 +118,11 @@ def zookeeper_power_cut(strip: PowerStrip, workdir: Path, *, extra: tuple[tuple[
         ensemble.wait_for_quorum(timeout=RECOVERY_TIMEOUT_S)
         client = ZooKeeperClient(hosts=ensemble.hosts, timeout=10).start()
         client.kazoo.ensure_path("/power-cut")
-        # An ensemble running for more than 30 s: its first snapshot, written without fsync,
-        # is on disk. Cut within that time, a follower finds log entries without a snapshot
-        # and refuses to start (README, ZooKeeper, "Power cut"). With forceSync=no the same
-        # holds for the header of the transaction log file the first write created.
+        # An ensemble running for more than 30 s: the snapshot.0 each member wrote at its first
+        # start, without fsync, is on disk. Cut within that time, it is empty afterwards and a
+        # member without another snapshot refuses to start (README, ZooKeeper, "Power cut").
+        # With forceSync=no the same holds for the header of the transaction log file the
+        # first write created.
         strip.settle()
         # A create is acknowledged once a quorum logged it (ZooKeeper Internals, "Atomic broadcast").
         writer = LiveWriter(lambda seq: client.kazoo.create(f"/power-cut/{seq:08d}", b"x")).start()
