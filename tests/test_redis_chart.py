@@ -208,6 +208,23 @@ def test_settings_override_props() -> None:
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
 
 
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+def test_appendfsync_defaults_to_everysec_and_reaches_redis_conf(profile: str) -> None:
+    props = RedisProps.for_profile(PROFILES[profile])
+    assert props.appendfsync == "everysec"
+    assert props.config_options().appendfsync == "everysec"
+    data = find(render_with(profile, redis_appendfsync="always"), "ConfigMap", "redis-config")["data"]
+    assert "\nappendfsync always\n" in data["redis.conf"]
+    assert "appendfsync everysec" not in data["redis.conf"]
+
+
+def test_appendfsync_from_the_command_line() -> None:
+    settings = config.from_mapping({"redis.appendfsync": "always"})
+    assert settings.component(RedisProps, EKS).appendfsync == "always"
+    with pytest.raises(ConfigError, match=r"redis.appendfsync = 'everysecond'"):
+        config.from_mapping({"redis.appendfsync": "everysecond"}).component(RedisProps, EKS)
+
+
 def test_settings_from_strings_like_cdk_c() -> None:
     settings = config.from_mapping({"redis.replicas": "4", "redis.maxmemory_policy": "noeviction"})
     props = settings.component(RedisProps, EKS)
@@ -250,6 +267,7 @@ def test_section_in_cdk_json_reaches_the_chart() -> None:
         ({"storage_gib": 2}, r"redis.storage_gib = 2: must hold three times maxmemory \(1024 MiB\).*Fix: set redis.storage_gib=3$"),
         ({"bootstrap_wait_s": -1}, r"redis.bootstrap_wait_s = -1: must be 0 to 600"),
         ({"bootstrap_wait_s": 601}, r"redis.bootstrap_wait_s = 601: must be 0 to 600"),
+        ({"appendfsync": "sometimes"}, r"redis.appendfsync = 'sometimes': must be one of always, everysec, no"),
     ],
 )
 def test_invalid_props_raise(changes: dict[str, Any], message: str) -> None:

@@ -6,7 +6,7 @@ Creates, in the ``redis`` namespace (Pod Security "restricted", default-deny):
   ``app-password``, ``sentinel-password``, ``metrics-password``); no value is in any
   manifest;
 - StatefulSet ``redis``: one primary and ``replicas`` replicas, AOF persistence
-  (``appendfsync everysec``) on retained volumes, a PDB, hostname anti-affinity and zone
+  (``appendfsync``, default ``everysec``) on retained volumes, a PDB, hostname anti-affinity and zone
   spread; a metrics sidecar serves ``INFO`` as Prometheus text on 9121;
 - StatefulSet ``redis-sentinel``: ``sentinels`` Sentinels (quorum a majority), one per
   node, with a PDB; each keeps its state (its rewritten ``sentinel.conf``: primary,
@@ -49,7 +49,7 @@ from final_problem.constructs.security import Sizing, container_context, raw_res
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.settings import ComponentSettings, per_profile, setting
-from final_problem.renderers.redis import MAXMEMORY_POLICIES, RedisConfigOptions, config_files
+from final_problem.renderers.redis import APPENDFSYNC_POLICIES, MAXMEMORY_POLICIES, RedisConfigOptions, config_files
 
 #: uid and gid of the ``redis`` user in the official image (its Dockerfile: groupadd -r -g 999).
 REDIS_UID = 999
@@ -108,6 +108,14 @@ class RedisProps(ComponentSettings):
         "volatile-lru", choices=MAXMEMORY_POLICIES,
         doc="Eviction policy: keys with a TTL (cache) are evicted, state without one never is (writes fail "
             "instead once memory is full).",
+    )
+    appendfsync: str = setting(
+        "everysec", choices=APPENDFSYNC_POLICIES,
+        doc="When a member fsyncs its append-only file (Redis docs, \"Redis persistence\"). `everysec`: a power "
+            "cut of every member loses the writes of up to about the last second; `always`: none, but each "
+            "write waits for an fsync, about 20 times fewer `WAIT 1` writes per second for one client "
+            "(README, Redis, \"Power cut\"); `no`: up to the kernel's writeback delay, 30 s. A change is a "
+            "rolling restart of the Redis pods.",
     )
     storage_gib: int = setting(
         per_profile(eks=8, pi=2), minimum=1, maximum=16_384,
@@ -182,6 +190,7 @@ class RedisProps(ComponentSettings):
             replicas=self.replicas,
             maxmemory_mib=self.maxmemory_mib,
             maxmemory_policy=self.maxmemory_policy,
+            appendfsync=self.appendfsync,
             quorum=self.quorum,
             down_after_ms=self.down_after_ms,
             failover_timeout_ms=self.failover_timeout_ms,

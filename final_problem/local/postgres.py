@@ -20,6 +20,7 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 from final_problem import local
 from final_problem.charts.postgres import PostgresProps
@@ -57,11 +58,15 @@ class LocalPostgres:
     ``kill()`` and ``start()`` let a test cut the power and restart on the same data.
     """
 
-    def __init__(self, *, bin_dir: Path | None = None, password: str | None = None, profile: Profile = PI,
-                 limits: bool = True) -> None:
-        """The chart's server settings of ``profile`` (``shared_buffers``, ``max_connections``);
-        with ``limits``, the server and its backends run under the container's CPU and
-        memory limits there."""
+    def __init__(
+        self, *, bin_dir: Path | None = None, password: str | None = None, profile: Profile = PI,
+        limits: bool = True, data_dir: Path | None = None, overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        """The chart's server settings of ``profile`` (``shared_buffers``, ``max_connections``),
+        changed by ``overrides``; with ``limits``, the server and its backends run under the
+        container's CPU and memory limits there. ``data_dir`` (default: in the work directory)
+        must not exist yet or be empty; on a volume, a directory inside it (initdb refuses a
+        mount point's ``lost+found``)."""
         self.props = PostgresProps.for_profile(profile)
         self.groups = Groups(enabled=limits)
         self.bin_dir = bin_dir or debian_bin_dir()
@@ -71,7 +76,11 @@ class LocalPostgres:
         self.port = free_ports(1)[0]
         self.run_as = RUN_AS_WHEN_ROOT if os.geteuid() == 0 else None
         self.workdir = Path(tempfile.mkdtemp(prefix="final-problem-postgres-"))
-        self.data_dir = self.workdir / "data"
+        self.data_dir = data_dir or self.workdir / "data"
+        self.settings = {
+            **server_settings(max_connections=self.props.max_connections, shared_buffers_mib=self.props.shared_buffers_mib),
+            **(overrides or {}),
+        }
         self.socket_dir = self.workdir / "run"
         self.log_path = self.workdir / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -94,6 +103,9 @@ class LocalPostgres:
     def init(self) -> None:
         """``initdb`` a new cluster: superuser ``postgres`` with the generated password."""
         self._chown(self.workdir)
+        # initdb takes an existing empty directory; it must be the server user's.
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self._chown(self.data_dir)
         self.socket_dir.mkdir()
         self._chown(self.socket_dir)
         pwfile = self.workdir / "pwfile"
@@ -116,8 +128,7 @@ class LocalPostgres:
     def start(self, *, timeout_s: float = 60) -> None:
         """Start ``postgres`` on the data directory and wait until it accepts logins."""
         settings = {
-            **server_settings(max_connections=self.props.max_connections,
-                              shared_buffers_mib=self.props.shared_buffers_mib),
+            **self.settings,
             "listen_addresses": self.host,
             "port": str(self.port),
             "unix_socket_directories": str(self.socket_dir),

@@ -35,6 +35,11 @@ MAXMEMORY_POLICIES = (
     "volatile-ttl",
 )
 
+#: When Redis fsyncs its append-only file (redis.conf, APPEND ONLY MODE section; Redis docs,
+#: "Redis persistence"): ``always`` before it replies to a write, ``everysec`` once a second
+#: in a background thread, ``no`` when the kernel writes it back.
+APPENDFSYNC_POLICIES = ("always", "everysec", "no")
+
 #: ACL user of replication, Sentinel, probes and operators: every command.
 ADMIN_USER = "admin"
 #: ACL user of applications: every key and command except the ``@dangerous`` category
@@ -67,6 +72,8 @@ class RedisConfigOptions:
     data_dir: str = "/data"
     maxmemory_mib: int = 1024
     maxmemory_policy: str = "volatile-lru"
+    #: One of :data:`APPENDFSYNC_POLICIES`.
+    appendfsync: str = "everysec"
     quorum: int = 2
     down_after_ms: int = 5000
     failover_timeout_ms: int = 60000
@@ -89,10 +96,10 @@ def redis_conf(options: RedisConfigOptions) -> str:
         "daemonize no",
         'logfile ""',
         f"dir {o.data_dir}",
-        # Persistence: an append-only file fsynced every second loses at most about one
-        # second of writes on a crash (Redis docs, "Redis persistence", AOF).
+        # Persistence: an append-only file; fsynced every second (everysec), a power cut
+        # loses about the last second of writes (Redis docs, "Redis persistence", AOF).
         "appendonly yes",
-        "appendfsync everysec",
+        f"appendfsync {o.appendfsync}",
         'appendfilename "appendonly.aof"',
         # RDB snapshots as well: a compact backup and a fast restart; the thresholds are
         # the defaults of Redis 7.0's redis.conf.

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from final_problem.local import limits
+from final_problem.local import limits, powercut
 from final_problem.local.postgres import LocalPostgres, LocalPostgresError
 from final_problem.local.redis import local_options
 from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
@@ -90,6 +90,23 @@ def zookeeper_ensemble(tmp_path: Path) -> Iterator[LocalEnsemble]:
         assert not heap, f"members {heap} ran out of heap under their limits"
     finally:
         ensemble.close()
+
+
+def require_power_cut() -> None:
+    """Fail (never skip) with one line when this host cannot run the power-cut harness."""
+    problems = powercut.missing()
+    if problems:
+        pytest.fail(f"the power-cut harness needs {', '.join(problems)}: run the tests as root after `sudo make system-deps`")
+
+
+@pytest.fixture
+def power_strip(tmp_path: Path) -> Iterator[powercut.PowerStrip]:
+    """An XFS store for node disks that lose power together (final_problem.local.powercut).
+    Request it before the servers' fixtures: it is torn down after them, once nothing
+    holds a disk, and unmounts and removes everything it made."""
+    require_power_cut()
+    with powercut.PowerStrip(tmp_path / "power") as strip:
+        yield strip
 
 
 @pytest.fixture
