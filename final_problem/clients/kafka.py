@@ -165,17 +165,23 @@ def produce(settings: KafkaSettings, topic: str, values: Iterable[bytes], *, key
         return acks
     finally:
         sender_log.removeHandler(errors)
-        try:
-            # Nothing is left to wait for once a record went unacknowledged: close at once.
-            p.close(timeout=10 if acked else 0)
-        except KafkaError:
-            # kafka-python's close() flushes first and gives up while records nobody took are
-            # queued (no leader: a minority side), leaving the producer open for its __del__
-            # to fail again. Those records were never acknowledged: stop the sender thread.
-            sender = getattr(p, "_sender", None)
-            if sender is not None:
-                sender.force_close()
-            p._closed = True
+        # Nothing is left to wait for once a record went unacknowledged: close at once.
+        close(p, timeout_s=10 if acked else 0)
+
+
+def close(p: KafkaProducer, *, timeout_s: float) -> None:
+    """Close ``p``, waiting up to ``timeout_s`` for what it still sends, and drop what is
+    left unacknowledged then (it was never acknowledged, so nobody counts on it)."""
+    try:
+        p.close(timeout=timeout_s)
+    except KafkaError:
+        # kafka-python's close() flushes first and gives up while records nobody took are
+        # queued (no leader: a minority side, or brokers gone), leaving the producer open for
+        # its __del__ to fail again: stop the sender thread.
+        sender = getattr(p, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        p._closed = True
 
 
 class _RetriedErrors(logging.Handler):

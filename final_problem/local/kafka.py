@@ -192,7 +192,7 @@ class LocalKafkaCluster:
         )
 
     def _write(self, proc: _Process) -> Path:
-        data = proc.directory / "data"
+        data = self.log_dir(proc.node_id)
         data.mkdir(parents=True, exist_ok=True)
         node_config = dataclasses.replace(self.config, log_dir=str(data))
         path = proc.directory / "server.properties"
@@ -212,7 +212,7 @@ class LocalKafkaCluster:
         """Format every node's storage (in parallel: each is a JVM start)."""
         running = []
         for proc in self.procs.values():
-            if (proc.directory / "data" / "meta.properties").exists():
+            if (self.log_dir(proc.node_id) / "meta.properties").exists():
                 continue
             proc.directory.mkdir(parents=True, exist_ok=True)
             log = open(proc.directory / "format.log", "wb")
@@ -234,7 +234,7 @@ class LocalKafkaCluster:
         proc = self.procs[node_id]
         if proc.process is not None and proc.process.poll() is None:
             return
-        if not (proc.directory / "data" / "meta.properties").exists():
+        if not (self.log_dir(proc.node_id) / "meta.properties").exists():
             self.format_all()
         path = self._write(proc)
         log = open(proc.directory / "server.log", "ab")
@@ -282,6 +282,15 @@ class LocalKafkaCluster:
         self.groups.remove_all()
 
     # -- what the nodes used ---------------------------------------------------------
+
+    def volume(self, node_id: int) -> Path:
+        """Node ``node_id``'s volume (the chart's ``/var/lib/kafka``, a mounted disk in the
+        power-cut tests): the log directory is a folder in it, as in the chart, since a
+        file system's root holds ``lost+found``, which Kafka would take for a partition."""
+        return self.procs[node_id].directory / "volume"
+
+    def log_dir(self, node_id: int) -> Path:
+        return self.volume(node_id) / "data"
 
     @staticmethod
     def group_name(node_id: int) -> str:
