@@ -86,7 +86,7 @@ def _options(*, after_subcommand: bool) -> argparse.ArgumentParser:
 def _parser() -> argparse.ArgumentParser:
     from final_problem.tour.demos import CONCEPTS, DEMOS
 
-    parser = argparse.ArgumentParser(prog="final-problem", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="final-problem", description=__doc__.split("\n")[0].replace("``", ""),
                                      parents=[_options(after_subcommand=False)])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     after = [_options(after_subcommand=True)]

@@ -323,7 +323,7 @@ def group_demo(settings: KafkaSettings, topic: str, *, consumers: int = 3, recor
         for t in threads:
             t.join(timeout=30)
     if errors:
-        raise KafkaClientError(f"a consumer failed: {errors[0]!r}")
+        raise KafkaClientError(f"a consumer failed: {type(errors[0]).__name__}: {short(errors[0])}")
     return GroupDemoResult(
         produced=records,
         assignments={i: sorted(assignments[i]) for i in range(consumers)},
