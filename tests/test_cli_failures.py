@@ -254,6 +254,27 @@ def test_ctrl_c_ends_quietly_after_clean_up(env: dict[str, str]) -> None:
     assert (proc.returncode, out, err) == (130, "", "")
 
 
+def test_ctrl_c_stopping_a_child_leaves_no_exit_traceback(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C also stops the command's children (jsii's Node.js process, say);
+    an exit handler writing to the dead child's pipe prints nothing after the interrupt."""
+    script = tmp_path / "command.py"
+    script.write_text(
+        "import atexit, os, sys\n"
+        "from final_problem.clients import run_command\n"
+        "read, write = os.pipe()\n"
+        "os.close(read)  # the child at the other end is gone\n"
+        "pipe = os.fdopen(write, 'w')\n"
+        "atexit.register(lambda: (pipe.write('exit' * 100_000), pipe.flush()))\n"
+        "def main():\n"
+        "    raise KeyboardInterrupt\n"
+        "sys.exit(run_command(main))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FINAL_PROBLEM_TRACEBACK", None)
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=BOUND_S)
+    assert (result.returncode, result.stderr) == (130, "")
+
+
 # --- help and usage ---------------------------------------------------------------------------
 
 def _parsers(monkeypatch: pytest.MonkeyPatch) -> dict[str, argparse.ArgumentParser]:

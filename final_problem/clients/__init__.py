@@ -13,7 +13,7 @@ import json
 import os
 import re
 import subprocess
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 #: Seconds a command waits for a connection or for one request before it gives up. A
 #: server on the LAN, a port-forward or an EKS endpoint answers a connect in milliseconds
@@ -122,6 +122,22 @@ TRACEBACK_ENV = "FINAL_PROBLEM_TRACEBACK"
 INTERRUPTED = 130
 
 
+def _quiet_broken_pipes_at_exit() -> None:
+    """After Ctrl-C, drop the broken-pipe errors of exit handlers: a terminal's Ctrl-C also
+    stops the command's child processes (same process group), such as the Node.js process
+    jsii starts, whose exit handler then writes to a closed pipe. Nothing is lost; any other
+    error is still reported."""
+    import sys
+
+    default = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, BrokenPipeError):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def run_command(main: Callable[[], int | None]) -> int:
     """Run a command line's ``main`` and return its exit status, ending every failure in one
     line on stderr: a :class:`ClientError` with its message and status, anything else with its
@@ -146,6 +162,7 @@ def run_command(main: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         if traceback:
             raise
+        _quiet_broken_pipes_at_exit()
         return INTERRUPTED
     except ClientError as e:
         if traceback:
