@@ -11,7 +11,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 CHECKOV_VENV := .tools/checkov
 CDK := $(CURDIR)/node_modules/.bin/cdk
-# Passed to the CDK CLI, e.g. make synth CDK_ARGS="-c nat_gateways=3"
+# Passed to the CDK CLI, e.g. make synth CDK_ARGS="-c nat_gateways=2"
 CDK_ARGS ?=
 # Passed to pytest, e.g. make test PYTEST_ARGS="-k policy"
 PYTEST_ARGS ?=

@@ -176,7 +176,8 @@ def cli_context(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
 def check_cli_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     """The settings the CDK CLI hands this process, checked before aws-cdk-lib loads (about
     half of the app's start-up): a bad one fails first."""
-    settings = config.load((context := cli_context(environ)), config.context_origins(context))
+    context = config.restore_written_numbers(cli_context(environ))
+    settings = config.load(context, config.context_origins(context))
     components.check_settings(settings)
     return settings
 

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,8 @@ class Settings:
     )
     nat_gateways: int = setting(
         1, minimum=1,
-        doc="NAT gateways, 1..az_count; set it to az_count so one zone's outage does not cut the others' egress.",
+        doc="NAT gateways, 1..az_count; set it to az_count so one zone's outage does not cut the others' egress. "
+            "Without account and region, at most 2 (CDK then makes 2 zones).",
     )
     flow_log_retention_days: int = setting(
         90, choices=LOG_RETENTION_DAYS, doc="VPC flow log retention in days (a value CloudWatch Logs accepts).",
@@ -116,8 +118,13 @@ class Settings:
         6, minimum=3, maximum=MAX_NODES_PER_NODEGROUP, doc="Largest node group size (EKS allows 450).",
     )
     endpoint_public_cidrs: tuple[str, ...] = setting(
-        (), doc="IPv4 CIDRs allowed to the public API endpoint; empty means a private endpoint only.",
+        (), doc="IPv4 CIDRs allowed to the public API endpoint; empty means a private endpoint only. An address "
+                "alone means that one address (/32). `0.0.0.0/0` needs endpoint_public_anywhere.",
         example=("203.0.113.7/32",),
+    )
+    endpoint_public_anywhere: bool = setting(
+        False, doc="Allow `0.0.0.0/0` in endpoint_public_cidrs: the API endpoint open to the whole internet "
+                   "(its authentication still applies).",
     )
     endpoint_private_access: bool = setting(
         True, doc="Keep the private API endpoint; false needs endpoint_public_cidrs.",
@@ -161,6 +168,9 @@ class Settings:
             except ConfigError as e:
                 self._origin(e)
                 raise
+        # A CIDR is kept in its network form, prefix and all (203.0.113.7 -> 203.0.113.7/32), as
+        # EKS's publicAccessCidrs lists it; one that does not parse is left for _check to report.
+        object.__setattr__(self, "endpoint_public_cidrs", tuple(_network(c) for c in self.endpoint_public_cidrs))
         try:
             _check(self)
         except ConfigError as e:
@@ -205,6 +215,19 @@ def _suggest_cluster_name(name: str) -> str:
     return cleaned if _CLUSTER_NAME.fullmatch(cleaned) else f"fp-{cleaned}"[:100]
 
 
+def _network(cidr: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(cidr.strip()))
+    except ValueError:
+        return cidr
+
+
+#: Zones CDK gives a VPC in an environment-agnostic stack (no account and region): it
+#: cannot look the region's zones up, so ``Stack.availability_zones`` is two tokens (aws-cdk-lib
+#: ``Stack.availabilityZones``).
+ENV_AGNOSTIC_ZONES = 2
+
+
 def _check(s: Settings) -> None:
     if s.kubernetes_version not in versions.SUPPORTED_KUBERNETES_VERSIONS:
         raise ConfigError(
@@ -234,11 +257,19 @@ def _check(s: Settings) -> None:
             "the prefix must be /16 or /17: each zone needs a /19 private subnet (pod addresses) and a /24 public one",
             how_to_set("vpc_cidr", str(net.supernet(new_prefix=16)) if net.prefixlen > 17 else "10.0.0.0/16"),
         )
+    zones = s.az_count if s.account is not None and s.region is not None else min(s.az_count, ENV_AGNOSTIC_ZONES)
     if not 1 <= s.nat_gateways <= s.az_count:
         raise ConfigError(
             "nat_gateways", s.nat_gateways,
             f"must be between 1 and az_count ({s.az_count}): nodes in private subnets pull images through NAT",
-            f"set nat_gateways=1 to save cost, or nat_gateways={s.az_count} for zone-independent egress",
+            f"set nat_gateways=1 to save cost, or nat_gateways={zones} for zone-independent egress",
+        )
+    if s.nat_gateways > zones:
+        raise ConfigError(
+            "nat_gateways", s.nat_gateways,
+            f"without account and region the synth is environment-agnostic and CDK spreads the VPC over "
+            f"{ENV_AGNOSTIC_ZONES} zones, so at most {ENV_AGNOSTIC_ZONES} NAT gateways are made",
+            f"set nat_gateways={ENV_AGNOSTIC_ZONES}, or set account and region (then az_count zones)",
         )
     match = _INSTANCE_TYPE.fullmatch(s.node_instance_type)
     if not match or not _SIZE.fullmatch(match.group("size")):
@@ -267,6 +298,12 @@ def _check(s: Settings) -> None:
                 "endpoint_public_cidrs", cidr, f"not an IPv4 CIDR ({e})",
                 how_to_set("endpoint_public_cidrs", "203.0.113.7/32"),
             ) from e
+        if ipaddress.IPv4Network(cidr).prefixlen == 0 and not s.endpoint_public_anywhere:
+            raise ConfigError(
+                "endpoint_public_cidrs", cidr, "opens the public API endpoint to the whole internet",
+                "set endpoint_public_cidrs=203.0.113.7/32 with your own addresses, "
+                "or set endpoint_public_anywhere=true to mean it",
+            )
     if not s.endpoint_public_cidrs and not s.endpoint_private_access:
         raise ConfigError(
             "endpoint_private_access", s.endpoint_private_access,
@@ -356,19 +393,71 @@ def _section_value(
     sections.setdefault(section, {})[sub] = raw
 
 
+class WrittenNumber(float):
+    """A number of a context file beyond what a double holds (``1e400``), kept as written.
+
+    The CDK CLI parses cdk.json with JavaScript's ``JSON.parse``, which makes it Infinity,
+    and hands the app its context through ``JSON.stringify``, which writes Infinity as
+    ``null``: the app would see no value at all. :func:`restore_written_numbers` puts it back,
+    so the error names the number the user wrote."""
+
+    text: str
+
+    def __new__(cls, text: str) -> "WrittenNumber":
+        number = super().__new__(cls, "inf" if not text.startswith("-") else "-inf")
+        number.text = text
+        return number
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+def _number(text: str, parse: Callable[[str], Any]) -> Any:
+    """``parse(text)``, or a :class:`WrittenNumber` when a double cannot hold it."""
+    try:
+        finite = math.isfinite(float(text))
+    except OverflowError:  # an integer of hundreds of digits
+        finite = False
+    return parse(text) if finite else WrittenNumber(text)
+
+
+def _context_files(project_dir: Path) -> list[tuple[str, Mapping[str, Any]]]:
+    files: list[tuple[str, Mapping[str, Any]]] = []
+    for name, path in (("cdk.json", project_dir / "cdk.json"), ("cdk.context.json", project_dir / "cdk.context.json")):
+        try:
+            data = json.loads(path.read_text(), parse_float=lambda t: _number(t, float), parse_int=lambda t: _number(t, int))
+        except (OSError, ValueError):
+            continue
+        files.append((name, data.get("context", {}) if name == "cdk.json" else data))
+    return files
+
+
+def restore_written_numbers(context: Mapping[str, Any], project_dir: Path = Path(".")) -> dict[str, Any]:
+    """``context`` with each ``null`` the CDK CLI made of a number too large for a double
+    (see :class:`WrittenNumber`) replaced by that number as cdk.json or cdk.context.json has it."""
+    def restore(value: Any, written: Any) -> Any:
+        if value is None and isinstance(written, WrittenNumber):
+            return written
+        if isinstance(value, Mapping) and isinstance(written, Mapping):
+            return {k: restore(v, written.get(k)) for k, v in value.items()}
+        return value
+
+    restored = dict(context)
+    for key, value in context.items():
+        written = next((ctx[key] for _, ctx in _context_files(project_dir) if key in ctx), None)
+        restored[key] = restore(value, written)
+    return restored
+
+
 def context_origins(context: Mapping[str, Any], project_dir: Path = Path(".")) -> dict[str, str]:
     """Where each context key came from: ``cdk.json``, ``cdk.context.json`` or ``-c``.
 
     The CDK CLI merges the three before it starts the app; a key whose value equals the
     one in cdk.json (or cdk.context.json) came from there, any other from the command line.
     """
-    files: list[tuple[str, Mapping[str, Any]]] = []
-    for name, path in (("cdk.json", project_dir / "cdk.json"), ("cdk.context.json", project_dir / "cdk.context.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        files.append((name, data.get("context", {}) if name == "cdk.json" else data))
+    files = _context_files(project_dir)
     origins: dict[str, str] = {}
     for key, value in context.items():
         origins[key] = next((name for name, ctx in files if key in ctx and ctx[key] == value), "-c")
@@ -377,7 +466,7 @@ def context_origins(context: Mapping[str, Any], project_dir: Path = Path(".")) -
 
 def from_context(get_all: Callable[[], Mapping[str, Any]], project_dir: Path = Path(".")) -> Settings:
     """Settings from a CDK app's context (``app.node.get_all_context``)."""
-    context = dict(get_all())
+    context = restore_written_numbers(get_all(), project_dir)
     return load(context, context_origins(context, project_dir))
 
 

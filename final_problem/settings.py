@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import re
 import sys
 import types
@@ -303,6 +304,8 @@ def parse_value(name: str, info: SettingInfo, raw: Any, profile: Profile | None 
     if t is int:
         if isinstance(raw, int) and not isinstance(raw, bool):
             return raw
+        if isinstance(raw, float) and not math.isfinite(raw):
+            raise ConfigError(name, raw, "beyond what a JSON number holds (the CDK CLI reads it as null)", fix)
         if isinstance(raw, str) and _INT.fullmatch(raw):
             return int(raw)
         raise ConfigError(name, raw, "not a whole number", fix)

@@ -108,3 +108,31 @@ def test_invalid_setting_names_setting_value_and_fix(values: dict, setting: str,
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+def test_an_address_alone_is_kept_as_its_network() -> None:
+    s = config.from_mapping({"endpoint_public_cidrs": "203.0.113.7, 198.51.100.0/24"})
+    assert s.endpoint_public_cidrs == ("203.0.113.7/32", "198.51.100.0/24")
+
+
+def test_the_whole_internet_needs_its_own_setting() -> None:
+    with pytest.raises(ConfigError, match=r"^endpoint_public_cidrs = '0.0.0.0/0': opens the public API endpoint "
+                                          r"to the whole internet\. Fix: .*set endpoint_public_anywhere=true"):
+        config.from_mapping({"endpoint_public_cidrs": "0.0.0.0/0"})
+    s = config.from_mapping({"endpoint_public_cidrs": "0.0.0.0/0", "endpoint_public_anywhere": "true"})
+    assert s.endpoint_public_cidrs == ("0.0.0.0/0",)
+
+
+def test_nat_gateways_beyond_two_zones_need_account_and_region() -> None:
+    with pytest.raises(ConfigError, match=r"^nat_gateways = 3: without account and region .* 2 zones.*Fix: set nat_gateways=2"):
+        config.from_mapping({"nat_gateways": "3", "region": "eu-west-1"})
+    assert config.from_mapping({"nat_gateways": "3", "account": "123456789012", "region": "eu-west-1"}).nat_gateways == 3
+
+
+def test_a_number_beyond_a_double_is_named_as_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The CDK CLI hands the app null for 1e400 in cdk.json; the error names 1e400, not None."""
+    (tmp_path / "cdk.json").write_text('{"context": {"node_max": 1e400, "zookeeper": {"heap_mib": 1' + "0" * 400 + '}}}')
+    context = config.restore_written_numbers({"node_max": None, "zookeeper": {"heap_mib": None}}, tmp_path)
+    assert (repr(context["node_max"]), str(context["zookeeper"]["heap_mib"])) == ("1e400", "1" + "0" * 400)
+    with pytest.raises(ConfigError, match=r"^node_max = 1e400 \(from cdk\.json\): beyond what a JSON number holds"):
+        config.load(context, config.context_origins(context, tmp_path))

@@ -49,6 +49,9 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("-c", "node_max=99999999999999999999", "node_max", "99999999999999999999"),
     ("-c", "node_max=many", "node_max", "'many'"),
     ("-c", "endpoint_public_cidrs=300.1.1.1/32", "endpoint_public_cidrs", "'300.1.1.1/32'"),
+    ("-c", "endpoint_public_cidrs=0.0.0.0/0", "endpoint_public_cidrs", "'0.0.0.0/0'"),
+    # Environment-agnostic (no account and region): CDK makes 2 zones, so 2 NAT gateways at most.
+    ("-c", "nat_gateways=3", "nat_gateways", "3"),
     ("-c", "endpoint_private_access=false", "endpoint_private_access", "False"),
     ("-c", "endpoint_private_access=maybe", "endpoint_private_access", "'maybe'"),
     ("-c", "admin_role_arn=arn:aws:iam::123:user/x", "admin_role_arn", "'arn:aws:iam::123:user/x'"),
@@ -85,6 +88,8 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("-c", "cadence.history_replicas=20", "cadence.history_replicas", "20"),
     ("-c", "cadence.retention_days=0", "cadence.retention_days", "0"),
     ("-c", "cadence.visibility_db=cadence", "cadence.visibility_db", "'cadence'"),
+    ("-c", "cadence.cadence_db=cadence_visibility", "cadence.cadence_db", "'cadence_visibility'"),
+    ("-c", "cadence.visibility_db=Bad", "cadence.visibility_db", "'Bad'"),
     ("cdk.json", {"zookeeper": {"replicas": 4}}, "zookeeper.replicas", "4"),
     ("cdk.json", {"zookeeper": {"replica": 3}}, "zookeeper.replica", "3"),
     ("cdk.json", {"redis": {"sentinels": 2}}, "redis.sentinels", "2"),
@@ -94,6 +99,9 @@ CASES: list[tuple[str, Any, str, str]] = [
     ("cdk.json", {"region": "eu-west-1\n"}, "region", "'eu-west-1\\n'"),
     ("cdk.json", {"node_instance_type": "m7g.lage"}, "node_instance_type", "'m7g.lage'"),
     ("cdk.json", {"node_min": 2}, "node_min", "2"),
+    # A number beyond a double: the CDK CLI hands it to the app as null; the error names it as written.
+    ("cdk.json", {"node_max": "@number:1e400"}, "node_max", "1e400"),
+    ("cdk.json", {"zookeeper": {"heap_mib": "@number:-1e999"}}, "zookeeper.heap_mib", "-1e999"),
 ]
 
 
@@ -110,7 +118,9 @@ def _project(tmp_path: Path, context: dict[str, Any]) -> Path:
     cdk_json = json.loads((ROOT / "cdk.json").read_text())
     cdk_json["context"] = context
     cdk_json["app"] = f"{sys.executable} -O {ROOT / 'app.py'}"  # as this project's cdk.json runs it
-    (project / "cdk.json").write_text(json.dumps(cdk_json, ensure_ascii=False))
+    # "@number:TEXT" stands for the JSON number TEXT as written (one json.dumps cannot write, 1e400).
+    text = re.sub(r'"@number:([^"]+)"', r"\1", json.dumps(cdk_json, ensure_ascii=False))
+    (project / "cdk.json").write_text(text)
     return project
 
 

@@ -194,7 +194,8 @@ def test_command_prints_endpoints_from_the_kubeconfig(fake_cluster: dict[str, st
 @pytest.mark.parametrize(("env", "args", "message"), [
     ({"KUBECONFIG": "/nonexistent", "HOME": "/nonexistent"}, ["endpoints"], r"^error: no platform found: give --kubeconfig"),
     ({}, ["--kubeconfig", "{bad}", "endpoints"], r"^error: kubectl version .* failed: error: invalid kubeconfig"),
-    ({"FAKE_NAMESPACES": "platform"}, ["demo", "consensus"], r"^error: zookeeper is not deployed or not reachable"),
+    ({"FAKE_NAMESPACES": "platform"}, ["demo", "consensus"],
+     r"^error: demo consensus: no component it needs is there \(zookeeper is not deployed or not reachable"),
 ])
 def test_errors_are_one_line_and_non_zero(fake_cluster: dict[str, str], tmp_path: Path, env: dict, args: list[str], message: str) -> None:
     bad = tmp_path / "bad-kubeconfig"

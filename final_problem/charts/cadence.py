@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Mapping
 
 from constructs import Construct
@@ -146,14 +146,22 @@ class CadenceProps(ComponentSettings):
             raise self.error("history_replicas",
                              f"more history hosts than shards ({self.num_history_shards}) leaves hosts idle",
                              f"set cadence.history_replicas={self.num_history_shards}")
-        for name in ("cadence_db", "visibility_db"):
+        # The two database settings and their defaults, as declared above.
+        databases = {f.name: f.default for f in fields(self) if f.name in ("cadence_db", "visibility_db")}
+        for name, default in databases.items():
             value = getattr(self, name)
             if not _IDENTIFIER.fullmatch(value):
+                other = next(n for n in databases if n != name)
+                fix = default if default != getattr(self, other) else f"{default}_2"
                 raise self.error(name, "not a plain PostgreSQL identifier (lower-case letters, digits, '_', "
-                                 "at most 63, starting with a letter)", f"set cadence.{name}=cadence")
+                                 "at most 63, starting with a letter)", f"set cadence.{name}={fix}")
         if self.cadence_db == self.visibility_db:
-            raise self.error("visibility_db", "equals cadence.cadence_db: the two schemas have tables of the same name",
-                             "set cadence.visibility_db=cadence_visibility")
+            # Blame the one moved off its default onto the other's value: a user who set
+            # cadence_db=cadence_visibility changed cadence_db, and its default is the fix.
+            blamed = "cadence_db" if self.cadence_db != databases["cadence_db"] else "visibility_db"
+            other = next(n for n in databases if n != blamed)
+            raise self.error(blamed, f"equals cadence.{other}: the two schemas have tables of the same name",
+                             f"set cadence.{blamed}={databases[blamed]}")
         if not _DOMAIN.fullmatch(self.domain):
             raise self.error("domain", "not a valid domain name", "set cadence.domain=default")
 

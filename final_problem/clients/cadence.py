@@ -19,10 +19,11 @@ The workflow, ``OrderWorkflow``, reserves stock, waits, then charges:
 ``EchoWorkflow`` runs one activity and returns its value: the smallest complete workflow,
 what ``bench/cadence.py`` starts to measure throughput and start-to-complete latency.
 
-Command line::
+Command line (``--timeout`` bounds the connection to the frontend and the start request,
+default 5 s: an unreachable frontend ends the command with one line and exit status 3)::
 
-    python -m final_problem.clients.cadence worker --target HOST:7833 --domain default
-    python -m final_problem.clients.cadence start  --target HOST:7833 --domain default --items 3 --wait
+    final-problem cadence worker --target HOST:7833 --domain default
+    final-problem cadence start  --target HOST:7833 --domain default --items 3 --wait
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from cadence.api.v1.common_pb2 import WorkflowExecution
 from cadence.api.v1.history_pb2 import EventFilterType
 from cadence.api.v1.service_workflow_pb2 import GetWorkflowExecutionHistoryRequest
 from cadence.worker import Registry, Worker
+
+from final_problem.clients import DEFAULT_TIMEOUT_S, Unreachable, add_timeout, run_command
 
 TASK_LIST = "final-problem-orders"
 #: Price per item, in cents.
@@ -183,17 +186,40 @@ def event_kind(event: Any) -> str:
     return event.WhichOneof("attributes").removesuffix("_event_attributes")
 
 
-async def run_worker(*, target: str, domain: str, task_list: str = TASK_LIST) -> None:
-    async with Client(target=target, domain=domain) as client:
+async def connect(*, target: str, domain: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Client:
+    """A client whose gRPC channel to the frontend is up (use it as ``async with``);
+    :class:`~final_problem.clients.Unreachable` after ``timeout_s``. gRPC itself waits for
+    ever (``Client.__aenter__`` waits for the channel, which retries a refused connection
+    with backoff), so without this a command against a wrong address is silent for good."""
+    client = Client(target=target, domain=domain)
+    try:
+        await asyncio.wait_for(client.ready(), timeout=timeout_s)
+    except asyncio.TimeoutError:
+        await client.close()
+        raise Unreachable(
+            f"no Cadence frontend answered at {target} within {timeout_s:g} s: give --target HOST:7833 "
+            "(or --cadence, CADENCE_FRONTEND), or raise --timeout"
+        ) from None
+    return client
+
+
+async def run_worker(*, target: str, domain: str, task_list: str = TASK_LIST,
+                     timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    async with await connect(target=target, domain=domain, timeout_s=timeout_s) as client:
         async with Worker(client, task_list, registry):
             print(f"worker polling {task_list} on {target} (domain {domain})", flush=True)
             await asyncio.Event().wait()
 
 
 async def run_start(*, target: str, domain: str, items: int, pause_s: int, wait: bool,
-                    task_list: str = TASK_LIST) -> dict[str, Any]:
-    async with Client(target=target, domain=domain) as client:
-        execution = await start_order(client, items=items, pause_s=pause_s, task_list=task_list)
+                    task_list: str = TASK_LIST, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    async with await connect(target=target, domain=domain, timeout_s=timeout_s) as client:
+        try:
+            execution = await asyncio.wait_for(
+                start_order(client, items=items, pause_s=pause_s, task_list=task_list), timeout=timeout_s)
+        except asyncio.TimeoutError:
+            raise Unreachable(f"the Cadence frontend at {target} did not start the workflow within {timeout_s:g} s; "
+                              "raise --timeout") from None
         out: dict[str, Any] = {"workflow_id": execution.workflow_id, "run_id": execution.run_id}
         if wait:
             out["result"] = await wait_for_result(client, execution)
@@ -209,13 +235,16 @@ def spawn_worker(*, target: str, domain: str, log: Path, task_list: str = TASK_L
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m final_problem.clients.cadence", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("worker", "start"))
+    parser = argparse.ArgumentParser(prog="final-problem cadence", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("worker", "start"),
+                        help="worker: poll the task list and run the workflows; start: start an order")
     parser.add_argument("--target", default=os.environ.get("CADENCE_FRONTEND", "127.0.0.1:7833"),
                         help="frontend gRPC host:port (default: $CADENCE_FRONTEND, else 127.0.0.1:7833)")
-    parser.add_argument("--domain", default="default")
-    parser.add_argument("--task-list", default=TASK_LIST)
-    parser.add_argument("--items", type=int, default=1)
+    parser.add_argument("--domain", default=os.environ.get("CADENCE_DOMAIN", "default"),
+                        help="Cadence domain (default: $CADENCE_DOMAIN, else default)")
+    parser.add_argument("--task-list", default=TASK_LIST, help=f"task list the worker polls (default: {TASK_LIST})")
+    parser.add_argument("--items", type=int, default=1, help="start: items in the order (default: 1)")
+    add_timeout(parser)
     parser.add_argument("--pause-s", type=int, default=5, help="durable timer between reserve and charge, whole seconds")
     parser.add_argument("--wait", action="store_true", help="wait for the result and print it")
     args = parser.parse_args(argv)
@@ -224,13 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.pause_s < MIN_PAUSE_S:
         parser.error(f"--pause-s: {PAUSE_RULE}")
     if args.command == "worker":
-        asyncio.run(run_worker(target=args.target, domain=args.domain, task_list=args.task_list))
+        asyncio.run(run_worker(target=args.target, domain=args.domain, task_list=args.task_list, timeout_s=args.timeout))
         return 0
     result = asyncio.run(run_start(target=args.target, domain=args.domain, items=args.items,
-                                   pause_s=args.pause_s, wait=args.wait, task_list=args.task_list))
+                                   pause_s=args.pause_s, wait=args.wait, task_list=args.task_list,
+                                   timeout_s=args.timeout))
     print(json.dumps(result), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

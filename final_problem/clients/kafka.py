@@ -10,12 +10,13 @@ within a partition. Consumers join a group and commit offsets only after process
 Environment: ``KAFKA_BOOTSTRAP_SERVERS`` (default the in-cluster bootstrap Service),
 ``KAFKA_USERNAME`` (default ``app``), ``KAFKA_PASSWORD``.
 
-Command line::
+Command line (``--timeout`` bounds the first connection to the brokers, default 5 s: no
+broker answering ends the command with one line and exit status 3)::
 
-    python -m final_problem.clients.kafka describe
-    python -m final_problem.clients.kafka produce TOPIC VALUE [VALUE ...] [--key KEY]
-    python -m final_problem.clients.kafka consume TOPIC [--group G] [--max N] [--timeout S]
-    python -m final_problem.clients.kafka group-demo TOPIC [--consumers 3] [--records 300]
+    final-problem kafka describe
+    final-problem kafka produce TOPIC VALUE [VALUE ...] [--key KEY]
+    final-problem kafka consume TOPIC [--group G] [--max N] [--idle S]
+    final-problem kafka group-demo TOPIC [--consumers 3] [--records 300]
 
 Sources: kafka-python docs (``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``);
 Kafka 4.4 docs, "Producer Configs" (acks, enable.idempotence), "Consumer Configs".
@@ -27,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -36,15 +36,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
-from final_problem.clients import read_secret
+from final_problem.clients import ClientError, Unreachable, add_timeout, password, read_secret, run_command, short
 
 DEFAULT_BOOTSTRAP = "kafka-bootstrap.kafka.svc:9092"
 SECRET_NAMESPACE, SECRET_NAME = "kafka", "kafka-auth"
 
 
-class KafkaClientError(RuntimeError):
+class KafkaClientError(ClientError):
     """The client is misconfigured or a write was not acknowledged."""
 
 
@@ -62,10 +62,14 @@ class KafkaSettings:
     password: str
     #: Seconds a request may take before the client retries or gives up.
     request_timeout_s: float = 30.0
+    #: Seconds to wait for the first broker to answer (kafka-python's ``bootstrap_timeout_ms``;
+    #: its default, 30 s, here too; the command line passes ``--timeout``).
+    connect_timeout_s: float = 30.0
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str] | None = None, *, secret: Callable[[str], str] = secret_from_kubernetes
+        cls, env: Mapping[str, str] | None = None, *, secret: Callable[[str], str] = secret_from_kubernetes,
+        connect_timeout_s: float = 30.0,
     ) -> "KafkaSettings":
         """Settings from the environment; a missing password is read from the Secret."""
         env = os.environ if env is None else env
@@ -73,7 +77,8 @@ class KafkaSettings:
         return cls(
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
             username=username,
-            password=env.get("KAFKA_PASSWORD") or secret(f"{username}-password"),
+            password=password(env, "KAFKA_PASSWORD", lambda _key: secret(f"{username}-password"), f"{username}-password"),
+            connect_timeout_s=connect_timeout_s,
         )
 
     def common(self) -> dict[str, Any]:
@@ -87,6 +92,7 @@ class KafkaSettings:
             "sasl_plain_username": self.username,
             "sasl_plain_password": self.password,
             "request_timeout_ms": int(self.request_timeout_s * 1000),
+            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
         }
 
 
@@ -323,7 +329,7 @@ def group_demo(settings: KafkaSettings, topic: str, *, consumers: int = 3, recor
         for t in threads:
             t.join(timeout=30)
     if errors:
-        raise KafkaClientError(f"a consumer failed: {errors[0]!r}")
+        raise KafkaClientError(f"a consumer failed: {type(errors[0]).__name__}: {short(errors[0])}")
     return GroupDemoResult(
         produced=records,
         assignments={i: sorted(assignments[i]) for i in range(consumers)},
@@ -332,25 +338,28 @@ def group_demo(settings: KafkaSettings, topic: str, *, consumers: int = 3, recor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m final_problem.clients.kafka", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="final-problem kafka", description=__doc__.splitlines()[0])
+    add_timeout(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("describe", help="brokers, controller quorum and topics")
+    p_desc = sub.add_parser("describe", help="brokers, controller quorum and topics")
     p_prod = sub.add_parser("produce", help="send values with acks=all")
-    p_prod.add_argument("topic")
-    p_prod.add_argument("values", nargs="+")
-    p_prod.add_argument("--key")
+    p_prod.add_argument("topic", help="the topic to write to")
+    p_prod.add_argument("values", nargs="+", help="one record per value")
+    p_prod.add_argument("--key", help="the records' key (same key, same partition)")
     p_cons = sub.add_parser("consume", help="read as a consumer group member, commit after reading")
-    p_cons.add_argument("topic")
-    p_cons.add_argument("--group", default="cli")
-    p_cons.add_argument("--max", type=int)
-    p_cons.add_argument("--timeout", type=float, default=10.0, help="stop after this many idle seconds")
+    p_cons.add_argument("topic", help="the topic to read")
+    p_cons.add_argument("--group", default="cli", help="consumer group (default: cli)")
+    p_cons.add_argument("--max", type=int, help="stop after this many records")
+    p_cons.add_argument("--idle", type=float, default=10.0, help="stop after this many idle seconds (default: 10)")
     p_demo = sub.add_parser("group-demo", help="several consumers of one group share a topic's partitions")
-    p_demo.add_argument("topic")
-    p_demo.add_argument("--consumers", type=int, default=3)
-    p_demo.add_argument("--records", type=int, default=300)
+    p_demo.add_argument("topic", help="the topic they share")
+    p_demo.add_argument("--consumers", type=int, default=3, help="members of the group (default: 3)")
+    p_demo.add_argument("--records", type=int, default=300, help="records to write (default: 300)")
+    for p in (p_desc, p_prod, p_cons, p_demo):
+        add_timeout(p, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    settings = KafkaSettings.from_env(connect_timeout_s=args.timeout)
     try:
-        settings = KafkaSettings.from_env()
         if args.command == "describe":
             print(json.dumps(describe(settings), indent=2))
         elif args.command == "produce":
@@ -358,18 +367,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             for partition, offset in produce(settings, args.topic, [v.encode() for v in args.values], key=key):
                 print(f"acknowledged partition={partition} offset={offset}")
         elif args.command == "consume":
-            for r in consume(settings, args.topic, group_id=args.group, max_records=args.max, idle_timeout_s=args.timeout):
+            for r in consume(settings, args.topic, group_id=args.group, max_records=args.max, idle_timeout_s=args.idle):
                 print(f"{r.partition}:{r.offset} {(r.key or b'').decode(errors='replace')} {r.value.decode(errors='replace')}")
         else:
             result = group_demo(settings, args.topic, consumers=args.consumers, records=args.records)
             for i in sorted(result.assignments):
                 print(f"consumer {i}: partitions {result.assignments[i]}, {result.consumed[i]} records")
             print(f"produced {result.produced}, consumed {sum(result.consumed.values())}")
-    except (KafkaClientError, KafkaError, subprocess.CalledProcessError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except KafkaError as e:
+        if isinstance(e, KafkaTimeoutError) and "bootstrap" in str(e).lower():
+            raise Unreachable(f"no Kafka broker of {settings.bootstrap_servers} answered within {args.timeout:g} s: "
+                              "give --kafka H:P,... or set KAFKA_BOOTSTRAP_SERVERS, or raise --timeout") from None
+        raise KafkaClientError(f"Kafka: {type(e).__name__}: {short(e)}") from e
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

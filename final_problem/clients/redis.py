@@ -9,12 +9,13 @@ Environment: ``REDIS_SENTINELS`` (``host:port,host:port``; default the in-cluste
 Service), ``REDIS_MASTER_NAME`` (default ``platform``), ``REDIS_USERNAME`` (default
 ``app``), ``REDIS_PASSWORD``, ``REDIS_SENTINEL_PASSWORD``.
 
-Command line::
+Command line (``--timeout`` bounds the connection to the Sentinels, default 5 s; a command
+that cannot reach them, or has no password, ends with one line and a non-zero status)::
 
-    python -m final_problem.clients.redis example          # the write/read example
-    python -m final_problem.clients.redis cache-demo       # cache-aside, timed
-    python -m final_problem.clients.redis set KEY VALUE [--replicas 1]
-    python -m final_problem.clients.redis get KEY
+    final-problem redis example          # the write/read example
+    final-problem redis cache-demo       # cache-aside, timed
+    final-problem redis set KEY VALUE [--replicas 1]
+    final-problem redis get KEY
 
 Source: redis-py docs, "Redis Sentinel" (``Sentinel.master_for`` / ``slave_for``);
 Redis docs, "WAIT", "Sentinel client spec".
@@ -25,23 +26,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from final_problem.clients import read_secret
+from final_problem.clients import (
+    ClientError, Unreachable, add_timeout, password, read_secret, run_command, short,
+)
 
 DEFAULT_SENTINELS = "redis-sentinel.redis.svc:26379"
 SECRET_NAMESPACE, SECRET_NAME = "redis", "redis-auth"
 
 
-class RedisClientError(RuntimeError):
+class RedisClientError(ClientError):
     """The client is misconfigured or a write was not replicated as asked."""
 
 
@@ -50,7 +54,7 @@ def _parse_sentinels(text: str) -> list[tuple[str, int]]:
     for item in text.split(","):
         host, sep, port = item.strip().rpartition(":")
         if not sep or not port.isdigit():
-            raise RedisClientError(f"REDIS_SENTINELS entry {item!r} is not host:port")
+            raise RedisClientError(f"REDIS_SENTINELS entry {item!r} is not host:port; give --redis-sentinels H:P,...")
         addresses.append((host, int(port)))
     return addresses
 
@@ -71,6 +75,9 @@ class RedisSettings:
     sentinel_password: str
     #: Socket timeout of each command, seconds.
     timeout_s: float = 2.0
+    #: Seconds to wait for a TCP connection to a Sentinel or a member: as long as a command
+    #: may take (the command line passes ``--timeout``).
+    connect_timeout_s: float = 2.0
     #: Retries of a command on a lost connection (each reconnection asks the Sentinels), with
     #: backoff from 100 ms doubling to 1 s: 20 retries wait about 17.5 s in all, more than a
     #: failover takes with the chart's defaults (5 s until the Sentinels call the primary down,
@@ -87,8 +94,8 @@ class RedisSettings:
             sentinels=tuple(_parse_sentinels(env.get("REDIS_SENTINELS", DEFAULT_SENTINELS))),
             master_name=env.get("REDIS_MASTER_NAME", "platform"),
             username=env.get("REDIS_USERNAME", "app"),
-            password=env.get("REDIS_PASSWORD") or secret("app-password"),
-            sentinel_password=env.get("REDIS_SENTINEL_PASSWORD") or secret("sentinel-password"),
+            password=password(env, "REDIS_PASSWORD", secret, "app-password"),
+            sentinel_password=password(env, "REDIS_SENTINEL_PASSWORD", secret, "sentinel-password"),
         )
 
 
@@ -100,11 +107,15 @@ class RedisClient:
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), settings.retries)
         self.sentinel = Sentinel(
             list(settings.sentinels),
-            sentinel_kwargs={"password": settings.sentinel_password, "socket_timeout": settings.timeout_s},
+            # No retry of one Sentinel: the list is the redundancy (the client asks the next
+            # one), and redis-py's default retries of a refused Sentinel (3, backoff from 1 s)
+            # only delay the answer by seconds per Sentinel.
+            sentinel_kwargs={"password": settings.sentinel_password, "socket_timeout": settings.timeout_s,
+                             "socket_connect_timeout": settings.connect_timeout_s, "retry": Retry(NoBackoff(), 0)},
             username=settings.username,
             password=settings.password,
             socket_timeout=settings.timeout_s,
-            socket_connect_timeout=settings.timeout_s,
+            socket_connect_timeout=settings.connect_timeout_s,
             retry=retry,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError],
             decode_responses=True,
@@ -114,6 +125,28 @@ class RedisClient:
 
     def primary_address(self) -> tuple[str, int]:
         return self.sentinel.discover_master(self.settings.master_name)
+
+    def check(self) -> tuple[str, int]:
+        """The primary's address, asked once of the Sentinels; :class:`~final_problem.clients.Unreachable`
+        saying what each Sentinel did when none names one. Run first, it makes a command fail
+        in the connect timeout instead of riding out a failover that is not happening."""
+        try:
+            return self.primary_address()
+        except redis.RedisError:
+            pass
+        reasons = []
+        for host, port in self.settings.sentinels:
+            try:
+                with socket.create_connection((host, port), timeout=self.settings.connect_timeout_s):
+                    reasons.append(f"{host}:{port} answers but names no primary {self.settings.master_name!r}")
+            except socket.timeout:
+                reasons.append(f"{host}:{port} no answer within {self.settings.connect_timeout_s:g} s")
+            except OSError as e:
+                reasons.append(f"{host}:{port} {e.strerror or short(e)}".rstrip())
+        raise Unreachable(
+            f"no Redis Sentinel named a primary ({'; '.join(reasons)}): give --redis-sentinels H:P,... "
+            "or set REDIS_SENTINELS (and REDIS_SENTINEL_PASSWORD), or raise --timeout"
+        )
 
     def set_durable(self, key: str, value: str, *, replicas: int = 1, timeout_ms: int = 1000, ttl_s: int | None = None) -> int:
         """SET, then ``WAIT`` until ``replicas`` replicas acknowledged it; return how many did.
@@ -171,20 +204,29 @@ def cache_demo(client: RedisClient, *, out: Callable[[str], None] = print, delay
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m final_problem.clients.redis", description=__doc__.split("\n")[0])
+    """The command line; :class:`~final_problem.clients.ClientError` says in one line why it
+    could not run (``final-problem`` prints it and exits with its status)."""
+    parser = argparse.ArgumentParser(prog="final-problem redis", description=__doc__.split("\n")[0])
+    add_timeout(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("example", help="write to the primary with WAIT, read from a replica")
     sub.add_parser("cache-demo", help="cache-aside around a slow lookup")
     p_set = sub.add_parser("set", help="SET with WAIT")
-    p_set.add_argument("key")
-    p_set.add_argument("value")
-    p_set.add_argument("--replicas", type=int, default=1)
+    p_set.add_argument("key", help="the key to set")
+    p_set.add_argument("value", help="its value")
+    p_set.add_argument("--replicas", type=int, default=1, help="replicas that must acknowledge (WAIT); default 1")
     p_get = sub.add_parser("get", help="GET from a replica")
-    p_get.add_argument("key")
+    p_get.add_argument("key", help="the key to read")
     p_get.add_argument("--primary", action="store_true", help="read from the primary")
+    for p in (p_set, p_get, *[sub.choices[n] for n in ("example", "cache-demo")]):
+        add_timeout(p, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    client = RedisClient(settings=RedisSettings.from_env())
+    settings = RedisSettings.from_env()
+    settings = RedisSettings(**{**settings.__dict__, "connect_timeout_s": args.timeout,
+                                "timeout_s": min(settings.timeout_s, args.timeout)})
+    client = RedisClient(settings=settings)
     try:
+        client.check()
         if args.command == "example":
             example(client)
         elif args.command == "cache-demo":
@@ -193,10 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(client.set_durable(args.key, args.value, replicas=args.replicas))
         else:
             print(client.get(args.key, from_primary=args.primary))
+    except redis.AuthenticationError as e:
+        raise ClientError(f"Redis refused the login as {settings.username!r}: {short(e)}; check REDIS_PASSWORD") from e
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        raise Unreachable(f"Redis: {type(e).__name__}: {short(e)}; raise --timeout, or check the set") from e
+    except redis.RedisError as e:
+        raise ClientError(f"Redis: {type(e).__name__}: {short(e)}") from e
     finally:
         client.close()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -12,14 +12,15 @@ Shows what a ZooKeeper ensemble guarantees:
 Where it connects (first that is set): ``--hosts`` / ``hosts=``; ``ZOOKEEPER_HOSTS``;
 the settings (``zookeeper.hosts`` for bare-metal Pis, else the chart's client Service).
 
-Command line::
+Command line (``--timeout`` bounds the connection and each request, default 5 s; ``status``
+exits non-zero unless every member serves)::
 
-    python -m final_problem.clients.zookeeper [--hosts H:P,...] put /path VALUE
-    python -m final_problem.clients.zookeeper get /path
-    python -m final_problem.clients.zookeeper watch /path [--count N]
-    python -m final_problem.clients.zookeeper elect /path --id NAME [--hold SECONDS]
-    python -m final_problem.clients.zookeeper lock /path --id NAME [--hold SECONDS]
-    python -m final_problem.clients.zookeeper status
+    final-problem zookeeper [--hosts H:P,...] put /path VALUE
+    final-problem zookeeper get /path
+    final-problem zookeeper watch /path [--count N]
+    final-problem zookeeper elect /path --id NAME [--hold SECONDS]
+    final-problem zookeeper lock /path --id NAME [--hold SECONDS]
+    final-problem zookeeper status
 
 Sources: kazoo documentation, "Basic Usage" and "Recipes" (https://kazoo.readthedocs.io);
 ZooKeeper Programmer's Guide, "Consistency Guarantees".
@@ -28,6 +29,7 @@ ZooKeeper Programmer's Guide, "Consistency Guarantees".
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -41,9 +43,11 @@ from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, NodeExistsEr
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 
+from final_problem.clients import Unreachable, add_timeout, run_command
 from final_problem.config import Settings
 
-class ZooKeeperUnavailable(RuntimeError):
+
+class ZooKeeperUnavailable(Unreachable):
     """The ensemble did not acknowledge in time: no quorum reachable from this client."""
 
 
@@ -86,6 +90,21 @@ def four_letter_word(*, host: str, port: int, word: str, timeout: float = 2.0) -
             return b"".join(chunks).decode(errors="replace")
     except OSError:
         return ""
+
+
+def status_line(address: str, *, timeout: float = 2.0) -> tuple[str, bool]:
+    """What one member's ``srvr`` says, as a ``status`` line: its mode, or why it is not
+    serving (refused, no answer, no quorum); and whether it serves."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except socket.timeout:
+        return f"{address}: not serving (no answer within {timeout:g} s)", False
+    except (OSError, ValueError) as e:
+        return f"{address}: not serving ({getattr(e, 'strerror', None) or e})", False
+    mode = server_mode(host=host, port=int(port), timeout=timeout)
+    return (f"{address}: {mode}", True) if mode else (f"{address}: not serving (no quorum)", False)
 
 
 def server_mode(*, host: str, port: int, timeout: float = 2.0) -> str | None:
@@ -261,32 +280,39 @@ def _cli_watch(client: ZooKeeperClient, path: str, count: int) -> Iterator[bytes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m final_problem.clients.zookeeper", description=__doc__.split("\n\n")[0])
+    # kazoo logs every refused or dropped connection; the command reports the outcome in one line.
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
+    parser = argparse.ArgumentParser(prog="final-problem zookeeper", description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", help="HOST:PORT,... (default: ZOOKEEPER_HOSTS, then the settings)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an acknowledgement")
+    add_timeout(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("put", help="create or overwrite a znode")
-    p.add_argument("path")
-    p.add_argument("value")
+    p.add_argument("path", help="the znode, e.g. /app/config")
+    p.add_argument("value", help="its new value")
     p = sub.add_parser("get", help="read a znode (after a sync)")
-    p.add_argument("path")
+    p.add_argument("path", help="the znode")
     p = sub.add_parser("watch", help="print a znode's value on every change")
-    p.add_argument("path")
+    p.add_argument("path", help="the znode")
     p.add_argument("--count", type=int, default=sys.maxsize, help="stop after this many values")
     for name in ("elect", "lock"):
         p = sub.add_parser(name, help="leader election" if name == "elect" else "hold a distributed lock")
-        p.add_argument("path")
+        p.add_argument("path", help="the znode the contenders share")
         p.add_argument("--id", required=True, help="this contender's name")
         p.add_argument("--hold", type=float, default=5.0, help="seconds to hold it before handing over")
-    sub.add_parser("status", help="each member's mode (srvr)")
+    sub.add_parser("status", help="each member's mode (srvr); exit status 3 unless every member serves")
+    for p in sub.choices.values():
+        add_timeout(p, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     hosts = resolve_hosts(hosts=args.hosts)
 
     if args.command == "status":
-        for address in hosts.split(","):
-            host, _, port = address.rpartition(":")
-            print(f"{address}: {server_mode(host=host, port=int(port)) or 'not serving'}")
-        return 0
+        serving = True
+        for address in (a.strip() for a in hosts.split(",") if a.strip()):
+            line, ok = status_line(address, timeout=args.timeout)
+            print(line, flush=True)
+            serving &= ok
+        # A health check: a member that does not serve is a degraded ensemble.
+        return 0 if serving else ZooKeeperUnavailable.status
     try:
         with ZooKeeperClient(hosts=hosts, timeout=args.timeout) as client:
             if args.command == "put":
@@ -310,9 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{args.id}: released", flush=True)
     except ZooKeeperUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return e.status
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -1,8 +1,10 @@
 """The nine concepts, each a short narrated run against the platform.
 
-Every demo takes a :class:`Context` (endpoints, and on ``--local`` the processes it may
-disturb) and records :class:`Step`s: what was done, what was observed and whether that is
-what the concept predicts. Demos that need a fault (a killed leader, a lost primary) run
+Every demo is one part per component it shows, each taking a :class:`Context` (endpoints,
+and on ``--local`` the processes it may disturb) and recording :class:`Step`s: what was
+done, what was observed and whether that is what the concept predicts. A part whose
+component was not given or does not answer (:func:`preflight`) is skipped with the reason,
+so a demo runs for the components there are. Demos that need a fault (a killed leader, a lost primary) run
 the fault only where the tour started the servers itself (``--local``); against a live
 platform they show the same state without disturbing it, and say so.
 
@@ -11,13 +13,16 @@ platform they show the same state without disturbing it, and say so.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from final_problem.tour.discovery import Endpoints
+from final_problem.clients import DEFAULT_TIMEOUT_S, ClientError, short
+from final_problem.tour.discovery import DiscoveryError, Endpoints
 
 
 @dataclass
@@ -27,6 +32,8 @@ class Step:
     action: str
     observed: str
     ok: bool = True
+    #: Not run: its component was not given or did not answer (``observed`` says which).
+    skipped: bool = False
 
 
 @dataclass
@@ -39,6 +46,11 @@ class Report:
     def ok(self) -> bool:
         return all(s.ok for s in self.steps)
 
+    @property
+    def ran(self) -> bool:
+        """Whether any part ran (not all were skipped)."""
+        return any(not s.skipped for s in self.steps)
+
     def as_dict(self) -> dict[str, Any]:
         return {"concept": self.concept, "component": self.component, "ok": self.ok,
                 "steps": [asdict(s) for s in self.steps]}
@@ -50,36 +62,118 @@ class Context:
     #: The local servers (``--local``), which demos may kill and restart; None on a live platform.
     local: Any = None
     say: Callable[[str], None] = print
+    #: Components the demos skip, with the reason (:func:`preflight`).
+    unavailable: dict[str, str] = field(default_factory=dict)
+    #: Seconds a request to a live platform may take (``--timeout``).
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     def step(self, report: Report, action: str, observed: str, ok: bool = True) -> None:
         report.steps.append(Step(action=action, observed=observed, ok=ok))
         self.say(f"  {'✓' if ok else '✗'} {action}: {observed}")
 
 
-DEMOS: dict[str, tuple[str, str, Callable[[Context, Report], None]]] = {}
+Part = Callable[[Context, Report], None]
 
 
-def demo(concept: str, component: str, summary: str) -> Callable[[Callable[[Context, Report], None]], Callable[[Context, Report], None]]:
-    def register(fn: Callable[[Context, Report], None]) -> Callable[[Context, Report], None]:
-        DEMOS[concept] = (component, summary, fn)
-        return fn
-    return register
+@dataclass(frozen=True)
+class Demo:
+    """One concept: a summary and the parts that show it, each on one component."""
+
+    concept: str
+    summary: str
+    #: ``(component, part)`` in the order they run.
+    parts: tuple[tuple[str, Part], ...]
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(component for component, _ in self.parts))
+
+    @property
+    def component(self) -> str:
+        return ", ".join(self.components)
+
+
+DEMOS: dict[str, Demo] = {}
+
+
+def demo(concept: str, summary: str, *parts: tuple[str, Part]) -> None:
+    DEMOS[concept] = Demo(concept=concept, summary=summary, parts=parts)
 
 
 def run(concept: str, ctx: Context) -> Report:
-    component, summary, fn = DEMOS[concept]
-    report = Report(concept=concept, component=component)
-    ctx.say(f"{concept} ({component}): {summary}")
-    fn(ctx, report)
-    ctx.say(f"  -> {'as the concept predicts' if report.ok else 'NOT as expected'}")
+    """Run every part of ``concept`` whose component is there; a part that fails is one
+    ``✗`` step saying why, and the parts after it still run."""
+    d = DEMOS[concept]
+    report = Report(concept=concept, component=d.component)
+    ctx.say(f"{concept} ({d.component}): {d.summary}")
+    for component, part in d.parts:
+        if component in ctx.unavailable:
+            if not any(s.skipped and s.action == component for s in report.steps):
+                report.steps.append(Step(action=component, observed=f"skipped: {ctx.unavailable[component]}", skipped=True))
+                ctx.say(f"  - {component} skipped: {ctx.unavailable[component]}")
+            continue
+        try:
+            part(ctx, report)
+        except Exception as e:  # noqa: BLE001 - one part that cannot run is reported, the rest go on
+            if isinstance(e, ModuleNotFoundError):
+                raise  # a missing client library: one line for the whole command
+            ctx.step(report, f"{component}: could not run", describe(e), False)
+    ran = report.ran
+    ctx.say(f"  -> {'as the concept predicts' if report.ok and ran else 'NOT as expected' if ran else 'skipped'}")
     return report
+
+
+def describe(error: BaseException) -> str:
+    """An error as one line: a client's own message, else the type and its first line."""
+    return short(error) if isinstance(error, ClientError) else f"{type(error).__name__}: {short(error)}"
+
+
+def preflight(endpoints: Endpoints, components: Iterable[str], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, str]:
+    """The components of ``components`` a demo cannot reach, each with why: no address
+    (not given, not deployed) or no address of it accepting a TCP connection within
+    ``timeout_s``. All addresses are tried at once, so this takes at most one timeout."""
+    unavailable: dict[str, str] = {}
+    addresses: dict[str, list[str]] = {}
+    for component in components:
+        try:
+            addresses[component] = [a.strip() for a in endpoints.get(component).split(",") if a.strip()]
+        except DiscoveryError as e:
+            unavailable[component] = str(e).removeprefix(f"{component}: ")
+
+    def probe(address: str) -> str | None:
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                return None
+        except socket.timeout:
+            return f"{address} no answer within {timeout_s:g} s"
+        except (OSError, ValueError) as e:
+            return f"{address} {getattr(e, 'strerror', None) or e}"
+
+    every = [(c, a) for c, found in addresses.items() for a in found]
+    with ThreadPoolExecutor(max_workers=max(1, len(every))) as pool:
+        results = dict(zip(every, pool.map(lambda ca: probe(ca[1]), every), strict=True))
+    for component, found in addresses.items():
+        reasons = [results[(component, a)] for a in found]
+        if found and all(reasons):
+            unavailable[component] = f"nothing answers ({'; '.join(r for r in reasons if r)})"
+        elif not found:
+            unavailable[component] = "no address given"
+    return unavailable
 
 
 # --- helpers ------------------------------------------------------------------------------
 
-def _zk(ctx: Context, hosts: str | None = None, timeout: float = 10.0) -> Any:
+#: ZooKeeper request timeout on the local servers: the demos there restart members and wait
+#: for elections, which take longer than a request to a live ensemble (``--timeout``).
+LOCAL_ZOOKEEPER_TIMEOUT_S = 10.0
+
+
+def _zk(ctx: Context, hosts: str | None = None, timeout: float | None = None) -> Any:
     from final_problem.clients.zookeeper import ZooKeeperClient
 
+    if timeout is None:
+        timeout = LOCAL_ZOOKEEPER_TIMEOUT_S if ctx.local is not None else ctx.timeout_s
     return ZooKeeperClient(hosts=hosts or ctx.endpoints.get("zookeeper"), timeout=timeout).start()
 
 
@@ -91,13 +185,18 @@ def _redis(ctx: Context) -> Any:
     from final_problem.clients.redis import RedisClient, RedisSettings
 
     env = {**__import__("os").environ, **ctx.endpoints.env, "REDIS_SENTINELS": ctx.endpoints.get("redis")}
-    return RedisClient(settings=RedisSettings.from_env(env))
+    settings = RedisSettings.from_env(env)
+    if ctx.local is None:
+        settings = RedisSettings(**{**settings.__dict__, "connect_timeout_s": ctx.timeout_s})
+    return RedisClient(settings=settings)
 
 
 def _kafka(ctx: Context) -> Any:
     from final_problem.clients.kafka import KafkaSettings
 
     env = {**__import__("os").environ, **ctx.endpoints.env, "KAFKA_BOOTSTRAP_SERVERS": ctx.endpoints.get("kafka")}
+    if ctx.local is None:
+        return KafkaSettings.from_env(env, connect_timeout_s=ctx.timeout_s)
     return KafkaSettings.from_env(env)
 
 
@@ -121,10 +220,9 @@ def _mode(address: str) -> str | None:
     return server_mode(host=host, port=int(port))
 
 
-# --- the nine concepts ----------------------------------------------------------------------
+# --- the parts of the nine concepts -----------------------------------------------------------
 
-@demo("consistency", "zookeeper, redis", "linearizable ZooKeeper writes vs asynchronous Redis replicas")
-def consistency(ctx: Context, report: Report) -> None:
+def _zookeeper_consistency(ctx: Context, report: Report) -> None:
     path, value = f"/final-problem/tour/consistency-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex.encode()
     with _zk(ctx) as writer:
         version = writer.put(path, value)
@@ -133,6 +231,9 @@ def consistency(ctx: Context, report: Report) -> None:
         with _zk(ctx, hosts=member) as reader:
             got = reader.get(path, linearizable=True)
         ctx.step(report, f"sync + read from member {member}", "same value" if got == value else f"different value {got!r}", got == value)
+
+
+def _redis_consistency(ctx: Context, report: Report) -> None:
     client = _redis(ctx)
     try:
         key = f"final-problem:tour:{uuid.uuid4().hex[:8]}"
@@ -148,8 +249,7 @@ def consistency(ctx: Context, report: Report) -> None:
         client.close()
 
 
-@demo("availability", "redis", "reads stay available from replicas; writes need the primary")
-def availability(ctx: Context, report: Report) -> None:
+def _redis_availability(ctx: Context, report: Report) -> None:
     client = _redis(ctx)
     try:
         key = "final-problem:tour:availability"
@@ -176,14 +276,6 @@ def availability(ctx: Context, report: Report) -> None:
                  f"it rejoined as a replica; {len(redis_set.members) - 1} replicas follow {primary_port}")
     finally:
         client.close()
-
-
-@demo("partition-tolerance", "zookeeper, kafka, redis",
-      "a minority side refuses writes (or a failover) rather than diverge")
-def partition_tolerance(ctx: Context, report: Report) -> None:
-    _zookeeper_partition(ctx, report)
-    _kafka_partition(ctx, report)
-    _sentinel_partition(ctx, report)
 
 
 def _sentinel_partition(ctx: Context, report: Report) -> None:
@@ -278,7 +370,7 @@ def _zookeeper_partition(ctx: Context, report: Report) -> None:
     members = _members(ctx)
     if ctx.local is None:
         modes = {m: _mode(m) for m in members}
-        ctx.step(report, "ask every member for its mode", ", ".join(f"{m}={v}" for m, v in modes.items()),
+        ctx.step(report, "ask every member for its mode", ", ".join(f"{m}={v or 'not serving'}" for m, v in modes.items()),
                  all(modes.values()))
         ctx.step(report, "partition", "not injected on a live platform: run with --local to cut a minority off")
         return
@@ -303,8 +395,7 @@ def _zookeeper_partition(ctx: Context, report: Report) -> None:
     ctx.step(report, "heal the partition and write again", "accepted by the restored quorum")
 
 
-@demo("scalability", "redis, zookeeper", "reads scale out over replicas and followers; writes go through one leader")
-def scalability(ctx: Context, report: Report) -> None:
+def _redis_scalability(ctx: Context, report: Report) -> None:
     client = _redis(ctx)
     try:
         client.set_durable("final-problem:tour:scale", "x", replicas=1)
@@ -317,6 +408,9 @@ def scalability(ctx: Context, report: Report) -> None:
         ctx.step(report, f"{n} reads through the replica pool", f"{rate:,.0f} reads/s from one client; {replicas} replicas share the load")
     finally:
         client.close()
+
+
+def _zookeeper_scalability(ctx: Context, report: Report) -> None:
     with _zk(ctx) as zk:
         started = time.perf_counter()
         for i in range(50):
@@ -329,12 +423,6 @@ def scalability(ctx: Context, report: Report) -> None:
     ctx.step(report, "ZooKeeper: 50 writes, 200 local reads",
              f"{writes:,.0f} writes/s (each through the leader and a quorum) vs {reads:,.0f} reads/s (served by the member)",
              reads > writes)
-
-
-@demo("consensus", "zookeeper, kafka", "one leader, agreed by a majority; a new one after it fails")
-def consensus(ctx: Context, report: Report) -> None:
-    _zookeeper_consensus(ctx, report)
-    _kafka_consensus(ctx, report)
 
 
 def _kafka_consensus(ctx: Context, report: Report) -> None:
@@ -353,7 +441,8 @@ def _kafka_consensus(ctx: Context, report: Report) -> None:
 def _zookeeper_consensus(ctx: Context, report: Report) -> None:
     modes = {m: _mode(m) for m in _members(ctx)}
     leaders = [m for m, v in modes.items() if v == "leader"]
-    ctx.step(report, "ask every member for its mode", ", ".join(f"{m}={v}" for m, v in modes.items()), len(leaders) == 1)
+    ctx.step(report, "ask every member for its mode", ", ".join(f"{m}={v or 'not serving'}" for m, v in modes.items()),
+             len(leaders) == 1)
     if ctx.local is None or len(leaders) != 1:
         return
     ensemble = ctx.local.zookeeper
@@ -369,10 +458,7 @@ def _zookeeper_consensus(ctx: Context, report: Report) -> None:
     ensemble.start(old)
 
 
-@demo("concurrency", "zookeeper, kafka",
-      "a distributed lock turns racing read-modify-writes into no lost updates; a consumer group shares partitions")
-def concurrency(ctx: Context, report: Report) -> None:
-    _lock_race(ctx, report)
+def _kafka_group(ctx: Context, report: Report) -> None:
     from final_problem.clients.kafka import group_demo
 
     settings = _kafka(ctx)
@@ -418,13 +504,6 @@ def _lock_race(ctx: Context, report: Report) -> None:
     ctx.step(report, f"{workers} workers x {rounds} increments, no lock", f"counter = {unlocked} of {expected} (lost updates)")
     locked = race(locked=True)
     ctx.step(report, "the same under a ZooKeeper lock", f"counter = {locked} of {expected}", locked == expected)
-
-
-@demo("fault-tolerance", "redis, cadence",
-      "a failover keeps every acknowledged write; a workflow outlives the worker running it")
-def fault_tolerance(ctx: Context, report: Report) -> None:
-    _redis_failover(ctx, report)
-    _cadence_worker_kill(ctx, report)
 
 
 def _cadence_worker_kill(ctx: Context, report: Report) -> None:
@@ -498,13 +577,6 @@ def _redis_failover(ctx: Context, report: Report) -> None:
         client.close()
 
 
-@demo("observability", "zookeeper, redis, kafka, cadence", "every component reports its own state as metrics")
-def observability(ctx: Context, report: Report) -> None:
-    _zookeeper_and_redis_metrics(ctx, report)
-    _kafka_metrics(ctx, report)
-    _cadence_metrics(ctx, report)
-
-
 def _scrape(port: int, timeout_s: float) -> str:
     """The Prometheus text a local server serves at ``/metrics`` on ``port``."""
     import urllib.request
@@ -559,7 +631,7 @@ def _cadence_metrics(ctx: Context, report: Report) -> None:
              all(n > 0 for _, n, _ in seen))
 
 
-def _zookeeper_and_redis_metrics(ctx: Context, report: Report) -> None:
+def _zookeeper_metrics(ctx: Context, report: Report) -> None:
     from final_problem.clients.zookeeper import four_letter_word
 
     host, _, port = _members(ctx)[0].rpartition(":")
@@ -567,6 +639,9 @@ def _zookeeper_and_redis_metrics(ctx: Context, report: Report) -> None:
     ctx.step(report, "ZooKeeper mntr (the same figures its Prometheus endpoint serves)",
              f"state {mntr.get('zk_server_state')}, {mntr.get('zk_znode_count')} znodes, avg latency {mntr.get('zk_avg_latency')} ms",
              "zk_server_state" in mntr)
+
+
+def _redis_metrics(ctx: Context, report: Report) -> None:
     from final_problem.clients.redis_exporter import read_info, to_prometheus
 
     client = _redis(ctx)
@@ -585,11 +660,9 @@ def _zookeeper_and_redis_metrics(ctx: Context, report: Report) -> None:
              "; ".join(lines), "redis_up 1" in lines)
 
 
-@demo("security", "redis, kafka, zookeeper", "unauthenticated and unauthorised requests are refused")
-def security(ctx: Context, report: Report) -> None:
+def _redis_security(ctx: Context, report: Report) -> None:
     import redis
 
-    from final_problem.clients.zookeeper import four_letter_word
     from final_problem.clients.redis import _parse_sentinels
 
     # retry=None: redis-py retries a refused login with a backoff (about 4 s); one refusal says it.
@@ -626,6 +699,9 @@ def security(ctx: Context, report: Report) -> None:
         ctx.step(report, "Sentinel command without a password", "answered!", False)
     except (redis.AuthenticationError, redis.ResponseError) as e:
         ctx.step(report, "Sentinel command without a password", f"refused: {e}")
+
+
+def _kafka_security(ctx: Context, report: Report) -> None:
     from final_problem.clients.kafka import KafkaSettings, admin, describe
 
     kafka = _kafka(ctx)
@@ -645,10 +721,38 @@ def security(ctx: Context, report: Report) -> None:
         ctx.step(report, "Kafka login with a wrong password (SCRAM-SHA-512)",
                  f"refused: no session ({type(e).__name__}), while the real password reaches brokers {brokers}{seen}",
                  bool(brokers) and "no refusal" not in seen)
+
+
+def _zookeeper_security(ctx: Context, report: Report) -> None:
+    from final_problem.clients.zookeeper import four_letter_word
+
     zk_host, _, zk_port = _members(ctx)[0].rpartition(":")
     answer = four_letter_word(host=zk_host, port=int(zk_port), word="conf")
     ctx.step(report, "ZooKeeper 'conf' four-letter word (not on the allowlist)",
              answer.strip().splitlines()[0] if answer.strip() else "connection closed", "not in the whitelist" in answer or not answer)
 
+
+# --- the nine concepts, in the order `demo all` runs them ------------------------------------
+
+demo("consistency", "linearizable ZooKeeper writes vs asynchronous Redis replicas",
+     ("zookeeper", _zookeeper_consistency), ("redis", _redis_consistency))
+demo("availability", "reads stay available from replicas; writes need the primary",
+     ("redis", _redis_availability))
+demo("partition-tolerance", "a minority side refuses writes (or a failover) rather than diverge",
+     ("zookeeper", _zookeeper_partition), ("kafka", _kafka_partition), ("redis", _sentinel_partition))
+demo("scalability", "reads scale out over replicas and followers; writes go through one leader",
+     ("redis", _redis_scalability), ("zookeeper", _zookeeper_scalability))
+demo("consensus", "one leader, agreed by a majority; a new one after it fails",
+     ("zookeeper", _zookeeper_consensus), ("kafka", _kafka_consensus))
+demo("concurrency",
+     "a distributed lock turns racing read-modify-writes into no lost updates; a consumer group shares partitions",
+     ("zookeeper", _lock_race), ("kafka", _kafka_group))
+demo("fault-tolerance", "a failover keeps every acknowledged write; a workflow outlives the worker running it",
+     ("redis", _redis_failover), ("cadence", _cadence_worker_kill))
+demo("observability", "every component reports its own state as metrics",
+     ("zookeeper", _zookeeper_metrics), ("redis", _redis_metrics), ("kafka", _kafka_metrics),
+     ("cadence", _cadence_metrics))
+demo("security", "unauthenticated and unauthorised requests are refused",
+     ("redis", _redis_security), ("kafka", _kafka_security), ("zookeeper", _zookeeper_security))
 
 CONCEPTS = tuple(DEMOS)

@@ -30,14 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from final_problem.clients import DEFAULT_TIMEOUT_S, ClientError, short
+
 #: Stack output keys the cluster stack publishes for discovery.
 OUTPUT_CLUSTER_NAME = "ClusterName"
 OUTPUT_REGION = "Region"
 OUTPUT_ENDPOINTS = "PlatformEndpoints"
 
 
-class DiscoveryError(RuntimeError):
+class DiscoveryError(ClientError):
     """The platform (or a component of it) cannot be reached; the message says what to do."""
+
+    status = 2
+
+
+class PlatformUnreachable(DiscoveryError):
+    """What finds the platform (the Kubernetes API, AWS) did not answer in time."""
+
+    status = 3
 
 
 @dataclass(frozen=True)
@@ -180,9 +190,13 @@ def kubectl(kubeconfig: str, *args: str, timeout: float = 20) -> str:
     binary = shutil.which("kubectl")
     if not binary:
         raise DiscoveryError("kubectl is not installed: install it, or run inside the cluster, or use --local")
-    result = subprocess.run(
-        [binary, "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=timeout,
-    )
+    try:
+        result = subprocess.run(
+            [binary, "--kubeconfig", kubeconfig, *args], capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise PlatformUnreachable(f"kubectl {' '.join(args[:3])} got no answer within {timeout:g} s; "
+                             f"check the kubeconfig {kubeconfig} and the cluster") from None
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise DiscoveryError(f"kubectl {' '.join(args[:3])} failed: {reason}; check the kubeconfig {kubeconfig}")
@@ -216,13 +230,15 @@ def port_forward(kubeconfig: str, namespace: str, target: str, port: int, *, tim
     raise DiscoveryError(f"kubectl port-forward to {namespace}/{target} did not start; is {target} running?")
 
 
-def check_reachable(kubeconfig: str) -> None:
-    kubectl(kubeconfig, "version", "--request-timeout=10s", "-o", "json")
+def check_reachable(kubeconfig: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    # kubectl's own start-up comes on top of the request: the process gets twice the timeout.
+    kubectl(kubeconfig, "version", f"--request-timeout={timeout_s:g}s", "-o", "json", timeout=2 * timeout_s + 5)
 
 
-def from_kubeconfig(kubeconfig: str, refs: Mapping[str, ServiceRef], *, forward: Callable[..., tuple[int, Any]] = port_forward) -> Endpoints:
+def from_kubeconfig(kubeconfig: str, refs: Mapping[str, ServiceRef], *, forward: Callable[..., tuple[int, Any]] = port_forward,
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> Endpoints:
     """Port-forward to each deployed component's Service."""
-    check_reachable(kubeconfig)
+    check_reachable(kubeconfig, timeout_s=timeout_s)
     endpoints = Endpoints(source=f"kubeconfig {kubeconfig}", kubeconfig=kubeconfig)
     deployed = set(kubectl(kubeconfig, "get", "namespaces", "-o", "name").split())
     for name, ref in refs.items():
@@ -264,13 +280,16 @@ class ClusterInfo:
 
 def cluster_from_aws(stack_name: str, *, cloudformation: Any, eks: Any) -> ClusterInfo:
     """The cluster stack's outputs and the EKS API's view of the cluster."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError as AWSError
 
     try:
         stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
-    except ClientError as e:
+    except AWSError as e:
+        error = e.response.get("Error", {})
+        if error.get("Code") != "ValidationError":  # CloudFormation's code for a stack that does not exist
+            raise  # refused credentials, throttling: from_aws says so
         raise DiscoveryError(
-            f"stack {stack_name} not found ({e.response['Error'].get('Message', 'error')}); deploy with `make deploy`, "
+            f"stack {stack_name} not found ({error.get('Message', 'error')}); deploy with `make deploy`, "
             "or pass --cluster-name and --region of your deployment"
         ) from None
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
@@ -328,21 +347,54 @@ def write_kubeconfig(config: Mapping[str, Any]) -> str:
     return path
 
 
-def from_aws(cluster_name: str, region: str | None, refs: Mapping[str, ServiceRef], *, session: Any | None = None) -> Endpoints:
-    import boto3
-    from botocore.exceptions import NoCredentialsError, NoRegionError
+#: Attempts of one AWS call. botocore's legacy mode makes 5 with backoff, and a refused or
+#: unreachable endpoint then costs minutes; 2 rides out one dropped connection.
+AWS_ATTEMPTS = 2
 
-    session = session or boto3.session.Session(region_name=region)
+
+def aws_config(timeout_s: float) -> Any:
+    """botocore's client config: connect and read timeouts of ``timeout_s`` (its defaults are
+    60 s each) and :data:`AWS_ATTEMPTS` attempts."""
+    from botocore.config import Config
+
+    return Config(connect_timeout=timeout_s, read_timeout=timeout_s,
+                  retries={"mode": "standard", "total_max_attempts": AWS_ATTEMPTS})
+
+
+def from_aws(cluster_name: str, region: str | None, refs: Mapping[str, ServiceRef], *, session: Any | None = None,
+             timeout_s: float = DEFAULT_TIMEOUT_S) -> Endpoints:
+    import boto3
+    from botocore.exceptions import (
+        BotoCoreError, ClientError as AWSError, EndpointConnectionError, NoCredentialsError, NoRegionError,
+        ProfileNotFound,
+    )
+
+    stack = f"{cluster_name}-cluster"
     try:
+        session = session or boto3.session.Session(region_name=region)
+        config = aws_config(timeout_s)
         info = cluster_from_aws(
-            f"{cluster_name}-cluster", cloudformation=session.client("cloudformation"), eks=session.client("eks"),
+            stack, cloudformation=session.client("cloudformation", config=config), eks=session.client("eks", config=config),
         )
         token = eks_token(info.name, session=session)
     except NoCredentialsError:
         raise DiscoveryError("no AWS credentials: set AWS_PROFILE or run `aws configure`, or use --kubeconfig") from None
     except NoRegionError:
         raise DiscoveryError("no AWS region: pass --region or set AWS_REGION") from None
+    except ProfileNotFound as e:
+        raise DiscoveryError(f"{short(e)}: set AWS_PROFILE to a profile of ~/.aws/config, or use --kubeconfig") from None
+    except EndpointConnectionError as e:
+        raise PlatformUnreachable(f"AWS unreachable ({short(e)}) within {timeout_s:g} s: check the network or "
+                             "AWS_ENDPOINT_URL, raise --timeout, or use --kubeconfig") from None
+    except AWSError as e:
+        error = e.response.get("Error", {})
+        raise DiscoveryError(
+            f"AWS refused reading stack {stack}: {error.get('Code', 'error')}: {short(RuntimeError(error.get('Message', '')))}; "
+            "check the credentials (AWS_PROFILE, `aws sts get-caller-identity`) or use --kubeconfig"
+        ) from None
+    except BotoCoreError as e:
+        raise DiscoveryError(f"AWS: {short(e)}; check AWS_PROFILE and the credentials, or use --kubeconfig") from None
     path = write_kubeconfig(kubeconfig_for(info, token))
-    endpoints = from_kubeconfig(path, refs)
+    endpoints = from_kubeconfig(path, refs, timeout_s=timeout_s)
     endpoints.source = f"AWS stack {cluster_name}-cluster ({info.region})"
     return endpoints
