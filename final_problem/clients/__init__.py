@@ -13,7 +13,7 @@ import json
 import os
 import re
 import subprocess
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Coroutine, Mapping, TypeVar
 
 #: Seconds a command waits for a connection or for one request before it gives up. A
 #: server on the LAN, a port-forward or an EKS endpoint answers a connect in milliseconds
@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping
 DEFAULT_TIMEOUT_S = 5.0
 #: The timeout ``final-problem --timeout`` hands a client command it runs.
 TIMEOUT_ENV = "FINAL_PROBLEM_TIMEOUT"
+
+T = TypeVar("T")
 
 
 class ClientError(RuntimeError):
@@ -136,6 +138,25 @@ def _quiet_broken_pipes_at_exit() -> None:
             default(unraisable)
 
     sys.unraisablehook = hook
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coroutine)`` with asyncio's own Ctrl-C handling inside a command run by
+    :func:`run_command`: asyncio cancels the coroutine's task on SIGINT and raises
+    ``KeyboardInterrupt`` once it has ended, but only when it finds Python's default handler
+    in place; with :func:`run_command`'s, the interrupt would land inside the task and be
+    reported at exit as "Task exception was never retrieved"."""
+    import asyncio
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return asyncio.run(coroutine)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return asyncio.run(coroutine)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_command(main: Callable[[], int | None]) -> int:

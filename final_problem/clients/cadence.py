@@ -45,7 +45,7 @@ from cadence.api.v1.history_pb2 import EventFilterType
 from cadence.api.v1.service_workflow_pb2 import GetWorkflowExecutionHistoryRequest
 from cadence.worker import Registry, Worker
 
-from final_problem.clients import DEFAULT_TIMEOUT_S, Unreachable, add_timeout, run_command
+from final_problem.clients import DEFAULT_TIMEOUT_S, Unreachable, add_timeout, run_async, run_command
 
 TASK_LIST = "final-problem-orders"
 #: Price per item, in cents.
@@ -253,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.pause_s < MIN_PAUSE_S:
         parser.error(f"--pause-s: {PAUSE_RULE}")
     if args.command == "worker":
-        asyncio.run(run_worker(target=args.target, domain=args.domain, task_list=args.task_list, timeout_s=args.timeout))
+        run_async(run_worker(target=args.target, domain=args.domain, task_list=args.task_list, timeout_s=args.timeout))
         return 0
-    result = asyncio.run(run_start(target=args.target, domain=args.domain, items=args.items,
+    result = run_async(run_start(target=args.target, domain=args.domain, items=args.items,
                                    pause_s=args.pause_s, wait=args.wait, task_list=args.task_list,
                                    timeout_s=args.timeout))
     print(json.dumps(result), flush=True)

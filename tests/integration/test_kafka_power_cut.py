@@ -56,7 +56,7 @@ def kafka_power_cut(strip: PowerStrip, workdir: Path, props: KafkaProps) -> Loss
     if missing:
         pytest.fail(f"cannot run Kafka here, missing: {', '.join(missing)}")
     with LocalKafkaCluster(workdir=workdir, layout="combined", props=props) as cluster:
-        for node_id, proc in cluster.procs.items():
+        for node_id in cluster.procs:
             strip.add_disk(f"kafka-{node_id}", cluster.volume(node_id), size_gib=props.broker_storage_gib)
         cluster.start_all()
         cluster.wait_healthy()
