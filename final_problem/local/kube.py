@@ -430,12 +430,13 @@ class LocalControlPlane:
         ], binary=kwok_dir() / "bin" / "kwok")
         # The service-account controller creates "default" in every namespace: a sign the
         # controller manager is up and authorized.
-        self.wait_for("the default ServiceAccount", lambda: self._exists("/api/v1/namespaces/default/serviceaccounts/default"),
+        self.wait_for("the default ServiceAccount", lambda: self.exists("/api/v1/namespaces/default/serviceaccounts/default"),
                       timeout_s=timeout_s)
         #: Seconds :meth:`start` took.
         self.started_s = time.monotonic() - began
 
-    def _exists(self, path: str) -> bool:
+    def exists(self, path: str) -> bool:
+        """Whether the API server has the object at ``path`` (404: no)."""
         try:
             self.api.get(path)
             return True

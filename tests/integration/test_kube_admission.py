@@ -241,17 +241,7 @@ def _probe(kube: KubePlatform, node: str, name: str, cpu_m: int, memory_mib: int
         return kube.control_plane.wait_for(f"the scheduler's verdict on {name}", verdict, timeout_s=60)[0]
     finally:
         kube.api.request("DELETE", path, query={"gracePeriodSeconds": "0"})
-        kube.control_plane.wait_for(f"{name} gone", lambda: not _exists(kube, path), timeout_s=60)
-
-
-def _exists(kube: KubePlatform, path: str) -> bool:
-    try:
-        kube.api.get(path)
-        return True
-    except ApiError as e:
-        if e.status == 404:
-            return False
-        raise
+        kube.control_plane.wait_for(f"{name} gone", lambda: not kube.control_plane.exists(path), timeout_s=60)
 
 
 def test_the_scheduler_charges_each_node_what_the_capacity_arithmetic_says(kube: KubePlatform) -> None:
