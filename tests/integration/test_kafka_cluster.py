@@ -30,7 +30,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 
 from final_problem.clients.kafka import KafkaClientError, KafkaSettings, admin, produce, producer
 from final_problem.clients.kafka_topics import ReconcileError, TopicSpec, reconcile
-from final_problem.local.kafka import TEST_TUNING, KafkaClusterError, LocalKafkaCluster, missing_binaries
+from final_problem.local.kafka import KafkaClusterError, LocalKafkaCluster, missing_binaries
 
 pytestmark = pytest.mark.integration
 
@@ -243,19 +243,6 @@ def test_each_node_runs_under_its_containers_limits_with_the_charts_collector(ka
         # Serial inside these limits.
         (gc_log,) = proc.directory.glob(f"gc-{proc.process.pid}.log")
         assert "Using G1" in gc_log.read_text()
-
-
-def test_kafkas_own_defaults_run_a_pi_node_out_of_heap_under_its_limits(tmp_path: Any) -> None:
-    """What the chart's collector and heap-bound buffers prevent: with the collector the
-    JVM picks inside a Pi node's limits (Serial) and Kafka's 128 MiB log-cleaner buffer,
-    a node dies with OutOfMemoryError as its log cleaner starts. This is the crash the Pi
-    clusters had; it shows the limits harness catches it."""
-    serial = ("-XX:-UseG1GC", "-XX:+UseSerialGC")
-    kafka_default = (*TEST_TUNING, ("log.cleaner.dedupe.buffer.size", str(128 * 1024 * 1024)))
-    with LocalKafkaCluster(workdir=tmp_path, layout="combined", jvm_options=serial, extra=kafka_default) as cluster:
-        cluster.start_all()
-        died = cluster.wait_for("a node out of memory", lambda: cluster.out_of_memory(), timeout=120, retry_on=())
-    assert any("OutOfMemoryError: Java heap space" in line for line in died.values()), died
 
 
 # -- topics as code ----------------------------------------------------------------------
