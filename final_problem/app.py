@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -78,10 +79,19 @@ def check_capacity(settings: Settings, rendered: Objects) -> list[capacity.Fit]:
 
 
 def write_dist(stacks: PlatformStacks, outdir: Path, rendered: Objects | None = None) -> list[Path]:
-    """Write dist/<profile>/ for every profile in the settings."""
+    """Write dist/<profile>/ for every profile in the settings, and remove the folder of
+    every other profile: a folder an earlier synth wrote with other settings would be
+    applied or flashed (``make pi-images`` reads dist/pi/) as if this synth had written it.
+    The folders keep their fixed names, which the docs, ``make pi-images`` and users'
+    ``kubectl apply -f dist/eks/`` rely on; only a profile's own folder is ever removed,
+    never anything else in ``outdir``."""
     written: list[Path] = []
-    for profile, objects in (rendered or render_profiles(stacks)).items():
+    rendered = rendered or render_profiles(stacks)
+    for profile, objects in rendered.items():
         written += manifests.write_objects(objects, outdir / profile)
+    for profile in PROFILES:
+        if profile not in rendered and (outdir / profile).is_dir():
+            shutil.rmtree(outdir / profile)
     return written
 
 
@@ -105,9 +115,10 @@ def check_template_sizes(assembly: cx_api.CloudAssembly, limit: int = MAX_TEMPLA
 
 
 def synth_facts(settings: Settings) -> dict[str, Any]:
-    """What the synth report needs beyond the templates and the YAML: the Pi boards' memory
-    and what each profile left out (written to the cloud assembly, report.SYNTH_FACTS)."""
+    """What the synth report needs beyond the templates and the YAML: the profiles this
+    synth wrote, the Pi boards' memory and what each profile left out (written to the cloud assembly, report.SYNTH_FACTS)."""
     return {
+        "profiles": list(settings.profiles),
         "pi_memory_gib": settings.pi_memory_gib,
         "left_out": {p: line for p in settings.profiles if (line := components.left_out_line(settings, PROFILES[p]))},
     }
