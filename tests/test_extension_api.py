@@ -41,7 +41,7 @@ PUBLIC = (
     "set_component", "ports", "int_or_string", "quantity", "k8s", "RestrictedNamespace",
     "QuorumStatefulSet", "ClaimSpec", "GeneratedSecrets", "SecretSpec", "Sizing", "container_context",
     "pod_context", "raw_resources", "LabelSet", "MONITORING_NAMESPACE_LABEL", "Settings", "Profile",
-    "Group", "ObjectChart", "JsonPatch",
+    "Group", "ObjectChart", "JsonPatch", "secret_env", "ZOOKEEPER_CLIENT_LABEL", "to_cdk8s", "from_cdk8s",
 )
 
 
