@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from final_problem import capacity, components, config, manifests, report
+from final_problem import capacity, components, config, manifests, policy, report
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.profiles import PROFILES
@@ -78,6 +78,13 @@ def check_capacity(settings: Settings, rendered: Objects) -> list[capacity.Fit]:
     return [capacity.check(settings, profile, objects) for profile, objects in rendered.items()]
 
 
+def check_policy(rendered: Objects) -> None:
+    """Fail on the first policy finding (:mod:`final_problem.policy`) of any profile: every
+    chart, bundled or an app's own, is held to the same checks as the tests hold them."""
+    for profile, objects in rendered.items():
+        policy.check_render(profile, objects)
+
+
 def write_dist(stacks: PlatformStacks, outdir: Path, rendered: Objects | None = None) -> list[Path]:
     """Write dist/<profile>/ for every profile in the settings, and remove the folder of
     every other profile: a folder an earlier synth wrote with other settings would be
@@ -134,6 +141,7 @@ def write_outputs(app: cdk.App, stacks: PlatformStacks) -> None:
     outdir = Path(app.node.try_get_context("dist_dir") or "dist")
     rendered = render_profiles(stacks)
     check_capacity(stacks.settings, rendered)
+    check_policy(rendered)
     # Writing the YAML is Python alone, and synthesis is the Node.js process alone: one
     # waits on the other otherwise (a thread runs while the main one waits on the pipe).
     with ThreadPoolExecutor(max_workers=1) as pool:
