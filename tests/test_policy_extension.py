@@ -176,7 +176,7 @@ def test_the_policy_command_lists_each_finding_in_a_line(registry: dict, tmp_pat
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert len(lines) == len(expected)
-    for line, (name, finding) in zip(lines, expected):
+    for line, (name, finding) in zip(lines, expected, strict=True):
         assert line.endswith(f"{finding} [{name}]")
     assert all(line.startswith(str(dist / "pi" / "02-shop.yaml") + ": ") for line in lines)
 
