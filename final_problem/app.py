@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from final_problem import capacity, components, config, manifests, report
+from final_problem import capacity, components, config, manifests, policy, report
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.profiles import PROFILES
@@ -77,11 +78,27 @@ def check_capacity(settings: Settings, rendered: Objects) -> list[capacity.Fit]:
     return [capacity.check(settings, profile, objects) for profile, objects in rendered.items()]
 
 
+def check_policy(rendered: Objects) -> None:
+    """Fail on the first policy finding (:mod:`final_problem.policy`) of any profile: every
+    chart, bundled or an app's own, is held to the same checks as the tests hold them."""
+    for profile, objects in rendered.items():
+        policy.check_render(profile, objects)
+
+
 def write_dist(stacks: PlatformStacks, outdir: Path, rendered: Objects | None = None) -> list[Path]:
-    """Write dist/<profile>/ for every profile in the settings."""
+    """Write dist/<profile>/ for every profile in the settings, and remove the folder of
+    every other profile: a folder an earlier synth wrote with other settings would be
+    applied or flashed (``make pi-images`` reads dist/pi/) as if this synth had written it.
+    The folders keep their fixed names, which the docs, ``make pi-images`` and users'
+    ``kubectl apply -f dist/eks/`` rely on; only a profile's own folder is ever removed,
+    never anything else in ``outdir``."""
     written: list[Path] = []
-    for profile, objects in (rendered or render_profiles(stacks)).items():
+    rendered = rendered or render_profiles(stacks)
+    for profile, objects in rendered.items():
         written += manifests.write_objects(objects, outdir / profile)
+    for profile in PROFILES:
+        if profile not in rendered and (outdir / profile).is_dir():
+            shutil.rmtree(outdir / profile)
     return written
 
 
@@ -105,9 +122,10 @@ def check_template_sizes(assembly: cx_api.CloudAssembly, limit: int = MAX_TEMPLA
 
 
 def synth_facts(settings: Settings) -> dict[str, Any]:
-    """What the synth report needs beyond the templates and the YAML: the Pi boards' memory
-    and what each profile left out (written to the cloud assembly, report.SYNTH_FACTS)."""
+    """What the synth report needs beyond the templates and the YAML: the profiles this
+    synth wrote, the Pi boards' memory and what each profile left out (written to the cloud assembly, report.SYNTH_FACTS)."""
     return {
+        "profiles": list(settings.profiles),
         "pi_memory_gib": settings.pi_memory_gib,
         "left_out": {p: line for p in settings.profiles if (line := components.left_out_line(settings, PROFILES[p]))},
     }
@@ -123,6 +141,7 @@ def write_outputs(app: cdk.App, stacks: PlatformStacks) -> None:
     outdir = Path(app.node.try_get_context("dist_dir") or "dist")
     rendered = render_profiles(stacks)
     check_capacity(stacks.settings, rendered)
+    check_policy(rendered)
     # Writing the YAML is Python alone, and synthesis is the Node.js process alone: one
     # waits on the other otherwise (a thread runs while the main one waits on the pipe).
     with ThreadPoolExecutor(max_workers=1) as pool:

@@ -143,18 +143,24 @@ def register(cls: C) -> C:
     if not isinstance(version, str) or not version.strip():
         raise ConfigError(f"{where}.version", version, "a component names the upstream version it deploys",
                           'set version = "1.2.3"')
+    if not _bundled(cls):
+        # The bundled charts register first, so a clash fails at the newcomer's decorator.
+        load_bundled()
     existing = COMPONENTS.get(name)
     if existing is not None and existing is not cls:
+        # The newcomer is blamed: the extension, even when a bundled chart registers after it.
+        newcomer, other = (existing, cls) if _bundled(cls) and not _bundled(existing) else (cls, existing)
         raise ConfigError(
-            f"{where}.component", name,
-            f"already registered by {existing.__module__}.{existing.__qualname__}",
+            f"{_where(newcomer)}.component", name,
+            f"already registered by {_where(other)}",
             "give the component a unique name",
         )
     for other in COMPONENTS.values():
         if other is not cls and other.component != name and other.construct_id == construct_id:
+            newcomer, owner = (other, cls) if _bundled(cls) and not _bundled(other) else (cls, other)
             raise ConfigError(
-                f"{where}.construct_id", construct_id,
-                f"already used by component '{other.component}' ({other.__module__}.{other.__qualname__})",
+                f"{_where(newcomer)}.construct_id", construct_id,
+                f"already used by component '{owner.component}' ({_where(owner)})",
                 "give the component a unique construct id",
             )
     settings_class = cls.settings_class
@@ -182,6 +188,18 @@ def register(cls: C) -> C:
         settings_class.section = name
     COMPONENTS[name] = cls
     return cls
+
+
+_BUNDLED_PACKAGE = "final_problem.charts"
+
+
+def _bundled(cls: type) -> bool:
+    """Whether ``cls`` is one of the charts shipped with the package."""
+    return cls.__module__ == _BUNDLED_PACKAGE or cls.__module__.startswith(_BUNDLED_PACKAGE + ".")
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def load_bundled() -> None:

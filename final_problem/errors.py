@@ -13,6 +13,11 @@ class ConfigError(ValueError):
     ``make synth`` tells the user what to change without reading the code::
 
         zookeeper.replicas = 4 (from cdk.json): must be one of 3, 5, 7. Fix: set zookeeper.replicas=3
+
+    The one error API: ``ConfigError(setting, value, problem, fix)``, positional or by
+    keyword. A component's settings class raises the same through
+    ``self.error(name, value, problem, fix)``, where ``name`` is inside its section and
+    ``value`` may be left out (the setting's own value is shown).
     """
 
     def __init__(self, setting: str, value: Any, problem: str, fix: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import cdk8s
 import yaml
 
-from final_problem import capacity, config
+from final_problem import capacity, config, policy
 from final_problem.components import PlatformChart, build_charts, left_out_line
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         for profile, objects in profile_objects(settings):
             # A profile whose pods cannot fit on its nodes fails before anything is written.
             capacity.check(settings, profile, objects)
+            policy.check_render(profile, dict(objects))
             for path in write_objects(objects, args.out / profile):
                 print(path)
             if left_out := left_out_line(settings, PROFILES[profile]):

@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Iterator, Mapping
 import cdk8s
 from constructs import Construct
 
+from final_problem.interop import from_cdk8s, is_cdk8s_value
+
 
 class ObjectError(ValueError):
     """A Kubernetes object that cannot be built or rendered (a programming error)."""
@@ -217,6 +219,8 @@ def _coerce(spec: str, value: Any, where: str, check: bool) -> Any:
         return value
     scalar = _SCALARS.get(spec)
     if scalar is not None:
+        if not isinstance(value, scalar) and is_cdk8s_value(value):
+            value = from_cdk8s(value)
         if check and (not isinstance(value, scalar) or (isinstance(value, bool) and spec in ("int", "float"))):
             raise ObjectError(f"{where}: expected {_spec_name(spec)}, got {type(value).__name__} {value!r}")
         return value
@@ -236,6 +240,10 @@ def _coerce(spec: str, value: Any, where: str, check: bool) -> Any:
         return value
     if isinstance(value, Mapping) and not isinstance(value, Struct):
         return struct(**value)
+    if is_cdk8s_value(value):  # a struct of cdk8s's k8s module: the same names
+        value = from_cdk8s(value)
+        if isinstance(value, struct):
+            return value
     if check:
         raise ObjectError(f"{where}: expected {spec}, got {type(value).__name__}")
     return value
@@ -312,6 +320,8 @@ def plain(value: Any) -> Any:
         return [plain(v) for v in value]
     if isinstance(value, Mapping):
         return {k: p for k, v in value.items() if (p := plain(v)) is not None}
+    if is_cdk8s_value(value):
+        return plain(from_cdk8s(value))
     raise ObjectError(f"cannot render a {type(value).__name__} in a Kubernetes object")
 
 

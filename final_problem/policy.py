@@ -1,9 +1,11 @@
 """Policy checks over rendered Kubernetes objects.
 
 Every check takes the full list of objects of one render (all charts of a profile) and
-returns human-readable problems; an empty list means the objects pass. The test suite
-runs them over every chart in both profiles, so a new chart is checked without new test
-code; apps that extend the platform can run them over their own charts too.
+returns human-readable problems; an empty list means the objects pass. Synthesis runs them
+over every chart of every profile, bundled or an app's own, and fails in one line on the
+first finding (:func:`check_render`); the test suite runs them too, so a new chart is
+checked without new test code. ``python -m final_problem.policy DIR`` runs them over
+rendered manifests, one line per finding.
 
 What "restricted" requires comes from the Kubernetes docs, "Pod Security Standards";
 the rest is this platform's policy (DEVELOPERS: requests, limits and probes everywhere;
@@ -302,3 +304,130 @@ CHECKS: dict[str, Callable[[list[Obj]], list[str]]] = {
     "labels": check_labels,
     "namespaces": check_namespaces,
 }
+
+#: How to fix what each check finds, for the one-line synth error and the command.
+FIXES: dict[str, str] = {
+    "restricted": "give each container final_problem.api.container_context(uid=...) and the pod "
+                  "pod_context(uid=...) (Pod Security \"restricted\")",
+    "resources": "give each container resources=final_problem.api.raw_resources(Sizing(...))",
+    "probes": "give each long-running container a livenessProbe and a different readinessProbe",
+    "images": "pin the image to an exact version tag and declare it in the component's `images`",
+    "quorum_sets": "build the set with final_problem.api.QuorumStatefulSet (PDB, anti-affinity, zone spread, "
+                   "retained claims)",
+    "replicated_deployments": "add a PodDisruptionBudget with maxUnavailable 1 selecting its pods",
+    "network_policies": "create the namespace with final_problem.api.RestrictedNamespace and add a "
+                        "NetworkPolicy selecting the pods",
+    "no_secret_values": "generate the secret in the cluster (final_problem.api.GeneratedSecrets) and read it "
+                        "with secret_env(...)",
+    "labels": "label it with final_problem.api.set_component(obj, \"<component>\") (the chart sets the "
+              "other app.kubernetes.io labels); a pod template takes its LabelSet's labels",
+    "namespaces": "put it in a namespace created with final_problem.api.RestrictedNamespace",
+}
+
+
+def findings(objects: list[Obj]) -> list[tuple[str, str]]:
+    """``(check, finding)`` for every check over ``objects`` (one render: every chart of a
+    profile, since NetworkPolicies, PDBs and namespaces select across charts)."""
+    return [(name, problem) for name, check in CHECKS.items() for problem in check(objects)]
+
+
+def owner(finding: str, refs: dict[str, str]) -> str | None:
+    """The value of ``refs`` (object reference -> where it comes from) a finding names."""
+    head = finding.split(":", 1)[0].removesuffix(" pod template")
+    head = head.split(" container ", 1)[0]
+    return refs.get(head)
+
+
+def check_render(profile: str, by_component: dict[str, list[Obj]]) -> None:
+    """Fail with one :class:`~final_problem.errors.ConfigError` line on the first finding of
+    the render of ``profile`` (objects by component): the component, the object, the
+    problem, the fix, and how many more there are."""
+    from final_problem.errors import ConfigError
+
+    objects = [o for objs in by_component.values() for o in objs]
+    found = findings(objects)
+    if not found:
+        return
+    refs = {ref(o): component for component, objs in by_component.items() for o in objs}
+    check, problem = found[0]
+    component = owner(problem, refs) or "?"
+    more = f"; {len(found) - 1} more finding(s): python -m final_problem.policy dist/{profile} lists them" \
+        if len(found) > 1 else ""
+    raise ConfigError(
+        "components", component,
+        f"{problem} (policy check '{check}', profile {profile}){more}",
+        FIXES[check],
+    )
+
+
+def read_manifests(directory: str) -> dict[str, dict[str, list[Obj]]]:
+    """Every folder under ``directory`` (itself included) that holds ``*.yaml`` files: its
+    objects by file name. Each folder is one render (``dist/eks``, ``dist/pi``)."""
+    from pathlib import Path
+
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    root = Path(directory)
+    renders: dict[str, dict[str, list[Obj]]] = {}
+    for folder in sorted({p.parent for p in root.rglob("*.yaml")} | ({root} if any(root.glob("*.yaml")) else set())):
+        renders[str(folder)] = {
+            path.name: [d for d in yaml.load_all(path.read_text(), Loader=loader) if isinstance(d, dict)]
+            for path in sorted(folder.glob("*.yaml"))
+        }
+    return renders
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m final_problem.policy DIR``: the policy checks over the rendered manifests
+    in DIR, one line per finding (file, object, problem, check), exit status 1 when any."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="python -m final_problem.policy",
+        description="Run the platform's policy checks on rendered Kubernetes manifests: one line per finding, "
+                    "exit status 1 when there is any.",
+    )
+    parser.add_argument("directory", help="a folder of rendered YAML, e.g. dist/pi or dist (each folder "
+                                          "holding *.yaml files is checked as one render)")
+    parser.add_argument("--import", dest="modules", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): an app's components register, so the images "
+                             "they declare are accepted")
+    args = parser.parse_args(argv)
+    if not Path(args.directory).is_dir():
+        print(f"error: {args.directory} is not a folder. Fix: give the folder synth wrote, e.g. dist/pi",
+              file=sys.stderr)
+        return 2
+    # Images the registered components declare are accepted: the bundled ones, and an app's
+    # once --import has imported its module.
+    import importlib
+
+    from final_problem import components
+
+    components.load_bundled()
+    for module in args.modules:
+        importlib.import_module(module)
+    renders = read_manifests(args.directory)
+    if not renders:
+        print(f"error: no *.yaml files under {args.directory}. Fix: run make synth first, or give the folder "
+              "it wrote (dist/eks, dist/pi)", file=sys.stderr)
+        return 2
+    total = count = 0
+    for folder, files in renders.items():
+        refs = {ref(o): str(Path(folder) / name) for name, objs in files.items() for o in objs}
+        objects = [o for objs in files.values() for o in objs]
+        total += len(objects)
+        for check, problem in findings(objects):
+            count += 1
+            print(f"{owner(problem, refs) or folder}: {problem} [{check}]")
+    if count:
+        print(f"{count} finding(s) in {total} objects", file=sys.stderr)
+        return 1
+    print(f"{total} objects in {len(renders)} render(s): every policy check passes")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,14 +20,17 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Written = dict[str, dict[str, list[dict[str, Any]]]]
 
 
-def read_dist(dist_dir: Path) -> Written:
-    """Every profile folder in ``dist_dir``, parsed once."""
+def read_dist(dist_dir: Path, profiles: list[str] | None = None) -> Written:
+    """The folders of ``profiles`` in ``dist_dir`` (default: every folder), parsed once."""
+    folders = sorted(p for p in dist_dir.iterdir() if p.is_dir())
+    if profiles is not None:
+        folders = [dist_dir / p for p in profiles]
     return {
         profile_dir.name: {
             path.name: [d for d in yaml.load_all(path.read_text(), Loader=_Loader) if d]
             for path in sorted(profile_dir.glob("*.yaml"))
         }
-        for profile_dir in sorted(p for p in dist_dir.iterdir() if p.is_dir())
+        for profile_dir in folders
     }
 
 
@@ -88,7 +91,9 @@ def main(cdk_out: str = "cdk.out", dist: str = "dist") -> int:
             f"  {artifact['properties'].get('stackName', template_file.stem):<28} "
             f"{sum(kinds.values()):>3} resources  {template_file.stat().st_size:>8,} B  {env}"
         )
-    written = read_dist(dist_dir)
+    # Only the profiles this synth wrote (the app records them): anything else in dist/ is
+    # not this run's output.
+    written = read_dist(dist_dir, synth_facts(out).get("profiles"))
     for profile, files in written.items():
         print(f"Kubernetes YAML ({dist_dir / profile}/):")
         for name, docs in files.items():

@@ -13,7 +13,7 @@ checks (range, choices). Cross-field rules go in :meth:`ComponentSettings.check`
 
         def check(self) -> None:
             if self.replicas % 2 == 0:
-                raise self.error("replicas", "must be odd", "use 3 or 5")
+                raise self.error("replicas", self.replicas, "must be odd", "set search.replicas=3")
 
 Users set them in ``cdk.json`` as an object per component (``"search": {"replicas": 5}``)
 or on the command line as ``-c search.replicas=5``. Type coercion, range checks, unknown
@@ -192,8 +192,26 @@ class ComponentSettings:
     def check(self) -> None:
         """Rules across settings; raise :meth:`error`. Default: none."""
 
-    def error(self, name: str, problem: str, fix: str, *, value: Any = dataclasses.MISSING) -> ConfigError:
-        """A :class:`ConfigError` for setting ``name`` of this component."""
+    def error(self, name: str, *args: Any, value: Any = dataclasses.MISSING,
+              problem: str | None = None, fix: str | None = None) -> ConfigError:
+        """A :class:`ConfigError` for setting ``name`` of this component: the same arguments
+        in the same order as ``ConfigError(setting, value, problem, fix)``, with ``name``
+        inside this component's section and the value optional (default: the setting's)::
+
+            raise self.error("replicas", 4, "must be odd", "set search.replicas=3")
+            raise self.error("replicas", problem="must be odd", fix="set search.replicas=3")
+
+        ``self.error(name, problem, fix)`` (two positional texts, ``value=`` as keyword)
+        keeps its meaning."""
+        if len(args) == 3:
+            value, problem, fix = args
+        elif len(args) == 2:
+            problem, fix = args
+        elif args:
+            raise TypeError("error() takes (name, value, problem, fix), (name, problem, fix) "
+                            f"or keywords; got {len(args) + 1} positional arguments")
+        if problem is None or fix is None:
+            raise TypeError("error() needs a problem and a fix")
         shown = getattr(self, name) if value is dataclasses.MISSING else value
         return ConfigError(f"{self.section}.{name}", shown, problem, fix)
 

@@ -14,6 +14,7 @@ functions so the wheels are built once per worker.
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
@@ -34,6 +35,8 @@ from tests.conftest import ROOT
 EXAMPLE = ROOT / "examples" / "search"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "final-problem"
 PIP = ("-m", "pip", "--disable-pip-version-check", "--quiet")
+#: How a wheel of a clone is built (the README says the same).
+PIP_WHEEL = ("wheel", "--no-deps")
 
 
 def _node_requirement() -> str:
@@ -82,6 +85,21 @@ def fresh_venv(where: Path, requirements: Path) -> Path:
     return where
 
 
+#: The README's install commands (the package is on no index): from a clone, or a wheel built
+#: there with the command build_wheel runs.
+README_WHEEL_GLOB = "final_problem-*.whl"
+
+
+def test_the_readme_installs_from_a_clone_or_a_wheel_built_as_here() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Extending the platform"):]
+    assert "pip install /path/to/final-problem" in section
+    assert f"pip wheel --no-deps -w wheels /path/to/final-problem` then `pip install wheels/{README_WHEEL_GLOB}`" in section
+    # No install from an index: the name is published on none.
+    assert not re.search(r"pip install '?final-problem\b", readme)
+    assert PIP_WHEEL[:2] == ("wheel", "--no-deps")
+
+
 def build_wheel(source: Path, paths: tuple[str, ...], outdir: Path, scratch: Path) -> Path:
     """Build the wheel of ``source`` from a copy of ``paths`` (the checkout stays untouched)."""
     copy = scratch / source.name
@@ -94,7 +112,7 @@ def build_wheel(source: Path, paths: tuple[str, ...], outdir: Path, scratch: Pat
             shutil.copy2(src, copy / rel)
     before = set(outdir.glob("*.whl"))
     # The project venv has the build backend (requirements-dev.txt): no download, no isolation.
-    _run(sys.executable, *PIP, "wheel", "--no-deps", "--no-build-isolation", "-w", outdir, copy)
+    _run(sys.executable, *PIP, *PIP_WHEEL, "--no-build-isolation", "-w", outdir, copy)
     (wheel,) = set(outdir.glob("*.whl")) - before
     return wheel
 
@@ -135,6 +153,8 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> ExampleApp:
     scratch = tmp_path_factory.mktemp("sources")
     platform = build_wheel(ROOT, ("pyproject.toml", "README.md", "final_problem"), wheels, scratch)
     search = build_wheel(EXAMPLE, ("pyproject.toml", "final_problem_search"), wheels, scratch)
+    # The file name the README's install line globs (README, "Extending the platform").
+    assert fnmatch.fnmatch(platform.name, README_WHEEL_GLOB), platform.name
     python = venv / "bin" / "python"
     # pip itself comes from the requirements venv; it installs into the running venv.
     _run(python, *PIP, "install", "--no-deps", "--no-index", platform, search)

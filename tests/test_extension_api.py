@@ -41,7 +41,7 @@ PUBLIC = (
     "set_component", "ports", "int_or_string", "quantity", "k8s", "RestrictedNamespace",
     "QuorumStatefulSet", "ClaimSpec", "GeneratedSecrets", "SecretSpec", "Sizing", "container_context",
     "pod_context", "raw_resources", "LabelSet", "MONITORING_NAMESPACE_LABEL", "Settings", "Profile",
-    "Group", "ObjectChart", "JsonPatch",
+    "Group", "ObjectChart", "JsonPatch", "secret_env", "ZOOKEEPER_CLIENT_LABEL", "to_cdk8s", "from_cdk8s",
 )
 
 
@@ -173,6 +173,76 @@ def test_a_duplicate_construct_id_fails_at_registration(registry: dict) -> None:
     with pytest.raises(api.ConfigError, match=r"\.construct_id = 'ZooKeeper': already used by component 'zookeeper'"):
         api.register(component_class(construct_id="ZooKeeper"))
     assert "search" not in registry
+
+
+def test_a_name_clash_blames_the_extension_even_when_the_bundled_chart_registers_after_it(registry: dict) -> None:
+    """Bundled charts may be imported after an extension registered: the clash still names the
+    extension's class, never the bundled chart."""
+    bundled = registry.pop("redis")
+    extension = api.register(component_class(component="redis", construct_id="ExtensionRedis"))
+    with pytest.raises(api.ConfigError, match=r"^tests\.test_extension_api\.Search\.component = 'redis': "
+                       r"already registered by final_problem\.charts\.redis\.RedisChart\. Fix: give the component a unique name$"):
+        api.register(bundled)
+    assert registry["redis"] is extension
+
+
+def test_a_construct_id_clash_blames_the_extension_even_when_the_bundled_chart_registers_after_it(registry: dict) -> None:
+    bundled = registry.pop("zookeeper")
+    api.register(component_class(construct_id="ZooKeeper"))
+    with pytest.raises(api.ConfigError, match=r"^tests\.test_extension_api\.Search\.construct_id = 'ZooKeeper': "
+                       r"already used by component 'zookeeper' \(final_problem\.charts\.zookeeper\.ZooKeeperChart\)"):
+        api.register(bundled)
+
+
+def test_an_extension_registered_before_the_bundled_charts_are_imported_is_blamed(tmp_path) -> None:
+    """A fresh interpreter: the extension's decorator runs before anything imported the
+    bundled charts, and the clash fails there, naming the extension."""
+    import subprocess
+    import sys
+
+    code = (
+        "from final_problem.api import PlatformChart, register\n"
+        "class Mine(PlatformChart):\n"
+        "    component = 'kafka'\n    construct_id = 'MyKafka'\n    version = '1.0.0'\n"
+        "register(Mine)\n"
+    )
+    (tmp_path / "ext.py").write_text(code)
+    result = subprocess.run([sys.executable, "-c", "import ext"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": ""})
+    assert result.returncode != 0
+    assert "ext.Mine.component = 'kafka': already registered by final_problem.charts.kafka.KafkaChart" in result.stderr
+
+
+# --- one error API ---------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class _Rules(api.ComponentSettings):
+    replicas: int = api.setting(3, doc="Members.")
+
+
+@pytest.mark.parametrize("make", [
+    lambda s: api.ConfigError("search.replicas", 4, "must be odd", "set search.replicas=3"),
+    lambda s: api.ConfigError(setting="search.replicas", value=4, problem="must be odd", fix="set search.replicas=3"),
+    lambda s: s.error("replicas", 4, "must be odd", "set search.replicas=3"),
+    lambda s: s.error("replicas", problem="must be odd", fix="set search.replicas=3"),
+    lambda s: s.error("replicas", value=4, problem="must be odd", fix="set search.replicas=3"),
+    lambda s: s.error("replicas", "must be odd", "set search.replicas=3"),  # the earlier form, kept
+], ids=["ConfigError", "ConfigError-keywords", "error-as-ConfigError", "error-keywords", "error-value-keyword", "error-earlier-form"])
+def test_one_error_api_in_settings_and_elsewhere(make) -> None:
+    settings = object.__new__(_Rules)
+    object.__setattr__(settings, "replicas", 4)
+    _Rules.section = "search"
+    error = make(settings)
+    assert isinstance(error, api.ConfigError)
+    assert (error.setting, error.value, error.problem, error.fix) == ("search.replicas", 4, "must be odd", "set search.replicas=3")
+    assert str(error) == "search.replicas = 4: must be odd. Fix: set search.replicas=3"
+
+
+def test_error_without_a_fix_is_refused() -> None:
+    settings = object.__new__(_Rules)
+    _Rules.section = "search"
+    with pytest.raises(TypeError, match="needs a problem and a fix"):
+        settings.error("replicas", problem="must be odd")
 
 
 def test_a_settings_class_of_another_component_fails_at_registration(registry: dict) -> None:

@@ -19,7 +19,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from types import ModuleType
+from typing import Any, Sequence
 
 from final_problem.objects import Group, ObjectChart
 
@@ -192,6 +193,13 @@ class GeneratedSecrets(Group):
         self.role_binding.add_dependency(self.role, self.service_account)
 
 
-def secret_env(name: str, secret: str, key: str) -> k8s.EnvVar:
-    """Environment variable ``name`` from key ``key`` of Secret ``secret`` (never a literal value)."""
-    return k8s.EnvVar(name=name, value_from=k8s.EnvVarSource(secret_key_ref=k8s.SecretKeySelector(name=secret, key=key)))
+def secret_env(name: str, secret: str, key: str, *, api: ModuleType | None = None) -> Any:
+    """Environment variable ``name`` from key ``key`` of Secret ``secret`` (never a literal
+    value): a ``k8s.EnvVar``.
+
+    ``api``: a cdk8s ``k8s`` module (``cdk8s_plus_27.k8s``) to get its kinds instead of
+    the project's (:mod:`final_problem.interop`). Default: the project's."""
+    from final_problem.interop import returned_as
+
+    return returned_as(k8s.EnvVar(name=name, value_from=k8s.EnvVarSource(
+        secret_key_ref=k8s.SecretKeySelector(name=secret, key=key))), api)

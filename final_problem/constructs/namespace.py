@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from types import ModuleType
+from typing import Any, Mapping
 
 from final_problem.objects import Group, ObjectChart, chart_of
 
 from final_problem import versions
 from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s
+from final_problem.interop import returned_as
 
 
 #: Label of the namespaces whose pods may scrape every component's metrics port.
@@ -35,9 +37,12 @@ def namespace_peer(label: dict[str, str]) -> k8s.NetworkPolicyPeer:
     return k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=label))
 
 
-def ports(*numbers: int, protocol: str = "TCP") -> list[k8s.NetworkPolicyPort]:
-    """NetworkPolicy ports for port numbers: ``ports(2181, 7000)``; ``protocol`` TCP or UDP."""
-    return [k8s.NetworkPolicyPort(port=int_or_string(n), protocol=protocol) for n in numbers]
+def ports(*numbers: int, protocol: str = "TCP", api: ModuleType | None = None) -> list[Any]:
+    """NetworkPolicy ports for port numbers: ``ports(2181, 7000)``; ``protocol`` TCP or UDP.
+
+    ``api``: a cdk8s ``k8s`` module (``cdk8s_plus_27.k8s``) to get its kinds instead of
+    the project's (:mod:`final_problem.interop`). Default: the project's."""
+    return returned_as([k8s.NetworkPolicyPort(port=int_or_string(n), protocol=protocol) for n in numbers], api)
 
 
 #: A Pod Security Standards version label value: "latest" or "v<major>.<minor>"

@@ -12,12 +12,14 @@ rendered object, after every container has been added.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import cdk8s
 
 from final_problem.errors import ConfigError
 from final_problem.imports import k8s, quantity
+from final_problem.interop import returned_as
 
 if TYPE_CHECKING:
     import cdk8s_plus_27 as kplus
@@ -115,9 +117,12 @@ class Sizing:
 # (StatefulSets with volume claim templates; see constructs/quorum.py).
 
 
-def container_context(*, uid: int, gid: int | None = None) -> "k8s.SecurityContext":
-    """Raw form of :func:`restricted_container`."""
-    return k8s.SecurityContext(
+def container_context(*, uid: int, gid: int | None = None, api: ModuleType | None = None) -> Any:
+    """Raw form of :func:`restricted_container` (a ``k8s.SecurityContext``).
+
+    ``api``: a cdk8s ``k8s`` module (``cdk8s_plus_27.k8s``) to get its kinds instead of
+    the project's (:mod:`final_problem.interop`). Default: the project's."""
+    return returned_as(k8s.SecurityContext(
         run_as_non_root=True,
         run_as_user=uid,
         run_as_group=gid if gid is not None else uid,
@@ -126,25 +131,31 @@ def container_context(*, uid: int, gid: int | None = None) -> "k8s.SecurityConte
         read_only_root_filesystem=True,
         capabilities=k8s.Capabilities(drop=["ALL"]),
         seccomp_profile=k8s.SeccompProfile(type="RuntimeDefault"),
-    )
+    ), api)
 
 
-def pod_context(*, uid: int, gid: int | None = None, fs_group: int | None = None) -> "k8s.PodSecurityContext":
-    """Raw form of :func:`restricted_pod` including the seccomp profile."""
+def pod_context(*, uid: int, gid: int | None = None, fs_group: int | None = None, api: ModuleType | None = None) -> Any:
+    """Raw form of :func:`restricted_pod` including the seccomp profile (a ``k8s.PodSecurityContext``).
+
+    ``api``: a cdk8s ``k8s`` module (``cdk8s_plus_27.k8s``) to get its kinds instead of
+    the project's (:mod:`final_problem.interop`). Default: the project's."""
     group = gid if gid is not None else uid
-    return k8s.PodSecurityContext(
+    return returned_as(k8s.PodSecurityContext(
         run_as_non_root=True,
         run_as_user=uid,
         run_as_group=group,
         fs_group=fs_group if fs_group is not None else group,
         fs_group_change_policy="OnRootMismatch",
         seccomp_profile=k8s.SeccompProfile(type="RuntimeDefault"),
-    )
+    ), api)
 
 
-def raw_resources(sizing: Sizing) -> "k8s.ResourceRequirements":
-    """Raw form of :meth:`Sizing.resources`."""
-    return k8s.ResourceRequirements(
+def raw_resources(sizing: Sizing, *, api: ModuleType | None = None) -> Any:
+    """Raw form of :meth:`Sizing.resources` (a ``k8s.ResourceRequirements``).
+
+    ``api``: a cdk8s ``k8s`` module (``cdk8s_plus_27.k8s``) to get its kinds instead of
+    the project's (:mod:`final_problem.interop`). Default: the project's."""
+    return returned_as(k8s.ResourceRequirements(
         requests={
             "cpu": quantity(f"{sizing.cpu_request_m}m"),
             "memory": quantity(f"{sizing.memory_request_mib}Mi"),
@@ -153,4 +164,4 @@ def raw_resources(sizing: Sizing) -> "k8s.ResourceRequirements":
             "cpu": quantity(f"{sizing.cpu_limit_m}m"),
             "memory": quantity(f"{sizing.memory_limit_mib}Mi"),
         },
-    )
+    ), api)

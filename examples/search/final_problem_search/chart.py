@@ -34,6 +34,7 @@ from final_problem.api import (
     RestrictedNamespace,
     Settings,
     Sizing,
+    ZOOKEEPER_CLIENT_LABEL,
     container_context,
     int_or_string,
     k8s,
@@ -45,7 +46,7 @@ from final_problem.api import (
     set_component,
     setting,
 )
-from final_problem.charts.zookeeper import CLIENT_NAMESPACE_LABEL as ZOOKEEPER_CLIENT_LABEL
+
 
 # Source: docker-library/official-images, library/solr (Mar 2026): "Tags: 9.10.1, 9.10, 9",
 # Architectures: amd64, arm64v8, ppc64le, s390x (GitRepo apache/solr-docker, Directory 9.10).
