@@ -113,8 +113,9 @@ class LocalEnsemble:
         member_config = dataclasses.replace(
             self.config, data_dir=str(data), data_log_dir=str(datalog),
             metrics_port=self.metrics_ports[proc.member.myid] if metrics else None,
-            # The provider binds every interface unless told (metricsProvider.httpHost,
-            # default 0.0.0.0); servers started here listen on loopback only.
+            # The provider binds every interface unless told (metricsProvider.httpHost, default
+            # 0.0.0.0: Administrator's Guide 3.9, "Metrics Providers"); servers started here
+            # listen on loopback only.
             extra=self.config.extra + ((("metricsProvider.httpHost", LOOPBACK),) if metrics else ()),
         )
         cfg = proc.directory / "zoo.cfg"
