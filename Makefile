@@ -43,6 +43,13 @@ KAFKA_VERSION := $(shell sed -n 's/^KAFKA_VERSION = "\(.*\)"$$/\1/p' final_probl
 JMX_AGENT_VERSION := $(shell sed -n 's/^JMX_AGENT_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
 KAFKA_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/kafka-$(KAFKA_VERSION)
 KAFKA_STAMP := $(KAFKA_HOME)/.installed
+# ZooKeeper from Maven Central for the real-ensemble tests and benchmarks, at the version the
+# chart's image pins (ZOOKEEPER_VERSION in final_problem/versions.py): the server, logback and
+# the Prometheus metrics provider with Jetty (deps/zookeeper/pom.xml), once, into a cache
+# outside the clone keyed by version.
+ZOOKEEPER_VERSION := $(shell sed -n 's/^ZOOKEEPER_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
+ZOOKEEPER_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/zookeeper-$(ZOOKEEPER_VERSION)
+ZOOKEEPER_STAMP := $(ZOOKEEPER_HOME)/.installed
 # Kubernetes' control plane and etcd for the admission and scheduling tests, built once from
 # the Go modules deps/kubernetes/go.mod pins, into a cache keyed by version (outside the
 # clone, so a fresh clone reuses it). Static, stripped binaries: -trimpath -ldflags=-s -w.
@@ -66,7 +73,7 @@ PI_IMAGE ?=
 # Git-ignored: an inventory holds SSH keys and the Wi-Fi passphrase.
 PI_INVENTORY ?= pi/inventory.yaml
 
-.PHONY: help setup k8s-api kafka cadence-tools kube-binaries pi-rootfs synth test bench bootstrap deploy diff destroy \
+.PHONY: help setup k8s-api kafka zookeeper cadence-tools kube-binaries pi-rootfs synth test bench bootstrap deploy diff destroy \
 	pi-images pi-images-args system-deps clean
 
 help:
@@ -75,6 +82,7 @@ help:
 	@echo "make bench        every bench/*.py: synth against a bare VPC + EKS app, each component's servers, the control plane"
 	@echo "make k8s-api      regenerate final_problem/k8s_api.py from the Kubernetes schema (tools/gen_k8s_api.py)"
 	@echo "make kafka        the Kafka broker jars from Maven Central (make test and make bench need them)"
+	@echo "make zookeeper    the ZooKeeper server jars from Maven Central (make test and make bench need them)"
 	@echo "make cadence-tools   build cadence-server and its tools from the Go module, once (about 25 min cold)"
 	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler, etcd and KWOK, once"
 	@echo "make pi-rootfs    the Debian root the Pi boot tests start (root: debootstrap), once"
@@ -119,6 +127,16 @@ $(KAFKA_STAMP): deps/kafka/pom.xml final_problem/versions.py
 	@touch $@
 
 kafka: $(KAFKA_STAMP)
+
+$(ZOOKEEPER_STAMP): deps/zookeeper/pom.xml final_problem/versions.py
+	@test -n "$(ZOOKEEPER_VERSION)" || { echo "ZOOKEEPER_VERSION not found in final_problem/versions.py"; exit 1; }
+	@echo "==> ZooKeeper $(ZOOKEEPER_VERSION) jars from Maven Central ($(ZOOKEEPER_HOME)/lib)"
+	rm -rf "$(ZOOKEEPER_HOME)/lib"
+	nice mvn --batch-mode --quiet --file deps/zookeeper/pom.xml package \
+	  -Dzookeeper.version=$(ZOOKEEPER_VERSION) -Dlib.dir="$(ZOOKEEPER_HOME)/lib"
+	@touch $@
+
+zookeeper: $(ZOOKEEPER_STAMP)
 # cadence-server (deps/cadence/cmd/cadence-server), cadence-sql-tool and the cadence CLI built
 # from the github.com/uber/cadence Go module at the version in
 # deps/cadence/go.mod, once, into ${XDG_CACHE_HOME:-~/.cache}/final-problem/cadence-<version>/
@@ -162,7 +180,7 @@ synth: setup
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
 # Servers the tests start, each built or fetched once into the version-keyed cache.
-SERVERS := $(KAFKA_STAMP) cadence-tools $(KUBE_STAMP) $(KWOK_STAMP)
+SERVERS := $(KAFKA_STAMP) $(ZOOKEEPER_STAMP) cadence-tools $(KUBE_STAMP) $(KWOK_STAMP)
 
 # Two passes: everything but the server tests, then the tests of real servers (failovers
 # timed in seconds, quorum elections) in their two lanes (tests/conftest.py, xdist_lane), so

@@ -4,8 +4,8 @@ Starts the ensemble with the same launcher as the integration tests
 (final_problem.local.zookeeper), then prints p50/p99 latency and throughput of
 sequential acknowledged writes (``set``) and reads (``get``), and after a power cut
 (every member killed with SIGKILL, then started at once) the time from "all members
-started" to the first acknowledged write. Needs Debian's zookeeper package
-(``sudo make system-deps``).
+started" to the first acknowledged write. Needs the server jars of ``make zookeeper``
+(Maven Central, the version the chart pins) and Java.
 
     .venv/bin/python bench/zookeeper.py [--ops 2000] [--size 100] [--cuts 3]
 """
@@ -64,7 +64,7 @@ def main() -> int:
     parser.add_argument("--cuts", type=int, default=3, help="power cuts to time")
     args = parser.parse_args()
     if missing := missing_binaries():
-        print(f"missing {', '.join(missing)}: run `sudo make system-deps`", file=sys.stderr)
+        print(f"missing {', '.join(missing)}", file=sys.stderr)
         return 1
     value = b"x" * args.size
     with tempfile.TemporaryDirectory(prefix="zk-bench-") as tmp, LocalEnsemble(workdir=Path(tmp)) as ensemble:

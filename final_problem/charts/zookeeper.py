@@ -57,7 +57,9 @@ REPLICAS_ALLOWED = (3, 5, 7)
 #: stacks and Netty's direct buffers outside the heap.
 MAX_HEAP_SHARE = 0.75
 
-_LOGBACK = """<configuration>
+#: The members' logback.xml, on the classpath ahead of the jars: the console only. The local
+#: servers of the tests use it too (final_problem.local.zookeeper).
+LOGBACK = """<configuration>
   <!-- Console only: the root filesystem is read-only and the kubelet collects stdout. -->
   <appender name="CONSOLE" class="ch.qos.logback.core.ConsoleAppender">
     <encoder><pattern>%d{ISO8601} [myid:%X{myid}] %-5level [%t] %logger{36} - %msg%n</pattern></encoder>
@@ -221,7 +223,7 @@ class ZooKeeperChart(PlatformChart):
         self.config_map = k8s.KubeConfigMap(
             self, "Config",
             metadata=k8s.ObjectMeta(name=f"{self.NAME}-config", namespace=ns),
-            data={"zoo.cfg": config, "logback.xml": _LOGBACK},
+            data={"zoo.cfg": config, "logback.xml": LOGBACK},
         )
         set_component(self.config_map, "config")
 
@@ -283,7 +285,7 @@ class ZooKeeperChart(PlatformChart):
                 k8s.VolumeMount(name="tmp", mount_path="/tmp"),
             ],
         )
-        digest = hashlib.sha256((config + _LOGBACK).encode()).hexdigest()[:16]
+        digest = hashlib.sha256((config + LOGBACK).encode()).hexdigest()[:16]
         self.stateful_set = QuorumStatefulSet(
             self, "Ensemble",
             name=self.NAME,

@@ -72,7 +72,7 @@ def missing_binaries() -> list[str]:
     """What is missing to run a cluster here (empty when ready)."""
     missing = []
     if not shutil.which("java"):
-        missing.append("java (Debian package default-jre-headless, brought by zookeeper)")
+        missing.append("java (Debian package default-jre-headless)")
     home = kafka_home()
     if not (home / ".installed").exists() or not (home / "libs" / f"kafka_2.13-{versions.KAFKA_VERSION}.jar").exists() \
             or not (home / "agents" / "jmx_prometheus_javaagent.jar").exists():

@@ -3,7 +3,11 @@
 Used by the integration tests and by ``bench/zookeeper.py``: it renders each member's
 ``zoo.cfg`` and ``myid`` with :mod:`final_problem.renderers.zookeeper` (the same functions
 the chart and the Pi hosts use), with ports remapped so three members share 127.0.0.1,
-and starts them with Debian's ``zookeeper`` package (``sudo make system-deps``).
+and starts them at the version the chart's image pins (``ZOOKEEPER_VERSION``), from the jars
+``make zookeeper`` resolves from Maven Central into
+``${XDG_CACHE_HOME:-~/.cache}/final-problem/zookeeper-<version>/lib``, on Debian's Java 17
+(the image's ``3.9.4-jre-17`` variant runs the same Java). Each member logs to its console with
+the chart's ``logback.xml`` and serves Prometheus metrics on the rendered port, as in the pod.
 
 Every process it starts is stopped by :meth:`LocalEnsemble.close` (also on ``with`` exit).
 """
@@ -11,23 +15,25 @@ Every process it starts is stopped by :meth:`LocalEnsemble.close` (also on ``wit
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from final_problem import local
+from final_problem import local, versions
 from final_problem.clients.zookeeper import server_mode
-from final_problem.charts.zookeeper import ZooKeeperProps
+from final_problem.charts.zookeeper import LOGBACK, ZooKeeperProps
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import PI, Profile
 from final_problem.renderers.zookeeper import EnsembleConfig, Member, java_command, myid_file, zoo_cfg
 
-#: Debian's ``zookeeper`` package: the jar's manifest lists its dependencies.
-DEBIAN_JAR = "/usr/share/java/zookeeper.jar"
-#: An SLF4J binding that logs to stderr; without one the server is silent.
-DEBIAN_SLF4J_SIMPLE = "/usr/share/java/slf4j-simple.jar"
+
+def zookeeper_home(version: str = versions.ZOOKEEPER_VERSION) -> Path:
+    """Where ``make zookeeper`` installs the jars of ``version``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "final-problem" / f"zookeeper-{version}"
 
 
 class EnsembleError(RuntimeError):
@@ -39,9 +45,16 @@ def missing_binaries() -> list[str]:
     missing = []
     if not shutil.which("java"):
         missing.append("java (Debian package default-jre-headless)")
-    if not Path(DEBIAN_JAR).exists():
-        missing.append(f"{DEBIAN_JAR} (Debian package zookeeper)")
+    home = zookeeper_home()
+    if not (home / ".installed").exists() or not (home / "lib" / f"zookeeper-{versions.ZOOKEEPER_VERSION}.jar").exists():
+        missing.append(f"{home}/lib (run `make zookeeper`)")
     return missing
+
+
+def classpath(conf_dir: Path) -> str:
+    """The member's configuration folder (its ``logback.xml``), then every jar of ``lib/``:
+    the chart's ``/conf:<release>/lib/*``."""
+    return f"{conf_dir}:{zookeeper_home() / 'lib' / '*'}"
 
 
 @dataclass
@@ -65,14 +78,16 @@ class LocalEnsemble:
         heap_mib = props.effective_heap_mib
         self.limits = Limits.of(props.sizing)
         self.groups = Groups(enabled=limits)
-        ports = free_ports(3 * size)
+        ports = free_ports(4 * size)
         members = tuple(
             Member(
                 myid=i + 1, host=LOOPBACK,
-                client_port=ports[3 * i], quorum_port=ports[3 * i + 1], election_port=ports[3 * i + 2],
+                client_port=ports[4 * i], quorum_port=ports[4 * i + 1], election_port=ports[4 * i + 2],
             )
             for i in range(size)
         )
+        #: Each member's Prometheus metrics port (the chart's ``metrics_port``, remapped).
+        self.metrics_ports = {m.myid: ports[4 * i + 3] for i, m in enumerate(members)}
         self.workdir = workdir
         self.heap_mib = heap_mib
         self.procs = {m.myid: _Process(member=m, directory=workdir / f"member-{m.myid}") for m in members}
@@ -83,8 +98,8 @@ class LocalEnsemble:
             client_port_address=LOOPBACK,
             # Servers started here listen on loopback only.
             listen_on_all_ips=False,
-            # Debian's package has no Prometheus provider jar.
-            metrics_port=None,
+            # Each member's own port is set when its files are written.
+            metrics_port=self.metrics_ports[members[0].myid],
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -94,9 +109,19 @@ class LocalEnsemble:
         datalog = proc.directory / "datalog"
         for d in (data, datalog):
             d.mkdir(parents=True, exist_ok=True)
-        member_config = dataclasses.replace(self.config, data_dir=str(data), data_log_dir=str(datalog))
+        metrics = self.config.metrics_port is not None
+        member_config = dataclasses.replace(
+            self.config, data_dir=str(data), data_log_dir=str(datalog),
+            metrics_port=self.metrics_ports[proc.member.myid] if metrics else None,
+            # The provider binds every interface unless told (metricsProvider.httpHost, default
+            # 0.0.0.0: Administrator's Guide 3.9, "Metrics Providers"); servers started here
+            # listen on loopback only.
+            extra=self.config.extra + ((("metricsProvider.httpHost", LOOPBACK),) if metrics else ()),
+        )
         cfg = proc.directory / "zoo.cfg"
         cfg.write_text(zoo_cfg(member_config, client_port=proc.member.client_port))
+        # The chart's logback.xml, found on the classpath (the chart mounts it in /conf).
+        (proc.directory / "logback.xml").write_text(LOGBACK)
         (data / "myid").write_text(myid_file(proc.member.myid))
         return cfg
 
@@ -106,8 +131,9 @@ class LocalEnsemble:
         if proc.process is not None and proc.process.poll() is None:
             return
         cfg = self._write(proc)
-        classpath = ":".join(p for p in (str(proc.directory), DEBIAN_JAR, DEBIAN_SLF4J_SIMPLE) if Path(p).exists())
-        command = java_command(java=shutil.which("java") or "java", classpath=classpath, config_path=str(cfg), heap_mib=self.heap_mib)
+        command = java_command(
+            java=shutil.which("java") or "java", classpath=classpath(proc.directory), config_path=str(cfg), heap_mib=self.heap_mib,
+        )
         command.insert(1, local.gc_log_flag(proc.directory))
         log = open(proc.directory / "server.log", "ab")
         try:
@@ -153,6 +179,10 @@ class LocalEnsemble:
 
     def running(self) -> list[int]:
         return [i for i, p in self.procs.items() if p.process is not None and p.process.poll() is None]
+
+    def metrics_url(self, myid: int) -> str:
+        """Member ``myid``'s Prometheus endpoint (the provider serves ``/metrics``)."""
+        return f"http://{self.procs[myid].member.host}:{self.metrics_ports[myid]}/metrics"
 
     def client_address(self, myid: int) -> str:
         m = self.procs[myid].member

@@ -91,7 +91,7 @@ class LocalPlatform:
             from final_problem.local.zookeeper import LocalEnsemble, missing_binaries
 
             if missing := missing_binaries():
-                raise DiscoveryError(f"--local needs ZooKeeper from Debian ({', '.join(missing)} missing): run `sudo make system-deps`")
+                raise DiscoveryError(f"--local needs ZooKeeper from Maven Central ({', '.join(missing)} missing)")
             self.zookeeper = self._stack.enter_context(LocalEnsemble(workdir=self.workdir / "zookeeper", limits=self.limits))
             self.zookeeper.start_all()
         if self.zookeeper is not None:

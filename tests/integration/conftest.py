@@ -13,7 +13,8 @@ import pytest
 from final_problem.local import limits, powercut
 from final_problem.local.postgres import LocalPostgres, LocalPostgresError
 from final_problem.local.redis import local_options
-from final_problem.local.zookeeper import DEBIAN_JAR, LocalEnsemble
+from final_problem.local.zookeeper import LocalEnsemble
+from final_problem.local.zookeeper import missing_binaries as zookeeper_missing
 from final_problem.config import Settings
 from final_problem.local.kube import ControlPlaneError, KubePlatform, missing_binaries, platform
 from tests.conftest import full_settings, require_binary
@@ -74,9 +75,8 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
 @pytest.fixture
 def zookeeper_ensemble(tmp_path: Path) -> Iterator[LocalEnsemble]:
     """Three ZooKeeper members from the renderer's zoo.cfg, in quorum; killed afterwards."""
-    require_binary("java", "zookeeper")
-    if not Path(DEBIAN_JAR).exists():
-        pytest.fail(f"{DEBIAN_JAR} is missing: run `sudo make system-deps` (Debian package zookeeper)")
+    if missing := zookeeper_missing():
+        pytest.fail(f"missing {', '.join(missing)}")
     ensemble = LocalEnsemble(workdir=tmp_path / "zookeeper")
     try:
         ensemble.start_all()

@@ -32,6 +32,7 @@ from final_problem.local.postgres import LocalPostgres
 from final_problem.local.powercut import LiveWriter, Losses, PowerStrip, losses
 from final_problem.local.redis import LocalRedisSet, local_options
 from final_problem.local.zookeeper import LocalEnsemble
+from final_problem.local.zookeeper import missing_binaries as zookeeper_missing
 from final_problem.profiles import PI
 from tests.integration.conftest import require_power_cut
 
@@ -107,6 +108,8 @@ def zookeeper_power_cut(strip: PowerStrip, workdir: Path, *, extra: tuple[tuple[
     """A three-member ensemble from the Pi profile's zoo.cfg (plus ``extra`` lines), each
     member with its two volumes (snapshots, transaction log) on disks of ``strip``; a client
     creates znodes until the cut."""
+    if missing := zookeeper_missing():
+        pytest.fail(f"missing {', '.join(missing)}")
     pi = ZooKeeperProps.for_profile(PI)
     ensemble = LocalEnsemble(workdir=workdir, profile=PI)
     ensemble.config = dataclasses.replace(ensemble.config, extra=extra)

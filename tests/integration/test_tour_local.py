@@ -13,7 +13,7 @@ from tests.conftest import require_binary
 
 
 def test_every_concept_demo_runs_on_the_local_real_servers() -> None:
-    for binary, package in (("java", "zookeeper"), ("redis-server", "redis-server"), ("redis-sentinel", "redis-sentinel")):
+    for binary, package in (("java", "default-jre-headless"), ("redis-server", "redis-server"), ("redis-sentinel", "redis-sentinel")):
         require_binary(binary, package)
     env = {k: v for k, v in os.environ.items() if k not in ("ZOOKEEPER_HOSTS", "REDIS_SENTINELS", "CADENCE_FRONTEND")}
     result = subprocess.run(

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 from kazoo.exceptions import LockTimeout
 
+from final_problem import versions
 from final_problem.charts.zookeeper import liveness_command, readiness_command
 from final_problem.clients.zookeeper import ZooKeeperClient, ZooKeeperUnavailable, server_mode
 from final_problem.local import wait_for
@@ -35,6 +37,20 @@ def test_a_write_is_readable_from_every_member(zookeeper_ensemble: LocalEnsemble
             assert reader.get("/seed/greeting", linearizable=True) == b"hello"
         finally:
             reader.close()
+
+
+def test_members_run_the_pinned_version_and_serve_prometheus_metrics(zookeeper_ensemble: LocalEnsemble) -> None:
+    """The version the chart's image pins, with the provider the rendered zoo.cfg names:
+    each member answers /metrics on its metrics port with the ensemble's own figures."""
+    with ZooKeeperClient(hosts=zookeeper_ensemble.hosts) as client:
+        client.put("/metrics/probe", b"x")
+    for myid in zookeeper_ensemble.procs:
+        assert f"zookeeper.version={versions.ZOOKEEPER_VERSION}-" in zookeeper_ensemble.log(myid)
+        with urllib.request.urlopen(zookeeper_ensemble.metrics_url(myid), timeout=10) as response:
+            body = response.read().decode()
+        samples = dict(line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))
+        assert float(samples["quorum_size"]) == 3, f"member {myid}: {samples.get('quorum_size')}"
+        assert float(samples["znode_count"]) >= 2, f"member {myid}: {samples.get('znode_count')}"
 
 
 def test_leader_loss_then_quorum_loss_then_recovery(zookeeper_ensemble: LocalEnsemble) -> None:
