@@ -32,6 +32,26 @@ def test_deployment_two_replicas_distroless_restricted() -> None:
     assert anti["topologyKey"] == "kubernetes.io/hostname"
 
 
+@pytest.mark.parametrize(("profile", "drain"), [("eks", 35), ("pi-full", 15)])
+def test_a_terminating_proxy_drains_before_sigterm(profile: str, drain: int) -> None:
+    """No shell in the image: the kubelet's native sleep, within the grace period."""
+    pod = find("Deployment", profile)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": drain}}}
+    assert pod["terminationGracePeriodSeconds"] == drain + 15
+    config = json.loads(find("ConfigMap", profile)["data"]["envoy.json"])
+    edge = next(listener for listener in config["static_resources"]["listeners"] if listener["name"] == "edge")
+    duration = edge["filter_chains"][0]["filters"][0]["typed_config"]["common_http_protocol_options"][
+        "max_connection_duration"]
+    assert int(duration.rstrip("s")) < drain
+
+
+def test_the_nlb_health_check_the_drain_waits_for_is_pinned() -> None:
+    annotations = find("Service", "eks")["metadata"]["annotations"]
+    prefix = "service.beta.kubernetes.io/aws-load-balancer-healthcheck-"
+    interval, failures = int(annotations[prefix + "interval"]), int(annotations[prefix + "unhealthy-threshold"])
+    assert interval * failures + 10 <= EnvoyProps.for_profile(EKS).drain_seconds
+
+
 def test_pdb_keeps_one_up() -> None:
     assert find("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
 

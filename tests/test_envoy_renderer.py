@@ -70,7 +70,9 @@ def test_cluster_budget_health_checks_outlier_detection_and_limits() -> None:
     c = cluster(edge_config(EdgeOptions(), ROUTES), "demo")
     assert c["type"] == "STRICT_DNS"
     thresholds = c["circuit_breakers"]["thresholds"][0]
-    assert thresholds["retry_budget"] == {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 3}
+    # One dead pod of two: every request sent to it retries, in a burst (issue 22).
+    assert thresholds["retry_budget"] == {"budget_percent": {"value": 100.0}, "min_retry_concurrency": 32}
+    assert c["common_lb_config"] == {"update_merge_window": "0s"}
     assert thresholds["max_connections"] == thresholds["max_requests"] == 1024
     assert c["health_checks"][0]["http_health_check"] == {"path": "/healthz"}
     assert c["health_checks"][0]["unhealthy_threshold"] == 2
@@ -84,6 +86,8 @@ def test_edge_hardening_and_json_access_logs() -> None:
     assert edge["use_remote_address"] is True and edge["normalize_path"] is True
     assert edge["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
     assert edge["request_headers_timeout"] == "10s"
+    # Clients leave a proxy that no longer gets new connections within 10 s (the preStop wait).
+    assert edge["common_http_protocol_options"]["max_connection_duration"] == "10s"
     log = edge["access_log"][0]["typed_config"]
     assert log["path"] == "/dev/stdout" and log["log_format"]["json_format"]["status"] == "%RESPONSE_CODE%"
     assert listener(config, "edge")["per_connection_buffer_limit_bytes"] == 32_768

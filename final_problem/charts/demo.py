@@ -6,6 +6,10 @@ Creates, in the ``demo`` namespace (Pod Security "restricted", default-deny):
   :mod:`final_problem.clients.demo_service`, in the mesh (:class:`MeshWorkload`): its
   sidecars register it as Consul service ``demo`` with the upstream ``redis`` on
   127.0.0.1:16379, allowed by the intention demo → redis;
+  On SIGTERM a pod fails its health check, serves on until the edge has taken it out
+  of rotation, then exits (see :mod:`~final_problem.clients.demo_service`): a rollout
+  (maxSurge 1, maxUnavailable 0 for 2 replicas: Kubernetes' 25% defaults, rounded) loses
+  no request;
 - headless Service ``demo-headless`` (every pod's address, for the edge Envoy's health
   checks and outlier detection);
 - PodDisruptionBudget ``demo``: a drain evicts one pod at a time;
@@ -65,6 +69,8 @@ class DemoChart(PlatformChart):
     NAMESPACE = "demo"
     HEADLESS = "demo-headless"
     EDGE_NAMESPACE = "edge"
+    #: Kubernetes' default grace period; the demo's 15 s drain and the longest request fit.
+    GRACE_SECONDS = 30
 
     def __init__(
         self,
@@ -102,6 +108,9 @@ class DemoChart(PlatformChart):
                 k8s.EnvVar(name="REDIS_UPSTREAM_PORT", value=str(redis_port)),
                 k8s.EnvVar(name="SA_DIR", value=SA_DIR),
                 k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
+                # SIGTERM: fail /healthz, keep serving until the edge's health checks take
+                # the pod out, then finish and exit (clients/demo_service.py).
+                k8s.EnvVar(name="DRAIN_SECONDS", value=f"{demo_service.DRAIN_SECONDS:g}"),
             ],
             ports=[k8s.ContainerPort(name="http", container_port=service.port)],
             volume_mounts=[
@@ -130,6 +139,8 @@ class DemoChart(PlatformChart):
                         security_context=pod_context(uid=DEMO_UID),
                         topology_spread_constraints=QuorumPolicy.spread(selector, profile),
                         init_containers=self.mesh.init_containers,
+                        # The drain (DRAIN_SECONDS) and the requests in flight fit.
+                        termination_grace_period_seconds=self.GRACE_SECONDS,
                         containers=[app],
                         volumes=[*self.mesh.volumes, k8s.Volume(
                             name="demo-script", config_map=k8s.ConfigMapVolumeSource(name="demo-script"))],

@@ -13,6 +13,24 @@ Creates, in the ``edge`` namespace (Pod Security "restricted", default-deny):
 - NetworkPolicy: the listener from anywhere, metrics from monitoring namespaces, egress
   only to the routed backends.
 
+Stopping a proxy loses no request. The distroless image has no shell or curl, and the
+admin interface (the only place a drain can be started) listens on loopback, where a
+kubelet ``httpGet`` hook cannot reach it (it connects to the pod's IP). So a terminating
+pod waits in Kubernetes' native ``preStop`` sleep action (beta and on by default from
+1.30, GA in 1.34; the project supports 1.33-1.36), still serving, for ``drain_seconds``:
+meanwhile the EndpointSlice controller takes it out of the Service (a terminating
+endpoint is not ready), so ServiceLB / kube-proxy and the NLB send new connections to the
+other proxy, and every client connection it still holds is closed cleanly by Envoy's
+``max_connection_duration`` (``Connection: close`` on the next response, GOAWAY on
+HTTP/2). Only then does SIGTERM arrive, with nothing left to cut. On EKS the NLB (in-tree
+AWS provider, instance targets, ``externalTrafficPolicy: Local``) stops sending to a node
+once its health check of the Service's ``healthCheckNodePort`` fails: kube-proxy answers
+503 there when the node has no ready endpoint of the Service, and the rendered health
+check (every 10 s, 2 failures) takes 20 s to notice; ``drain_seconds`` covers that plus
+``max_connection_duration``. Target deregistration delay does not apply (the node stays
+registered) and readiness gates need the AWS Load Balancer Controller, which the project
+does not install.
+
 Routes go only to components that are enabled: the demo service (``/``) and, when the
 ``cadence`` component is enabled, Cadence's web UI (``/`` of port 8088 of the same Service:
 it cannot live under a path prefix). A route naming a component that is not enabled fails
@@ -111,6 +129,11 @@ class EnvoyProps(ComponentSettings):
                                               doc="Client connections the proxy accepts in all.")
     concurrency: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=64,
                                doc="Worker threads (Envoy defaults to every hardware thread of the node).")
+    drain_seconds: int = setting(
+        per_profile(eks=35, pi=15), minimum=5, maximum=600,
+        doc="A terminating proxy keeps serving this long (preStop sleep) while the load balancer stops sending to it "
+            "and its clients' connections close (EKS: the NLB's 2 x 10 s health check + 10 s "
+            "max_connection_duration + 5 s; a Pi: ServiceLB follows endpoints in about a second).")
     memory_mib: int = setting(per_profile(eks=256, pi=96), minimum=64, maximum=16_384,
                               doc="Memory request and limit; the overload manager's heap limit is 80% of it.")
 
@@ -237,6 +260,8 @@ class EnvoyChart(PlatformChart):
             resources=raw_resources(p.sizing),
             # Ready: the health listener answers 200 (503 once draining). Alive: the
             # main listener accepts connections; a backend outage never restarts it.
+            # No shell in the image: the kubelet's own sleep (see the module docstring).
+            lifecycle=k8s.Lifecycle(pre_stop=k8s.LifecycleHandler(sleep=k8s.SleepAction(seconds=p.drain_seconds))),
             readiness_probe=k8s.Probe(
                 http_get=k8s.HttpGetAction(path="/ready", port=int_or_string(o.health_port)),
                 period_seconds=5, failure_threshold=2, timeout_seconds=2),
@@ -270,7 +295,9 @@ class EnvoyChart(PlatformChart):
                         security_context=pod_context(uid=versions.ENVOY_UID),
                         affinity=self._affinity(selector, profile),
                         topology_spread_constraints=QuorumPolicy.spread(selector, profile),
-                        termination_grace_period_seconds=30,
+                        # The preStop wait counts against the grace period (Kubernetes docs,
+                        # "Container Lifecycle Hooks"); 15 s more for Envoy to stop.
+                        termination_grace_period_seconds=p.drain_seconds + 15,
                         containers=[container],
                         volumes=[
                             k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name="envoy-config")),
@@ -326,10 +353,17 @@ class EnvoyChart(PlatformChart):
     def _lb_annotations(profile: Profile) -> dict[str, str] | None:
         if profile.name != "eks":
             return None  # k3s's ServiceLB serves any LoadBalancer Service on the nodes' addresses
-        # Kubernetes AWS cloud provider: an internet-facing NLB across zones.
+        # Kubernetes AWS cloud provider: an internet-facing NLB across zones. Its health
+        # check of each node (healthCheckNodePort, externalTrafficPolicy Local) is what
+        # stops new connections to a draining proxy: every 10 s, 2 failures, pinned here
+        # because drain_seconds is computed from them (cloud-provider-aws, "Service
+        # annotations": aws-load-balancer-healthcheck-*).
         return {
             "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
             "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
+            "service.beta.kubernetes.io/aws-load-balancer-healthcheck-interval": "10",
+            "service.beta.kubernetes.io/aws-load-balancer-healthcheck-unhealthy-threshold": "2",
+            "service.beta.kubernetes.io/aws-load-balancer-healthcheck-healthy-threshold": "2",
         }
 
     def _network_policy(self, selector: dict[str, str]) -> None:

@@ -187,8 +187,18 @@ class LocalEdge:
         concurrency: int = 1,
         limits: bool = True,
         profile: Profile = PI,
+        dynamic: Sequence[str] = (),
     ) -> None:
-        """With ``limits``, Envoy runs under the edge container's limits in ``profile``."""
+        """With ``limits``, Envoy runs under the edge container's limits in ``profile``.
+
+        Routes named in ``dynamic`` take their backends from a file that
+        :meth:`set_endpoints` rewrites (Envoy's file-based EDS) instead of the rendered
+        ``STRICT_DNS`` name: a stand-in for the headless Service's DNS answer (its ready
+        pods), which a test cannot serve on loopback with a port per pod. Everything else
+        of the cluster (health checks, outlier detection, ``ignore_health_on_host_removal``)
+        is as rendered; DNS is re-resolved every 5 s (Envoy's ``dns_refresh_rate``), the
+        file is read at once.
+        """
         self.groups = Groups(enabled=limits)
         self.limits = Limits.of(EnvoyProps.for_profile(profile).sizing)
         self.workdir = workdir
@@ -205,7 +215,20 @@ class LocalEdge:
         self.listener_ports = dict(zip(own, free_ports(len(own)), strict=True))
         self.routes = remapped(routes, {name: tuple(eps) for name, eps in backends.items()}, self.listener_ports)
         self.config_path = workdir / "envoy.json"
-        self.config_path.write_text(json.dumps(edge_config(self.options, self.routes), indent=2))
+        config = edge_config(self.options, self.routes)
+        self.eds_dir = workdir / "eds"
+        for cluster in config["static_resources"]["clusters"]:
+            if cluster["name"] in dynamic:
+                self.eds_dir.mkdir(exist_ok=True)
+                self._write_eds(cluster["name"], [
+                    tuple(e["endpoint"]["address"]["socket_address"].values())
+                    for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]])
+                del cluster["load_assignment"], cluster["dns_lookup_family"]
+                cluster["type"] = "EDS"
+                cluster["eds_cluster_config"] = {"eds_config": {"resource_api_version": "V3", "path_config_source": {
+                    "path": str(self.eds_dir / f"{cluster['name']}.json"),
+                    "watched_directory": {"path": str(self.eds_dir)}}}}
+        self.config_path.write_text(json.dumps(config, indent=2))
         self.concurrency = concurrency
         self.log_path = workdir / "envoy.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -238,6 +261,19 @@ class LocalEdge:
 
         local.wait_for("envoy to be ready", live, timeout_s=timeout_s, retry_on=(OSError,), error=EdgeError)
         return self
+
+    def _write_eds(self, route: str, endpoints: Sequence[tuple[str, int]]) -> None:
+        load = {"@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                "cluster_name": route,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                    "address": h, "port_value": p}}}} for h, p in endpoints]}]}
+        tmp = self.eds_dir / f".{route}.tmp"
+        tmp.write_text(json.dumps({"version_info": str(time.monotonic_ns()), "resources": [load]}))
+        tmp.rename(self.eds_dir / f"{route}.json")  # atomic: Envoy never reads half a file
+
+    def set_endpoints(self, route: str, endpoints: Sequence[tuple[str, int]]) -> None:
+        """The backends of a ``dynamic`` route from now on."""
+        self._write_eds(route, endpoints)
 
     def wait_healthy(self, route: str, count: int, *, timeout_s: float = 30) -> None:
         """Wait until ``count`` hosts of ``route``'s cluster pass active health checks."""

@@ -46,7 +46,9 @@ def demo(redis_set: LocalRedisSet, tmp_path: Path) -> Iterator[tuple[int, subpro
     proc = subprocess.Popen(
         [sys.executable, demo_service.__file__],
         env={**os.environ, "PORT": str(port), "REDIS_UPSTREAM_PORT": str(redis_set.member_ports[0]),
-             "REDIS_PASSWORD": redis_set.passwords.app},
+             "REDIS_PASSWORD": redis_set.passwords.app,
+             # No edge health checks to wait out at teardown (test_edge_rollout.py tests the drain).
+             "DRAIN_SECONDS": "0"},
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
