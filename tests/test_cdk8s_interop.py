@@ -7,27 +7,15 @@ project's ``ResourceRequirements``, which ``cdk8s_plus_27.k8s.Container`` refuse
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import cdk8s
 import cdk8s_plus_27 as kplus
-import pytest
 from cdk8s_plus_27 import k8s as plus_k8s
 
 from final_problem import api, components, policy
-from final_problem.components import COMPONENTS
 
 IMAGE = "docker.io/library/nginx:1.29.3"
 SIZING = api.Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=64, memory_limit_mib=128)
-
-
-@pytest.fixture
-def registry() -> Iterator[dict]:
-    components.load_bundled()
-    saved = dict(COMPONENTS)
-    yield COMPONENTS
-    COMPONENTS.clear()
-    COMPONENTS.update(saved)
 
 
 def plus_component() -> type[api.PlatformChart]:

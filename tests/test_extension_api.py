@@ -9,29 +9,18 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import aws_cdk as cdk
 import cdk8s
 import pytest
 from aws_cdk.assertions import Template
 
-from final_problem import api, components, policy, versions
+from final_problem import api, policy, versions
 from final_problem import app as platform_app
-from final_problem.components import COMPONENTS
 from final_problem.config import Settings
 from final_problem.stacks import nag
 from tests.conftest import ROOT, new_app
-
-
-@pytest.fixture
-def registry() -> Iterator[dict]:
-    """Register test components; restore the registry afterwards."""
-    components.load_bundled()
-    saved = dict(COMPONENTS)
-    yield COMPONENTS
-    COMPONENTS.clear()
-    COMPONENTS.update(saved)
 
 
 # --- the public names ------------------------------------------------------------------

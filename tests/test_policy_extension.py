@@ -14,14 +14,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Iterator
 
 import cdk8s
 import pytest
 
 from final_problem import api, components, manifests, policy, versions
 from final_problem import app as platform_app
-from final_problem.components import COMPONENTS
 from tests.conftest import ROOT
 
 # Pinned by the platform, so a render is checked alike with or without the app imported.
@@ -29,15 +27,6 @@ IMAGE = versions.PYTHON_IMAGE
 UNDECLARED_IMAGE = "docker.io/library/nginx:1.29.4"
 SIZING = api.Sizing(cpu_request_m=100, cpu_limit_m=200, memory_request_mib=64, memory_limit_mib=128)
 k8s = api.k8s
-
-
-@pytest.fixture
-def registry() -> Iterator[dict]:
-    components.load_bundled()
-    saved = dict(COMPONENTS)
-    yield COMPONENTS
-    COMPONENTS.clear()
-    COMPONENTS.update(saved)
 
 
 def shop_component(breaks: str | None) -> type[api.PlatformChart]:
