@@ -380,8 +380,13 @@ def _zookeeper_partition(ctx: Context, report: Report) -> None:
     for myid in others:
         ensemble.kill(myid)
     address = ensemble.client_address(survivor)
-    ctx.step(report, f"cut member {survivor} off from the other {len(others)}", f"its mode is now {_mode(address)!r}",
-             _mode(address) is None)
+    # The survivor notices at once when it followed a killed leader (the connection drops), and
+    # a leader after syncLimit ticks without a quorum of followers: wait that long, and more.
+    deadline = time.monotonic() + 10
+    while (mode := _mode(address)) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ctx.step(report, f"cut member {survivor} off from the other {len(others)}", f"its mode is now {mode!r}",
+             mode is None)
     try:
         with _zk(ctx, hosts=address, timeout=3) as minority:
             minority.put("/final-problem/tour/partition", b"x")
