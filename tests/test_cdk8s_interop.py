@@ -1,15 +1,19 @@
 """An extension built with cdk8s-plus-27's ``k8s`` module through ``final_problem.api``.
 
 Its structs and constructs mix with the building blocks and the project's typed objects in
-either direction, and the component synthesizes (issue 26: ``raw_resources()`` returned the
-project's ``ResourceRequirements``, which ``cdk8s_plus_27.k8s.Container`` refuses).
+either direction, and the component synthesizes; an extension that hands the building
+blocks' values to cdk8s-plus-27's constructs, unchanged since the building blocks returned
+cdk8s-plus-27's kinds, keeps working (the project's ``ResourceRequirements`` was refused by
+``cdk8s_plus_27.k8s.Container`` with a TypeError).
 """
 
 from __future__ import annotations
 
+from typing import Any
 
 import cdk8s
 import cdk8s_plus_27 as kplus
+import pytest
 from cdk8s_plus_27 import k8s as plus_k8s
 
 from final_problem import api, components, policy
@@ -18,7 +22,7 @@ IMAGE = "docker.io/library/nginx:1.29.3"
 SIZING = api.Sizing(cpu_request_m=100, cpu_limit_m=500, memory_request_mib=64, memory_limit_mib=128)
 
 
-def plus_component() -> type[api.PlatformChart]:
+def plus_component(kinds: dict[str, Any]) -> type[api.PlatformChart]:
     """A component whose workload is cdk8s-plus-27 ``k8s`` constructs and structs, built with
     the building blocks of final_problem.api, beside the project's own typed objects."""
 
@@ -42,12 +46,12 @@ def plus_component() -> type[api.PlatformChart]:
                     template=plus_k8s.PodTemplateSpec(
                         metadata=plus_k8s.ObjectMeta(labels=labels),
                         spec=plus_k8s.PodSpec(
-                            security_context=api.pod_context(uid=101, api=plus_k8s),
+                            security_context=api.pod_context(uid=101, **kinds),
                             containers=[plus_k8s.Container(
                                 name="nginx", image=IMAGE,
-                                resources=api.raw_resources(SIZING, api=plus_k8s),
-                                security_context=api.container_context(uid=101, api=plus_k8s),
-                                env=[api.secret_env("ADMIN_PASSWORD", "plus-auth", "password", api=plus_k8s)],
+                                resources=api.raw_resources(SIZING, **kinds),
+                                security_context=api.container_context(uid=101, **kinds),
+                                env=[api.secret_env("ADMIN_PASSWORD", "plus-auth", "password", **kinds)],
                                 ports=[plus_k8s.ContainerPort(container_port=8080)],
                             )],
                         ),
@@ -62,7 +66,7 @@ def plus_component() -> type[api.PlatformChart]:
                 spec=api.k8s.NetworkPolicySpec(
                     pod_selector=plus_k8s.LabelSelector(match_labels=self.label_set.selector("server")),
                     policy_types=["Ingress"],
-                    ingress=[api.k8s.NetworkPolicyIngressRule(ports=api.ports(8080, api=plus_k8s))],
+                    ingress=[api.k8s.NetworkPolicyIngressRule(ports=api.ports(8080, **kinds))],
                 ),
             )
             self.config = kplus.ConfigMap(self, "Config", metadata=cdk8s.ApiObjectMetadata(namespace="plus"),
@@ -71,14 +75,18 @@ def plus_component() -> type[api.PlatformChart]:
     return PlusChart
 
 
-def synthesized(registry: dict) -> list[dict]:
-    api.register(plus_component())
+def synthesized(registry: dict, kinds: dict[str, Any]) -> list[dict]:
+    api.register(plus_component(kinds))
     charts = components.build_charts(cdk8s.App(), api.Settings(components=("base", "plus")), api.PI)
     return list(charts["plus"].to_json())
 
 
-def test_a_component_of_cdk8s_plus_structs_synthesizes_with_the_building_blocks(registry: dict) -> None:
-    objects = synthesized(registry)
+#: The building blocks called as an extension written before the project had its own typed
+#: API calls them (no ``api=``: they return cdk8s-plus-27's kinds, as they did then), and
+#: with ``api=`` naming cdk8s-plus-27's module.
+@pytest.mark.parametrize("kinds", [{}, {"api": plus_k8s}], ids=["unchanged extension", "api=plus k8s"])
+def test_a_component_of_cdk8s_plus_structs_synthesizes_with_the_building_blocks(registry: dict, kinds: dict[str, Any]) -> None:
+    objects = synthesized(registry, kinds)
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -108,7 +116,7 @@ def test_a_component_of_cdk8s_plus_structs_synthesizes_with_the_building_blocks(
 
 
 def test_values_convert_both_ways() -> None:
-    ours = api.raw_resources(SIZING)
+    ours = api.raw_resources(SIZING, api=api.k8s)
     theirs = api.to_cdk8s(ours, plus_k8s)
     assert isinstance(theirs, plus_k8s.ResourceRequirements)
     assert isinstance(theirs.limits["cpu"], plus_k8s.Quantity) and theirs.limits["cpu"].value == "500m"
@@ -117,6 +125,8 @@ def test_values_convert_both_ways() -> None:
     assert isinstance(port, plus_k8s.IntOrString) and api.from_cdk8s(port) == api.int_or_string(8080)
 
 
-def test_the_project_struct_is_still_the_default() -> None:
-    assert isinstance(api.raw_resources(SIZING), api.k8s.ResourceRequirements)
-    assert isinstance(api.ports(80)[0], api.k8s.NetworkPolicyPort)
+def test_the_building_blocks_return_cdk8s_plus_kinds_unless_told_otherwise() -> None:
+    assert isinstance(api.raw_resources(SIZING), plus_k8s.ResourceRequirements)
+    assert isinstance(api.ports(80)[0], plus_k8s.NetworkPolicyPort)
+    assert isinstance(api.raw_resources(SIZING, api=api.k8s), api.k8s.ResourceRequirements)
+    assert isinstance(api.ports(80, api=api.k8s)[0], api.k8s.NetworkPolicyPort)
