@@ -145,15 +145,29 @@ def test_requests_route_by_listener_and_prefix(edge: LocalEdge, backends: dict[s
 
 
 def test_a_503_is_retried_on_another_backend(edge: LocalEdge, backends: dict[str, Backend]) -> None:
+    """Each backend answers its next request with 503. The first try lands on one (503), the
+    retry on the other (503: the previous-hosts predicate re-picks up to 3 times to avoid the
+    first), the third on the first again, which has no failure left. LEAST_REQUEST picks two
+    hosts at random and takes the less busy one, so all re-picks can still land on the same
+    host (then only 2 tries reach the backends); the request is sent up to five times, and
+    one of them must show the retry on the other backend, every one of them succeeding."""
     a, b = backends["demo-a"], backends["demo-b"]
-    a.set(fail_next=1)
-    b.set(fail_next=1)
-    status, _, _ = http_get(f"{edge.url}/retry-once")
-    # First try on one backend (503), the retry on the other (503, previous_hosts), the
-    # third on the first again: it has no more failures queued.
-    assert status == 200
-    assert a.requests.count("/retry-once") + b.requests.count("/retry-once") == 3
-    assert _log_line(edge, "/retry-once")["attempts"] == 3
+    seen = []
+    for n in range(5):
+        path = f"/retry-once-{n}"
+        a.set(fail_next=1)
+        b.set(fail_next=1)
+        status, _, _ = http_get(f"{edge.url}{path}")
+        assert status == 200
+        tries = (a.requests.count(path), b.requests.count(path))
+        seen.append(tries)
+        if sorted(tries) == [1, 2]:
+            assert _log_line(edge, path)["attempts"] == 3
+            break
+        a.set(fail_next=0)
+        b.set(fail_next=0)
+    else:
+        pytest.fail(f"no retry reached the other backend in 5 requests (tries per backend: {seen})")
     assert edge.stat("cluster.demo.upstream_rq_retry") >= 2
 
 
