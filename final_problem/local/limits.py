@@ -212,7 +212,7 @@ class Cgroup:
         """CFS periods in which the group used its whole quota and was held back."""
         for line in (self.cpu_dir / "cpu.stat").read_text().splitlines():
             key, _, value = line.partition(" ")
-            if key in ("nr_throttled",):
+            if key == "nr_throttled":
                 return int(value)
         return 0
 
