@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import math
 import os
 import signal
 import socket
