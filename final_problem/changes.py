@@ -230,7 +230,51 @@ def kubernetes_version_change(old: Any, new: Any) -> Verdict:
                                    "replaces its nodes one at a time, draining each (the disruption budgets hold)")
 
 
+# --- the rules as a table (README, "Upgrading") ----------------------------------------------
+
+def _rule_cell(rule: Any) -> str:
+    if rule is None:
+        return "undeclared: judged by the pod templates it changes"
+    if isinstance(rule, Verdict):
+        return f"{rule.effect.label}: {rule.reason}"
+    doc = " ".join((getattr(rule, "__doc__", None) or "").strip().split("\n\n")[0].split())
+    return f"depends on the values{': ' + doc if doc else ''}"
+
+
+def rules_markdown() -> str:
+    """Every declared change rule and upgrade path, as Markdown tables: the cluster's settings,
+    each registered component's settings, then the upgrade path of each image."""
+    from final_problem import components, config, versions
+
+    components.load_bundled()
+    rows = ["| setting | on a running platform |", "|---|---|"]
+    rows += [f"| `{info.name}` | {_rule_cell(info.change)} |" for info in config.cluster_infos()]
+    for name, cls in components.COMPONENTS.items():
+        if cls.settings_class is None:
+            continue
+        rows += [f"| `{name}.{info.name}` | {_rule_cell(info.change)} |" for info in cls.settings_class.infos()]
+        rows += [f"| `{name}.{key}` (in code) | {_rule_cell(rule)} |" for key, rule in cls.settings_class.change_rules.items()]
+    paths: dict[str, UpgradePath] = dict(versions.UPGRADE_PATHS)
+    for cls in components.COMPONENTS.values():
+        paths.update(cls.upgrade_paths)
+    table = ["| image | supported path | a move on it | source |", "|---|---|---|---|"]
+    for repository, path in paths.items():
+        span = {"major": "within its major", "minor": "within its minor", None: "any version"}[path.within]
+        step = "one minor at a time" if path.step == "minor" else "any step"
+        back = {"patch": "back to an earlier patch", "any": "back within the span", None: "never back"}[path.downgrade]
+        table.append(f"| `{repository}` ({path.name}) | {span}, {step}, {back} | {path.upgrade.reason} | {path.source} |")
+    return "\n".join(rows) + "\n\n" + "\n".join(table) + "\n"
+
+
 __all__ = [
     "ChangeRule", "Effect", "UpgradePath", "Verdict", "decide", "nothing", "parse_version", "peer_port", "procedure",
-    "kubernetes_version_change", "refused", "rolling", "split_image", "volume_size", "when_grows",
+    "kubernetes_version_change", "refused", "rolling", "rules_markdown", "split_image", "volume_size", "when_grows",
 ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    from final_problem.changes import rules_markdown as _rules  # the registry's copy, not __main__'s
+
+    sys.stdout.write(_rules())

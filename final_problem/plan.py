@@ -206,14 +206,15 @@ class ComponentPlan:
         return max(worst, Effect.ROLLING) if self.restarts else worst
 
     def summary(self) -> str:
-        if self.effect == Effect.ROLLING or (self.restarts and self.effect > Effect.ROLLING):
-            pods = "; ".join(f"{workload}: {', '.join(names)}" for workload, names in self.restarts)
-            rolling = f"rolling restart of {pods} (one pod at a time, each Ready before the next; " \
-                      "StatefulSets from the highest ordinal down; workloads side by side)"
-            if self.effect == Effect.ROLLING:
-                return rolling
-            return f"{self.effect.label}; then {rolling}"
-        return self.effect.label
+        """The verdict; with the pods a deploy replaces, in the order Kubernetes replaces them."""
+        if not self.restarts:
+            return self.effect.label
+        pods = "; ".join(f"{workload}: {', '.join(names)}" for workload, names in self.restarts)
+        order = ("(one pod at a time, each Ready before the next; StatefulSets from the highest ordinal down; "
+                 "workloads side by side)")
+        if self.effect == Effect.ROLLING:
+            return f"rolling restart of {pods} {order}"
+        return f"{self.effect.label}; the deploy would also roll {pods} {order}"
 
 
 @dataclass

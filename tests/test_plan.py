@@ -444,7 +444,7 @@ def test_the_command_prints_one_line_per_change_and_exits_1_on_a_refused_one(
     assert err.strip().count("\n") == 0 and err.startswith("error: the deploy would destroy data")
     body = out.splitlines()
     assert body[0] == f"plan: {old} -> {new}"
-    assert re.search(r"^cadence +refused; then rolling restart of Deployment cadence/cadence-frontend: 1 "
+    assert re.search(r"^cadence +refused; the deploy would also roll Deployment cadence/cadence-frontend: 1 "
                      r"cadence-frontend pod", out, re.M)
     assert re.search(r"^postgres +rolling restart of StatefulSet postgres/postgres: postgres-0 ", out, re.M)
     changed = [line for line in body if line.startswith("  ")]
@@ -676,3 +676,15 @@ def test_a_synth_output_reads_back(tmp_path: Path) -> None:
     assert read["zookeeper"].settings is not None and read["zookeeper"].settings["replicas"] == 3
     assert read["zookeeper"].templates == components.pod_template_digests(
         [o for f in sorted(tmp_path.glob("*.yaml")) for o in yaml.safe_load_all(f.read_text())])
+
+
+def test_the_rules_table_lists_every_setting_and_image_path() -> None:
+    table = changes.rules_markdown()
+    components.load_bundled()
+    for name, cls in components.COMPONENTS.items():
+        for info in cls.settings_class.infos() if cls.settings_class else ():
+            assert f"| `{name}.{info.name}` | " in table
+    assert "undeclared" not in table
+    for repository, path in versions.UPGRADE_PATHS.items():
+        assert f"| `{repository}` ({path.name}) | " in table
+    assert "| `cadence.num_history_shards` | refused: history shards are fixed" in table
