@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from final_problem import versions
-from final_problem.changes import Effect, UpgradePath, Verdict, decide, refused, split_image
+from final_problem.changes import Effect, UpgradePath, Verdict, decide, parse_version, refused, split_image
 from final_problem.components import (
     CLUSTER_SETTINGS_ANNOTATION, COMPONENTS, POD_TEMPLATES_ANNOTATION, SETTINGS_ANNOTATION, WORKLOAD_KINDS,
     load_bundled, pod_template_digests, record_object, workload_key,
@@ -345,7 +345,9 @@ def compare_component(name: str, old: Deployment | None, new: Deployment | None,
     # Versions: every image repository both sides run, along its upgrade path.
     old_images, new_images = old.images(), new.images()
     for repository in sorted(set(old_images) & set(new_images)):
-        was, now = sorted(old_images[repository]), sorted(new_images[repository])
+        # What runs is the newest tag deployed: older ones are finished Jobs not yet cleaned up.
+        was = [max(old_images[repository], key=lambda tag: parse_version(tag) or ())]
+        now = sorted(new_images[repository])
         if was == now:
             continue
         cls = COMPONENTS.get(name)

@@ -688,3 +688,17 @@ def test_the_rules_table_lists_every_setting_and_image_path() -> None:
     for repository, path in versions.UPGRADE_PATHS.items():
         assert f"| `{repository}` ({path.name}) | " in table
     assert "| `cadence.num_history_shards` | refused: history shards are fixed" in table
+
+
+def test_a_finished_job_of_an_older_version_is_not_taken_for_what_runs(tmp_path: Path) -> None:
+    """A cluster keeps a finished Job a day (ttlSecondsAfterFinished): after an upgrade, the
+    previous version's schema Job is still listed beside the new one. The plan of the next
+    deploy of the same version changes nothing."""
+    enabled = NEEDS["cadence"]
+    objects = objects_of(settings_of(enabled), "eks")
+    leftover = json.loads(json.dumps(next(o for o in objects if o["metadata"]["name"].startswith("cadence-schema-"))))
+    leftover["metadata"]["name"] = "cadence-schema-0ld0ld00"
+    leftover["spec"]["template"]["spec"]["containers"][0]["image"] = "docker.io/ubercadence/server:v1.3.6"
+    live = plan.read_live_json(_as_live([*objects, leftover]))
+    result = of(plan.compare(live, deployments(settings_of(enabled))), "cadence")
+    assert result.effect == Effect.NOTHING and lines(result) == []
