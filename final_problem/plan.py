@@ -210,8 +210,7 @@ class ComponentPlan:
         if not self.restarts:
             return self.effect.label
         pods = "; ".join(f"{workload}: {', '.join(names)}" for workload, names in self.restarts)
-        order = ("(one pod at a time, each Ready before the next; StatefulSets from the highest ordinal down; "
-                 "workloads side by side)")
+        order = "(StatefulSets one pod at a time from the highest ordinal, each Ready first; workloads side by side)"
         if self.effect == Effect.ROLLING:
             return f"rolling restart of {pods} {order}"
         return f"{self.effect.label}; the deploy would also roll {pods} {order}"
@@ -259,7 +258,11 @@ def _short(key: str) -> str:
 
 
 def _pods(workload: Mapping[str, Any], old: Mapping[str, Any]) -> list[str]:
-    """The pods a rolling update of ``workload`` replaces, in order."""
+    """The pods a rolling update of ``workload`` replaces, in order. A StatefulSet replaces
+    one pod at a time from the largest ordinal to the smallest, each Ready before the next
+    (Kubernetes docs, StatefulSets, "Rolling Updates"); a Deployment as its strategy allows
+    (``maxSurge`` and ``maxUnavailable``, 25% each unless set: Deployments, "Rolling Update
+    Deployment")."""
     name = workload["metadata"]["name"]
     replicas = int(old.get("spec", {}).get("replicas", 1) or 0)
     kind = workload["kind"]
@@ -267,7 +270,9 @@ def _pods(workload: Mapping[str, Any], old: Mapping[str, Any]) -> list[str]:
         return [f"{name}-{i}" for i in reversed(range(replicas))]
     if kind == "DaemonSet":
         return [f"{name} on every node"]
-    return [f"{replicas} {name} pod{'s' if replicas != 1 else ''}"]
+    rolling = (workload.get("spec", {}).get("strategy") or {}).get("rollingUpdate") or {}
+    surge, unavailable = rolling.get("maxSurge", "25%"), rolling.get("maxUnavailable", "25%")
+    return [f"{replicas} {name} pod{'s' if replicas != 1 else ''} (surge {surge}, unavailable {unavailable})"]
 
 
 def _upgrade_paths() -> dict[str, UpgradePath]:

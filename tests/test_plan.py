@@ -132,7 +132,7 @@ SETTING_CASES = [
     ("consul", "eks", {"consul": {"cert_days": 400}}, Effect.NOTHING, "consul.cert_days 825 -> 400: nothing", []),
     ("consul", "eks", {"consul": {"storage_gib": 5}}, Effect.REFUSED, "consul.storage_gib 10 -> 5: refused", None),
     # The edge and the demo: configuration rolls, replicas scale.
-    ("envoy", "eks", {"envoy": {"retries": 3}}, Effect.ROLLING, "envoy.retries 2 -> 3: rolling restart", ["2 envoy pods"]),
+    ("envoy", "eks", {"envoy": {"retries": 3}}, Effect.ROLLING, "envoy.retries 2 -> 3: rolling restart", ["2 envoy pods (surge 1, unavailable 0)"]),
     ("envoy", "eks", {"envoy": {"replicas": 3}}, Effect.NOTHING, "envoy.replicas 2 -> 3: nothing", []),
     ("demo", "eks", {"demo": {"replicas": 3}}, Effect.NOTHING, "demo.replicas 2 -> 3: nothing", []),
     ("base", "eks", {}, Effect.NOTHING, None, []),
@@ -598,7 +598,7 @@ def test_an_extension_declares_rules_and_an_upgrade_path_through_the_api(registr
     NEEDS["cache"] = ("base", "cache")
     try:
         rolled = of(plan_of("cache", after={"cache": {"size_mib": 128}}), "cache")
-        assert rolled.effect == Effect.ROLLING and rolled.restarts == [("Deployment cache/cache", ["2 cache pods"])]
+        assert rolled.effect == Effect.ROLLING and rolled.restarts == [("Deployment cache/cache", ["2 cache pods (surge 25%, unavailable 25%)"])]
         refused = of(plan_of("cache", after={"cache": {"shards": 8}}), "cache")
         assert refused.effect == Effect.REFUSED
         assert lines(refused) == ["cache.shards 4 -> 8: refused: 4 -> 8 shards rehash every key. Fix: keep cache.shards=4"]
