@@ -210,10 +210,15 @@ class ComponentPlan:
         if not self.restarts:
             return self.effect.label
         pods = "; ".join(f"{workload}: {', '.join(names)}" for workload, names in self.restarts)
-        order = "(StatefulSets one pod at a time from the highest ordinal, each Ready first; workloads side by side)"
+        notes = []
+        if any(workload.startswith("StatefulSet ") for workload, _ in self.restarts):
+            notes.append("a StatefulSet one pod at a time from the highest ordinal, each Ready first")
+        if len(self.restarts) > 1:
+            notes.append("the workloads side by side")
+        order = f" ({'; '.join(notes)})" if notes else ""
         if self.effect == Effect.ROLLING:
-            return f"rolling restart of {pods} {order}"
-        return f"{self.effect.label}; the deploy would also roll {pods} {order}"
+            return f"rolling restart of {pods}{order}"
+        return f"{self.effect.label}; the deploy would also roll {pods}{order}"
 
 
 @dataclass

@@ -702,3 +702,11 @@ def test_a_finished_job_of_an_older_version_is_not_taken_for_what_runs(tmp_path:
     live = plan.read_live_json(_as_live([*objects, leftover]))
     result = of(plan.compare(live, deployments(settings_of(enabled))), "cadence")
     assert result.effect == Effect.NOTHING and lines(result) == []
+
+
+def test_the_verdict_line_says_how_each_kind_of_workload_rolls() -> None:
+    kafka = of(plan_of("kafka", after={"kafka": {"num_partitions": 6}}), "kafka").summary()
+    assert kafka.endswith("(a StatefulSet one pod at a time from the highest ordinal, each Ready first; the workloads "
+                          "side by side)")
+    envoy = of(plan_of("envoy", after={"envoy": {"retries": 3}}), "envoy").summary()
+    assert envoy == "rolling restart of Deployment edge/envoy: 2 envoy pods (surge 1, unavailable 0)"
