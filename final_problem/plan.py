@@ -322,7 +322,9 @@ def _compare_values(old: Mapping[str, Any], new: Mapping[str, Any], rules: Mappi
         what = f"{prefix}{key} {_show(old.get(key))} -> {_show(new.get(key))}"
         rule = rules.get(key)
         if rule is None:
-            continue  # undeclared: judged by what the objects show (pod templates, volumes)
+            # Undeclared (an extension's): what the objects show judges it (pod templates, volumes).
+            lines.append(Line(what, Verdict(Effect.NOTHING, "no change rule declared: judged by the objects it changes")))
+            continue
         verdict = decide(rule, old.get(key), new.get(key), name=f"{prefix}{key}")
         lines.append(Line(what, verdict))
     return lines

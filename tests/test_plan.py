@@ -710,3 +710,42 @@ def test_the_verdict_line_says_how_each_kind_of_workload_rolls() -> None:
                           "side by side)")
     envoy = of(plan_of("envoy", after={"envoy": {"retries": 3}}), "envoy").summary()
     assert envoy == "rolling restart of Deployment edge/envoy: 2 envoy pods (surge 1, unavailable 0)"
+
+
+def test_a_setting_without_a_rule_is_judged_by_the_pods_it_changes(registry: dict[str, Any]) -> None:
+    from final_problem import api
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class PlainSettings(api.ComponentSettings):
+        size_mib: int = api.setting(64, minimum=16, maximum=4096, doc="Size, no rule declared.")
+
+    @api.register
+    class PlainChart(api.PlatformChart):
+        component = "plain"
+        construct_id = "Plain"
+        requires = ("base",)
+        version = "1.0.0"
+        settings_class = PlainSettings
+
+        def __init__(self, scope: Any, id: str, *, settings: Any, profile: Any, dependencies: Any) -> None:
+            super().__init__(scope, id, settings=settings, profile=profile, dependencies=dependencies)
+            api.RestrictedNamespace(self, "Namespace", name="plain")
+            api.k8s.KubeDeployment(
+                self, "Plain", metadata=api.k8s.ObjectMeta(name="plain", namespace="plain"),
+                spec=api.k8s.DeploymentSpec(
+                    replicas=1, selector=api.k8s.LabelSelector(match_labels={"app": "plain"}),
+                    template=api.k8s.PodTemplateSpec(
+                        metadata=api.k8s.ObjectMeta(labels={"app": "plain"}),
+                        spec=api.k8s.PodSpec(containers=[api.k8s.Container(
+                            name="plain", image="docker.io/library/busybox:1.37.0",
+                            args=[str(self.props.size_mib)])]))))
+
+    NEEDS["plain"] = ("base", "plain")
+    try:
+        result = of(plan_of("plain", after={"plain": {"size_mib": 128}}), "plain")
+    finally:
+        del NEEDS["plain"]
+    assert lines(result) == ["plain.size_mib 64 -> 128: nothing: no change rule declared: judged by the objects it "
+                             "changes"]
+    assert result.effect == Effect.ROLLING and result.restarts == [
+        ("Deployment plain/plain", ["1 plain pod (surge 25%, unavailable 25%)"])]
