@@ -829,8 +829,8 @@ def edge_drain(workdir: Path, deployment: dict[str, Any], pdb: dict[str, Any], d
         demo.close()
 
 
-def report(name: str, clients: LiveClients, seconds: float) -> str:
-    """One line: rollout time, failed requests, the longest time nothing succeeded."""
+def report(name: str, clients: LiveClients, seconds: float, *, took: str = "rollout") -> str:
+    """One line: how long it took, failed requests, the longest time nothing succeeded."""
     kinds = sorted(set(clients.failed))[:5]
-    return (f"{name}: rollout {seconds:.1f} s, {len(clients.failed)} of {clients.total} requests failed"
+    return (f"{name}: {took} {seconds:.1f} s, {len(clients.failed)} of {clients.total} requests failed"
             f"{' ' + str(kinds) if kinds else ''}, longest gap {clients.longest_gap_s():.2f} s")

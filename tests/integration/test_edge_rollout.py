@@ -132,7 +132,7 @@ def test_draining_both_nodes_of_the_edge_and_the_demo_fails_no_request(tmp_path:
     clients, results = edge_drain(tmp_path, _deployment("envoy"), _pdb("envoy"), demo_pods, _pdb("demo"),
                                   options=dataclasses.replace(options, **FAST), routes=routes)
     seconds = sum(r.seconds for r in results)
-    line = report("edge and demo drain of 2 nodes", clients, seconds)
+    line = report("edge and demo, 2 nodes drained", clients, seconds, took="drain")
     print(line)
     assert all(r.refused == {"envoy": 0, "demo": 0} for r in results), results
     assert clients.total > 300, "the clients hardly sent anything"
