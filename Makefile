@@ -191,7 +191,8 @@ test: setup $(CHECKOV_STAMP) $(SERVERS) pi-rootfs
 	@# pytest's exit status 5 (no test selected) is fine in a pass that PYTEST_ARGS filtered empty.
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) --ignore=tests/integration $(PYTEST_ARGS) \
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) tests/integration $(PYTEST_ARGS) \
+	@# --durations: each run lists its slowest real-server tests, the figures the lanes are balanced by.
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=25 tests/integration $(PYTEST_ARGS) \
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
 
 k8s-api: setup
