@@ -17,7 +17,10 @@ def test_defaults_match_the_documented_values() -> None:
     assert s.cluster_name == "final-problem"
     assert s.kubernetes_version == versions.KUBERNETES_VERSION == "1.36"
     assert (s.az_count, s.nat_gateways) == (3, 1)
-    assert s.node_instance_type == "m7g.xlarge" and s.is_graviton
+    # The node type follows the size unless set: three of it carry every bundled component.
+    assert s.size == "small" and s.node_instance_type == "m7g.large" and s.is_graviton
+    assert Settings(size="production").node_instance_type == "m7g.xlarge"
+    assert Settings(size="production", node_instance_type="r7g.large").node_instance_type == "r7g.large"
     assert (s.node_min, s.node_desired, s.node_max) == (3, 3, 6)
     assert s.endpoint_public_cidrs == () and s.endpoint_private_access is True
     assert s.admin_role_arn is None

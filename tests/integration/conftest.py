@@ -6,7 +6,7 @@ import os
 import random
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pytest
 
@@ -143,3 +143,24 @@ def kube(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     with kube_platform(tmp_path_factory.mktemp(f"kube-{request.param}"), full_settings(), request.param) as platform:
         platform.wait_for_pods(bound=True)
         yield platform
+
+
+def assert_within_headroom(usage: Iterable[limits.Usage], container: str, *, charged: bool = False,
+                           gc_pauses_ms: Iterable[float] = ()) -> None:
+    """Each server of ``usage`` kept the headroom final_problem/sizes.py states for
+    ``container`` below its memory limit at its peak (its resident set, or with ``charged``
+    what its cgroup was charged: for servers whose processes share memory), no process was
+    OOM-killed, and the JVM's GC pauses (when given) stay below the stated p99."""
+    from final_problem import sizes
+
+    usage = list(usage)
+    assert usage, f"no {container} server ran"
+    for u in usage:
+        peak = u.peak_memory_mib if charged else u.peak_rss_mib
+        bound = u.limits.memory_mib - sizes.headroom_mib(container, u.limits.memory_mib)
+        assert u.oom_kills == 0, str(u)
+        assert 0 < peak <= bound, f"{container}: peak {peak:.0f} MiB over {bound:.0f} (limit less headroom): {u}"
+    pauses = sorted(gc_pauses_ms)
+    if pauses:
+        p99 = pauses[min(len(pauses) - 1, int(0.99 * len(pauses)))]
+        assert p99 <= sizes.GC_PAUSE_P99_MS, f"{container}: GC pause p99 {p99:.0f} ms over {sizes.GC_PAUSE_P99_MS}"
