@@ -7,8 +7,8 @@ setting still wins). Keys: ``pi``, ``eks`` (the ``small`` size, the default) and
 
 Measured with ``.venv/bin/python bench/sizes.py`` (each component's servers under their
 containers' limits, under the load their own benchmark applies; peak CPU is the highest
-rate over 1 s, startup included, mean CPU the average since start; peak RSS the servers'
-resident set, peak charged what the cgroup was charged, page cache included; JVM heap after
+rate over 1 s, startup included, "under load" the rate while the load ran; peak RSS the
+servers' resident set, peak charged what the cgroup was charged, page cache included; JVM heap after
 GC from the GC log, metaspace from ``jcmd GC.heap_info``, direct buffers, thread stacks and
 JIT code from Native Memory Tracking), on 2 shared cores, first at the production sizes
 (the former EKS defaults), then at the small sizes set from them.
@@ -23,10 +23,12 @@ Headroom, per component, and why:
   filesystem"). The kernel reclaims page cache at the limit, so the check is on RSS:
   a JVM's peak RSS stays a quarter of its limit below it.
 - Redis: ``maxmemory`` bounds the data set; the limit is twice ``maxmemory`` plus 10% for
-  allocator fragmentation (measured 1.07 with a full data set) plus 64 MiB for the server
-  itself, replication backlog and client buffers (measured RSS 15 MiB empty), because a
-  fork for an AOF rewrite or a replica's full sync may copy every page it holds (Redis
-  docs, "Redis persistence": copy-on-write); peak RSS stays ``maxmemory`` below the limit.
+  allocator fragmentation (measured 1.06-1.08 with a full data set) plus 64 MiB for the
+  server itself, replication backlog and client buffers (measured RSS 15 MiB empty),
+  because two copies of the data may exist at once: a fork for an AOF rewrite or a
+  replica's sync may copy every page it holds (Redis docs, "Redis persistence":
+  copy-on-write), and a replica loading a full sync can hold the new set beside the old
+  (measured: 1,533 MiB at maxmemory 1,024). Peak RSS stays those 64 MiB below the limit.
 - PostgreSQL: ``shared_buffers`` a quarter of memory (PostgreSQL docs, "Resource
   Consumption"); the rest for the backends of every Cadence pool and the page cache; its
   processes share the buffers, so the check is on the charged peak, a quarter below the
@@ -34,12 +36,15 @@ Headroom, per component, and why:
 - Cadence (Go): the limit is twice the peak RSS, as Go's collector lets the heap grow to
   twice the live heap before it collects (GOGC=100: Go docs, "A Guide to the Go Garbage
   Collector"); the request is the peak RSS with a quarter more.
-- Envoy: twice the peak RSS; its overload manager caps the heap at 80% of the memory and
-  starts shrinking it at 95% of that (final_problem/renderers/envoy.py).
-- CPU: requests are what the scheduler reserves, the mean over the benchmark run with
-  room (the benchmarks drive each server as fast as a client can, more than steady use);
-  limits stay at least the measured peak (JIT warm-up at start included), so the load
-  runs unthrottled.
+- Envoy: about twice the peak RSS; its overload manager caps the heap at 80% of the memory
+  and starts shrinking it at 95% of that (final_problem/renderers/envoy.py): peak RSS stays
+  a fifth below the limit.
+- CPU: the benchmarks drive each server as fast as one client goes, more than the steady
+  use a request reserves, and every server's rate under them together exceeds what three
+  m7g.large nodes have; requests are set so the platform stays within 80% of the nodes'
+  CPU, in proportion to the measured rates (a broker's 323-330m under load: 200m; a
+  controller's 31-56m: 50m), and limits stay above every measured peak (JIT warm-up at
+  start included), so the benchmarks' loads run unthrottled.
 
 Not measured here, and unchanged from before: Consul (no Consul server runs on these
 machines: BUSL-1.1), its mesh sidecars, the exporters, the Cadence web UI and the jobs.
@@ -72,64 +77,70 @@ class Size:
                       memory_request_mib=request, memory_limit_mib=limit)
 
 
-#: Each container's size per profile key (``eks``: the small size).
+#: Each container's size per profile key (``eks``: the small size). "production" figures are
+#: from ``bench/sizes.py --size production``, "small" from ``bench/sizes.py`` (the default
+#: size), both on 2 shared cores; "under load" is the CPU rate while the benchmark's load ran.
 SIZES: dict[str, dict[str, Size]] = {
-    # ZooKeeper member. Measured at production (1,024 MiB heap), bench/sizes.py --only zookeeper:
-    # heap after GC at most 12 MiB, metaspace 17, JIT code 10, threads 5, direct 0; peak RSS
-    # 146-215 MiB; peak CPU 628-736m (start), mean 60-100m. Small: 256 MiB heap (21 x the live
-    # heap), 512 MiB memory.
+    # ZooKeeper member. production (heap 1,024 MiB): peak RSS 147-210 MiB, heap after GC at
+    # most 12 MiB, metaspace 17, JIT code 10, threads 5, direct 0; peak CPU 594-769m (start),
+    # 194-442m under load. Small: heap 256 MiB (20 x the live heap), 512 MiB; small: peak RSS
+    # 140-178 MiB (of 384 allowed), GC pauses p99 48-90 ms.
     "zookeeper": {
         "pi": Size(100, 500, 320, 320),
         "eks": Size(100, 1000, 512, 512),
         "eks_production": Size(250, 1000, 2048, 2048),
     },
-    # KRaft controller. Measured at production (384 MiB heap), bench/sizes.py --only kafka:
-    # heap after GC at most 45 MiB, metaspace 39, code 15, threads 4, direct 0; peak RSS
-    # 180-200 MiB, peak CPU 301-530m. Small: 192 MiB heap (4 x), 384 MiB memory.
+    # KRaft controller. production (heap 384 MiB): peak RSS 181-202 MiB, heap after GC at most
+    # 43 MiB, metaspace 39, code 15, threads 4, direct 0; peak CPU 338-373m, 31-56m under load
+    # (the pod's request is at least its format-storage init container's 100m). Small: heap
+    # 192 MiB (4 x), 384 MiB; small: peak RSS 160-202 MiB (of 288), GC p99 77-131 ms.
     "kafka_controller": {
         "pi": Size(100, 1000, 768, 768),
         "eks": Size(50, 1000, 384, 384),
         "eks_production": Size(200, 1000, 768, 768),
     },
-    # Kafka broker (or the Pi's combined node). Measured at production (768 MiB heap),
-    # bench/sizes.py --only kafka: heap after GC at most 75 MiB, metaspace 46, code 21,
-    # threads 9, direct 1; peak RSS 308-313 MiB, charged 440-447 (page cache); peak CPU
-    # 547-590m, 17-18 CPU s over the run. Small: 384 MiB heap (5 x), 768 MiB memory: about
-    # 300 MiB left for page cache.
+    # Kafka broker (or the Pi's combined node). production (heap 768 MiB): peak RSS 305-314 MiB,
+    # charged 437-448 (page cache), heap after GC at most 73 MiB, metaspace 46, code 21,
+    # threads 9, direct 1; peak CPU 507-566m, 323-330m under load. Small: heap 384 MiB (5 x),
+    # 768 MiB, about 300 MiB left for page cache; small: peak RSS 261-275 MiB (of 576),
+    # charged 391-409, GC p99 84-117 ms.
     "kafka_broker": {
         "pi": Size(200, 1000, 448, 448),
         "eks": Size(200, 1500, 768, 768),
         "eks_production": Size(250, 1500, 1536, 1536),
     },
-    # Redis server. Measured at production (maxmemory 1,024 MiB), bench/sizes.py --only redis:
-    # RSS 15 MiB under the SET/GET load; filled, used_memory 859 MiB, RSS 923 MiB
-    # (fragmentation 1.07); peak CPU 397m under the load, 568m filling. Small: maxmemory
-    # 256 MiB, 2 x 256 x 1.1 + 64 = 627, rounded up to 640 MiB.
+    # Redis server. production (maxmemory 1,024 MiB): RSS 15 MiB under the SET/GET load (primary
+    # 223m under load, replicas 69-90m); filled, used_memory 874 MiB, RSS 923 MiB (fragmentation
+    # about 1.06), a replica 1,533 MiB through a full sync (two copies). Small: maxmemory 256 MiB,
+    # 2 x 256 x 1.1 + 64 = 627, rounded up to 640 MiB; small, filled (206 MiB used): peak RSS
+    # 222-224 MiB (of 576), no OOM kill through the AOF rewrite.
     "redis": {
         "pi": Size(100, 500, 256, 256),
         "eks": Size(100, 1000, 640, 640),
         "eks_production": Size(250, 1000, 2048, 2048),
     },
-    # Sentinel. Measured, bench/sizes.py --only redis: peak RSS 12 MiB, peak CPU 5-10m.
+    # Sentinel: peak RSS 12 MiB, 2m under load, peak 4-9m (both sizes).
     "sentinel": {
         "pi": Size(20, 100, 32, 48),
         "eks": Size(10, 200, 32, 64),
         "eks_production": Size(50, 200, 32, 64),
     },
-    # PostgreSQL under the Cadence load. Measured at production (shared_buffers 512 MiB),
-    # bench/sizes.py --only cadence: peak charged 207 MiB (its processes share the buffers:
-    # their summed RSS, 1,563 MiB, counts them once per process), peak CPU 491m. Small: 768 MiB,
-    # shared_buffers 192.
+    # PostgreSQL under the Cadence load. production (shared_buffers 512 MiB): peak charged 210 MiB
+    # (its processes share the buffers: their summed RSS, 1,606 MiB, counts them once per
+    # process), peak CPU 507m, 396m under load. Small: 768 MiB, shared_buffers 192; small: peak
+    # charged 189 MiB (of 576).
     "postgres": {
         "pi": Size(100, 1000, 384, 384),
         "eks": Size(100, 1000, 768, 768),
         "eks_production": Size(250, 1000, 2048, 2048),
     },
-    # Cadence services, bench/sizes.py --only cadence at production: peak RSS frontend 65-84 MiB
-    # (CPU peak 186m), history 154-169 (356m), matching 65-74 (165m), worker 68 (83m).
+    # Cadence services (Go). production: peak RSS frontend 62-83 MiB (147m under load), history
+    # 148-168 (188-231m), matching 68-75 (131m), worker 66 (17m). Small: request the peak RSS
+    # with a quarter more (rounded to 16 MiB), limit at least twice it; small: frontend 64-83
+    # (of 112), history 130-163 (of 224), matching 67-72 (of 96), worker 68 (of 96).
     "cadence_frontend": {
         "pi": Size(50, 500, 192, 256),
-        "eks": Size(50, 1000, 112, 192),
+        "eks": Size(50, 1000, 112, 224),
         "eks_production": Size(100, 1000, 256, 512),
     },
     "cadence_history": {
@@ -153,8 +164,9 @@ SIZES: dict[str, dict[str, Size]] = {
         "eks": Size(50, 500, 128, 256),
         "eks_production": Size(50, 500, 128, 256),
     },
-    # Edge Envoy, bench/sizes.py --only envoy at production (256 MiB): peak RSS 65 MiB, charged
-    # 91, peak CPU 392m. Small: 160 MiB (the overload manager's heap cap is then 128 MiB).
+    # Edge Envoy (2 workers). production (256 MiB): peak RSS 65 MiB, 384m under one client's
+    # sequential load. Small: 160 MiB (the overload manager's heap cap is then 128 MiB); small:
+    # peak RSS 65 MiB (of 128).
     "envoy": {
         "pi": Size(100, 1000, 96, 96),
         "eks": Size(100, 2000, 160, 160),
@@ -164,7 +176,7 @@ SIZES: dict[str, dict[str, Size]] = {
 
 #: Settings that cap memory inside a container, per profile key.
 LIMITS_INSIDE: dict[str, dict[str, int]] = {
-    # Redis maxmemory: see "redis" above (at most half the memory, with its fork's copy).
+    # Redis maxmemory: see "redis" above (at most half the memory, with a second copy).
     "redis_maxmemory_mib": {"pi": 128, "eks": 256, "eks_production": 1024},
     # PostgreSQL shared_buffers: a quarter of "postgres" memory (PostgreSQL docs, "Resource
     # Consumption": 25% of memory is a reasonable start).
