@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,14 +28,14 @@ from final_problem.clients import cadence as sample
 from final_problem.clients.redis import RedisClient, RedisSettings
 from final_problem.clients.zookeeper import ZooKeeperClient
 from final_problem.local import cadence as tools
-from final_problem.local import kill_group, wait_for
+from final_problem.local import kill_group
 from final_problem.local.limits import Limits
 from final_problem.local.postgres import LocalPostgres
-from final_problem.local.redis import HOST, LocalRedisSet, local_options
+from final_problem.local.redis import LocalRedisSet, local_options
 from final_problem.local.zookeeper import LocalEnsemble
 from final_problem.profiles import EKS
 from final_problem.renderers.cadence import Database
-from tests.integration.conftest import REDIS_DOWN_AFTER_MS, assert_within_headroom
+from tests.integration.conftest import REDIS_DOWN_AFTER_MS, assert_within_headroom, fill_to_maxmemory
 
 pytestmark = pytest.mark.integration
 
@@ -96,27 +94,6 @@ def test_postgres_under_the_eks_limits_keeps_commits_through_a_crash() -> None:
         server.kill()
         server.start()
         assert server.query("SELECT count(*) FROM eks") == [["1000"]]
-
-
-def fill_to_maxmemory(cluster: LocalRedisSet, port: int, maxmemory_mib: int) -> None:
-    """bench/sizes.py's Redis load: the primary filled with 1 KiB values until writes fail at
-    maxmemory (``volatile-lru`` evicts no key without a TTL), replicas following, then an AOF
-    rewrite forked at full memory: the peak its limit of twice maxmemory is for."""
-    keys = maxmemory_mib * 1024 * 1024 // 1100
-    subprocess.run([shutil.which("redis-benchmark") or "redis-benchmark", "-h", HOST, "-p", str(port), "--user", "app",
-                    "-a", cluster.passwords.app, "-t", "set", "-n", str(keys), "-r", str(keys), "-d", "1024", "-P", "32",
-                    "-q"], capture_output=True, timeout=300, check=False)
-    admin = cluster.admin(cluster.member_index(port))
-    used = int(admin.info("memory")["used_memory"]) / 2**20
-    assert used > maxmemory_mib * 0.8, f"filled only {used:.0f} of {maxmemory_mib} MiB"
-    if not admin.info("persistence")["aof_rewrite_in_progress"]:
-        admin.bgrewriteaof()
-    wait_for("the AOF rewrite", lambda: not admin.info("persistence")["aof_rewrite_in_progress"]
-             and not admin.info("persistence")["aof_rewrite_scheduled"], timeout_s=120, interval_s=0.5)
-    # Every replica holds the whole set too (a full sync loads it beside the old one).
-    wait_for("the replicas to catch up", lambda: all(
-        cluster.replication(i).get("master_link_status") == "up" for i in range(len(cluster.member_ports))
-        if i != cluster.member_index(port)), timeout_s=120, interval_s=0.5)
 
 
 def test_cadence_and_postgres_under_the_eks_limits_keep_their_headroom(tmp_path: Path) -> None:
