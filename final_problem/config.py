@@ -110,7 +110,9 @@ class Settings:
         doc="Requests, limits, heaps and memory caps of the EKS profile's servers (final_problem/sizes.py): `small` "
             "is set from measured use with a stated headroom and fits 3 x m7g.large; `production` (the sizes "
             "before, 2-4 times the memory) fits 3 x m7g.xlarge and leaves room to grow. A component's own memory "
-            "settings still win. The Pi profile has one size, its boards'.",
+            "settings still win. The Pi profile has one size, its boards'. A change is a rolling restart of every "
+            "sized workload (new requests, limits and heaps), and with the node type unset a replacement of the "
+            "node group's nodes.",
     )
     node_instance_type: str | None = setting(
         default_doc="`m7g.large` (size production: `m7g.xlarge`)",
