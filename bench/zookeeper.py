@@ -35,6 +35,24 @@ def report(name: str, samples: list[float], elapsed: float) -> None:
           f"{len(samples) / elapsed:8.0f} ops/s  ({len(samples)} ops)")
 
 
+def sequential_ops(client: ZooKeeperClient, *, ops: int, value: bytes) -> dict[str, tuple[list[float], float]]:
+    """``ops`` acknowledged writes, then ``ops`` reads, one at a time over 100 znodes: each
+    one's seconds, and the elapsed seconds of each run (bench/sizes.py applies the same load)."""
+    paths = [f"/bench/key-{i % 100}" for i in range(ops)]
+    for path in set(paths):  # create outside the timed loop
+        client.put(path, value)
+    runs = {}
+    for name, op in (("write", lambda p: client.put(p, value)), ("read", lambda p: client.get(p))):
+        samples = []
+        start = time.perf_counter()
+        for path in paths:
+            t0 = time.perf_counter()
+            op(path)
+            samples.append(time.perf_counter() - t0)
+        runs[name] = (samples, time.perf_counter() - start)
+    return runs
+
+
 def first_write_after_power_cut(ensemble: LocalEnsemble, value: bytes) -> float:
     """Kill every member, start them all, and return the seconds from the last start to
     the first write a quorum acknowledged (a new session each try: none survives)."""
@@ -72,17 +90,8 @@ def main() -> int:
         leader = ensemble.wait_for_quorum(timeout=30)
         print(f"zookeeper ensemble: 3 members on loopback, leader {leader}; {args.ops} sequential ops of {args.size} B")
         with ZooKeeperClient(hosts=ensemble.hosts) as client:
-            paths = [f"/bench/key-{i % 100}" for i in range(args.ops)]
-            for path in set(paths):  # create outside the timed loop
-                client.put(path, value)
-            for name, op in (("write", lambda p: client.put(p, value)), ("read", lambda p: client.get(p))):
-                samples = []
-                start = time.perf_counter()
-                for path in paths:
-                    t0 = time.perf_counter()
-                    op(path)
-                    samples.append(time.perf_counter() - t0)
-                report(name, samples, time.perf_counter() - start)
+            for name, (samples, elapsed) in sequential_ops(client, ops=args.ops, value=value).items():
+                report(name, samples, elapsed)
         # Each try's connection attempts to members still starting are expected: not logged.
         logging.getLogger("kazoo.client").setLevel(logging.CRITICAL)
         cuts = [first_write_after_power_cut(ensemble, value) for _ in range(args.cuts)]

@@ -397,8 +397,10 @@ def for_profile(settings: Settings, profile: Profile) -> Settings:
 
 def build_charts(app: cdk8s.App, settings: Settings, profile: Profile) -> dict[str, PlatformChart]:
     """Render every enabled component for ``profile`` into ``app``, in dependency order,
-    leaving out those the profile's nodes cannot run (:func:`profile_components`)."""
+    leaving out those the profile's nodes cannot run (:func:`profile_components`), at the
+    size the settings choose (cluster setting ``size``)."""
     settings = for_profile(settings, profile)
+    profile = profile.sized(settings.size)
     charts: dict[str, PlatformChart] = {}
     for name in resolve(settings.components):
         cls = COMPONENTS[name]

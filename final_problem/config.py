@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 from final_problem import versions
 from final_problem.errors import ConfigError
-from final_problem.profiles import ARM64_VA_BITS, PROFILES, Profile
+from final_problem.profiles import ARM64_VA_BITS, PROFILES, SIZES, Profile
 from final_problem.changes import kubernetes_version_change, nothing, procedure, refused
 from final_problem.settings import (
     ComponentSettings, SettingInfo, _check_value, _infos, how_to_set, parse_value, setting, unknown_key,
@@ -49,6 +49,11 @@ _SIZE = re.compile(r"nano|micro|small|medium|large|xlarge|[0-9]{1,2}xlarge|metal
 _GRAVITON_FAMILY = re.compile(r"[a-z]+[0-9]+g[a-z]*|a1")
 # The only retention periods CloudWatch Logs accepts (PutRetentionPolicy API reference).
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+#: The node type when none is set, per size: three of it carry every bundled component at
+#: that size within 80% of allocatable CPU and memory (README, "Capacity";
+#: tests/test_capacity.py), and m7g is the cheapest Graviton family that does not throttle
+#: (final_problem/prices.py).
+NODE_TYPE_BY_SIZE = {"small": "m7g.large", "production": "m7g.xlarge"}
 # EKS quota "Nodes per managed node group": 450 (EKS user guide, "Amazon EKS service quotas").
 MAX_NODES_PER_NODEGROUP = 450
 #: Context keys the CDK CLI or toolkit reads itself, besides those with a ":" or "@"
@@ -116,12 +121,25 @@ class Settings:
         90, choices=LOG_RETENTION_DAYS, doc="VPC flow log retention in days (a value CloudWatch Logs accepts).",
         change=nothing("the flow log group only"),
     )
-    node_instance_type: str = setting(
-        # 3 x m7g.xlarge (4 vCPU, 16 GiB each) carry every bundled component within 80% of
-        # their allocatable CPU and memory (README, "Capacity"); m7g.large would not.
-        "m7g.xlarge",
+    size: str = setting(
+        SIZES[0], choices=SIZES,
+        doc="Requests, limits, heaps and memory caps of the EKS profile's servers (final_problem/sizes.py): `small` "
+            "is set from measured use with a stated headroom and fits 3 x m7g.large; `production` (the sizes "
+            "before, 2-4 times the memory) fits 3 x m7g.xlarge and leaves room to grow. A component's own memory "
+            "settings still win. The Pi profile has one size, its boards'. A change is a rolling restart of every "
+            "sized workload (new requests, limits and heaps), and with the node type unset a replacement of the "
+            "node group's nodes.",
+        change=procedure("every sized workload rolls, and with node_instance_type unset the node group of the other "
+                         "size's type replaces the old one, whose nodes are drained together",
+                         "set node_instance_type to the type the nodes have now, deploy the new size (a rolling "
+                         "restart), then change the type with a second node group (see node_instance_type)"),
+    )
+    node_instance_type: str | None = setting(
+        default_doc="`m7g.large` (size production: `m7g.xlarge`)",
         doc="Node instance type. Graviton (arm64, like a Pi) by default; x86 types get the x86 AMI. "
-            "Must be in the capacity table (README, \"Capacity\").",
+            "Must be in the capacity table (README, \"Capacity\"). Unset: the smallest Graviton type on "
+            "which three nodes carry every bundled component at `size` within 80%.",
+        example="m7g.large",
         change=procedure("CloudFormation replaces the managed node group: the old nodes are drained together when it is "
                           "deleted, so every quorum restarts at once",
                           "add a node group of the new type beside the old, drain the old nodes one at a time (kubectl drain; the "
@@ -195,6 +213,8 @@ class Settings:
     _cache: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.node_instance_type is None and self.size in NODE_TYPE_BY_SIZE:
+            object.__setattr__(self, "node_instance_type", NODE_TYPE_BY_SIZE[self.size])
         for info in cluster_infos():
             try:
                 _check_value("", info, getattr(self, info.name), PROFILES["eks"])
@@ -219,13 +239,22 @@ class Settings:
         family = _INSTANCE_TYPE.fullmatch(self.node_instance_type)
         return bool(family and _GRAVITON_FAMILY.fullmatch(family.group("family")))
 
+    def node_types_by_size(self) -> dict[str, str]:
+        """The node type of each size: its own default (:data:`NODE_TYPE_BY_SIZE`) while the
+        node type is this size's default (unset), else the one set, for every size."""
+        assert self.node_instance_type is not None
+        if self.node_instance_type != NODE_TYPE_BY_SIZE.get(self.size):
+            return {size: self.node_instance_type for size in SIZES}
+        return dict(NODE_TYPE_BY_SIZE)
+
     def component(self, settings_class: type[ComponentSettings], profile: Profile) -> ComponentSettings:
         """The settings of one component for ``profile``: its section's values over its defaults.
 
         A bad value raises :class:`ConfigError` naming ``<component>.<key>``, where the value
         came from, and the profile when the component's defaults differ by profile.
         """
-        key = (settings_class, profile.name)
+        profile = profile.sized(self.size)
+        key = (settings_class, profile.name, profile.size)
         cached = self._cache.get(key)
         if cached is not None:
             return cached

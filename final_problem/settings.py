@@ -41,23 +41,39 @@ from final_problem.profiles import PROFILES, Profile
 
 @dataclass(frozen=True)
 class PerProfile:
-    """A default that differs between render profiles (``eks``, ``pi``)."""
+    """A default that differs between render profiles (``eks``, ``pi``), and between the
+    sizes of a profile (``eks_production``: cluster setting ``size=production``)."""
 
     values: Mapping[str, Any]
 
     def for_profile(self, profile: Profile) -> Any:
-        return self.values[profile.name]
+        return self.values.get(f"{profile.name}_{profile.size}", self.values[profile.name])
 
     def describe(self) -> str:
-        return ", ".join(f"{name} {_show(value)}" for name, value in self.values.items())
+        # "eks 512 (production 2048), pi 320": a profile's own size, then its others'.
+        parts: list[str] = []
+        for name, value in self.values.items():
+            profile, _, size = name.partition("_")
+            if size:
+                parts[-1] += f" ({size} {_show(value)})"
+            else:
+                parts.append(f"{profile} {_show(value)}")
+        return ", ".join(parts)
 
 
 def per_profile(**values: Any) -> PerProfile:
-    """A default per render profile: ``per_profile(eks=2048, pi=512)``."""
+    """A default per render profile, and per size of one: ``per_profile(eks=512,
+    eks_production=2048, pi=320)``. A size without its own value takes its profile's."""
     missing = [name for name in PROFILES if name not in values]
     if missing:
         raise TypeError(f"per_profile needs a value for every profile; missing: {', '.join(missing)}")
-    return PerProfile(dict(values))
+    sized = {f"{name}_{size}" for name, p in PROFILES.items() for size in p.sizes[1:]}
+    unknown = [name for name in values if name not in PROFILES and name not in sized]
+    if unknown:
+        raise TypeError(f"per_profile: no profile or size {', '.join(unknown)} (known: {', '.join([*PROFILES, *sorted(sized)])})")
+    # Each profile's own size first, then its other sizes, in profile order.
+    order = [key for name, p in PROFILES.items() for key in (name, *(f"{name}_{s}" for s in p.sizes[1:]))]
+    return PerProfile({key: values[key] for key in order if key in values})
 
 
 #: The default of a setting that is unset unless the user gives it.

@@ -274,7 +274,7 @@ def test_postgres_pi_profile_is_small(pi: dict[str, list[Obj]]) -> None:
 
 @pytest.mark.parametrize("overrides,match", [
     ({"max_connections": 5}, "postgres.max_connections = 5"),
-    ({"shared_buffers_mib": 4096}, r"postgres.shared_buffers_mib = 4096.*Fix: leave postgres.shared_buffers_mib unset .* at most 1024"),
+    ({"shared_buffers_mib": 4096}, r"postgres.shared_buffers_mib = 4096.*Fix: leave postgres.shared_buffers_mib unset .* at most 384"),
     ({"storage_gib": 0}, "postgres.storage_gib = 0"),
     ({"metrics_port": 5432}, "postgres.metrics_port = 5432"),
 ])
@@ -284,7 +284,7 @@ def test_postgres_settings_that_cannot_work_fail(overrides: dict[str, object], m
 
 
 def test_postgres_shared_buffers_fix_is_valid() -> None:
-    PostgresProps.for_profile(EKS, shared_buffers_mib=512)
+    PostgresProps.for_profile(EKS, shared_buffers_mib=384)
     with pytest.raises(ConfigError, match="at most 128"):
         PostgresProps.for_profile(EKS, memory_mib=256)
     PostgresProps.for_profile(EKS, memory_mib=256, shared_buffers_mib=128)

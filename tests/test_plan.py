@@ -90,7 +90,7 @@ SETTING_CASES = [
      "zookeeper.hosts [] -> pi1,pi2,pi3: nothing: bare-metal members only", []),
     # Kafka (eks: separate controllers and brokers).
     ("kafka", "eks", {"kafka": {"broker_memory_mib": 2048}}, Effect.ROLLING,
-     "kafka.broker_memory_mib 1536 -> 2048: rolling restart",
+     "kafka.broker_memory_mib 768 -> 2048: rolling restart",
      # One ConfigMap digest covers every node's server.properties: the controllers roll too.
      ["kafka-controller-2", "kafka-controller-1", "kafka-controller-0", "kafka-broker-2", "kafka-broker-1",
       "kafka-broker-0"]),
@@ -189,9 +189,9 @@ def test_a_storage_class_change_is_refused() -> None:
 
 def _kafka_with_topics(partitions: int, *, extra: tuple[TopicSpec, ...] = ()) -> dict[str, plan.Deployment]:
     settings = settings_of(NEEDS["kafka"])
-    profile = PROFILES["eks"]
+    profile = PROFILES["eks"].sized(settings.size)
     props = KafkaProps.for_profile(profile, topics=(TopicSpec(name="events", partitions=partitions), *extra))
-    settings._cache[(KafkaProps, profile.name)] = props
+    settings._cache[(KafkaProps, profile.name, profile.size)] = props
     return deployments(settings)
 
 
@@ -219,7 +219,7 @@ def test_more_kafka_partitions_are_a_procedure_and_a_new_topic_nothing() -> None
                                                           "1.36: EKS updates one minor at a time"),
     ({}, {"kubernetes_version": "1.35"}, Effect.REFUSED, "kubernetes_version 1.36 -> 1.35: refused: Kubernetes 1.36 -> "
                                                           "1.35: EKS cannot downgrade"),
-    ({}, {"node_instance_type": "m7g.2xlarge"}, Effect.PROCEDURE, "node_instance_type m7g.xlarge -> m7g.2xlarge"),
+    ({}, {"node_instance_type": "m7g.2xlarge"}, Effect.PROCEDURE, "node_instance_type m7g.large -> m7g.2xlarge"),
     ({}, {"node_desired": 4}, Effect.NOTHING, "node_desired 3 -> 4: nothing"),
 ])
 def test_a_cluster_setting_change_gets_its_class(before: dict[str, Any], after: dict[str, Any], effect: Effect,

@@ -40,7 +40,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.charts.postgres import PostgresChart, PostgresClient
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
@@ -87,21 +87,10 @@ class ServiceProps:
     sizing: Sizing
 
 
-#: Container sizing per service: (cpu request m, cpu limit m, memory request MiB, memory limit MiB).
-#: Pi: 3 Pi 4 (4 GiB each) run every component: one of each service, 1.25 GiB of limits with the web UI;
-#: requests (what the capacity check and the scheduler count) fit the 80% budget of the Pi shape.
-#: EKS: 3 x m7g.xlarge (16 GiB) shared by every component, about 3.5 GiB of limits for Cadence.
-_SIZING = {
-    "pi": {"frontend": (50, 500, 192, 256), "history": (100, 1000, 192, 384),
-           "matching": (50, 500, 128, 256), "worker": (50, 500, 128, 192), "web": (20, 300, 96, 192)},
-    "eks": {"frontend": (100, 1000, 256, 512), "history": (250, 1000, 512, 768),
-            "matching": (100, 1000, 256, 384), "worker": (100, 500, 128, 256), "web": (50, 500, 128, 256)},
-}
-
-
 def _sizing(profile: Profile, name: str) -> Sizing:
-    cpu_req, cpu_lim, mem_req, mem_lim = _SIZING[profile.name][name]
-    return Sizing(cpu_request_m=cpu_req, cpu_limit_m=cpu_lim, memory_request_mib=mem_req, memory_limit_mib=mem_lim)
+    """A service's container sizing in ``profile`` at its size (final_problem/sizes.py: each
+    figure with the measurement it is set from)."""
+    return sizes.sizing(f"cadence_{name}", profile)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,7 +49,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.labels import set_component
@@ -157,16 +157,14 @@ class EnvoyProps(ComponentSettings):
             "max_connection_duration + 5 s; a Pi: ServiceLB follows endpoints in about a second).",
         change=rolling("the proxies' preStop and grace period: they roll one at a time"),
     )
-    memory_mib: int = setting(per_profile(eks=256, pi=96), minimum=64, maximum=16_384,
+    memory_mib: int = setting(sizes.default("envoy"), minimum=64, maximum=16_384,
                               doc="Memory request and limit; the overload manager's heap limit is 80% of it.",
         change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
     )
 
     @property
     def sizing(self) -> Sizing:
-        cpu = (100, 1000) if self.profile.small else (250, 2000)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+        return sizes.sizing("envoy", self.profile, self.memory_mib)
 
     def check(self) -> None:
         if self.per_try_timeout_ms > self.request_timeout_ms:

@@ -43,7 +43,7 @@ from typing import Any, Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.clients import kafka_topics
 from final_problem.clients.kafka_topics import TopicSpec
 from final_problem.components import PlatformChart, register
@@ -223,11 +223,12 @@ class KafkaProps(ComponentSettings):
         change=rolling("the default of topics created later, read at start; existing topics keep their count"),
     )
     controller_memory_mib: int = setting(
-        768, minimum=256, maximum=65_536, doc="Memory request and limit of a dedicated controller.",
+        sizes.default("kafka_controller"), minimum=256, maximum=65_536,
+        doc="Memory request and limit of a dedicated controller.",
         change=rolling("the controllers' memory limit: they restart one at a time, a quorum kept"),
     )
     broker_memory_mib: int = setting(
-        per_profile(eks=1536, pi=448), minimum=256, maximum=262_144,
+        sizes.default("kafka_broker"), minimum=256, maximum=262_144,
         doc="Memory request and limit of a broker (or combined node); what the heap leaves is page cache.",
         change=rolling("the brokers' memory limit: they restart one at a time (PDB maxUnavailable 1)"),
     )
@@ -361,14 +362,11 @@ class KafkaProps(ComponentSettings):
 
     @property
     def controller_sizing(self) -> Sizing:
-        return Sizing(cpu_request_m=100 if self.profile.small else 200, cpu_limit_m=1000,
-                      memory_request_mib=self.controller_memory_mib, memory_limit_mib=self.controller_memory_mib)
+        return sizes.sizing("kafka_controller", self.profile, self.controller_memory_mib)
 
     @property
     def broker_sizing(self) -> Sizing:
-        cpu = (200, 1000) if self.profile.small else (250, 1500)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.broker_memory_mib, memory_limit_mib=self.broker_memory_mib)
+        return sizes.sizing("kafka_broker", self.profile, self.broker_memory_mib)
 
     def cluster_config(self, *, namespace: str, **overrides: Any) -> KafkaClusterConfig:
         """The rendered cluster: nodes named as the chart's pods in ``namespace``."""

@@ -31,7 +31,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.generated_secrets import API_PORTS, GeneratedSecrets, SecretSpec, secret_env
@@ -97,12 +97,12 @@ class PostgresProps(ComponentSettings):
         change=rolling("read at start: the one server restarts, an outage until it is Ready"),
     )
     memory_mib: int = setting(
-        per_profile(eks=2048, pi=384), minimum=256, maximum=262_144,
+        sizes.default("postgres"), minimum=256, maximum=262_144,
         doc="Memory request and limit of the server container.",
         change=rolling("the one server restarts, an outage until it is Ready"),
     )
     shared_buffers_mib: int = setting(
-        per_profile(eks=512, pi=128), minimum=16, maximum=131_072,
+        sizes.default("postgres_shared_buffers_mib"), minimum=16, maximum=131_072,
         doc="`shared_buffers`; at most half of memory_mib (PostgreSQL docs, \"Resource Consumption\": a quarter "
             "of memory is a reasonable start).",
         change=rolling("read at start: the one server restarts, an outage until it is Ready"),
@@ -122,9 +122,7 @@ class PostgresProps(ComponentSettings):
 
     @property
     def sizing(self) -> Sizing:
-        cpu = (100, 1000) if self.profile.small else (250, 1000)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+        return sizes.sizing("postgres", self.profile, self.memory_mib)
 
     @property
     def exporter_sizing(self) -> Sizing:

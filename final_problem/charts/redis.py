@@ -34,7 +34,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.clients import redis_exporter
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
@@ -112,12 +112,12 @@ class RedisProps(ComponentSettings):
         change=rolling("the Sentinels' configuration: they restart one at a time"),
     )
     memory_mib: int = setting(
-        per_profile(eks=2048, pi=256), minimum=64, maximum=262_144,
+        sizes.default("redis"), minimum=64, maximum=262_144,
         doc="Memory request and limit of each Redis container (no overcommit).",
         change=rolling("the members' memory limit: they restart one at a time; a restarted primary fails over"),
     )
     maxmemory_mib: int = setting(
-        per_profile(eks=1024, pi=128), minimum=16, maximum=131_072,
+        sizes.default("redis_maxmemory_mib"), minimum=16, maximum=131_072,
         doc="Redis `maxmemory`; at most half of memory_mib: a fork for AOF rewrite or replica sync may copy "
             "every page (Redis docs, \"Redis persistence\").",
         change=rolling("redis.conf: members restart one at a time; a restarted primary fails over"),
@@ -152,15 +152,11 @@ class RedisProps(ComponentSettings):
 
     @property
     def redis_sizing(self) -> Sizing:
-        cpu = (100, 500) if self.profile.small else (250, 1000)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+        return sizes.sizing("redis", self.profile, self.memory_mib)
 
     @property
     def sentinel_sizing(self) -> Sizing:
-        if self.profile.small:
-            return Sizing(cpu_request_m=20, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=48)
-        return Sizing(cpu_request_m=50, cpu_limit_m=200, memory_request_mib=32, memory_limit_mib=64)
+        return sizes.sizing("sentinel", self.profile)
 
     @property
     def metrics_sizing(self) -> Sizing:

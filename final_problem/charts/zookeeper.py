@@ -26,7 +26,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.labels import set_component
@@ -84,7 +84,7 @@ class ZooKeeperProps(ComponentSettings):
                           "`reconfig -add` / `-remove`), or stop every member and start them together on the new list (an outage)"),
     )
     memory_mib: int = setting(
-        per_profile(eks=2048, pi=320), minimum=256, maximum=65_536,
+        sizes.default("zookeeper"), minimum=256, maximum=65_536,
         doc="Memory request and limit of each member (the heap is fixed, so the pod uses it all).",
         change=rolling("the pod's memory limit: members restart one at a time, the highest ordinal first, a quorum kept"),
     )
@@ -136,9 +136,7 @@ class ZooKeeperProps(ComponentSettings):
 
     @property
     def sizing(self) -> Sizing:
-        cpu = (100, 500) if self.profile.small else (250, 1000)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+        return sizes.sizing("zookeeper", self.profile, self.memory_mib)
 
     @property
     def effective_heap_mib(self) -> int:

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from final_problem import local, versions
 from final_problem.clients.zookeeper import server_mode
@@ -73,7 +74,7 @@ class LocalEnsemble:
     """
 
     def __init__(self, *, workdir: Path, size: int = 3, tick_time_ms: int = 250, profile: Profile = PI,
-                 limits: bool = True) -> None:
+                 limits: bool = True, jvm_options: Sequence[str] = ()) -> None:
         props = ZooKeeperProps.for_profile(profile)
         heap_mib = props.effective_heap_mib
         self.limits = Limits.of(props.sizing)
@@ -90,6 +91,8 @@ class LocalEnsemble:
         self.metrics_ports = {m.myid: ports[4 * i + 3] for i, m in enumerate(members)}
         self.workdir = workdir
         self.heap_mib = heap_mib
+        #: JVM options added to the chart's (measurement only, e.g. Native Memory Tracking).
+        self.jvm_options = tuple(jvm_options)
         self.procs = {m.myid: _Process(member=m, directory=workdir / f"member-{m.myid}") for m in members}
         self.config = EnsembleConfig(
             members=members,
@@ -134,7 +137,7 @@ class LocalEnsemble:
         command = java_command(
             java=shutil.which("java") or "java", classpath=classpath(proc.directory), config_path=str(cfg), heap_mib=self.heap_mib,
         )
-        command.insert(1, local.gc_log_flag(proc.directory))
+        command[1:1] = [local.gc_log_flag(proc.directory), *self.jvm_options]
         log = open(proc.directory / "server.log", "ab")
         try:
             proc.process = subprocess.Popen(

@@ -100,6 +100,10 @@ def test_every_pod_passes_pod_security_restricted(kube: KubePlatform) -> None:
 
 
 def test_every_pod_is_scheduled_one_quorum_member_per_node(kube: KubePlatform) -> None:
+    if kube.profile == "eks":
+        # The default EKS platform (size small) on its default nodes: 3 x m7g.large.
+        assert (full_settings().size, full_settings().node_instance_type) == ("small", "m7g.large")
+        assert [s.labels["node.kubernetes.io/instance-type"] for s in kube.shapes] == ["m7g.large"] * 3
     pods = kube.wait_for_pods(bound=True, system=True)
     pending = unschedulable(kube.api, kube.namespaces + [capacity.SYSTEM_NAMESPACE])
     assert not pending, f"pods the scheduler could not place on the {kube.profile} nodes:\n" + "\n".join(
@@ -372,8 +376,9 @@ def test_the_scheduler_places_what_the_capacity_check_says_fits(kube: KubePlatfo
 
 
 def test_the_scheduler_leaves_pending_what_the_capacity_check_says_does_not_fit(tmp_path: Path) -> None:
-    # m7g.large: 2 vCPU, 8 GiB; the platform asks for more CPU and memory than 3 of them offer.
-    settings = dataclasses.replace(full_settings(), node_instance_type="m7g.large")
+    # m7g.large: 2 vCPU, 8 GiB; at the production size the platform asks for more CPU and
+    # memory than 3 of them offer.
+    settings = dataclasses.replace(full_settings(), size="production", node_instance_type="m7g.large")
     with kube_platform(tmp_path, settings, "eks") as platform:
         assert not platform.rejected, platform.rejected
         result = raw_fit(settings, platform)
