@@ -170,6 +170,27 @@ def test_the_pdb_refuses_an_eviction_while_another_member_is_not_ready(clusters:
     assert deleted_at - start >= 0.4
 
 
+def test_a_drained_deployment_pod_is_replaced_while_the_old_one_still_stops(clusters: Any) -> None:
+    workload = {"kind": "Deployment", "spec": {"replicas": 2}}
+    c = clusters("demo", 2, workload=workload, pdb=PDB)
+    old = c.set.pods[0]
+    old.pre_stop = lambda p, deadline: time.sleep(0.5)
+    drain([c.set], 0, ready_timeout_s=5)
+    replacement = c.set.pods[0]
+    started = next(t for t, e in replacement.events if e == "started")
+    exited = next(t for t, e in old.events if e.startswith("exited"))
+    assert started < exited - 0.3
+
+
+def test_a_drained_statefulset_pod_is_recreated_once_the_old_one_is_gone(clusters: Any) -> None:
+    c = clusters("zk", 3, pdb=PDB)
+    old = c.set.pods[0]
+    drain([c.set], 0, ready_timeout_s=5)
+    started = next(t for t, e in c.set.pods[0].events if e == "started")
+    exited = next(t for t, e in old.events if e.startswith("exited"))
+    assert started >= exited
+
+
 def test_min_available_is_counted_against_ready_pods(clusters: Any) -> None:
     c = clusters("pg", 1, pdb={"spec": {"minAvailable": 1}})
     assert c.set.disruptions_allowed() == 0

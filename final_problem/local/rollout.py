@@ -537,8 +537,8 @@ def drain(podsets: Sequence[PodSet], node: int, *, ready_timeout_s: float = 180,
     """``kubectl drain`` of the node that runs ordinal ``node`` of every set (one member of
     each set per node: the charts' anti-affinity). Every pod is evicted at once where its PDB
     allows, a refused eviction is retried every ``retry_s`` (kubectl's interval), and each
-    evicted pod is recreated on another node by its controller; returns when every
-    replacement is available. Kubernetes docs, "Safely Drain a Node", "API-initiated Eviction"."""
+    evicted pod is recreated on another node by its controller (a Deployment's at once, a
+    StatefulSet's once the old pod is gone); returns when every replacement is available. Kubernetes docs, "Safely Drain a Node", "API-initiated Eviction"."""
     start = time.monotonic()
     refused = {s.name: 0 for s in podsets}
     lock = threading.Lock()
@@ -559,8 +559,18 @@ def drain(podsets: Sequence[PodSet], node: int, *, ready_timeout_s: float = 180,
                     raise RolloutError(f"{podset.name}: eviction of {pod.name} refused by its PDB for "
                                        f"{ready_timeout_s:.0f} s")
                 time.sleep(retry_s)
-            pod.delete(podset.endpoints)
-            podset.replace(node, ready_timeout_s=ready_timeout_s)
+            if podset.workload.get("kind") == "Deployment":
+                # A ReplicaSet counts a terminating pod out at once and starts its
+                # replacement while the old one still runs its preStop and grace period.
+                stopping = threading.Thread(target=pod.delete, args=(podset.endpoints,), daemon=True)
+                stopping.start()
+                podset.replace(node, ready_timeout_s=ready_timeout_s)
+                stopping.join()
+            else:
+                # A StatefulSet recreates the pod under the same name and volume only once
+                # the old one is gone.
+                pod.delete(podset.endpoints)
+                podset.replace(node, ready_timeout_s=ready_timeout_s)
         except BaseException as e:  # noqa: BLE001 - raised below
             errors.append(e)
 
