@@ -184,19 +184,52 @@ def server_config(cfg: ServerConfig) -> str:
     return yaml.safe_dump(server_config_dict(cfg), sort_keys=False)
 
 
+#: Seconds each service goes on serving after SIGTERM (``<service>.shutdownDrainDuration``,
+#: Cadence's default 0: it stops at once). What each does in them (v1.4.1 ``service/*/service.go``,
+#: ``Stop``): the frontend fails its health check and keeps serving for all but the last second,
+#: in which it refuses new calls, while the Service's endpoint goes away and clients reconnect;
+#: history leaves the ring, stops acquiring shards and keeps serving 5 s while the others take
+#: its shards over, then 2 s more (``shardOwnershipTransferDelay``, ``gracePeriod``: 7.4 s in
+#: all); matching leaves the ring and keeps serving while its task lists move. Within the pods'
+#: grace period (charts/cadence.py).
+SHUTDOWN_DRAIN_S: Mapping[str, int] = {"frontend": 10, "history": 10, "matching": 10}
+
+
 def dynamic_config(*, history_count_limit_error: int = 51200) -> str:
     """File-based dynamic configuration: each key a list of ``{value, constraints}``.
 
     Only limits worth stating are set; everything else keeps Cadence's defaults
     (``common/dynamicconfig/dynamicproperties``). ``history.historyCountLimitError``:
     events after which a workflow is terminated (Cadence default 204800); lower here so a
-    runaway workflow cannot fill a Pi's disk.
+    runaway workflow cannot fill a Pi's disk. The drains of :data:`SHUTDOWN_DRAIN_S`
+    (durations as Go strings: the file-based client parses them with ``time.ParseDuration``).
     """
-    doc = {
+    doc: dict[str, object] = {
         "history.historyCountLimitError": [{"value": history_count_limit_error, "constraints": {}}],
         "system.enableGRPCOutbound": [{"value": True, "constraints": {}}],
     }
+    for service, seconds in SHUTDOWN_DRAIN_S.items():
+        doc[f"{service}.shutdownDrainDuration"] = [{"value": f"{seconds}s", "constraints": {}}]
     return yaml.safe_dump(doc, sort_keys=True)
+
+
+def readiness_command(service: str, *, ports: ServicePorts, frontend_address: str, cli: str = "cadence") -> list[str]:
+    """The readiness probe of ``service``: serving, not only listening.
+
+    The frontend: it answers the admin API's DescribeCluster on its own gRPC port, which needs
+    its handlers registered and its own place in the ring (``WhoAmI``). History, matching and
+    worker: the ring the frontend sees lists this pod (its ``$POD_IP`` and TChannel port, the
+    ring identity), so the others route shards, task lists and calls to it; a pod leaves the
+    ring first thing on SIGTERM. The image ships the ``cadence`` CLI; DescribeCluster reads no
+    database. Sources: cadence v1.4.1 ``service/frontend/admin/handler.go`` (DescribeCluster),
+    ``tools/cli/admin_cluster_commands.go``.
+    """
+    if service not in SERVICES:
+        raise ConfigError("cadence.service", service, "unknown service", f"use one of {', '.join(SERVICES)}")
+    if service == "frontend":
+        return [cli, "--address", f"127.0.0.1:{ports.grpc}", "--transport", "grpc", "admin", "cluster", "describe"]
+    return ["sh", "-c", f"{cli} --address {frontend_address} --transport grpc admin cluster describe"
+                        f' | grep -qF "\\"$POD_IP:{ports.tchannel}\\""']
 
 
 def server_command(*, root: str, env: str, service: str) -> list[str]:
