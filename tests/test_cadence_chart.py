@@ -362,10 +362,12 @@ def test_cadence_servers_roll_one_new_pod_at_a_time_and_drain_within_their_grace
             assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
             grace = pod(dep)["terminationGracePeriodSeconds"]
             drain = dynamic.get(f"{name}.shutdownDrainDuration", [{"value": "0s"}])[0]["value"]
-            assert grace == 60 and int(drain.removesuffix("s")) + 30 <= grace
+            # The drain, then the graceful stop waiting for the longest call in flight (a poll).
+            assert grace == 60 and int(drain.removesuffix("s")) + render.LONG_POLL_S + 20 <= grace
     assert {k: v[0]["value"] for k, v in dynamic.items() if k.endswith("shutdownDrainDuration")} == {
         "frontend.shutdownDrainDuration": "10s", "history.shutdownDrainDuration": "10s",
         "matching.shutdownDrainDuration": "10s"}
+    assert dynamic["matching.longPollExpirationInterval"] == [{"value": "20s", "constraints": {}}]
 
 
 def test_cadence_readiness_means_serving_not_a_listening_port(eks: dict[str, list[Obj]]) -> None:

@@ -82,8 +82,9 @@ MAX_RETENTION_DAYS = 30
 #: waits for it on every new pod; a server starts in a few seconds.
 READINESS_PERIOD_S = 5
 #: terminationGracePeriodSeconds of the servers: the drain each keeps serving after SIGTERM
-#: (render.SHUTDOWN_DRAIN_S, at most 10 s), then stopping its handlers and the database pools;
-#: the rest is margin before SIGKILL. No preStop: the servers drain themselves on SIGTERM, and
+#: (render.SHUTDOWN_DRAIN_S, at most 10 s), then the gRPC server's graceful stop, which waits
+#: for the calls in flight, a worker's poll at most render.LONG_POLL_S (20 s); the rest is
+#: margin before SIGKILL. No preStop: the servers drain themselves on SIGTERM, and
 #: the frontend's endpoint leaves the Service at the deletion, while it still serves.
 TERMINATION_GRACE_S = 60
 

@@ -193,6 +193,14 @@ def server_config(cfg: ServerConfig) -> str:
 #: all); matching leaves the ring and keeps serving while its task lists move. Within the pods'
 #: grace period (charts/cadence.py).
 SHUTDOWN_DRAIN_S: Mapping[str, int] = {"frontend": 10, "history": 10, "matching": 10}
+#: Seconds a worker's poll waits in matching for a task before it is answered empty
+#: (``matching.longPollExpirationInterval``, Cadence's default 60 s). The frontend's gRPC server
+#: stops gracefully (yarpc's inbound: ``GracefulStop``), waiting for every call in flight, the
+#: workers' polls included: with 60 s a frontend outlived its 60 s grace period in a rollout
+#: and was SIGKILLed with the polls open, and a task handed to a cut poll ran again after its
+#: timeout. 20 s ends every poll within the drain's reach (drain + poll < grace); a worker then
+#: sends one empty poll per 20 s per poller, nothing to a server.
+LONG_POLL_S = 20
 
 
 def dynamic_config(*, history_count_limit_error: int = 51200) -> str:
@@ -201,8 +209,8 @@ def dynamic_config(*, history_count_limit_error: int = 51200) -> str:
     Only limits worth stating are set; everything else keeps Cadence's defaults
     (``common/dynamicconfig/dynamicproperties``). ``history.historyCountLimitError``:
     events after which a workflow is terminated (Cadence default 204800); lower here so a
-    runaway workflow cannot fill a Pi's disk. The drains of :data:`SHUTDOWN_DRAIN_S`
-    (durations as Go strings: the file-based client parses them with ``time.ParseDuration``).
+    runaway workflow cannot fill a Pi's disk. The drains of :data:`SHUTDOWN_DRAIN_S` and the
+    long poll of :data:`LONG_POLL_S` (durations as Go strings: the file-based client parses them with ``time.ParseDuration``).
     """
     doc: dict[str, object] = {
         "history.historyCountLimitError": [{"value": history_count_limit_error, "constraints": {}}],
@@ -210,6 +218,7 @@ def dynamic_config(*, history_count_limit_error: int = 51200) -> str:
     }
     for service, seconds in SHUTDOWN_DRAIN_S.items():
         doc[f"{service}.shutdownDrainDuration"] = [{"value": f"{seconds}s", "constraints": {}}]
+    doc["matching.longPollExpirationInterval"] = [{"value": f"{LONG_POLL_S}s", "constraints": {}}]
     return yaml.safe_dump(doc, sort_keys=True)
 
 
