@@ -28,6 +28,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -185,6 +186,8 @@ class LocalCadence:
             self._write_config(instance, seeds=tuple(self.instances))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
+        # Deployments roll side by side: instances are added, started and removed from threads.
+        self._lock = threading.RLock()
 
     def _write_config(self, instance: str, *, seeds: tuple[str, ...]) -> None:
         """``config/<instance>.yaml``: ringpop seeded with the TChannel ports of ``seeds``."""
@@ -204,19 +207,20 @@ class LocalCadence:
         """A new instance of ``service`` (a new pod of its Deployment) with ports of its own,
         seeded with the instances running now (the membership Service's SRV record lists the
         pods there are); not started."""
-        n = len(self.of(service))
-        while f"{service}-{n}" in self.instances:
-            n += 1
-        instance = f"{service}-{n}"
-        tchannel, grpc, metrics = free_ports(3)
-        self.instances[instance] = service
-        self.ports[instance] = render.ServicePorts(tchannel=tchannel, grpc=grpc, metrics=metrics)
-        running = tuple(i for i, p in self.processes.items() if p.poll() is None)
-        # Every service needs a section: one not running now keeps its last instance's.
-        others = tuple(self.of(name)[-1] for name in render.SERVICES
-                       if not any(self.instances[i] == name for i in running) and name != service)
-        self._write_config(instance, seeds=(*running, *others, instance))
-        return instance
+        with self._lock:
+            n = len(self.of(service))
+            while f"{service}-{n}" in self.instances:
+                n += 1
+            instance = f"{service}-{n}"
+            tchannel, grpc, metrics = free_ports(3)
+            self.instances[instance] = service
+            self.ports[instance] = render.ServicePorts(tchannel=tchannel, grpc=grpc, metrics=metrics)
+            running = tuple(i for i, p in self.processes.items() if p.poll() is None)
+            # Every service needs a section: one not running now keeps its last instance's.
+            others = tuple(self.of(name)[-1] for name in render.SERVICES
+                           if not any(self.instances[i] == name for i in running) and name != service)
+            self._write_config(instance, seeds=(*running, *others, instance))
+            return instance
 
     def pod(self, instance: str, deployment: dict[str, Any]) -> "Pod":
         """``instance`` as a pod of the rendered ``deployment``, not yet run: the rendered
@@ -245,11 +249,13 @@ class LocalCadence:
             raise LocalCadenceError(f"the rendered readiness probe of {service} names none of its ports: {argv}")
 
         def start() -> "subprocess.Popen[bytes]":
-            self.start(instance)
-            return self.processes[instance]
+            with self._lock:
+                self.start(instance)
+                return self.processes[instance]
 
         def cleanup() -> None:
-            self.processes.pop(instance, None)
+            with self._lock:
+                self.processes.pop(instance, None)
 
         return Pod(name=instance, start=start, container=container,
                    grace_s=spec.get("terminationGracePeriodSeconds", 30), ports={rendered["grpc"]: ports.grpc},
