@@ -146,7 +146,7 @@ def rollout_figures() -> None:
         finally:
             platform.close()
     lost_rows = len({a.seq for a in acks} - present)
-    lost_workflows = sum(e.workflow_id not in done for e, _, _ in starts.acked)
+    lost_workflows = sum("closed" in done.get(e.workflow_id, {"closed": "never"}) for e, _, _ in starts.acked)
     print("Rollouts under load (Pi profile: one pod each; a psql session committing, an order workflow started "
           "every 0.3 s):")
     print(f"  postgres rollout (planned restart)   {pg_seconds:5.1f} s   longest write outage {pg_outage:.2f} s, "

@@ -361,12 +361,16 @@ def test_cadence_servers_roll_one_new_pod_at_a_time_and_drain_within_their_grace
             dep = one(objects["cadence"], "Deployment", f"cadence-{name}")
             assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
             grace = pod(dep)["terminationGracePeriodSeconds"]
-            drain = dynamic.get(f"{name}.shutdownDrainDuration", [{"value": "0s"}])[0]["value"]
-            # The drain, then the graceful stop waiting for the longest call in flight (a poll).
-            assert grace == 60 and int(drain.removesuffix("s")) + render.LONG_POLL_S + 20 <= grace
+            drain = int(dynamic.get(f"{name}.shutdownDrainDuration", [{"value": "0s"}])[0]["value"].removesuffix("s"))
+            hook = pod(dep)["containers"][0].get("lifecycle", {}).get("preStop")
+            wait = hook["sleep"]["seconds"] if hook else 0
+            assert (wait > 0) is (name == "frontend") and not (wait and drain)
+            # The wait, then the graceful stop waiting for the longest call in flight (a poll).
+            assert grace == 60 and wait + drain + render.LONG_POLL_S + 20 <= grace
     assert {k: v[0]["value"] for k, v in dynamic.items() if k.endswith("shutdownDrainDuration")} == {
-        "frontend.shutdownDrainDuration": "10s", "history.shutdownDrainDuration": "10s",
-        "matching.shutdownDrainDuration": "10s"}
+        "history.shutdownDrainDuration": "10s", "matching.shutdownDrainDuration": "10s"}
+    frontend = pod(one(eks["cadence"], "Deployment", "cadence-frontend"))["containers"][0]
+    assert frontend["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     assert dynamic["matching.longPollExpirationInterval"] == [{"value": "20s", "constraints": {}}]
 
 

@@ -81,11 +81,11 @@ MAX_RETENTION_DAYS = 30
 #: Readiness probe period and initial delay of the servers, seconds: a rolling update
 #: waits for it on every new pod; a server starts in a few seconds.
 READINESS_PERIOD_S = 5
-#: terminationGracePeriodSeconds of the servers: the drain each keeps serving after SIGTERM
+#: terminationGracePeriodSeconds of the servers: the frontend's preStop sleep
+#: (render.FRONTEND_PRE_STOP_S) or the drain history and matching keep serving after SIGTERM
 #: (render.SHUTDOWN_DRAIN_S, at most 10 s), then the gRPC server's graceful stop, which waits
 #: for the calls in flight, a worker's poll at most render.LONG_POLL_S (20 s); the rest is
-#: margin before SIGKILL. No preStop: the servers drain themselves on SIGTERM, and
-#: the frontend's endpoint leaves the Service at the deletion, while it still serves.
+#: margin before SIGKILL.
 TERMINATION_GRACE_S = 60
 
 
@@ -432,6 +432,10 @@ class CadenceChart(PlatformChart):
                 failure_threshold=3),
             liveness_probe=k8s.Probe(http_get=k8s.HttpGetAction(path="/metrics", port=int_or_string(port.metrics)),
                                      initial_delay_seconds=60, period_seconds=20, timeout_seconds=10, failure_threshold=6),
+            # The frontend keeps serving while its endpoint leaves the Service (render.FRONTEND_PRE_STOP_S);
+            # history and matching drain themselves on SIGTERM (render.SHUTDOWN_DRAIN_S).
+            lifecycle=k8s.Lifecycle(pre_stop=k8s.LifecycleHandler(
+                sleep=k8s.SleepAction(seconds=render.FRONTEND_PRE_STOP_S))) if name == "frontend" else None,
             volume_mounts=[
                 k8s.VolumeMount(name="config", mount_path=f"{CADENCE_ROOT}/config", read_only=True),
                 k8s.VolumeMount(name="dynamicconfig", mount_path=DYNAMIC_CONFIG_DIR, read_only=True),

@@ -208,9 +208,9 @@ class WorkflowStarts:
 
 def completed(platform: RolloutPlatform, acked: list[tuple[Any, int, float]], *,
               timeout_s: float = COMPLETE_TIMEOUT_S) -> dict[str, Any]:
-    """Each acknowledged workflow's result once every one has completed (each poll reads the
-    histories without a long poll; a failed call is "not yet"). Raises TimeoutError naming
-    the workflows still open."""
+    """Each acknowledged workflow's result once every one has closed (each poll reads the
+    histories without a long poll; a failed call is "not yet"); ``{"closed": <event>}`` for one
+    that closed without completing. Raises TimeoutError naming the workflows still open."""
     from cadence import Client
 
     from final_problem.clients import cadence as sample
@@ -223,10 +223,13 @@ def completed(platform: RolloutPlatform, acked: list[tuple[Any, int, float]], *,
         async with Client(target=platform.frontend, domain=platform.domain) as client:
             for execution, _, _ in acked:
                 events = await sample.history_events(client, execution)
-                if not events or sample.event_kind(events[-1]) != "workflow_execution_completed":
+                last = sample.event_kind(events[-1]) if events else ""
+                if last == "workflow_execution_completed":
+                    done[execution.workflow_id] = sample.close_result(client, execution, events[-1])
+                elif last.startswith("workflow_execution_") and last != "workflow_execution_started":
+                    done[execution.workflow_id] = {"closed": last}  # failed, timed out, terminated
+                else:
                     open_ones.append(f"{execution.workflow_id}: ... {[sample.event_kind(e) for e in events[-4:]]}")
-                    continue
-                done[execution.workflow_id] = sample.close_result(client, execution, events[-1])
         return None if open_ones else done
 
     def attempt() -> dict[str, Any] | None:

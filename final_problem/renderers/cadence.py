@@ -184,15 +184,27 @@ def server_config(cfg: ServerConfig) -> str:
     return yaml.safe_dump(server_config_dict(cfg), sort_keys=False)
 
 
-#: Seconds each service goes on serving after SIGTERM (``<service>.shutdownDrainDuration``,
-#: Cadence's default 0: it stops at once). What each does in them (v1.4.1 ``service/*/service.go``,
-#: ``Stop``): the frontend fails its health check and keeps serving for all but the last second,
-#: in which it refuses new calls, while the Service's endpoint goes away and clients reconnect;
-#: history leaves the ring, stops acquiring shards and keeps serving 5 s while the others take
-#: its shards over, then 2 s more (``shardOwnershipTransferDelay``, ``gracePeriod``: 7.4 s in
-#: all); matching leaves the ring and keeps serving while its task lists move. Within the pods'
-#: grace period (charts/cadence.py).
-SHUTDOWN_DRAIN_S: Mapping[str, int] = {"frontend": 10, "history": 10, "matching": 10}
+#: Seconds history and matching go on serving after SIGTERM (``<service>.shutdownDrainDuration``,
+#: Cadence's default 0: they stop at once). What each does in them (v1.4.1 ``service/*/service.go``,
+#: ``Stop``): history leaves the ring, stops acquiring shards and keeps serving 5 s while the
+#: others take its shards over, then 2 s more (``shardOwnershipTransferDelay``, ``gracePeriod``:
+#: 7.4 s in all); matching leaves the ring and keeps serving while its task lists move. Their
+#: callers are Cadence's own clients, which retry a refused call on the new owner.
+#:
+#: Not the frontend: its drain fails its health check (which no client here reads: the
+#: Python SDK and a Service's kube-proxy do not) and keeps serving, then refuses every call
+#: for its last second with "Shutting down" before it closes its connections. Clients stay on
+#: their open HTTP/2 connection until it closes, so they meet that second: in a rollout here
+#: the worker's RespondActivityTaskCompleted was refused, the SDK did not retry it, and the
+#: activity timed out. The frontend waits in a preStop sleep instead (:data:`FRONTEND_PRE_STOP_S`,
+#: charts/cadence.py) and stops at once on SIGTERM: it closes its connections (GOAWAY, the
+#: calls in flight finish) right after it starts refusing, and clients reconnect through the
+#: Service to the new pod.
+SHUTDOWN_DRAIN_S: Mapping[str, int] = {"history": 10, "matching": 10}
+#: Seconds a terminating frontend keeps serving in its preStop sleep, fully, while the
+#: EndpointSlice controller takes it out of the Service and kube-proxy stops sending it new
+#: connections.
+FRONTEND_PRE_STOP_S = 5
 #: Seconds a worker's poll waits in matching for a task before it is answered empty
 #: (``matching.longPollExpirationInterval``, Cadence's default 60 s). The frontend's gRPC server
 #: stops gracefully (yarpc's inbound: ``GracefulStop``), waiting for every call in flight, the
