@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import math
 import os
 import signal
 import socket
@@ -41,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+from final_problem.capacity import scaled as _scaled
+from final_problem.capacity import surge_and_unavailable
 from final_problem.local import LOOPBACK
 
 if TYPE_CHECKING:
@@ -50,27 +51,6 @@ if TYPE_CHECKING:
 
 class RolloutError(RuntimeError):
     """A rollout did not finish: a new pod never became ready."""
-
-
-def _scaled(value: int | str | None, replicas: int, *, round_up: bool, default: str) -> int:
-    """An int-or-percent of a rolling update against ``replicas`` (maxSurge rounds up,
-    maxUnavailable down; default 25% each: Kubernetes docs, "Deployments")."""
-    value = default if value is None else value
-    if isinstance(value, int):
-        return value
-    share = replicas * int(value.rstrip("%")) / 100
-    return math.ceil(share) if round_up else math.floor(share)
-
-
-def surge_and_unavailable(deployment: dict[str, Any]) -> tuple[int, int]:
-    """``(maxSurge, maxUnavailable)`` of a rendered Deployment, as pod counts."""
-    replicas = deployment["spec"].get("replicas", 1)
-    rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
-    surge = _scaled(rolling.get("maxSurge"), replicas, round_up=True, default="25%")
-    unavailable = _scaled(rolling.get("maxUnavailable"), replicas, round_up=False, default="25%")
-    if surge == 0 and unavailable == 0:
-        unavailable = 1  # the API server refuses both at 0; never reached with rendered objects
-    return surge, unavailable
 
 
 class Endpoints:
