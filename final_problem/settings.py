@@ -73,6 +73,7 @@ def setting(
     choices: Sequence[Any] | None = None,
     default_doc: str | None = None,
     example: Any = None,
+    change: Any = None,
 ) -> Any:
     """Declare one setting of a component.
 
@@ -80,11 +81,15 @@ def setting(
     default (``None`` meaning "derived", e.g. "half the memory limit"). ``minimum``,
     ``maximum`` and ``choices`` are checked for every value, with one wording.
     ``example`` is a valid value to suggest in errors where the default is not one.
+    ``change`` is what changing the value does to a live platform: a rule of
+    :mod:`final_problem.changes` (``rolling("...")``, ``refused("...", "...")``, ...), which
+    ``final-problem plan`` applies before a deploy. Unset, the plan judges a change by the
+    pod templates it alters alone.
     """
     metadata = {
         "doc": doc, "minimum": minimum, "maximum": maximum,
         "choices": tuple(choices) if choices is not None else None,
-        "default_doc": default_doc, "example": example,
+        "default_doc": default_doc, "example": example, "change": change,
     }
     if isinstance(default, (list, dict, set)):
         raise TypeError("a setting's default must be immutable (use a tuple)")
@@ -104,6 +109,8 @@ class SettingInfo:
     choices: tuple[Any, ...] | None
     default_doc: str | None
     example: Any
+    #: What a change does to a live platform (:mod:`final_problem.changes`); None: undeclared.
+    change: Any = None
 
     @property
     def optional(self) -> bool:
@@ -139,6 +146,11 @@ class SettingInfo:
         if _is_tuple(t):
             return "list"
         return "text"
+
+
+def _json_value(value: Any) -> Any:
+    """A setting's value as JSON holds it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _is_optional(t: Any) -> bool:
@@ -191,6 +203,16 @@ class ComponentSettings:
 
     def check(self) -> None:
         """Rules across settings; raise :meth:`error`. Default: none."""
+
+    #: Change rules (:mod:`final_problem.changes`) of values set in code rather than as
+    #: settings, by the name :meth:`recorded_values` gives them (Kafka's declared topics).
+    change_rules: ClassVar[Mapping[str, Any]] = {}
+
+    def recorded_values(self) -> dict[str, Any]:
+        """The values a deploy records on the platform (JSON), so ``final-problem plan`` can
+        compare the next deploy with them: every setting, and the values in code that
+        :attr:`change_rules` judge (override to add those)."""
+        return {info.name: _json_value(getattr(self, info.name)) for info in self.infos()}
 
     def error(self, name: str, *args: Any, value: Any = dataclasses.MISSING,
               problem: str | None = None, fix: str | None = None) -> ConfigError:

@@ -53,6 +53,7 @@ from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.renderers import cadence as render
+from final_problem.changes import nothing, refused, rolling
 from final_problem.settings import ComponentSettings, per_profile, setting
 
 #: The server image's user since v1.4.1 (Dockerfile: ``adduser -u 1000 ... cadence``).
@@ -120,26 +121,56 @@ class CadenceProps(ComponentSettings):
         per_profile(eks=HISTORY_SHARDS["eks"], pi=HISTORY_SHARDS["pi"]),
         minimum=render.MIN_HISTORY_SHARDS, maximum=render.MAX_HISTORY_SHARDS,
         doc="History shards. Fixed when the cluster's database is first set up: never change it for a live cluster.",
+        change=refused("history shards are fixed when the database is first set up: servers with another count cannot "
+                        "find existing workflows (Cadence docs, numHistoryShards)",
+                        "keep {name}={old}; another count is a new cluster on a new database, deployed with ALLOW_REBUILD=1"),
     )
-    frontend_replicas: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Frontend pods.")
+    frontend_replicas: int = setting(
+        per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Frontend pods.",
+        change=nothing("scales the Deployment"),
+    )
     history_replicas: int = setting(per_profile(eks=3, pi=1), minimum=1, maximum=10,
-                                    doc="History pods; no more than num_history_shards.")
-    matching_replicas: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Matching pods.")
-    worker_replicas: int = setting(1, minimum=1, maximum=10, doc="Worker service pods.")
-    web_replicas: int = setting(1, minimum=1, maximum=3, doc="Web UI pods.")
-    domain: str = setting("default", doc="Domain the domain Job registers.")
+                                    doc="History pods; no more than num_history_shards.",
+        change=nothing("scales the Deployment; shards move between history pods through the membership ring"),
+    )
+    matching_replicas: int = setting(
+        per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Matching pods.",
+        change=nothing("scales the Deployment"),
+    )
+    worker_replicas: int = setting(
+        1, minimum=1, maximum=10, doc="Worker service pods.",
+        change=nothing("scales the Deployment"),
+    )
+    web_replicas: int = setting(
+        1, minimum=1, maximum=3, doc="Web UI pods.",
+        change=nothing("scales the Deployment"),
+    )
+    domain: str = setting(
+        "default", doc="Domain the domain Job registers.",
+        change=nothing("the domain Job registers the new domain; the old one stays, with its workflows"),
+    )
     retention_days: int = setting(
         3, minimum=MIN_RETENTION_DAYS, maximum=MAX_RETENTION_DAYS,
         doc="Days closed workflows are kept: Cadence rejects less than 1, its frontend caps it at "
             "`frontend.maxRetentionDays` (30).",
+        change=nothing("the domain Job applies it to the domain"),
     )
     max_conns: int = setting(
         per_profile(eks=8, pi=5), minimum=2, maximum=100,
         doc="Connections per server process to the default store (visibility: a quarter, at least 2). All "
             "processes' pools must fit postgres.max_connections less 10.",
+        change=rolling("the servers' connection pools: their pods roll"),
     )
-    cadence_db: str = setting("cadence", doc="Database of the default store.")
-    visibility_db: str = setting("cadence_visibility", doc="Database of the visibility store.")
+    cadence_db: str = setting(
+        "cadence", doc="Database of the default store.",
+        change=refused("the servers would use a new, empty database; workflows in the old one are orphaned",
+                        "keep {name}={old}"),
+    )
+    visibility_db: str = setting(
+        "cadence_visibility", doc="Database of the visibility store.",
+        change=refused("the servers would use a new, empty visibility database; listing existing workflows breaks",
+                        "keep {name}={old}"),
+    )
 
     @property
     def services(self) -> dict[str, ServiceProps]:
@@ -217,6 +248,8 @@ class CadenceChart(PlatformChart):
     construct_id = "Cadence"
     requires = ("base", "postgres")
     version = versions.CADENCE_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.CADENCE_SERVER_IMAGE, versions.CADENCE_WEB_IMAGE)
     settings_class = CadenceProps
     images = (versions.CADENCE_SERVER_IMAGE, versions.CADENCE_WEB_IMAGE)
 

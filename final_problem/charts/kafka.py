@@ -58,6 +58,7 @@ from final_problem.constructs.security import Sizing, container_context, pod_con
 from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.changes import Verdict, nothing, peer_port, procedure, refused, rolling, volume_size, when_grows
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.kafka import (
     ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SERVER_MAIN, STORAGE_MAIN,
@@ -136,6 +137,47 @@ def _read_lock() -> dict[str, int]:
     return {str(k): int(v) for k, v in json.loads(PARTITIONS_LOCK.read_text()).items()}
 
 
+def topics_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> Verdict:
+    """The change rule of the declared topics (recorded as ``{name: {partitions,
+    replication_factor, configs}}``), applied by the topic Job on deploy: fewer partitions
+    are refused ("Kafka does not currently support reducing the number of partitions for a
+    topic": Kafka docs, Operations, "Modifying topics"); more partitions need a procedure
+    (a key maps to another partition from then on, so per-key order breaks across the
+    change: same section); a new replication factor too (the Job leaves it, a reassignment
+    changes it); configs, new topics and dropped ones change nothing that runs."""
+    old, new = dict(old or {}), dict(new or {})
+    verdicts: list[Verdict] = []
+    for name in sorted(set(old) & set(new)):
+        before, after = old[name], new[name]
+        if after["partitions"] < before["partitions"]:
+            verdicts.append(refused(
+                f"topic {name}: {before['partitions']} -> {after['partitions']} partitions: Kafka cannot remove partitions",
+                f"declare {before['partitions']} or more partitions for {name}; fewer means a new topic and moving its data"))
+        elif after["partitions"] > before["partitions"]:
+            verdicts.append(procedure(
+                f"topic {name}: {before['partitions']} -> {after['partitions']} partitions: keyed records map to other "
+                "partitions from then on, so per-key order breaks across the change",
+                f"let consumers of {name} catch up and pause keyed producers, deploy (the topic Job adds the partitions), "
+                f"then raise {name} in kafka-partitions.json"))
+        if after["replication_factor"] != before["replication_factor"]:
+            verdicts.append(procedure(
+                f"topic {name}: replication factor {before['replication_factor']} -> {after['replication_factor']}: the "
+                "topic Job leaves an existing topic's replicas as they are",
+                f"reassign {name}'s replicas with kafka-reassign-partitions.sh (a plan with the new replica lists)"))
+        if after.get("configs") != before.get("configs") and not verdicts:
+            verdicts.append(nothing(f"topic {name}: the topic Job sets its declared configs"))
+    for name in sorted(set(new) - set(old)):
+        verdicts.append(nothing(f"topic {name}: the topic Job creates it"))
+    for name in sorted(set(old) - set(new)):
+        verdicts.append(nothing(f"topic {name}: no longer declared; the topic Job leaves it (kafka-topics.sh --delete "
+                                "deletes it)"))
+    if not verdicts:
+        return nothing("the declared topics are unchanged")
+    worst = max(v.effect for v in verdicts)
+    chosen = [v for v in verdicts if v.effect == worst]
+    return Verdict(worst, "; ".join(v.reason for v in chosen), "; ".join(v.fix for v in chosen if v.fix))
+
+
 @dataclass(frozen=True, kw_only=True)
 class KafkaProps(ComponentSettings):
     """Settings of the cluster (section ``kafka``); defaults per profile."""
@@ -144,33 +186,60 @@ class KafkaProps(ComponentSettings):
         3, choices=CONTROLLERS_ALLOWED,
         doc="KRaft controllers (voters): the quorum is a majority, so an even count tolerates no more failures "
             "than the odd one below it, 1 tolerates none, and more voters slow every metadata commit.",
+        change=procedure("the KRaft voter set is static (controller.quorum.voters): controllers restarted with another "
+                          "set cannot form a quorum with the old one (KIP-853, Motivation)",
+                          "keep {name}={old}; changing voters means stopping every controller and editing their on-disk state, or a "
+                          "dynamic quorum (kraft.version 1) and kafka-metadata-quorum.sh add-controller / remove-controller, one at a time"),
     )
-    brokers: int = setting(3, minimum=3, maximum=99, doc="Dedicated brokers, odd (they run as a quorum set); ignored when combined.")
+    brokers: int = setting(
+        3, minimum=3, maximum=99, doc="Dedicated brokers, odd (they run as a quorum set); ignored when combined.",
+        change=when_grows(
+            rolling("new brokers join empty; existing partitions stay where they are until reassigned "
+                    "(kafka-reassign-partitions.sh)"),
+            procedure("the removed brokers' replicas would be lost from their partitions",
+                      "move every replica off the brokers being removed (kafka-reassign-partitions.sh), deploy, then "
+                      "kafka-cluster.sh unregister them")),
+    )
     combined: bool = setting(
         per_profile(eks=False, pi=True),
         doc="Every node is broker and controller (`controllers` nodes): less memory, less isolation (README, Pi trade-offs).",
+        change=refused("switches between one set of combined nodes and separate controller and broker sets: the new pods "
+                        "start on new, empty volumes with a new metadata quorum",
+                        "keep {name}={old}; another layout is a new cluster: mirror the topics into it (MirrorMaker 2) and deploy "
+                        "with ALLOW_REBUILD=1"),
     )
     replication_factor: int = setting(
-        3, minimum=1, maximum=100, doc="Replicas of topics created without a factor and of internal topics; at most the broker count.")
+        3, minimum=1, maximum=100, doc="Replicas of topics created without a factor and of internal topics; at most the broker count.",
+        change=rolling("the default of topics created later and of internal topics, read at start; existing topics keep theirs"),
+    )
     min_insync_replicas: int = setting(
         2, minimum=1, maximum=99,
         doc="Replicas that must acknowledge an acks=all write, cluster-wide; below replication_factor, so one broker "
             "may be down and writes go on.",
+        change=rolling("a broker default read at start: nodes restart one at a time"),
     )
-    num_partitions: int = setting(3, minimum=1, maximum=10_000, doc="Partitions of a topic created without a count.")
+    num_partitions: int = setting(
+        3, minimum=1, maximum=10_000, doc="Partitions of a topic created without a count.",
+        change=rolling("the default of topics created later, read at start; existing topics keep their count"),
+    )
     controller_memory_mib: int = setting(
-        768, minimum=256, maximum=65_536, doc="Memory request and limit of a dedicated controller.")
+        768, minimum=256, maximum=65_536, doc="Memory request and limit of a dedicated controller.",
+        change=rolling("the controllers' memory limit: they restart one at a time, a quorum kept"),
+    )
     broker_memory_mib: int = setting(
         per_profile(eks=1536, pi=448), minimum=256, maximum=262_144,
         doc="Memory request and limit of a broker (or combined node); what the heap leaves is page cache.",
+        change=rolling("the brokers' memory limit: they restart one at a time (PDB maxUnavailable 1)"),
     )
     controller_heap_mib: int | None = setting(
         default_doc="half of controller_memory_mib", minimum=128, maximum=49_152,
         doc="JVM heap of a controller, below 75% of its memory.",
+        change=rolling("the controllers' JVM heap"),
     )
     broker_heap_mib: int | None = setting(
         default_doc="half of broker_memory_mib", minimum=128, maximum=196_608,
         doc="JVM heap of a broker or combined node, below 75% of its memory.",
+        change=rolling("the brokers' JVM heap"),
     )
     broker_session_timeout_ms: int = setting(
         per_profile(eks=3000, pi=6000), minimum=1000, maximum=60_000,
@@ -178,11 +247,13 @@ class KafkaProps(ComponentSettings):
             "new leaders: shorter means a dead broker stops acks=all writes for less time, but a live broker "
             "paused longer than this (a GC or CPU-throttling stall, an SD card stall on a Pi) is fenced too and "
             "its leaders move (README, \"Kafka failover\").",
+        change=rolling("a controller setting read at start"),
     )
     broker_heartbeat_interval_ms: int = setting(
         per_profile(eks=500, pi=1000), minimum=100, maximum=30_000,
         doc="How often a broker heartbeats to the controllers: a sixth of the session, so a few lost "
             "heartbeats do not fence it.",
+        change=rolling("a broker setting read at start"),
     )
     fsync_every_write: bool = setting(
         per_profile(eks=False, pi=True),
@@ -190,17 +261,44 @@ class KafkaProps(ComponentSettings):
             "on disk on every in-sync replica when it is acknowledged and survives every node losing power at once. "
             "Off, Kafka's default, an acknowledged write is in the replicas' page cache and a power cut of every "
             "node loses the last seconds (README, \"Power cut\"); on EKS the brokers sit in three zones.",
+        change=rolling("log.flush.interval.messages, read at start"),
     )
-    broker_storage_gib: int = setting(per_profile(eks=20, pi=5), minimum=1, maximum=65_536, doc="Volume of each broker (partitions).")
-    controller_storage_gib: int = setting(2, minimum=1, maximum=1024, doc="Volume of each dedicated controller (metadata log).")
-    client_port: int = setting(9092, minimum=1024, maximum=65_535, doc="Client listener (SASL/SCRAM).")
-    controller_port: int = setting(9093, minimum=1024, maximum=65_535, doc="Controller listener (SASL/PLAIN).")
-    replication_port: int = setting(9094, minimum=1024, maximum=65_535, doc="Broker-to-broker listener (SASL/SCRAM).")
-    metrics_port: int = setting(9404, minimum=1024, maximum=65_535, doc="Prometheus metrics (JMX exporter agent).")
+    broker_storage_gib: int = setting(
+        per_profile(eks=20, pi=5), minimum=1, maximum=65_536, doc="Volume of each broker (partitions).",
+        change=volume_size("each broker's volume"),
+    )
+    controller_storage_gib: int = setting(
+        2, minimum=1, maximum=1024, doc="Volume of each dedicated controller (metadata log).",
+        change=volume_size("each controller's volume"),
+    )
+    client_port: int = setting(
+        9092, minimum=1024, maximum=65_535, doc="Client listener (SASL/SCRAM).",
+        change=rolling("the client listener moves; clients must use the new port"),
+    )
+    controller_port: int = setting(
+        9093, minimum=1024, maximum=65_535, doc="Controller listener (SASL/PLAIN).",
+        change=peer_port("the controllers' voter endpoints"),
+    )
+    replication_port: int = setting(
+        9094, minimum=1024, maximum=65_535, doc="Broker-to-broker listener (SASL/SCRAM).",
+        change=rolling("brokers advertise the new replication listener in their registration as they restart"),
+    )
+    metrics_port: int = setting(
+        9404, minimum=1024, maximum=65_535, doc="Prometheus metrics (JMX exporter agent).",
+        change=rolling("the metrics agent's port"),
+    )
     #: Declared topics, applied by the topic Job (set in code: ``KafkaProps.for_profile(p, topics=...)``).
     topics: tuple[TopicSpec, ...] = DEFAULT_TOPICS
     #: Partition counts already deployed (:data:`PARTITIONS_LOCK`).
     partitions_lock: Mapping[str, int] = field(default_factory=_read_lock)
+
+    change_rules = {"topics": topics_change}
+
+    def recorded_values(self) -> dict[str, Any]:
+        return {**super().recorded_values(), "topics": {
+            t.name: {"partitions": t.partitions, "replication_factor": t.replication_factor, "configs": dict(t.configs)}
+            for t in self.topics
+        }}
 
     def check(self) -> None:
         if not self.combined and (self.brokers < 3 or self.brokers % 2 == 0):
@@ -336,6 +434,8 @@ class KafkaChart(PlatformChart):
     construct_id = "Kafka"
     requires = ("base",)
     version = versions.KAFKA_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.KAFKA_IMAGE, versions.PYTHON_IMAGE)
     settings_class = KafkaProps
     images = (versions.KAFKA_IMAGE, versions.PYTHON_IMAGE)
 

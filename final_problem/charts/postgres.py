@@ -44,6 +44,7 @@ from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.objects import ObjectChart
 from final_problem.profiles import Profile
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
+from final_problem.changes import rolling, volume_size
 from final_problem.settings import ComponentSettings, per_profile, setting
 
 #: The image's postgres user and group (docker-library/postgres Dockerfile: uid/gid 999).
@@ -125,19 +126,31 @@ class PostgresProps(ComponentSettings):
         100, minimum=20, maximum=1000,
         doc="`max_connections` (PostgreSQL's default 100); each connection is a process with its own memory. "
             "Every Cadence process keeps a pool to each of its two databases.",
+        change=rolling("read at start: the one server restarts, an outage until it is Ready"),
     )
     memory_mib: int = setting(
         per_profile(eks=2048, pi=384), minimum=256, maximum=262_144,
         doc="Memory request and limit of the server container.",
+        change=rolling("the one server restarts, an outage until it is Ready"),
     )
     shared_buffers_mib: int = setting(
         per_profile(eks=512, pi=128), minimum=16, maximum=131_072,
         doc="`shared_buffers`; at most half of memory_mib (PostgreSQL docs, \"Resource Consumption\": a quarter "
             "of memory is a reasonable start).",
+        change=rolling("read at start: the one server restarts, an outage until it is Ready"),
     )
-    storage_gib: int = setting(per_profile(eks=20, pi=4), minimum=1, maximum=16_384, doc="The server's volume.")
-    port: int = setting(5432, minimum=1024, maximum=65535, doc="Client port.")
-    metrics_port: int = setting(9187, minimum=1024, maximum=65535, doc="postgres_exporter port.")
+    storage_gib: int = setting(
+        per_profile(eks=20, pi=4), minimum=1, maximum=16_384, doc="The server's volume.",
+        change=volume_size("the server's volume"),
+    )
+    port: int = setting(
+        5432, minimum=1024, maximum=65535, doc="Client port.",
+        change=rolling("the server and its Service move to the new port; clients must use it"),
+    )
+    metrics_port: int = setting(
+        9187, minimum=1024, maximum=65535, doc="postgres_exporter port.",
+        change=rolling("the exporter's port: the server's pod restarts with it"),
+    )
 
     @property
     def sizing(self) -> Sizing:
@@ -187,6 +200,8 @@ class PostgresChart(PlatformChart):
     construct_id = "Postgres"
     requires = ("base",)
     version = versions.POSTGRES_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.POSTGRES_IMAGE, versions.POSTGRES_EXPORTER_IMAGE, versions.PYTHON_IMAGE)
     settings_class = PostgresProps
     images = (versions.POSTGRES_IMAGE, versions.POSTGRES_EXPORTER_IMAGE, versions.PYTHON_IMAGE)
 

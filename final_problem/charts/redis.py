@@ -48,6 +48,7 @@ from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretS
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.changes import procedure, rolling, volume_size, when_grows
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.redis import APPENDFSYNC_POLICIES, MAXMEMORY_POLICIES, RedisConfigOptions, config_files
 
@@ -79,35 +80,53 @@ class RedisProps(ComponentSettings):
         2, minimum=2, maximum=6,
         doc="Replicas of the primary; even, so data pods (primary + replicas) are an odd set of at least 3. "
             "After a failover one replica is left, so `WAIT 1` still succeeds.",
+        change=when_grows(
+            rolling("a new member starts as a replica of the current primary and copies its data"),
+            procedure("the members with the highest ordinals stop, the primary among them if it is there, and the "
+                      "Sentinels keep counting them",
+                      "if the primary is on an ordinal being removed, SENTINEL FAILOVER first; deploy; then SENTINEL RESET on "
+                      "each Sentinel, one at a time")),
     )
     sentinels: int = setting(
         3, choices=(3, 5, 7),
         doc="Sentinels; odd, at least 3, the minimum for a robust deployment (Redis docs, \"Sentinel\").",
+        change=procedure("Sentinels remember every peer they have seen: added ones join, removed ones still count toward the "
+                          "majority that authorizes a failover (Redis docs, Sentinel: adding or removing Sentinels)",
+                          "add Sentinels one at a time, 30 s apart; after removing, SENTINEL RESET * on each remaining Sentinel, "
+                          "30 s apart, and check SENTINEL MASTER shows the new count"),
     )
-    quorum: int = setting(2, minimum=2, doc="Sentinels that must agree the primary is down; a majority.")
+    quorum: int = setting(
+        2, minimum=2, doc="Sentinels that must agree the primary is down; a majority.",
+        change=rolling("the Sentinels' configuration: they restart one at a time"),
+    )
     down_after_ms: int = setting(
         5000, minimum=1000, maximum=600_000,
         doc="Silence before a Sentinel calls the primary down. The shipped sentinel.conf uses 30000; 5 s cuts "
             "the write outage of a failover and stays well above Sentinel's 1 s ping period.",
+        change=rolling("the Sentinels' configuration: they restart one at a time"),
     )
     failover_timeout_ms: int = setting(
         60_000, minimum=2000, maximum=3_600_000,
         doc="Sentinel failover timeout; at least 2 x down_after_ms (sentinel.conf ships 180000; a failover of "
             "a small dataset completes in seconds, a stuck one is retried after twice this).",
+        change=rolling("the Sentinels' configuration: they restart one at a time"),
     )
     memory_mib: int = setting(
         per_profile(eks=2048, pi=256), minimum=64, maximum=262_144,
         doc="Memory request and limit of each Redis container (no overcommit).",
+        change=rolling("the members' memory limit: they restart one at a time; a restarted primary fails over"),
     )
     maxmemory_mib: int = setting(
         per_profile(eks=1024, pi=128), minimum=16, maximum=131_072,
         doc="Redis `maxmemory`; at most half of memory_mib: a fork for AOF rewrite or replica sync may copy "
             "every page (Redis docs, \"Redis persistence\").",
+        change=rolling("redis.conf: members restart one at a time; a restarted primary fails over"),
     )
     maxmemory_policy: str = setting(
         "volatile-lru", choices=MAXMEMORY_POLICIES,
         doc="Eviction policy: keys with a TTL (cache) are evicted, state without one never is (writes fail "
             "instead once memory is full).",
+        change=rolling("redis.conf: members restart one at a time; a restarted primary fails over"),
     )
     appendfsync: str = setting(
         "everysec", choices=APPENDFSYNC_POLICIES,
@@ -116,16 +135,19 @@ class RedisProps(ComponentSettings):
             "write waits for an fsync, about 20 times fewer `WAIT 1` writes per second for one client "
             "(README, Redis, \"Power cut\"); `no`: up to the kernel's writeback delay, 30 s. A change is a "
             "rolling restart of the Redis pods.",
+        change=rolling("redis.conf: members restart one at a time; a restarted primary fails over"),
     )
     storage_gib: int = setting(
         per_profile(eks=8, pi=2), minimum=1, maximum=16_384,
         doc="Each member's volume; at least 3 x maxmemory.",
+        change=volume_size("each member's volume"),
     )
     bootstrap_wait_s: int = setting(
         30, minimum=0, maximum=600,
         doc="Seconds `redis-0`, when its data directory is empty, waits for a Sentinel or a member to answer "
             "before it starts a new, empty set as its primary. The Sentinels start in parallel and answer from "
             "their saved state within seconds, so an empty `redis-0` (a lost volume) follows them instead.",
+        change=rolling("the members' start script"),
     )
 
     @property
@@ -224,6 +246,8 @@ class RedisChart(PlatformChart):
     construct_id = "Redis"
     requires = ("base",)
     version = versions.REDIS_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.REDIS_IMAGE, versions.CONSUL_DATAPLANE_IMAGE, versions.PYTHON_IMAGE)
     settings_class = RedisProps
 
     NAMESPACE = "redis"

@@ -35,6 +35,7 @@ from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.changes import nothing, peer_port, procedure, rolling, volume_size
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.zookeeper import EnsembleConfig, Member, java_command, zoo_cfg
 
@@ -84,31 +85,60 @@ class ZooKeeperProps(ComponentSettings):
         3, choices=REPLICAS_ALLOWED,
         doc="Members: quorum is floor(n/2)+1, so an even ensemble tolerates no more failures than the odd one "
             "below it, 1 tolerates none, and more than 7 slows every write (use observers to scale reads).",
+        change=procedure("the ensemble's members are listed in every member's zoo.cfg: members restarted on the new list "
+                          "cannot form a quorum with those still on the old one, and a mixed roll can elect two leaders",
+                          "change membership one member at a time with dynamic reconfiguration (ZooKeeper 3.5+, reconfigEnabled; "
+                          "`reconfig -add` / `-remove`), or stop every member and start them together on the new list (an outage)"),
     )
     memory_mib: int = setting(
         per_profile(eks=2048, pi=320), minimum=256, maximum=65_536,
         doc="Memory request and limit of each member (the heap is fixed, so the pod uses it all).",
+        change=rolling("the pod's memory limit: members restart one at a time, the highest ordinal first, a quorum kept"),
     )
     heap_mib: int | None = setting(
         default_doc="half of memory_mib", minimum=64, maximum=49_152,
         doc="JVM heap (-Xms = -Xmx), below 75% of memory_mib: the JVM needs metaspace, thread stacks and "
             "direct buffers outside the heap.",
+        change=rolling("the JVM's heap: members restart one at a time, the highest ordinal first, a quorum kept"),
     )
     storage_gib: int = setting(
         per_profile(eks=10, pi=2), minimum=1, maximum=16_384,
         doc="Each of the member's two volumes (snapshots, transaction log).",
+        change=volume_size("each member's two volumes"),
     )
-    client_port: int = setting(2181, minimum=1024, maximum=65_535, doc="Client port.")
-    quorum_port: int = setting(2888, minimum=1024, maximum=65_535, doc="Port followers connect to the leader on.")
-    election_port: int = setting(3888, minimum=1024, maximum=65_535, doc="Leader election port.")
-    metrics_port: int = setting(7000, minimum=1024, maximum=65_535, doc="Prometheus metrics port.")
-    tick_time_ms: int = setting(2000, minimum=100, maximum=60_000, doc="ZooKeeper's basic time unit.")
-    init_limit: int = setting(10, minimum=1, maximum=100, doc="Ticks a follower may take to connect and sync.")
-    sync_limit: int = setting(5, minimum=1, maximum=100, doc="Ticks a follower may lag; at most init_limit.")
+    client_port: int = setting(
+        2181, minimum=1024, maximum=65_535, doc="Client port.",
+        change=rolling("members and the client Service move to the new port; clients must use it"),
+    )
+    quorum_port: int = setting(
+        2888, minimum=1024, maximum=65_535, doc="Port followers connect to the leader on.",
+        change=peer_port("followers reach the leader on it"),
+    )
+    election_port: int = setting(
+        3888, minimum=1024, maximum=65_535, doc="Leader election port.",
+        change=peer_port("members elect the leader on it"),
+    )
+    metrics_port: int = setting(
+        7000, minimum=1024, maximum=65_535, doc="Prometheus metrics port.",
+        change=rolling("the metrics listener moves"),
+    )
+    tick_time_ms: int = setting(
+        2000, minimum=100, maximum=60_000, doc="ZooKeeper's basic time unit.",
+        change=rolling("zoo.cfg changes: members restart one at a time, a quorum kept"),
+    )
+    init_limit: int = setting(
+        10, minimum=1, maximum=100, doc="Ticks a follower may take to connect and sync.",
+        change=rolling("zoo.cfg changes: members restart one at a time, a quorum kept"),
+    )
+    sync_limit: int = setting(
+        5, minimum=1, maximum=100, doc="Ticks a follower may lag; at most init_limit.",
+        change=rolling("zoo.cfg changes: members restart one at a time, a quorum kept"),
+    )
     hosts: tuple[str, ...] = setting(
         (), example=("pi1", "pi2", "pi3"),
         doc="Bare-metal member hosts (Raspberry Pis without Kubernetes), member 1 first, one per replica; the "
             "client connects to these when set.",
+        change=nothing("bare-metal members only: the Kubernetes ensemble does not read it"),
     )
 
     @property
@@ -202,6 +232,8 @@ class ZooKeeperChart(PlatformChart):
     construct_id = "ZooKeeper"
     requires = ("base",)
     version = versions.ZOOKEEPER_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.ZOOKEEPER_IMAGE)
     settings_class = ZooKeeperProps
 
     NAMESPACE = "zookeeper"

@@ -770,6 +770,65 @@ def demo_rollout(workdir: Path, pods: DemoPods, *, options: "EdgeOptions", route
         edge.close()
 
 
+def edge_drain(workdir: Path, deployment: dict[str, Any], pdb: dict[str, Any], demo: DemoPods,
+               demo_pdb: dict[str, Any], *, options: "EdgeOptions", routes: Sequence["EdgeRoute"],
+               nodes: Sequence[int] = (0, 1), clients: int = 8) -> tuple[LiveClients, list[DrainResult]]:
+    """The nodes running the edge and the demo drained one after another, ``clients``
+    threads sending through the ServiceLB stand-in, the edge Envoys and the demo pods: on
+    each node the edge proxy and the demo pod are evicted at once, as far as their PDBs
+    allow, and recreated. Each edge reads the demo's ready pods from its file (the headless
+    Service's DNS answer)."""
+    from final_problem.local.envoy import LocalEdge
+
+    container = _container(deployment, "envoy")
+    edges: list[LocalEdge] = []
+    made: list[Pod] = []
+
+    def demo_changed(current: list[tuple[str, int]]) -> None:
+        for edge in list(edges):
+            edge.set_endpoints("demo", current)
+
+    demo_endpoints = Endpoints(on_change=demo_changed)
+    front = Endpoints()
+    balancer = LoadBalancer(front)
+
+    def edge_pod(i: int) -> Pod:
+        edge = LocalEdge(workdir=workdir / f"edge-{len(made)}", routes=routes,
+                         backends={"demo": demo_endpoints.current()}, options=options, dynamic=("demo",))
+
+        def start() -> subprocess.Popen[bytes]:
+            edges.append(edge)
+            edge.set_endpoints("demo", demo_endpoints.current())
+            return edge.start().proc  # type: ignore[return-value]
+
+        def gone() -> None:
+            if edge in edges:
+                edges.remove(edge)
+            edge.close()
+
+        made.append(Pod(name=f"envoy-{len(made)}", start=start, container=container, grace_s=_grace(deployment),
+                        ports={8081: edge.options.health_port}, address=(LOOPBACK, edge.options.port), cleanup=gone))
+        return made[-1]
+
+    demo_set = PodSet(name="demo", workload=demo.deployment, pdb=demo_pdb, pods=[],
+                      make_pod=lambda i: demo.pod(f"demo-{len(demo.made)}"), endpoints=demo_endpoints)
+    edge_set = PodSet(name="envoy", workload=deployment, pdb=pdb, pods=[], make_pod=edge_pod, endpoints=front)
+    try:
+        demo_set.launch(ready_timeout_s=60)
+        edge_set.launch(ready_timeout_s=60)
+        for edge in edges:
+            edge.wait_healthy("demo", len(demo_set.pods))
+        with LiveClients(balancer.port, threads=clients) as live:
+            time.sleep(1)
+            results = drain_nodes([edge_set, demo_set], nodes, ready_timeout_s=120)
+            time.sleep(1)
+        return live, results
+    finally:
+        balancer.close()
+        _kill_all(made)
+        demo.close()
+
+
 def report(name: str, clients: LiveClients, seconds: float) -> str:
     """One line: rollout time, failed requests, the longest time nothing succeeded."""
     kinds = sorted(set(clients.failed))[:5]
