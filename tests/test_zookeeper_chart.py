@@ -96,11 +96,45 @@ def test_start_script_writes_myid_from_the_pod_ordinal(eks: list[dict[str, Any]]
     assert bad.returncode == 1 and "no ordinal" in bad.stderr
 
 
-def test_probes_differ_readiness_asks_for_a_quorum_mode(eks: list[dict[str, Any]]) -> None:
+def test_probes_differ_readiness_asks_for_a_synced_quorum_member(eks: list[dict[str, Any]]) -> None:
     c = container(eks)
     ready, live = c["readinessProbe"]["exec"]["command"][-1], c["livenessProbe"]["exec"]["command"][-1]
-    assert "srvr" in ready and "Mode: (leader|follower|observer)" in ready
+    assert "printf mntr" in ready
+    assert "zk_peer_state[[:space:]]+(leading|following|observing) - broadcast$" in ready
     assert "ruok" in live and "imok" in live
+
+
+@pytest.mark.parametrize("answer, ready", [
+    ("zk_version\t3.9.4\nzk_peer_state\tfollowing - broadcast\nzk_znode_count\t5\n", True),
+    ("zk_peer_state\tleading - broadcast\n", True),
+    ("zk_peer_state\tobserving - broadcast\n", True),
+    # Serving already, still receiving the leader's transactions.
+    ("zk_peer_state\tfollowing - synchronization - diff\n", False),
+    ("zk_peer_state\tfollowing - discovery\n", False),
+    ("zk_peer_state\tlooking\n", False),
+    ("This ZooKeeper instance is not currently serving requests\n", False),
+])
+def test_readiness_passes_only_on_a_synced_peer_state(eks: list[dict[str, Any]], answer: str, ready: bool) -> None:
+    """The rendered probe's own pattern against what ``mntr`` answers in each Zab phase
+    (QuorumPeer.getDetailedPeerState, 3.9.4)."""
+    command = container(eks)["readinessProbe"]["exec"]["command"][-1]
+    pattern = command.split("grep -qE '", 1)[1].rsplit("'", 1)[0]
+    result = subprocess.run(["grep", "-qE", pattern], input=answer, text=True, timeout=10)
+    assert (result.returncode == 0) is ready
+
+
+def test_rollout_mechanics(eks: list[dict[str, Any]]) -> None:
+    """One member at a time, highest ordinal first, each step gated by the synced readiness
+    (no minReadySeconds), no preStop, 30 s grace (SIGTERM ends the JVM at once)."""
+    sts = one(eks, "StatefulSet")
+    pod_spec = sts["spec"]["template"]["spec"]
+    assert sts["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    assert "minReadySeconds" not in sts["spec"]
+    assert pod_spec["terminationGracePeriodSeconds"] == 30
+    assert "lifecycle" not in pod_spec["containers"][0]
+    probe = pod_spec["containers"][0]["readinessProbe"]
+    assert (probe["periodSeconds"], probe["initialDelaySeconds"], probe["failureThreshold"]) == (5, 5, 3)
+    assert one(eks, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
 
 
 def test_heap_is_half_the_memory_limit_in_each_profile(eks: list[dict[str, Any]], pi: list[dict[str, Any]]) -> None:

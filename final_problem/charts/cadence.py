@@ -79,6 +79,15 @@ HISTORY_SHARDS = {"eks": 512, "pi": 16}
 #: frontend caps it at ``frontend.maxRetentionDays`` (dynamic config, default 30).
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 30
+#: Readiness probe period and initial delay of the servers, seconds: a rolling update
+#: waits for it on every new pod; a server starts in a few seconds.
+READINESS_PERIOD_S = 5
+#: terminationGracePeriodSeconds of the servers: the frontend's preStop sleep
+#: (render.FRONTEND_PRE_STOP_S) or the drain history and matching keep serving after SIGTERM
+#: (render.SHUTDOWN_DRAIN_S, at most 10 s), then the gRPC server's graceful stop, which waits
+#: for the calls in flight, a worker's poll at most render.LONG_POLL_S (20 s); the rest is
+#: margin before SIGKILL.
+TERMINATION_GRACE_S = 60
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -435,12 +444,20 @@ class CadenceChart(PlatformChart):
             ],
             security_context=container_context(uid=CADENCE_UID),
             resources=raw_resources(svc.sizing),
-            # Ready: serves gRPC (frontend: clients; others: internal RPC). Alive: the
-            # metrics endpoint answers, whatever the database or the ring are doing.
-            readiness_probe=k8s.Probe(tcp_socket=k8s.TcpSocketAction(port=int_or_string(port.grpc)),
-                                      initial_delay_seconds=10, period_seconds=10, timeout_seconds=5, failure_threshold=3),
+            # Ready: serving (render.readiness_command: the frontend answers the admin API,
+            # the others are in the ring); a rolling update replaces the next pod only then.
+            # Alive: the metrics endpoint answers, whatever the database or the ring are doing.
+            readiness_probe=k8s.Probe(
+                exec=k8s.ExecAction(command=render.readiness_command(
+                    name, ports=port, frontend_address=self.frontend_address)),
+                initial_delay_seconds=READINESS_PERIOD_S, period_seconds=READINESS_PERIOD_S, timeout_seconds=5,
+                failure_threshold=3),
             liveness_probe=k8s.Probe(http_get=k8s.HttpGetAction(path="/metrics", port=int_or_string(port.metrics)),
                                      initial_delay_seconds=60, period_seconds=20, timeout_seconds=10, failure_threshold=6),
+            # The frontend keeps serving while its endpoint leaves the Service (render.FRONTEND_PRE_STOP_S);
+            # history and matching drain themselves on SIGTERM (render.SHUTDOWN_DRAIN_S).
+            lifecycle=k8s.Lifecycle(pre_stop=k8s.LifecycleHandler(
+                sleep=k8s.SleepAction(seconds=render.FRONTEND_PRE_STOP_S))) if name == "frontend" else None,
             volume_mounts=[
                 k8s.VolumeMount(name="config", mount_path=f"{CADENCE_ROOT}/config", read_only=True),
                 k8s.VolumeMount(name="dynamicconfig", mount_path=DYNAMIC_CONFIG_DIR, read_only=True),
@@ -456,8 +473,12 @@ class CadenceChart(PlatformChart):
             spec=k8s.DeploymentSpec(
                 replicas=svc.replicas,
                 selector=k8s.LabelSelector(match_labels=selector),
+                # A new pod first, the old one only once it serves: with one replica (the Pi)
+                # maxUnavailable 1 would stop the only pod while its successor starts. Two
+                # history hosts owning shards at once is safe (each shard's range id fences
+                # the older owner), as is a second matching or frontend.
                 strategy=k8s.DeploymentStrategy(type="RollingUpdate", rolling_update=k8s.RollingUpdateDeployment(
-                    max_unavailable=int_or_string(0 if svc.replicas > 1 else 1), max_surge=int_or_string(1))),
+                    max_unavailable=int_or_string(0), max_surge=int_or_string(1))),
                 template=k8s.PodTemplateSpec(
                     metadata=k8s.ObjectMeta(labels=pod_labels, annotations={
                         "final-problem.io/config-sha256": config_digest,
@@ -472,7 +493,7 @@ class CadenceChart(PlatformChart):
                                 weight=100, pod_affinity_term=k8s.PodAffinityTerm(
                                     label_selector=k8s.LabelSelector(match_labels=selector), topology_key=HOSTNAME))],
                         )),
-                        termination_grace_period_seconds=60,
+                        termination_grace_period_seconds=TERMINATION_GRACE_S,
                         init_containers=[wait],
                         containers=[server],
                         volumes=[

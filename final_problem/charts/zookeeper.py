@@ -57,6 +57,13 @@ REPLICAS_ALLOWED = (3, 5, 7)
 #: Largest heap as a share of the memory limit: the JVM also needs metaspace, thread
 #: stacks and Netty's direct buffers outside the heap.
 MAX_HEAP_SHARE = 0.75
+#: Readiness probe period and initial delay, seconds.
+READINESS_PERIOD_S = 5
+#: terminationGracePeriodSeconds. ZooKeeper registers no shutdown hook (3.9.4: only the
+#: audit logger, off here), so SIGTERM ends the JVM at once, and every acknowledged write is
+#: already fsynced to the transaction log (``forceSync`` defaults to yes: Administrator's
+#: Guide, "Advanced Configuration"); Kubernetes' default of 30 s only bounds a hung JVM.
+TERMINATION_GRACE_S = 30
 
 #: The members' logback.xml, on the classpath ahead of the jars: the console only. The local
 #: servers of the tests use it too (final_problem.local.zookeeper).
@@ -194,9 +201,19 @@ def _tcp_word_check(*, port: int, word: str, expect: str) -> list[str]:
     return ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf {word} >&3 && grep -qE '{expect}' <&3"]
 
 
+#: ``mntr``'s ``zk_peer_state`` once a member leads, follows or observes in step with the
+#: quorum: the peer state, then the Zab phase (``QuorumPeer.getDetailedPeerState``, 3.9.4). A
+#: follower goes election -> discovery -> synchronization (receiving the leader's DIFF, SNAP or
+#: TRUNC) -> broadcast; only in broadcast is it a voter the leader counts. ``mntr`` (like
+#: ``srvr``) answers only while the member serves ("not currently serving requests" otherwise).
+SYNCED_PEER_STATE = "^zk_peer_state[[:space:]]+(leading|following|observing) - broadcast$"
+
+
 def readiness_command(*, client_port: int) -> list[str]:
-    """Ready only while in a quorum: ``srvr`` reports a Mode only when serving."""
-    return _tcp_word_check(port=client_port, word="srvr", expect="^Mode: (leader|follower|observer)")
+    """Ready only in the quorum and synced with its leader: "safe to stop the next member".
+    A rolling update or a drain takes the next member down only once this passes, so at most
+    one member is ever out of the quorum."""
+    return _tcp_word_check(port=client_port, word="mntr", expect=SYNCED_PEER_STATE)
 
 
 def liveness_command(*, client_port: int) -> list[str]:
@@ -298,9 +315,12 @@ class ZooKeeperChart(PlatformChart):
             ],
             security_context=container_context(uid=ZOOKEEPER_UID),
             resources=raw_resources(props.sizing),
+            # Every 5 s: a rolling update waits for this probe on each member in turn, so its
+            # period adds to every step; a JVM start and a sync take a few seconds.
             readiness_probe=k8s.Probe(
                 exec=k8s.ExecAction(command=readiness_command(client_port=props.client_port)),
-                initial_delay_seconds=10, period_seconds=10, timeout_seconds=5, failure_threshold=3,
+                initial_delay_seconds=READINESS_PERIOD_S, period_seconds=READINESS_PERIOD_S, timeout_seconds=5,
+                failure_threshold=3,
             ),
             liveness_probe=k8s.Probe(
                 exec=k8s.ExecAction(command=liveness_command(client_port=props.client_port)),
@@ -335,6 +355,13 @@ class ZooKeeperChart(PlatformChart):
                 ClaimSpec(name="data", size_gib=props.storage_gib),
                 ClaimSpec(name="datalog", size_gib=props.storage_gib),
             ],
+            # Rolling updates and drains: one member at a time, the next only once the
+            # restarted one is synced (readiness above), so no minReadySeconds is needed: the
+            # probe cannot pass before the member counts in the quorum. No preStop: ZooKeeper
+            # 3.9 has no command that hands leadership over (only reconfig, and dynamic
+            # reconfiguration is off), and the sessions live in the ensemble, so a client
+            # reconnects to another member within its session timeout.
+            termination_grace_seconds=TERMINATION_GRACE_S,
             pod_annotations={
                 # A changed zoo.cfg rolls the members one at a time (PDB maxUnavailable 1).
                 "final-problem.io/config-sha256": digest,

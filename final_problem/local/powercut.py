@@ -378,11 +378,18 @@ class LiveWriter:
 
     :meth:`stop` (call it once the servers are frozen) returns the acknowledged writes; a
     write the client was still waiting for is not among them. An error before the stop
-    fails the run: :meth:`stop` raises it.
+    fails the run: :meth:`stop` raises it, unless it is one of ``retry_on`` (a client riding
+    out a restart): then the same ``seq`` is written again after ``retry_s``, and
+    ``write(seq)`` must make a retry of a write that did land harmless (an insert that
+    ignores a duplicate key, a create that takes "exists" as done).
     """
 
-    def __init__(self, write: Callable[[int], object], *, name: str = "writer") -> None:
+    def __init__(self, write: Callable[[int], object], *, name: str = "writer",
+                 retry_on: tuple[type[BaseException], ...] = (), retry_s: float = 0.05) -> None:
         self._write = write
+        self._retry_on, self._retry_s = retry_on, retry_s
+        #: Failed attempts that were retried, by exception type name.
+        self.retried: dict[str, int] = {}
         self._acks: list[Ack] = []
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -400,6 +407,11 @@ class LiveWriter:
         while not self._stopped.is_set():
             try:
                 self._write(seq)
+            except self._retry_on as e:
+                with self._lock:
+                    self.retried[type(e).__name__] = self.retried.get(type(e).__name__, 0) + 1
+                self._stopped.wait(self._retry_s)
+                continue
             except BaseException as e:  # noqa: BLE001 - reported by stop()
                 with self._lock:
                     if not self._stopped.is_set():
@@ -442,6 +454,15 @@ class LiveWriter:
     def join(self, timeout_s: float = 30.0) -> None:
         """Wait for the thread (its last write fails or returns once the servers are gone)."""
         self._thread.join(timeout_s)
+
+    def longest_gap_s(self, since: float | None = None, until: float | None = None) -> float:
+        """The longest time without an acknowledgement between ``since`` (default: the start)
+        and ``until`` (default: now), monotonic times: the client's longest write outage."""
+        since = self.started_at if since is None else since
+        until = time.monotonic() if until is None else until
+        with self._lock:
+            times = [since, *(a.at for a in self._acks if since < a.at < until), until]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 
 @dataclass(frozen=True)
