@@ -59,6 +59,21 @@ def rendered_workloads(profile: Profile = PI) -> dict[str, dict[str, Any]]:
     return workloads
 
 
+def rendered_budgets(profile: Profile = PI) -> dict[str, dict[str, Any] | None]:
+    """The PodDisruptionBudget of each workload of :func:`rendered_workloads` (None: none
+    rendered, as for the one PostgreSQL server), matched by its selector."""
+    from final_problem import config, manifests
+
+    charts = manifests.render(config.from_mapping({"components": ["base", "postgres", "cadence"]}), profile.name)
+    budgets = [o for chart in charts.values() for o in manifests.chart_objects(chart) if o["kind"] == "PodDisruptionBudget"]
+    found: dict[str, dict[str, Any] | None] = {}
+    for name, workload in rendered_workloads(profile).items():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        found[name] = next((b for b in budgets if b["metadata"].get("namespace") == workload["metadata"].get("namespace")
+                            and b["spec"]["selector"]["matchLabels"].items() <= labels.items()), None)
+    return found
+
+
 class CadenceToolsMissing(RuntimeError):
     """The tools are not built: run ``make cadence-tools``."""
 

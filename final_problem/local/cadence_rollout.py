@@ -26,7 +26,9 @@ from typing import Any
 from final_problem.local import LOOPBACK, kill_group, wait_for
 from final_problem.local import cadence as tools
 from final_problem.local.postgres import LocalPostgres
-from final_problem.local.rollout import Endpoints, LoadBalancer, Pod, PodSet, RolloutError, roll_deployment, roll_statefulset
+from final_problem.local.rollout import (
+    DrainResult, Endpoints, LoadBalancer, Pod, PodSet, RolloutError, drain, roll_deployment, roll_statefulset,
+)
 from final_problem.renderers.cadence import SERVICES, Database
 
 #: Seconds every acknowledged workflow may take to complete after the rollouts.
@@ -135,6 +137,26 @@ class RolloutPlatform:
         if errors:
             raise RolloutError(f"a Cadence rollout failed: {errors[0]}\n{self.logs()}")
         return timings
+
+    def drain_node(self) -> DrainResult:
+        """``kubectl drain`` of the node running PostgreSQL and one pod of each Cadence
+        Deployment (a Pi's one of each): all evicted at once as their PDBs allow (PostgreSQL
+        has none: one server), each Deployment's replacement started at once, PostgreSQL's
+        once the old server is gone."""
+        assert self.cadence is not None
+        cadence = self.cadence
+        budgets = tools.rendered_budgets()
+
+        def cadence_set(service: str) -> PodSet:
+            return PodSet(name=service, workload=self.workloads[service], pdb=budgets[service], pods=self.pods[service],
+                          make_pod=lambda _: self._pod(cadence.add_instance(service)),
+                          endpoints=self.frontend_endpoints if service == "frontend" else self.ring)
+
+        sets = [self.pg_set, *(cadence_set(s) for s in SERVICES)]
+        evicted = [s.pods[0] for s in sets]
+        result = drain(sets, 0, ready_timeout_s=120)
+        self.old_pods.extend(evicted)
+        return result
 
     def logs(self, lines: int = 15) -> str:
         """The tails of every Cadence instance's log, the worker's and PostgreSQL's."""

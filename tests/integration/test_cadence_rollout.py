@@ -19,7 +19,8 @@ itself within its grace period (none SIGKILLed).
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -54,9 +55,20 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutPlatfo
         p.close()
 
 
-def test_rollouts_of_postgres_and_every_cadence_deployment_lose_no_write_and_no_workflow(
-    platform: RolloutPlatform,
-) -> None:
+@dataclass
+class Outcome:
+    acks: list[Any]
+    lost_rows: list[int]
+    outage_s: float
+    starts: WorkflowStarts
+    wrong: list[Any]
+    again: int
+    sessions: int
+
+
+def under_load(platform: RolloutPlatform, change: Callable[[LiveWriter], None]) -> Outcome:
+    """``change(writer)`` while a psql session commits rows and a client starts workflows;
+    then every acknowledged row and workflow checked."""
     session = PsqlWriter(host=LOOPBACK, port=platform.pg_balancer.port, user=platform.postgres.user,
                          password=platform.postgres.password, table=TABLE, bin_dir=platform.postgres.bin_dir)
     writer = LiveWriter(session.insert, name="psql", retry_on=(SessionLost,), retry_s=0.1)
@@ -65,10 +77,9 @@ def test_rollouts_of_postgres_and_every_cadence_deployment_lose_no_write_and_no_
             writer.start()
             writer.wait_for(20, timeout_s=30)
             time.sleep(2)
-            pg_started = time.monotonic()
-            timings = {"postgres": platform.roll_postgres()}
-            pg_outage = writer.longest_gap_s(since=pg_started)
-            timings.update(platform.roll_cadence())
+            started = time.monotonic()
+            change(writer)
+            outage = writer.longest_gap_s(since=started)
             time.sleep(3)
         acks = writer.stop()
         writer.join()
@@ -91,16 +102,35 @@ def test_rollouts_of_postgres_and_every_cadence_deployment_lose_no_write_and_no_
             wrong.append((execution.workflow_id, result))
         else:
             again += result["reserved_on_attempt"] > sample.RESERVE_FAILURES
-    print(f"postgres rollout {timings['postgres']:.1f} s: {len(acks)} acknowledged commits, {len(lost_rows)} lost, "
-          f"longest write outage {pg_outage:.2f} s, sessions {session.sessions}")
-    print("cadence rollouts (together): " + ", ".join(f"{s} {timings[s]:.1f} s" for s in SERVICES)
-          + f"; {len(starts.acked)} workflows started, {len(wrong)} lost or wrong, {again} ran an activity again, "
-            f"{len(starts.failed)} starts refused {sorted(set(starts.failed))}, longest gap between acknowledged "
-            f"starts {starts.longest_gap_s():.2f} s")
+    return Outcome(acks=acks, lost_rows=lost_rows, outage_s=outage, starts=starts, wrong=wrong, again=again,
+                   sessions=session.sessions)
+
+
+def describe(o: Outcome) -> str:
+    return (f"{len(o.acks)} acknowledged commits, {len(o.lost_rows)} lost, longest write outage {o.outage_s:.2f} s; "
+            f"{len(o.starts.acked)} workflows started, {len(o.wrong)} lost or wrong, {o.again} ran an activity again, "
+            f"{len(o.starts.failed)} starts refused {sorted(set(o.starts.failed))}, longest gap between acknowledged "
+            f"starts {o.starts.longest_gap_s():.2f} s")
+
+
+def test_rollouts_of_postgres_and_every_cadence_deployment_lose_no_write_and_no_workflow(
+    platform: RolloutPlatform,
+) -> None:
+    timings: dict[str, float] = {}
+
+    def roll(writer: LiveWriter) -> None:
+        pg_started = time.monotonic()
+        timings["postgres"] = platform.roll_postgres()
+        timings["postgres outage"] = writer.longest_gap_s(since=pg_started)
+        timings.update(platform.roll_cadence())
+
+    o = under_load(platform, roll)
+    print(f"postgres rollout {timings['postgres']:.1f} s (write outage {timings['postgres outage']:.2f} s), cadence "
+          "rollouts (together): " + ", ".join(f"{s} {timings[s]:.1f} s" for s in SERVICES) + f"; {describe(o)}")
     for pod in platform.old_pods:
         print(f"  {pod.name}: " + ", ".join(f"{at - pod.events[0][0]:.1f} {what}" for at, what in pod.events))
-    assert acks and not lost_rows, f"{len(lost_rows)} acknowledged commits lost: {lost_rows[:10]}"
-    assert starts.acked and not wrong, f"{len(wrong)} acknowledged workflows lost or wrong: {wrong[:5]}"
+    assert o.acks and not o.lost_rows, f"{len(o.lost_rows)} acknowledged commits lost: {o.lost_rows[:10]}"
+    assert o.starts.acked and not o.wrong, f"{len(o.wrong)} acknowledged workflows lost or wrong: {o.wrong[:5]}"
     # Each old pod stopped by itself within its grace period (PostgreSQL: by the preStop's
     # fast shutdown, exit status 0; the frontend once the workers' polls ended), none was
     # SIGKILLed. History is the exception allowed: Cadence 1.4.1's history sometimes takes
@@ -112,3 +142,21 @@ def test_rollouts_of_postgres_and_every_cadence_deployment_lose_no_write_and_no_
     assert len(stopped) == 1 + len(SERVICES), stopped
     assert not any(killed for name, (killed, _) in stopped.items() if not name.startswith("history-")), stopped
     assert stopped["postgres-0"] == (False, 0), stopped
+
+
+def test_a_drain_of_the_node_running_postgres_and_cadence_loses_no_write_and_no_workflow(
+    platform: RolloutPlatform,
+) -> None:
+    """After the rollouts, on the same servers: the node holding PostgreSQL and one pod of each
+    Cadence Deployment drained (a Pi runs one of each: all of them go at once)."""
+    before = len(platform.old_pods)
+    results = []
+    o = under_load(platform, lambda writer: results.append(platform.drain_node()))
+    print(f"postgres and cadence drain {results[0].seconds:.1f} s (evictions refused {results[0].refused}); {describe(o)}")
+    assert all(n == 0 for n in results[0].refused.values()), results[0].refused
+    assert o.acks and not o.lost_rows, f"{len(o.lost_rows)} acknowledged commits lost: {o.lost_rows[:10]}"
+    assert o.starts.acked and not o.wrong, f"{len(o.wrong)} acknowledged workflows lost or wrong: {o.wrong[:5]}"
+    evicted = platform.old_pods[before:]
+    assert len(evicted) == 1 + len(SERVICES)
+    postgres = next(p for p in evicted if p.name.startswith("postgres"))
+    assert (postgres.killed, postgres.proc.returncode if postgres.proc else None) == (False, 0)
