@@ -16,11 +16,13 @@ import dataclasses
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import redis
 from redis.sentinel import Sentinel
@@ -29,6 +31,7 @@ from final_problem import local
 from final_problem.charts.redis import RedisProps
 from final_problem.clients.redis import RedisClient, RedisClientError
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.local.powercut import Ack
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import PI, Profile
 from final_problem.renderers.redis import ADMIN_USER, APP_USER, RedisConfigOptions, config_files
@@ -131,6 +134,7 @@ class LocalRedisSet:
             "REDIS_ANNOUNCE_HOST": HOST,
             "SENTINEL_QUORUM": str(options.quorum),
             "REDIS_SERVER": self.redis_server,
+            "REDIS_HANDOVER_TIMEOUT_S": str(options.handover_timeout_s),
         }
         self.members: list[_Process] = []
         self.sentinels: list[_Process] = []
@@ -224,6 +228,36 @@ class LocalRedisSet:
     def wait_member_answers(self, index: int, *, timeout_s: float = 20) -> None:
         proc = self.members[index]
         self.wait_for(f"{proc.name} to answer", lambda: self._alive(proc) and self.admin(index).ping(), timeout_s=timeout_s)
+
+    def pre_stop(self, index: int, *, timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
+        """Run member ``index``'s rendered preStop hook as the kubelet does (in the container,
+        with its environment); its output goes to the member's log. ``timeout_s``: when the
+        grace period ends (the kubelet stops waiting for the hook)."""
+        proc = self.members[index]
+        try:
+            result = subprocess.run(
+                ["sh", str(proc.config_dir / "prestop-redis.sh")], env=proc.env, capture_output=True, text=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired as e:
+            result = subprocess.CompletedProcess(e.cmd, -9, str(e.stdout or ""), str(e.stderr or ""))
+        with proc.log.open("a") as log:
+            log.write(f"preStop exited {result.returncode}: {result.stdout}{result.stderr}")
+        return result
+
+    def terminate_member(self, index: int, *, timeout_s: float = 30) -> None:
+        """SIGTERM member ``index`` (a clean shutdown) and wait for it to exit; SIGKILL at ``timeout_s``."""
+        proc = self.members[index]
+        if proc.popen is None:
+            return
+        try:
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+            proc.popen.wait(timeout=timeout_s)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            pass
+        self._kill(proc)
 
     def kill_member(self, index: int) -> None:
         """Kill member ``index`` hard (SIGKILL: no shutdown, no final fsync)."""
@@ -440,3 +474,49 @@ def first_acknowledged_write(client: RedisClient, key: str, value: str, *, timeo
     local.wait_for(f"a primary to acknowledge {key!r} with {replicas} replica(s)", attempt, timeout_s=timeout_s,
                    interval_s=0.05, retry_on=NOT_YET, error=LocalRedisError)
     return time.monotonic() - started
+
+
+class DurableWrites:
+    """``write(seq)`` for a :class:`~final_problem.local.powercut.LiveWriter`: ``SET
+    <prefix><seq> <seq>`` then ``WAIT 1`` through the Sentinel client, tried again (the same
+    key and value) until a primary acknowledges it with a replica, as an application that
+    must not lose the write would. An attempt that fails is counted, never acknowledged;
+    after ``give_up_s`` of failures in a row the write raises, which stops the writer.
+    """
+
+    def __init__(self, client: RedisClient, *, prefix: str = "live:", give_up_s: float = 60) -> None:
+        self.client, self.prefix, self.give_up_s = client, prefix, give_up_s
+        self.failed_attempts = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, seq: int) -> None:
+        started = time.monotonic()
+        while True:
+            try:
+                self.client.set_durable(f"{self.prefix}{seq}", str(seq), replicas=1, timeout_ms=1000)
+                return
+            except (RedisClientError, redis.RedisError, OSError):
+                with self._lock:
+                    self.failed_attempts += 1
+                if time.monotonic() - started > self.give_up_s:
+                    raise
+                time.sleep(0.01)
+
+    def present(self, cluster: "LocalRedisSet", primary_index: int, acks: Sequence[Ack]) -> set[int]:
+        """The sequence numbers of ``acks`` whose key holds its value on member ``primary_index``."""
+        admin = cluster.admin(primary_index)
+        found: set[int] = set()
+        seqs = [a.seq for a in acks]
+        for start in range(0, len(seqs), 1000):
+            chunk = seqs[start:start + 1000]
+            values = admin.mget([f"{self.prefix}{seq}" for seq in chunk])
+            found.update(seq for seq, value in zip(chunk, values, strict=True) if value == str(seq))
+        return found
+
+
+def longest_outage_s(acks: Sequence[Ack], *, start: float, end: float) -> tuple[float, float]:
+    """The longest time between ``start`` and ``end`` (``time.monotonic()``) in which no write
+    was acknowledged, and when it began."""
+    times = [start, *(a.at for a in acks if start <= a.at <= end), end]
+    gap, at = max((b - a, a) for a, b in zip(times, times[1:]))
+    return gap, at
