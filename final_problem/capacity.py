@@ -336,6 +336,8 @@ class Workload:
     volumes: int = 0
     per_node: bool = False
     one_per_node: bool = False
+    #: Pods a rolling update starts above ``pods`` (a Deployment's maxSurge, as a count).
+    surge: int = 0
 
     def count(self, nodes: int) -> int:
         return nodes if self.per_node else self.pods
@@ -501,6 +503,27 @@ def pod_requests(pod_spec: Mapping[str, Any]) -> tuple[int, int]:
     return cpu, math.ceil(memory / 2**20 - 1e-9)
 
 
+def scaled(value: int | str | None, replicas: int, *, round_up: bool, default: str) -> int:
+    """An int-or-percent of a rolling update against ``replicas`` (maxSurge rounds up,
+    maxUnavailable down; default 25% each: Kubernetes docs, "Deployments")."""
+    value = default if value is None else value
+    if isinstance(value, int):
+        return value
+    share = replicas * int(value.rstrip("%")) / 100
+    return math.ceil(share) if round_up else math.floor(share)
+
+
+def surge_and_unavailable(deployment: dict[str, Any]) -> tuple[int, int]:
+    """``(maxSurge, maxUnavailable)`` of a rendered Deployment, as pod counts."""
+    replicas = deployment["spec"].get("replicas", 1)
+    rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
+    surge = scaled(rolling.get("maxSurge"), replicas, round_up=True, default="25%")
+    unavailable = scaled(rolling.get("maxUnavailable"), replicas, round_up=False, default="25%")
+    if surge == 0 and unavailable == 0:
+        unavailable = 1  # the API server refuses both at 0; never reached with rendered objects
+    return surge, unavailable
+
+
 def _one_per_node(pod_spec: Mapping[str, Any]) -> bool:
     terms = (((pod_spec.get("affinity") or {}).get("podAntiAffinity") or {})
              .get("requiredDuringSchedulingIgnoredDuringExecution") or [])
@@ -527,6 +550,7 @@ def workloads(objects_by_component: Mapping[str, Iterable[Mapping[str, Any]]]) -
                 volumes=len(spec.get("volumeClaimTemplates", [])),
                 per_node=kind == "DaemonSet",
                 one_per_node=_one_per_node(pod_spec),
+                surge=surge_and_unavailable(obj)[0] if kind == "Deployment" else 0,
             ))
     return found
 
@@ -574,6 +598,9 @@ class Fit:
     usage: tuple[Usage, ...]
     #: Workloads with one pod per node and more replicas than nodes.
     unplaceable: tuple[Workload, ...] = field(default=())
+    #: Deployments with one pod per node whose rolling update would start a surge pod no
+    #: node may take: the rollout would wait for it forever.
+    stalled_rollouts: tuple[Workload, ...] = field(default=())
     #: The cluster's own workloads counted with them.
     system: tuple[Workload, ...] = field(default=())
 
@@ -584,7 +611,7 @@ class Fit:
     def fits_within(self, share: float) -> bool:
         """The raw answer at ``share`` of allocatable: ``fits_within(1.0)`` is whether the
         scheduler can place every pod at all (cluster-wide sums; :attr:`fits` keeps headroom)."""
-        return not self.unplaceable and all(u.fits_within(share) for u in self.usage)
+        return not self.unplaceable and not self.stalled_rollouts and all(u.fits_within(share) for u in self.usage)
 
     def by_resource(self, resource: Resource) -> Usage:
         return next(u for u in self.usage if u.resource == resource)
@@ -621,8 +648,9 @@ def fit(profile: str, nodes: Sequence[NodeShape], platform: Sequence[Workload], 
     if all(n.max_volumes is not None for n in nodes):
         found.append(usage("volumes", lambda w: w.volumes, sum(n.max_volumes or 0 for n in nodes)))
     unplaceable = tuple(w for w in platform if w.one_per_node and w.pods > count)
+    stalled = tuple(w for w in platform if w.one_per_node and w.pods <= count < w.pods + w.surge)
     return Fit(profile=profile, nodes=tuple(nodes), workloads=tuple(platform), usage=tuple(found),
-               unplaceable=unplaceable, system=tuple(system))
+               unplaceable=unplaceable, stalled_rollouts=stalled, system=tuple(system))
 
 
 def fit_of(settings: Settings, profile: str, objects_by_component: Mapping[str, Iterable[Mapping[str, Any]]]) -> Fit:
@@ -651,6 +679,16 @@ def raise_unless_fits(result: Fit, settings: Settings) -> None:
             raise _error(settings, result, "node_desired", settings.node_desired, problem, fix)
         fix = f"lower the replicas of {w.component} to {len(result.nodes)}, or {_without(settings, result.profile)}"
         raise _error(settings, result, "profiles", ",".join(settings.profiles), problem, fix)
+    if result.stalled_rollouts:
+        w = result.stalled_rollouts[0]
+        problem = (f"a rolling update of {w.name} starts {w.surge} pod(s) above its {w.pods} replicas before "
+                   f"stopping one, with one pod per node (required hostname anti-affinity) on "
+                   f"{len(result.nodes)} nodes: the new pod is never scheduled and the rollout stalls")
+        if eks:
+            raise _error(settings, result, "node_desired", settings.node_desired, problem,
+                         f"{_node_count_fix(result, settings, w.pods + w.surge)}, or lower the replicas of {w.component}")
+        raise _error(settings, result, "profiles", ",".join(settings.profiles), problem,
+                     f"lower the replicas of {w.component} to {len(result.nodes) - w.surge}, or {_without(settings, result.profile)}")
     over = [u for u in result.usage if not u.fits]
     if not over:
         return

@@ -245,6 +245,25 @@ def test_eks_one_member_per_node_needs_enough_nodes() -> None:
     assert check("eks", node_desired=5, **{"zookeeper.replicas": 5}).fits
 
 
+EDGE = ("base", "consul", "redis", "demo", "envoy")
+
+
+def test_a_rollout_whose_surge_pod_no_node_may_take_is_refused() -> None:
+    """Three edge proxies, one per node, on three nodes: maxSurge 1 starts a fourth that the
+    anti-affinity keeps off every node, and the Deployment controller waits for it forever."""
+    edge = check("eks", node_desired=3, components=EDGE).workloads
+    envoy = next(w for w in edge if w.name == "Deployment/edge/envoy")
+    assert (envoy.pods, envoy.surge, envoy.one_per_node) == (2, 1, True)
+    with pytest.raises(ConfigError, match=(
+        r"^node_desired = 3 \(profile eks\): a rolling update of Deployment/edge/envoy starts 1 pod\(s\) above "
+        r"its 3 replicas before stopping one, with one pod per node \(required hostname anti-affinity\) on 3 "
+        r"nodes: the new pod is never scheduled and the rollout stalls\. Fix: set node_desired=4, or lower the "
+        r"replicas of envoy$"
+    )):
+        check("eks", node_desired=3, components=EDGE, **{"envoy.replicas": 3})
+    assert check("eks", node_desired=4, components=EDGE, **{"envoy.replicas": 3}).fits
+
+
 # --- pi profile ---------------------------------------------------------------------------------
 
 

@@ -58,7 +58,9 @@ from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.consul import (
     AUTH_METHOD,
+    AUTOPILOT_INTERVAL_S,
     DATACENTER,
+    SERVER_STABILIZATION_S,
     ServerConfigOptions,
     ServerPorts,
     auth_method,
@@ -76,6 +78,11 @@ RUNNER_UID = 65534
 CONFIG_DIR = "/consul/config"
 TLS_DIR = "/consul/tls"
 API_PORTS = (443, 6443)
+#: A restarted server is taken as back only once autopilot can have promoted it to a voter:
+#: stable for server_stabilization_time, then the next reconcile, plus one probe period
+#: (10 s) for the time between its rejoin and the first passing probe. A rolling update
+#: stops the next server only after this, so at most one server is ever out of the voters.
+MIN_READY_S = SERVER_STABILIZATION_S + AUTOPILOT_INTERVAL_S + 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -346,10 +353,15 @@ class ConsulChart(PlatformChart):
     def _servers(self, ns: str, selector: dict[str, str], profile: Profile, config_text: str) -> None:
         p, q = self.props, self.PORTS
         field = lambda path: k8s.EnvVarSource(field_ref=k8s.ObjectFieldSelector(field_path=path))  # noqa: E731
+        api = (f"curl -sf --max-time 4 --cacert {TLS_DIR}/ca.crt --resolve {server_name()}:{q.https}:127.0.0.1 "
+               f"https://{server_name()}:{q.https}/v1/status")
         ready = (
-            # Ready only when this server knows a leader: the API answers with one.
-            f"curl -sf --cacert {TLS_DIR}/ca.crt --resolve {server_name()}:{q.https}:127.0.0.1 "
-            f"https://{server_name()}:{q.https}/v1/status/leader | grep -q ':{q.rpc}'"
+            # Ready only when this server knows a leader and is in the Raft configuration
+            # under this pod's address (a replacement pod rejoins under a new IP). Both
+            # endpoints need no ACL token (Consul docs, "Status HTTP API"). /status/peers
+            # lists non-voters too: minReadySeconds covers autopilot's promotion.
+            f"{api}/leader | grep -q ':{q.rpc}' && "
+            f"{api}/peers | grep -qF \"\\\"$POD_IP:{q.rpc}\\\"\""
         )
         container = k8s.Container(
             name="consul",
@@ -406,6 +418,7 @@ class ConsulChart(PlatformChart):
             },
             # Consul's graceful leave is quick; Raft keeps the data on the volume.
             termination_grace_seconds=30,
+            min_ready_seconds=MIN_READY_S,
         )
         self.servers.resource.metadata.add_annotation(
             "checkov.io/skip1", "CKV_K8S_40=the official consul image runs as its own uid 100")

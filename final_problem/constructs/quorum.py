@@ -118,6 +118,7 @@ class QuorumStatefulSet(Group):
         termination_grace_seconds: int = 60,
         pod_management_policy: str = "Parallel",
         service_account_name: str | None = None,
+        min_ready_seconds: int = 0,
     ) -> None:
         super().__init__(scope, id)
         if replicas < 3 or replicas % 2 == 0:
@@ -140,6 +141,10 @@ class QuorumStatefulSet(Group):
                 replicas=replicas,
                 service_name=service_name,
                 pod_management_policy=pod_management_policy,
+                # A rolling update takes the next member down only once the restarted one has
+                # been Ready this long (Kubernetes docs, "StatefulSets", minimum ready seconds):
+                # for a probe that passes before the member is fully back in its quorum.
+                min_ready_seconds=min_ready_seconds or None,
                 selector=k8s.LabelSelector(match_labels=self.selector),
                 update_strategy=k8s.StatefulSetUpdateStrategy(type="RollingUpdate"),
                 persistent_volume_claim_retention_policy=k8s.StatefulSetPersistentVolumeClaimRetentionPolicy(

@@ -11,6 +11,12 @@ SIGKILL when ``terminationGracePeriodSeconds`` (counted from the deletion, hook 
 ends. Sources: Kubernetes docs, "Deployments" (rolling update, proportional surge),
 "Pod Lifecycle" (termination of Pods), "Container Lifecycle Hooks".
 
+:func:`roll_statefulset` rolls a StatefulSet as its controller does (highest ordinal first,
+the next only once the updated ones are Ready for ``minReadySeconds``), and :func:`drain`
+evicts one member of every set at once as far as each set's PodDisruptionBudget allows,
+as ``kubectl drain`` does. Each :class:`Pod` is probed in the background as the kubelet
+probes it (``httpGet``, ``tcpSocket``, or an ``exec`` command rewritten for this host).
+
 :class:`LoadBalancer` stands in for k3s's ServiceLB (klipper-lb forwarding to kube-proxy):
 each new client connection goes to one of the Service's current endpoints, round robin,
 and an established connection stays with its pod until one side closes it. It is not
@@ -23,7 +29,6 @@ from __future__ import annotations
 
 import http.client
 import itertools
-import math
 import os
 import signal
 import socket
@@ -33,8 +38,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+from final_problem.capacity import scaled as _scaled
+from final_problem.capacity import surge_and_unavailable
 from final_problem.local import LOOPBACK
 
 if TYPE_CHECKING:
@@ -44,27 +51,6 @@ if TYPE_CHECKING:
 
 class RolloutError(RuntimeError):
     """A rollout did not finish: a new pod never became ready."""
-
-
-def _scaled(value: int | str | None, replicas: int, *, round_up: bool, default: str) -> int:
-    """An int-or-percent of a rolling update against ``replicas`` (maxSurge rounds up,
-    maxUnavailable down; default 25% each: Kubernetes docs, "Deployments")."""
-    value = default if value is None else value
-    if isinstance(value, int):
-        return value
-    share = replicas * int(value.rstrip("%")) / 100
-    return math.ceil(share) if round_up else math.floor(share)
-
-
-def surge_and_unavailable(deployment: dict[str, Any]) -> tuple[int, int]:
-    """``(maxSurge, maxUnavailable)`` of a rendered Deployment, as pod counts."""
-    replicas = deployment["spec"].get("replicas", 1)
-    rolling = deployment["spec"].get("strategy", {}).get("rollingUpdate", {})
-    surge = _scaled(rolling.get("maxSurge"), replicas, round_up=True, default="25%")
-    unavailable = _scaled(rolling.get("maxUnavailable"), replicas, round_up=False, default="25%")
-    if surge == 0 and unavailable == 0:
-        unavailable = 1  # the API server refuses both at 0; never reached with rendered objects
-    return surge, unavailable
 
 
 class Endpoints:
@@ -156,6 +142,25 @@ class LoadBalancer:
         self._server.close()
 
 
+class Readiness(Protocol):
+    """What the kubelet runs as a readiness probe, with the probe's timings."""
+
+    period_s: float
+    initial_delay_s: float
+    success_threshold: int
+    failure_threshold: int
+
+    def passes(self) -> bool: ...
+
+
+def _timings(probe: dict[str, Any]) -> dict[str, Any]:
+    """The rendered probe's timings, with the API server's defaults (periodSeconds 10,
+    timeoutSeconds 1, successThreshold 1, failureThreshold 3: Kubernetes API reference, Probe)."""
+    return {"period_s": probe.get("periodSeconds", 10), "timeout_s": probe.get("timeoutSeconds", 1),
+            "initial_delay_s": probe.get("initialDelaySeconds", 0),
+            "success_threshold": probe.get("successThreshold", 1), "failure_threshold": probe.get("failureThreshold", 3)}
+
+
 @dataclass
 class Probe:
     """A rendered ``httpGet`` readiness probe, its port mapped to the local one."""
@@ -165,27 +170,97 @@ class Probe:
     period_s: float
     timeout_s: float = 1
     success_threshold: int = 1
+    initial_delay_s: float = 0
+    failure_threshold: int = 3
 
     @classmethod
     def rendered(cls, probe: dict[str, Any], ports: dict[int, int]) -> "Probe":
         get = probe["httpGet"]
-        return cls(path=get["path"], port=ports[get["port"]], period_s=probe.get("periodSeconds", 10),
-                   timeout_s=probe.get("timeoutSeconds", 1), success_threshold=probe.get("successThreshold", 1))
+        return cls(path=get.get("path", "/"), port=ports[get["port"]], **_timings(probe))
 
     def passes(self) -> bool:
         conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=self.timeout_s)
         try:
             conn.request("GET", self.path)
             return 200 <= conn.getresponse().status < 400  # the kubelet's rule
-        except OSError:
+        except (OSError, http.client.HTTPException):
             return False
         finally:
             conn.close()
 
 
 @dataclass
+class TcpProbe:
+    """A rendered ``tcpSocket`` readiness probe: passes when the port accepts a connection."""
+
+    port: int
+    period_s: float
+    timeout_s: float = 1
+    success_threshold: int = 1
+    initial_delay_s: float = 0
+    failure_threshold: int = 3
+
+    @classmethod
+    def rendered(cls, probe: dict[str, Any], ports: dict[int, int]) -> "TcpProbe":
+        return cls(port=ports[probe["tcpSocket"]["port"]], **_timings(probe))
+
+    def passes(self) -> bool:
+        try:
+            socket.create_connection((LOOPBACK, self.port), timeout=self.timeout_s).close()
+            return True
+        except OSError:
+            return False
+
+
+@dataclass
+class ExecProbe:
+    """A rendered ``exec`` probe run here: ``argv`` is the rendered command with the
+    container's paths and ports rewritten to the local ones; it passes on exit status 0, and
+    fails when it outlives ``timeoutSeconds`` (the kubelet's rule since 1.20)."""
+
+    argv: list[str]
+    env: dict[str, str] | None = None
+    period_s: float = 10
+    timeout_s: float = 1
+    success_threshold: int = 1
+    initial_delay_s: float = 0
+    failure_threshold: int = 3
+
+    @classmethod
+    def rendered(cls, probe: dict[str, Any], argv: Sequence[str], env: dict[str, str] | None = None) -> "ExecProbe":
+        if "exec" not in probe:
+            raise ValueError(f"not an exec probe: {sorted(probe)}")
+        return cls(argv=list(argv), env=env, **_timings(probe))
+
+    def passes(self) -> bool:
+        try:
+            return subprocess.run(self.argv, env={**os.environ, **(self.env or {})}, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  timeout=self.timeout_s, check=False).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+
+def rendered_readiness(container: dict[str, Any], ports: dict[int, int]) -> Readiness:
+    """The container's rendered readiness probe, for ``httpGet`` and ``tcpSocket``; an
+    ``exec`` probe needs its command rewritten for this host: :meth:`ExecProbe.rendered`."""
+    probe = container["readinessProbe"]
+    if "httpGet" in probe:
+        return Probe.rendered(probe, ports)
+    if "tcpSocket" in probe:
+        return TcpProbe.rendered(probe, ports)
+    raise RolloutError(f"container {container.get('name')}: an exec readiness probe needs a local command "
+                       "(Pod.readiness=ExecProbe.rendered(probe, argv))")
+
+
+@dataclass
 class Pod:
-    """One pod: a process, its readiness probe, its hook and grace period as rendered."""
+    """One pod: a process, its readiness probe, its hook and grace period as rendered.
+
+    :meth:`run` starts the process and a prober that runs the readiness probe as the kubelet
+    does (first after ``initialDelaySeconds``, then every ``periodSeconds``; Ready after
+    ``successThreshold`` passes in a row, not Ready after ``failureThreshold`` fails), and
+    keeps the pod's address in ``endpoints`` while it is Ready."""
 
     name: str
     start: Callable[[], subprocess.Popen[bytes]]
@@ -198,37 +273,86 @@ class Pod:
     address: tuple[str, int]
     #: Called once the process is gone (release its cgroup, ...).
     cleanup: Callable[[], None] = lambda: None
+    #: The readiness probe run here; default: the rendered ``httpGet`` or ``tcpSocket`` probe.
+    readiness: Readiness | None = None
+    #: The ``preStop`` hook run here, given the monotonic time the grace period ends; default:
+    #: the rendered ``sleep`` or ``httpGet`` hook.
+    pre_stop: Callable[["Pod", float], None] | None = None
+    ordinal: int = 0
+    #: The Service's endpoints this pod is in while Ready (a StatefulSet's governing Service).
+    endpoints: Endpoints | None = None
     proc: subprocess.Popen[bytes] | None = None
     ready: bool = False
     killed: bool = False
+    terminating: bool = False
+    #: When the pod last became Ready (monotonic), for ``minReadySeconds``.
+    ready_since: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
 
     def run(self) -> "Pod":
+        if self.readiness is None:
+            self.readiness = rendered_readiness(self.container, self.ports)
         self.proc = self.start()
         self.events.append((time.monotonic(), "started"))
+        threading.Thread(target=self._probe, name=f"probe-{self.name}", daemon=True).start()
         return self
 
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        """Probe every ``periodSeconds`` until ``successThreshold`` passes in a row."""
-        probe = Probe.rendered(self.container["readinessProbe"], self.ports)
-        deadline, passed = time.monotonic() + timeout_s, 0
-        while passed < probe.success_threshold:
+    def _alive(self) -> bool:
+        return not self.terminating and self.proc is not None and self.proc.poll() is None
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready == self.ready or (ready and not self._alive()):
+            return
+        self.ready = ready
+        self.ready_since = time.monotonic() if ready else None
+        self.events.append((time.monotonic(), "ready" if ready else "not ready"))
+        if self.endpoints is not None:
+            (self.endpoints.add if ready else self.endpoints.remove)(self.address)
+
+    def _probe(self) -> None:
+        probe = self.readiness
+        assert probe is not None
+        time.sleep(probe.initial_delay_s)
+        passed = failed = 0
+        while self._alive():
+            ok = probe.passes()
+            if not self._alive():
+                return
+            passed, failed = (passed + 1, 0) if ok else (0, failed + 1)
+            if ok and passed >= probe.success_threshold:
+                self._set_ready(True)
+            elif not ok and failed >= probe.failure_threshold:
+                self._set_ready(False)
+            time.sleep(probe.period_s)
+
+    def available(self, min_ready_s: float) -> bool:
+        """Ready for at least ``min_ready_s`` (a workload's ``minReadySeconds``)."""
+        since = self.ready_since
+        return self.ready and since is not None and time.monotonic() - since >= min_ready_s
+
+    def wait_ready(self, timeout_s: float = 60, *, min_ready_s: float = 0) -> None:
+        """Wait until the prober finds the pod Ready (and ``min_ready_s`` has passed)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.available(min_ready_s):
             if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
                 raise RolloutError(f"pod {self.name} did not become ready within {timeout_s:.0f} s")
-            time.sleep(probe.period_s)
-            passed = passed + 1 if probe.passes() else 0
-        self.ready = True
-        self.events.append((time.monotonic(), "ready"))
+            time.sleep(0.05)
 
-    def delete(self, endpoints: Endpoints) -> None:
+    def delete(self, endpoints: Endpoints | None = None) -> None:
         """The kubelet's termination: endpoint out, preStop, SIGTERM, SIGKILL at the grace end."""
         deadline = time.monotonic() + self.grace_s
-        self.ready = False
-        endpoints.remove(self.address)
+        self._set_ready(False)
+        self.terminating = True
+        for eps in {id(e): e for e in (endpoints, self.endpoints) if e is not None}.values():
+            eps.remove(self.address)
         self.events.append((time.monotonic(), "deleted"))
-        hook = self.container.get("lifecycle", {}).get("preStop")
-        if hook is not None:
-            self._run_hook(hook, deadline)
+        if self.pre_stop is not None:
+            self.pre_stop(self, deadline)
+            self.events.append((time.monotonic(), "preStop done"))
+        else:
+            hook = self.container.get("lifecycle", {}).get("preStop")
+            if hook is not None:
+                self._run_hook(hook, deadline)
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -253,12 +377,12 @@ class Pod:
             try:
                 conn.request("GET", get.get("path", "/"))
                 conn.getresponse().read()
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 pass  # a failed hook is logged by the kubelet, and the pod is killed anyway
             finally:
                 conn.close()
         else:
-            raise RolloutError(f"pod {self.name}: preStop {sorted(hook)} is not run here (only sleep and httpGet)")
+            raise RolloutError(f"pod {self.name}: preStop {sorted(hook)} needs a local command (Pod.pre_stop)")
         self.events.append((time.monotonic(), "preStop done"))
 
 
@@ -272,6 +396,7 @@ def roll_deployment(deployment: dict[str, Any], old: Sequence[Pod], make_pod: Ca
                     endpoints: Endpoints, *, ready_timeout_s: float = 60) -> RolloutResult:
     """Replace ``old`` by ``len(old)`` pods from ``make_pod`` as the Deployment controller does."""
     surge, unavailable = surge_and_unavailable(deployment)
+    min_ready_s = deployment["spec"].get("minReadySeconds", 0)
     replicas = len(old)
     start = time.monotonic()
     remaining, new = list(old), []
@@ -281,8 +406,7 @@ def roll_deployment(deployment: dict[str, Any], old: Sequence[Pod], make_pod: Ca
 
     def become_ready(pod: Pod) -> None:
         try:
-            pod.wait_ready(ready_timeout_s)
-            endpoints.add(pod.address)
+            pod.wait_ready(ready_timeout_s, min_ready_s=min_ready_s)
         except BaseException as e:  # noqa: BLE001 - reported by the loop below
             errors.append(e)
 
@@ -292,14 +416,16 @@ def roll_deployment(deployment: dict[str, Any], old: Sequence[Pod], make_pod: Ca
         # Terminating pods no longer count (Deployment controller): only these do.
         alive = len(remaining) + len(new)
         if len(new) < replicas and alive < replicas + surge:
-            pod = make_pod(len(new)).run()
+            pod = make_pod(len(new))
+            pod.endpoints = endpoints  # in the Service while Ready, as the EndpointSlice controller keeps it
+            pod.run()
             new.append(pod)
             thread = threading.Thread(target=become_ready, args=(pod,), daemon=True)
             thread.start()
             starting.append((pod, thread))
             continue
         starting = [(p, t) for p, t in starting if t.is_alive()]
-        ready = sum(p.ready for p in (*remaining, *new))
+        ready = sum(p.available(min_ready_s) for p in (*remaining, *new))
         if remaining and ready - 1 >= replicas - unavailable:
             victim = remaining.pop(0)
             victim.ready = False
@@ -313,6 +439,144 @@ def roll_deployment(deployment: dict[str, Any], old: Sequence[Pod], make_pod: Ca
     if errors:
         raise RolloutError(str(errors[0]))
     return RolloutResult(seconds=time.monotonic() - start, new=new)
+
+
+# -- StatefulSets and node drains ------------------------------------------------------------
+
+@dataclass
+class PodSet:
+    """A rendered workload and its pods: ``pods[i]`` is ordinal ``i``; ``make_pod(i)`` makes
+    the replacement of ordinal ``i`` (same data directory: the same PersistentVolumeClaim),
+    not yet run."""
+
+    name: str
+    workload: dict[str, Any]
+    pdb: dict[str, Any] | None
+    pods: list[Pod]
+    make_pod: Callable[[int], Pod]
+    endpoints: Endpoints | None = None
+
+    @property
+    def min_ready_s(self) -> float:
+        return self.workload["spec"].get("minReadySeconds", 0)
+
+    def launch(self, replicas: int | None = None, *, ready_timeout_s: float = 180) -> "PodSet":
+        """Create every pod at once (``podManagementPolicy: Parallel``) and wait until each is
+        available; ``pods`` must be empty."""
+        if self.pods:
+            raise RolloutError(f"{self.name}: launch() starts the set's first pods; it has {len(self.pods)}")
+        for ordinal in range(self.workload["spec"].get("replicas", 1) if replicas is None else replicas):
+            pod = self.make_pod(ordinal)
+            pod.ordinal = ordinal
+            if pod.endpoints is None:
+                pod.endpoints = self.endpoints
+            self.pods.append(pod.run())
+        for pod in self.pods:
+            pod.wait_ready(ready_timeout_s, min_ready_s=self.min_ready_s)
+        return self
+
+    def replace(self, ordinal: int, *, ready_timeout_s: float) -> Pod:
+        """The controller recreates ordinal ``ordinal``; returns once it is available."""
+        pod = self.make_pod(ordinal)
+        pod.ordinal = ordinal
+        if pod.endpoints is None:
+            pod.endpoints = self.endpoints
+        self.pods[ordinal] = pod.run()
+        pod.wait_ready(ready_timeout_s, min_ready_s=self.min_ready_s)
+        return pod
+
+    def disruptions_allowed(self) -> int:
+        """The PDB's ``disruptionsAllowed`` now: the set's Ready pods less the ones it must keep
+        (Disruption controller: currentHealthy - desiredHealthy; maxUnavailable counts
+        against the workload's replicas). Kubernetes docs, "Specifying a Disruption Budget"."""
+        if self.pdb is None:
+            return len(self.pods)
+        spec = self.pdb["spec"]
+        expected = self.workload["spec"].get("replicas", len(self.pods))
+        healthy = sum(p.ready and not p.terminating for p in self.pods)
+        if "minAvailable" in spec:
+            desired = _scaled(spec["minAvailable"], expected, round_up=True, default="0")
+        else:
+            desired = expected - _scaled(spec.get("maxUnavailable"), expected, round_up=True, default="0")
+        return max(0, healthy - desired)
+
+
+def roll_statefulset(podset: PodSet, *, ready_timeout_s: float = 180,
+                     on_step: Callable[[Pod], None] | None = None) -> "RolloutResult":
+    """The StatefulSet controller's ``RollingUpdate``: from the highest ordinal down to the
+    ``partition``, delete one pod (the kubelet's termination), recreate it, and go on only
+    once it is Ready for ``minReadySeconds``. Kubernetes docs, "StatefulSets" (rolling updates,
+    partitioned rolling updates, minimum ready seconds)."""
+    strategy = podset.workload["spec"].get("updateStrategy", {})
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        raise RolloutError(f"{podset.name}: updateStrategy {strategy.get('type')} does not roll pods")
+    partition = strategy.get("rollingUpdate", {}).get("partition", 0)
+    start = time.monotonic()
+    new: list[Pod] = []
+    for ordinal in range(len(podset.pods) - 1, partition - 1, -1):
+        # The controller deletes the next pod only while every pod it already updated is
+        # healthy (Ready for minReadySeconds); with podManagementPolicy Parallel it does not
+        # wait for the lower ordinals (stateful_set_control.go, updateStatefulSet).
+        for done in podset.pods[ordinal + 1:]:
+            done.wait_ready(ready_timeout_s, min_ready_s=podset.min_ready_s)
+        podset.pods[ordinal].delete(podset.endpoints)
+        new.append(podset.replace(ordinal, ready_timeout_s=ready_timeout_s))
+        if on_step is not None:
+            on_step(new[-1])
+    return RolloutResult(seconds=time.monotonic() - start, new=new)
+
+
+@dataclass
+class DrainResult:
+    seconds: float
+    #: Evictions the PDB refused (``429 Too Many Requests``), per set.
+    refused: dict[str, int]
+
+
+def drain(podsets: Sequence[PodSet], node: int, *, ready_timeout_s: float = 180, retry_s: float = 5) -> DrainResult:
+    """``kubectl drain`` of the node that runs ordinal ``node`` of every set (one member of
+    each set per node: the charts' anti-affinity). Every pod is evicted at once where its PDB
+    allows, a refused eviction is retried every ``retry_s`` (kubectl's interval), and each
+    evicted pod is recreated on another node by its controller; returns when every
+    replacement is available. Kubernetes docs, "Safely Drain a Node", "API-initiated Eviction"."""
+    start = time.monotonic()
+    refused = {s.name: 0 for s in podsets}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def evict(podset: PodSet) -> None:
+        try:
+            while True:
+                with lock:  # the API server admits one eviction at a time against a budget
+                    allowed = podset.disruptions_allowed() > 0
+                    pod = podset.pods[node]
+                    if allowed:
+                        pod.terminating = True
+                if allowed:
+                    break
+                refused[podset.name] += 1
+                if time.monotonic() - start > ready_timeout_s:
+                    raise RolloutError(f"{podset.name}: eviction of {pod.name} refused by its PDB for "
+                                       f"{ready_timeout_s:.0f} s")
+                time.sleep(retry_s)
+            pod.delete(podset.endpoints)
+            podset.replace(node, ready_timeout_s=ready_timeout_s)
+        except BaseException as e:  # noqa: BLE001 - raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=evict, args=(s,), name=f"evict-{s.name}", daemon=True) for s in podsets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RolloutError(str(errors[0]))
+    return DrainResult(seconds=time.monotonic() - start, refused=refused)
+
+
+def drain_nodes(podsets: Sequence[PodSet], nodes: Sequence[int], **kwargs: Any) -> list[DrainResult]:
+    """Drain ``nodes`` one after another, as a node-group update does."""
+    return [drain(podsets, node, **kwargs) for node in nodes]
 
 
 class LiveClients:

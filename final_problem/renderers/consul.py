@@ -33,6 +33,16 @@ MESH_NODE = "k8s-service-mesh"
 AUTH_METHOD = "kubernetes"
 
 
+#: Autopilot adds a (re)joining server to Raft as a non-voter and promotes it once it has
+#: been healthy this long (Consul docs, "Autopilot": ``server_stabilization_time``, default
+#: 10 s). Rendered rather than left to the default: the StatefulSet's ``minReadySeconds`` is
+#: derived from it (charts/consul.py), so both change together.
+SERVER_STABILIZATION_S = 10
+#: How often the leader's autopilot reconciles (promotes stable non-voters): Consul's
+#: ``AutopilotInterval``, 10 s (agent/consul/config.go, DefaultConfig); not a setting.
+AUTOPILOT_INTERVAL_S = 10
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerPorts:
     rpc: int = 8300
@@ -122,7 +132,22 @@ def server_config(options: ServerConfigOptions) -> dict[str, Any]:
             "disable_hostname": True,
         },
         "performance": {"raft_multiplier": 1},
+        # A stopping server leaves Raft gracefully: its replacement comes back with the same
+        # node ID on a new pod IP and joins at once, instead of waiting for Serf to declare
+        # the old address failed while it calls elections (consul-k8s PR #3000). A leave
+        # shrinks the peer set, 3 -> 2, which keeps a quorum of 2: with the PDB and the
+        # rolling update taking one server at a time, no second server leaves before the
+        # first is back as a voter (minReadySeconds, charts/consul.py).
         "leave_on_terminate": True,
+        # Read once, when the datacenter bootstraps; a later change needs
+        # `consul operator autopilot set-config` (Consul docs, "Bootstrap configuration").
+        # The values are Consul's defaults, written out because the chart depends on them.
+        "autopilot": {
+            "cleanup_dead_servers": True,
+            "last_contact_threshold": "200ms",
+            "max_trailing_logs": 250,
+            "server_stabilization_time": f"{SERVER_STABILIZATION_S}s",
+        },
         "disable_update_check": True,
         "log_json": True,
         "log_level": options.log_level,
