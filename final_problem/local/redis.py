@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import redis
 from redis.sentinel import Sentinel
@@ -32,6 +32,7 @@ from final_problem.charts.redis import RedisProps
 from final_problem.clients.redis import RedisClient, RedisClientError
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.powercut import Ack
+from final_problem.local.rollout import ExecProbe, Pod, PodSet
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import PI, Profile
 from final_problem.renderers.redis import ADMIN_USER, APP_USER, RedisConfigOptions, config_files
@@ -311,6 +312,71 @@ class LocalRedisSet:
                                   error=_Timeout)
         except _Timeout as e:
             raise LocalRedisError(f"{e}; the set: {self.describe()}") from None
+
+    # Pods: the rendered StatefulSets over these processes --------------------------------
+
+    def podsets(self, objects: Sequence[dict[str, Any]]) -> tuple[PodSet, PodSet]:
+        """The ``redis`` and ``redis-sentinel`` StatefulSets of the chart's rendered ``objects``
+        (with their PodDisruptionBudgets) as :class:`~final_problem.local.rollout.PodSet`\ s
+        over this set's members and Sentinels, for the rollout harness. Each pod runs its
+        start script as the container does; its readiness probe, and a member's preStop hook,
+        are the rendered commands with the in-container configuration directory replaced by
+        the local one (the ports and passwords come from the environment, as in the pod);
+        grace periods are the rendered ones. No pod runs yet: :meth:`PodSet.launch` starts
+        them (the members first, as :meth:`start` does: a Sentinel without state waits for a
+        member answering as primary)."""
+        from final_problem.charts.redis import CONFIG_DIR
+
+        def workload(name: str) -> dict[str, Any]:
+            return next(o for o in objects if o["kind"] == "StatefulSet" and o["metadata"]["name"] == name)
+
+        def pdb(name: str) -> dict[str, Any] | None:
+            return next((o for o in objects if o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == name), None)
+
+        def local(command: Sequence[str], proc: _Process) -> list[str]:
+            return [arg.replace(CONFIG_DIR, str(proc.config_dir)) for arg in command]
+
+        def maker(set_name: str, container_name: str, procs: list[_Process]) -> Callable[[int], Pod]:
+            spec = workload(set_name)["spec"]["template"]["spec"]
+            container = next(c for c in spec["containers"] if c["name"] == container_name)
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            hook = container.get("lifecycle", {}).get("preStop", {}).get("exec")
+
+            def make(ordinal: int) -> Pod:
+                proc = procs[ordinal]
+
+                def start() -> subprocess.Popen[bytes]:
+                    self._spawn(proc)
+                    assert proc.popen is not None
+                    return proc.popen
+
+                def pre_stop(pod: Pod, deadline: float) -> None:
+                    assert hook is not None
+                    try:
+                        result = subprocess.run(local(hook["command"], proc), env=proc.env, capture_output=True,
+                                                text=True, timeout=max(0.1, deadline - time.monotonic()), check=False)
+                    except subprocess.TimeoutExpired as e:  # the kubelet stops waiting at the grace end
+                        result = subprocess.CompletedProcess(e.cmd, -9, str(e.stdout or ""), str(e.stderr or ""))
+                    pod.events.append((time.monotonic(), f"preStop exited {result.returncode}: {result.stderr.strip()}"))
+                    with proc.log.open("a") as log:
+                        log.write(f"preStop exited {result.returncode}: {result.stdout}{result.stderr}")
+
+                return Pod(
+                    name=f"{set_name}-{ordinal}", start=start, container=container, grace_s=grace,
+                    ports={int(p["containerPort"]): proc.port for p in container.get("ports", [])},
+                    address=(HOST, proc.port), cleanup=lambda: self._kill(proc), ordinal=ordinal,
+                    readiness=ExecProbe.rendered(container["readinessProbe"],
+                                                 local(container["readinessProbe"]["exec"]["command"], proc), proc.env),
+                    pre_stop=pre_stop if hook is not None else None,
+                )
+            return make
+
+        return (
+            PodSet(name="redis", workload=workload("redis"), pdb=pdb("redis"), pods=[],
+                   make_pod=maker("redis", "redis", self.members)),
+            PodSet(name="redis-sentinel", workload=workload("redis-sentinel"), pdb=pdb("redis-sentinel"), pods=[],
+                   make_pod=maker("redis-sentinel", "sentinel", self.sentinels)),
+        )
 
     # Clients ---------------------------------------------------------------------------
 

@@ -635,13 +635,14 @@ while :; do
   now=$(date +%s)
   [ "$now" -lt "$deadline" ] || fail "the Sentinels did not agree on a new primary (they name: $(printf '%s' "$names" | tr '\n' ';'))"
   if [ $((now - asked_at)) -ge __RETRY__ ]; then
-    # The next Sentinel each time: the one asked before may be stopping (a node drain).
+    # The next Sentinel each time, and at once when one does not answer: the one asked
+    # before may be stopping (a node drain stops a Sentinel too).
     set -- $REDIS_SENTINELS
     shift $((asked % $#))
     answer=$(sentinel_cli "$1" SENTINEL FAILOVER "$REDIS_MASTER_NAME" | tr '\n' ' ')
     echo "asked the Sentinel $1 to fail over: ${answer:-no answer}" >&2
     asked=$((asked + 1))
-    asked_at=$now
+    [ -z "$answer" ] || asked_at=$now
   fi
   sleep 0.05
 done
