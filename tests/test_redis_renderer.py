@@ -159,7 +159,8 @@ def run_prestop(tmp_path: Path, *, self_role: str = "master", catch_up: bool = T
         "REDIS_MASTER_NAME": "platform", "REDIS_ADMIN_PASSWORD": "a", "REDIS_SENTINEL_PASSWORD": "s",
         "REDIS_HANDOVER_TIMEOUT_S": "2",
     }
-    result = subprocess.run(["sh", str(config / "prestop-redis.sh")], env=env, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(["sh", str(config / "prestop-redis.sh")], env=env, capture_output=True, text=True, timeout=30,
+                            check=False)
     log = (tmp_path / "state.json.log").read_text().splitlines()
     return result.returncode, log, result.stderr
 

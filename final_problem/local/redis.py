@@ -13,10 +13,10 @@ Needs ``redis-server`` and ``redis-cli`` (Debian: redis-server, redis-tools).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -29,9 +29,9 @@ from redis.sentinel import Sentinel
 
 from final_problem import local
 from final_problem.charts.redis import RedisProps
-from final_problem.clients.redis import RedisClient, RedisClientError
+from final_problem.clients.redis import RedisClient, RedisClientError, RedisSettings
 from final_problem.local import LOOPBACK, free_ports
-from final_problem.local.powercut import Ack
+from final_problem.local.powercut import Ack, LiveWriter
 from final_problem.local.rollout import ExecProbe, Pod, PodSet
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import PI, Profile
@@ -230,36 +230,6 @@ class LocalRedisSet:
         proc = self.members[index]
         self.wait_for(f"{proc.name} to answer", lambda: self._alive(proc) and self.admin(index).ping(), timeout_s=timeout_s)
 
-    def pre_stop(self, index: int, *, timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
-        """Run member ``index``'s rendered preStop hook as the kubelet does (in the container,
-        with its environment); its output goes to the member's log. ``timeout_s``: when the
-        grace period ends (the kubelet stops waiting for the hook)."""
-        proc = self.members[index]
-        try:
-            result = subprocess.run(
-                ["sh", str(proc.config_dir / "prestop-redis.sh")], env=proc.env, capture_output=True, text=True,
-                timeout=timeout_s,
-            )
-        except subprocess.TimeoutExpired as e:
-            result = subprocess.CompletedProcess(e.cmd, -9, str(e.stdout or ""), str(e.stderr or ""))
-        with proc.log.open("a") as log:
-            log.write(f"preStop exited {result.returncode}: {result.stdout}{result.stderr}")
-        return result
-
-    def terminate_member(self, index: int, *, timeout_s: float = 30) -> None:
-        """SIGTERM member ``index`` (a clean shutdown) and wait for it to exit; SIGKILL at ``timeout_s``."""
-        proc = self.members[index]
-        if proc.popen is None:
-            return
-        try:
-            os.killpg(proc.popen.pid, signal.SIGTERM)
-            proc.popen.wait(timeout=timeout_s)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            pass
-        self._kill(proc)
-
     def kill_member(self, index: int) -> None:
         """Kill member ``index`` hard (SIGKILL: no shutdown, no final fsync)."""
         self._kill(self.members[index])
@@ -317,8 +287,8 @@ class LocalRedisSet:
 
     def podsets(self, objects: Sequence[dict[str, Any]]) -> tuple[PodSet, PodSet]:
         """The ``redis`` and ``redis-sentinel`` StatefulSets of the chart's rendered ``objects``
-        (with their PodDisruptionBudgets) as :class:`~final_problem.local.rollout.PodSet`\ s
-        over this set's members and Sentinels, for the rollout harness. Each pod runs its
+        (with their PodDisruptionBudgets) as rollout-harness pod sets
+        (:class:`~final_problem.local.rollout.PodSet`) over this set's members and Sentinels, for the rollout harness. Each pod runs its
         start script as the container does; its readiness probe, and a member's preStop hook,
         are the rendered commands with the in-container configuration directory replaced by
         the local one (the ports and passwords come from the environment, as in the pod);
@@ -584,5 +554,45 @@ def longest_outage_s(acks: Sequence[Ack], *, start: float, end: float) -> tuple[
     """The longest time between ``start`` and ``end`` (``time.monotonic()``) in which no write
     was acknowledged, and when it began."""
     times = [start, *(a.at for a in acks if start <= a.at <= end), end]
-    gap, at = max((b - a, a) for a, b in zip(times, times[1:]))
+    gap, at = max((b - a, a) for a, b in itertools.pairwise(times))
     return gap, at
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What a change cost a client writing throughout: acknowledged writes, those missing
+    afterwards, the longest time none was acknowledged, and the attempts that failed."""
+
+    acknowledged: int
+    lost: tuple[int, ...]
+    outage_s: float
+    failed_attempts: int
+
+    def summary(self, what: str) -> str:
+        return (f"{what}: {self.acknowledged} acknowledged writes (WAIT 1), {len(self.lost)} lost, "
+                f"longest write outage {self.outage_s:.2f} s, {self.failed_attempts} failed attempts")
+
+
+def with_live_writes(cluster: LocalRedisSet, action: Callable[[], object], *, prefix: str) -> WriteOutcome:
+    """Run ``action`` while the platform's Sentinel client writes throughout (``SET`` + ``WAIT
+    1``, :class:`DurableWrites`); then compare every acknowledged write with the primary the
+    Sentinels agree on once the set has settled."""
+    settings = RedisSettings.from_env(cluster.client_env(), secret=lambda key: "")
+    client = RedisClient(settings=settings)
+    writes = DurableWrites(client, prefix=prefix)
+    writer = LiveWriter(writes, name=f"writer-{prefix}").start()
+    try:
+        writer.wait_for(50, timeout_s=30)
+        started = time.monotonic()
+        action()
+        writer.wait_for(writer.acknowledged + 50, timeout_s=30)
+        acks = writer.stop()
+        writer.join()
+        primary = cluster.wait_settled(timeout_s=60)
+        present = writes.present(cluster, cluster.member_index(primary), acks)
+    finally:
+        writer.stop()
+        client.close()
+    outage, _ = longest_outage_s(acks, start=started, end=acks[-1].at)
+    return WriteOutcome(acknowledged=len(acks), lost=tuple(a.seq for a in acks if a.seq not in present),
+                        outage_s=outage, failed_attempts=writes.failed_attempts)

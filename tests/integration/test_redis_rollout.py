@@ -12,16 +12,12 @@ on the primary afterwards, and a planned switchover must pause writes for at mos
 from __future__ import annotations
 
 import re
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
-from final_problem.clients.redis import RedisClient, RedisSettings
-from final_problem.local.powercut import LiveWriter
-from final_problem.local.redis import DurableWrites, LocalRedisSet, local_options, longest_outage_s
+from final_problem.local.redis import LocalRedisSet, local_options, with_live_writes
 from final_problem.local.rollout import PodSet, drain, roll_statefulset
 from tests.conftest import rendered
 
@@ -55,42 +51,6 @@ def redis_pods(redis_binaries: None, tmp_path_factory: pytest.TempPathFactory) -
         cluster.close()
 
 
-@dataclass
-class Outcome:
-    acknowledged: int
-    lost: list[int]
-    outage_s: float
-    failed_attempts: int
-
-    def summary(self, what: str) -> str:
-        return (f"{what}: {self.acknowledged} acknowledged writes (WAIT 1), {len(self.lost)} lost, "
-                f"longest write outage {self.outage_s:.2f} s, {self.failed_attempts} failed attempts")
-
-
-def with_live_writes(pods: RedisPods, prefix: str, action: Callable[[], object]) -> Outcome:
-    """Run ``action`` while the Sentinel client writes throughout; what it cost."""
-    cluster = pods.cluster
-    settings = RedisSettings.from_env(cluster.client_env(), secret=lambda key: pytest.fail(f"asked the Secret for {key}"))
-    client = RedisClient(settings=settings)
-    writes = DurableWrites(client, prefix=prefix)
-    writer = LiveWriter(writes, name=f"writer-{prefix}").start()
-    try:
-        writer.wait_for(50, timeout_s=30)
-        started = time.monotonic()
-        action()
-        writer.wait_for(writer.acknowledged + 50, timeout_s=30)
-        acks = writer.stop()
-        writer.join()
-        primary = cluster.wait_settled(timeout_s=60)
-        present = writes.present(cluster, cluster.member_index(primary), acks)
-    finally:
-        writer.stop()
-        client.close()
-    outage, _ = longest_outage_s(acks, start=started, end=acks[-1].at)
-    return Outcome(acknowledged=len(acks), lost=[a.seq for a in acks if a.seq not in present],
-                   outage_s=outage, failed_attempts=writes.failed_attempts)
-
-
 def primary_ordinal(pods: RedisPods) -> int:
     port = pods.cluster.wait_settled(timeout_s=60)
     return pods.cluster.member_index(port)
@@ -104,12 +64,12 @@ def test_rollout_hands_the_primary_over_without_losing_a_write(redis_pods: Redis
         nonlocal result
         result = roll_statefulset(redis_pods.servers, ready_timeout_s=90)
 
-    outcome = with_live_writes(redis_pods, "rollout:", roll)
+    outcome = with_live_writes(redis_pods.cluster, roll, prefix="rollout:")
     assert result is not None
     print(outcome.summary(f"rollout of the redis StatefulSet in {result.seconds:.1f} s"))
     assert not outcome.lost, f"{len(outcome.lost)} acknowledged writes lost, e.g. {outcome.lost[:5]}"
     old = redis_pods.cluster.members[primary].log.read_text()
-    assert re.search(r"preStop exited 0: .*handed over to 127\.0\.0\.1:\d+", old, re.S), old[-2000:]
+    assert re.search(r"preStop exited 0: .*handed over to 127\.0\.0\.1:\d+", old, re.DOTALL), old[-2000:]
     assert outcome.outage_s <= PLANNED_OUTAGE_S, outcome.summary("rollout")
 
 
@@ -121,7 +81,7 @@ def test_drain_of_the_primarys_node_keeps_every_write(redis_pods: RedisPods) -> 
         nonlocal result
         result = drain([redis_pods.servers, redis_pods.sentinels], node, ready_timeout_s=90)
 
-    outcome = with_live_writes(redis_pods, "drain:", drain_node)
+    outcome = with_live_writes(redis_pods.cluster, drain_node, prefix="drain:")
     assert result is not None
     print(outcome.summary(f"drain of node {node} (primary redis-{node} and redis-sentinel-{node}) "
                           f"in {result.seconds:.1f} s, evictions refused {result.refused}"))
@@ -159,7 +119,7 @@ def test_primary_restarted_during_its_failover_comes_back_as_a_replica(redis_pod
         servers.pods[ordinal] = servers.make_pod(ordinal).run()
         servers.pods[ordinal].wait_ready(90)
 
-    outcome = with_live_writes(redis_pods, "restart:", crash_and_restart)
+    outcome = with_live_writes(redis_pods.cluster, crash_and_restart, prefix="restart:")
     print(outcome.summary("primary killed, restarted at its failover"))
     started = [line for line in log.read_text().splitlines() if line.startswith("starting as ")]
     assert started and started[0].startswith("starting as replica of"), log.read_text()[-3000:]
