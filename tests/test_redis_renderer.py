@@ -131,7 +131,8 @@ json.dump(state, open(path, "w"))
 """
 
 
-def run_prestop(tmp_path: Path, *, self_role: str = "master", catch_up: bool = True) -> tuple[int, list[str], str]:
+def run_prestop(tmp_path: Path, *, self_role: str = "master", catch_up: bool = True,
+                timeout_s: int = 20) -> tuple[int, list[str], str]:
     """prestop-redis.sh against the stand-in redis-cli: exit status, calls, stderr."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -157,9 +158,9 @@ def run_prestop(tmp_path: Path, *, self_role: str = "master", catch_up: bool = T
         "PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_STATE": str(tmp_path / "state.json"), "REDIS_CONFIG_DIR": str(config),
         "REDIS_PORT": "6379", "REDIS_ANNOUNCE_HOST": "r0", "REDIS_SENTINELS": " ".join(state["sentinels"]),
         "REDIS_MASTER_NAME": "platform", "REDIS_ADMIN_PASSWORD": "a", "REDIS_SENTINEL_PASSWORD": "s",
-        "REDIS_HANDOVER_TIMEOUT_S": "2",
+        "REDIS_HANDOVER_TIMEOUT_S": str(timeout_s),
     }
-    result = subprocess.run(["sh", str(config / "prestop-redis.sh")], env=env, capture_output=True, text=True, timeout=30,
+    result = subprocess.run(["sh", str(config / "prestop-redis.sh")], env=env, capture_output=True, text=True, timeout=60,
                             check=False)
     log = (tmp_path / "state.json.log").read_text().splitlines()
     return result.returncode, log, result.stderr
@@ -186,7 +187,7 @@ def test_prestop_on_a_replica_hands_nothing_over(tmp_path: Path) -> None:
 
 
 def test_prestop_never_fails_over_to_a_replica_behind_and_stays_paused(tmp_path: Path) -> None:
-    status, calls, stderr = run_prestop(tmp_path, catch_up=False)
+    status, calls, stderr = run_prestop(tmp_path, catch_up=False, timeout_s=2)
     assert status == 1 and "replicas behind offset 100: r1:6379(90)" in stderr, stderr
     assert any("CLIENT PAUSE" in c for c in calls)
     assert not [c for c in calls if "FAILOVER" in c or "UNPAUSE" in c or "REPLICAOF" in c]

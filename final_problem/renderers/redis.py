@@ -600,7 +600,14 @@ while :; do
     state=$(member_cli "$replica" INFO replication)
     priority=$(printf '%s\n' "$state" | info_field slave_priority)
     if [ "${priority:-1}" = 0 ]; then
-      continue  # never promoted: it may lag
+      # Never promoted, so it may lag (still synchronising after a restart): unless a
+      # Sentinel still lists it as promotable, from INFO up to 10 s old (sentinel.c,
+      # sentinel_info_period), and could pick it. Readiness and the PDB normally keep a
+      # primary from stopping that soon after a replica restarted.
+      case " $(promotable_replicas | tr '\n' ' ') " in
+        *" $replica "*) ;;
+        *) continue ;;
+      esac
     fi
     reached=$(printf '%s\n' "$state" | info_field slave_repl_offset)
     case "$state" in
