@@ -58,6 +58,7 @@ def primary_ordinal(pods: RedisPods) -> int:
 
 def test_rollout_hands_the_primary_over_without_losing_a_write(redis_pods: RedisPods) -> None:
     primary = primary_ordinal(redis_pods)
+    old_pods = list(redis_pods.servers.pods)
     result = None
 
     def roll() -> None:
@@ -71,6 +72,11 @@ def test_rollout_hands_the_primary_over_without_losing_a_write(redis_pods: Redis
     old = redis_pods.cluster.members[primary].log.read_text()
     assert re.search(r"preStop exited 0: .*handed over to 127\.0\.0\.1:\d+", old, re.DOTALL), old[-2000:]
     assert outcome.outage_s <= PLANNED_OUTAGE_S, outcome.summary("rollout")
+    # What the grace period must cover (the rendered one, for the record).
+    events = dict((what.split(":")[0], at) for at, what in old_pods[primary].events)
+    print(f"the primary's preStop took {events['preStop done'] - events['deleted']:.2f} s, its shutdown "
+          f"{events[next(k for k in events if k.startswith('exited'))] - events['SIGTERM']:.2f} s, "
+          f"of a {old_pods[primary].grace_s:.0f} s grace period")
 
 
 def test_drain_of_the_primarys_node_keeps_every_write(redis_pods: RedisPods) -> None:
