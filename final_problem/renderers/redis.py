@@ -632,7 +632,11 @@ while :; do
   # What clients are told (get-master-addr-by-name: Redis docs, "Sentinel client spec"):
   # the promoted replica once a Sentinel has seen the promotion, or learnt it from the
   # hello of the Sentinel that ran the failover.
-  views=$(sentinel_views | cut -d ' ' -f 2-)
+  # One question per Sentinel: writes are paused while this loop runs.
+  views=$(for addr in $REDIS_SENTINELS; do
+    sentinel_cli "$addr" SENTINEL get-master-addr-by-name "$REDIS_MASTER_NAME" | tr '\n' ' ' |
+      awk 'NF == 2 { print $1, $2 }' || true
+  done)
   answered=$(printf '%s\n' "$views" | grep -c . || true)
   names=$(printf '%s\n' "$views" | grep . | sort -u)
   if [ "$answered" -ge "$majority" ] && [ "$(printf '%s\n' "$names" | grep -c .)" -eq 1 ] &&
