@@ -187,12 +187,12 @@ POSTGRES_EXPORTER_UPGRADE = UpgradePath(
 # Redis: a replica may run a newer Redis than its primary, so the set upgrades replicas first
 # and then fails the primary over (Redis docs, "Upgrading or restarting a Redis instance
 # without downtime"); an older Redis cannot load a newer one's RDB, so no going back past a
-# patch. The pods roll one at a time; when the primary's turn comes, Sentinel promotes a
-# replica once it has been silent for redis.down_after_ms (writes wait that long).
+# patch. The pods roll one at a time; when the primary's turn comes, its preStop hands over
+# (writes paused, replicas caught up, SENTINEL FAILOVER), about 1.5 s without writes.
 REDIS_UPGRADE = UpgradePath(
     name="Redis", within="major", step=None, downgrade="patch",
-    upgrade=rolling("members roll one at a time, the highest ordinal first; when the primary stops, Sentinel "
-                    "promotes a replica after redis.down_after_ms (writes wait that long)"),
+    upgrade=rolling("members roll one at a time, the highest ordinal first; when the primary stops, its preStop "
+                    "hands over to a caught-up replica through the Sentinels (about 1.5 s without writes)"),
     outside="a new major's RDB and replication formats are not readable by the old; upgrade through a "
             "replica of the new major and a failover",
     source="Redis docs, Upgrading or restarting a Redis instance without downtime",

@@ -10,7 +10,7 @@ import pytest
 
 from final_problem import config, manifests, versions
 from final_problem.charts.base import BaseChart
-from final_problem.charts.redis import RedisChart, RedisProps
+from final_problem.charts.redis import SHUTDOWN_S, RedisChart, RedisProps
 from final_problem.errors import ConfigError
 from final_problem.profiles import EKS, PI, PROFILES
 
@@ -283,3 +283,18 @@ def test_bigger_limit_allows_more_maxmemory() -> None:
 def test_pi_props_are_valid_and_validated() -> None:
     with pytest.raises(ConfigError, match=r"redis.maxmemory_mib = 256: must be at most half of redis.memory_mib \(256\)"):
         RedisProps.for_profile(PI, maxmemory_mib=256)
+
+
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+def test_primary_hands_over_in_a_prestop_hook_within_the_grace_period(profile: str) -> None:
+    sts = find(redis_objects(profile), "StatefulSet", "redis")
+    redis = container(sts, "redis")
+    assert redis["lifecycle"]["preStop"]["exec"]["command"] == ["sh", "/opt/redis/config/prestop-redis.sh"]
+    env = {e["name"]: e.get("value") for e in redis["env"]}
+    handover = int(env["REDIS_HANDOVER_TIMEOUT_S"])
+    # The kubelet counts the hook in the grace period: the hook's bound, then the shutdown.
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == handover + SHUTDOWN_S
+    data = find(redis_objects(profile), "ConfigMap", "redis-config")["data"]
+    assert "SENTINEL FAILOVER" in data["prestop-redis.sh"]
+    # Sentinels hand nothing over: no hook.
+    assert "lifecycle" not in container(find(redis_objects(profile), "StatefulSet", "redis-sentinel"), "sentinel")
