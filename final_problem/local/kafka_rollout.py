@@ -332,7 +332,9 @@ def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]]
     outage is measured to within it) so that the client leaves the two cores here to the brokers."""
     watcher = SyncWatcher(cluster, deadline_s=1.0)
     podsets = kafka_podsets(cluster, objects, workdir, watcher)
-    # Every set at once, as the StatefulSets are created together.
+    # Every set at once, as the StatefulSets are created together; storage formatted first,
+    # once (a node's first start would format every node, and two sets would race).
+    cluster.format_all()
     launching = [threading.Thread(target=s.launch, name=f"launch-{s.name}", daemon=True) for s in podsets]
     for t in launching:
         t.start()
