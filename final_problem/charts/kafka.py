@@ -7,7 +7,8 @@ Creates, in the ``kafka`` namespace (Pod Security "restricted", default-deny):
   id); no value is in any manifest;
 - ConfigMap ``kafka-config``: one ``server.properties`` per pod from
   :mod:`final_problem.renderers.kafka` (the renderer the real-broker tests start),
-  ``log4j2.properties`` (console) and the Prometheus JMX exporter's rules;
+  ``log4j2.properties`` (console), the Prometheus JMX exporter's rules and the readiness
+  script (:data:`READY_SCRIPT`: Ready means another node of the set may stop);
 - on EKS, StatefulSets ``kafka-controller`` (``controllers`` KRaft voters) and
   ``kafka-broker`` (``brokers``); on the Pi one StatefulSet ``kafka`` of combined
   ``broker,controller`` nodes. Each is a quorum set (PDB, one pod per node, zone
