@@ -181,6 +181,9 @@ class ProbeOnce:
 
     probe: Any
     on_first_pass: Callable[[], None]
+    #: Sample only while this says so (not while the cluster first starts: six samplers
+    #: scraping at once slow every JVM's start here).
+    enabled: Callable[[], bool] = lambda: True
     sample_s: float = 0.5
     _sampling: bool = False
 
@@ -196,7 +199,7 @@ class ProbeOnce:
             time.sleep(self.sample_s)
 
     def passes(self) -> bool:
-        if not self._sampling:  # the prober's first call: the pod has just started
+        if not self._sampling and self.enabled():  # the prober's first call: the pod has just started
             self._sampling = True
             threading.Thread(target=self._sample, name="probe-sampler", daemon=True).start()
         return bool(self.probe.passes())
@@ -235,7 +238,7 @@ def kafka_podsets(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]],
                 probe = TcpProbe.rendered(probe_spec, ports)
             pod_name = f"{name}-{ordinal}"
             if watcher is not None:
-                probe = ProbeOnce(probe, lambda: watcher.passed(pod_name, node_id))
+                probe = ProbeOnce(probe, lambda: watcher.passed(pod_name, node_id), enabled=lambda: watcher.active)
 
             def start() -> Any:
                 cluster.start(node_id)
