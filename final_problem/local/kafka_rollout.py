@@ -199,9 +199,10 @@ class ProbeOnce:
             time.sleep(self.sample_s)
 
     def passes(self) -> bool:
-        if not self._sampling and self.enabled():  # the prober's first call: the pod has just started
+        if not self._sampling:  # the prober's first call: the pod has just started
             self._sampling = True
-            threading.Thread(target=self._sample, name="probe-sampler", daemon=True).start()
+            if self.enabled():
+                threading.Thread(target=self._sample, name="probe-sampler", daemon=True).start()
         return bool(self.probe.passes())
 
 
