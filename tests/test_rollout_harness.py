@@ -207,6 +207,31 @@ def test_a_pod_turns_not_ready_after_failure_threshold_fails_and_leaves_the_endp
     assert c.set.endpoints.current() == []
 
 
+def test_a_container_that_exits_is_restarted_after_the_kubelets_back_off() -> None:
+    runs: list[float] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        runs.append(time.monotonic())
+        # The first run fails at once (a dependency down), the second keeps running.
+        return subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(600)" if len(runs) > 1
+                                 else "import sys; sys.exit(3)"])
+
+    serving = Switch()
+    pod = Pod(name="matching", start=start, container={}, grace_s=2, ports={}, address=("127.0.0.1", 1),
+              readiness=serving, restart_on_exit=True)
+    # Ready once its process has run half a second (the first one exits before).
+    serving.passes = lambda: pod.proc is not None and pod.proc.poll() is None and time.monotonic() - runs[-1] > 0.5
+    pod.run()
+    try:
+        pod.wait_ready(15)
+        assert pod.restarts == 1 and len(runs) == 2
+        assert runs[1] - runs[0] >= 10  # the first back-off
+        assert any(e.startswith("exited 3, restart in 10 s") for _, e in pod.events)
+    finally:
+        pod.delete()
+    assert pod.proc is not None and pod.proc.poll() is not None
+
+
 def test_an_exec_probe_passes_on_status_zero_and_fails_past_its_timeout() -> None:
     probe = {"exec": {"command": ["x"]}, "periodSeconds": 5, "timeoutSeconds": 1, "failureThreshold": 2}
     assert ExecProbe.rendered(probe, ["true"]).passes()

@@ -103,6 +103,9 @@ class RolloutPlatform:
         service = self.cadence.instances[instance]
         pod = self.cadence.pod(instance, self.workloads[service])
         pod.endpoints = self.frontend_endpoints if service == "frontend" else self.ring
+        # A server started while PostgreSQL is down exits (its schema check fails); the
+        # kubelet starts it again (the pod's wait-for-schema init container is not run here).
+        pod.restart_on_exit = True
         return pod
 
     def roll_postgres(self) -> float:

@@ -279,6 +279,12 @@ class Pod:
     #: the rendered ``sleep`` or ``httpGet`` hook.
     pre_stop: Callable[["Pod", float], None] | None = None
     ordinal: int = 0
+    #: The kubelet's ``restartPolicy: Always``: a container that exits by itself is started
+    #: again after a back-off of 10 s, doubling up to 5 min (Kubernetes docs, "Pod Lifecycle",
+    #: container restart policy). Off: an exit fails :meth:`wait_ready` at once, as a test of
+    #: a launch wants.
+    restart_on_exit: bool = False
+    restarts: int = 0
     #: The Service's endpoints this pod is in while Ready (a StatefulSet's governing Service).
     endpoints: Endpoints | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -288,6 +294,7 @@ class Pod:
     #: When the pod last became Ready (monotonic), for ``minReadySeconds``.
     ready_since: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
+    _restarting: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def run(self) -> "Pod":
         if self.readiness is None:
@@ -314,7 +321,13 @@ class Pod:
         assert probe is not None
         time.sleep(probe.initial_delay_s)
         passed = failed = 0
-        while self._alive():
+        backoff = 10.0
+        while True:
+            if not self._alive():
+                if self.terminating or not self.restart_on_exit or not self._restart_after(backoff):
+                    return
+                backoff, passed, failed = min(backoff * 2, 300.0), 0, 0
+                continue
             ok = probe.passes()
             if not self._alive():
                 return
@@ -325,6 +338,25 @@ class Pod:
                 self._set_ready(False)
             time.sleep(probe.period_s)
 
+    def _restart_after(self, backoff: float) -> bool:
+        """The container exited by itself: not Ready, then started again after ``backoff``
+        unless the pod is deleted meanwhile. False when it was."""
+        assert self.proc is not None
+        self._set_ready(False)
+        self.events.append((time.monotonic(), f"exited {self.proc.returncode}, restart in {backoff:.0f} s"))
+        deadline = time.monotonic() + backoff
+        while time.monotonic() < deadline:
+            if self.terminating:
+                return False
+            time.sleep(0.1)
+        with self._restarting:
+            if self.terminating:
+                return False
+            self.proc = self.start()
+            self.restarts += 1
+            self.events.append((time.monotonic(), "restarted"))
+        return True
+
     def available(self, min_ready_s: float) -> bool:
         """Ready for at least ``min_ready_s`` (a workload's ``minReadySeconds``)."""
         since = self.ready_since
@@ -334,7 +366,8 @@ class Pod:
         """Wait until the prober finds the pod Ready (and ``min_ready_s`` has passed)."""
         deadline = time.monotonic() + timeout_s
         while not self.available(min_ready_s):
-            if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
+            exited = not self.restart_on_exit and self.proc is not None and self.proc.poll() is not None
+            if time.monotonic() > deadline or exited:
                 raise RolloutError(f"pod {self.name} did not become ready within {timeout_s:.0f} s")
             time.sleep(0.05)
 
@@ -342,7 +375,8 @@ class Pod:
         """The kubelet's termination: endpoint out, preStop, SIGTERM, SIGKILL at the grace end."""
         deadline = time.monotonic() + self.grace_s
         self._set_ready(False)
-        self.terminating = True
+        with self._restarting:  # no restart begins once the pod is deleted
+            self.terminating = True
         for eps in {id(e): e for e in (endpoints, self.endpoints) if e is not None}.values():
             eps.remove(self.address)
         self.events.append((time.monotonic(), "deleted"))
