@@ -200,6 +200,8 @@ class LocalCadence:
         for instance in self.instances:
             self._write_config(instance, seeds=tuple(self.instances))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        #: Instances whose pod is gone (deleted and exited).
+        self.gone: set[str] = set()
         self._logs: dict[str, IO[bytes]] = {}
         # Deployments roll side by side: instances are added, started and removed from threads.
         self._lock = threading.RLock()
@@ -265,12 +267,17 @@ class LocalCadence:
 
         def start() -> "subprocess.Popen[bytes]":
             with self._lock:
+                # Seeds as the membership Service's SRV record lists them when the container
+                # starts (publishNotReadyAddresses): every pod that exists, the ones started
+                # beside this one included, not only those running when it was added.
+                self._write_config(instance, seeds=tuple(i for i in self.instances if i not in self.gone))
                 self.start(instance)
                 return self.processes[instance]
 
         def cleanup() -> None:
             with self._lock:
                 self.processes.pop(instance, None)
+                self.gone.add(instance)
 
         return Pod(name=instance, start=start, container=container,
                    grace_s=spec.get("terminationGracePeriodSeconds", 30), ports={rendered["grpc"]: ports.grpc},
