@@ -16,7 +16,7 @@ from final_problem.charts.kafka import KAFKA_HOME
 from final_problem.local.powercut import LiveWriter, PowerCutError
 from final_problem.local.rollout import ExecProbe, TcpProbe
 from final_problem.local.upgrade import (
-    _roll, container_of, local_ports, local_readiness, release, rendered_workloads, rewrite,
+    StartTimes, _roll, container_of, local_ports, local_readiness, release, rendered_workloads, rewrite,
 )
 from tests.conftest import HEAVY_LANE, ROOT, xdist_lane
 
@@ -138,3 +138,26 @@ def test_the_longest_outage_is_the_longest_time_without_an_acknowledgement() -> 
     outage = writer.longest_outage_s()
     assert 0.3 <= outage < 0.6
     assert writer.longest_outage_s(since=writer.stopped_at) == 0.0  # type: ignore[arg-type]
+
+
+def test_a_pods_start_is_timed_to_the_first_pass_of_its_readiness_check() -> None:
+    class Process:
+        def poll(self) -> None:
+            return None
+
+    class Check:
+        began = time.monotonic()
+        period_s = initial_delay_s = 10.0  # the kubelet's timings play no part here
+        success_threshold = failure_threshold = 1
+
+        def passes(self) -> bool:
+            return time.monotonic() - self.began >= 0.3
+
+    starts = StartTimes(interval_s=0.01)
+    assert starts.timed(Process, Check())() is not None
+    deadline = time.monotonic() + 5
+    while not starts.seconds and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert 0.29 <= starts.shortest() < 1.0
+    starts.clear()
+    assert starts.seconds == []

@@ -110,8 +110,10 @@ class Rehearsal:
     lost: tuple[int, ...]
     #: The longest time no write was acknowledged during the roll.
     longest_outage_s: float
-    #: The quickest replacement of one pod, from its deletion to its successor Ready.
-    shortest_replacement_s: float
+    #: The quickest start of a new pod during the roll: from its process start to the first
+    #: pass of its readiness check (polled every 0.1 s, not at the probe's period). A roll
+    #: that leaves too few members to serve stops writes for at least this long.
+    shortest_start_s: float
     #: Every member's version after the roll, as the server itself reports it.
     versions_after: dict[int, str | None]
     #: Component-specific findings (metadata.version before and after, a refused downgrade,
@@ -121,7 +123,7 @@ class Rehearsal:
     def summary(self) -> str:
         return (f"{self.what}: {self.seconds:.0f} s, {self.acknowledged} writes acknowledged, {self.refused} refused, "
                 f"{len(self.lost)} lost, longest write outage {self.longest_outage_s:.2f} s "
-                f"(a pod's replacement took {self.shortest_replacement_s:.0f} s or more)")
+                f"(a pod's start took {self.shortest_start_s:.1f} s or more)")
 
 
 def _roll(podset: PodSet, roll: str, *, ready_timeout_s: float) -> RolloutResult:
@@ -146,13 +148,39 @@ def _roll(podset: PodSet, roll: str, *, ready_timeout_s: float) -> RolloutResult
     return RolloutResult(seconds=time.monotonic() - start, new=new)
 
 
-def _event(pod: Pod, name: str) -> float:
-    return next(t for t, e in pod.events if e == name)
+class StartTimes:
+    """How long each pod started through :meth:`timed` took from its process start to the
+    first pass of its readiness check, polled every ``interval_s``."""
 
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.seconds: list[float] = []
+        self._lock = threading.Lock()
 
-def _shortest_replacement(old: Sequence[Pod], new: Sequence[Pod]) -> float:
-    by_ordinal = {p.ordinal: p for p in new}
-    return min(_event(by_ordinal[p.ordinal], "ready") - _event(p, "deleted") for p in old)
+    def clear(self) -> None:
+        with self._lock:
+            self.seconds.clear()
+
+    def shortest(self) -> float:
+        with self._lock:
+            return min(self.seconds) if self.seconds else float("nan")
+
+    def timed(self, start: Callable[[], Any], readiness: Readiness) -> Callable[[], Any]:
+        def run() -> Any:
+            proc = start()
+            began = time.monotonic()
+
+            def watch() -> None:
+                while proc.poll() is None:
+                    if readiness.passes():
+                        with self._lock:
+                            self.seconds.append(time.monotonic() - began)
+                        return
+                    time.sleep(self.interval_s)
+
+            threading.Thread(target=watch, name="start-timer", daemon=True).start()
+            return proc
+        return run
 
 
 # -- Kafka -------------------------------------------------------------------------------------
@@ -212,7 +240,7 @@ def _kafka_node_ids(cluster: Any, workload: dict[str, Any]) -> list[int]:
 
 
 def _kafka_podset(cluster: Any, workload: dict[str, Any], pdb: dict[str, Any] | None,
-                  version: Callable[[], str]) -> PodSet:
+                  version: Callable[[], str], starts: StartTimes) -> PodSet:
     from final_problem.charts.kafka import KAFKA_HOME
     from final_problem.local.kafka import kafka_home
 
@@ -228,12 +256,13 @@ def _kafka_podset(cluster: Any, workload: dict[str, Any], pdb: dict[str, Any] | 
         if node_id in cluster.metrics_ports:
             by_name["metrics"] = cluster.metrics_ports[node_id]
         ports = local_ports(container, by_name)
+        readiness = local_readiness(container, ports, paths={KAFKA_HOME: str(kafka_home(at))})
         return Pod(
-            name=f"{workload['metadata']['name']}-{ordinal}", start=lambda: cluster.start(node_id, at),
+            name=f"{workload['metadata']['name']}-{ordinal}",
+            start=starts.timed(lambda: cluster.start(node_id, at), readiness),
             container=container, grace_s=grace, ports=ports,
             address=(LOOPBACK, node.client_port if node.is_broker else node.controller_port),
-            cleanup=lambda: cluster.kill(node_id), ordinal=ordinal,
-            readiness=local_readiness(container, ports, paths={KAFKA_HOME: str(kafka_home(at))}),
+            cleanup=lambda: cluster.kill(node_id), ordinal=ordinal, readiness=readiness,
         )
 
     return PodSet(name=workload["metadata"]["name"], workload=workload, pdb=pdb, pods=[], make_pod=make_pod,
@@ -257,7 +286,9 @@ def kafka_upgrade(workdir: Path, *, layout: str = "combined", roll: str = "state
     version = {"now": from_version}
     with LocalKafkaCluster(workdir=workdir, layout=layout, version=from_version,
                            metrics=layout == "combined") as cluster:
-        sets = [_kafka_podset(cluster, w, pdb, lambda: version["now"]) for w, pdb in rendered_workloads("kafka", profile)]
+        starts = StartTimes()
+        sets = [_kafka_podset(cluster, w, pdb, lambda: version["now"], starts)
+                for w, pdb in rendered_workloads("kafka", profile)]
         cluster.format_all()
         for podset in sets:
             podset.launch(ready_timeout_s=ready_timeout_s)
@@ -270,10 +301,11 @@ def kafka_upgrade(workdir: Path, *, layout: str = "combined", roll: str = "state
         try:
             writer.wait_for(20, timeout_s=60)
             time.sleep(settle_s)
-            old = [pod for s in sets for pod in s.pods]
             version["now"] = to_version
+            starts.clear()
             rolled_at = time.monotonic()
-            new = [pod for s in sets for pod in _roll(s, roll, ready_timeout_s=ready_timeout_s).new]
+            for podset in sets:
+                _roll(podset, roll, ready_timeout_s=ready_timeout_s)
             cluster.tool("org.apache.kafka.tools.FeatureCommand", [
                 "--bootstrap-server", cluster.bootstrap_servers, "--command-config", str(cluster.admin_properties),
                 "upgrade", "--release-version", release(to_version)])
@@ -299,7 +331,7 @@ def kafka_upgrade(workdir: Path, *, layout: str = "combined", roll: str = "state
         return Rehearsal(
             what=f"Kafka {from_version} -> {to_version} ({layout}, {roll})", seconds=seconds,
             acknowledged=result.acknowledged, refused=writer.refused, lost=result.lost, longest_outage_s=outage,
-            shortest_replacement_s=_shortest_replacement(old, new),
+            shortest_start_s=starts.shortest(),
             versions_after={n: cluster.reported_version(n) for n in cluster.procs},
             facts={"metadata.version before": before.get("metadata.version"),
                    "metadata.version after": after.get("metadata.version"),
@@ -312,7 +344,7 @@ def kafka_upgrade(workdir: Path, *, layout: str = "combined", roll: str = "state
 # -- ZooKeeper ---------------------------------------------------------------------------------
 
 def _zookeeper_podset(ensemble: Any, workload: dict[str, Any], pdb: dict[str, Any] | None,
-                      version: Callable[[], str]) -> PodSet:
+                      version: Callable[[], str], starts: StartTimes) -> PodSet:
     from final_problem.charts.zookeeper import ZOOKEEPER_HOME
     from final_problem.local.zookeeper import zookeeper_home
 
@@ -325,11 +357,12 @@ def _zookeeper_podset(ensemble: Any, workload: dict[str, Any], pdb: dict[str, An
         by_name = {"client": member.client_port, "quorum": member.quorum_port, "election": member.election_port,
                    "metrics": ensemble.metrics_ports[myid]}
         ports = local_ports(container, by_name)
+        readiness = local_readiness(container, ports, paths={ZOOKEEPER_HOME: str(zookeeper_home(at))})
         return Pod(
-            name=f"{workload['metadata']['name']}-{ordinal}", start=lambda: ensemble.start(myid, at),
+            name=f"{workload['metadata']['name']}-{ordinal}",
+            start=starts.timed(lambda: ensemble.start(myid, at), readiness),
             container=container, grace_s=grace, ports=ports, address=(LOOPBACK, member.client_port),
-            cleanup=lambda: ensemble.kill(myid), ordinal=ordinal,
-            readiness=local_readiness(container, ports, paths={ZOOKEEPER_HOME: str(zookeeper_home(at))}),
+            cleanup=lambda: ensemble.kill(myid), ordinal=ordinal, readiness=readiness,
         )
 
     return PodSet(name=workload["metadata"]["name"], workload=workload, pdb=pdb, pods=[], make_pod=make_pod,
@@ -353,7 +386,8 @@ def zookeeper_upgrade(workdir: Path, *, roll: str = "statefulset",
     version = {"now": from_version}
     ((workload, pdb),) = rendered_workloads("zookeeper", "pi")
     with LocalEnsemble(workdir=workdir, version=from_version) as ensemble:
-        podset = _zookeeper_podset(ensemble, workload, pdb, lambda: version["now"])
+        starts = StartTimes()
+        podset = _zookeeper_podset(ensemble, workload, pdb, lambda: version["now"], starts)
         podset.launch(ready_timeout_s=ready_timeout_s)
         ensemble.wait_for_quorum(timeout=30)
         client = ZooKeeperClient(hosts=ensemble.hosts, timeout=5, session_timeout=10).start()
@@ -365,8 +399,8 @@ def zookeeper_upgrade(workdir: Path, *, roll: str = "statefulset",
             try:
                 writer.wait_for(20, timeout_s=60)
                 time.sleep(settle_s)
-                old = list(podset.pods)
                 version["now"] = to_version
+                starts.clear()
                 rolled_at = time.monotonic()
                 result = _roll(podset, roll, ready_timeout_s=ready_timeout_s)
                 time.sleep(settle_s)
@@ -387,7 +421,7 @@ def zookeeper_upgrade(workdir: Path, *, roll: str = "statefulset",
         return Rehearsal(
             what=f"ZooKeeper {from_version} -> {to_version} ({roll})", seconds=result.seconds,
             acknowledged=found.acknowledged, refused=writer.refused, lost=found.lost, longest_outage_s=outage,
-            shortest_replacement_s=_shortest_replacement(old, result.new),
+            shortest_start_s=starts.shortest(),
             versions_after={myid: ensemble.reported_version(myid) for myid in ensemble.procs},
             facts={"same session": same_session, "session states": states,
                    "out of heap": [i for i in ensemble.procs if "OutOfMemoryError" in ensemble.log(i)]},

@@ -11,9 +11,11 @@ shared by the tests of this file; run with ``-s`` for the figures.
   finalized to 4.4 (Kafka's upgrade notes), an acks=all producer writing throughout.
 - ZooKeeper (the three members): 3.9.3 -> 3.9.4, a kazoo session creating znodes throughout.
 
-"Stays writable" compares the longest time no write was acknowledged with the quickest pod
-replacement (deletion to successor Ready): a roll that takes down more members than the
-quorum or the in-sync replicas can spare stops writes for as long as a replacement takes.
+"Stays writable" compares the longest time no write was acknowledged during the roll with
+the quickest start of a new pod (process start to its readiness check first passing): a roll
+that leaves too few members to serve (the quorum, the in-sync replicas) makes the writes wait
+for a start, so its outage is at least that long. Rolling every pod at once, without the
+readiness gating, fails these checks (see final_problem.local.upgrade, ``roll="all-at-once"``).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def test_kafka_refuses_to_downgrade_a_finalized_metadata_version(kafka_rehearsal
 
 
 def test_kafka_stays_writable_while_each_node_is_replaced(kafka_rehearsal: Rehearsal) -> None:
-    assert kafka_rehearsal.longest_outage_s < kafka_rehearsal.shortest_replacement_s, kafka_rehearsal.summary()
+    assert kafka_rehearsal.longest_outage_s < kafka_rehearsal.shortest_start_s, kafka_rehearsal.summary()
     assert not kafka_rehearsal.facts["out of memory"]
 
 
@@ -100,5 +102,5 @@ def test_zookeeper_client_session_survives_the_roll(zookeeper_rehearsal: Rehears
 
 
 def test_zookeeper_stays_writable_while_each_member_is_replaced(zookeeper_rehearsal: Rehearsal) -> None:
-    assert zookeeper_rehearsal.longest_outage_s < zookeeper_rehearsal.shortest_replacement_s, zookeeper_rehearsal.summary()
+    assert zookeeper_rehearsal.longest_outage_s < zookeeper_rehearsal.shortest_start_s, zookeeper_rehearsal.summary()
     assert not zookeeper_rehearsal.facts["out of heap"]
