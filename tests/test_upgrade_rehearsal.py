@@ -53,6 +53,17 @@ def test_release_lines() -> None:
     assert release("4.4.0") == "4.4" and release("3.9.3") == "3.9"
 
 
+def numbers(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def test_the_rehearsals_start_from_the_previous_minor_of_kafka_and_the_previous_patch_of_zookeeper() -> None:
+    kafka_from, kafka_to = numbers(versions.KAFKA_UPGRADE_FROM), numbers(versions.KAFKA_VERSION)
+    assert kafka_from[0] == kafka_to[0] and kafka_from[1] == kafka_to[1] - 1
+    zookeeper_from, zookeeper_to = numbers(versions.ZOOKEEPER_UPGRADE_FROM), numbers(versions.ZOOKEEPER_VERSION)
+    assert zookeeper_from[:2] == zookeeper_to[:2] and zookeeper_from[2] < zookeeper_to[2]
+
+
 def test_the_rehearsals_run_in_the_heavy_lane() -> None:
     path = "tests/integration/test_upgrades.py"
     assert path in HEAVY_LANE and xdist_lane(path) == "integration: heavy processes"

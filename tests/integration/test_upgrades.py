@@ -50,13 +50,6 @@ def zookeeper_rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
     return rehearse(zookeeper_upgrade, tmp_path_factory.mktemp("zookeeper-upgrade"))
 
 
-def test_the_rehearsals_start_from_the_previous_release_line() -> None:
-    assert release(versions.KAFKA_UPGRADE_FROM) < release(versions.KAFKA_VERSION)
-    assert versions.KAFKA_UPGRADE_FROM.split(".")[0] == versions.KAFKA_VERSION.split(".")[0]
-    assert versions.ZOOKEEPER_UPGRADE_FROM < versions.ZOOKEEPER_VERSION
-    assert release(versions.ZOOKEEPER_UPGRADE_FROM) == release(versions.ZOOKEEPER_VERSION)
-
-
 # -- Kafka --------------------------------------------------------------------------------------
 
 def test_kafka_rolling_upgrade_loses_no_acknowledged_write(kafka_rehearsal: Rehearsal) -> None:
