@@ -21,6 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Run as a script, this file's folder comes first on the import path, and bench/kafka.py
+# would hide the kafka-python package from `import kafka`.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 from final_problem.local.upgrade import UpgradeError, kafka_upgrade, zookeeper_upgrade
 
 REHEARSALS = {
