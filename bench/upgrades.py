@@ -50,6 +50,10 @@ def main() -> int:
                 print(f"  {name}: {e}", file=sys.stderr)
                 return 1
         print(f"  {result.summary()}")
+        if "metadata.version after" in result.facts:
+            refused = "refused" if result.facts["downgrade refused"] else "NOT refused"
+            print(f"    metadata.version {result.facts['metadata.version before']} -> "
+                  f"{result.facts['metadata.version after']}; a downgrade after it: {refused}")
     return 0
 
 
