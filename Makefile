@@ -95,7 +95,8 @@ help:
 	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler, etcd and KWOK, once"
 	@echo "make pi-rootfs    the Debian root the Pi boot tests start (root: debootstrap), once"
 	@echo "make bootstrap    once per account and region: the CDK bootstrap stack (needs AWS credentials)"
-	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials)"
+	@echo "make deploy|diff|destroy   the CDK CLI on all stacks (needs AWS credentials); deploy runs the plan first"
+	@echo "                  (final-problem plan --live: stops on a refused change; ALLOW_REBUILD=1, FIRST_DEPLOY=1)"
 	@echo "make pi-images PI_IMAGE=... [PI_INVENTORY=pi/inventory.yaml]   one ready-to-flash image per Pi (after synth)"
 	@echo "sudo make system-deps      Debian packages the integration tests need"
 	@echo "sudo make pi-rootfs        once: the Debian root the Pi boot tests boot (make test runs it)"
@@ -199,7 +200,8 @@ test: setup $(CHECKOV_STAMP) $(SERVERS) pi-rootfs
 	@# pytest's exit status 5 (no test selected) is fine in a pass that PYTEST_ARGS filtered empty.
 	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) --ignore=tests/integration $(PYTEST_ARGS) \
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) tests/integration $(PYTEST_ARGS) \
+	@# --durations: each run lists its slowest real-server tests, the figures the lanes are balanced by.
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=25 tests/integration $(PYTEST_ARGS) \
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
 
 k8s-api: setup
@@ -212,7 +214,17 @@ bench: setup $(SERVERS)
 bootstrap: setup
 	$(CDK) bootstrap $(CDK_ARGS)
 
+# The plan first (final_problem/plan.py): what the deploy would do to the platform running in the
+# kubeconfig's cluster (aws eks update-kubeconfig --name <cluster_name>). A refused change (data
+# destroyed, a quorum stranded, a version outside its upgrade path) stops here, before the CDK
+# CLI. ALLOW_REBUILD=1: a deliberate rebuild, the plan printed but not enforced. FIRST_DEPLOY=1:
+# no cluster exists yet, so there is nothing to compare with.
+ALLOW_REBUILD ?=
+FIRST_DEPLOY ?=
+PLAN_ARGS = --live --target eks $(if $(filter-out 0,$(ALLOW_REBUILD)),--allow-rebuild)
+
 deploy: setup
+	@$(if $(filter-out 0,$(FIRST_DEPLOY)),echo "first deploy: no plan (nothing runs yet)",$(BIN)/python -m final_problem.plan $(PLAN_ARGS) $(CDK_ARGS))
 	$(CDK) deploy --all --require-approval broadening $(CDK_ARGS)
 
 diff: setup

@@ -17,6 +17,13 @@ workflow):
 - throughput, workflows started and completed per second with ``--concurrency`` in flight
   (``--workflows`` in all), and the latency p50/p99 under that load.
 
+Then the day-two figures (final_problem.local.cadence_rollout: every process as its rendered
+pod, probes, preStop, grace periods and drains as rendered), with a psql session committing a
+row per statement and order workflows started every 0.3 s throughout: a PostgreSQL rollout
+(one server: a planned restart) and the four Cadence Deployments rolled together, each one's
+time, the longest write outage, commits and workflows acknowledged and lost (``--no-rollout``
+skips them).
+
     .venv/bin/python bench/cadence.py [--runs 3] [--workflows 200] [--concurrency 20]   (or: make bench)
 """
 
@@ -104,12 +111,59 @@ def workflow_figures(*, sequential: int, count: int, concurrency: int) -> None:
         print(f"  {line}")
 
 
+def rollout_figures() -> None:
+    from final_problem.local import LOOPBACK
+    from final_problem.local.cadence_rollout import TABLE, RolloutPlatform, WorkflowStarts, completed
+    from final_problem.local.postgres import PsqlWriter, SessionLost
+    from final_problem.local.powercut import LiveWriter
+    from final_problem.renderers.cadence import SERVICES
+
+    with tempfile.TemporaryDirectory(prefix="final-problem-cadence-rollout-") as tmp:
+        platform = RolloutPlatform(Path(tmp))
+        try:
+            platform.start()
+            session = PsqlWriter(host=LOOPBACK, port=platform.pg_balancer.port, user=platform.postgres.user,
+                                 password=platform.postgres.password, table=TABLE, bin_dir=platform.postgres.bin_dir)
+            writer = LiveWriter(session.insert, name="psql", retry_on=(SessionLost,), retry_s=0.1)
+            try:
+                with WorkflowStarts(platform) as starts:
+                    writer.start()
+                    writer.wait_for(20, timeout_s=30)
+                    time.sleep(2)
+                    began = time.monotonic()
+                    pg_seconds = platform.roll_postgres()
+                    pg_outage = writer.longest_gap_s(since=began)
+                    cadence_began = time.monotonic()
+                    timings = platform.roll_cadence()
+                    time.sleep(3)
+                    write_outage = writer.longest_gap_s(since=cadence_began)
+                acks = writer.stop()
+                writer.join()
+            finally:
+                session.close()
+            done = completed(platform, starts.acked)
+            present = {int(row[0]) for row in platform.postgres.query(f"SELECT seq FROM {TABLE}")}
+        finally:
+            platform.close()
+    lost_rows = len({a.seq for a in acks} - present)
+    lost_workflows = sum("closed" in done.get(e.workflow_id, {"closed": "never"}) for e, _, _ in starts.acked)
+    print("Rollouts under load (Pi profile: one pod each; a psql session committing, an order workflow started "
+          "every 0.3 s):")
+    print(f"  postgres rollout (planned restart)   {pg_seconds:5.1f} s   longest write outage {pg_outage:.2f} s, "
+          f"{len(acks)} commits acknowledged, {lost_rows} lost")
+    print("  cadence Deployments rolled together  " + ", ".join(f"{s} {timings[s]:.1f} s" for s in SERVICES))
+    print(f"    {len(starts.acked)} workflows started, {lost_workflows} lost; longest gap between acknowledged starts "
+          f"{starts.longest_gap_s():.2f} s, {len(starts.failed)} starts refused; PostgreSQL writes meanwhile: "
+          f"longest outage {write_outage:.2f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sequential", type=int, default=50, help="workflows run one at a time")
     parser.add_argument("--workflows", type=int, default=200, help="workflows run for throughput")
     parser.add_argument("--concurrency", type=int, default=20, help="workflows in flight for throughput")
+    parser.add_argument("--no-rollout", action="store_true", help="skip the rollout figures")
     args = parser.parse_args()
     figures: dict[str, list[float]] = {"setup, empty server": [], "setup, current schema (no-op)": [],
                                        "wait, current schema": []}
@@ -124,6 +178,8 @@ def main() -> int:
     for name, values in figures.items():
         print(f"  {name:34s} {statistics.median(values):6.2f} s   (min {min(values):.2f}, max {max(values):.2f})")
     workflow_figures(sequential=args.sequential, count=args.workflows, concurrency=args.concurrency)
+    if not args.no_rollout:
+        rollout_figures()
     return 0
 
 

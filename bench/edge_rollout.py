@@ -26,7 +26,7 @@ from final_problem.charts.demo import DemoProps
 from final_problem.charts.envoy import EnvoyProps, chart_config
 from final_problem.local import LOOPBACK, free_ports, wait_for
 from final_problem.local.limits import Groups, Limits
-from final_problem.local.rollout import DemoPods, demo_rollout, edge_rollout, report
+from final_problem.local.rollout import DemoPods, demo_rollout, edge_drain, edge_rollout, report
 from final_problem.profiles import PI
 
 #: Nodes that run Envoy (a 48-bit kernel) with room for every component (tests/conftest.py PI_FULL).
@@ -37,12 +37,17 @@ def deployment(charts: dict, component: str) -> dict:
     return next(o for o in manifests.chart_objects(charts[component]) if o["kind"] == "Deployment")
 
 
+def pdb(charts: dict, component: str) -> dict:
+    return next(o for o in manifests.chart_objects(charts[component]) if o["kind"] == "PodDisruptionBudget")
+
+
 def main() -> int:
     charts = manifests.render(config.from_mapping(SETTINGS), "pi")
     options, routes = chart_config(EnvoyProps.for_profile(PI), ("base", "demo"))
     print("rollouts with 8 clients sending throughout, on 2 shared cores")
     with tempfile.TemporaryDirectory(prefix="edge-rollout-") as tmp:
         edge = deployment(charts, "envoy")
+        edge_with_hook = deployment(charts, "envoy")
         clients, result = edge_rollout(Path(tmp) / "edge", edge, options=options, routes=routes)
         print("  " + report("edge (as rendered)", clients, result.seconds))
         del next(c for c in edge["spec"]["template"]["spec"]["containers"] if c["name"] == "envoy")["lifecycle"]
@@ -63,6 +68,14 @@ def main() -> int:
             clients, result, _ = demo_rollout(Path(tmp), pods, options=dataclasses.replace(options, health_interval_ms=1500),
                                               routes=routes)
             print("  " + report("demo (as rendered)", clients, result.seconds))
+            drained = DemoPods(workdir=Path(tmp) / "drain", deployment=deployment(charts, "demo"),
+                               limits=Limits.of(DemoProps.for_profile(PI).sizing), groups=groups,
+                               redis_port=port, redis_password="bench", drain_s=6)
+            (Path(tmp) / "drain").mkdir()
+            clients, results = edge_drain(Path(tmp) / "drain", edge_with_hook, pdb(charts, "envoy"), drained,
+                                          pdb(charts, "demo"), options=dataclasses.replace(options, health_interval_ms=1500),
+                                          routes=routes)
+            print("  " + report("edge and demo, 2 nodes drained", clients, sum(r.seconds for r in results), took="drain"))
         finally:
             pods.close()
             groups.remove_all()

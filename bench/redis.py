@@ -12,7 +12,12 @@ in the integration tests) and prints:
   ratio;
 - power cut: every member and Sentinel killed (SIGKILL) and started again at once; the
   time from "all pods started" to the first write a primary acknowledged with
-  ``WAIT 1``, median over ``--cuts`` cuts of one set.
+  ``WAIT 1``, median over ``--cuts`` cuts of one set;
+- day two: the Pi profile's rendered StatefulSets driven by the rollout harness (readiness
+  probes and the primary's preStop hand-over as rendered, the chart's Sentinel timing), a
+  rollout of the ``redis`` StatefulSet, then a drain of the primary's node (its member and
+  a Sentinel at once), while the Sentinel client writes with ``WAIT 1`` throughout: the
+  time each took, the acknowledged writes, those lost and the longest write outage.
 
     .venv/bin/python -m bench.redis [--runs 5] [--requests 20000] [--cuts 5]     (or: make bench)
 """
@@ -35,10 +40,12 @@ import subprocess
 import tempfile
 import time
 
+from final_problem import config, manifests
 from final_problem.charts.redis import RedisProps
 from final_problem.clients.redis import RedisClient, RedisSettings
 from final_problem.local import limits
-from final_problem.local.redis import HOST, LocalRedisSet, first_acknowledged_write
+from final_problem.local.redis import HOST, LocalRedisSet, first_acknowledged_write, local_options, with_live_writes
+from final_problem.local.rollout import drain, roll_statefulset
 from final_problem.profiles import PI
 
 
@@ -68,6 +75,31 @@ def power_cuts(workdir: Path, cuts: int) -> list[float]:
         finally:
             client.close()
     return times
+
+
+def day_two(workdir: Path) -> list[str]:
+    """A rollout of the redis StatefulSet, then a drain of the primary's node, under writes."""
+    charts = manifests.render(config.from_mapping({"components": ["base", "redis"]}), "pi")
+    cluster = LocalRedisSet(workdir=workdir, options=local_options())
+    servers, sentinels = cluster.podsets(manifests.chart_objects(charts["redis"]))
+    lines = []
+    try:
+        servers.launch(ready_timeout_s=60)
+        sentinels.launch(ready_timeout_s=60)
+        rolled = []
+        outcome = with_live_writes(cluster, lambda: rolled.append(roll_statefulset(servers, ready_timeout_s=90)),
+                                   prefix="rollout:")
+        lines.append(outcome.summary(f"redis rollout of 3 members in {rolled[0].seconds:.1f} s"))
+        node = cluster.member_index(cluster.wait_settled(timeout_s=60))
+        drained = []
+        outcome = with_live_writes(cluster, lambda: drained.append(drain([servers, sentinels], node, ready_timeout_s=90)),
+                                   prefix="drain:")
+        lines.append(outcome.summary(f"redis drain of the primary's node (member and Sentinel) in {drained[0].seconds:.1f} s"))
+    finally:
+        for pod in servers.pods + sentinels.pods:
+            pod.terminating = True
+        cluster.close()
+    return lines
 
 
 def client_ops(client: RedisClient, requests: int) -> dict[str, float]:
@@ -126,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"redis power cut (all pods killed, then started at once): first acknowledged write (WAIT 1) "
               f"median {statistics.median(cuts):.2f} s after the last pod started, over {len(cuts)} cuts "
               f"(min {min(cuts):.2f}, max {max(cuts):.2f})")
+        for line in day_two(Path(tmp) / "day-two"):
+            print(line)
     return 0
 
 

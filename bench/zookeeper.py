@@ -4,8 +4,11 @@ Starts the ensemble with the same launcher as the integration tests
 (final_problem.local.zookeeper), then prints p50/p99 latency and throughput of
 sequential acknowledged writes (``set``) and reads (``get``), and after a power cut
 (every member killed with SIGKILL, then started at once) the time from "all members
-started" to the first acknowledged write. Needs the server jars of ``make zookeeper``
-(Maven Central, the version the chart pins) and Java.
+started" to the first acknowledged write. Then, on a fresh ensemble driven as the rendered
+StatefulSet's pods (final_problem.local.rollout: readiness probe, grace period, PDB as
+rendered) with a client writing through the client Service throughout, a rollout and a node
+drain: their time, the acknowledged writes, those lost, and the longest write outage.
+Needs the server jars of ``make zookeeper`` (Maven Central, the version the chart pins) and Java.
 
     .venv/bin/python bench/zookeeper.py [--ops 2000] [--size 100] [--cuts 3]
 """
@@ -35,6 +38,24 @@ def report(name: str, samples: list[float], elapsed: float) -> None:
           f"{len(samples) / elapsed:8.0f} ops/s  ({len(samples)} ops)")
 
 
+def sequential_ops(client: ZooKeeperClient, *, ops: int, value: bytes) -> dict[str, tuple[list[float], float]]:
+    """``ops`` acknowledged writes, then ``ops`` reads, one at a time over 100 znodes: each
+    one's seconds, and the elapsed seconds of each run (bench/sizes.py applies the same load)."""
+    paths = [f"/bench/key-{i % 100}" for i in range(ops)]
+    for path in set(paths):  # create outside the timed loop
+        client.put(path, value)
+    runs = {}
+    for name, op in (("write", lambda p: client.put(p, value)), ("read", lambda p: client.get(p))):
+        samples = []
+        start = time.perf_counter()
+        for path in paths:
+            t0 = time.perf_counter()
+            op(path)
+            samples.append(time.perf_counter() - t0)
+        runs[name] = (samples, time.perf_counter() - start)
+    return runs
+
+
 def first_write_after_power_cut(ensemble: LocalEnsemble, value: bytes) -> float:
     """Kill every member, start them all, and return the seconds from the last start to
     the first write a quorum acknowledged (a new session each try: none survives)."""
@@ -57,6 +78,34 @@ def first_write_after_power_cut(ensemble: LocalEnsemble, value: bytes) -> float:
     return time.perf_counter() - started
 
 
+def rollout_and_drain(workdir: Path) -> None:
+    """A rollout of every member, then a drain of member 0's node, under a live writer."""
+    from final_problem.local import LOOPBACK
+    from final_problem.local.rollout import Endpoints, LoadBalancer, drain, roll_statefulset
+    from final_problem.local.zookeeper import ZnodeWrites, rendered_ensemble
+
+    statefulset, pdb = rendered_ensemble()
+    endpoints = Endpoints()
+    balancer = LoadBalancer(endpoints)
+    try:
+        with LocalEnsemble(workdir=workdir) as ensemble:
+            podset = ensemble.pod_set(statefulset, pdb)
+            podset.endpoints = endpoints
+            podset.launch(ready_timeout_s=60)
+            hosts = f"{LOOPBACK}:{balancer.port}"
+            for what, change in (("rollout", lambda: roll_statefulset(podset, ready_timeout_s=90).seconds),
+                                 ("drain", lambda: drain([podset], 0, ready_timeout_s=90).seconds)):
+                writes = ZnodeWrites(hosts=hosts, prefix=what).start()
+                try:
+                    seconds = change()
+                    seen = writes.finish()
+                finally:
+                    writes.close()
+                print(seen.summary(f"zookeeper {what} (3 members, the rendered probe and grace)", seconds))
+    finally:
+        balancer.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", type=int, default=2000, help="operations per measurement")
@@ -72,17 +121,8 @@ def main() -> int:
         leader = ensemble.wait_for_quorum(timeout=30)
         print(f"zookeeper ensemble: 3 members on loopback, leader {leader}; {args.ops} sequential ops of {args.size} B")
         with ZooKeeperClient(hosts=ensemble.hosts) as client:
-            paths = [f"/bench/key-{i % 100}" for i in range(args.ops)]
-            for path in set(paths):  # create outside the timed loop
-                client.put(path, value)
-            for name, op in (("write", lambda p: client.put(p, value)), ("read", lambda p: client.get(p))):
-                samples = []
-                start = time.perf_counter()
-                for path in paths:
-                    t0 = time.perf_counter()
-                    op(path)
-                    samples.append(time.perf_counter() - t0)
-                report(name, samples, time.perf_counter() - start)
+            for name, (samples, elapsed) in sequential_ops(client, ops=args.ops, value=value).items():
+                report(name, samples, elapsed)
         # Each try's connection attempts to members still starting are expected: not logged.
         logging.getLogger("kazoo.client").setLevel(logging.CRITICAL)
         cuts = [first_write_after_power_cut(ensemble, value) for _ in range(args.cuts)]
@@ -91,6 +131,8 @@ def main() -> int:
               f"(min {min(cuts):.2f}, max {max(cuts):.2f})")
         for line in limits.report("zookeeper", ensemble.groups, ensemble.gc_pauses_ms()):
             print(line)
+    with tempfile.TemporaryDirectory(prefix="zk-bench-rollout-") as tmp:
+        rollout_and_drain(Path(tmp))
     return 0
 
 

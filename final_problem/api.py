@@ -9,6 +9,12 @@ Import from here, not from the modules behind it; these names are kept stable::
   :class:`ConfigError` (the one error type, one line: setting, value, problem, fix).
 - Settings: :class:`ComponentSettings`, :func:`setting`, :func:`per_profile`; the chart
   reads its values for the profile being rendered from ``self.props``.
+- Change rules (:mod:`final_problem.changes`), what a change does to a live platform, which
+  ``final-problem plan`` applies before a deploy: ``setting(..., change=...)`` with
+  :func:`nothing`, :func:`rolling`, :func:`procedure`, :func:`refused`, :func:`when_grows`,
+  :func:`volume_size`, :func:`peer_port` (or a function of the old and new values returning a
+  :class:`Verdict` of an :class:`Effect`); a chart's ``upgrade_paths``, an
+  :class:`UpgradePath` per image repository its pods run.
 - Where a chart renders: :class:`Settings` (cluster-level settings, ``self.settings``),
   :class:`Profile` and the profiles :data:`EKS` and :data:`PI` (``self.profile``).
 - Building blocks (:mod:`final_problem.constructs`): :class:`RestrictedNamespace`,
@@ -35,6 +41,9 @@ Import from here, not from the modules behind it; these names are kept stable::
 from types import ModuleType
 from typing import Any
 
+from final_problem.changes import (
+    Effect, UpgradePath, Verdict, nothing, peer_port, procedure, refused, rolling, volume_size, when_grows,
+)
 from final_problem.components import PlatformChart, register
 from final_problem.charts.zookeeper import CLIENT_NAMESPACE_LABEL as ZOOKEEPER_CLIENT_LABEL
 from final_problem.config import Settings
@@ -108,6 +117,7 @@ def secret_env(name: str, secret: str, key: str, *, api: ModuleType | None = Non
 
 __all__ = [
     "EKS",
+    "Effect",
     "MONITORING_NAMESPACE_LABEL",
     "PI",
     "ClaimSpec",
@@ -125,19 +135,28 @@ __all__ = [
     "SecretSpec",
     "Settings",
     "Sizing",
+    "UpgradePath",
+    "Verdict",
     "ZOOKEEPER_CLIENT_LABEL",
     "container_context",
     "from_cdk8s",
     "int_or_string",
     "k8s",
+    "nothing",
+    "peer_port",
     "per_profile",
     "pod_context",
     "ports",
+    "procedure",
     "quantity",
     "raw_resources",
+    "refused",
     "register",
+    "rolling",
     "secret_env",
     "set_component",
     "setting",
     "to_cdk8s",
+    "volume_size",
+    "when_grows",
 ]

@@ -123,9 +123,12 @@ def check_template_sizes(assembly: cx_api.CloudAssembly, limit: int = MAX_TEMPLA
 
 def synth_facts(settings: Settings) -> dict[str, Any]:
     """What the synth report needs beyond the templates and the YAML: the profiles this
-    synth wrote, the Pi boards' memory and what each profile left out (written to the cloud assembly, report.SYNTH_FACTS)."""
+    synth wrote, the Pi boards' memory, what each profile left out, and the size rendered with
+    the node type each size runs on (written to the cloud assembly, report.SYNTH_FACTS)."""
     return {
         "profiles": list(settings.profiles),
+        "size": settings.size,
+        "node_types_by_size": settings.node_types_by_size(),
         "pi_memory_gib": settings.pi_memory_gib,
         "left_out": {p: line for p in settings.profiles if (line := components.left_out_line(settings, PROFILES[p]))},
     }

@@ -45,9 +45,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from final_problem.config import MAX_NODES_PER_NODEGROUP, Settings
+from final_problem.config import MAX_NODES_PER_NODEGROUP, NODE_TYPE_BY_SIZE, Settings
 from final_problem.errors import ConfigError
-from final_problem.profiles import PROFILES
+from final_problem.profiles import PROFILES, SIZES
 from final_problem.settings import how_to_set
 
 #: Largest share of allocatable the platform may request (CPU, memory, pods, volumes).
@@ -199,7 +199,7 @@ def instance_type(name: str) -> InstanceType:
 def carries_the_defaults(t: InstanceType) -> bool:
     """Whether ``t`` has at least the allocatable CPU and memory of the default node type, on
     which every bundled component fits: a type suggested as a fix must carry them too."""
-    default = INSTANCE_TYPES[Settings.__dataclass_fields__["node_instance_type"].default]
+    default = INSTANCE_TYPES[NODE_TYPE_BY_SIZE[SIZES[0]]]
     return t.allocatable_cpu_m >= default.allocatable_cpu_m and t.allocatable_memory_mib >= default.allocatable_memory_mib
 
 

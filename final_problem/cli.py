@@ -5,6 +5,7 @@
     final-problem --local --json demo all   # every concept on local real servers, as JSON
     final-problem zookeeper status          # a component's own client (its subcommands)
     final-problem redis example
+    final-problem plan --live               # what the next deploy would do (final_problem/plan.py)
 
 Where the platform is: ``--local`` (start the real servers on this machine), explicit
 addresses (``--zookeeper``, ``--redis-sentinels``), the clients' environment variables,
@@ -95,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         f"{name}: {d.summary}" for name, d in DEMOS.items()))
     demo.add_argument("concept", choices=(*CONCEPTS, "all"), metavar="CONCEPT",
                       help=f"one of {', '.join(CONCEPTS)}, or all of them in turn")
+    plan = sub.add_parser("plan", add_help=False,
+                          help="what the next deploy would do: `final-problem plan --help` (exit 1 on a refused change)")
+    plan.add_argument("args", nargs=argparse.REMAINDER, help="--from DIR or --live, and the plan's options")
     for name in CLIENTS:
         client = sub.add_parser(name, help=f"the {name} client: `final-problem {name} --help` lists its subcommands",
                                 add_help=False)
@@ -155,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(argv: list[str]) -> int:
     try:
+        if argv and argv[0] == "plan":
+            # Its own command line: it compares renders, it finds no servers.
+            from final_problem import plan
+
+            return plan.main(argv[1:])
         if argv and argv[0] in CLIENTS:
             # The component's own command line, flags and all (its --help included).
             return _client(argv[0], argv[1:])

@@ -30,12 +30,15 @@ Other apps add components the same way, importing from :mod:`final_problem.api`;
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
-from typing import ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, Mapping, TypeVar
 
 import cdk8s
 from constructs import Construct
 
+from final_problem.changes import UpgradePath
 from final_problem.config import Settings
 from final_problem.constructs.labels import LabelSet
 from final_problem.errors import ConfigError
@@ -44,6 +47,35 @@ from final_problem.profiles import Profile
 from final_problem.settings import ComponentSettings
 
 COMPONENTS: dict[str, type["PlatformChart"]] = {}
+
+#: Annotations a chart's record object (its Namespace) carries, read back by
+#: ``final-problem plan``: the component's settings as deployed (JSON), the digest of each
+#: workload's pod template, and, on the chart applied first, the cluster's settings.
+SETTINGS_ANNOTATION = "final-problem.io/settings"
+POD_TEMPLATES_ANNOTATION = "final-problem.io/pod-templates"
+CLUSTER_SETTINGS_ANNOTATION = "final-problem.io/cluster-settings"
+#: Kinds whose pod template changes restart pods.
+WORKLOAD_KINDS = ("StatefulSet", "Deployment", "DaemonSet")
+
+
+def workload_key(obj: Mapping[str, Any]) -> str:
+    """``Kind/namespace/name`` of a rendered object."""
+    meta = obj.get("metadata", {})
+    return f"{obj['kind']}/{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def pod_template_digests(objects: list[Mapping[str, Any]]) -> dict[str, str]:
+    """The digest of each workload's pod template among ``objects``: a workload whose
+    digest changes has its pods replaced."""
+    return {
+        workload_key(o): hashlib.sha256(json.dumps(o["spec"]["template"], sort_keys=True).encode()).hexdigest()[:16]
+        for o in objects if o.get("kind") in WORKLOAD_KINDS and "template" in o.get("spec", {})
+    }
+
+
+def record_object(objects: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The object of a chart that carries its record: its first Namespace, else its first object."""
+    return next((o for o in objects if o.get("kind") == "Namespace"), objects[0] if objects else None)
 
 C = TypeVar("C", bound=type["PlatformChart"])
 
@@ -66,6 +98,9 @@ class PlatformChart(ObjectChart):
       accept these and the platform's own (:mod:`final_problem.versions`).
     - ``calls``: the components its pods call (traffic, not order); the README's
       architecture diagram draws them. An instance attribute when it depends on settings.
+    - ``upgrade_paths``: for each image repository its pods run (``docker.io/apache/kafka``),
+      the :class:`~final_problem.changes.UpgradePath` a deploy may move its tag along;
+      ``final-problem plan`` refuses a move outside it, and a move of an image without one.
     - ``min_arm64_va_bits`` and ``min_arm64_va_bits_reason``: the fewest user virtual
       address bits an arm64 kernel needs for its pods (or the pods it adds to others) to
       start, and why; a profile whose nodes have fewer (``pi_arm64_va_bits``) leaves the
@@ -84,6 +119,9 @@ class PlatformChart(ObjectChart):
     calls: tuple[str, ...] = ()
     min_arm64_va_bits: ClassVar[int] = 0
     min_arm64_va_bits_reason: ClassVar[str] = ""
+    upgrade_paths: ClassVar[Mapping[str, UpgradePath]] = {}
+    #: Whether this chart's record also carries the cluster's settings (the chart applied first).
+    records_cluster: bool = False
 
     def __init__(
         self,
@@ -107,6 +145,37 @@ class PlatformChart(ObjectChart):
     def dependency(self, name: str) -> "PlatformChart":
         """The chart of a required component (a missing one fails earlier, in build_charts)."""
         return self.dependencies[name]
+
+    def to_json(self) -> list[Any]:
+        """The rendered objects, the record object (:func:`record_object`) annotated with what
+        ``final-problem plan`` compares the next deploy with. Only its metadata changes: no
+        pod template, so recording restarts nothing."""
+        rendered = super().to_json()
+        record = record_object(rendered)
+        if record is None:
+            return rendered
+        annotations = {
+            SETTINGS_ANNOTATION: _compact(self.props.recorded_values() if self.props is not None else {}),
+            POD_TEMPLATES_ANNOTATION: _compact(pod_template_digests(rendered)),
+        }
+        if self.records_cluster:
+            from final_problem.config import cluster_infos
+
+            # With the profile: the AWS settings mean nothing to a platform on Pis.
+            annotations[CLUSTER_SETTINGS_ANNOTATION] = _compact({
+                "profile": self.profile.name,
+                **{info.name: list(v) if isinstance(v := getattr(self.settings, info.name), tuple) else v
+                   for info in cluster_infos()},
+            })
+        index = rendered.index(record)
+        metadata = dict(record.get("metadata", {}))
+        metadata["annotations"] = {**metadata.get("annotations", {}), **annotations}
+        rendered[index] = {**record, "metadata": dict(sorted(metadata.items()))}
+        return rendered
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 _COMPONENT_NAME = re.compile(r"[a-z][a-z0-9-]{0,40}")
@@ -183,6 +252,12 @@ def register(cls: C) -> C:
                 f"{where}.images", image, "an image must name its registry and an exact version tag (or digest)",
                 'use e.g. "docker.io/library/redis:8.10.1-trixie"',
             )
+    paths = cls.upgrade_paths
+    if not isinstance(paths, Mapping) or not all(isinstance(p, UpgradePath) for p in paths.values()):
+        raise ConfigError(
+            f"{where}.upgrade_paths", paths, "must map image repositories to final_problem.api.UpgradePath",
+            'use e.g. {"docker.io/library/solr": UpgradePath(...)}',
+        )
     # Only a class that passed every check changes shared state.
     if settings_class is not None:
         settings_class.section = name
@@ -322,8 +397,10 @@ def for_profile(settings: Settings, profile: Profile) -> Settings:
 
 def build_charts(app: cdk8s.App, settings: Settings, profile: Profile) -> dict[str, PlatformChart]:
     """Render every enabled component for ``profile`` into ``app``, in dependency order,
-    leaving out those the profile's nodes cannot run (:func:`profile_components`)."""
+    leaving out those the profile's nodes cannot run (:func:`profile_components`), at the
+    size the settings choose (cluster setting ``size``)."""
     settings = for_profile(settings, profile)
+    profile = profile.sized(settings.size)
     charts: dict[str, PlatformChart] = {}
     for name in resolve(settings.components):
         cls = COMPONENTS[name]
@@ -334,5 +411,7 @@ def build_charts(app: cdk8s.App, settings: Settings, profile: Profile) -> dict[s
         )
         for dep in cls.requires:
             chart.add_dependency(charts[dep])
+        # The chart applied first records the cluster's settings too.
+        chart.records_cluster = not charts
         charts[name] = chart
     return charts

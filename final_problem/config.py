@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping
 
 from final_problem import versions
 from final_problem.errors import ConfigError
-from final_problem.profiles import ARM64_VA_BITS, PROFILES, Profile
+from final_problem.profiles import ARM64_VA_BITS, PROFILES, SIZES, Profile
+from final_problem.changes import kubernetes_version_change, nothing, procedure, refused
 from final_problem.settings import (
     ComponentSettings, SettingInfo, _check_value, _infos, how_to_set, parse_value, setting, unknown_key,
 )
@@ -48,11 +49,21 @@ _SIZE = re.compile(r"nano|micro|small|medium|large|xlarge|[0-9]{1,2}xlarge|metal
 _GRAVITON_FAMILY = re.compile(r"[a-z]+[0-9]+g[a-z]*|a1")
 # The only retention periods CloudWatch Logs accepts (PutRetentionPolicy API reference).
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+#: The node type when none is set, per size: three of it carry every bundled component at
+#: that size within 80% of allocatable CPU and memory (README, "Capacity";
+#: tests/test_capacity.py), and m7g is the cheapest Graviton family that does not throttle
+#: (final_problem/prices.py).
+NODE_TYPE_BY_SIZE = {"small": "m7g.large", "production": "m7g.xlarge"}
 # EKS quota "Nodes per managed node group": 450 (EKS user guide, "Amazon EKS service quotas").
 MAX_NODES_PER_NODEGROUP = 450
 #: Context keys the CDK CLI or toolkit reads itself, besides those with a ":" or "@"
 #: (feature flags, aws:cdk:*, lookups cached in cdk.context.json).
 CDK_KEYS = frozenset({"cli-telemetry", "acknowledged-issue-numbers", "dist_dir"})
+
+
+# Change rules shared by the settings that place the cluster (final_problem/changes.py).
+_NEW_CLUSTER = "a deploy with another value creates a second, empty cluster and leaves this one, with its volumes, behind"
+_KEEP_OR_REBUILD = "keep {name}={old}, or deploy the new cluster deliberately with ALLOW_REBUILD=1 and move the data"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +78,7 @@ class Settings:
         "final-problem",
         doc="EKS cluster name; stacks are `<name>-network` and `<name>-cluster`. Letters, digits and '-', "
             "starting with a letter (it prefixes CloudFormation stack names).",
+        change=refused(f"names the EKS cluster and both stacks: {_NEW_CLUSTER}", _KEEP_OR_REBUILD),
     )
     kubernetes_version: str = setting(
         versions.KUBERNETES_VERSION,
@@ -74,76 +86,114 @@ class Settings:
             f"{versions.SUPPORTED_KUBERNETES_VERSIONS[-1]}; the default is the newest both `aws_eks_v2` and a "
             "published kubectl layer package support (other versions need their "
             "`aws-cdk.lambda-layer-kubectl-vNN` package).",
+        change=kubernetes_version_change,
     )
     account: str | None = setting(
         doc="AWS account id (12 digits). Unset gives an environment-agnostic synth (CDK then uses 2 AZs).",
+        change=refused(f"the AWS account the stacks live in: {_NEW_CLUSTER}", _KEEP_OR_REBUILD),
     )
     region: str | None = setting(
         doc="AWS region, e.g. `eu-west-1`. With `account`, CDK looks the AZs up once (credentials needed) "
             "and caches them in `cdk.context.json`. The cost estimate uses its prices (unset: us-east-1's).",
+        change=refused(f"the AWS region the stacks live in: {_NEW_CLUSTER}", _KEEP_OR_REBUILD),
     )
     vpc_cidr: str = setting(
         "10.0.0.0/16",
         doc="VPC range, /16 or /17: each zone gets a /24 public and a /19 private subnet, because the VPC CNI "
             "gives every pod a VPC address.",
+        change=refused("the VPC's range cannot change: CloudFormation replaces the VPC, and the cluster, nodes and zonal volumes "
+                        "with it", "keep {name}={old}"),
     )
     az_count: int = setting(
         3, choices=(2, 3),
         doc="Zones the VPC spans when the environment is known. A quorum of 3 survives a zone's loss only "
             "over 3 zones.",
+        change=refused("the cluster's subnets cannot change: CloudFormation replaces the cluster, and volumes stay in zones "
+                        "the new nodes may not have", "keep {name}={old}"),
     )
     nat_gateways: int = setting(
         1, minimum=1,
         doc="NAT gateways, 1..az_count; set it to az_count so one zone's outage does not cut the others' egress. "
             "Without account and region, at most 2 (CDK then makes 2 zones).",
+        change=nothing("egress routes only"),
     )
     flow_log_retention_days: int = setting(
         90, choices=LOG_RETENTION_DAYS, doc="VPC flow log retention in days (a value CloudWatch Logs accepts).",
+        change=nothing("the flow log group only"),
     )
-    node_instance_type: str = setting(
-        # 3 x m7g.xlarge (4 vCPU, 16 GiB each) carry every bundled component within 80% of
-        # their allocatable CPU and memory (README, "Capacity"); m7g.large would not.
-        "m7g.xlarge",
+    size: str = setting(
+        SIZES[0], choices=SIZES,
+        doc="Requests, limits, heaps and memory caps of the EKS profile's servers (final_problem/sizes.py): `small` "
+            "is set from measured use with a stated headroom and fits 3 x m7g.large; `production` (the sizes "
+            "before, 2-4 times the memory) fits 3 x m7g.xlarge and leaves room to grow. A component's own memory "
+            "settings still win. The Pi profile has one size, its boards'. A change is a rolling restart of every "
+            "sized workload (new requests, limits and heaps), and with the node type unset a replacement of the "
+            "node group's nodes.",
+        change=procedure("every sized workload rolls, and with node_instance_type unset the node group of the other "
+                         "size's type replaces the old one, whose nodes are drained together",
+                         "set node_instance_type to the type the nodes have now, deploy the new size (a rolling "
+                         "restart), then change the type with a second node group (see node_instance_type)"),
+    )
+    node_instance_type: str | None = setting(
+        default_doc="`m7g.large` (size production: `m7g.xlarge`)",
         doc="Node instance type. Graviton (arm64, like a Pi) by default; x86 types get the x86 AMI. "
-            "Must be in the capacity table (README, \"Capacity\").",
+            "Must be in the capacity table (README, \"Capacity\"). Unset: the smallest Graviton type on "
+            "which three nodes carry every bundled component at `size` within 80%.",
+        example="m7g.large",
+        change=procedure("CloudFormation replaces the managed node group: the old nodes are drained together when it is "
+                          "deleted, so every quorum restarts at once",
+                          "add a node group of the new type beside the old, drain the old nodes one at a time (kubectl drain; the "
+                          "disruption budgets hold), then deploy"),
     )
     node_min: int = setting(
         3, minimum=3, maximum=MAX_NODES_PER_NODEGROUP,
         doc="Smallest node group size: one node per quorum member (required hostname anti-affinity).",
+        change=nothing("the node group's bounds; a scale-in drains nodes through the disruption budgets"),
     )
     node_desired: int = setting(
         3, minimum=3, maximum=MAX_NODES_PER_NODEGROUP, doc="Nodes started; between node_min and node_max.",
+        change=nothing("the node group's size; a scale-in drains nodes through the disruption budgets"),
     )
     node_max: int = setting(
         6, minimum=3, maximum=MAX_NODES_PER_NODEGROUP, doc="Largest node group size (EKS allows 450).",
+        change=nothing("the node group's bounds"),
     )
     endpoint_public_cidrs: tuple[str, ...] = setting(
         (), doc="IPv4 CIDRs allowed to the public API endpoint; empty means a private endpoint only. An address "
                 "alone means that one address (/32). `0.0.0.0/0` needs endpoint_public_anywhere.",
         example=("203.0.113.7/32",),
+        change=nothing("who reaches the API endpoint"),
     )
     endpoint_public_anywhere: bool = setting(
         False, doc="Allow `0.0.0.0/0` in endpoint_public_cidrs: the API endpoint open to the whole internet "
                    "(its authentication still applies).",
+        change=nothing("who reaches the API endpoint"),
     )
     endpoint_private_access: bool = setting(
         True, doc="Keep the private API endpoint; false needs endpoint_public_cidrs.",
+        change=nothing("who reaches the API endpoint"),
     )
     admin_role_arn: str | None = setting(
         doc="IAM role granted `AmazonEKSClusterAdminPolicy` through an access entry.",
         example="arn:aws:iam::123456789012:role/Admin",
+        change=nothing("an access entry"),
     )
     components: tuple[str, ...] = setting(
         ("base",),
         doc="Components to render (cdk.json enables every bundled one); each one's requirements must be "
             "enabled too.",
+        change=nothing("each component added or removed is judged on its own line"),
     )
-    profiles: tuple[str, ...] = setting(("eks", "pi"), doc="Which `dist/<profile>/` folders to write.")
+    profiles: tuple[str, ...] = setting(
+        ("eks", "pi"), doc="Which `dist/<profile>/` folders to write.",
+        change=nothing("which dist/ folders synth writes"),
+    )
     pi_memory_gib: int = setting(
         # Raspberry Pi 4 Model B comes with 1, 2, 4 or 8 GB, Pi 5 with 2, 4, 8 or 16 GB
         # (raspberrypi.com product pages); below 4 GB k3s and the platform do not fit.
         4, choices=(4, 8, 16),
         doc="Memory of each of the three Pi nodes (the capacity check's node shape; 4 cores each, Pi 4 or Pi 5).",
+        change=nothing("the capacity check's node shape"),
     )
     pi_arm64_va_bits: int = setting(
         # Raspberry Pi OS's only Pi 4 kernel (kernel8.img) has 3-level page tables: 39 bits
@@ -154,6 +204,7 @@ class Settings:
             "built with CONFIG_ARM64_VA_BITS_48. Below 47 the pi profile leaves out what runs Envoy (its "
             "allocator aborts there): the edge Envoy, and Consul with the mesh and what needs it. Say 47 or 48 "
             "only when every Pi node has such a kernel.",
+        change=nothing("which components the pi profile renders: each is judged on its own line"),
     )
     #: Raw values of each component's section, keys already checked; see :meth:`component`.
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -162,6 +213,8 @@ class Settings:
     _cache: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.node_instance_type is None and self.size in NODE_TYPE_BY_SIZE:
+            object.__setattr__(self, "node_instance_type", NODE_TYPE_BY_SIZE[self.size])
         for info in cluster_infos():
             try:
                 _check_value("", info, getattr(self, info.name), PROFILES["eks"])
@@ -186,13 +239,22 @@ class Settings:
         family = _INSTANCE_TYPE.fullmatch(self.node_instance_type)
         return bool(family and _GRAVITON_FAMILY.fullmatch(family.group("family")))
 
+    def node_types_by_size(self) -> dict[str, str]:
+        """The node type of each size: its own default (:data:`NODE_TYPE_BY_SIZE`) while the
+        node type is this size's default (unset), else the one set, for every size."""
+        assert self.node_instance_type is not None
+        if self.node_instance_type != NODE_TYPE_BY_SIZE.get(self.size):
+            return {size: self.node_instance_type for size in SIZES}
+        return dict(NODE_TYPE_BY_SIZE)
+
     def component(self, settings_class: type[ComponentSettings], profile: Profile) -> ComponentSettings:
         """The settings of one component for ``profile``: its section's values over its defaults.
 
         A bad value raises :class:`ConfigError` naming ``<component>.<key>``, where the value
         came from, and the profile when the component's defaults differ by profile.
         """
-        key = (settings_class, profile.name)
+        profile = profile.sized(self.size)
+        key = (settings_class, profile.name, profile.size)
         cached = self._cache.get(key)
         if cached is not None:
             return cached

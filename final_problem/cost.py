@@ -33,7 +33,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -119,6 +119,23 @@ class Estimate:
             "lines": [{**asdict(line), "monthly": round(line.monthly, 4)} for line in self.lines],
             "assumptions": asdict(self.assumptions),
         }
+
+    def on_nodes(self, instance_type: str) -> "Estimate":
+        """This estimate with the node group's instances of ``instance_type`` instead (the same
+        count): what another size costs, whose objects differ only in requests and limits."""
+        prices = PRICES[self.region]
+        hourly = prices.instance_hour(instance_type)
+        if hourly is None:
+            first, *others = close_instance_types(instance_type, candidates=prices.priced_types())
+            raise ConfigError(
+                "node_instance_type", instance_type, f"no list price for it in {prices.region} (final_problem/prices.py)",
+                f"{how_to_set('node_instance_type', first)} (or {', '.join(others)}), "
+                "or add its family to final_problem/prices.py")
+        lines = tuple(
+            replace(line, item=f"{line.item.split(' x ', 1)[0]} x {instance_type} ({line.item.rsplit('(', 1)[1]}",
+                    unit_price=hourly)
+            if line.category == "EC2" else line for line in self.lines)
+        return replace(self, lines=lines)
 
     def summary(self, top: int = 4) -> list[str]:
         """The total and the biggest categories (what ``make synth`` prints)."""

@@ -63,6 +63,11 @@ class RegionPrices:
 
 
 # us-east-1 (N. Virginia); us-west-2 (Oregon) lists the same prices for every item here.
+# m7g (the default nodes: m7g.large, size production m7g.xlarge): $0.0816 an hour for
+# m7g.large, Linux, on demand (aws.amazon.com/ec2/pricing/on-demand; the same figure in
+# factualminds.com, "Amazon EC2 On-Demand Pricing: Instance Families, Regional Multipliers,
+# and the Graviton Crossover (2026)", 2026-06-17: "In us-east-1 (June 2026), Linux m7g.large
+# is $0.0816/hr"), so 3 nodes cost 3 x 0.0816 x 730 = $178.70 a month.
 _US_EC2 = {
     "m5": 0.096, "m5a": 0.086, "m6i": 0.096, "m6a": 0.0864, "m6g": 0.077,
     "m7i": 0.1008, "m7a": 0.11592, "m7g": 0.0816, "m8g": 0.08976,

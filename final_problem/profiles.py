@@ -8,7 +8,7 @@ address bits for a component leaves it out, and says so (``arm64_va_bits_setting
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Mapping
 
 #: The fewest user virtual address bits of an arm64 kernel on which Envoy starts: its
@@ -21,6 +21,10 @@ ARM64_VA_BITS_LABEL = "final-problem.io/arm64-va-bits"
 #: The virtual address sizes an arm64 Linux kernel can be built with (CONFIG_ARM64_VA_BITS;
 #: 47 is how first boot labels a 16K-page kernel, which has 47 bits).
 ARM64_VA_BITS = (39, 47, 48, 52)
+#: The sizes a profile's requests, limits and heaps come in (cluster setting ``size``):
+#: ``small``, set from measured use with a stated headroom (final_problem/sizes.py), and
+#: ``production``, room to grow for a loaded platform. The first is every profile's own.
+SIZES = ("small", "production")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +53,15 @@ class Profile:
     #: (:func:`final_problem.components.profile_components`). None: every kernel is enough
     #: (EKS's AL2023 arm64 AMIs have 48 bits).
     arm64_va_bits_setting: str | None = None
+    #: The sizes this profile comes in (:data:`SIZES`), its own first; ``size`` is the one
+    #: these values are for.
+    sizes: tuple[str, ...] = ("small",)
+    size: str = "small"
+
+    def sized(self, size: str) -> "Profile":
+        """This profile at ``size``, or as it is when it has no such size (a Pi board has no
+        room for a production size: its sizes are the boards')."""
+        return replace(self, size=size) if size in self.sizes else self
 
 
 EKS = Profile(
@@ -61,6 +74,7 @@ EKS = Profile(
     storage_default=True,
     zone_spread="DoNotSchedule",
     small=False,
+    sizes=SIZES,
 )
 
 PI = Profile(

@@ -76,6 +76,19 @@ def capacity_lines(out: Path, written: Written, manifest: dict[str, Any]) -> lis
     return lines
 
 
+def size_costs(estimate: cost.Estimate, facts: dict[str, Any]) -> list[str]:
+    """One line: what each size (cluster setting ``size``) costs, on the nodes it runs on."""
+    types: dict[str, str] = facts.get("node_types_by_size", {})
+    if not types:
+        return []
+    parts = []
+    for size, instance_type in types.items():
+        count = next((int(line.quantity) // cost.HOURS_PER_MONTH for line in estimate.lines if line.category == "EC2"), 0)
+        this = " (this synth)" if size == facts.get("size") else ""
+        parts.append(f"{size}{this} {count} x {instance_type} ${estimate.on_nodes(instance_type).total:,.2f}")
+    return ["  by size (-c size=...): " + "; ".join(parts)]
+
+
 def main(cdk_out: str = "cdk.out", dist: str = "dist") -> int:
     out, dist_dir = Path(cdk_out), Path(dist)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -105,7 +118,8 @@ def main(cdk_out: str = "cdk.out", dist: str = "dist") -> int:
         print(f"  {line}")
     print("Monthly cost:")
     try:
-        lines = cost.from_cdk_out(out).summary()
+        estimate = cost.from_cdk_out(out)
+        lines = estimate.summary() + size_costs(estimate, synth_facts(out))
     except ConfigError as e:
         # The templates are fine; only the price table lacks them (a region or type).
         lines = [f"not estimated: {e}"]

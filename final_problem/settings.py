@@ -41,23 +41,39 @@ from final_problem.profiles import PROFILES, Profile
 
 @dataclass(frozen=True)
 class PerProfile:
-    """A default that differs between render profiles (``eks``, ``pi``)."""
+    """A default that differs between render profiles (``eks``, ``pi``), and between the
+    sizes of a profile (``eks_production``: cluster setting ``size=production``)."""
 
     values: Mapping[str, Any]
 
     def for_profile(self, profile: Profile) -> Any:
-        return self.values[profile.name]
+        return self.values.get(f"{profile.name}_{profile.size}", self.values[profile.name])
 
     def describe(self) -> str:
-        return ", ".join(f"{name} {_show(value)}" for name, value in self.values.items())
+        # "eks 512 (production 2048), pi 320": a profile's own size, then its others'.
+        parts: list[str] = []
+        for name, value in self.values.items():
+            profile, _, size = name.partition("_")
+            if size:
+                parts[-1] += f" ({size} {_show(value)})"
+            else:
+                parts.append(f"{profile} {_show(value)}")
+        return ", ".join(parts)
 
 
 def per_profile(**values: Any) -> PerProfile:
-    """A default per render profile: ``per_profile(eks=2048, pi=512)``."""
+    """A default per render profile, and per size of one: ``per_profile(eks=512,
+    eks_production=2048, pi=320)``. A size without its own value takes its profile's."""
     missing = [name for name in PROFILES if name not in values]
     if missing:
         raise TypeError(f"per_profile needs a value for every profile; missing: {', '.join(missing)}")
-    return PerProfile(dict(values))
+    sized = {f"{name}_{size}" for name, p in PROFILES.items() for size in p.sizes[1:]}
+    unknown = [name for name in values if name not in PROFILES and name not in sized]
+    if unknown:
+        raise TypeError(f"per_profile: no profile or size {', '.join(unknown)} (known: {', '.join([*PROFILES, *sorted(sized)])})")
+    # Each profile's own size first, then its other sizes, in profile order.
+    order = [key for name, p in PROFILES.items() for key in (name, *(f"{name}_{s}" for s in p.sizes[1:]))]
+    return PerProfile({key: values[key] for key in order if key in values})
 
 
 #: The default of a setting that is unset unless the user gives it.
@@ -73,6 +89,7 @@ def setting(
     choices: Sequence[Any] | None = None,
     default_doc: str | None = None,
     example: Any = None,
+    change: Any = None,
 ) -> Any:
     """Declare one setting of a component.
 
@@ -80,11 +97,15 @@ def setting(
     default (``None`` meaning "derived", e.g. "half the memory limit"). ``minimum``,
     ``maximum`` and ``choices`` are checked for every value, with one wording.
     ``example`` is a valid value to suggest in errors where the default is not one.
+    ``change`` is what changing the value does to a live platform: a rule of
+    :mod:`final_problem.changes` (``rolling("...")``, ``refused("...", "...")``, ...), which
+    ``final-problem plan`` applies before a deploy. Unset, the plan judges a change by the
+    pod templates it alters alone.
     """
     metadata = {
         "doc": doc, "minimum": minimum, "maximum": maximum,
         "choices": tuple(choices) if choices is not None else None,
-        "default_doc": default_doc, "example": example,
+        "default_doc": default_doc, "example": example, "change": change,
     }
     if isinstance(default, (list, dict, set)):
         raise TypeError("a setting's default must be immutable (use a tuple)")
@@ -104,6 +125,8 @@ class SettingInfo:
     choices: tuple[Any, ...] | None
     default_doc: str | None
     example: Any
+    #: What a change does to a live platform (:mod:`final_problem.changes`); None: undeclared.
+    change: Any = None
 
     @property
     def optional(self) -> bool:
@@ -139,6 +162,11 @@ class SettingInfo:
         if _is_tuple(t):
             return "list"
         return "text"
+
+
+def _json_value(value: Any) -> Any:
+    """A setting's value as JSON holds it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _is_optional(t: Any) -> bool:
@@ -191,6 +219,16 @@ class ComponentSettings:
 
     def check(self) -> None:
         """Rules across settings; raise :meth:`error`. Default: none."""
+
+    #: Change rules (:mod:`final_problem.changes`) of values set in code rather than as
+    #: settings, by the name :meth:`recorded_values` gives them (Kafka's declared topics).
+    change_rules: ClassVar[Mapping[str, Any]] = {}
+
+    def recorded_values(self) -> dict[str, Any]:
+        """The values a deploy records on the platform (JSON), so ``final-problem plan`` can
+        compare the next deploy with them: every setting, and the values in code that
+        :attr:`change_rules` judge (override to add those)."""
+        return {info.name: _json_value(getattr(self, info.name)) for info in self.infos()}
 
     def error(self, name: str, *args: Any, value: Any = dataclasses.MISSING,
               problem: str | None = None, fix: str | None = None) -> ConfigError:

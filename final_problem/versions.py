@@ -122,3 +122,136 @@ POSTGRES_EXPORTER_IMAGE = f"quay.io/prometheuscommunity/postgres-exporter:{POSTG
 # Source: the Go module proxy, proxy.golang.org/sigs.k8s.io/kwok/@v/list (v0.8.0 newest, Nov
 # 2026); its go.mod requires k8s.io/* v0.36.1, the cluster's minor. `make kube-binaries` builds it.
 KWOK_VERSION = "0.8.0"
+
+# --- Supported upgrade paths -----------------------------------------------------------------
+# What a deploy may move each pinned image along, one deploy at a time, and what the move does
+# to a live platform (final_problem/changes.py). `final-problem plan` refuses a move outside
+# its path (and one of an image with none), so a bump here that skips a step fails the plan
+# of every platform still on the old version.
+from final_problem.changes import UpgradePath, rolling, split_image  # noqa: E402
+
+
+def _repository(image: str) -> str:
+    return split_image(image)[0]
+
+
+# Kafka (KRaft): upstream's notes ("Upgrading a KRaft-based cluster", Kafka docs 4.x
+# upgrade.html) roll the nodes one at a time on the new code, then raise the cluster's
+# metadata.version with `kafka-features.sh upgrade --metadata <version>`; until then the
+# cluster can go back to the old code, after it not below that metadata.version. Upstream
+# accepts jumps of several minors; the platform supports (and rehearses) one minor at a time
+# within 4.x, and 5.0 drops what 4.x deprecated (its notes decide when it is pinned).
+KAFKA_UPGRADE = UpgradePath(
+    name="Kafka", within="major", step="minor", downgrade="patch",
+    upgrade=rolling("the controllers and brokers roll on the new code one pod at a time; metadata.version stays "
+                    "until `kafka-features.sh upgrade --metadata <new minor>` finalizes it once all run it"),
+    outside="Kafka 5 removes what 4.x deprecated; its upgrade notes decide the path when it is pinned",
+    source="Kafka docs, Upgrading a KRaft-based cluster",
+)
+# ZooKeeper: the 3.x releases upgrade by a rolling restart ("The upgrade from 3.6.x and 3.7.x
+# can be executed as usual, no particular additional upgrade procedure is needed": ZooKeeper
+# 3.8/3.9 release notes, quoted in KIP-902); the snapshot and log formats of a newer minor
+# are not promised readable by an older one, so only patch downgrades.
+ZOOKEEPER_UPGRADE = UpgradePath(
+    name="ZooKeeper", within="major", step="minor", downgrade="patch",
+    upgrade=rolling("members roll on the new code one at a time, the highest ordinal first, a quorum kept"),
+    outside="ZooKeeper 4 is not released; a new major's notes decide",
+    source="ZooKeeper release notes (3.8, 3.9): rolling upgrade from the previous minors",
+)
+# Cadence: "upgrade one minor at a time, schema first": the schema tool brings the database
+# to the new release's schema before any new server starts (cadence issue 747; cadence-charts
+# PR 18 names the schema Job after the version), servers check the schema version at start,
+# and releases require the latest patch of the previous minor (v0.17.0 release notes). The
+# chart's schema Job is named after its image, so a new version runs a new Job first, and
+# the servers' init container waits for its schema; schema changes never go back.
+CADENCE_UPGRADE = UpgradePath(
+    name="Cadence", within="major", step="minor", downgrade="patch",
+    upgrade=rolling("a new schema Job updates the database first; the servers roll after it (their init container "
+                    "waits for the schema), old ones serving meanwhile"),
+    outside="a major release of Cadence changes its persistence contract; its notes decide",
+    source="Cadence upgrade notes: one minor at a time, schema first (cadence issue 747, release notes)",
+)
+CADENCE_WEB_UPGRADE = UpgradePath(
+    name="cadence-web", within="major", step=None, downgrade="any",
+    upgrade=rolling("the web UI keeps no state; its pods roll"),
+    outside="a new major of the UI may need a newer frontend API",
+    source="cadence-web releases",
+)
+# PostgreSQL: "Minor releases never change the internal storage format and are always
+# compatible with earlier and later minor releases of the same major version number";
+# a major release needs pg_upgrade or a dump and restore (PostgreSQL docs, 19.6 "Upgrading
+# a PostgreSQL Cluster").
+POSTGRES_UPGRADE = UpgradePath(
+    name="PostgreSQL", within="major", step=None, downgrade="any",
+    upgrade=rolling("the server restarts on the new executables; the data directory is unchanged within a major"),
+    outside="a new major changes the data format: pg_upgrade or a dump and restore into a new volume",
+    source="PostgreSQL docs, 19.6 Upgrading a PostgreSQL Cluster",
+)
+POSTGRES_EXPORTER_UPGRADE = UpgradePath(
+    name="postgres_exporter", within=None, step=None, downgrade="any",
+    upgrade=rolling("the exporter sidecar keeps no state; the server pod restarts with it"),
+    outside="", source="postgres_exporter releases",
+)
+# Redis: a replica may run a newer Redis than its primary, so the set upgrades replicas first
+# and then fails the primary over (Redis docs, "Upgrading or restarting a Redis instance
+# without downtime"); an older Redis cannot load a newer one's RDB, so no going back past a
+# patch. The pods roll one at a time; when the primary's turn comes, its preStop hands over
+# (writes paused, replicas caught up, SENTINEL FAILOVER), about 1.5 s without writes.
+REDIS_UPGRADE = UpgradePath(
+    name="Redis", within="major", step=None, downgrade="patch",
+    upgrade=rolling("members roll one at a time, the highest ordinal first; when the primary stops, its preStop "
+                    "hands over to a caught-up replica through the Sentinels (about 1.5 s without writes)"),
+    outside="a new major's RDB and replication formats are not readable by the old; upgrade through a "
+            "replica of the new major and a failover",
+    source="Redis docs, Upgrading or restarting a Redis instance without downtime",
+)
+# Consul: servers upgrade one at a time, each healthy and rejoined before the next ("Upgrading
+# Consul", Standard Upgrades); an upgrade jumps at most 2 majors (its 1.x minors: "Upgrade
+# instructions", General upgrade path); the platform supports one minor at a time.
+CONSUL_UPGRADE = UpgradePath(
+    name="Consul", within="major", step="minor", downgrade="patch",
+    upgrade=rolling("servers roll one at a time, each rejoined before the next (PDB maxUnavailable 1)"),
+    outside="Consul 2 is not released", source="Consul docs, Upgrading Consul and Upgrade instructions",
+)
+# consul-dataplane pairs with a Consul minor (CONSUL_DATAPLANE_VERSION above): it moves with it.
+CONSUL_DATAPLANE_UPGRADE = UpgradePath(
+    name="consul-dataplane", within="major", step="minor", downgrade="patch",
+    upgrade=rolling("the sidecars roll with their pods"),
+    outside="a new major pairs with another Consul major", source="consul-dataplane CHANGELOG, compatibility matrix",
+)
+# Envoy: stateless; its configuration API (xDS v3) is stable across 1.x, fields are deprecated
+# for at least one release before removal (Envoy docs, "Breaking change policy").
+ENVOY_UPGRADE = UpgradePath(
+    name="Envoy", within="major", step=None, downgrade="any",
+    upgrade=rolling("proxies drain and roll one at a time (maxUnavailable 0, a surge pod first)"),
+    outside="Envoy 2 is not released", source="Envoy docs, Breaking change policy",
+)
+# The helper image of Jobs and init containers: no state of its own.
+PYTHON_UPGRADE = UpgradePath(
+    name="Python", within="major", step=None, downgrade="any",
+    upgrade=rolling("Jobs and init containers run on it; pods that use it restart"),
+    outside="a new Python major breaks scripts", source="Python's release policy (PEP 387)",
+)
+
+#: Every pinned image's path, by repository.
+UPGRADE_PATHS = {
+    _repository(KAFKA_IMAGE): KAFKA_UPGRADE,
+    _repository(ZOOKEEPER_IMAGE): ZOOKEEPER_UPGRADE,
+    _repository(CADENCE_SERVER_IMAGE): CADENCE_UPGRADE,
+    _repository(CADENCE_WEB_IMAGE): CADENCE_WEB_UPGRADE,
+    _repository(POSTGRES_IMAGE): POSTGRES_UPGRADE,
+    _repository(POSTGRES_EXPORTER_IMAGE): POSTGRES_EXPORTER_UPGRADE,
+    _repository(REDIS_IMAGE): REDIS_UPGRADE,
+    _repository(CONSUL_IMAGE): CONSUL_UPGRADE,
+    _repository(CONSUL_DATAPLANE_IMAGE): CONSUL_DATAPLANE_UPGRADE,
+    _repository(ENVOY_IMAGE): ENVOY_UPGRADE,
+    _repository(PYTHON_IMAGE): PYTHON_UPGRADE,
+}
+
+# Kubernetes (EKS): a control plane moves one minor at a time and never back (EKS user guide,
+# "Update existing cluster to new Kubernetes version"): the kubernetes_version setting's rule.
+
+
+def upgrade_paths(*images: str) -> dict[str, UpgradePath]:
+    """The upgrade paths of ``images`` (pinned above), by repository: a chart's ``upgrade_paths``."""
+    return {_repository(image): UPGRADE_PATHS[_repository(image)] for image in images}

@@ -274,7 +274,7 @@ def test_postgres_pi_profile_is_small(pi: dict[str, list[Obj]]) -> None:
 
 @pytest.mark.parametrize("overrides,match", [
     ({"max_connections": 5}, "postgres.max_connections = 5"),
-    ({"shared_buffers_mib": 4096}, r"postgres.shared_buffers_mib = 4096.*Fix: leave postgres.shared_buffers_mib unset .* at most 1024"),
+    ({"shared_buffers_mib": 4096}, r"postgres.shared_buffers_mib = 4096.*Fix: leave postgres.shared_buffers_mib unset .* at most 384"),
     ({"storage_gib": 0}, "postgres.storage_gib = 0"),
     ({"metrics_port": 5432}, "postgres.metrics_port = 5432"),
 ])
@@ -284,7 +284,7 @@ def test_postgres_settings_that_cannot_work_fail(overrides: dict[str, object], m
 
 
 def test_postgres_shared_buffers_fix_is_valid() -> None:
-    PostgresProps.for_profile(EKS, shared_buffers_mib=512)
+    PostgresProps.for_profile(EKS, shared_buffers_mib=384)
     with pytest.raises(ConfigError, match="at most 128"):
         PostgresProps.for_profile(EKS, memory_mib=256)
     PostgresProps.for_profile(EKS, memory_mib=256, shared_buffers_mib=128)
@@ -323,3 +323,97 @@ def test_scripts_pass_shellcheck() -> None:
     for name, text in scripts.items():
         result = subprocess.run([shellcheck, "-s", "sh", "-"], input=text, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{name}:\n{result.stdout}"
+
+
+# -- rollouts ------------------------------------------------------------------------------
+
+
+def test_postgres_stops_with_a_checkpoint_then_a_fast_shutdown(eks: dict[str, list[Obj]]) -> None:
+    """SIGTERM would be a smart shutdown that waits for Cadence's pooled sessions until the
+    grace period ends: the preStop stops it in fast mode, within the grace period."""
+    sts = one(eks["postgres"], "StatefulSet", "postgres")
+    c = pod(sts)["containers"][0]
+    (script,) = c["lifecycle"]["preStop"]["exec"]["command"][2:]
+    checkpoint, stop = script.splitlines()
+    assert checkpoint.startswith('PGPASSWORD="$POSTGRES_PASSWORD" psql ') and "-p 5432" in checkpoint
+    assert "-c CHECKPOINT ||" in checkpoint  # a failed checkpoint does not prevent the stop
+    assert stop == 'exec pg_ctl stop -D "$PGDATA" -m fast -w -t 45'
+    assert 45 < pod(sts)["terminationGracePeriodSeconds"] == 60
+    probe = c["readinessProbe"]
+    assert probe["exec"]["command"][0] == "pg_isready" and probe["periodSeconds"] == 2
+    assert sts["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+
+
+def test_postgres_pre_stop_follows_the_port_setting() -> None:
+    objs = render_all("pi", postgres={"port": 6543})
+    c = pod(one(objs["postgres"], "StatefulSet", "postgres"))["containers"][0]
+    assert "-p 6543 " in c["lifecycle"]["preStop"]["exec"]["command"][2]
+
+
+def test_cadence_servers_roll_one_new_pod_at_a_time_and_drain_within_their_grace(
+    eks: dict[str, list[Obj]], pi: dict[str, list[Obj]],
+) -> None:
+    """A new pod before an old one goes, in both profiles (one replica each on a Pi); each
+    service's drain (dynamic config) ends well within its grace period."""
+    dynamic = yaml.safe_load(one(eks["cadence"], "ConfigMap", "cadence-dynamicconfig")["data"]["dynamicconfig.yaml"])
+    for objects in (eks, pi):
+        for name in render.SERVICES:
+            dep = one(objects["cadence"], "Deployment", f"cadence-{name}")
+            assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+            grace = pod(dep)["terminationGracePeriodSeconds"]
+            drain = int(dynamic.get(f"{name}.shutdownDrainDuration", [{"value": "0s"}])[0]["value"].removesuffix("s"))
+            hook = pod(dep)["containers"][0].get("lifecycle", {}).get("preStop")
+            wait = hook["sleep"]["seconds"] if hook else 0
+            assert (wait > 0) is (name == "frontend") and not (wait and drain)
+            # The wait, then the graceful stop waiting for the longest call in flight (a poll).
+            assert grace == 60 and wait + drain + render.LONG_POLL_S + 20 <= grace
+    assert {k: v[0]["value"] for k, v in dynamic.items() if k.endswith("shutdownDrainDuration")} == {
+        "history.shutdownDrainDuration": "10s", "matching.shutdownDrainDuration": "10s"}
+    frontend = pod(one(eks["cadence"], "Deployment", "cadence-frontend"))["containers"][0]
+    assert frontend["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert dynamic["matching.longPollExpirationInterval"] == [{"value": "20s", "constraints": {}}]
+
+
+def test_cadence_readiness_means_serving_not_a_listening_port(eks: dict[str, list[Obj]]) -> None:
+    """The frontend answers DescribeCluster on its own gRPC port; every other service is Ready
+    once the ring the frontend sees lists its pod IP and TChannel port."""
+    cfg = server_config(eks["cadence"])["services"]
+    for name in render.SERVICES:
+        c = pod(one(eks["cadence"], "Deployment", f"cadence-{name}"))["containers"][0]
+        probe = c["readinessProbe"]
+        assert "tcpSocket" not in probe and (probe["periodSeconds"], probe["initialDelaySeconds"]) == (5, 5)
+        command = probe["exec"]["command"]
+        if name == "frontend":
+            assert command == ["cadence", "--address", f"127.0.0.1:{cfg['frontend']['rpc']['grpcPort']}",
+                               "--transport", "grpc", "admin", "cluster", "describe"]
+        else:
+            assert command[:2] == ["sh", "-c"]
+            assert command[2].startswith("cadence --address cadence-frontend.cadence.svc.cluster.local:7833 ")
+            assert command[2].endswith(f'grep -qF "\\"$POD_IP:{cfg[name]["rpc"]["port"]}\\""')
+            assert any(e["name"] == "POD_IP" for e in c["env"])
+
+
+def test_cadence_ring_readiness_matches_only_its_own_identity(tmp_path: Any) -> None:
+    """The rendered pipeline (a stand-in CLI printing a DescribeCluster answer) passes for the
+    pod in the ring and fails for an address that only starts the same way."""
+    answer = '{"membershipInfo": {"rings": [{"role": "cadence-history", "memberCount": 1, ' \
+             '"members": [{"Identity": "10.0.0.11:7934"}]}]}}'
+    cli = tmp_path / "cadence"
+    cli.write_text(f"#!/bin/sh\ncat <<'EOF'\n{answer}\nEOF\n")
+    cli.chmod(0o755)
+    command = render.readiness_command("history", ports=render.DEFAULT_PORTS["history"], frontend_address="f:7833",
+                                       cli=str(cli))
+    for ip, ready in (("10.0.0.11", True), ("10.0.0.1", False), ("0.0.0.11", False)):
+        result = subprocess.run(command, env={"POD_IP": ip, "PATH": "/usr/bin:/bin"}, timeout=10)
+        assert (result.returncode == 0) is ready, ip
+    failing = tmp_path / "failing"
+    failing.write_text("#!/bin/sh\necho 'Error: Operation DescribeCluster failed.' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    command = render.readiness_command("matching", ports=render.DEFAULT_PORTS["matching"], frontend_address="f:7833",
+                                       cli=str(failing))
+    assert subprocess.run(command, env={"POD_IP": "10.0.0.11", "PATH": "/usr/bin:/bin"}, timeout=10).returncode != 0
+
+
+def test_cadence_readiness_of_an_unknown_service_fails() -> None:
+    with pytest.raises(ConfigError, match="cadence.service = 'cache': unknown service"):
+        render.readiness_command("cache", ports=render.DEFAULT_PORTS["history"], frontend_address="f:7833")

@@ -9,15 +9,16 @@ from typing import Any
 
 import pytest
 
-from final_problem import capacity, config, manifests
+from final_problem import capacity, config, manifests, sizes
 from final_problem.errors import ConfigError
 from tests.conftest import CDK_JSON, ROOT
 
 # The components the figures below were computed for, whatever cdk.json enables.
-# Figures below are for a fixed setting: three components on 3 x m7g.large, whatever cdk.json says.
+# Figures below are for a fixed setting: three components on 3 x m7g.large, whatever cdk.json says,
+# at the production size (the sizes they were computed for: final_problem/sizes.py).
 DEFAULTS = {
     **{k: v for k, v in CDK_JSON.items() if k in config.setting_names()},
-    "components": ["base", "redis", "zookeeper"], "node_instance_type": "m7g.large",
+    "components": ["base", "redis", "zookeeper"], "node_instance_type": "m7g.large", "size": "production",
 }
 
 
@@ -94,8 +95,8 @@ def test_unknown_instance_type_names_close_valid_ones() -> None:
     assert "\n" not in message
     first, others = message.split("Fix: set node_instance_type=")[1].rstrip(")").split(" (or ")
     suggestions = [first, *others.split(", ")]
-    # The nearest type that carries the default platform (m7g.large would not: README, "Capacity").
-    assert suggestions[0] == "m7g.xlarge"
+    # The nearest type that carries the default platform (README, "Capacity"): the same size.
+    assert suggestions[0] == "m7g.large"
     # Each suggestion is itself a valid setting.
     for suggestion in suggestions:
         config.from_mapping({**DEFAULTS, "node_instance_type": suggestion})
@@ -189,10 +190,11 @@ def test_every_bundled_component_fits_by_the_schedulers_count() -> None:
     for profile in ("eks", "pi"):
         result = capacity.fit_of(full_settings(), profile, rendered(profile))
         assert result.fits, "\n".join(capacity.describe(result))
-        # Native sidecars count: Redis's pods on eks carry them (mesh-register, consul-dataplane).
+        # Native sidecars count: Redis's pods on eks carry them (mesh-register, consul-dataplane),
+        # beside Redis at the default size and its metrics exporter.
         if profile == "eks":
             redis = next(w for w in result.workloads if w.name == "StatefulSet/redis/redis")
-            assert redis.memory_mib == 2080 + 32 + 128
+            assert redis.memory_mib == sizes.SIZES["redis"]["eks"].memory_request_mib + 32 + 32 + 128
 
 
 # --- eks profile --------------------------------------------------------------------------------
@@ -320,7 +322,8 @@ def test_synth_checks_every_profile(synth: Any) -> None:
 def test_app_fails_synthesis_when_a_profile_does_not_fit(tmp_path: Path) -> None:
     from tests.test_cli import run_app
 
-    result = run_app(tmp_path, {"node_instance_type": "c7g.large", "components": ["base", "redis", "zookeeper"]})
+    result = run_app(tmp_path, {"node_instance_type": "c7g.large", "components": ["base", "redis", "zookeeper"],
+                                "size": "production"})
     assert result.returncode != 0
     assert result.stderr.startswith(
         "error: node_instance_type = 'c7g.large' (from -c, profile eks): the platform requests 13,460 MiB memory"
@@ -342,12 +345,15 @@ def test_synth_report_prints_the_fit_and_the_cost(synth: Any, capsys: pytest.Cap
     left_out = {f.profile: components.left_out_line(synth.stacks.settings, PROFILES[f.profile]) for f in fits}
     assert capacity_part.splitlines() == [f"  {line}" for f in fits
                                           for line in capacity.describe(f) + [left_out[f.profile]] if line]
-    assert capacity_part.startswith("  eks: 3 x m7g.xlarge: cpu ")
+    assert capacity_part.startswith("  eks: 3 x m7g.large: cpu ")
     assert "  pi: 3 x Raspberry Pi 4 Model B 4 GB: cpu " in capacity_part
     assert "\n  pi: left out consul (its mesh sidecars embed Envoy), envoy (runs Envoy), demo (requires consul)" in capacity_part
-    total = cost.from_cdk_out(synth.outdir).total
-    assert f"Monthly cost:\n  ${total:,.2f}/month at list price in us-east-1 (region unset, priced as us-east-1)\n" in out
-    assert "    largest: EC2 $357.41, EKS $73.00, NAT $32.85" in out
+    estimate = cost.from_cdk_out(synth.outdir)
+    assert f"Monthly cost:\n  ${estimate.total:,.2f}/month at list price in us-east-1 (region unset, priced as us-east-1)\n" in out
+    # And each size on the nodes it picks (tests/test_cost.py: equal to a synth of that size).
+    assert (f"\n    by size (-c size=...): small (this synth) 3 x m7g.large ${estimate.total:,.2f}; "
+            f"production 3 x m7g.xlarge ${estimate.on_nodes('m7g.xlarge').total:,.2f}\n") in out
+    assert "    largest: EC2 $178.70, EKS $73.00, NAT $32.85" in out
 
 
 def test_fits_within_is_the_raw_answer_and_fits_keeps_the_headroom() -> None:

@@ -17,7 +17,10 @@ def test_defaults_match_the_documented_values() -> None:
     assert s.cluster_name == "final-problem"
     assert s.kubernetes_version == versions.KUBERNETES_VERSION == "1.36"
     assert (s.az_count, s.nat_gateways) == (3, 1)
-    assert s.node_instance_type == "m7g.xlarge" and s.is_graviton
+    # The node type follows the size unless set: three of it carry every bundled component.
+    assert s.size == "small" and s.node_instance_type == "m7g.large" and s.is_graviton
+    assert Settings(size="production").node_instance_type == "m7g.xlarge"
+    assert Settings(size="production", node_instance_type="r7g.large").node_instance_type == "r7g.large"
     assert (s.node_min, s.node_desired, s.node_max) == (3, 3, 6)
     assert s.endpoint_public_cidrs == () and s.endpoint_private_access is True
     assert s.admin_role_arn is None
@@ -136,3 +139,35 @@ def test_a_number_beyond_a_double_is_named_as_written(tmp_path) -> None:  # type
     assert (repr(context["node_max"]), str(context["zookeeper"]["heap_mib"])) == ("1e400", "1" + "0" * 400)
     with pytest.raises(ConfigError, match=r"^node_max = 1e400 \(from cdk\.json\): beyond what a JSON number holds"):
         config.load(context, config.context_origins(context, tmp_path))
+
+
+def test_a_default_per_size_is_its_profiles_own_unless_the_size_has_one() -> None:
+    from final_problem.profiles import EKS, PI
+    from final_problem.settings import per_profile
+
+    default = per_profile(eks=512, eks_production=2048, pi=320)
+    assert [default.for_profile(p) for p in (EKS, EKS.sized("production"), PI, PI.sized("production"))] == [
+        512, 2048, 320, 320]  # the Pi has no production size: its own
+    assert per_profile(eks=1, pi=2).for_profile(EKS.sized("production")) == 1
+    assert default.describe() == "eks 512 (production 2048), pi 320"
+    with pytest.raises(TypeError, match="no profile or size pi_production"):
+        per_profile(eks=1, pi=2, pi_production=3)
+
+
+def test_the_size_setting_moves_every_component_default_and_the_node_type() -> None:
+    from final_problem.charts.zookeeper import ZooKeeperProps
+    from final_problem.profiles import PROFILES
+
+    small, production = config.from_mapping({}), config.from_mapping({"size": "production"})
+    assert small.component(ZooKeeperProps, PROFILES["eks"]).memory_mib == 512
+    assert production.component(ZooKeeperProps, PROFILES["eks"]).memory_mib == 2048
+    assert production.component(ZooKeeperProps, PROFILES["pi"]).memory_mib == 320
+    # A component's own setting still wins.
+    given = config.from_mapping({"size": "production", "zookeeper": {"memory_mib": 1024}})
+    assert given.component(ZooKeeperProps, PROFILES["eks"]).memory_mib == 1024
+    assert (small.node_types_by_size(), production.node_types_by_size()) == (
+        {"small": "m7g.large", "production": "m7g.xlarge"},) * 2
+    assert config.from_mapping({"node_instance_type": "r7g.large"}).node_types_by_size() == {
+        "small": "r7g.large", "production": "r7g.large"}
+    with pytest.raises(ConfigError, match=r"^size = 'huge': must be one of small, production\. Fix: set size=small$"):
+        config.from_mapping({"size": "huge"})

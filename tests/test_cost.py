@@ -108,7 +108,7 @@ def test_cdk_out_and_the_in_memory_assembly_agree(synth: Any) -> None:
 def test_command_prints_the_breakdown_and_json(synth: Any) -> None:
     run = [sys.executable, "-m", "final_problem.cost", "--cdk-out", str(synth.outdir)]
     text = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
-    assert "3 x m7g.xlarge" in text and "total (USD, 730 hours a month)" in text and "Assumptions:" in text
+    assert "3 x m7g.large" in text and "total (USD, 730 hours a month)" in text and "Assumptions:" in text
     data = json.loads(subprocess.run(run + ["--json", "--flow-log-gb", "0"], cwd=ROOT, capture_output=True,
                                       text=True, check=True, timeout=120).stdout)
     assert data["total_monthly"] == round(cost.from_cdk_out(synth.outdir).total - 5.0 * 0.50, 2)
@@ -211,7 +211,8 @@ def test_an_unpriced_region_fails_the_command_and_is_one_line_in_the_synth_repor
 #: Rows of the README's cost table (us-east-1, every component cdk.json enables) and their settings.
 README_ROWS = {
     "**default**": {},
-    "cheapest HA that fits every component on nodes that do not throttle": {"node_instance_type": "m6g.xlarge"},
+    "production sizes": {"size": "production"},
+    "cheapest HA that fits every component on nodes that do not throttle": {"node_instance_type": "m6g.large"},
     "zone-independent": {"account": ACCOUNT, "region": "us-east-1", "nat_gateways": 3},
     "ZooKeeper and Redis only": {"components": ["base", "redis", "zookeeper"], "node_instance_type": "m7g.large"},
 }
@@ -230,3 +231,13 @@ def test_the_readme_cost_table_is_what_the_estimate_says() -> None:
         app = new_app(**context)
         platform_app.build(app, config.from_mapping({**platform, **overrides}))
         assert round(cost.from_assembly(app.synth()).total, 2) == shown, label
+
+
+def test_each_size_costs_what_a_synth_of_it_costs() -> None:
+    """The report's line per size prices the synth on the other size's nodes: the same figure
+    as synthesizing that size (the sizes differ in requests and limits only, not in what is
+    priced)."""
+    small, production = estimate(), estimate(size="production", node_instance_type="m7g.xlarge")
+    assert small.on_nodes("m7g.xlarge").total == pytest.approx(production.total)
+    assert production.on_nodes("m7g.large").total == pytest.approx(small.total)
+    assert [line.item for line in small.on_nodes("m7g.xlarge").lines] == [line.item for line in production.lines]

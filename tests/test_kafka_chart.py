@@ -114,8 +114,8 @@ def test_cluster_id_is_generated_in_the_cluster_as_a_kafka_uuid(eks: list[dict[s
 
 def test_heap_is_half_the_memory_limit(eks: list[dict[str, Any]]) -> None:
     container = one(eks, "StatefulSet", "kafka-broker")["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["limits"]["memory"] == "1536Mi"
-    assert "-Xmx768m" in container["command"] and "-Xms768m" in container["command"]
+    assert container["resources"]["limits"]["memory"] == "768Mi"
+    assert "-Xmx384m" in container["command"] and "-Xms384m" in container["command"]
 
 
 def test_topic_job_applies_the_declared_topics(eks: list[dict[str, Any]]) -> None:
@@ -284,7 +284,7 @@ def test_heartbeat_not_below_the_session_is_refused_in_one_line() -> None:
         KafkaProps.for_profile(PI, broker_heartbeat_interval_ms=6000).check()
 
 
-@pytest.mark.parametrize(("profile", "heap", "dedupe_mib"), [("eks", 768, 48), ("pi", 224, 14)])
+@pytest.mark.parametrize(("profile", "heap", "dedupe_mib"), [("eks", 384, 24), ("pi", 224, 14)])
 def test_the_collector_and_heap_bound_buffers_are_sized_for_the_profiles_heap(profile: str, heap: int, dedupe_mib: int) -> None:
     objects = render(profile)
     kind = "kafka-broker" if profile == "eks" else "kafka"

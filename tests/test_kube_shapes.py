@@ -35,12 +35,12 @@ def settings_and_profile(request: pytest.FixtureRequest) -> tuple[str, dict[str,
 def test_eks_nodes_follow_the_settings() -> None:
     shapes = fake_nodes(full_settings(), "eks")
     assert [s.name for s in shapes] == ["eks-node-1", "eks-node-2", "eks-node-3"]
-    # m7g.xlarge: 4 vCPU, 16 GiB less 7.5% VM overhead, 58 pods; EKS AMI reservations
-    # 80m and 11 * 58 + 255 = 893 MiB, eviction 100 MiB (final_problem/capacity.py).
-    assert {(s.cpu_m, s.memory_mib, s.pods) for s in shapes} == {(3920, int(16384 * 0.925) - 893 - 100, 58)}
+    # m7g.large (the default at size small): 2 vCPU, 8 GiB less 7.5% VM overhead, 29 pods; EKS AMI
+    # reservations 70m and 11 * 29 + 255 = 574 MiB, eviction 100 MiB (final_problem/capacity.py).
+    assert {(s.cpu_m, s.memory_mib, s.pods) for s in shapes} == {(1930, int(8192 * 0.925) - 574 - 100, 29)}
     assert [s.labels["topology.kubernetes.io/zone"] for s in shapes] == ["zone-a", "zone-b", "zone-c"]
     assert {s.labels["kubernetes.io/arch"] for s in shapes} == {"arm64"}
-    assert {s.labels["node.kubernetes.io/instance-type"] for s in shapes} == {"m7g.xlarge"}
+    assert {s.labels["node.kubernetes.io/instance-type"] for s in shapes} == {"m7g.large"}
     bigger = fake_nodes(dataclasses.replace(full_settings(), node_instance_type="r7g.xlarge", node_desired=4, node_max=6), "eks")
     assert len(bigger) == 4 and bigger[3].labels["topology.kubernetes.io/zone"] == "zone-a"
     assert (bigger[0].cpu_m, bigger[0].pods) == (4000 - 80, 58)

@@ -48,3 +48,36 @@ def test_a_host_that_cannot_cut_fails_the_test_with_one_line(monkeypatch: pytest
     message = str(failure.value)
     assert message.startswith("the power-cut harness needs root (loop devices and mounts), mkfs.xfs (Debian package xfsprogs)")
     assert message.endswith("run the tests as root after `sudo make system-deps`") and "\n" not in message
+
+
+def test_a_live_writer_retries_only_the_errors_it_rides_out() -> None:
+    """A write failing with one of ``retry_on`` is written again with the same sequence
+    number and counted; any other error stops the writer and is raised by ``stop``."""
+    import time
+
+    attempts: list[int] = []
+
+    def flaky(seq: int) -> None:
+        attempts.append(seq)
+        if seq == 2 and attempts.count(2) < 3:
+            raise ConnectionError("restarting")
+        if seq == 5:
+            raise ValueError("a bug")
+
+    writer = powercut.LiveWriter(flaky, retry_on=(ConnectionError,), retry_s=0.01).start()
+    writer.join(5)
+    with pytest.raises(powercut.PowerCutError, match="ValueError: a bug"):
+        writer.stop()
+    assert attempts == [0, 1, 2, 2, 2, 3, 4, 5]
+    assert writer.retried == {"ConnectionError": 2}
+    assert writer.acknowledged == 5
+    assert 0 < writer.longest_gap_s(until=time.monotonic())
+
+
+def test_the_longest_gap_is_the_longest_time_without_an_acknowledgement() -> None:
+    writer = powercut.LiveWriter(lambda seq: None)
+    writer.started_at = 10.0
+    writer._acks = [Ack(0, 10.5), Ack(1, 11.0), Ack(2, 14.0), Ack(3, 14.2)]
+    assert writer.longest_gap_s(until=15.0) == pytest.approx(3.0)
+    assert writer.longest_gap_s(since=13.5, until=14.1) == pytest.approx(0.5)
+    assert writer.longest_gap_s(since=14.1, until=20.0) == pytest.approx(5.8)

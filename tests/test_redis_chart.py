@@ -10,7 +10,7 @@ import pytest
 
 from final_problem import config, manifests, versions
 from final_problem.charts.base import BaseChart
-from final_problem.charts.redis import RedisChart, RedisProps
+from final_problem.charts.redis import SHUTDOWN_S, RedisChart, RedisProps
 from final_problem.errors import ConfigError
 from final_problem.profiles import EKS, PI, PROFILES
 
@@ -87,7 +87,7 @@ def test_config_map_renders_aof_everysec_and_no_password() -> None:
     data = find(redis_objects("eks"), "ConfigMap", "redis-config")["data"]
     assert "appendonly yes" in data["redis.conf"]
     assert "appendfsync everysec" in data["redis.conf"]
-    assert "maxmemory 1024mb" in data["redis.conf"]
+    assert "maxmemory 256mb" in data["redis.conf"]
     assert "requirepass" not in data["redis.conf"]
     assert "sentinel down-after-milliseconds platform 5000" in data["sentinel-master.conf"]
     assert "sentinel resolve-hostnames yes" in data["sentinel.conf"]
@@ -194,7 +194,7 @@ def test_settings_override_props() -> None:
     objects = render_with(
         redis_replicas=4, redis_sentinels=5, redis_quorum=3, redis_down_after_ms=10000,
         redis_failover_timeout_ms=120000, redis_maxmemory_mib=512, redis_maxmemory_policy="allkeys-lfu",
-        redis_storage_gib=20,
+        redis_storage_gib=20, redis_memory_mib=1024,
     )
     assert find(objects, "StatefulSet", "redis")["spec"]["replicas"] == 5
     sentinel = find(objects, "StatefulSet", "redis-sentinel")
@@ -263,8 +263,8 @@ def test_section_in_cdk_json_reaches_the_chart() -> None:
         ({"down_after_ms": 10_000, "failover_timeout_ms": 15_000}, r"redis.failover_timeout_ms = 15000: must be at least twice.*Fix: set redis.failover_timeout_ms=60000$"),
         ({"maxmemory_policy": "lru"}, r"redis.maxmemory_policy = 'lru': must be one of noeviction"),
         ({"maxmemory_mib": 8}, r"redis.maxmemory_mib = 8: must be 16 to 131072"),
-        ({"maxmemory_mib": 1500}, r"redis.maxmemory_mib = 1500: must be at most half of redis.memory_mib \(2048\)"),
-        ({"storage_gib": 2}, r"redis.storage_gib = 2: must hold three times maxmemory \(1024 MiB\).*Fix: set redis.storage_gib=3$"),
+        ({"maxmemory_mib": 1500}, r"redis.maxmemory_mib = 1500: must be at most half of redis.memory_mib \(640\)"),
+        ({"storage_gib": 2, "maxmemory_mib": 1024, "memory_mib": 2048}, r"redis.storage_gib = 2: must hold three times maxmemory \(1024 MiB\).*Fix: set redis.storage_gib=3$"),
         ({"bootstrap_wait_s": -1}, r"redis.bootstrap_wait_s = -1: must be 0 to 600"),
         ({"bootstrap_wait_s": 601}, r"redis.bootstrap_wait_s = 601: must be 0 to 600"),
         ({"appendfsync": "sometimes"}, r"redis.appendfsync = 'sometimes': must be one of always, everysec, no"),
@@ -283,3 +283,18 @@ def test_bigger_limit_allows_more_maxmemory() -> None:
 def test_pi_props_are_valid_and_validated() -> None:
     with pytest.raises(ConfigError, match=r"redis.maxmemory_mib = 256: must be at most half of redis.memory_mib \(256\)"):
         RedisProps.for_profile(PI, maxmemory_mib=256)
+
+
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+def test_primary_hands_over_in_a_prestop_hook_within_the_grace_period(profile: str) -> None:
+    sts = find(redis_objects(profile), "StatefulSet", "redis")
+    redis = container(sts, "redis")
+    assert redis["lifecycle"]["preStop"]["exec"]["command"] == ["sh", "/opt/redis/config/prestop-redis.sh"]
+    env = {e["name"]: e.get("value") for e in redis["env"]}
+    handover = int(env["REDIS_HANDOVER_TIMEOUT_S"])
+    # The kubelet counts the hook in the grace period: the hook's bound, then the shutdown.
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == handover + SHUTDOWN_S
+    data = find(redis_objects(profile), "ConfigMap", "redis-config")["data"]
+    assert "SENTINEL FAILOVER" in data["prestop-redis.sh"]
+    # Sentinels hand nothing over: no hook.
+    assert "lifecycle" not in container(find(redis_objects(profile), "StatefulSet", "redis-sentinel"), "sentinel")

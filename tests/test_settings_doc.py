@@ -22,7 +22,8 @@ def test_every_component_setting_is_documented() -> None:
 
 
 def test_per_profile_defaults_are_shown_per_profile() -> None:
-    assert "| `zookeeper.memory_mib` | eks 2048, pi 320 |" in settings.reference_markdown()
+    # The eks profile's two sizes (cluster setting size), then pi's one.
+    assert "| `zookeeper.memory_mib` | eks 512 (production 2048), pi 320 |" in settings.reference_markdown()
 
 
 def test_the_diagram_draws_the_traffic_the_charts_wire() -> None:

@@ -64,7 +64,7 @@ def test_cluster_runs_the_configured_kubernetes_version(cluster: Template) -> No
 def test_nodes_are_graviton_in_private_subnets(cluster: Template) -> None:
     ng = only(cluster, "AWS::EKS::Nodegroup")["Properties"]
     assert ng["AmiType"] == "AL2023_ARM_64_STANDARD"
-    assert ng["InstanceTypes"] == ["m7g.xlarge"]
+    assert ng["InstanceTypes"] == ["m7g.large"]
     assert ng["ScalingConfig"] == {"MinSize": 3, "DesiredSize": 3, "MaxSize": 6}
     assert ng["UpdateConfig"] == {"MaxUnavailable": 1}
     assert all("PrivateSubnet" in s["Fn::ImportValue"] for s in ng["Subnets"])

@@ -90,21 +90,55 @@ def test_start_script_writes_myid_from_the_pod_ordinal(eks: list[dict[str, Any]]
     subprocess.run(c["command"], env=env, check=True, timeout=10)
     assert (tmp_path / "myid").read_text() == "3\n"
     args = (tmp_path / "java-args").read_text()
-    assert "-Xmx1024m" in args and "QuorumPeerMain /conf/zoo.cfg" in args
+    assert "-Xmx256m" in args and "QuorumPeerMain /conf/zoo.cfg" in args
     assert {"name": "ZOO_DATA_DIR", "value": "/data"} in c["env"]
     bad = subprocess.run(c["command"], env={**env, "HOSTNAME": "zookeeper"}, capture_output=True, text=True, timeout=10)
     assert bad.returncode == 1 and "no ordinal" in bad.stderr
 
 
-def test_probes_differ_readiness_asks_for_a_quorum_mode(eks: list[dict[str, Any]]) -> None:
+def test_probes_differ_readiness_asks_for_a_synced_quorum_member(eks: list[dict[str, Any]]) -> None:
     c = container(eks)
     ready, live = c["readinessProbe"]["exec"]["command"][-1], c["livenessProbe"]["exec"]["command"][-1]
-    assert "srvr" in ready and "Mode: (leader|follower|observer)" in ready
+    assert "printf mntr" in ready
+    assert "zk_peer_state[[:space:]]+(leading|following|observing) - broadcast$" in ready
     assert "ruok" in live and "imok" in live
 
 
+@pytest.mark.parametrize("answer, ready", [
+    ("zk_version\t3.9.4\nzk_peer_state\tfollowing - broadcast\nzk_znode_count\t5\n", True),
+    ("zk_peer_state\tleading - broadcast\n", True),
+    ("zk_peer_state\tobserving - broadcast\n", True),
+    # Serving already, still receiving the leader's transactions.
+    ("zk_peer_state\tfollowing - synchronization - diff\n", False),
+    ("zk_peer_state\tfollowing - discovery\n", False),
+    ("zk_peer_state\tlooking\n", False),
+    ("This ZooKeeper instance is not currently serving requests\n", False),
+])
+def test_readiness_passes_only_on_a_synced_peer_state(eks: list[dict[str, Any]], answer: str, ready: bool) -> None:
+    """The rendered probe's own pattern against what ``mntr`` answers in each Zab phase
+    (QuorumPeer.getDetailedPeerState, 3.9.4)."""
+    command = container(eks)["readinessProbe"]["exec"]["command"][-1]
+    pattern = command.split("grep -qE '", 1)[1].rsplit("'", 1)[0]
+    result = subprocess.run(["grep", "-qE", pattern], input=answer, text=True, timeout=10)
+    assert (result.returncode == 0) is ready
+
+
+def test_rollout_mechanics(eks: list[dict[str, Any]]) -> None:
+    """One member at a time, highest ordinal first, each step gated by the synced readiness
+    (no minReadySeconds), no preStop, 30 s grace (SIGTERM ends the JVM at once)."""
+    sts = one(eks, "StatefulSet")
+    pod_spec = sts["spec"]["template"]["spec"]
+    assert sts["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    assert "minReadySeconds" not in sts["spec"]
+    assert pod_spec["terminationGracePeriodSeconds"] == 30
+    assert "lifecycle" not in pod_spec["containers"][0]
+    probe = pod_spec["containers"][0]["readinessProbe"]
+    assert (probe["periodSeconds"], probe["initialDelaySeconds"], probe["failureThreshold"]) == (5, 5, 3)
+    assert one(eks, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
 def test_heap_is_half_the_memory_limit_in_each_profile(eks: list[dict[str, Any]], pi: list[dict[str, Any]]) -> None:
-    for objects, memory, heap in ((eks, "2048Mi", 1024), (pi, "320Mi", 160)):
+    for objects, memory, heap in ((eks, "512Mi", 256), (pi, "320Mi", 160)):
         c = container(objects)
         assert c["resources"]["limits"]["memory"] == memory
         assert f"-Xmx{heap}m" in c["command"][-1] and f"-Xms{heap}m" in c["command"][-1]
@@ -177,7 +211,7 @@ def test_a_config_change_rolls_the_members() -> None:
         ({"zookeeper_replicas": "4"}, r"zookeeper\.replicas = 4: must be one of 3, 5, 7\. Fix: set zookeeper\.replicas=3$"),
         ({"zookeeper_replicas": "1"}, r"zookeeper\.replicas = 1: must be one of 3, 5, 7"),
         ({"zookeeper_replicas": "9"}, r"zookeeper\.replicas = 9"),
-        ({"zookeeper_heap_mib": "2048"}, r"zookeeper\.heap_mib = 2048: must stay below 75% of zookeeper\.memory_mib \(2048 MiB\).*Fix: leave zookeeper\.heap_mib unset \(it is then half of zookeeper\.memory_mib\)$"),
+        ({"zookeeper_heap_mib": "2048"}, r"zookeeper\.heap_mib = 2048: must stay below 75% of zookeeper\.memory_mib \(512 MiB\).*Fix: leave zookeeper\.heap_mib unset \(it is then half of zookeeper\.memory_mib\)$"),
         ({"zookeeper_heap_mib": "4096"}, r"zookeeper\.heap_mib = 4096: must stay below 75%"),
         ({"zookeeper_memory_mib": "64"}, r"zookeeper\.memory_mib = 64 \(profile eks\): must be 256 to 65536\. Fix: set zookeeper\.memory_mib=320$"),
         ({"zookeeper_metrics_port": "2181"}, r"zookeeper\.metrics_port = 2181: the same port as zookeeper\.client_port.*Fix: set zookeeper\.metrics_port=2182$"),

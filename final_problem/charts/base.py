@@ -29,6 +29,8 @@ class BaseChart(PlatformChart):
     component = "base"
     construct_id = "Base"
     version = versions.PLATFORM_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.PYTHON_IMAGE)
 
     #: Namespace of platform-wide objects.
     NAMESPACE = "platform"

@@ -40,7 +40,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.charts.postgres import PostgresChart, PostgresClient
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
@@ -53,6 +53,7 @@ from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.renderers import cadence as render
+from final_problem.changes import nothing, refused, rolling
 from final_problem.settings import ComponentSettings, per_profile, setting
 
 #: The server image's user since v1.4.1 (Dockerfile: ``adduser -u 1000 ... cadence``).
@@ -78,6 +79,15 @@ HISTORY_SHARDS = {"eks": 512, "pi": 16}
 #: frontend caps it at ``frontend.maxRetentionDays`` (dynamic config, default 30).
 MIN_RETENTION_DAYS = 1
 MAX_RETENTION_DAYS = 30
+#: Readiness probe period and initial delay of the servers, seconds: a rolling update
+#: waits for it on every new pod; a server starts in a few seconds.
+READINESS_PERIOD_S = 5
+#: terminationGracePeriodSeconds of the servers: the frontend's preStop sleep
+#: (render.FRONTEND_PRE_STOP_S) or the drain history and matching keep serving after SIGTERM
+#: (render.SHUTDOWN_DRAIN_S, at most 10 s), then the gRPC server's graceful stop, which waits
+#: for the calls in flight, a worker's poll at most render.LONG_POLL_S (20 s); the rest is
+#: margin before SIGKILL.
+TERMINATION_GRACE_S = 60
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,21 +96,10 @@ class ServiceProps:
     sizing: Sizing
 
 
-#: Container sizing per service: (cpu request m, cpu limit m, memory request MiB, memory limit MiB).
-#: Pi: 3 Pi 4 (4 GiB each) run every component: one of each service, 1.25 GiB of limits with the web UI;
-#: requests (what the capacity check and the scheduler count) fit the 80% budget of the Pi shape.
-#: EKS: 3 x m7g.xlarge (16 GiB) shared by every component, about 3.5 GiB of limits for Cadence.
-_SIZING = {
-    "pi": {"frontend": (50, 500, 192, 256), "history": (100, 1000, 192, 384),
-           "matching": (50, 500, 128, 256), "worker": (50, 500, 128, 192), "web": (20, 300, 96, 192)},
-    "eks": {"frontend": (100, 1000, 256, 512), "history": (250, 1000, 512, 768),
-            "matching": (100, 1000, 256, 384), "worker": (100, 500, 128, 256), "web": (50, 500, 128, 256)},
-}
-
-
 def _sizing(profile: Profile, name: str) -> Sizing:
-    cpu_req, cpu_lim, mem_req, mem_lim = _SIZING[profile.name][name]
-    return Sizing(cpu_request_m=cpu_req, cpu_limit_m=cpu_lim, memory_request_mib=mem_req, memory_limit_mib=mem_lim)
+    """A service's container sizing in ``profile`` at its size (final_problem/sizes.py: each
+    figure with the measurement it is set from)."""
+    return sizes.sizing(f"cadence_{name}", profile)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,26 +110,56 @@ class CadenceProps(ComponentSettings):
         per_profile(eks=HISTORY_SHARDS["eks"], pi=HISTORY_SHARDS["pi"]),
         minimum=render.MIN_HISTORY_SHARDS, maximum=render.MAX_HISTORY_SHARDS,
         doc="History shards. Fixed when the cluster's database is first set up: never change it for a live cluster.",
+        change=refused("history shards are fixed when the database is first set up: servers with another count cannot "
+                        "find existing workflows (Cadence docs, numHistoryShards)",
+                        "keep {name}={old}; another count is a new cluster on a new database, deployed with ALLOW_REBUILD=1"),
     )
-    frontend_replicas: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Frontend pods.")
+    frontend_replicas: int = setting(
+        per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Frontend pods.",
+        change=nothing("scales the Deployment"),
+    )
     history_replicas: int = setting(per_profile(eks=3, pi=1), minimum=1, maximum=10,
-                                    doc="History pods; no more than num_history_shards.")
-    matching_replicas: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Matching pods.")
-    worker_replicas: int = setting(1, minimum=1, maximum=10, doc="Worker service pods.")
-    web_replicas: int = setting(1, minimum=1, maximum=3, doc="Web UI pods.")
-    domain: str = setting("default", doc="Domain the domain Job registers.")
+                                    doc="History pods; no more than num_history_shards.",
+        change=nothing("scales the Deployment; shards move between history pods through the membership ring"),
+    )
+    matching_replicas: int = setting(
+        per_profile(eks=2, pi=1), minimum=1, maximum=10, doc="Matching pods.",
+        change=nothing("scales the Deployment"),
+    )
+    worker_replicas: int = setting(
+        1, minimum=1, maximum=10, doc="Worker service pods.",
+        change=nothing("scales the Deployment"),
+    )
+    web_replicas: int = setting(
+        1, minimum=1, maximum=3, doc="Web UI pods.",
+        change=nothing("scales the Deployment"),
+    )
+    domain: str = setting(
+        "default", doc="Domain the domain Job registers.",
+        change=nothing("the domain Job registers the new domain; the old one stays, with its workflows"),
+    )
     retention_days: int = setting(
         3, minimum=MIN_RETENTION_DAYS, maximum=MAX_RETENTION_DAYS,
         doc="Days closed workflows are kept: Cadence rejects less than 1, its frontend caps it at "
             "`frontend.maxRetentionDays` (30).",
+        change=nothing("the domain Job applies it to the domain"),
     )
     max_conns: int = setting(
         per_profile(eks=8, pi=5), minimum=2, maximum=100,
         doc="Connections per server process to the default store (visibility: a quarter, at least 2). All "
             "processes' pools must fit postgres.max_connections less 10.",
+        change=rolling("the servers' connection pools: their pods roll"),
     )
-    cadence_db: str = setting("cadence", doc="Database of the default store.")
-    visibility_db: str = setting("cadence_visibility", doc="Database of the visibility store.")
+    cadence_db: str = setting(
+        "cadence", doc="Database of the default store.",
+        change=refused("the servers would use a new, empty database; workflows in the old one are orphaned",
+                        "keep {name}={old}"),
+    )
+    visibility_db: str = setting(
+        "cadence_visibility", doc="Database of the visibility store.",
+        change=refused("the servers would use a new, empty visibility database; listing existing workflows breaks",
+                        "keep {name}={old}"),
+    )
 
     @property
     def services(self) -> dict[str, ServiceProps]:
@@ -208,6 +237,8 @@ class CadenceChart(PlatformChart):
     construct_id = "Cadence"
     requires = ("base", "postgres")
     version = versions.CADENCE_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.CADENCE_SERVER_IMAGE, versions.CADENCE_WEB_IMAGE)
     settings_class = CadenceProps
     images = (versions.CADENCE_SERVER_IMAGE, versions.CADENCE_WEB_IMAGE)
 
@@ -413,12 +444,20 @@ class CadenceChart(PlatformChart):
             ],
             security_context=container_context(uid=CADENCE_UID),
             resources=raw_resources(svc.sizing),
-            # Ready: serves gRPC (frontend: clients; others: internal RPC). Alive: the
-            # metrics endpoint answers, whatever the database or the ring are doing.
-            readiness_probe=k8s.Probe(tcp_socket=k8s.TcpSocketAction(port=int_or_string(port.grpc)),
-                                      initial_delay_seconds=10, period_seconds=10, timeout_seconds=5, failure_threshold=3),
+            # Ready: serving (render.readiness_command: the frontend answers the admin API,
+            # the others are in the ring); a rolling update replaces the next pod only then.
+            # Alive: the metrics endpoint answers, whatever the database or the ring are doing.
+            readiness_probe=k8s.Probe(
+                exec=k8s.ExecAction(command=render.readiness_command(
+                    name, ports=port, frontend_address=self.frontend_address)),
+                initial_delay_seconds=READINESS_PERIOD_S, period_seconds=READINESS_PERIOD_S, timeout_seconds=5,
+                failure_threshold=3),
             liveness_probe=k8s.Probe(http_get=k8s.HttpGetAction(path="/metrics", port=int_or_string(port.metrics)),
                                      initial_delay_seconds=60, period_seconds=20, timeout_seconds=10, failure_threshold=6),
+            # The frontend keeps serving while its endpoint leaves the Service (render.FRONTEND_PRE_STOP_S);
+            # history and matching drain themselves on SIGTERM (render.SHUTDOWN_DRAIN_S).
+            lifecycle=k8s.Lifecycle(pre_stop=k8s.LifecycleHandler(
+                sleep=k8s.SleepAction(seconds=render.FRONTEND_PRE_STOP_S))) if name == "frontend" else None,
             volume_mounts=[
                 k8s.VolumeMount(name="config", mount_path=f"{CADENCE_ROOT}/config", read_only=True),
                 k8s.VolumeMount(name="dynamicconfig", mount_path=DYNAMIC_CONFIG_DIR, read_only=True),
@@ -434,8 +473,12 @@ class CadenceChart(PlatformChart):
             spec=k8s.DeploymentSpec(
                 replicas=svc.replicas,
                 selector=k8s.LabelSelector(match_labels=selector),
+                # A new pod first, the old one only once it serves: with one replica (the Pi)
+                # maxUnavailable 1 would stop the only pod while its successor starts. Two
+                # history hosts owning shards at once is safe (each shard's range id fences
+                # the older owner), as is a second matching or frontend.
                 strategy=k8s.DeploymentStrategy(type="RollingUpdate", rolling_update=k8s.RollingUpdateDeployment(
-                    max_unavailable=int_or_string(0 if svc.replicas > 1 else 1), max_surge=int_or_string(1))),
+                    max_unavailable=int_or_string(0), max_surge=int_or_string(1))),
                 template=k8s.PodTemplateSpec(
                     metadata=k8s.ObjectMeta(labels=pod_labels, annotations={
                         "final-problem.io/config-sha256": config_digest,
@@ -450,7 +493,7 @@ class CadenceChart(PlatformChart):
                                 weight=100, pod_affinity_term=k8s.PodAffinityTerm(
                                     label_selector=k8s.LabelSelector(match_labels=selector), topology_key=HOSTNAME))],
                         )),
-                        termination_grace_period_seconds=60,
+                        termination_grace_period_seconds=TERMINATION_GRACE_S,
                         init_containers=[wait],
                         containers=[server],
                         volumes=[

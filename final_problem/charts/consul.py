@@ -55,6 +55,7 @@ from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
+from final_problem.changes import nothing, procedure, rolling, volume_size, when_grows
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.consul import (
     AUTH_METHOD,
@@ -93,15 +94,30 @@ class ConsulProps(ComponentSettings):
         3, choices=(3, 5, 7),
         doc="Servers (`bootstrap_expect`): odd, as Raft's quorum is floor(n/2)+1, so an even count tolerates "
             "no more failures than the odd one below it (Consul docs, \"Deployment guide\": 3 or 5).",
+        change=when_grows(
+            rolling("servers re-read bootstrap_expect as they roll; new servers join through retry_join and autopilot "
+                    "promotes them to voters once stable"),
+            procedure("the Raft peer set shrinks: the removed servers stop together (podManagementPolicy Parallel), and a "
+                      "server killed before its leave completes stays a voter that never answers",
+                      "remove one server at a time: consul leave on the highest ordinal, wait until consul operator raft "
+                      "list-peers no longer shows it, then deploy")),
     )
     storage_gib: int = setting(per_profile(eks=10, pi=1), minimum=1, maximum=16_384,
-                               doc="Raft data volume of each server.")
+                               doc="Raft data volume of each server.",
+        change=volume_size("each server's Raft volume"),
+    )
     memory_mib: int = setting(per_profile(eks=512, pi=128), minimum=128, maximum=65_536,
-                              doc="Memory request and limit of each server.")
-    ca_days: int = setting(3650, minimum=365, maximum=10_950, doc="Lifetime of the CA certificate (`consul tls ca create -days`).")
+                              doc="Memory request and limit of each server.",
+        change=rolling("servers restart one at a time, each leaving and rejoining (leave_on_terminate, PDB maxUnavailable 1)"),
+    )
+    ca_days: int = setting(
+        3650, minimum=365, maximum=10_950, doc="Lifetime of the CA certificate (`consul tls ca create -days`).",
+        change=nothing("the TLS Job creates the CA once and never replaces it: the deployed CA keeps its lifetime"),
+    )
     cert_days: int = setting(
         825, minimum=30, maximum=3650,
         doc="Lifetime of the server certificate; at most ca_days (825 days, the longest public browsers accept).",
+        change=nothing("the TLS Job creates the certificate once and never replaces it: the deployed one keeps its lifetime"),
     )
 
     @property
@@ -127,6 +143,8 @@ class ConsulChart(PlatformChart):
     construct_id = "Consul"
     requires = ("base",)
     version = versions.CONSUL_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.CONSUL_IMAGE, versions.PYTHON_IMAGE)
     settings_class = ConsulProps
     # Envoy's allocator (tcmalloc) aborts below 47 bits: final_problem.profiles, pi/README.md.
     min_arm64_va_bits = ENVOY_MIN_ARM64_VA_BITS

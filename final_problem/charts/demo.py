@@ -37,6 +37,7 @@ from final_problem.constructs.secret_generator import SA_DIR
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.imports import int_or_string, k8s
 from final_problem.profiles import Profile
+from final_problem.changes import nothing
 from final_problem.settings import ComponentSettings, setting
 
 SCRIPT = Path(demo_service.__file__)
@@ -49,7 +50,9 @@ class DemoProps(ComponentSettings):
     """What a user can choose about the demo (section ``demo``)."""
 
     replicas: int = setting(2, minimum=1, maximum=10,
-                            doc="Pods; 2, so the edge's retries and outlier detection have a second host.")
+                            doc="Pods; 2, so the edge's retries and outlier detection have a second host.",
+        change=nothing("scales the Deployment"),
+    )
 
     @property
     def sizing(self) -> Sizing:
@@ -64,6 +67,8 @@ class DemoChart(PlatformChart):
     construct_id = "Demo"
     requires = ("base", "consul", "redis")
     version = versions.PLATFORM_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.PYTHON_IMAGE, versions.CONSUL_DATAPLANE_IMAGE)
     settings_class = DemoProps
 
     NAMESPACE = "demo"

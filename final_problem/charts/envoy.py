@@ -49,7 +49,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.labels import set_component
@@ -58,6 +58,7 @@ from final_problem.constructs.quorum import QuorumPolicy
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
+from final_problem.changes import nothing, rolling
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.envoy import EdgeOptions, EdgeRoute, check_routes, envoy_args, render
 
@@ -107,41 +108,63 @@ class EnvoyProps(ComponentSettings):
 
     replicas: int = setting(2, minimum=2, maximum=20,
                             doc="Proxies; at least 2: the edge is the only entry point, one replica makes every "
-                                "drain an outage.")
+                                "drain an outage.",
+        change=nothing("scales the Deployment"),
+    )
     routes: tuple[str, ...] | None = setting(
         default_doc="every enabled component with a route", example=("demo",),
         doc="Components the edge routes to (`demo` at `/`, `cadence`'s web UI at `/` of port 8088); each must be "
             "enabled.",
+        change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
     )
-    service_port: int = setting(80, minimum=1, maximum=65_535, doc="Port of the LoadBalancer Service.")
+    service_port: int = setting(
+        80, minimum=1, maximum=65_535, doc="Port of the LoadBalancer Service.",
+        change=nothing("the LoadBalancer Service's port: clients must use the new port"),
+    )
     request_timeout_ms: int = setting(EdgeOptions.request_timeout_ms, minimum=100, maximum=3_600_000,
-                                      doc="Whole request, retries included (Envoy's own default is 15 s).")
+                                      doc="Whole request, retries included (Envoy's own default is 15 s).",
+        change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
+    )
     per_try_timeout_ms: int = setting(EdgeOptions.per_try_timeout_ms, minimum=50, maximum=3_600_000,
-                                      doc="One try; at most request_timeout_ms, so retries fit.")
+                                      doc="One try; at most request_timeout_ms, so retries fit.",
+        change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
+    )
     retries: int = setting(EdgeOptions.retries, minimum=0, maximum=5,
-                           doc="Retries of a request that failed to connect, was reset or got 503.")
+                           doc="Retries of a request that failed to connect, was reset or got 503.",
+        change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
+    )
     retry_budget_percent: int = setting(
         int(EdgeOptions.retry_budget_percent), minimum=1, maximum=100,
-        doc="Share of active requests that may be retries (Envoy docs, \"Circuit breaking\", retry budgets).")
+        doc="Share of active requests that may be retries (Envoy docs, \"Circuit breaking\", retry budgets).",
+        change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
+    )
     max_connections: int = setting(EdgeOptions.max_connections, minimum=1, maximum=1_000_000,
-                                   doc="Circuit breaker per backend: connections, pending and active requests.")
+                                   doc="Circuit breaker per backend: connections, pending and active requests.",
+        change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
+    )
     max_downstream_connections: int = setting(per_profile(eks=10_000, pi=2000), minimum=10, maximum=1_000_000,
-                                              doc="Client connections the proxy accepts in all.")
+                                              doc="Client connections the proxy accepts in all.",
+        change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
+    )
     concurrency: int = setting(per_profile(eks=2, pi=1), minimum=1, maximum=64,
-                               doc="Worker threads (Envoy defaults to every hardware thread of the node).")
+                               doc="Worker threads (Envoy defaults to every hardware thread of the node).",
+        change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
+    )
     drain_seconds: int = setting(
         per_profile(eks=35, pi=15), minimum=5, maximum=600,
         doc="A terminating proxy keeps serving this long (preStop sleep) while the load balancer stops sending to it "
             "and its clients' connections close (EKS: the NLB's 2 x 10 s health check + 10 s "
-            "max_connection_duration + 5 s; a Pi: ServiceLB follows endpoints in about a second).")
-    memory_mib: int = setting(per_profile(eks=256, pi=96), minimum=64, maximum=16_384,
-                              doc="Memory request and limit; the overload manager's heap limit is 80% of it.")
+            "max_connection_duration + 5 s; a Pi: ServiceLB follows endpoints in about a second).",
+        change=rolling("the proxies' preStop and grace period: they roll one at a time"),
+    )
+    memory_mib: int = setting(sizes.default("envoy"), minimum=64, maximum=16_384,
+                              doc="Memory request and limit; the overload manager's heap limit is 80% of it.",
+        change=rolling("the proxy configuration: proxies drain and roll one at a time (a surge pod first)"),
+    )
 
     @property
     def sizing(self) -> Sizing:
-        cpu = (100, 1000) if self.profile.small else (250, 2000)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+        return sizes.sizing("envoy", self.profile, self.memory_mib)
 
     def check(self) -> None:
         if self.per_try_timeout_ms > self.request_timeout_ms:
@@ -198,6 +221,8 @@ class EnvoyChart(PlatformChart):
     construct_id = "Envoy"
     requires = ("base",)
     version = versions.ENVOY_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.ENVOY_IMAGE)
     settings_class = EnvoyProps
     # Envoy's allocator (tcmalloc) aborts below 47 bits: final_problem.profiles, pi/README.md.
     min_arm64_va_bits = ENVOY_MIN_ARM64_VA_BITS

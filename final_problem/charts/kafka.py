@@ -7,7 +7,8 @@ Creates, in the ``kafka`` namespace (Pod Security "restricted", default-deny):
   id); no value is in any manifest;
 - ConfigMap ``kafka-config``: one ``server.properties`` per pod from
   :mod:`final_problem.renderers.kafka` (the renderer the real-broker tests start),
-  ``log4j2.properties`` (console) and the Prometheus JMX exporter's rules;
+  ``log4j2.properties`` (console), the Prometheus JMX exporter's rules and the readiness
+  script (:data:`READY_SCRIPT`: Ready means another node of the set may stop);
 - on EKS, StatefulSets ``kafka-controller`` (``controllers`` KRaft voters) and
   ``kafka-broker`` (``brokers``); on the Pi one StatefulSet ``kafka`` of combined
   ``broker,controller`` nodes. Each is a quorum set (PDB, one pod per node, zone
@@ -43,7 +44,7 @@ from typing import Any, Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.clients import kafka_topics
 from final_problem.clients.kafka_topics import TopicSpec
 from final_problem.components import PlatformChart, register
@@ -58,6 +59,7 @@ from final_problem.constructs.security import Sizing, container_context, pod_con
 from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.changes import Verdict, nothing, peer_port, procedure, refused, rolling, volume_size, when_grows
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.kafka import (
     ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SERVER_MAIN, STORAGE_MAIN,
@@ -108,6 +110,12 @@ JMX_EXPORTER_RULES = """\
 lowercaseOutputName: true
 lowercaseOutputLabelNames: true
 rules:
+  # One series per partition this broker follows, created by the first fetch response the
+  # follower processes for it (AbstractFetcherThread); the readiness probe counts them.
+  - pattern: 'kafka.server<type=FetcherLagMetrics, name=ConsumerLag, clientId=(.+), topic=(.+), partition=(.+)><>Value'
+    name: kafka_server_fetcherlagmetrics_consumerlag
+    labels: {"clientid": "$1", "topic": "$2", "partition": "$3"}
+    type: GAUGE
   - pattern: 'kafka.(\\w+)<type=(.+), name=(.+)PerSec\\w*, (.+)=(.+)><>Count'
     name: kafka_$1_$2_$3
     labels: {"$4": "$5"}
@@ -132,8 +140,136 @@ rules:
 """
 
 
+#: A restarted controller counts as caught up with the quorum once the last metadata record
+#: it applied was appended at most this long ago. The active controller appends a record
+#: at least every ``metadata.max.idle.interval.ms`` (500 ms by default, KIP-835), so a voter
+#: that follows the log applies one at least that often; one replaying an old log, or cut
+#: off, does not. 2000 ms is ``controller.quorum.fetch.timeout.ms``'s default, the bound
+#: Strimzi's roller uses for "caught up" (strimzi/proposals 060-kafka-roller-kraft.md).
+CONTROLLER_CAUGHT_UP_MS = 2000
+#: Readiness probe timing: every 5 s (a rolling update waits for the first pass after the
+#: node is back, so this adds 2.5 s per pod on average), 5 s to answer (an exporter scrape
+#: of a cold JVM under a 1 CPU limit took up to 2.5 s here), unready after 3 failures in a
+#: row (15 s: a broker briefly behind under load keeps its endpoint).
+READY_PERIOD_S, READY_TIMEOUT_S, READY_FAILURES = 5, 5, 3
+#: The probe sees a broker at the leaders' high watermark; the leaders add it to their ISRs
+#: with its next fetch and an AlterPartition round trip to the controllers, so the ISR can
+#: trail the first passing probe by that. minReadySeconds waits it out before the
+#: StatefulSet stops the next pod. Measured here (18 restarts under a live producer, the
+#: Admin API polled from the first pass): already in every ISR each time, the ISR
+#: expansion landing while the probe's own scrape ran; 3 s leaves room for a slow
+#: controller quorum (tests/integration/test_kafka_rollout.py checks it on every restart).
+MIN_READY_S = 3
+#: SIGTERM starts a controlled shutdown: the controllers move the broker's leaderships away,
+#: then the logs are flushed and closed cleanly (a killed broker recovers its logs on start).
+#: Measured here, SIGTERM to exit: 1.1-3.9 s (tests/integration/test_kafka_rollout.py, both
+#: layouts, 6 partitions); the grace leaves room for thousands of partitions and a slow disk.
+TERMINATION_GRACE_S = 120
+
+#: The readiness probe (``sh readiness.sh METRICS_PORT ROLES CAUGHT_UP_MS``): reads the
+#: node's own metrics (the JMX exporter agent, 127.0.0.1) with the image's busybox wget and
+#: awk, so no JVM starts per probe. Ready means "another node of this set may stop now":
+#:
+#: - a broker is RUNNING (``BrokerState`` 3: registered and unfenced, so leaders may add it
+#:   to their ISRs), has a fetcher state for every partition it follows (a
+#:   ``FetcherLagMetrics`` series appears with the first fetch response processed for the
+#:   partition), and every one of them, and ``ReplicaFetcherManager`` ``MaxLag``, is 0: its
+#:   log reached the leader's high watermark, the leader's condition for the ISR
+#:   (Partition.isFollowerInSync). MaxLag alone is 0 before the first fetch (it folds the
+#:   per-partition lags from 0), hence the count. No failed partitions.
+#: - a controller knows the quorum leader (raft ``current-leader``) and applied a metadata
+#:   record appended at most CAUGHT_UP_MS ago (``LastAppliedRecordLagMs``).
+#:
+#: Sources: Kafka 4.4 docs "Monitoring" (BrokerState, MaxLag, KRaft monitoring metrics);
+#: apache/kafka core AbstractFetcherManager.scala, AbstractFetcherThread.scala,
+#: metadata QuorumControllerMetrics.java, OffsetControlManager.java.
+READY_SCRIPT = r"""# Readiness of a Kafka node from its own metrics: sh readiness.sh METRICS_PORT ROLES CAUGHT_UP_MS
+set -u
+port=$1 roles=$2 caught_up_ms=$3
+q='name%5B%5D='
+url="http://127.0.0.1:$port/metrics?${q}kafka_server_kafkaserver_brokerstate"
+for name in replicafetchermanager_maxlag replicafetchermanager_failedpartitionscount \
+    replicamanager_partitioncount replicamanager_leadercount fetcherlagmetrics_consumerlag; do
+  url="$url&${q}kafka_server_$name"
+done
+url="$url&${q}kafka_controller_kafkacontroller_lastappliedrecordlagms&${q}kafka_raft_current_leader"
+metrics=$(wget -q -T 4 -O - "$url") || { echo "no metrics from 127.0.0.1:$port"; exit 1; }
+printf '%s\n' "$metrics" | awk -v roles="$roles" -v caught_up_ms="$caught_up_ms" '
+/^#/ { next }
+{ name = $1; sub(/[{].*/, "", name); value = $NF + 0 }
+name == "kafka_server_kafkaserver_brokerstate" { state = value }
+name == "kafka_server_replicafetchermanager_maxlag" && $1 ~ /clientid="Replica"/ { maxlag = value; has_maxlag = 1 }
+name == "kafka_server_replicafetchermanager_failedpartitionscount" && $1 ~ /clientid="Replica"/ { failed = value }
+name == "kafka_server_replicamanager_partitioncount" { partitions = value }
+name == "kafka_server_replicamanager_leadercount" { leaders = value }
+name == "kafka_server_fetcherlagmetrics_consumerlag" && $1 ~ /clientid="ReplicaFetcherThread/ {
+  fetched++; if (value != 0) behind++
+}
+name == "kafka_controller_kafkacontroller_lastappliedrecordlagms" { applied_lag = value; has_applied = 1 }
+name == "kafka_raft_current_leader" { leader = value; has_leader = 1 }
+END {
+  why = ""
+  if (roles ~ /broker/) {
+    if (state != 3) why = why "; broker state " (state == "" ? "unknown" : state) ", not 3 (RUNNING)"
+    following = partitions - leaders
+    if (fetched + 0 != following) why = why "; fetching " fetched + 0 " of the " following " partitions it follows"
+    if (behind + 0 > 0) why = why "; " behind " followed partitions behind the high watermark"
+    if (!has_maxlag || maxlag != 0) why = why "; replica MaxLag " (has_maxlag ? maxlag : "unknown")
+    if (failed + 0 > 0) why = why "; " failed " failed partitions"
+  }
+  if (roles ~ /controller/) {
+    if (!has_leader || leader < 0) why = why "; no known quorum leader"
+    if (!has_applied || applied_lag > caught_up_ms)
+      why = why "; last applied metadata record " (has_applied ? applied_lag " ms" : "unknown") " old, over " caught_up_ms " ms"
+  }
+  if (why != "") { print "not ready" why; exit 1 }
+}'
+"""
+
+
 def _read_lock() -> dict[str, int]:
     return {str(k): int(v) for k, v in json.loads(PARTITIONS_LOCK.read_text()).items()}
+
+
+def topics_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> Verdict:
+    """The change rule of the declared topics (recorded as ``{name: {partitions,
+    replication_factor, configs}}``), applied by the topic Job on deploy: fewer partitions
+    are refused ("Kafka does not currently support reducing the number of partitions for a
+    topic": Kafka docs, Operations, "Modifying topics"); more partitions need a procedure
+    (a key maps to another partition from then on, so per-key order breaks across the
+    change: same section); a new replication factor too (the Job leaves it, a reassignment
+    changes it); configs, new topics and dropped ones change nothing that runs."""
+    old, new = dict(old or {}), dict(new or {})
+    verdicts: list[Verdict] = []
+    for name in sorted(set(old) & set(new)):
+        before, after = old[name], new[name]
+        if after["partitions"] < before["partitions"]:
+            verdicts.append(refused(
+                f"topic {name}: {before['partitions']} -> {after['partitions']} partitions: Kafka cannot remove partitions",
+                f"declare {before['partitions']} or more partitions for {name}; fewer means a new topic and moving its data"))
+        elif after["partitions"] > before["partitions"]:
+            verdicts.append(procedure(
+                f"topic {name}: {before['partitions']} -> {after['partitions']} partitions: keyed records map to other "
+                "partitions from then on, so per-key order breaks across the change",
+                f"let consumers of {name} catch up and pause keyed producers, deploy (the topic Job adds the partitions), "
+                f"then raise {name} in kafka-partitions.json"))
+        if after["replication_factor"] != before["replication_factor"]:
+            verdicts.append(procedure(
+                f"topic {name}: replication factor {before['replication_factor']} -> {after['replication_factor']}: the "
+                "topic Job leaves an existing topic's replicas as they are",
+                f"reassign {name}'s replicas with kafka-reassign-partitions.sh (a plan with the new replica lists)"))
+        if after.get("configs") != before.get("configs") and not verdicts:
+            verdicts.append(nothing(f"topic {name}: the topic Job sets its declared configs"))
+    for name in sorted(set(new) - set(old)):
+        verdicts.append(nothing(f"topic {name}: the topic Job creates it"))
+    for name in sorted(set(old) - set(new)):
+        verdicts.append(nothing(f"topic {name}: no longer declared; the topic Job leaves it (kafka-topics.sh --delete "
+                                "deletes it)"))
+    if not verdicts:
+        return nothing("the declared topics are unchanged")
+    worst = max(v.effect for v in verdicts)
+    chosen = [v for v in verdicts if v.effect == worst]
+    return Verdict(worst, "; ".join(v.reason for v in chosen), "; ".join(v.fix for v in chosen if v.fix))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,33 +280,61 @@ class KafkaProps(ComponentSettings):
         3, choices=CONTROLLERS_ALLOWED,
         doc="KRaft controllers (voters): the quorum is a majority, so an even count tolerates no more failures "
             "than the odd one below it, 1 tolerates none, and more voters slow every metadata commit.",
+        change=procedure("the KRaft voter set is static (controller.quorum.voters): controllers restarted with another "
+                          "set cannot form a quorum with the old one (KIP-853, Motivation)",
+                          "keep {name}={old}; changing voters means stopping every controller and editing their on-disk state, or a "
+                          "dynamic quorum (kraft.version 1) and kafka-metadata-quorum.sh add-controller / remove-controller, one at a time"),
     )
-    brokers: int = setting(3, minimum=3, maximum=99, doc="Dedicated brokers, odd (they run as a quorum set); ignored when combined.")
+    brokers: int = setting(
+        3, minimum=3, maximum=99, doc="Dedicated brokers, odd (they run as a quorum set); ignored when combined.",
+        change=when_grows(
+            rolling("new brokers join empty; existing partitions stay where they are until reassigned "
+                    "(kafka-reassign-partitions.sh)"),
+            procedure("the removed brokers' replicas would be lost from their partitions",
+                      "move every replica off the brokers being removed (kafka-reassign-partitions.sh), deploy, then "
+                      "kafka-cluster.sh unregister them")),
+    )
     combined: bool = setting(
         per_profile(eks=False, pi=True),
         doc="Every node is broker and controller (`controllers` nodes): less memory, less isolation (README, Pi trade-offs).",
+        change=refused("switches between one set of combined nodes and separate controller and broker sets: the new pods "
+                        "start on new, empty volumes with a new metadata quorum",
+                        "keep {name}={old}; another layout is a new cluster: mirror the topics into it (MirrorMaker 2) and deploy "
+                        "with ALLOW_REBUILD=1"),
     )
     replication_factor: int = setting(
-        3, minimum=1, maximum=100, doc="Replicas of topics created without a factor and of internal topics; at most the broker count.")
+        3, minimum=1, maximum=100, doc="Replicas of topics created without a factor and of internal topics; at most the broker count.",
+        change=rolling("the default of topics created later and of internal topics, read at start; existing topics keep theirs"),
+    )
     min_insync_replicas: int = setting(
         2, minimum=1, maximum=99,
         doc="Replicas that must acknowledge an acks=all write, cluster-wide; below replication_factor, so one broker "
             "may be down and writes go on.",
+        change=rolling("a broker default read at start: nodes restart one at a time"),
     )
-    num_partitions: int = setting(3, minimum=1, maximum=10_000, doc="Partitions of a topic created without a count.")
+    num_partitions: int = setting(
+        3, minimum=1, maximum=10_000, doc="Partitions of a topic created without a count.",
+        change=rolling("the default of topics created later, read at start; existing topics keep their count"),
+    )
     controller_memory_mib: int = setting(
-        768, minimum=256, maximum=65_536, doc="Memory request and limit of a dedicated controller.")
+        sizes.default("kafka_controller"), minimum=256, maximum=65_536,
+        doc="Memory request and limit of a dedicated controller.",
+        change=rolling("the controllers' memory limit: they restart one at a time, a quorum kept"),
+    )
     broker_memory_mib: int = setting(
-        per_profile(eks=1536, pi=448), minimum=256, maximum=262_144,
+        sizes.default("kafka_broker"), minimum=256, maximum=262_144,
         doc="Memory request and limit of a broker (or combined node); what the heap leaves is page cache.",
+        change=rolling("the brokers' memory limit: they restart one at a time (PDB maxUnavailable 1)"),
     )
     controller_heap_mib: int | None = setting(
         default_doc="half of controller_memory_mib", minimum=128, maximum=49_152,
         doc="JVM heap of a controller, below 75% of its memory.",
+        change=rolling("the controllers' JVM heap"),
     )
     broker_heap_mib: int | None = setting(
         default_doc="half of broker_memory_mib", minimum=128, maximum=196_608,
         doc="JVM heap of a broker or combined node, below 75% of its memory.",
+        change=rolling("the brokers' JVM heap"),
     )
     broker_session_timeout_ms: int = setting(
         per_profile(eks=3000, pi=6000), minimum=1000, maximum=60_000,
@@ -178,11 +342,13 @@ class KafkaProps(ComponentSettings):
             "new leaders: shorter means a dead broker stops acks=all writes for less time, but a live broker "
             "paused longer than this (a GC or CPU-throttling stall, an SD card stall on a Pi) is fenced too and "
             "its leaders move (README, \"Kafka failover\").",
+        change=rolling("a controller setting read at start"),
     )
     broker_heartbeat_interval_ms: int = setting(
         per_profile(eks=500, pi=1000), minimum=100, maximum=30_000,
         doc="How often a broker heartbeats to the controllers: a sixth of the session, so a few lost "
             "heartbeats do not fence it.",
+        change=rolling("a broker setting read at start"),
     )
     fsync_every_write: bool = setting(
         per_profile(eks=False, pi=True),
@@ -190,17 +356,44 @@ class KafkaProps(ComponentSettings):
             "on disk on every in-sync replica when it is acknowledged and survives every node losing power at once. "
             "Off, Kafka's default, an acknowledged write is in the replicas' page cache and a power cut of every "
             "node loses the last seconds (README, \"Power cut\"); on EKS the brokers sit in three zones.",
+        change=rolling("log.flush.interval.messages, read at start"),
     )
-    broker_storage_gib: int = setting(per_profile(eks=20, pi=5), minimum=1, maximum=65_536, doc="Volume of each broker (partitions).")
-    controller_storage_gib: int = setting(2, minimum=1, maximum=1024, doc="Volume of each dedicated controller (metadata log).")
-    client_port: int = setting(9092, minimum=1024, maximum=65_535, doc="Client listener (SASL/SCRAM).")
-    controller_port: int = setting(9093, minimum=1024, maximum=65_535, doc="Controller listener (SASL/PLAIN).")
-    replication_port: int = setting(9094, minimum=1024, maximum=65_535, doc="Broker-to-broker listener (SASL/SCRAM).")
-    metrics_port: int = setting(9404, minimum=1024, maximum=65_535, doc="Prometheus metrics (JMX exporter agent).")
+    broker_storage_gib: int = setting(
+        per_profile(eks=20, pi=5), minimum=1, maximum=65_536, doc="Volume of each broker (partitions).",
+        change=volume_size("each broker's volume"),
+    )
+    controller_storage_gib: int = setting(
+        2, minimum=1, maximum=1024, doc="Volume of each dedicated controller (metadata log).",
+        change=volume_size("each controller's volume"),
+    )
+    client_port: int = setting(
+        9092, minimum=1024, maximum=65_535, doc="Client listener (SASL/SCRAM).",
+        change=rolling("the client listener moves; clients must use the new port"),
+    )
+    controller_port: int = setting(
+        9093, minimum=1024, maximum=65_535, doc="Controller listener (SASL/PLAIN).",
+        change=peer_port("the controllers' voter endpoints"),
+    )
+    replication_port: int = setting(
+        9094, minimum=1024, maximum=65_535, doc="Broker-to-broker listener (SASL/SCRAM).",
+        change=rolling("brokers advertise the new replication listener in their registration as they restart"),
+    )
+    metrics_port: int = setting(
+        9404, minimum=1024, maximum=65_535, doc="Prometheus metrics (JMX exporter agent).",
+        change=rolling("the metrics agent's port"),
+    )
     #: Declared topics, applied by the topic Job (set in code: ``KafkaProps.for_profile(p, topics=...)``).
     topics: tuple[TopicSpec, ...] = DEFAULT_TOPICS
     #: Partition counts already deployed (:data:`PARTITIONS_LOCK`).
     partitions_lock: Mapping[str, int] = field(default_factory=_read_lock)
+
+    change_rules = {"topics": topics_change}
+
+    def recorded_values(self) -> dict[str, Any]:
+        return {**super().recorded_values(), "topics": {
+            t.name: {"partitions": t.partitions, "replication_factor": t.replication_factor, "configs": dict(t.configs)}
+            for t in self.topics
+        }}
 
     def check(self) -> None:
         if not self.combined and (self.brokers < 3 or self.brokers % 2 == 0):
@@ -263,14 +456,11 @@ class KafkaProps(ComponentSettings):
 
     @property
     def controller_sizing(self) -> Sizing:
-        return Sizing(cpu_request_m=100 if self.profile.small else 200, cpu_limit_m=1000,
-                      memory_request_mib=self.controller_memory_mib, memory_limit_mib=self.controller_memory_mib)
+        return sizes.sizing("kafka_controller", self.profile, self.controller_memory_mib)
 
     @property
     def broker_sizing(self) -> Sizing:
-        cpu = (200, 1000) if self.profile.small else (250, 1500)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.broker_memory_mib, memory_limit_mib=self.broker_memory_mib)
+        return sizes.sizing("kafka_broker", self.profile, self.broker_memory_mib)
 
     def cluster_config(self, *, namespace: str, **overrides: Any) -> KafkaClusterConfig:
         """The rendered cluster: nodes named as the chart's pods in ``namespace``."""
@@ -301,6 +491,17 @@ class KafkaProps(ComponentSettings):
         if self.profile.small:
             return {"network_threads": 2, "io_threads": 4}
         return {"network_threads": None, "io_threads": None}
+
+
+#: The readiness script's file in the ConfigMap (mounted at CONFIG_DIR).
+READY_SCRIPT_NAME = "readiness.sh"
+_ROLES = {"controller": "controller", "broker": "broker", "combined": "broker,controller"}
+
+
+def readiness_command(kind: str, metrics_port: int) -> list[str]:
+    """The readiness probe's command for a pod of ``kind`` (``controller``, ``broker`` or
+    ``combined``)."""
+    return ["sh", f"{CONFIG_DIR}/{READY_SCRIPT_NAME}", str(metrics_port), _ROLES[kind], str(CONTROLLER_CAUGHT_UP_MS)]
 
 
 def _secret_env(name: str, secret: str, key: str) -> k8s.EnvVar:
@@ -336,6 +537,8 @@ class KafkaChart(PlatformChart):
     construct_id = "Kafka"
     requires = ("base",)
     version = versions.KAFKA_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.KAFKA_IMAGE, versions.PYTHON_IMAGE)
     settings_class = KafkaProps
     images = (versions.KAFKA_IMAGE, versions.PYTHON_IMAGE)
 
@@ -379,19 +582,24 @@ class KafkaChart(PlatformChart):
         self.bootstrap_servers = f"{self.BOOTSTRAP_SERVICE}.{ns}.svc:{p.client_port}"
         self.client_namespace_label = dict(CLIENT_NAMESPACE_LABEL)
 
-        files: dict[str, str] = {"log4j2.properties": LOG4J2_PROPERTIES, "jmx-exporter.yaml": JMX_EXPORTER_RULES}
+        shared = {"log4j2.properties": LOG4J2_PROPERTIES, "jmx-exporter.yaml": JMX_EXPORTER_RULES,
+                  READY_SCRIPT_NAME: READY_SCRIPT}
+        files: dict[str, str] = dict(shared)
+        #: Per set, a digest of the files its pods read: a change rolls only the sets it touches.
+        digests: dict[str, str] = {}
         kinds = ["combined"] if p.combined else ["controller", "broker"]
         for kind in kinds:
             name, _ = self.workload(kind)
             roles = {"controller": ("controller",), "broker": ("broker",), "combined": ("broker", "controller")}[kind]
             role_nodes = [n for n in self.cluster.nodes if n.roles == roles]
-            for ordinal, node in enumerate(role_nodes):
-                files[f"{name}-{ordinal}.properties"] = server_properties(self.cluster, node.node_id)
+            own = {f"{name}-{ordinal}.properties": server_properties(self.cluster, node.node_id)
+                   for ordinal, node in enumerate(role_nodes)}
+            files.update(own)
+            digests[kind] = hashlib.sha256(json.dumps({**shared, **own}, sort_keys=True).encode()).hexdigest()[:16]
         self.config_map = k8s.KubeConfigMap(
             self, "Config", metadata=k8s.ObjectMeta(name="kafka-config", namespace=ns), data=files,
         )
         set_component(self.config_map, "config")
-        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
         self.selectors = {kind: self.label_set.selector(kind) for kind in kinds}
         broker_kind = "combined" if p.combined else "broker"
@@ -402,6 +610,12 @@ class KafkaChart(PlatformChart):
         }
         self.bootstrap_service = self._service("Bootstrap", self.BOOTSTRAP_SERVICE, broker_kind, headless=False)
 
+        # Rendered, and rolled by the tests, controllers first: a broker needs the quorum to
+        # come back, and a version upgrade brings the controllers' supported metadata
+        # versions before the brokers register with theirs (Strimzi rolls KRaft nodes in
+        # this order too: strimzi/proposals 060-kafka-roller-kraft.md). A change to both sets
+        # is rolled by their two StatefulSet controllers at the same time: one controller
+        # and one broker down at once, as in a node drain, which the PDBs also allow.
         self.stateful_sets: dict[str, QuorumStatefulSet] = {}
         for kind in kinds:
             is_broker = kind in ("broker", "combined")
@@ -410,8 +624,7 @@ class KafkaChart(PlatformChart):
             storage = p.broker_storage_gib if is_broker else p.controller_storage_gib
             count = p.controllers if kind != "broker" else p.brokers
             self.stateful_sets[kind] = self._stateful_set(kind, count=count, sizing=sizing, heap=heap, storage=storage,
-                                                          ready_port=p.client_port if is_broker else p.controller_port,
-                                                          digest=digest)
+                                                          digest=digests[kind])
         self._topic_job(broker_kind)
         self._network_policies(broker_kind=broker_kind, controller_kind=controller_kind)
         self.put_first(self.kafka_namespace)
@@ -443,7 +656,7 @@ class KafkaChart(PlatformChart):
         set_component(service, kind)
         return service
 
-    def _stateful_set(self, kind: str, *, count: int, sizing: Sizing, heap: int, storage: int, ready_port: int,
+    def _stateful_set(self, kind: str, *, count: int, sizing: Sizing, heap: int, storage: int,
                       digest: str) -> QuorumStatefulSet:
         p = self.props
         name, service = self.workload(kind)
@@ -513,10 +726,12 @@ class KafkaChart(PlatformChart):
             volume_mounts=mounts,
             security_context=security,
             resources=raw_resources(sizing),
-            # Ready once the role's listener accepts connections (a broker opens it only
-            # after catching up with the metadata log).
-            readiness_probe=k8s.Probe(tcp_socket=k8s.TcpSocketAction(port=int_or_string(ready_port)),
-                                      period_seconds=10, timeout_seconds=5, failure_threshold=3),
+            # Ready only when another node of the set may stop: a broker in sync with every
+            # partition it follows, a controller caught up with the quorum (READY_SCRIPT). A
+            # listener accepts connections seconds before that.
+            readiness_probe=k8s.Probe(exec=k8s.ExecAction(command=readiness_command(kind, p.metrics_port)),
+                                      period_seconds=READY_PERIOD_S, timeout_seconds=READY_TIMEOUT_S,
+                                      failure_threshold=READY_FAILURES),
             # Alive while the JVM answers HTTP (the exporter's health endpoint): recovering a
             # large log after a crash can take minutes, during which the listener is closed.
             liveness_probe=k8s.Probe(http_get=k8s.HttpGetAction(path="/-/healthy", port=int_or_string(p.metrics_port)),
@@ -533,12 +748,13 @@ class KafkaChart(PlatformChart):
             ],
             claims=[ClaimSpec(name="data", size_gib=storage)],
             pod_annotations={
-                # A changed configuration rolls the pods one at a time (PDB maxUnavailable 1).
+                # A change to the files this set reads rolls its pods, one at a time.
                 "final-problem.io/config-sha256": digest,
                 "prometheus.io/scrape": "true", "prometheus.io/port": str(p.metrics_port), "prometheus.io/path": "/metrics",
             },
             # A clean shutdown moves partition leadership away first; give it time.
-            termination_grace_seconds=120,
+            termination_grace_seconds=TERMINATION_GRACE_S,
+            min_ready_seconds=MIN_READY_S,
         )
         sts.resource.metadata.add_annotation(
             "checkov.io/skip1", "CKV_K8S_40=the official apache/kafka image runs as its own appuser, uid 1000")

@@ -31,7 +31,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.generated_secrets import API_PORTS, GeneratedSecrets, SecretSpec, secret_env
@@ -44,6 +44,7 @@ from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.objects import ObjectChart
 from final_problem.profiles import Profile
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
+from final_problem.changes import rolling, volume_size
 from final_problem.settings import ComponentSettings, per_profile, setting
 
 #: The image's postgres user and group (docker-library/postgres Dockerfile: uid/gid 999).
@@ -57,6 +58,38 @@ PGDATA = f"{MOUNT}/pgdata"
 RUN_DIR = "/var/run/postgresql"
 #: Pod label a client's pods carry to reach the server (with their namespace's label).
 CLIENT_POD_LABEL = "final-problem.io/postgres-client"
+#: terminationGracePeriodSeconds: the preStop's checkpoint and fast shutdown
+#: (:func:`pre_stop_command`) must end within it, or the server is SIGKILLed and the next start
+#: replays the WAL since the last checkpoint (safe, only slower).
+TERMINATION_GRACE_S = 60
+#: Seconds ``pg_ctl stop`` waits for the server to exit, within the grace period: the rest is
+#: the checkpoint before it and the kubelet's own SIGTERM/SIGKILL.
+STOP_WAIT_S = 45
+#: Readiness probe period: with one server, every second the restarted pod waits for its
+#: first passing probe is a second of outage (a probe is one pg_isready run).
+READINESS_PERIOD_S = 2
+
+
+def pre_stop_command(*, port: int) -> list[str]:
+    """The server's preStop hook: a checkpoint while clients are still served, then a fast
+    shutdown, waiting for the server to exit.
+
+    The kubelet's SIGTERM is PostgreSQL's *smart* shutdown: no new connections, but it waits
+    for every session to end (PostgreSQL 17 docs, "Shutting Down the Server"), and every
+    Cadence process keeps a pool open, so the server would stay up until the grace period
+    ends and be SIGKILLed. The image declares ``STOPSIGNAL SIGINT`` (fast shutdown:
+    sessions are ended, transactions rolled back, a shutdown checkpoint written), which
+    containerd honours, but Kubernetes' own stop signal is still alpha (``lifecycle.stopSignal``,
+    1.33): the hook makes the fast shutdown explicit on any runtime. The checkpoint first
+    writes the dirty buffers while the server still serves, so the shutdown checkpoint, when
+    nothing is served, has little left to write. A failed checkpoint does not stop the
+    shutdown; ``-w -t`` waits at most :data:`STOP_WAIT_S`.
+    """
+    return ["sh", "-c", "\n".join([
+        f'PGPASSWORD="$POSTGRES_PASSWORD" psql -X -q -h 127.0.0.1 -p {port} -U postgres -d postgres -c CHECKPOINT'
+        ' || echo "checkpoint before shutdown failed" >&2',
+        f'exec pg_ctl stop -D "$PGDATA" -m fast -w -t {STOP_WAIT_S}',
+    ])]
 
 # Reads one key of one Secret through the API with the pod's token (standard library
 # only, the python image) and writes it to a memory-backed file the next container reads.
@@ -93,25 +126,35 @@ class PostgresProps(ComponentSettings):
         100, minimum=20, maximum=1000,
         doc="`max_connections` (PostgreSQL's default 100); each connection is a process with its own memory. "
             "Every Cadence process keeps a pool to each of its two databases.",
+        change=rolling("read at start: the one server restarts, an outage until it is Ready"),
     )
     memory_mib: int = setting(
-        per_profile(eks=2048, pi=384), minimum=256, maximum=262_144,
+        sizes.default("postgres"), minimum=256, maximum=262_144,
         doc="Memory request and limit of the server container.",
+        change=rolling("the one server restarts, an outage until it is Ready"),
     )
     shared_buffers_mib: int = setting(
-        per_profile(eks=512, pi=128), minimum=16, maximum=131_072,
+        sizes.default("postgres_shared_buffers_mib"), minimum=16, maximum=131_072,
         doc="`shared_buffers`; at most half of memory_mib (PostgreSQL docs, \"Resource Consumption\": a quarter "
             "of memory is a reasonable start).",
+        change=rolling("read at start: the one server restarts, an outage until it is Ready"),
     )
-    storage_gib: int = setting(per_profile(eks=20, pi=4), minimum=1, maximum=16_384, doc="The server's volume.")
-    port: int = setting(5432, minimum=1024, maximum=65535, doc="Client port.")
-    metrics_port: int = setting(9187, minimum=1024, maximum=65535, doc="postgres_exporter port.")
+    storage_gib: int = setting(
+        per_profile(eks=20, pi=4), minimum=1, maximum=16_384, doc="The server's volume.",
+        change=volume_size("the server's volume"),
+    )
+    port: int = setting(
+        5432, minimum=1024, maximum=65535, doc="Client port.",
+        change=rolling("the server and its Service move to the new port; clients must use it"),
+    )
+    metrics_port: int = setting(
+        9187, minimum=1024, maximum=65535, doc="postgres_exporter port.",
+        change=rolling("the exporter's port: the server's pod restarts with it"),
+    )
 
     @property
     def sizing(self) -> Sizing:
-        cpu = (100, 1000) if self.profile.small else (250, 1000)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+        return sizes.sizing("postgres", self.profile, self.memory_mib)
 
     @property
     def exporter_sizing(self) -> Sizing:
@@ -155,6 +198,8 @@ class PostgresChart(PlatformChart):
     construct_id = "Postgres"
     requires = ("base",)
     version = versions.POSTGRES_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.POSTGRES_IMAGE, versions.POSTGRES_EXPORTER_IMAGE, versions.PYTHON_IMAGE)
     settings_class = PostgresProps
     images = (versions.POSTGRES_IMAGE, versions.POSTGRES_EXPORTER_IMAGE, versions.PYTHON_IMAGE)
 
@@ -222,8 +267,11 @@ class PostgresChart(PlatformChart):
             # exits 1 "rejecting connections" during startup and recovery, 2 when nothing
             # answers); crash recovery after a power cut must not be killed.
             readiness_probe=k8s.Probe(
-                exec=k8s.ExecAction(command=is_ready), period_seconds=10, timeout_seconds=5, failure_threshold=3,
+                exec=k8s.ExecAction(command=is_ready), period_seconds=READINESS_PERIOD_S, timeout_seconds=5,
+                failure_threshold=3,
             ),
+            lifecycle=k8s.Lifecycle(pre_stop=k8s.LifecycleHandler(
+                exec=k8s.ExecAction(command=pre_stop_command(port=p.port)))),
             liveness_probe=k8s.Probe(
                 exec=k8s.ExecAction(command=["sh", "-c", " ".join(is_ready) + '; [ "$?" -ne 2 ]']),
                 initial_delay_seconds=30, period_seconds=20, timeout_seconds=10, failure_threshold=6,
@@ -272,6 +320,8 @@ class PostgresChart(PlatformChart):
                 replicas=1,
                 service_name=self.SERVICE,
                 selector=k8s.LabelSelector(match_labels=self.selector),
+                # One server: a changed pod template is a planned restart (stop, then start on
+                # the same volume), an outage of a few seconds; a drain the same.
                 update_strategy=k8s.StatefulSetUpdateStrategy(type="RollingUpdate"),
                 persistent_volume_claim_retention_policy=k8s.StatefulSetPersistentVolumeClaimRetentionPolicy(
                     when_deleted="Retain", when_scaled="Retain"),
@@ -286,7 +336,7 @@ class PostgresChart(PlatformChart):
                         enable_service_links=False,
                         security_context=pod_context(uid=POSTGRES_UID),
                         # A fast shutdown checkpoints; give it time before SIGKILL.
-                        termination_grace_period_seconds=60,
+                        termination_grace_period_seconds=TERMINATION_GRACE_S,
                         containers=[server, exporter],
                         volumes=[
                             k8s.Volume(name="run", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("8Mi"))),

@@ -34,7 +34,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.clients import redis_exporter
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
@@ -48,6 +48,7 @@ from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretS
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.changes import procedure, rolling, volume_size, when_grows
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.redis import APPENDFSYNC_POLICIES, MAXMEMORY_POLICIES, RedisConfigOptions, config_files
 
@@ -68,6 +69,12 @@ SENTINEL_STORAGE_GIB = 1
 #: a restart would only start the wait again, with back-off.
 STARTUP_PERIOD_S = 10
 STARTUP_FAILURES = 360
+#: Seconds a Redis member's SIGTERM shutdown may take after its preStop hook: Redis first
+#: waits up to ``shutdown-timeout`` (10 s, redis.conf) for lagging replicas, then writes the
+#: final RDB snapshot, as save points are set (redis.conf, "SHUTDOWN"; docs "Redis
+#: persistence"). 30 s leave 20 s for that snapshot, about a full ``maxmemory`` (1 GiB on
+#: EKS) at the 125 MB/s an EBS gp3 volume gives at least.
+SHUTDOWN_S = 30
 EXPORTER_SCRIPT = Path(redis_exporter.__file__)
 
 
@@ -78,36 +85,56 @@ class RedisProps(ComponentSettings):
     replicas: int = setting(
         2, minimum=2, maximum=6,
         doc="Replicas of the primary; even, so data pods (primary + replicas) are an odd set of at least 3. "
-            "After a failover one replica is left, so `WAIT 1` still succeeds.",
+            "After a failover one replica is left, so `WAIT 1` still succeeds. A write acknowledged with `WAIT 1` "
+            "survives the primary's crash and its planned stops (a rollout, a node drain: its preStop hook pauses "
+            "writes, lets the replicas catch up and has the Sentinels promote one, about 1.5 s without writes).",
+        change=when_grows(
+            rolling("a new member starts as a replica of the current primary and copies its data"),
+            procedure("the members with the highest ordinals stop, the primary among them if it is there, and the "
+                      "Sentinels keep counting them",
+                      "if the primary is on an ordinal being removed, SENTINEL FAILOVER first; deploy; then SENTINEL RESET on "
+                      "each Sentinel, one at a time")),
     )
     sentinels: int = setting(
         3, choices=(3, 5, 7),
         doc="Sentinels; odd, at least 3, the minimum for a robust deployment (Redis docs, \"Sentinel\").",
+        change=procedure("Sentinels remember every peer they have seen: added ones join, removed ones still count toward the "
+                          "majority that authorizes a failover (Redis docs, Sentinel: adding or removing Sentinels)",
+                          "add Sentinels one at a time, 30 s apart; after removing, SENTINEL RESET * on each remaining Sentinel, "
+                          "30 s apart, and check SENTINEL MASTER shows the new count"),
     )
-    quorum: int = setting(2, minimum=2, doc="Sentinels that must agree the primary is down; a majority.")
+    quorum: int = setting(
+        2, minimum=2, doc="Sentinels that must agree the primary is down; a majority.",
+        change=rolling("the Sentinels' configuration: they restart one at a time"),
+    )
     down_after_ms: int = setting(
         5000, minimum=1000, maximum=600_000,
         doc="Silence before a Sentinel calls the primary down. The shipped sentinel.conf uses 30000; 5 s cuts "
             "the write outage of a failover and stays well above Sentinel's 1 s ping period.",
+        change=rolling("the Sentinels' configuration: they restart one at a time"),
     )
     failover_timeout_ms: int = setting(
         60_000, minimum=2000, maximum=3_600_000,
         doc="Sentinel failover timeout; at least 2 x down_after_ms (sentinel.conf ships 180000; a failover of "
             "a small dataset completes in seconds, a stuck one is retried after twice this).",
+        change=rolling("the Sentinels' configuration: they restart one at a time"),
     )
     memory_mib: int = setting(
-        per_profile(eks=2048, pi=256), minimum=64, maximum=262_144,
+        sizes.default("redis"), minimum=64, maximum=262_144,
         doc="Memory request and limit of each Redis container (no overcommit).",
+        change=rolling("the members' memory limit: they restart one at a time; a stopping primary hands over first (preStop)"),
     )
     maxmemory_mib: int = setting(
-        per_profile(eks=1024, pi=128), minimum=16, maximum=131_072,
+        sizes.default("redis_maxmemory_mib"), minimum=16, maximum=131_072,
         doc="Redis `maxmemory`; at most half of memory_mib: a fork for AOF rewrite or replica sync may copy "
             "every page (Redis docs, \"Redis persistence\").",
+        change=rolling("redis.conf: members restart one at a time; a stopping primary hands over first (preStop)"),
     )
     maxmemory_policy: str = setting(
         "volatile-lru", choices=MAXMEMORY_POLICIES,
         doc="Eviction policy: keys with a TTL (cache) are evicted, state without one never is (writes fail "
             "instead once memory is full).",
+        change=rolling("redis.conf: members restart one at a time; a stopping primary hands over first (preStop)"),
     )
     appendfsync: str = setting(
         "everysec", choices=APPENDFSYNC_POLICIES,
@@ -116,29 +143,28 @@ class RedisProps(ComponentSettings):
             "write waits for an fsync, about 20 times fewer `WAIT 1` writes per second for one client "
             "(README, Redis, \"Power cut\"); `no`: up to the kernel's writeback delay, 30 s. A change is a "
             "rolling restart of the Redis pods.",
+        change=rolling("redis.conf: members restart one at a time; a stopping primary hands over first (preStop)"),
     )
     storage_gib: int = setting(
         per_profile(eks=8, pi=2), minimum=1, maximum=16_384,
         doc="Each member's volume; at least 3 x maxmemory.",
+        change=volume_size("each member's volume"),
     )
     bootstrap_wait_s: int = setting(
         30, minimum=0, maximum=600,
         doc="Seconds `redis-0`, when its data directory is empty, waits for a Sentinel or a member to answer "
             "before it starts a new, empty set as its primary. The Sentinels start in parallel and answer from "
             "their saved state within seconds, so an empty `redis-0` (a lost volume) follows them instead.",
+        change=rolling("the members' start script"),
     )
 
     @property
     def redis_sizing(self) -> Sizing:
-        cpu = (100, 500) if self.profile.small else (250, 1000)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+        return sizes.sizing("redis", self.profile, self.memory_mib)
 
     @property
     def sentinel_sizing(self) -> Sizing:
-        if self.profile.small:
-            return Sizing(cpu_request_m=20, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=48)
-        return Sizing(cpu_request_m=50, cpu_limit_m=200, memory_request_mib=32, memory_limit_mib=64)
+        return sizes.sizing("sentinel", self.profile)
 
     @property
     def metrics_sizing(self) -> Sizing:
@@ -224,6 +250,8 @@ class RedisChart(PlatformChart):
     construct_id = "Redis"
     requires = ("base",)
     version = versions.REDIS_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.REDIS_IMAGE, versions.CONSUL_DATAPLANE_IMAGE, versions.PYTHON_IMAGE)
     settings_class = RedisProps
 
     NAMESPACE = "redis"
@@ -310,6 +338,7 @@ class RedisChart(PlatformChart):
                 # Only an empty redis-0 that hears from nobody starts a new set.
                 k8s.EnvVar(name="REDIS_BOOTSTRAP_PRIMARY", value=f"{member_dns[0]}:{self.PORT}"),
                 k8s.EnvVar(name="REDIS_BOOTSTRAP_WAIT_S", value=str(p.bootstrap_wait_s)),
+                k8s.EnvVar(name="REDIS_HANDOVER_TIMEOUT_S", value=str(options.handover_timeout_s)),
                 _secret_env("REDIS_ADMIN_PASSWORD", "admin-password"),
                 _secret_env("REDIS_APP_PASSWORD", "app-password"),
                 _secret_env("REDIS_SENTINEL_PASSWORD", "sentinel-password"),
@@ -326,6 +355,12 @@ class RedisChart(PlatformChart):
             # 6 misses in a row before a restart.
             liveness_probe=_exec_probe("redis-live", period=10, failures=6),
             readiness_probe=_exec_probe("redis-ready", period=5, failures=2),
+            # A primary hands over to a caught-up replica before it stops (prestop-redis.sh):
+            # a rollout or a drain then costs a second or two of paused writes instead of
+            # down-after-milliseconds plus a failover, and loses no acknowledged write.
+            lifecycle=k8s.Lifecycle(
+                pre_stop=k8s.LifecycleHandler(exec=k8s.ExecAction(command=["sh", f"{CONFIG_DIR}/prestop-redis.sh"])),
+            ),
         )
         metrics_container = k8s.Container(
             name="metrics",
@@ -371,7 +406,8 @@ class RedisChart(PlatformChart):
                 **annotations,
                 "prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics",
             },
-            termination_grace_seconds=30,
+            # The hook's own bound, then the server's shutdown (the kubelet counts both).
+            termination_grace_seconds=options.handover_timeout_s + SHUTDOWN_S,
         )
         sentinel_container = k8s.Container(
             name="sentinel",

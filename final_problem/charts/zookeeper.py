@@ -26,7 +26,7 @@ from typing import Mapping
 
 from constructs import Construct
 
-from final_problem import versions
+from final_problem import sizes, versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs.labels import set_component
@@ -35,6 +35,7 @@ from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
+from final_problem.changes import nothing, peer_port, procedure, rolling, volume_size
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.zookeeper import EnsembleConfig, Member, java_command, zoo_cfg
 
@@ -56,6 +57,13 @@ REPLICAS_ALLOWED = (3, 5, 7)
 #: Largest heap as a share of the memory limit: the JVM also needs metaspace, thread
 #: stacks and Netty's direct buffers outside the heap.
 MAX_HEAP_SHARE = 0.75
+#: Readiness probe period and initial delay, seconds.
+READINESS_PERIOD_S = 5
+#: terminationGracePeriodSeconds. ZooKeeper registers no shutdown hook (3.9.4: only the
+#: audit logger, off here), so SIGTERM ends the JVM at once, and every acknowledged write is
+#: already fsynced to the transaction log (``forceSync`` defaults to yes: Administrator's
+#: Guide, "Advanced Configuration"); Kubernetes' default of 30 s only bounds a hung JVM.
+TERMINATION_GRACE_S = 30
 
 #: The members' logback.xml, on the classpath ahead of the jars: the console only. The local
 #: servers of the tests use it too (final_problem.local.zookeeper).
@@ -77,38 +85,65 @@ class ZooKeeperProps(ComponentSettings):
         3, choices=REPLICAS_ALLOWED,
         doc="Members: quorum is floor(n/2)+1, so an even ensemble tolerates no more failures than the odd one "
             "below it, 1 tolerates none, and more than 7 slows every write (use observers to scale reads).",
+        change=procedure("the ensemble's members are listed in every member's zoo.cfg: members restarted on the new list "
+                          "cannot form a quorum with those still on the old one, and a mixed roll can elect two leaders",
+                          "change membership one member at a time with dynamic reconfiguration (ZooKeeper 3.5+, reconfigEnabled; "
+                          "`reconfig -add` / `-remove`), or stop every member and start them together on the new list (an outage)"),
     )
     memory_mib: int = setting(
-        per_profile(eks=2048, pi=320), minimum=256, maximum=65_536,
+        sizes.default("zookeeper"), minimum=256, maximum=65_536,
         doc="Memory request and limit of each member (the heap is fixed, so the pod uses it all).",
+        change=rolling("the pod's memory limit: members restart one at a time, the highest ordinal first, a quorum kept"),
     )
     heap_mib: int | None = setting(
         default_doc="half of memory_mib", minimum=64, maximum=49_152,
         doc="JVM heap (-Xms = -Xmx), below 75% of memory_mib: the JVM needs metaspace, thread stacks and "
             "direct buffers outside the heap.",
+        change=rolling("the JVM's heap: members restart one at a time, the highest ordinal first, a quorum kept"),
     )
     storage_gib: int = setting(
         per_profile(eks=10, pi=2), minimum=1, maximum=16_384,
         doc="Each of the member's two volumes (snapshots, transaction log).",
+        change=volume_size("each member's two volumes"),
     )
-    client_port: int = setting(2181, minimum=1024, maximum=65_535, doc="Client port.")
-    quorum_port: int = setting(2888, minimum=1024, maximum=65_535, doc="Port followers connect to the leader on.")
-    election_port: int = setting(3888, minimum=1024, maximum=65_535, doc="Leader election port.")
-    metrics_port: int = setting(7000, minimum=1024, maximum=65_535, doc="Prometheus metrics port.")
-    tick_time_ms: int = setting(2000, minimum=100, maximum=60_000, doc="ZooKeeper's basic time unit.")
-    init_limit: int = setting(10, minimum=1, maximum=100, doc="Ticks a follower may take to connect and sync.")
-    sync_limit: int = setting(5, minimum=1, maximum=100, doc="Ticks a follower may lag; at most init_limit.")
+    client_port: int = setting(
+        2181, minimum=1024, maximum=65_535, doc="Client port.",
+        change=rolling("members and the client Service move to the new port; clients must use it"),
+    )
+    quorum_port: int = setting(
+        2888, minimum=1024, maximum=65_535, doc="Port followers connect to the leader on.",
+        change=peer_port("followers reach the leader on it"),
+    )
+    election_port: int = setting(
+        3888, minimum=1024, maximum=65_535, doc="Leader election port.",
+        change=peer_port("members elect the leader on it"),
+    )
+    metrics_port: int = setting(
+        7000, minimum=1024, maximum=65_535, doc="Prometheus metrics port.",
+        change=rolling("the metrics listener moves"),
+    )
+    tick_time_ms: int = setting(
+        2000, minimum=100, maximum=60_000, doc="ZooKeeper's basic time unit.",
+        change=rolling("zoo.cfg changes: members restart one at a time, a quorum kept"),
+    )
+    init_limit: int = setting(
+        10, minimum=1, maximum=100, doc="Ticks a follower may take to connect and sync.",
+        change=rolling("zoo.cfg changes: members restart one at a time, a quorum kept"),
+    )
+    sync_limit: int = setting(
+        5, minimum=1, maximum=100, doc="Ticks a follower may lag; at most init_limit.",
+        change=rolling("zoo.cfg changes: members restart one at a time, a quorum kept"),
+    )
     hosts: tuple[str, ...] = setting(
         (), example=("pi1", "pi2", "pi3"),
         doc="Bare-metal member hosts (Raspberry Pis without Kubernetes), member 1 first, one per replica; the "
             "client connects to these when set.",
+        change=nothing("bare-metal members only: the Kubernetes ensemble does not read it"),
     )
 
     @property
     def sizing(self) -> Sizing:
-        cpu = (100, 500) if self.profile.small else (250, 1000)
-        return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
-                      memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+        return sizes.sizing("zookeeper", self.profile, self.memory_mib)
 
     @property
     def effective_heap_mib(self) -> int:
@@ -166,9 +201,19 @@ def _tcp_word_check(*, port: int, word: str, expect: str) -> list[str]:
     return ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf {word} >&3 && grep -qE '{expect}' <&3"]
 
 
+#: ``mntr``'s ``zk_peer_state`` once a member leads, follows or observes in step with the
+#: quorum: the peer state, then the Zab phase (``QuorumPeer.getDetailedPeerState``, 3.9.4). A
+#: follower goes election -> discovery -> synchronization (receiving the leader's DIFF, SNAP or
+#: TRUNC) -> broadcast; only in broadcast is it a voter the leader counts. ``mntr`` (like
+#: ``srvr``) answers only while the member serves ("not currently serving requests" otherwise).
+SYNCED_PEER_STATE = "^zk_peer_state[[:space:]]+(leading|following|observing) - broadcast$"
+
+
 def readiness_command(*, client_port: int) -> list[str]:
-    """Ready only while in a quorum: ``srvr`` reports a Mode only when serving."""
-    return _tcp_word_check(port=client_port, word="srvr", expect="^Mode: (leader|follower|observer)")
+    """Ready only in the quorum and synced with its leader: "safe to stop the next member".
+    A rolling update or a drain takes the next member down only once this passes, so at most
+    one member is ever out of the quorum."""
+    return _tcp_word_check(port=client_port, word="mntr", expect=SYNCED_PEER_STATE)
 
 
 def liveness_command(*, client_port: int) -> list[str]:
@@ -185,6 +230,8 @@ class ZooKeeperChart(PlatformChart):
     construct_id = "ZooKeeper"
     requires = ("base",)
     version = versions.ZOOKEEPER_VERSION
+    # Supported upgrade paths of the images its pods run (final_problem/versions.py).
+    upgrade_paths = versions.upgrade_paths(versions.ZOOKEEPER_IMAGE)
     settings_class = ZooKeeperProps
 
     NAMESPACE = "zookeeper"
@@ -268,9 +315,12 @@ class ZooKeeperChart(PlatformChart):
             ],
             security_context=container_context(uid=ZOOKEEPER_UID),
             resources=raw_resources(props.sizing),
+            # Every 5 s: a rolling update waits for this probe on each member in turn, so its
+            # period adds to every step; a JVM start and a sync take a few seconds.
             readiness_probe=k8s.Probe(
                 exec=k8s.ExecAction(command=readiness_command(client_port=props.client_port)),
-                initial_delay_seconds=10, period_seconds=10, timeout_seconds=5, failure_threshold=3,
+                initial_delay_seconds=READINESS_PERIOD_S, period_seconds=READINESS_PERIOD_S, timeout_seconds=5,
+                failure_threshold=3,
             ),
             liveness_probe=k8s.Probe(
                 exec=k8s.ExecAction(command=liveness_command(client_port=props.client_port)),
@@ -305,6 +355,13 @@ class ZooKeeperChart(PlatformChart):
                 ClaimSpec(name="data", size_gib=props.storage_gib),
                 ClaimSpec(name="datalog", size_gib=props.storage_gib),
             ],
+            # Rolling updates and drains: one member at a time, the next only once the
+            # restarted one is synced (readiness above), so no minReadySeconds is needed: the
+            # probe cannot pass before the member counts in the quorum. No preStop: ZooKeeper
+            # 3.9 has no command that hands leadership over (only reconfig, and dynamic
+            # reconfiguration is off), and the sessions live in the ensemble, so a client
+            # reconnects to another member within its session timeout.
+            termination_grace_seconds=TERMINATION_GRACE_S,
             pod_annotations={
                 # A changed zoo.cfg rolls the members one at a time (PDB maxUnavailable 1).
                 "final-problem.io/config-sha256": digest,

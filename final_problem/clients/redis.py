@@ -35,7 +35,7 @@ from typing import Callable, Mapping, Sequence
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 from final_problem.clients import (
     ClientError, Unreachable, add_timeout, password, read_secret, run_command, short,
@@ -62,6 +62,65 @@ def _parse_sentinels(text: str) -> list[tuple[str, int]]:
 def secret_from_kubernetes(key: str, *, namespace: str = SECRET_NAMESPACE, name: str = SECRET_NAME) -> str:
     """One key of the generated Secret, through ``kubectl`` (the caller's kubeconfig)."""
     return read_secret(namespace=namespace, name=name, key=key)
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """A connection that asks the Sentinels for its address each time it (re)connects.
+
+    redis-py reconnects a dropped connection inside a command's retries through
+    ``connect_check_health``, which reuses the address the connection had: after a failover,
+    every retry goes to the old primary (connection refused, or READONLY once it is a
+    replica) until the retries run out, about 17 s here, before the next command asks the
+    Sentinels (redis-py issues 3560 and 3874; 8.1 still does it). Only ``connect`` asks them.
+    Here every reconnection does, so a retry reaches the new primary as soon as the
+    Sentinels name it.
+    """
+
+    _resolving = False
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        # The address was just asked of the Sentinels (or is a replica they listed).
+        self._resolving = True
+        try:
+            super().connect_to(address)
+        finally:
+            self._resolving = False
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock:
+            return
+        if self._resolving:
+            # One attempt: the command's own retries ask the Sentinels again before the next.
+            super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+        else:
+            self._connect_retry()
+
+
+class SentinelDiscovery(Sentinel):
+    """redis-py's Sentinel, asking for the primary as the Sentinel client spec says.
+
+    redis-py reads the address from ``SENTINEL MASTERS``, which the Sentinel running a
+    failover changes only once every replica follows the promoted one (sentinel.c,
+    sentinelFailoverSwitchToPromotedSlave), a second or two after the promotion; ``SENTINEL
+    GET-MASTER-ADDR-BY-NAME`` names the promoted replica as soon as that Sentinel saw it
+    promoted (sentinelGetCurrentMasterAddress), and the others switch on its hello. Source:
+    Redis docs, "Sentinel client spec" (step 2). The first Sentinel that answers is asked
+    first next time, as redis-py does.
+    """
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors = []
+        for index, sentinel in enumerate(self.sentinels):
+            try:
+                answer = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", service_name)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                errors.append(f"{sentinel}: {e!r}")
+                continue
+            if answer:
+                self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
+                host, port = (item.decode() if isinstance(item, bytes) else item for item in answer)
+                return str(host), int(port)
+        raise MasterNotFoundError(f"No master found for {service_name!r}{' : ' + ', '.join(errors) if errors else ''}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,7 +164,7 @@ class RedisClient:
     def __init__(self, *, settings: RedisSettings) -> None:
         self.settings = settings
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), settings.retries)
-        self.sentinel = Sentinel(
+        self.sentinel = SentinelDiscovery(
             list(settings.sentinels),
             # No retry of one Sentinel: the list is the redundancy (the client asks the next
             # one), and redis-py's default retries of a refused Sentinel (3, backoff from 1 s)
@@ -119,6 +178,7 @@ class RedisClient:
             retry=retry,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError],
             decode_responses=True,
+            connection_class=SentinelConnection,
         )
         self.primary: redis.Redis = self.sentinel.master_for(settings.master_name)
         self.replica: redis.Redis = self.sentinel.slave_for(settings.master_name)

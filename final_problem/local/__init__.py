@@ -125,3 +125,50 @@ def gc_pauses_ms(directories: Iterable[Path]) -> list[float]:
                 if m:
                     pauses.append(float(m.group(1)))
     return pauses
+
+
+#: The heap after a collection in a unified GC log line: "... 23M->5M(224M) 3.456ms".
+_GC_AFTER = re.compile(r"\bPause .*?\d+M->(\d+)M\(\d+M\)")
+
+
+def gc_heap_after_mib(directories: Iterable[Path]) -> list[int]:
+    """The heap left after each collection, in MiB, in the GC logs :func:`gc_log_flag` wrote
+    there: the live data plus what survived young (the largest is what a heap must hold)."""
+    found: list[int] = []
+    for directory in directories:
+        for path in directory.glob("gc-*.log"):
+            found += [int(m.group(1)) for m in map(_GC_AFTER.search, path.read_text(errors="replace").splitlines()) if m]
+    return found
+
+
+#: The JVM option that lets :func:`jvm_memory` read direct (NIO) buffer memory: Native Memory
+#: Tracking at summary level costs a few per cent of CPU and a little memory (JDK 17 docs,
+#: "Native Memory Tracking"), so only measurement runs pass it.
+NMT_FLAG = "-XX:NativeMemoryTracking=summary"
+
+
+def jvm_memory(pid: int) -> dict[str, float]:
+    """A running JVM's memory in MiB, from ``jcmd`` (JDK 17): heap used and committed and
+    metaspace used (``GC.heap_info``), and with :data:`NMT_FLAG` the committed memory of the
+    NMT categories "Other" (direct byte buffers), "Thread" (stacks) and "Code" (JIT)."""
+    import shutil
+
+    jcmd = shutil.which("jcmd") or "jcmd"
+    found: dict[str, float] = {}
+    heap = subprocess.run([jcmd, str(pid), "GC.heap_info"], capture_output=True, text=True, timeout=60).stdout
+    # G1: " garbage-first heap   total 262144K, used 80512K"; Serial: " def new generation
+    # total ..., used ..." and " tenured generation total ..., used ...".
+    totals = re.findall(r"(?:heap|generation)\s+total (\d+)K, used (\d+)K", heap)
+    if totals:
+        found["heap committed"] = sum(int(t) for t, _ in totals) / 1024
+        found["heap used"] = sum(int(u) for _, u in totals) / 1024
+    meta = re.search(r"Metaspace\s+used (\d+)K", heap)
+    if meta:
+        found["metaspace used"] = int(meta.group(1)) / 1024
+    nmt = subprocess.run([jcmd, str(pid), "VM.native_memory", "summary", "scale=KB"], capture_output=True, text=True,
+                         timeout=60).stdout
+    for category, key in (("Other", "direct"), ("Thread", "threads"), ("Code", "code")):
+        m = re.search(rf"-\s+{category} \(reserved=\d+KB, committed=(\d+)KB\)", nmt)
+        if m:
+            found[key] = int(m.group(1)) / 1024
+    return found

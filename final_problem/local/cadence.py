@@ -28,16 +28,50 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 from final_problem import local, versions
 from final_problem.charts.cadence import CadenceProps
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.limits import Groups, Limits
-from final_problem.profiles import PI
+from final_problem.profiles import PI, Profile
 from final_problem.renderers import cadence as render
 from final_problem.renderers.cadence import SCHEMA_SCRIPT, Database, domain_script, schema_env
+
+
+if TYPE_CHECKING:
+    from final_problem.local.rollout import Pod
+
+
+def rendered_workloads(profile: Profile = PI) -> dict[str, dict[str, Any]]:
+    """The PostgreSQL StatefulSet (``"postgres"``) and the Cadence servers' Deployments (by
+    service) as ``profile`` renders them."""
+    from final_problem import config, manifests
+
+    charts = manifests.render(config.from_mapping({"components": ["base", "postgres", "cadence"]}), profile.name)
+    objects = {name: manifests.chart_objects(chart) for name, chart in charts.items()}
+    workloads = {"postgres": next(o for o in objects["postgres"] if o["kind"] == "StatefulSet")}
+    for service in render.SERVICES:
+        workloads[service] = next(o for o in objects["cadence"]
+                                  if o["kind"] == "Deployment" and o["metadata"]["name"] == f"cadence-{service}")
+    return workloads
+
+
+def rendered_budgets(profile: Profile = PI) -> dict[str, dict[str, Any] | None]:
+    """The PodDisruptionBudget of each workload of :func:`rendered_workloads` (None: none
+    rendered, as for the one PostgreSQL server), matched by its selector."""
+    from final_problem import config, manifests
+
+    charts = manifests.render(config.from_mapping({"components": ["base", "postgres", "cadence"]}), profile.name)
+    budgets = [o for chart in charts.values() for o in manifests.chart_objects(chart) if o["kind"] == "PodDisruptionBudget"]
+    found: dict[str, dict[str, Any] | None] = {}
+    for name, workload in rendered_workloads(profile).items():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        found[name] = next((b for b in budgets if b["metadata"].get("namespace") == workload["metadata"].get("namespace")
+                            and b["spec"]["selector"]["matchLabels"].items() <= labels.items()), None)
+    return found
 
 
 class CadenceToolsMissing(RuntimeError):
@@ -138,8 +172,10 @@ class LocalCadence:
     """
 
     def __init__(self, *, database: Database, password: str, workdir: Path,
-                 props: CadenceProps | None = None, limits: bool = True) -> None:
-        """With ``limits``, each instance runs under its service's container limits."""
+                 props: CadenceProps | None = None, limits: bool = True, frontend_address: str | None = None) -> None:
+        """With ``limits``, each instance runs under its service's container limits.
+        ``frontend_address`` is where clients and the services reach the frontend (the chart's
+        Service; default: the first frontend's own gRPC port)."""
         self.props = props or CadenceProps.for_profile(PI)
         self.groups = Groups(enabled=limits)
         self.password = password
@@ -152,27 +188,94 @@ class LocalCadence:
             for i, instance in enumerate(self.instances)
         }
         #: The first frontend's gRPC address (clients, the CLI, the worker service).
-        self.frontend_address = f"{LOOPBACK}:{self.ports['frontend-0'].grpc}"
+        self.frontend_address = frontend_address or f"{LOOPBACK}:{self.ports['frontend-0'].grpc}"
         database = Database(host=database.host, port=database.port, user=database.user,
                             cadence_db=self.props.cadence_db, visibility_db=self.props.visibility_db,
                             max_conns=self.props.max_conns)
-        seeds = tuple(f"{LOOPBACK}:{p.tchannel}" for p in self.ports.values())
-        dynamic = workdir / "dynamicconfig" / "dynamicconfig.yaml"
+        self.database = database
+        self.dynamic_config = workdir / "dynamicconfig" / "dynamicconfig.yaml"
         (workdir / "config").mkdir(parents=True, exist_ok=True)
-        dynamic.parent.mkdir(exist_ok=True)
-        dynamic.write_text(render.dynamic_config())
-        for instance, service in self.instances.items():
-            # Every service's section is rendered; an instance listens on its own service's.
-            ports = {name: self.ports[f"{name}-0"] for name in render.SERVICES}
-            ports[service] = self.ports[instance]
-            config = render.ServerConfig(
-                num_history_shards=self.props.num_history_shards, database=database, ports=ports,
-                bind_on_ip=LOOPBACK, broadcast_address=LOOPBACK, bootstrap_mode="hosts", bootstrap_hosts=seeds,
-                frontend_address=self.frontend_address, dynamic_config_path=str(dynamic),
-            )
-            (workdir / "config" / f"{instance}.yaml").write_text(render.server_config(config))
+        self.dynamic_config.parent.mkdir(exist_ok=True)
+        self.dynamic_config.write_text(render.dynamic_config())
+        for instance in self.instances:
+            self._write_config(instance, seeds=tuple(self.instances))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
+        # Deployments roll side by side: instances are added, started and removed from threads.
+        self._lock = threading.RLock()
+
+    def _write_config(self, instance: str, *, seeds: tuple[str, ...]) -> None:
+        """``config/<instance>.yaml``: ringpop seeded with the TChannel ports of ``seeds``."""
+        service = self.instances[instance]
+        # Every service's section is rendered; an instance listens on its own service's.
+        ports = {name: self.ports[next(i for i in seeds if self.instances[i] == name)] for name in render.SERVICES}
+        ports[service] = self.ports[instance]
+        config = render.ServerConfig(
+            num_history_shards=self.props.num_history_shards, database=self.database, ports=ports,
+            bind_on_ip=LOOPBACK, broadcast_address=LOOPBACK, bootstrap_mode="hosts",
+            bootstrap_hosts=tuple(f"{LOOPBACK}:{self.ports[i].tchannel}" for i in seeds),
+            frontend_address=self.frontend_address, dynamic_config_path=str(self.dynamic_config),
+        )
+        (self.workdir / "config" / f"{instance}.yaml").write_text(render.server_config(config))
+
+    def add_instance(self, service: str) -> str:
+        """A new instance of ``service`` (a new pod of its Deployment) with ports of its own,
+        seeded with the instances running now (the membership Service's SRV record lists the
+        pods there are); not started."""
+        with self._lock:
+            n = len(self.of(service))
+            while f"{service}-{n}" in self.instances:
+                n += 1
+            instance = f"{service}-{n}"
+            tchannel, grpc, metrics = free_ports(3)
+            self.instances[instance] = service
+            self.ports[instance] = render.ServicePorts(tchannel=tchannel, grpc=grpc, metrics=metrics)
+            running = tuple(i for i, p in self.processes.items() if p.poll() is None)
+            # Every service needs a section: one not running now keeps its last instance's.
+            others = tuple(self.of(name)[-1] for name in render.SERVICES
+                           if not any(self.instances[i] == name for i in running) and name != service)
+            self._write_config(instance, seeds=(*running, *others, instance))
+            return instance
+
+    def pod(self, instance: str, deployment: dict[str, Any]) -> "Pod":
+        """``instance`` as a pod of the rendered ``deployment``, not yet run: the rendered
+        readiness command run here (the CLI built from the same release, this instance's
+        ports, ``frontend_address`` for the frontend Service, ``POD_IP`` 127.0.0.1), the
+        rendered grace period; its address is its gRPC port."""
+        from final_problem.local.rollout import ExecProbe, Pod
+
+        service = self.instances[instance]
+        spec = deployment["spec"]["template"]["spec"]
+        container = next(c for c in spec["containers"] if c["name"] == service)
+        probe = container["readinessProbe"]
+        argv = list(probe["exec"]["command"])
+        rendered = {p["name"]: p["containerPort"] for p in container["ports"]}
+        ports = self.ports[instance]
+        if service == "frontend":
+            argv[0] = str(cli())
+            argv = [a.replace(f"127.0.0.1:{rendered['grpc']}", f"{LOOPBACK}:{ports.grpc}") for a in argv]
+        else:
+            script = argv[-1]
+            rendered_frontend = script.split("--address ", 1)[1].split(" ", 1)[0]
+            script = script.replace(f"cadence --address {rendered_frontend} ", f"{cli()} --address {self.frontend_address} ")
+            script = script.replace(f"$POD_IP:{rendered['tchannel']}", f"$POD_IP:{ports.tchannel}")
+            argv[-1] = script
+        if not any(str(ports.grpc) in a or str(ports.tchannel) in a for a in argv):
+            raise LocalCadenceError(f"the rendered readiness probe of {service} names none of its ports: {argv}")
+
+        def start() -> "subprocess.Popen[bytes]":
+            with self._lock:
+                self.start(instance)
+                return self.processes[instance]
+
+        def cleanup() -> None:
+            with self._lock:
+                self.processes.pop(instance, None)
+
+        return Pod(name=instance, start=start, container=container,
+                   grace_s=spec.get("terminationGracePeriodSeconds", 30), ports={rendered["grpc"]: ports.grpc},
+                   address=(LOOPBACK, ports.grpc), cleanup=cleanup,
+                   readiness=ExecProbe.rendered(probe, argv, env={"POD_IP": LOOPBACK, "HOME": "/tmp"}))
 
     def log_path(self, instance: str) -> Path:
         return self.workdir / f"{instance}.log"

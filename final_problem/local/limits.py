@@ -24,6 +24,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -46,15 +48,20 @@ class LimitsUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Limits:
-    """A container's ``resources.limits``: CPU in millicores, memory in MiB."""
+    """A container's ``resources.limits``: CPU in millicores, memory in MiB; and, when known,
+    its requests, which only reports show (a cgroup enforces the limits alone)."""
 
     cpu_m: int
     memory_mib: int
+    request_cpu_m: int | None = None
+    request_memory_mib: int | None = None
 
     @classmethod
     def of(cls, sizing: "Sizing") -> "Limits":
-        """The limits half of a chart's :class:`~final_problem.constructs.security.Sizing`."""
-        return cls(cpu_m=sizing.cpu_limit_m, memory_mib=sizing.memory_limit_mib)
+        """The limits of a chart's :class:`~final_problem.constructs.security.Sizing`, with its
+        requests for the reports."""
+        return cls(cpu_m=sizing.cpu_limit_m, memory_mib=sizing.memory_limit_mib,
+                   request_cpu_m=sizing.cpu_request_m, request_memory_mib=sizing.memory_request_mib)
 
     @property
     def memory_bytes(self) -> int:
@@ -66,6 +73,12 @@ class Limits:
 
     def __str__(self) -> str:
         return f"{self.cpu_m}m CPU, {self.memory_mib} MiB"
+
+
+#: How often :class:`Groups` reads each group's CPU time: the peak CPU a report shows is the
+#: highest rate over one such window (the kubelet's cAdvisor reports a rate over 10 s; a
+#: shorter window shows the bursts a CPU limit throttles).
+CPU_SAMPLE_S = 1.0
 
 
 def _v2() -> bool:
@@ -131,6 +144,8 @@ class Cgroup:
         self.name = name
         self.limits = limits
         self._final_oom_kills: int | None = None
+        #: When the group was made: its mean CPU rate is over the time since.
+        self.created_at = time.monotonic()
         safe = re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:60]
         leaf = f"final-problem-{os.getpid()}-{next(_serial)}-{safe}"
         self.v2 = _v2()
@@ -279,12 +294,20 @@ class Usage:
     oom_kills: int
     cpu_seconds: float
     throttled_periods: int
+    #: The highest CPU rate over one sampling window (:data:`CPU_SAMPLE_S`), in millicores.
+    peak_cpu_m: int = 0
+    #: CPU time over the group's lifetime so far (start included), in millicores.
+    mean_cpu_m: int = 0
 
     def __str__(self) -> str:
-        share = 100 * self.peak_memory_mib / self.limits.memory_mib
-        return (f"{self.name}: peak RSS {self.peak_rss_mib:.0f} MiB, peak charged (RSS and page cache) "
-                f"{self.peak_memory_mib:.0f} of {self.limits.memory_mib} MiB ({share:.0f}%), "
-                f"{self.oom_kills} OOM kills, {self.cpu_seconds:.1f} CPU s at {self.limits.cpu_m}m "
+        lim = self.limits
+        share = 100 * self.peak_memory_mib / lim.memory_mib
+        cpu_request = f"request {lim.request_cpu_m}m, " if lim.request_cpu_m is not None else ""
+        memory_request = f"request {lim.request_memory_mib}, " if lim.request_memory_mib is not None else ""
+        return (f"{self.name}: peak CPU {self.peak_cpu_m}m, mean {self.mean_cpu_m}m ({cpu_request}limit {lim.cpu_m}m), "
+                f"peak RSS {self.peak_rss_mib:.0f} MiB, peak charged (RSS and page cache) "
+                f"{self.peak_memory_mib:.0f} MiB ({memory_request}limit {lim.memory_mib}, {share:.0f}% of it), "
+                f"{self.oom_kills} OOM kills, {self.cpu_seconds:.1f} CPU s "
                 f"({self.throttled_periods} periods throttled)")
 
 
@@ -298,6 +321,25 @@ class Groups:
             require()
         self.enabled = enabled
         self.groups: dict[str, Cgroup] = {}
+        self._peak_cpu_m: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        """Each group's CPU rate over every window, keeping the highest (a daemon thread
+        that only reads cgroup files)."""
+        last: dict[str, tuple[float, float]] = {}
+        while not self._stop.wait(CPU_SAMPLE_S):
+            for name, group in list(self.groups.items()):
+                try:
+                    now, used = time.monotonic(), group.cpu_seconds()
+                except OSError:
+                    continue  # removed meanwhile
+                if name in last:
+                    then, before = last[name]
+                    rate = round(1000 * (used - before) / max(now - then, 1e-3))
+                    self._peak_cpu_m[name] = max(self._peak_cpu_m.get(name, 0), rate)
+                last[name] = (now, used)
 
     def wrap(self, name: str, limits: Limits | None, argv: Sequence[str]) -> list[str]:
         """``argv`` started in group ``name`` with ``limits`` (as it is without limits or
@@ -307,13 +349,18 @@ class Groups:
         group = self.groups.get(name)
         if group is None:
             group = self.groups[name] = Cgroup(name, limits)
+        if self._sampler is None:
+            self._sampler = threading.Thread(target=self._sample, name="cgroup-cpu-sampler", daemon=True)
+            self._sampler.start()
         return group.wrap(argv)
 
     def usage(self) -> list[Usage]:
         return [
             Usage(name=name, limits=g.limits, peak_memory_mib=g.peak_memory_bytes() / (1024 * 1024),
                   peak_rss_mib=g.peak_rss_bytes() / (1024 * 1024),
-                  oom_kills=g.oom_kills(), cpu_seconds=g.cpu_seconds(), throttled_periods=g.throttled_periods())
+                  oom_kills=g.oom_kills(), cpu_seconds=g.cpu_seconds(), throttled_periods=g.throttled_periods(),
+                  peak_cpu_m=self._peak_cpu_m.get(name, 0),
+                  mean_cpu_m=round(1000 * g.cpu_seconds() / max(time.monotonic() - g.created_at, 1e-3)))
             for name, g in self.groups.items()
         ]
 
@@ -322,6 +369,11 @@ class Groups:
         return {name: g.oom_kills() for name, g in self.groups.items() if g.oom_kills()}
 
     def remove_all(self) -> None:
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=5)
+        # Servers started again after this get a sampler of their own.
+        self._sampler, self._stop = None, threading.Event()
         for group in self.groups.values():
             group.remove()
         self.groups.clear()

@@ -19,8 +19,9 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from final_problem import local
 from final_problem.charts.postgres import PostgresProps
@@ -28,6 +29,9 @@ from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import PI, Profile
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
+
+if TYPE_CHECKING:
+    from final_problem.local.rollout import Pod
 
 #: Unprivileged account the server runs as when the caller is root.
 RUN_AS_WHEN_ROOT = "nobody"
@@ -127,6 +131,14 @@ class LocalPostgres:
 
     def start(self, *, timeout_s: float = 60) -> None:
         """Start ``postgres`` on the data directory and wait until it accepts logins."""
+        self.spawn()
+        local.wait_for(
+            f"postgres on {self.host}:{self.port}", self._ready, timeout_s=timeout_s, interval_s=0.2,
+            error=LocalPostgresError,
+        )
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start ``postgres`` on the data directory; return at once (the postmaster's process)."""
         settings = {
             **self.settings,
             "listen_addresses": self.host,
@@ -139,10 +151,7 @@ class LocalPostgres:
             self.groups.wrap("postgres", Limits.of(self.props.sizing), self._as_server_user(argv)), stdout=self._log, stderr=subprocess.STDOUT, env=self._env(),
             start_new_session=True,
         )
-        local.wait_for(
-            f"postgres on {self.host}:{self.port}", self._ready, timeout_s=timeout_s, interval_s=0.2,
-            error=LocalPostgresError,
-        )
+        return self.process
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -195,6 +204,56 @@ class LocalPostgres:
             self.groups.remove_all()
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    # -- as the StatefulSet's pod ---------------------------------------------------------
+
+    def _local_command(self, argv: list[str], rendered_port: int) -> list[str]:
+        """A rendered command with its port (``-p <rendered>``) made this server's."""
+        if f"-p {rendered_port}" not in " ".join(argv):
+            raise LocalPostgresError(f"the rendered command does not name port {rendered_port}: {argv}")
+        return [a.replace(f"-p {rendered_port} ", f"-p {self.port} ") if " " in a
+                else (str(self.port) if a == str(rendered_port) else a) for a in argv]
+
+    def _tools_env(self) -> dict[str, str]:
+        """The container's environment for its hooks and probes: the image's PATH holds the
+        server's tools, ``PGDATA`` and ``POSTGRES_PASSWORD`` as the chart sets them."""
+        return {**self._env(), "PATH": f"{self.bin_dir}:{self._env()['PATH']}", "PGDATA": str(self.data_dir),
+                "POSTGRES_PASSWORD": self.password}
+
+    def pod(self, statefulset: dict[str, Any], *, name: str = "postgres-0") -> "Pod":
+        """This server as the rendered StatefulSet's pod (container ``postgres``), not yet run: the
+        rendered readiness probe (pg_isready) and preStop hook run here with this server's port,
+        data directory and password, as the server's user; the rendered grace period. Every new
+        pod of the set is this same server on the same data directory (the same volume)."""
+        from final_problem.local.rollout import ExecProbe, Pod
+
+        spec = statefulset["spec"]["template"]["spec"]
+        container = next(c for c in spec["containers"] if c["name"] == "postgres")
+        rendered_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "postgres")
+        probe = container["readinessProbe"]
+        ready_argv = self._local_command(probe["exec"]["command"], rendered_port)
+        ready_argv[0] = str(self.bin_dir / ready_argv[0])
+        hook = self._local_command(container["lifecycle"]["preStop"]["exec"]["command"], rendered_port)
+
+        def pre_stop(pod: Pod, deadline: float) -> None:
+            try:
+                result = subprocess.run(self._as_server_user(hook), env=self._tools_env(), capture_output=True,
+                                        text=True, timeout=max(0.1, deadline - time.monotonic()))
+                pod.events.append((time.monotonic(), f"preStop exited {result.returncode}: "
+                                                     f"{(result.stderr or result.stdout).strip()[-200:]}"))
+            except subprocess.TimeoutExpired:
+                pod.events.append((time.monotonic(), "preStop outlived the grace period"))
+
+        def cleanup() -> None:
+            self.process = None
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+        return Pod(name=name, start=self.spawn, container=container,
+                   grace_s=spec.get("terminationGracePeriodSeconds", 30), ports={rendered_port: self.port},
+                   address=(self.host, self.port), cleanup=cleanup, pre_stop=pre_stop,
+                   readiness=ExecProbe.rendered(probe, ready_argv, env={"PGCONNECT_TIMEOUT": "5"}))
+
     # -- SQL ---------------------------------------------------------------------------
 
     def psql(self, sql: str, *, database: str = "postgres", check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -234,3 +293,53 @@ class LocalPostgres:
     def server_version(self) -> str:
         return self.query("SHOW server_version")[0][0]
 
+
+
+class SessionLost(RuntimeError):
+    """The psql session ended or did not answer: the write's outcome is unknown."""
+
+
+class PsqlWriter:
+    """A psql session committing one row per statement into ``table`` (``seq int PRIMARY KEY``,
+    autocommit: each statement is a commit); a row psql prints back is an acknowledged commit.
+
+    Through a restart it behaves as an application's pool does: a lost session raises
+    :class:`SessionLost` and the next :meth:`insert` opens a new one. A retried insert of a row
+    that did commit answers the same (``ON CONFLICT ... DO UPDATE ... RETURNING``)."""
+
+    def __init__(self, *, host: str, port: int, user: str, password: str, table: str, bin_dir: Path,
+                 timeout_s: float = 5) -> None:
+        self.argv = [shutil.which("psql") or str(bin_dir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                     "-h", host, "-p", str(port), "-U", user, "-d", "postgres"]
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGPASSWORD": password,
+                    "PGCONNECT_TIMEOUT": str(max(1, int(timeout_s)))}
+        self.table, self.timeout_s = table, timeout_s
+        self.process: subprocess.Popen[str] | None = None
+        #: Sessions opened, the first included.
+        self.sessions = 0
+
+    def insert(self, seq: int) -> None:
+        import select
+
+        if self.process is None:
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL, text=True, bufsize=1, env=self.env)
+            self.sessions += 1
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            self.process.stdin.write(f"INSERT INTO {self.table} VALUES ({seq}) ON CONFLICT (seq) DO UPDATE "
+                                     "SET seq = EXCLUDED.seq RETURNING seq;\n")
+            self.process.stdin.flush()
+            readable, _, _ = select.select([self.process.stdout], [], [], self.timeout_s)
+            answer = self.process.stdout.readline() if readable else None
+        except OSError as e:  # the session's pipe broke: psql exited
+            answer = f"({e})"
+        if answer is None or answer.strip() != str(seq):
+            self.close()
+            raise SessionLost(f"psql answered {answer!r} to the insert of {seq}")
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self.process = None

@@ -378,26 +378,23 @@ class LiveWriter:
 
     :meth:`stop` (call it once the servers are frozen) returns the acknowledged writes; a
     write the client was still waiting for is not among them. An error before the stop
-    fails the run: :meth:`stop` raises it, unless it is one of ``refused`` (a write the
-    servers turned down or did not answer in time while pods restart, as an application
-    sees it and retries): then the write is counted in :attr:`refused`, not acknowledged,
-    and the client goes on with the next sequence number after ``retry_s``.
+    fails the run: :meth:`stop` raises it, unless it is one of ``retry_on`` (a client riding
+    out a restart): then the same ``seq`` is written again after ``retry_s``, and
+    ``write(seq)`` must make a retry of a write that did land harmless (an insert that
+    ignores a duplicate key, a create that takes "exists" as done).
     """
 
     def __init__(self, write: Callable[[int], object], *, name: str = "writer",
-                 refused: tuple[type[BaseException], ...] = (), retry_s: float = 0.1) -> None:
+                 retry_on: tuple[type[BaseException], ...] = (), retry_s: float = 0.05) -> None:
         self._write = write
+        self._retry_on, self._retry_s = retry_on, retry_s
+        #: Failed attempts that were retried, by exception type name.
+        self.retried: dict[str, int] = {}
         self._acks: list[Ack] = []
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._error: BaseException | None = None
-        self._refused_types = refused
-        self._retry_s = retry_s
-        #: Writes refused (an error of ``refused``), and the last refusal's error.
-        self.refused = 0
-        self.last_refusal: BaseException | None = None
         self.started_at = 0.0
-        self.stopped_at: float | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> "LiveWriter":
@@ -410,11 +407,9 @@ class LiveWriter:
         while not self._stopped.is_set():
             try:
                 self._write(seq)
-            except self._refused_types as e:
+            except self._retry_on as e:
                 with self._lock:
-                    self.refused += 1
-                    self.last_refusal = e
-                seq += 1
+                    self.retried[type(e).__name__] = self.retried.get(type(e).__name__, 0) + 1
                 self._stopped.wait(self._retry_s)
                 continue
             except BaseException as e:  # noqa: BLE001 - reported by stop()
@@ -452,24 +447,22 @@ class LiveWriter:
         """Stop writing; the writes acknowledged so far, in order."""
         with self._lock:
             self._stopped.set()
-            if self.stopped_at is None:
-                self.stopped_at = time.monotonic()
             acks = list(self._acks)
         self._raise_error()
         return acks
 
-    def longest_outage_s(self, since: float | None = None) -> float:
-        """The longest time no write was acknowledged, from ``since`` (default: the start)
-        to the stop (or now)."""
-        with self._lock:
-            start = self.started_at if since is None else since
-            end = self.stopped_at if self.stopped_at is not None else time.monotonic()
-            times = [start, *(a.at for a in self._acks if start <= a.at <= end), end]
-        return max(b - a for a, b in zip(times, times[1:], strict=False))
-
     def join(self, timeout_s: float = 30.0) -> None:
         """Wait for the thread (its last write fails or returns once the servers are gone)."""
         self._thread.join(timeout_s)
+
+    def longest_gap_s(self, since: float | None = None, until: float | None = None) -> float:
+        """The longest time without an acknowledgement between ``since`` (default: the start)
+        and ``until`` (default: now), monotonic times: the client's longest write outage."""
+        since = self.started_at if since is None else since
+        until = time.monotonic() if until is None else until
+        with self._lock:
+            times = [since, *(a.at for a in self._acks if since < a.at < until), until]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
 
 
 @dataclass(frozen=True)

@@ -13,22 +13,26 @@ Needs ``redis-server`` and ``redis-cli`` (Debian: redis-server, redis-tools).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import redis
 from redis.sentinel import Sentinel
 
 from final_problem import local
 from final_problem.charts.redis import RedisProps
-from final_problem.clients.redis import RedisClient, RedisClientError
+from final_problem.clients.redis import RedisClient, RedisClientError, RedisSettings
 from final_problem.local import LOOPBACK, free_ports
+from final_problem.local.powercut import Ack, LiveWriter
+from final_problem.local.rollout import ExecProbe, Pod, PodSet
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import PI, Profile
 from final_problem.renderers.redis import ADMIN_USER, APP_USER, RedisConfigOptions, config_files
@@ -131,6 +135,7 @@ class LocalRedisSet:
             "REDIS_ANNOUNCE_HOST": HOST,
             "SENTINEL_QUORUM": str(options.quorum),
             "REDIS_SERVER": self.redis_server,
+            "REDIS_HANDOVER_TIMEOUT_S": str(options.handover_timeout_s),
         }
         self.members: list[_Process] = []
         self.sentinels: list[_Process] = []
@@ -277,6 +282,71 @@ class LocalRedisSet:
                                   error=_Timeout)
         except _Timeout as e:
             raise LocalRedisError(f"{e}; the set: {self.describe()}") from None
+
+    # Pods: the rendered StatefulSets over these processes --------------------------------
+
+    def podsets(self, objects: Sequence[dict[str, Any]]) -> tuple[PodSet, PodSet]:
+        """The ``redis`` and ``redis-sentinel`` StatefulSets of the chart's rendered ``objects``
+        (with their PodDisruptionBudgets) as rollout-harness pod sets
+        (:class:`~final_problem.local.rollout.PodSet`) over this set's members and Sentinels, for the rollout harness. Each pod runs its
+        start script as the container does; its readiness probe, and a member's preStop hook,
+        are the rendered commands with the in-container configuration directory replaced by
+        the local one (the ports and passwords come from the environment, as in the pod);
+        grace periods are the rendered ones. No pod runs yet: :meth:`PodSet.launch` starts
+        them (the members first, as :meth:`start` does: a Sentinel without state waits for a
+        member answering as primary)."""
+        from final_problem.charts.redis import CONFIG_DIR
+
+        def workload(name: str) -> dict[str, Any]:
+            return next(o for o in objects if o["kind"] == "StatefulSet" and o["metadata"]["name"] == name)
+
+        def pdb(name: str) -> dict[str, Any] | None:
+            return next((o for o in objects if o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == name), None)
+
+        def local(command: Sequence[str], proc: _Process) -> list[str]:
+            return [arg.replace(CONFIG_DIR, str(proc.config_dir)) for arg in command]
+
+        def maker(set_name: str, container_name: str, procs: list[_Process]) -> Callable[[int], Pod]:
+            spec = workload(set_name)["spec"]["template"]["spec"]
+            container = next(c for c in spec["containers"] if c["name"] == container_name)
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            hook = container.get("lifecycle", {}).get("preStop", {}).get("exec")
+
+            def make(ordinal: int) -> Pod:
+                proc = procs[ordinal]
+
+                def start() -> subprocess.Popen[bytes]:
+                    self._spawn(proc)
+                    assert proc.popen is not None
+                    return proc.popen
+
+                def pre_stop(pod: Pod, deadline: float) -> None:
+                    assert hook is not None
+                    try:
+                        result = subprocess.run(local(hook["command"], proc), env=proc.env, capture_output=True,
+                                                text=True, timeout=max(0.1, deadline - time.monotonic()), check=False)
+                    except subprocess.TimeoutExpired as e:  # the kubelet stops waiting at the grace end
+                        result = subprocess.CompletedProcess(e.cmd, -9, str(e.stdout or ""), str(e.stderr or ""))
+                    pod.events.append((time.monotonic(), f"preStop exited {result.returncode}: {result.stderr.strip()}"))
+                    with proc.log.open("a") as log:
+                        log.write(f"preStop exited {result.returncode}: {result.stdout}{result.stderr}")
+
+                return Pod(
+                    name=f"{set_name}-{ordinal}", start=start, container=container, grace_s=grace,
+                    ports={int(p["containerPort"]): proc.port for p in container.get("ports", [])},
+                    address=(HOST, proc.port), cleanup=lambda: self._kill(proc), ordinal=ordinal,
+                    readiness=ExecProbe.rendered(container["readinessProbe"],
+                                                 local(container["readinessProbe"]["exec"]["command"], proc), proc.env),
+                    pre_stop=pre_stop if hook is not None else None,
+                )
+            return make
+
+        return (
+            PodSet(name="redis", workload=workload("redis"), pdb=pdb("redis"), pods=[],
+                   make_pod=maker("redis", "redis", self.members)),
+            PodSet(name="redis-sentinel", workload=workload("redis-sentinel"), pdb=pdb("redis-sentinel"), pods=[],
+                   make_pod=maker("redis-sentinel", "sentinel", self.sentinels)),
+        )
 
     # Clients ---------------------------------------------------------------------------
 
@@ -440,3 +510,89 @@ def first_acknowledged_write(client: RedisClient, key: str, value: str, *, timeo
     local.wait_for(f"a primary to acknowledge {key!r} with {replicas} replica(s)", attempt, timeout_s=timeout_s,
                    interval_s=0.05, retry_on=NOT_YET, error=LocalRedisError)
     return time.monotonic() - started
+
+
+class DurableWrites:
+    """``write(seq)`` for a :class:`~final_problem.local.powercut.LiveWriter`: ``SET
+    <prefix><seq> <seq>`` then ``WAIT 1`` through the Sentinel client, tried again (the same
+    key and value) until a primary acknowledges it with a replica, as an application that
+    must not lose the write would. An attempt that fails is counted, never acknowledged;
+    after ``give_up_s`` of failures in a row the write raises, which stops the writer.
+    """
+
+    def __init__(self, client: RedisClient, *, prefix: str = "live:", give_up_s: float = 60) -> None:
+        self.client, self.prefix, self.give_up_s = client, prefix, give_up_s
+        self.failed_attempts = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, seq: int) -> None:
+        started = time.monotonic()
+        while True:
+            try:
+                self.client.set_durable(f"{self.prefix}{seq}", str(seq), replicas=1, timeout_ms=1000)
+                return
+            except (RedisClientError, redis.RedisError, OSError):
+                with self._lock:
+                    self.failed_attempts += 1
+                if time.monotonic() - started > self.give_up_s:
+                    raise
+                time.sleep(0.01)
+
+    def present(self, cluster: "LocalRedisSet", primary_index: int, acks: Sequence[Ack]) -> set[int]:
+        """The sequence numbers of ``acks`` whose key holds its value on member ``primary_index``."""
+        admin = cluster.admin(primary_index)
+        found: set[int] = set()
+        seqs = [a.seq for a in acks]
+        for start in range(0, len(seqs), 1000):
+            chunk = seqs[start:start + 1000]
+            values = admin.mget([f"{self.prefix}{seq}" for seq in chunk])
+            found.update(seq for seq, value in zip(chunk, values, strict=True) if value == str(seq))
+        return found
+
+
+def longest_outage_s(acks: Sequence[Ack], *, start: float, end: float) -> tuple[float, float]:
+    """The longest time between ``start`` and ``end`` (``time.monotonic()``) in which no write
+    was acknowledged, and when it began."""
+    times = [start, *(a.at for a in acks if start <= a.at <= end), end]
+    gap, at = max((b - a, a) for a, b in itertools.pairwise(times))
+    return gap, at
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What a change cost a client writing throughout: acknowledged writes, those missing
+    afterwards, the longest time none was acknowledged, and the attempts that failed."""
+
+    acknowledged: int
+    lost: tuple[int, ...]
+    outage_s: float
+    failed_attempts: int
+
+    def summary(self, what: str) -> str:
+        return (f"{what}: {self.acknowledged} acknowledged writes (WAIT 1), {len(self.lost)} lost, "
+                f"longest write outage {self.outage_s:.2f} s, {self.failed_attempts} failed attempts")
+
+
+def with_live_writes(cluster: LocalRedisSet, action: Callable[[], object], *, prefix: str) -> WriteOutcome:
+    """Run ``action`` while the platform's Sentinel client writes throughout (``SET`` + ``WAIT
+    1``, :class:`DurableWrites`); then compare every acknowledged write with the primary the
+    Sentinels agree on once the set has settled."""
+    settings = RedisSettings.from_env(cluster.client_env(), secret=lambda key: "")
+    client = RedisClient(settings=settings)
+    writes = DurableWrites(client, prefix=prefix)
+    writer = LiveWriter(writes, name=f"writer-{prefix}").start()
+    try:
+        writer.wait_for(50, timeout_s=30)
+        started = time.monotonic()
+        action()
+        writer.wait_for(writer.acknowledged + 50, timeout_s=30)
+        acks = writer.stop()
+        writer.join()
+        primary = cluster.wait_settled(timeout_s=60)
+        present = writes.present(cluster, cluster.member_index(primary), acks)
+    finally:
+        writer.stop()
+        client.close()
+    outage, _ = longest_outage_s(acks, start=started, end=acks[-1].at)
+    return WriteOutcome(acknowledged=len(acks), lost=tuple(a.seq for a in acks if a.seq not in present),
+                        outage_s=outage, failed_attempts=writes.failed_attempts)

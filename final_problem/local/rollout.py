@@ -279,6 +279,12 @@ class Pod:
     #: the rendered ``sleep`` or ``httpGet`` hook.
     pre_stop: Callable[["Pod", float], None] | None = None
     ordinal: int = 0
+    #: The kubelet's ``restartPolicy: Always``: a container that exits by itself is started
+    #: again after a back-off of 10 s, doubling up to 5 min (Kubernetes docs, "Pod Lifecycle",
+    #: container restart policy). Off: an exit fails :meth:`wait_ready` at once, as a test of
+    #: a launch wants.
+    restart_on_exit: bool = False
+    restarts: int = 0
     #: The Service's endpoints this pod is in while Ready (a StatefulSet's governing Service).
     endpoints: Endpoints | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -288,6 +294,7 @@ class Pod:
     #: When the pod last became Ready (monotonic), for ``minReadySeconds``.
     ready_since: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
+    _restarting: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def run(self) -> "Pod":
         if self.readiness is None:
@@ -314,7 +321,13 @@ class Pod:
         assert probe is not None
         time.sleep(probe.initial_delay_s)
         passed = failed = 0
-        while self._alive():
+        backoff = 10.0
+        while True:
+            if not self._alive():
+                if self.terminating or not self.restart_on_exit or not self._restart_after(backoff):
+                    return
+                backoff, passed, failed = min(backoff * 2, 300.0), 0, 0
+                continue
             ok = probe.passes()
             if not self._alive():
                 return
@@ -325,6 +338,25 @@ class Pod:
                 self._set_ready(False)
             time.sleep(probe.period_s)
 
+    def _restart_after(self, backoff: float) -> bool:
+        """The container exited by itself: not Ready, then started again after ``backoff``
+        unless the pod is deleted meanwhile. False when it was."""
+        assert self.proc is not None
+        self._set_ready(False)
+        self.events.append((time.monotonic(), f"exited {self.proc.returncode}, restart in {backoff:.0f} s"))
+        deadline = time.monotonic() + backoff
+        while time.monotonic() < deadline:
+            if self.terminating:
+                return False
+            time.sleep(0.1)
+        with self._restarting:
+            if self.terminating:
+                return False
+            self.proc = self.start()
+            self.restarts += 1
+            self.events.append((time.monotonic(), "restarted"))
+        return True
+
     def available(self, min_ready_s: float) -> bool:
         """Ready for at least ``min_ready_s`` (a workload's ``minReadySeconds``)."""
         since = self.ready_since
@@ -334,7 +366,8 @@ class Pod:
         """Wait until the prober finds the pod Ready (and ``min_ready_s`` has passed)."""
         deadline = time.monotonic() + timeout_s
         while not self.available(min_ready_s):
-            if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
+            exited = not self.restart_on_exit and self.proc is not None and self.proc.poll() is not None
+            if time.monotonic() > deadline or exited:
                 raise RolloutError(f"pod {self.name} did not become ready within {timeout_s:.0f} s")
             time.sleep(0.05)
 
@@ -342,7 +375,8 @@ class Pod:
         """The kubelet's termination: endpoint out, preStop, SIGTERM, SIGKILL at the grace end."""
         deadline = time.monotonic() + self.grace_s
         self._set_ready(False)
-        self.terminating = True
+        with self._restarting:  # no restart begins once the pod is deleted
+            self.terminating = True
         for eps in {id(e): e for e in (endpoints, self.endpoints) if e is not None}.values():
             eps.remove(self.address)
         self.events.append((time.monotonic(), "deleted"))
@@ -537,8 +571,8 @@ def drain(podsets: Sequence[PodSet], node: int, *, ready_timeout_s: float = 180,
     """``kubectl drain`` of the node that runs ordinal ``node`` of every set (one member of
     each set per node: the charts' anti-affinity). Every pod is evicted at once where its PDB
     allows, a refused eviction is retried every ``retry_s`` (kubectl's interval), and each
-    evicted pod is recreated on another node by its controller; returns when every
-    replacement is available. Kubernetes docs, "Safely Drain a Node", "API-initiated Eviction"."""
+    evicted pod is recreated on another node by its controller (a Deployment's at once, a
+    StatefulSet's once the old pod is gone); returns when every replacement is available. Kubernetes docs, "Safely Drain a Node", "API-initiated Eviction"."""
     start = time.monotonic()
     refused = {s.name: 0 for s in podsets}
     lock = threading.Lock()
@@ -559,8 +593,18 @@ def drain(podsets: Sequence[PodSet], node: int, *, ready_timeout_s: float = 180,
                     raise RolloutError(f"{podset.name}: eviction of {pod.name} refused by its PDB for "
                                        f"{ready_timeout_s:.0f} s")
                 time.sleep(retry_s)
-            pod.delete(podset.endpoints)
-            podset.replace(node, ready_timeout_s=ready_timeout_s)
+            if podset.workload.get("kind") == "Deployment":
+                # A ReplicaSet counts a terminating pod out at once and starts its
+                # replacement while the old one still runs its preStop and grace period.
+                stopping = threading.Thread(target=pod.delete, args=(podset.endpoints,), daemon=True)
+                stopping.start()
+                podset.replace(node, ready_timeout_s=ready_timeout_s)
+                stopping.join()
+            else:
+                # A StatefulSet recreates the pod under the same name and volume only once
+                # the old one is gone.
+                pod.delete(podset.endpoints)
+                podset.replace(node, ready_timeout_s=ready_timeout_s)
         except BaseException as e:  # noqa: BLE001 - raised below
             errors.append(e)
 
@@ -770,8 +814,67 @@ def demo_rollout(workdir: Path, pods: DemoPods, *, options: "EdgeOptions", route
         edge.close()
 
 
-def report(name: str, clients: LiveClients, seconds: float) -> str:
-    """One line: rollout time, failed requests, the longest time nothing succeeded."""
+def edge_drain(workdir: Path, deployment: dict[str, Any], pdb: dict[str, Any], demo: DemoPods,
+               demo_pdb: dict[str, Any], *, options: "EdgeOptions", routes: Sequence["EdgeRoute"],
+               nodes: Sequence[int] = (0, 1), clients: int = 8) -> tuple[LiveClients, list[DrainResult]]:
+    """The nodes running the edge and the demo drained one after another, ``clients``
+    threads sending through the ServiceLB stand-in, the edge Envoys and the demo pods: on
+    each node the edge proxy and the demo pod are evicted at once, as far as their PDBs
+    allow, and recreated. Each edge reads the demo's ready pods from its file (the headless
+    Service's DNS answer)."""
+    from final_problem.local.envoy import LocalEdge
+
+    container = _container(deployment, "envoy")
+    edges: list[LocalEdge] = []
+    made: list[Pod] = []
+
+    def demo_changed(current: list[tuple[str, int]]) -> None:
+        for edge in list(edges):
+            edge.set_endpoints("demo", current)
+
+    demo_endpoints = Endpoints(on_change=demo_changed)
+    front = Endpoints()
+    balancer = LoadBalancer(front)
+
+    def edge_pod(i: int) -> Pod:
+        edge = LocalEdge(workdir=workdir / f"edge-{len(made)}", routes=routes,
+                         backends={"demo": demo_endpoints.current()}, options=options, dynamic=("demo",))
+
+        def start() -> subprocess.Popen[bytes]:
+            edges.append(edge)
+            edge.set_endpoints("demo", demo_endpoints.current())
+            return edge.start().proc  # type: ignore[return-value]
+
+        def gone() -> None:
+            if edge in edges:
+                edges.remove(edge)
+            edge.close()
+
+        made.append(Pod(name=f"envoy-{len(made)}", start=start, container=container, grace_s=_grace(deployment),
+                        ports={8081: edge.options.health_port}, address=(LOOPBACK, edge.options.port), cleanup=gone))
+        return made[-1]
+
+    demo_set = PodSet(name="demo", workload=demo.deployment, pdb=demo_pdb, pods=[],
+                      make_pod=lambda i: demo.pod(f"demo-{len(demo.made)}"), endpoints=demo_endpoints)
+    edge_set = PodSet(name="envoy", workload=deployment, pdb=pdb, pods=[], make_pod=edge_pod, endpoints=front)
+    try:
+        demo_set.launch(ready_timeout_s=60)
+        edge_set.launch(ready_timeout_s=60)
+        for edge in edges:
+            edge.wait_healthy("demo", len(demo_set.pods))
+        with LiveClients(balancer.port, threads=clients) as live:
+            time.sleep(1)
+            results = drain_nodes([edge_set, demo_set], nodes, ready_timeout_s=120)
+            time.sleep(1)
+        return live, results
+    finally:
+        balancer.close()
+        _kill_all(made)
+        demo.close()
+
+
+def report(name: str, clients: LiveClients, seconds: float, *, took: str = "rollout") -> str:
+    """One line: how long it took, failed requests, the longest time nothing succeeded."""
     kinds = sorted(set(clients.failed))[:5]
-    return (f"{name}: rollout {seconds:.1f} s, {len(clients.failed)} of {clients.total} requests failed"
+    return (f"{name}: {took} {seconds:.1f} s, {len(clients.failed)} of {clients.total} requests failed"
             f"{' ' + str(kinds) if kinds else ''}, longest gap {clients.longest_gap_s():.2f} s")

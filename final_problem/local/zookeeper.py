@@ -23,6 +23,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from final_problem import local, versions
 from final_problem.clients.zookeeper import four_letter_word, server_mode
@@ -31,6 +32,19 @@ from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import PI, Profile
 from final_problem.renderers.zookeeper import EnsembleConfig, Member, java_command, myid_file, zoo_cfg
+
+if TYPE_CHECKING:
+    from final_problem.local.rollout import PodSet, Readiness
+
+
+def rendered_ensemble(profile: Profile = PI) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The chart's StatefulSet and PodDisruptionBudget as ``profile`` renders them."""
+    from final_problem import config, manifests
+
+    settings = config.from_mapping({"components": ["base", "zookeeper"]})
+    objects = manifests.chart_objects(manifests.render(settings, profile.name)["zookeeper"])
+    return (next(o for o in objects if o["kind"] == "StatefulSet"),
+            next(o for o in objects if o["kind"] == "PodDisruptionBudget"))
 
 
 def zookeeper_home(version: str = versions.ZOOKEEPER_VERSION) -> Path:
@@ -80,7 +94,8 @@ class LocalEnsemble:
     """
 
     def __init__(self, *, workdir: Path, size: int = 3, tick_time_ms: int = 250, profile: Profile = PI,
-                 limits: bool = True, version: str = versions.ZOOKEEPER_VERSION) -> None:
+                 limits: bool = True, jvm_options: Sequence[str] = (),
+                 version: str = versions.ZOOKEEPER_VERSION) -> None:
         """``version``: the ZooKeeper version every member first starts with (an upgrade
         starts members again at another one)."""
         props = ZooKeeperProps.for_profile(profile)
@@ -99,6 +114,8 @@ class LocalEnsemble:
         self.metrics_ports = {m.myid: ports[4 * i + 3] for i, m in enumerate(members)}
         self.workdir = workdir
         self.heap_mib = heap_mib
+        #: JVM options added to the chart's (measurement only, e.g. Native Memory Tracking).
+        self.jvm_options = tuple(jvm_options)
         self.procs = {m.myid: _Process(member=m, directory=workdir / f"member-{m.myid}", version=version) for m in members}
         self.config = EnsembleConfig(
             members=members,
@@ -149,7 +166,7 @@ class LocalEnsemble:
             java=shutil.which("java") or "java", classpath=classpath(proc.directory, proc.version), config_path=str(cfg),
             heap_mib=self.heap_mib,
         )
-        command.insert(1, local.gc_log_flag(proc.directory))
+        command[1:1] = [local.gc_log_flag(proc.directory), *self.jvm_options]
         log = open(proc.directory / "server.log", "ab")
         try:
             proc.process = subprocess.Popen(
@@ -186,6 +203,55 @@ class LocalEnsemble:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- as the StatefulSet's pods ----------------------------------------------------
+
+    def readiness_argv(self, container: dict[str, Any], myid: int) -> list[str]:
+        """The container's rendered readiness command, aimed at member ``myid``'s client port."""
+        command = list(container["readinessProbe"]["exec"]["command"])
+        rendered_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "client")
+        target = f"/dev/tcp/127.0.0.1/{rendered_port} "
+        if target not in command[-1]:
+            raise EnsembleError(f"the rendered readiness probe does not ask 127.0.0.1:{rendered_port}: {command}")
+        command[-1] = command[-1].replace(target, f"/dev/tcp/{LOOPBACK}/{self.procs[myid].member.client_port} ")
+        return command
+
+    def pod_set(self, statefulset: dict[str, Any], pdb: dict[str, Any] | None = None, *,
+                readiness: "Callable[[int], Readiness] | None" = None,
+                version: Callable[[], str | None] = lambda: None) -> "PodSet":
+        """The members as the rendered StatefulSet's pods, not yet started (:meth:`PodSet.launch`):
+        ordinal ``i`` is member ``i + 1`` on its own data directories (its volumes), with the
+        rendered readiness probe run here against its client port (``readiness(myid)``
+        replaces it), the rendered grace period, no preStop (none is rendered). A pod starts
+        its member at ``version()`` when it is made (None: the version the member ran; an
+        upgrade changes it between rollouts)."""
+        from final_problem.local.rollout import ExecProbe, Pod, PodSet
+
+        spec = statefulset["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+
+        def make(ordinal: int) -> Pod:
+            myid = ordinal + 1
+            member = self.procs[myid].member
+            at = version()
+
+            def start() -> "subprocess.Popen[bytes]":
+                self.start(myid, at)
+                process = self.procs[myid].process
+                assert process is not None
+                return process
+
+            def forget() -> None:
+                self.procs[myid].process = None
+
+            probe = readiness(myid) if readiness is not None else ExecProbe.rendered(
+                container["readinessProbe"], self.readiness_argv(container, myid))
+            return Pod(name=f"zookeeper-{ordinal}", start=start, container=container, grace_s=grace,
+                       ports={}, address=(LOOPBACK, member.client_port), cleanup=forget, readiness=probe,
+                       ordinal=ordinal)
+
+        return PodSet(name="zookeeper", workload=statefulset, pdb=pdb, pods=[], make_pod=make)
 
     # -- observation -----------------------------------------------------------------
 
@@ -241,3 +307,82 @@ class LocalEnsemble:
     def log(self, myid: int) -> str:
         path = self.procs[myid].directory / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+class ZnodeWrites:
+    """A session through ``hosts`` (the client Service) creating ``/<prefix>/<seq>`` in a loop,
+    counted by a :class:`~final_problem.local.powercut.LiveWriter`: a write not acknowledged
+    within ``write_timeout_s`` or cut by a lost connection is written again (a create that finds
+    the znode takes it as landed). ``states`` are the session's state changes."""
+
+    def __init__(self, *, hosts: str, prefix: str, write_timeout_s: float = 5) -> None:
+        from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, SessionExpiredError
+        from kazoo.handlers.threading import KazooTimeoutError
+
+        from final_problem.clients.zookeeper import ZooKeeperClient
+        from final_problem.local.powercut import LiveWriter
+
+        self.prefix, self.write_timeout_s = prefix, write_timeout_s
+        self._closed = False
+        self.client = ZooKeeperClient(hosts=hosts, timeout=10).start()
+        self.client.kazoo.ensure_path(f"/{prefix}")
+        self.writer = LiveWriter(self._write, name=f"zookeeper-{prefix}",
+                                 retry_on=(ConnectionLoss, ConnectionClosedError, KazooTimeoutError, SessionExpiredError))
+
+    def _write(self, seq: int) -> None:
+        from kazoo.exceptions import NodeExistsError
+
+        try:
+            self.client.kazoo.create_async(f"/{self.prefix}/{seq:08d}", b"x").get(timeout=self.write_timeout_s)
+        except NodeExistsError:
+            pass  # an earlier try of this write landed
+
+    def start(self) -> "ZnodeWrites":
+        self.writer.start()
+        self.writer.wait_for(20, timeout_s=30)
+        return self
+
+    def finish(self) -> "RolloutWrites":
+        """Stop once writes flow again; what was acknowledged, lost and the longest outage."""
+        self.writer.wait_for(self.writer.acknowledged + 20, timeout_s=30)
+        acks = self.writer.stop()
+        self.writer.join()
+        states = list(self.client.states)  # before close(), whose own end of the session is LOST
+        self.client.kazoo.sync(f"/{self.prefix}")
+        present = {int(name) for name in self.client.kazoo.get_children(f"/{self.prefix}")}
+        self.close()
+        return RolloutWrites(acknowledged=len(acks), lost=tuple(sorted({a.seq for a in acks} - present)),
+                             longest_outage_s=self.writer.longest_gap_s(until=acks[-1].at), states=tuple(states),
+                             retried=dict(self.writer.retried))
+
+    def close(self) -> None:
+        """End the session (once; the writer must be stopped first or it retries for ever)."""
+        if not self._closed:
+            self._closed = True
+            from final_problem.local.powercut import PowerCutError
+
+            try:
+                self.writer.stop()
+            except PowerCutError:
+                pass  # the writer's own error: finish() raises it
+            self.client.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutWrites:
+    """What a client writing through a rollout saw."""
+
+    acknowledged: int
+    lost: tuple[int, ...]
+    longest_outage_s: float
+    states: tuple[str, ...]
+    retried: dict[str, int]
+
+    @property
+    def session_expired(self) -> bool:
+        return "LOST" in self.states
+
+    def summary(self, what: str, seconds: float) -> str:
+        return (f"{what}: {seconds:.1f} s, {self.acknowledged} acknowledged writes, {len(self.lost)} lost, "
+                f"longest write outage {self.longest_outage_s:.2f} s, session "
+                f"{'expired' if self.session_expired else 'kept'}")

@@ -184,19 +184,73 @@ def server_config(cfg: ServerConfig) -> str:
     return yaml.safe_dump(server_config_dict(cfg), sort_keys=False)
 
 
+#: Seconds history and matching go on serving after SIGTERM (``<service>.shutdownDrainDuration``,
+#: Cadence's default 0: they stop at once). What each does in them (v1.4.1 ``service/*/service.go``,
+#: ``Stop``): history leaves the ring, stops acquiring shards and keeps serving 5 s while the
+#: others take its shards over, then 2 s more (``shardOwnershipTransferDelay``, ``gracePeriod``:
+#: 7.4 s in all); matching leaves the ring and keeps serving while its task lists move. Their
+#: callers are Cadence's own clients, which retry a refused call on the new owner.
+#:
+#: Not the frontend: its drain fails its health check (which no client here reads: the
+#: Python SDK and a Service's kube-proxy do not) and keeps serving, then refuses every call
+#: for its last second with "Shutting down" before it closes its connections. Clients stay on
+#: their open HTTP/2 connection until it closes, so they meet that second: in a rollout here
+#: the worker's RespondActivityTaskCompleted was refused, the SDK did not retry it, and the
+#: activity timed out. The frontend waits in a preStop sleep instead (:data:`FRONTEND_PRE_STOP_S`,
+#: charts/cadence.py) and stops at once on SIGTERM: it closes its connections (GOAWAY, the
+#: calls in flight finish) right after it starts refusing, and clients reconnect through the
+#: Service to the new pod.
+SHUTDOWN_DRAIN_S: Mapping[str, int] = {"history": 10, "matching": 10}
+#: Seconds a terminating frontend keeps serving in its preStop sleep, fully, while the
+#: EndpointSlice controller takes it out of the Service and kube-proxy stops sending it new
+#: connections.
+FRONTEND_PRE_STOP_S = 5
+#: Seconds a worker's poll waits in matching for a task before it is answered empty
+#: (``matching.longPollExpirationInterval``, Cadence's default 60 s). The frontend's gRPC server
+#: stops gracefully (yarpc's inbound: ``GracefulStop``), waiting for every call in flight, the
+#: workers' polls included: with 60 s a frontend outlived its 60 s grace period in a rollout
+#: and was SIGKILLed with the polls open, and a task handed to a cut poll ran again after its
+#: timeout. 20 s ends every poll within the drain's reach (drain + poll < grace); a worker then
+#: sends one empty poll per 20 s per poller, nothing to a server.
+LONG_POLL_S = 20
+
+
 def dynamic_config(*, history_count_limit_error: int = 51200) -> str:
     """File-based dynamic configuration: each key a list of ``{value, constraints}``.
 
     Only limits worth stating are set; everything else keeps Cadence's defaults
     (``common/dynamicconfig/dynamicproperties``). ``history.historyCountLimitError``:
     events after which a workflow is terminated (Cadence default 204800); lower here so a
-    runaway workflow cannot fill a Pi's disk.
+    runaway workflow cannot fill a Pi's disk. The drains of :data:`SHUTDOWN_DRAIN_S` and the
+    long poll of :data:`LONG_POLL_S` (durations as Go strings: the file-based client parses them with ``time.ParseDuration``).
     """
-    doc = {
+    doc: dict[str, object] = {
         "history.historyCountLimitError": [{"value": history_count_limit_error, "constraints": {}}],
         "system.enableGRPCOutbound": [{"value": True, "constraints": {}}],
     }
+    for service, seconds in SHUTDOWN_DRAIN_S.items():
+        doc[f"{service}.shutdownDrainDuration"] = [{"value": f"{seconds}s", "constraints": {}}]
+    doc["matching.longPollExpirationInterval"] = [{"value": f"{LONG_POLL_S}s", "constraints": {}}]
     return yaml.safe_dump(doc, sort_keys=True)
+
+
+def readiness_command(service: str, *, ports: ServicePorts, frontend_address: str, cli: str = "cadence") -> list[str]:
+    """The readiness probe of ``service``: serving, not only listening.
+
+    The frontend: it answers the admin API's DescribeCluster on its own gRPC port, which needs
+    its handlers registered and its own place in the ring (``WhoAmI``). History, matching and
+    worker: the ring the frontend sees lists this pod (its ``$POD_IP`` and TChannel port, the
+    ring identity), so the others route shards, task lists and calls to it; a pod leaves the
+    ring first thing on SIGTERM. The image ships the ``cadence`` CLI; DescribeCluster reads no
+    database. Sources: cadence v1.4.1 ``service/frontend/admin/handler.go`` (DescribeCluster),
+    ``tools/cli/admin_cluster_commands.go``.
+    """
+    if service not in SERVICES:
+        raise ConfigError("cadence.service", service, "unknown service", f"use one of {', '.join(SERVICES)}")
+    if service == "frontend":
+        return [cli, "--address", f"127.0.0.1:{ports.grpc}", "--transport", "grpc", "admin", "cluster", "describe"]
+    return ["sh", "-c", f"{cli} --address {frontend_address} --transport grpc admin cluster describe"
+                        f' | grep -qF "\\"$POD_IP:{ports.tchannel}\\""']
 
 
 def server_command(*, root: str, env: str, service: str) -> list[str]:

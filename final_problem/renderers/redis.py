@@ -82,6 +82,13 @@ class RedisConfigOptions:
     #: Seconds the bootstrap member with an empty data directory waits for a Sentinel or
     #: a member to answer before it starts a new, empty set as its primary.
     bootstrap_wait_s: int = 30
+    #: Seconds the primary's preStop hook (:data:`PRESTOP_REDIS`) may take to hand over. A
+    #: forced Sentinel failover of caught-up replicas completes in 1-2 s (the Sentinel sees
+    #: the promotion in the replica's INFO, which it asks every second during a failover:
+    #: sentinel.c, sentinelSendPeriodicCommands); 20 s leave room for the replicas to catch
+    #: up and for asking a second and a third Sentinel when one goes away (a node drain stops a
+    #: Sentinel at the same time), each after :data:`HANDOVER_RETRY_S`.
+    handover_timeout_s: int = 20
 
 
 def redis_conf(options: RedisConfigOptions) -> str:
@@ -173,6 +180,7 @@ def sentinel_master_conf(options: RedisConfigOptions) -> str:
 #   REDIS_ADMIN_PASSWORD, REDIS_APP_PASSWORD, REDIS_METRICS_PASSWORD,
 #   REDIS_SENTINEL_PASSWORD (secretKeyRef)
 #   REDIS_SERVER       the redis-server binary (default: redis-server on PATH)
+#   REDIS_HANDOVER_TIMEOUT_S  seconds the primary's preStop hook may take to hand over
 
 #: File an operator creates in a member's data directory to make it start as the
 #: primary when nothing else can decide (see the README, "power cut").
@@ -180,6 +188,9 @@ FORCE_PRIMARY_FILE = "force-primary"
 #: ``replica-priority`` of a replica once it has synchronised with its primary (the
 #: Redis default, redis.conf); a replica starts at 0, which Sentinel never promotes.
 REPLICA_PRIORITY = 100
+#: Seconds the preStop hook waits for the Sentinels to name a new primary before it asks
+#: the next Sentinel to fail over (the one asked may be stopping, as in a node drain).
+HANDOVER_RETRY_S = 4
 
 #: Shared shell functions: ask the Sentinels and the members who is the primary.
 LIB_SH = r"""# Sourced by start-redis.sh and start-sentinel.sh.
@@ -268,6 +279,48 @@ best_primary() {
   member_views | grep '^2 ' | sort -k2,2nr | head -n 1 | cut -d ' ' -f 3- || true
 }
 
+# redis-cli as the admin user against the member at $1 (host:port), the rest a command.
+member_cli() {
+  target=$1
+  shift
+  REDISCLI_AUTH="$REDIS_ADMIN_PASSWORD" timeout 3 \
+    redis-cli --no-auth-warning --raw --user admin -h "${target%:*}" -p "${target##*:}" "$@" 2>/dev/null | tr -d '\r'
+}
+
+# The value of field $1 of the INFO text on stdin.
+info_field() {
+  awk -F: -v key="$1" '$1 == key { print $2 }'
+}
+
+# One line per Sentinel answering that may be failing over the primary it names: it holds
+# it subjectively or objectively down, runs a failover of it, or has had no reply from it
+# for more than half of down-after-milliseconds (it may call it down before a server
+# started now answers its pings).
+failover_suspicions() {
+  for addr in $REDIS_SENTINELS; do
+    sentinel_cli "$addr" SENTINEL master "$REDIS_MASTER_NAME" |
+      awk -v addr="$addr" 'NR % 2 == 1 { key = $0; next } { v[key] = $0 }
+        END {
+          if (v["flags"] ~ /s_down|o_down|failover_in_progress/) print addr ": " v["flags"]
+          else if (v["last-ok-ping-reply"] + 0 > v["down-after-milliseconds"] / 2)
+            print addr ": no reply from it for " v["last-ok-ping-reply"] " ms"
+        }' || true
+  done
+}
+
+# The name of each replica that a Sentinel answering could promote: neither down nor
+# disconnected, replica-priority above 0 (sentinel.c, sentinelSelectSlave). SENTINEL
+# REPLICAS lists each replica's fields in this order: name ... flags ... slave-priority.
+promotable_replicas() {
+  for addr in $REDIS_SENTINELS; do
+    sentinel_cli "$addr" SENTINEL replicas "$REDIS_MASTER_NAME" |
+      awk 'NR % 2 == 1 { key = $0; next }
+        key == "name" { name = $0 }
+        key == "flags" { flags = $0 }
+        key == "slave-priority" && flags !~ /s_down|o_down|disconnected/ && $0 + 0 > 0 { print name }' || true
+  done
+}
+
 # Log a waiting message at most every 30 s.
 say_waiting() {
   now=$(date +%s)
@@ -293,6 +346,9 @@ START_REDIS = r"""#!/bin/sh
 # 5. else wait and ask again: a member with data never elects itself, since its data
 #    may be older than what the others acknowledged.
 # Named primary with an empty data directory (a lost volume), it waits for the failover.
+# Named primary while the Sentinels may be failing it over (down in their view, or not
+# heard from for half of down-after), it waits for the failover as well, unless they know
+# no replica they could promote (or __FORCE__ exists).
 # A replica starts with replica-priority 0 (Sentinel never promotes it) and gets the
 # default priority back once it has synchronised with its primary: a replica that came
 # back with old data and has not caught up can never become the primary.
@@ -317,6 +373,20 @@ while :; do
     say_waiting "the Sentinels name this member, whose data directory is empty: waiting for their failover"
     sleep "${REDIS_RETRY_S:-2}"
     continue
+  fi
+  if [ "$primary" = "$REDIS_ANNOUNCE_HOST $REDIS_PORT" ] && [ ! -e "$REDIS_DATA_DIR/__FORCE__" ]; then
+    # Named, but the Sentinels may be failing this member over: a Sentinel names the
+    # promoted replica only once it has seen the promotion. Started as primary now, it
+    # would take writes that the failover then discards (clients asking a Sentinel that has
+    # not switched yet keep writing here until a Sentinel converts it, seconds later). It
+    # waits for the Sentinels to name the new primary, unless none of them knows a replica
+    # it could promote: then nobody else can take over.
+    suspicions=$(failover_suspicions)
+    if [ -n "$suspicions" ] && [ -n "$(promotable_replicas)" ]; then
+      say_waiting "the Sentinels name this member but may be failing it over ($(printf '%s' "$suspicions" | tr '\n' ';')): waiting for them to name the new primary"
+      sleep "${REDIS_RETRY_S:-2}"
+      continue
+    fi
   fi
   [ -z "$primary" ] || break
   primary=$(best_member)
@@ -466,10 +536,139 @@ echo "monitoring $name at $1:$2 ($source)" >&2
 exec "${REDIS_SERVER:-redis-server}" "$conf" --sentinel
 """
 
+#: The Redis container's preStop hook: a primary hands over to a caught-up replica before it stops.
+PRESTOP_REDIS = r"""#!/bin/sh
+# preStop hook of a Redis member: Kubernetes runs it before SIGTERM, within the pod's
+# terminationGracePeriodSeconds. A replica stops as it is. The primary hands over first,
+# without losing an acknowledged write, in the steps of Redis's coordinated FAILOVER
+# command (redis.io/commands/failover):
+# 1. CLIENT PAUSE WRITE: no write, script or PUBLISH runs on it any more, so its
+#    replication offset stops moving (redis.io/commands/client-pause);
+# 2. every replica the Sentinels could promote (replica-priority above 0) reaches that
+#    offset, its link up: whichever one they promote holds every write this primary took;
+# 3. SENTINEL FAILOVER: a Sentinel promotes one of them and points the others at it, which
+#    continue by partial resynchronisation, none being ahead of it;
+# 4. once the Sentinels answering (a majority) all name the new primary, this member
+#    becomes its replica (REPLICAOF) and only then is unpaused: the writes the pause held
+#    fail with READONLY, on which a Sentinel client asks the Sentinels again and reconnects
+#    to the new primary (redis-py: SentinelManagedConnection).
+# FAILOVER itself would tell no Sentinel: they keep naming this member, a replica from
+# then on, until they call it down (down-after-milliseconds plus two INFO periods: sentinel.c,
+# sentinelCheckSubjectivelyDown) and fail over again to a replica of their choosing (Redis
+# issue 13118). SENTINEL FAILOVER alone leaves this member a writable primary until a
+# Sentinel converts it, about 8 s later (four hello periods): writes acknowledged there in
+# the meantime are discarded when it and the replicas still following it resynchronise.
+# If the hand-over fails, writes stay paused and the hook exits 1: the member is stopping
+# anyway, and the Sentinels fail over as after a crash, with no write taken here meanwhile.
+. "$REDIS_CONFIG_DIR/lib.sh"
+require REDIS_CONFIG_DIR REDIS_PORT REDIS_ANNOUNCE_HOST REDIS_SENTINELS REDIS_MASTER_NAME \
+  REDIS_ADMIN_PASSWORD REDIS_SENTINEL_PASSWORD REDIS_HANDOVER_TIMEOUT_S
+self="127.0.0.1:$REDIS_PORT"
+majority=$(($(count $REDIS_SENTINELS) / 2 + 1))
+started=$(date +%s)
+deadline=$((started + REDIS_HANDOVER_TIMEOUT_S))
+
+fail() {
+  echo "hand-over failed: $1; writes stay paused until the server stops, the Sentinels fail over after down-after-milliseconds" >&2
+  exit 1
+}
+
+info=$(member_cli "$self" INFO replication)
+if [ "$(printf '%s\n' "$info" | info_field role)" != master ]; then
+  echo "not the primary: nothing to hand over" >&2
+  exit 0
+fi
+named=$(sentinel_primary "$majority" | cut -d ' ' -f 2-)
+if [ "$named" != "$REDIS_ANNOUNCE_HOST $REDIS_PORT" ]; then
+  echo "a primary the Sentinels do not name (they name: ${named:-nothing, no majority answers}): nothing to hand over" >&2
+  exit 0
+fi
+# slaveN:ip=HOST,port=PORT,state=...: the address each replica announces.
+replicas=$(printf '%s\n' "$info" | awk -F'[:,=]' '/^slave[0-9]+:/ { print $3 ":" $5 }')
+[ -n "$replicas" ] || fail "no replica is connected"
+
+# Paused beyond the hook's end: a hook that gives up leaves the pause to the server's shutdown.
+member_cli "$self" CLIENT PAUSE $(((REDIS_HANDOVER_TIMEOUT_S + 30) * 1000)) WRITE >/dev/null ||
+  fail "CLIENT PAUSE refused"
+offset=$(member_cli "$self" INFO replication | info_field master_repl_offset)
+[ -n "$offset" ] || fail "no replication offset"
+
+while :; do
+  promotable=0
+  behind=""
+  for replica in $replicas; do
+    state=$(member_cli "$replica" INFO replication)
+    priority=$(printf '%s\n' "$state" | info_field slave_priority)
+    if [ "${priority:-1}" = 0 ]; then
+      # Never promoted, so it may lag (still synchronising after a restart): unless a
+      # Sentinel still lists it as promotable, from INFO up to 10 s old (sentinel.c,
+      # sentinel_info_period), and could pick it. Readiness and the PDB normally keep a
+      # primary from stopping that soon after a replica restarted.
+      case " $(promotable_replicas | tr '\n' ' ') " in
+        *" $replica "*) ;;
+        *) continue ;;
+      esac
+    fi
+    reached=$(printf '%s\n' "$state" | info_field slave_repl_offset)
+    case "$state" in
+      *master_link_status:up*)
+        if [ "${reached:-0}" -ge "$offset" ]; then
+          promotable=$((promotable + 1))
+          continue
+        fi
+        ;;
+    esac
+    behind="$behind $replica(${reached:-no answer})"
+  done
+  [ -n "$behind" ] || break
+  [ "$(date +%s)" -lt "$deadline" ] || fail "replicas behind offset $offset:$behind"
+  sleep 0.05
+done
+[ "$promotable" -gt 0 ] || fail "no replica the Sentinels could promote (all have replica-priority 0)"
+
+asked=0
+asked_at=0
+while :; do
+  # What clients are told (get-master-addr-by-name: Redis docs, "Sentinel client spec"):
+  # the promoted replica once a Sentinel has seen the promotion, or learnt it from the
+  # hello of the Sentinel that ran the failover.
+  # One question per Sentinel: writes are paused while this loop runs.
+  views=$(for addr in $REDIS_SENTINELS; do
+    sentinel_cli "$addr" SENTINEL get-master-addr-by-name "$REDIS_MASTER_NAME" | tr '\n' ' ' |
+      awk 'NF == 2 { print $1, $2 }' || true
+  done)
+  answered=$(printf '%s\n' "$views" | grep -c . || true)
+  names=$(printf '%s\n' "$views" | grep . | sort -u)
+  if [ "$answered" -ge "$majority" ] && [ "$(printf '%s\n' "$names" | grep -c .)" -eq 1 ] &&
+    [ "$names" != "$REDIS_ANNOUNCE_HOST $REDIS_PORT" ]; then
+    break
+  fi
+  now=$(date +%s)
+  [ "$now" -lt "$deadline" ] || fail "the Sentinels did not agree on a new primary (they name: $(printf '%s' "$names" | tr '\n' ';'))"
+  if [ $((now - asked_at)) -ge __RETRY__ ]; then
+    # The next Sentinel each time, and at once when one does not answer: the one asked
+    # before may be stopping (a node drain stops a Sentinel too).
+    set -- $REDIS_SENTINELS
+    shift $((asked % $#))
+    answer=$(sentinel_cli "$1" SENTINEL FAILOVER "$REDIS_MASTER_NAME" | tr '\n' ' ')
+    echo "asked the Sentinel $1 to fail over: ${answer:-no answer}" >&2
+    asked=$((asked + 1))
+    [ -z "$answer" ] || asked_at=$now
+  fi
+  sleep 0.05
+done
+set -- $names
+member_cli "$self" REPLICAOF "$1" "$2" >/dev/null || fail "REPLICAOF $1 $2 refused"
+member_cli "$self" CLIENT UNPAUSE >/dev/null
+echo "handed over to $1:$2 in $(($(date +%s) - started)) s; now its replica" >&2
+""".replace("__RETRY__", str(HANDOVER_RETRY_S))
+
 #: Probes. They authenticate (Redis as the metrics user): an unauthenticated PING is
 #: refused by design.
 #:   redis-live      the server answers (PONG, or LOADING while it reads its AOF)
-#:   redis-ready     PONG, and on a replica the link to its primary is up
+#:   redis-ready     PONG; a replica also has its link to its primary up, its first sync
+#:                   done, replica-priority above 0, and has reached the offset its primary
+#:                   had when asked (a StatefulSet rollout stops the next member only then)
 #:   sentinel-live   the Sentinel answers PING
 #:   sentinel-ready  the Sentinel knows the primary's address
 PROBE_SH = r"""#!/bin/sh
@@ -485,12 +684,25 @@ case "$1" in
   redis-ready)
     out=$(REDISCLI_AUTH="$REDIS_METRICS_PASSWORD" cli --user metrics -p "$REDIS_PORT" PING)
     [ "$out" = "PONG" ] || { echo "$out"; exit 1; }
-    info=$(REDISCLI_AUTH="$REDIS_METRICS_PASSWORD" cli --user metrics -p "$REDIS_PORT" INFO replication)
-    case "$info" in
-      *role:master*) exit 0 ;;
-      *master_link_status:up*) exit 0 ;;
-      *) echo "replica not linked to its primary"; exit 1 ;;
-    esac
+    info=$(REDISCLI_AUTH="$REDIS_METRICS_PASSWORD" cli --user metrics -p "$REDIS_PORT" INFO replication | tr -d '\r')
+    case "$info" in *role:master*) exit 0 ;; esac
+    case "$info" in *master_link_status:up*) ;; *) echo "replica not linked to its primary"; exit 1 ;; esac
+    case "$info" in *master_sync_in_progress:0*) ;; *) echo "replica still loading its first sync"; exit 1 ;; esac
+    # Its start script raises the priority once synchronised: until then the Sentinels
+    # could not promote it, and it does not count as a copy.
+    case "$info" in *slave_priority:0*) echo "replica not yet promotable (replica-priority 0)"; exit 1 ;; esac
+    field() { printf '%s\n' "$2" | awk -F: -v key="$1" '$1 == key { print $2 }'; }
+    host=$(field master_host "$info")
+    port=$(field master_port "$info")
+    # Caught up: holds, now, what the primary held a moment ago.
+    primary=$(REDISCLI_AUTH="$REDIS_METRICS_PASSWORD" cli --user metrics -h "$host" -p "$port" INFO replication | tr -d '\r')
+    wanted=$(field master_repl_offset "$primary")
+    reached=$(REDISCLI_AUTH="$REDIS_METRICS_PASSWORD" cli --user metrics -p "$REDIS_PORT" INFO replication | tr -d '\r' |
+      awk -F: '$1 == "slave_repl_offset" { print $2 }')
+    if [ -z "$wanted" ] || [ "${reached:-0}" -lt "$wanted" ]; then
+      echo "replica at offset ${reached:-?}, its primary at ${wanted:-? (no answer)}"
+      exit 1
+    fi
     ;;
   sentinel-live)
     out=$(REDISCLI_AUTH="$REDIS_SENTINEL_PASSWORD" cli -p "$SENTINEL_PORT" PING)
@@ -517,6 +729,7 @@ def config_files(options: RedisConfigOptions) -> dict[str, str]:
         "sentinel-master.conf": sentinel_master_conf(options),
         "lib.sh": LIB_SH,
         "start-redis.sh": START_REDIS,
+        "prestop-redis.sh": PRESTOP_REDIS,
         "start-sentinel.sh": START_SENTINEL,
         "probe.sh": PROBE_SH,
     }

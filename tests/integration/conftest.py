@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import subprocess
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pytest
 
-from final_problem.local import limits, powercut
+from final_problem.local import limits, powercut, wait_for
 from final_problem.local.postgres import LocalPostgres, LocalPostgresError
-from final_problem.local.redis import local_options
+from final_problem.local.redis import HOST, LocalRedisSet, local_options
 from final_problem.local.zookeeper import LocalEnsemble
 from final_problem.local.zookeeper import missing_binaries as zookeeper_missing
 from final_problem.config import Settings
@@ -143,3 +145,49 @@ def kube(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     with kube_platform(tmp_path_factory.mktemp(f"kube-{request.param}"), full_settings(), request.param) as platform:
         platform.wait_for_pods(bound=True)
         yield platform
+
+
+def assert_within_headroom(usage: Iterable[limits.Usage], container: str, *, charged: bool = False,
+                           gc_pauses_ms: Iterable[float] = ()) -> None:
+    """Each server of ``usage`` kept the headroom final_problem/sizes.py states for
+    ``container`` below its memory limit at its peak (its resident set, or with ``charged``
+    what its cgroup was charged: for servers whose processes share memory), no process was
+    OOM-killed, and the JVM's GC pauses (when given) stay below the stated p99."""
+    from final_problem import sizes
+
+    usage = list(usage)
+    assert usage, f"no {container} server ran"
+    for u in usage:
+        peak = u.peak_memory_mib if charged else u.peak_rss_mib
+        bound = u.limits.memory_mib - sizes.headroom_mib(container, u.limits.memory_mib)
+        assert u.oom_kills == 0, str(u)
+        assert 0 < peak <= bound, f"{container}: peak {peak:.0f} MiB over {bound:.0f} (limit less headroom): {u}"
+    pauses = sorted(gc_pauses_ms)
+    if pauses:
+        p99 = pauses[min(len(pauses) - 1, int(0.99 * len(pauses)))]
+        assert p99 <= sizes.GC_PAUSE_P99_MS, f"{container}: GC pause p99 {p99:.0f} ms over {sizes.GC_PAUSE_P99_MS}"
+
+
+def fill_to_maxmemory(cluster: LocalRedisSet, port: int, maxmemory_mib: int) -> None:
+    """bench/sizes.py's Redis load: the primary filled with 1 KiB values until writes fail at
+    maxmemory (``volatile-lru`` evicts no key without a TTL), replicas following, then an AOF
+    rewrite forked at full memory: the peak its limit of twice maxmemory is for."""
+    # Random keys out of twice as many as fit: about 86% distinct, more than maxmemory holds.
+    keys = 2 * maxmemory_mib * 1024 * 1024 // 1100
+    subprocess.run([shutil.which("redis-benchmark") or "redis-benchmark", "-h", HOST, "-p", str(port), "--user", "app",
+                    "-a", cluster.passwords.app, "-t", "set", "-n", str(keys), "-r", str(keys), "-d", "1024", "-P", "32",
+                    "-q"], capture_output=True, timeout=300, check=False)
+    admin = cluster.admin(cluster.member_index(port))
+    used = int(admin.info("memory")["used_memory"]) / 2**20
+    assert used > maxmemory_mib * 0.9, f"filled only {used:.0f} of {maxmemory_mib} MiB"
+    if not admin.info("persistence")["aof_rewrite_in_progress"]:
+        admin.bgrewriteaof()
+    wait_for("the AOF rewrite", lambda: not admin.info("persistence")["aof_rewrite_in_progress"]
+             and not admin.info("persistence")["aof_rewrite_scheduled"], timeout_s=120, interval_s=0.5)
+    # Every connected replica holds the whole set too (a full sync loads it beside the old one).
+    def replicas_online() -> bool:
+        info = admin.info("replication")
+        replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return bool(replicas) and all(r.get("state") == "online" and r.get("offset") == info["master_repl_offset"]
+                                      for r in replicas)
+    wait_for("the replicas to catch up", replicas_online, timeout_s=120, interval_s=0.5)

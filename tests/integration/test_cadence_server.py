@@ -24,6 +24,7 @@ from final_problem.local import kill_group, wait_for
 from final_problem.local.postgres import LocalPostgres, LocalPostgresError
 from final_problem.profiles import PI
 from final_problem.renderers.cadence import Database
+from tests.integration.conftest import assert_within_headroom
 
 pytestmark = pytest.mark.integration
 
@@ -137,6 +138,26 @@ def test_the_domain_job_registers_the_domain_once(platform: Platform) -> None:
     again = platform.cadence.register_domain()
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "domain default exists"
+
+
+def test_under_the_benchmark_load_every_server_keeps_its_headroom(platform: Platform) -> None:
+    """bench/cadence.py's load (shortened): EchoWorkflow one at a time, then 20 in flight, on
+    this module's servers at the Pi profile's rendered limits: no OOM kill, each Cadence
+    service's peak resident set under half its limit, PostgreSQL's charged peak a quarter
+    below its own (final_problem/sizes.py)."""
+    from bench.cadence import workflows
+
+    assert platform.cadence is not None
+    worker = sample.spawn_worker(target=platform.cadence.frontend_address, domain=platform.cadence.props.domain,
+                                 log=platform.workdir / "bench-worker.log")
+    try:
+        asyncio.run(workflows(platform.cadence, count=20, concurrency=1))
+        asyncio.run(workflows(platform.cadence, count=100, concurrency=20))
+    finally:
+        kill_group(worker)
+    for u in platform.cadence.groups.usage():
+        assert_within_headroom([u], f"cadence_{platform.cadence.instances[u.name]}")
+    assert_within_headroom(platform.postgres.groups.usage(), "postgres", charged=True)
 
 
 def test_the_workflow_completes_and_the_failing_activity_succeeds_on_its_third_attempt(

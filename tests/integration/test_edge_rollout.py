@@ -33,7 +33,7 @@ from final_problem.charts.envoy import EnvoyProps, chart_config
 from final_problem.local import LOOPBACK, free_ports, wait_for
 from final_problem.local.envoy import LocalEdge, http_get
 from final_problem.local.limits import Groups, Limits
-from final_problem.local.rollout import DemoPods, LiveClients, demo_rollout, edge_rollout, report
+from final_problem.local.rollout import DemoPods, LiveClients, demo_rollout, edge_drain, edge_rollout, report
 from final_problem.profiles import PI
 from final_problem.renderers.envoy import EdgeOptions
 from tests.conftest import rendered, require_binary
@@ -48,6 +48,10 @@ DEMO_DRAIN_S = 6
 
 def _deployment(component: str) -> dict[str, Any]:
     return copy.deepcopy(next(o for o in rendered(TARGET)[component] if o["kind"] == "Deployment"))
+
+
+def _pdb(component: str) -> dict[str, Any]:
+    return next(o for o in rendered(TARGET)[component] if o["kind"] == "PodDisruptionBudget")
 
 
 def _envoy_container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +121,20 @@ def test_a_demo_rollout_fails_no_request(tmp_path: Path, demo_pods: DemoPods) ->
     line = report("demo rollout", clients, result.seconds)
     print(line)
     assert all(not p.killed for p in old), "an old demo pod was SIGKILLed: it did not drain within its grace"
+    assert clients.total > 300, "the clients hardly sent anything"
+    assert clients.failed == [], line
+
+
+def test_draining_both_nodes_of_the_edge_and_the_demo_fails_no_request(tmp_path: Path, demo_pods: DemoPods) -> None:
+    """A node-group update: each node's edge proxy and demo pod evicted at once (their PDBs
+    allow one each), recreated elsewhere, then the next node."""
+    options, routes = chart_config(EnvoyProps.for_profile(PI), ("base", "demo"))
+    clients, results = edge_drain(tmp_path, _deployment("envoy"), _pdb("envoy"), demo_pods, _pdb("demo"),
+                                  options=dataclasses.replace(options, **FAST), routes=routes)
+    seconds = sum(r.seconds for r in results)
+    line = report("edge and demo, 2 nodes drained", clients, seconds, took="drain")
+    print(line)
+    assert all(r.refused == {"envoy": 0, "demo": 0} for r in results), results
     assert clients.total > 300, "the clients hardly sent anything"
     assert clients.failed == [], line
 

@@ -23,6 +23,7 @@ from final_problem.local.envoy import Backend, LocalEdge, envoy_version, http_ge
 from final_problem.profiles import PROFILES
 from final_problem.renderers.envoy import render
 from tests.conftest import TARGETS, rendered
+from tests.integration.conftest import assert_within_headroom
 
 ENABLED = ("base", "demo", "cadence")
 #: Health checks every 1.5 s instead of 5 s (the interval must exceed the timeout), so a test
@@ -291,3 +292,26 @@ def test_health_listener_fails_while_draining(edge: LocalEdge) -> None:
 
     urllib.request.urlopen(urllib.request.Request(f"{edge.admin_url}/healthcheck/fail", method="POST"), timeout=5).close()
     assert http_get(ready)[0] == 503
+
+
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+def test_under_the_benchmark_load_the_edge_keeps_its_headroom(profile: str, tmp_path: Path,
+                                                              backends: dict[str, Backend]) -> None:
+    """bench/edge_proxy.py's load (sequential keep-alive GETs through the edge), shortened, on
+    the profile's Envoy at its rendered memory limit and workers: no OOM kill, and the peak
+    resident set a fifth below the limit (final_problem/sizes.py: the overload manager's
+    heap cap)."""
+    from bench.edge_proxy import run_load
+
+    props = EnvoyProps.for_profile(PROFILES[profile])
+    options, routes = chart_config(props, ENABLED)
+    proxy = LocalEdge(workdir=tmp_path / "edge", routes=routes, profile=PROFILES[profile],
+                      concurrency=props.concurrency, options=dataclasses.replace(options, **FAST),
+                      backends={"demo": [backends["demo-a"].endpoint], "cadence-web": [backends["cadence"].endpoint]})
+    try:
+        proxy.start()
+        proxy.wait_healthy("demo", 1)
+        run_load(proxy.options.port, 2000)
+        assert_within_headroom(proxy.groups.usage(), "envoy")
+    finally:
+        proxy.close()

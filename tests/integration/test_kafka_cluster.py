@@ -31,6 +31,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from final_problem.clients.kafka import KafkaClientError, KafkaSettings, admin, produce, producer
 from final_problem.clients.kafka_topics import ReconcileError, TopicSpec, reconcile
 from final_problem.local.kafka import KafkaClusterError, LocalKafkaCluster, missing_binaries
+from tests.integration.conftest import assert_within_headroom
 
 pytestmark = pytest.mark.integration
 
@@ -243,6 +244,24 @@ def test_each_node_runs_under_its_containers_limits_with_the_charts_collector(ka
         # Serial inside these limits.
         (gc_log,) = proc.directory.glob(f"gc-{proc.process.pid}.log")
         assert "Using G1" in gc_log.read_text()
+
+
+def test_under_the_benchmark_load_each_node_keeps_its_headroom(kafka_any: LocalKafkaCluster) -> None:
+    """bench/kafka.py's load, shortened (the project's producer, acks=all, 1 KiB records; the
+    end-to-end latency run): no node comes within its stated headroom of its memory limit
+    (final_problem/sizes.py: a quarter, the broker's page cache), none is OOM-killed, and
+    GC pauses stay below the stated p99."""
+    from bench.kafka import end_to_end_latency, project_throughput
+
+    cluster = kafka_any
+    project_throughput(cluster, cluster.create_topic(partitions=3, prefix="load"), 5000)
+    end_to_end_latency(cluster, cluster.create_topic(partitions=3, prefix="load"), 200)
+    usage = {u.name: u for u in cluster.groups.usage()}
+    for role, ids in (("kafka_broker", cluster.broker_ids),
+                      ("kafka_controller", [i for i in cluster.controller_ids if i not in cluster.broker_ids])):
+        if ids:
+            assert_within_headroom([usage[cluster.group_name(i)] for i in ids], role,
+                                   gc_pauses_ms=[p for i in ids for p in cluster.gc_pauses_ms(i)])
 
 
 # -- topics as code ----------------------------------------------------------------------

@@ -100,6 +100,10 @@ def test_every_pod_passes_pod_security_restricted(kube: KubePlatform) -> None:
 
 
 def test_every_pod_is_scheduled_one_quorum_member_per_node(kube: KubePlatform) -> None:
+    if kube.profile == "eks":
+        # The default EKS platform (size small) on its default nodes: 3 x m7g.large.
+        assert (full_settings().size, full_settings().node_instance_type) == ("small", "m7g.large")
+        assert [s.labels["node.kubernetes.io/instance-type"] for s in kube.shapes] == ["m7g.large"] * 3
     pods = kube.wait_for_pods(bound=True, system=True)
     pending = unschedulable(kube.api, kube.namespaces + [capacity.SYSTEM_NAMESPACE])
     assert not pending, f"pods the scheduler could not place on the {kube.profile} nodes:\n" + "\n".join(
@@ -372,8 +376,9 @@ def test_the_scheduler_places_what_the_capacity_check_says_fits(kube: KubePlatfo
 
 
 def test_the_scheduler_leaves_pending_what_the_capacity_check_says_does_not_fit(tmp_path: Path) -> None:
-    # m7g.large: 2 vCPU, 8 GiB; the platform asks for more CPU and memory than 3 of them offer.
-    settings = dataclasses.replace(full_settings(), node_instance_type="m7g.large")
+    # m7g.large: 2 vCPU, 8 GiB; at the production size the platform asks for more CPU and
+    # memory than 3 of them offer.
+    settings = dataclasses.replace(full_settings(), size="production", node_instance_type="m7g.large")
     with kube_platform(tmp_path, settings, "eks") as platform:
         assert not platform.rejected, platform.rejected
         result = raw_fit(settings, platform)
@@ -411,3 +416,38 @@ def test_the_scheduler_leaves_pending_what_the_capacity_check_says_does_not_fit(
             placed = [pod_requests(p) for p in pods if p["spec"].get("nodeName") == name
                       and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
             assert sum(c for c, _ in placed) <= shape.cpu_m and sum(m for _, m in placed) <= shape.memory_mib, name
+
+
+#: What ``final-problem plan --live`` lists (final_problem.plan.LIVE_KINDS), by API path and kind.
+_LIVE = (("/api/v1/namespaces", "v1", "Namespace"), ("/apis/apps/v1/statefulsets", "apps/v1", "StatefulSet"),
+         ("/apis/apps/v1/deployments", "apps/v1", "Deployment"), ("/apis/apps/v1/daemonsets", "apps/v1", "DaemonSet"),
+         ("/apis/batch/v1/jobs", "batch/v1", "Job"))
+
+
+def test_the_plan_reads_back_what_the_api_server_stored(kube: KubePlatform) -> None:
+    """The records the charts leave on their Namespaces come back from a real API server, and
+    the objects it stored (defaults, status and all) plan as unchanged against the same
+    render; a change is still seen. (The list is what ``kubectl get -o json`` prints: each
+    item with its kind, which the API's typed lists leave out.)"""
+    from final_problem import plan
+    from final_problem.changes import Effect
+    from final_problem.manifests import chart_objects, render
+
+    items = []
+    for path, api_version, kind in _LIVE:
+        for item in kube.api.items(path, labelSelector="app.kubernetes.io/part-of=final-problem"):
+            items.append({"apiVersion": api_version, "kind": kind, **item})
+    live = plan.read_live_json({"apiVersion": "v1", "kind": "List", "items": items})
+    assert all(d.settings is not None and d.templates is not None for d in live.values()), sorted(live)
+
+    def rendered(settings: Settings) -> dict[str, plan.Deployment]:
+        objects = [o for chart in render(settings, kube.profile).values() for o in chart_objects(chart)]
+        return plan.from_objects(objects, source="render", digests_from_objects=True)
+
+    same = plan.compare(live, rendered(full_settings()))
+    assert same.effect == Effect.NOTHING, same.text()
+    assert all(c.restarts == [] for c in same.components)
+    shards = dict(full_settings().sections.get("cadence", {}), num_history_shards=32)
+    changed = plan.compare(live, rendered(dataclasses.replace(full_settings(), sections={
+        **full_settings().sections, "cadence": shards})))
+    assert changed.effect == Effect.REFUSED

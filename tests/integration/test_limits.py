@@ -60,3 +60,20 @@ def test_a_cpu_limit_is_a_cfs_quota_per_100_ms() -> None:
             assert (group.cpu_dir / "cpu.cfs_period_us").read_text().strip() == "100000"
     finally:
         groups.remove_all()
+
+
+def test_peak_cpu_is_the_highest_rate_over_a_second_and_the_quota_bounds_it() -> None:
+    """A process spinning for 3 s under a 300m limit: the sampled peak rate is at most the
+    quota (with a window's timing slack), the report shows it beside the request and limit,
+    and the quota throttled it."""
+    groups = Groups()
+    try:
+        spin = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end:\n    pass\n"
+        limits_ = Limits(cpu_m=300, memory_mib=64, request_cpu_m=100, request_memory_mib=32)
+        subprocess.run(groups.wrap("spin", limits_, [sys.executable, "-c", spin]), check=True, timeout=60)
+        (usage,) = groups.usage()
+    finally:
+        groups.remove_all()
+    assert 0 < usage.peak_cpu_m <= 300 * 1.2, usage
+    assert usage.throttled_periods > 0, usage
+    assert "peak CPU" in str(usage) and "(request 100m, limit 300m)" in str(usage) and "(request 32, limit 64" in str(usage)

@@ -21,7 +21,9 @@ from redis.retry import Retry
 from final_problem.clients import redis_exporter
 from final_problem.clients.redis import RedisClient, RedisSettings
 from final_problem.local.redis import LocalRedisSet, local_options
-from tests.integration.conftest import REDIS_DOWN_AFTER_MS, REDIS_FAILOVER_TIMEOUT_MS
+from tests.integration.conftest import (
+    REDIS_DOWN_AFTER_MS, REDIS_FAILOVER_TIMEOUT_MS, assert_within_headroom, fill_to_maxmemory,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +178,24 @@ def test_client_example_and_cache_aside(redis_shared_set: LocalRedisSet) -> None
     assert "1 replica(s) acknowledged" in lines[0] or "2 replica(s) acknowledged" in lines[0]
     assert lines[1].endswith("'hello from the platform'")
     assert lines[2].startswith("call 1: miss") and lines[3].startswith("call 2: hit")
+
+
+def test_under_the_benchmark_load_and_full_every_member_keeps_its_headroom(redis_shared_set: LocalRedisSet) -> None:
+    """bench/redis.py's SET/GET load (shortened), then the primary filled to maxmemory and forked
+    for an AOF rewrite (bench/sizes.py): at the Pi's rendered limit no member is OOM-killed and
+    each stays the stated allowance below it (final_problem/sizes.py: two copies of the data
+    fit). Last in this module: the set is emptied afterwards."""
+    from bench.redis import client_ops
+
+    cluster = redis_shared_set
+    client = redis_app_client(cluster)
+    try:
+        client_ops(client, 5000)
+        port = client.primary_address()[1]
+    finally:
+        client.close()
+    fill_to_maxmemory(cluster, port, cluster.options.maxmemory_mib)
+    try:
+        assert_within_headroom([u for u in cluster.groups.usage() if u.name.startswith("redis-")], "redis")
+    finally:
+        cluster.admin(cluster.member_index(port)).flushall()

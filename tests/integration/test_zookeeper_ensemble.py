@@ -19,6 +19,7 @@ from final_problem.charts.zookeeper import liveness_command, readiness_command
 from final_problem.clients.zookeeper import ZooKeeperClient, ZooKeeperUnavailable, server_mode
 from final_problem.local import wait_for
 from final_problem.local.zookeeper import LocalEnsemble
+from tests.integration.conftest import assert_within_headroom
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +186,14 @@ def test_command_line_put_get_and_lock(zookeeper_ensemble: LocalEnsemble) -> Non
     assert "cli: holds the lock" in lock.stdout and "cli: released" in lock.stdout
     status = subprocess.run([*base, "status"], capture_output=True, text=True, timeout=60)
     assert sorted(line.rsplit(": ", 1)[1] for line in status.stdout.splitlines()) == ["follower", "follower", "leader"]
+
+
+def test_under_the_benchmark_load_every_member_keeps_its_headroom(zookeeper_ensemble: LocalEnsemble) -> None:
+    """bench/zookeeper.py's load (sequential writes, then reads, of 100 B) on the Pi profile's
+    members at their rendered heap and limit: no OOM kill, each member's peak resident set a
+    quarter below its limit and GC pauses under the stated p99 (final_problem/sizes.py)."""
+    from bench.zookeeper import sequential_ops
+
+    with ZooKeeperClient(hosts=zookeeper_ensemble.hosts, timeout=5) as client:
+        sequential_ops(client, ops=2000, value=b"x" * 100)
+    assert_within_headroom(zookeeper_ensemble.groups.usage(), "zookeeper", gc_pauses_ms=zookeeper_ensemble.gc_pauses_ms())

@@ -34,6 +34,7 @@ from final_problem.api import (
     RestrictedNamespace,
     Settings,
     Sizing,
+    UpgradePath,
     ZOOKEEPER_CLIENT_LABEL,
     container_context,
     int_or_string,
@@ -42,9 +43,12 @@ from final_problem.api import (
     ports,
     quantity,
     raw_resources,
+    procedure,
     register,
+    rolling,
     set_component,
     setting,
+    volume_size,
 )
 
 
@@ -69,13 +73,20 @@ class SearchSettings(ComponentSettings):
     replicas: int = setting(
         3, choices=(3, 5, 7),
         doc="Solr nodes, one per Kubernetes node, spread over zones; the platform's quorum set takes odd sizes.",
+        # A new node holds no replicas until some are added to it; a removed node takes its
+        # replicas with it (Solr Reference Guide, "Replica Management": ADDREPLICA, MOVEREPLICA).
+        change=procedure("Solr places no replicas on a new node, and a removed node's replicas go with it",
+                         "MOVEREPLICA every replica off the nodes being removed before the deploy; ADDREPLICA onto new "
+                         "nodes after it"),
     )
     memory_mib: int = setting(
         per_profile(eks=2048, pi=768), minimum=512, maximum=65_536,
         doc="Memory request and limit of each Solr node. The JVM heap gets half; the rest is left to the "
             "page cache Lucene reads its index through.",
+        change=rolling("the nodes' memory and heap: they restart one at a time, the highest ordinal first"),
     )
-    storage_gib: int = setting(per_profile(eks=20, pi=4), minimum=1, maximum=16_384, doc="Each node's volume.")
+    storage_gib: int = setting(per_profile(eks=20, pi=4), minimum=1, maximum=16_384, doc="Each node's volume.",
+                               change=volume_size("each Solr node's volume"))
 
     @property
     def heap_mib(self) -> int:
@@ -98,6 +109,15 @@ class SearchChart(PlatformChart):
     version = SOLR_VERSION
     settings_class = SearchSettings
     images = (SOLR_IMAGE,)
+    # Solr nodes of one major version upgrade one at a time; an index written by a newer
+    # Lucene cannot be read by an older one (Solr Reference Guide, "Upgrading a Solr Cluster"
+    # and "Major Changes" of each 9.x release).
+    upgrade_paths = {"docker.io/library/solr": UpgradePath(
+        name="Solr", within="major", step=None, downgrade="patch",
+        upgrade=rolling("nodes restart one at a time on the new version"),
+        outside="a new major reindexes: Lucene reads indexes of the previous major only",
+        source="Solr Reference Guide, Upgrading a Solr Cluster",
+    )}
 
     NAMESPACE = "search"
     NAME = "search"
