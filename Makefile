@@ -41,15 +41,23 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # (final_problem/versions.py), once, into a cache outside the clone keyed by version.
 KAFKA_VERSION := $(shell sed -n 's/^KAFKA_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
 JMX_AGENT_VERSION := $(shell sed -n 's/^JMX_AGENT_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
-KAFKA_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/kafka-$(KAFKA_VERSION)
+SERVER_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem
+KAFKA_HOME := $(SERVER_CACHE)/kafka-$(KAFKA_VERSION)
 KAFKA_STAMP := $(KAFKA_HOME)/.installed
+# The previous release line the upgrade rehearsals start from (KAFKA_UPGRADE_FROM in
+# versions.py): the broker and the storage tool only (-Dbroker.only, deps/kafka/pom.xml).
+KAFKA_UPGRADE_FROM := $(shell sed -n 's/^KAFKA_UPGRADE_FROM = "\(.*\)"$$/\1/p' final_problem/versions.py)
+KAFKA_UPGRADE_STAMP := $(SERVER_CACHE)/kafka-$(KAFKA_UPGRADE_FROM)/.installed
 # ZooKeeper from Maven Central for the real-ensemble tests and benchmarks, at the version the
 # chart's image pins (ZOOKEEPER_VERSION in final_problem/versions.py): the server, logback and
 # the Prometheus metrics provider with Jetty (deps/zookeeper/pom.xml), once, into a cache
 # outside the clone keyed by version.
 ZOOKEEPER_VERSION := $(shell sed -n 's/^ZOOKEEPER_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
-ZOOKEEPER_HOME := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/final-problem/zookeeper-$(ZOOKEEPER_VERSION)
+ZOOKEEPER_HOME := $(SERVER_CACHE)/zookeeper-$(ZOOKEEPER_VERSION)
 ZOOKEEPER_STAMP := $(ZOOKEEPER_HOME)/.installed
+# The previous patch the upgrade rehearsals start from (ZOOKEEPER_UPGRADE_FROM in versions.py).
+ZOOKEEPER_UPGRADE_FROM := $(shell sed -n 's/^ZOOKEEPER_UPGRADE_FROM = "\(.*\)"$$/\1/p' final_problem/versions.py)
+ZOOKEEPER_UPGRADE_STAMP := $(SERVER_CACHE)/zookeeper-$(ZOOKEEPER_UPGRADE_FROM)/.installed
 # Kubernetes' control plane and etcd for the admission and scheduling tests, built once from
 # the Go modules deps/kubernetes/go.mod pins, into a cache keyed by version (outside the
 # clone, so a fresh clone reuses it). Static, stripped binaries: -trimpath -ldflags=-s -w.
@@ -81,8 +89,8 @@ help:
 	@echo "make test         install what is missing, then run the whole test suite"
 	@echo "make bench        every bench/*.py: synth against a bare VPC + EKS app, each component's servers, the control plane"
 	@echo "make k8s-api      regenerate final_problem/k8s_api.py from the Kubernetes schema (tools/gen_k8s_api.py)"
-	@echo "make kafka        the Kafka broker jars from Maven Central (make test and make bench need them)"
-	@echo "make zookeeper    the ZooKeeper server jars from Maven Central (make test and make bench need them)"
+	@echo "make kafka        the Kafka broker jars from Maven Central, pinned and previous line (make test and make bench need them)"
+	@echo "make zookeeper    the ZooKeeper server jars from Maven Central, pinned and previous patch (make test and make bench need them)"
 	@echo "make cadence-tools   build cadence-server and its tools from the Go module, once (about 25 min cold)"
 	@echo "make kube-binaries   build kube-apiserver, -controller-manager, -scheduler, etcd and KWOK, once"
 	@echo "make pi-rootfs    the Debian root the Pi boot tests start (root: debootstrap), once"
@@ -119,25 +127,26 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 
 setup: $(PY_STAMP) $(NODE_STAMP)
 
-$(KAFKA_STAMP): deps/kafka/pom.xml final_problem/versions.py
-	@test -n "$(KAFKA_VERSION)" || { echo "KAFKA_VERSION not found in final_problem/versions.py"; exit 1; }
-	@echo "==> Kafka $(KAFKA_VERSION) jars from Maven Central ($(KAFKA_HOME)/libs)"
-	rm -rf "$(KAFKA_HOME)/libs" "$(KAFKA_HOME)/agents"
-	nice mvn --batch-mode --quiet --file deps/kafka/pom.xml package \
-	  -Dkafka.version=$(KAFKA_VERSION) -Djmx.agent.version=$(JMX_AGENT_VERSION) -Dlibs.dir="$(KAFKA_HOME)/libs"
+# One rule per component for every version it is installed at, the stem (%) being the version.
+$(SERVER_CACHE)/kafka-%/.installed: deps/kafka/pom.xml final_problem/versions.py
+	@test -n "$(KAFKA_VERSION)" -a -n "$(KAFKA_UPGRADE_FROM)" || { echo "KAFKA_VERSION or KAFKA_UPGRADE_FROM not found in final_problem/versions.py"; exit 1; }
+	@echo "==> Kafka $* jars from Maven Central ($(@D)/libs)"
+	rm -rf "$(@D)/libs" "$(@D)/agents"
+	nice mvn --batch-mode --quiet --file deps/kafka/pom.xml package $(if $(filter $*,$(KAFKA_VERSION)),,-Dbroker.only) \
+	  -Dkafka.version=$* -Djmx.agent.version=$(JMX_AGENT_VERSION) -Dlibs.dir="$(@D)/libs"
 	@touch $@
 
-kafka: $(KAFKA_STAMP)
+kafka: $(KAFKA_STAMP) $(KAFKA_UPGRADE_STAMP)
 
-$(ZOOKEEPER_STAMP): deps/zookeeper/pom.xml final_problem/versions.py
-	@test -n "$(ZOOKEEPER_VERSION)" || { echo "ZOOKEEPER_VERSION not found in final_problem/versions.py"; exit 1; }
-	@echo "==> ZooKeeper $(ZOOKEEPER_VERSION) jars from Maven Central ($(ZOOKEEPER_HOME)/lib)"
-	rm -rf "$(ZOOKEEPER_HOME)/lib"
+$(SERVER_CACHE)/zookeeper-%/.installed: deps/zookeeper/pom.xml final_problem/versions.py
+	@test -n "$(ZOOKEEPER_VERSION)" -a -n "$(ZOOKEEPER_UPGRADE_FROM)" || { echo "ZOOKEEPER_VERSION or ZOOKEEPER_UPGRADE_FROM not found in final_problem/versions.py"; exit 1; }
+	@echo "==> ZooKeeper $* jars from Maven Central ($(@D)/lib)"
+	rm -rf "$(@D)/lib"
 	nice mvn --batch-mode --quiet --file deps/zookeeper/pom.xml package \
-	  -Dzookeeper.version=$(ZOOKEEPER_VERSION) -Dlib.dir="$(ZOOKEEPER_HOME)/lib"
+	  -Dzookeeper.version=$* -Dlib.dir="$(@D)/lib"
 	@touch $@
 
-zookeeper: $(ZOOKEEPER_STAMP)
+zookeeper: $(ZOOKEEPER_STAMP) $(ZOOKEEPER_UPGRADE_STAMP)
 # cadence-server (deps/cadence/cmd/cadence-server), cadence-sql-tool and the cadence CLI built
 # from the github.com/uber/cadence Go module at the version in
 # deps/cadence/go.mod, once, into ${XDG_CACHE_HOME:-~/.cache}/final-problem/cadence-<version>/
@@ -181,7 +190,7 @@ synth: setup
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
 # Servers the tests start, each built or fetched once into the version-keyed cache.
-SERVERS := $(KAFKA_STAMP) $(ZOOKEEPER_STAMP) cadence-tools $(KUBE_STAMP) $(KWOK_STAMP)
+SERVERS := $(KAFKA_STAMP) $(KAFKA_UPGRADE_STAMP) $(ZOOKEEPER_STAMP) $(ZOOKEEPER_UPGRADE_STAMP) cadence-tools $(KUBE_STAMP) $(KWOK_STAMP)
 
 # Two passes: everything but the server tests, then the tests of real servers (failovers
 # timed in seconds, quorum elections) in their two lanes (tests/conftest.py, xdist_lane), so

@@ -35,6 +35,10 @@ REDIS_IMAGE = f"docker.io/library/redis:{REDIS_VERSION}-trixie"
 # Architectures: amd64, arm64v8, s390x, ppc64le (GitRepo 31z4/zookeeper-docker, Directory 3.9.4).
 ZOOKEEPER_VERSION = "3.9.4"
 ZOOKEEPER_IMAGE = f"docker.io/library/zookeeper:{ZOOKEEPER_VERSION}"
+# The previous 3.9 patch, the version the upgrade rehearsal rolls from (tests/integration/
+# test_upgrades.py). Source: Maven Central org.apache.zookeeper:zookeeper maven-metadata.xml
+# (3.9.0 to 3.9.5 listed, Nov 2026); 3.9.3 is the patch before the pinned 3.9.4.
+ZOOKEEPER_UPGRADE_FROM = "3.9.3"
 
 # Kafka: the newest 4.x that is both on Maven Central as org.apache.kafka:kafka_2.13 (the
 # integration tests run that build: repo1.maven.org .../kafka_2.13/maven-metadata.xml lists
@@ -44,6 +48,10 @@ ZOOKEEPER_IMAGE = f"docker.io/library/zookeeper:{ZOOKEEPER_VERSION}"
 # The image is Alpine with a Java 21 JRE; appuser is uid 1000 (final_problem/charts/kafka.py).
 KAFKA_VERSION = "4.4.0"
 KAFKA_IMAGE = f"docker.io/apache/kafka:{KAFKA_VERSION}"
+# The previous minor's newest patch, the version the upgrade rehearsal rolls from
+# (tests/integration/test_upgrades.py). Source: Maven Central org.apache.kafka:kafka_2.13
+# maven-metadata.xml (4.3.0, 4.3.1, 4.3.2 listed before 4.4.0, Nov 2026).
+KAFKA_UPGRADE_FROM = "4.3.2"
 
 # The Prometheus JMX exporter Java agent, loaded by the Kafka pods (the apache/kafka image ships
 # no exporter). Source: Maven Central io.prometheus.jmx:jmx_prometheus_javaagent

@@ -40,11 +40,12 @@ CDK_JSON = json.loads((ROOT / "cdk.json").read_text())["context"]
 #: and PostgreSQL, each on loop-device disks) join the waiting lane: beside the heavy lane's
 #: JVMs a burst only writes less, and the tests count losses, not speed. Kafka's power cuts
 #: (three JVMs, about 2.5 min) join the heavy lane, as do the Cadence rollouts (up to eight Go
-#: servers while the four Deployments roll together, PostgreSQL, a Python worker).
+#: servers while the four Deployments roll together, PostgreSQL, a Python worker), and the
+#: upgrade rehearsals (three Kafka JVMs and three ZooKeeper JVMs, each set restarted once).
 INTEGRATION = "tests/integration/"
 HEAVY_LANE = frozenset(INTEGRATION + name for name in (
     "test_kafka_cluster.py", "test_kube_admission.py", "test_tour_local.py", "test_cadence_schema.py",
-    "test_kafka_power_cut.py", "test_cadence_rollout.py", "test_kafka_rollout.py",
+    "test_kafka_power_cut.py", "test_cadence_rollout.py", "test_kafka_rollout.py", "test_upgrades.py",
 ))
 
 

@@ -6,7 +6,9 @@ chart mounts), with hosts set to 127.0.0.1, ports remapped to free ones, a direc
 node and, through ``extra``, shorter failure-detection timeouts. Storage is formatted
 with the storage tool and ``--add-scram`` exactly as the chart's init container does.
 The jars come from Maven Central (``make kafka``) into
-``${XDG_CACHE_HOME:-~/.cache}/final-problem/kafka-<version>/libs``.
+``${XDG_CACHE_HOME:-~/.cache}/final-problem/kafka-<version>/libs``, at the pinned version and
+at the previous release line the upgrade rehearsals start from; each node runs the version it
+was last started with (:meth:`LocalKafkaCluster.start`).
 
 Layouts: ``dedicated`` (3 controllers + 3 brokers, the EKS layout) and ``combined``
 (3 ``broker,controller`` nodes, the Pi layout). Every process it starts is stopped by
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -68,21 +71,23 @@ def kafka_home(version: str = versions.KAFKA_VERSION) -> Path:
     return Path(cache) / "final-problem" / f"kafka-{version}"
 
 
-def missing_binaries() -> list[str]:
-    """What is missing to run a cluster here (empty when ready)."""
+def missing_binaries(*kafka_versions: str) -> list[str]:
+    """What is missing to run a cluster of ``kafka_versions`` (default: the pinned one) here
+    (empty when ready)."""
     missing = []
     if not shutil.which("java"):
         missing.append("java (Debian package default-jre-headless)")
-    home = kafka_home()
-    if not (home / ".installed").exists() or not (home / "libs" / f"kafka_2.13-{versions.KAFKA_VERSION}.jar").exists() \
-            or not (home / "agents" / "jmx_prometheus_javaagent.jar").exists():
-        missing.append(f"{home}/libs (run `make kafka`)")
+    for version in kafka_versions or (versions.KAFKA_VERSION,):
+        home = kafka_home(version)
+        if not (home / ".installed").exists() or not (home / "libs" / f"kafka_2.13-{version}.jar").exists() \
+                or not (home / "agents" / "jmx_prometheus_javaagent.jar").exists():
+            missing.append(f"{home}/libs (run `make kafka`)")
     return missing
 
 
-def classpath() -> str:
+def classpath(version: str = versions.KAFKA_VERSION) -> str:
     """Every jar of ``libs/``, as ``kafka-run-class.sh`` builds it."""
-    return str(kafka_home() / "libs" / "*")
+    return str(kafka_home(version) / "libs" / "*")
 
 
 @dataclass
@@ -91,6 +96,8 @@ class _Process:
     directory: Path
     heap_mib: int
     limits: Limits | None
+    #: The Kafka version this node runs (its jars: :func:`kafka_home`).
+    version: str = versions.KAFKA_VERSION
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -119,13 +126,14 @@ class LocalKafkaCluster:
         self, *, workdir: Path, layout: str = "dedicated", controllers: int = 3, brokers: int = 3,
         extra: Sequence[tuple[str, str]] = TEST_TUNING, offsets_topic_partitions: int = 3,
         jvm_options: Sequence[str] = (), props: "KafkaProps | None" = None, metrics: bool = False,
-        limits: bool = True,
+        limits: bool = True, version: str = versions.KAFKA_VERSION,
     ) -> None:
         """``props``: the chart's settings (default: the profile of the layout, EKS for
         ``dedicated``, Pi for ``combined``); each node runs with its role's heap and JVM
         flags from them, and, with ``limits``, under its container's CPU and memory limits
         (:mod:`final_problem.local.limits`). ``jvm_options`` are added after the chart's
-        (the tests add none)."""
+        (the tests add none). ``version``: the Kafka version every node is formatted and
+        first started with (an upgrade starts nodes again at another one)."""
         if layout not in ("dedicated", "combined"):
             raise ValueError(f"layout {layout!r}: use 'dedicated' or 'combined'")
         self.workdir = workdir
@@ -159,7 +167,7 @@ class LocalKafkaCluster:
             return heap, Limits.of(sizing) if limits else None
 
         self.groups = Groups(enabled=limits)
-        self.procs = {n.node_id: _Process(n, workdir / f"node-{n.node_id}", *role(n)) for n in nodes}
+        self.procs = {n.node_id: _Process(n, workdir / f"node-{n.node_id}", *role(n), version=version) for n in nodes}
         workdir.mkdir(parents=True, exist_ok=True)
         # With ``metrics``, every node loads the chart's JMX exporter agent and rules, each
         # on a port of its own.
@@ -185,9 +193,10 @@ class LocalKafkaCluster:
         env[CONTROLLER_PASSWORD_ENV] = self.credentials.controller
         return env
 
-    def _java(self, main: str, args: Sequence[str], heap_mib: int, jvm: Sequence[str] = ()) -> list[str]:
+    def _java(self, main: str, args: Sequence[str], heap_mib: int, jvm: Sequence[str] = (),
+              version: str = versions.KAFKA_VERSION) -> list[str]:
         return java_command(
-            java=shutil.which("java") or "java", classpath=classpath(), main=main, args=args,
+            java=shutil.which("java") or "java", classpath=classpath(version), main=main, args=args,
             heap_mib=heap_mib, log4j_config=str(self.log4j), extra_jvm=jvm,
         )
 
@@ -205,7 +214,8 @@ class LocalKafkaCluster:
             scram_argument(self.config.admin_user, self.credentials.admin),
             scram_argument(self.credentials.app_user, self.credentials.app),
         ]
-        command = self._java(STORAGE_MAIN, format_args(config_path=str(path), cluster_id=self.cluster_id, scram=scram), 128)
+        command = self._java(STORAGE_MAIN, format_args(config_path=str(path), cluster_id=self.cluster_id, scram=scram), 128,
+                             version=proc.version)
         return self.groups.wrap(f"kafka-format-{proc.node_id}", FORMAT_LIMITS, command)
 
     def format_all(self) -> None:
@@ -229,23 +239,29 @@ class LocalKafkaCluster:
                 log.close()
                 local.kill_group(p)
 
-    def start(self, node_id: int) -> None:
-        """Start node ``node_id`` (again); its data directory is kept."""
+    def start(self, node_id: int, version: str | None = None) -> subprocess.Popen[bytes]:
+        """Start node ``node_id`` (again), at ``version`` (default: the version it ran); its
+        data directory is kept. Returns its process."""
         proc = self.procs[node_id]
         if proc.process is not None and proc.process.poll() is None:
-            return
+            if version is not None and version != proc.version:
+                raise KafkaClusterError(f"node {node_id} runs {proc.version}: stop it before starting {version}")
+            return proc.process
+        if version is not None:
+            proc.version = version
         if not (self.log_dir(proc.node_id) / "meta.properties").exists():
             self.format_all()
         path = self._write(proc)
         log = open(proc.directory / "server.log", "ab")
         try:
             agent = (
-                [f"-javaagent:{kafka_home() / 'agents' / 'jmx_prometheus_javaagent.jar'}="
+                [f"-javaagent:{kafka_home(proc.version) / 'agents' / 'jmx_prometheus_javaagent.jar'}="
                  f"{LOOPBACK}:{self.metrics_ports[node_id]}:{self.metrics_rules}"]
                 if node_id in self.metrics_ports else []
             )
             gc_log = local.gc_log_flag(proc.directory)
-            command = self._java(SERVER_MAIN, [str(path)], proc.heap_mib, [*self.jvm_options, gc_log, *agent])
+            command = self._java(SERVER_MAIN, [str(path)], proc.heap_mib, [*self.jvm_options, gc_log, *agent],
+                                 version=proc.version)
             command = self.groups.wrap(self.group_name(node_id), proc.limits, command)
             proc.process = subprocess.Popen(
                 command,
@@ -254,6 +270,7 @@ class LocalKafkaCluster:
             )
         finally:
             log.close()
+        return proc.process
 
     def start_all(self, order: Sequence[int] | None = None) -> None:
         self.format_all()
@@ -344,6 +361,12 @@ class LocalKafkaCluster:
         path = self.procs[node_id].directory / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def reported_version(self, node_id: int) -> str | None:
+        """The version node ``node_id`` logged at its last start (``AppInfoParser``: "Kafka
+        version: X"), as the running JVM, not the launcher, sees it."""
+        found = re.findall(r"Kafka version: (\S+)", self.log(node_id))
+        return found[-1] if found else None
+
     def tail(self, node_id: int, lines: int = 30) -> str:
         return "\n".join(self.log(node_id).splitlines()[-lines:])
 
@@ -353,11 +376,11 @@ class LocalKafkaCluster:
                               error=KafkaClusterError)
 
     def tool(self, main: str, args: Sequence[str], *, timeout: float = 120.0, heap_mib: int = 128,
-             jvm: Sequence[str] = ()) -> str:
-        """Run a Kafka command-line tool (a main class of ``libs/``) and return its output."""
+             jvm: Sequence[str] = (), version: str = versions.KAFKA_VERSION) -> str:
+        """Run a Kafka command-line tool (a main class of ``libs/`` of ``version``) and return its output."""
         result = subprocess.run(
-            self._java(main, args, heap_mib, jvm), capture_output=True, text=True, timeout=timeout, env=self._env(),
-            stdin=subprocess.DEVNULL,
+            self._java(main, args, heap_mib, jvm, version=version), capture_output=True, text=True, timeout=timeout,
+            env=self._env(), stdin=subprocess.DEVNULL,
         )
         if result.returncode != 0:
             raise KafkaClusterError(f"{main} {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")

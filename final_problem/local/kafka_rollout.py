@@ -207,9 +207,11 @@ class ProbeOnce:
 
 
 def kafka_podsets(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]], workdir: Path,
-                  watcher: SyncWatcher | None = None) -> list[PodSet]:
+                  watcher: SyncWatcher | None = None,
+                  version: Callable[[], str | None] = lambda: None) -> list[PodSet]:
     """One PodSet per rendered StatefulSet, in the order rendered (controllers first), over
-    ``cluster``'s nodes (not started)."""
+    ``cluster``'s nodes (not started). A pod starts its node at ``version()`` when it is made
+    (None: the version the node ran; an upgrade changes it between rollouts)."""
     config_dir = workdir / "kafka-config"
     config_dir.mkdir(parents=True, exist_ok=True)
     for name, text in _one(objects, "ConfigMap", "kafka-config")["data"].items():
@@ -241,8 +243,10 @@ def kafka_podsets(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]],
             if watcher is not None:
                 probe = ProbeOnce(probe, lambda: watcher.passed(pod_name, node_id), enabled=lambda: watcher.active)
 
+            at = version()
+
             def start() -> Any:
-                cluster.start(node_id)
+                cluster.start(node_id, at)
                 return cluster.procs[node_id].process
 
             def cleanup() -> None:

@@ -6,7 +6,9 @@ the chart and the Pi hosts use), with ports remapped so three members share 127.
 and starts them at the version the chart's image pins (``ZOOKEEPER_VERSION``), from the jars
 ``make zookeeper`` resolves from Maven Central into
 ``${XDG_CACHE_HOME:-~/.cache}/final-problem/zookeeper-<version>/lib``, on Debian's Java 17
-(the image's ``3.9.4-jre-17`` variant runs the same Java). Each member logs to its console with
+(the image's ``3.9.4-jre-17`` variant runs the same Java); the upgrade rehearsals start members
+at the previous patch (``ZOOKEEPER_UPGRADE_FROM``, installed the same way) and again at the
+pinned one. Each member logs to its console with
 the chart's ``logback.xml`` and serves Prometheus metrics on the rendered port, as in the pod.
 
 Every process it starts is stopped by :meth:`LocalEnsemble.close` (also on ``with`` exit).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from final_problem import local, versions
-from final_problem.clients.zookeeper import server_mode
+from final_problem.clients.zookeeper import four_letter_word, server_mode
 from final_problem.charts.zookeeper import LOGBACK, ZooKeeperProps
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.limits import Groups, Limits
@@ -54,27 +57,31 @@ class EnsembleError(RuntimeError):
     """The local ensemble did not reach the expected state in time."""
 
 
-def missing_binaries() -> list[str]:
-    """What is missing to run an ensemble here (empty when ready)."""
+def missing_binaries(*zookeeper_versions: str) -> list[str]:
+    """What is missing to run an ensemble of ``zookeeper_versions`` (default: the pinned one)
+    here (empty when ready)."""
     missing = []
     if not shutil.which("java"):
         missing.append("java (Debian package default-jre-headless)")
-    home = zookeeper_home()
-    if not (home / ".installed").exists() or not (home / "lib" / f"zookeeper-{versions.ZOOKEEPER_VERSION}.jar").exists():
-        missing.append(f"{home}/lib (run `make zookeeper`)")
+    for version in zookeeper_versions or (versions.ZOOKEEPER_VERSION,):
+        home = zookeeper_home(version)
+        if not (home / ".installed").exists() or not (home / "lib" / f"zookeeper-{version}.jar").exists():
+            missing.append(f"{home}/lib (run `make zookeeper`)")
     return missing
 
 
-def classpath(conf_dir: Path) -> str:
+def classpath(conf_dir: Path, version: str = versions.ZOOKEEPER_VERSION) -> str:
     """The member's configuration folder (its ``logback.xml``), then every jar of ``lib/``:
     the chart's ``/conf:<release>/lib/*``."""
-    return f"{conf_dir}:{zookeeper_home() / 'lib' / '*'}"
+    return f"{conf_dir}:{zookeeper_home(version) / 'lib' / '*'}"
 
 
 @dataclass
 class _Process:
     member: Member
     directory: Path
+    #: The ZooKeeper version this member runs (its jars: :func:`zookeeper_home`).
+    version: str = versions.ZOOKEEPER_VERSION
     process: subprocess.Popen[bytes] | None = None
 
 
@@ -87,7 +94,10 @@ class LocalEnsemble:
     """
 
     def __init__(self, *, workdir: Path, size: int = 3, tick_time_ms: int = 250, profile: Profile = PI,
-                 limits: bool = True, jvm_options: Sequence[str] = ()) -> None:
+                 limits: bool = True, jvm_options: Sequence[str] = (),
+                 version: str = versions.ZOOKEEPER_VERSION) -> None:
+        """``version``: the ZooKeeper version every member first starts with (an upgrade
+        starts members again at another one)."""
         props = ZooKeeperProps.for_profile(profile)
         heap_mib = props.effective_heap_mib
         self.limits = Limits.of(props.sizing)
@@ -106,7 +116,7 @@ class LocalEnsemble:
         self.heap_mib = heap_mib
         #: JVM options added to the chart's (measurement only, e.g. Native Memory Tracking).
         self.jvm_options = tuple(jvm_options)
-        self.procs = {m.myid: _Process(member=m, directory=workdir / f"member-{m.myid}") for m in members}
+        self.procs = {m.myid: _Process(member=m, directory=workdir / f"member-{m.myid}", version=version) for m in members}
         self.config = EnsembleConfig(
             members=members,
             # Directories are set per member when its files are written.
@@ -141,14 +151,20 @@ class LocalEnsemble:
         (data / "myid").write_text(myid_file(proc.member.myid))
         return cfg
 
-    def start(self, myid: int) -> None:
-        """Start member ``myid`` (again); its data directories are kept."""
+    def start(self, myid: int, version: str | None = None) -> subprocess.Popen[bytes]:
+        """Start member ``myid`` (again), at ``version`` (default: the version it ran); its
+        data directories are kept. Returns its process."""
         proc = self.procs[myid]
         if proc.process is not None and proc.process.poll() is None:
-            return
+            if version is not None and version != proc.version:
+                raise EnsembleError(f"member {myid} runs {proc.version}: stop it before starting {version}")
+            return proc.process
+        if version is not None:
+            proc.version = version
         cfg = self._write(proc)
         command = java_command(
-            java=shutil.which("java") or "java", classpath=classpath(proc.directory), config_path=str(cfg), heap_mib=self.heap_mib,
+            java=shutil.which("java") or "java", classpath=classpath(proc.directory, proc.version), config_path=str(cfg),
+            heap_mib=self.heap_mib,
         )
         command[1:1] = [local.gc_log_flag(proc.directory), *self.jvm_options]
         log = open(proc.directory / "server.log", "ab")
@@ -159,6 +175,7 @@ class LocalEnsemble:
             )
         finally:
             log.close()
+        return proc.process
 
     def start_all(self) -> None:
         for myid in self.procs:
@@ -200,11 +217,14 @@ class LocalEnsemble:
         return command
 
     def pod_set(self, statefulset: dict[str, Any], pdb: dict[str, Any] | None = None, *,
-                readiness: "Callable[[int], Readiness] | None" = None) -> "PodSet":
+                readiness: "Callable[[int], Readiness] | None" = None,
+                version: Callable[[], str | None] = lambda: None) -> "PodSet":
         """The members as the rendered StatefulSet's pods, not yet started (:meth:`PodSet.launch`):
         ordinal ``i`` is member ``i + 1`` on its own data directories (its volumes), with the
         rendered readiness probe run here against its client port (``readiness(myid)``
-        replaces it), the rendered grace period, no preStop (none is rendered)."""
+        replaces it), the rendered grace period, no preStop (none is rendered). A pod starts
+        its member at ``version()`` when it is made (None: the version the member ran; an
+        upgrade changes it between rollouts)."""
         from final_problem.local.rollout import ExecProbe, Pod, PodSet
 
         spec = statefulset["spec"]["template"]["spec"]
@@ -214,9 +234,10 @@ class LocalEnsemble:
         def make(ordinal: int) -> Pod:
             myid = ordinal + 1
             member = self.procs[myid].member
+            at = version()
 
             def start() -> "subprocess.Popen[bytes]":
-                self.start(myid)
+                self.start(myid, at)
                 process = self.procs[myid].process
                 assert process is not None
                 return process
@@ -261,6 +282,14 @@ class LocalEnsemble:
             m = self.procs[myid].member
             result[myid] = server_mode(host=m.host, port=m.client_port, timeout=1.0)
         return result
+
+    def reported_version(self, myid: int) -> str | None:
+        """The version member ``myid`` reports (``srvr``: "Zookeeper version: 3.9.4-<commit>,
+        built on ..."), or None when it does not answer."""
+        m = self.procs[myid].member
+        text = four_letter_word(host=m.host, port=m.client_port, word="srvr", timeout=1.0)
+        found = re.search(r"^Zookeeper version: ([0-9.]+)", text, re.MULTILINE)
+        return found.group(1) if found else None
 
     def leader(self) -> int | None:
         leaders = [i for i, mode in self.modes().items() if mode == "leader"]

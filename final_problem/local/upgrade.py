@@ -1,0 +1,311 @@
+"""Rehearse version upgrades on real servers, rolled as Kubernetes rolls them, under live writes.
+
+Each rehearsal starts the component at the previous release line (``KAFKA_UPGRADE_FROM``,
+``ZOOKEEPER_UPGRADE_FROM`` in :mod:`final_problem.versions`, jars from ``make kafka`` and
+``make zookeeper``), from the configuration the chart renders, under each pod's limits, with
+a client writing throughout (:class:`final_problem.local.powercut.LiveWriter`: every write
+acknowledged by the servers is counted). It then changes the image version as a deploy
+would: the rendered StatefulSet is rolled by :func:`final_problem.local.rollout.roll_statefulset`
+(highest ordinal first; the next pod only once the replaced one passes the rendered readiness
+probe, run here as the kubelet runs it, and stays Ready for ``minReadySeconds``), each new
+pod starting the same data directory (its PersistentVolumeClaim) with the new version's jars.
+Kafka then finalizes the upgrade as its upgrade notes say (Kafka 4.4 docs, "Upgrading
+Servers to 4.4.x from any version 3.3.x through 4.3.x": upgrade the brokers one at a time,
+then ``kafka-features.sh upgrade --release-version 4.4``) and checks that the finalized
+``metadata.version`` cannot be downgraded ("cluster metadata downgrade is not supported").
+ZooKeeper's 3.9 patches share one data format and protocol: a rolling restart is the whole
+upgrade (ZooKeeper 3.9 Administrator's Guide, "Upgrading").
+
+At the end every acknowledged write is read back. :class:`Rehearsal` holds what a
+reviewer asks of an upgrade: writes acknowledged, refused and lost, the longest time no
+write was acknowledged, how long the roll took, and every member's version afterwards.
+
+The pods, their rendered readiness probes run here and their grace periods come from the
+rollout tests' wiring (:func:`final_problem.local.kafka_rollout.kafka_podsets`,
+:meth:`final_problem.local.zookeeper.LocalEnsemble.pod_set`), given the version to start.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from final_problem import versions
+from final_problem.local.powercut import LiveWriter, losses
+from final_problem.local.rollout import Pod, PodSet, Readiness, RolloutResult, roll_statefulset
+
+#: How a rehearsal replaces the pods: as the StatefulSet controller does, or every pod at
+#: once (``kubectl delete pods --all`` on an ``OnDelete`` set): the mistake the readiness
+#: gating prevents, for checking that a rehearsal notices it.
+ROLLS = ("statefulset", "all-at-once")
+
+
+class UpgradeError(RuntimeError):
+    """A rehearsal could not be run (a missing binary, a server that never came up)."""
+
+
+# -- what a rehearsal reports ------------------------------------------------------------------
+
+@dataclass
+class Rehearsal:
+    """What one upgrade rehearsal saw."""
+
+    what: str
+    #: The roll (and, for Kafka, the finalization), in seconds.
+    seconds: float
+    acknowledged: int
+    #: Write attempts refused or unanswered (each retried until acknowledged).
+    refused: int
+    lost: tuple[int, ...]
+    #: The longest time no write was acknowledged during the roll.
+    longest_outage_s: float
+    #: The quickest start of a new pod during the roll: from its process start to the first
+    #: pass of its readiness check (polled every 0.1 s, not at the probe's period). A roll
+    #: that leaves too few members to serve stops writes for at least this long.
+    shortest_start_s: float
+    #: Every member's version after the roll, as the server itself reports it.
+    versions_after: dict[int, str | None]
+    #: Component-specific findings (metadata.version before and after, a refused downgrade,
+    #: session state changes).
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"{self.what}: {self.seconds:.0f} s, {self.acknowledged} writes acknowledged, {self.refused} attempts refused and retried, "
+                f"{len(self.lost)} lost, longest write outage {self.longest_outage_s:.2f} s "
+                f"(a pod's start took {self.shortest_start_s:.1f} s or more)")
+
+
+def _roll(podset: PodSet, roll: str, *, ready_timeout_s: float) -> RolloutResult:
+    if roll == "statefulset":
+        return roll_statefulset(podset, ready_timeout_s=ready_timeout_s)
+    if roll != "all-at-once":
+        raise ValueError(f"roll {roll!r}: use one of {', '.join(ROLLS)}")
+    start = time.monotonic()
+    deleting = [threading.Thread(target=p.delete, args=(podset.endpoints,), daemon=True) for p in podset.pods]
+    for t in deleting:
+        t.start()
+    for t in deleting:
+        t.join()
+    new = []
+    for ordinal in range(len(podset.pods)):
+        pod = podset.make_pod(ordinal)
+        pod.ordinal, pod.endpoints = ordinal, podset.endpoints
+        podset.pods[ordinal] = pod.run()
+        new.append(pod)
+    for pod in new:
+        pod.wait_ready(ready_timeout_s, min_ready_s=podset.min_ready_s)
+    return RolloutResult(seconds=time.monotonic() - start, new=new)
+
+
+class StartTimes:
+    """How long each pod started through :meth:`timed` took from its process start to the
+    first pass of its readiness check, polled every ``interval_s``."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.seconds: list[float] = []
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.seconds.clear()
+
+    def shortest(self) -> float:
+        with self._lock:
+            return min(self.seconds) if self.seconds else float("nan")
+
+    def timed(self, start: Callable[[], Any], readiness: Readiness) -> Callable[[], Any]:
+        def run() -> Any:
+            proc = start()
+            began = time.monotonic()
+
+            def watch() -> None:
+                while proc.poll() is None:
+                    if readiness.passes():
+                        with self._lock:
+                            self.seconds.append(time.monotonic() - began)
+                        return
+                    time.sleep(self.interval_s)
+
+            threading.Thread(target=watch, name="start-timer", daemon=True).start()
+            return proc
+        return run
+
+
+# -- Kafka -------------------------------------------------------------------------------------
+
+def release(version: str) -> str:
+    """A Kafka version's release line as ``--release-version`` takes it: ``4.4.0`` -> ``4.4``."""
+    return ".".join(version.split(".")[:2])
+
+
+def kafka_features(cluster: Any) -> dict[str, str]:
+    """Each feature's finalized level (``kafka-features describe``, run with the pinned tools)."""
+    out = cluster.tool("org.apache.kafka.tools.FeatureCommand", [
+        "--bootstrap-server", cluster.bootstrap_servers, "--command-config", str(cluster.admin_properties), "describe"])
+    found = {}
+    for line in out.splitlines():
+        match = re.match(r"Feature:\s*(\S+).*FinalizedVersionLevel:\s*(\S+)", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def _timed(podset: PodSet, starts: "StartTimes") -> PodSet:
+    """Every pod ``podset`` makes from now on has its start timed by ``starts``."""
+    make = podset.make_pod
+
+    def make_pod(ordinal: int) -> Pod:
+        pod = make(ordinal)
+        assert pod.readiness is not None
+        pod.start = starts.timed(pod.start, pod.readiness)
+        return pod
+
+    podset.make_pod = make_pod
+    return podset
+
+
+def kafka_upgrade(workdir: Path, *, layout: str = "combined", roll: str = "statefulset",
+                  from_version: str = versions.KAFKA_UPGRADE_FROM, to_version: str = versions.KAFKA_VERSION,
+                  settle_s: float = 3.0, ready_timeout_s: float = 240) -> Rehearsal:
+    """Kafka ``from_version`` -> ``to_version`` in ``layout`` (``combined``: the Pi's,
+    ``dedicated``: EKS's controllers then brokers), an acks=all producer writing throughout;
+    then ``metadata.version`` finalized and a downgrade tried."""
+    from kafka.errors import KafkaError
+
+    from final_problem.clients.kafka import close, producer
+    from final_problem.local.kafka import KafkaClusterError, LocalKafkaCluster, missing_binaries
+    from final_problem.local.kafka_rollout import kafka_podsets, read_numbers, rendered
+
+    if missing := missing_binaries(from_version, to_version):
+        raise UpgradeError(f"cannot run Kafka here, missing: {', '.join(missing)}")
+    profile = "pi" if layout == "combined" else "eks"
+    version = {"now": from_version}
+    # Every node serves its metrics: the rendered readiness script reads them.
+    with LocalKafkaCluster(workdir=workdir, layout=layout, version=from_version, metrics=True) as cluster:
+        starts = StartTimes()
+        sets = [_timed(s, starts) for s in
+                kafka_podsets(cluster, rendered(profile), workdir / "pods", version=lambda: version["now"])]
+        cluster.format_all()
+        for podset in sets:
+            podset.launch(ready_timeout_s=ready_timeout_s)
+        cluster.wait_healthy()
+        before = kafka_features(cluster)
+        topic = cluster.create_topic(partitions=3, replication_factor=3, prefix="upgrade")
+        p = producer(cluster.app_settings(), linger_ms=0, request_timeout_ms=5000)
+        # A record sent again after a timeout may be there twice: the check counts values.
+        writer = LiveWriter(lambda seq: p.send(topic, value=str(seq).encode()).get(timeout=15),
+                            retry_on=(KafkaError,), name="kafka-writer").start()
+        try:
+            writer.wait_for(20, timeout_s=60)
+            time.sleep(settle_s)
+            version["now"] = to_version
+            starts.clear()
+            rolled_at = time.monotonic()
+            for podset in sets:
+                _roll(podset, roll, ready_timeout_s=ready_timeout_s)
+            cluster.tool("org.apache.kafka.tools.FeatureCommand", [
+                "--bootstrap-server", cluster.bootstrap_servers, "--command-config", str(cluster.admin_properties),
+                "upgrade", "--release-version", release(to_version)])
+            seconds = time.monotonic() - rolled_at
+            time.sleep(settle_s)
+            acks = writer.stop()
+            stopped_at = time.monotonic()
+            outage = writer.longest_gap_s(since=rolled_at, until=stopped_at)
+        finally:
+            writer.stop()
+            close(p, timeout_s=5)
+            writer.join()
+        after = kafka_features(cluster)
+        try:
+            cluster.tool("org.apache.kafka.tools.FeatureCommand", [
+                "--bootstrap-server", cluster.bootstrap_servers, "--command-config", str(cluster.admin_properties),
+                "downgrade", "--release-version", release(from_version)])
+            downgrade = None
+        except KafkaClusterError as e:
+            # The tool's own line among the client's log lines.
+            downgrade = next((line.strip() for line in str(e).splitlines() if line.startswith("Could not")), str(e))
+        present = set(read_numbers(cluster, topic))
+        result = losses(acks, present, frozen_at=stopped_at, started_at=writer.started_at)
+        return Rehearsal(
+            what=f"Kafka {from_version} -> {to_version} ({layout}, {roll})", seconds=seconds,
+            acknowledged=result.acknowledged, refused=sum(writer.retried.values()), lost=result.lost, longest_outage_s=outage,
+            shortest_start_s=starts.shortest(),
+            versions_after={n: cluster.reported_version(n) for n in cluster.procs},
+            facts={"metadata.version before": before.get("metadata.version"),
+                   "metadata.version after": after.get("metadata.version"),
+                   "metadata.version after the downgrade": kafka_features(cluster).get("metadata.version"),
+                   "downgrade refused": downgrade,
+                   "out of memory": cluster.out_of_memory()},
+        )
+
+
+# -- ZooKeeper ---------------------------------------------------------------------------------
+
+def zookeeper_upgrade(workdir: Path, *, roll: str = "statefulset",
+                      from_version: str = versions.ZOOKEEPER_UPGRADE_FROM,
+                      to_version: str = versions.ZOOKEEPER_VERSION, settle_s: float = 3.0,
+                      ready_timeout_s: float = 120) -> Rehearsal:
+    """ZooKeeper ``from_version`` -> ``to_version`` on the Pi profile's ensemble, a kazoo
+    session creating one znode per write throughout (each acknowledged by a quorum)."""
+    from kazoo.exceptions import KazooException, NodeExistsError
+    from kazoo.handlers.threading import KazooTimeoutError
+
+    from final_problem.clients.zookeeper import ZooKeeperClient
+    from final_problem.local.zookeeper import LocalEnsemble, missing_binaries, rendered_ensemble
+
+    if missing := missing_binaries(from_version, to_version):
+        raise UpgradeError(f"cannot run ZooKeeper here, missing: {', '.join(missing)}")
+    version = {"now": from_version}
+    workload, pdb = rendered_ensemble()
+    with LocalEnsemble(workdir=workdir, version=from_version) as ensemble:
+        starts = StartTimes()
+        podset = _timed(ensemble.pod_set(workload, pdb, version=lambda: version["now"]), starts)
+        podset.launch(ready_timeout_s=ready_timeout_s)
+        ensemble.wait_for_quorum(timeout=30)
+        client = ZooKeeperClient(hosts=ensemble.hosts, timeout=5, session_timeout=10).start()
+        try:
+            client.kazoo.ensure_path("/upgrade")
+            session = client.kazoo.client_id
+            def write(seq: int) -> None:
+                try:
+                    client.kazoo.create_async(f"/upgrade/{seq:08d}", b"x").get(timeout=5)
+                except NodeExistsError:
+                    pass  # the attempt before, whose answer the restart cut off, was applied
+
+            writer = LiveWriter(write, retry_on=(KazooException, KazooTimeoutError), name="zookeeper-writer").start()
+            try:
+                writer.wait_for(20, timeout_s=60)
+                time.sleep(settle_s)
+                version["now"] = to_version
+                starts.clear()
+                rolled_at = time.monotonic()
+                result = _roll(podset, roll, ready_timeout_s=ready_timeout_s)
+                time.sleep(settle_s)
+                acks = writer.stop()
+                stopped_at = time.monotonic()
+                outage = writer.longest_gap_s(since=rolled_at, until=stopped_at)
+            finally:
+                writer.stop()
+                writer.join()
+            ensemble.wait_for_quorum(timeout=60)
+            # Each path once, read from a member in sync with the leader.
+            client.kazoo.sync("/upgrade")
+            present = {int(name) for name in client.kazoo.get_children("/upgrade")}
+            same_session = client.kazoo.client_id == session
+            states = list(client.states)
+        finally:
+            client.close()
+        found = losses(acks, present, frozen_at=stopped_at, started_at=writer.started_at)
+        return Rehearsal(
+            what=f"ZooKeeper {from_version} -> {to_version} ({roll})", seconds=result.seconds,
+            acknowledged=found.acknowledged, refused=sum(writer.retried.values()), lost=found.lost, longest_outage_s=outage,
+            shortest_start_s=starts.shortest(),
+            versions_after={myid: ensemble.reported_version(myid) for myid in ensemble.procs},
+            facts={"same session": same_session, "session states": states,
+                   "out of heap": [i for i in ensemble.procs if "OutOfMemoryError" in ensemble.log(i)]},
+        )

@@ -1,0 +1,99 @@
+"""Version upgrades rehearsed on real servers, rolled as Kubernetes rolls the StatefulSets.
+
+Each component starts at the previous release line it supports upgrading from
+(``KAFKA_UPGRADE_FROM``, ``ZOOKEEPER_UPGRADE_FROM``), from the rendered configuration and
+under its pods' limits, with a client writing throughout; the rendered StatefulSet is then
+rolled onto the pinned version (final_problem.local.upgrade: highest ordinal first, each pod
+only after the one before passed the rendered readiness probe). One rehearsal per component,
+shared by the tests of this file; run with ``-s`` for the figures.
+
+- Kafka (the Pi's three combined nodes): 4.3 -> 4.4 jars, then ``metadata.version``
+  finalized to 4.4 (Kafka's upgrade notes), an acks=all producer writing throughout.
+- ZooKeeper (the three members): 3.9.3 -> 3.9.4, a kazoo session creating znodes throughout.
+
+"Stays writable" compares the longest time no write was acknowledged during the roll with
+the quickest start of a new pod (process start to its readiness check first passing): a roll
+that leaves too few members to serve (the quorum, the in-sync replicas) makes the writes wait
+for a start, so its outage is at least that long. Rolling every pod at once, without the
+readiness gating, fails these checks (see final_problem.local.upgrade, ``roll="all-at-once"``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from final_problem import versions
+from final_problem.local.upgrade import Rehearsal, UpgradeError, kafka_upgrade, release, zookeeper_upgrade
+
+pytestmark = pytest.mark.integration
+
+
+def rehearse(run, workdir: Path) -> Rehearsal:  # type: ignore[no-untyped-def]
+    try:
+        result = run(workdir)
+    except UpgradeError as e:
+        pytest.fail(str(e))
+    print(result.summary())
+    print(result.facts)
+    return result
+
+
+@pytest.fixture(scope="module")
+def kafka_rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
+    return rehearse(lambda w: kafka_upgrade(w, layout="combined"), tmp_path_factory.mktemp("kafka-upgrade"))
+
+
+@pytest.fixture(scope="module")
+def zookeeper_rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
+    return rehearse(zookeeper_upgrade, tmp_path_factory.mktemp("zookeeper-upgrade"))
+
+
+# -- Kafka --------------------------------------------------------------------------------------
+
+def test_kafka_rolling_upgrade_loses_no_acknowledged_write(kafka_rehearsal: Rehearsal) -> None:
+    assert kafka_rehearsal.acknowledged > 0
+    assert not kafka_rehearsal.lost, f"{len(kafka_rehearsal.lost)} acknowledged records lost, e.g. {kafka_rehearsal.lost[:5]}"
+
+
+def test_kafka_every_node_runs_the_pinned_version_after_the_roll(kafka_rehearsal: Rehearsal) -> None:
+    assert set(kafka_rehearsal.versions_after.values()) == {versions.KAFKA_VERSION}, kafka_rehearsal.versions_after
+
+
+def test_kafka_metadata_version_is_finalized_at_the_new_release(kafka_rehearsal: Rehearsal) -> None:
+    before, after = kafka_rehearsal.facts["metadata.version before"], kafka_rehearsal.facts["metadata.version after"]
+    assert before.startswith(release(versions.KAFKA_UPGRADE_FROM) + "-"), before
+    assert after.startswith(release(versions.KAFKA_VERSION) + "-"), after
+
+
+def test_kafka_refuses_to_downgrade_a_finalized_metadata_version(kafka_rehearsal: Rehearsal) -> None:
+    refusal = kafka_rehearsal.facts["downgrade refused"]
+    assert refusal is not None and "metadata.version downgrade" in refusal, refusal
+    assert kafka_rehearsal.facts["metadata.version after the downgrade"] == kafka_rehearsal.facts["metadata.version after"]
+
+
+def test_kafka_stays_writable_while_each_node_is_replaced(kafka_rehearsal: Rehearsal) -> None:
+    assert kafka_rehearsal.longest_outage_s < kafka_rehearsal.shortest_start_s, kafka_rehearsal.summary()
+    assert not kafka_rehearsal.facts["out of memory"]
+
+
+# -- ZooKeeper ----------------------------------------------------------------------------------
+
+def test_zookeeper_rolling_upgrade_loses_no_acknowledged_write(zookeeper_rehearsal: Rehearsal) -> None:
+    assert zookeeper_rehearsal.acknowledged > 0
+    assert not zookeeper_rehearsal.lost, f"{len(zookeeper_rehearsal.lost)} acknowledged znodes lost, e.g. {zookeeper_rehearsal.lost[:5]}"
+
+
+def test_zookeeper_every_member_runs_the_pinned_version_after_the_roll(zookeeper_rehearsal: Rehearsal) -> None:
+    assert set(zookeeper_rehearsal.versions_after.values()) == {versions.ZOOKEEPER_VERSION}, zookeeper_rehearsal.versions_after
+
+
+def test_zookeeper_client_session_survives_the_roll(zookeeper_rehearsal: Rehearsal) -> None:
+    assert zookeeper_rehearsal.facts["same session"]
+    assert "LOST" not in zookeeper_rehearsal.facts["session states"], zookeeper_rehearsal.facts["session states"]
+
+
+def test_zookeeper_stays_writable_while_each_member_is_replaced(zookeeper_rehearsal: Rehearsal) -> None:
+    assert zookeeper_rehearsal.longest_outage_s < zookeeper_rehearsal.shortest_start_s, zookeeper_rehearsal.summary()
+    assert not zookeeper_rehearsal.facts["out of heap"]
