@@ -91,9 +91,8 @@ SETTING_CASES = [
     # Kafka (eks: separate controllers and brokers).
     ("kafka", "eks", {"kafka": {"broker_memory_mib": 2048}}, Effect.ROLLING,
      "kafka.broker_memory_mib 768 -> 2048: rolling restart",
-     # One ConfigMap digest covers every node's server.properties: the controllers roll too.
-     ["kafka-controller-2", "kafka-controller-1", "kafka-controller-0", "kafka-broker-2", "kafka-broker-1",
-      "kafka-broker-0"]),
+     # Each set's pods carry a digest of the files that set reads: only the brokers roll.
+     ["kafka-broker-2", "kafka-broker-1", "kafka-broker-0"]),
     ("kafka", "eks", {"kafka": {"controllers": 5}}, Effect.PROCEDURE,
      "kafka.controllers 3 -> 5: procedure needed: the KRaft voter set is static", None),
     ("kafka", "eks", {"kafka": {"brokers": 5}}, Effect.ROLLING, "kafka.brokers 3 -> 5: rolling restart", None),
@@ -164,8 +163,12 @@ def test_kafka_broker_scale_down_is_a_procedure() -> None:
                for line in lines(result))
 
 
+#: A controller setting (topic defaults are applied by the controllers) and a broker one.
+BOTH_SETS = {"kafka": {"num_partitions": 6, "broker_memory_mib": 2048}}
+
+
 def test_a_kafka_restart_lists_controllers_then_brokers_each_from_the_highest_ordinal() -> None:
-    result = of(plan_of("kafka", after={"kafka": {"num_partitions": 6}}), "kafka")
+    result = of(plan_of("kafka", after=BOTH_SETS), "kafka")
     assert result.restarts == [
         ("StatefulSet kafka/kafka-controller", ["kafka-controller-2", "kafka-controller-1", "kafka-controller-0"]),
         ("StatefulSet kafka/kafka-broker", ["kafka-broker-2", "kafka-broker-1", "kafka-broker-0"]),
@@ -705,7 +708,7 @@ def test_a_finished_job_of_an_older_version_is_not_taken_for_what_runs(tmp_path:
 
 
 def test_the_verdict_line_says_how_each_kind_of_workload_rolls() -> None:
-    kafka = of(plan_of("kafka", after={"kafka": {"num_partitions": 6}}), "kafka").summary()
+    kafka = of(plan_of("kafka", after=BOTH_SETS), "kafka").summary()
     assert kafka.endswith("(a StatefulSet one pod at a time from the highest ordinal, each Ready first; the workloads "
                           "side by side)")
     envoy = of(plan_of("envoy", after={"envoy": {"retries": 3}}), "envoy").summary()
