@@ -161,17 +161,23 @@ def _timings(probe: dict[str, Any]) -> dict[str, Any]:
             "success_threshold": probe.get("successThreshold", 1), "failure_threshold": probe.get("failureThreshold", 3)}
 
 
-@dataclass
-class Probe:
-    """A rendered ``httpGet`` readiness probe, its port mapped to the local one."""
+@dataclass(kw_only=True)
+class ProbeTimings:
+    """A probe's timings as the kubelet applies them (:func:`_timings` reads them)."""
 
-    path: str
-    port: int
-    period_s: float
+    period_s: float = 10
     timeout_s: float = 1
     success_threshold: int = 1
     initial_delay_s: float = 0
     failure_threshold: int = 3
+
+
+@dataclass
+class Probe(ProbeTimings):
+    """A rendered ``httpGet`` readiness probe, its port mapped to the local one."""
+
+    path: str
+    port: int
 
     @classmethod
     def rendered(cls, probe: dict[str, Any], ports: dict[int, int]) -> "Probe":
@@ -190,15 +196,10 @@ class Probe:
 
 
 @dataclass
-class TcpProbe:
+class TcpProbe(ProbeTimings):
     """A rendered ``tcpSocket`` readiness probe: passes when the port accepts a connection."""
 
     port: int
-    period_s: float
-    timeout_s: float = 1
-    success_threshold: int = 1
-    initial_delay_s: float = 0
-    failure_threshold: int = 3
 
     @classmethod
     def rendered(cls, probe: dict[str, Any], ports: dict[int, int]) -> "TcpProbe":
@@ -213,18 +214,13 @@ class TcpProbe:
 
 
 @dataclass
-class ExecProbe:
+class ExecProbe(ProbeTimings):
     """A rendered ``exec`` probe run here: ``argv`` is the rendered command with the
     container's paths and ports rewritten to the local ones; it passes on exit status 0, and
     fails when it outlives ``timeoutSeconds`` (the kubelet's rule since 1.20)."""
 
     argv: list[str]
     env: dict[str, str] | None = None
-    period_s: float = 10
-    timeout_s: float = 1
-    success_threshold: int = 1
-    initial_delay_s: float = 0
-    failure_threshold: int = 3
 
     @classmethod
     def rendered(cls, probe: dict[str, Any], argv: Sequence[str], env: dict[str, str] | None = None) -> "ExecProbe":
