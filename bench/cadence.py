@@ -112,49 +112,35 @@ def workflow_figures(*, sequential: int, count: int, concurrency: int) -> None:
 
 
 def rollout_figures() -> None:
-    from final_problem.local import LOOPBACK
-    from final_problem.local.cadence_rollout import TABLE, RolloutPlatform, WorkflowStarts, completed
-    from final_problem.local.postgres import PsqlWriter, SessionLost
+    from final_problem.local.cadence_rollout import RolloutPlatform, describe, under_load
     from final_problem.local.powercut import LiveWriter
     from final_problem.renderers.cadence import SERVICES
+
+    timings: dict[str, float] = {}
+    drains = []
+
+    def roll(writer: LiveWriter) -> None:
+        began = time.monotonic()
+        timings["postgres"] = platform.roll_postgres()
+        timings["postgres outage"] = writer.longest_gap_s(since=began)
+        timings.update(platform.roll_cadence())
 
     with tempfile.TemporaryDirectory(prefix="final-problem-cadence-rollout-") as tmp:
         platform = RolloutPlatform(Path(tmp))
         try:
             platform.start()
-            session = PsqlWriter(host=LOOPBACK, port=platform.pg_balancer.port, user=platform.postgres.user,
-                                 password=platform.postgres.password, table=TABLE, bin_dir=platform.postgres.bin_dir)
-            writer = LiveWriter(session.insert, name="psql", retry_on=(SessionLost,), retry_s=0.1)
-            try:
-                with WorkflowStarts(platform) as starts:
-                    writer.start()
-                    writer.wait_for(20, timeout_s=30)
-                    time.sleep(2)
-                    began = time.monotonic()
-                    pg_seconds = platform.roll_postgres()
-                    pg_outage = writer.longest_gap_s(since=began)
-                    cadence_began = time.monotonic()
-                    timings = platform.roll_cadence()
-                    time.sleep(3)
-                    write_outage = writer.longest_gap_s(since=cadence_began)
-                acks = writer.stop()
-                writer.join()
-            finally:
-                session.close()
-            done = completed(platform, starts.acked)
-            present = {int(row[0]) for row in platform.postgres.query(f"SELECT seq FROM {TABLE}")}
+            rolled = under_load(platform, roll)
+            drained = under_load(platform, lambda writer: drains.append(platform.drain_node()))
         finally:
             platform.close()
-    lost_rows = len({a.seq for a in acks} - present)
-    lost_workflows = sum("closed" in done.get(e.workflow_id, {"closed": "never"}) for e, _, _ in starts.acked)
-    print("Rollouts under load (Pi profile: one pod each; a psql session committing, an order workflow started "
-          "every 0.3 s):")
-    print(f"  postgres rollout (planned restart)   {pg_seconds:5.1f} s   longest write outage {pg_outage:.2f} s, "
-          f"{len(acks)} commits acknowledged, {lost_rows} lost")
+    print("Rollouts and a drain under load (Pi profile: one pod each; a psql session committing, an order "
+          "workflow started every 0.3 s):")
+    print(f"  postgres rollout (planned restart)   {timings['postgres']:5.1f} s   longest write outage "
+          f"{timings['postgres outage']:.2f} s")
     print("  cadence Deployments rolled together  " + ", ".join(f"{s} {timings[s]:.1f} s" for s in SERVICES))
-    print(f"    {len(starts.acked)} workflows started, {lost_workflows} lost; longest gap between acknowledged starts "
-          f"{starts.longest_gap_s():.2f} s, {len(starts.failed)} starts refused; PostgreSQL writes meanwhile: "
-          f"longest outage {write_outage:.2f} s")
+    print(f"    rollouts: {describe(rolled)}")
+    print(f"  drain of the node running all of them {drains[0].seconds:5.1f} s")
+    print(f"    drain: {describe(drained)}")
 
 
 def main() -> int:

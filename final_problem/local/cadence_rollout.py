@@ -20,12 +20,14 @@ import asyncio
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from final_problem.local import LOOPBACK, kill_group, wait_for
 from final_problem.local import cadence as tools
-from final_problem.local.postgres import LocalPostgres
+from final_problem.local.postgres import LocalPostgres, PsqlWriter, SessionLost
+from final_problem.local.powercut import LiveWriter
 from final_problem.local.rollout import (
     DrainResult, Endpoints, LoadBalancer, Pod, PodSet, RolloutError, drain, roll_deployment, roll_statefulset,
 )
@@ -267,3 +269,60 @@ def completed(platform: RolloutPlatform, acked: list[tuple[Any, int, float]], *,
         return wait_for("every acknowledged workflow to complete", attempt, timeout_s=timeout_s, interval_s=1)
     except TimeoutError as e:
         raise TimeoutError(f"{e}; open: {open_ones[:5]}") from None
+
+
+@dataclass
+class Outcome:
+    acks: list[Any]
+    lost_rows: list[int]
+    outage_s: float
+    starts: WorkflowStarts
+    wrong: list[Any]
+    again: int
+    sessions: int
+
+
+def under_load(platform: RolloutPlatform, change: Callable[[LiveWriter], None]) -> Outcome:
+    """``change(writer)`` while a psql session commits rows and a client starts workflows;
+    then every acknowledged row and workflow checked. TimeoutError: a workflow did not close."""
+    from final_problem.clients import cadence as sample
+
+    session = PsqlWriter(host=LOOPBACK, port=platform.pg_balancer.port, user=platform.postgres.user,
+                         password=platform.postgres.password, table=TABLE, bin_dir=platform.postgres.bin_dir)
+    writer = LiveWriter(session.insert, name="psql", retry_on=(SessionLost,), retry_s=0.1)
+    try:
+        with WorkflowStarts(platform) as starts:
+            writer.start()
+            writer.wait_for(20, timeout_s=30)
+            time.sleep(2)
+            started = time.monotonic()
+            change(writer)
+            outage = writer.longest_gap_s(since=started)
+            time.sleep(3)
+        acks = writer.stop()
+        writer.join()
+    finally:
+        session.close()
+    done = completed(platform, starts.acked)
+    present = {int(row[0]) for row in platform.postgres.query(f"SELECT seq FROM {TABLE}")}
+    lost_rows = sorted({a.seq for a in acks} - present)
+    # Activities run at least once: one whose completion a restart cut short runs again after
+    # its timeout (a later attempt of ``reserve``); the order's outcome is the same.
+    wrong, again = [], 0
+    for execution, items, _ in starts.acked:
+        result, expected = done.get(execution.workflow_id), sample.expected_result(execution.workflow_id, items)
+        if (result is None or "closed" in result
+                or (result["order_id"], result["charged_cents"]) != (expected["order_id"], expected["charged_cents"])
+                or result["reserved_on_attempt"] < sample.RESERVE_FAILURES):
+            wrong.append((execution.workflow_id, result))
+        else:
+            again += result["reserved_on_attempt"] > sample.RESERVE_FAILURES
+    return Outcome(acks=acks, lost_rows=lost_rows, outage_s=outage, starts=starts, wrong=wrong, again=again,
+                   sessions=session.sessions)
+
+
+def describe(o: Outcome) -> str:
+    return (f"{len(o.acks)} acknowledged commits, {len(o.lost_rows)} lost, longest write outage {o.outage_s:.2f} s; "
+            f"{len(o.starts.acked)} workflows started, {len(o.wrong)} lost or wrong, {o.again} ran an activity again, "
+            f"{len(o.starts.failed)} starts refused {sorted(set(o.starts.failed))}, longest gap between acknowledged "
+            f"starts {o.starts.longest_gap_s():.2f} s")

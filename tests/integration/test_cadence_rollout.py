@@ -19,16 +19,13 @@ itself within its grace period (none SIGKILLed).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
-from final_problem.clients import cadence as sample
-from final_problem.local import LOOPBACK
 from final_problem.local import cadence as tools
-from final_problem.local.cadence_rollout import TABLE, RolloutPlatform, WorkflowStarts, completed
-from final_problem.local.postgres import LocalPostgresError, PsqlWriter, SessionLost
+from final_problem.local.cadence_rollout import RolloutPlatform, describe, under_load
+from final_problem.local.postgres import LocalPostgresError
 from final_problem.local.powercut import LiveWriter
 from final_problem.renderers.cadence import SERVICES
 
@@ -55,64 +52,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutPlatfo
         p.close()
 
 
-@dataclass
-class Outcome:
-    acks: list[Any]
-    lost_rows: list[int]
-    outage_s: float
-    starts: WorkflowStarts
-    wrong: list[Any]
-    again: int
-    sessions: int
-
-
-def under_load(platform: RolloutPlatform, change: Callable[[LiveWriter], None]) -> Outcome:
-    """``change(writer)`` while a psql session commits rows and a client starts workflows;
-    then every acknowledged row and workflow checked."""
-    session = PsqlWriter(host=LOOPBACK, port=platform.pg_balancer.port, user=platform.postgres.user,
-                         password=platform.postgres.password, table=TABLE, bin_dir=platform.postgres.bin_dir)
-    writer = LiveWriter(session.insert, name="psql", retry_on=(SessionLost,), retry_s=0.1)
-    try:
-        with WorkflowStarts(platform) as starts:
-            writer.start()
-            writer.wait_for(20, timeout_s=30)
-            time.sleep(2)
-            started = time.monotonic()
-            change(writer)
-            outage = writer.longest_gap_s(since=started)
-            time.sleep(3)
-        acks = writer.stop()
-        writer.join()
-    finally:
-        session.close()
-    try:
-        done = completed(platform, starts.acked)
-    except TimeoutError as e:
-        pytest.fail(f"{e}\n{platform.logs()}")
-    present = {int(row[0]) for row in platform.postgres.query(f"SELECT seq FROM {TABLE}")}
-    lost_rows = sorted({a.seq for a in acks} - present)
-    # Activities run at least once: one whose completion a restart cut short runs again after
-    # its timeout (a later attempt of ``reserve``); the order's outcome is the same.
-    wrong, again = [], 0
-    for execution, items, _ in starts.acked:
-        result, expected = done.get(execution.workflow_id), sample.expected_result(execution.workflow_id, items)
-        if (result is None or "closed" in result
-                or (result["order_id"], result["charged_cents"]) != (expected["order_id"], expected["charged_cents"])
-                or result["reserved_on_attempt"] < sample.RESERVE_FAILURES):
-            wrong.append((execution.workflow_id, result))
-        else:
-            again += result["reserved_on_attempt"] > sample.RESERVE_FAILURES
-    return Outcome(acks=acks, lost_rows=lost_rows, outage_s=outage, starts=starts, wrong=wrong, again=again,
-                   sessions=session.sessions)
-
-
-def describe(o: Outcome) -> str:
-    return (f"{len(o.acks)} acknowledged commits, {len(o.lost_rows)} lost, longest write outage {o.outage_s:.2f} s; "
-            f"{len(o.starts.acked)} workflows started, {len(o.wrong)} lost or wrong, {o.again} ran an activity again, "
-            f"{len(o.starts.failed)} starts refused {sorted(set(o.starts.failed))}, longest gap between acknowledged "
-            f"starts {o.starts.longest_gap_s():.2f} s")
-
-
 def test_rollouts_of_postgres_and_every_cadence_deployment_lose_no_write_and_no_workflow(
     platform: RolloutPlatform,
 ) -> None:
@@ -124,7 +63,10 @@ def test_rollouts_of_postgres_and_every_cadence_deployment_lose_no_write_and_no_
         timings["postgres outage"] = writer.longest_gap_s(since=pg_started)
         timings.update(platform.roll_cadence())
 
-    o = under_load(platform, roll)
+    try:
+        o = under_load(platform, roll)
+    except TimeoutError as e:
+        pytest.fail(f"{e}\n{platform.logs()}")
     print(f"postgres rollout {timings['postgres']:.1f} s (write outage {timings['postgres outage']:.2f} s), cadence "
           "rollouts (together): " + ", ".join(f"{s} {timings[s]:.1f} s" for s in SERVICES) + f"; {describe(o)}")
     for pod in platform.old_pods:
@@ -151,7 +93,10 @@ def test_a_drain_of_the_node_running_postgres_and_cadence_loses_no_write_and_no_
     Cadence Deployment drained (a Pi runs one of each: all of them go at once)."""
     before = len(platform.old_pods)
     results = []
-    o = under_load(platform, lambda writer: results.append(platform.drain_node()))
+    try:
+        o = under_load(platform, lambda writer: results.append(platform.drain_node()))
+    except TimeoutError as e:
+        pytest.fail(f"{e}\n{platform.logs()}")
     print(f"postgres and cadence drain {results[0].seconds:.1f} s (evictions refused {results[0].refused}); {describe(o)}")
     assert all(n == 0 for n in results[0].refused.values()), results[0].refused
     assert o.acks and not o.lost_rows, f"{len(o.lost_rows)} acknowledged commits lost: {o.lost_rows[:10]}"
