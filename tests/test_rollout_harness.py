@@ -247,3 +247,39 @@ def test_rendered_probes_map_their_ports_and_refuse_an_unrewritten_exec() -> Non
     assert isinstance(tcp, TcpProbe) and tcp.port == 1 and not tcp.passes()
     with pytest.raises(RolloutError, match="exec readiness probe needs a local command"):
         rendered_readiness({"name": "zk", "readinessProbe": {"exec": {"command": ["x"]}}}, {})
+
+
+def test_scaling_up_in_order_waits_for_each_new_pod_and_down_deletes_the_highest_first(clusters: Any) -> None:
+    c = clusters("zk", 3, ready_after_s=0.3)
+    c.set.scale(5, ready_timeout_s=5)
+    assert c.log[3:] == ["start zk-3-g1", "start zk-4-g1"]
+    three, four = c.set.pods[3:]
+    assert next(t for t, e in four.events if e == "started") >= next(t for t, e in three.events if e == "ready")
+    assert c.set.workload["spec"]["replicas"] == 5 and all(p.ready for p in c.set.pods)
+    c.set.scale(3, ready_timeout_s=5)
+    assert c.log[5:] == ["delete zk-4-g1", "delete zk-3-g1"]
+    assert [p.name for p in c.set.pods] == ["zk-0-g0", "zk-1-g0", "zk-2-g0"]
+    assert three.proc is not None and three.proc.poll() is not None
+
+
+def test_scaling_a_parallel_set_starts_every_new_pod_at_once(clusters: Any) -> None:
+    workload = {"spec": {"replicas": 1, "podManagementPolicy": "Parallel", "updateStrategy": {"type": "RollingUpdate"}}}
+    c = clusters("redis", 1, workload=workload, ready_after_s=0.3)
+    c.set.scale(3, ready_timeout_s=5)
+    started = [next(t for t, e in p.events if e == "started") for p in c.set.pods[1:]]
+    ready = [next(t for t, e in p.events if e == "ready") for p in c.set.pods[1:]]
+    assert max(started) < min(ready)
+
+
+def test_a_local_runner_runs_membership_steps_in_order(clusters: Any) -> None:
+    from final_problem import scaling
+    from final_problem.local.rollout import LocalRunner
+
+    c = clusters("zk", 3)
+    ran: list[str] = []
+    runner = LocalRunner({"zk": c.set}, lambda step: ran.append(" ".join(step.command)) or "ok")
+    out = scaling.run([scaling.Scale("zk", 4, "a member more"), scaling.WaitReady("zk", 4, "it joined"),
+                       scaling.Exec("zk-0", "zookeeper", ("reconfig", "-add", "4"), "a voter")], runner)
+    assert out == ["", "", "ok"] and ran == ["reconfig -add 4"] and len(c.set.pods) == 4
+    with pytest.raises(RolloutError, match="no StatefulSet kafka"):
+        scaling.run([scaling.Scale("kafka", 1, "x")], runner)

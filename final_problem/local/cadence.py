@@ -209,8 +209,10 @@ class LocalCadence:
     def _write_config(self, instance: str, *, seeds: tuple[str, ...]) -> None:
         """``config/<instance>.yaml``: ringpop seeded with the TChannel ports of ``seeds``."""
         service = self.instances[instance]
-        # Every service's section is rendered; an instance listens on its own service's.
-        ports = {name: self.ports[next(i for i in seeds if self.instances[i] == name)] for name in render.SERVICES}
+        # Every service's section is needed: a service with no instance among the seeds (its
+        # old pod gone, its replacement not yet added) keeps its last instance's ports.
+        ports = {name: self.ports[next((i for i in seeds if self.instances[i] == name), self.of(name)[-1])]
+                 for name in render.SERVICES}
         ports[service] = self.ports[instance]
         config = render.ServerConfig(
             num_history_shards=self.props.num_history_shards, database=self.database, ports=ports,

@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from final_problem.capacity import scaled as _scaled
 from final_problem.capacity import surge_and_unavailable
@@ -416,6 +416,18 @@ class Pod:
         self.events.append((time.monotonic(), "preStop done"))
 
 
+def _one_line(error: BaseException) -> str:
+    """A failure of a thread, named: its own message, or its type and where it was raised
+    when it has none (an ``AssertionError``, a ``StopIteration``)."""
+    if isinstance(error, RolloutError) and str(error):
+        return str(error)
+    where = error.__traceback__
+    while where is not None and where.tb_next is not None:
+        where = where.tb_next
+    at = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where is not None else ""
+    return f"{type(error).__name__}: {error}{at}"
+
+
 @dataclass
 class RolloutResult:
     seconds: float
@@ -442,7 +454,7 @@ def roll_deployment(deployment: dict[str, Any], old: Sequence[Pod], make_pod: Ca
 
     while remaining or starting:
         if errors:
-            raise RolloutError(str(errors[0]))
+            raise RolloutError(_one_line(errors[0]))
         # Terminating pods no longer count (Deployment controller): only these do.
         alive = len(remaining) + len(new)
         if len(new) < replicas and alive < replicas + surge:
@@ -467,7 +479,7 @@ def roll_deployment(deployment: dict[str, Any], old: Sequence[Pod], make_pod: Ca
     for thread in stopping:
         thread.join()
     if errors:
-        raise RolloutError(str(errors[0]))
+        raise RolloutError(_one_line(errors[0]))
     return RolloutResult(seconds=time.monotonic() - start, new=new)
 
 
@@ -514,6 +526,42 @@ class PodSet:
         self.pods[ordinal] = pod.run()
         pod.wait_ready(ready_timeout_s, min_ready_s=self.min_ready_s)
         return pod
+
+    def scale(self, replicas: int, *, ready_timeout_s: float = 180) -> "PodSet":
+        """The StatefulSet controller's scale to ``replicas``: new ordinals are created (with
+        ``podManagementPolicy: Parallel`` all at once, else one at a time, each Ready before
+        the next), removed ones deleted from the highest ordinal down, each a full
+        termination (Parallel: together). ``workload``'s ``spec.replicas`` follows, for the
+        disruption budget. Kubernetes docs, "StatefulSets" (pod management policies,
+        deployment and scaling guarantees)."""
+        parallel = self.workload["spec"].get("podManagementPolicy", "OrderedReady") == "Parallel"
+        self.workload = {**self.workload, "spec": {**self.workload["spec"], "replicas": replicas}}
+        if replicas > len(self.pods):
+            added = []
+            for ordinal in range(len(self.pods), replicas):
+                pod = self.make_pod(ordinal)
+                pod.ordinal = ordinal
+                if pod.endpoints is None:
+                    pod.endpoints = self.endpoints
+                self.pods.append(pod.run())
+                added.append(pod)
+                if not parallel:
+                    pod.wait_ready(ready_timeout_s, min_ready_s=self.min_ready_s)
+            for pod in added:
+                pod.wait_ready(ready_timeout_s, min_ready_s=self.min_ready_s)
+        else:
+            removed = self.pods[replicas:][::-1]
+            if parallel:
+                threads = [threading.Thread(target=p.delete, args=(self.endpoints,), daemon=True) for p in removed]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+            else:
+                for pod in removed:
+                    pod.delete(self.endpoints)
+            del self.pods[replicas:]
+        return self
 
     def disruptions_allowed(self) -> int:
         """The PDB's ``disruptionsAllowed`` now: the set's Ready pods less the ones it must keep
@@ -610,7 +658,7 @@ def drain(podsets: Sequence[PodSet], node: int, *, ready_timeout_s: float = 180,
     for t in threads:
         t.join()
     if errors:
-        raise RolloutError(str(errors[0]))
+        raise RolloutError(_one_line(errors[0]))
     return DrainResult(seconds=time.monotonic() - start, refused=refused)
 
 
@@ -874,3 +922,35 @@ def report(name: str, clients: LiveClients, seconds: float, *, took: str = "roll
     kinds = sorted(set(clients.failed))[:5]
     return (f"{name}: {took} {seconds:.1f} s, {len(clients.failed)} of {clients.total} requests failed"
             f"{' ' + str(kinds) if kinds else ''}, longest gap {clients.longest_gap_s():.2f} s")
+
+
+# -- membership steps on real servers ----------------------------------------------------
+
+class LocalRunner:
+    """Membership steps (:mod:`final_problem.scaling`) run on real servers: :class:`Scale`
+    and :class:`WaitReady` on the :class:`PodSet` of that StatefulSet name, :class:`Exec`
+    through ``exec_local`` (the component's own: the command rewritten for this host, as
+    the exec probes are)."""
+
+    def __init__(self, sets: Mapping[str, PodSet], exec_local: Callable[[Any], str], *,
+                 ready_timeout_s: float = 180) -> None:
+        self.sets, self.exec_local, self.ready_timeout_s = sets, exec_local, ready_timeout_s
+
+    def _set(self, name: str) -> PodSet:
+        if name not in self.sets:
+            raise RolloutError(f"no StatefulSet {name} here: {sorted(self.sets)}")
+        return self.sets[name]
+
+    def exec(self, step: Any) -> str:
+        return self.exec_local(step)
+
+    def scale(self, step: Any) -> None:
+        self._set(step.name).scale(step.replicas, ready_timeout_s=self.ready_timeout_s)
+
+    def wait_ready(self, step: Any) -> None:
+        podset = self._set(step.name)
+        deadline = time.monotonic() + min(step.timeout_s, self.ready_timeout_s)
+        while sum(p.ready for p in podset.pods) < step.replicas:
+            if time.monotonic() > deadline:
+                raise RolloutError(f"{step.name}: {sum(p.ready for p in podset.pods)} of {step.replicas} pods Ready")
+            time.sleep(0.1)
