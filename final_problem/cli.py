@@ -6,6 +6,7 @@
     final-problem zookeeper status          # a component's own client (its subcommands)
     final-problem redis example
     final-problem plan --live               # what the next deploy would do (final_problem/plan.py)
+    final-problem scale zookeeper.replicas=5 --live --apply   # a quorum's membership (final_problem/scale.py)
 
 Where the platform is: ``--local`` (start the real servers on this machine), explicit
 addresses (``--zookeeper``, ``--redis-sentinels``), the clients' environment variables,
@@ -99,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", add_help=False,
                           help="what the next deploy would do: `final-problem plan --help` (exit 1 on a refused change)")
     plan.add_argument("args", nargs=argparse.REMAINDER, help="--from DIR or --live, and the plan's options")
+    scale = sub.add_parser("scale", add_help=False,
+                           help="change a quorum's membership, one member at a time: `final-problem scale --help`")
+    scale.add_argument("args", nargs=argparse.REMAINDER, help="COMPONENT.SETTING=VALUE, --live or --from DIR, --apply")
     for name in CLIENTS:
         client = sub.add_parser(name, help=f"the {name} client: `final-problem {name} --help` lists its subcommands",
                                 add_help=False)
@@ -164,6 +168,10 @@ def _command(argv: list[str]) -> int:
             from final_problem import plan
 
             return plan.main(argv[1:])
+        if argv and argv[0] == "scale":
+            from final_problem import scale
+
+            return scale.main(argv[1:])
         if argv and argv[0] in CLIENTS:
             # The component's own command line, flags and all (its --help included).
             return _client(argv[0], argv[1:])

@@ -176,3 +176,7 @@ class KubectlRunner:
                 raise StepFailed(f"{step.name}: {ready or 0} of {step.replicas} pods Ready after {step.timeout_s:.0f} s; "
                                  "see kubectl describe, then run the command again")
             time.sleep(5)
+
+    def annotate_namespace(self, namespace: str, key: str, value: str) -> None:
+        self._kubectl(["annotate", "namespace", namespace, f"{key}={value}", "--overwrite"],
+                      f"recording the change on namespace {namespace}")
