@@ -15,13 +15,14 @@ CDK := $(CURDIR)/node_modules/.bin/cdk
 CDK_ARGS ?=
 # Passed to pytest, e.g. make test PYTEST_ARGS="-k policy"
 PYTEST_ARGS ?=
-# pytest-xdist workers; a snapshot update runs in one process (syrupy writes the files).
+# pytest-xdist workers: one per core and one more, so the two real-server lanes and the other
+# files run side by side; a snapshot update runs in one process (syrupy writes the files).
 # loadfile: a module's tests share one worker, so a module-scoped fixture (a whole Kafka
 # cluster, a Redis set) starts once, not once per worker; the real-server test files go in
 # two lanes of files run one after another (tests/conftest.py, xdist_lane). (loadgroup with
 # xdist_group marks does not group here: pytest-xdist 3.8 under pytest 9 spreads the group
 # over workers.)
-PYTEST_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+PYTEST_JOBS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 2) + 1 )))
 PYTEST_PARALLEL := $(if $(findstring snapshot-update,$(PYTEST_ARGS)),,-n $(PYTEST_JOBS) --dist loadfile)
 
 # The venv first on PATH: `python3` in cdk.json and `node` for jsii are the venv's.
@@ -198,10 +199,9 @@ SERVERS := $(KAFKA_STAMP) $(KAFKA_UPGRADE_STAMP) $(ZOOKEEPER_STAMP) $(ZOOKEEPER_
 # test is the same on every run.
 test: setup $(CHECKOV_STAMP) $(SERVERS) pi-rootfs
 	@# pytest's exit status 5 (no test selected) is fine in a pass that PYTEST_ARGS filtered empty.
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) --ignore=tests/integration $(PYTEST_ARGS) \
-	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
-	@# --durations: each run lists its slowest real-server tests, the figures the lanes are balanced by.
-	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=25 tests/integration $(PYTEST_ARGS) \
+	@# One pass: the two real-server lanes on two workers, every other file on the rest
+	@# (tests/conftest.py). --durations: the slowest tests, the figures the lanes are balanced by.
+	CHECKOV=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=25 $(PYTEST_ARGS) \
 	  || [ $$? -eq 5 -a -n "$(PYTEST_ARGS)" ]
 
 k8s-api: setup

@@ -49,13 +49,16 @@ HEAVY_LANE = frozenset(INTEGRATION + name for name in (
 ))
 
 
+LANES = ("integration: heavy processes", "integration: servers that wait")
+
+
 def xdist_lane(path: str) -> str:
     """The pytest-xdist scope of the test file ``path`` (rootdir-relative): its lane when it is
     a real-server test, else the file itself (``--dist loadfile``)."""
     if path in HEAVY_LANE:
-        return "integration: heavy processes"
+        return LANES[0]
     if path.startswith(INTEGRATION):
-        return "integration: servers that wait"
+        return LANES[1]
     return path
 
 
@@ -69,6 +72,32 @@ class LaneScheduling(LoadFileScheduling):
 
     def _split_scope(self, nodeid: str) -> str:
         return xdist_lane(super()._split_scope(nodeid))
+
+    def schedule(self) -> None:
+        """xdist's first distribution, in this order: the lanes first, one to each of the first
+        workers, then every other file to whichever worker is free (the third, and the
+        waiting lane's once it is done), the files with most tests first."""
+        if self.collection is not None:
+            return super().schedule()
+        if not self._check_nodes_have_same_collection():
+            self.log("**Different tests collected, aborting run**")
+            return
+        self.collection = list(next(iter(self.registered_collections.values())))
+        units: dict[str, dict[str, bool]] = {}
+        for nodeid in self.collection:
+            units.setdefault(self._split_scope(nodeid), {})[nodeid] = False
+        for scope in sorted(units, key=lambda s: (s not in LANES, LANES.index(s) if s in LANES else -len(units[s]))):
+            self.workqueue[scope] = units[scope]
+        for node in self.nodes[len(self.workqueue):]:
+            self.assigned_work.pop(node)
+            node.shutdown()
+        for node in self.nodes:
+            self._assign_work_unit(node)
+        for node in self.nodes:
+            self._reschedule(node)
+        if not self.workqueue:
+            for node in self.nodes:
+                node.shutdown()
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileScheduling | None:

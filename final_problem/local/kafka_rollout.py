@@ -345,9 +345,11 @@ class DayTwoResult:
 
 
 def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]], workdir: Path, *,
-                   settle_s: float = 2.0, write_interval_s: float = 0.02) -> DayTwoResult:
+                   settle_s: float = 2.0, write_interval_s: float = 0.02,
+                   roll: Sequence[str] | None = None) -> DayTwoResult:
     """Start ``cluster`` as its StatefulSets, then, with a producer writing throughout: roll
-    every set (controllers first), then drain the node of the active controller. ``cluster``
+    every set named in ``roll`` (default: every set, controllers first), then drain the node
+    of the active controller. ``cluster``
     must have ``metrics=True``. The producer waits ``write_interval_s`` before each write (the
     outage is measured to within it) so that the client leaves the two cores here to the brokers."""
     watcher = SyncWatcher(cluster, deadline_s=1.0)
@@ -381,6 +383,8 @@ def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]]
         writer.wait_for(20, timeout_s=60)
         try:
             for s in podsets:
+                if roll is not None and s.name not in roll:
+                    continue
                 stopped += s.pods
                 started = time.monotonic()
                 phases.append(Phase(f"rollout of {s.name}", started, roll_statefulset(s).seconds))
