@@ -59,6 +59,14 @@ ZOOKEEPER_STAMP := $(ZOOKEEPER_HOME)/.installed
 # The previous patch the upgrade rehearsals start from (ZOOKEEPER_UPGRADE_FROM in versions.py).
 ZOOKEEPER_UPGRADE_FROM := $(shell sed -n 's/^ZOOKEEPER_UPGRADE_FROM = "\(.*\)"$$/\1/p' final_problem/versions.py)
 ZOOKEEPER_UPGRADE_STAMP := $(SERVER_CACHE)/zookeeper-$(ZOOKEEPER_UPGRADE_FROM)/.installed
+# PostgreSQL servers at the pinned version and the previous patch for the upgrade rehearsal
+# (POSTGRES_VERSION, POSTGRES_UPGRADE_FROM in versions.py): the server, initdb and pg_ctl of
+# io.zonky.test.postgres:embedded-postgres-binaries-linux-<arch> (Maven Central), once, into
+# a cache outside the clone keyed by version.
+POSTGRES_VERSION := $(shell sed -n 's/^POSTGRES_VERSION = "\(.*\)"$$/\1/p' final_problem/versions.py)
+POSTGRES_UPGRADE_FROM := $(shell sed -n 's/^POSTGRES_UPGRADE_FROM = "\(.*\)"$$/\1/p' final_problem/versions.py)
+POSTGRES_STAMPS := $(SERVER_CACHE)/postgres-$(POSTGRES_VERSION)/.installed $(SERVER_CACHE)/postgres-$(POSTGRES_UPGRADE_FROM)/.installed
+POSTGRES_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64v8,amd64)
 # Kubernetes' control plane and etcd for the admission and scheduling tests, built once from
 # the Go modules deps/kubernetes/go.mod pins, into a cache keyed by version (outside the
 # clone, so a fresh clone reuses it). Static, stripped binaries: -trimpath -ldflags=-s -w.
@@ -82,7 +90,7 @@ PI_IMAGE ?=
 # Git-ignored: an inventory holds SSH keys and the Wi-Fi passphrase.
 PI_INVENTORY ?= pi/inventory.yaml
 
-.PHONY: help setup k8s-api kafka zookeeper cadence-tools kube-binaries pi-rootfs synth test bench bootstrap deploy diff destroy \
+.PHONY: help setup k8s-api kafka zookeeper postgres cadence-tools kube-binaries pi-rootfs synth test bench bootstrap deploy diff destroy \
 	pi-images pi-images-args system-deps clean
 
 help:
@@ -148,6 +156,18 @@ $(SERVER_CACHE)/zookeeper-%/.installed: deps/zookeeper/pom.xml final_problem/ver
 	@touch $@
 
 zookeeper: $(ZOOKEEPER_STAMP) $(ZOOKEEPER_UPGRADE_STAMP)
+
+$(SERVER_CACHE)/postgres-%/.installed: final_problem/versions.py
+	@test -n "$(POSTGRES_VERSION)" -a -n "$(POSTGRES_UPGRADE_FROM)" || { echo "POSTGRES_VERSION or POSTGRES_UPGRADE_FROM not found in final_problem/versions.py"; exit 1; }
+	@echo "==> PostgreSQL $* server from Maven Central ($(@D))"
+	rm -rf "$(@D)" && mkdir -p "$(@D)/jar"
+	mvn --batch-mode --quiet dependency:copy -Dmdep.useBaseVersion=true \
+	  -Dartifact=io.zonky.test.postgres:embedded-postgres-binaries-linux-$(POSTGRES_ARCH):$*.0 -DoutputDirectory="$(@D)/jar"
+	cd "$(@D)" && python3 -m zipfile -e jar/*.jar jar/ && tar -xJf jar/*.txz && rm -rf jar
+	@test -x "$(@D)/bin/postgres" || { echo "no bin/postgres in the PostgreSQL $* archive"; exit 1; }
+	@touch $@
+
+postgres: $(POSTGRES_STAMPS)
 # cadence-server (deps/cadence/cmd/cadence-server), cadence-sql-tool and the cadence CLI built
 # from the github.com/uber/cadence Go module at the version in
 # deps/cadence/go.mod, once, into ${XDG_CACHE_HOME:-~/.cache}/final-problem/cadence-<version>/
@@ -191,7 +211,7 @@ synth: setup
 	@$(BIN)/python -m final_problem.report cdk.out dist
 
 # Servers the tests start, each built or fetched once into the version-keyed cache.
-SERVERS := $(KAFKA_STAMP) $(KAFKA_UPGRADE_STAMP) $(ZOOKEEPER_STAMP) $(ZOOKEEPER_UPGRADE_STAMP) cadence-tools $(KUBE_STAMP) $(KWOK_STAMP)
+SERVERS := $(KAFKA_STAMP) $(KAFKA_UPGRADE_STAMP) $(ZOOKEEPER_STAMP) $(ZOOKEEPER_UPGRADE_STAMP) $(POSTGRES_STAMPS) cadence-tools $(KUBE_STAMP) $(KWOK_STAMP)
 
 # Two passes: everything but the server tests, then the tests of real servers (failovers
 # timed in seconds, quorum elections) in their two lanes (tests/conftest.py, xdist_lane), so

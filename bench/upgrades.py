@@ -7,10 +7,12 @@ EKS's dedicated controllers and brokers, each rolled as the StatefulSet controll
 it (gated by the rendered readiness probe) under a client writing throughout, Kafka's
 ``metadata.version`` then finalized. Prints, per rehearsal, its duration (the roll, and for
 Kafka the finalization), the writes acknowledged, refused and lost, and the longest time no
-write was acknowledged. Needs the jars of ``make kafka`` and ``make zookeeper`` (both
-versions of each), Java, and root for the pods' cgroup limits.
+write was acknowledged; PostgreSQL from the previous 17 patch to the pinned one (its one pod
+replaced on the same data directory). Needs the jars of ``make kafka`` and ``make zookeeper``
+and the servers of ``make postgres`` (both versions of each), Java, and root for the pods'
+cgroup limits.
 
-    .venv/bin/python bench/upgrades.py [--only zookeeper|kafka-combined|kafka-dedicated]
+    .venv/bin/python bench/upgrades.py [--only zookeeper|postgres|kafka-combined|kafka-dedicated]
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from pathlib import Path
 # would hide the kafka-python package from `import kafka`.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from final_problem.local.upgrade import UpgradeError, kafka_upgrade, zookeeper_upgrade
+from final_problem.local.upgrade import UpgradeError, kafka_upgrade, postgres_upgrade, zookeeper_upgrade
 
 REHEARSALS = {
     "zookeeper": lambda workdir: zookeeper_upgrade(workdir),
+    "postgres": lambda workdir: postgres_upgrade(workdir),
     "kafka-combined": lambda workdir: kafka_upgrade(workdir, layout="combined"),
     "kafka-dedicated": lambda workdir: kafka_upgrade(workdir, layout="dedicated"),
 }

@@ -111,6 +111,12 @@ CADENCE_WEB_IMAGE = f"docker.io/ubercadence/web:{CADENCE_WEB_VERSION}"
 # user is uid/gid 999. The integration tests run Debian 12's PostgreSQL 15: the settings
 # the chart passes exist in both.
 POSTGRES_VERSION = "17.11"
+# The previous patch of the 17 line the upgrade rehearsal starts from. The servers of both
+# (postgres, initdb, pg_ctl; no client tools) come from Maven Central, where
+# io.zonky.test.postgres:embedded-postgres-binaries-linux-<arch> publishes each PostgreSQL
+# release built from its source (17.10.0 and 17.11.0 served on 2026-12-07); psql and
+# pg_isready stay Debian's.
+POSTGRES_UPGRADE_FROM = "17.10"
 POSTGRES_IMAGE = f"docker.io/library/postgres:{POSTGRES_VERSION}-trixie"
 # postgres_exporter, the Prometheus community's exporter for PostgreSQL (a sidecar of the
 # postgres chart). Source: prometheus-community/postgres_exporter release v0.19.0; its

@@ -172,3 +172,9 @@ def jvm_memory(pid: int) -> dict[str, float]:
         if m:
             found[key] = int(m.group(1)) / 1024
     return found
+
+
+def server_cache() -> Path:
+    """``${XDG_CACHE_HOME:-~/.cache}/final-problem``: the servers built or fetched once, keyed
+    by version (the Makefile's SERVER_CACHE)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "final-problem"

@@ -56,6 +56,29 @@ def debian_bin_dir() -> Path:
     return majors[-1][1]
 
 
+def cached_release(version: str, into: Path) -> Path:
+    """The ``bin`` directory of PostgreSQL ``version`` from the server cache (``make
+    postgres``: the server, initdb and pg_ctl from Maven Central), linked under ``into``: the
+    server runs as an unprivileged user, who cannot reach a cache under root's home. Hard
+    links where the two share a file system, copies where not."""
+    source = local.server_cache() / f"postgres-{version}"
+    if not (source / ".installed").exists():
+        raise LocalPostgresError(f"PostgreSQL {version} is not in {source.parent}: run make postgres (make test does)")
+    target = into / f"postgres-{version}"
+    if not target.exists():
+        def link(src: str, dst: str) -> None:
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+        shutil.copytree(source, target, copy_function=link, symlinks=True)
+        for path in (into, *target.rglob("*")):
+            path.chmod(path.stat().st_mode | 0o055 if path.is_dir() else path.stat().st_mode | 0o044)
+        target.chmod(0o755)
+    return target / "bin"
+
+
 class LocalPostgres:
     """One PostgreSQL server; a context manager that stops (kills) it and removes its files.
 
@@ -231,7 +254,10 @@ class LocalPostgres:
         rendered_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "postgres")
         probe = container["readinessProbe"]
         ready_argv = self._local_command(probe["exec"]["command"], rendered_port)
-        ready_argv[0] = str(self.bin_dir / ready_argv[0])
+        # The server's own folder holds the client tools where it is Debian's; a server from
+        # the cache has none (pg_isready is Debian's, on the PATH).
+        ready_argv[0] = str(self.bin_dir / ready_argv[0]) if (self.bin_dir / ready_argv[0]).exists() \
+            else (shutil.which(ready_argv[0]) or ready_argv[0])
         hook = self._local_command(container["lifecycle"]["preStop"]["exec"]["command"], rendered_port)
 
         def pre_stop(pod: Pod, deadline: float) -> None:
@@ -322,8 +348,10 @@ class PsqlWriter:
         import select
 
         if self.process is None:
+            # Errors on the same pipe: a statement the server cut off answers at once (psql
+            # reports it and may reconnect by itself), not after the timeout.
             self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.DEVNULL, text=True, bufsize=1, env=self.env)
+                                            stderr=subprocess.STDOUT, text=True, bufsize=1, env=self.env)
             self.sessions += 1
         assert self.process.stdin is not None and self.process.stdout is not None
         try:

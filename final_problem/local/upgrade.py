@@ -28,7 +28,10 @@ rollout tests' wiring (:func:`final_problem.local.kafka_rollout.kafka_podsets`,
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import threading
+from contextlib import closing
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,4 +311,77 @@ def zookeeper_upgrade(workdir: Path, *, roll: str = "statefulset",
             versions_after={myid: ensemble.reported_version(myid) for myid in ensemble.procs},
             facts={"same session": same_session, "session states": states,
                    "out of heap": [i for i in ensemble.procs if "OutOfMemoryError" in ensemble.log(i)]},
+        )
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+def postgres_upgrade(workdir: Path, *, roll: str = "statefulset",
+                     from_version: str = versions.POSTGRES_UPGRADE_FROM, to_version: str = versions.POSTGRES_VERSION,
+                     settle_s: float = 3.0, ready_timeout_s: float = 90) -> Rehearsal:
+    """PostgreSQL ``from_version`` -> ``to_version`` within its major: the chart's one-pod
+    StatefulSet rolled onto the new server on the same data directory (its volume), the
+    rendered preStop (a checkpoint, then a fast shutdown) and readiness probe as the kubelet
+    runs them, a psql session committing one row per statement throughout and reconnecting
+    through the Service as an application's pool does."""
+    # Both releases where the server's user can reach them (not under a private work folder).
+    binaries = Path(tempfile.mkdtemp(prefix="postgres-releases-"))
+    binaries.chmod(0o755)
+    try:
+        return _postgres_upgrade(binaries, roll=roll, from_version=from_version, to_version=to_version,
+                                 settle_s=settle_s, ready_timeout_s=ready_timeout_s)
+    finally:
+        shutil.rmtree(binaries, ignore_errors=True)
+
+
+def _postgres_upgrade(binaries: Path, *, roll: str, from_version: str, to_version: str, settle_s: float,
+                      ready_timeout_s: float) -> Rehearsal:
+    from final_problem.local import LOOPBACK
+    from final_problem.local.cadence import rendered_workloads
+    from final_problem.local.postgres import LocalPostgres, LocalPostgresError, PsqlWriter, SessionLost, cached_release
+    from final_problem.local.rollout import Endpoints, LoadBalancer
+
+    try:
+        old_bin, new_bin = cached_release(from_version, binaries), cached_release(to_version, binaries)
+    except LocalPostgresError as e:
+        raise UpgradeError(str(e)) from e
+    statefulset = rendered_workloads()["postgres"]
+    table = "upgrade_writes"
+    endpoints = Endpoints()
+    with LocalPostgres(bin_dir=old_bin) as server, closing(LoadBalancer(endpoints)) as service:
+        server.stop()  # from here on the server runs as the StatefulSet's pod
+        starts = StartTimes()
+        podset = _timed(PodSet(name="postgres", workload=statefulset, pdb=None, pods=[],
+                               make_pod=lambda _: server.pod(statefulset), endpoints=endpoints), starts)
+        podset.launch(ready_timeout_s=ready_timeout_s)
+        before = server.server_version()
+        server.psql(f"CREATE TABLE {table} (seq int PRIMARY KEY)")
+        session = PsqlWriter(host=LOOPBACK, port=service.port, user=server.user, password=server.password,
+                             table=table, bin_dir=server.bin_dir)
+        writer = LiveWriter(session.insert, retry_on=(SessionLost,), retry_s=0.1, name="psql-writer").start()
+        try:
+            writer.wait_for(20, timeout_s=60)
+            time.sleep(settle_s)
+            server.bin_dir = new_bin  # the new image: the pod's next start runs this server
+            starts.clear()
+            rolled_at = time.monotonic()
+            result = _roll(podset, roll, ready_timeout_s=ready_timeout_s)
+            time.sleep(settle_s)
+            acks = writer.stop()
+            stopped_at = time.monotonic()
+            outage = writer.longest_gap_s(since=rolled_at, until=stopped_at)
+        finally:
+            writer.stop()
+            writer.join()
+            session.close()
+        present = {int(row[0]) for row in server.query(f"SELECT seq FROM {table}")}
+        found = losses(acks, present, frozen_at=stopped_at, started_at=writer.started_at)
+        new_pod = result.new[0] if result.new else None
+        return Rehearsal(
+            what=f"PostgreSQL {from_version} -> {to_version} ({roll})", seconds=result.seconds,
+            acknowledged=found.acknowledged, refused=sum(writer.retried.values()), lost=found.lost,
+            longest_outage_s=outage, shortest_start_s=starts.shortest(),
+            versions_after={0: server.server_version()},
+            facts={"version before": before, "sessions": session.sessions,
+                   "new pod events": [e for _, e in new_pod.events] if new_pod else []},
         )

