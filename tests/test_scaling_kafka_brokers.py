@@ -270,8 +270,8 @@ def test_check_empty_refuses_with_one_line_while_a_broker_to_remove_holds_replic
     result = run_script(fake, "check-empty", [103, 104], {"events": [[100, 101, 104], [101, 102, 100]]})
     assert result.returncode == BROKERS_SCRIPT_REFUSED
     assert result.stdout.strip().splitlines() == [
-        "refused: broker 104 holds 1 partition replicas (1; first events-0 on broker 104): stopping those brokers "
-        "would drop the replicas; move them off first (kafka-brokers.sh spread onto the brokers that stay)"]
+        "refused: brokers 103 104 still hold 1 partition replicas (104: 1; first events-0 on broker 104): stopping "
+        "them would drop those replicas; move them off first (kafka-brokers.sh spread onto the brokers that stay)"]
 
 
 def test_check_empty_passes_once_they_hold_none(fake: Path) -> None:
@@ -283,7 +283,7 @@ def test_has_config_refuses_before_the_deploy_brought_the_new_files(tmp_path: Pa
     (tmp_path / "kafka-broker-3.properties").write_text("node.id=103\n")
     script = tmp_path / BROKERS_SCRIPT_NAME
     script.write_text(BROKERS_SCRIPT)
-    run = lambda *ids: subprocess.run(["sh", str(script), "has-config", "--config-dir", str(tmp_path), *ids],  # noqa: E731
+    run = lambda *ids: subprocess.run(["sh", str(script), "has-config", "--config-dir", str(tmp_path), *ids],
                                       capture_output=True, text=True, timeout=30)
     assert run("103").returncode == 0
     missing = run("103", "104")

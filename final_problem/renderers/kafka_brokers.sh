@@ -108,8 +108,8 @@ if [ "$command" = check-empty ]; then
   }
   END {
     if (!total) exit
-    for (i = 1; i <= n; i++) if (held[gone[i]]) list = list (list == "" ? "" : ", ") "broker " gone[i] " holds " held[gone[i]]
-    printf "refused: %s partition replicas (%s; first %s): stopping those brokers would drop the replicas; move them off first (kafka-brokers.sh spread onto the brokers that stay)\n", list, total, first
+    for (i = 1; i <= n; i++) if (held[gone[i]]) list = list (list == "" ? "" : ", ") gone[i] ": " held[gone[i]]
+    printf "refused: brokers %s still hold %d partition replicas (%s; first %s): stopping them would drop those replicas; move them off first (kafka-brokers.sh spread onto the brokers that stay)\n", ids, total, list, first
   }' "$work/assignment.txt")
   if [ -n "$line" ]; then echo "$line"; exit 3; fi
   echo "brokers $ids hold no partition replica"
