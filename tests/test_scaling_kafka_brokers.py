@@ -133,7 +133,7 @@ def test_the_script_passes_shellcheck() -> None:
 # -- the script, against a stand-in for Kafka's tools ---------------------------------------
 
 FAKE_JAVA = r"""#!/bin/sh
-# Kafka's tools as far as kafka-brokers.sh uses them; every call is recorded.
+# Kafka's tools as far as brokers.sh uses them; every call is recorded.
 main=""
 for a in "$@"; do case $a in org.apache.kafka.*) main=${a##*.}; break ;; esac; done
 echo "$main $*" >> "$FAKE/calls"
@@ -271,7 +271,7 @@ def test_check_empty_refuses_with_one_line_while_a_broker_to_remove_holds_replic
     assert result.returncode == BROKERS_SCRIPT_REFUSED
     assert result.stdout.strip().splitlines() == [
         "refused: brokers 103 104 still hold 1 partition replicas (104: 1; first events-0 on broker 104): stopping "
-        "them would drop those replicas; move them off first (kafka-brokers.sh spread onto the brokers that stay)"]
+        "them would drop those replicas; move them off first (brokers.sh spread onto the brokers that stay)"]
 
 
 def test_check_empty_passes_once_they_hold_none(fake: Path) -> None:

@@ -508,7 +508,7 @@ class KafkaProps(ComponentSettings):
 READY_SCRIPT_NAME = "readiness.sh"
 #: The brokers' membership script's file in the ConfigMap
 #: (:data:`~final_problem.renderers.kafka.BROKERS_SCRIPT`).
-BROKERS_SCRIPT_NAME = "kafka-brokers.sh"
+BROKERS_SCRIPT_NAME = "brokers.sh"
 _ROLES = {"controller": "controller", "broker": "broker", "combined": "broker,controller"}
 
 
@@ -598,9 +598,11 @@ class KafkaChart(PlatformChart):
 
         shared = {"log4j2.properties": LOG4J2_PROPERTIES, "jmx-exporter.yaml": JMX_EXPORTER_RULES,
                   READY_SCRIPT_NAME: READY_SCRIPT}
-        # Run by exec only (the kafka.brokers procedure), never read by a starting node: outside
-        # the digests, so a change to it restarts nothing.
-        files: dict[str, str] = {**shared, BROKERS_SCRIPT_NAME: BROKERS_SCRIPT}
+        files: dict[str, str] = dict(shared)
+        if not p.combined:
+            # Run by exec only (the kafka.brokers procedure; combined nodes ignore that setting),
+            # never read by a starting node: outside the digests, so a change to it restarts nothing.
+            files[BROKERS_SCRIPT_NAME] = BROKERS_SCRIPT
         #: Per set, a digest of the files its pods read: a change rolls only the sets it touches.
         digests: dict[str, str] = {}
         kinds = ["combined"] if p.combined else ["controller", "broker"]

@@ -494,6 +494,9 @@ class BrokerScaling:
     down_outage_s: float
     acknowledged: int
     lost: list[int]
+    #: Produce errors the producer retried, by name (``NotEnoughReplicasError``: a write
+    #: refused for lack of in-sync replicas).
+    refusals: Counter[str]
     #: Replicas of the written topic per broker after growing, and after shrinking.
     replicas_up: Counter[int]
     replicas_down: Counter[int]
@@ -516,7 +519,8 @@ class BrokerScaling:
             f"replicas per broker {dict(sorted(self.replicas_up.items()))}",
             f"kafka.brokers 5 -> 3: {self.down_s:.1f} s, longest write outage {self.down_outage_s:.2f} s; "
             f"replicas per broker {dict(sorted(self.replicas_down.items()))}",
-            f"kafka.brokers: {self.acknowledged} acknowledged acks=all writes, {len(self.lost)} lost; "
+            f"kafka.brokers: {self.acknowledged} acknowledged acks=all writes, {len(self.lost)} lost, "
+            f"{sum(self.refusals[n] for n in NOT_ENOUGH_REPLICAS)} refused for lack of in-sync replicas; "
             f"{len(self.offline)} partitions seen without a leader in {self.leader_polls} polls; refused: {self.refusal}",
         ]
 
@@ -592,7 +596,7 @@ def scale_brokers(cluster: LocalKafkaCluster, day_two: DayTwoResult, workdir: Pa
         p.send(topic, value=str(seq).encode()).get(timeout=60)
 
     writer = LiveWriter(write, name="kafka-writer")
-    with LeaderWatch(cluster, topic) as leaders:
+    with LeaderWatch(cluster, topic) as leaders, Refusals() as refusals:
         writer.start()
         writer.wait_for(20, timeout_s=60)
         try:
@@ -625,7 +629,7 @@ def scale_brokers(cluster: LocalKafkaCluster, day_two: DayTwoResult, workdir: Pa
         up_s=up_end - up_at, down_s=down_end - down_at,
         up_outage_s=longest_gap_s([a for a in acks if up_at <= a.at <= up_end], up_at, up_end),
         down_outage_s=longest_gap_s([a for a in acks if down_at <= a.at <= down_end], down_at, down_end),
-        acknowledged=len(acks), lost=[a.seq for a in acks if a.seq not in present],
+        acknowledged=len(acks), lost=[a.seq for a in acks if a.seq not in present], refusals=refusals.counts,
         replicas_up=replicas_up, replicas_down=_replicas(cluster, topic),
         leader_polls=leaders.polls, offline=leaders.offline, refusal=refusal, pods_after_refusal=pods_after_refusal,
         views=_views(cluster), steps_up=[s.describe() for s in steps_up], steps_down=[s.describe() for s in steps_down],

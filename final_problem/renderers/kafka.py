@@ -456,7 +456,7 @@ def format_args(*, config_path: str, cluster_id: str, scram: Sequence[str]) -> l
     return args
 
 
-#: The brokers' membership script (``sh kafka-brokers.sh COMMAND ...``: spread the partitions
+#: The brokers' membership script (``sh brokers.sh COMMAND ...``: spread the partitions
 #: over a broker set, check that brokers hold none, unregister stopped ones), rendered into
 #: the chart's ConfigMap and run in a broker's container by the ``kafka.brokers`` procedure;
 #: the tests run the same file here.

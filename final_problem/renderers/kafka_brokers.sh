@@ -1,4 +1,4 @@
-# Partition replicas and broker membership: sh kafka-brokers.sh COMMAND [OPTION...] BROKER_ID...
+# Partition replicas and broker membership: sh brokers.sh COMMAND [OPTION...] BROKER_ID...
 #
 #   spread       every partition's replicas onto BROKER_IDs only, spread evenly over them
 #                (per topic, replicas and preferred leaders within one of each other per
@@ -33,16 +33,16 @@ while [ $# -gt 0 ]; do
     --config-dir) config_dir=$2; shift 2 ;;
     --first-id) first_id=$2; shift 2 ;;
     --max-wait) max_wait=$2; shift 2 ;;
-    -*) echo "kafka-brokers.sh: unknown option $1" >&2; exit 2 ;;
+    -*) echo "brokers.sh: unknown option $1" >&2; exit 2 ;;
     *) break ;;
   esac
 done
 ids="$*"
 case $command in
   spread|check-empty|has-config|unregister) ;;
-  *) echo "kafka-brokers.sh: unknown command '$command': use spread, check-empty, has-config or unregister" >&2; exit 2 ;;
+  *) echo "brokers.sh: unknown command '$command': use spread, check-empty, has-config or unregister" >&2; exit 2 ;;
 esac
-[ -n "$ids" ] || { echo "kafka-brokers.sh $command: no broker ids given" >&2; exit 2; }
+[ -n "$ids" ] || { echo "brokers.sh $command: no broker ids given" >&2; exit 2; }
 started=$(date +%s)
 
 if [ "$command" = has-config ]; then
@@ -109,7 +109,7 @@ if [ "$command" = check-empty ]; then
   END {
     if (!total) exit
     for (i = 1; i <= n; i++) if (held[gone[i]]) list = list (list == "" ? "" : ", ") gone[i] ": " held[gone[i]]
-    printf "refused: brokers %s still hold %d partition replicas (%s; first %s): stopping them would drop those replicas; move them off first (kafka-brokers.sh spread onto the brokers that stay)\n", ids, total, list, first
+    printf "refused: brokers %s still hold %d partition replicas (%s; first %s): stopping them would drop those replicas; move them off first (brokers.sh spread onto the brokers that stay)\n", ids, total, list, first
   }' "$work/assignment.txt")
   if [ -n "$line" ]; then echo "$line"; exit 3; fi
   echo "brokers $ids hold no partition replica"
@@ -146,7 +146,7 @@ if [ "$command" = unregister ]; then
 fi
 
 # spread
-[ -n "$throttle" ] || { echo "kafka-brokers.sh spread: --throttle BYTES_PER_S is required" >&2; exit 2; }
+[ -n "$throttle" ] || { echo "brokers.sh spread: --throttle BYTES_PER_S is required" >&2; exit 2; }
 
 # Waits until no partition is being reassigned: --verify clears the throttles (broker and
 # topic level) only once none is, and it looks at every reassignment, not only the file's.

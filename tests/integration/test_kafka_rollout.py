@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 
 from final_problem.local.kafka import LocalKafkaCluster, missing_binaries
-from final_problem.local.kafka_rollout import BrokerScaling, DayTwoResult, rendered, roll_and_drain, scale_brokers
+from final_problem.local.kafka_rollout import NOT_ENOUGH_REPLICAS, BrokerScaling, DayTwoResult, rendered, roll_and_drain, scale_brokers
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +89,8 @@ def test_brokers_scale_up_and_down_lose_no_acknowledged_write_and_keep_every_par
     assert scaled.acknowledged > 100, "the producer hardly wrote: the run proves nothing"
     assert not scaled.lost, f"{len(scaled.lost)} acknowledged writes lost, e.g. {scaled.lost[:5]}"
     assert scaled.leader_polls > 10 and not scaled.offline, f"partitions without a leader: {scaled.offline[:5]}"
+    refused = sum(scaled.refusals[name] for name in NOT_ENOUGH_REPLICAS)
+    assert refused == 0, f"brokers refused writes: {dict(scaled.refusals)}"
 
 
 def test_growing_puts_replicas_on_the_new_brokers(scaled: BrokerScaling) -> None:
