@@ -35,7 +35,7 @@ from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import EKS, PI
 from final_problem.renderers.kafka import (
-    BROKER, BROKER_ID_OFFSET, ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SCRAM_MECHANISM, SERVER_MAIN, STORAGE_MAIN,
+    ADMIN_PASSWORD_ENV, BROKER, BROKER_ID_OFFSET, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SCRAM_MECHANISM, SERVER_MAIN, STORAGE_MAIN,
     KafkaClusterConfig, KafkaNode, format_args, java_command, layout_nodes, random_cluster_id, scram_argument,
     server_properties,
 )

@@ -521,7 +521,8 @@ class BrokerScaling:
             f"replicas per broker {dict(sorted(self.replicas_down.items()))}",
             f"kafka.brokers: {self.acknowledged} acknowledged acks=all writes, {len(self.lost)} lost, "
             f"{sum(self.refusals[n] for n in NOT_ENOUGH_REPLICAS)} refused for lack of in-sync replicas; "
-            f"{len(self.offline)} partitions seen without a leader in {self.leader_polls} polls; refused: {self.refusal}",
+            f"{len(self.offline)} partitions seen without a leader in {self.leader_polls} polls; "
+            f"the scale-down that skips the move: {self.refusal}",
         ]
 
 
