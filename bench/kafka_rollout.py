@@ -7,7 +7,9 @@ test uses), then, with the project's acks=all producer writing throughout: rolls
 set (controllers first), then drains the node of the active controller. Prints per
 layout: each phase's seconds and longest write outage, acknowledged writes lost, writes
 refused for lack of in-sync replicas, the controlled shutdowns' length, and how soon each
-restarted node was back in sync after its probe passed.
+restarted node was back in sync after its probe passed. Then, on the EKS layout's cluster,
+kafka.brokers 3 -> 5 -> 3 by the chart's procedure (partitions moved onto the new brokers,
+then off them again, throttled): each direction's seconds and longest write outage.
 
 Needs ``make kafka`` (the jars) and Java; runs servers under cgroup limits, as root.
 
@@ -26,9 +28,17 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from final_problem.local.kafka import LocalKafkaCluster, missing_binaries  # noqa: E402
-from final_problem.local.kafka_rollout import rendered, roll_and_drain  # noqa: E402
+from final_problem.local.kafka_rollout import BrokerScaling, rendered, roll_and_drain, scale_brokers  # noqa: E402
 
 PROFILES = {"dedicated": "eks", "combined": "pi"}
+
+
+def print_scaling(scaling: BrokerScaling) -> None:
+    """kafka.brokers 3 -> 5 -> 3: each direction's seconds and longest write outage, the writes."""
+    for line in scaling.lines():
+        print(f"kafka eks {line}")
+    print(f"kafka eks scaling: up {scaling.up_s:.1f} s, down {scaling.down_s:.1f} s, longest write outage "
+          f"{max(scaling.up_outage_s, scaling.down_outage_s):.2f} s, {len(scaling.lost)} acknowledged writes lost")
 
 
 def main() -> int:
@@ -44,10 +54,14 @@ def main() -> int:
             workdir = Path(tmp)
             with LocalKafkaCluster(workdir=workdir / "cluster", layout=layout, metrics=True) as cluster:
                 result = roll_and_drain(cluster, rendered(PROFILES[layout]), workdir)
+                if layout == "dedicated":  # kafka.brokers: ignored by the combined layout
+                    result.scaling = scale_brokers(cluster, result, workdir)
             for line in result.lines():
                 print(f"kafka {PROFILES[layout]} {line}")
             print(f"kafka {PROFILES[layout]} {layout}: longest write outage {result.longest_outage_s:.2f} s, "
                   f"{len(result.lost)} acknowledged writes lost, {result.not_enough_replicas} producer refusals")
+            if result.scaling is not None:
+                print_scaling(result.scaling)
     return 0
 
 

@@ -95,7 +95,9 @@ SETTING_CASES = [
      ["kafka-broker-2", "kafka-broker-1", "kafka-broker-0"]),
     ("kafka", "eks", {"kafka": {"controllers": 5}}, Effect.PROCEDURE,
      "kafka.controllers 3 -> 5: procedure needed: the KRaft voter set is static", None),
-    ("kafka", "eks", {"kafka": {"brokers": 5}}, Effect.ROLLING, "kafka.brokers 3 -> 5: rolling restart", None),
+    # New brokers join empty and no running broker restarts; the partitions move by a procedure.
+    ("kafka", "eks", {"kafka": {"brokers": 5}}, Effect.PROCEDURE,
+     "kafka.brokers 3 -> 5: procedure needed: new brokers join empty", []),
     ("kafka", "eks", {"kafka": {"brokers": 3}}, Effect.NOTHING, None, []),
     ("kafka", "eks", {"kafka": {"combined": True}}, Effect.REFUSED, "kafka.combined false -> true: refused", None),
     ("kafka", "eks", {"kafka": {"broker_storage_gib": 10}}, Effect.REFUSED,

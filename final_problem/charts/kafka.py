@@ -62,10 +62,11 @@ from final_problem.profiles import Profile
 from final_problem.changes import Verdict, nothing, peer_port, procedure, refused, rolling, volume_size, when_grows
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.kafka import (
-    ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SERVER_MAIN, STORAGE_MAIN,
-    KafkaClusterConfig, check_min_isr, check_topic_name, format_args, java_command, layout_nodes, scram_argument,
-    server_properties,
+    ADMIN_PASSWORD_ENV, BROKER_ID_OFFSET, BROKERS_SCRIPT, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SERVER_MAIN,
+    STORAGE_MAIN, KafkaClusterConfig, brokers_command, check_min_isr, check_topic_name, format_args, java_command,
+    layout_nodes, scram_argument, server_properties,
 )
+from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
 
 #: ``appuser`` of the image: apache/kafka docker/jvm/Dockerfile runs
 #: ``adduser -h /home/appuser -D --shell /bin/bash appuser`` on Alpine, whose first
@@ -288,11 +289,21 @@ class KafkaProps(ComponentSettings):
     brokers: int = setting(
         3, minimum=3, maximum=99, doc="Dedicated brokers, odd (they run as a quorum set); ignored when combined.",
         change=when_grows(
-            rolling("new brokers join empty; existing partitions stay where they are until reassigned "
-                    "(kafka-reassign-partitions.sh)"),
-            procedure("the removed brokers' replicas would be lost from their partitions",
-                      "move every replica off the brokers being removed (kafka-reassign-partitions.sh), deploy, then "
-                      "kafka-cluster.sh unregister them")),
+            # The new brokers' server files come with the deploy (one per pod in kafka-config),
+            # so growing deploys first; the brokers running keep their files and do not restart.
+            procedure("new brokers join empty: partitions stay where they are until reassigned (throttled "
+                      "kafka-reassign-partitions.sh, by the scale command)",
+                      "deploy first (the new brokers start empty, the running ones do not restart), then run "
+                      "`final-problem scale {name}={new} --apply` to spread the partitions over every broker"),
+            membership_change("kafka", "brokers",
+                              "the removed brokers' replicas would be lost from their partitions: they move off first "
+                              "(throttled kafka-reassign-partitions.sh), then the brokers stop and are unregistered")),
+    )
+    reassignment_throttle_mib_s: int = setting(
+        40, minimum=1, maximum=10_000,
+        doc="Replication throttle of the partition moves `final-problem scale kafka.brokers` makes, per broker, in "
+            "and out: a third of a gp3 volume's 125 MiB/s baseline, so producers and followers keep the rest.",
+        change=nothing("read by `final-problem scale kafka.brokers` when it moves replicas"),
     )
     combined: bool = setting(
         per_profile(eks=False, pi=True),
@@ -495,6 +506,9 @@ class KafkaProps(ComponentSettings):
 
 #: The readiness script's file in the ConfigMap (mounted at CONFIG_DIR).
 READY_SCRIPT_NAME = "readiness.sh"
+#: The brokers' membership script's file in the ConfigMap
+#: (:data:`~final_problem.renderers.kafka.BROKERS_SCRIPT`).
+BROKERS_SCRIPT_NAME = "brokers.sh"
 _ROLES = {"controller": "controller", "broker": "broker", "combined": "broker,controller"}
 
 
@@ -585,6 +599,10 @@ class KafkaChart(PlatformChart):
         shared = {"log4j2.properties": LOG4J2_PROPERTIES, "jmx-exporter.yaml": JMX_EXPORTER_RULES,
                   READY_SCRIPT_NAME: READY_SCRIPT}
         files: dict[str, str] = dict(shared)
+        if not p.combined:
+            # Run by exec only (the kafka.brokers procedure; combined nodes ignore that setting),
+            # never read by a starting node: outside the digests, so a change to it restarts nothing.
+            files[BROKERS_SCRIPT_NAME] = BROKERS_SCRIPT
         #: Per set, a digest of the files its pods read: a change rolls only the sets it touches.
         digests: dict[str, str] = {}
         kinds = ["combined"] if p.combined else ["controller", "broker"]
@@ -595,7 +613,11 @@ class KafkaChart(PlatformChart):
             own = {f"{name}-{ordinal}.properties": server_properties(self.cluster, node.node_id)
                    for ordinal, node in enumerate(role_nodes)}
             files.update(own)
-            digests[kind] = hashlib.sha256(json.dumps({**shared, **own}, sort_keys=True).encode()).hexdigest()[:16]
+            # A broker's file names only itself and the controllers, so the broker count changes
+            # none of them: the first one stands for the set, and a new count adds files without
+            # restarting the brokers that run (kafka.brokers is a procedure: broker_membership).
+            read = dict(list(own.items())[:1]) if kind == "broker" else own
+            digests[kind] = hashlib.sha256(json.dumps({**shared, **read}, sort_keys=True).encode()).hexdigest()[:16]
         self.config_map = k8s.KubeConfigMap(
             self, "Config", metadata=k8s.ObjectMeta(name="kafka-config", namespace=ns), data=files,
         )
@@ -886,3 +908,81 @@ class KafkaChart(PlatformChart):
             set_component(policy, "network-policy")
         self.network_policies = policies
 
+
+
+#: Bytes in a MiB, for the throttle Kafka takes in bytes per second.
+_MIB = 1024 * 1024
+
+
+def broker_floor(props: KafkaProps) -> tuple[int, str]:
+    """The fewest brokers ``props``'s topics allow, and why: every replica of a partition on a
+    broker of its own (the replication factor of the defaults and of each declared topic), and
+    one broker more than ``min.insync.replicas`` so that one broker may stop (a restart, a
+    node drain) while acks=all writes go on."""
+    floors = [(props.replication_factor, f"kafka.replication_factor is {props.replication_factor}"),
+              (props.min_insync_replicas + 1, f"kafka.min_insync_replicas is {props.min_insync_replicas}: one broker "
+                                              "more keeps acks=all writes going while one stops")]
+    for t in props.topics:
+        floors.append((t.replication_factor, f"topic {t.name} has {t.replication_factor} replicas"))
+        if "min.insync.replicas" in t.configs:
+            isr = int(t.configs["min.insync.replicas"])
+            floors.append((isr + 1, f"topic {t.name} has min.insync.replicas {isr}"))
+    return max(floors, key=lambda f: f[0])
+
+
+@membership("kafka", "brokers")
+def broker_membership(old: KafkaProps, new: KafkaProps, namespace: str, *,
+                      move_partitions: bool = True) -> list[Step]:
+    """The steps that take the broker set from ``old.brokers`` to ``new.brokers``.
+
+    Growing (after the deploy that renders the new brokers' files): check those files are
+    mounted, scale the StatefulSet, wait until the new brokers are Ready (registered,
+    unfenced), then spread every partition over all brokers. Shrinking (before the deploy):
+    move every replica off the brokers being removed, check that none is left (the guard:
+    with ``move_partitions=False``, for replicas moved by other means, it is the only
+    check), scale down (highest ordinals first), unregister the stopped brokers (a stale
+    registration blocks feature upgrades: KIP-1312, Motivation). Moves run throttled at
+    ``new.reassignment_throttle_mib_s`` and are waited for until complete, which clears the
+    throttle. Every step is the script of ConfigMap ``kafka-config`` run in
+    ``kafka-broker-0``, which both sets keep, and is safe to run again. Sources: Kafka 4.4
+    docs, "Expanding your cluster", "Decommissioning brokers", "Limiting Bandwidth Usage
+    during Data Migration".
+    """
+    if old.combined or new.combined or old.brokers == new.brokers:
+        return []  # the combined layout ignores kafka.brokers
+    floor, why = broker_floor(new)
+    if new.brokers < floor:
+        raise Refused(f"kafka.brokers {old.brokers} -> {new.brokers} refused: {why}, so at least {floor} brokers are "
+                      f"needed; keep kafka.brokers={max(floor, new.brokers)} or lower the replication first")
+    name, service = KafkaChart.workload("broker")
+    runner_pod = f"{name}-0"
+    bootstrap = f"{KafkaChart.BOOTSTRAP_SERVICE}.{namespace}.svc:{new.client_port}"
+    ids = [BROKER_ID_OFFSET + i for i in range(max(old.brokers, new.brokers))]
+    staying = ids[:new.brokers]
+
+    def script(command: str, broker_ids: list[int], why: str, **extra: Any) -> Exec:
+        return Exec(runner_pod, "kafka", brokers_command(
+            f"{CONFIG_DIR}/{BROKERS_SCRIPT_NAME}", command, broker_ids, home=KAFKA_HOME, bootstrap=bootstrap,
+            admin_user=new.cluster_config(namespace=namespace).admin_user, **extra), why, namespace)
+
+    throttle = new.reassignment_throttle_mib_s * _MIB
+    spread = script("spread", staying, f"move replicas so every partition lives on brokers {staying[0]}-{staying[-1]} "
+                                       f"only, spread evenly, throttled at {new.reassignment_throttle_mib_s} MiB/s",
+                    throttle_bytes_s=throttle)
+    if new.brokers > old.brokers:
+        added = ids[old.brokers:]
+        return [
+            script("has-config", added, "the deploy gave kafka-config the new brokers' server files",
+                   config_dir=CONFIG_DIR, first_id=BROKER_ID_OFFSET),
+            Scale(name, new.brokers, f"start brokers {added[0]}-{added[-1]} (empty)", namespace),
+            WaitReady(name, new.brokers, "the new brokers registered and unfenced (RUNNING)", namespace),
+            spread,
+        ]
+    removed = ids[new.brokers:]
+    steps: list[Step] = [spread] if move_partitions else []
+    steps += [
+        script("check-empty", removed, f"refuse while brokers {removed[0]}-{removed[-1]} hold a partition replica"),
+        Scale(name, new.brokers, f"stop brokers {removed[0]}-{removed[-1]} (highest ordinal first)", namespace),
+        script("unregister", removed, "remove the stopped brokers' registrations"),
+    ]
+    return steps

@@ -35,7 +35,7 @@ from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import EKS, PI
 from final_problem.renderers.kafka import (
-    ADMIN_PASSWORD_ENV, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SCRAM_MECHANISM, SERVER_MAIN, STORAGE_MAIN,
+    ADMIN_PASSWORD_ENV, BROKER, BROKER_ID_OFFSET, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SCRAM_MECHANISM, SERVER_MAIN, STORAGE_MAIN,
     KafkaClusterConfig, KafkaNode, format_args, java_command, layout_nodes, random_cluster_id, scram_argument,
     server_properties,
 )
@@ -166,6 +166,7 @@ class LocalKafkaCluster:
                 (props.controller_heap, props.controller_sizing)
             return heap, Limits.of(sizing) if limits else None
 
+        self._role = role
         self.groups = Groups(enabled=limits)
         self.procs = {n.node_id: _Process(n, workdir / f"node-{n.node_id}", *role(n), version=version) for n in nodes}
         workdir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +185,31 @@ class LocalKafkaCluster:
             f'username="{self.config.admin_user}" password="{self.credentials.admin}";\n'
         )
         self.admin_properties.chmod(0o600)
+
+    # -- membership ------------------------------------------------------------------
+
+    def add_brokers(self, count: int) -> list[int]:
+        """``count`` more dedicated brokers (not started), numbered after the last one as the
+        chart's next ordinals are; the ids. No other node's file changes: a broker's file names
+        only itself and the controllers."""
+        ports = iter(free_ports(3 * count))
+        first = BROKER_ID_OFFSET + len(self.config.brokers)
+        added = tuple(KafkaNode(node_id=first + i, roles=(BROKER,), host=LOOPBACK, client_port=next(ports),
+                                controller_port=next(ports), replication_port=next(ports)) for i in range(count))
+        self.config = dataclasses.replace(self.config, nodes=self.config.nodes + added)
+        version = next(iter(self.procs.values())).version
+        for node in added:
+            self.procs[node.node_id] = _Process(node, self.workdir / f"node-{node.node_id}", *self._role(node),
+                                                version=version)
+        if self.metrics_ports:
+            self.metrics_ports.update(zip((n.node_id for n in added), free_ports(count), strict=True))
+        return [n.node_id for n in added]
+
+    def forget_brokers(self, node_ids: Sequence[int]) -> None:
+        """Brokers removed from the cluster (stopped): no longer among its brokers or in its
+        bootstrap list (their processes stay known to :meth:`close`)."""
+        self.config = dataclasses.replace(self.config, nodes=tuple(n for n in self.config.nodes
+                                                                   if n.node_id not in node_ids))
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -24,8 +24,10 @@ Used by ``tests/integration/test_kafka_rollout.py`` and ``bench/kafka_rollout.py
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -35,13 +37,18 @@ from typing import Any, Callable, Sequence
 
 from kafka import KafkaConsumer, TopicPartition
 
-from final_problem import config, manifests
-from final_problem.charts.kafka import CONFIG_DIR, KafkaChart
+from final_problem import config, manifests, scaling
+from final_problem.charts.kafka import CONFIG_DIR, KAFKA_HOME, KafkaChart, KafkaProps, broker_membership
 from final_problem.clients.kafka import admin, close, producer
 from final_problem.local import LOOPBACK
-from final_problem.local.kafka import LocalKafkaCluster
+from final_problem.local.kafka import LocalKafkaCluster, kafka_home
 from final_problem.local.powercut import Ack, LiveWriter
-from final_problem.local.rollout import ExecProbe, Pod, PodSet, RolloutError, TcpProbe, drain, roll_statefulset
+from final_problem.local.rollout import (
+    ExecProbe, LocalRunner, Pod, PodSet, RolloutError, TcpProbe, drain, roll_statefulset,
+)
+from final_problem.profiles import EKS
+from final_problem.renderers.kafka import BROKERS_SCRIPT_REFUSED
+from final_problem.scaling import Exec, Refused, StepFailed
 
 #: Broker errors that refuse an acks=all write for lack of in-sync replicas (kafka-python's names).
 NOT_ENOUGH_REPLICAS = ("NotEnoughReplicasError", "NotEnoughReplicasAfterAppendError")
@@ -216,7 +223,6 @@ def kafka_podsets(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]],
     config_dir.mkdir(parents=True, exist_ok=True)
     for name, text in _one(objects, "ConfigMap", "kafka-config")["data"].items():
         (config_dir / name).write_text(text)
-    ids = {"controller": cluster.controller_ids, "broker": cluster.broker_ids, "combined": cluster.broker_ids}
     sets = []
     for kind in ("combined",) if cluster.layout == "combined" else ("controller", "broker"):
         name, _ = KafkaChart.workload(kind)
@@ -229,6 +235,8 @@ def kafka_podsets(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]],
         def make_pod(ordinal: int, *, kind: str = kind, name: str = name, container: dict[str, Any] = container,
                      grace: int = grace, metrics_port: int = metrics_port, client_port: int = client_port,
                      controller_port: int = controller_port) -> Pod:
+            # Looked up when the pod is made: a scaled-up set's new ordinals are brokers added since.
+            ids = {"controller": cluster.controller_ids, "broker": cluster.broker_ids, "combined": cluster.broker_ids}
             node_id = ids[kind][ordinal]
             node = cluster.config.node(node_id)
             probe_spec = container["readinessProbe"]
@@ -314,6 +322,11 @@ class DayTwoResult:
     #: Seconds from SIGTERM to exit, per stopped pod (a controlled shutdown).
     shutdown_s: list[float] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
+    #: The StatefulSets as they were left (their pods running), and the topic written.
+    podsets: list[PodSet] = field(default_factory=list)
+    topic: str = ""
+    #: The broker scaling that followed on the same cluster (dedicated layout).
+    scaling: "BrokerScaling | None" = None
 
     @property
     def not_enough_replicas(self) -> int:
@@ -405,9 +418,10 @@ def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]]
     watcher.join()
     present = read_numbers(cluster, topic)
     shutdowns, killed = _shutdowns(stopped)
+    watcher.active = False
     return DayTwoResult(layout=cluster.layout, phases=phases, acknowledged=len(acks),
                         lost=[a.seq for a in acks if a.seq not in present], refusals=refusals.counts,
-                        checks=list(watcher.checks), shutdown_s=shutdowns, killed=killed)
+                        checks=list(watcher.checks), shutdown_s=shutdowns, killed=killed, podsets=podsets, topic=topic)
 
 
 def _active_controller_ordinal(cluster: LocalKafkaCluster) -> int:
@@ -430,3 +444,204 @@ def _shutdowns(pods: Sequence[Pod]) -> tuple[list[float], list[str]]:
         if pod.killed:
             killed.append(pod.name)
     return seconds, killed
+
+
+# -- kafka.brokers on a live cluster -------------------------------------------------------
+
+
+def exec_local(cluster: LocalKafkaCluster, config_dir: Path) -> Callable[[Exec], str]:
+    """A :class:`~final_problem.scaling.Exec` of the chart's broker script run here, in the cgroup
+    of the pod's node (as ``kubectl exec`` runs it in the container's): the ConfigMap's files
+    from ``config_dir``, the release's ``libs/`` from the local install, the bootstrap address
+    that of the pod's own broker. A refusal (the script's exit status 3) raises
+    :class:`~final_problem.scaling.Refused` with its one line, another failure
+    :class:`~final_problem.scaling.StepFailed`."""
+
+    def run(step: Exec) -> str:
+        ordinal = int(step.pod.rsplit("-", 1)[1])
+        node_id = cluster.broker_ids[ordinal]
+        local_paths = {KAFKA_HOME: str(kafka_home(cluster.procs[node_id].version)), CONFIG_DIR: str(config_dir)}
+        argv = []
+        for i, arg in enumerate(step.command):
+            if i > 0 and step.command[i - 1] == "--bootstrap":
+                arg = cluster.config.node(node_id).bootstrap
+            elif arg.startswith(CONFIG_DIR + "/"):
+                arg = str(config_dir / arg[len(CONFIG_DIR) + 1:])
+            argv.append(local_paths.get(arg, arg))
+        argv = cluster.groups.wrap(cluster.group_name(node_id), cluster.procs[node_id].limits, argv)
+        done = subprocess.run(argv, capture_output=True, text=True, env=cluster._env(), timeout=900,
+                              stdin=subprocess.DEVNULL)
+        if done.returncode == BROKERS_SCRIPT_REFUSED:
+            raise Refused(done.stdout.strip().splitlines()[-1])
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[-1]
+            raise StepFailed(f"in {step.pod}: {last}")
+        return done.stdout
+
+    return run
+
+
+def _write_config(objects: Sequence[dict[str, Any]], config_dir: Path) -> None:
+    """The ConfigMap ``kafka-config`` of ``objects`` as its pods see it (a deploy)."""
+    for name, text in _one(objects, "ConfigMap", "kafka-config")["data"].items():
+        (config_dir / name).write_text(text)
+
+
+@dataclass
+class BrokerScaling:
+    """kafka.brokers 3 -> 5 -> 3 under a live acks=all producer."""
+
+    up_s: float
+    down_s: float
+    #: Longest time no write was acknowledged during each move.
+    up_outage_s: float
+    down_outage_s: float
+    acknowledged: int
+    lost: list[int]
+    #: Produce errors the producer retried, by name (``NotEnoughReplicasError``: a write
+    #: refused for lack of in-sync replicas).
+    refusals: Counter[str]
+    #: Replicas of the written topic per broker after growing, and after shrinking.
+    replicas_up: Counter[int]
+    replicas_down: Counter[int]
+    #: Polls of every partition's leader (through the Admin API, every half second) and the
+    #: partitions seen without one.
+    leader_polls: int
+    offline: list[str]
+    #: The line of the refused scale-down (brokers still holding replicas), and the pods
+    #: left running by it.
+    refusal: str
+    pods_after_refusal: int
+    #: Each remaining broker's own answer: the brokers of the cluster.
+    views: dict[int, list[int]]
+    steps_up: list[str] = field(default_factory=list)
+    steps_down: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [
+            f"kafka.brokers 3 -> 5: {self.up_s:.1f} s, longest write outage {self.up_outage_s:.2f} s; "
+            f"replicas per broker {dict(sorted(self.replicas_up.items()))}",
+            f"kafka.brokers 5 -> 3: {self.down_s:.1f} s, longest write outage {self.down_outage_s:.2f} s; "
+            f"replicas per broker {dict(sorted(self.replicas_down.items()))}",
+            f"kafka.brokers: {self.acknowledged} acknowledged acks=all writes, {len(self.lost)} lost, "
+            f"{sum(self.refusals[n] for n in NOT_ENOUGH_REPLICAS)} refused for lack of in-sync replicas; "
+            f"{len(self.offline)} partitions seen without a leader in {self.leader_polls} polls; "
+            f"the scale-down that skips the move: {self.refusal}",
+        ]
+
+
+def _replicas(cluster: LocalKafkaCluster, topic: str) -> Counter[int]:
+    a = admin(cluster.app_settings())
+    try:
+        (described,) = a.describe_topics([topic])
+        return Counter(b for p in described["partitions"] for b in p["replica_nodes"])
+    finally:
+        a.close()
+
+
+def _views(cluster: LocalKafkaCluster) -> dict[int, list[int]]:
+    views = {}
+    for node_id in cluster.broker_ids:
+        settings = dataclasses.replace(cluster.app_settings(), bootstrap_servers=cluster.config.node(node_id).bootstrap)
+        a = admin(settings)
+        try:
+            views[node_id] = sorted(b["broker_id"] for b in a.describe_cluster()["brokers"] if not b.get("is_fenced"))
+        finally:
+            a.close()
+    return views
+
+
+class LeaderWatch:
+    """Polls every partition of ``topic`` for a leader, in a thread, until stopped."""
+
+    def __init__(self, cluster: LocalKafkaCluster, topic: str) -> None:
+        self.cluster, self.topic = cluster, topic
+        self.polls, self.offline = 0, []  # type: int, list[str]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="leader-watch", daemon=True)
+
+    def _run(self) -> None:
+        a = admin(self.cluster.app_settings())
+        try:
+            while not self._stop.wait(0.5):
+                try:
+                    (described,) = a.describe_topics([self.topic])
+                except Exception:  # noqa: BLE001 - a broker of the bootstrap list stopping; asked again
+                    continue
+                self.polls += 1
+                self.offline += [f"{self.topic}-{p['partition_index']}" for p in described["partitions"] if p["leader_id"] < 0]
+        finally:
+            a.close()
+
+    def __enter__(self) -> "LeaderWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def scale_brokers(cluster: LocalKafkaCluster, day_two: DayTwoResult, workdir: Path, *,
+                  write_interval_s: float = 0.02) -> BrokerScaling:
+    """kafka.brokers 3 -> 5 -> 3 on the running dedicated ``cluster`` left by
+    :func:`roll_and_drain`, by the chart's procedure (:func:`~final_problem.charts.kafka.broker_membership`),
+    with the project's producer writing acks=all to ``day_two``'s topic throughout: grow (the
+    deploy of the 5-broker ConfigMap first, then the steps), a shrink asked to skip the move
+    (refused: the new brokers hold replicas), then the shrink."""
+    (brokers,) = [s for s in day_two.podsets if s.name == KafkaChart.workload("broker")[0]]
+    config_dir = workdir / "kafka-config"
+    runner = LocalRunner({brokers.name: brokers}, exec_local(cluster, config_dir))
+    three, five = (KafkaProps.for_profile(EKS, brokers=n) for n in (3, 5))
+    topic = day_two.topic
+    p = producer(cluster.app_settings(), linger_ms=0)
+
+    def write(seq: int) -> None:
+        time.sleep(write_interval_s)
+        p.send(topic, value=str(seq).encode()).get(timeout=60)
+
+    writer = LiveWriter(write, name="kafka-writer")
+    with LeaderWatch(cluster, topic) as leaders, Refusals() as refusals:
+        writer.start()
+        writer.wait_for(20, timeout_s=60)
+        try:
+            _write_config(rendered_with(brokers=5), config_dir)  # the deploy that comes first
+            added = cluster.add_brokers(2)
+            steps_up = broker_membership(three, five, "kafka")
+            up_at = time.monotonic()
+            scaling.run(steps_up, runner)
+            up_end = time.monotonic()
+            replicas_up = _replicas(cluster, topic)
+            try:
+                scaling.run(broker_membership(five, three, "kafka", move_partitions=False), runner)
+                refusal = ""
+            except Refused as e:
+                refusal = str(e)
+            pods_after_refusal = len(brokers.pods)
+            steps_down = broker_membership(five, three, "kafka")
+            down_at = time.monotonic()
+            scaling.run(steps_down, runner)
+            down_end = time.monotonic()
+            cluster.forget_brokers(added)
+            _write_config(rendered_with(brokers=3), config_dir)  # the deploy that follows
+            time.sleep(1.0)
+        finally:
+            acks = writer.stop()
+            close(p, timeout_s=0)
+            writer.join()
+    present = read_numbers(cluster, topic)
+    return BrokerScaling(
+        up_s=up_end - up_at, down_s=down_end - down_at,
+        up_outage_s=longest_gap_s([a for a in acks if up_at <= a.at <= up_end], up_at, up_end),
+        down_outage_s=longest_gap_s([a for a in acks if down_at <= a.at <= down_end], down_at, down_end),
+        acknowledged=len(acks), lost=[a.seq for a in acks if a.seq not in present], refusals=refusals.counts,
+        replicas_up=replicas_up, replicas_down=_replicas(cluster, topic),
+        leader_polls=leaders.polls, offline=leaders.offline, refusal=refusal, pods_after_refusal=pods_after_refusal,
+        views=_views(cluster), steps_up=[s.describe() for s in steps_up], steps_down=[s.describe() for s in steps_down],
+    )
+
+
+def rendered_with(**kafka: Any) -> list[dict[str, Any]]:
+    """The Kafka chart's objects for EKS with these ``kafka`` settings."""
+    settings = config.from_mapping({"components": ["base", "kafka"], "kafka": kafka})
+    return manifests.chart_objects(manifests.render(settings, "eks")["kafka"])

@@ -34,6 +34,7 @@ import base64
 import re
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from final_problem.errors import ConfigError
@@ -453,6 +454,29 @@ def format_args(*, config_path: str, cluster_id: str, scram: Sequence[str]) -> l
     for entry in scram:
         args += ["--add-scram", entry]
     return args
+
+
+#: The brokers' membership script (``sh brokers.sh COMMAND ...``: spread the partitions
+#: over a broker set, check that brokers hold none, unregister stopped ones), rendered into
+#: the chart's ConfigMap and run in a broker's container by the ``kafka.brokers`` procedure;
+#: the tests run the same file here.
+BROKERS_SCRIPT = Path(__file__).with_name("kafka_brokers.sh").read_text()
+#: Its exit status when it refuses (one line on standard output says why).
+BROKERS_SCRIPT_REFUSED = 3
+
+
+def brokers_command(
+    script: str, command: str, broker_ids: Sequence[int], *, home: str, bootstrap: str, admin_user: str,
+    throttle_bytes_s: int | None = None, config_dir: str | None = None, first_id: int = 100,
+) -> tuple[str, ...]:
+    """The command line of :data:`BROKERS_SCRIPT` at path ``script``: ``command`` (``spread``,
+    ``check-empty``, ``has-config`` or ``unregister``) for ``broker_ids``."""
+    args = ["sh", script, command, "--home", home, "--bootstrap", bootstrap, "--user", admin_user]
+    if throttle_bytes_s is not None:
+        args += ["--throttle", str(throttle_bytes_s)]
+    if config_dir is not None:
+        args += ["--config-dir", config_dir, "--first-id", str(first_id)]
+    return (*args, *(str(i) for i in broker_ids))
 
 
 def random_cluster_id() -> str:

@@ -7,7 +7,10 @@ the StatefulSet controller rolls them (highest
 ordinal first, SIGTERM and the rendered grace period, the next pod only once the restarted
 one passed the rendered readiness probe for minReadySeconds); then the node hosting the
 active controller is drained (one pod of every set at once, as far as the PDBs allow).
-The project's producer writes acks=all throughout. Run with ``-s`` for the figures.
+The project's producer writes acks=all throughout. Then, on the same EKS cluster,
+``kafka.brokers`` goes 3 -> 5 -> 3 by the chart's procedure (final_problem.scaling), its
+ConfigMap script run in the brokers' cgroup as ``kubectl exec`` would, with a scale-down asked
+to skip moving the partitions refused on the way. Run with ``-s`` for the figures.
 
 In the dedicated layout only the brokers roll: every combined node is a controller too, so the
 Pi's rollout already restarts each controller under the live producer (its readiness the
@@ -22,7 +25,7 @@ from typing import Iterator
 import pytest
 
 from final_problem.local.kafka import LocalKafkaCluster, missing_binaries
-from final_problem.local.kafka_rollout import DayTwoResult, rendered, roll_and_drain
+from final_problem.local.kafka_rollout import NOT_ENOUGH_REPLICAS, BrokerScaling, DayTwoResult, rendered, roll_and_drain, scale_brokers
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +45,12 @@ def day_two(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     with LocalKafkaCluster(workdir=workdir / "cluster", layout=layout, metrics=True) as cluster:
         try:
             result = roll_and_drain(cluster, objects, workdir, roll=ROLLED[layout])
+            if layout == "dedicated":  # kafka.brokers: ignored by the combined layout
+                result.scaling = scale_brokers(cluster, result, workdir)
         except BaseException:
             print("\n".join(f"--- node {i}\n{cluster.tail(i, 30)}" for i in cluster.procs))
             raise
-        for line in result.lines():
+        for line in result.lines() + (result.scaling.lines() if result.scaling else []):
             print(line)
         yield result
         assert not cluster.out_of_memory(), cluster.out_of_memory()
@@ -73,3 +78,40 @@ def test_each_restarted_node_is_back_in_sync_within_min_ready_seconds_of_its_pro
 def test_every_stop_is_a_controlled_shutdown_within_the_grace_period(day_two: DayTwoResult) -> None:
     assert not day_two.killed, f"killed at the end of the grace period: {day_two.killed}"
     assert day_two.shutdown_s and max(day_two.shutdown_s) < 60
+
+
+# -- kafka.brokers 3 -> 5 -> 3 (dedicated layout) --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scaled(day_two: DayTwoResult) -> BrokerScaling:
+    if day_two.scaling is None:
+        pytest.skip("kafka.brokers is ignored by the combined layout")
+    return day_two.scaling
+
+
+def test_brokers_scale_up_and_down_lose_no_acknowledged_write_and_keep_every_partition_led(
+        scaled: BrokerScaling) -> None:
+    assert scaled.acknowledged > 100, "the producer hardly wrote: the run proves nothing"
+    assert not scaled.lost, f"{len(scaled.lost)} acknowledged writes lost, e.g. {scaled.lost[:5]}"
+    assert scaled.leader_polls > 10 and not scaled.offline, f"partitions without a leader: {scaled.offline[:5]}"
+    refused = sum(scaled.refusals[name] for name in NOT_ENOUGH_REPLICAS)
+    assert refused == 0, f"brokers refused writes: {dict(scaled.refusals)}"
+
+
+def test_growing_puts_replicas_on_the_new_brokers(scaled: BrokerScaling) -> None:
+    # 6 partitions x 3 replicas over 5 brokers: 3 or 4 each.
+    assert set(scaled.replicas_up) == {100, 101, 102, 103, 104}
+    assert sorted(scaled.replicas_up.values()) == [3, 3, 4, 4, 4]
+
+
+def test_a_scale_down_that_skips_the_move_is_refused_with_one_line(scaled: BrokerScaling) -> None:
+    assert scaled.refusal.startswith("refused: brokers 103 104 still hold 6 partition replicas"), scaled.refusal
+    assert "\n" not in scaled.refusal and "move them off first" in scaled.refusal
+    assert scaled.pods_after_refusal == 5
+
+
+def test_shrinking_leaves_every_replica_on_the_brokers_that_stay_and_every_broker_agreeing(
+        scaled: BrokerScaling) -> None:
+    assert scaled.replicas_down == {100: 6, 101: 6, 102: 6}
+    assert scaled.views == {b: [100, 101, 102] for b in (100, 101, 102)}
