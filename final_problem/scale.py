@@ -117,6 +117,9 @@ def run(argv: Sequence[str]) -> int:
     try:
         scaling.run(steps, runner, echo=print)
         record(runner, args.change, deployed)
+    except scaling.Refused as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 1
     except scaling.StepFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

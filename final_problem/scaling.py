@@ -37,6 +37,11 @@ class Refused(Exception):
     """A membership change no procedure makes safe; the message is the one line to print."""
 
 
+#: The exit status of a step's command that refuses (a check finding the change unsafe now,
+#: its one line the last it prints): ``kubectl exec`` passes it on.
+REFUSED_STATUS = 3
+
+
 class StepFailed(Exception):
     """A step failed on the running platform; the message is one line (what, why, fix)."""
 
@@ -154,6 +159,8 @@ class KubectlRunner:
                              "again (every step is safe to repeat)") from e
         if done.returncode != 0:
             last = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[-1]
+            if done.returncode == REFUSED_STATUS and args[0] == "exec":
+                raise Refused(last)
             raise StepFailed(f"{what}: {last}; fix it, then run the command again (every step is safe to repeat)")
         return done.stdout
 

@@ -104,3 +104,16 @@ def test_a_failed_step_stops_with_one_line(tmp_path: Path, procedure: Any, deplo
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: scaling zookeeper: Error from server (Forbidden): statefulsets is forbidden; fix it, then run "
                    "the command again (every step is safe to repeat)"]
+
+
+def test_a_step_that_refuses_stops_with_its_line(tmp_path: Path, procedure: Any, deployed: Any,
+                                                 monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    kubectl = tmp_path / "kubectl"
+    # Scaling and the readiness read succeed; the exec'd check refuses (exit status 3).
+    kubectl.write_text('#!/bin/sh\ncase "$1" in exec) echo "brokers 103 104 still hold 6 replicas; move them off" >&2; '
+                       'exit 3;; esac\ncase "$*" in *readyReplicas*) echo 5;; esac\n')
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(scale, "read_live", lambda _: deployed)
+    assert scale.main(["zookeeper.replicas=5", "--live", "--apply"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == ["refused: brokers 103 104 still hold 6 replicas; move them off"]
