@@ -147,3 +147,54 @@ def test_missing_kubectl_layer_fails_with_the_package_to_install(monkeypatch: py
     monkeypatch.setattr("final_problem.versions.SUPPORTED_KUBERNETES_VERSIONS", ("1.36", "1.99"))
     with pytest.raises(ConfigError, match=r"kubernetes_version = '1.99'.*pip install aws-cdk.lambda-layer-kubectl-v99"):
         platform_app.build(new_app(), Settings(kubernetes_version="1.99"))
+
+
+def _backup_bucket(template: Template) -> tuple[str, dict]:
+    buckets = template.find_resources("AWS::S3::Bucket")
+    (found,) = [(i, b) for i, b in buckets.items() if i.startswith("Backups")]
+    return found
+
+
+def test_backups_go_to_a_versioned_bucket_under_its_own_rotating_key_kept_on_destroy(cluster: Template) -> None:
+    _, bucket = _backup_bucket(cluster)
+    props = bucket["Properties"]
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    key_id = rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]["Fn::GetAtt"][0]
+    key = cluster.find_resources("AWS::KMS::Key")[key_id]
+    assert key["Properties"]["EnableKeyRotation"] is True and key["DeletionPolicy"] == "Retain"
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    assert bucket["DeletionPolicy"] == "Retain" and bucket["UpdateReplacePolicy"] == "Retain"
+    assert "LoggingConfiguration" in props
+
+
+def test_backups_expire_after_the_retention_setting() -> None:
+    stacks = platform_app.build(new_app(), Settings(backup_retention_days=14))
+    _, bucket = _backup_bucket(Template.from_stack(stacks.cluster))
+    (rule,) = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert rule["ExpirationInDays"] == 14
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 14}
+
+
+def test_the_backup_role_reads_and_adds_objects_of_that_bucket_only(cluster: Template) -> None:
+    bucket_id, _ = _backup_bucket(cluster)
+    roles = {i: r for i, r in cluster.find_resources("AWS::IAM::Role").items() if i.startswith("BackupRole")}
+    (role_id,) = roles
+    (statement,) = roles[role_id]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    policies = [p for p in cluster.find_resources("AWS::IAM::Policy").values()
+                if {"Ref": role_id} in p["Properties"]["Roles"]]
+    actions = [a for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]
+               for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
+    assert not [a for a in actions if "Delete" in a or "*" in a or a.startswith("s3:PutBucket")], actions
+    resources = str([s["Resource"] for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]])
+    assert bucket_id in resources and "BackupKey" in resources
+
+
+def test_each_component_that_backs_up_gets_the_role_for_its_backup_service_account(cluster: Template) -> None:
+    associations = cluster.find_resources("AWS::EKS::PodIdentityAssociation")
+    namespaces = sorted(a["Properties"]["Namespace"] for a in associations.values())
+    assert namespaces == ["consul", "postgres", "redis", "zookeeper"], namespaces
+    assert {a["Properties"]["ServiceAccount"] for a in associations.values()} == {"backup"}
