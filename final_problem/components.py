@@ -54,8 +54,6 @@ COMPONENTS: dict[str, type["PlatformChart"]] = {}
 SETTINGS_ANNOTATION = "final-problem.io/settings"
 POD_TEMPLATES_ANNOTATION = "final-problem.io/pod-templates"
 CLUSTER_SETTINGS_ANNOTATION = "final-problem.io/cluster-settings"
-#: The service account a component's backup Jobs run as, in its namespace (``backs_up``).
-BACKUP_SERVICE_ACCOUNT = "backup"
 #: Kinds whose pod template changes restart pods.
 WORKLOAD_KINDS = ("StatefulSet", "Deployment", "DaemonSet")
 
@@ -124,10 +122,6 @@ class PlatformChart(ObjectChart):
     upgrade_paths: ClassVar[Mapping[str, UpgradePath]] = {}
     #: Whether this chart's record also carries the cluster's settings (the chart applied first).
     records_cluster: bool = False
-    #: Whether the component's backups write to the platform's backup target: on EKS the
-    #: cluster stack's bucket, reached through EKS Pod Identity as the service account
-    #: :data:`BACKUP_SERVICE_ACCOUNT` of the chart's namespace.
-    backs_up: ClassVar[bool] = False
 
     def __init__(
         self,

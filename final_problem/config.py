@@ -121,13 +121,6 @@ class Settings:
         90, choices=LOG_RETENTION_DAYS, doc="VPC flow log retention in days (a value CloudWatch Logs accepts).",
         change=nothing("the flow log group only"),
     )
-    backup_retention_days: int = setting(
-        35, minimum=1, maximum=3650,
-        doc="Days the EKS backup bucket keeps each backup (and each overwritten or deleted version) before its "
-            "lifecycle rule expires it. Default 35: the longest automated backup retention RDS offers (RDS user "
-            "guide, \"Backup retention period\"), five weekly base backups.",
-        change=nothing("the backup bucket's lifecycle rule only; existing objects expire by the new rule"),
-    )
     size: str = setting(
         SIZES[0], choices=SIZES,
         doc="Requests, limits, heaps and memory caps of the EKS profile's servers (final_problem/sizes.py): `small` "

@@ -140,7 +140,6 @@ class ConsulChart(PlatformChart):
     """Consul servers in the ``consul`` namespace, TLS, gossip encryption and ACLs on."""
 
     component = "consul"
-    backs_up = True
     construct_id = "Consul"
     requires = ("base",)
     version = versions.CONSUL_VERSION

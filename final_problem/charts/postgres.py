@@ -195,7 +195,6 @@ class PostgresChart(PlatformChart):
     """A PostgreSQL server with a generated superuser password, metrics and per-client access."""
 
     component = "postgres"
-    backs_up = True
     construct_id = "Postgres"
     requires = ("base",)
     version = versions.POSTGRES_VERSION

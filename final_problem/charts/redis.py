@@ -247,7 +247,6 @@ class RedisChart(PlatformChart):
     """Redis primary and replicas with Sentinel failover, in the ``redis`` namespace."""
 
     component = "redis"
-    backs_up = True
     construct_id = "Redis"
     requires = ("base",)
     version = versions.REDIS_VERSION

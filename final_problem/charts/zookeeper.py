@@ -227,7 +227,6 @@ class ZooKeeperChart(PlatformChart):
     """A ZooKeeper ensemble with quorum-aware readiness, metrics and tight network policy."""
 
     component = "zookeeper"
-    backs_up = True
     construct_id = "ZooKeeper"
     requires = ("base",)
     version = versions.ZOOKEEPER_VERSION

@@ -12,10 +12,8 @@ from aws_cdk import aws_eks_v2 as eks
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from final_problem.components import BACKUP_SERVICE_ACCOUNT, record_object
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.stacks import nag
@@ -62,14 +60,9 @@ class ClusterStack(cdk.Stack):
     - a managed node group, Graviton by default, in the private subnets;
     - EKS Pod Identity agent and the EBS CSI driver add-on using it;
     - an access entry granting ``admin_role_arn`` cluster-admin, when given;
-    - the enabled charts (see :class:`Platform`);
-    - the backup bucket (KMS-encrypted with its own key, versioned, expiring after
-      ``backup_retention_days``, public access blocked, TLS only, access-logged, retained on
-      destroy) and one role, limited to reading and adding objects there, that the backup
-      service account of each component that backs up assumes through EKS Pod Identity.
+    - the enabled charts (see :class:`Platform`).
 
-    Exposes ``cluster``, ``nodegroup``, ``secrets_key``, ``platform``, ``backup_bucket``,
-    ``backup_key`` and ``backup_role``.
+    Exposes ``cluster``, ``nodegroup``, ``secrets_key`` and ``platform``.
     """
 
     def __init__(self, scope: Construct, id: str, *, settings: Settings, vpc: ec2.IVpc, **kwargs: Any) -> None:
@@ -152,99 +145,12 @@ class ClusterStack(cdk.Stack):
                 for name, ref in self.platform.client_services.items()
             }, sort_keys=True),
         )
-        self._backup_target(settings)
         self._acknowledge_findings()
         # Volumes need the CSI driver and pods need nodes before charts are applied.
         for manifest in self.platform.manifests.values():
             manifest.node.add_dependency(self.ebs_csi_driver)
             manifest.node.add_dependency(self.nodegroup)
 
-
-    def _backup_target(self, settings: Settings) -> None:
-        """The bucket backups go to, its key and access log, and the role that writes them."""
-        self.backup_key = kms.Key(
-            self, "BackupKey",
-            description=f"Encryption of the platform backups of {settings.cluster_name}",
-            enable_key_rotation=True,
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        expire = s3.LifecycleRule(
-            expiration=cdk.Duration.days(settings.backup_retention_days),
-            noncurrent_version_expiration=cdk.Duration.days(settings.backup_retention_days),
-            abort_incomplete_multipart_upload_after=cdk.Duration.days(1),
-        )
-        # Server access logs cannot be delivered to a bucket encrypted with a customer key
-        # (S3 user guide, "Enabling Amazon S3 server access logging": SSE-S3 only).
-        self.backup_access_logs = s3.Bucket(
-            self, "BackupAccessLogs",
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,
-            lifecycle_rules=[expire],
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        self.backup_bucket = s3.Bucket(
-            self, "Backups",
-            encryption=s3.BucketEncryption.KMS,
-            encryption_key=self.backup_key,
-            bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,
-            lifecycle_rules=[expire],
-            server_access_logs_bucket=self.backup_access_logs,
-            server_access_logs_prefix="backups/",
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
-        # Backups add objects and read them back (a restore, a verification); they never
-        # delete or overwrite one in place: versioning keeps every write, the lifecycle
-        # rule alone expires them.
-        self.backup_role = iam.Role(
-            self, "BackupRole",
-            assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com").with_session_tags(),
-            description="Platform backup Jobs, through EKS Pod Identity: read and add objects in the backup bucket",
-        )
-        self.backup_role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketLocation"],
-            resources=[self.backup_bucket.bucket_arn],
-        ))
-        self.backup_role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:PutObject", "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectAttributes"],
-            resources=[self.backup_bucket.arn_for_objects("*")],
-        ))
-        self.backup_role.add_to_policy(iam.PolicyStatement(
-            actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
-            resources=[self.backup_key.key_arn],
-        ))
-        for name, chart in self.platform.charts.items():
-            record = record_object(self.platform.objects[name]) or {}
-            if not chart.backs_up or record.get("kind") != "Namespace":
-                continue
-            identity = eks.CfnPodIdentityAssociation(
-                self, f"BackupIdentity{chart.construct_id}",
-                cluster_name=self.cluster.cluster_name,
-                namespace=record["metadata"]["name"],
-                service_account=BACKUP_SERVICE_ACCOUNT,
-                role_arn=self.backup_role.role_arn,
-            )
-            identity.node.add_dependency(self.pod_identity_agent)
-        cdk.CfnOutput(self, "BackupBucket", value=self.backup_bucket.bucket_name,
-                      description="Bucket the platform's backups go to")
-        nag.acknowledge(
-            self.backup_access_logs, "AwsSolutions-S1",
-            "the backup bucket's access log target: logging its own accesses would log the log deliveries, endlessly",
-        )
-        nag.checkov_skip(self.backup_access_logs, resource_type="AWS::S3::Bucket", skips={
-            "CKV_AWS_18": "the backup bucket's access log target: logging its own accesses would log the log "
-            "deliveries, endlessly",
-        })
-        bucket_id = self.get_logical_id(self.backup_bucket.node.default_child)  # type: ignore[arg-type]
-        nag.acknowledge(
-            self.backup_role, f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/*]",
-            "backups are objects under keys each Job chooses (component/time/...): the role may read and add any "
-            "object of this one bucket, nothing else",
-        )
 
     def _acknowledge_findings(self) -> None:
         """Accept the cdk-nag findings that EKS itself requires, each with its reason."""
