@@ -211,6 +211,10 @@ def _tcp_word_check(*, port: int, word: str, expect: str) -> list[str]:
 #: follower goes election -> discovery -> synchronization (receiving the leader's DIFF, SNAP or
 #: TRUNC) -> broadcast; only in broadcast is it a voter the leader counts. ``mntr`` (like
 #: ``srvr``) answers only while the member serves ("not currently serving requests" otherwise).
+#: A member joining the ensemble (started as an observer of its membership, before ``reconfig
+#: -add``) follows the leader without a vote and reports ``following - broadcast`` once synced
+#: (seen on 3.9.4); a member that the membership lists as an observer reports ``observing -
+#: broadcast``. Both are Ready: they serve clients in step with the leader.
 SYNCED_PEER_STATE = "^zk_peer_state[[:space:]]+(leading|following|observing) - broadcast$"
 
 
