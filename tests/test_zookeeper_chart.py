@@ -264,7 +264,8 @@ def test_network_policies_open_each_port_only_to_its_peers(eks: list[dict[str, A
     assert peers["ingress"][0]["from"] == [{"podSelector": selector}]
     assert peers["egress"][0]["to"] == [{"podSelector": selector}]
     assert [p["port"] for p in peers["ingress"][0]["ports"]] == [2888, 3888]
-    assert [p["port"] for p in peers["egress"][0]["ports"]] == [2888, 3888]
+    # Members reach each other's client port too: the membership a starting member asks for.
+    assert [p["port"] for p in peers["egress"][0]["ports"]] == [2888, 3888, 2181]
     metrics = one(eks, "NetworkPolicy", "zookeeper-metrics")["spec"]
     assert metrics["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": MONITORING_NAMESPACE_LABEL}}]
     assert [p["port"] for p in metrics["ingress"][0]["ports"]] == [7000]

@@ -428,7 +428,11 @@ class ZooKeeperChart(PlatformChart):
                     pod_selector=k8s.LabelSelector(match_labels=selector),
                     policy_types=["Ingress", "Egress"],
                     ingress=[k8s.NetworkPolicyIngressRule(from_=[members], ports=ports(props.quorum_port, props.election_port))],
-                    egress=[k8s.NetworkPolicyEgressRule(to=[members], ports=ports(props.quorum_port, props.election_port))],
+                    # And the client port: a starting member asks the others for the membership
+                    # (`conf` through the client Service, whose address is rewritten to a member
+                    # before policy applies) and the reconfig script asks each voter's `mntr`.
+                    egress=[k8s.NetworkPolicyEgressRule(
+                        to=[members], ports=ports(props.quorum_port, props.election_port, props.client_port))],
                 ),
             ),
             k8s.KubeNetworkPolicy(
