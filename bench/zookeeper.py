@@ -6,8 +6,10 @@ sequential acknowledged writes (``set``) and reads (``get``), and after a power 
 (every member killed with SIGKILL, then started at once) the time from "all members
 started" to the first acknowledged write. Then, on a fresh ensemble driven as the rendered
 StatefulSet's pods (final_problem.local.rollout: readiness probe, grace period, PDB as
-rendered) with a client writing through the client Service throughout, a rollout and a node
-drain: their time, the acknowledged writes, those lost, and the longest write outage.
+rendered, the chart's start script and dynamic membership) with a client writing through the
+client Service throughout, a rollout, a node drain, and ``zookeeper.replicas`` 3 -> 5 and
+5 -> 3 by its procedure (the steps of ``final-problem scale``): their time, the acknowledged
+writes, those lost, and the longest write outage.
 Needs the server jars of ``make zookeeper`` (Maven Central, the version the chart pins) and Java.
 
     .venv/bin/python bench/zookeeper.py [--ops 2000] [--size 100] [--cuts 3]
@@ -79,29 +81,47 @@ def first_write_after_power_cut(ensemble: LocalEnsemble, value: bytes) -> float:
 
 
 def rollout_and_drain(workdir: Path) -> None:
-    """A rollout of every member, then a drain of member 0's node, under a live writer."""
+    """A rollout of every member, a drain of member 0's node, then the ensemble grown to five
+    members and shrunk back to three, each under a live writer."""
+    import dataclasses
+
+    from final_problem import scaling
+    from final_problem.charts.zookeeper import ZooKeeperProps
     from final_problem.local import LOOPBACK
-    from final_problem.local.rollout import Endpoints, LoadBalancer, drain, roll_statefulset
+    from final_problem.local.rollout import Endpoints, LoadBalancer, LocalRunner, drain, roll_statefulset
     from final_problem.local.zookeeper import ZnodeWrites, rendered_ensemble
+    from final_problem.profiles import PI
 
     statefulset, pdb = rendered_ensemble()
     endpoints = Endpoints()
     balancer = LoadBalancer(endpoints)
+    three = ZooKeeperProps.for_profile(PI)
+    five = dataclasses.replace(three, replicas=5)
     try:
-        with LocalEnsemble(workdir=workdir) as ensemble:
+        with LocalEnsemble(workdir=workdir, dynamic=True, spare=2) as ensemble:
+            ensemble.ensemble_address = f"{LOOPBACK}:{balancer.port}"
             podset = ensemble.pod_set(statefulset, pdb)
             podset.endpoints = endpoints
             podset.launch(ready_timeout_s=60)
             hosts = f"{LOOPBACK}:{balancer.port}"
+            runner = LocalRunner({"zookeeper": podset}, ensemble.exec_step, ready_timeout_s=90)
+
+            def scale(old: ZooKeeperProps, new: ZooKeeperProps) -> float:
+                start = time.monotonic()
+                scaling.run(scaling.steps_for("zookeeper", "replicas", old, new, "zookeeper"), runner)
+                return time.monotonic() - start
+
             for what, change in (("rollout", lambda: roll_statefulset(podset, ready_timeout_s=90).seconds),
-                                 ("drain", lambda: drain([podset], 0, ready_timeout_s=90).seconds)):
-                writes = ZnodeWrites(hosts=hosts, prefix=what).start()
+                                 ("drain", lambda: drain([podset], 0, ready_timeout_s=90).seconds),
+                                 ("scale-up 3 -> 5", lambda: scale(three, five)),
+                                 ("scale-down 5 -> 3", lambda: scale(five, three))):
+                writes = ZnodeWrites(hosts=hosts, prefix=what.split()[0]).start()
                 try:
                     seconds = change()
                     seen = writes.finish()
                 finally:
                     writes.close()
-                print(seen.summary(f"zookeeper {what} (3 members, the rendered probe and grace)", seconds))
+                print(seen.summary(f"zookeeper {what} (the rendered probe, grace and membership steps)", seconds))
     finally:
         balancer.close()
 

@@ -79,7 +79,7 @@ SETTING_CASES = [
     ("zookeeper", "eks", {"zookeeper": {"tick_time_ms": 3000}}, Effect.ROLLING,
      "zookeeper.tick_time_ms 2000 -> 3000: rolling restart", ["zookeeper-2", "zookeeper-1", "zookeeper-0"]),
     ("zookeeper", "eks", {"zookeeper": {"replicas": 5}}, Effect.PROCEDURE,
-     "zookeeper.replicas 3 -> 5: procedure needed: the ensemble's members are listed", None),
+     "zookeeper.replicas 3 -> 5: procedure needed: members are added and removed one at a time", None),
     ("zookeeper", "eks", {"zookeeper": {"quorum_port": 2889}}, Effect.PROCEDURE,
      "zookeeper.quorum_port 2888 -> 2889: procedure needed", None),
     ("zookeeper", "eks", {"zookeeper": {"storage_gib": 5}}, Effect.REFUSED,

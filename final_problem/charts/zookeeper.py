@@ -35,9 +35,12 @@ from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
-from final_problem.changes import nothing, peer_port, procedure, rolling, volume_size
+from final_problem import scaling
+from final_problem.changes import nothing, peer_port, rolling, volume_size
 from final_problem.settings import ComponentSettings, per_profile, setting
-from final_problem.renderers.zookeeper import EnsembleConfig, Member, java_command, zoo_cfg
+from final_problem.renderers.zookeeper import (
+    RECONFIG_SCRIPT_PATH, START_SCRIPT_PATH, EnsembleConfig, Member, dynamic_cfg, java_command, zoo_cfg,
+)
 
 #: The image's user and group (31z4/zookeeper-docker Dockerfile: uid/gid 1000).
 ZOOKEEPER_UID = 1000
@@ -47,6 +50,15 @@ ZOOKEEPER_HOME = f"/apache-zookeeper-{versions.ZOOKEEPER_VERSION}-bin"
 CONF_DIR = "/conf"
 DATA_DIR = "/data"
 DATA_LOG_DIR = "/datalog"
+#: The ConfigMap's scripts, mounted in CONF_DIR: the member's start (membership from the
+#: running ensemble or its volume, this pod's reconfig superuser) and one membership change.
+START_SCRIPT = f"{CONF_DIR}/start.sh"
+RECONFIG_SCRIPT = f"{CONF_DIR}/reconfig.sh"
+#: Where each pod's reconfig superuser password lives: its own /tmp (an emptyDir), never a Secret.
+SUPER_PASSWORD_FILE = "/tmp/zookeeper-super-password"
+#: Four-letter words the members answer: the probes' ``ruok`` and ``mntr``, ``srvr`` for the
+#: mode, ``conf`` for the committed membership a starting member and the reconfig script read.
+FOUR_LETTER_WORDS = ("ruok", "srvr", "mntr", "conf")
 #: Label a namespace carries to reach the client port.
 CLIENT_NAMESPACE_LABEL = {"final-problem.io/zookeeper-client": "true"}
 #: Replica counts allowed: odd (quorum is floor(n/2)+1, so an even ensemble tolerates no
@@ -85,10 +97,12 @@ class ZooKeeperProps(ComponentSettings):
         3, choices=REPLICAS_ALLOWED,
         doc="Members: quorum is floor(n/2)+1, so an even ensemble tolerates no more failures than the odd one "
             "below it, 1 tolerates none, and more than 7 slows every write (use observers to scale reads).",
-        change=procedure("the ensemble's members are listed in every member's zoo.cfg: members restarted on the new list "
-                          "cannot form a quorum with those still on the old one, and a mixed roll can elect two leaders",
-                          "change membership one member at a time with dynamic reconfiguration (ZooKeeper 3.5+, reconfigEnabled; "
-                          "`reconfig -add` / `-remove`), or stop every member and start them together on the new list (an outage)"),
+        change=scaling.membership_change(
+            "zookeeper", "replicas",
+            "members are added and removed one at a time with dynamic reconfiguration: a new member starts as a "
+            "non-voting follower of the running ensemble, then `reconfig -add` makes it a voter; a member leaves by "
+            "`reconfig -remove` before its pod stops, so a quorum holds at every step (a deploy alone would only "
+            "start or stop pods)"),
     )
     memory_mib: int = setting(
         sizes.default("zookeeper"), minimum=256, maximum=65_536,
@@ -179,20 +193,11 @@ class ZooKeeperProps(ComponentSettings):
         return EnsembleConfig(
             members=members, data_dir=DATA_DIR, data_log_dir=DATA_LOG_DIR,
             tick_time_ms=self.tick_time_ms, init_limit=self.init_limit, sync_limit=self.sync_limit,
-            metrics_port=self.metrics_port,
+            metrics_port=self.metrics_port, four_letter_words=FOUR_LETTER_WORDS,
+            # Membership changes with `reconfig` (final-problem scale zookeeper.replicas=N);
+            # the rendered list is only the first one.
+            dynamic=True,
         )
-
-
-def start_script(*, start: list[str]) -> str:
-    """The container's command: write ``myid`` = pod ordinal + 1 (ids start at 1) into
-    ``$ZOO_DATA_DIR``, then exec ``start``. A StatefulSet pod's hostname is <name>-<ordinal>."""
-    return "\n".join([
-        "set -eu",
-        'ordinal="${HOSTNAME##*-}"',
-        'case "$ordinal" in ""|*[!0-9]*) echo "no ordinal in hostname $HOSTNAME" >&2; exit 1;; esac',
-        'echo "$((ordinal + 1))" > "$ZOO_DATA_DIR/myid"',
-        "exec " + " ".join(f"'{arg}'" if "*" in arg else arg for arg in start),
-    ])
 
 
 def _tcp_word_check(*, port: int, word: str, expect: str) -> list[str]:
@@ -206,6 +211,10 @@ def _tcp_word_check(*, port: int, word: str, expect: str) -> list[str]:
 #: follower goes election -> discovery -> synchronization (receiving the leader's DIFF, SNAP or
 #: TRUNC) -> broadcast; only in broadcast is it a voter the leader counts. ``mntr`` (like
 #: ``srvr``) answers only while the member serves ("not currently serving requests" otherwise).
+#: A member joining the ensemble (started as an observer of its membership, before ``reconfig
+#: -add``) follows the leader without a vote and reports ``following - broadcast`` once synced
+#: (seen on 3.9.4); a member that the membership lists as an observer reports ``observing -
+#: broadcast``. Both are Ready: they serve clients in step with the leader.
 SYNCED_PEER_STATE = "^zk_peer_state[[:space:]]+(leading|following|observing) - broadcast$"
 
 
@@ -266,11 +275,15 @@ class ZooKeeperChart(PlatformChart):
         self.member_hosts = member_hosts
         #: Connection string for clients inside the cluster.
         self.connect_string = f"{self.client_service_dns()}:{props.client_port}"
-        config = zoo_cfg(props.ensemble(hosts=member_hosts), client_port=props.client_port)
+        ensemble = props.ensemble(hosts=member_hosts)
+        config = zoo_cfg(ensemble, client_port=props.client_port)
+        scripts = {"start.sh": START_SCRIPT_PATH.read_text(), "reconfig.sh": RECONFIG_SCRIPT_PATH.read_text()}
         self.config_map = k8s.KubeConfigMap(
             self, "Config",
             metadata=k8s.ObjectMeta(name=f"{self.NAME}-config", namespace=ns),
-            data={"zoo.cfg": config, "logback.xml": LOGBACK},
+            # zoo.cfg.dynamic: the initial membership only (a new ensemble's); a running
+            # member keeps the one on its volume, so it is not in the pods' digest below.
+            data={"zoo.cfg": config, "zoo.cfg.dynamic": dynamic_cfg(ensemble), "logback.xml": LOGBACK, **scripts},
         )
         set_component(self.config_map, "config")
 
@@ -298,15 +311,23 @@ class ZooKeeperChart(PlatformChart):
             set_component(svc, "server")
 
         classpath = f"{CONF_DIR}:{ZOOKEEPER_HOME}/lib/*"
-        start = java_command(java="java", classpath=classpath, config_path=f"{CONF_DIR}/zoo.cfg", heap_mib=props.effective_heap_mib)
-        script = start_script(start=start)
+        start = java_command(java="java", classpath=classpath, config_path=f"{DATA_DIR}/zoo.cfg", heap_mib=props.effective_heap_mib)
         container = k8s.Container(
             name="zookeeper",
             image=versions.ZOOKEEPER_IMAGE,
             image_pull_policy="IfNotPresent",
-            # The image's entrypoint would write /conf/zoo.cfg; the rendered one is mounted instead.
-            command=["bash", "-c", script],
-            env=[k8s.EnvVar(name="ZOO_DATA_DIR", value=DATA_DIR)],
+            # The image's entrypoint would write /conf/zoo.cfg; the rendered one is mounted
+            # instead, and the start script adds the membership (it appends the config path).
+            command=["bash", START_SCRIPT, *start[:-1]],
+            env=[k8s.EnvVar(name=name, value=value) for name, value in (
+                ("ZOO_DATA_DIR", DATA_DIR), ("ZOO_CONF_DIR", CONF_DIR),
+                # A starting member asks the ensemble's members that serve for the membership.
+                ("ZOO_ENSEMBLE", self.connect_string),
+                ("ZOO_PEER_DOMAIN", f"{self.HEADLESS_SERVICE}.{ns}.svc.cluster.local"),
+                ("ZOO_QUORUM_PORT", str(props.quorum_port)), ("ZOO_ELECTION_PORT", str(props.election_port)),
+                ("ZOO_CLIENT_PORT", str(props.client_port)), ("ZOO_SUPER_FILE", SUPER_PASSWORD_FILE),
+                ("ZOO_CLASSPATH", classpath),
+            )],
             ports=[
                 k8s.ContainerPort(name="client", container_port=props.client_port),
                 k8s.ContainerPort(name="quorum", container_port=props.quorum_port),
@@ -335,7 +356,7 @@ class ZooKeeperChart(PlatformChart):
                 k8s.VolumeMount(name="tmp", mount_path="/tmp"),
             ],
         )
-        digest = hashlib.sha256((config + LOGBACK).encode()).hexdigest()[:16]
+        digest = hashlib.sha256((config + LOGBACK + "".join(scripts.values())).encode()).hexdigest()[:16]
         self.stateful_set = QuorumStatefulSet(
             self, "Ensemble",
             name=self.NAME,
@@ -358,9 +379,9 @@ class ZooKeeperChart(PlatformChart):
             # Rolling updates and drains: one member at a time, the next only once the
             # restarted one is synced (readiness above), so no minReadySeconds is needed: the
             # probe cannot pass before the member counts in the quorum. No preStop: ZooKeeper
-            # 3.9 has no command that hands leadership over (only reconfig, and dynamic
-            # reconfiguration is off), and the sessions live in the ensemble, so a client
-            # reconnects to another member within its session timeout.
+            # 3.9 has no command that hands leadership over (only reconfig, which changes the
+            # membership: a restart must not), and the sessions live in the ensemble, so a
+            # client reconnects to another member within its session timeout.
             termination_grace_seconds=TERMINATION_GRACE_S,
             pod_annotations={
                 # A changed zoo.cfg rolls the members one at a time (PDB maxUnavailable 1).
@@ -407,7 +428,11 @@ class ZooKeeperChart(PlatformChart):
                     pod_selector=k8s.LabelSelector(match_labels=selector),
                     policy_types=["Ingress", "Egress"],
                     ingress=[k8s.NetworkPolicyIngressRule(from_=[members], ports=ports(props.quorum_port, props.election_port))],
-                    egress=[k8s.NetworkPolicyEgressRule(to=[members], ports=ports(props.quorum_port, props.election_port))],
+                    # And the client port: a starting member asks the others for the membership
+                    # (`conf` through the client Service, whose address is rewritten to a member
+                    # before policy applies) and the reconfig script asks each voter's `mntr`.
+                    egress=[k8s.NetworkPolicyEgressRule(
+                        to=[members], ports=ports(props.quorum_port, props.election_port, props.client_port))],
                 ),
             ),
             k8s.KubeNetworkPolicy(
@@ -427,3 +452,56 @@ class ZooKeeperChart(PlatformChart):
             set_component(policy, "network-policy")
             policy.add_dependency(self.zookeeper_namespace.resource)
         self.network_policies = policies
+
+
+def member_line(myid: int, *, props: ZooKeeperProps, namespace: str) -> str:
+    """Member ``myid``'s server line as ``reconfig -add`` takes it: the pod's stable name,
+    a participant, its client port on every interface."""
+    host = f"{ZooKeeperChart.NAME}-{myid - 1}.{ZooKeeperChart.HEADLESS_SERVICE}.{namespace}.svc.cluster.local"
+    member = Member(myid=myid, host=host, client_port=props.client_port, quorum_port=props.quorum_port,
+                    election_port=props.election_port)
+    return member.dynamic_line()
+
+
+@scaling.membership("zookeeper", "replicas")
+def change_replicas(old: ZooKeeperProps, new: ZooKeeperProps, namespace: str) -> list[scaling.Step]:
+    """One member at a time. Growing: the StatefulSet starts the next pod, which joins the
+    running ensemble as a non-voting follower (its start script); once it is Ready (synced
+    with the leader), ``reconfig -add`` makes it a voter. Shrinking: ``reconfig -remove`` of
+    the highest member first, then the StatefulSet stops its pod. Each ``reconfig`` runs in
+    member 1's container (ordinal 0, never removed: at least 3 members stay), which checks
+    the live voters first. Sources: ZooKeeper Dynamic Reconfiguration guide ("Adding
+    servers", "Removing servers"); Kubernetes docs, "StatefulSets" (scaling)."""
+    name, container, script = ZooKeeperChart.NAME, "zookeeper", RECONFIG_SCRIPT
+    namespace = namespace or ZooKeeperChart.NAMESPACE
+    runner = f"{name}-0"
+    if new.replicas not in REPLICAS_ALLOWED:
+        raise scaling.Refused(
+            f"zookeeper.replicas={new.replicas}: an ensemble has {', '.join(map(str, REPLICAS_ALLOWED))} members "
+            f"(quorum floor(n/2)+1; fewer than 3 tolerate no failure, an even count no more than the odd one below); "
+            f"choose one of them")
+    for field_name in ("client_port", "quorum_port", "election_port"):
+        if getattr(old, field_name) != getattr(new, field_name):
+            raise scaling.Refused(
+                f"zookeeper.{field_name} changes with zookeeper.replicas: the new members would be added on ports the "
+                f"others do not use; change the replicas first, then the port")
+    steps: list[scaling.Step] = []
+    for replicas in range(old.replicas + 1, new.replicas + 1):
+        myid = replicas
+        steps += [
+            scaling.Scale(name, replicas, f"start member {myid}: it joins the running ensemble as a non-voting follower",
+                          namespace),
+            scaling.WaitReady(name, replicas, f"member {myid} synced with the leader", namespace),
+            scaling.Exec(runner, container, ("bash", script, "add", member_line(myid, props=new, namespace=namespace)),
+                         f"member {myid} becomes a voter ({replicas} voters, quorum {replicas // 2 + 1})", namespace),
+        ]
+    for replicas in range(old.replicas - 1, new.replicas - 1, -1):
+        myid = replicas + 1
+        steps += [
+            scaling.Exec(runner, container, ("bash", script, "remove", str(myid)),
+                         f"member {myid} stops voting ({replicas} voters, quorum {replicas // 2 + 1})", namespace),
+            scaling.Scale(name, replicas, f"stop member {myid}, no longer in the ensemble", namespace),
+            scaling.WaitReady(name, replicas, f"the {replicas} members Ready before the next step", namespace),
+        ]
+    return steps
+

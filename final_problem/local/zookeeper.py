@@ -31,7 +31,9 @@ from final_problem.charts.zookeeper import LOGBACK, ZooKeeperProps
 from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import PI, Profile
-from final_problem.renderers.zookeeper import EnsembleConfig, Member, java_command, myid_file, zoo_cfg
+from final_problem.renderers.zookeeper import (
+    RECONFIG_SCRIPT_PATH, START_SCRIPT_PATH, EnsembleConfig, Member, dynamic_cfg, java_command, myid_file, zoo_cfg,
+)
 
 if TYPE_CHECKING:
     from final_problem.local.rollout import PodSet, Readiness
@@ -67,6 +69,9 @@ def missing_binaries(*zookeeper_versions: str) -> list[str]:
         home = zookeeper_home(version)
         if not (home / ".installed").exists() or not (home / "lib" / f"zookeeper-{version}.jar").exists():
             missing.append(f"{home}/lib (run `make zookeeper`)")
+        elif not list((home / "lib").glob("commons-cli-*.jar")):
+            # zkCli, which the chart's reconfig script runs, needs it (deps/zookeeper/pom.xml).
+            missing.append(f"{home}/lib/commons-cli-*.jar (run `make zookeeper` again: its pom gained it)")
     return missing
 
 
@@ -91,32 +96,45 @@ class LocalEnsemble:
     Short ticks (250 ms) make elections and failure detection quick enough for tests;
     the rest of the configuration is the platform's. Each member runs with the chart's heap
     for ``profile`` and, with ``limits``, under its container's CPU and memory limits.
+
+    ``dynamic``: the members start as the chart starts them, through its start script
+    (dynamic membership: the initial list is the ``size`` first members, the membership
+    then lives on each member's data directory); ``spare`` more members have ports and
+    directories for growing the ensemble (:meth:`exec_step` runs the chart's reconfig
+    script), and ``ensemble_address`` stands for the client Service a starting member asks.
     """
 
     def __init__(self, *, workdir: Path, size: int = 3, tick_time_ms: int = 250, profile: Profile = PI,
                  limits: bool = True, jvm_options: Sequence[str] = (),
-                 version: str = versions.ZOOKEEPER_VERSION) -> None:
+                 version: str = versions.ZOOKEEPER_VERSION, dynamic: bool = False, spare: int = 0) -> None:
         """``version``: the ZooKeeper version every member first starts with (an upgrade
         starts members again at another one)."""
         props = ZooKeeperProps.for_profile(profile)
         heap_mib = props.effective_heap_mib
         self.limits = Limits.of(props.sizing)
         self.groups = Groups(enabled=limits)
-        ports = free_ports(4 * size)
-        members = tuple(
+        if spare and not dynamic:
+            raise EnsembleError("spare members join only with dynamic membership (dynamic=True)")
+        ports = free_ports(4 * (size + spare))
+        every = tuple(
             Member(
                 myid=i + 1, host=LOOPBACK,
                 client_port=ports[4 * i], quorum_port=ports[4 * i + 1], election_port=ports[4 * i + 2],
             )
-            for i in range(size)
+            for i in range(size + spare)
         )
+        members = every[:size]
         #: Each member's Prometheus metrics port (the chart's ``metrics_port``, remapped).
-        self.metrics_ports = {m.myid: ports[4 * i + 3] for i, m in enumerate(members)}
+        self.metrics_ports = {m.myid: ports[4 * i + 3] for i, m in enumerate(every)}
+        self.dynamic = dynamic
+        #: The client Service a starting member asks for the membership (``host:port``).
+        self.ensemble_address = f"{LOOPBACK}:1"
         self.workdir = workdir
         self.heap_mib = heap_mib
         #: JVM options added to the chart's (measurement only, e.g. Native Memory Tracking).
         self.jvm_options = tuple(jvm_options)
-        self.procs = {m.myid: _Process(member=m, directory=workdir / f"member-{m.myid}", version=version) for m in members}
+        self.procs = {m.myid: _Process(member=m, directory=workdir / f"member-{m.myid}", version=version) for m in every}
+        chart = props.ensemble(hosts=tuple(f"member-{i}" for i in range(size))) if dynamic else None
         self.config = EnsembleConfig(
             members=members,
             # Directories are set per member when its files are written.
@@ -126,6 +144,7 @@ class LocalEnsemble:
             listen_on_all_ips=False,
             # Each member's own port is set when its files are written.
             metrics_port=self.metrics_ports[members[0].myid],
+            **({"dynamic": True, "four_letter_words": chart.four_letter_words} if chart is not None else {}),
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -148,8 +167,25 @@ class LocalEnsemble:
         cfg.write_text(zoo_cfg(member_config, client_port=proc.member.client_port))
         # The chart's logback.xml, found on the classpath (the chart mounts it in /conf).
         (proc.directory / "logback.xml").write_text(LOGBACK)
-        (data / "myid").write_text(myid_file(proc.member.myid))
+        if self.dynamic:
+            # The initial list, as the chart's ConfigMap holds it; the start script writes
+            # myid and the member's own zoo.cfg on its data directory.
+            (proc.directory / "zoo.cfg.dynamic").write_text(dynamic_cfg(self.config))
+        else:
+            (data / "myid").write_text(myid_file(proc.member.myid))
         return cfg
+
+    def _start_env(self, proc: _Process) -> dict[str, str]:
+        """The chart's start script's environment for this member on this host."""
+        m = proc.member
+        return {
+            "HOSTNAME": f"zookeeper-{m.myid - 1}", "ZOO_DATA_DIR": str(proc.directory / "data"),
+            "ZOO_CONF_DIR": str(proc.directory), "ZOO_ENSEMBLE": self.ensemble_address,
+            "ZOO_MEMBER_HOST": m.host, "ZOO_MEMBER_CLIENT": f"{LOOPBACK}:{m.client_port}",
+            "ZOO_PEER_DOMAIN": "", "ZOO_QUORUM_PORT": str(m.quorum_port), "ZOO_ELECTION_PORT": str(m.election_port),
+            "ZOO_CLIENT_PORT": str(m.client_port), "ZOO_SUPER_FILE": str(proc.directory / "super-password"),
+            "ZOO_CLASSPATH": classpath(proc.directory, proc.version),
+        }
 
     def start(self, myid: int, version: str | None = None) -> subprocess.Popen[bytes]:
         """Start member ``myid`` (again), at ``version`` (default: the version it ran); its
@@ -167,11 +203,17 @@ class LocalEnsemble:
             heap_mib=self.heap_mib,
         )
         command[1:1] = [local.gc_log_flag(proc.directory), *self.jvm_options]
+        env = None
+        if self.dynamic:
+            # The chart's command: its start script, then the JVM without the config path
+            # (the script adds the member's own zoo.cfg on its data directory).
+            command = ["bash", str(START_SCRIPT_PATH), *command[:-1]]
+            env = {**os.environ, **self._start_env(proc)}
         log = open(proc.directory / "server.log", "ab")
         try:
             proc.process = subprocess.Popen(
                 self.groups.wrap(f"zookeeper-{myid}", self.limits, command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=proc.directory, start_new_session=True,
+                cwd=proc.directory, start_new_session=True, env=env,
             )
         finally:
             log.close()
@@ -252,6 +294,38 @@ class LocalEnsemble:
                        ordinal=ordinal)
 
         return PodSet(name="zookeeper", workload=statefulset, pdb=pdb, pods=[], make_pod=make)
+
+    def exec_step(self, step: Any) -> str:
+        """A :class:`~final_problem.scaling.Exec` of the chart's reconfig script run here: in
+        the member of the step's pod, the member named by an ``add`` given its local address.
+        A failure raises :class:`~final_problem.scaling.StepFailed` with the script's line."""
+        from final_problem.charts.zookeeper import RECONFIG_SCRIPT
+        from final_problem.scaling import StepFailed
+
+        command = list(step.command)
+        if command[:2] != ["bash", RECONFIG_SCRIPT] or len(command) != 4:
+            raise EnsembleError(f"not the chart's reconfig script: {command}")
+        proc = self.procs[int(step.pod.rsplit("-", 1)[1]) + 1]
+        action, argument = command[2], command[3]
+        if action == "add":
+            found = re.match(r"^server\.(\d+)=.*:(participant|observer);", argument)
+            if not found or int(found.group(1)) not in self.procs:
+                raise EnsembleError(f"no local member for {argument}")
+            argument = self.procs[int(found.group(1))].member.dynamic_line(role=found.group(2), client_address=LOOPBACK)
+        env = {**os.environ, **self._start_env(proc), "JAVA": shutil.which("java") or "java"}
+        done = subprocess.run(["bash", str(RECONFIG_SCRIPT_PATH), action, argument], env=env, capture_output=True,
+                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[-1]
+            raise StepFailed(f"in {step.pod}: {last}")
+        return done.stdout
+
+    def membership(self, myid: int) -> list[str]:
+        """Member ``myid``'s committed membership (``conf``: its server lines, then ``version=``)."""
+        m = self.procs[myid].member
+        text = four_letter_word(host=m.host, port=m.client_port, word="conf", timeout=2.0)
+        lines = text.split("membership:", 1)[1].split() if "membership:" in text else []
+        return [line for line in lines if line.startswith(("server.", "version="))]
 
     # -- observation -----------------------------------------------------------------
 

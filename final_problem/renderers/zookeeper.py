@@ -28,6 +28,11 @@ KNOWN_FOUR_LETTER_WORDS = frozenset({
     "conf", "cons", "crst", "dump", "envi", "ruok", "srst", "srvr", "stat", "wchs", "wchc",
     "wchp", "mntr", "isro", "hash", "gtmk", "stmk", "dirs",
 })
+#: The start script of a member with dynamic membership (the chart's ConfigMap holds it;
+#: the local ensembles of the tests run this file): see its header.
+START_SCRIPT_PATH = Path(__file__).with_name("zookeeper_start.sh")
+#: The script that adds or removes one member with ``reconfig`` (run in a member's container).
+RECONFIG_SCRIPT_PATH = Path(__file__).with_name("zookeeper_reconfig.sh")
 #: The Prometheus provider shipped in ZooKeeper's binary release (lib/zookeeper-prometheus-metrics-*.jar).
 PROMETHEUS_PROVIDER = "org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider"
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -66,6 +71,15 @@ class Member:
     def server_line(self) -> str:
         """``server.N=host:quorum:election`` (static configuration)."""
         return f"server.{self.myid}={self.host}:{self.quorum_port}:{self.election_port}"
+
+    def dynamic_line(self, *, role: str = "participant", client_address: str | None = None) -> str:
+        """``server.N=host:quorum:election:role;[address:]client`` as a dynamic configuration
+        file and ``reconfig -add`` take it (Dynamic Reconfiguration guide, "Specifying the client
+        port"); without ``client_address`` the client port binds every interface."""
+        if role not in ("participant", "observer"):
+            raise ConfigError("zookeeper.role", role, "a member is a participant or an observer", "use one of them")
+        client = f"{client_address}:{self.client_port}" if client_address else str(self.client_port)
+        return f"server.{self.myid}={self.host}:{self.quorum_port}:{self.election_port}:{role};{client}"
 
 
 def check_port(setting: str, port: int) -> None:
@@ -124,6 +138,11 @@ class EnsembleConfig:
     #: Port of the Prometheus metrics endpoint, or None to leave the provider off (Debian's
     #: package lacks its jar).
     metrics_port: int | None = None
+    #: Dynamic membership (``reconfigEnabled``): :func:`zoo_cfg` then lists no member, the
+    #: members go into a dynamic configuration file (:func:`dynamic_cfg`, only the initial
+    #: one: ZooKeeper rewrites it at each ``reconfig``). Default off: a bare-metal ensemble
+    #: keeps its static list.
+    dynamic: bool = False
     #: Extra lines appended verbatim (for tests that need e.g. a short election timeout).
     extra: tuple[tuple[str, str], ...] = field(default=())
 
@@ -237,8 +256,16 @@ def zoo_cfg(config: EnsembleConfig, *, client_port: int) -> str:
         "admin.enableServer=false",
         # A one-member ensemble must still run as a quorum peer, never silently standalone.
         "standaloneEnabled=false",
+    ]
+    if config.dynamic:
+        # Members change with `reconfig -add/-remove`; the list lives in a dynamic file
+        # (dynamicConfigFile, added where the member starts): Dynamic Reconfiguration guide,
+        # "The reconfigEnabled flag", "Dynamic configuration file".
+        lines.append("reconfigEnabled=true")
+    else:
         # Static membership: the server lines below are the ensemble.
-        "reconfigEnabled=false",
+        lines.append("reconfigEnabled=false")
+    lines += [
         f"quorumListenOnAllIPs={'true' if config.listen_on_all_ips else 'false'}",
     ]
     if config.metrics_port is not None:
@@ -247,8 +274,19 @@ def zoo_cfg(config: EnsembleConfig, *, client_port: int) -> str:
             f"metricsProvider.httpPort={config.metrics_port}",
         ]
     lines += [f"{k}={v}" for k, v in config.extra]
-    lines += [m.server_line() for m in sorted(config.members, key=lambda m: m.myid)]
+    if not config.dynamic:
+        lines += [m.server_line() for m in sorted(config.members, key=lambda m: m.myid)]
     return "\n".join(lines) + "\n"
+
+
+def dynamic_cfg(config: EnsembleConfig) -> str:
+    """The initial dynamic configuration file: every member a participant, with its client
+    port (on ``client_port_address`` when set). It holds no ``version`` line: ZooKeeper takes
+    the version from the file's name (``QuorumPeerConfig.getVersionFromFilename``)."""
+    return "".join(
+        m.dynamic_line(client_address=config.client_port_address) + "\n"
+        for m in sorted(config.members, key=lambda m: m.myid)
+    )
 
 
 def myid_file(myid: int) -> str:
