@@ -443,9 +443,12 @@ def _default_cell(info: SettingInfo) -> str:
     return f"`{_show(info.default)}`"
 
 
-def markdown_table(infos: Iterable[SettingInfo], *, prefix: str = "") -> str:
-    """A README table of settings: key, default, meaning (with allowed values)."""
+def markdown_table(infos: Iterable[SettingInfo], *, prefix: str = "", membership: Iterable[str] = ()) -> str:
+    """A README table of settings: key, default, meaning (with allowed values); for the
+    names in ``membership`` (settings with a procedure, :mod:`final_problem.scaling`), how a
+    live change is carried out."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
+    membership = set(membership)
     for info in infos:
         meaning = " ".join(info.doc.split())
         if info.choices is not None:
@@ -454,13 +457,17 @@ def markdown_table(infos: Iterable[SettingInfo], *, prefix: str = "") -> str:
             meaning += f" {info.minimum} to {info.maximum}."
         elif info.minimum is not None:
             meaning += f" At least {info.minimum}."
+        if info.name in membership:
+            meaning += (f" **Live:** a procedure, `final-problem scale {prefix}{info.name}=N --live --apply`: members "
+                        "added or removed one at a time, data moved first (\"Changing a running platform\"); "
+                        "`final-problem plan` says whether before or after the deploy.")
         rows.append(f"| `{prefix}{info.name}` | {_default_cell(info)} | {meaning.replace('|', '/')} |")
     return "\n".join(rows)
 
 
 def reference_markdown() -> str:
     """Every settings table of the README: the cluster's, then each component's."""
-    from final_problem import components, config
+    from final_problem import components, config, scaling
 
     components.load_bundled()
     parts = [
@@ -479,7 +486,8 @@ def reference_markdown() -> str:
             f"`{name}` (`{cls.__module__}`): in cdk.json `\"{name}\": {{\"key\": value}}`, on the command line "
             f"`-c {name}.key=value`:",
             "",
-            markdown_table(settings_class.infos(), prefix=f"{name}."),
+            markdown_table(settings_class.infos(), prefix=f"{name}.",
+                           membership=[setting for component, setting in scaling.PROCEDURES if component == name]),
         ]
     return "\n".join(parts) + "\n"
 
@@ -491,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         sys.stdout.write(reference_markdown())
         return 0
-    from final_problem import components, config
+    from final_problem import components, config, scaling
 
     components.load_bundled()
     for info in config.cluster_infos():
