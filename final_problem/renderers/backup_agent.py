@@ -374,8 +374,7 @@ class Postgres:
             os.unlink(archive)
             raise BackupError(f"restore: base backup {chosen['id']} is corrupt (its archive's SHA-256 or size differs "
                               f"from its listing); choose --to before {iso(chosen['ended'])} for an older one")
-        with tarfile.open(archive) as tar:
-            tar.extractall(pgdata, filter="data")
+        extract(archive, pgdata, chosen["id"])
         os.unlink(archive)
         verify_manifest(pgdata, chosen["id"])
         segments = self.fetch_wal(chosen, target, wal_dir)
@@ -441,6 +440,22 @@ def segment_position(name: str) -> int:
     return (int(m.group(2), 16) << 8) + int(m.group(3), 16)
 
 
+def extract(archive: str, into: str, backup_id: str) -> None:
+    """Unpack a base backup's archive; a member that would land outside ``into`` (an absolute
+    path, ``..``, a link or a device) refuses the backup."""
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for member in members:
+            parts = member.name.split("/")
+            if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
+                raise BackupError(f"restore: base backup {backup_id} holds {member.name!r}, not a plain file "
+                                  "inside the data directory; choose --to for another base backup")
+        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.11.4 onwards (PEP 706)
+            tar.extractall(into, members=members, filter="data")
+        else:
+            tar.extractall(into, members=members)
+
+
 def verify_manifest(pgdata: str, backup_id: str) -> None:
     """Check every file against the base backup's ``backup_manifest`` (its SHA-256 and size)."""
     try:
@@ -470,8 +485,9 @@ def agent_pass(pg: Postgres, spool: str, retention_days: int) -> int:
     if os.path.isdir(wal):
         for name in sorted(os.listdir(wal)):
             path = os.path.join(wal, name)
-            if (WAL_NAME.match(name) or HISTORY_NAME.match(name) or name.endswith(".partial")) \
-                    and not os.path.exists(path + ".done"):
+            # Segments, timeline histories, backup history files (``.backup``), ``.partial``
+            # segments at a promotion: whatever the server archives.
+            if not name.endswith((".tmp", ".done")) and not os.path.exists(path + ".done"):
                 pg.upload_wal(path)
                 done += 1
     base = os.path.join(spool, "base")
