@@ -7,6 +7,7 @@ the same bucket.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -101,6 +102,10 @@ def drill() -> Iterator[dict[str, Any]]:
 
 def test_restores_every_row_committed_before_the_target_and_none_after(drill: dict[str, Any]) -> None:
     server, backups, s3 = drill["server"], drill["backups"], drill["s3"]
+    listed = subprocess.run([sys.executable, "-m", "final_problem.backup", "list", "postgres"], capture_output=True,
+                            text=True, timeout=60, cwd=ROOT, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT),
+                                                                  **s3.env()})
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1, listed
     done = restore(s3, drill["target"], backups.pgdata)
     assert done.returncode == 0, done.stderr
     if server.run_as:
@@ -112,17 +117,22 @@ def test_restores_every_row_committed_before_the_target_and_none_after(drill: di
     server.kill()
 
 
+# In this order: each damage is kept, and the restore checks the base backup before the WAL.
 @pytest.mark.parametrize("damage, refusal", [
+    ("wal", "is missing from the archive"),
     ("corrupt", "is corrupt"),
     ("missing", "no base backup"),
 ])
-def test_refuses_a_corrupt_or_missing_backup_in_one_line(drill: dict[str, Any], tmp_path: Path, damage: str,
+def test_refuses_a_corrupt_or_missing_backup_or_wal_in_one_line(drill: dict[str, Any], tmp_path: Path, damage: str,
                                                          refusal: str) -> None:
     client = drill["s3"].client()
     keys = client.list("postgres/base/")
     archive = next(k for k in keys if k.endswith("/base.tar.gz"))
     listing = archive.replace("base.tar.gz", "backup.json")
-    if damage == "corrupt":
+    if damage == "wal":
+        first = json.loads(client.get(listing)[1])["start_wal"]
+        client.delete(f"postgres/wal/{first}.gz")
+    elif damage == "corrupt":
         original = client.get(archive)[1]
         client.put(archive, body=original[:1000] + bytes([original[1000] ^ 0xFF]) + original[1001:])
     else:
