@@ -168,3 +168,69 @@ def test_segments_follow_each_other_across_a_log_id() -> None:
 def test_a_target_that_is_not_a_url_is_refused() -> None:
     with pytest.raises(BackupError, match="not an http"):
         S3(endpoint="s3.lan", bucket="b", region="r", access_key="a", secret_key="s")
+
+
+# -- the EKS bucket ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(synth) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return synth.templates["final-problem-cluster"]["Resources"]
+
+
+def of_type(resources: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+
+def backup_bucket(resources: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    (match,) = [(n, r) for n, r in of_type(resources, "AWS::S3::Bucket").items() if n.startswith("Backups")]
+    return match
+
+
+def test_the_bucket_is_kms_encrypted_versioned_private_and_retained(cluster: dict[str, Any]) -> None:
+    name, bucket = backup_bucket(cluster)
+    props = bucket["Properties"]
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms" and rule["BucketKeyEnabled"] is True
+    key_name = rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]["Fn::GetAtt"][0]
+    key = cluster[key_name]
+    assert key["Type"] == "AWS::KMS::Key" and key["Properties"]["EnableKeyRotation"] is True
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    for resource in (bucket, key):
+        assert resource["DeletionPolicy"] == "Retain" and resource["UpdateReplacePolicy"] == "Retain"
+    policy = next(p for p in of_type(cluster, "AWS::S3::BucketPolicy").values() if p["Properties"]["Bucket"] == {"Ref": name})
+    (deny,) = [s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_replaced_and_deleted_versions_expire_after_the_setting(cluster: dict[str, Any], synth) -> None:  # type: ignore[no-untyped-def]
+    _, bucket = backup_bucket(cluster)
+    (rule,) = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": synth.stacks.settings.backup_version_days}
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    assert rule["ExpiredObjectDeleteMarker"] is True and rule["Status"] == "Enabled"
+
+
+def test_the_pod_identity_role_reaches_its_bucket_and_key_only(cluster: dict[str, Any]) -> None:
+    bucket_name, bucket = backup_bucket(cluster)
+    key_name = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
+        "ServerSideEncryptionByDefault"]["KMSMasterKeyID"]["Fn::GetAtt"][0]
+    (association,) = of_type(cluster, "AWS::EKS::PodIdentityAssociation").values()
+    props = association["Properties"]
+    assert (props["Namespace"], props["ServiceAccount"]) == ("postgres", "postgres-backup")
+    role_name = props["RoleArn"]["Fn::GetAtt"][0]
+    trust = cluster[role_name]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust == [{"Action": ["sts:AssumeRole", "sts:TagSession"], "Effect": "Allow",
+                      "Principal": {"Service": "pods.eks.amazonaws.com"}}]
+    (policy,) = [p for p in of_type(cluster, "AWS::IAM::Policy").values()
+                 if {"Ref": role_name} in p["Properties"]["Roles"]]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    actions = sorted(a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))
+    assert actions == ["kms:Decrypt", "kms:GenerateDataKey", "s3:DeleteObject", "s3:GetObject", "s3:ListBucket",
+                       "s3:PutObject"]
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        named = str(statement["Resource"])
+        assert bucket_name in named or key_name in named, statement

@@ -132,7 +132,10 @@ class S3:
                                     f"SignedHeaders={';'.join(names)}, Signature={signature}")
 
     def request(self, method: str, key: str = "", *, query: dict[str, str] | None = None, body: bytes | None = None,
-                body_file: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+                body_file: str | None = None, headers: dict[str, str] | None = None,
+                into_file: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One request; the response body is returned, or streamed into ``into_file`` when the
+        answer is 200."""
         query = dict(query or {})
         headers = dict(headers or {})
         if body_file is not None:
@@ -156,7 +159,12 @@ class S3:
             else:
                 conn.request(method, target, body=body, headers=headers)
                 response = conn.getresponse()
-            data = response.read()
+            if into_file is not None and response.status == 200:
+                with open(into_file, "wb") as out:
+                    shutil.copyfileobj(response, out, 1 << 20)
+                data = b""
+            else:
+                data = response.read()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, data
         except OSError as e:
             raise BackupError(f"backup target {self.scheme}://{self.netloc}: {method} {key or self.bucket} failed "
@@ -198,6 +206,15 @@ class S3:
         if status != 200:
             raise self._fail(f"GET {key}", status, data)
         return headers, data
+
+    def download(self, key: str, path: str) -> dict[str, str] | None:
+        """GET ``key`` into the file ``path``, streamed; None when there is no such object."""
+        status, headers, data = self.request("GET", key, into_file=path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._fail(f"GET {key}", status, data)
+        return headers
 
     def delete(self, key: str) -> None:
         status, _, data = self.request("DELETE", key)
@@ -363,12 +380,9 @@ class Postgres:
         os.makedirs(pgdata, mode=0o700, exist_ok=True)
         os.makedirs(wal_dir, mode=0o700, exist_ok=True)
         archive = os.path.join(wal_dir, f"base-{chosen['id']}.tar.gz")
-        got = self.s3.get(chosen["archive"]["key"])
-        if got is None:
+        if self.s3.download(chosen["archive"]["key"], archive) is None:
             raise BackupError(f"restore: base backup {chosen['id']} is missing its archive "
                               f"{chosen['archive']['key']}; choose --to before {iso(chosen['ended'])} for an older one")
-        with open(archive, "wb") as f:
-            f.write(got[1])
         sha, size = file_digest(archive, "sha256")
         if (sha, size) != (chosen["archive"]["sha256"], chosen["archive"]["size"]):
             os.unlink(archive)
