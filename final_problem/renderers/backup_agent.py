@@ -178,6 +178,13 @@ class S3:
         return BackupError(f"backup target: {what} answered {status} {reason}; check the bucket and the credentials")
 
     def create_bucket(self) -> None:
+        """Create the bucket when it does not exist (a target the platform deploys); one that
+        exists is used as it is (HeadBucket needs only s3:ListBucket, which the EKS role has)."""
+        status, _, data = self.request("HEAD")
+        if status == 200:
+            return
+        if status != 404:
+            raise self._fail(f"HEAD bucket {self.bucket}", status, data)
         status, _, data = self.request("PUT")
         if status not in (200, 409):  # 409: BucketAlreadyOwnedByYou (or exists)
             raise self._fail(f"creating bucket {self.bucket}", status, data)
