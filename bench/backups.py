@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.psql(f"INSERT INTO bench (id, pad) VALUES ({args.rows + 1 + i}, 'switch')")
                 started = time.monotonic()
                 segment = server.query("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-                wait_for(f"segment {segment}", lambda: server.query(
+                wait_for(f"segment {segment}", lambda segment=segment: server.query(
                     "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")[0][0] >= segment, timeout_s=120,
                     interval_s=0.01)
                 times.append(time.monotonic() - started)

@@ -442,7 +442,7 @@ class Postgres:
             if WAL_NAME.match(name):
                 at = parse_time(headers.get("x-amz-meta-archived-at", "1970-01-01T00:00:00Z"))
                 newest = at if newest is None or at > newest else newest
-        for earlier, later in zip(positions, positions[1:]):
+        for earlier, later in zip(positions, positions[1:], strict=False):
             if later != earlier + 1:
                 raise BackupError(f"restore: WAL after position {earlier:#x} is missing from the archive; recovery "
                                   "stops there: choose --to before that segment was archived")
