@@ -384,21 +384,33 @@ class Postgres:
             raise BackupError(f"restore: no base backup ended before {iso(target)} (the oldest ended at "
                               f"{iso(listings[0]['ended'])}); choose --to after that")
         chosen = before[-1]
+        created_wal_dir = not os.path.exists(wal_dir)
         os.makedirs(pgdata, mode=0o700, exist_ok=True)
         os.makedirs(wal_dir, mode=0o700, exist_ok=True)
-        archive = os.path.join(wal_dir, f"base-{chosen['id']}.tar.gz")
-        if self.s3.download(chosen["archive"]["key"], archive) is None:
-            raise BackupError(f"restore: base backup {chosen['id']} is missing its archive "
-                              f"{chosen['archive']['key']}; choose --to before {iso(chosen['ended'])} for an older one")
-        sha, size = file_digest(archive, "sha256")
-        if (sha, size) != (chosen["archive"]["sha256"], chosen["archive"]["size"]):
+        try:
+            # Everything is fetched and checked before the data directory is written: a refused
+            # restore leaves it empty, to be run again.
+            archive = os.path.join(wal_dir, f"base-{chosen['id']}.tar.gz")
+            if self.s3.download(chosen["archive"]["key"], archive) is None:
+                raise BackupError(f"restore: base backup {chosen['id']} is missing its archive "
+                                  f"{chosen['archive']['key']}; choose --to before {iso(chosen['ended'])} for an older one")
+            sha, size = file_digest(archive, "sha256")
+            if (sha, size) != (chosen["archive"]["sha256"], chosen["archive"]["size"]):
+                raise BackupError(f"restore: base backup {chosen['id']} is corrupt (its archive's SHA-256 or size "
+                                  f"differs from its listing); choose --to before {iso(chosen['ended'])} for an older one")
+            segments = self.fetch_wal(chosen, target, wal_dir)
+            extract(archive, pgdata, chosen["id"])
             os.unlink(archive)
-            raise BackupError(f"restore: base backup {chosen['id']} is corrupt (its archive's SHA-256 or size differs "
-                              f"from its listing); choose --to before {iso(chosen['ended'])} for an older one")
-        extract(archive, pgdata, chosen["id"])
-        os.unlink(archive)
-        verify_manifest(pgdata, chosen["id"])
-        segments = self.fetch_wal(chosen, target, wal_dir)
+            verify_manifest(pgdata, chosen["id"])
+        except BaseException:
+            for entry in os.listdir(pgdata):
+                path = os.path.join(pgdata, entry)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+            if created_wal_dir:
+                shutil.rmtree(wal_dir, ignore_errors=True)
+            elif os.path.exists(archive):
+                os.unlink(archive)
+            raise
         os.chmod(pgdata, 0o700)
         with open(os.path.join(pgdata, "postgresql.auto.conf"), "a") as f:
             # PostgreSQL docs, 20.5.5 Archive Recovery and 20.5.6 Recovery Target.
