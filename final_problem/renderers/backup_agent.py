@@ -521,7 +521,10 @@ def agent_pass(pg: Postgres, spool: str, retention_days: int) -> int:
             # Segments, timeline histories, backup history files (``.backup``), ``.partial``
             # segments at a promotion: whatever the server archives.
             if not name.endswith((".tmp", ".done")) and not os.path.exists(path + ".done"):
-                pg.upload_wal(path)
+                try:
+                    pg.upload_wal(path)
+                except FileNotFoundError:
+                    continue  # the archive command saw it done and removed it since the listing
                 done += 1
     base = os.path.join(spool, "base")
     if os.path.isdir(base):
