@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{recover_s:.2f} s of recovery until it opens; recovery point: row {row} of {last} (committed "
                   f"{float(gap) * 1000:.0f} ms before the target), {after} rows after it")
         finally:
-            backups.stop_agent()
+            backups.close()
             server.close()
             shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 
 from final_problem.charts import postgres as chart
 from final_problem.local import kill_group
+from final_problem.local.limits import Groups, Limits
 from final_problem.local.postgres import LocalPostgres
 from final_problem.local.s3 import LocalS3
 from final_problem.profiles import PI, Profile
@@ -45,6 +46,19 @@ def _container(statefulset: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in statefulset["spec"]["template"]["spec"]["containers"] if c["name"] == name)
 
 
+def container_limits(container: dict[str, Any]) -> Limits:
+    """A rendered container's ``resources`` (``500m``/``1``, ``128Mi``/``1Gi``) as :class:`Limits`."""
+    def cpu_m(value: str) -> int:
+        return int(value[:-1]) if value.endswith("m") else int(float(value) * 1000)
+
+    def mib(value: str) -> int:
+        return int(value[:-2]) * 1024 if value.endswith("Gi") else int(value.removesuffix("Mi"))
+
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    return Limits(cpu_m=cpu_m(limits["cpu"]), memory_mib=mib(limits["memory"]),
+                  request_cpu_m=cpu_m(requests["cpu"]), request_memory_mib=mib(requests["memory"]))
+
+
 class LocalPostgresBackups:
     """The rendered backup configuration of one :class:`LocalPostgres` writing to one :class:`LocalS3`.
 
@@ -63,6 +77,8 @@ class LocalPostgresBackups:
             (self.scripts / name).chmod(0o444)
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_log = workdir / "backup-agent.log"
+        #: The sidecars run under their containers' rendered limits (cgroups).
+        self.groups = Groups()
 
     @property
     def pgdata(self) -> Path:
@@ -105,7 +121,8 @@ class LocalPostgresBackups:
         """The ``backup`` sidecar as rendered, as the server's user."""
         container = _container(self.objects["statefulset"], "backup")
         log = open(self.agent_log, "ab")
-        self.agent = subprocess.Popen(server._as_server_user(self._command(container)), stdout=log,
+        argv = self.groups.wrap("backup", container_limits(container), server._as_server_user(self._command(container)))
+        self.agent = subprocess.Popen(argv, stdout=log,
                                       stderr=subprocess.STDOUT, env=self._env(container, server), start_new_session=True)
         log.close()
 
@@ -114,10 +131,17 @@ class LocalPostgresBackups:
             kill_group(self.agent)
             self.agent = None
 
+    def close(self) -> None:
+        """Stop the agent and remove the sidecars' groups."""
+        self.stop_agent()
+        self.groups.remove_all()
+
     def base_backup(self, server: LocalPostgres) -> subprocess.CompletedProcess[str]:
         """One run of the ``base-backup`` sidecar's script (its ``once`` mode), as the server's user."""
         container = _container(self.objects["statefulset"], "base-backup")
-        return subprocess.run(server._as_server_user([*self._command(container), "once"]), capture_output=True,
+        argv = self.groups.wrap("base-backup", container_limits(container),
+                                server._as_server_user([*self._command(container), "once"]))
+        return subprocess.run(argv, capture_output=True,
                               text=True, env=self._env(container, server), timeout=120)
 
     def log_tail(self) -> str:

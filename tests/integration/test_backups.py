@@ -71,7 +71,7 @@ def drill() -> Iterator[dict[str, Any]]:
         server.init()
         server.start()
         backups.start_agent(server)
-        stack.callback(backups.stop_agent)
+        stack.callback(backups.close)
 
         def insert(*rows: int) -> None:
             for row in rows:  # one commit each
