@@ -81,6 +81,9 @@ def drill() -> Iterator[dict[str, Any]]:
         insert(1, 2, 3)
         taken = backups.base_backup(server)
         assert taken.returncode == 0, f"{taken.stderr}\n{backups.log_tail()}"
+        client = s3.client()
+        wait_for("the base backup's listing", lambda: any(k.endswith("/backup.json") for k in client.list("postgres/")),
+                 timeout_s=30, interval_s=0.05)
         insert(4, 5)
         time.sleep(0.3)
         target = server.query("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
