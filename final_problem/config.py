@@ -117,6 +117,12 @@ class Settings:
             "Without account and region, at most 2 (CDK then makes 2 zones).",
         change=nothing("egress routes only"),
     )
+    backup_version_days: int = setting(
+        30, minimum=1, maximum=3650,
+        doc="Days the backup bucket keeps an object version after it is replaced or deleted (its lifecycle "
+            "rule): how long a backup deleted by retention, or by mistake, can still be recovered.",
+        change=nothing("the bucket's lifecycle rule only"),
+    )
     flow_log_retention_days: int = setting(
         90, choices=LOG_RETENTION_DAYS, doc="VPC flow log retention in days (a value CloudWatch Logs accepts).",
         change=nothing("the flow log group only"),

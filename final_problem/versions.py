@@ -124,6 +124,23 @@ POSTGRES_IMAGE = f"docker.io/library/postgres:{POSTGRES_VERSION}-trixie"
 # armv7, ppc64le and s390x (Makefile.common DOCKER_ARCHS) and runs as nobody (65534).
 POSTGRES_EXPORTER_VERSION = "v0.19.0"
 POSTGRES_EXPORTER_IMAGE = f"quay.io/prometheuscommunity/postgres-exporter:{POSTGRES_EXPORTER_VERSION}"
+# The S3-compatible server the Pi profile deploys as its backup target, and the tests run: the
+# Versity S3 Gateway (versitygw), its POSIX backend (buckets are directories of one volume).
+# Chosen over the others because it is Apache-2.0, one static Go binary that `go install`
+# builds from the Go module proxy here (semver tags; its go.mod has no replace directive), and
+# its maintainers publish the image for linux/amd64 and linux/arm64 with every release:
+# versity/versitygw .github/workflows/docker.yml pushes versity/versitygw and
+# ghcr.io/versity/versitygw with `platforms: linux/amd64,linux/arm64`, tagged with the release
+# tag. Source: proxy.golang.org/github.com/versity/versitygw/@v/v1.8.0.info (2026-09-04), the
+# newest listed. The others: MinIO's community edition is source-only since October 2025 and
+# its Docker Hub repositories were removed in September 2026 (minio/minio issue 21647,
+# dandi/dandi-archive PR 2922); SeaweedFS (Apache-2.0) has only pseudo-versions on the Go module
+# proxy (its release tags are not semver), so no test build matches an image tag; Garage
+# (AGPL-3.0, dxflrs/garage) builds from crates.io but a Rust build takes far longer on 2 cores,
+# and every new cluster needs a layout assigned and applied before it serves.
+# The image's Alpine base declares no USER; the binary needs no privilege (the chart sets a uid).
+VERSITYGW_VERSION = "1.8.0"
+VERSITYGW_IMAGE = f"docker.io/versity/versitygw:v{VERSITYGW_VERSION}"
 # KWOK plays the kubelet of the integration tests' fake Nodes (pods turn Running and Ready).
 # Source: the Go module proxy, proxy.golang.org/sigs.k8s.io/kwok/@v/list (v0.8.0 newest, Nov
 # 2026); its go.mod requires k8s.io/* v0.36.1, the cluster's minor. `make kube-binaries` builds it.

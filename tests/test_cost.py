@@ -56,12 +56,12 @@ def test_default_equals_the_hand_computed_figure() -> None:
         + 0.045 * HOURS                   # 1 NAT gateway
         + 0.005 * HOURS                   # its Elastic IP
         + (3 * 2 * 10 + 3 * 8 + 3 * 1) * 0.08  # ZooKeeper 2 x 10 GiB, Redis 8 GiB, Sentinel 1 GiB, 3 each, gp3
-        + 2 * 1.00                        # KMS: flow logs key, secrets key
+        + 3 * 1.00                        # KMS: flow logs key, secrets key, backup bucket key
         + 5 * 1.0 * 0.50                  # 5 control-plane log types x 1 GB (assumed)
         + 5.0 * 0.50                      # 5 GB of flow logs (assumed)
     )
     assert result.total == pytest.approx(expected)
-    assert round(result.total, 2) == 306.96
+    assert round(result.total, 2) == 307.96
     assert (result.region, result.region_source) == ("us-east-1", "region unset, priced as us-east-1")
 
 
@@ -76,7 +76,7 @@ def test_a_second_combination_equals_the_hand_computed_figure() -> None:
         + 3 * 0.048 * HOURS               # 3 NAT gateways
         + 3 * 0.005 * HOURS               # their 3 Elastic IPs
         + (3 * 2 * 20 + 3 * 8 + 3 * 1) * 0.088
-        + 2 * 1.00
+        + 3 * 1.00
         + 5 * 1.0 * 0.57
         + 5.0 * 0.57
     )

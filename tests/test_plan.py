@@ -341,6 +341,12 @@ EXPLICIT: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {
     ("envoy", "routes"): (("demo",), {}),
     ("redis", "sentinels"): (5, {"quorum": 3}),
     ("kafka", "replication_factor"): (2, {"min_insync_replicas": 1}),
+    # Backups render only with a target.
+    ("postgres", "backup_endpoint"): ("http://s3.backups.svc.cluster.local:7070", {}),
+    ("postgres", "backup_region"): ("eu-west-1", {"backup_endpoint": "http://s3.backups.svc.cluster.local:7070"}),
+    ("postgres", "base_backup_hours"): (12, {"backup_endpoint": "http://s3.backups.svc.cluster.local:7070"}),
+    ("postgres", "backup_retention_days"): (14, {"backup_endpoint": "http://s3.backups.svc.cluster.local:7070"}),
+    ("postgres", "archive_timeout_s"): (120, {"backup_endpoint": "http://s3.backups.svc.cluster.local:7070"}),
 }
 
 

@@ -13,7 +13,12 @@ Creates:
   a login role with the client's password and ``CREATEDB`` (made by a provisioning Job
   that reads the client's own generated Secret through a Role limited to that one name),
   and a NetworkPolicy admitting only that client's pods;
-- NetworkPolicies: metrics from namespaces labelled ``final-problem.io/monitoring=true``.
+- NetworkPolicies: metrics from namespaces labelled ``final-problem.io/monitoring=true``;
+- with ``postgres.backup_endpoint`` set: continuous WAL archiving and scheduled base backups to
+  that S3-compatible target (:mod:`final_problem.renderers.postgres_backup`): a ConfigMap of the
+  scripts, ``archive_command`` in the server, two sidecars (``base-backup``, ``backup``) and
+  egress to the target. The key pair is read from Secret ``postgres-backup-target``
+  (``access-key-id``, ``secret-access-key``).
 
 One server, not a replicated cluster: a replica set with failover (Patroni, CloudNativePG)
 is an operator's job. The volume outlives the pod; a node loss means a restart elsewhere
@@ -26,6 +31,7 @@ uid 999); prometheus-community postgres_exporter README (``DATA_SOURCE_*`` varia
 from __future__ import annotations
 
 import hashlib
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -43,8 +49,9 @@ from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.objects import ObjectChart
 from final_problem.profiles import Profile
+from final_problem.renderers import postgres_backup
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
-from final_problem.changes import rolling, volume_size
+from final_problem.changes import procedure, rolling, volume_size
 from final_problem.settings import ComponentSettings, per_profile, setting
 
 #: The image's postgres user and group (docker-library/postgres Dockerfile: uid/gid 999).
@@ -65,6 +72,16 @@ TERMINATION_GRACE_S = 60
 #: Seconds ``pg_ctl stop`` waits for the server to exit, within the grace period: the rest is
 #: the checkpoint before it and the kubelet's own SIGTERM/SIGKILL.
 STOP_WAIT_S = 45
+#: The spool the server's archive_command and the backup sidecars share, on the server's volume
+#: beside PGDATA: a segment copied there is still there after a restart of the pod.
+BACKUP_SPOOL = f"{MOUNT}/backup-spool"
+#: Secret (in the postgres namespace) holding the backup target's key pair.
+BACKUP_SECRET = "postgres-backup-target"
+#: Seconds archive_command waits for the upload of one segment before it fails (PostgreSQL then
+#: keeps the segment and retries): a 16 MiB segment compressed and uploaded over a home network
+#: takes well under it.
+ARCHIVE_UPLOAD_WAIT_S = 120
+
 #: Readiness probe period: with one server, every second the restarted pod waits for its
 #: first passing probe is a second of outage (a probe is one pg_isready run).
 READINESS_PERIOD_S = 2
@@ -151,6 +168,48 @@ class PostgresProps(ComponentSettings):
         9187, minimum=1024, maximum=65535, doc="postgres_exporter port.",
         change=rolling("the exporter's port: the server's pod restarts with it"),
     )
+    backup_endpoint: str = setting(
+        "", doc="URL of the S3-compatible backup target (e.g. `http://s3.backups.svc.cluster.local:7070`). "
+                "Set, every WAL segment is archived there and base backups are taken on schedule; empty, none.",
+        change=rolling("archive_command and the backup sidecars are part of the server's pod: it restarts"),
+    )
+    backup_bucket: str = setting(
+        "final-problem-backups", doc="Bucket of the backup target.",
+        change=procedure("the archive starts over in the new bucket: no point before the next base backup can be "
+                         "restored from it", "keep the old bucket until the new one holds a base backup older than "
+                         "every point you may need"),
+    )
+    backup_prefix: str = setting(
+        "", doc="Key prefix inside the bucket (objects under `<prefix>/postgres/`); one per server that shares "
+                "the bucket.",
+        change=procedure("the archive starts over under the new prefix",
+                         "keep the old prefix until the new one holds a base backup"),
+    )
+    backup_region: str = setting(
+        "us-east-1", doc="Region the backup requests are signed for (any value the target accepts; "
+                         "versitygw's default is us-east-1).",
+        change=rolling("read by the backup sidecar at start"),
+    )
+    base_backup_hours: int = setting(
+        24, minimum=1, maximum=24 * 31,
+        doc="Hours between base backups. Recovery replays the WAL since the last one: fewer hours, faster "
+            "restores, more space.",
+        change=rolling("read by the base-backup sidecar at start: the server's pod restarts"),
+    )
+    backup_retention_days: int = setting(
+        7, minimum=1, maximum=3650,
+        doc="Days base backups are kept (the newest always is), and with them the WAL to restore any point "
+            "since the oldest.",
+        change=rolling("read by the backup sidecar at start: the server's pod restarts; older backups go at the "
+                       "next base backup"),
+    )
+    archive_timeout_s: int = setting(
+        60, minimum=10, maximum=3600,
+        doc="`archive_timeout`: a segment with writes is archived at least this often, the most a lost volume "
+            "loses (PostgreSQL docs 19.5.3: a minute or so is reasonable; each switch archives a 16 MiB segment, "
+            "compressed).",
+        change=rolling("a server setting passed at start: the server restarts"),
+    )
 
     @property
     def sizing(self) -> Sizing:
@@ -171,6 +230,9 @@ class PostgresProps(ComponentSettings):
                 f"leave postgres.shared_buffers_mib unset (each profile's default is a quarter of its memory), "
                 f"or give at most {self.memory_mib // 2}",
             )
+        if self.backup_endpoint and not self.backup_endpoint.startswith(("http://", "https://")):
+            raise self.error("backup_endpoint", "is not an http(s) URL",
+                             "set postgres.backup_endpoint=http://<host>:<port>, or leave it empty for no backups")
         if self.port == self.metrics_port:
             raise self.error("metrics_port", "equals postgres.port", "set postgres.metrics_port=9187"
                              if self.port != 9187 else "set postgres.metrics_port=9188")
@@ -234,6 +296,9 @@ class PostgresChart(PlatformChart):
         self.secrets.add_dependency(self.postgres_namespace)
 
         settings_map = server_settings(max_connections=p.max_connections, shared_buffers_mib=p.shared_buffers_mib)
+        if p.backup_endpoint:
+            settings_map.update(postgres_backup.archive_settings(
+                spool=BACKUP_SPOOL, archive_timeout_s=p.archive_timeout_s, upload_wait_s=ARCHIVE_UPLOAD_WAIT_S))
         args = server_args(settings_map)
         self.service = k8s.KubeService(
             self, "Service",
@@ -306,7 +371,15 @@ class PostgresChart(PlatformChart):
                 initial_delay_seconds=10, period_seconds=30, timeout_seconds=5, failure_threshold=4,
             ),
         )
-        digest = hashlib.sha256(" ".join(args).encode()).hexdigest()[:16]
+        sidecars: list[k8s.Container] = []
+        backup_volumes: list[k8s.Volume] = []
+        config_text = " ".join(args)
+        if p.backup_endpoint:
+            sidecars, backup_volumes = self._backups(p)
+            server.volume_mounts.append(  # type: ignore[union-attr]
+                k8s.VolumeMount(name="backup-scripts", mount_path=postgres_backup.SCRIPTS_DIR, read_only=True))
+            config_text += "".join(postgres_backup.scripts().values())
+        digest = hashlib.sha256(config_text.encode()).hexdigest()[:16]
         pod_labels = {**self.label_set.chart_labels(), **self.selector}
         self.stateful_set = k8s.KubeStatefulSet(
             self, "Server",
@@ -337,10 +410,11 @@ class PostgresChart(PlatformChart):
                         security_context=pod_context(uid=POSTGRES_UID),
                         # A fast shutdown checkpoints; give it time before SIGKILL.
                         termination_grace_period_seconds=TERMINATION_GRACE_S,
-                        containers=[server, exporter],
+                        containers=[server, exporter, *sidecars],
                         volumes=[
                             k8s.Volume(name="run", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("8Mi"))),
                             k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("256Mi"))),
+                            *backup_volumes,
                         ],
                     ),
                 ),
@@ -363,6 +437,78 @@ class PostgresChart(PlatformChart):
         for child in (self.service, self.stateful_set, self.metrics_policy):
             child.add_dependency(self.postgres_namespace.resource)
         self.stateful_set.add_dependency(self.secrets)
+        if p.backup_endpoint:
+            self.stateful_set.add_dependency(self.backup_scripts)
+
+    def _backups(self, p: PostgresProps) -> tuple[list[k8s.Container], list[k8s.Volume]]:
+        """The ConfigMap of backup scripts, the two backup sidecars and the egress to the target."""
+        ns = self.NAMESPACE
+        self.backup_scripts = k8s.KubeConfigMap(
+            self, "BackupScripts",
+            metadata=k8s.ObjectMeta(name="postgres-backup-scripts", namespace=ns),
+            data=postgres_backup.scripts(),
+        )
+        set_component(self.backup_scripts, "backup")
+        self.backup_scripts.add_dependency(self.postgres_namespace.resource)
+        mounts = [
+            k8s.VolumeMount(name="data", mount_path=MOUNT),
+            k8s.VolumeMount(name="backup-scripts", mount_path=postgres_backup.SCRIPTS_DIR, read_only=True),
+        ]
+        base_backup = k8s.Container(
+            name="base-backup",
+            image=versions.POSTGRES_IMAGE,
+            image_pull_policy="IfNotPresent",
+            command=["sh", f"{postgres_backup.SCRIPTS_DIR}/{postgres_backup.BASE_BACKUP_FILE}", BACKUP_SPOOL,
+                     str(p.base_backup_hours)],
+            env=[
+                k8s.EnvVar(name="PGPORT", value=str(p.port)),
+                secret_env("POSTGRES_PASSWORD", self.SUPERUSER_SECRET, "password"),
+            ],
+            security_context=container_context(uid=POSTGRES_UID),
+            # pg_basebackup streams files to disk; the server does the reading.
+            resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32,
+                                           memory_limit_mib=128)),
+            volume_mounts=mounts,
+        )
+        agent = k8s.Container(
+            name="backup",
+            image=versions.PYTHON_IMAGE,
+            image_pull_policy="IfNotPresent",
+            command=["python3", f"{postgres_backup.SCRIPTS_DIR}/{postgres_backup.AGENT_FILE}", "agent",
+                     "--spool", BACKUP_SPOOL, "--retention-days", str(p.backup_retention_days)],
+            env=[
+                k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
+                k8s.EnvVar(name="BACKUP_S3_ENDPOINT", value=p.backup_endpoint),
+                k8s.EnvVar(name="BACKUP_S3_BUCKET", value=p.backup_bucket),
+                k8s.EnvVar(name="BACKUP_S3_PREFIX", value=p.backup_prefix),
+                k8s.EnvVar(name="BACKUP_S3_REGION", value=p.backup_region),
+                secret_env("AWS_ACCESS_KEY_ID", BACKUP_SECRET, "access-key-id"),
+                secret_env("AWS_SECRET_ACCESS_KEY", BACKUP_SECRET, "secret-access-key"),
+            ],
+            # Same uid as the server: the spool's files are the server's.
+            security_context=container_context(uid=POSTGRES_UID),
+            # One 16 MiB segment in memory at a time, compressed; base backups stream from disk.
+            resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=48,
+                                           memory_limit_mib=128)),
+            volume_mounts=mounts,
+        )
+        url = urllib.parse.urlsplit(p.backup_endpoint)
+        target_port = url.port or (443 if url.scheme == "https" else 80)
+        self.backup_egress = k8s.KubeNetworkPolicy(
+            self, "AllowBackupTarget",
+            metadata=k8s.ObjectMeta(name="postgres-backup-target", namespace=ns),
+            spec=k8s.NetworkPolicySpec(
+                pod_selector=k8s.LabelSelector(match_labels=self.selector),
+                policy_types=["Egress"],
+                # The target may be in the cluster or outside it (S3): its port, any address.
+                egress=[k8s.NetworkPolicyEgressRule(ports=ports(target_port))],
+            ),
+        )
+        set_component(self.backup_egress, "network-policy")
+        self.backup_egress.add_dependency(self.postgres_namespace.resource)
+        volume = k8s.Volume(name="backup-scripts", config_map=k8s.ConfigMapVolumeSource(
+            name="postgres-backup-scripts", default_mode=0o444))
+        return [base_backup, agent], [volume]
 
     def client_pod_labels(self) -> dict[str, str]:
         """Labels a client's pods must carry (their namespace must be declared with :meth:`add_client`)."""

@@ -17,6 +17,7 @@ from constructs import Construct
 from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.stacks import nag
+from final_problem.stacks.backups import BackupBucket
 from final_problem.stacks.platform import Platform
 
 #: All five control-plane log types (EKS user guide, "Control plane logging").
@@ -60,9 +61,10 @@ class ClusterStack(cdk.Stack):
     - a managed node group, Graviton by default, in the private subnets;
     - EKS Pod Identity agent and the EBS CSI driver add-on using it;
     - an access entry granting ``admin_role_arn`` cluster-admin, when given;
+    - the backup bucket and its Pod Identity role (:class:`~final_problem.stacks.backups.BackupBucket`);
     - the enabled charts (see :class:`Platform`).
 
-    Exposes ``cluster``, ``nodegroup``, ``secrets_key`` and ``platform``.
+    Exposes ``cluster``, ``nodegroup``, ``secrets_key``, ``backups`` and ``platform``.
     """
 
     def __init__(self, scope: Construct, id: str, *, settings: Settings, vpc: ec2.IVpc, **kwargs: Any) -> None:
@@ -134,6 +136,9 @@ class ClusterStack(cdk.Stack):
                     "AmazonEKSClusterAdminPolicy", access_scope_type=eks.AccessScopeType.CLUSTER
                 )],
             )
+        # The backup target (final_problem/stacks/backups.py): its Pod Identity association needs the agent.
+        self.backups = BackupBucket(self, "Backups", cluster=self.cluster, settings=settings)
+        self.backups.association.node.add_dependency(self.pod_identity_agent)
         self.platform = Platform(self, "Platform", cluster=self.cluster, settings=settings)
         # What `final-problem --aws` reads to find the platform (final_problem/tour/discovery.py).
         cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name, description="EKS cluster name")

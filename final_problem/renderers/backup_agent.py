@@ -1,0 +1,579 @@
+"""Backups to an S3-compatible target, with the Python standard library only.
+
+This file is the program itself: the postgres chart puts its text in a ConfigMap and runs it
+in the python image (the ``backup`` sidecar), the local tests run the same text with the
+host's Python, and :mod:`final_problem.backup` imports it for ``restore``. It imports nothing
+from the project.
+
+PostgreSQL (continuous archiving and point-in-time recovery, PostgreSQL 17 docs, 25.3):
+
+- ``archive_command`` (``archive-wal.sh``, :data:`ARCHIVE_WAL_SH`) copies each finished WAL
+  segment into the spool on the server's volume and waits until this agent has uploaded it and
+  read it back: PostgreSQL recycles a segment once the command returns 0, so it returns 0 only
+  for a segment that is in the bucket (docs: "the command [must] return zero exit status only
+  if it succeeds").
+- ``base-backup.sh`` (:data:`BASE_BACKUP_SH`) runs ``pg_basebackup`` (plain format, a
+  ``backup_manifest`` with a SHA-256 of every file) every ``interval`` hours and checks it with
+  ``pg_verifybackup``; this agent tars it, uploads it and then writes its listing,
+  ``base/<id>/backup.json`` (the archive's SHA-256 and size, the first WAL segment it needs,
+  the time it ended), last: a base backup without its listing is not a backup.
+- ``restore-postgres`` picks the newest base backup that ended before the target time, checks
+  the archive against its listing and every file against ``backup_manifest``, checks the WAL
+  after it is complete and reaches the target, and leaves a data directory that recovers to
+  the target when PostgreSQL starts on it (``recovery.signal``, ``recovery_target_time``).
+
+Objects (under ``<prefix>/postgres/``): ``wal/<segment>.gz`` (gzip, user metadata
+``sha256`` of the segment and ``archived-at``), ``base/<id>/base.tar.gz`` and
+``base/<id>/backup.json``. An existing WAL object is never replaced by different content.
+
+Requests are signed with AWS Signature Version 4 (AWS docs, "Signature Version 4 for API
+requests"), path-style, each upload with ``Content-MD5`` so the server refuses a body damaged on
+the way (Amazon S3 API reference, PutObject).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import gzip
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+
+#: A single PUT carries at most 5 GiB (Amazon S3 API reference, PutObject).
+MAX_SINGLE_PUT = 5 * 1024 ** 3
+WAL_NAME = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+HISTORY_NAME = re.compile(r"^[0-9A-F]{8}\.history$")
+LISTING_FORMAT = 1
+
+
+class BackupError(Exception):
+    """A refusal or failure, said in one line: what, the problem, the fix."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def iso(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO 8601 time with its zone (``2026-12-07T03:40:00Z``, ``...+01:00``)."""
+    try:
+        t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "T", 1))
+    except ValueError:
+        raise BackupError(f"time {text!r}: not an ISO 8601 time; give one like 2026-12-07T03:40:00Z") from None
+    if t.tzinfo is None:
+        raise BackupError(f"time {text!r}: no time zone; add one, e.g. {text.strip()}Z for UTC")
+    return t.astimezone(dt.timezone.utc)
+
+
+# -- S3 ---------------------------------------------------------------------------------------
+
+class S3:
+    """Path-style S3 requests signed with Signature Version 4."""
+
+    def __init__(self, *, endpoint: str, bucket: str, region: str, access_key: str, secret_key: str,
+                 session_token: str = "", timeout_s: float = 60) -> None:
+        url = urllib.parse.urlsplit(endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise BackupError(f"backup target endpoint {endpoint!r}: not an http(s) URL; set it like http://host:7070")
+        self.scheme, self.host, self.port = url.scheme, url.hostname, url.port
+        self.netloc = url.netloc
+        self.bucket, self.region = bucket, region
+        self.access_key, self.secret_key, self.session_token = access_key, secret_key, session_token
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_env(cls, env: "os._Environ[str] | dict[str, str]" = os.environ) -> "S3":
+        missing = [k for k in ("BACKUP_S3_ENDPOINT", "BACKUP_S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                   if not env.get(k)]
+        if missing:
+            raise BackupError(f"backup target: {', '.join(missing)} not set; set the target's endpoint, bucket "
+                              "and credentials in the environment")
+        return cls(endpoint=env["BACKUP_S3_ENDPOINT"], bucket=env["BACKUP_S3_BUCKET"],
+                   region=env.get("BACKUP_S3_REGION") or "us-east-1", access_key=env["AWS_ACCESS_KEY_ID"],
+                   secret_key=env["AWS_SECRET_ACCESS_KEY"], session_token=env.get("AWS_SESSION_TOKEN", ""))
+
+    def _path(self, key: str) -> str:
+        return "/" + urllib.parse.quote(self.bucket, safe="") + ("/" + urllib.parse.quote(key, safe="/-_.~") if key else "")
+
+    def _sign(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], payload_sha: str) -> None:
+        now = utcnow()
+        stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        headers.update({"host": self.netloc, "x-amz-date": stamp, "x-amz-content-sha256": payload_sha})
+        if self.session_token:
+            headers["x-amz-security-token"] = self.session_token
+        names = sorted(k.lower() for k in headers)
+        lowered = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
+        canonical_query = "&".join(
+            f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}" for k, v in sorted(query.items()))
+        canonical = "\n".join([method, path, canonical_query, "".join(f"{n}:{lowered[n]}\n" for n in names),
+                               ";".join(names), payload_sha])
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        key = ("AWS4" + self.secret_key).encode()
+        for part in (day, self.region, "s3", "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
+                                    f"SignedHeaders={';'.join(names)}, Signature={signature}")
+
+    def request(self, method: str, key: str = "", *, query: dict[str, str] | None = None, body: bytes | None = None,
+                body_file: str | None = None, headers: dict[str, str] | None = None,
+                into_file: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One request; the response body is returned, or streamed into ``into_file`` when the
+        answer is 200."""
+        query = dict(query or {})
+        headers = dict(headers or {})
+        if body_file is not None:
+            payload_sha, size = file_digest(body_file, "sha256")
+            headers["Content-Length"] = str(size)
+        else:
+            body = body or b""
+            payload_sha = hashlib.sha256(body).hexdigest()
+            if method in ("PUT", "POST"):
+                headers["Content-Length"] = str(len(body))
+        path = self._path(key)
+        self._sign(method, path, query, headers, payload_sha)
+        target = path + ("?" + urllib.parse.urlencode(sorted(query.items()), quote_via=urllib.parse.quote) if query else "")
+        conn_class = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+        conn = conn_class(self.host, self.port, timeout=self.timeout_s)
+        try:
+            if body_file is not None:
+                with open(body_file, "rb") as f:
+                    conn.request(method, target, body=f, headers=headers)
+                    response = conn.getresponse()
+            else:
+                conn.request(method, target, body=body, headers=headers)
+                response = conn.getresponse()
+            if into_file is not None and response.status == 200:
+                with open(into_file, "wb") as out:
+                    shutil.copyfileobj(response, out, 1 << 20)
+                data = b""
+            else:
+                data = response.read()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        except OSError as e:
+            raise BackupError(f"backup target {self.scheme}://{self.netloc}: {method} {key or self.bucket} failed "
+                              f"({e}); check the endpoint is reachable") from None
+        finally:
+            conn.close()
+
+    def _fail(self, what: str, status: int, data: bytes) -> BackupError:
+        code = re.search(rb"<Code>([^<]*)</Code>", data)
+        reason = code.group(1).decode() if code else data[:120].decode(errors="replace")
+        return BackupError(f"backup target: {what} answered {status} {reason}; check the bucket and the credentials")
+
+    def create_bucket(self) -> None:
+        """Create the bucket when it does not exist (a target the platform deploys); one that
+        exists is used as it is (HeadBucket needs only s3:ListBucket, which the EKS role has)."""
+        status, _, data = self.request("HEAD")
+        if status == 200:
+            return
+        if status != 404:
+            raise self._fail(f"HEAD bucket {self.bucket}", status, data)
+        status, _, data = self.request("PUT")
+        if status not in (200, 409):  # 409: BucketAlreadyOwnedByYou (or exists)
+            raise self._fail(f"creating bucket {self.bucket}", status, data)
+
+    def put(self, key: str, *, body: bytes | None = None, body_file: str | None = None,
+            meta: dict[str, str] | None = None) -> None:
+        md5 = hashlib.md5(body).digest() if body is not None else bytes.fromhex(file_digest(body_file or "", "md5")[0])
+        headers = {"Content-MD5": base64.b64encode(md5).decode(), "Content-Type": "application/octet-stream",
+                   **{f"x-amz-meta-{k}": v for k, v in (meta or {}).items()}}
+        status, _, data = self.request("PUT", key, body=body, body_file=body_file, headers=headers)
+        if status != 200:
+            raise self._fail(f"PUT {key}", status, data)
+
+    def head(self, key: str) -> dict[str, str] | None:
+        status, headers, data = self.request("HEAD", key)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._fail(f"HEAD {key}", status, data)
+        return headers
+
+    def get(self, key: str) -> tuple[dict[str, str], bytes] | None:
+        status, headers, data = self.request("GET", key)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._fail(f"GET {key}", status, data)
+        return headers, data
+
+    def download(self, key: str, path: str) -> dict[str, str] | None:
+        """GET ``key`` into the file ``path``, streamed; None when there is no such object."""
+        status, headers, data = self.request("GET", key, into_file=path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._fail(f"GET {key}", status, data)
+        return headers
+
+    def delete(self, key: str) -> None:
+        status, _, data = self.request("DELETE", key)
+        if status not in (200, 204, 404):
+            raise self._fail(f"DELETE {key}", status, data)
+
+    def list(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix`` with its size (ListObjectsV2, page by page)."""
+        found: dict[str, int] = {}
+        token = ""
+        while True:
+            query = {"list-type": "2", "prefix": prefix, **({"continuation-token": token} if token else {})}
+            status, _, data = self.request("GET", query=query)
+            if status != 200:
+                raise self._fail(f"listing {prefix}", status, data)
+            root = ET.fromstring(data)
+            ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+            for item in root.findall(f"{ns}Contents"):
+                found[item.findtext(f"{ns}Key") or ""] = int(item.findtext(f"{ns}Size") or 0)
+            if (root.findtext(f"{ns}IsTruncated") or "false").lower() != "true":
+                return found
+            token = root.findtext(f"{ns}NextContinuationToken") or ""
+
+
+def file_digest(path: str, algorithm: str) -> tuple[str, int]:
+    digest, size = hashlib.new(algorithm), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# -- PostgreSQL: the agent ---------------------------------------------------------------------
+
+class Postgres:
+    """The PostgreSQL backups of one server under ``<prefix>/postgres/``."""
+
+    def __init__(self, s3: S3, prefix: str) -> None:
+        self.s3 = s3
+        self.root = (prefix.strip("/") + "/postgres/") if prefix.strip("/") else "postgres/"
+
+    # WAL ------------------------------------------------------------------------------------
+
+    def upload_wal(self, path: str) -> None:
+        """Upload one spooled segment (or history file), read it back, then mark it done."""
+        name = os.path.basename(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        sha = hashlib.sha256(data).hexdigest()
+        key = f"{self.root}wal/{name}.gz"
+        existing = self.s3.head(key)
+        if existing is not None:
+            if existing.get("x-amz-meta-sha256") != sha:
+                # PostgreSQL docs, 25.3.1: the archive command must refuse to overwrite an existing
+                # archive file (an old cluster's, or another server's archiving to the same place).
+                raise BackupError(f"WAL {name}: {key} exists with other content; give each server its own "
+                                  "backup prefix, or move the old archive away")
+        else:
+            self.s3.put(key, body=gzip.compress(data, compresslevel=1),
+                        meta={"sha256": sha, "size": str(len(data)), "archived-at": iso(utcnow())})
+            stored = self.s3.head(key)
+            if stored is None or stored.get("x-amz-meta-sha256") != sha:
+                raise BackupError(f"WAL {name}: not readable back from {key} after the upload; check the target")
+        write_atomic(path + ".done", sha + "\n")
+
+    # Base backups ---------------------------------------------------------------------------
+
+    def upload_base(self, ready_dir: str, end_file: str, retention_days: int) -> str:
+        """Tar, upload and list a base backup ``pg_basebackup`` left in ``ready_dir``."""
+        backup_id = os.path.basename(ready_dir).removesuffix(".ready")
+        with open(os.path.join(ready_dir, "backup_label")) as f:
+            label = f.read()
+        start = re.search(r"START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)", label)
+        if start is None:
+            raise BackupError(f"base backup {backup_id}: backup_label names no start WAL; run it again")
+        with open(end_file) as f:
+            ended = parse_time(f.read())
+        archive = ready_dir + ".tar.gz"
+        with tarfile.open(archive, "w:gz", compresslevel=6) as tar:
+            for entry in sorted(os.listdir(ready_dir)):
+                tar.add(os.path.join(ready_dir, entry), arcname=entry)
+        sha, size = file_digest(archive, "sha256")
+        if size > MAX_SINGLE_PUT:
+            raise BackupError(f"base backup {backup_id}: {size} bytes, over the 5 GiB of one upload; "
+                              "multipart uploads are not supported yet")
+        key = f"{self.root}base/{backup_id}/base.tar.gz"
+        self.s3.put(key, body_file=archive, meta={"sha256": sha})
+        stored = self.s3.head(key)
+        if stored is None or int(stored.get("content-length", -1)) != size:
+            raise BackupError(f"base backup {backup_id}: {key} not readable back at its size; check the target")
+        listing = {"format": LISTING_FORMAT, "id": backup_id, "ended": iso(ended), "start_wal": start.group(1),
+                   "archive": {"key": key, "sha256": sha, "size": size}}
+        self.s3.put(f"{self.root}base/{backup_id}/backup.json", body=json.dumps(listing, indent=1).encode())
+        shutil.rmtree(ready_dir)
+        os.unlink(archive)
+        os.unlink(end_file)
+        self.prune(retention_days)
+        return backup_id
+
+    def listings(self) -> list[dict]:
+        """The listing of every base backup, oldest first; one that cannot be read is an error."""
+        found = []
+        for key in sorted(self.s3.list(f"{self.root}base/")):
+            if not key.endswith("/backup.json"):
+                continue
+            got = self.s3.get(key)
+            try:
+                listing = json.loads(got[1]) if got else None
+                listing["ended"] = parse_time(listing["ended"])
+                assert listing["format"] == LISTING_FORMAT and WAL_NAME.match(listing["start_wal"])
+            except Exception:
+                raise BackupError(f"base backup listing {key}: unreadable; delete that backup "
+                                  f"(its folder {key.rsplit('/', 1)[0]}/) or restore it from the bucket's versions") from None
+            found.append(listing)
+        return sorted(found, key=lambda item: item["ended"])
+
+    def prune(self, retention_days: int) -> None:
+        """Delete base backups that ended more than ``retention_days`` ago (the newest is always
+        kept) and the WAL only they needed."""
+        listings = self.listings()
+        cutoff = utcnow() - dt.timedelta(days=retention_days)
+        old = [item for item in listings[:-1] if item["ended"] < cutoff]
+        for item in old:
+            # The listing first: a backup half deleted is no longer listed.
+            self.s3.delete(f"{self.root}base/{item['id']}/backup.json")
+            self.s3.delete(item["archive"]["key"])
+        kept = [item for item in listings if item not in old]
+        if not kept:
+            return
+        first = segment_position(kept[0]["start_wal"])
+        for key in self.s3.list(f"{self.root}wal/"):
+            name = key.rsplit("/", 1)[-1].removesuffix(".gz")
+            if WAL_NAME.match(name) and segment_position(name) < first:
+                self.s3.delete(key)
+
+    # Restore --------------------------------------------------------------------------------
+
+    def restore(self, *, target: dt.datetime, pgdata: str, wal_dir: str) -> str:
+        """Make ``pgdata`` (empty or absent) a copy that recovers to ``target`` when started."""
+        if os.path.isdir(pgdata) and os.listdir(pgdata):
+            raise BackupError(f"restore: {pgdata} is not empty; restore onto an empty data directory "
+                              "(a new volume, or move the old directory away)")
+        listings = self.listings()
+        where = f"{self.s3.bucket}/{self.root}"
+        if not listings:
+            raise BackupError(f"restore: no base backup under {where}; take one first (the backup sidecar "
+                              "takes the first within minutes of its start)")
+        before = [item for item in listings if item["ended"] <= target]
+        if not before:
+            raise BackupError(f"restore: no base backup ended before {iso(target)} (the oldest ended at "
+                              f"{iso(listings[0]['ended'])}); choose --to after that")
+        chosen = before[-1]
+        created_wal_dir = not os.path.exists(wal_dir)
+        os.makedirs(pgdata, mode=0o700, exist_ok=True)
+        os.makedirs(wal_dir, mode=0o700, exist_ok=True)
+        try:
+            # Everything is fetched and checked before the data directory is written: a refused
+            # restore leaves it empty, to be run again.
+            archive = os.path.join(wal_dir, f"base-{chosen['id']}.tar.gz")
+            if self.s3.download(chosen["archive"]["key"], archive) is None:
+                raise BackupError(f"restore: base backup {chosen['id']} is missing its archive "
+                                  f"{chosen['archive']['key']}; choose --to before {iso(chosen['ended'])} for an older one")
+            sha, size = file_digest(archive, "sha256")
+            if (sha, size) != (chosen["archive"]["sha256"], chosen["archive"]["size"]):
+                raise BackupError(f"restore: base backup {chosen['id']} is corrupt (its archive's SHA-256 or size "
+                                  f"differs from its listing); choose --to before {iso(chosen['ended'])} for an older one")
+            segments = self.fetch_wal(chosen, target, wal_dir)
+            extract(archive, pgdata, chosen["id"])
+            os.unlink(archive)
+            verify_manifest(pgdata, chosen["id"])
+        except BaseException:
+            for entry in os.listdir(pgdata):
+                path = os.path.join(pgdata, entry)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+            if created_wal_dir:
+                shutil.rmtree(wal_dir, ignore_errors=True)
+            elif os.path.exists(archive):
+                os.unlink(archive)
+            raise
+        os.chmod(pgdata, 0o700)
+        with open(os.path.join(pgdata, "postgresql.auto.conf"), "a") as f:
+            # PostgreSQL docs, 20.5.5 Archive Recovery and 20.5.6 Recovery Target.
+            f.write("\n# written by the restore of base backup %s\n" % chosen["id"])
+            f.write("restore_command = 'cp \"%s/%%f\" \"%%p\"'\n" % wal_dir.replace("'", "''"))
+            f.write("recovery_target_time = '%s'\n" % target.strftime("%Y-%m-%d %H:%M:%S.%f+00"))
+            f.write("recovery_target_action = 'promote'\n")
+        open(os.path.join(pgdata, "recovery.signal"), "w").close()
+        return (f"restored base backup {chosen['id']} (ended {iso(chosen['ended'])}) and {segments} WAL files into "
+                f"{pgdata}: PostgreSQL recovers to {iso(target)} when started on it")
+
+    def fetch_wal(self, chosen: dict, target: dt.datetime, wal_dir: str) -> int:
+        """Download and check every segment from the backup's first; refuse a gap or an archive
+        that ends before ``target``."""
+        first = segment_position(chosen["start_wal"])
+        keys = self.s3.list(f"{self.root}wal/")
+        wanted = []
+        for key in sorted(keys):
+            name = key.rsplit("/", 1)[-1].removesuffix(".gz")
+            if HISTORY_NAME.match(name) or (WAL_NAME.match(name) and segment_position(name) >= first):
+                wanted.append((name, key))
+        positions = sorted({segment_position(n) for n, _ in wanted if WAL_NAME.match(n)})
+        if not positions or positions[0] != first:
+            raise BackupError(f"restore: WAL segment {chosen['start_wal']} (the first base backup {chosen['id']} "
+                              "needs) is missing from the archive; choose --to for another base backup")
+        newest = None
+        for name, key in wanted:
+            got = self.s3.get(key)
+            if got is None:
+                raise BackupError(f"restore: WAL {name} vanished from the archive during the restore; run it again")
+            headers, body = got
+            try:
+                data = gzip.decompress(body)
+            except (OSError, EOFError):
+                data = b""
+            if hashlib.sha256(data).hexdigest() != headers.get("x-amz-meta-sha256"):
+                raise BackupError(f"restore: WAL {name} is corrupt (its SHA-256 differs from the one recorded at "
+                                  "upload); recovery cannot pass it: choose --to before it was archived")
+            with open(os.path.join(wal_dir, name), "wb") as f:
+                f.write(data)
+            if WAL_NAME.match(name):
+                at = parse_time(headers.get("x-amz-meta-archived-at", "1970-01-01T00:00:00Z"))
+                newest = at if newest is None or at > newest else newest
+        for earlier, later in zip(positions, positions[1:], strict=False):
+            if later != earlier + 1:
+                raise BackupError(f"restore: WAL after position {earlier:#x} is missing from the archive; recovery "
+                                  "stops there: choose --to before that segment was archived")
+        if newest is None or newest < target:
+            raise BackupError(f"restore: the archive ends at {iso(newest) if newest else 'nothing'}, before "
+                              f"{iso(target)}; choose --to at or before it")
+        return len(wanted)
+
+
+def segment_position(name: str) -> int:
+    """A WAL segment's position, timelines aside: (log id << 32) + segment number (16 MiB
+    segments, the initdb default: 256 per log id)."""
+    m = WAL_NAME.match(name)
+    if m is None:
+        raise BackupError(f"WAL name {name!r}: not a segment name")
+    return (int(m.group(2), 16) << 8) + int(m.group(3), 16)
+
+
+def extract(archive: str, into: str, backup_id: str) -> None:
+    """Unpack a base backup's archive; a member that would land outside ``into`` (an absolute
+    path, ``..``, a link or a device) refuses the backup."""
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for member in members:
+            parts = member.name.split("/")
+            if member.name.startswith("/") or ".." in parts or not (member.isfile() or member.isdir()):
+                raise BackupError(f"restore: base backup {backup_id} holds {member.name!r}, not a plain file "
+                                  "inside the data directory; choose --to for another base backup")
+        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.11.4 onwards (PEP 706)
+            tar.extractall(into, members=members, filter="data")
+        else:
+            tar.extractall(into, members=members)
+
+
+def verify_manifest(pgdata: str, backup_id: str) -> None:
+    """Check every file against the base backup's ``backup_manifest`` (its SHA-256 and size)."""
+    try:
+        with open(os.path.join(pgdata, "backup_manifest")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        raise BackupError(f"restore: base backup {backup_id} has no readable backup_manifest; "
+                          "choose --to for another base backup") from None
+    for item in manifest.get("Files", []):
+        path = os.path.join(pgdata, item["Path"])
+        algorithm = item.get("Checksum-Algorithm", "NONE").lower().replace("-", "")
+        try:
+            digest, size = file_digest(path, algorithm if algorithm in ("sha256", "sha512", "sha384", "sha224") else "sha256")
+        except OSError:
+            raise BackupError(f"restore: base backup {backup_id} lacks {item['Path']}; choose --to for another") from None
+        if size != item["Size"] or (algorithm.startswith("sha") and digest != item["Checksum"]):
+            raise BackupError(f"restore: base backup {backup_id}: {item['Path']} differs from backup_manifest; "
+                              "choose --to for another base backup")
+
+
+# -- the sidecar -------------------------------------------------------------------------------
+
+def agent_pass(pg: Postgres, spool: str, retention_days: int) -> int:
+    """Upload what the spool holds; return how many items went up."""
+    done = 0
+    wal = os.path.join(spool, "wal")
+    if os.path.isdir(wal):
+        for name in sorted(os.listdir(wal)):
+            path = os.path.join(wal, name)
+            # Segments, timeline histories, backup history files (``.backup``), ``.partial``
+            # segments at a promotion: whatever the server archives.
+            if not name.endswith((".tmp", ".done")) and not os.path.exists(path + ".done"):
+                try:
+                    pg.upload_wal(path)
+                except FileNotFoundError:
+                    continue  # the archive command saw it done and removed it since the listing
+                done += 1
+    base = os.path.join(spool, "base")
+    if os.path.isdir(base):
+        for name in sorted(os.listdir(base)):
+            if name.endswith(".ready") and os.path.exists(os.path.join(base, name[:-6] + ".end")):
+                backup_id = pg.upload_base(os.path.join(base, name), os.path.join(base, name[:-6] + ".end"),
+                                           retention_days)
+                write_atomic(os.path.join(base, "last-uploaded"), backup_id + "\n")
+                print(f"base backup {backup_id} uploaded and listed", flush=True)
+                done += 1
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="backup-agent")
+    sub = parser.add_subparsers(dest="command", required=True)
+    agent = sub.add_parser("agent", help="upload spooled WAL and base backups, forever")
+    agent.add_argument("--spool", required=True)
+    agent.add_argument("--once", action="store_true", help="one pass, then exit")
+    agent.add_argument("--interval-s", type=float, default=0.5)
+    agent.add_argument("--retention-days", type=int, default=7)
+    restore = sub.add_parser("restore-postgres", help="restore onto an empty data directory, to a time")
+    restore.add_argument("--to", required=True)
+    restore.add_argument("--pgdata", required=True)
+    restore.add_argument("--wal-dir", required=True)
+    args = parser.parse_args(argv)
+    try:
+        pg = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", ""))
+        if args.command == "restore-postgres":
+            print(pg.restore(target=parse_time(args.to), pgdata=args.pgdata, wal_dir=args.wal_dir))
+            return 0
+        if not args.once:
+            pg.s3.create_bucket()
+        while True:
+            try:
+                agent_pass(pg, args.spool, args.retention_days)
+            except BackupError as e:
+                if args.once:
+                    raise
+                # The archive command keeps waiting (and PostgreSQL retries it): say why, try again.
+                print(e, file=sys.stderr, flush=True)
+                time.sleep(5)
+            if args.once:
+                return 0
+            time.sleep(args.interval_s)
+    except BackupError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The restore drill on real servers: PostgreSQL archiving to a real S3-compatible server
+(versitygw), its volume destroyed, restored to a time between two writes.
+
+One drill per module: the server, the target and the agent start once; the refusals then read
+the same bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from final_problem.local import wait_for
+from final_problem.local.backup import LocalPostgresBackups
+from final_problem.local.postgres import LocalPostgres
+from final_problem.local.s3 import LocalS3, LocalS3Error
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def restore(s3: LocalS3, target: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m final_problem.backup restore postgres`` against ``s3``."""
+    return subprocess.run(
+        [sys.executable, "-m", "final_problem.backup", "restore", "postgres", "--to", target, "--data-dir",
+         str(data_dir)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **s3.env()},
+    )
+
+
+def chown_tree(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
+            os.chown(name, entry.pw_uid, entry.pw_gid)
+
+
+@pytest.fixture(scope="module")
+def drill() -> Iterator[dict[str, Any]]:
+    """Rows 1-3, a base backup, rows 4-5, the target time, rows 6-7, the last segment archived;
+    then the server killed and its whole volume (data directory and spool) deleted."""
+    with ExitStack() as stack:
+        try:
+            s3 = stack.enter_context(LocalS3())
+        except LocalS3Error as e:
+            pytest.fail(str(e))
+        # Outside pytest's temporary directory (root's only): the server's user reaches it.
+        work = Path(tempfile.mkdtemp(prefix="final-problem-backups-"))
+        os.chmod(work, 0o755)
+        stack.callback(shutil.rmtree, work, True)
+        volume = work / "volume"
+        volume.mkdir()
+        backups = LocalPostgresBackups(s3=s3, volume=volume, workdir=work)
+        server = LocalPostgres(data_dir=backups.pgdata, overrides=backups.server_overrides())
+        stack.callback(server.close)
+        if server.run_as:
+            chown_tree(volume, server.run_as)
+        server.init()
+        server.start()
+        backups.start_agent(server)
+        stack.callback(backups.close)
+
+        def insert(*rows: int) -> None:
+            for row in rows:  # one commit each
+                server.psql(f"INSERT INTO drill (seq) VALUES ({row})")
+
+        server.psql("CREATE TABLE drill (seq int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        insert(1, 2, 3)
+        taken = backups.base_backup(server)
+        assert taken.returncode == 0, f"{taken.stderr}\n{backups.log_tail()}"
+        client = s3.client()
+        wait_for("the base backup's listing", lambda: any(k.endswith("/backup.json") for k in client.list("postgres/")),
+                 timeout_s=30, interval_s=0.05)
+        insert(4, 5)
+        time.sleep(0.3)
+        target = server.query("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+                              "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")[0][0]
+        time.sleep(0.3)
+        insert(6, 7)
+        segment = server.query("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+        # The server counts a segment archived once archive_command returned 0; the volume goes
+        # the moment it does.
+        wait_for(f"segment {segment} archived", lambda: (server.query(
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")[0][0] >= segment), timeout_s=30,
+            interval_s=0.02)
+        server.kill()
+        backups.stop_agent()
+        shutil.rmtree(volume)
+        volume.mkdir()
+        yield {"s3": s3, "server": server, "backups": backups, "target": target, "volume": volume}
+
+
+def test_restores_every_row_committed_before_the_target_and_none_after(drill: dict[str, Any]) -> None:
+    server, backups, s3 = drill["server"], drill["backups"], drill["s3"]
+    listed = subprocess.run([sys.executable, "-m", "final_problem.backup", "list", "postgres"], capture_output=True,
+                            text=True, timeout=60, cwd=ROOT, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT),
+                                                                  **s3.env()})
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1, listed
+    done = restore(s3, drill["target"], backups.pgdata)
+    assert done.returncode == 0, done.stderr
+    if server.run_as:
+        chown_tree(drill["volume"], server.run_as)
+    server.start()
+    wait_for("the restored server to promote", lambda: server.query("SELECT pg_is_in_recovery()")[0][0] == "f",
+             timeout_s=60, interval_s=0.2)
+    assert server.query("SELECT seq FROM drill ORDER BY seq") == [["1"], ["2"], ["3"], ["4"], ["5"]]
+    server.kill()
+
+
+# In this order: each damage is kept, and the restore checks the base backup before the WAL.
+@pytest.mark.parametrize("damage, refusal", [
+    ("wal", "is missing from the archive"),
+    ("corrupt", "is corrupt"),
+    ("missing", "no base backup"),
+])
+def test_refuses_a_corrupt_or_missing_backup_or_wal_in_one_line(drill: dict[str, Any], tmp_path: Path, damage: str,
+                                                         refusal: str) -> None:
+    client = drill["s3"].client()
+    keys = client.list("postgres/base/")
+    archive = next(k for k in keys if k.endswith("/base.tar.gz"))
+    listing = archive.replace("base.tar.gz", "backup.json")
+    if damage == "wal":
+        first = json.loads(client.get(listing)[1])["start_wal"]
+        client.delete(f"postgres/wal/{first}.gz")
+    elif damage == "corrupt":
+        original = client.get(archive)[1]
+        client.put(archive, body=original[:1000] + bytes([original[1000] ^ 0xFF]) + original[1001:])
+    else:
+        client.delete(listing)
+    refused = restore(drill["s3"], drill["target"], tmp_path / "pgdata")
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and refusal in lines[0], refused.stderr
+    assert not (tmp_path / "pgdata" / "PG_VERSION").exists()
