@@ -96,7 +96,8 @@ class ConsulProps(ComponentSettings):
     replicas: int = setting(
         3, choices=(3, 5, 7),
         doc="Servers (`bootstrap_expect`): odd, as Raft's quorum is floor(n/2)+1, so an even count tolerates "
-            "no more failures than the odd one below it (Consul docs, \"Deployment guide\": 3 or 5).",
+            "no more failures than the odd one below it (Consul docs, \"Deployment guide\": 3 or 5). A live change: "
+            "`final-problem scale consul.replicas=N --apply`, then deploy (servers join and leave Raft one at a time).",
         change=membership_change(
             "consul", "replicas",
             "the Raft peer set changes: servers must join one at a time, each a voter before the next, and leave one at a "

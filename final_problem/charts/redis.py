@@ -88,7 +88,9 @@ class RedisProps(ComponentSettings):
         doc="Replicas of the primary; even, so data pods (primary + replicas) are an odd set of at least 3. "
             "After a failover one replica is left, so `WAIT 1` still succeeds. A write acknowledged with `WAIT 1` "
             "survives the primary's crash and its planned stops (a rollout, a node drain: its preStop hook pauses "
-            "writes, lets the replicas catch up and has the Sentinels promote one, about 1.5 s without writes).",
+            "writes, lets the replicas catch up and has the Sentinels promote one, about 1.5 s without writes). "
+            "A live change: `final-problem scale redis.replicas=N --apply`, then deploy (members added one at a time "
+            "and synchronised; removed ones made unpromotable, stopped, then forgotten by each Sentinel in turn).",
         change=membership_change(
             "redis", "replicas",
             "a new member must be synchronised before it counts; a removed one must never be promoted, and every "
@@ -96,7 +98,9 @@ class RedisProps(ComponentSettings):
     )
     sentinels: int = setting(
         3, choices=(3, 5, 7),
-        doc="Sentinels; odd, at least 3, the minimum for a robust deployment (Redis docs, \"Sentinel\").",
+        doc="Sentinels; odd, at least 3, the minimum for a robust deployment (Redis docs, \"Sentinel\"). A live "
+            "change: `final-problem scale redis.sentinels=N --apply`, then deploy (added one at a time, each known to "
+            "all before the next; after a removal each Sentinel reset in turn; the quorum set on each).",
         change=membership_change(
             "redis", "sentinels",
             "Sentinels remember every peer they have seen: added ones must be known to all before the next, removed "
