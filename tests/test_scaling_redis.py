@@ -61,16 +61,19 @@ def test_replicas_join_one_at_a_time_each_ready_before_the_next() -> None:
     assert len(plan) == 5
 
 
-def test_removed_replicas_are_made_unpromotable_then_stopped_then_forgotten_by_each_sentinel() -> None:
+def test_removed_replicas_are_made_unpromotable_hand_over_then_stop_then_are_forgotten_by_each_sentinel() -> None:
     plan = steps("replicas", props(replicas=4), props())
     retire = [(s.pod, script(s)) for s in plan[:2]]
     assert retire == [("redis-4", ("retire",)), ("redis-3", ("retire",))]
-    assert all(s.container == "redis" for s in plan[:2])
-    assert plan[2] == Scale("redis", 3, plan[2].why, "redis")
-    resets = plan[3:6]
+    assert all(s.container == "redis" for s in plan[:4])
+    # A primary among them hands over while every member runs (they stop together).
+    assert [(s.pod, s.command) for s in plan[2:4]] == [
+        (f"redis-{i}", ("sh", "/opt/redis/config/prestop-redis.sh")) for i in (4, 3)]
+    assert plan[4] == Scale("redis", 3, plan[4].why, "redis")
+    resets = plan[5:8]
     assert [(s.pod, script(s)) for s in resets] == [
         (f"redis-sentinel-{i}", ("reset", "2", "3")) for i in range(3)]
-    assert script(plan[6]) == ("agree", "2", "3", "2") and len(plan) == 7
+    assert script(plan[8]) == ("agree", "2", "3", "2") and len(plan) == 9
 
 
 def test_sentinels_join_one_at_a_time_known_to_all_before_the_next_then_the_quorum_follows() -> None:

@@ -559,8 +559,9 @@ def _quorums(quorum: int, sentinels: int, namespace: str) -> list[Step]:
 def change_replicas(old: RedisProps, new: RedisProps, namespace: str) -> list[Step]:
     """Replicas added one at a time, each Ready (synchronised, promotable, caught up: the
     readiness probe) before the next; removed ones first made unpromotable (replica-priority
-    0, which every Sentinel must have read), then stopped, the primary among them handing over
-    to a kept replica in its preStop hook, then forgotten by each Sentinel in turn."""
+    0, which every Sentinel must have read), the primary among them then handing over to a kept
+    replica (the steps of its preStop hook, while every member still runs), then stopped and
+    forgotten by each Sentinel in turn."""
     _only_change(old, new, "replicas")
     members_old, members_new = 1 + old.replicas, 1 + new.replicas
     quorum, sentinels = new.sentinel_quorum, new.sentinels
@@ -577,8 +578,12 @@ def change_replicas(old: RedisProps, new: RedisProps, namespace: str) -> list[St
         steps += [Exec(f"redis-{i}", "redis", (*_MEMBERSHIP, "retire"),
                        "replica-priority 0: no Sentinel promotes a member being removed", namespace)
                   for i in range(members_old - 1, members_new - 1, -1)]
-        steps.append(Scale("redis", members_new, "stop the removed members; a primary among them hands over first "
-                                                 "(its preStop hook)", namespace))
+        # The primary hands over before anything stops: removed members stop together
+        # (podManagementPolicy Parallel), and a hand-over waits for every promotable replica.
+        steps += [Exec(f"redis-{i}", "redis", ("sh", f"{CONFIG_DIR}/prestop-redis.sh"),
+                       "if it is the primary, hand over to a kept replica (its preStop hook's steps)", namespace)
+                  for i in range(members_old - 1, members_new - 1, -1)]
+        steps.append(Scale("redis", members_new, "stop the removed members, all replicas now", namespace))
         steps += _resets(new.replicas, sentinels, namespace)
     else:
         return []
