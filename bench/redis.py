@@ -17,7 +17,10 @@ in the integration tests) and prints:
   probes and the primary's preStop hand-over as rendered, the chart's Sentinel timing), a
   rollout of the ``redis`` StatefulSet, then a drain of the primary's node (its member and
   a Sentinel at once), while the Sentinel client writes with ``WAIT 1`` throughout: the
-  time each took, the acknowledged writes, those lost and the longest write outage.
+  time each took, the acknowledged writes, those lost and the longest write outage;
+- membership: on the same kind of set, ``final-problem scale`` redis.replicas 2 -> 4 -> 2 and
+  redis.sentinels 3 -> 5 -> 3 (the procedure's steps on the rendered StatefulSets) under the
+  same writes: each change's duration, writes lost and longest write outage.
 
     .venv/bin/python -m bench.redis [--runs 5] [--requests 20000] [--cuts 5]     (or: make bench)
 """
@@ -44,7 +47,9 @@ from final_problem import config, manifests
 from final_problem.charts.redis import RedisProps
 from final_problem.clients.redis import RedisClient, RedisSettings
 from final_problem.local import limits
-from final_problem.local.redis import HOST, LocalRedisSet, first_acknowledged_write, local_options, with_live_writes
+from final_problem.local.redis import (
+    HOST, LocalRedisSet, first_acknowledged_write, local_options, scale_under_writes, with_live_writes,
+)
 from final_problem.local.rollout import drain, roll_statefulset
 from final_problem.profiles import PI
 
@@ -102,6 +107,27 @@ def day_two(workdir: Path) -> list[str]:
     return lines
 
 
+def membership(workdir: Path) -> list[str]:
+    """redis.replicas 2 -> 4 -> 2, then redis.sentinels 3 -> 5 -> 3, each under writes."""
+    charts = manifests.render(config.from_mapping({"components": ["base", "redis"]}), "pi")
+    cluster = LocalRedisSet(workdir=workdir, options=local_options())
+    servers, sentinels = cluster.podsets(manifests.chart_objects(charts["redis"]))
+    lines = []
+    try:
+        servers.launch(ready_timeout_s=60)
+        sentinels.launch(ready_timeout_s=60)
+        deployed = RedisProps.for_profile(PI)
+        for setting, value in (("replicas", 4), ("replicas", 2), ("sentinels", 5), ("sentinels", 3)):
+            scaled = scale_under_writes(cluster, servers, sentinels, deployed, setting, value)
+            lines.append(scaled.summary(f"redis scale redis.{setting} {getattr(deployed, setting)} -> {value}"))
+            deployed = scaled.settings
+    finally:
+        for pod in servers.pods + sentinels.pods:
+            pod.terminating = True
+        cluster.close()
+    return lines
+
+
 def client_ops(client: RedisClient, requests: int) -> dict[str, float]:
     primary = client.primary
     result = {}
@@ -134,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--cuts", type=int, default=5)
+    parser.add_argument("--only", choices=("membership",), help="run only this part")
     args = parser.parse_args(argv)
+    if args.only == "membership":
+        with tempfile.TemporaryDirectory(prefix="redis-bench-") as tmp:
+            for line in membership(Path(tmp)):
+                print(line)
+        return 0
     with tempfile.TemporaryDirectory(prefix="redis-bench-") as tmp:
         times = [failover_once(Path(tmp) / f"run-{i}") for i in range(args.runs)]
         print(f"redis failover (down-after 1000 ms): median {statistics.median(times):.2f} s "
@@ -159,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
               f"median {statistics.median(cuts):.2f} s after the last pod started, over {len(cuts)} cuts "
               f"(min {min(cuts):.2f}, max {max(cuts):.2f})")
         for line in day_two(Path(tmp) / "day-two"):
+            print(line)
+        for line in membership(Path(tmp) / "membership"):
             print(line)
     return 0
 

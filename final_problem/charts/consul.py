@@ -55,12 +55,14 @@ from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
-from final_problem.changes import nothing, procedure, rolling, volume_size, when_grows
+from final_problem.changes import nothing, rolling, volume_size
+from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.consul import (
     AUTH_METHOD,
     AUTOPILOT_INTERVAL_S,
     DATACENTER,
+    PROMOTION_S,
     SERVER_STABILIZATION_S,
     ServerConfigOptions,
     ServerPorts,
@@ -68,6 +70,7 @@ from final_problem.renderers.consul import (
     binding_rules,
     check_mesh,
     intention_entries,
+    membership_script,
     server_config,
     server_name,
 )
@@ -93,14 +96,12 @@ class ConsulProps(ComponentSettings):
     replicas: int = setting(
         3, choices=(3, 5, 7),
         doc="Servers (`bootstrap_expect`): odd, as Raft's quorum is floor(n/2)+1, so an even count tolerates "
-            "no more failures than the odd one below it (Consul docs, \"Deployment guide\": 3 or 5).",
-        change=when_grows(
-            rolling("servers re-read bootstrap_expect as they roll; new servers join through retry_join and autopilot "
-                    "promotes them to voters once stable"),
-            procedure("the Raft peer set shrinks: the removed servers stop together (podManagementPolicy Parallel), and a "
-                      "server killed before its leave completes stays a voter that never answers",
-                      "remove one server at a time: consul leave on the highest ordinal, wait until consul operator raft "
-                      "list-peers no longer shows it, then deploy")),
+            "no more failures than the odd one below it (Consul docs, \"Deployment guide\": 3 or 5). A live change: "
+            "`final-problem scale consul.replicas=N --apply`, then deploy (servers join and leave Raft one at a time).",
+        change=membership_change(
+            "consul", "replicas",
+            "the Raft peer set changes: servers must join one at a time, each a voter before the next, and leave one at a "
+            "time (the removed ones would otherwise stop together, podManagementPolicy Parallel)"),
     )
     storage_gib: int = setting(per_profile(eks=10, pi=1), minimum=1, maximum=16_384,
                                doc="Raft data volume of each server.",
@@ -181,7 +182,10 @@ class ConsulChart(PlatformChart):
         self.server_config = server_config(self.config_options)
         config_text = json.dumps(self.server_config, indent=2, sort_keys=True) + "\n"
         self.config_map = k8s.KubeConfigMap(self, "Config", metadata=_meta("consul-config", ns, "config"),
-                                            data={"server.json": config_text})
+                                            # membership.sh: the steps of a scale, which the
+                                            # agent skips (with a warning) as neither .json nor .hcl.
+                                            data={"server.json": config_text,
+                                                  "membership.sh": membership_script(self.config_options)})
         scripts = {
             "consul_init.py": Path(consul_init.__file__).read_text(),
             "secret_generator.py": Path(secret_generator.__file__).read_text(),
@@ -483,6 +487,47 @@ class ConsulChart(PlatformChart):
                 ],
             ),
         )
+
+
+# --- membership changes (final-problem scale consul.replicas=N) ---------------------------
+
+_MEMBERSHIP = ("sh", f"{CONFIG_DIR}/membership.sh")
+
+
+@membership("consul", "replicas")
+def change_replicas(old: ConsulProps, new: ConsulProps, namespace: str) -> list[Step]:
+    """Servers added one at a time, each in Raft and given the time autopilot takes to promote
+    it to a voter before the next; removed one at a time from the highest ordinal, each only
+    while Raft lists every server and a leader, and gone from Raft (its leave on SIGTERM,
+    leave_on_terminate; else autopilot's dead-server cleanup, never below min_quorum) before
+    the next. New servers start from the deployed pod template (bootstrap_expect and
+    retry_join of the old count): they join the running datacenter, which is already
+    bootstrapped; the deploy after the procedure renders the new count."""
+    before, after = old.recorded_values(), new.recorded_values()
+    others = sorted(k for k in after if k != "replicas" and before.get(k) != after[k])
+    if others:
+        raise Refused(f"consul.replicas: refused with {', '.join(f'consul.{k}' for k in others)} changing too; "
+                      "the steps keep the rest of the servers as deployed: deploy those first, then scale")
+    server = ConsulChart.SERVER
+    first = f"{server}-0"
+    steps: list[Step] = []
+    for count in range(old.replicas + 1, new.replicas + 1):
+        steps += [
+            Scale(server, count, f"add {server}-{count - 1}: it joins through retry_join as a non-voter", namespace),
+            WaitReady(server, count, f"{server}-{count - 1} knows the leader and is in Raft", namespace),
+            Exec(first, "consul", (*_MEMBERSHIP, "peers", str(count), str(PROMOTION_S)),
+                 f"Raft lists {count} servers; autopilot promotes the new one to a voter once stable", namespace),
+        ]
+    for count in range(old.replicas, new.replicas, -1):
+        steps += [
+            Exec(first, "consul", (*_MEMBERSHIP, "check", str(count)),
+                 f"every one of the {count} servers in Raft and a leader before one leaves", namespace),
+            Scale(server, count - 1, f"stop {server}-{count - 1}: it leaves Raft on SIGTERM (leave_on_terminate)",
+                  namespace),
+            Exec(first, "consul", (*_MEMBERSHIP, "peers", str(count - 1), "0"),
+                 f"Raft lists {count - 1} servers before the next leaves", namespace),
+        ]
+    return steps
 
 
 __all__ = ["AUTH_METHOD", "CONSUL_GRPC_PORT", "CONSUL_HTTPS_PORT", "ConsulChart", "ConsulProps"]

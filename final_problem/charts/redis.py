@@ -48,8 +48,9 @@ from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretS
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
-from final_problem.changes import procedure, rolling, volume_size, when_grows
-from final_problem.settings import ComponentSettings, per_profile, setting
+from final_problem.changes import rolling, volume_size
+from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
+from final_problem.settings import UNSET, ComponentSettings, per_profile, setting
 from final_problem.renderers.redis import APPENDFSYNC_POLICIES, MAXMEMORY_POLICIES, RedisConfigOptions, config_files
 
 #: uid and gid of the ``redis`` user in the official image (its Dockerfile: groupadd -r -g 999).
@@ -87,24 +88,29 @@ class RedisProps(ComponentSettings):
         doc="Replicas of the primary; even, so data pods (primary + replicas) are an odd set of at least 3. "
             "After a failover one replica is left, so `WAIT 1` still succeeds. A write acknowledged with `WAIT 1` "
             "survives the primary's crash and its planned stops (a rollout, a node drain: its preStop hook pauses "
-            "writes, lets the replicas catch up and has the Sentinels promote one, about 1.5 s without writes).",
-        change=when_grows(
-            rolling("a new member starts as a replica of the current primary and copies its data"),
-            procedure("the members with the highest ordinals stop, the primary among them if it is there, and the "
-                      "Sentinels keep counting them",
-                      "if the primary is on an ordinal being removed, SENTINEL FAILOVER first; deploy; then SENTINEL RESET on "
-                      "each Sentinel, one at a time")),
+            "writes, lets the replicas catch up and has the Sentinels promote one, about 1.5 s without writes). "
+            "A live change: `final-problem scale redis.replicas=N --apply`, then deploy (members added one at a time "
+            "and synchronised; removed ones made unpromotable, stopped, then forgotten by each Sentinel in turn).",
+        change=membership_change(
+            "redis", "replicas",
+            "a new member must be synchronised before it counts; a removed one must never be promoted, and every "
+            "Sentinel keeps listing it until reset (Redis docs, Sentinel: removing unreachable replicas)"),
     )
     sentinels: int = setting(
         3, choices=(3, 5, 7),
-        doc="Sentinels; odd, at least 3, the minimum for a robust deployment (Redis docs, \"Sentinel\").",
-        change=procedure("Sentinels remember every peer they have seen: added ones join, removed ones still count toward the "
-                          "majority that authorizes a failover (Redis docs, Sentinel: adding or removing Sentinels)",
-                          "add Sentinels one at a time, 30 s apart; after removing, SENTINEL RESET * on each remaining Sentinel, "
-                          "30 s apart, and check SENTINEL MASTER shows the new count"),
+        doc="Sentinels; odd, at least 3, the minimum for a robust deployment (Redis docs, \"Sentinel\"). A live "
+            "change: `final-problem scale redis.sentinels=N --apply`, then deploy (added one at a time, each known to "
+            "all before the next; after a removal each Sentinel reset in turn; the quorum set on each).",
+        change=membership_change(
+            "redis", "sentinels",
+            "Sentinels remember every peer they have seen: added ones must be known to all before the next, removed "
+            "ones still count toward the majority that authorizes a failover until every Sentinel is reset, and the "
+            "quorum follows the count (Redis docs, Sentinel: adding or removing Sentinels)"),
     )
-    quorum: int = setting(
-        2, minimum=2, doc="Sentinels that must agree the primary is down; a majority.",
+    quorum: int | None = setting(
+        UNSET, minimum=2, default_doc="a majority of redis.sentinels",
+        doc="Sentinels that must agree the primary is down; a majority. Unset, it follows redis.sentinels "
+            "(2 of 3, 3 of 5, 4 of 7), and a change of redis.sentinels sets it on every Sentinel.",
         change=rolling("the Sentinels' configuration: they restart one at a time"),
     )
     down_after_ms: int = setting(
@@ -159,6 +165,11 @@ class RedisProps(ComponentSettings):
     )
 
     @property
+    def sentinel_quorum(self) -> int:
+        """The quorum the Sentinels use: :attr:`quorum`, or a majority of :attr:`sentinels`."""
+        return self.quorum if self.quorum is not None else self.sentinels // 2 + 1
+
+    @property
     def redis_sizing(self) -> Sizing:
         return sizes.sizing("redis", self.profile, self.memory_mib)
 
@@ -181,7 +192,7 @@ class RedisProps(ComponentSettings):
                 f"set redis.replicas={max(2, self.replicas - 1)}",
             )
         majority = self.sentinels // 2 + 1
-        if not majority <= self.quorum <= self.sentinels:
+        if not majority <= self.sentinel_quorum <= self.sentinels:
             raise self.error(
                 "quorum",
                 f"must be a majority of the {self.sentinels} Sentinels ({majority} to {self.sentinels}), "
@@ -217,7 +228,7 @@ class RedisProps(ComponentSettings):
             maxmemory_mib=self.maxmemory_mib,
             maxmemory_policy=self.maxmemory_policy,
             appendfsync=self.appendfsync,
-            quorum=self.quorum,
+            quorum=self.sentinel_quorum,
             down_after_ms=self.down_after_ms,
             failover_timeout_ms=self.failover_timeout_ms,
             bootstrap_wait_s=self.bootstrap_wait_s,
@@ -416,7 +427,7 @@ class RedisChart(PlatformChart):
             command=["sh", f"{CONFIG_DIR}/start-sentinel.sh"],
             env=common_env + [
                 k8s.EnvVar(name="REDIS_ANNOUNCE_HOST", value=f"$(POD_NAME).{sentinel_headless}.{ns}.svc"),
-                k8s.EnvVar(name="SENTINEL_QUORUM", value=str(p.quorum)),
+                k8s.EnvVar(name="SENTINEL_QUORUM", value=str(p.sentinel_quorum)),
                 k8s.EnvVar(name="REDIS_SENTINEL_DIR", value=DATA_DIR),
                 _secret_env("REDIS_ADMIN_PASSWORD", "admin-password"),
                 _secret_env("REDIS_SENTINEL_PASSWORD", "sentinel-password"),
@@ -504,3 +515,117 @@ class RedisChart(PlatformChart):
         for policy in (self.server_policy, self.sentinel_policy):
             set_component(policy, "network-policy")
 
+
+
+# --- membership changes (final-problem scale redis.replicas=N / redis.sentinels=N) ---------
+
+_MEMBERSHIP = ("sh", f"{CONFIG_DIR}/membership.sh")
+
+
+def _only_change(old: RedisProps, new: RedisProps, name: str, *also: str) -> None:
+    """Refuse a change of anything but ``name`` (and the values that follow it, ``also``):
+    the steps are computed for one membership change, the rest of the set as deployed."""
+    before, after = old.recorded_values(), new.recorded_values()
+    others = sorted(k for k in after if k not in (name, *also) and before.get(k) != after[k])
+    if others:
+        raise Refused(f"redis.{name}: refused with {', '.join(f'redis.{k}' for k in others)} changing too; "
+                      f"the steps keep the rest of the set as deployed: deploy those first, then scale")
+
+
+def _sentinel_step(ordinal: int, args: tuple[str, ...], why: str, namespace: str) -> Exec:
+    return Exec(f"redis-sentinel-{ordinal}", "sentinel", (*_MEMBERSHIP, *args), why, namespace)
+
+
+def _agree(replicas: int, sentinels: int, quorum: int | None, namespace: str) -> Exec:
+    return _sentinel_step(0, ("agree", str(replicas), str(sentinels), *((str(quorum),) if quorum else ())),
+                          f"every Sentinel names one primary, lists exactly {replicas} replicas and {sentinels} Sentinels",
+                          namespace)
+
+
+def _resets(replicas: int, sentinels: int, namespace: str) -> list[Step]:
+    # One Sentinel at a time, each having found the others again before the next forgets them
+    # (Redis docs, Sentinel: removing a Sentinel, step 2).
+    return [_sentinel_step(i, ("reset", str(replicas), str(sentinels)),
+                           "SENTINEL RESET: forget the removed members and Sentinels", namespace)
+            for i in range(sentinels)]
+
+
+def _quorums(quorum: int, sentinels: int, namespace: str) -> list[Step]:
+    return [_sentinel_step(i, ("quorum", str(quorum)), f"SENTINEL SET quorum {quorum}", namespace)
+            for i in range(sentinels)]
+
+
+@membership("redis", "replicas")
+def change_replicas(old: RedisProps, new: RedisProps, namespace: str) -> list[Step]:
+    """Replicas added one at a time, each Ready (synchronised, promotable, caught up: the
+    readiness probe) before the next; removed ones first made unpromotable (replica-priority
+    0, which every Sentinel must have read), the primary among them then handing over to a kept
+    replica (the steps of its preStop hook, while every member still runs), then stopped and
+    forgotten by each Sentinel in turn."""
+    _only_change(old, new, "replicas")
+    members_old, members_new = 1 + old.replicas, 1 + new.replicas
+    quorum, sentinels = new.sentinel_quorum, new.sentinels
+    steps: list[Step] = []
+    if members_new > members_old:
+        for members in range(members_old + 1, members_new + 1):
+            steps += [
+                Scale("redis", members, f"add redis-{members - 1}: it starts as a replica of the primary the Sentinels name",
+                      namespace),
+                WaitReady("redis", members, f"redis-{members - 1} synchronised and caught up (its readiness probe) "
+                                            "before anything counts on it", namespace),
+            ]
+    elif members_new < members_old:
+        steps += [Exec(f"redis-{i}", "redis", (*_MEMBERSHIP, "retire"),
+                       "replica-priority 0: no Sentinel promotes a member being removed", namespace)
+                  for i in range(members_old - 1, members_new - 1, -1)]
+        # The primary hands over before anything stops: removed members stop together
+        # (podManagementPolicy Parallel), and a hand-over waits for every promotable replica.
+        steps += [Exec(f"redis-{i}", "redis", ("sh", f"{CONFIG_DIR}/prestop-redis.sh"),
+                       "if it is the primary, hand over to a kept replica (its preStop hook's steps)", namespace)
+                  for i in range(members_old - 1, members_new - 1, -1)]
+        steps.append(Scale("redis", members_new, "stop the removed members, all replicas now", namespace))
+        steps += _resets(new.replicas, sentinels, namespace)
+    else:
+        return []
+    steps.append(_agree(new.replicas, sentinels, quorum, namespace))
+    return steps
+
+
+@membership("redis", "sentinels")
+def change_sentinels(old: RedisProps, new: RedisProps, namespace: str) -> list[Step]:
+    """Sentinels added one at a time, each known to every other before the next; removed in
+    rounds that each leave a majority of the Sentinels the others still count, every kept
+    Sentinel reset in turn after each round; the quorum set on every Sentinel, lowered before
+    a removal and raised after an addition, so it never exceeds the Sentinels running."""
+    _only_change(old, new, "sentinels", "quorum")
+    replicas, quorum_old, quorum_new = new.replicas, old.sentinel_quorum, new.sentinel_quorum
+    if new.sentinels == old.sentinels:
+        return []
+    steps: list[Step] = []
+    if new.sentinels > old.sentinels:
+        for count in range(old.sentinels + 1, new.sentinels + 1):
+            added = count - 1
+            steps += [
+                Scale("redis-sentinel", count, f"add redis-sentinel-{added}", namespace),
+                WaitReady("redis-sentinel", count, f"redis-sentinel-{added} monitors the primary", namespace),
+                # A volume kept from an earlier scale-down holds old peers: forget them.
+                _sentinel_step(added, ("reset", str(replicas), str(count)),
+                               "start from the live membership only", namespace),
+                _agree(replicas, count, quorum_old, namespace),
+            ]
+        if quorum_new != quorum_old:
+            steps += _quorums(quorum_new, new.sentinels, namespace)
+    else:
+        if quorum_new < quorum_old:
+            steps += _quorums(quorum_new, old.sentinels, namespace)
+        count = old.sentinels
+        while count > new.sentinels:
+            # Until reset, the kept Sentinels still count the removed ones: those kept must be a
+            # majority of the count they know, or no failover could be authorized meanwhile.
+            count = max(new.sentinels, count // 2 + 1)
+            steps.append(Scale("redis-sentinel", count, f"stop redis-sentinel-{count} and above", namespace))
+            steps += _resets(replicas, count, namespace)
+        if quorum_new > quorum_old:
+            steps += _quorums(quorum_new, new.sentinels, namespace)
+    steps.append(_agree(replicas, new.sentinels, quorum_new, namespace))
+    return steps

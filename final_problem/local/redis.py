@@ -137,39 +137,86 @@ class LocalRedisSet:
             "REDIS_SERVER": self.redis_server,
             "REDIS_HANDOVER_TIMEOUT_S": str(options.handover_timeout_s),
         }
+        self._common = common
         self.members: list[_Process] = []
         self.sentinels: list[_Process] = []
-        for kind, port_list, target, script in (
-            ("redis", self.member_ports, self.members, "start-redis.sh"),
-            ("sentinel", self.sentinel_ports, self.sentinels, "start-sentinel.sh"),
-        ):
+        for kind, port_list, target in (("redis", self.member_ports, self.members),
+                                        ("sentinel", self.sentinel_ports, self.sentinels)):
             for index, port in enumerate(port_list):
-                name = f"{kind}-{index}"
-                base = workdir / name
-                config_dir, runtime_dir, data_dir = base / "config", base / "run", base / "data"
-                for d in (config_dir, runtime_dir, data_dir):
-                    d.mkdir(parents=True, exist_ok=True)
-                rendered = dataclasses.replace(
-                    options, port=port if kind == "redis" else options.port,
-                    sentinel_port=port if kind == "sentinel" else options.sentinel_port,
-                    bind=HOST, data_dir=str(data_dir),
-                )
-                for file_name, text in config_files(rendered).items():
-                    (config_dir / file_name).write_text(text)
-                env = {
-                    **common,
-                    "REDIS_CONFIG_DIR": str(config_dir),
-                    "REDIS_PORT": str(port if kind == "redis" else options.port),
-                    "SENTINEL_PORT": str(port if kind == "sentinel" else options.sentinel_port),
-                }
-                if kind == "redis":
-                    env.update(REDIS_RUNTIME_DIR=str(runtime_dir), REDIS_DATA_DIR=str(data_dir))
-                else:
-                    env.update(REDIS_SENTINEL_DIR=str(data_dir))
-                target.append(_Process(
-                    name=name, port=port, config_dir=config_dir, runtime_dir=runtime_dir,
-                    env=env, script=script, log=base / "server.log", limits=self.limits[kind],
-                ))
+                target.append(self._process(kind, index, port))
+
+    def _process(self, kind: str, index: int, port: int) -> _Process:
+        """Member or Sentinel ``index`` on ``port``: its rendered files written, not started."""
+        options = self.options
+        name = f"{kind}-{index}"
+        base = self.workdir / name
+        config_dir, runtime_dir, data_dir = base / "config", base / "run", base / "data"
+        for d in (config_dir, runtime_dir, data_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        rendered = dataclasses.replace(
+            options, port=port if kind == "redis" else options.port,
+            sentinel_port=port if kind == "sentinel" else options.sentinel_port,
+            bind=HOST, data_dir=str(data_dir),
+        )
+        for file_name, text in config_files(rendered).items():
+            (config_dir / file_name).write_text(text)
+        env = {
+            **self._common,
+            "REDIS_CONFIG_DIR": str(config_dir),
+            "REDIS_PORT": str(port if kind == "redis" else options.port),
+            "SENTINEL_PORT": str(port if kind == "sentinel" else options.sentinel_port),
+        }
+        if kind == "redis":
+            env.update(REDIS_RUNTIME_DIR=str(runtime_dir), REDIS_DATA_DIR=str(data_dir))
+        else:
+            env.update(REDIS_SENTINEL_DIR=str(data_dir))
+        return _Process(
+            name=name, port=port, config_dir=config_dir, runtime_dir=runtime_dir, env=env,
+            script="start-redis.sh" if kind == "redis" else "start-sentinel.sh", log=base / "server.log",
+            limits=self.limits[kind],
+        )
+
+    def resize(self, *, members: int | None = None, sentinels: int | None = None) -> None:
+        """Processes for ``members`` members and ``sentinels`` Sentinels, as the pods of
+        StatefulSets scaled to those counts: added ones are prepared (not started) with the
+        environment the others have, since a scale does not change the pod template (the member
+        and Sentinel lists stay those of the deployed settings until the next deploy); removed
+        ones, which must have stopped, are dropped. A pod set's ``scale`` starts and stops them."""
+        for kind, count, procs, ports in (("redis", members, self.members, self.member_ports),
+                                          ("sentinel", sentinels, self.sentinels, self.sentinel_ports)):
+            if count is None:
+                continue
+            if count > len(procs):
+                for index, port in enumerate(free_ports(count - len(procs)), start=len(procs)):
+                    procs.append(self._process(kind, index, port))
+                    ports.append(port)
+            for proc in procs[count:]:
+                if self.running(proc):
+                    raise LocalRedisError(f"{proc.name} still runs: scale its pod set down first")
+            del procs[count:], ports[count:]
+
+    def exec_step(self, step: Any) -> str:
+        """A membership step's command (:class:`final_problem.scaling.Exec`) in the process of
+        its pod, as ``kubectl exec`` runs it in the container: the rendered configuration
+        directory replaced by the local one, the container's environment. Its standard
+        output; a failure raises with the command's last line of error."""
+        from final_problem.charts.redis import CONFIG_DIR
+
+        kind, _, ordinal = step.pod.rpartition("-")
+        procs = {"redis": self.members, "redis-sentinel": self.sentinels}.get(kind)
+        if procs is None or not ordinal.isdigit() or int(ordinal) >= len(procs):
+            raise LocalRedisError(f"in {step.pod}: no such pod here")
+        proc = procs[int(ordinal)]
+        if not self.running(proc):
+            raise LocalRedisError(f"in {step.pod}: the pod is not running")
+        command = [arg.replace(CONFIG_DIR, str(proc.config_dir)) for arg in step.command]
+        result = subprocess.run(command, env=proc.env, capture_output=True, text=True, timeout=600, check=False)
+        with proc.log.open("a") as log:
+            log.write(f"exec {' '.join(step.command[1:])}: exit {result.returncode}: {result.stdout}{result.stderr}")
+        if result.returncode != 0:
+            lines = (result.stderr.strip() or result.stdout.strip() or f"exit status {result.returncode}").splitlines()
+            raise LocalRedisError(f"in {step.pod}: {lines[-1]}")
+        return result.stdout
 
     # Lifecycle -----------------------------------------------------------------------
 
@@ -421,20 +468,23 @@ class LocalRedisSet:
             return int(fields["num-slaves"]) >= replicas and int(fields["num-other-sentinels"]) >= peers
         self.wait_for(f"{self.sentinels[index].name} to see the whole set", ready, timeout_s=timeout_s)
 
-    def wait_new_primary(self, old_port: int, *, timeout_s: float) -> tuple[int, float]:
-        """Wait until every Sentinel names a primary other than ``old_port``; return its
-        port and the seconds it took from the call."""
+    def wait_new_primary(self, old_port: int, *, timeout_s: float,
+                         sentinels: Sequence[int] | None = None) -> tuple[int, float]:
+        """Wait until every Sentinel (those of index ``sentinels`` if given) names a primary
+        other than ``old_port``; return its port and the seconds it took from the call."""
         started = time.monotonic()
 
         def promoted() -> int | None:
-            port = self.agreed_primary_port()
+            port = self.agreed_primary_port(sentinels)
             return port if port != old_port else None
         port = self.wait_for("Sentinel to promote a replica", promoted, timeout_s=timeout_s, interval_s=0.02)
         return port, time.monotonic() - started
 
-    def agreed_primary_port(self) -> int | None:
-        """The primary's port when every Sentinel names the same one, else None."""
-        seen = {self.primary_by_sentinel(i) for i in range(len(self.sentinels))}
+    def agreed_primary_port(self, sentinels: Sequence[int] | None = None) -> int | None:
+        """The primary's port when every Sentinel (of index ``sentinels`` if given) names the
+        same one, else None."""
+        indexes = range(len(self.sentinels)) if sentinels is None else sentinels
+        seen = {self.primary_by_sentinel(i) for i in indexes}
         if len(seen) == 1:
             (addr,) = seen
             if addr:
@@ -596,3 +646,43 @@ def with_live_writes(cluster: LocalRedisSet, action: Callable[[], object], *, pr
     outage, _ = longest_outage_s(acks, start=started, end=acks[-1].at)
     return WriteOutcome(acknowledged=len(acks), lost=tuple(a.seq for a in acks if a.seq not in present),
                         outage_s=outage, failed_attempts=writes.failed_attempts)
+
+
+@dataclass(frozen=True)
+class ScaleOutcome:
+    """A membership change run under writes: its settings, its steps' seconds, what it cost."""
+
+    settings: RedisProps
+    seconds: float
+    writes: WriteOutcome
+
+    def summary(self, what: str) -> str:
+        return self.writes.summary(f"{what} in {self.seconds:.1f} s")
+
+
+def scale_under_writes(cluster: LocalRedisSet, servers: PodSet, sentinels: PodSet, deployed: RedisProps,
+                       setting: str, value: int, *, namespace: str = "redis",
+                       steps: Callable[[list[Any]], list[Any]] = lambda s: s) -> ScaleOutcome:
+    """``final-problem scale redis.<setting>=<value> --apply`` on this set, its pods the rendered
+    StatefulSets of the ``deployed`` settings (``servers``, ``sentinels``), while the Sentinel
+    client writes with ``WAIT 1`` (:func:`with_live_writes`). ``steps`` may edit the procedure's
+    steps (to show what a missing one costs)."""
+    from final_problem import scaling
+    from final_problem.local.rollout import LocalRunner
+
+    new = dataclasses.replace(deployed, **{setting: value})
+    plan = steps(scaling.steps_for("redis", setting, deployed, new, namespace))
+    runner = LocalRunner({"redis": servers, "redis-sentinel": sentinels}, cluster.exec_step, ready_timeout_s=90)
+    members, sentinel_count = 1 + new.replicas, new.sentinels
+    took: list[float] = []
+
+    def apply() -> None:
+        # New pods' processes exist before the StatefulSet asks for them; removed ones go after.
+        cluster.resize(members=max(members, len(cluster.members)), sentinels=max(sentinel_count, len(cluster.sentinels)))
+        started = time.monotonic()
+        scaling.run(plan, runner)
+        took.append(time.monotonic() - started)
+        cluster.resize(members=members, sentinels=sentinel_count)
+
+    outcome = with_live_writes(cluster, apply, prefix=f"scale-{setting}-{value}:")
+    return ScaleOutcome(settings=new, seconds=took[0], writes=outcome)

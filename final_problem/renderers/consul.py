@@ -41,6 +41,14 @@ SERVER_STABILIZATION_S = 10
 #: How often the leader's autopilot reconciles (promotes stable non-voters): Consul's
 #: ``AutopilotInterval``, 10 s (agent/consul/config.go, DefaultConfig); not a setting.
 AUTOPILOT_INTERVAL_S = 10
+#: The fewest servers autopilot leaves when it prunes dead ones (``min_quorum``; Consul docs,
+#: "Bootstrap configuration": autopilot stops pruning dead servers at this count; no default).
+#: The smallest set the chart allows, whatever the count: a 5 -> 3 scale-down whose server
+#: died before its leave completed is cleaned up, and nothing is pruned below 3 servers.
+MIN_QUORUM = 3
+#: Seconds a server added to Raft needs to become a voter: stable for
+#: server_stabilization_time, then the leader's next reconcile.
+PROMOTION_S = SERVER_STABILIZATION_S + AUTOPILOT_INTERVAL_S
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,17 +149,77 @@ def server_config(options: ServerConfigOptions) -> dict[str, Any]:
         "leave_on_terminate": True,
         # Read once, when the datacenter bootstraps; a later change needs
         # `consul operator autopilot set-config` (Consul docs, "Bootstrap configuration").
-        # The values are Consul's defaults, written out because the chart depends on them.
+        # The values are Consul's defaults, written out because the chart depends on them,
+        # and min_quorum (no default), which membership changes count on.
         "autopilot": {
             "cleanup_dead_servers": True,
             "last_contact_threshold": "200ms",
             "max_trailing_logs": 250,
+            "min_quorum": MIN_QUORUM,
             "server_stabilization_time": f"{SERVER_STABILIZATION_S}s",
         },
         "disable_update_check": True,
         "log_json": True,
         "log_level": options.log_level,
     }
+
+
+#: Membership steps of ``final-problem scale consul.replicas=N`` (charts/consul.py), run in a
+#: server with ``kubectl exec``. Both read only the status endpoints, which need no ACL token.
+MEMBERSHIP_SH = r"""#!/bin/sh
+# Membership steps of the Consul servers, one per call; safe to repeat.
+#   check N          refuse unless a leader is elected and Raft lists exactly N servers: one
+#                    server less must still leave a quorum of the servers Raft counts.
+#   peers N HOLD_S   wait until a leader is elected and Raft lists exactly N servers, then
+#                    HOLD_S seconds more (a joining server becomes a voter once stable for
+#                    server_stabilization_time and the leader's next autopilot reconcile).
+# Failure: one line (what, why, what to do), exit 1.
+set -eu
+api="https://__NAME__:__HTTPS__/v1/status"
+get() {
+  curl -sf --max-time 4 --cacert "__TLS__/ca.crt" --resolve "__NAME__:__HTTPS__:127.0.0.1" "$api/$1" || true
+}
+servers() {
+  get peers | tr ',' '\n' | grep -c ':__RPC__' || true
+}
+has_leader() {
+  get leader | grep -q ':__RPC__'
+}
+timeout_s=${MEMBERSHIP_TIMEOUT_S:-600}
+case "${1:-}" in
+  check)
+    [ "$#" -eq 2 ] || { echo "usage: membership.sh check SERVERS" >&2; exit 1; }
+    if ! has_leader || [ "$(servers)" -ne "$2" ]; then
+      echo "check: refused, Raft lists $(servers) servers (expected $2) or has no leader; removing a server now could lose the quorum; wait until every server is back (consul operator raft list-peers), then run the command again" >&2
+      exit 1
+    fi
+    echo "a leader and $2 servers"
+    ;;
+  peers)
+    [ "$#" -eq 3 ] || { echo "usage: membership.sh peers SERVERS HOLD_S" >&2; exit 1; }
+    deadline=$(($(date +%s) + timeout_s))
+    until has_leader && [ "$(servers)" -eq "$2" ]; do
+      if [ "$(date +%s)" -ge "$deadline" ]; then
+        echo "peers: Raft lists $(servers) servers, not $2, after $timeout_s s; a removed server that died before leaving is pruned by autopilot (cleanup_dead_servers), else consul operator raft remove-peer with an operator token; then run the command again" >&2
+        exit 1
+      fi
+      sleep 2
+    done
+    sleep "$3"
+    echo "a leader and $2 servers"
+    ;;
+  *)
+    echo "usage: membership.sh check SERVERS | peers SERVERS HOLD_S" >&2
+    exit 1
+    ;;
+esac
+"""
+
+
+def membership_script(options: ServerConfigOptions) -> str:
+    """:data:`MEMBERSHIP_SH` for these ports and certificate directory."""
+    return (MEMBERSHIP_SH.replace("__NAME__", server_name()).replace("__HTTPS__", str(options.ports.https))
+            .replace("__RPC__", str(options.ports.rpc)).replace("__TLS__", options.tls_dir))
 
 
 def server_name() -> str:

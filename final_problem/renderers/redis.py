@@ -663,6 +663,170 @@ member_cli "$self" CLIENT UNPAUSE >/dev/null
 echo "handed over to $1:$2 in $(($(date +%s) - started)) s; now its replica" >&2
 """.replace("__RETRY__", str(HANDOVER_RETRY_S))
 
+#: Seconds a membership step (:data:`MEMBERSHIP_SH`) waits for the Sentinels to see what it
+#: expects before it fails: a Sentinel learns replicas from the primary's INFO every 10 s and
+#: the other Sentinels from their hellos every 2 s, and calls a removed one down after
+#: down-after-milliseconds (Redis docs, "High availability with Redis Sentinel": "Adding or
+#: removing Sentinels", "Removing the old master or unreachable replicas").
+MEMBERSHIP_TIMEOUT_S = 120
+
+#: The steps of a membership change (``final-problem scale redis.replicas=N`` /
+#: ``redis.sentinels=N``, :mod:`final_problem.charts.redis`), run in a pod with ``kubectl exec``.
+MEMBERSHIP_SH = r"""#!/bin/sh
+# Membership steps of the Redis set, one per call (Redis docs, "High availability with Redis
+# Sentinel": "Adding or removing Sentinels", "Removing the old master or unreachable
+# replicas"; commands SENTINEL RESET, SENTINEL SET). Every step is safe to repeat.
+#   retire               (in a member being removed) replica-priority 0, so no Sentinel
+#                        promotes it; refused unless another replica is promotable. A
+#                        primary keeps running: its preStop hook hands over when it stops.
+#   reset R S            (in a Sentinel) once it sees exactly R replicas and S-1 other
+#                        Sentinels up (the removed ones down), SENTINEL RESET, then wait until
+#                        it has found them again and nothing else: what the docs' 30 s
+#                        between two Sentinels are for, checked instead of assumed.
+#   quorum Q             (in a Sentinel) SENTINEL SET <name> quorum Q.
+#   agree R S [Q]        (in a Sentinel) wait until it and every Sentinel it knows name one
+#                        primary, list exactly R replicas and S-1 other Sentinels, none down
+#                        (and use quorum Q).
+# Output: one line saying what was done; failure: one line (what, why, what to do), exit 1.
+. "$REDIS_CONFIG_DIR/lib.sh"
+require REDIS_CONFIG_DIR REDIS_MASTER_NAME REDIS_SENTINELS REDIS_ADMIN_PASSWORD REDIS_SENTINEL_PASSWORD
+timeout_s=${MEMBERSHIP_TIMEOUT_S:-__TIMEOUT__}
+last=""
+
+fail() {
+  echo "$1" >&2
+  exit 1
+}
+
+# Wait until the command in the arguments after $1 succeeds; else fail with $1 and what the
+# last check saw.
+wait_until() {
+  what=$1
+  shift
+  deadline=$(($(date +%s) + timeout_s))
+  until "$@"; do
+    [ "$(date +%s)" -lt "$deadline" ] ||
+      fail "$what: not within $timeout_s s (${last:-no answer}); check the pods, then run the command again"
+    sleep 1
+  done
+}
+
+# One line "host:port flags" per replica (KIND replicas) or other Sentinel (KIND sentinels)
+# the Sentinel at $1 knows.
+known() {
+  sentinel_cli "$1" SENTINEL "$2" "$REDIS_MASTER_NAME" |
+    awk 'NR % 2 == 1 { key = $0; next }
+      key == "name" && seen { print ip ":" port, flags }
+      key == "name" { seen = 1 }
+      key == "ip" { ip = $0 }
+      key == "port" { port = $0 }
+      key == "flags" { flags = $0 }
+      END { if (seen) print ip ":" port, flags }'
+}
+
+# Sets, for the Sentinel at $1: primary ("host:port"), quorum, flags (of the primary), and
+# the replicas and other Sentinels it knows (r_known, s_known) and holds up (r_up, s_up).
+look() {
+  at=$1
+  primary=$(sentinel_cli "$at" SENTINEL get-master-addr-by-name "$REDIS_MASTER_NAME" | paste -sd ':' -)
+  state=$(sentinel_cli "$at" SENTINEL master "$REDIS_MASTER_NAME" |
+    awk 'NR % 2 == 1 { key = $0; next } key == "quorum" { q = $0 } key == "flags" { f = $0 } END { print q, f }')
+  set -- $state
+  quorum=${1:-?}
+  flags=${2:-?}
+  replicas=$(known "$at" replicas)
+  sentinels=$(known "$at" sentinels)
+  r_known=$(printf '%s\n' "$replicas" | grep -c . || true)
+  s_known=$(printf '%s\n' "$sentinels" | grep -c . || true)
+  r_up=$(printf '%s\n' "$replicas" | grep . | grep -cvE 's_down|o_down|disconnected' || true)
+  s_up=$(printf '%s\n' "$sentinels" | grep . | grep -cvE 's_down|o_down|disconnected' || true)
+}
+
+# The Sentinel at $1 holds exactly $2 replicas and $3 - 1 other Sentinels up, whatever else it
+# still lists down.
+sees_up() {
+  look "$1"
+  last="$1: primary ${primary:-unknown}, replicas up $r_up of $r_known, other Sentinels up $s_up of $s_known"
+  [ -n "$primary" ] && [ "$r_up" -eq "$2" ] && [ "$s_up" -eq $(($3 - 1)) ]
+}
+
+# The Sentinel at $1 lists exactly $2 replicas and $3 - 1 other Sentinels, all up, the primary
+# not down nor failing over, and (given $4) uses quorum $4.
+sees_exactly() {
+  look "$1"
+  last="$1: primary ${primary:-unknown} ($flags), replicas up $r_up of $r_known, other Sentinels up $s_up of $s_known, quorum $quorum"
+  [ -n "$primary" ] && [ "$flags" = master ] &&
+    [ "$r_known" -eq "$2" ] && [ "$r_up" -eq "$2" ] &&
+    [ "$s_known" -eq $(($3 - 1)) ] && [ "$s_up" -eq $(($3 - 1)) ] &&
+    { [ -z "${4:-}" ] || [ "$quorum" = "$4" ]; }
+}
+
+# This Sentinel and every other it knows see exactly the membership ($1 replicas, $2
+# Sentinels, quorum $3 if given) and name one primary.
+all_agree() {
+  sees_exactly "$self" "$@" || return 1
+  agreed=$primary
+  for peer in $(known "$self" sentinels | cut -d ' ' -f 1); do
+    sees_exactly "$peer" "$@" || return 1
+    if [ "$primary" != "$agreed" ]; then
+      last="$self names $agreed, $peer names $primary"
+      return 1
+    fi
+  done
+}
+
+case "${1:-}" in
+  retire)
+    require REDIS_PORT REDIS_ANNOUNCE_HOST
+    self="127.0.0.1:$REDIS_PORT"
+    name="$REDIS_ANNOUNCE_HOST:$REDIS_PORT"
+    others=$(promotable_replicas | grep -vxF "$name" | sort -u | tr '\n' ' ')
+    [ -n "$others" ] || fail "retire $name: refused, no other replica a Sentinel could promote, so removing this member could leave the primary without a copy to fail over to; wait until the other replicas are Ready, then run the command again"
+    [ "$(member_cli "$self" CONFIG SET replica-priority 0)" = OK ] || fail "retire $name: CONFIG SET replica-priority 0 refused; check the member, then run the command again"
+    if [ "$(member_cli "$self" INFO replication | info_field role)" = master ]; then
+      echo "retired $name, the primary: its preStop hook hands over to one of: $others"
+      exit 0
+    fi
+    not_promotable() {
+      listed=$(promotable_replicas | grep -cxF "$name" || true)
+      last="$listed Sentinel(s) still list it as promotable"
+      [ "$listed" -eq 0 ]
+    }
+    wait_until "retire $name: the Sentinels to read its replica-priority 0" not_promotable
+    echo "retired $name: replica-priority 0, no Sentinel will promote it; kept promotable: $others"
+    ;;
+  reset)
+    require SENTINEL_PORT
+    [ "$#" -eq 3 ] || fail "usage: membership.sh reset REPLICAS SENTINELS"
+    self="127.0.0.1:$SENTINEL_PORT"
+    wait_until "reset: the removed members and Sentinels to be down in this Sentinel's view" sees_up "$self" "$2" "$3"
+    [ "$(sentinel_cli "$self" SENTINEL RESET "$REDIS_MASTER_NAME")" = 1 ] ||
+      fail "reset: SENTINEL RESET $REDIS_MASTER_NAME did not reset one primary; check the Sentinel, then run the command again"
+    wait_until "reset: this Sentinel to find the $2 replicas and $(($3 - 1)) other Sentinels again" sees_exactly "$self" "$2" "$3"
+    echo "reset: $last"
+    ;;
+  quorum)
+    require SENTINEL_PORT
+    [ "$#" -eq 2 ] || fail "usage: membership.sh quorum QUORUM"
+    self="127.0.0.1:$SENTINEL_PORT"
+    [ "$(sentinel_cli "$self" SENTINEL SET "$REDIS_MASTER_NAME" quorum "$2")" = OK ] ||
+      fail "quorum: SENTINEL SET $REDIS_MASTER_NAME quorum $2 refused; check the Sentinel, then run the command again"
+    echo "quorum $2 on $self"
+    ;;
+  agree)
+    require SENTINEL_PORT
+    [ "$#" -ge 3 ] || fail "usage: membership.sh agree REPLICAS SENTINELS [QUORUM]"
+    self="127.0.0.1:$SENTINEL_PORT"
+    shift
+    wait_until "agree: every Sentinel to see $1 replicas and $2 Sentinels${3:+, quorum $3}" all_agree "$@"
+    echo "$2 Sentinels agree: primary $agreed, $1 replicas, $2 Sentinels, quorum $quorum"
+    ;;
+  *)
+    fail "usage: membership.sh retire | reset REPLICAS SENTINELS | quorum QUORUM | agree REPLICAS SENTINELS [QUORUM]"
+    ;;
+esac
+""".replace("__TIMEOUT__", str(MEMBERSHIP_TIMEOUT_S))
+
 #: Probes. They authenticate (Redis as the metrics user): an unauthenticated PING is
 #: refused by design.
 #:   redis-live      the server answers (PONG, or LOADING while it reads its AOF)
@@ -732,4 +896,5 @@ def config_files(options: RedisConfigOptions) -> dict[str, str]:
         "prestop-redis.sh": PRESTOP_REDIS,
         "start-sentinel.sh": START_SENTINEL,
         "probe.sh": PROBE_SH,
+        "membership.sh": MEMBERSHIP_SH,
     }

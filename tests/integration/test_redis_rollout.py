@@ -1,4 +1,5 @@
-"""Redis + Sentinel through a rollout, a node drain and a primary restarted mid-failover.
+"""Redis + Sentinel through a rollout, a node drain, a primary restarted mid-failover, and
+membership changes (final-problem scale redis.replicas 2 -> 4 -> 2, redis.sentinels 3 -> 5 -> 3).
 
 One set (three members, three Sentinels) runs on loopback from the chart's rendered files,
 driven by the rollout harness as Kubernetes drives the rendered StatefulSets: readiness is
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from final_problem.local.redis import LocalRedisSet, local_options, with_live_writes
+from final_problem.charts.redis import RedisProps
+from final_problem.local.redis import LocalRedisSet, local_options, scale_under_writes, with_live_writes
 from final_problem.local.rollout import PodSet, drain, roll_statefulset
+from final_problem.profiles import PI
 from tests.conftest import rendered
 
 pytestmark = pytest.mark.integration
@@ -131,3 +134,89 @@ def test_primary_restarted_during_its_failover_comes_back_as_a_replica(redis_pod
     assert started and started[0].startswith("starting as replica of"), log.read_text()[-3000:]
     assert cluster.replication(ordinal)["role"] == "slave"
     assert not outcome.lost, f"{len(outcome.lost)} acknowledged writes lost, e.g. {outcome.lost[:5]}"
+
+
+# --- membership: final-problem scale redis.replicas / redis.sentinels ---------------------
+
+def sentinel_views(cluster: LocalRedisSet) -> list[tuple[int | None, set[int], set[int], int]]:
+    """What each Sentinel holds: the primary's port, the replicas' and the other Sentinels'
+    ports it lists (SENTINEL REPLICAS, SENTINEL SENTINELS), up or not, and its quorum."""
+    name = cluster.options.master_name
+    views = []
+    for index in range(len(cluster.sentinels)):
+        admin = cluster.sentinel_admin(index)
+        primary = cluster.primary_by_sentinel(index)
+        replicas = {int(r["port"]) for r in admin.sentinel_slaves(name)}
+        peers = {int(s["port"]) for s in admin.sentinel_sentinels(name)}
+        views.append((primary[1] if primary else None, replicas, peers, int(admin.sentinel_master(name)["quorum"])))
+    return views
+
+
+def assert_membership(cluster: LocalRedisSet, quorum: int) -> None:
+    """Every Sentinel names one primary and lists exactly the running members and Sentinels."""
+    primary = cluster.wait_settled(timeout_s=60)
+    for index, (named, replicas, peers, used) in enumerate(sentinel_views(cluster)):
+        assert named == primary, f"redis-sentinel-{index} names {named}, the others {primary}"
+        assert replicas == set(cluster.member_ports) - {primary}, (
+            f"redis-sentinel-{index} lists replicas {sorted(replicas)}; running: {cluster.member_ports}")
+        assert peers == set(cluster.sentinel_ports) - {cluster.sentinel_ports[index]}, (
+            f"redis-sentinel-{index} counts Sentinels {sorted(peers)}; running: {cluster.sentinel_ports}")
+        assert used == quorum, f"redis-sentinel-{index} uses quorum {used}, not {quorum}"
+
+
+def move_primary_to(cluster: LocalRedisSet, index: int) -> None:
+    """Have the Sentinels promote member ``index``: the preferred replica (the lowest
+    replica-priority above 0) once every Sentinel has read it, then SENTINEL FAILOVER."""
+    name, port = cluster.options.master_name, cluster.member_ports[index]
+    cluster.admin(index).config_set("replica-priority", 1)
+    cluster.wait_for("every Sentinel to read the preferred replica", lambda: all(
+        any(int(r["port"]) == port and int(r["slave-priority"]) == 1
+            for r in cluster.sentinel_admin(i).sentinel_slaves(name)) for i in range(len(cluster.sentinels))),
+        timeout_s=30, interval_s=0.5)
+    old = cluster.wait_settled(timeout_s=60)
+    cluster.sentinel_admin(0).sentinel_failover(name)
+    assert cluster.wait_new_primary(old, timeout_s=30)[0] == port
+    cluster.wait_settled(timeout_s=60)
+
+
+def test_scaling_replicas_and_sentinels_keeps_every_write(redis_pods: RedisPods) -> None:
+    """``final-problem scale`` redis.replicas 2 -> 4 -> 2 (the primary on redis-4, which the
+    scale-down removes), then redis.sentinels 3 -> 5 -> 3, each under writes; then a failover
+    with one of the three Sentinels left down: it needs a majority of the Sentinels they count,
+    so one still counted after its removal blocks it."""
+    cluster, servers, sentinels = redis_pods.cluster, redis_pods.servers, redis_pods.sentinels
+    deployed = RedisProps.for_profile(PI)
+    assert (1 + deployed.replicas, deployed.sentinels) == (len(servers.pods), len(sentinels.pods))
+    for setting, value, quorum in (("replicas", 4, 2), ("replicas", 2, 2), ("sentinels", 5, 3), ("sentinels", 3, 2)):
+        scaled = scale_under_writes(cluster, servers, sentinels, deployed, setting, value)
+        print(scaled.summary(f"redis.{setting} {getattr(deployed, setting)} -> {value}"))
+        assert not scaled.writes.lost, f"{len(scaled.writes.lost)} acknowledged writes lost, e.g. {scaled.writes.lost[:5]}"
+        # Removing the primary is a planned switchover (it hands over before anything stops).
+        assert scaled.writes.outage_s <= PLANNED_OUTAGE_S, scaled.summary(setting)
+        assert (len(servers.pods), len(sentinels.pods)) == (1 + scaled.settings.replicas, scaled.settings.sentinels)
+        assert_membership(cluster, quorum)
+        deployed = scaled.settings
+        if (setting, value) == ("replicas", 4):
+            move_primary_to(cluster, 4)  # the scale-down then removes the primary: it must hand over
+
+    # A failover with a Sentinel down: 2 of the 3 the others count (5 without the reset).
+    primary = primary_ordinal(redis_pods)
+    down = sentinels.pods[2]
+    down.terminating = True
+    assert down.proc is not None
+    down.proc.kill()
+    down.proc.wait(timeout=10)
+    down.cleanup()
+    old = servers.pods[primary]
+    old.terminating = True
+    assert old.proc is not None
+    old.proc.kill()
+    old.proc.wait(timeout=10)
+    old.cleanup()
+    _, seconds = cluster.wait_new_primary(cluster.member_ports[primary], sentinels=(0, 1), timeout_s=45)
+    print(f"failover with one of 3 Sentinels down after the scale-down: {seconds:.1f} s")
+    servers.pods[primary] = servers.make_pod(primary).run()
+    sentinels.pods[2] = sentinels.make_pod(2).run()
+    servers.pods[primary].wait_ready(90)
+    sentinels.pods[2].wait_ready(90)
+    assert_membership(cluster, 2)
