@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         sys.stdout.write(reference_markdown())
         return 0
-    from final_problem import components, config, scaling
+    from final_problem import components, config
 
     components.load_bundled()
     for info in config.cluster_infos():
