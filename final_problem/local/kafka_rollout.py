@@ -314,6 +314,8 @@ class DayTwoResult:
     #: Seconds from SIGTERM to exit, per stopped pod (a controlled shutdown).
     shutdown_s: list[float] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
+    #: What ``roll_and_drain``'s ``then`` ran (e.g. a :class:`~final_problem.local.kafka_scaling.ControllerScaling`).
+    then: Any = None
 
     @property
     def not_enough_replicas(self) -> int:
@@ -345,11 +347,14 @@ class DayTwoResult:
 
 
 def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]], workdir: Path, *,
-                   settle_s: float = 2.0, write_interval_s: float = 0.02) -> DayTwoResult:
+                   settle_s: float = 2.0, write_interval_s: float = 0.02,
+                   then: Callable[[list[PodSet]], list[Phase]] | None = None) -> DayTwoResult:
     """Start ``cluster`` as its StatefulSets, then, with a producer writing throughout: roll
     every set (controllers first), then drain the node of the active controller. ``cluster``
     must have ``metrics=True``. The producer waits ``write_interval_s`` before each write (the
-    outage is measured to within it) so that the client leaves the two cores here to the brokers."""
+    outage is measured to within it) so that the client leaves the two cores here to the brokers.
+    ``then(podsets)`` runs after the drain, the producer still writing, and returns its phases
+    (a membership change: the sync checks of restarts stop before it)."""
     watcher = SyncWatcher(cluster, deadline_s=1.0)
     podsets = kafka_podsets(cluster, objects, workdir, watcher)
     # Every set at once, as the StatefulSets are created together; storage formatted first,
@@ -390,6 +395,9 @@ def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]]
             drained = drain(podsets, node)
             phases.append(Phase(f"drain of node {node} ({', '.join(f'{s.name}-{node}' for s in podsets)})",
                                 started, drained.seconds))
+            if then is not None:
+                watcher.active = False
+                phases += then(podsets)
             time.sleep(settle_s)
         finally:
             acks = writer.stop()
@@ -403,7 +411,7 @@ def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]]
     shutdowns, killed = _shutdowns(stopped)
     return DayTwoResult(layout=cluster.layout, phases=phases, acknowledged=len(acks),
                         lost=[a.seq for a in acks if a.seq not in present], refusals=refusals.counts,
-                        checks=list(watcher.checks), shutdown_s=shutdowns, killed=killed)
+                        checks=list(watcher.checks), shutdown_s=shutdowns, killed=killed, then=then)
 
 
 def _active_controller_ordinal(cluster: LocalKafkaCluster) -> int:
