@@ -335,7 +335,7 @@ add)
   dir=$(my_dir)
   [ -n "$dir" ] || die "node $node_id has no formatted metadata log in $logdir: wait until its pod has started"
   why="no answer from the controllers $bootstrap"
-  while until_deadline; do
+  while :; do
     if line=$(summary "$dir"); then
       read -r me me_caught voters others <<EOT
 $line
@@ -356,6 +356,7 @@ EOT
         why="add-controller of $node_id was refused (the leader may still be committing an earlier change)"
       fi
     fi
+    until_deadline || break
     sleep 2
   done
   die "$why after ${wait_s} s; fix it, then run it again"
@@ -365,7 +366,7 @@ remove)
   [ -n "$dir" ] || die "node $node_id has no formatted metadata log in $logdir"
   why="no answer from the controllers $bootstrap"
   removing=0
-  while until_deadline; do
+  while :; do
     if line=$(summary "$dir"); then
       read -r me _ voters others <<EOT
 $line
@@ -389,6 +390,7 @@ EOT
         why="remove-controller of $node_id was refused (the leader may still be committing an earlier change)"
       fi
     fi
+    until_deadline || break
     sleep 2
   done
   die "$why after ${wait_s} s; fix it, then run it again"
@@ -739,6 +741,8 @@ def controller_steps(old: Any, new: Any, namespace: str) -> list[Step]:
     refuses at run time to leave the voters caught up fewer than a majority."""
     before, after = int(_value(old, "controllers")), int(_value(new, "controllers"))
     change = f"kafka.controllers {before} -> {after}"
+    if before == after:
+        return []
     if _value(old, "combined") or _value(new, "combined"):
         raise Refused(f"{change}: on the Pi every node is a broker and a voter, one per Pi: a node more needs a Pi more, "
                       "and a node less takes a broker's replicas with it; keep kafka.controllers=" + str(before))
