@@ -19,6 +19,7 @@ Used by ``tests/integration/test_kafka_rollout.py`` and ``bench/kafka_rollout.py
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import threading
 import time
@@ -162,7 +163,7 @@ class ControllerScaling:
         runner = LocalRunner({s.name: s for s in podsets}, exec_local(self.cluster, self.config_dir))
         phases = []
         with QuorumWatch(self.cluster) as self.watch:
-            for before, after in zip(self.counts, self.counts[1:]):
+            for before, after in itertools.pairwise(self.counts):
                 old = KafkaProps.for_profile(EKS, controllers=before)
                 new = KafkaProps.for_profile(EKS, controllers=after)
                 steps = (self.steps or scaling.PROCEDURES[("kafka", "controllers")])(old, new, "kafka")
