@@ -12,10 +12,12 @@ Creates, in the ``kafka`` namespace (Pod Security "restricted", default-deny):
 - on EKS, StatefulSets ``kafka-controller`` (``controllers`` KRaft voters) and
   ``kafka-broker`` (``brokers``); on the Pi one StatefulSet ``kafka`` of combined
   ``broker,controller`` nodes. Each is a quorum set (PDB, one pod per node, zone
-  spread) with retained volumes. An init container formats storage with the cluster id
-  and the SCRAM users (``kafka-storage format --add-scram``, idempotent with
-  ``--ignore-formatted``); the container starts ``kafka.Kafka`` directly, with the
-  rendered file mounted read-only (the image's wrapper would write ``/opt/kafka/config``);
+  spread) with retained volumes. An init container formats storage with the cluster id,
+  the SCRAM users and the pod's place in the dynamic quorum (``kafka-storage format
+  --add-scram``, ``--initial-controllers`` or ``--no-initial-controllers``: its
+  ``format-storage.sh``; idempotent with ``--ignore-formatted``); the container starts
+  ``kafka.Kafka`` directly, with the rendered file mounted read-only (the image's wrapper
+  would write ``/opt/kafka/config``);
 - headless Services giving each pod the stable name it advertises, and Service
   ``kafka-bootstrap`` for clients (port 9092);
 - a topic Job that waits for the brokers and reconciles the declared topics
@@ -30,7 +32,12 @@ Maven Central onto the node's volume, once (SHA-256 checked; a restart offline r
 and the JVM loads it (``-javaagent``), serving
 ``/metrics`` on 9404: the way the exporter's README documents ("Running the Java Agent").
 
-Sources: Kafka 4.4 docs ("KRaft", "Authentication using SASL", "Docker"); apache/kafka
+Membership: ``kafka.controllers`` changes live by ``final-problem scale`` (:func:`controller_steps`:
+the ConfigMap's ``quorum.sh`` runs ``kafka-metadata-quorum.sh add-controller`` /
+``remove-controller`` one controller at a time); ``kafka.dynamic_quorum`` migrates a static
+quorum (:func:`quorum_migration_steps`).
+
+Sources: Kafka 4.4 docs ("KRaft", "Authentication using SASL", "Docker"); KIP-853; apache/kafka
 ``docker/jvm/Dockerfile``; prometheus/jmx_exporter README.
 """
 
