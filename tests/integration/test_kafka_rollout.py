@@ -78,12 +78,15 @@ def test_every_stop_is_a_controlled_shutdown_within_the_grace_period(day_two: Da
 
 
 def _scaled(day_two: DayTwoResult) -> ControllerScaling:
-    if day_two.layout != "dedicated":
-        pytest.skip("the combined layout refuses a controller change (tests/test_scaling_kafka_controllers.py)")
     assert isinstance(day_two.then, ControllerScaling)
     return day_two.then
 
 
+#: EKS's layout only: the combined one refuses a controller change (tests/test_scaling_kafka_controllers.py).
+dedicated = pytest.mark.parametrize("day_two", ["dedicated"], indirect=True)
+
+
+@dedicated
 def test_the_controller_quorum_grows_to_5_voters_and_shrinks_back_to_3(day_two: DayTwoResult) -> None:
     scale = _scaled(day_two)
     assert scale.voters_after == [(0, 1, 2, 3, 4), (0, 1, 2)], scale.voters_after
@@ -91,6 +94,7 @@ def test_the_controller_quorum_grows_to_5_voters_and_shrinks_back_to_3(day_two: 
     assert [len(v) for v in scale.watch.voter_sets()] == [3, 4, 5, 4, 3], scale.watch.voter_sets()
 
 
+@dedicated
 def test_the_quorum_keeps_a_leader_throughout_the_membership_changes(day_two: DayTwoResult) -> None:
     """A leader removed from the voters resigns and another is elected: no longer than the
     election takes (controller.quorum.election.timeout.ms, 1 s by default, plus the sampling)."""
@@ -99,6 +103,7 @@ def test_the_quorum_keeps_a_leader_throughout_the_membership_changes(day_two: Da
     assert scale.watch.longest_without_leader_s() < 5, scale.watch.longest_without_leader_s()
 
 
+@dedicated
 def test_every_node_counts_the_same_3_voters_and_follows_the_same_leader_at_the_end(day_two: DayTwoResult) -> None:
     scale = _scaled(day_two)
     # The three voters and the three brokers; the removed controllers are stopped.
