@@ -252,10 +252,12 @@ def kafka_podsets(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]],
             def cleanup() -> None:
                 cluster.procs[node_id].process = None
 
+            # The kubelet starts an exited container again: a broker that gave up registering
+            # during the controllers' first elections (LocalKafkaCluster.wait_healthy) comes back.
             return Pod(name=pod_name, start=start, container=container, grace_s=grace,
                        ports={metrics_port: cluster.metrics_ports[node_id]},
                        address=(LOOPBACK, node.client_port if kind != "controller" else node.controller_port),
-                       cleanup=cleanup, readiness=probe, ordinal=ordinal)
+                       cleanup=cleanup, readiness=probe, ordinal=ordinal, restart_on_exit=True)
 
         pdb = _one(objects, "PodDisruptionBudget", name)
         sets.append(PodSet(name=name, workload=workload, pdb=pdb, pods=[], make_pod=make_pod))
