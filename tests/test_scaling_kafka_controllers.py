@@ -127,13 +127,15 @@ def quorum(tmp_path: Path) -> Any:
     script = tmp_path / "quorum.sh"
     script.write_text(QUORUM_SCRIPT)
 
-    def run(command: str, table: list[str], after: list[str] | None = None) -> tuple[int, str, list[str]]:
+    def run(command: str, table: list[str], after: list[str] | None = None,
+            wait_s: int = 60) -> tuple[int, str, list[str]]:
+        """``wait_s``: how long the script waits for the table to allow the step (1 for a refusal)."""
         (tmp_path / "table").write_text("\n".join([HEADER, *table]) + "\n")
         (tmp_path / "after").write_text("\n".join([HEADER, *(after or table)]) + "\n")
         calls = tmp_path / "calls"
         calls.unlink(missing_ok=True)
         env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE": str(tmp_path), "KAFKA_NODE_CONFIG": str(node),
-               "QUORUM_WAIT_S": "1", "TMPDIR": str(tmp_path)}
+               "QUORUM_WAIT_S": str(wait_s), "TMPDIR": str(tmp_path)}
         done = subprocess.run(["sh", str(script), command, "2000", "3"], capture_output=True, text=True, env=env,
                               timeout=60)
         made = calls.read_text().splitlines() if calls.exists() else []
@@ -152,7 +154,7 @@ def test_add_joins_a_caught_up_observer_to_the_voters(quorum: Any) -> None:
 
 
 def test_add_waits_for_an_observer_behind_the_leader(quorum: Any) -> None:
-    code, out, calls = quorum("add", [*VOTERS, row(3, "DIR3", "Observer", behind_ms=5000)])
+    code, out, calls = quorum("add", [*VOTERS, row(3, "DIR3", "Observer", behind_ms=5000)], wait_s=1)
     assert code == 1 and calls == [] and "not caught up with the leader" in out and "\n" not in out
 
 
@@ -164,7 +166,7 @@ def test_add_refuses_when_it_would_leave_fewer_than_a_majority_caught_up(quorum:
     # Three of four voters behind: with the fifth, 2 of 5 caught up, fewer than a majority (3).
     behind = [row(0, "D0", "Leader"), row(1, "D1", "Follower", 10_000), row(2, "D2", "Follower", 10_000),
               row(4, "D4", "Follower", 10_000), row(3, "DIR3", "Observer")]
-    code, out, calls = quorum("add", behind)
+    code, out, calls = quorum("add", behind, wait_s=1)
     assert code == 1 and calls == [] and "fewer than a majority (3) of 5" in out
 
 
@@ -179,7 +181,7 @@ def test_remove_refuses_to_leave_the_others_caught_up_fewer_than_a_majority(quor
     # 5 voters, this one leaving: 4 left, a majority of them is 3, and only 2 others are caught up.
     table = [row(0, "D0", "Leader"), row(1, "D1", "Follower"), row(2, "D2", "Follower", 10_000),
              row(4, "D4", "Follower", 10_000), row(3, "DIR3", "Follower")]
-    code, out, calls = quorum("remove", table)
+    code, out, calls = quorum("remove", table, wait_s=1)
     assert code == 1 and calls == [] and "fewer than a majority (3)" in out and "\n" not in out
 
 
