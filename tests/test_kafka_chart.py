@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,7 +18,9 @@ from final_problem.clients.kafka import KafkaSettings
 from final_problem.clients.kafka_topics import TopicSpec
 from final_problem.errors import ConfigError
 from final_problem.profiles import EKS, PI
-from final_problem.renderers.kafka import KafkaClusterConfig, KafkaNode, layout_nodes, server_properties
+from final_problem.renderers.kafka import (
+    KafkaClusterConfig, KafkaNode, layout_nodes, quorum_format_args, server_properties,
+)
 from tests.conftest import one
 
 
@@ -60,15 +63,17 @@ def test_pi_combines_both_roles_in_three_nodes(pi: list[dict[str, Any]]) -> None
     assert limit == "448Mi"
 
 
-def test_every_pod_gets_its_own_rendered_file_with_static_voters_and_its_own_advertised_name(eks: list[dict[str, Any]]) -> None:
+def test_every_pod_gets_its_own_rendered_file_with_the_quorum_bootstrap_and_its_own_advertised_name(
+        eks: list[dict[str, Any]]) -> None:
     data = one(eks, "ConfigMap", "kafka-config")["data"]
-    voters = ",".join(f"{i}@kafka-controller-{i}.kafka-controller-headless.kafka.svc.cluster.local:9093" for i in range(3))
+    bootstrap = ",".join(f"kafka-controller-{i}.kafka-controller-headless.kafka.svc.cluster.local:9093" for i in range(3))
     for i in range(3):
         controller = properties(data[f"kafka-controller-{i}.properties"])
         broker = properties(data[f"kafka-broker-{i}.properties"])
         assert controller["process.roles"] == "controller" and controller["node.id"] == str(i)
         assert broker["process.roles"] == "broker" and broker["node.id"] == str(100 + i)
-        assert controller["controller.quorum.voters"] == broker["controller.quorum.voters"] == voters
+        assert controller["controller.quorum.bootstrap.servers"] == broker["controller.quorum.bootstrap.servers"] == bootstrap
+        assert "controller.quorum.voters" not in controller and "controller.quorum.voters" not in broker
         assert broker["advertised.listeners"].startswith(
             f"CLIENT://kafka-broker-{i}.kafka-broker-headless.kafka.svc.cluster.local:9092,")
     # The container reads its own file, read-only, and starts kafka.Kafka directly.
@@ -270,7 +275,7 @@ def test_combined_nodes_carry_the_controller_defaults(pi: list[dict[str, Any]]) 
 @pytest.mark.parametrize(("profile", "session", "heartbeat"), [("eks", "3000", "500"), ("pi", "6000", "1000")])
 def test_failure_detection_per_profile_on_the_role_that_reads_it(profile: str, session: str, heartbeat: str) -> None:
     data = one(render(profile), "ConfigMap", "kafka-config")["data"]
-    files = {name: properties(text) for name, text in data.items() if name.startswith("kafka-")}
+    files = {name: properties(text) for name, text in data.items() if name.endswith(".properties") and name.startswith("kafka-")}
     for name, conf in files.items():
         roles = conf["process.roles"].split(",")
         # broker.session.timeout.ms is read by the controllers (they fence), the interval by brokers.
@@ -312,3 +317,88 @@ def test_pi_brokers_fsync_every_write_and_eks_brokers_rest_on_replication() -> N
     objects = manifests.chart_objects(manifests.render(s, "pi")["kafka"])
     off = properties(one(objects, "ConfigMap", "kafka-config")["data"]["kafka-0.properties"])
     assert "log.flush.interval.messages" not in off
+
+
+def _quorum_files(objects: list[dict[str, Any]]) -> dict[str, str]:
+    return {k: v for k, v in one(objects, "ConfigMap", "kafka-config")["data"].items() if k.endswith(".quorum")}
+
+
+def test_the_first_voters_format_with_the_same_initial_controllers_and_spares_as_observers(eks: list[dict[str, Any]]) -> None:
+    """Kafka docs, "KRaft", Provisioning Nodes: the same --initial-controllers on every first
+    voter (id@host:port:directory-id), --no-initial-controllers on a controller added later,
+    neither on a broker."""
+    files = _quorum_files(eks)
+    assert sorted(files) == [f"kafka-controller-{i}.quorum" for i in range(5)]
+    initial = {files[f"kafka-controller-{i}.quorum"] for i in range(3)}
+    assert len(initial) == 1
+    flag, voters = initial.pop().splitlines()
+    assert flag == "--initial-controllers"
+    entries = [v.split(":") for v in voters.split(",")]
+    assert [e[0] for e in entries] == [f"{i}@kafka-controller-{i}.kafka-controller-headless.kafka.svc.cluster.local"
+                                       for i in range(3)]
+    directory_ids = [e[2] for e in entries]
+    assert len(set(directory_ids)) == 3 and all(len(d) == 22 and not d.startswith("-") for d in directory_ids)
+    assert files["kafka-controller-3.quorum"] == files["kafka-controller-4.quorum"] == "--no-initial-controllers\n"
+    # The spares' own files exist before a scale adds their pods; the set runs the 3 voters.
+    data = one(eks, "ConfigMap", "kafka-config")["data"]
+    assert properties(data["kafka-controller-4.properties"])["node.id"] == "4"
+    assert one(eks, "StatefulSet", "kafka-controller")["spec"]["replicas"] == 3
+
+
+def test_the_combined_nodes_format_as_the_initial_voters(pi: list[dict[str, Any]]) -> None:
+    files = _quorum_files(pi)
+    assert sorted(files) == [f"kafka-{i}.quorum" for i in range(3)]
+    assert all(f.startswith("--initial-controllers\n0@kafka-0.kafka-headless.kafka.svc.cluster.local:9093:")
+               for f in files.values())
+
+
+def test_a_controller_count_changes_no_file_a_pod_reads() -> None:
+    """Growing or shrinking the quorum is the procedure's: the deploy after it rolls nothing."""
+    def objects(controllers: int) -> list[dict[str, Any]]:
+        settings = config.from_mapping({"components": ["base", "kafka"], "kafka": {"controllers": controllers}})
+        return manifests.chart_objects(manifests.render(settings, "eks")["kafka"])
+
+    three, five = objects(3), objects(5)
+    for name in ("kafka-controller", "kafka-broker"):
+        assert one(three, "StatefulSet", name)["spec"]["template"] == one(five, "StatefulSet", name)["spec"]["template"]
+    changed = {k for k, v in one(three, "ConfigMap", "kafka-config")["data"].items()
+               if one(five, "ConfigMap", "kafka-config")["data"][k] != v}
+    # Only what a volume formatted from now on would read: controllers 3 and 4 as first voters.
+    assert changed == {f"kafka-controller-{i}.quorum" for i in range(5)}
+
+
+def test_a_static_quorum_keeps_its_voters_and_formats_without_quorum_flags() -> None:
+    props = KafkaProps.for_profile(EKS, dynamic_quorum=False)
+    cluster = props.cluster_config(namespace="kafka")
+    assert [n.node_id for n in cluster.controllers] == [0, 1, 2]
+    text = properties(server_properties(cluster, 100))
+    assert text["controller.quorum.voters"] == ",".join(
+        f"{i}@kafka-controller-{i}.kafka-controller-headless.kafka.svc.cluster.local:9093" for i in range(3))
+    assert "controller.quorum.bootstrap.servers" not in text
+    assert all(quorum_format_args(cluster, n.node_id) == [] for n in cluster.nodes)
+
+
+def test_the_format_wrapper_adds_the_pods_quorum_arguments(tmp_path: Path) -> None:
+    """format-storage.sh runs the storage tool with the lines of $POD_NAME.quorum as
+    arguments (a voter list has no spaces, but each line stays one argument), none for a broker."""
+    from final_problem.charts.kafka import FORMAT_SCRIPT
+    script = tmp_path / "format-storage.sh"
+    script.write_text(FORMAT_SCRIPT)
+    (tmp_path / "kafka-controller-0.quorum").write_text("--initial-controllers\n0@a b:1:x\n")
+
+    def run(pod: str) -> list[str]:
+        show = 'for a in "$@"; do printf "%s|" "$a"; done'
+        out = subprocess.run(["sh", str(script), "sh", "-c", show, "sh"], capture_output=True, text=True, check=True,
+                             env={"POD_NAME": pod, "PATH": "/usr/bin:/bin"}).stdout
+        return out.split("|")[:-1]
+
+    assert run("kafka-controller-0") == ["--initial-controllers", "0@a b:1:x"]
+    assert run("kafka-broker-0") == []
+
+
+def test_quorum_scripts_pass_shellcheck() -> None:
+    from final_problem.charts.kafka import FORMAT_SCRIPT, QUORUM_SCRIPT
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
+    for text in (FORMAT_SCRIPT, QUORUM_SCRIPT):
+        result = subprocess.run([shellcheck, "-s", "sh", "-"], input=text, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout

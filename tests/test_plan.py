@@ -94,7 +94,7 @@ SETTING_CASES = [
      # Each set's pods carry a digest of the files that set reads: only the brokers roll.
      ["kafka-broker-2", "kafka-broker-1", "kafka-broker-0"]),
     ("kafka", "eks", {"kafka": {"controllers": 5}}, Effect.PROCEDURE,
-     "kafka.controllers 3 -> 5: procedure needed: the KRaft voter set is static", None),
+     "kafka.controllers 3 -> 5: procedure needed: voters join and leave a dynamic quorum one at a time", None),
     # New brokers join empty and no running broker restarts; the partitions move by a procedure.
     ("kafka", "eks", {"kafka": {"brokers": 5}}, Effect.PROCEDURE,
      "kafka.brokers 3 -> 5: procedure needed: new brokers join empty", []),

@@ -12,10 +12,12 @@ Creates, in the ``kafka`` namespace (Pod Security "restricted", default-deny):
 - on EKS, StatefulSets ``kafka-controller`` (``controllers`` KRaft voters) and
   ``kafka-broker`` (``brokers``); on the Pi one StatefulSet ``kafka`` of combined
   ``broker,controller`` nodes. Each is a quorum set (PDB, one pod per node, zone
-  spread) with retained volumes. An init container formats storage with the cluster id
-  and the SCRAM users (``kafka-storage format --add-scram``, idempotent with
-  ``--ignore-formatted``); the container starts ``kafka.Kafka`` directly, with the
-  rendered file mounted read-only (the image's wrapper would write ``/opt/kafka/config``);
+  spread) with retained volumes. An init container formats storage with the cluster id,
+  the SCRAM users and the pod's place in the dynamic quorum (``kafka-storage format
+  --add-scram``, ``--initial-controllers`` or ``--no-initial-controllers``: its
+  ``format-storage.sh``; idempotent with ``--ignore-formatted``); the container starts
+  ``kafka.Kafka`` directly, with the rendered file mounted read-only (the image's wrapper
+  would write ``/opt/kafka/config``);
 - headless Services giving each pod the stable name it advertises, and Service
   ``kafka-bootstrap`` for clients (port 9092);
 - a topic Job that waits for the brokers and reconciles the declared topics
@@ -30,7 +32,12 @@ Maven Central onto the node's volume, once (SHA-256 checked; a restart offline r
 and the JVM loads it (``-javaagent``), serving
 ``/metrics`` on 9404: the way the exporter's README documents ("Running the Java Agent").
 
-Sources: Kafka 4.4 docs ("KRaft", "Authentication using SASL", "Docker"); apache/kafka
+Membership: ``kafka.controllers`` changes live by ``final-problem scale`` (:func:`controller_steps`:
+the ConfigMap's ``quorum.sh`` runs ``kafka-metadata-quorum.sh add-controller`` /
+``remove-controller`` one controller at a time); ``kafka.dynamic_quorum`` migrates a static
+quorum (:func:`quorum_migration_steps`).
+
+Sources: Kafka 4.4 docs ("KRaft", "Authentication using SASL", "Docker"); KIP-853; apache/kafka
 ``docker/jvm/Dockerfile``; prometheus/jmx_exporter README.
 """
 
@@ -60,13 +67,13 @@ from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.changes import Verdict, nothing, peer_port, procedure, refused, rolling, volume_size, when_grows
+from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
 from final_problem.settings import ComponentSettings, per_profile, setting
 from final_problem.renderers.kafka import (
     ADMIN_PASSWORD_ENV, BROKER_ID_OFFSET, BROKERS_SCRIPT, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SERVER_MAIN,
     STORAGE_MAIN, KafkaClusterConfig, brokers_command, check_min_isr, check_topic_name, format_args, java_command,
-    layout_nodes, scram_argument, server_properties,
+    layout_nodes, quorum_format_args, scram_argument, server_properties,
 )
-from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
 
 #: ``appuser`` of the image: apache/kafka docker/jvm/Dockerfile runs
 #: ``adduser -h /home/appuser -D --shell /bin/bash appuser`` on Alpine, whose first
@@ -228,6 +235,179 @@ END {
 """
 
 
+#: The format-storage init container's wrapper (``sh format-storage.sh COMMAND...``): runs
+#: the storage tool's ``format`` with this pod's quorum arguments, one a line in
+#: ``$POD_NAME.quorum`` beside it (:func:`~final_problem.renderers.kafka.quorum_format_args`:
+#: ``--initial-controllers`` on the first voters, ``--no-initial-controllers`` on a controller
+#: that joins later; a broker has no file). ``--ignore-formatted`` makes every later start a
+#: no-op, so those files are read once per volume and a change to them rolls no pod.
+FORMAT_SCRIPT = r"""# Format this pod's storage with its quorum arguments: sh format-storage.sh COMMAND...
+set -eu
+flags="$(dirname "$0")/$POD_NAME.quorum"
+if [ -r "$flags" ]; then
+  while IFS= read -r arg || [ -n "$arg" ]; do
+    set -- "$@" "$arg"
+  done < "$flags"
+fi
+exec "$@"
+"""
+
+#: Membership of the pod's own controller in the dynamic quorum (KIP-853), run in the
+#: controller's container by ``final-problem scale kafka.controllers=N`` (``sh quorum.sh
+#: COMMAND CAUGHT_UP_MS MIN_VOTERS``), each command safe to repeat:
+#:
+#: - ``add``: waits until this controller, an observer, is caught up with the leader
+#:   (``describe --replication``: its last caught-up time within CAUGHT_UP_MS of the
+#:   leader's clock) and the voters caught up with it would be a majority of the larger set,
+#:   then ``add-controller`` with the node's own file (the tool reads its id, endpoint and
+#:   the directory id of its metadata log), and waits until it is listed as a voter;
+#: - ``remove``: refuses unless the voters left are at least MIN_VOTERS and those caught up
+#:   are a majority of them, then ``remove-controller`` with its id and directory id, and
+#:   waits until it is no longer a voter (a leader that removes itself resigns once the
+#:   new set is committed);
+#: - ``status``: ``describe --status``; ``upgrade``: ``kraft.version`` to 1 (the migration
+#:   of a static quorum: Kafka 4.4 docs, "KRaft", Upgrade).
+#:
+#: The tools reach the controllers given in the node's own file, authenticated as the node
+#: is (its controller listener's JAAS entry; the password stays ``${env:...}``). Sources:
+#: Kafka 4.4 docs, "KRaft" (Controller membership changes, Debugging); KIP-853.
+QUORUM_SCRIPT = r"""# Membership of this controller in the KRaft quorum: sh quorum.sh add|remove|status|upgrade CAUGHT_UP_MS MIN_VOTERS
+set -u
+command=${1:-} caught_up_ms=${2:-2000} min_voters=${3:-3}
+config=${KAFKA_NODE_CONFIG:-/opt/kafka-config/${POD_NAME:-}.properties}
+home=${KAFKA_HOME:-/opt/kafka}
+wait_s=${QUORUM_WAIT_S:-600}
+die() { echo "quorum.sh $command: $*" >&2; exit 1; }
+prop() { sed -n "s/^$1=//p" "$config" | tail -n 1; }
+[ -r "$config" ] || die "no node file $config: run it in a controller pod (or name the file in KAFKA_NODE_CONFIG)"
+node_id=$(prop node.id)
+bootstrap=$(prop controller.quorum.bootstrap.servers)
+[ -n "$bootstrap" ] || bootstrap=$(prop controller.quorum.voters | sed 's/[0-9]*@//g')
+listener=$(prop controller.listener.names | cut -d, -f1 | tr '[:upper:]' '[:lower:]')
+mechanism=$(prop sasl.mechanism.controller.protocol | tr '[:upper:]' '[:lower:]')
+logdir=$(prop metadata.log.dir)
+[ -n "$logdir" ] || logdir=$(prop log.dirs | cut -d, -f1)
+client=$(mktemp "${TMPDIR:-/tmp}/quorum.XXXXXX") || die "cannot write a file in ${TMPDIR:-/tmp}"
+trap 'rm -f "$client"' EXIT
+{
+  cat "$config"
+  echo "security.protocol=SASL_PLAINTEXT"
+  echo "sasl.mechanism=$(prop sasl.mechanism.controller.protocol)"
+  echo "sasl.jaas.config=$(prop "listener.name.$listener.$mechanism.sasl.jaas.config")"
+} > "$client"
+tool() {
+  main=$1
+  shift
+  java -Xmx128m -XX:+UseSerialGC -cp "$home/libs/*" "org.apache.kafka.tools.$main" \
+    --bootstrap-controller "$bootstrap" --command-config "$client" "$@"
+}
+my_dir() { sed -n 's/^directory\.id=//p' "$logdir/meta.properties" 2>/dev/null; }
+# One line: this node's status (Leader, Follower, Observer or absent), whether it is caught
+# up (1/0), the voters, and the voters other than this node that are caught up.
+summary() {
+  tool MetadataQuorumCommand describe --replication 2>/dev/null | awk -v id="$node_id" -v dir="$1" -v ms="$caught_up_ms" '
+  $1 == "NodeId" { for (i = 1; i <= NF; i++) col[$i] = i; next }
+  !("Status" in col) || NF < col["Status"] { next }
+  {
+    n++; rid[n] = $col["NodeId"]; rdir[n] = $col["DirectoryId"]; st[n] = $col["Status"]
+    fetch = $col["LastFetchTimestamp"] + 0; caught[n] = $col["LastCaughtUpTimestamp"] + 0
+    if (fetch > now) now = fetch
+  }
+  END {
+    if (n == 0) exit 1
+    me = "absent"; me_caught = 0; voters = 0; others = 0
+    for (i = 1; i <= n; i++) {
+      ok = (st[i] == "Leader" || now - caught[i] <= ms)
+      if (rid[i] == id && rdir[i] == dir) { me = st[i]; me_caught = ok }
+      if (st[i] == "Leader" || st[i] == "Follower") {
+        voters++
+        if (ok && !(rid[i] == id && rdir[i] == dir)) others++
+      }
+    }
+    print me, me_caught, voters, others
+  }'
+}
+until_deadline() { [ "$(date +%s)" -lt "$deadline" ]; }
+deadline=$(( $(date +%s) + wait_s ))
+case "$command" in
+status)
+  tool MetadataQuorumCommand describe --status
+  ;;
+upgrade)
+  level=$(tool FeatureCommand describe 2>/dev/null | awk '$2 == "kraft.version" { for (i = 1; i < NF; i++) if ($i == "FinalizedVersionLevel:") print $(i + 1) }')
+  if [ "${level:-0}" -ge 1 ]; then echo "kraft.version is already $level: the quorum is dynamic"; exit 0; fi
+  tool FeatureCommand upgrade --feature kraft.version=1 || die "kraft.version 0 -> 1 failed (every controller must run Kafka 4.1 or later)"
+  ;;
+add)
+  dir=$(my_dir)
+  [ -n "$dir" ] || die "node $node_id has no formatted metadata log in $logdir: wait until its pod has started"
+  why="no answer from the controllers $bootstrap"
+  while :; do
+    if line=$(summary "$dir"); then
+      read -r me me_caught voters others <<EOT
+$line
+EOT
+      case "$me" in
+      Leader|Follower) echo "controller $node_id ($dir) is a voter of $voters"; exit 0 ;;
+      esac
+      majority=$(( (voters + 1) / 2 + 1 ))
+      if [ "$me" != "Observer" ]; then
+        why="controller $node_id ($dir) does not fetch from the leader yet"
+      elif [ "$me_caught" != 1 ]; then
+        why="controller $node_id is not caught up with the leader"
+      elif [ $(( others + 1 )) -lt "$majority" ]; then
+        why="only $others of the $voters voters are caught up: with controller $node_id they would be fewer than a majority ($majority) of $(( voters + 1 )); bring the others back first"
+      elif tool MetadataQuorumCommand add-controller >/dev/null 2>&1; then
+        why="controller $node_id added, not yet listed as a voter"
+      else
+        why="add-controller of $node_id was refused (the leader may still be committing an earlier change)"
+      fi
+    fi
+    until_deadline || break
+    sleep 2
+  done
+  die "$why after ${wait_s} s; fix it, then run it again"
+  ;;
+remove)
+  dir=$(my_dir)
+  [ -n "$dir" ] || die "node $node_id has no formatted metadata log in $logdir"
+  why="no answer from the controllers $bootstrap"
+  removing=0
+  while :; do
+    if line=$(summary "$dir"); then
+      read -r me _ voters others <<EOT
+$line
+EOT
+      case "$me" in
+      Leader|Follower) ;;
+      *) echo "controller $node_id ($dir) is not a voter: $voters voters"; exit 0 ;;
+      esac
+      left=$(( voters - 1 ))
+      majority=$(( left / 2 + 1 ))
+      if [ "$removing" = 1 ]; then
+        why="controller $node_id removed, still listed as a voter"
+      elif [ "$left" -lt "$min_voters" ]; then
+        die "removing controller $node_id would leave $left voters, fewer than $min_voters; keep it"
+      elif [ "$others" -lt "$majority" ]; then
+        why="only $others of the other $left voters are caught up, fewer than a majority ($majority) of them; bring them back first"
+      elif tool MetadataQuorumCommand remove-controller --controller-id "$node_id" --controller-directory-id "$dir" >/dev/null 2>&1; then
+        removing=1
+        why="controller $node_id removed, still listed as a voter"
+      else
+        why="remove-controller of $node_id was refused (the leader may still be committing an earlier change)"
+      fi
+    fi
+    until_deadline || break
+    sleep 2
+  done
+  die "$why after ${wait_s} s; fix it, then run it again"
+  ;;
+*)
+  die "unknown command; use add, remove, status or upgrade"
+  ;;
+esac
+"""
+
 def _read_lock() -> dict[str, int]:
     return {str(k): int(v) for k, v in json.loads(PARTITIONS_LOCK.read_text()).items()}
 
@@ -273,6 +453,26 @@ def topics_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) 
     return Verdict(worst, "; ".join(v.reason for v in chosen), "; ".join(v.fix for v in chosen if v.fix))
 
 
+def quorum_change(old: bool | None, new: bool | None) -> Verdict:
+    """The change rule of ``dynamic_quorum`` (unset on a deployment recorded before it existed,
+    whose quorum is static). Static to dynamic is the documented migration (Kafka 4.4 docs,
+    "KRaft", Upgrade; KAFKA-16538, Kafka 4.1): ``kraft.version`` upgraded to 1 first, with the
+    static voters still configured, then every node restarted onto
+    ``controller.quorum.bootstrap.servers``; the other order strands the nodes (formatted
+    without a voter set, they find none). Back to static is refused: ``kraft.version`` cannot
+    be downgraded."""
+    if bool(new) == bool(old):
+        return nothing("the quorum stays as it is")
+    if new:
+        return membership_change(
+            "kafka", "dynamic_quorum",
+            "the deployed quorum is static (kraft.version 0): nodes restarted onto controller.quorum.bootstrap.servers "
+            "before kraft.version is 1 find no voter set; `scale` upgrades kraft.version (kafka-features), then the deploy "
+            "restarts every node onto the bootstrap servers")
+    return refused("kraft.version cannot go back from 1 to 0: the voter set lives in the metadata log",
+                   "keep {name}=true")
+
+
 @dataclass(frozen=True, kw_only=True)
 class KafkaProps(ComponentSettings):
     """Settings of the cluster (section ``kafka``); defaults per profile."""
@@ -280,11 +480,20 @@ class KafkaProps(ComponentSettings):
     controllers: int = setting(
         3, choices=CONTROLLERS_ALLOWED,
         doc="KRaft controllers (voters): the quorum is a majority, so an even count tolerates no more failures "
-            "than the odd one below it, 1 tolerates none, and more voters slow every metadata commit.",
-        change=procedure("the KRaft voter set is static (controller.quorum.voters): controllers restarted with another "
-                          "set cannot form a quorum with the old one (KIP-853, Motivation)",
-                          "keep {name}={old}; changing voters means stopping every controller and editing their on-disk state, or a "
-                          "dynamic quorum (kraft.version 1) and kafka-metadata-quorum.sh add-controller / remove-controller, one at a time"),
+            "than the odd one below it, 1 tolerates none, and more voters slow every metadata commit. 5 need 5 "
+            "nodes (one controller per node).",
+        change=membership_change(
+            "kafka", "controllers",
+            "voters join and leave a dynamic quorum one at a time through the quorum itself (kafka-metadata-quorum.sh "
+            "add-controller / remove-controller, KIP-853), never by a deploy; refused on the Pi's combined nodes and "
+            "on a static quorum (kafka.dynamic_quorum)"),
+    )
+    dynamic_quorum: bool = setting(
+        True,
+        doc="A dynamic KRaft quorum (KIP-853, kraft.version 1): nodes find the controllers through "
+            "controller.quorum.bootstrap.servers and the voter set lives in the metadata log, so `controllers` "
+            "changes on a live cluster. false: the static controller.quorum.voters of a cluster formatted before.",
+        change=quorum_change,
     )
     brokers: int = setting(
         3, minimum=3, maximum=99, doc="Dedicated brokers, odd (they run as a quorum set); ignored when combined.",
@@ -482,8 +691,16 @@ class KafkaProps(ComponentSettings):
                     "client_port": self.client_port, "controller_port": self.controller_port,
                     "replication_port": self.replication_port}
 
-        nodes = layout_nodes(controllers=self.controllers, brokers=self.brokers, combined=self.combined, place=place)
-        return self.with_durability(KafkaClusterConfig(nodes=nodes, log_dir=DATA_DIR), **overrides)
+        # A dynamic quorum of dedicated controllers renders a file for every controller a
+        # scale may add (the pods `final-problem scale` starts before the deploy read theirs),
+        # and lists in every file the controllers each allowed count keeps: the files do not
+        # change with the count.
+        spare = self.dynamic_quorum and not self.combined
+        nodes = layout_nodes(controllers=max(CONTROLLERS_ALLOWED) if spare else self.controllers, brokers=self.brokers,
+                             combined=self.combined, place=place)
+        return self.with_durability(
+            KafkaClusterConfig(nodes=nodes, log_dir=DATA_DIR, voters=self.controllers,
+                               bootstrap_controllers=min(CONTROLLERS_ALLOWED) if spare else None), **overrides)
 
     def with_durability(self, config: KafkaClusterConfig, **overrides: Any) -> KafkaClusterConfig:
         """``config`` with these props' durability settings (the local launcher uses this too)."""
@@ -492,7 +709,7 @@ class KafkaProps(ComponentSettings):
                        broker_session_timeout_ms=self.broker_session_timeout_ms,
                        broker_heartbeat_interval_ms=self.broker_heartbeat_interval_ms,
                        broker_heap_mib=self.broker_heap, flush_interval_messages=1 if self.fsync_every_write else None,
-                       **self.thread_counts, **overrides)
+                       dynamic_quorum=self.dynamic_quorum, **self.thread_counts, **overrides)
 
     @property
     def thread_counts(self) -> dict[str, int | None]:
@@ -504,11 +721,13 @@ class KafkaProps(ComponentSettings):
         return {"network_threads": None, "io_threads": None}
 
 
-#: The readiness script's file in the ConfigMap (mounted at CONFIG_DIR).
+#: The scripts' files in the ConfigMap (mounted at CONFIG_DIR).
 READY_SCRIPT_NAME = "readiness.sh"
 #: The brokers' membership script's file in the ConfigMap
 #: (:data:`~final_problem.renderers.kafka.BROKERS_SCRIPT`).
 BROKERS_SCRIPT_NAME = "brokers.sh"
+FORMAT_SCRIPT_NAME = "format-storage.sh"
+QUORUM_SCRIPT_NAME = "quorum.sh"
 _ROLES = {"controller": "controller", "broker": "broker", "combined": "broker,controller"}
 
 
@@ -516,6 +735,80 @@ def readiness_command(kind: str, metrics_port: int) -> list[str]:
     """The readiness probe's command for a pod of ``kind`` (``controller``, ``broker`` or
     ``combined``)."""
     return ["sh", f"{CONFIG_DIR}/{READY_SCRIPT_NAME}", str(metrics_port), _ROLES[kind], str(CONTROLLER_CAUGHT_UP_MS)]
+
+
+def _value(settings: Any, name: str) -> Any:
+    """A setting of the kafka section: from its props, or from a recorded mapping (a deployment
+    recorded before ``name`` existed has none)."""
+    return settings.get(name) if isinstance(settings, Mapping) else getattr(settings, name, None)
+
+
+def quorum_step(pod: str, command: str, why: str, namespace: str, *, inline: bool = False) -> Exec:
+    """``quorum.sh COMMAND`` in pod ``pod``'s kafka container; ``inline``: the script's text
+    itself (``sh -c``), for pods whose ConfigMap predates it."""
+    args = (command, str(CONTROLLER_CAUGHT_UP_MS), str(min(CONTROLLERS_ALLOWED)))
+    script = ("sh", "-c", QUORUM_SCRIPT, QUORUM_SCRIPT_NAME) if inline else ("sh", f"{CONFIG_DIR}/{QUORUM_SCRIPT_NAME}")
+    return Exec(pod=pod, container="kafka", command=(*script, *args), why=why, namespace=namespace)
+
+
+@membership("kafka", "controllers")
+def controller_steps(old: Any, new: Any, namespace: str) -> list[Step]:
+    """Grow or shrink the dynamic quorum one controller at a time (Kafka 4.4 docs, "KRaft",
+    Controller membership changes): a new controller pod (the StatefulSet's next ordinal)
+    formats as an observer, catches up, then joins the voters (``quorum.sh add``); leaving,
+    the highest ordinal is removed from the voters first (``quorum.sh remove``, with its
+    directory id), then its pod stops (its volume is retained). Each ``quorum.sh`` step
+    refuses at run time to leave the voters caught up fewer than a majority."""
+    before, after = int(_value(old, "controllers")), int(_value(new, "controllers"))
+    change = f"kafka.controllers {before} -> {after}"
+    if before == after:
+        return []
+    if _value(old, "combined") or _value(new, "combined"):
+        raise Refused(f"{change}: on the Pi every node is a broker and a voter, one per Pi: a node more needs a Pi more, "
+                      "and a node less takes a broker's replicas with it; keep kafka.controllers=" + str(before))
+    if not _value(old, "dynamic_quorum"):
+        raise Refused(f"{change}: the deployed quorum is static (controller.quorum.voters, kraft.version 0), its voters "
+                      "cannot change; migrate first: `final-problem scale kafka.dynamic_quorum=true --apply`, deploy, "
+                      "then scale the controllers")
+    if after < min(CONTROLLERS_ALLOWED) or after % 2 == 0:
+        raise Refused(f"{change}: the quorum is a majority of the voters, and {after} tolerates no more failures than "
+                      f"{after - 1 if after % 2 == 0 else 'none'}; use one of {', '.join(map(str, CONTROLLERS_ALLOWED))}")
+    name, _ = KafkaChart.workload("controller")
+    steps: list[Step] = []
+    for ordinal in range(before, after):
+        pod = f"{name}-{ordinal}"
+        steps += [
+            Scale(name, ordinal + 1, f"start {pod}: it formats with --no-initial-controllers and joins as an observer",
+                  namespace),
+            WaitReady(name, ordinal + 1, f"{pod} follows the quorum leader and applies the metadata log", namespace),
+            quorum_step(pod, "add", f"add {pod} to the voters once caught up, a majority caught up with it", namespace),
+        ]
+    for ordinal in range(before - 1, after - 1, -1):
+        pod = f"{name}-{ordinal}"
+        steps += [
+            quorum_step(pod, "remove", f"remove {pod} (its id and directory id) from the voters while the others "
+                                       "caught up stay a majority", namespace),
+            Scale(name, ordinal, f"stop {pod}, no longer a voter (its volume is retained)", namespace),
+        ]
+    return steps
+
+
+@membership("kafka", "dynamic_quorum")
+def quorum_migration_steps(old: Any, new: Any, namespace: str) -> list[Step]:
+    """Static to dynamic quorum: ``kraft.version`` 0 -> 1 while every node still has its
+    static voters (Kafka 4.4 docs, "KRaft", Upgrade); the deploy then moves every node onto
+    ``controller.quorum.bootstrap.servers``. Run inline: the deployed ConfigMap may predate
+    ``quorum.sh``."""
+    before, after = bool(_value(old, "dynamic_quorum")), bool(_value(new, "dynamic_quorum"))
+    if before == after:
+        return []
+    if not after:
+        raise Refused("kafka.dynamic_quorum true -> false: kraft.version cannot go back from 1 to 0 (the voter set lives "
+                      "in the metadata log); keep kafka.dynamic_quorum=true")
+    name, _ = KafkaChart.workload("combined" if _value(old, "combined") else "controller")
+    return [quorum_step(f"{name}-0", "upgrade", "kraft.version 0 -> 1 (every controller on Kafka 4.1 or later); then "
+                                                "deploy: every node restarts onto controller.quorum.bootstrap.servers",
+                        namespace, inline=True)]
 
 
 def _secret_env(name: str, secret: str, key: str) -> k8s.EnvVar:
@@ -597,7 +890,7 @@ class KafkaChart(PlatformChart):
         self.client_namespace_label = dict(CLIENT_NAMESPACE_LABEL)
 
         shared = {"log4j2.properties": LOG4J2_PROPERTIES, "jmx-exporter.yaml": JMX_EXPORTER_RULES,
-                  READY_SCRIPT_NAME: READY_SCRIPT}
+                  READY_SCRIPT_NAME: READY_SCRIPT, FORMAT_SCRIPT_NAME: FORMAT_SCRIPT, QUORUM_SCRIPT_NAME: QUORUM_SCRIPT}
         files: dict[str, str] = dict(shared)
         if not p.combined:
             # Run by exec only (the kafka.brokers procedure; combined nodes ignore that setting),
@@ -617,6 +910,10 @@ class KafkaChart(PlatformChart):
             # none of them: the first one stands for the set, and a new count adds files without
             # restarting the brokers that run (kafka.brokers is a procedure: broker_membership).
             read = dict(list(own.items())[:1]) if kind == "broker" else own
+            # Read by format-storage.sh once per volume: outside the digest (rolls nothing).
+            files.update({f"{name}-{ordinal}.quorum": "".join(f"{arg}\n" for arg in args)
+                          for ordinal, node in enumerate(role_nodes)
+                          if (args := quorum_format_args(self.cluster, node.node_id))})
             digests[kind] = hashlib.sha256(json.dumps({**shared, **read}, sort_keys=True).encode()).hexdigest()[:16]
         self.config_map = k8s.KubeConfigMap(
             self, "Config", metadata=k8s.ObjectMeta(name="kafka-config", namespace=ns), data=files,
@@ -690,10 +987,10 @@ class KafkaChart(PlatformChart):
                               log4j_config=log4j, extra_jvm=[agent])
         scram = [scram_argument(self.cluster.admin_user, "$(KAFKA_ADMIN_PASSWORD)"),
                  scram_argument(self.APP_USER, "$(KAFKA_APP_PASSWORD)")]
-        storage_tool = java_command(
+        storage_tool = ["sh", f"{CONFIG_DIR}/{FORMAT_SCRIPT_NAME}", *java_command(
             java="java", classpath=classpath, main=STORAGE_MAIN, heap_mib=128, log4j_config=log4j,
             args=format_args(config_path=config_path, cluster_id="$(KAFKA_CLUSTER_ID)", scram=scram),
-        )
+        )]
         env = [
             k8s.EnvVar(name="POD_NAME", value_from=k8s.EnvVarSource(field_ref=k8s.ObjectFieldSelector(field_path="metadata.name"))),
             _secret_env(ADMIN_PASSWORD_ENV, self.AUTH_SECRET, "admin-password"),

@@ -11,7 +11,10 @@ at the previous release line the upgrade rehearsals start from; each node runs t
 was last started with (:meth:`LocalKafkaCluster.start`).
 
 Layouts: ``dedicated`` (3 controllers + 3 brokers, the EKS layout) and ``combined``
-(3 ``broker,controller`` nodes, the Pi layout). Every process it starts is stopped by
+(3 ``broker,controller`` nodes, the Pi layout). The quorum is the chart's dynamic one unless
+``props`` say otherwise; ``spare_controllers`` adds controller nodes that are neither formatted
+nor started with the others: each joins as an observer when first started, as a controller
+pod the StatefulSet adds does, until ``add-controller`` makes it a voter. Every process it starts is stopped by
 :meth:`LocalKafkaCluster.close` (also on ``with`` exit).
 """
 
@@ -35,9 +38,9 @@ from final_problem.local import LOOPBACK, free_ports
 from final_problem.local.limits import Groups, Limits
 from final_problem.profiles import EKS, PI
 from final_problem.renderers.kafka import (
-    ADMIN_PASSWORD_ENV, BROKER, BROKER_ID_OFFSET, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SCRAM_MECHANISM, SERVER_MAIN, STORAGE_MAIN,
-    KafkaClusterConfig, KafkaNode, format_args, java_command, layout_nodes, random_cluster_id, scram_argument,
-    server_properties,
+    ADMIN_PASSWORD_ENV, BROKER, BROKER_ID_OFFSET, CONTROLLER_PASSWORD_ENV, LOG4J2_PROPERTIES, SCRAM_MECHANISM, SERVER_MAIN,
+    STORAGE_MAIN, KafkaClusterConfig, KafkaNode, format_args, java_command, layout_nodes, quorum_format_args,
+    random_cluster_id, scram_argument, server_properties,
 )
 
 T = TypeVar("T")
@@ -126,7 +129,7 @@ class LocalKafkaCluster:
         self, *, workdir: Path, layout: str = "dedicated", controllers: int = 3, brokers: int = 3,
         extra: Sequence[tuple[str, str]] = TEST_TUNING, offsets_topic_partitions: int = 3,
         jvm_options: Sequence[str] = (), props: "KafkaProps | None" = None, metrics: bool = False,
-        limits: bool = True, version: str = versions.KAFKA_VERSION,
+        limits: bool = True, version: str = versions.KAFKA_VERSION, spare_controllers: int = 0,
     ) -> None:
         """``props``: the chart's settings (default: the profile of the layout, EKS for
         ``dedicated``, Pi for ``combined``); each node runs with its role's heap and JVM
@@ -141,7 +144,9 @@ class LocalKafkaCluster:
         self.jvm_options = tuple(jvm_options)
         self.credentials = Credentials.random()
         self.cluster_id = random_cluster_id()
-        count = controllers + (0 if layout == "combined" else brokers)
+        if spare_controllers and layout == "combined":
+            raise ValueError("spare controllers are dedicated ones: use layout 'dedicated'")
+        count = controllers + spare_controllers + (0 if layout == "combined" else brokers)
         ports = iter(free_ports(3 * count))
 
         def place(kind: str, ordinal: int) -> dict[str, object]:
@@ -149,7 +154,7 @@ class LocalKafkaCluster:
                     "replication_port": next(ports)}
 
         nodes = layout_nodes(
-            controllers=controllers, brokers=0 if layout == "combined" else brokers,
+            controllers=controllers + spare_controllers, brokers=0 if layout == "combined" else brokers,
             combined=layout == "combined", place=place,
         )
         # The chart's settings (durability, failure detection, heap-bound buffers, threads)
@@ -157,9 +162,13 @@ class LocalKafkaCluster:
         # directories and the ``extra`` test settings.
         self.props = props = props or KafkaProps.for_profile(PI if layout == "combined" else EKS)
         self.config = props.with_durability(
-            KafkaClusterConfig(nodes=nodes), bind_host=LOOPBACK, extra=tuple(extra),
+            KafkaClusterConfig(nodes=nodes, voters=controllers), bind_host=LOOPBACK, extra=tuple(extra),
             offsets_topic_partitions=offsets_topic_partitions,
         )
+        #: Brokers :meth:`wait_healthy` started again after they exited by themselves.
+        self.restarted: list[int] = []
+        #: Controller nodes outside the initial voter set, started only when asked for.
+        self.spares = {n.node_id for n in self.config.controllers} - {n.node_id for n in self.config.initial_voters}
 
         def role(node: KafkaNode) -> tuple[int, Limits | None]:
             heap, sizing = (props.broker_heap, props.broker_sizing) if node.is_broker else \
@@ -240,14 +249,17 @@ class LocalKafkaCluster:
             scram_argument(self.config.admin_user, self.credentials.admin),
             scram_argument(self.credentials.app_user, self.credentials.app),
         ]
-        command = self._java(STORAGE_MAIN, format_args(config_path=str(path), cluster_id=self.cluster_id, scram=scram), 128,
-                             version=proc.version)
+        args = format_args(config_path=str(path), cluster_id=self.cluster_id, scram=scram,
+                           quorum=quorum_format_args(self.config, proc.node_id))
+        command = self._java(STORAGE_MAIN, args, 128, version=proc.version)
         return self.groups.wrap(f"kafka-format-{proc.node_id}", FORMAT_LIMITS, command)
 
-    def format_all(self) -> None:
-        """Format every node's storage (in parallel: each is a JVM start)."""
+    def format_all(self, node_ids: Sequence[int] | None = None) -> None:
+        """Format the storage of every node but the spare controllers, or of ``node_ids`` (in
+        parallel: each is a JVM start)."""
         running = []
-        for proc in self.procs.values():
+        for node_id in [i for i in self.procs if i not in self.spares] if node_ids is None else node_ids:
+            proc = self.procs[node_id]
             if (self.log_dir(proc.node_id) / "meta.properties").exists():
                 continue
             proc.directory.mkdir(parents=True, exist_ok=True)
@@ -276,7 +288,7 @@ class LocalKafkaCluster:
         if version is not None:
             proc.version = version
         if not (self.log_dir(proc.node_id) / "meta.properties").exists():
-            self.format_all()
+            self.format_all([node_id] if node_id in self.spares else None)
         path = self._write(proc)
         log = open(proc.directory / "server.log", "ab")
         try:
@@ -300,7 +312,7 @@ class LocalKafkaCluster:
 
     def start_all(self, order: Sequence[int] | None = None) -> None:
         self.format_all()
-        for node_id in order or list(self.procs):
+        for node_id in order or [i for i in self.procs if i not in self.spares]:
             self.start(node_id)
 
     def kill(self, node_id: int) -> None:
@@ -442,10 +454,22 @@ class LocalKafkaCluster:
 
     def wait_healthy(self, topics: Sequence[str] = (), *, timeout: float = 180.0) -> None:
         """Every broker answering clients itself, registered and unfenced, and every partition
-        of ``topics`` fully in sync."""
+        of ``topics`` fully in sync. A broker that exited by itself meanwhile is started again,
+        as the kubelet restarts a pod's container (``restartPolicy: Always``): with the dynamic
+        quorum, a broker that learned of a leader elected during the controllers' first
+        elections and lost its voter set to the next leader's truncation never finds the
+        controller for its registration and exits after a minute (Kafka 4.4: its controller
+        node provider looks leaders up in the voter set; seen once in a dozen cluster starts
+        here). Those restarts are in :attr:`restarted`."""
         settings = self.app_settings()
 
         def healthy() -> bool:
+            for n in self.broker_ids:
+                process = self.procs[n].process
+                if process is not None and process.poll() is not None:
+                    self.procs[n].process = None
+                    self.restarted.append(n)
+                    self.start(n)
             if not all(self.serves(n) for n in self.broker_ids):
                 return False
             a = admin(settings, bootstrap_timeout_ms=5000)

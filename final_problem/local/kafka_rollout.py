@@ -260,10 +260,12 @@ def kafka_podsets(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]],
             def cleanup() -> None:
                 cluster.procs[node_id].process = None
 
+            # The kubelet starts an exited container again: a broker that gave up registering
+            # during the controllers' first elections (LocalKafkaCluster.wait_healthy) comes back.
             return Pod(name=pod_name, start=start, container=container, grace_s=grace,
                        ports={metrics_port: cluster.metrics_ports[node_id]},
                        address=(LOOPBACK, node.client_port if kind != "controller" else node.controller_port),
-                       cleanup=cleanup, readiness=probe, ordinal=ordinal)
+                       cleanup=cleanup, readiness=probe, ordinal=ordinal, restart_on_exit=True)
 
         pdb = _one(objects, "PodDisruptionBudget", name)
         sets.append(PodSet(name=name, workload=workload, pdb=pdb, pods=[], make_pod=make_pod))
@@ -327,6 +329,8 @@ class DayTwoResult:
     topic: str = ""
     #: The broker scaling that followed on the same cluster (dedicated layout).
     scaling: "BrokerScaling | None" = None
+    #: What ``roll_and_drain``'s ``then`` ran (e.g. a :class:`~final_problem.local.kafka_scaling.ControllerScaling`).
+    then: Any = None
 
     @property
     def not_enough_replicas(self) -> int:
@@ -359,12 +363,15 @@ class DayTwoResult:
 
 def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]], workdir: Path, *,
                    settle_s: float = 2.0, write_interval_s: float = 0.02,
-                   roll: Sequence[str] | None = None) -> DayTwoResult:
+                   roll: Sequence[str] | None = None,
+                   then: Callable[[list[PodSet]], list[Phase]] | None = None) -> DayTwoResult:
     """Start ``cluster`` as its StatefulSets, then, with a producer writing throughout: roll
     every set named in ``roll`` (default: every set, controllers first), then drain the node
     of the active controller. ``cluster``
     must have ``metrics=True``. The producer waits ``write_interval_s`` before each write (the
-    outage is measured to within it) so that the client leaves the two cores here to the brokers."""
+    outage is measured to within it) so that the client leaves the two cores here to the brokers.
+    ``then(podsets)`` runs after the drain, the producer still writing, and returns its phases
+    (a membership change: the sync checks of restarts stop before it)."""
     watcher = SyncWatcher(cluster, deadline_s=1.0)
     podsets = kafka_podsets(cluster, objects, workdir, watcher)
     # Every set at once, as the StatefulSets are created together; storage formatted first,
@@ -407,6 +414,9 @@ def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]]
             drained = drain(podsets, node)
             phases.append(Phase(f"drain of node {node} ({', '.join(f'{s.name}-{node}' for s in podsets)})",
                                 started, drained.seconds))
+            if then is not None:
+                watcher.active = False
+                phases += then(podsets)
             time.sleep(settle_s)
         finally:
             acks = writer.stop()
@@ -421,7 +431,8 @@ def roll_and_drain(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]]
     watcher.active = False
     return DayTwoResult(layout=cluster.layout, phases=phases, acknowledged=len(acks),
                         lost=[a.seq for a in acks if a.seq not in present], refusals=refusals.counts,
-                        checks=list(watcher.checks), shutdown_s=shutdowns, killed=killed, podsets=podsets, topic=topic)
+                        checks=list(watcher.checks), shutdown_s=shutdowns, killed=killed, podsets=podsets, topic=topic,
+                        then=then)
 
 
 def _active_controller_ordinal(cluster: LocalKafkaCluster) -> int:

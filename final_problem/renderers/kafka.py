@@ -5,8 +5,16 @@ and :mod:`final_problem.local.kafka` starts real nodes on loopback from the same
 only hosts, ports and directories remapped.
 
 Roles: dedicated controllers, dedicated brokers, or combined ``broker,controller`` nodes
-(the Pi layout). The quorum is static (``controller.quorum.voters``): the official image
-formats storage with ``--cluster-id`` only, never a dynamic quorum.
+(the Pi layout).
+
+The controller quorum is dynamic by default (KIP-853, ``kraft.version`` 1): every node finds
+it through ``controller.quorum.bootstrap.servers``, the voter set lives in the metadata log,
+and ``kafka-metadata-quorum.sh add-controller`` / ``remove-controller`` change it one
+controller at a time. Storage is formatted with ``--initial-controllers`` on the first
+voters (each with a directory id of its own), ``--no-initial-controllers`` on a controller
+that joins later as an observer, and neither on a broker (:func:`quorum_format_args`). A
+cluster formatted before (``dynamic_quorum=False``) keeps its static
+``controller.quorum.voters`` until ``kraft.version`` is upgraded to 1 (Kafka 4.1 and later).
 
 Listeners, each authenticated:
 
@@ -22,7 +30,8 @@ Kafka's ``EnvVarConfigProvider`` (``${env:NAME}``), which the chart fills from t
 generated Secret and the local launcher from its own random values. SCRAM users are
 bootstrapped into the metadata at format time (``kafka-storage format --add-scram``).
 
-Sources: Kafka 4.4 docs, "KRaft" (Configuration, Process Roles, Controller Servers),
+Sources: Kafka 4.4 docs, "KRaft" (Configuration, Process Roles, Controllers, Upgrade,
+Provisioning Nodes, Controller membership changes), KIP-853,
 "Authentication using SASL" (SASL/SCRAM, SASL/PLAIN), "Listener configuration",
 "Configuration Providers" (EnvVarConfigProvider), "Broker Configs";
 KIP-966 (eligible leader replicas: the cluster-level ``min.insync.replicas``).
@@ -31,6 +40,7 @@ KIP-966 (eligible leader replicas: the cluster-level ``min.insync.replicas``).
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -103,6 +113,26 @@ class KafkaNode:
         """``host:port`` of this broker's client listener."""
         return f"{self.host}:{self.client_port}"
 
+    @property
+    def controller_endpoint(self) -> str:
+        """``host:port`` of this controller's listener (``controller.quorum.bootstrap.servers``)."""
+        return f"{self.host}:{self.controller_port}"
+
+    @property
+    def directory_id(self) -> str:
+        """The directory id this controller's metadata log is formatted with when it is one of
+        the first voters (``--initial-controllers``): 16 bytes as Kafka prints a Uuid (URL-safe
+        base64, no padding), derived from its id and address, so every voter formats with the
+        same list without a shared secret (a directory id names a log directory, it grants
+        nothing). A controller that joins later gets a random one from the storage tool."""
+        seed = self.voter.encode()
+        while True:
+            value = base64.urlsafe_b64encode(hashlib.sha256(seed).digest()[:16]).decode().rstrip("=")
+            # Not read as an option, and clear of Kafka's reserved ids (all-zero, 1, 2: DirectoryId).
+            if not value.startswith("-") and not value.startswith("AAAAAAAAAAAAAAAAAAAA"):
+                return value
+            seed += b"'"
+
 
 @dataclass(frozen=True, kw_only=True)
 class KafkaClusterConfig:
@@ -149,15 +179,33 @@ class KafkaClusterConfig:
     admin_user: str = "admin"
     #: PLAIN user of the controller listener.
     controller_user: str = "controller"
+    #: A dynamic quorum (KIP-853, ``kraft.version`` 1): ``controller.quorum.bootstrap.servers``
+    #: and a voter set kept in the metadata log. False: the static ``controller.quorum.voters``
+    #: of a cluster formatted before (kraft.version 0).
+    dynamic_quorum: bool = True
+    #: How many controllers (the lowest ids) are voters when storage is formatted; the others
+    #: are spare controller nodes that join as observers and become voters by ``add-controller``.
+    #: None: every controller.
+    voters: int | None = None
+    #: How many voters (the lowest ids) ``controller.quorum.bootstrap.servers`` lists. None:
+    #: every voter. The chart lists the controllers every allowed count keeps, so growing or
+    #: shrinking the quorum changes no node's file.
+    bootstrap_controllers: int | None = None
     extra: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         ids = [n.node_id for n in self.nodes]
         if len(set(ids)) != len(ids):
             raise ConfigError("kafka.node_id", ids, "a node id is used twice", "give every node its own id")
-        controllers = self.controllers
-        if not controllers:
+        if not self.controllers:
             raise ConfigError("kafka.controllers", 0, "a KRaft cluster needs controllers", "use 3")
+        if self.voters is not None and not 0 < self.voters <= len(self.controllers):
+            raise ConfigError("kafka.controllers", self.voters, f"more voters than the {len(self.controllers)} controller nodes",
+                              f"use at most {len(self.controllers)}")
+        if self.voters is not None and self.voters != len(self.controllers) and not self.dynamic_quorum:
+            raise ConfigError("kafka.controllers", self.voters, "a static quorum (controller.quorum.voters) has no spare "
+                              "controllers: every controller node is a voter", "use a dynamic quorum")
+        controllers = self.initial_voters
         if len(controllers) % 2 == 0:
             raise ConfigError(
                 "kafka.controllers", len(controllers),
@@ -201,8 +249,22 @@ class KafkaClusterConfig:
         return tuple(n for n in self.nodes if n.is_broker)
 
     @property
+    def initial_voters(self) -> tuple[KafkaNode, ...]:
+        """The controllers that are voters when storage is formatted (the lowest ids)."""
+        return self.controllers[:self.voters]
+
+    @property
     def quorum_voters(self) -> str:
-        return ",".join(n.voter for n in self.controllers)
+        """``controller.quorum.voters`` of a static quorum; with a dynamic one, the value of
+        ``--initial-controllers`` (each entry also names the voter's directory id)."""
+        if self.dynamic_quorum:
+            return ",".join(f"{n.voter}:{n.directory_id}" for n in self.initial_voters)
+        return ",".join(n.voter for n in self.initial_voters)
+
+    @property
+    def quorum_bootstrap_servers(self) -> str:
+        """``controller.quorum.bootstrap.servers``: where every node finds the quorum."""
+        return ",".join(n.controller_endpoint for n in self.initial_voters[:self.bootstrap_controllers])
 
     @property
     def bootstrap_servers(self) -> str:
@@ -294,7 +356,8 @@ def server_properties(config: KafkaClusterConfig, node_id: int) -> str:
         "# Rendered by final_problem.renderers.kafka: do not edit.",
         f"process.roles={','.join(node.roles)}",
         f"node.id={node.node_id}",
-        f"controller.quorum.voters={config.quorum_voters}",
+        (f"controller.quorum.bootstrap.servers={config.quorum_bootstrap_servers}" if config.dynamic_quorum
+         else f"controller.quorum.voters={config.quorum_voters}"),
         f"controller.listener.names={CONTROLLER_LISTENER}",
         f"listeners={','.join(listeners)}",
         f"advertised.listeners={','.join(advertised)}",
@@ -447,13 +510,27 @@ def java_command(
     return [java, *jvm_flags(heap_mib=heap_mib, log4j_config=log4j_config), *extra_jvm, "-cp", classpath, main, *args]
 
 
-def format_args(*, config_path: str, cluster_id: str, scram: Sequence[str]) -> list[str]:
+def format_args(*, config_path: str, cluster_id: str, scram: Sequence[str], quorum: Sequence[str] = ()) -> list[str]:
     """Arguments of the storage tool's ``format``; ``--ignore-formatted`` makes it idempotent
-    (a restarted pod keeps its data)."""
+    (a restarted pod keeps its data). ``quorum``: the node's :func:`quorum_format_args`."""
     args = ["format", "--config", config_path, "--cluster-id", cluster_id, "--ignore-formatted"]
     for entry in scram:
         args += ["--add-scram", entry]
-    return args
+    return args + list(quorum)
+
+
+def quorum_format_args(config: KafkaClusterConfig, node_id: int) -> list[str]:
+    """How node ``node_id`` formats its storage into the quorum (Kafka 4.4 docs, "KRaft",
+    Provisioning Nodes): a first voter with ``--initial-controllers`` (the same list on every
+    one of them: the voter set of the bootstrap checkpoint, kraft.version 1), a controller
+    joining later with ``--no-initial-controllers`` (an observer until ``add-controller``), a
+    broker with neither; a static quorum with neither (kraft.version 0)."""
+    node = config.node(node_id)
+    if not config.dynamic_quorum or not node.is_controller:
+        return []
+    if node in config.initial_voters:
+        return ["--initial-controllers", config.quorum_voters]
+    return ["--no-initial-controllers"]
 
 
 #: The brokers' membership script (``sh brokers.sh COMMAND ...``: spread the partitions

@@ -7,10 +7,14 @@ the StatefulSet controller rolls them (highest
 ordinal first, SIGTERM and the rendered grace period, the next pod only once the restarted
 one passed the rendered readiness probe for minReadySeconds); then the node hosting the
 active controller is drained (one pod of every set at once, as far as the PDBs allow).
-The project's producer writes acks=all throughout. Then, on the same EKS cluster,
-``kafka.brokers`` goes 3 -> 5 -> 3 by the chart's procedure (final_problem.scaling), its
-ConfigMap script run in the brokers' cgroup as ``kubectl exec`` would, with a scale-down asked
-to skip moving the partitions refused on the way. Run with ``-s`` for the figures.
+On EKS's layout the controller quorum then grows 3 -> 5 and shrinks back to 3 by the
+chart's procedure (``final-problem scale kafka.controllers=N``: KIP-853 add-controller and
+remove-controller, one controller at a time; final_problem.local.kafka_scaling); the Pi's
+combined layout refuses it (tests/test_scaling_kafka_controllers.py). Then, on the same EKS
+cluster, ``kafka.brokers`` goes 3 -> 5 -> 3 by the chart's procedure (final_problem.scaling),
+its ConfigMap script run in the brokers' cgroup as ``kubectl exec`` would, with a scale-down
+asked to skip moving the partitions refused on the way. The project's producer writes
+acks=all throughout. Run with ``-s`` for the figures.
 
 In the dedicated layout only the brokers roll: every combined node is a controller too, so the
 Pi's rollout already restarts each controller under the live producer (its readiness the
@@ -26,6 +30,7 @@ import pytest
 
 from final_problem.local.kafka import LocalKafkaCluster, missing_binaries
 from final_problem.local.kafka_rollout import NOT_ENOUGH_REPLICAS, BrokerScaling, DayTwoResult, rendered, roll_and_drain, scale_brokers
+from final_problem.local.kafka_scaling import ControllerScaling, spare_controllers
 
 pytestmark = pytest.mark.integration
 
@@ -42,15 +47,18 @@ def day_two(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     layout = request.param
     workdir = tmp_path_factory.mktemp(f"kafka-rollout-{layout}")
     objects = rendered(PROFILES[layout])
-    with LocalKafkaCluster(workdir=workdir / "cluster", layout=layout, metrics=True) as cluster:
+    counts = (3, 5, 3) if layout == "dedicated" else (3,)
+    with LocalKafkaCluster(workdir=workdir / "cluster", layout=layout, metrics=True,
+                           spare_controllers=spare_controllers(counts)) as cluster:
+        scale = ControllerScaling(cluster, workdir / "kafka-config", counts, echo=print) if len(counts) > 1 else None
         try:
-            result = roll_and_drain(cluster, objects, workdir, roll=ROLLED[layout])
+            result = roll_and_drain(cluster, objects, workdir, roll=ROLLED[layout], then=scale)
             if layout == "dedicated":  # kafka.brokers: ignored by the combined layout
                 result.scaling = scale_brokers(cluster, result, workdir)
         except BaseException:
             print("\n".join(f"--- node {i}\n{cluster.tail(i, 30)}" for i in cluster.procs))
             raise
-        for line in result.lines() + (result.scaling.lines() if result.scaling else []):
+        for line in result.lines() + (scale.lines(layout) if scale else []) + (result.scaling.lines() if result.scaling else []):
             print(line)
         yield result
         assert not cluster.out_of_memory(), cluster.out_of_memory()
@@ -78,6 +86,43 @@ def test_each_restarted_node_is_back_in_sync_within_min_ready_seconds_of_its_pro
 def test_every_stop_is_a_controlled_shutdown_within_the_grace_period(day_two: DayTwoResult) -> None:
     assert not day_two.killed, f"killed at the end of the grace period: {day_two.killed}"
     assert day_two.shutdown_s and max(day_two.shutdown_s) < 60
+
+
+def _scaled(day_two: DayTwoResult) -> ControllerScaling:
+    assert isinstance(day_two.then, ControllerScaling)
+    return day_two.then
+
+
+#: EKS's layout only: the combined one refuses a controller change (tests/test_scaling_kafka_controllers.py).
+dedicated = pytest.mark.parametrize("day_two", ["dedicated"], indirect=True)
+
+
+@dedicated
+def test_the_controller_quorum_grows_to_5_voters_and_shrinks_back_to_3(day_two: DayTwoResult) -> None:
+    scale = _scaled(day_two)
+    assert scale.voters_after == [(0, 1, 2, 3, 4), (0, 1, 2)], scale.voters_after
+    assert scale.watch is not None
+    assert [len(v) for v in scale.watch.voter_sets()] == [3, 4, 5, 4, 3], scale.watch.voter_sets()
+
+
+@dedicated
+def test_the_quorum_keeps_a_leader_throughout_the_membership_changes(day_two: DayTwoResult) -> None:
+    """A leader removed from the voters resigns and another is elected: no longer than the
+    election takes (controller.quorum.election.timeout.ms, 1 s by default, plus the sampling)."""
+    scale = _scaled(day_two)
+    assert scale.watch is not None and len(scale.watch.samples) > 100
+    assert scale.watch.longest_without_leader_s() < 5, scale.watch.longest_without_leader_s()
+
+
+@dedicated
+def test_every_node_counts_the_same_3_voters_and_follows_the_same_leader_at_the_end(day_two: DayTwoResult) -> None:
+    scale = _scaled(day_two)
+    # The three voters and the three brokers; the removed controllers are stopped.
+    assert sorted(scale.views) == [0, 1, 2, 100, 101, 102]
+    voters = {n: v.get("kafka_raft_number_of_voters") for n, v in scale.views.items()}
+    leaders = {n: v.get("kafka_raft_current_leader") for n, v in scale.views.items()}
+    assert set(voters.values()) == {3.0}, voters
+    assert len(set(leaders.values())) == 1 and next(iter(leaders.values())) in (0.0, 1.0, 2.0), leaders
 
 
 # -- kafka.brokers 3 -> 5 -> 3 (dedicated layout) --------------------------------------------
