@@ -128,13 +128,14 @@ def test_every_node_counts_the_same_3_voters_and_follows_the_same_leader_at_the_
 # -- kafka.brokers 3 -> 5 -> 3 (dedicated layout) --------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def scaled(day_two: DayTwoResult) -> BrokerScaling:
-    if day_two.scaling is None:
-        pytest.skip("kafka.brokers is ignored by the combined layout")
+    """The broker scaling of EKS's layout (``@dedicated``: the combined layout ignores kafka.brokers)."""
+    assert day_two.scaling is not None
     return day_two.scaling
 
 
+@dedicated
 def test_brokers_scale_up_and_down_lose_no_acknowledged_write_and_keep_every_partition_led(
         scaled: BrokerScaling) -> None:
     assert scaled.acknowledged > 100, "the producer hardly wrote: the run proves nothing"
@@ -144,18 +145,21 @@ def test_brokers_scale_up_and_down_lose_no_acknowledged_write_and_keep_every_par
     assert refused == 0, f"brokers refused writes: {dict(scaled.refusals)}"
 
 
+@dedicated
 def test_growing_puts_replicas_on_the_new_brokers(scaled: BrokerScaling) -> None:
     # 6 partitions x 3 replicas over 5 brokers: 3 or 4 each.
     assert set(scaled.replicas_up) == {100, 101, 102, 103, 104}
     assert sorted(scaled.replicas_up.values()) == [3, 3, 4, 4, 4]
 
 
+@dedicated
 def test_a_scale_down_that_skips_the_move_is_refused_with_one_line(scaled: BrokerScaling) -> None:
     assert scaled.refusal.startswith("refused: brokers 103 104 still hold 6 partition replicas"), scaled.refusal
     assert "\n" not in scaled.refusal and "move them off first" in scaled.refusal
     assert scaled.pods_after_refusal == 5
 
 
+@dedicated
 def test_shrinking_leaves_every_replica_on_the_brokers_that_stay_and_every_broker_agreeing(
         scaled: BrokerScaling) -> None:
     assert scaled.replicas_down == {100: 6, 101: 6, 102: 6}
