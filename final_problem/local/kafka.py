@@ -177,6 +177,8 @@ class LocalKafkaCluster:
 
         self._role = role
         self.groups = Groups(enabled=limits)
+        #: Called first by :meth:`close`: whatever restarts nodes (a pod harness) stops doing so.
+        self.on_close: list[Callable[[], None]] = []
         self.procs = {n.node_id: _Process(n, workdir / f"node-{n.node_id}", *role(n), version=version) for n in nodes}
         workdir.mkdir(parents=True, exist_ok=True)
         # With ``metrics``, every node loads the chart's JMX exporter agent and rules, each
@@ -332,7 +334,10 @@ class LocalKafkaCluster:
             self.kill(node_id)
 
     def close(self) -> None:
-        """Stop every node this cluster started and remove their cgroups."""
+        """Stop every node this cluster started and remove their cgroups (first telling
+        whatever restarts nodes, :attr:`on_close`, not to)."""
+        for abandon in self.on_close:
+            abandon()
         self.kill_all()
         self.groups.remove_all()
 

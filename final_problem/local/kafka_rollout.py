@@ -262,10 +262,13 @@ def kafka_podsets(cluster: LocalKafkaCluster, objects: Sequence[dict[str, Any]],
 
             # The kubelet starts an exited container again: a broker that gave up registering
             # during the controllers' first elections (LocalKafkaCluster.wait_healthy) comes back.
-            return Pod(name=pod_name, start=start, container=container, grace_s=grace,
-                       ports={metrics_port: cluster.metrics_ports[node_id]},
-                       address=(LOOPBACK, node.client_port if kind != "controller" else node.controller_port),
-                       cleanup=cleanup, readiness=probe, ordinal=ordinal, restart_on_exit=True)
+            pod = Pod(name=pod_name, start=start, container=container, grace_s=grace,
+                      ports={metrics_port: cluster.metrics_ports[node_id]},
+                      address=(LOOPBACK, node.client_port if kind != "controller" else node.controller_port),
+                      cleanup=cleanup, readiness=probe, ordinal=ordinal, restart_on_exit=True)
+            # The cluster's close stops every node: none may come back after it.
+            cluster.on_close.append(pod.abandon)
+            return pod
 
         pdb = _one(objects, "PodDisruptionBudget", name)
         sets.append(PodSet(name=name, workload=workload, pdb=pdb, pods=[], make_pod=make_pod))

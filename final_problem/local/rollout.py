@@ -353,6 +353,12 @@ class Pod:
             self.events.append((time.monotonic(), "restarted"))
         return True
 
+    def abandon(self) -> None:
+        """No restart from now on: whatever runs the pod's process is closing it (the end of a
+        test), so an exit is not the container's to restart."""
+        with self._restarting:
+            self.terminating = True
+
     def available(self, min_ready_s: float) -> bool:
         """Ready for at least ``min_ready_s`` (a workload's ``minReadySeconds``)."""
         since = self.ready_since
