@@ -104,6 +104,37 @@ def _roll(podset: PodSet, roll: str, *, ready_timeout_s: float) -> RolloutResult
     return RolloutResult(seconds=time.monotonic() - start, new=new)
 
 
+@dataclass
+class _Rolled:
+    """What :func:`_roll_under_writes` saw: the change's seconds and result, the writes
+    acknowledged, when the writer stopped, and the longest time none was acknowledged."""
+
+    seconds: float
+    result: Any
+    acks: list[Any]
+    stopped_at: float
+    outage_s: float
+
+
+def _roll_under_writes(writer: LiveWriter, starts: "StartTimes", switch: Callable[[], None],
+                       change: Callable[[], Any], *, settle_s: float) -> _Rolled:
+    """With ``writer`` writing: 20 writes and ``settle_s`` first, then ``switch`` to the new
+    version, ``change`` (the roll), ``settle_s`` again, and the writer stopped (the caller
+    joins it, and closes its client, in its own ``finally``)."""
+    writer.wait_for(20, timeout_s=60)
+    time.sleep(settle_s)
+    switch()
+    starts.clear()
+    rolled_at = time.monotonic()
+    result = change()
+    seconds = time.monotonic() - rolled_at
+    time.sleep(settle_s)
+    acks = writer.stop()
+    stopped_at = time.monotonic()
+    return _Rolled(seconds=seconds, result=result, acks=acks, stopped_at=stopped_at,
+                   outage_s=writer.longest_gap_s(since=rolled_at, until=stopped_at))
+
+
 class StartTimes:
     """How long each pod started through :meth:`timed` took from its process start to the
     first pass of its readiness check, polled every ``interval_s``."""
@@ -203,22 +234,16 @@ def kafka_upgrade(workdir: Path, *, layout: str = "combined", roll: str = "state
         # A record sent again after a timeout may be there twice: the check counts values.
         writer = LiveWriter(lambda seq: p.send(topic, value=str(seq).encode()).get(timeout=15),
                             retry_on=(KafkaError,), name="kafka-writer").start()
-        try:
-            writer.wait_for(20, timeout_s=60)
-            time.sleep(settle_s)
-            version["now"] = to_version
-            starts.clear()
-            rolled_at = time.monotonic()
+        def roll_and_finalize() -> None:
             for podset in sets:
                 _roll(podset, roll, ready_timeout_s=ready_timeout_s)
             cluster.tool("org.apache.kafka.tools.FeatureCommand", [
                 "--bootstrap-server", cluster.bootstrap_servers, "--command-config", str(cluster.admin_properties),
                 "upgrade", "--release-version", release(to_version)])
-            seconds = time.monotonic() - rolled_at
-            time.sleep(settle_s)
-            acks = writer.stop()
-            stopped_at = time.monotonic()
-            outage = writer.longest_gap_s(since=rolled_at, until=stopped_at)
+
+        try:
+            rolled = _roll_under_writes(writer, starts, lambda: version.update(now=to_version), roll_and_finalize,
+                                        settle_s=settle_s)
         finally:
             writer.stop()
             close(p, timeout_s=5)
@@ -233,10 +258,11 @@ def kafka_upgrade(workdir: Path, *, layout: str = "combined", roll: str = "state
             # The tool's own line among the client's log lines.
             downgrade = next((line.strip() for line in str(e).splitlines() if line.startswith("Could not")), str(e))
         present = set(read_numbers(cluster, topic))
-        result = losses(acks, present, frozen_at=stopped_at, started_at=writer.started_at)
+        result = losses(rolled.acks, present, frozen_at=rolled.stopped_at, started_at=writer.started_at)
         return Rehearsal(
-            what=f"Kafka {from_version} -> {to_version} ({layout}, {roll})", seconds=seconds,
-            acknowledged=result.acknowledged, refused=sum(writer.retried.values()), lost=result.lost, longest_outage_s=outage,
+            what=f"Kafka {from_version} -> {to_version} ({layout}, {roll})", seconds=rolled.seconds,
+            acknowledged=result.acknowledged, refused=sum(writer.retried.values()), lost=result.lost,
+            longest_outage_s=rolled.outage_s,
             shortest_start_s=starts.shortest(),
             versions_after={n: cluster.reported_version(n) for n in cluster.procs},
             facts={"metadata.version before": before.get("metadata.version"),
@@ -282,16 +308,9 @@ def zookeeper_upgrade(workdir: Path, *, roll: str = "statefulset",
 
             writer = LiveWriter(write, retry_on=(KazooException, KazooTimeoutError), name="zookeeper-writer").start()
             try:
-                writer.wait_for(20, timeout_s=60)
-                time.sleep(settle_s)
-                version["now"] = to_version
-                starts.clear()
-                rolled_at = time.monotonic()
-                result = _roll(podset, roll, ready_timeout_s=ready_timeout_s)
-                time.sleep(settle_s)
-                acks = writer.stop()
-                stopped_at = time.monotonic()
-                outage = writer.longest_gap_s(since=rolled_at, until=stopped_at)
+                rolled = _roll_under_writes(writer, starts, lambda: version.update(now=to_version),
+                                            lambda: _roll(podset, roll, ready_timeout_s=ready_timeout_s),
+                                            settle_s=settle_s)
             finally:
                 writer.stop()
                 writer.join()
@@ -303,10 +322,11 @@ def zookeeper_upgrade(workdir: Path, *, roll: str = "statefulset",
             states = list(client.states)
         finally:
             client.close()
-        found = losses(acks, present, frozen_at=stopped_at, started_at=writer.started_at)
+        found = losses(rolled.acks, present, frozen_at=rolled.stopped_at, started_at=writer.started_at)
         return Rehearsal(
-            what=f"ZooKeeper {from_version} -> {to_version} ({roll})", seconds=result.seconds,
-            acknowledged=found.acknowledged, refused=sum(writer.retried.values()), lost=found.lost, longest_outage_s=outage,
+            what=f"ZooKeeper {from_version} -> {to_version} ({roll})", seconds=rolled.result.seconds,
+            acknowledged=found.acknowledged, refused=sum(writer.retried.values()), lost=found.lost,
+            longest_outage_s=rolled.outage_s,
             shortest_start_s=starts.shortest(),
             versions_after={myid: ensemble.reported_version(myid) for myid in ensemble.procs},
             facts={"same session": same_session, "session states": states,
@@ -359,28 +379,23 @@ def _postgres_upgrade(binaries: Path, *, roll: str, from_version: str, to_versio
         session = PsqlWriter(host=LOOPBACK, port=service.port, user=server.user, password=server.password,
                              table=table, bin_dir=server.bin_dir)
         writer = LiveWriter(session.insert, retry_on=(SessionLost,), retry_s=0.1, name="psql-writer").start()
+        def new_image() -> None:
+            server.bin_dir = new_bin  # the pod's next start runs this server
+
         try:
-            writer.wait_for(20, timeout_s=60)
-            time.sleep(settle_s)
-            server.bin_dir = new_bin  # the new image: the pod's next start runs this server
-            starts.clear()
-            rolled_at = time.monotonic()
-            result = _roll(podset, roll, ready_timeout_s=ready_timeout_s)
-            time.sleep(settle_s)
-            acks = writer.stop()
-            stopped_at = time.monotonic()
-            outage = writer.longest_gap_s(since=rolled_at, until=stopped_at)
+            rolled = _roll_under_writes(writer, starts, new_image,
+                                        lambda: _roll(podset, roll, ready_timeout_s=ready_timeout_s), settle_s=settle_s)
         finally:
             writer.stop()
             writer.join()
             session.close()
         present = {int(row[0]) for row in server.query(f"SELECT seq FROM {table}")}
-        found = losses(acks, present, frozen_at=stopped_at, started_at=writer.started_at)
-        new_pod = result.new[0] if result.new else None
+        found = losses(rolled.acks, present, frozen_at=rolled.stopped_at, started_at=writer.started_at)
+        new_pod = rolled.result.new[0] if rolled.result.new else None
         return Rehearsal(
-            what=f"PostgreSQL {from_version} -> {to_version} ({roll})", seconds=result.seconds,
+            what=f"PostgreSQL {from_version} -> {to_version} ({roll})", seconds=rolled.result.seconds,
             acknowledged=found.acknowledged, refused=sum(writer.retried.values()), lost=found.lost,
-            longest_outage_s=outage, shortest_start_s=starts.shortest(),
+            longest_outage_s=rolled.outage_s, shortest_start_s=starts.shortest(),
             versions_after={0: server.server_version()},
             facts={"version before": before, "sessions": session.sessions,
                    "new pod events": [e for _, e in new_pod.events] if new_pod else []},
