@@ -458,9 +458,9 @@ def markdown_table(infos: Iterable[SettingInfo], *, prefix: str = "", membership
         elif info.minimum is not None:
             meaning += f" At least {info.minimum}."
         if info.name in membership:
-            meaning += (f" **Live:** a procedure, `final-problem scale {prefix}{info.name}=N --live --apply`: members "
-                        "added or removed one at a time, data moved first (\"Changing a running platform\"); "
-                        "`final-problem plan` says whether before or after the deploy.")
+            meaning += (f" **Live:** a procedure: `final-problem scale {prefix}{info.name}=VALUE --live` prints its steps, "
+                        "`--apply` runs them (\"Changing a running platform\"); `final-problem plan` says whether "
+                        "before or after the deploy.")
         rows.append(f"| `{prefix}{info.name}` | {_default_cell(info)} | {meaning.replace('|', '/')} |")
     return "\n".join(rows)
 
