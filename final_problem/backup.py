@@ -2,7 +2,7 @@
 
 ::
 
-    python -m final_problem.backup list postgres
+    final-problem backup list postgres           # the base backups, and the newest one's age
     python -m final_problem.backup restore postgres --to 2026-12-07T03:40:00Z --data-dir /var/lib/postgresql/data/pgdata
 
 The target is read from the environment, with the names the backup containers use:
@@ -18,6 +18,7 @@ directory that is not empty) ends with one line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ COMPONENTS = ("postgres",)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m final_problem.backup", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="final-problem backup", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="the base backups of a component, oldest first")
     listing.add_argument("component", choices=COMPONENTS)
@@ -44,9 +45,15 @@ def main(argv: list[str] | None = None) -> int:
 
         postgres = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", ""))
         if args.command == "list":
-            for item in postgres.listings():
+            listings = postgres.listings()
+            for item in listings:
                 print(f"{item['id']}  ended {iso(item['ended'])}  {item['archive']['size']:>12,} B  "
                       f"from WAL {item['start_wal']}")
+            if not listings:
+                print(f"{args.component}: no base backup yet", file=sys.stderr)
+                return 1
+            age = dt.datetime.now(dt.timezone.utc) - listings[-1]["ended"]
+            print(f"{args.component}: newest base backup {listings[-1]['id']}, {age.total_seconds() / 3600:.1f} h old")
             return 0
         data_dir: Path = args.data_dir.absolute()
         wal_dir: Path = (args.wal_dir or data_dir.parent / "restore-wal").absolute()

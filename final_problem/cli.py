@@ -7,6 +7,7 @@
     final-problem redis example
     final-problem plan --live               # what the next deploy would do (final_problem/plan.py)
     final-problem scale zookeeper.replicas=5 --live --apply   # a quorum's membership (final_problem/scale.py)
+    final-problem backup restore postgres --to TIME --data-dir DIR   # final_problem/backup.py
 
 Where the platform is: ``--local`` (start the real servers on this machine), explicit
 addresses (``--zookeeper``, ``--redis-sentinels``), the clients' environment variables,
@@ -103,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     scale = sub.add_parser("scale", add_help=False,
                            help="change a quorum's membership, one member at a time: `final-problem scale --help`")
     scale.add_argument("args", nargs=argparse.REMAINDER, help="COMPONENT.SETTING=VALUE, --live or --from DIR, --apply")
+    backup = sub.add_parser("backup", add_help=False,
+                            help="list a component's backups and restore one to a time: `final-problem backup --help`")
+    backup.add_argument("args", nargs=argparse.REMAINDER, help="list COMPONENT, or restore COMPONENT --to TIME --data-dir DIR")
     for name in CLIENTS:
         client = sub.add_parser(name, help=f"the {name} client: `final-problem {name} --help` lists its subcommands",
                                 add_help=False)
@@ -172,6 +176,10 @@ def _command(argv: list[str]) -> int:
             from final_problem import scale
 
             return scale.main(argv[1:])
+        if argv and argv[0] == "backup":
+            from final_problem import backup
+
+            return backup.main(argv[1:])
         if argv and argv[0] in CLIENTS:
             # The component's own command line, flags and all (its --help included).
             return _client(argv[0], argv[1:])

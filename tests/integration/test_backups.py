@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pwd
 import shutil
 import subprocess
@@ -105,10 +106,13 @@ def drill() -> Iterator[dict[str, Any]]:
 
 def test_restores_every_row_committed_before_the_target_and_none_after(drill: dict[str, Any]) -> None:
     server, backups, s3 = drill["server"], drill["backups"], drill["s3"]
-    listed = subprocess.run([sys.executable, "-m", "final_problem.backup", "list", "postgres"], capture_output=True,
-                            text=True, timeout=60, cwd=ROOT, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT),
-                                                                  **s3.env()})
-    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1, listed
+    listed = subprocess.run([sys.executable, "-m", "final_problem.cli", "backup", "list", "postgres"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **s3.env()})
+    assert listed.returncode == 0, listed
+    backup_line, age_line = listed.stdout.splitlines()
+    assert re.fullmatch(r"postgres: newest base backup \S+, 0\.[0-9] h old", age_line), age_line
+    assert backup_line.startswith(age_line.split()[4].rstrip(",") + "  ended "), listed.stdout
     done = restore(s3, drill["target"], backups.pgdata)
     assert done.returncode == 0, done.stderr
     if server.run_as:
