@@ -75,8 +75,9 @@ class LaneScheduling(LoadFileScheduling):
 
     def schedule(self) -> None:
         """xdist's first distribution, in this order: the lanes first, one to each of the first
-        workers, then every other file to whichever worker is free (the third, and the
-        waiting lane's once it is done), the files with most tests first."""
+        workers, then every other file to whichever worker is free (the waiting lane's, once
+        it is done; with more workers than lanes, the others from the start), the files with
+        most tests first."""
         if self.collection is not None:
             return super().schedule()
         if not self._check_nodes_have_same_collection():
