@@ -42,6 +42,8 @@ import statistics
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from final_problem import config, manifests
 from final_problem.charts.redis import RedisProps
@@ -50,7 +52,7 @@ from final_problem.local import limits
 from final_problem.local.redis import (
     HOST, LocalRedisSet, first_acknowledged_write, local_options, scale_under_writes, with_live_writes,
 )
-from final_problem.local.rollout import drain, roll_statefulset
+from final_problem.local.rollout import PodSet, drain, roll_statefulset
 from final_problem.profiles import PI
 
 
@@ -82,15 +84,27 @@ def power_cuts(workdir: Path, cuts: int) -> list[float]:
     return times
 
 
-def day_two(workdir: Path) -> list[str]:
-    """A rollout of the redis StatefulSet, then a drain of the primary's node, under writes."""
+@contextmanager
+def pi_pods(workdir: Path) -> Iterator[tuple[LocalRedisSet, PodSet, PodSet]]:
+    """The Pi's rendered members and Sentinels launched as their StatefulSets; every pod
+    abandoned (no restart) and the set closed afterwards."""
     charts = manifests.render(config.from_mapping({"components": ["base", "redis"]}), "pi")
     cluster = LocalRedisSet(workdir=workdir, options=local_options())
     servers, sentinels = cluster.podsets(manifests.chart_objects(charts["redis"]))
-    lines = []
     try:
         servers.launch(ready_timeout_s=60)
         sentinels.launch(ready_timeout_s=60)
+        yield cluster, servers, sentinels
+    finally:
+        for pod in servers.pods + sentinels.pods:
+            pod.abandon()
+        cluster.close()
+
+
+def day_two(workdir: Path) -> list[str]:
+    """A rollout of the redis StatefulSet, then a drain of the primary's node, under writes."""
+    lines = []
+    with pi_pods(workdir) as (cluster, servers, sentinels):
         rolled = []
         outcome = with_live_writes(cluster, lambda: rolled.append(roll_statefulset(servers, ready_timeout_s=90)),
                                    prefix="rollout:")
@@ -100,31 +114,18 @@ def day_two(workdir: Path) -> list[str]:
         outcome = with_live_writes(cluster, lambda: drained.append(drain([servers, sentinels], node, ready_timeout_s=90)),
                                    prefix="drain:")
         lines.append(outcome.summary(f"redis drain of the primary's node (member and Sentinel) in {drained[0].seconds:.1f} s"))
-    finally:
-        for pod in servers.pods + sentinels.pods:
-            pod.terminating = True
-        cluster.close()
     return lines
 
 
 def membership(workdir: Path) -> list[str]:
     """redis.replicas 2 -> 4 -> 2, then redis.sentinels 3 -> 5 -> 3, each under writes."""
-    charts = manifests.render(config.from_mapping({"components": ["base", "redis"]}), "pi")
-    cluster = LocalRedisSet(workdir=workdir, options=local_options())
-    servers, sentinels = cluster.podsets(manifests.chart_objects(charts["redis"]))
     lines = []
-    try:
-        servers.launch(ready_timeout_s=60)
-        sentinels.launch(ready_timeout_s=60)
+    with pi_pods(workdir) as (cluster, servers, sentinels):
         deployed = RedisProps.for_profile(PI)
         for setting, value in (("replicas", 4), ("replicas", 2), ("sentinels", 5), ("sentinels", 3)):
             scaled = scale_under_writes(cluster, servers, sentinels, deployed, setting, value)
             lines.append(scaled.summary(f"redis scale redis.{setting} {getattr(deployed, setting)} -> {value}"))
             deployed = scaled.settings
-    finally:
-        for pod in servers.pods + sentinels.pods:
-            pod.terminating = True
-        cluster.close()
     return lines
 
 
