@@ -542,14 +542,14 @@ PRESTOP_REDIS = r"""#!/bin/sh
 # terminationGracePeriodSeconds. A replica stops as it is. The primary hands over first,
 # without losing an acknowledged write, in the steps of Redis's coordinated FAILOVER
 # command (redis.io/commands/failover):
-# 1. CLIENT PAUSE WRITE: no write, script or PUBLISH runs on it any more, so its
-#    replication offset stops moving (redis.io/commands/client-pause);
+# 1. no replication PING any more, then CLIENT PAUSE WRITE: no write, script or PUBLISH
+#    runs on it, so its replication offset stops moving (redis.io/commands/client-pause);
 # 2. every replica the Sentinels could promote (replica-priority above 0) reaches that
 #    offset, its link up: whichever one they promote holds every write this primary took;
 # 3. SENTINEL FAILOVER: a Sentinel promotes one of them and points the others at it, which
 #    continue by partial resynchronisation, none being ahead of it;
 # 4. once the Sentinels answering (a majority) all name the new primary, this member
-#    becomes its replica (REPLICAOF) and only then is unpaused: the writes the pause held
+#    becomes its replica (REPLICAOF), and once its link is up it is unpaused: the writes the pause held
 #    fail with READONLY, on which a Sentinel client asks the Sentinels again and reconnects
 #    to the new primary (redis-py: SentinelManagedConnection).
 # FAILOVER itself would tell no Sentinel: they keep naming this member, a replica from
@@ -587,6 +587,16 @@ fi
 replicas=$(printf '%s\n' "$info" | awk -F'[:,=]' '/^slave[0-9]+:/ { print $3 ":" $5 }')
 [ -n "$replicas" ] || fail "no replica is connected"
 
+# No replication PING from here on. A paused primary still sends its replicas a PING every
+# repl-ping-replica-period (10 s; replication.c, replicationCron: only a cluster manual
+# failover or FAILOVER stops them). One sent after the promoted replica left puts this
+# member and the replicas that got it 14 bytes ahead of the new primary's history, which
+# then refuses their partial resynchronisation ("Partial resynchronization not accepted"):
+# each loads a full copy, and acknowledged writes wait for it (WAIT). The period is
+# checked as (seconds since start) % period == 0, so the largest value means never; the
+# server stops after the hand-over, and starts with the configured period again.
+member_cli "$self" CONFIG SET repl-ping-replica-period 2147483647 >/dev/null ||
+  echo "CONFIG SET repl-ping-replica-period refused: the replicas may need a full resynchronisation" >&2
 # Paused beyond the hook's end: a hook that gives up leaves the pause to the server's shutdown.
 member_cli "$self" CLIENT PAUSE $(((REDIS_HANDOVER_TIMEOUT_S + 30) * 1000)) WRITE >/dev/null ||
   fail "CLIENT PAUSE refused"
@@ -659,6 +669,14 @@ while :; do
 done
 set -- $names
 member_cli "$self" REPLICAOF "$1" "$2" >/dev/null || fail "REPLICAOF $1 $2 refused"
+# Unpaused only once this member follows the new primary (a partial resynchronisation, its
+# offset being the promoted one's): a client's WAIT sent to the new primary before any
+# replica follows it waits for that replica's next periodic REPLCONF ACK, up to a second
+# (replicationCron), and with the client's 1 s timeout fails the write instead.
+while [ "$(member_cli "$self" INFO replication | info_field master_link_status)" != up ] &&
+  [ "$(date +%s)" -lt "$deadline" ]; do
+  sleep 0.02
+done
 member_cli "$self" CLIENT UNPAUSE >/dev/null
 echo "handed over to $1:$2 in $(($(date +%s) - started)) s; now its replica" >&2
 """.replace("__RETRY__", str(HANDOVER_RETRY_S))

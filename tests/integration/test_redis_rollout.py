@@ -54,6 +54,15 @@ def redis_pods(redis_binaries: None, tmp_path_factory: pytest.TempPathFactory) -
         cluster.close()
 
 
+#: What a primary logs when a replica's history is ahead of its own: the replica then loads a
+#: full copy, and acknowledged writes wait for it. A planned hand-over must never cause it.
+REFUSED_PSYNC = "Partial resynchronization not accepted"
+
+
+def refused_resyncs(pods: RedisPods) -> int:
+    return sum(m.log.read_text(errors="replace").count(REFUSED_PSYNC) for m in pods.cluster.members)
+
+
 def primary_ordinal(pods: RedisPods) -> int:
     port = pods.cluster.wait_settled(timeout_s=60)
     return pods.cluster.member_index(port)
@@ -62,6 +71,7 @@ def primary_ordinal(pods: RedisPods) -> int:
 def test_rollout_hands_the_primary_over_without_losing_a_write(redis_pods: RedisPods) -> None:
     primary = primary_ordinal(redis_pods)
     old_pods = list(redis_pods.servers.pods)
+    refused_before = refused_resyncs(redis_pods)
     result = None
 
     def roll() -> None:
@@ -75,6 +85,9 @@ def test_rollout_hands_the_primary_over_without_losing_a_write(redis_pods: Redis
     old = redis_pods.cluster.members[primary].log.read_text()
     assert re.search(r"preStop exited 0: .*handed over to 127\.0\.0\.1:\d+", old, re.DOTALL), old[-2000:]
     assert outcome.outage_s <= PLANNED_OUTAGE_S, outcome.summary("rollout")
+    # The hook stops the primary's replication PINGs before the pause: one sent after the
+    # promoted replica left would put the others ahead of it.
+    assert refused_resyncs(redis_pods) == refused_before, f"a member needed a full resynchronisation: {REFUSED_PSYNC}"
     # What the grace period must cover (the rendered one, for the record).
     events = dict((what.split(":")[0], at) for at, what in old_pods[primary].events)
     print(f"the primary's preStop took {events['preStop done'] - events['deleted']:.2f} s, its shutdown "
@@ -84,6 +97,7 @@ def test_rollout_hands_the_primary_over_without_losing_a_write(redis_pods: Redis
 
 def test_drain_of_the_primarys_node_keeps_every_write(redis_pods: RedisPods) -> None:
     node = primary_ordinal(redis_pods)
+    refused_before = refused_resyncs(redis_pods)
     result = None
 
     def drain_node() -> None:
@@ -97,6 +111,7 @@ def test_drain_of_the_primarys_node_keeps_every_write(redis_pods: RedisPods) -> 
     assert not outcome.lost, f"{len(outcome.lost)} acknowledged writes lost, e.g. {outcome.lost[:5]}"
     assert primary_ordinal(redis_pods) != node
     assert outcome.outage_s <= PLANNED_OUTAGE_S, outcome.summary("drain")
+    assert refused_resyncs(redis_pods) == refused_before, f"a member needed a full resynchronisation: {REFUSED_PSYNC}"
 
 
 def sentinel_flags(cluster: LocalRedisSet, index: int) -> str:
