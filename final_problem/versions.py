@@ -194,11 +194,13 @@ ZOOKEEPER_UPGRADE = UpgradePath(
 # PR 18 names the schema Job after the version), servers check the schema version at start,
 # and releases require the latest patch of the previous minor (v0.17.0 release notes). The
 # chart's schema Job is named after its image, so a new version runs a new Job first, and
-# the servers' init container waits for its schema; schema changes never go back.
+# the servers' init container waits for its schema; schema changes never go back. Rehearsed
+# from CADENCE_UPGRADE_FROM (tests/integration/test_upgrades.py): the old servers serve on the
+# updated schema, and a new server refuses to start on the old one (its schema version check).
 CADENCE_UPGRADE = UpgradePath(
     name="Cadence", within="major", step="minor", downgrade="patch",
-    upgrade=rolling("a new schema Job updates the database first; the servers roll after it (their init container "
-                    "waits for the schema), old ones serving meanwhile"),
+    upgrade=rolling("from the previous minor, schema first: a new schema Job updates the database while the old "
+                    "servers serve; the servers roll after it (their init container waits for the schema)"),
     outside="a major release of Cadence changes its persistence contract; its notes decide",
     source="Cadence upgrade notes: one minor at a time, schema first (cadence issue 747, release notes)",
 )
