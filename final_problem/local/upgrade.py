@@ -420,7 +420,7 @@ CADENCE_ORDERS = ("schema-first", "servers-first")
 
 def cadence_upgrade(workdir: Path, *, order: str = "schema-first",
                     from_version: str = versions.CADENCE_UPGRADE_FROM,
-                    to_version: str = versions.CADENCE_VERSION) -> Rehearsal:
+                    to_version: str = versions.CADENCE_VERSION, old_servers_s: float = 3.0) -> Rehearsal:
     """Cadence ``from_version`` -> ``to_version`` on PostgreSQL (the Pi profile's one pod of
     each service, :class:`final_problem.local.cadence_rollout.RolloutPlatform`): the schema
     and every server at ``from_version``; then, while a client starts order workflows
@@ -432,8 +432,14 @@ def cadence_upgrade(workdir: Path, *, order: str = "schema-first",
     ``acknowledged``/``refused``/``lost`` count workflow starts (``lost``: the positions of
     acknowledged ones that did not complete as ordered); the longest outage is the longest
     time without an acknowledged start, ``shortest_start_s`` the quickest start of a new
-    frontend pod (clients reach the frontend Service only: a roll that stopped the old
-    frontend before the new one served would stop the starts for at least that long)."""
+    history pod, to its joining the ring (its rendered readiness probe): a start is written by
+    the history host owning the workflow's shard, so a roll that left no history host
+    serving would stop the starts for at least that long. (A new frontend answers within
+    about 0.3 s of its start, no longer than the client's own interval.)
+
+    After the schema Job the old servers serve alone on the updated schema for
+    ``old_servers_s`` before the roll (on a cluster the new pods' init container finds the
+    schema current at its next check, every 5 s)."""
     from final_problem.local import cadence as tools
     from final_problem.local.cadence_rollout import RolloutPlatform, under_load
     from final_problem.local.postgres import LocalPostgresError
@@ -459,14 +465,15 @@ def cadence_upgrade(workdir: Path, *, order: str = "schema-first",
             raise UpgradeError(f"Cadence {from_version} did not start: {e}") from e
         assert platform.cadence is not None
         cadence = platform.cadence
-        starts = StartTimes()
+        starts = {"frontend": StartTimes(), "history": StartTimes()}
         make_pod = platform._pod
 
         def timed_pod(instance: str) -> Pod:
             pod = make_pod(instance)
-            if cadence.instances[instance] == "frontend":
+            service = cadence.instances[instance]
+            if service in starts:
                 assert pod.readiness is not None
-                pod.start = starts.timed(pod.start, pod.readiness)
+                pod.start = starts[service].timed(pod.start, pod.readiness)
             return pod
 
         platform._pod = timed_pod  # type: ignore[method-assign]
@@ -484,8 +491,10 @@ def cadence_upgrade(workdir: Path, *, order: str = "schema-first",
             marks["began"] = time.monotonic()
             if order == "schema-first":
                 schema_job()
+                marks["schema_done"] = time.monotonic()
+                time.sleep(old_servers_s)
             cadence.server_version = to_version  # the Deployments' new pod template
-            rolled = time.monotonic()
+            marks["rolled"] = rolled = time.monotonic()
             platform.roll_cadence()
             marks["roll_s"] = time.monotonic() - rolled
             if order == "servers-first":
@@ -502,13 +511,16 @@ def cadence_upgrade(workdir: Path, *, order: str = "schema-first",
             what=f"Cadence {from_version} -> {to_version} ({order})", seconds=marks["ended"] - marks["began"],
             acknowledged=len(acked), refused=len(outcome.starts.failed),
             lost=tuple(i for i, (execution, _, _) in enumerate(acked) if execution.workflow_id in wrong),
-            longest_outage_s=outcome.starts.longest_gap_s(), shortest_start_s=starts.shortest(),
+            longest_outage_s=outcome.starts.longest_gap_s(), shortest_start_s=starts["history"].shortest(),
             versions_after=dict(enumerate(cadence.running_versions().values())),
             facts={"schema before": before["schema"], "schema after": platform.schema_versions(),
                    "servers before": before["servers"], "servers after": cadence.running_versions(),
                    "schema job s": marks.get("schema_s"), "roll s": marks.get("roll_s"),
                    "workflows started before the upgrade": sum(at < marks["began"] for _, _, at in acked),
                    "workflows started during the upgrade": sum(marks["began"] <= at <= marks["ended"] for _, _, at in acked),
+                   "workflows started on the old servers after the schema update": sum(
+                       marks.get("schema_done", marks["rolled"]) <= at < marks["rolled"] for _, _, at in acked),
+                   "frontend start s": starts["frontend"].shortest(), "history start s": starts["history"].shortest(),
                    "workflows that ran an activity again": outcome.again,
                    "lost or wrong": outcome.wrong[:5],
                    "psql commits": len(outcome.acks), "psql commits lost": len(outcome.lost_rows),
