@@ -163,12 +163,12 @@ def test_cadence_schema_is_updated_first_then_every_server_runs_the_pinned_relea
         facts["servers after"]
 
 
-def test_cadence_old_servers_serve_on_the_new_schema_and_until_the_new_ones_are_ready(
-        cadence_rehearsal: Rehearsal) -> None:
+def test_cadence_old_servers_serve_on_the_new_schema_and_no_start_is_refused(cadence_rehearsal: Rehearsal) -> None:
     """The old servers start workflows on the updated schema (those complete too: the first
-    test), and the starts never wait for a new history host to start: each old pod serves
-    until its replacement is Ready (maxUnavailable 0). No start was refused."""
+    test), and every start the client tried during the upgrade was acknowledged. The longest
+    time without one is printed, not bounded: it moves with the machine's load (0.4 to 1.7 s
+    seen) and a rollout that replaced each old pod before its successor was Ready (maxSurge 1,
+    maxUnavailable 1) stayed within it (1.7 s, none refused)."""
     facts = cadence_rehearsal.facts
     assert facts["workflows started on the old servers after the schema update"] > 0, facts
     assert cadence_rehearsal.refused == 0, cadence_rehearsal.summary()
-    assert cadence_rehearsal.longest_outage_s < cadence_rehearsal.shortest_start_s, cadence_rehearsal.summary()
