@@ -48,6 +48,7 @@ class RolloutPlatform:
         pinned one; an upgrade rehearsal starts at the previous minor)."""
         self.workdir = workdir
         self.server_version = server_version
+        self.password = ""  # the Cadence role's, set by start()
         self.workloads = tools.rendered_workloads()
         self.postgres = LocalPostgres()
         self.pg_endpoints = Endpoints()
