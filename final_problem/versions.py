@@ -100,6 +100,14 @@ CONSUL_DATAPLANE_ENVOY_VERSION = "1.35.12"
 # repeated in deps/cadence/go.mod (a test keeps the two equal).
 CADENCE_VERSION = "v1.4.1"
 CADENCE_SERVER_IMAGE = f"docker.io/ubercadence/server:{CADENCE_VERSION}"
+# The previous minor's newest release the Go module proxy serves, the version the upgrade
+# rehearsal starts from (tests/integration/test_upgrades.py). Source: the release tags of
+# cadence-workflow/cadence (v1.3.0 to v1.3.6, then v1.4.0; v1.3.7 only as prereleases) and
+# the Go module proxy here, which serves github.com/uber/cadence@v1.3.5 and refuses @v1.3.6
+# and the version list (403, 2026-12-07). Its PostgreSQL schema is cadence 0.6 and
+# visibility 0.8 (schema/postgres/version.go), the pinned release's 0.7 and 0.9. The module
+# version is repeated in deps/cadence-previous/go.mod (a test keeps the two equal).
+CADENCE_UPGRADE_FROM = "v1.3.5"
 # cadence-web (Next.js standalone server) runs as uid 1001 (cadence-web Dockerfile:
 # `adduser --system --uid 1001 nextjs`), port 8088.
 CADENCE_WEB_VERSION = "v4.0.11"
@@ -186,11 +194,13 @@ ZOOKEEPER_UPGRADE = UpgradePath(
 # PR 18 names the schema Job after the version), servers check the schema version at start,
 # and releases require the latest patch of the previous minor (v0.17.0 release notes). The
 # chart's schema Job is named after its image, so a new version runs a new Job first, and
-# the servers' init container waits for its schema; schema changes never go back.
+# the servers' init container waits for its schema; schema changes never go back. Rehearsed
+# from CADENCE_UPGRADE_FROM (tests/integration/test_upgrades.py): the old servers serve on the
+# updated schema, and a new server refuses to start on the old one (its schema version check).
 CADENCE_UPGRADE = UpgradePath(
     name="Cadence", within="major", step="minor", downgrade="patch",
-    upgrade=rolling("a new schema Job updates the database first; the servers roll after it (their init container "
-                    "waits for the schema), old ones serving meanwhile"),
+    upgrade=rolling("from the previous minor, schema first: a new schema Job updates the database while the old "
+                    "servers serve; the servers roll after it (their init container waits for the schema)"),
     outside="a major release of Cadence changes its persistence contract; its notes decide",
     source="Cadence upgrade notes: one minor at a time, schema first (cadence issue 747, release notes)",
 )

@@ -26,11 +26,44 @@ def test_go_module_builds_the_version_of_the_image() -> None:
     assert "replace github.com/apache/thrift => github.com/apache/thrift v0.16.0" in go_mod
 
 
+def test_the_previous_minors_module_builds_the_version_the_upgrade_starts_from() -> None:
+    """deps/cadence-previous builds the server of the rehearsal's starting version, one minor
+    before the pinned one, with that release's own replace line."""
+    go_mod = (ROOT / "deps" / "cadence-previous" / "go.mod").read_text()
+    found = re.search(r"^(?:require)?\s*github.com/uber/cadence (v[0-9.]+)$", go_mod, re.M)
+    assert found and found.group(1) == versions.CADENCE_UPGRADE_FROM
+    previous = [int(p) for p in versions.CADENCE_UPGRADE_FROM[1:].split(".")]
+    pinned = [int(p) for p in versions.CADENCE_VERSION[1:].split(".")]
+    assert previous[0] == pinned[0] and previous[1] == pinned[1] - 1
+    assert "replace github.com/apache/thrift => github.com/apache/thrift v0.0.0-20161221203622-b2a4d4ae21c7" in go_mod
+    # Only the server: the schema update is the pinned release's tool's.
+    assert sorted(p.name for p in (ROOT / "deps" / "cadence-previous" / "cmd").iterdir()) == ["cadence-server"]
+
+
+def test_make_cadence_tools_builds_the_pinned_tools_and_the_previous_server() -> None:
+    out = subprocess.run(["make", "-n", "cadence-tools"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["deps/cadence/build.sh", "deps/cadence/build.sh", "deps/cadence-previous"]
+
+
 def test_a_second_build_builds_nothing() -> None:
     """`make test` built the tools; running the build again only checks the stamp."""
     assert (tools.cache_dir() / ".installed").exists(), "run `make cadence-tools` first"
     result = subprocess.run([str(ROOT / "deps" / "cadence" / "build.sh")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+    assert (tools.cache_dir(versions.CADENCE_UPGRADE_FROM) / ".installed").exists(), "run `make cadence-tools` first"
+    result = subprocess.run([str(ROOT / "deps" / "cadence" / "build.sh"), str(ROOT / "deps" / "cadence-previous")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_the_previous_build_is_the_server_alone_with_its_releases_schema_files() -> None:
+    """The rehearsal sets the database up with the older release's schema files, then updates
+    it with the pinned tool and files, as the new schema Job does."""
+    assert tools.server_binary(versions.CADENCE_UPGRADE_FROM).exists()
+    assert not (tools.cache_dir(versions.CADENCE_UPGRADE_FROM) / "bin" / "cadence-sql-tool").exists()
+    root = tools.schema_dir(versions.CADENCE_UPGRADE_FROM)
+    assert tools.latest_version("cadence", root=root) == "0.6"
+    assert tools.latest_version("visibility", root=root) == "0.8"
 
 
 def test_schema_files_are_the_modules() -> None:

@@ -301,6 +301,25 @@ def test_kafka_upgrades_one_minor_at_a_time_and_never_back_across_minors(monkeyp
     assert patch_back.effect == Effect.ROLLING
 
 
+def test_cadence_upgrades_from_the_previous_minor_schema_first_and_refuses_other_jumps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path the upgrade rehearsal runs (CADENCE_UPGRADE_FROM -> the pin) rolls, saying
+    schema first; skipping a minor and going back across one are refused."""
+    repository = changes.split_image(versions.CADENCE_SERVER_IMAGE)[0]
+    previous, pinned = versions.CADENCE_UPGRADE_FROM, versions.CADENCE_VERSION
+    rehearsed = _version_plan(monkeypatch, "cadence", "CADENCE_SERVER_IMAGE", previous)
+    line = next(x for x in lines(rehearsed) if x.startswith(f"image {repository} {previous} -> {pinned}"))
+    assert f": rolling restart: Cadence {previous[1:]} -> {pinned[1:]}: from the previous minor, schema first" in line
+    major, minor = (int(p) for p in pinned[1:].split(".")[:2])
+    skip = _version_plan(monkeypatch, "cadence", "CADENCE_SERVER_IMAGE", f"v{major}.{minor - 2}.0")
+    assert skip.effect == Effect.REFUSED
+    assert any(f"one minor at a time. Fix: deploy the newest {major}.{minor - 1}.x first" in x for x in lines(skip)), \
+        lines(skip)
+    back = _version_plan(monkeypatch, "cadence", "CADENCE_SERVER_IMAGE", pinned, previous)
+    assert back.effect == Effect.REFUSED
+    assert any("a downgrade across minors is not supported" in x for x in lines(back)), lines(back)
+
+
 def test_the_cadence_upgrade_runs_a_new_schema_job_before_the_servers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Schema first: the Job is named after the image, so the bump creates a new one, and the
     servers wait in their init container for its schema."""

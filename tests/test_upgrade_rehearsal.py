@@ -42,6 +42,7 @@ def test_make_test_builds_the_previous_versions_first(tmp_path: Path) -> None:
     first_pytest = out.index("-m pytest")
     assert out.index(f"-Dkafka.version={versions.KAFKA_UPGRADE_FROM}") < first_pytest
     assert out.index(f"-Dzookeeper.version={versions.ZOOKEEPER_UPGRADE_FROM}") < first_pytest
+    assert out.index("deps/cadence/build.sh deps/cadence-previous") < first_pytest
 
 
 def test_release_lines() -> None:

@@ -5,8 +5,13 @@
 # The schema files it applies come with the module source in Go's module cache (the same
 # files the server image ships under /etc/cadence/schema); they are copied to
 # <cache>/schema/postgres so a cleaned module cache does not lose them.
+#
+#   build.sh [MODULE_DIR]   another folder of the same shape (its go.mod, one cmd/<name>/ per
+#                           binary), e.g. deps/cadence-previous: the previous minor's server
+#                           for the upgrade rehearsal, into cadence-<its version>/. Both
+#                           builds share Go's module and build caches.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
+here="$(cd "${1:-$(dirname "$0")}" && pwd)"
 version="$(sed -En 's/^(require)?[[:space:]]*github\.com\/uber\/cadence (v[0-9.]+)$/\2/p' "$here/go.mod")"
 test -n "$version" || { echo "no github.com/uber/cadence version in $here/go.mod" >&2; exit 1; }
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/final-problem/cadence-${version}"
@@ -15,7 +20,8 @@ mkdir -p "$cache"
 # One build at a time (make and a test may start this together).
 exec 9>"$cache/.lock"
 flock 9
-binaries="cadence-server cadence-sql-tool cadence"
+# One binary per cmd/<name>/ folder of the module directory.
+binaries="$(find "$here/cmd" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | LC_ALL=C sort | xargs)"
 # A binary is rebuilt when it is missing or its source changed: each records the digest of
 # go.mod, go.sum and its own cmd/<name>/ folder it was built from.
 source_digest() {

@@ -78,14 +78,17 @@ class CadenceToolsMissing(RuntimeError):
     """The tools are not built: run ``make cadence-tools``."""
 
 
-def cache_dir() -> Path:
-    """``${XDG_CACHE_HOME:-~/.cache}/final-problem/cadence-<version>``."""
+def cache_dir(version: str | None = None) -> Path:
+    """``${XDG_CACHE_HOME:-~/.cache}/final-problem/cadence-<version>`` (default: the pinned
+    :data:`~final_problem.versions.CADENCE_VERSION`; ``make cadence-tools`` also builds the
+    server of :data:`~final_problem.versions.CADENCE_UPGRADE_FROM` there, from
+    ``deps/cadence-previous``)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "final-problem" / f"cadence-{versions.CADENCE_VERSION}"
+    return Path(base) / "final-problem" / f"cadence-{version or versions.CADENCE_VERSION}"
 
 
-def _binary(name: str) -> Path:
-    path = cache_dir() / "bin" / name
+def _binary(name: str, version: str | None = None) -> Path:
+    path = cache_dir(version) / "bin" / name
     if not path.exists():
         raise CadenceToolsMissing(f"{path} is missing: run `make cadence-tools` (deps/cadence/build.sh)")
     return path
@@ -95,9 +98,10 @@ def sql_tool() -> Path:
     return _binary("cadence-sql-tool")
 
 
-def schema_dir() -> Path:
-    """The module's ``schema/postgres`` folder (``cadence/``, ``visibility/``), copied by the build."""
-    path = cache_dir() / "schema" / "postgres"
+def schema_dir(version: str | None = None) -> Path:
+    """The module's ``schema/postgres`` folder (``cadence/``, ``visibility/``) at ``version``
+    (default: the pinned one), copied by the build."""
+    path = cache_dir(version) / "schema" / "postgres"
     if not (path / "cadence" / "versioned").is_dir():
         raise CadenceToolsMissing(f"{path} is missing: run `make cadence-tools` (deps/cadence/build.sh)")
     return path
@@ -113,11 +117,14 @@ def latest_version(kind: str, *, root: Path | None = None) -> str:
 
 def run_schema_script(
     mode: str, *, database: Database, password: str, wait_timeout_s: int = 60, timeout_s: float = 300,
+    schema_version: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the schema script (``setup`` or ``wait``) with the locally built tool."""
+    """Run the schema script (``setup`` or ``wait``) with the locally built tool (the pinned
+    release's), on the schema files of ``schema_version`` (default: the pinned release's, as
+    the schema Job runs it)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        **schema_env(database, schema_dir=str(schema_dir()), wait_timeout_s=wait_timeout_s),
+        **schema_env(database, schema_dir=str(schema_dir(schema_version)), wait_timeout_s=wait_timeout_s),
         "SQL_PASSWORD": password,
         "SQL_TOOL": str(sql_tool()),
     }
@@ -142,8 +149,9 @@ def run_domain_script(
     )
 
 
-def server_binary() -> Path:
-    return _binary("cadence-server")
+def server_binary(version: str | None = None) -> Path:
+    """``cadence-server`` at ``version`` (default: the pinned one)."""
+    return _binary("cadence-server", version)
 
 
 def require_binaries() -> None:
@@ -172,11 +180,15 @@ class LocalCadence:
     """
 
     def __init__(self, *, database: Database, password: str, workdir: Path,
-                 props: CadenceProps | None = None, limits: bool = True, frontend_address: str | None = None) -> None:
+                 props: CadenceProps | None = None, limits: bool = True, frontend_address: str | None = None,
+                 server_version: str | None = None) -> None:
         """With ``limits``, each instance runs under its service's container limits.
         ``frontend_address`` is where clients and the services reach the frontend (the chart's
-        Service; default: the first frontend's own gRPC port)."""
+        Service; default: the first frontend's own gRPC port). ``server_version``: the
+        release every instance starts from now on (the image of the Deployments' pod
+        template; default: the pinned one); an upgrade changes it, then rolls the pods."""
         self.props = props or CadenceProps.for_profile(PI)
+        self.server_version = server_version or versions.CADENCE_VERSION
         self.groups = Groups(enabled=limits)
         self.password = password
         self.workdir = workdir
@@ -292,7 +304,7 @@ class LocalCadence:
     def start(self, instance: str) -> None:
         """Start ``instance`` with the chart's command line, the binary path and ``--env`` aside."""
         argv = render.server_command(root=str(self.workdir), env=instance, service=self.instances[instance])
-        argv[0] = str(server_binary())
+        argv[0] = str(server_binary(self.server_version))
         if instance in self._logs:
             self._logs[instance].close()
         self._logs[instance] = open(self.log_path(instance), "ab")
@@ -301,6 +313,22 @@ class LocalCadence:
             self.groups.wrap(instance, Limits.of(sizing), argv), stdout=self._logs[instance], stderr=subprocess.STDOUT, start_new_session=True,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SQL_PASSWORD": self.password, "HOME": str(self.workdir)},
         )
+
+    def running_versions(self) -> dict[str, str | None]:
+        """Each running instance's release, from the executable the kernel runs for it (the
+        ``cadence-<version>`` cache folder of its binary); None: not readable."""
+        found: dict[str, str | None] = {}
+        for instance, process in self.processes.items():
+            if process.poll() is not None:
+                continue
+            try:
+                exe = os.readlink(f"/proc/{process.pid}/exe")
+            except OSError:
+                found[instance] = None
+                continue
+            match = re.search(r"/cadence-(v[0-9.]+)/bin/", exe)
+            found[instance] = match.group(1) if match else None
+        return found
 
     def start_all(self) -> None:
         for instance in self.instances:

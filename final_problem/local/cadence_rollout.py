@@ -17,6 +17,7 @@ tests/integration/test_cadence_rollout.py and bench/cadence.py.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 import uuid
@@ -42,8 +43,12 @@ TABLE = "rollout_writes"
 class RolloutPlatform:
     """PostgreSQL and Cadence as pods behind their Services; :meth:`close` stops everything."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, server_version: str | None = None) -> None:
+        """``server_version``: the release the servers and the schema start at (default: the
+        pinned one; an upgrade rehearsal starts at the previous minor)."""
         self.workdir = workdir
+        self.server_version = server_version
+        self.password = ""  # the Cadence role's, set by start()
         self.workloads = tools.rendered_workloads()
         self.postgres = LocalPostgres()
         self.pg_endpoints = Endpoints()
@@ -82,11 +87,12 @@ class RolloutPlatform:
         password = self.postgres.create_role(CadenceChart.DB_ROLE)
         self.postgres.psql(f"CREATE TABLE {TABLE} (seq int PRIMARY KEY)")
         database = Database(host=LOOPBACK, port=self.pg_balancer.port, user=CadenceChart.DB_ROLE)
-        schema = tools.run_schema_script("setup", database=database, password=password)
+        self.password = password
+        schema = self.run_schema_job(self.server_version)
         if schema.returncode != 0:
             raise tools.LocalCadenceError(f"the schema script failed: {schema.stderr[-3000:]}")
         self.cadence = tools.LocalCadence(database=database, password=password, workdir=self.workdir / "cadence",
-                                          frontend_address=self.frontend)
+                                          frontend_address=self.frontend, server_version=self.server_version)
         for instance, service in list(self.cadence.instances.items()):
             self.pods[service] = [self._pod(instance).run()]
         try:
@@ -99,6 +105,20 @@ class RolloutPlatform:
             raise tools.LocalCadenceError(f"the domain script failed: {domain.stderr[-3000:]}")
         self.worker = sample.spawn_worker(target=self.frontend, domain=self.domain, task_list=self.task_list,
                                           log=self.workdir / "worker.log")
+
+    def run_schema_job(self, version: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The schema Job of the chart at ``version`` (default: the pinned one): the schema
+        script's ``setup``, through the ``postgres`` Service, on that release's schema files."""
+        from final_problem.charts.cadence import CadenceChart
+
+        database = Database(host=LOOPBACK, port=self.pg_balancer.port, user=CadenceChart.DB_ROLE)
+        return tools.run_schema_script("setup", database=database, password=self.password, schema_version=version)
+
+    def schema_versions(self) -> dict[str, str]:
+        """Each database's recorded schema version (the schema tool's ``schema_version`` table)."""
+        assert self.cadence is not None
+        return {db: self.postgres.query("SELECT curr_version FROM schema_version", database=db)[0][0]
+                for db in (self.cadence.props.cadence_db, self.cadence.props.visibility_db)}
 
     def _pod(self, instance: str) -> Pod:
         assert self.cadence is not None

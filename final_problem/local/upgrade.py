@@ -14,7 +14,11 @@ Servers to 4.4.x from any version 3.3.x through 4.3.x": upgrade the brokers one 
 then ``kafka-features.sh upgrade --release-version 4.4``) and checks that the finalized
 ``metadata.version`` cannot be downgraded ("cluster metadata downgrade is not supported").
 ZooKeeper's 3.9 patches share one data format and protocol: a rolling restart is the whole
-upgrade (ZooKeeper 3.9 Administrator's Guide, "Upgrading").
+upgrade (ZooKeeper 3.9 Administrator's Guide, "Upgrading"). Cadence (``CADENCE_UPGRADE_FROM``,
+its server from ``make cadence-tools``) updates its schema first, with the new release's
+schema tool while the old servers serve, then rolls the four Deployments (maxSurge and
+maxUnavailable as rendered) onto the new server; a client starts workflows throughout and
+every acknowledged one must complete.
 
 At the end every acknowledged write is read back. :class:`Rehearsal` holds what a
 reviewer asks of an upgrade: writes acknowledged, refused and lost, the longest time no
@@ -75,10 +79,13 @@ class Rehearsal:
     #: Component-specific findings (metadata.version before and after, a refused downgrade,
     #: session state changes).
     facts: dict[str, Any] = field(default_factory=dict)
+    #: What the client's acknowledged operations are (Cadence's: workflow starts).
+    unit: str = "writes"
 
     def summary(self) -> str:
-        return (f"{self.what}: {self.seconds:.0f} s, {self.acknowledged} writes acknowledged, {self.refused} attempts refused and retried, "
-                f"{len(self.lost)} lost, longest write outage {self.longest_outage_s:.2f} s "
+        return (f"{self.what}: {self.seconds:.0f} s, {self.acknowledged} {self.unit} acknowledged, {self.refused} attempts refused and retried, "
+                f"{len(self.lost)} lost, longest {'write outage' if self.unit == 'writes' else 'time without one'} "
+                f"{self.longest_outage_s:.2f} s "
                 f"(a pod's start took {self.shortest_start_s:.1f} s or more)")
 
 
@@ -400,3 +407,124 @@ def _postgres_upgrade(binaries: Path, *, roll: str, from_version: str, to_versio
             facts={"version before": before, "sessions": session.sessions,
                    "new pod events": [e for _, e in new_pod.events] if new_pod else []},
         )
+
+
+# -- Cadence -----------------------------------------------------------------------------------
+
+#: The order of a Cadence upgrade: the schema Job of the new release first, then the servers
+#: (as the chart does: the Job is named after the image, the servers' init container waits for
+#: its schema), or the servers first: the mistake the order prevents, for checking that the
+#: rehearsal notices it.
+CADENCE_ORDERS = ("schema-first", "servers-first")
+
+
+def cadence_upgrade(workdir: Path, *, order: str = "schema-first",
+                    from_version: str = versions.CADENCE_UPGRADE_FROM,
+                    to_version: str = versions.CADENCE_VERSION, old_servers_s: float = 3.0) -> Rehearsal:
+    """Cadence ``from_version`` -> ``to_version`` on PostgreSQL (the Pi profile's one pod of
+    each service, :class:`final_problem.local.cadence_rollout.RolloutPlatform`): the schema
+    and every server at ``from_version``; then, while a client starts order workflows
+    throughout (and a psql session commits rows), the new release's schema Job (its
+    cadence-sql-tool on its schema files, old servers serving), and every Deployment rolled
+    onto the new server with the rendered maxSurge/maxUnavailable. Every acknowledged
+    workflow must complete with its order's outcome.
+
+    ``acknowledged``/``refused``/``lost`` count workflow starts (``lost``: the positions of
+    acknowledged ones that did not complete as ordered); the longest outage is the longest
+    time without an acknowledged start, ``shortest_start_s`` the quickest start of a new
+    history pod, to its joining the ring (its rendered readiness probe); both vary from run to
+    run on a loaded machine (0.4 to 1.7 s and 0.5 to 5.2 s seen), so neither bounds the
+    other, and the rehearsal's checks are the completions and the refused starts.
+
+    After the schema Job the old servers serve alone on the updated schema for
+    ``old_servers_s`` before the roll (on a cluster the new pods' init container finds the
+    schema current at its next check, every 5 s)."""
+    from final_problem.local import cadence as tools
+    from final_problem.local.cadence_rollout import RolloutPlatform, under_load
+    from final_problem.local.postgres import LocalPostgresError
+    from final_problem.local.rollout import RolloutError
+
+    if order not in CADENCE_ORDERS:
+        raise ValueError(f"order {order!r}: use one of {', '.join(CADENCE_ORDERS)}")
+    try:
+        for version in (from_version, to_version):
+            tools.server_binary(version)
+            tools.schema_dir(version)
+        tools.require_binaries()
+    except tools.CadenceToolsMissing as e:
+        raise UpgradeError(f"cannot run Cadence here: {e}") from e
+    try:
+        platform = RolloutPlatform(workdir, server_version=from_version)
+    except LocalPostgresError as e:
+        raise UpgradeError(str(e)) from e
+    try:
+        try:
+            platform.start()
+        except (tools.LocalCadenceError, LocalPostgresError) as e:
+            raise UpgradeError(f"Cadence {from_version} did not start: {e}") from e
+        assert platform.cadence is not None
+        cadence = platform.cadence
+        starts = {"frontend": StartTimes(), "history": StartTimes()}
+        make_pod = platform._pod
+
+        def timed_pod(instance: str) -> Pod:
+            pod = make_pod(instance)
+            service = cadence.instances[instance]
+            if service in starts:
+                assert pod.readiness is not None
+                pod.start = starts[service].timed(pod.start, pod.readiness)
+            return pod
+
+        platform._pod = timed_pod  # type: ignore[method-assign]
+        before = {"schema": platform.schema_versions(), "servers": cadence.running_versions()}
+        marks: dict[str, float] = {}
+
+        def schema_job() -> None:
+            began = time.monotonic()
+            job = platform.run_schema_job(to_version)
+            if job.returncode != 0:
+                raise UpgradeError(f"the {to_version} schema Job failed: {job.stderr[-2000:]}")
+            marks["schema_s"] = time.monotonic() - began
+
+        def upgrade(_writer: LiveWriter) -> None:
+            marks["began"] = time.monotonic()
+            if order == "schema-first":
+                schema_job()
+                marks["schema_done"] = time.monotonic()
+                time.sleep(old_servers_s)
+            cadence.server_version = to_version  # the Deployments' new pod template
+            marks["rolled"] = rolled = time.monotonic()
+            platform.roll_cadence()
+            marks["roll_s"] = time.monotonic() - rolled
+            if order == "servers-first":
+                schema_job()
+            marks["ended"] = time.monotonic()
+
+        try:
+            outcome = under_load(platform, upgrade)
+        except (RolloutError, TimeoutError) as e:
+            raise UpgradeError(f"Cadence {from_version} -> {to_version} ({order}): {e}") from e
+        acked = outcome.starts.acked
+        wrong = {workflow_id for workflow_id, _ in outcome.wrong}
+        return Rehearsal(
+            what=f"Cadence {from_version} -> {to_version} ({order})", seconds=marks["ended"] - marks["began"],
+            acknowledged=len(acked), refused=len(outcome.starts.failed),
+            lost=tuple(i for i, (execution, _, _) in enumerate(acked) if execution.workflow_id in wrong),
+            longest_outage_s=outcome.starts.longest_gap_s(), shortest_start_s=starts["history"].shortest(),
+            versions_after=dict(enumerate(cadence.running_versions().values())),
+            facts={"schema before": before["schema"], "schema after": platform.schema_versions(),
+                   "servers before": before["servers"], "servers after": cadence.running_versions(),
+                   "schema job s": marks.get("schema_s"), "roll s": marks.get("roll_s"),
+                   "workflows started before the upgrade": sum(at < marks["began"] for _, _, at in acked),
+                   "workflows started during the upgrade": sum(marks["began"] <= at <= marks["ended"] for _, _, at in acked),
+                   "workflows started on the old servers after the schema update": sum(
+                       marks.get("schema_done", marks["rolled"]) <= at < marks["rolled"] for _, _, at in acked),
+                   "frontend start s": starts["frontend"].shortest(), "history start s": starts["history"].shortest(),
+                   "workflows that ran an activity again": outcome.again,
+                   "lost or wrong": outcome.wrong[:5],
+                   "psql commits": len(outcome.acks), "psql commits lost": len(outcome.lost_rows),
+                   "psql longest outage s": outcome.outage_s},
+            unit="workflow starts",
+        )
+    finally:
+        platform.close()
