@@ -38,8 +38,8 @@ CDK_JSON = json.loads((ROOT / "cdk.json").read_text())["context"]
 #: each on 2 cores, the Cadence schema scripts (PostgreSQL, little CPU) with the heavy lane.
 #: The power cuts (test_power_cut.py, about 2 min: 6 s write bursts against ZooKeeper, Redis
 #: and PostgreSQL, each on loop-device disks) join the waiting lane: beside the heavy lane's
-#: JVMs a burst only writes less, and the tests count losses, not speed. Kafka's power cuts
-#: (three JVMs, about 2.5 min) join the heavy lane, as do the Cadence rollouts (up to eight Go
+#: JVMs a burst only writes less, and the tests count losses, not speed. Kafka's power cut
+#: (three JVMs, one cut for both of its topics, about 40 s) joins the heavy lane, as do the Cadence rollouts (up to eight Go
 #: servers while the four Deployments roll together, PostgreSQL, a Python worker), and the
 #: upgrade rehearsals (three Kafka JVMs and three ZooKeeper JVMs, each set restarted once).
 INTEGRATION = "tests/integration/"
