@@ -33,15 +33,18 @@ CDK_JSON = json.loads((ROOT / "cdk.json").read_text())["context"]
 #: each lane's files one after another on one worker, so which servers overlap is the same on
 #: every run. The processes that load the CPU most (six Kafka JVMs, the Kubernetes control
 #: plane, the tour's three clusters) share one lane, so they never run together; Redis, Envoy,
-#: PostgreSQL and ZooKeeper, which mostly wait on timeouts, the other. The lanes are balanced by
-#: the measured time of their files (``--durations=0``, summed per file): about 5.5 minutes
-#: each on 2 cores, the Cadence schema scripts (PostgreSQL, little CPU) with the heavy lane.
+#: PostgreSQL and ZooKeeper, which mostly wait on timeouts, the other. The lanes need not be
+#: equal: every other file goes to whichever worker is free, longest first by the last run's
+#: time (:func:`scheduling_order`), so the workers end close together as long as the heavy
+#: lane takes no longer than half of the whole run's work; the Cadence schema scripts
+#: (PostgreSQL, little CPU) run with the heavy lane.
 #: The power cuts (test_power_cut.py, about 2 min: 6 s write bursts against ZooKeeper, Redis
 #: and PostgreSQL, each on loop-device disks) join the waiting lane: beside the heavy lane's
 #: JVMs a burst only writes less, and the tests count losses, not speed. Kafka's power cut
-#: (three JVMs, one cut for both of its topics, about 40 s) joins the heavy lane, as do the Cadence rollouts (up to eight Go
-#: servers while the four Deployments roll together, PostgreSQL, a Python worker), and the
-#: upgrade rehearsals (three Kafka JVMs and three ZooKeeper JVMs, each set restarted once).
+#: (three JVMs, one cut for both of its topics, about 40 s) joins the heavy lane, as do the
+#: Cadence rollouts (up to eight Go servers while the four Deployments roll together,
+#: PostgreSQL, a Python worker), and the upgrade rehearsals (three Kafka JVMs and three
+#: ZooKeeper JVMs, each set restarted once).
 INTEGRATION = "tests/integration/"
 HEAVY_LANE = frozenset(INTEGRATION + name for name in (
     "test_kafka_cluster.py", "test_kube_admission.py", "test_tour_local.py", "test_cadence_schema.py",
