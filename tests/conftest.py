@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
+
 import json
 import os
 import re
@@ -250,44 +250,6 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
     platform_app.write_synth_facts(stacks.settings, outdir)
     templates = {s.stack_name: s.template for s in assembly.stacks}
     return Synth(app=app, stacks=stacks, outdir=outdir, dist=dist, templates=templates)
-
-
-@dataclass(frozen=True)
-class CliSynth:
-    """A scratch project (tests/test_synth_errors.py) after the pinned CDK CLI's ``cdk synth``
-    of the project's own cdk.json: ``project/cdk.out`` and ``project/dist``."""
-
-    project: Path
-    returncode: int
-    stderr: str
-
-
-@pytest.fixture(scope="session")
-def cli_synth(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> CliSynth:
-    """``make synth``'s synthesis of the project's own settings, run once per test run and
-    shared by the tests that read what it wrote (a test that synthesizes again copies the
-    project first). Under pytest-xdist the first worker that asks runs it and the others
-    wait for it (the workers' base temporary directories share a parent: pytest-xdist's
-    recipe for session fixtures that run once, https://pytest-xdist.readthedocs.io/en/stable/how-to.html)."""
-    from tests.test_synth_errors import _project, run_cdk_synth
-
-    def synthesize(root: Path) -> CliSynth:
-        project = _project(root, dict(CDK_JSON))
-        result = run_cdk_synth(project, [])
-        (root / "result.json").write_text(json.dumps({"returncode": result.returncode, "stderr": result.stderr}))
-        return CliSynth(project=project, returncode=result.returncode, stderr=result.stderr)
-
-    if worker_id == "master":
-        return synthesize(tmp_path_factory.mktemp("cli-synth"))
-    shared = tmp_path_factory.getbasetemp().parent / "cli-synth"
-    with open(f"{shared}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (shared / "result.json").exists():
-            shutil.rmtree(shared, ignore_errors=True)
-            shared.mkdir()
-            return synthesize(shared)
-    result = json.loads((shared / "result.json").read_text())
-    return CliSynth(project=shared / "project", returncode=result["returncode"], stderr=result["stderr"])
 
 
 _ASSET_HASH = re.compile(r"[0-9a-f]{64}")

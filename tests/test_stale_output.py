@@ -4,16 +4,17 @@ reported as just written and ``make pi-images`` would have flashed it)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
-from tests.conftest import CDK_JSON, CliSynth
+from tests.conftest import CDK_JSON
 from tests.test_synth_errors import _project, run_cdk_synth
 
 
-def _report(project) -> str:
-    """``make synth``'s second step: the report of what the CDK CLI wrote."""
+def _synth_and_report(project, args: list[str]) -> str:
+    """``make synth``'s two steps: the CDK CLI, then the report of what it wrote."""
+    result = run_cdk_synth(project, args)
+    assert result.returncode == 0, result.stderr[-3000:]
     report = subprocess.run(
         [sys.executable, "-m", "final_problem.report", str(project / "cdk.out"), str(project / "dist")],
         capture_output=True, text=True, timeout=120, check=True,
@@ -21,21 +22,11 @@ def _report(project) -> str:
     return report.stdout
 
 
-def _synth_and_report(project, args: list[str]) -> str:
-    """``make synth``'s two steps: the CDK CLI, then the report of what it wrote."""
-    result = run_cdk_synth(project, args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return _report(project)
-
-
-def test_one_profile_after_a_full_synth_leaves_and_reports_only_its_own(tmp_path, cli_synth: CliSynth) -> None:
-    # The session's full synth, in a copy of its project that this test synthesizes again.
-    assert cli_synth.returncode == 0, cli_synth.stderr[-3000:]
-    project = tmp_path / "project"
-    shutil.copytree(cli_synth.project, project, symlinks=True)
+def test_one_profile_after_a_full_synth_leaves_and_reports_only_its_own(tmp_path) -> None:
+    project = _project(tmp_path, dict(CDK_JSON))
     dist = project / "dist"
 
-    full = _report(project)
+    full = _synth_and_report(project, [])
     assert sorted(p.name for p in dist.iterdir()) == ["eks", "pi"]
     assert f"Kubernetes YAML ({dist / 'pi'}/)" in full
     assert any(line.strip().startswith("pi:") for line in full.splitlines())
