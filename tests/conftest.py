@@ -33,15 +33,18 @@ CDK_JSON = json.loads((ROOT / "cdk.json").read_text())["context"]
 #: each lane's files one after another on one worker, so which servers overlap is the same on
 #: every run. The processes that load the CPU most (six Kafka JVMs, the Kubernetes control
 #: plane, the tour's three clusters) share one lane, so they never run together; Redis, Envoy,
-#: PostgreSQL and ZooKeeper, which mostly wait on timeouts, the other. The lanes are balanced by
-#: the measured time of their files (``--durations=0``, summed per file): about 5.5 minutes
-#: each on 2 cores, the Cadence schema scripts (PostgreSQL, little CPU) with the heavy lane.
+#: PostgreSQL and ZooKeeper, which mostly wait on timeouts, the other. The lanes need not be
+#: equal: every other file goes to whichever worker is free, longest first by the last run's
+#: time (:func:`scheduling_order`), so the workers end close together as long as the heavy
+#: lane takes no longer than half of the whole run's work; the Cadence schema scripts
+#: (PostgreSQL, little CPU) run with the heavy lane.
 #: The power cuts (test_power_cut.py, about 2 min: 6 s write bursts against ZooKeeper, Redis
 #: and PostgreSQL, each on loop-device disks) join the waiting lane: beside the heavy lane's
-#: JVMs a burst only writes less, and the tests count losses, not speed. Kafka's power cuts
-#: (three JVMs, about 2.5 min) join the heavy lane, as do the Cadence rollouts (up to eight Go
-#: servers while the four Deployments roll together, PostgreSQL, a Python worker), and the
-#: upgrade rehearsals (three Kafka JVMs and three ZooKeeper JVMs, each set restarted once).
+#: JVMs a burst only writes less, and the tests count losses, not speed. Kafka's power cut
+#: (three JVMs, one cut for both of its topics, about 40 s) joins the heavy lane, as do the
+#: Cadence rollouts (up to eight Go servers while the four Deployments roll together,
+#: PostgreSQL, a Python worker), and the upgrade rehearsals (three Kafka JVMs and three
+#: ZooKeeper JVMs, each set restarted once).
 INTEGRATION = "tests/integration/"
 HEAVY_LANE = frozenset(INTEGRATION + name for name in (
     "test_kafka_cluster.py", "test_kube_admission.py", "test_tour_local.py", "test_cadence_schema.py",
@@ -62,6 +65,22 @@ def xdist_lane(path: str) -> str:
     return path
 
 
+def scheduling_order(tests: dict[str, int], seconds: dict[str, dict[str, float]]) -> list[str]:
+    """The scopes of a run (lanes and files, with their number of ``tests``) in the order
+    :meth:`LaneScheduling.schedule` hands them out: the lanes; the files that ``seconds``
+    (:func:`file_seconds`) has no time of for as many tests, most tests first (one not timed
+    yet may be long); then the others, longest first."""
+    def key(scope: str) -> tuple[int, float]:
+        if scope in LANES:
+            return 0, LANES.index(scope)
+        took = seconds.get(scope)
+        if took is None or took["tests"] != tests[scope]:
+            return 1, -tests[scope]
+        return 2, -took["seconds"]
+
+    return sorted(tests, key=key)
+
+
 class LaneScheduling(LoadFileScheduling):
     """``--dist loadfile`` with the real-server test files grouped into lanes (:func:`xdist_lane`).
 
@@ -76,8 +95,10 @@ class LaneScheduling(LoadFileScheduling):
     def schedule(self) -> None:
         """xdist's first distribution, in this order: the lanes first, one to each of the first
         workers, then every other file to whichever worker is free (the waiting lane's, once
-        it is done; with more workers than lanes, the others from the start), the files with
-        most tests first."""
+        it is done; with more workers than lanes, the others from the start): the files no
+        earlier run timed whole, most tests first, then the others, longest first by the
+        last run's time (:class:`FileSeconds`), so that the workers finish close together
+        (longest processing time first: the last file to start is a short one)."""
         if self.collection is not None:
             return super().schedule()
         if not self._check_nodes_have_same_collection():
@@ -87,7 +108,7 @@ class LaneScheduling(LoadFileScheduling):
         units: dict[str, dict[str, bool]] = {}
         for nodeid in self.collection:
             units.setdefault(self._split_scope(nodeid), {})[nodeid] = False
-        for scope in sorted(units, key=lambda s: (s not in LANES, LANES.index(s) if s in LANES else -len(units[s]))):
+        for scope in scheduling_order({s: len(u) for s, u in units.items()}, file_seconds(self.config)):
             self.workqueue[scope] = units[scope]
         for node in self.nodes[len(self.workqueue):]:
             self.assigned_work.pop(node)
@@ -99,6 +120,47 @@ class LaneScheduling(LoadFileScheduling):
         if not self.workqueue:
             for node in self.nodes:
                 node.shutdown()
+
+
+#: pytest's cache key (``.pytest_cache``) of :class:`FileSeconds`.
+FILE_SECONDS_KEY = "final_problem/file-seconds"
+
+
+def file_seconds(config: pytest.Config) -> dict[str, dict[str, float]]:
+    """What :class:`FileSeconds` stored from earlier runs: per test file, its seconds and how
+    many of its tests ran (empty without pytest's cache)."""
+    cache = getattr(config, "cache", None)
+    return cache.get(FILE_SECONDS_KEY, {}) if cache is not None else {}
+
+
+class FileSeconds:
+    """Seconds each test file took in this run (setup, call and teardown of each of its tests,
+    as ``--durations`` counts them), stored in pytest's cache for the next run's order
+    (:meth:`LaneScheduling.schedule`); with the count of its tests that ran, so a run of a
+    few tests of a file (``-k``) is not taken for the whole file."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+        self.seconds: dict[str, float] = {}
+        self.tests: dict[str, set[str]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        path = report.nodeid.split("::", 1)[0]
+        self.seconds[path] = self.seconds.get(path, 0.0) + report.duration
+        self.tests.setdefault(path, set()).add(report.nodeid)
+
+    def pytest_sessionfinish(self) -> None:
+        if not self.seconds:
+            return
+        stored = self.cache.get(FILE_SECONDS_KEY, {})
+        stored.update({path: {"seconds": round(s, 1), "tests": len(self.tests[path])} for path, s in self.seconds.items()})
+        self.cache.set(FILE_SECONDS_KEY, stored)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # On the controller (or a run without xdist), which receives every test's report.
+    if not hasattr(config, "workerinput") and getattr(config, "cache", None) is not None:
+        config.pluginmanager.register(FileSeconds(config.cache), "final-problem-file-seconds")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadFileScheduling | None:
