@@ -183,7 +183,7 @@ class KubernetesSecretCredentials:
     def __init__(self, secret: str, token_file: str, ca_file: str, *, api: str = "") -> None:
         namespace, _, name = secret.partition("/")
         if not namespace or not name:
-            raise BackupError(f"BACKUP_S3_CREDENTIALS_SECRET {secret!r}: not <namespace>/<name>; set it like "
+            raise BackupError(f"BACKUP_S3_KEY_PAIR_FROM {secret!r}: not <namespace>/<name>; set it like "
                               "backups/backup-target-root")
         self.namespace, self.name, self.token_file, self.ca_file = namespace, name, token_file, ca_file
         self.api = api or "https://%s:%s" % (os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc"),
@@ -227,7 +227,7 @@ def credentials_from_env(env: "os._Environ[str] | dict[str, str]" = os.environ):
     """The credentials the environment names, in the AWS SDKs' order for the two they share: a
     key pair (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) first,
     then the container endpoint (EKS Pod Identity); then a Secret of the cluster
-    (``BACKUP_S3_CREDENTIALS_SECRET``, the in-cluster S3 server's). None when none is named."""
+    (``BACKUP_S3_KEY_PAIR_FROM``, the in-cluster S3 server's). None when none is named."""
     if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_SECRET_ACCESS_KEY"):
         if not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
             raise BackupError("backup target: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together; set both")
@@ -239,9 +239,9 @@ def credentials_from_env(env: "os._Environ[str] | dict[str, str]" = os.environ):
                               "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE; EKS Pod Identity sets both")
         return ContainerCredentials(env["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
                                     env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"])
-    if env.get("BACKUP_S3_CREDENTIALS_SECRET"):
-        token_dir = env.get("BACKUP_S3_TOKEN_DIR", "/var/run/secrets/backup")
-        return KubernetesSecretCredentials(env["BACKUP_S3_CREDENTIALS_SECRET"], f"{token_dir}/token",
+    if env.get("BACKUP_S3_KEY_PAIR_FROM"):
+        token_dir = env.get("BACKUP_S3_SA_DIR", "/var/run/secrets/backup")
+        return KubernetesSecretCredentials(env["BACKUP_S3_KEY_PAIR_FROM"], f"{token_dir}/token",
                                            f"{token_dir}/ca.crt")
     return None
 
@@ -823,20 +823,26 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("--wal-dir", required=True)
     args = parser.parse_args(argv)
     try:
-        pg = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", ""))
         if args.command == "restore-postgres":
+            pg = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", ""))
             print(pg.restore(target=parse_time(args.to), pgdata=args.pgdata, wal_dir=args.wal_dir))
             return 0
         metrics = Metrics("postgres")
         if args.metrics_port:
             metrics.serve(args.metrics_port)
-        if not args.once:
-            pg.s3.create_bucket()
-            newest = pg.listings()[-1:]
-            if newest:
-                metrics.succeeded("base", at=newest[0]["ended"])
+        pg = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", "")) if args.once else None
         while True:
             try:
+                if pg is None:
+                    # In the loop: a target that is missing or down at start is waited for and
+                    # said every few seconds, never a restart that would take the server's pod
+                    # out of its Service.
+                    candidate = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", ""))
+                    candidate.s3.create_bucket()
+                    newest = candidate.listings()[-1:]
+                    if newest:
+                        metrics.succeeded("base", at=newest[0]["ended"])
+                    pg = candidate
                 agent_pass(pg, args.spool, args.retention_days, metrics)
             except BackupError as e:
                 if args.once:
