@@ -207,3 +207,68 @@ def test_the_agent_counts_a_failed_upload(tmp_path: Path, clock: dict[str, dt.da
     with pytest.raises(BackupError, match="check the endpoint is reachable"):
         backup_agent.agent_pass(backup_agent.Postgres(s3, ""), str(spool), 7, metrics)
     assert 'kind="wal",result="failure"} 1' in metrics.render()
+
+
+# -- the in-cluster server's key pair, read through the API -----------------------------------
+
+@pytest.fixture
+def api_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """An HTTPS server on loopback answering the Secret read as the API server does, with a
+    self-signed certificate (openssl) the client trusts as the projected ca.crt."""
+    import base64
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "ca.crt", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    seen: list[tuple[str, str | None]] = []
+    state = {"status": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps({"kind": "Secret", "data": {
+                "access-key-id": base64.b64encode(b"root-access").decode(),
+                "secret-access-key": base64.b64encode(b"root-secret").decode()}}).encode()
+            self.send_response(state["status"])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    (tmp_path / "token").write_text("sa-token\n")
+    yield {"api": f"https://127.0.0.1:{httpd.server_address[1]}", "dir": tmp_path, "seen": seen, "state": state}
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_the_in_cluster_key_pair_is_read_from_its_secret_with_the_projected_token(api_server: dict[str, Any]) -> None:
+    from final_problem.renderers.backup_agent import KubernetesSecretCredentials
+
+    d = api_server["dir"]
+    credentials = KubernetesSecretCredentials("backups/backup-target-root", str(d / "token"), str(d / "ca.crt"),
+                                              api=api_server["api"])
+    assert credentials.current() == ("root-access", "root-secret", "")
+    assert credentials.current() == ("root-access", "root-secret", "")  # read once
+    assert api_server["seen"] == [("/api/v1/namespaces/backups/secrets/backup-target-root", "Bearer sa-token")]
+
+
+def test_a_refused_secret_read_is_one_line(api_server: dict[str, Any]) -> None:
+    from final_problem.renderers.backup_agent import KubernetesSecretCredentials
+
+    d = api_server["dir"]
+    api_server["state"]["status"] = 403
+    with pytest.raises(BackupError, match=r"^credentials: reading Secret backups/backup-target-root answered 403; "):
+        KubernetesSecretCredentials("backups/backup-target-root", str(d / "token"), str(d / "ca.crt"),
+                                    api=api_server["api"]).current()
+    with pytest.raises(BackupError, match="not <namespace>/<name>"):
+        KubernetesSecretCredentials("backup-target-root", "t", "c")
