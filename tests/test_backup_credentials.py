@@ -272,3 +272,31 @@ def test_a_refused_secret_read_is_one_line(api_server: dict[str, Any]) -> None:
                                     api=api_server["api"]).current()
     with pytest.raises(BackupError, match="not <namespace>/<name>"):
         KubernetesSecretCredentials("backup-target-root", "t", "c")
+
+
+def test_the_agent_waits_for_a_missing_target_instead_of_exiting(tmp_path: Path) -> None:
+    """Exiting would restart the container and take the server's pod out of its Service."""
+    import subprocess
+    import sys
+    import time
+
+    port = free_ports(1)[0]
+    agent = subprocess.Popen([sys.executable, backup_agent.__file__, "agent", "--spool", str(tmp_path),
+                              "--metrics-port", str(port)], env={"PATH": "/usr/bin:/bin"},
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                got = scrape(port)
+                break
+            except OSError:
+                assert agent.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        time.sleep(1)
+        assert agent.poll() is None
+        assert got['final_problem_backup_uploads_total{component="postgres",kind="base",result="success"}'] == 0
+    finally:
+        agent.terminate()
+        err = agent.communicate(timeout=10)[1]
+    assert err.splitlines()[0].startswith("backup target: BACKUP_S3_ENDPOINT, BACKUP_S3_BUCKET")
