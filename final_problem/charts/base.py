@@ -80,5 +80,6 @@ class BaseChart(PlatformChart):
         if settings.backups and profile.backup_target == "in-cluster":
             self.backup_server = S3Server(self, "BackupTarget", profile=profile,
                                           storage_gib=settings.backup_server_storage_gib,
-                                          pss_version=f"v{settings.kubernetes_version}")
+                                          pss_version=f"v{settings.kubernetes_version}",
+                                          label_set=self.label_set)
             self.backup_server.add_dependency(self.storage_class)

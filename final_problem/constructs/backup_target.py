@@ -31,6 +31,7 @@ from final_problem.constructs.labels import LabelSet, set_component
 from final_problem.constructs.namespace import RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, volume_claim_template
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
+from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.objects import Group, ObjectChart
 from final_problem.profiles import Profile
@@ -176,8 +177,14 @@ def _port(endpoint: str) -> int:
     return url.port or (443 if url.scheme == "https" else 80)
 
 
+#: The chart (component) the S3 server is part of: its objects carry that chart's labels, so
+#: ``final-problem plan`` counts them with it.
+SERVER_CHART = "base"
+
+
 def server_selector() -> dict[str, str]:
-    return {"app.kubernetes.io/name": "backups", "app.kubernetes.io/component": "s3-server"}
+    """The S3 server's pod labels a client's egress selects."""
+    return LabelSet(name=SERVER_CHART, instance=SERVER_CHART, version="").selector("s3-server")
 
 
 class S3Server(Group):
@@ -192,10 +199,13 @@ class S3Server(Group):
     """
 
     def __init__(self, scope: ObjectChart, id: str, *, profile: Profile, storage_gib: int,
-                 pss_version: str) -> None:
+                 pss_version: str, label_set: LabelSet) -> None:
         super().__init__(scope, id)
+        if label_set.selector("s3-server") != server_selector():
+            raise ConfigError("S3Server.label_set", label_set.name, f"the S3 server belongs to the {SERVER_CHART} "
+                              "chart (clients select its pods by that chart's labels)",
+                              f"create it in the {SERVER_CHART} chart, with its label set")
         self.namespace = RestrictedNamespace(self, "Namespace", name=NAMESPACE, pss_version=pss_version)
-        label_set = LabelSet(name="backups", instance="backups", version=versions.VERSITYGW_VERSION)
         self.secrets = GeneratedSecrets(
             self, "Secrets", namespace=NAMESPACE, labels=label_set,
             # URL-safe base64 values: no '/' to break the SigV4 Credential field.
