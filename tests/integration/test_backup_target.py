@@ -131,3 +131,42 @@ def test_a_running_agent_reports_the_newest_base_backup_and_counts_its_uploads(s
     assert got['final_problem_backup_uploads_total{component="postgres",kind="wal",result="failure"}'] == 0
     assert 0 <= got['final_problem_backup_age_seconds{component="postgres",kind="wal"}'] < 30
     assert server.client().head(f"{prefix}/postgres/wal/000000010000000000000003.gz") is not None
+
+
+def test_the_rendered_s3_server_starts_under_its_limits_and_answers_its_probe(tmp_path: Path) -> None:
+    """The Pi's StatefulSet as rendered (arguments, key pair variables, health path), run under
+    its container's limits."""
+    from final_problem import config, manifests
+    from final_problem.constructs import backup_target
+    from final_problem.local import kill_group, limits
+    from final_problem.local.s3 import binary
+
+    objs = manifests.chart_objects(manifests.render(config.from_mapping({"components": ["base"]}), "pi")["base"])
+    server = next(o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == backup_target.NAME)
+    (c,) = server["spec"]["template"]["spec"]["containers"]
+    port = free_ports(1)[0]
+    args = [a.replace(f":{backup_target.PORT}", f"127.0.0.1:{port}").replace("/data", str(tmp_path)) for a in c["args"]]
+    (tmp_path / "buckets").mkdir()  # the init container's mkdir
+    keys = {e["name"]: generated_value({"bytes": 32}) for e in c["env"]}
+    group = limits.Cgroup("s3-rendered", limits.Limits.of(backup_target.S3_SIZING))
+    process = subprocess.Popen(group.wrap([str(binary()), *args]), env={"PATH": "/usr/bin:/bin", **keys},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        probe = c["readinessProbe"]["httpGet"]["path"]
+
+        def healthy() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for("the rendered S3 server's health path", healthy, timeout_s=30, interval_s=0.1)
+        s3 = S3(endpoint=f"http://127.0.0.1:{port}", bucket="final-problem-backups", region="us-east-1",
+                access_key=keys["ROOT_ACCESS_KEY_ID"], secret_key=keys["ROOT_SECRET_ACCESS_KEY"])
+        s3.create_bucket()
+        s3.put("probe/object", body=b"x")
+        assert group.oom_kills() == 0
+    finally:
+        kill_group(process)
+        process.wait(timeout=10)
+        group.remove()
