@@ -64,11 +64,18 @@ def workload_key(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind']}/{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
+#: A CDK token's string form (``${Token[TOKEN.123]}``, ``${Token[AWS.Region.9]}``): its number
+#: depends on how many tokens the process made before, not on the value it stands for.
+_CDK_TOKEN = re.compile(r"\$\{Token\[[^\]]*\]\}")
+
+
 def pod_template_digests(objects: list[Mapping[str, Any]]) -> dict[str, str]:
     """The digest of each workload's pod template among ``objects``: a workload whose
-    digest changes has its pods replaced."""
+    digest changes has its pods replaced. A value the cluster stack hands a chart (a CDK
+    token, resolved at deploy) counts as the same value whatever its token's number."""
     return {
-        workload_key(o): hashlib.sha256(json.dumps(o["spec"]["template"], sort_keys=True).encode()).hexdigest()[:16]
+        workload_key(o): hashlib.sha256(
+            _CDK_TOKEN.sub("${Token}", json.dumps(o["spec"]["template"], sort_keys=True)).encode()).hexdigest()[:16]
         for o in objects if o.get("kind") in WORKLOAD_KINDS and "template" in o.get("spec", {})
     }
 

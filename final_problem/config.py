@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 from final_problem import versions
 from final_problem.errors import ConfigError
 from final_problem.profiles import ARM64_VA_BITS, PROFILES, SIZES, Profile
-from final_problem.changes import kubernetes_version_change, nothing, procedure, refused
+from final_problem.changes import kubernetes_version_change, nothing, procedure, refused, rolling, volume_size
 from final_problem.settings import (
     ComponentSettings, SettingInfo, _check_value, _infos, how_to_set, parse_value, setting, unknown_key,
 )
@@ -122,6 +122,22 @@ class Settings:
         doc="Days the backup bucket keeps an object version after it is replaced or deleted (its lifecycle "
             "rule): how long a backup deleted by retention, or by mistake, can still be recovered.",
         change=nothing("the bucket's lifecycle rule only"),
+    )
+    backups: bool = setting(
+        True,
+        doc="Back up every component that has backups (PostgreSQL: WAL archiving and base backups) to the "
+            "profile's target: on EKS the cluster stack's bucket, on the Pis the S3-compatible server the base "
+            "chart runs (versitygw); a component's own `backup_endpoint` names another. `false`: no backups, and "
+            "no S3 server on the Pis.",
+        change=rolling("the backing-up pods restart with or without their backup containers (PostgreSQL: the "
+                       "one server, an outage until it is Ready); on the Pis the S3 server is added or removed, "
+                       "its volume kept"),
+    )
+    backup_server_storage_gib: int = setting(
+        16, minimum=1, maximum=16_384,
+        doc="Volume of the Pis' S3 server: every component's base backups for their retention days, and the "
+            "WAL between them.",
+        change=volume_size("the S3 server's volume"),
     )
     flow_log_retention_days: int = setting(
         90, choices=LOG_RETENTION_DAYS, doc="VPC flow log retention in days (a value CloudWatch Logs accepts).",

@@ -57,6 +57,20 @@ class Profile:
     #: these values are for.
     sizes: tuple[str, ...] = ("small",)
     size: str = "small"
+    #: Where backups go unless a component names its own target
+    #: (:mod:`final_problem.constructs.backup_target`): ``bucket``, the cluster stack's S3 bucket
+    #: through EKS Pod Identity, or ``in-cluster``, the S3-compatible server the base chart runs.
+    backup_target: Literal["bucket", "in-cluster"] = "in-cluster"
+    #: The ``bucket`` target: its name, regional endpoint and region. The cluster stack passes
+    #: its bucket's (CloudFormation values, resolved at deploy); rendered without the stack
+    #: they are placeholders that say where the value comes from.
+    backup_bucket: str = "<BackupBucket output of the cluster stack>"
+    backup_endpoint: str = "https://s3.<region>.amazonaws.com"
+    backup_region: str = "<region>"
+
+    def with_backup_bucket(self, *, bucket: str, endpoint: str, region: str) -> "Profile":
+        """This profile writing its backups to ``bucket`` (the cluster stack's)."""
+        return replace(self, backup_bucket=bucket, backup_endpoint=endpoint, backup_region=region)
 
     def sized(self, size: str) -> "Profile":
         """This profile at ``size``, or as it is when it has no such size (a Pi board has no
@@ -75,6 +89,7 @@ EKS = Profile(
     zone_spread="DoNotSchedule",
     small=False,
     sizes=SIZES,
+    backup_target="bucket",
 )
 
 PI = Profile(

@@ -266,6 +266,16 @@ PYTHON_UPGRADE = UpgradePath(
     outside="a new Python major breaks scripts", source="Python's release policy (PEP 387)",
 )
 
+# versitygw: the POSIX backend keeps each object as a plain file and its metadata in extended
+# attributes, the same across its releases; the server keeps no other state. Upgrades are a
+# restart on the new binary; the platform moves it one minor at a time (its CHANGELOG names
+# what each release changes).
+VERSITYGW_UPGRADE = UpgradePath(
+    name="versitygw", within="major", step="minor", downgrade="patch",
+    upgrade=rolling("the one S3 server restarts on the new binary; backups wait and retry meanwhile"),
+    outside="a new major's notes decide", source="versitygw releases and CHANGELOG",
+)
+
 #: Every pinned image's path, by repository.
 UPGRADE_PATHS = {
     _repository(KAFKA_IMAGE): KAFKA_UPGRADE,
@@ -279,6 +289,7 @@ UPGRADE_PATHS = {
     _repository(CONSUL_DATAPLANE_IMAGE): CONSUL_DATAPLANE_UPGRADE,
     _repository(ENVOY_IMAGE): ENVOY_UPGRADE,
     _repository(PYTHON_IMAGE): PYTHON_UPGRADE,
+    _repository(VERSITYGW_IMAGE): VERSITYGW_UPGRADE,
 }
 
 # Kubernetes (EKS): a control plane moves one minor at a time and never back (EKS user guide,

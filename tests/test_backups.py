@@ -18,8 +18,8 @@ from final_problem.renderers.backup_agent import S3, BackupError, parse_time, se
 ENDPOINT = "http://s3.backups.svc.cluster.local:7070"
 
 
-def objects(profile: str = "pi", **postgres: Any) -> list[dict[str, Any]]:
-    settings = config.from_mapping({"components": ["base", "postgres"], "postgres": postgres})
+def objects(profile: str = "pi", *, backups: bool = True, **postgres: Any) -> list[dict[str, Any]]:
+    settings = config.from_mapping({"components": ["base", "postgres"], "backups": backups, "postgres": postgres})
     return manifests.chart_objects(manifests.render(settings, profile)["postgres"])
 
 
@@ -41,8 +41,8 @@ def env(c: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("profile", ["eks", "pi"])
-def test_no_target_no_backups(profile: str) -> None:
-    objs = objects(profile)
+def test_backups_off_no_backups(profile: str) -> None:
+    objs = objects(profile, backups=False)
     assert "archive_mode" not in server_settings(objs)
     assert [c["name"] for c in statefulset(objs)["spec"]["template"]["spec"]["containers"]] == ["postgres", "metrics"]
     assert not [o for o in objs if o["metadata"]["name"].startswith("postgres-backup")]
@@ -94,7 +94,7 @@ def test_the_agent_runs_in_the_python_image_with_the_target_and_retention() -> N
     agent = container(objs, "backup")
     assert agent["image"] == versions.PYTHON_IMAGE
     assert agent["command"] == ["python3", "/backup/backup_agent.py", "agent", "--spool", f"{chart.MOUNT}/backup-spool",
-                                "--retention-days", "14"]
+                                "--retention-days", "14", "--metrics-port", "9188"]
     values = env(agent)
     assert (values["BACKUP_S3_ENDPOINT"], values["BACKUP_S3_BUCKET"], values["BACKUP_S3_PREFIX"]) == (ENDPOINT, "b1", "home")
     assert values["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": chart.BACKUP_SECRET, "key": "access-key-id"}
@@ -115,7 +115,7 @@ def test_the_server_pods_may_reach_the_target_port_only(endpoint: str, port: int
 
 def test_a_script_change_restarts_the_server_pod() -> None:
     digest = lambda objs: statefulset(objs)["spec"]["template"]["metadata"]["annotations"]["final-problem.io/config-sha256"]  # noqa: E731
-    assert digest(objects()) != digest(objects(backup_endpoint=ENDPOINT))
+    assert digest(objects(backups=False)) != digest(objects(backup_endpoint=ENDPOINT))
 
 
 def test_an_endpoint_that_is_not_a_url_is_refused_in_one_line() -> None:

@@ -280,7 +280,7 @@ def test_pi_over_the_limit_fails() -> None:
     with pytest.raises(ConfigError) as info:
         check("pi", **{"zookeeper.memory_mib": 1536})
     message = str(info.value)
-    assert message.startswith("profiles = 'eks,pi' (profile pi): the platform requests 5,684 MiB memory of 6,603 (86%)")
+    assert message.startswith("profiles = 'eks,pi' (profile pi): the platform requests 5,748 MiB memory of 6,603 (87%)")
     assert "biggest: StatefulSet/zookeeper/zookeeper 4,608" in message
     assert message.endswith(
         "Fix: lower zookeeper.memory_mib, or disable a component, or on 8 GB boards set pi_memory_gib=8, "
@@ -306,7 +306,7 @@ def test_manifests_command_fails_before_writing(tmp_path: Path, capsys: pytest.C
         "-c", "profiles=pi", "-c", "components=base,redis,zookeeper", "-c", "zookeeper.memory_mib=1536",
     ]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: profiles = 'pi' (from -c, profile pi): the platform requests 5,684 MiB memory")
+    assert err.startswith("error: profiles = 'pi' (from -c, profile pi): the platform requests 5,748 MiB memory")
     assert err.count("\n") == 1
     assert not list(tmp_path.rglob("*.yaml"))
 

@@ -705,7 +705,7 @@ def test_a_synth_output_reads_back(tmp_path: Path) -> None:
     assert set(read) == {"base", "zookeeper"}
     assert read["zookeeper"].settings is not None and read["zookeeper"].settings["replicas"] == 3
     assert read["zookeeper"].templates == components.pod_template_digests(
-        [o for f in sorted(tmp_path.glob("*.yaml")) for o in yaml.safe_load_all(f.read_text())])
+        [o for f in sorted(tmp_path.glob("*-zookeeper.yaml")) for o in yaml.safe_load_all(f.read_text())])
 
 
 def test_the_rules_table_lists_every_setting_and_image_path() -> None:

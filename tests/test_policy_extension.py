@@ -173,7 +173,7 @@ def test_the_policy_command_lists_each_finding_in_a_line(registry: dict, tmp_pat
 def test_the_policy_command_passes_a_clean_render(registry: dict, tmp_path: Path) -> None:
     dist, _ = _write_render(tmp_path, None)
     result = _policy(str(dist))
-    assert (result.returncode, result.stdout) == (0, "14 objects in 1 render(s): every policy check passes\n")
+    assert (result.returncode, result.stdout) == (0, "26 objects in 1 render(s): every policy check passes\n")
 
 
 def test_the_policy_command_accepts_the_images_an_imported_app_declares(registry: dict, tmp_path: Path) -> None:

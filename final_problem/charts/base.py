@@ -3,7 +3,9 @@
 - the ``platform`` namespace, enforcing Pod Security "restricted", default-deny with DNS;
 - the StorageClass of the profile: encrypted gp3 on EKS (the cluster default), retained
   local-path on k3s; both keep released volumes (``reclaimPolicy: Retain``);
-- the in-cluster secret mechanism, shown with the platform's admin credential.
+- the in-cluster secret mechanism, shown with the platform's admin credential;
+- on a profile whose backups stay in the cluster (the Pis), with ``backups`` on: the
+  S3-compatible server they go to (:class:`~final_problem.constructs.backup_target.S3Server`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from constructs import Construct
 from final_problem import versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
+from final_problem.constructs.backup_target import S3Server
 from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import RestrictedNamespace
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
@@ -30,7 +33,8 @@ class BaseChart(PlatformChart):
     construct_id = "Base"
     version = versions.PLATFORM_VERSION
     # Supported upgrade paths of the images its pods run (final_problem/versions.py).
-    upgrade_paths = versions.upgrade_paths(versions.PYTHON_IMAGE)
+    upgrade_paths = versions.upgrade_paths(versions.PYTHON_IMAGE, versions.VERSITYGW_IMAGE)
+    images = (versions.VERSITYGW_IMAGE,)
 
     #: Namespace of platform-wide objects.
     NAMESPACE = "platform"
@@ -71,3 +75,11 @@ class BaseChart(PlatformChart):
             secrets=[SecretSpec(name=self.ADMIN_SECRET, keys=("password",))],
         )
         self.secrets.add_dependency(self.platform_namespace)
+        #: The in-cluster backup target, or None (EKS's is the stack's bucket).
+        self.backup_server: S3Server | None = None
+        if settings.backups and profile.backup_target == "in-cluster":
+            self.backup_server = S3Server(self, "BackupTarget", profile=profile,
+                                          storage_gib=settings.backup_server_storage_gib,
+                                          pss_version=f"v{settings.kubernetes_version}",
+                                          label_set=self.label_set)
+            self.backup_server.add_dependency(self.storage_class)

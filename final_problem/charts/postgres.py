@@ -14,11 +14,15 @@ Creates:
   that reads the client's own generated Secret through a Role limited to that one name),
   and a NetworkPolicy admitting only that client's pods;
 - NetworkPolicies: metrics from namespaces labelled ``final-problem.io/monitoring=true``;
-- with ``postgres.backup_endpoint`` set: continuous WAL archiving and scheduled base backups to
-  that S3-compatible target (:mod:`final_problem.renderers.postgres_backup`): a ConfigMap of the
-  scripts, ``archive_command`` in the server, two sidecars (``base-backup``, ``backup``) and
-  egress to the target. The key pair is read from Secret ``postgres-backup-target``
-  (``access-key-id``, ``secret-access-key``).
+- with ``backups`` on (the default): continuous WAL archiving and scheduled base backups
+  (:mod:`final_problem.renderers.postgres_backup`): a ConfigMap of the scripts,
+  ``archive_command`` in the server, two sidecars (``base-backup``, ``backup``), the pod's
+  service account ``postgres-backup`` and egress to the target. The target is the profile's
+  (:mod:`final_problem.constructs.backup_target`: on EKS the stack's bucket through EKS Pod
+  Identity, on the Pis the in-cluster S3 server), or the one ``postgres.backup_endpoint``
+  names, whose key pair is read from Secret ``postgres-backup-target`` (``access-key-id``,
+  ``secret-access-key``) the user creates. The ``backup`` sidecar serves the backups'
+  freshness on ``backup_metrics_port``, scraped through the Service ``postgres-backup-metrics``.
 
 One server, not a replicated cluster: a replica set with failover (Patroni, CloudNativePG)
 is an operator's job. The volume outlives the pod; a node loss means a restart elsewhere
@@ -31,7 +35,6 @@ uid 999); prometheus-community postgres_exporter README (``DATA_SOURCE_*`` varia
 from __future__ import annotations
 
 import hashlib
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -40,6 +43,7 @@ from constructs import Construct
 from final_problem import sizes, versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
+from final_problem.constructs import backup_target
 from final_problem.constructs.generated_secrets import API_PORTS, GeneratedSecrets, SecretSpec, secret_env
 from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
@@ -75,8 +79,11 @@ STOP_WAIT_S = 45
 #: The spool the server's archive_command and the backup sidecars share, on the server's volume
 #: beside PGDATA: a segment copied there is still there after a restart of the pod.
 BACKUP_SPOOL = f"{MOUNT}/backup-spool"
-#: Secret (in the postgres namespace) holding the backup target's key pair.
+#: Secret (in the postgres namespace) holding an external backup target's key pair.
 BACKUP_SECRET = "postgres-backup-target"
+#: The service account of the server's pod: the EKS stack associates it with the backup
+#: bucket's role (final_problem/stacks/backups.py); in-cluster it may read the S3 server's key pair.
+BACKUP_SERVICE_ACCOUNT = "postgres-backup"
 #: Seconds archive_command waits for the upload of one segment before it fails (PostgreSQL then
 #: keeps the segment and retries): a 16 MiB segment compressed and uploaded over a home network
 #: takes well under it.
@@ -169,12 +176,16 @@ class PostgresProps(ComponentSettings):
         change=rolling("the exporter's port: the server's pod restarts with it"),
     )
     backup_endpoint: str = setting(
-        "", doc="URL of the S3-compatible backup target (e.g. `http://s3.backups.svc.cluster.local:7070`). "
-                "Set, every WAL segment is archived there and base backups are taken on schedule; empty, none.",
-        change=rolling("archive_command and the backup sidecars are part of the server's pod: it restarts"),
+        "", doc="URL of an S3-compatible backup target of your own (e.g. `https://nas.lan:9000`), its key pair in "
+                "the Secret `postgres-backup-target` (keys `access-key-id`, `secret-access-key`) you create in the "
+                "`postgres` namespace. Empty: the profile's target (EKS: the cluster stack's bucket; Pis: the "
+                "in-cluster S3 server). Backups run while the cluster setting `backups` is on.",
+        change=rolling("the backup sidecar's target: the server's pod restarts; the archive starts over at the new "
+                       "target (keep the old one until the new one holds a base backup)"),
     )
     backup_bucket: str = setting(
-        "final-problem-backups", doc="Bucket of the backup target.",
+        "final-problem-backups", doc="Bucket on the Pis' in-cluster S3 server or on `backup_endpoint` (on EKS "
+                                     "the stack's bucket is used).",
         change=procedure("the archive starts over in the new bucket: no point before the next base backup can be "
                          "restored from it", "keep the old bucket until the new one holds a base backup older than "
                          "every point you may need"),
@@ -186,8 +197,9 @@ class PostgresProps(ComponentSettings):
                          "keep the old prefix until the new one holds a base backup"),
     )
     backup_region: str = setting(
-        "us-east-1", doc="Region the backup requests are signed for (any value the target accepts; "
-                         "versitygw's default is us-east-1).",
+        "us-east-1", doc="Region the backup requests are signed for on the in-cluster S3 server or "
+                         "`backup_endpoint` (any value the target accepts; versitygw's default is us-east-1); on EKS "
+                         "the stack's region.",
         change=rolling("read by the backup sidecar at start"),
     )
     base_backup_hours: int = setting(
@@ -202,6 +214,12 @@ class PostgresProps(ComponentSettings):
             "since the oldest.",
         change=rolling("read by the backup sidecar at start: the server's pod restarts; older backups go at the "
                        "next base backup"),
+    )
+    backup_metrics_port: int = setting(
+        9188, minimum=1024, maximum=65535,
+        doc="Port the backup sidecar serves the backups' freshness on (Prometheus text: the last success's "
+            "age and the upload counts), scraped through the Service `postgres-backup-metrics`.",
+        change=rolling("read by the backup sidecar at start: the server's pod restarts"),
     )
     archive_timeout_s: int = setting(
         60, minimum=10, maximum=3600,
@@ -236,6 +254,10 @@ class PostgresProps(ComponentSettings):
         if self.port == self.metrics_port:
             raise self.error("metrics_port", "equals postgres.port", "set postgres.metrics_port=9187"
                              if self.port != 9187 else "set postgres.metrics_port=9188")
+        if self.backup_metrics_port in (self.port, self.metrics_port):
+            raise self.error("backup_metrics_port", "equals postgres.port or postgres.metrics_port",
+                             "give the backup sidecar a port of its own, e.g. postgres.backup_metrics_port="
+                             f"{max(self.port, self.metrics_port) + 1}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -295,8 +317,14 @@ class PostgresChart(PlatformChart):
         )
         self.secrets.add_dependency(self.postgres_namespace)
 
+        if p.backup_endpoint and not settings.backups:
+            raise ConfigError("postgres.backup_endpoint", p.backup_endpoint, "names a backup target while the "
+                              "cluster setting backups is false", "set backups=true, or leave "
+                              "postgres.backup_endpoint unset")
+        #: Whether the server archives its WAL and takes base backups.
+        self.backups = settings.backups
         settings_map = server_settings(max_connections=p.max_connections, shared_buffers_mib=p.shared_buffers_mib)
-        if p.backup_endpoint:
+        if self.backups:
             settings_map.update(postgres_backup.archive_settings(
                 spool=BACKUP_SPOOL, archive_timeout_s=p.archive_timeout_s, upload_wait_s=ARCHIVE_UPLOAD_WAIT_S))
         args = server_args(settings_map)
@@ -374,13 +402,14 @@ class PostgresChart(PlatformChart):
         sidecars: list[k8s.Container] = []
         backup_volumes: list[k8s.Volume] = []
         config_text = " ".join(args)
-        if p.backup_endpoint:
-            sidecars, backup_volumes = self._backups(p)
+        pod_labels = {**self.label_set.chart_labels(), **self.selector}
+        if self.backups:
+            sidecars, backup_volumes, backup_labels = self._backups(p)
+            pod_labels.update(backup_labels)
             server.volume_mounts.append(  # type: ignore[union-attr]
                 k8s.VolumeMount(name="backup-scripts", mount_path=postgres_backup.SCRIPTS_DIR, read_only=True))
             config_text += "".join(postgres_backup.scripts().values())
         digest = hashlib.sha256(config_text.encode()).hexdigest()[:16]
-        pod_labels = {**self.label_set.chart_labels(), **self.selector}
         self.stateful_set = k8s.KubeStatefulSet(
             self, "Server",
             metadata=k8s.ObjectMeta(name=self.NAME, namespace=ns, labels={"app.kubernetes.io/component": "server"},
@@ -405,6 +434,9 @@ class PostgresChart(PlatformChart):
                         "prometheus.io/scrape": "true", "prometheus.io/port": str(p.metrics_port),
                     }),
                     spec=k8s.PodSpec(
+                        # The backup container's credentials come with this account: EKS Pod
+                        # Identity's projected token, or a token projected into it alone.
+                        service_account_name=BACKUP_SERVICE_ACCOUNT if self.backups else None,
                         automount_service_account_token=False,
                         enable_service_links=False,
                         security_context=pod_context(uid=POSTGRES_UID),
@@ -429,7 +461,7 @@ class PostgresChart(PlatformChart):
                 policy_types=["Ingress"],
                 ingress=[k8s.NetworkPolicyIngressRule(
                     from_=[k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(match_labels=MONITORING_NAMESPACE_LABEL))],
-                    ports=ports(p.metrics_port),
+                    ports=ports(p.metrics_port, *([p.backup_metrics_port] if self.backups else [])),
                 )],
             ),
         )
@@ -437,11 +469,13 @@ class PostgresChart(PlatformChart):
         for child in (self.service, self.stateful_set, self.metrics_policy):
             child.add_dependency(self.postgres_namespace.resource)
         self.stateful_set.add_dependency(self.secrets)
-        if p.backup_endpoint:
+        if self.backups:
             self.stateful_set.add_dependency(self.backup_scripts)
 
-    def _backups(self, p: PostgresProps) -> tuple[list[k8s.Container], list[k8s.Volume]]:
-        """The ConfigMap of backup scripts, the two backup sidecars and the egress to the target."""
+    def _backups(self, p: PostgresProps) -> tuple[list[k8s.Container], list[k8s.Volume], dict[str, str]]:
+        """The ConfigMap of backup scripts, the two backup sidecars, the pod's service account,
+        the egress to the target and the Service its freshness is scraped through; returns the
+        sidecars, the pod's volumes and the pod's labels."""
         ns = self.NAMESPACE
         self.backup_scripts = k8s.KubeConfigMap(
             self, "BackupScripts",
@@ -469,46 +503,60 @@ class PostgresChart(PlatformChart):
             resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32,
                                            memory_limit_mib=128)),
             volume_mounts=mounts,
+            # A sidecar's readiness must never take the server out of its Service: ready once
+            # started. Alive while it can write the spool on the server's volume.
+            readiness_probe=k8s.Probe(exec=k8s.ExecAction(command=["true"]), period_seconds=60),
+            liveness_probe=k8s.Probe(
+                exec=k8s.ExecAction(command=["test", "-w", BACKUP_SPOOL]),
+                initial_delay_seconds=30, period_seconds=60, timeout_seconds=10, failure_threshold=3),
         )
+        access = backup_target.backup_access(
+            self, namespace=ns, service_account=BACKUP_SERVICE_ACCOUNT, pod_selector=self.selector,
+            profile=self.profile, bucket=p.backup_bucket, region=p.backup_region, prefix=p.backup_prefix,
+            endpoint=p.backup_endpoint, key_secret=BACKUP_SECRET)
+        for obj in access.objects:
+            if obj.metadata.namespace == ns:
+                obj.add_dependency(self.postgres_namespace.resource)
         agent = k8s.Container(
             name="backup",
             image=versions.PYTHON_IMAGE,
             image_pull_policy="IfNotPresent",
             command=["python3", f"{postgres_backup.SCRIPTS_DIR}/{postgres_backup.AGENT_FILE}", "agent",
-                     "--spool", BACKUP_SPOOL, "--retention-days", str(p.backup_retention_days)],
-            env=[
-                k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
-                k8s.EnvVar(name="BACKUP_S3_ENDPOINT", value=p.backup_endpoint),
-                k8s.EnvVar(name="BACKUP_S3_BUCKET", value=p.backup_bucket),
-                k8s.EnvVar(name="BACKUP_S3_PREFIX", value=p.backup_prefix),
-                k8s.EnvVar(name="BACKUP_S3_REGION", value=p.backup_region),
-                secret_env("AWS_ACCESS_KEY_ID", BACKUP_SECRET, "access-key-id"),
-                secret_env("AWS_SECRET_ACCESS_KEY", BACKUP_SECRET, "secret-access-key"),
-            ],
+                     "--spool", BACKUP_SPOOL, "--retention-days", str(p.backup_retention_days),
+                     "--metrics-port", str(p.backup_metrics_port)],
+            env=[k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"), *access.env],
+            ports=[k8s.ContainerPort(name="backup-metrics", container_port=p.backup_metrics_port)],
             # Same uid as the server: the spool's files are the server's.
             security_context=container_context(uid=POSTGRES_UID),
             # One 16 MiB segment in memory at a time, compressed; base backups stream from disk.
             resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=48,
                                            memory_limit_mib=128)),
-            volume_mounts=mounts,
+            volume_mounts=[*mounts, *access.volume_mounts],
+            # Ready once it listens (it listens before it first reaches the target, and keeps
+            # retrying a target that is down: the server stays in its Service); alive while the
+            # metrics answer, so a hung agent is restarted.
+            readiness_probe=k8s.Probe(tcp_socket=k8s.TcpSocketAction(port=int_or_string("backup-metrics")),
+                                      period_seconds=10, timeout_seconds=5),
+            liveness_probe=k8s.Probe(
+                http_get=k8s.HttpGetAction(path="/metrics", port=int_or_string("backup-metrics")),
+                initial_delay_seconds=30, period_seconds=30, timeout_seconds=10, failure_threshold=4),
         )
-        url = urllib.parse.urlsplit(p.backup_endpoint)
-        target_port = url.port or (443 if url.scheme == "https" else 80)
-        self.backup_egress = k8s.KubeNetworkPolicy(
-            self, "AllowBackupTarget",
-            metadata=k8s.ObjectMeta(name="postgres-backup-target", namespace=ns),
-            spec=k8s.NetworkPolicySpec(
-                pod_selector=k8s.LabelSelector(match_labels=self.selector),
-                policy_types=["Egress"],
-                # The target may be in the cluster or outside it (S3): its port, any address.
-                egress=[k8s.NetworkPolicyEgressRule(ports=ports(target_port))],
-            ),
+        # Scraped through a Service of its own: the pod's prometheus.io annotations name the
+        # exporter's port, and a pod annotates one (the Prometheus example configuration's
+        # kubernetes-pods and kubernetes-service-endpoints jobs read these annotations).
+        self.backup_metrics = k8s.KubeService(
+            self, "BackupMetrics",
+            metadata=k8s.ObjectMeta(name="postgres-backup-metrics", namespace=ns, annotations={
+                "prometheus.io/scrape": "true", "prometheus.io/port": str(p.backup_metrics_port),
+                "prometheus.io/path": "/metrics"}),
+            spec=k8s.ServiceSpec(selector=self.selector, ports=[k8s.ServicePort(
+                name="backup-metrics", port=p.backup_metrics_port, target_port=int_or_string("backup-metrics"))]),
         )
-        set_component(self.backup_egress, "network-policy")
-        self.backup_egress.add_dependency(self.postgres_namespace.resource)
+        set_component(self.backup_metrics, "backup")
+        self.backup_metrics.add_dependency(self.postgres_namespace.resource)
         volume = k8s.Volume(name="backup-scripts", config_map=k8s.ConfigMapVolumeSource(
             name="postgres-backup-scripts", default_mode=0o444))
-        return [base_backup, agent], [volume]
+        return [base_backup, agent], [volume, *access.volumes], access.pod_labels
 
     def client_pod_labels(self) -> dict[str, str]:
         """Labels a client's pods must carry (their namespace must be declared with :meth:`add_client`)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from final_problem.charts import postgres as chart
-from final_problem.local import kill_group
+from final_problem.local import free_ports, kill_group
 from final_problem.local.limits import Groups, Limits
 from final_problem.local.postgres import LocalPostgres
 from final_problem.local.s3 import LocalS3
@@ -77,6 +77,8 @@ class LocalPostgresBackups:
             (self.scripts / name).chmod(0o444)
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_log = workdir / "backup-agent.log"
+        #: Where the agent serves its freshness metrics on this host.
+        self.metrics_port = free_ports(1)[0]
         #: The sidecars run under their containers' rendered limits (cgroups).
         self.groups = Groups()
 
@@ -115,6 +117,10 @@ class LocalPostgresBackups:
         argv = [self._map(a) for a in container["command"]]
         if argv[0] == "python3":
             argv[0] = shutil.which("python3", path="/usr/bin:/bin") or "python3"
+        if "--metrics-port" in argv:
+            # The pod's port is the host's here: a free one, read back from metrics_port.
+            at = argv.index("--metrics-port") + 1
+            argv[at] = str(self.metrics_port)
         return argv
 
     def start_agent(self, server: LocalPostgres) -> None:

@@ -46,6 +46,7 @@ import re
 import shutil
 import sys
 import tarfile
+import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -80,32 +81,200 @@ def parse_time(text: str) -> dt.datetime:
     return t.astimezone(dt.timezone.utc)
 
 
+# -- credentials -------------------------------------------------------------------------------
+
+class StaticCredentials:
+    """A key pair (and a session token, when the pair is temporary) given once."""
+
+    def __init__(self, access_key: str, secret_key: str, session_token: str = "") -> None:
+        self.access_key, self.secret_key, self.session_token = access_key, secret_key, session_token
+
+    def current(self) -> tuple[str, str, str]:
+        return self.access_key, self.secret_key, self.session_token
+
+
+class ContainerCredentials:
+    """Temporary credentials from the container credential endpoint, as EKS Pod Identity serves
+    them (AWS SDKs and Tools reference guide, "Container credential provider"): a GET of
+    ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` with the contents of
+    ``AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`` in the ``Authorization`` header answers JSON
+    with ``AccessKeyId``, ``SecretAccessKey``, ``Token`` and ``Expiration``.
+
+    The token file is read at every fetch: the kubelet rotates the projected service account
+    token behind it. Credentials are fetched again :data:`REFRESH_BEFORE_S` before they expire;
+    a failed refresh keeps the old ones while they are still valid for
+    :data:`MIN_VALID_S`, and is retried at the next request.
+    """
+
+    #: botocore's advisory refresh: 15 minutes before expiry (botocore/credentials.py,
+    #: RefreshableCredentials._advisory_refresh_timeout).
+    REFRESH_BEFORE_S = 15 * 60
+    #: Credentials this close to expiry are not used: a request signed now may arrive after it.
+    MIN_VALID_S = 60
+
+    def __init__(self, uri: str, token_file: str, *, timeout_s: float = 10) -> None:
+        url = urllib.parse.urlsplit(uri)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise BackupError(f"AWS_CONTAINER_CREDENTIALS_FULL_URI {uri!r}: not an http(s) URL; it is set by "
+                              "EKS Pod Identity for a pod whose service account has an association")
+        self.uri, self.token_file, self.timeout_s = uri, token_file, timeout_s
+        self.expiration: dt.datetime | None = None
+        self._keys: tuple[str, str, str] | None = None
+        #: How many times credentials were fetched (the tests count refreshes).
+        self.fetches = 0
+
+    def current(self) -> tuple[str, str, str]:
+        now = utcnow()
+        if self._keys is not None and self.expiration is not None and \
+                (self.expiration - now).total_seconds() > self.REFRESH_BEFORE_S:
+            return self._keys
+        try:
+            self._fetch()
+        except BackupError:
+            if self._keys is not None and self.expiration is not None and \
+                    (self.expiration - now).total_seconds() > self.MIN_VALID_S:
+                return self._keys
+            raise
+        assert self._keys is not None
+        return self._keys
+
+    def _fetch(self) -> None:
+        try:
+            with open(self.token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise BackupError(f"credentials: cannot read the token file {self.token_file} ({e.strerror}); EKS "
+                              "Pod Identity mounts it in pods of an associated service account") from None
+        url = urllib.parse.urlsplit(self.uri)
+        conn_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        conn = conn_class(url.hostname, url.port, timeout=self.timeout_s)
+        try:
+            conn.request("GET", (url.path or "/") + (f"?{url.query}" if url.query else ""),
+                         headers={"Authorization": token})
+            response = conn.getresponse()
+            body = response.read()
+        except OSError as e:
+            raise BackupError(f"credentials: GET {self.uri} failed ({e}); check the EKS Pod Identity agent runs "
+                              "on the node and the pod may reach it") from None
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise BackupError(f"credentials: {self.uri} answered {response.status} "
+                              f"{body[:120].decode(errors='replace')!r}; check the service account's Pod Identity "
+                              "association")
+        try:
+            data = json.loads(body)
+            keys = (data["AccessKeyId"], data["SecretAccessKey"], data.get("Token", ""))
+            expiration = parse_time(data["Expiration"])
+            assert all(isinstance(k, str) for k in keys) and keys[0] and keys[1]
+        except Exception:
+            raise BackupError(f"credentials: {self.uri} answered no AccessKeyId, SecretAccessKey and Expiration; "
+                              "check AWS_CONTAINER_CREDENTIALS_FULL_URI names the Pod Identity agent") from None
+        self._keys, self.expiration = keys, expiration
+        self.fetches += 1
+
+
+class KubernetesSecretCredentials:
+    """A key pair kept in a Secret of another namespace (the root key pair of the S3 server a
+    cluster runs), read through the API with the pod's projected service account token, once:
+    the pair changes only when the Secret is deleted and generated again, and the pod is then
+    restarted."""
+
+    def __init__(self, secret: str, token_file: str, ca_file: str, *, api: str = "") -> None:
+        namespace, _, name = secret.partition("/")
+        if not namespace or not name:
+            raise BackupError(f"BACKUP_S3_KEY_PAIR_FROM {secret!r}: not <namespace>/<name>; set it like "
+                              "backups/backup-target-root")
+        self.namespace, self.name, self.token_file, self.ca_file = namespace, name, token_file, ca_file
+        self.api = api or "https://%s:%s" % (os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc"),
+                                             os.environ.get("KUBERNETES_SERVICE_PORT", "443"))
+        self._keys: tuple[str, str, str] | None = None
+
+    def current(self) -> tuple[str, str, str]:
+        if self._keys is None:
+            self._keys = self._read()
+        return self._keys
+
+    def _read(self) -> tuple[str, str, str]:
+        import ssl
+        import urllib.error
+        import urllib.request
+
+        where = f"Secret {self.namespace}/{self.name}"
+        try:
+            with open(self.token_file) as f:
+                token = f.read().strip()
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except OSError as e:
+            raise BackupError(f"credentials: cannot read {e.filename} ({e.strerror}); the pod needs its projected "
+                              "service account token to read " + where) from None
+        request = urllib.request.Request(f"{self.api}/api/v1/namespaces/{self.namespace}/secrets/{self.name}",
+                                         headers={"Authorization": "Bearer " + token})
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=30) as response:
+                data = json.load(response)["data"]
+            return (base64.b64decode(data["access-key-id"]).decode(),
+                    base64.b64decode(data["secret-access-key"]).decode(), "")
+        except urllib.error.HTTPError as e:
+            raise BackupError(f"credentials: reading {where} answered {e.code}; it is generated when the S3 "
+                              "server is first deployed, and this pod's service account needs a Role to get it") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise BackupError(f"credentials: reading {where} failed ({e}); check the API server is reachable and "
+                              "the Secret has access-key-id and secret-access-key") from None
+
+
+def credentials_from_env(env: "os._Environ[str] | dict[str, str]" = os.environ):
+    """The credentials the environment names, in the AWS SDKs' order for the two they share: a
+    key pair (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) first,
+    then the container endpoint (EKS Pod Identity); then a Secret of the cluster
+    (``BACKUP_S3_KEY_PAIR_FROM``, the in-cluster S3 server's). None when none is named."""
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_SECRET_ACCESS_KEY"):
+        if not (env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY")):
+            raise BackupError("backup target: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together; set both")
+        return StaticCredentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                                 env.get("AWS_SESSION_TOKEN", ""))
+    if env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        if not env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"):
+            raise BackupError("backup target: AWS_CONTAINER_CREDENTIALS_FULL_URI is set without "
+                              "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE; EKS Pod Identity sets both")
+        return ContainerCredentials(env["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+                                    env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"])
+    if env.get("BACKUP_S3_KEY_PAIR_FROM"):
+        token_dir = env.get("BACKUP_S3_SA_DIR", "/var/run/secrets/backup")
+        return KubernetesSecretCredentials(env["BACKUP_S3_KEY_PAIR_FROM"], f"{token_dir}/token",
+                                           f"{token_dir}/ca.crt")
+    return None
+
+
 # -- S3 ---------------------------------------------------------------------------------------
 
 class S3:
     """Path-style S3 requests signed with Signature Version 4."""
 
-    def __init__(self, *, endpoint: str, bucket: str, region: str, access_key: str, secret_key: str,
-                 session_token: str = "", timeout_s: float = 60) -> None:
+    def __init__(self, *, endpoint: str, bucket: str, region: str, access_key: str = "", secret_key: str = "",
+                 session_token: str = "", credentials: "StaticCredentials | ContainerCredentials | "
+                 "KubernetesSecretCredentials | None" = None, timeout_s: float = 60) -> None:
         url = urllib.parse.urlsplit(endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise BackupError(f"backup target endpoint {endpoint!r}: not an http(s) URL; set it like http://host:7070")
         self.scheme, self.host, self.port = url.scheme, url.hostname, url.port
         self.netloc = url.netloc
         self.bucket, self.region = bucket, region
-        self.access_key, self.secret_key, self.session_token = access_key, secret_key, session_token
+        #: Where each request's keys come from: fetched anew when temporary ones near expiry.
+        self.credentials = credentials or StaticCredentials(access_key, secret_key, session_token)
         self.timeout_s = timeout_s
 
     @classmethod
     def from_env(cls, env: "os._Environ[str] | dict[str, str]" = os.environ) -> "S3":
-        missing = [k for k in ("BACKUP_S3_ENDPOINT", "BACKUP_S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-                   if not env.get(k)]
+        missing = [k for k in ("BACKUP_S3_ENDPOINT", "BACKUP_S3_BUCKET") if not env.get(k)]
+        credentials = credentials_from_env(env)
+        if credentials is None:
+            missing.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_CONTAINER_CREDENTIALS_FULL_URI)")
         if missing:
             raise BackupError(f"backup target: {', '.join(missing)} not set; set the target's endpoint, bucket "
                               "and credentials in the environment")
         return cls(endpoint=env["BACKUP_S3_ENDPOINT"], bucket=env["BACKUP_S3_BUCKET"],
-                   region=env.get("BACKUP_S3_REGION") or "us-east-1", access_key=env["AWS_ACCESS_KEY_ID"],
-                   secret_key=env["AWS_SECRET_ACCESS_KEY"], session_token=env.get("AWS_SESSION_TOKEN", ""))
+                   region=env.get("BACKUP_S3_REGION") or "us-east-1", credentials=credentials)
 
     def _path(self, key: str) -> str:
         return "/" + urllib.parse.quote(self.bucket, safe="") + ("/" + urllib.parse.quote(key, safe="/-_.~") if key else "")
@@ -113,9 +282,12 @@ class S3:
     def _sign(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], payload_sha: str) -> None:
         now = utcnow()
         stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        access_key, secret_key, session_token = self.credentials.current()
         headers.update({"host": self.netloc, "x-amz-date": stamp, "x-amz-content-sha256": payload_sha})
-        if self.session_token:
-            headers["x-amz-security-token"] = self.session_token
+        if session_token:
+            # Temporary credentials: the token is sent, and signed, with every request (AWS docs,
+            # "Signature Version 4 for API requests": X-Amz-Security-Token).
+            headers["x-amz-security-token"] = session_token
         names = sorted(k.lower() for k in headers)
         lowered = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
         canonical_query = "&".join(
@@ -124,11 +296,11 @@ class S3:
                                ";".join(names), payload_sha])
         scope = f"{day}/{self.region}/s3/aws4_request"
         to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-        key = ("AWS4" + self.secret_key).encode()
+        key = ("AWS4" + secret_key).encode()
         for part in (day, self.region, "s3", "aws4_request"):
             key = hmac.new(key, part.encode(), hashlib.sha256).digest()
         signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
+        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
                                     f"SignedHeaders={';'.join(names)}, Signature={signature}")
 
     def request(self, method: str, key: str = "", *, query: dict[str, str] | None = None, body: bytes | None = None,
@@ -509,10 +681,98 @@ def verify_manifest(pgdata: str, backup_id: str) -> None:
                               "choose --to for another base backup")
 
 
+# -- freshness metrics -------------------------------------------------------------------------
+
+class Metrics:
+    """Backup freshness in the Prometheus text exposition format (version 0.0.4), served on
+    ``GET /metrics`` by :meth:`serve`:
+
+    - ``final_problem_backup_last_success_timestamp_seconds{component, kind}``: when the last
+      backup of that kind went up and was read back (Unix time);
+    - ``final_problem_backup_age_seconds{component, kind}``: its age at the scrape, what an
+      alert compares with the schedule;
+    - ``final_problem_backup_uploads_total{component, kind, result}``: uploads that succeeded
+      and that failed since the agent started (counters).
+
+    ``kind`` is ``base`` (a base backup, listed) or ``wal`` (an archived segment). The base
+    backup's time is read from the bucket's newest listing at start, so a restarted agent
+    reports the real age, not none.
+    """
+
+    def __init__(self, component: str) -> None:
+        self.component = component
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def succeeded(self, kind: str, at: "dt.datetime | None" = None) -> None:
+        when = (at or utcnow()).timestamp()
+        with self._lock:
+            self._last[kind] = max(when, self._last.get(kind, 0.0))
+            if at is None:
+                self._counts[(kind, "success")] = self._counts.get((kind, "success"), 0) + 1
+
+    def failed(self, kind: str) -> None:
+        with self._lock:
+            self._counts[(kind, "failure")] = self._counts.get((kind, "failure"), 0) + 1
+
+    def render(self, now: "dt.datetime | None" = None) -> str:
+        now_s = (now or utcnow()).timestamp()
+        with self._lock:
+            last, counts = dict(self._last), dict(self._counts)
+        kinds = sorted({*last, *(k for k, _ in counts), "base", "wal"})
+        c = self.component
+        lines = ["# HELP final_problem_backup_last_success_timestamp_seconds When the last backup went up and was "
+                 "read back.", "# TYPE final_problem_backup_last_success_timestamp_seconds gauge"]
+        lines += [f'final_problem_backup_last_success_timestamp_seconds{{component="{c}",kind="{k}"}} {last[k]:.3f}'
+                  for k in kinds if k in last]
+        lines += ["# HELP final_problem_backup_age_seconds Seconds since the last successful backup.",
+                  "# TYPE final_problem_backup_age_seconds gauge"]
+        lines += [f'final_problem_backup_age_seconds{{component="{c}",kind="{k}"}} {max(0.0, now_s - last[k]):.3f}'
+                  for k in kinds if k in last]
+        lines += ["# HELP final_problem_backup_uploads_total Backup uploads since the agent started, by result.",
+                  "# TYPE final_problem_backup_uploads_total counter"]
+        lines += [f'final_problem_backup_uploads_total{{component="{c}",kind="{k}",result="{r}"}} '
+                  f'{counts.get((k, r), 0)}' for k in kinds for r in ("success", "failure")]
+        return "\n".join(lines) + "\n"
+
+    def serve(self, port: int, host: str = "") -> "object":
+        """Answer ``GET /metrics`` on ``port`` from a daemon thread; returns the server."""
+        import http.server
+
+        metrics = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = metrics.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass  # a scrape every few seconds is not news
+
+        try:
+            server = http.server.ThreadingHTTPServer((host, port), Handler)
+        except OSError as e:
+            raise BackupError(f"metrics: cannot listen on port {port} ({e.strerror}); choose another "
+                              "--metrics-port") from None
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        return server
+
+
 # -- the sidecar -------------------------------------------------------------------------------
 
-def agent_pass(pg: Postgres, spool: str, retention_days: int) -> int:
-    """Upload what the spool holds; return how many items went up."""
+def agent_pass(pg: Postgres, spool: str, retention_days: int, metrics: Metrics | None = None) -> int:
+    """Upload what the spool holds; return how many items went up. ``metrics`` counts each
+    upload that succeeded or failed."""
+    metrics = metrics or Metrics("postgres")
     done = 0
     wal = os.path.join(spool, "wal")
     if os.path.isdir(wal):
@@ -525,13 +785,22 @@ def agent_pass(pg: Postgres, spool: str, retention_days: int) -> int:
                     pg.upload_wal(path)
                 except FileNotFoundError:
                     continue  # the archive command saw it done and removed it since the listing
+                except BackupError:
+                    metrics.failed("wal")
+                    raise
+                metrics.succeeded("wal")
                 done += 1
     base = os.path.join(spool, "base")
     if os.path.isdir(base):
         for name in sorted(os.listdir(base)):
             if name.endswith(".ready") and os.path.exists(os.path.join(base, name[:-6] + ".end")):
-                backup_id = pg.upload_base(os.path.join(base, name), os.path.join(base, name[:-6] + ".end"),
-                                           retention_days)
+                try:
+                    backup_id = pg.upload_base(os.path.join(base, name), os.path.join(base, name[:-6] + ".end"),
+                                               retention_days)
+                except BackupError:
+                    metrics.failed("base")
+                    raise
+                metrics.succeeded("base")
                 write_atomic(os.path.join(base, "last-uploaded"), backup_id + "\n")
                 print(f"base backup {backup_id} uploaded and listed", flush=True)
                 done += 1
@@ -546,21 +815,35 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("--once", action="store_true", help="one pass, then exit")
     agent.add_argument("--interval-s", type=float, default=0.5)
     agent.add_argument("--retention-days", type=int, default=7)
+    agent.add_argument("--metrics-port", type=int, default=0,
+                       help="serve the freshness metrics on this port (0: not served)")
     restore = sub.add_parser("restore-postgres", help="restore onto an empty data directory, to a time")
     restore.add_argument("--to", required=True)
     restore.add_argument("--pgdata", required=True)
     restore.add_argument("--wal-dir", required=True)
     args = parser.parse_args(argv)
     try:
-        pg = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", ""))
         if args.command == "restore-postgres":
+            pg = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", ""))
             print(pg.restore(target=parse_time(args.to), pgdata=args.pgdata, wal_dir=args.wal_dir))
             return 0
-        if not args.once:
-            pg.s3.create_bucket()
+        metrics = Metrics("postgres")
+        if args.metrics_port:
+            metrics.serve(args.metrics_port)
+        pg = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", "")) if args.once else None
         while True:
             try:
-                agent_pass(pg, args.spool, args.retention_days)
+                if pg is None:
+                    # In the loop: a target that is missing or down at start is waited for and
+                    # said every few seconds, never a restart that would take the server's pod
+                    # out of its Service.
+                    candidate = Postgres(S3.from_env(), os.environ.get("BACKUP_S3_PREFIX", ""))
+                    candidate.s3.create_bucket()
+                    newest = candidate.listings()[-1:]
+                    if newest:
+                        metrics.succeeded("base", at=newest[0]["ended"])
+                    pg = candidate
+                agent_pass(pg, args.spool, args.retention_days, metrics)
             except BackupError as e:
                 if args.once:
                     raise

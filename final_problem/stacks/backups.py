@@ -26,11 +26,13 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from final_problem.charts import postgres as postgres_chart
+from final_problem.charts.postgres import PostgresChart
 from final_problem.config import Settings
 from final_problem.stacks import nag
 
-#: The service account the backup containers run as (namespace, name).
-BACKUP_SERVICE_ACCOUNT = ("postgres", "postgres-backup")
+#: The service account the backup containers run as (namespace, name): the postgres chart's.
+BACKUP_SERVICE_ACCOUNT = (PostgresChart.NAMESPACE, postgres_chart.BACKUP_SERVICE_ACCOUNT)
 #: Days an incomplete multipart upload is kept before it is aborted.
 ABORT_MULTIPART_DAYS = 7
 

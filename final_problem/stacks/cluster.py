@@ -18,6 +18,7 @@ from final_problem.config import Settings
 from final_problem.errors import ConfigError
 from final_problem.stacks import nag
 from final_problem.stacks.backups import BackupBucket
+from final_problem.profiles import EKS
 from final_problem.stacks.platform import Platform
 
 #: All five control-plane log types (EKS user guide, "Control plane logging").
@@ -139,7 +140,11 @@ class ClusterStack(cdk.Stack):
         # The backup target (final_problem/stacks/backups.py): its Pod Identity association needs the agent.
         self.backups = BackupBucket(self, "Backups", cluster=self.cluster, settings=settings)
         self.backups.association.node.add_dependency(self.pod_identity_agent)
-        self.platform = Platform(self, "Platform", cluster=self.cluster, settings=settings)
+        # The charts write their backups to this bucket, at the region's endpoint, through the
+        # service account its role is associated with.
+        profile = EKS.with_backup_bucket(bucket=self.backups.bucket.bucket_name, region=cdk.Aws.REGION,
+                                         endpoint=f"https://s3.{cdk.Aws.REGION}.{cdk.Aws.URL_SUFFIX}")
+        self.platform = Platform(self, "Platform", cluster=self.cluster, settings=settings, profile=profile)
         # What `final-problem --aws` reads to find the platform (final_problem/tour/discovery.py).
         cdk.CfnOutput(self, "ClusterName", value=self.cluster.cluster_name, description="EKS cluster name")
         cdk.CfnOutput(self, "Region", value=cdk.Aws.REGION, description="Region of the cluster")
@@ -155,6 +160,9 @@ class ClusterStack(cdk.Stack):
         for manifest in self.platform.manifests.values():
             manifest.node.add_dependency(self.ebs_csi_driver)
             manifest.node.add_dependency(self.nodegroup)
+            # EKS Pod Identity's webhook injects credentials into pods created after their
+            # service account's association exists: a backing-up pod created before it has none.
+            manifest.node.add_dependency(self.backups.association)
 
 
     def _acknowledge_findings(self) -> None:
