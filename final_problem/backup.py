@@ -6,6 +6,7 @@
     final-problem backup restore postgres --to 2026-12-07T03:40:00Z --data-dir /var/lib/postgresql/data/pgdata
     final-problem backup restore redis [--to TIME] --data-dir /data
     final-problem backup restore zookeeper [--to TIME] --data-dir /data --log-dir /datalog
+    final-problem backup restore consul [--to TIME] --data-dir DIR   # then: consul snapshot restore DIR/consul.snap
 
 The target is read from the environment, with the names the backup containers use:
 ``BACKUP_S3_ENDPOINT``, ``BACKUP_S3_BUCKET``, ``BACKUP_S3_PREFIX``, ``BACKUP_S3_REGION``,
@@ -20,6 +21,8 @@ The target is read from the environment, with the names the backup containers us
   other members, on empty volumes, synchronise from it.
 - ``zookeeper``: puts the chosen snapshot and the transaction logs after it into one
   member's empty data and log directories; run it for every member before any starts.
+- ``consul``: fetches the chosen ``consul snapshot save`` file into an empty directory, for
+  ``consul snapshot restore`` into the running servers (Consul restores through its API).
 
 The same code (:mod:`final_problem.renderers.backup_agent`,
 :mod:`final_problem.renderers.snapshot_agent`) runs in the cluster. A refused restore (no
@@ -36,10 +39,10 @@ import sys
 from pathlib import Path
 
 from final_problem.renderers.backup_agent import BackupError, Postgres, S3, iso, parse_time
-from final_problem.renderers.snapshot_agent import Snapshots, restore_redis, restore_zookeeper
+from final_problem.renderers.snapshot_agent import Snapshots, restore_file, restore_redis, restore_zookeeper
 
-COMPONENTS = ("postgres", "redis", "zookeeper")
-SNAPSHOT_COMPONENTS = ("redis", "zookeeper")
+COMPONENTS = ("postgres", "redis", "zookeeper", "consul")
+SNAPSHOT_COMPONENTS = ("redis", "zookeeper", "consul")
 
 
 def list_snapshots(store: Snapshots) -> int:
@@ -83,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             data_dir = str(args.data_dir.absolute())
             if args.component == "redis":
                 print(restore_redis(store, target=target, data_dir=data_dir))
+            elif args.component == "consul":
+                chosen, path = restore_file(store, target=target, into=data_dir)
+                # Consul restores through its servers' API (Raft), not onto a volume.
+                print(f"fetched consul snapshot {chosen['id']} (checked by SHA-256) into {path}: every write "
+                      f"acknowledged before {iso(chosen['recovery_point'])} is in it; restore it into the running "
+                      f"servers with a management token: consul snapshot restore {path}")
             else:
                 if args.log_dir is None:
                     raise BackupError("restore zookeeper: --log-dir not given; give the member's empty dataLogDir "

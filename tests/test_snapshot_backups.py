@@ -19,6 +19,7 @@ from final_problem.charts import zookeeper as zookeeper_chart
 from final_problem.clients import consul_init
 from final_problem.constructs import snapshot_backup
 from final_problem.errors import ConfigError
+from final_problem.profiles import PI
 from final_problem.renderers import backup_agent, snapshot_agent
 from final_problem.renderers.backup_agent import BackupError
 
@@ -171,6 +172,14 @@ def test_every_backup_setting_has_a_change_rule(name: str) -> None:
 
 
 # -- the agent's pure parts ---------------------------------------------------------------------
+
+def test_a_restored_redis_member_is_told_to_start_as_the_primary_as_the_start_script_reads_it() -> None:
+    from final_problem.renderers import redis as redis_renderer
+
+    assert snapshot_agent.FORCE_PRIMARY_FILE == redis_renderer.FORCE_PRIMARY_FILE
+    assert f'"$REDIS_DATA_DIR/{redis_renderer.FORCE_PRIMARY_FILE}"' in redis_renderer.config_files(
+        redis_chart.RedisProps.for_profile(PI).config_options())["start-redis.sh"]
+
 
 def test_crc64_is_redis_jones_crc() -> None:
     # Redis's crc64.c test vector.

@@ -55,6 +55,9 @@ else:  # run as a script beside backup_agent.py (the ConfigMap's mount)
 
 LISTING_FORMAT = 1
 LISTING = "snapshot.json"
+#: The file that tells the redis chart's start script to start its member as the primary
+#: (final_problem.renderers.redis.FORCE_PRIMARY_FILE; this program imports nothing of the project).
+FORCE_PRIMARY_FILE = "force-primary"
 
 
 # -- the store ---------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ def check_rdb(path: str) -> str:
     trailer here. Returns how; raises BackupError when the file is not a whole RDB."""
     checker = shutil.which("redis-check-rdb")
     if checker:
-        done = subprocess.run([checker, path], capture_output=True, text=True, timeout=3600)
+        done = subprocess.run([checker, path], capture_output=True, timeout=3600)
         if done.returncode != 0:
             raise BackupError("fails redis-check-rdb")
         return "redis-check-rdb"
@@ -366,8 +369,8 @@ def restore_redis(store: Snapshots, *, target: dt.datetime | None, data_dir: str
         write_atomic(os.path.join(aof, "appendonly.aof.manifest"), "file appendonly.aof.1.base.rdb seq 1 type b\n")
         os.replace(dump, os.path.join(data_dir, "dump.rdb"))
         # The chart's start script: a member with data that no Sentinel majority names and no
-        # member answers for starts as primary only when told so (start-redis.sh, __FORCE__).
-        open(os.path.join(data_dir, "__FORCE__"), "w").close()
+        # member answers for starts as primary only when told so (start-redis.sh).
+        open(os.path.join(data_dir, FORCE_PRIMARY_FILE), "w").close()
     except BaseException:
         for entry in os.listdir(data_dir):
             path = os.path.join(data_dir, entry)
@@ -377,7 +380,7 @@ def restore_redis(store: Snapshots, *, target: dt.datetime | None, data_dir: str
         shutil.rmtree(work, ignore_errors=True)
     return (f"restored redis snapshot {listing['id']} (taken on {listing['member']}, checked by SHA-256 and {how}) "
             f"into {data_dir}: every write acknowledged before {iso(listing['recovery_point'])} is in it; start this "
-            "member first, on its own, with the Sentinels' volumes empty: it starts as the primary (__FORCE__) and "
+            "member first, on its own, with the Sentinels' volumes empty: it starts as the primary (its force-primary file) and "
             "the other members, on empty volumes, synchronise from it")
 
 
