@@ -64,7 +64,7 @@ from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
 from final_problem.changes import nothing, rolling, volume_size
 from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
-from final_problem.settings import ComponentSettings, per_profile, setting
+from final_problem.settings import per_profile, setting
 from final_problem.constructs.snapshot_backup import SCRIPTS_DIR, SnapshotBackupSettings, scripts as backup_scripts
 from final_problem.renderers.consul import (
     AUTH_METHOD,
@@ -136,6 +136,27 @@ class ConsulProps(SnapshotBackupSettings):
         cpu = (100, 500) if self.profile.small else (200, 1000)
         return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
                       memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
+
+    # Snapshots run as a CronJob, not in the servers' pods: a change restarts nothing.
+    backup_endpoint: str = setting(
+        "", doc="URL of the S3-compatible backup target (e.g. `http://s3.backups.svc.cluster.local:7070`). Set, "
+                "CronJob `consul-snapshot` saves and uploads a snapshot every backup_interval_minutes; empty, none.",
+        change=nothing("the snapshot CronJob (and its token, made by the ACL Job) come or go; the servers keep running"),
+    )
+    backup_region: str = setting(
+        "us-east-1", doc="Region the backup requests are signed for (any value the target accepts).",
+        change=nothing("the snapshot CronJob's next run uses it"),
+    )
+    backup_interval_minutes: int = setting(
+        60, minimum=5, maximum=60 * 24 * 28,
+        doc="Minutes between snapshots (the CronJob's schedule: a divisor of an hour, whole hours dividing a day, "
+            "or whole days): the most a restore loses.",
+        change=nothing("the snapshot CronJob's schedule"),
+    )
+    backup_retention_days: int = setting(
+        7, minimum=1, maximum=3650, doc="Days snapshots are kept (the newest always is).",
+        change=nothing("the snapshot CronJob's next run prunes with it"),
+    )
 
     def check(self) -> None:
         self.check_backup()

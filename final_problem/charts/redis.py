@@ -57,7 +57,7 @@ from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.changes import rolling, volume_size
 from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
-from final_problem.settings import UNSET, ComponentSettings, per_profile, setting
+from final_problem.settings import UNSET, per_profile, setting
 from final_problem.renderers.redis import APPENDFSYNC_POLICIES, MAXMEMORY_POLICIES, RedisConfigOptions, config_files
 
 #: uid and gid of the ``redis`` user in the official image (its Dockerfile: groupadd -r -g 999).

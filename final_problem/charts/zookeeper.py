@@ -43,7 +43,7 @@ from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem import scaling
 from final_problem.changes import nothing, peer_port, rolling, volume_size
-from final_problem.settings import ComponentSettings, per_profile, setting
+from final_problem.settings import per_profile, setting
 from final_problem.renderers.zookeeper import (
     RECONFIG_SCRIPT_PATH, START_SCRIPT_PATH, EnsembleConfig, Member, dynamic_cfg, java_command, zoo_cfg,
 )

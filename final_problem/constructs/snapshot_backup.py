@@ -36,6 +36,8 @@ from final_problem.settings import ComponentSettings, setting
 #: Where the ConfigMap of programs is mounted in the sidecar.
 SCRIPTS_DIR = "/backup"
 AGENT_FILE = "snapshot_agent.py"
+#: The sidecar's resources: it streams files from disk; one copy at a time.
+SIDECAR_SIZING = Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32, memory_limit_mib=96)
 
 
 def scripts() -> dict[str, str]:
@@ -97,8 +99,7 @@ class SnapshotBackup(Group):
     def __init__(self, scope: ObjectChart | Group, id: str, *, name: str, namespace: str, component: str,
                  settings: SnapshotBackupSettings, selector: dict[str, str], uid: int, args: Sequence[str],
                  mounts: Sequence[k8s.VolumeMount], env: Sequence[k8s.EnvVar] = (),
-                 sizing: Sizing = Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32,
-                                         memory_limit_mib=96)) -> None:
+                 sizing: Sizing = SIDECAR_SIZING) -> None:
         super().__init__(scope, id)
         s = settings
         self.secret_name = f"{name}-backup-target"

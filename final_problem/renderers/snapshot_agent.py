@@ -501,7 +501,7 @@ class ZooKeeperSnapshots:
         snap_dir, log_dir = os.path.join(self.data_dir, "version-2"), os.path.join(self.log_dir, "version-2")
         snapshots = sorted(((int(m.group(2), 16), n) for n in os.listdir(snap_dir)
                             if (m := ZK_FILE.match(n)) and m.group(1) == "snapshot"), reverse=True)
-        for zxid, name in snapshots:
+        for zxid, name in snapshots:  # noqa: B007 (zxid: the chosen snapshot's, read after the loop)
             copy = os.path.join(work, name)
             shutil.copyfile(os.path.join(snap_dir, name), copy)
             if snapshot_valid(copy):
