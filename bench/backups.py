@@ -37,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# This folder holds bench/redis.py, which would shadow the redis package the clients import.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from final_problem.local import wait_for  # noqa: E402
 from final_problem.local.backup import LocalPostgresBackups  # noqa: E402
