@@ -1,4 +1,5 @@
-"""Backup benchmark: PostgreSQL's base backup, WAL archiving and restore to a time, on loopback.
+"""Backup benchmark: PostgreSQL's base backup, WAL archiving and restore to a time; Redis's and
+ZooKeeper's snapshots and restores, on loopback.
 
 Starts the Pi profile's rendered PostgreSQL with backups to a local versitygw
 (final_problem.local.backup, final_problem.local.s3), loads ``--rows`` rows, and prints:
@@ -11,7 +12,15 @@ Starts the Pi profile's rendered PostgreSQL with backups to a local versitygw
   directory after the volume is deleted, then the server's recovery until it opens; the
   recovery point: the last row restored and how far before the target it was committed.
 
-    .venv/bin/python bench/backups.py [--rows 200000] [--switches 5]     (or: make bench)
+Redis (final_problem.local.redis, the chart's set; final_problem.local.snapshot_backup, its
+rendered sidecar): ``--keys`` keys, a snapshot by a replica's sidecar until listed, then every
+volume emptied, ``restore redis`` and the set started until every member follows the restored
+primary. ZooKeeper (final_problem.local.zookeeper): ``--znodes`` znodes, the leader's sidecar,
+every volume emptied, ``restore zookeeper`` for each member and the ensemble started until it
+has a leader. The recovery point: the writes before the snapshot found, those after it not.
+
+    .venv/bin/python bench/backups.py [--rows 200000] [--switches 5] [--keys 100000] [--znodes 2000]
+                                      [--only postgres,redis,zookeeper]     (or: make bench)
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# This folder holds bench/redis.py, which would shadow the redis package the clients import.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from final_problem.local import wait_for  # noqa: E402
 from final_problem.local.backup import LocalPostgresBackups  # noqa: E402
@@ -39,11 +50,137 @@ def chown_tree(path: Path, user: str) -> None:
     subprocess.run(["chown", "-R", f"{user}:", str(path)], check=True)
 
 
+def backup_cli(s3: LocalS3, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "final_problem.backup", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **s3.env()})
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:2])} failed: {done.stderr.strip()}")
+    return done
+
+
+def bench_redis(keys: int) -> None:
+    from final_problem.clients.redis import RedisClient, RedisSettings
+    from final_problem.local.redis import LocalRedisSet, local_options
+    from final_problem.local.snapshot_backup import LocalSidecar
+
+    work = Path(tempfile.mkdtemp(prefix="final-problem-bench-redis-backups-"))
+    try:
+        with LocalS3() as s3, LocalRedisSet(workdir=work / "set", options=local_options()) as cluster:
+            sidecar = LocalSidecar("redis", s3=s3, workdir=work)
+            client = RedisClient(settings=RedisSettings.from_env(cluster.client_env(), secret=lambda key: ""))
+            try:
+                primary = cluster.member_index(client.primary_address()[1])
+                admin = cluster.admin(primary)
+                for start in range(0, keys, 10_000):
+                    pipe = admin.pipeline(transaction=False)
+                    for i in range(start, min(keys, start + 10_000)):
+                        pipe.set(f"key:{i}", f"value-{i:032d}")
+                    pipe.execute()
+                client.set_durable("last-before", "1", replicas=1, timeout_ms=5000)
+                replica = next(i for i in range(len(cluster.members)) if i != primary)
+                proc = cluster.members[replica]
+                started = time.monotonic()
+                taken = sidecar.once(pod=f"redis-{replica}", paths={"/data": Path(proc.env["REDIS_DATA_DIR"])},
+                                     port=proc.port, secrets={"REDIS_ADMIN_PASSWORD": cluster.passwords.admin})
+                if taken.returncode != 0:
+                    raise SystemExit(f"redis snapshot failed: {taken.stderr.strip()}")
+                backup_s = time.monotonic() - started
+                client.set_durable("first-after", "1", replicas=1, timeout_ms=5000)
+                size = sum(v for k, v in s3.client().list("redis/snapshots/").items() if k.endswith("dump.rdb"))
+            finally:
+                client.close()
+                sidecar.close()
+            cluster.stop()
+            for proc in cluster.members + cluster.sentinels:
+                shutil.rmtree(proc.config_dir.parent / "data")
+                (proc.config_dir.parent / "data").mkdir()
+            started = time.monotonic()
+            backup_cli(s3, "restore", "redis", "--data-dir", cluster.members[0].env["REDIS_DATA_DIR"])
+            restore_s = time.monotonic() - started
+            started = time.monotonic()
+            cluster.spawn_all()
+            primary = cluster.member_index(cluster.wait_settled(timeout_s=300))
+            settled_s = time.monotonic() - started
+            admin = cluster.admin(primary)
+            found, before, after = admin.dbsize(), admin.exists("last-before"), admin.exists("first-after")
+            print(f"redis snapshot ({keys:,} keys): {backup_s:.2f} s from a replica's BGSAVE to a listed snapshot; "
+                  f"dump {size / 1e6:.1f} MB")
+            print(f"redis restore: {restore_s:.2f} s to fetch and check the dump, {settled_s:.2f} s until the set "
+                  f"(3 members, 3 Sentinels) runs from it; recovery point: the snapshot's start, {found - 1:,} of "
+                  f"{keys:,} keys and the last write before it {'found' if before else 'MISSING'}, the first after it "
+                  f"{'found' if after else 'absent'}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_zookeeper(znodes: int) -> None:
+    from final_problem.clients.zookeeper import ZooKeeperClient
+    from final_problem.local.snapshot_backup import LocalSidecar
+    from final_problem.local.zookeeper import LocalEnsemble
+
+    work = Path(tempfile.mkdtemp(prefix="final-problem-bench-zookeeper-backups-"))
+    try:
+        with LocalS3() as s3, LocalEnsemble(workdir=work / "ensemble", dynamic=True) as ensemble:
+            sidecar = LocalSidecar("zookeeper", s3=s3, workdir=work)
+            ensemble.start_all()
+            leader = ensemble.wait_for_quorum(timeout=60)
+            with ZooKeeperClient(hosts=ensemble.hosts, timeout=30) as client:
+                client.kazoo.ensure_path("/bench")
+                results = [client.kazoo.create_async(f"/bench/{i:08d}", b"x" * 100) for i in range(znodes)]
+                for result in results:
+                    result.get(timeout=60)
+                directory = ensemble.procs[leader].directory
+                (work / "spool").mkdir()
+                started = time.monotonic()
+                taken = sidecar.once(pod=f"zookeeper-{leader - 1}", port=ensemble.procs[leader].member.client_port,
+                                     paths={"/data": directory / "data", "/datalog": directory / "datalog",
+                                            "/backup-spool": work / "spool"})
+                if taken.returncode != 0:
+                    raise SystemExit(f"zookeeper snapshot failed: {taken.stderr.strip()}")
+                backup_s = time.monotonic() - started
+                client.kazoo.create("/bench-after", b"x")
+            sidecar.close()
+            size = sum(s3.client().list("zookeeper/snapshots/").values())
+            ensemble.close()
+            started = time.monotonic()
+            for proc in ensemble.procs.values():
+                shutil.rmtree(proc.directory / "data")
+                shutil.rmtree(proc.directory / "datalog")
+                backup_cli(s3, "restore", "zookeeper", "--data-dir", str(proc.directory / "data"),
+                           "--log-dir", str(proc.directory / "datalog"))
+            restore_s = time.monotonic() - started
+            started = time.monotonic()
+            ensemble.start_all()
+            ensemble.wait_for_quorum(timeout=120)
+            settled_s = time.monotonic() - started
+            with ZooKeeperClient(hosts=ensemble.hosts, timeout=30) as client:
+                client.kazoo.sync("/bench")
+                found = len(client.kazoo.get_children("/bench"))
+                after = client.kazoo.exists("/bench-after") is not None
+            print(f"zookeeper snapshot ({znodes:,} znodes): {backup_s:.2f} s from the leader's srvr to a listed "
+                  f"snapshot and logs; {size / 1e6:.1f} MB")
+            print(f"zookeeper restore: {restore_s:.2f} s to fetch and check it onto 3 members' volumes, {settled_s:.2f} s "
+                  f"until the ensemble has a leader; recovery point: the snapshot's start, {found:,} of {znodes:,} "
+                  f"znodes found, the first write after it {'found' if after else 'absent'}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--switches", type=int, default=5)
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--znodes", type=int, default=2_000)
+    parser.add_argument("--only", default="postgres,redis,zookeeper")
     args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    if "redis" in only:
+        bench_redis(args.keys)
+    if "zookeeper" in only:
+        bench_zookeeper(args.znodes)
+    if "postgres" not in only:
+        return 0
     work = Path(tempfile.mkdtemp(prefix="final-problem-bench-backups-"))
     os.chmod(work, 0o755)
     volume = work / "volume"

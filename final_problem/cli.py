@@ -7,7 +7,7 @@
     final-problem redis example
     final-problem plan --live               # what the next deploy would do (final_problem/plan.py)
     final-problem scale zookeeper.replicas=5 --live --apply   # a quorum's membership (final_problem/scale.py)
-    final-problem backup restore postgres --to TIME --data-dir DIR   # final_problem/backup.py
+    final-problem backup restore postgres|redis|zookeeper|consul [--to TIME] --data-dir DIR   # final_problem/backup.py
 
 Where the platform is: ``--local`` (start the real servers on this machine), explicit
 addresses (``--zookeeper``, ``--redis-sentinels``), the clients' environment variables,

@@ -366,6 +366,10 @@ EXPLICIT: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {
     ("postgres", "base_backup_hours"): (12, {"backup_endpoint": "http://s3.backups.svc.cluster.local:7070"}),
     ("postgres", "backup_retention_days"): (14, {"backup_endpoint": "http://s3.backups.svc.cluster.local:7070"}),
     ("postgres", "archive_timeout_s"): (120, {"backup_endpoint": "http://s3.backups.svc.cluster.local:7070"}),
+    **{(component, name): (value, {} if name == "backup_endpoint" else {"backup_endpoint": "http://s3.backups.svc.cluster.local:7070"})
+       for component in ("redis", "zookeeper", "consul")
+       for name, value in (("backup_endpoint", "http://s3.backups.svc.cluster.local:7070"), ("backup_region", "eu-west-1"),
+                           ("backup_interval_minutes", 30), ("backup_retention_days", 14))},
 }
 
 

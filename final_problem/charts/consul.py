@@ -19,7 +19,13 @@ Creates, in the ``consul`` namespace (Pod Security "restricted", default-deny):
   bound to ``system:auth-delegator``) and its binding rules, applies the intentions;
 - headless Service ``consul-server`` and Service ``consul-ui`` (HTTPS 443 → 8501);
 - NetworkPolicies: server ports between servers, HTTPS and gRPC from mesh pods, the
-  Jobs' egress.
+  Jobs' egress;
+- with ``consul.backup_endpoint`` set: CronJob ``consul-snapshot`` every
+  ``backup_interval_minutes``: ``consul snapshot save`` (a point-in-time Raft snapshot the
+  command verifies after saving) with the token of Secret ``consul-snapshot-token`` (policy
+  ``acl = "write"``, the least a snapshot needs: :data:`final_problem.clients.consul_init.SNAPSHOT_RULES`),
+  then the upload (:mod:`final_problem.renderers.snapshot_agent`) with its SHA-256 and a
+  listing; key pair from Secret ``consul-backup-target``.
 
 The image is BUSL-1.1 (HashiCorp's Business Source License) since Consul 1.17: the
 platform runs it unmodified and builds nothing from its source.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -57,7 +64,8 @@ from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
 from final_problem.changes import nothing, rolling, volume_size
 from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
-from final_problem.settings import ComponentSettings, per_profile, setting
+from final_problem.settings import per_profile, setting
+from final_problem.constructs.snapshot_backup import SCRIPTS_DIR, SnapshotBackupSettings, scripts as backup_scripts
 from final_problem.renderers.consul import (
     AUTH_METHOD,
     AUTOPILOT_INTERVAL_S,
@@ -82,6 +90,8 @@ RUNNER_UID = 65534
 CONFIG_DIR = "/consul/config"
 TLS_DIR = "/consul/tls"
 API_PORTS = (443, 6443)
+#: Labels of the snapshot CronJob's pods (the servers admit them on HTTPS).
+SNAPSHOT_POD_LABELS = {"app.kubernetes.io/component": "backup", "final-problem.io/job": "consul-snapshot"}
 #: A restarted server is taken as back only once autopilot can have promoted it to a voter:
 #: stable for server_stabilization_time, then the next reconcile, plus one probe period
 #: (10 s) for the time between its rejoin and the first passing probe. A rolling update
@@ -90,7 +100,7 @@ MIN_READY_S = SERVER_STABILIZATION_S + AUTOPILOT_INTERVAL_S + 10
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConsulProps(ComponentSettings):
+class ConsulProps(SnapshotBackupSettings):
     """What a user can choose about Consul (section ``consul``); defaults per profile."""
 
     replicas: int = setting(
@@ -127,9 +137,46 @@ class ConsulProps(ComponentSettings):
         return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
                       memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
 
+    # Snapshots run as a CronJob, not in the servers' pods: a change restarts nothing.
+    backup_endpoint: str = setting(
+        "", doc="URL of the S3-compatible backup target (e.g. `http://s3.backups.svc.cluster.local:7070`). Set, "
+                "CronJob `consul-snapshot` saves and uploads a snapshot every backup_interval_minutes; empty, none.",
+        change=nothing("the snapshot CronJob (and its token, made by the ACL Job) come or go; the servers keep running"),
+    )
+    backup_region: str = setting(
+        "us-east-1", doc="Region the backup requests are signed for (any value the target accepts).",
+        change=nothing("the snapshot CronJob's next run uses it"),
+    )
+    backup_interval_minutes: int = setting(
+        60, minimum=5, maximum=60 * 24 * 28,
+        doc="Minutes between snapshots (the CronJob's schedule: a divisor of an hour, whole hours dividing a day, "
+            "or whole days): the most a restore loses.",
+        change=nothing("the snapshot CronJob's schedule"),
+    )
+    backup_retention_days: int = setting(
+        7, minimum=1, maximum=3650, doc="Days snapshots are kept (the newest always is).",
+        change=nothing("the snapshot CronJob's next run prunes with it"),
+    )
+
     def check(self) -> None:
+        self.check_backup()
+        if self.backup_endpoint and cron_schedule(self.backup_interval_minutes) is None:
+            raise self.error("backup_interval_minutes", "is not a schedule a CronJob can keep (a divisor of an hour, "
+                             "whole hours dividing a day, or whole days)", "set consul.backup_interval_minutes=60")
         if self.cert_days > self.ca_days:
             raise self.error("cert_days", f"outlives the CA ({self.ca_days} days)", f"set consul.cert_days={min(825, self.ca_days)}")
+
+
+def cron_schedule(minutes: int) -> str | None:
+    """A CronJob schedule every ``minutes`` (crontab(5) steps restart at each hour, day and
+    month, so only a divisor of the next unit keeps an even interval); None when there is none."""
+    if minutes < 60 and 60 % minutes == 0:
+        return f"*/{minutes} * * * *"
+    if minutes % 60 == 0 and minutes < 1440 and 24 % (minutes // 60) == 0:
+        return "0 * * * *" if minutes == 60 else f"0 */{minutes // 60} * * *"
+    if minutes % 1440 == 0 and minutes // 1440 <= 28:
+        return "0 0 * * *" if minutes == 1440 else f"0 0 */{minutes // 1440} * *"
+    return None
 
 
 def _meta(name: str, ns: str, component: str, **extra: object) -> k8s.ObjectMeta:
@@ -197,6 +244,7 @@ class ConsulChart(PlatformChart):
         self._services(ns, selector)
         self._servers(ns, selector, profile, config_text)
         self._acl_job(ns, members, scripts)
+        self.snapshot_job = self._snapshots(ns, selector, p) if p.backup_endpoint else None
         self._network_policies(ns, selector)
         self.put_first(self.consul_namespace)
 
@@ -222,7 +270,7 @@ class ConsulChart(PlatformChart):
             subjects=[k8s.Subject(kind="ServiceAccount", name="consul-auth-method", namespace=ns)],
         )
         own = ["consul-tls", "consul-bootstrap-token", "consul-agent-token", "consul-metrics-token",
-               "consul-auth-method-token"]
+               "consul-auth-method-token", *(["consul-snapshot-token"] if self.props.backup_endpoint else [])]
         self.init_role = k8s.KubeRole(
             self, "InitRole", metadata=_meta("consul-init", ns, "rbac"),
             rules=[
@@ -337,6 +385,8 @@ class ConsulChart(PlatformChart):
             "auth_method": auth_method(kubernetes_host="https://kubernetes.default.svc", ca_cert="", reviewer_jwt=""),
             "binding_rules": binding_rules(),
             "intentions": intention_entries(self.intentions),
+            # The snapshot CronJob's token (consul_init.snapshot_token), only with backups on.
+            **({"snapshot": True} if self.props.backup_endpoint else {}),
         }
         spec_json = json.dumps(spec, sort_keys=True)
         main = self._python("acl", ["acl"], [k8s.EnvVar(name="CONSUL_INIT_SPEC", value=spec_json)],
@@ -455,6 +505,8 @@ class ConsulChart(PlatformChart):
                                      pod_selector=k8s.LabelSelector(match_labels=MESH_LABEL))
         jobs = k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(
             match_labels={"app.kubernetes.io/component": "init"}))
+        snapshots = [k8s.NetworkPolicyPeer(pod_selector=k8s.LabelSelector(match_labels=SNAPSHOT_POD_LABELS))
+                     ] if self.snapshot_job is not None else []
         gossip = ports(q.rpc, q.serf_lan) + ports(q.serf_lan, protocol="UDP")
         self.server_policy = k8s.KubeNetworkPolicy(
             self, "ServerPolicy", metadata=_meta("consul-server", ns, "network-policy"),
@@ -464,6 +516,7 @@ class ConsulChart(PlatformChart):
                 ingress=[
                     k8s.NetworkPolicyIngressRule(from_=[servers], ports=gossip),
                     k8s.NetworkPolicyIngressRule(from_=[servers, mesh, jobs], ports=ports(q.https, q.grpc_tls)),
+                    *([k8s.NetworkPolicyIngressRule(from_=snapshots, ports=ports(q.https))] if snapshots else []),
                     k8s.NetworkPolicyIngressRule(
                         from_=[k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(
                             match_labels=MONITORING_NAMESPACE_LABEL))],
@@ -487,6 +540,105 @@ class ConsulChart(PlatformChart):
                 ],
             ),
         )
+
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def _snapshots(self, ns: str, selector: dict[str, str], p: ConsulProps) -> k8s.KubeCronJob:
+        """CronJob ``consul-snapshot``: save (consul image), then upload (python image)."""
+        self.backup_scripts = k8s.KubeConfigMap(
+            self, "BackupScripts", metadata=_meta("consul-backup-scripts", ns, "backup"), data=backup_scripts())
+        work = k8s.VolumeMount(name="work", mount_path="/work")
+        save = k8s.Container(
+            name="save",
+            image=versions.CONSUL_IMAGE,
+            image_pull_policy="IfNotPresent",
+            # The time first: every write the servers acknowledged before it is in the snapshot
+            # (the leader's state when the save runs; `-stale` is not used).
+            command=["sh", "-ec", "date -u +%Y-%m-%dT%H:%M:%SZ > /work/started && "
+                     "consul snapshot save /work/consul.snap"],
+            env=[
+                k8s.EnvVar(name="CONSUL_HTTP_ADDR", value=self.address),
+                k8s.EnvVar(name="CONSUL_CACERT", value="/consul/ca/ca.crt"),
+                k8s.EnvVar(name="CONSUL_HTTP_TOKEN", value_from=k8s.EnvVarSource(secret_key_ref=k8s.SecretKeySelector(
+                    name="consul-snapshot-token", key="token"))),
+            ],
+            volume_mounts=[work, k8s.VolumeMount(name="ca", mount_path="/consul/ca", read_only=True)],
+            security_context=container_context(uid=RUNNER_UID),
+            resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32, memory_limit_mib=128)),
+        )
+        upload = k8s.Container(
+            name="upload",
+            image=versions.PYTHON_IMAGE,
+            image_pull_policy="IfNotPresent",
+            command=["python3", f"{SCRIPTS_DIR}/snapshot_agent.py", "upload", "consul", "--file", "/work/consul.snap",
+                     "--started-file", "/work/started", "--retention-days", str(p.backup_retention_days)],
+            env=[
+                k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
+                k8s.EnvVar(name="POD_NAME", value_from=k8s.EnvVarSource(
+                    field_ref=k8s.ObjectFieldSelector(field_path="metadata.name"))),
+                k8s.EnvVar(name="BACKUP_S3_ENDPOINT", value=p.backup_endpoint),
+                k8s.EnvVar(name="BACKUP_S3_BUCKET", value=p.backup_bucket),
+                k8s.EnvVar(name="BACKUP_S3_PREFIX", value=p.backup_prefix),
+                k8s.EnvVar(name="BACKUP_S3_REGION", value=p.backup_region),
+                *(k8s.EnvVar(name=name, value_from=k8s.EnvVarSource(secret_key_ref=k8s.SecretKeySelector(
+                    name="consul-backup-target", key=key)))
+                  for name, key in (("AWS_ACCESS_KEY_ID", "access-key-id"), ("AWS_SECRET_ACCESS_KEY", "secret-access-key"))),
+            ],
+            volume_mounts=[work, k8s.VolumeMount(name="backup-scripts", mount_path=SCRIPTS_DIR, read_only=True)],
+            security_context=container_context(uid=RUNNER_UID),
+            resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32, memory_limit_mib=96)),
+        )
+        job = k8s.KubeCronJob(
+            self, "SnapshotJob",
+            metadata=_meta("consul-snapshot", ns, "backup"),
+            spec=k8s.CronJobSpec(
+                schedule=cron_schedule(p.backup_interval_minutes) or "",
+                # One save at a time; a missed run is not made up later in a burst.
+                concurrency_policy="Forbid",
+                starting_deadline_seconds=600,
+                successful_jobs_history_limit=1,
+                failed_jobs_history_limit=3,
+                job_template=k8s.JobTemplateSpec(spec=k8s.JobSpec(
+                    backoff_limit=3,
+                    active_deadline_seconds=1800,
+                    template=k8s.PodTemplateSpec(
+                        metadata=k8s.ObjectMeta(labels={**self.label_set.chart_labels(), **SNAPSHOT_POD_LABELS}),
+                        spec=k8s.PodSpec(
+                            restart_policy="Never",
+                            # It talks to Consul only: no Kubernetes API token.
+                            automount_service_account_token=False,
+                            enable_service_links=False,
+                            security_context=pod_context(uid=RUNNER_UID),
+                            init_containers=[save],
+                            containers=[upload],
+                            volumes=[
+                                k8s.Volume(name="work", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("1Gi"))),
+                                k8s.Volume(name="ca", config_map=k8s.ConfigMapVolumeSource(name="consul-ca")),
+                                k8s.Volume(name="backup-scripts", config_map=k8s.ConfigMapVolumeSource(
+                                    name="consul-backup-scripts", default_mode=0o444)),
+                            ],
+                        ),
+                    ),
+                )),
+            ),
+        )
+        job.add_dependency(self.backup_scripts, self.acl_job)
+        url = urllib.parse.urlsplit(p.backup_endpoint)
+        self.snapshot_policy = k8s.KubeNetworkPolicy(
+            self, "SnapshotPolicy", metadata=_meta("consul-snapshot", ns, "network-policy"),
+            spec=k8s.NetworkPolicySpec(
+                pod_selector=k8s.LabelSelector(match_labels=SNAPSHOT_POD_LABELS),
+                policy_types=["Egress"],
+                egress=[
+                    k8s.NetworkPolicyEgressRule(to=[k8s.NetworkPolicyPeer(
+                        pod_selector=k8s.LabelSelector(match_labels=selector))], ports=ports(self.PORTS.https)),
+                    # The target may be in the cluster or outside it (S3): its port, any address.
+                    k8s.NetworkPolicyEgressRule(ports=ports(url.port or (443 if url.scheme == "https" else 80))),
+                ],
+            ),
+        )
+        return job
 
 
 # --- membership changes (final-problem scale consul.replicas=N) ---------------------------

@@ -15,7 +15,13 @@ Creates, in the ``redis`` namespace (Pod Security "restricted", default-deny):
 - headless Services for stable member names, Service ``redis-sentinel`` for clients;
 - NetworkPolicies: Redis and Sentinel ports from each other and from namespaces labelled
   ``final-problem.io/redis-client: "true"``; metrics from namespaces labelled
-  ``final-problem.io/monitoring: "true"``.
+  ``final-problem.io/monitoring: "true"``;
+- with ``redis.backup_endpoint`` set: a ``backup`` sidecar in each member's pod
+  (:mod:`final_problem.constructs.snapshot_backup`) that, while its member is a replica and
+  its turn is due, takes an RDB snapshot (``BGSAVE``) and uploads it with its SHA-256 and a
+  listing (:mod:`final_problem.renderers.snapshot_agent`); key pair from Secret
+  ``redis-backup-target``. Writes after the newest snapshot are not in it: the append-only
+  file and the replicas cover a lost member, the snapshots a lost set.
 
 ACL users: ``admin`` (replication, Sentinel, operators), ``app`` (everything but
 ``@dangerous``), ``metrics`` (PING, INFO); the ``default`` user is off.
@@ -45,12 +51,13 @@ from final_problem.constructs.namespace import (
 from final_problem.constructs.mesh import SERVICES, MeshWorkload
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
+from final_problem.constructs.snapshot_backup import SnapshotBackup, SnapshotBackupSettings
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem.changes import rolling, volume_size
 from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
-from final_problem.settings import UNSET, ComponentSettings, per_profile, setting
+from final_problem.settings import UNSET, per_profile, setting
 from final_problem.renderers.redis import APPENDFSYNC_POLICIES, MAXMEMORY_POLICIES, RedisConfigOptions, config_files
 
 #: uid and gid of the ``redis`` user in the official image (its Dockerfile: groupadd -r -g 999).
@@ -80,7 +87,7 @@ EXPORTER_SCRIPT = Path(redis_exporter.__file__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class RedisProps(ComponentSettings):
+class RedisProps(SnapshotBackupSettings):
     """What a user can choose about Redis (section ``redis``); defaults per profile."""
 
     replicas: int = setting(
@@ -184,6 +191,7 @@ class RedisProps(ComponentSettings):
         return Sizing(cpu_request_m=10, cpu_limit_m=100, memory_request_mib=32, memory_limit_mib=64)
 
     def check(self) -> None:
+        self.check_backup()
         if self.replicas % 2:
             raise self.error(
                 "replicas",
@@ -335,6 +343,19 @@ class RedisChart(PlatformChart):
         # its disk. (A Sentinel's configuration is its state and lives on its volume.)
         runtime_volume = k8s.Volume(
             name="runtime", empty_dir=k8s.EmptyDirVolumeSource(medium="Memory", size_limit=quantity("8Mi")))
+        # Snapshots to the backup target: a sidecar in each member's pod (the data volume, for
+        # the dump; the admin user, for INFO, BGSAVE and the primary's offset).
+        self.backup = None
+        if p.backup_endpoint:
+            self.backup = SnapshotBackup(
+                self, "Backup", name="redis", namespace=ns, component="redis", settings=p,
+                selector=self.label_set.selector("server"), uid=REDIS_UID,
+                args=["--data-dir", DATA_DIR, "--port", str(self.PORT)],
+                mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR)],
+                env=[_secret_env("REDIS_ADMIN_PASSWORD", "admin-password")],
+            )
+            self.backup.add_dependency(self.redis_namespace)
+            digest = hashlib.sha256((digest + self.backup.config_text).encode()).hexdigest()[:16]
         annotations = {"final-problem.io/config-hash": digest}
 
         redis_container = k8s.Container(
@@ -407,11 +428,12 @@ class RedisChart(PlatformChart):
             self, "Server",
             name="redis", namespace=ns, labels=self.label_set, component="server",
             replicas=members, service_name=headless, profile=profile, uid=REDIS_UID,
-            containers=[redis_container, metrics_container],
+            containers=[redis_container, metrics_container, *([self.backup.container] if self.backup else [])],
             init_containers=self.mesh.init_containers if self.mesh else (),
             service_account_name=SERVICES["redis"].name if self.mesh else None,
             pod_labels=self.mesh.pod_labels if self.mesh else None,
-            volumes=[config_volume, runtime_volume, *(self.mesh.volumes if self.mesh else [])],
+            volumes=[config_volume, runtime_volume, *(self.mesh.volumes if self.mesh else []),
+                     *(self.backup.volumes if self.backup else [])],
             claims=[ClaimSpec(name="data", size_gib=p.storage_gib)],
             pod_annotations={
                 **annotations,

@@ -12,7 +12,12 @@ Creates:
   Service that routes only to members in a quorum;
 - NetworkPolicies: clients from this namespace and from namespaces labelled
   ``final-problem.io/zookeeper-client=true``; quorum and election traffic only between
-  members; metrics from namespaces labelled ``final-problem.io/monitoring=true``.
+  members; metrics from namespaces labelled ``final-problem.io/monitoring=true``;
+- with ``zookeeper.backup_endpoint`` set: a ``backup`` sidecar in each member's pod
+  (:mod:`final_problem.constructs.snapshot_backup`) that, while its member leads, uploads
+  the newest snapshot and the transaction logs after it, each with its SHA-256, and a
+  listing (:mod:`final_problem.renderers.snapshot_agent`); key pair from Secret
+  ``zookeeper-backup-target``.
 
 Sources: ZooKeeper Administrator's Guide 3.9; Kubernetes tutorial "Running ZooKeeper, A
 Distributed System Coordinator"; docker-library ``zookeeper`` image (31z4/zookeeper-docker).
@@ -33,11 +38,12 @@ from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
+from final_problem.constructs.snapshot_backup import SnapshotBackup, SnapshotBackupSettings
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem import scaling
 from final_problem.changes import nothing, peer_port, rolling, volume_size
-from final_problem.settings import ComponentSettings, per_profile, setting
+from final_problem.settings import per_profile, setting
 from final_problem.renderers.zookeeper import (
     RECONFIG_SCRIPT_PATH, START_SCRIPT_PATH, EnsembleConfig, Member, dynamic_cfg, java_command, zoo_cfg,
 )
@@ -59,6 +65,8 @@ SUPER_PASSWORD_FILE = "/tmp/zookeeper-super-password"
 #: Four-letter words the members answer: the probes' ``ruok`` and ``mntr``, ``srvr`` for the
 #: mode, ``conf`` for the committed membership a starting member and the reconfig script read.
 FOUR_LETTER_WORDS = ("ruok", "srvr", "mntr", "conf")
+#: The backup sidecar's scratch space for the copies it uploads (an emptyDir).
+BACKUP_SPOOL = "/backup-spool"
 #: Label a namespace carries to reach the client port.
 CLIENT_NAMESPACE_LABEL = {"final-problem.io/zookeeper-client": "true"}
 #: Replica counts allowed: odd (quorum is floor(n/2)+1, so an even ensemble tolerates no
@@ -90,7 +98,7 @@ LOGBACK = """<configuration>
 
 
 @dataclass(frozen=True, kw_only=True)
-class ZooKeeperProps(ComponentSettings):
+class ZooKeeperProps(SnapshotBackupSettings):
     """Settings of the ensemble (section ``zookeeper``); defaults per profile."""
 
     replicas: int = setting(
@@ -164,6 +172,7 @@ class ZooKeeperProps(ComponentSettings):
         return self.heap_mib if self.heap_mib is not None else self.memory_mib // 2
 
     def check(self) -> None:
+        self.check_backup()
         self.check_jvm_heap("heap_mib", "memory_mib", max_share=MAX_HEAP_SHARE)
         self.check_distinct_ports("client_port", "quorum_port", "election_port", "metrics_port")
         if self.sync_limit > self.init_limit:
@@ -356,7 +365,23 @@ class ZooKeeperChart(PlatformChart):
                 k8s.VolumeMount(name="tmp", mount_path="/tmp"),
             ],
         )
-        digest = hashlib.sha256((config + LOGBACK + "".join(scripts.values())).encode()).hexdigest()[:16]
+        # Snapshots to the backup target: a sidecar in each member's pod that reads the two
+        # volumes and copies into its own scratch space; it asks its member's mode with srvr.
+        self.backup = None
+        backup_text = ""
+        if props.backup_endpoint:
+            self.backup = SnapshotBackup(
+                self, "Backup", name=self.NAME, namespace=ns, component="zookeeper", settings=props,
+                selector=selector, uid=ZOOKEEPER_UID,
+                args=["--data-dir", DATA_DIR, "--log-dir", DATA_LOG_DIR, "--spool", BACKUP_SPOOL,
+                      "--port", str(props.client_port)],
+                mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR, read_only=True),
+                        k8s.VolumeMount(name="datalog", mount_path=DATA_LOG_DIR, read_only=True),
+                        k8s.VolumeMount(name="backup-spool", mount_path=BACKUP_SPOOL)],
+            )
+            self.backup.add_dependency(self.zookeeper_namespace)
+            backup_text = self.backup.config_text
+        digest = hashlib.sha256((config + LOGBACK + "".join(scripts.values()) + backup_text).encode()).hexdigest()[:16]
         self.stateful_set = QuorumStatefulSet(
             self, "Ensemble",
             name=self.NAME,
@@ -365,12 +390,14 @@ class ZooKeeperChart(PlatformChart):
             component="server",
             replicas=props.replicas,
             service_name=self.HEADLESS_SERVICE,
-            containers=[container],
+            containers=[container, *([self.backup.container] if self.backup else [])],
             profile=profile,
             uid=ZOOKEEPER_UID,
             volumes=[
                 k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name=f"{self.NAME}-config")),
                 k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("64Mi"))),
+                *((self.backup.volumes + [k8s.Volume(name="backup-spool", empty_dir=k8s.EmptyDirVolumeSource(
+                    size_limit=quantity(f"{props.storage_gib}Gi")))]) if self.backup else []),
             ],
             claims=[
                 ClaimSpec(name="data", size_gib=props.storage_gib),

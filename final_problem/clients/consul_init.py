@@ -48,6 +48,14 @@ AGENT_RULES = 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy =
 METRICS_POLICY = "consul-metrics"
 # /v1/agent/metrics needs agent:read (Consul docs, "Agent HTTP API", "View Metrics").
 METRICS_RULES = 'agent_prefix "" { policy = "read" }\n'
+SNAPSHOT_POLICY = "consul-snapshot"
+# `consul snapshot save` (GET /v1/snapshot) needs acl:write: a snapshot holds the ACL tokens
+# (Consul docs, "Create a snapshot agent token": acl:write "enables the agent [to] read and
+# snapshot ACL data"; the Enterprise agent's key, session and service rights are for its own
+# leader lock and registration, which a CronJob does not need). Nothing narrower reads a
+# snapshot: the token is as strong as a management token for ACLs, so only the snapshot
+# CronJob's pods receive it (Secret consul-snapshot-token).
+SNAPSHOT_RULES = 'acl = "write"\n'
 
 
 def _kube_request(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -207,6 +215,12 @@ def metrics_token(consul: Consul) -> str:
     return kept_token(consul, "consul-metrics-token", METRICS_POLICY, METRICS_RULES, "metrics scrape (agent:read)")
 
 
+def snapshot_token(consul: Consul) -> str:
+    """The token the snapshot CronJob presents to ``consul snapshot save`` (acl:write), kept in
+    Secret consul-snapshot-token."""
+    return kept_token(consul, "consul-snapshot-token", SNAPSHOT_POLICY, SNAPSHOT_RULES, "snapshot save (acl:write)")
+
+
 def acl(spec: dict) -> int:
     ca_file = spec["ca_file"]
     consul = Consul(spec["address"], ca_file)
@@ -214,6 +228,8 @@ def acl(spec: dict) -> int:
     consul.token = bootstrap_token(consul)
     token = agent_token(consul)
     metrics_token(consul)
+    if spec.get("snapshot"):
+        snapshot_token(consul)
     for server in spec["servers"]:
         # Each server keeps it (enable_token_persistence); retried on the next run if one is down.
         try:

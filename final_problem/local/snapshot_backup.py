@@ -1,0 +1,94 @@
+"""The Redis and ZooKeeper ``backup`` sidecars on one host, run from what their charts render.
+
+:func:`rendered_sidecar` renders a chart with a backup target and returns its ``backup``
+container and the ConfigMap of programs; :class:`LocalSidecar` writes the programs to a
+directory and runs the container's command as the pod runs it (its environment, its CPU and
+memory limits), with only paths (the programs' mount, the volumes), the member's port and the
+target's address remapped. ``--once`` takes one snapshot and exits: 0 when taken, 3 when the
+member is not the one that takes them (a primary, a follower).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+from final_problem.local.backup import RENDERED_ENDPOINT, container_limits
+from final_problem.local.limits import Groups
+from final_problem.local.s3 import LocalS3
+from final_problem.profiles import PI, Profile
+from final_problem.constructs.snapshot_backup import SCRIPTS_DIR
+
+#: Exit status of ``--once`` on a member that does not take snapshots now.
+NOT_THIS_MEMBER = 3
+
+
+def rendered_sidecar(component: str, profile: Profile = PI, **settings: Any) -> dict[str, Any]:
+    """``component``'s chart (redis, zookeeper) with backups to :data:`RENDERED_ENDPOINT`:
+    its ``backup`` container (``"container"``) and ConfigMap of programs (``"configmap"``)."""
+    from final_problem import config, manifests
+
+    values = {"backup_endpoint": RENDERED_ENDPOINT, **settings}
+    charts = manifests.render(config.from_mapping({"components": ["base", component], component: values}),
+                              profile.name)
+    objects = manifests.chart_objects(charts[component])
+    statefulset = next(o for o in objects if o["kind"] == "StatefulSet" and o["metadata"]["name"] == component)
+    return {
+        "container": next(c for c in statefulset["spec"]["template"]["spec"]["containers"] if c["name"] == "backup"),
+        "configmap": next(o for o in objects if o["kind"] == "ConfigMap"
+                          and o["metadata"]["name"] == f"{component}-backup-scripts"),
+    }
+
+
+class LocalSidecar:
+    """One component's rendered ``backup`` container, run on this host against ``s3``."""
+
+    def __init__(self, component: str, *, s3: LocalS3, workdir: Path, profile: Profile = PI, prefix: str = "") -> None:
+        self.component, self.s3, self.prefix = component, s3, prefix
+        rendered = rendered_sidecar(component, profile, backup_prefix=prefix)
+        self.container = rendered["container"]
+        self.scripts = workdir / f"{component}-backup-scripts"
+        self.scripts.mkdir(parents=True, exist_ok=True)
+        for name, text in rendered["configmap"]["data"].items():
+            (self.scripts / name).write_text(text)
+            (self.scripts / name).chmod(0o444)
+        self.groups = Groups()
+
+    def argv(self, paths: Mapping[str, Path], port: int) -> list[str]:
+        """The container's command: rendered paths (whole arguments) and the port replaced."""
+        argv = []
+        for arg in self.container["command"]:
+            if arg.startswith(SCRIPTS_DIR + "/"):
+                arg = str(self.scripts) + arg[len(SCRIPTS_DIR):]
+            elif arg in paths:
+                arg = str(paths[arg])
+            argv.append(arg)
+        argv[argv.index("--port") + 1] = str(port)
+        argv[0] = shutil.which("python3", path="/usr/bin:/bin") or "python3"
+        return argv
+
+    def env(self, pod: str, secrets: Mapping[str, str]) -> dict[str, str]:
+        """The container's environment: its values, ``POD_NAME``, its Secrets' values from
+        ``secrets`` and the local target."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "POD_NAME": pod}
+        for item in self.container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+            elif "secretKeyRef" in item.get("valueFrom", {}):
+                env[item["name"]] = {"AWS_ACCESS_KEY_ID": self.s3.access_key,
+                                     "AWS_SECRET_ACCESS_KEY": self.s3.secret_key, **secrets}[item["name"]]
+        env["BACKUP_S3_ENDPOINT"], env["BACKUP_S3_BUCKET"] = self.s3.endpoint, self.s3.bucket
+        return env
+
+    def once(self, *, pod: str, paths: Mapping[str, Path], port: int,
+             secrets: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """One snapshot by pod ``pod``'s sidecar (``--once``), under the container's limits."""
+        argv = self.groups.wrap(f"{self.component}-backup", container_limits(self.container),
+                                [*self.argv(paths, port), "--once"])
+        return subprocess.run(argv, capture_output=True, text=True, env=self.env(pod, secrets or {}), timeout=300)
+
+    def close(self) -> None:
+        self.groups.remove_all()
