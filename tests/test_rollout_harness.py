@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from final_problem.local.rollout import (
-    Endpoints, ExecProbe, Pod, PodSet, RolloutError, TcpProbe, drain, roll_statefulset, rendered_readiness,
+    Endpoints, ExecProbe, Pod, PodSet, RolloutError, TcpProbe, drain, roll_deployment, roll_statefulset,
+    rendered_readiness,
 )
 
 PERIOD = 0.02
@@ -180,6 +181,19 @@ def test_a_drained_deployment_pod_is_replaced_while_the_old_one_still_stops(clus
     started = next(t for t, e in replacement.events if e == "started")
     exited = next(t for t, e in old.events if e.startswith("exited"))
     assert started < exited - 0.3
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_deployment_without_surge_deletes_first_then_creates_every_new_pod(clusters: Any, replicas: int) -> None:
+    workload = {"kind": "Deployment",
+                "spec": {"replicas": replicas, "strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}}
+    c = clusters("web", replicas, workload=workload)
+    old = [p.name for p in c.set.pods]
+    result = roll_deployment(workload, list(c.set.pods), c.make, c.set.endpoints, ready_timeout_s=5)
+    assert len(result.new) == replicas and all(p.ready for p in result.new)
+    first_start = c.log.index(f"start {result.new[0].name}")
+    assert c.log.index(f"delete {old[0]}") < first_start  # no surge: a pod goes before one comes
+    assert all(f"delete {name}" in c.log for name in old)
 
 
 def test_a_drained_statefulset_pod_is_recreated_once_the_old_one_is_gone(clusters: Any) -> None:

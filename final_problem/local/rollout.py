@@ -458,7 +458,12 @@ def roll_deployment(deployment: dict[str, Any], old: Sequence[Pod], make_pod: Ca
         except BaseException as e:  # noqa: BLE001 - reported by the loop below
             errors.append(e)
 
-    while remaining or starting:
+    if surge == 0 and unavailable == 0:
+        raise RolloutError("a Deployment's maxSurge and maxUnavailable cannot both be 0 (Kubernetes refuses it): "
+                           "set one of them")
+    # Until every new pod exists and is ready: with maxSurge 0 the old pods may all be gone
+    # before the first new one is created.
+    while remaining or starting or len(new) < replicas:
         if errors:
             raise RolloutError(_one_line(errors[0]))
         # Terminating pods no longer count (Deployment controller): only these do.
