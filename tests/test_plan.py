@@ -572,6 +572,18 @@ def test_the_live_reader_reads_records_not_server_defaults(tmp_path: Path, capsy
     assert status == 1 and "redis.storage_gib 8 -> 4: refused" in out
 
 
+def test_the_live_reader_finds_a_record_whatever_the_order_of_the_namespaces() -> None:
+    """An API server lists Namespaces by name: the Pis' base chart has two (``platform``, its
+    record, and ``backups``), and the record is read from the one that carries it."""
+    objects = objects_of(settings_of(("base",)), "pi")
+    namespaces = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"
+                        and o["metadata"].get("labels", {}).get(plan.NAME_LABEL) == "base")
+    assert namespaces[0] != "platform", namespaces  # the case: the record is not on the first by name
+    live = _as_live(sorted(objects, key=lambda o: (o["kind"] != "Namespace", o["metadata"]["name"])))
+    base = plan.read_live_json(live)["base"]
+    assert base.settings is not None and base.templates is not None
+
+
 def test_a_cluster_with_nothing_deployed_plans_every_component_as_new(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     cdk_json = tmp_path / "cdk.json"

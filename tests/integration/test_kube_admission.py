@@ -459,7 +459,8 @@ def test_the_plan_reads_back_what_the_api_server_stored(kube: KubePlatform) -> N
         for item in kube.api.items(path, labelSelector="app.kubernetes.io/part-of=final-problem"):
             items.append({"apiVersion": api_version, "kind": kind, **item})
     live = plan.read_live_json({"apiVersion": "v1", "kind": "List", "items": items})
-    assert all(d.settings is not None and d.templates is not None for d in live.values()), sorted(live)
+    unrecorded = sorted(n for n, d in live.items() if d.settings is None or d.templates is None)
+    assert not unrecorded, f"no record read back for {unrecorded} (of {sorted(live)})"
 
     def rendered(settings: Settings) -> dict[str, plan.Deployment]:
         objects = [o for chart in render(settings, kube.profile).values() for o in chart_objects(chart)]
