@@ -361,7 +361,7 @@ class RedisChart(PlatformChart):
                 service_account=BACKUP_SERVICE_ACCOUNT, create_service_account="consul" not in settings.components,
                 selector=self.label_set.selector("server"), uid=REDIS_UID,
                 args=["--data-dir", DATA_DIR, "--port", str(self.PORT)],
-                mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR)],
+                mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR)], alive_path=DATA_DIR,
                 env=[_secret_env("REDIS_ADMIN_PASSWORD", "admin-password")],
             )
             self.backup.add_dependency(self.redis_namespace)

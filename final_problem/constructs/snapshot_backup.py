@@ -119,12 +119,13 @@ def snapshots_on(settings: "Settings", props: SnapshotBackupSettings) -> bool:
 
 class SnapshotBackup(Group):
     """The ``backup`` sidecar of each member of ``name``'s StatefulSet, its programs and its
-    access to the target (the profile's, or ``backup_endpoint``), as ``service_account``."""
+    access to the target (the profile's, or ``backup_endpoint``), as ``service_account``;
+    ``alive_path`` is the directory it writes its copies in (its liveness probe's)."""
 
     def __init__(self, scope: ObjectChart | Group, id: str, *, name: str, namespace: str, component: str,
                  settings: SnapshotBackupSettings, profile: Profile, service_account: str,
                  selector: dict[str, str], uid: int, args: Sequence[str], mounts: Sequence[k8s.VolumeMount],
-                 env: Sequence[k8s.EnvVar] = (), create_service_account: bool = True,
+                 alive_path: str, env: Sequence[k8s.EnvVar] = (), create_service_account: bool = True,
                  sizing: Sizing = SIDECAR_SIZING) -> None:
         super().__init__(scope, id)
         s = settings
@@ -159,6 +160,12 @@ class SnapshotBackup(Group):
             resources=raw_resources(sizing),
             volume_mounts=[*mounts, *access.volume_mounts,
                            k8s.VolumeMount(name="backup-scripts", mount_path=SCRIPTS_DIR, read_only=True)],
+            # A sidecar's readiness must never take the member out of its Services: ready once
+            # started. Alive while it can write where it puts its copies (``alive_path``).
+            readiness_probe=k8s.Probe(exec=k8s.ExecAction(command=["true"]), period_seconds=60),
+            liveness_probe=k8s.Probe(
+                exec=k8s.ExecAction(command=["test", "-w", alive_path]),
+                initial_delay_seconds=30, period_seconds=60, timeout_seconds=10, failure_threshold=3),
         )
         self.volumes = [k8s.Volume(name="backup-scripts", config_map=k8s.ConfigMapVolumeSource(
             name=self.config_map_name, default_mode=0o444)), *access.volumes]
