@@ -217,10 +217,11 @@ def test_the_pod_identity_role_reaches_its_bucket_and_key_only(cluster: dict[str
     bucket_name, bucket = backup_bucket(cluster)
     key_name = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
         "ServerSideEncryptionByDefault"]["KMSMasterKeyID"]["Fn::GetAtt"][0]
-    (association,) = of_type(cluster, "AWS::EKS::PodIdentityAssociation").values()
-    props = association["Properties"]
-    assert (props["Namespace"], props["ServiceAccount"]) == ("postgres", "postgres-backup")
-    role_name = props["RoleArn"]["Fn::GetAtt"][0]
+    associations = [a["Properties"] for a in of_type(cluster, "AWS::EKS::PodIdentityAssociation").values()]
+    # One role, associated with each backing-up component's service account.
+    assert sorted((p["Namespace"], p["ServiceAccount"]) for p in associations) == [
+        ("postgres", "postgres-backup"), ("redis", "redis"), ("zookeeper", "zookeeper-backup")]
+    (role_name,) = {p["RoleArn"]["Fn::GetAtt"][0] for p in associations}
     trust = cluster[role_name]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert trust == [{"Action": ["sts:AssumeRole", "sts:TagSession"], "Effect": "Allow",
                       "Principal": {"Service": "pods.eks.amazonaws.com"}}]

@@ -113,8 +113,8 @@ def test_workloads_count_long_running_pods_and_leave_jobs_out() -> None:
         "StatefulSet/redis/redis", "StatefulSet/redis/redis-sentinel", "StatefulSet/zookeeper/zookeeper",
     }
     redis = found["StatefulSet/redis/redis"]
-    # Redis 250m / 2048Mi plus its metrics sidecar 10m / 32Mi.
-    assert (redis.pods, redis.cpu_m, redis.memory_mib, redis.volumes, redis.one_per_node) == (3, 260, 2080, 1, True)
+    # Redis 250m / 2048Mi plus its metrics sidecar 10m / 32Mi and its backup sidecar 10m / 32Mi.
+    assert (redis.pods, redis.cpu_m, redis.memory_mib, redis.volumes, redis.one_per_node) == (3, 270, 2112, 1, True)
     assert found["StatefulSet/zookeeper/zookeeper"].volumes == 2
     assert not any(o["kind"] == "Job" and o["metadata"]["name"] in found for objs in objects.values() for o in objs)
 
@@ -191,10 +191,10 @@ def test_every_bundled_component_fits_by_the_schedulers_count() -> None:
         result = capacity.fit_of(full_settings(), profile, rendered(profile))
         assert result.fits, "\n".join(capacity.describe(result))
         # Native sidecars count: Redis's pods on eks carry them (mesh-register, consul-dataplane),
-        # beside Redis at the default size and its metrics exporter.
+        # beside Redis at the default size, its metrics exporter and its backup sidecar.
         if profile == "eks":
             redis = next(w for w in result.workloads if w.name == "StatefulSet/redis/redis")
-            assert redis.memory_mib == sizes.SIZES["redis"]["eks"].memory_request_mib + 32 + 32 + 128
+            assert redis.memory_mib == sizes.SIZES["redis"]["eks"].memory_request_mib + 32 + 32 + 32 + 128
 
 
 # --- eks profile --------------------------------------------------------------------------------
@@ -204,8 +204,9 @@ def test_eks_default_fits() -> None:
     result = check("eks")
     assert result.fits
     memory = result.by_resource("memory")
-    # Platform: 3 x (2080 + 32 + 2048) MiB; system: 3 x 120 + 2 x 70 + 2 x 240.
-    assert memory.requested == 3 * (2080 + 32 + 2048) + 3 * 120 + 2 * 70 + 2 * 240
+    # Platform: 3 x (2112 + 32 + 2080) MiB (Redis and ZooKeeper with their 32 MiB backup
+    # sidecars, a Sentinel); system: 3 x 120 + 2 x 70 + 2 x 240.
+    assert memory.requested == 3 * (2112 + 32 + 2080) + 3 * 120 + 2 * 70 + 2 * 240
     assert memory.allocatable == 3 * capacity.INSTANCE_TYPES["m7g.large"].allocatable_memory_mib
     # ZooKeeper 2 per member, Redis 1 per member, Sentinel state 1 per Sentinel.
     assert result.by_resource("volumes").requested == 3 * 2 + 3 + 3
@@ -216,8 +217,8 @@ def test_eks_over_the_limit_fails_naming_consumers_and_valid_fixes() -> None:
         check("eks", node_instance_type="c7g.large")
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("node_instance_type = 'c7g.large' (profile eks): the platform requests 13,460 MiB memory")
-    assert "over the 80% limit (biggest: StatefulSet/redis/redis 6,240, StatefulSet/zookeeper/zookeeper 6,144" in message
+    assert message.startswith("node_instance_type = 'c7g.large' (profile eks): the platform requests 13,652 MiB memory")
+    assert "over the 80% limit (biggest: StatefulSet/redis/redis 6,336, StatefulSet/zookeeper/zookeeper 6,240" in message
     assert message.endswith(
         "Fix: set node_instance_type=c7g.xlarge; or set node_desired=6; "
         "or lower redis.memory_mib, or disable a component"
@@ -280,8 +281,8 @@ def test_pi_over_the_limit_fails() -> None:
     with pytest.raises(ConfigError) as info:
         check("pi", **{"zookeeper.memory_mib": 1536})
     message = str(info.value)
-    assert message.startswith("profiles = 'eks,pi' (profile pi): the platform requests 5,748 MiB memory of 6,603 (87%)")
-    assert "biggest: StatefulSet/zookeeper/zookeeper 4,608" in message
+    assert message.startswith("profiles = 'eks,pi' (profile pi): the platform requests 5,940 MiB memory of 6,603 (90%)")
+    assert "biggest: StatefulSet/zookeeper/zookeeper 4,704" in message
     assert message.endswith(
         "Fix: lower zookeeper.memory_mib, or disable a component, or on 8 GB boards set pi_memory_gib=8, "
         "or set profiles=eks"
@@ -306,7 +307,7 @@ def test_manifests_command_fails_before_writing(tmp_path: Path, capsys: pytest.C
         "-c", "profiles=pi", "-c", "components=base,redis,zookeeper", "-c", "zookeeper.memory_mib=1536",
     ]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: profiles = 'pi' (from -c, profile pi): the platform requests 5,748 MiB memory")
+    assert err.startswith("error: profiles = 'pi' (from -c, profile pi): the platform requests 5,940 MiB memory")
     assert err.count("\n") == 1
     assert not list(tmp_path.rglob("*.yaml"))
 
@@ -326,7 +327,7 @@ def test_app_fails_synthesis_when_a_profile_does_not_fit(tmp_path: Path) -> None
                                 "size": "production"})
     assert result.returncode != 0
     assert result.stderr.startswith(
-        "error: node_instance_type = 'c7g.large' (from -c, profile eks): the platform requests 13,460 MiB memory"
+        "error: node_instance_type = 'c7g.large' (from -c, profile eks): the platform requests 13,652 MiB memory"
     )
     assert not (tmp_path / "dist").exists()
     assert not (tmp_path / "cdk.out" / "Cluster.template.json").exists()

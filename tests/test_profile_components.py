@@ -67,12 +67,12 @@ def test_pi5_and_48_bit_kernels_keep_the_full_platform(bits: int) -> None:
 
 
 def test_full_platform_on_4gb_boards_fails_naming_the_bigger_board() -> None:
-    # 48-bit kernels on 4 GB Pi 4 boards: every component, 85% of the memory by the
+    # 48-bit kernels on 4 GB Pi 4 boards: every component, 90% of the memory by the
     # scheduler's count (native sidecars included): over the limit, with the fix.
     settings = dataclasses.replace(full_settings(), pi_arm64_va_bits=48)
     objects = {n: manifests.chart_objects(c) for n, c in manifests.render(settings, "pi").items()}
     with pytest.raises(ConfigError, match=r"^profiles = 'eks,pi' \(profile pi\): the platform requests [\d,]+ MiB memory "
-                                          r"of 6,603 \(8\d%\).* or on 8 GB boards set pi_memory_gib=8, or set profiles=eks$"):
+                                          r"of 6,603 \(9\d%\).* or on 8 GB boards set pi_memory_gib=8, or set profiles=eks$"):
         capacity.check(settings, "pi", objects)
 
 

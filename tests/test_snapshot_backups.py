@@ -26,8 +26,9 @@ from final_problem.renderers.backup_agent import BackupError
 ENDPOINT = "http://s3.backups.svc.cluster.local:7070"
 
 
-def objects(component: str, profile: str = "pi", **values: Any) -> list[dict[str, Any]]:
-    settings = config.from_mapping({"components": ["base", component], component: values})
+def objects(component: str, profile: str = "pi", *, cluster: dict[str, Any] | None = None,
+            **values: Any) -> list[dict[str, Any]]:
+    settings = config.from_mapping({"components": ["base", component], component: values, **(cluster or {})})
     return manifests.chart_objects(manifests.render(settings, profile)[component])
 
 
@@ -47,9 +48,10 @@ def env(c: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
 
 
-@pytest.mark.parametrize("component", ["redis", "zookeeper", "consul"])
-def test_no_target_no_backups(component: str) -> None:
-    objs = objects(component, "eks")
+@pytest.mark.parametrize("component, cluster", [("redis", {"backups": False}), ("zookeeper", {"backups": False}),
+                                                ("consul", {})])
+def test_backups_off_or_consul_without_a_target_no_backups(component: str, cluster: dict[str, Any]) -> None:
+    objs = objects(component, "eks", cluster=cluster)
     assert not [o for o in objs if "backup" in o["metadata"]["name"] or o["kind"] == "CronJob"]
     for o in objs:
         if o["kind"] == "StatefulSet":
@@ -99,7 +101,7 @@ def test_each_zookeeper_member_runs_the_sidecar_reading_its_volumes() -> None:
                                                        ("consul", "http://minio.lan", 80)])
 def test_the_backup_pods_may_reach_the_target_port_only(component: str, endpoint: str, port: int) -> None:
     objs = objects(component, "eks", backup_endpoint=endpoint)
-    name = "consul-snapshot" if component == "consul" else f"{component}-backup-target"
+    name = {"consul": "consul-snapshot", "redis": "redis-target", "zookeeper": "zookeeper-backup-target"}[component]
     policy = named(objs, "NetworkPolicy", name)
     assert policy["spec"]["policyTypes"] == ["Egress"]
     assert {"ports": [{"port": port, "protocol": "TCP"}]} in policy["spec"]["egress"]
@@ -110,7 +112,59 @@ def test_a_program_change_restarts_the_members(component: str) -> None:
     def digest(objs: list[dict[str, Any]]) -> dict[str, str]:
         annotations = named(objs, "StatefulSet", component)["spec"]["template"]["metadata"]["annotations"]
         return {k: v for k, v in annotations.items() if "config" in k}
-    assert digest(objects(component)) != digest(objects(component, backup_endpoint=ENDPOINT))
+    assert digest(objects(component, cluster={"backups": False})) != digest(objects(component))
+
+
+SERVICE_ACCOUNTS = {"redis": "redis", "zookeeper": "zookeeper-backup"}
+
+
+@pytest.mark.parametrize("component", ["redis", "zookeeper"])
+def test_on_the_pis_snapshots_go_to_the_in_cluster_server_by_default(component: str) -> None:
+    objs = objects(component, "pi")
+    agent = container(objs, component, "backup")
+    values = env(agent)
+    assert values["BACKUP_S3_ENDPOINT"] == "http://s3.backups.svc.cluster.local:7070"
+    assert values["BACKUP_S3_KEY_PAIR_FROM"] == "backups/backup-target-root"
+    assert "AWS_ACCESS_KEY_ID" not in values
+    template = named(objs, "StatefulSet", component)["spec"]["template"]
+    account = SERVICE_ACCOUNTS[component]
+    assert template["spec"]["serviceAccountName"] == account and template["spec"]["automountServiceAccountToken"] is False
+    # The S3 server admits the pods by this label.
+    assert template["metadata"]["labels"]["final-problem.io/backup-client"] == "true"
+    # The API token is in the backup container alone.
+    assert [c["name"] for c in template["spec"]["containers"]
+            for m in c.get("volumeMounts", []) if m["name"] == "backup-token"] == ["backup"]
+    binding = named(objs, "RoleBinding", f"{component}-{account}")
+    assert binding["metadata"]["namespace"] == "backups"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": component}]
+    assert [o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account]
+
+
+@pytest.mark.parametrize("component", ["redis", "zookeeper"])
+def test_on_eks_snapshots_go_to_the_stack_bucket_through_pod_identity(component: str) -> None:
+    objs = objects(component, "eks")
+    values = env(container(objs, component, "backup"))
+    assert values["BACKUP_S3_BUCKET"] == "<BackupBucket output of the cluster stack>"
+    assert not {"AWS_ACCESS_KEY_ID", "BACKUP_S3_KEY_PAIR_FROM"} & set(values)
+    assert pod_spec(objs, component)["serviceAccountName"] == SERVICE_ACCOUNTS[component]
+    policy = named(objs, "NetworkPolicy", f"{SERVICE_ACCOUNTS[component]}-target")
+    assert {"ports": [{"port": 443, "protocol": "TCP"}]} in policy["spec"]["egress"]
+
+
+def test_in_the_mesh_redis_backs_up_as_the_mesh_service_account() -> None:
+    settings = config.from_mapping({"components": ["base", "consul", "redis"], "pi_arm64_va_bits": 48})
+    objs = manifests.chart_objects(manifests.render(settings, "pi")["redis"])
+    # A pod has one service account: the mesh's, which the Role lets read the key pair.
+    assert pod_spec(objs, "redis")["serviceAccountName"] == "redis"
+    assert len([o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "redis"]) == 1
+    assert named(objs, "RoleBinding", "redis-redis")["subjects"][0]["name"] == "redis"
+
+
+@pytest.mark.parametrize("component", ["redis", "zookeeper"])
+def test_a_target_while_backups_are_off_is_refused_in_one_line(component: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{component}.backup_endpoint = .*names a backup target while the "
+                                          "cluster setting backups is false"):
+        objects(component, "eks", cluster={"backups": False}, backup_endpoint=ENDPOINT)
 
 
 def test_consul_snapshots_are_a_cronjob_with_a_token_of_acl_write_only() -> None:

@@ -62,7 +62,7 @@ from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
-from final_problem.changes import nothing, rolling, volume_size
+from final_problem.changes import nothing, procedure, rolling, volume_size
 from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
 from final_problem.settings import per_profile, setting
 from final_problem.constructs.snapshot_backup import SCRIPTS_DIR, SnapshotBackupSettings, scripts as backup_scripts
@@ -140,8 +140,15 @@ class ConsulProps(SnapshotBackupSettings):
     # Snapshots run as a CronJob, not in the servers' pods: a change restarts nothing.
     backup_endpoint: str = setting(
         "", doc="URL of the S3-compatible backup target (e.g. `http://s3.backups.svc.cluster.local:7070`). Set, "
-                "CronJob `consul-snapshot` saves and uploads a snapshot every backup_interval_minutes; empty, none.",
+                "CronJob `consul-snapshot` saves and uploads a snapshot every backup_interval_minutes; empty, none "
+                "(unlike Redis and ZooKeeper, not the profile's target by default: the CronJob needs its own ACL "
+                "token and a key pair in Secret `consul-backup-target`).",
         change=nothing("the snapshot CronJob (and its token, made by the ACL Job) come or go; the servers keep running"),
+    )
+    backup_bucket: str = setting(
+        "final-problem-backups", doc="Bucket on `backup_endpoint`.",
+        change=procedure("snapshots start over in the new bucket", "keep the old bucket until the new one holds a "
+                         "snapshot as old as any you may need"),
     )
     backup_region: str = setting(
         "us-east-1", doc="Region the backup requests are signed for (any value the target accepts).",

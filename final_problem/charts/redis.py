@@ -16,12 +16,15 @@ Creates, in the ``redis`` namespace (Pod Security "restricted", default-deny):
 - NetworkPolicies: Redis and Sentinel ports from each other and from namespaces labelled
   ``final-problem.io/redis-client: "true"``; metrics from namespaces labelled
   ``final-problem.io/monitoring: "true"``;
-- with ``redis.backup_endpoint`` set: a ``backup`` sidecar in each member's pod
+- with ``backups`` on (the default): a ``backup`` sidecar in each member's pod
   (:mod:`final_problem.constructs.snapshot_backup`) that, while its member is a replica and
   its turn is due, takes an RDB snapshot (``BGSAVE``) and uploads it with its SHA-256 and a
-  listing (:mod:`final_problem.renderers.snapshot_agent`); key pair from Secret
-  ``redis-backup-target``. Writes after the newest snapshot are not in it: the append-only
-  file and the replicas cover a lost member, the snapshots a lost set.
+  listing (:mod:`final_problem.renderers.snapshot_agent`). The target is the profile's (EKS:
+  the stack's bucket through EKS Pod Identity; Pis: the in-cluster S3 server), the members
+  running as service account :data:`BACKUP_SERVICE_ACCOUNT` (the mesh's, with Consul), or the
+  one ``redis.backup_endpoint`` names, key pair from Secret ``redis-backup-target``. Writes
+  after the newest snapshot are not in it: the append-only file and the replicas cover a lost
+  member, the snapshots a lost set.
 
 ACL users: ``admin`` (replication, Sentinel, operators), ``app`` (everything but
 ``@dangerous``), ``metrics`` (PING, INFO); the ``default`` user is off.
@@ -51,7 +54,7 @@ from final_problem.constructs.namespace import (
 from final_problem.constructs.mesh import SERVICES, MeshWorkload
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
-from final_problem.constructs.snapshot_backup import SnapshotBackup, SnapshotBackupSettings
+from final_problem.constructs.snapshot_backup import SnapshotBackup, SnapshotBackupSettings, snapshots_on
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
@@ -84,6 +87,12 @@ STARTUP_FAILURES = 360
 #: EKS) at the 125 MB/s an EBS gp3 volume gives at least.
 SHUTDOWN_S = 30
 EXPORTER_SCRIPT = Path(redis_exporter.__file__)
+
+
+#: The members' service account while they back up: the mesh's when Consul is deployed (a pod
+#: has one), so the same name either way; the EKS stack associates it with the bucket's role
+#: (final_problem/stacks/backups.py).
+BACKUP_SERVICE_ACCOUNT = SERVICES["redis"].name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -346,12 +355,13 @@ class RedisChart(PlatformChart):
         # Snapshots to the backup target: a sidecar in each member's pod (the data volume, for
         # the dump; the admin user, for INFO, BGSAVE and the primary's offset).
         self.backup = None
-        if p.backup_endpoint:
+        if snapshots_on(settings, p):
             self.backup = SnapshotBackup(
-                self, "Backup", name="redis", namespace=ns, component="redis", settings=p,
+                self, "Backup", name="redis", namespace=ns, component="redis", settings=p, profile=profile,
+                service_account=BACKUP_SERVICE_ACCOUNT, create_service_account="consul" not in settings.components,
                 selector=self.label_set.selector("server"), uid=REDIS_UID,
                 args=["--data-dir", DATA_DIR, "--port", str(self.PORT)],
-                mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR)],
+                mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR)], alive_path=DATA_DIR,
                 env=[_secret_env("REDIS_ADMIN_PASSWORD", "admin-password")],
             )
             self.backup.add_dependency(self.redis_namespace)
@@ -430,8 +440,9 @@ class RedisChart(PlatformChart):
             replicas=members, service_name=headless, profile=profile, uid=REDIS_UID,
             containers=[redis_container, metrics_container, *([self.backup.container] if self.backup else [])],
             init_containers=self.mesh.init_containers if self.mesh else (),
-            service_account_name=SERVICES["redis"].name if self.mesh else None,
-            pod_labels=self.mesh.pod_labels if self.mesh else None,
+            service_account_name=(SERVICES["redis"].name if self.mesh else
+                                  self.backup.service_account if self.backup else None),
+            pod_labels={**(self.mesh.pod_labels if self.mesh else {}), **(self.backup.pod_labels if self.backup else {})},
             volumes=[config_volume, runtime_volume, *(self.mesh.volumes if self.mesh else []),
                      *(self.backup.volumes if self.backup else [])],
             claims=[ClaimSpec(name="data", size_gib=p.storage_gib)],

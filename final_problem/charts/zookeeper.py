@@ -13,11 +13,13 @@ Creates:
 - NetworkPolicies: clients from this namespace and from namespaces labelled
   ``final-problem.io/zookeeper-client=true``; quorum and election traffic only between
   members; metrics from namespaces labelled ``final-problem.io/monitoring=true``;
-- with ``zookeeper.backup_endpoint`` set: a ``backup`` sidecar in each member's pod
+- with ``backups`` on (the default): a ``backup`` sidecar in each member's pod
   (:mod:`final_problem.constructs.snapshot_backup`) that, while its member leads, uploads
   the newest snapshot and the transaction logs after it, each with its SHA-256, and a
-  listing (:mod:`final_problem.renderers.snapshot_agent`); key pair from Secret
-  ``zookeeper-backup-target``.
+  listing (:mod:`final_problem.renderers.snapshot_agent`). The target is the profile's (EKS:
+  the stack's bucket through EKS Pod Identity, as service account
+  :data:`BACKUP_SERVICE_ACCOUNT`; Pis: the in-cluster S3 server), or the one
+  ``zookeeper.backup_endpoint`` names, key pair from Secret ``zookeeper-backup-target``.
 
 Sources: ZooKeeper Administrator's Guide 3.9; Kubernetes tutorial "Running ZooKeeper, A
 Distributed System Coordinator"; docker-library ``zookeeper`` image (31z4/zookeeper-docker).
@@ -38,7 +40,7 @@ from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
-from final_problem.constructs.snapshot_backup import SnapshotBackup, SnapshotBackupSettings
+from final_problem.constructs.snapshot_backup import SnapshotBackup, SnapshotBackupSettings, snapshots_on
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem import scaling
@@ -65,6 +67,9 @@ SUPER_PASSWORD_FILE = "/tmp/zookeeper-super-password"
 #: Four-letter words the members answer: the probes' ``ruok`` and ``mntr``, ``srvr`` for the
 #: mode, ``conf`` for the committed membership a starting member and the reconfig script read.
 FOUR_LETTER_WORDS = ("ruok", "srvr", "mntr", "conf")
+#: The members' service account while they back up: the EKS stack associates it with the
+#: bucket's role (final_problem/stacks/backups.py).
+BACKUP_SERVICE_ACCOUNT = "zookeeper-backup"
 #: The backup sidecar's scratch space for the copies it uploads (an emptyDir).
 BACKUP_SPOOL = "/backup-spool"
 #: Label a namespace carries to reach the client port.
@@ -369,15 +374,17 @@ class ZooKeeperChart(PlatformChart):
         # volumes and copies into its own scratch space; it asks its member's mode with srvr.
         self.backup = None
         backup_text = ""
-        if props.backup_endpoint:
+        if snapshots_on(settings, props):
             self.backup = SnapshotBackup(
-                self, "Backup", name=self.NAME, namespace=ns, component="zookeeper", settings=props,
+                self, "Backup", name=self.NAME, namespace=ns, component="zookeeper", settings=props, profile=profile,
+                service_account=BACKUP_SERVICE_ACCOUNT,
                 selector=selector, uid=ZOOKEEPER_UID,
                 args=["--data-dir", DATA_DIR, "--log-dir", DATA_LOG_DIR, "--spool", BACKUP_SPOOL,
                       "--port", str(props.client_port)],
                 mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR, read_only=True),
                         k8s.VolumeMount(name="datalog", mount_path=DATA_LOG_DIR, read_only=True),
                         k8s.VolumeMount(name="backup-spool", mount_path=BACKUP_SPOOL)],
+                alive_path=BACKUP_SPOOL,
             )
             self.backup.add_dependency(self.zookeeper_namespace)
             backup_text = self.backup.config_text
@@ -393,6 +400,8 @@ class ZooKeeperChart(PlatformChart):
             containers=[container, *([self.backup.container] if self.backup else [])],
             profile=profile,
             uid=ZOOKEEPER_UID,
+            service_account_name=self.backup.service_account if self.backup else None,
+            pod_labels=self.backup.pod_labels if self.backup else None,
             volumes=[
                 k8s.Volume(name="config", config_map=k8s.ConfigMapVolumeSource(name=f"{self.NAME}-config")),
                 k8s.Volume(name="tmp", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("64Mi"))),

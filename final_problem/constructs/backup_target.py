@@ -87,7 +87,7 @@ class BackupAccess:
 
 def backup_access(scope: ObjectChart | Group, *, namespace: str, service_account: str,
                   pod_selector: dict[str, str], profile: Profile, bucket: str, region: str, prefix: str,
-                  endpoint: str = "", key_secret: str = "") -> BackupAccess:
+                  endpoint: str = "", key_secret: str = "", create_service_account: bool = True) -> BackupAccess:
     """The target for the backup containers of one pod in ``namespace``: its environment,
     mounts and volumes, and, added to ``scope``, the pod's service account, its egress to the
     target and (in-cluster) the Role reading the server's root key pair.
@@ -96,14 +96,17 @@ def backup_access(scope: ObjectChart | Group, *, namespace: str, service_account
     (keys ``access-key-id``, ``secret-access-key``) the user creates in ``namespace``.
     Otherwise the profile's target, where ``bucket`` and ``region`` apply in-cluster only (the
     EKS bucket and region are the stack's, in ``profile``).
+    ``create_service_account`` false: ``service_account`` is one the pod already runs as (a mesh
+    workload's), created elsewhere.
     """
     labels = {"app.kubernetes.io/component": "backup"}
     objects: list[Any] = []
-    objects.append(k8s.KubeServiceAccount(
-        scope, f"BackupServiceAccount{service_account}",
-        metadata=k8s.ObjectMeta(name=service_account, namespace=namespace, labels=labels),
-        automount_service_account_token=False,
-    ))
+    if create_service_account:
+        objects.append(k8s.KubeServiceAccount(
+            scope, f"BackupServiceAccount{service_account}",
+            metadata=k8s.ObjectMeta(name=service_account, namespace=namespace, labels=labels),
+            automount_service_account_token=False,
+        ))
     egress: list[Any] = []
     mounts: list[Any] = []
     volumes: list[Any] = []

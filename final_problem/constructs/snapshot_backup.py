@@ -1,37 +1,45 @@
 """Scheduled snapshots to an S3-compatible target, as a ``backup`` sidecar of a quorum set's members.
 
 :class:`SnapshotBackupSettings` holds the settings a component with snapshot backups adds to
-its own (Redis, ZooKeeper: ``redis.backup_endpoint``, ...). :class:`SnapshotBackup` creates,
-when the endpoint is set:
+its own (Redis, ZooKeeper: ``redis.backup_endpoint``, ...). :func:`snapshots_on` says whether
+a chart has them: while the cluster setting ``backups`` is on (the default), to the profile's
+target (:mod:`final_problem.constructs.backup_target`: on EKS the cluster stack's bucket
+through EKS Pod Identity, on the Pis the in-cluster S3 server), or to the component's own
+``backup_endpoint``. :class:`SnapshotBackup` then creates:
 
 - ConfigMap ``<name>-backup-scripts``: the programs, :mod:`final_problem.renderers.backup_agent`
   (the S3 client) and :mod:`final_problem.renderers.snapshot_agent` (the snapshots);
-- a NetworkPolicy letting the members reach the target's port (any address: the target may
-  be in the cluster or outside it);
+- what :func:`~final_problem.constructs.backup_target.backup_access` adds: the pods' service
+  account (unless the pod has one already), their egress to the target and, in-cluster, the
+  Role reading the S3 server's key pair;
 - :attr:`SnapshotBackup.container`, the sidecar (the python image, under the members' uid),
-  and :attr:`SnapshotBackup.volumes`, for the chart to add to its pod template.
+  and :attr:`SnapshotBackup.volumes`, :attr:`SnapshotBackup.pod_labels` and
+  :attr:`SnapshotBackup.service_account`, for the chart to put in its pod template.
 
-The key pair is read from Secret ``<name>-backup-target`` (``access-key-id``,
-``secret-access-key``) in the component's namespace.
+With ``backup_endpoint`` set, the key pair is read from Secret ``<name>-backup-target``
+(``access-key-id``, ``secret-access-key``) the user creates in the component's namespace.
 """
 
 from __future__ import annotations
 
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from final_problem import versions
 from final_problem.changes import procedure, rolling
-from final_problem.constructs.generated_secrets import secret_env
+from final_problem.constructs.backup_target import backup_access
 from final_problem.constructs.labels import set_component
-from final_problem.constructs.namespace import ports
 from final_problem.constructs.security import Sizing, container_context, raw_resources
+from final_problem.errors import ConfigError
 from final_problem.imports import k8s
 from final_problem.objects import Group, ObjectChart
+from final_problem.profiles import Profile
 from final_problem.renderers import backup_agent, snapshot_agent
 from final_problem.settings import ComponentSettings, setting
+
+if TYPE_CHECKING:
+    from final_problem.config import Settings
 
 #: Where the ConfigMap of programs is mounted in the sidecar.
 SCRIPTS_DIR = "/backup"
@@ -52,12 +60,17 @@ class SnapshotBackupSettings(ComponentSettings):
     from the component's ``check``."""
 
     backup_endpoint: str = setting(
-        "", doc="URL of the S3-compatible backup target (e.g. `http://s3.backups.svc.cluster.local:7070`). Set, "
-                "a snapshot is uploaded every backup_interval_minutes; empty, none.",
-        change=rolling("the backup sidecar is part of each member's pod: members restart one at a time"),
+        "", doc="URL of an S3-compatible backup target of your own (e.g. `https://nas.lan:9000`), its key pair in "
+                "the Secret `<component>-backup-target` (keys `access-key-id`, `secret-access-key`) you create in "
+                "the component's namespace. Empty: the profile's target (EKS: the cluster stack's bucket; Pis: the "
+                "in-cluster S3 server). A snapshot goes up every backup_interval_minutes while the cluster setting "
+                "`backups` is on.",
+        change=rolling("the backup sidecar's target: members restart one at a time; snapshots start over at the "
+                       "new target (keep the old one until the new one holds a snapshot)"),
     )
     backup_bucket: str = setting(
-        "final-problem-backups", doc="Bucket of the backup target.",
+        "final-problem-backups", doc="Bucket on the Pis' in-cluster S3 server or on `backup_endpoint` (on EKS "
+                                     "the stack's bucket is used).",
         change=procedure("snapshots start over in the new bucket", "keep the old bucket until the new one holds a "
                          "snapshot as old as any you may need"),
     )
@@ -68,8 +81,9 @@ class SnapshotBackupSettings(ComponentSettings):
                          "keep the old prefix until the new one holds a snapshot"),
     )
     backup_region: str = setting(
-        "us-east-1", doc="Region the backup requests are signed for (any value the target accepts; "
-                         "versitygw's default is us-east-1).",
+        "us-east-1", doc="Region the backup requests are signed for on the in-cluster S3 server or "
+                         "`backup_endpoint` (any value the target accepts; versitygw's default is us-east-1); on EKS "
+                         "the stack's region.",
         change=rolling("read by the backup sidecar at start: members restart one at a time"),
     )
     # Redis docs, "Redis persistence", backing up Redis data: archive an RDB every hour for
@@ -93,12 +107,25 @@ class SnapshotBackupSettings(ComponentSettings):
                              f"set {self.section}.backup_endpoint=http://<host>:<port>, or leave it empty for no backups")
 
 
+def snapshots_on(settings: "Settings", props: SnapshotBackupSettings) -> bool:
+    """Whether ``props``' component takes snapshots: while the cluster setting ``backups`` is
+    on. A ``backup_endpoint`` while it is off is refused (it would silently back up nothing)."""
+    if props.backup_endpoint and not settings.backups:
+        raise ConfigError(f"{props.section}.backup_endpoint", props.backup_endpoint, "names a backup target while "
+                          "the cluster setting backups is false",
+                          f"set backups=true, or leave {props.section}.backup_endpoint unset")
+    return settings.backups
+
+
 class SnapshotBackup(Group):
-    """The ``backup`` sidecar of each member of ``name``'s StatefulSet, its programs and egress."""
+    """The ``backup`` sidecar of each member of ``name``'s StatefulSet, its programs and its
+    access to the target (the profile's, or ``backup_endpoint``), as ``service_account``;
+    ``alive_path`` is the directory it writes its copies in (its liveness probe's)."""
 
     def __init__(self, scope: ObjectChart | Group, id: str, *, name: str, namespace: str, component: str,
-                 settings: SnapshotBackupSettings, selector: dict[str, str], uid: int, args: Sequence[str],
-                 mounts: Sequence[k8s.VolumeMount], env: Sequence[k8s.EnvVar] = (),
+                 settings: SnapshotBackupSettings, profile: Profile, service_account: str,
+                 selector: dict[str, str], uid: int, args: Sequence[str], mounts: Sequence[k8s.VolumeMount],
+                 alive_path: str, env: Sequence[k8s.EnvVar] = (), create_service_account: bool = True,
                  sizing: Sizing = SIDECAR_SIZING) -> None:
         super().__init__(scope, id)
         s = settings
@@ -107,6 +134,13 @@ class SnapshotBackup(Group):
         self.config_map = k8s.KubeConfigMap(
             self, "Scripts", metadata=k8s.ObjectMeta(name=self.config_map_name, namespace=namespace), data=scripts())
         set_component(self.config_map, "backup")
+        access = backup_access(
+            self, namespace=namespace, service_account=service_account, pod_selector=selector, profile=profile,
+            bucket=s.backup_bucket, region=s.backup_region, prefix=s.backup_prefix, endpoint=s.backup_endpoint,
+            key_secret=self.secret_name, create_service_account=create_service_account)
+        #: The pods' service account and the labels the target admits.
+        self.service_account = access.service_account
+        self.pod_labels = access.pod_labels
         self.container = k8s.Container(
             name="backup",
             image=versions.PYTHON_IMAGE,
@@ -117,34 +151,24 @@ class SnapshotBackup(Group):
                 k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
                 k8s.EnvVar(name="POD_NAME", value_from=k8s.EnvVarSource(
                     field_ref=k8s.ObjectFieldSelector(field_path="metadata.name"))),
-                k8s.EnvVar(name="BACKUP_S3_ENDPOINT", value=s.backup_endpoint),
-                k8s.EnvVar(name="BACKUP_S3_BUCKET", value=s.backup_bucket),
-                k8s.EnvVar(name="BACKUP_S3_PREFIX", value=s.backup_prefix),
-                k8s.EnvVar(name="BACKUP_S3_REGION", value=s.backup_region),
-                secret_env("AWS_ACCESS_KEY_ID", self.secret_name, "access-key-id"),
-                secret_env("AWS_SECRET_ACCESS_KEY", self.secret_name, "secret-access-key"),
+                *access.env,
                 *env,
             ],
             # The members' uid: the files it reads (and, for Redis, the hard link it makes
             # beside dump.rdb) are theirs.
             security_context=container_context(uid=uid),
             resources=raw_resources(sizing),
-            volume_mounts=[*mounts, k8s.VolumeMount(name="backup-scripts", mount_path=SCRIPTS_DIR, read_only=True)],
+            volume_mounts=[*mounts, *access.volume_mounts,
+                           k8s.VolumeMount(name="backup-scripts", mount_path=SCRIPTS_DIR, read_only=True)],
+            # A sidecar's readiness must never take the member out of its Services: ready once
+            # started. Alive while it can write where it puts its copies (``alive_path``).
+            readiness_probe=k8s.Probe(exec=k8s.ExecAction(command=["true"]), period_seconds=60),
+            liveness_probe=k8s.Probe(
+                exec=k8s.ExecAction(command=["test", "-w", alive_path]),
+                initial_delay_seconds=30, period_seconds=60, timeout_seconds=10, failure_threshold=3),
         )
         self.volumes = [k8s.Volume(name="backup-scripts", config_map=k8s.ConfigMapVolumeSource(
-            name=self.config_map_name, default_mode=0o444))]
-        url = urllib.parse.urlsplit(s.backup_endpoint)
-        self.target_port = url.port or (443 if url.scheme == "https" else 80)
-        self.egress = k8s.KubeNetworkPolicy(
-            self, "AllowTarget",
-            metadata=k8s.ObjectMeta(name=f"{name}-backup-target", namespace=namespace),
-            spec=k8s.NetworkPolicySpec(
-                pod_selector=k8s.LabelSelector(match_labels=selector),
-                policy_types=["Egress"],
-                egress=[k8s.NetworkPolicyEgressRule(ports=ports(self.target_port))],
-            ),
-        )
-        set_component(self.egress, "network-policy")
+            name=self.config_map_name, default_mode=0o444)), *access.volumes]
 
     @property
     def config_text(self) -> str:

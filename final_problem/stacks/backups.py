@@ -10,8 +10,8 @@
 - bucket and key retained when the stack is deleted (``make destroy`` keeps the backups: a new
   cluster restores from them);
 - a role only EKS Pod Identity can assume, allowed to list the bucket, and to get, put and delete
-  its objects with the key, nothing else; associated with the ``postgres`` namespace's
-  ``postgres-backup`` service account.
+  its objects with the key, nothing else; associated with the service account of each deployed
+  component's backing-up pods (:data:`BACKUP_SERVICE_ACCOUNTS`).
 
 Sources: Amazon S3 user guide ("Blocking public access", "Using versioning", "Lifecycle
 configuration elements"); EKS user guide ("EKS Pod Identity").
@@ -27,19 +27,30 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from final_problem.charts import postgres as postgres_chart
+from final_problem.charts import redis as redis_chart
+from final_problem.charts import zookeeper as zookeeper_chart
 from final_problem.charts.postgres import PostgresChart
+from final_problem.charts.redis import RedisChart
+from final_problem.charts.zookeeper import ZooKeeperChart
 from final_problem.config import Settings
 from final_problem.stacks import nag
 
-#: The service account the backup containers run as (namespace, name): the postgres chart's.
-BACKUP_SERVICE_ACCOUNT = (PostgresChart.NAMESPACE, postgres_chart.BACKUP_SERVICE_ACCOUNT)
+#: Per component, the service account its backup containers run as (namespace, name): one role,
+#: one Pod Identity association per service account (EKS user guide, "EKS Pod Identity": an
+#: association maps one service account to one role; a role may be in several).
+BACKUP_SERVICE_ACCOUNTS = {
+    "postgres": (PostgresChart.NAMESPACE, postgres_chart.BACKUP_SERVICE_ACCOUNT),
+    "redis": (RedisChart.NAMESPACE, redis_chart.BACKUP_SERVICE_ACCOUNT),
+    "zookeeper": (ZooKeeperChart.NAMESPACE, zookeeper_chart.BACKUP_SERVICE_ACCOUNT),
+}
 #: Days an incomplete multipart upload is kept before it is aborted.
 ABORT_MULTIPART_DAYS = 7
 
 
 class BackupBucket(Construct):
-    """The bucket, its key and the Pod Identity role limited to it. Exposes ``bucket``,
-    ``key`` and ``role``."""
+    """The bucket, its key and the Pod Identity role limited to it, associated with the backing-up
+    service accounts of the deployed components. Exposes ``bucket``, ``key``, ``role`` and
+    ``associations`` (component: association)."""
 
     def __init__(self, scope: Construct, id: str, *, cluster: eks.Cluster, settings: Settings) -> None:
         super().__init__(scope, id)
@@ -77,11 +88,16 @@ class BackupBucket(Construct):
             actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], resources=[self.bucket.arn_for_objects("*")]))
         self.role.add_to_policy(iam.PolicyStatement(
             actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[self.key.key_arn]))
-        namespace, service_account = BACKUP_SERVICE_ACCOUNT
-        self.association = eks.CfnPodIdentityAssociation(
-            self, "Association", cluster_name=cluster.cluster_name, namespace=namespace,
-            service_account=service_account, role_arn=self.role.role_arn,
-        )
+        self.associations: dict[str, eks.CfnPodIdentityAssociation] = {}
+        for component, (namespace, service_account) in BACKUP_SERVICE_ACCOUNTS.items():
+            if component not in settings.components:
+                continue
+            # postgres keeps the logical id it was deployed with: a new id would replace it.
+            self.associations[component] = eks.CfnPodIdentityAssociation(
+                self, "Association" if component == "postgres" else f"Association{component.capitalize()}",
+                cluster_name=cluster.cluster_name, namespace=namespace,
+                service_account=service_account, role_arn=self.role.role_arn,
+            )
         cdk.CfnOutput(scope, "BackupBucket", value=self.bucket.bucket_name, description="Bucket of the backups")
         nag.acknowledge(
             self.role, f"AwsSolutions-IAM5[Resource::<{cdk.Stack.of(self).get_logical_id(self.bucket.node.default_child)}.Arn>/*]",

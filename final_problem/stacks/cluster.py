@@ -139,7 +139,8 @@ class ClusterStack(cdk.Stack):
             )
         # The backup target (final_problem/stacks/backups.py): its Pod Identity association needs the agent.
         self.backups = BackupBucket(self, "Backups", cluster=self.cluster, settings=settings)
-        self.backups.association.node.add_dependency(self.pod_identity_agent)
+        for association in self.backups.associations.values():
+            association.node.add_dependency(self.pod_identity_agent)
         # The charts write their backups to this bucket, at the region's endpoint, through the
         # service account its role is associated with.
         profile = EKS.with_backup_bucket(bucket=self.backups.bucket.bucket_name, region=cdk.Aws.REGION,
@@ -162,7 +163,7 @@ class ClusterStack(cdk.Stack):
             manifest.node.add_dependency(self.nodegroup)
             # EKS Pod Identity's webhook injects credentials into pods created after their
             # service account's association exists: a backing-up pod created before it has none.
-            manifest.node.add_dependency(self.backups.association)
+            manifest.node.add_dependency(*self.backups.associations.values())
 
 
     def _acknowledge_findings(self) -> None:
