@@ -49,7 +49,7 @@ INTEGRATION = "tests/integration/"
 HEAVY_LANE = frozenset(INTEGRATION + name for name in (
     "test_kafka_cluster.py", "test_kube_admission.py", "test_tour_local.py", "test_cadence_schema.py",
     "test_kafka_power_cut.py", "test_cadence_rollout.py", "test_kafka_rollout.py", "test_upgrades.py",
-    "test_zookeeper_backups.py",
+    "test_zookeeper_backups.py", "test_cadence_restore.py",
 ))
 
 
