@@ -41,7 +41,9 @@ def test_the_previous_minors_module_builds_the_version_the_upgrade_starts_from()
 
 
 def test_make_cadence_tools_builds_the_pinned_tools_and_the_previous_server() -> None:
-    out = subprocess.run(["make", "-n", "cadence-tools"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # Run as `make test` runs it too (MAKELEVEL set): no "Entering directory" lines.
+    out = subprocess.run(["make", "-n", "--no-print-directory", "cadence-tools"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
     assert out.split() == ["deps/cadence/build.sh", "deps/cadence/build.sh", "deps/cadence-previous"]
 
 
