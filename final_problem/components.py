@@ -81,8 +81,12 @@ def pod_template_digests(objects: list[Mapping[str, Any]]) -> dict[str, str]:
 
 
 def record_object(objects: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The object of a chart that carries its record: its first Namespace, else its first object."""
-    return next((o for o in objects if o.get("kind") == "Namespace"), objects[0] if objects else None)
+    """The object of a chart that carries its record: the one already annotated with it (an
+    API server lists objects in its own order: Namespaces by name), else its first Namespace,
+    else its first object."""
+    annotated = (o for o in objects if POD_TEMPLATES_ANNOTATION in ((o.get("metadata") or {}).get("annotations") or {}))
+    return next(annotated, None) or next((o for o in objects if o.get("kind") == "Namespace"),
+                                         objects[0] if objects else None)
 
 C = TypeVar("C", bound=type["PlatformChart"])
 

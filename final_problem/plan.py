@@ -103,10 +103,7 @@ def from_objects(objects: Iterable[Mapping[str, Any]], *, source: str, digests_f
             grouped.setdefault(name, []).append(dict(obj))
     result: dict[str, Deployment] = {}
     for name, objs in grouped.items():
-        # The object that carries the record: in a synth output the component's first
-        # Namespace, but an API server lists Namespaces by name, so look for the annotations.
-        record = next((o for o in objs if POD_TEMPLATES_ANNOTATION in ((o.get("metadata") or {}).get("annotations") or {})),
-                      None) or record_object([o for o in objs if o.get("kind") == "Namespace"] or objs)
+        record = record_object([o for o in objs if o.get("kind") == "Namespace"] or objs)
         annotations = (record or {}).get("metadata", {}).get("annotations") or {}
         deployment = Deployment(name=name, objects=objs)
         try:
