@@ -36,6 +36,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from final_problem.renderers.backup_agent import BackupError, Postgres, S3, iso, parse_time
@@ -45,18 +46,26 @@ COMPONENTS = ("postgres", "redis", "zookeeper", "consul")
 SNAPSHOT_COMPONENTS = ("redis", "zookeeper", "consul")
 
 
-def list_snapshots(store: Snapshots) -> int:
-    listings = store.listings()
+def print_listings(component: str, kind: str, listings: list[dict], line: Callable[[dict], str]) -> int:
+    """One line per backup (``line``), then the newest one's age; status 1 when there is none."""
     for item in listings:
-        size = sum(entry["size"] for entry in item["files"])
-        print(f"{item['id']}  recovery point {iso(item['recovery_point'])}  {size:>12,} B  "
-              f"{len(item['files'])} file{'s' if len(item['files']) != 1 else ''} from {item.get('member', '?')}")
+        print(line(item))
     if not listings:
-        print(f"{store.component}: no snapshot yet", file=sys.stderr)
+        print(f"{component}: no {kind} yet", file=sys.stderr)
         return 1
     age = dt.datetime.now(dt.timezone.utc) - listings[-1]["ended"]
-    print(f"{store.component}: newest snapshot {listings[-1]['id']}, {age.total_seconds() / 3600:.1f} h old")
+    print(f"{component}: newest {kind} {listings[-1]['id']}, {age.total_seconds() / 3600:.1f} h old")
     return 0
+
+
+def snapshot_line(item: dict) -> str:
+    size = sum(entry["size"] for entry in item["files"])
+    return (f"{item['id']}  recovery point {iso(item['recovery_point'])}  {size:>12,} B  "
+            f"{len(item['files'])} file{'s' if len(item['files']) != 1 else ''} from {item.get('member', '?')}")
+
+
+def list_snapshots(store: Snapshots) -> int:
+    return print_listings(store.component, "snapshot", store.listings(), snapshot_line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,16 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         postgres = Postgres(s3, prefix)
         if args.command == "list":
-            listings = postgres.listings()
-            for item in listings:
-                print(f"{item['id']}  ended {iso(item['ended'])}  {item['archive']['size']:>12,} B  "
-                      f"from WAL {item['start_wal']}")
-            if not listings:
-                print(f"{args.component}: no base backup yet", file=sys.stderr)
-                return 1
-            age = dt.datetime.now(dt.timezone.utc) - listings[-1]["ended"]
-            print(f"{args.component}: newest base backup {listings[-1]['id']}, {age.total_seconds() / 3600:.1f} h old")
-            return 0
+            return print_listings(args.component, "base backup", postgres.listings(), lambda item: (
+                f"{item['id']}  ended {iso(item['ended'])}  {item['archive']['size']:>12,} B  "
+                f"from WAL {item['start_wal']}"))
         if not args.to:
             raise BackupError("restore postgres: --to not given; give the time to recover to, e.g. "
                               "--to 2026-12-07T03:40:00Z")
