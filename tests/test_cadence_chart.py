@@ -372,6 +372,8 @@ def test_cadence_servers_roll_one_new_pod_at_a_time_and_drain_within_their_grace
     frontend = pod(one(eks["cadence"], "Deployment", "cadence-frontend"))["containers"][0]
     assert frontend["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     assert dynamic["matching.longPollExpirationInterval"] == [{"value": "20s", "constraints": {}}]
+    # A task handed to a poll a restart cut is dispatched again after 30 s, not Cadence's 30 min.
+    assert dynamic["history.activityMaxScheduleToStartTimeoutForRetry"] == [{"value": "30s", "constraints": {}}]
 
 
 def test_cadence_readiness_means_serving_not_a_listening_port(eks: dict[str, list[Obj]]) -> None:

@@ -14,6 +14,7 @@ from cadence.testing import TestWorkflowEnvironment
 from final_problem import versions
 from final_problem.clients import cadence as orders
 from final_problem.local import cadence as tools
+from final_problem.renderers.cadence import ACTIVITY_REDISPATCH_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,20 @@ def test_reserve_fails_its_first_attempts_then_succeeds(monkeypatch: pytest.Monk
             orders.reserve("o", 1)
     Info.attempt = orders.RESERVE_FAILURES
     assert orders.reserve("o", 1) == orders.RESERVE_FAILURES
-    assert orders.RESERVE_RETRY["maximum_attempts"] > orders.RESERVE_FAILURES
+
+
+def test_every_activity_retries_until_an_expiration_and_reserve_succeeds_well_within_it() -> None:
+    """The server needs an expiration or a number of attempts (it refuses a policy with
+    neither); a wait for a worker uses up an attempt each schedule-to-start, so the
+    policy expires rather than counting attempts. ``reserve``'s failures and backoffs fit
+    many times into it."""
+    policy = orders.ACTIVITY_OPTIONS["retry_policy"]
+    assert "maximum_attempts" not in policy and policy["expiration_interval"] == orders.RETRY_EXPIRATION
+    assert orders.ACTIVITY_OPTIONS["schedule_to_start_timeout"] == timedelta(seconds=ACTIVITY_REDISPATCH_S)
+    backoffs = [min(policy["initial_interval"] * policy["backoff_coefficient"] ** n, policy["maximum_interval"])
+                for n in range(orders.RESERVE_FAILURES)]
+    failures = orders.RESERVE_FAILURES * (orders.ACTIVITY_TIMEOUT + orders.SCHEDULE_TO_START)
+    assert sum(backoffs, timedelta()) + failures < policy["expiration_interval"]
 
 
 def test_cli_rejects_a_bad_item_count(capsys: pytest.CaptureFixture[str]) -> None:

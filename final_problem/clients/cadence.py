@@ -10,8 +10,9 @@ The workflow, ``OrderWorkflow``, reserves stock, waits, then charges:
 
 - ``reserve`` fails on its first two attempts (``activity.info().attempt`` 0 and 1, as a
   flaky dependency would) and succeeds on the third: the server retries it under the
-  retry policy :data:`RESERVE_RETRY` (the SDK passes the policy; the server schedules
-  the attempts);
+  retry policy :data:`ACTIVITY_RETRY`, which every activity runs under (the SDK passes the
+  policy; the server schedules the attempts, also after an attempt waited
+  :data:`SCHEDULE_TO_START` for a worker: a task lost in a matching restart is dispatched again);
 - a durable timer between the two steps is the window in which a worker can be killed:
   the workflow's progress is in the server's history, so a new worker replays it and the
   workflow completes with the same result.
@@ -52,15 +53,33 @@ TASK_LIST = "final-problem-orders"
 PRICE_CENTS = 250
 #: Attempts ``reserve`` fails before it succeeds.
 RESERVE_FAILURES = 2
-#: Retry policy of ``reserve``: enough attempts for :data:`RESERVE_FAILURES`, short
-#: backoff so a test sees the third attempt within seconds.
-RESERVE_RETRY: workflow.RetryPolicy = {
-    "initial_interval": timedelta(milliseconds=200),
+#: How long an activity's attempts may go on: a retry policy needs an expiration or a number
+#: of attempts (cadence v1.4.1 ``common/util.go``); an expiration, because a task lost to a
+#: matching restart, or a wait for a worker, times out once per
+#: ``ACTIVITY_REDISPATCH_S`` (renderers/cadence.py) and uses up an attempt each time.
+RETRY_EXPIRATION = timedelta(minutes=5)
+#: Retry policy of every activity: an attempt that fails, times out running or waits too long
+#: for a worker is scheduled again; short backoff so a test sees the third attempt of
+#: ``reserve`` within seconds.
+ACTIVITY_RETRY: workflow.RetryPolicy = {
+    "initial_interval": timedelta(seconds=1),
     "backoff_coefficient": 2.0,
     "maximum_interval": timedelta(seconds=2),
-    "maximum_attempts": 5,
+    "expiration_interval": RETRY_EXPIRATION,
 }
+#: An attempt's time to run (start to close).
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
+#: An attempt's time in the task list. The server raises it to the least of the retry
+#: expiration and ``history.activityMaxScheduleToStartTimeoutForRetry``, 30 s as rendered
+#: (renderers/cadence.py ``ACTIVITY_REDISPATCH_S``); stated here as the same 30 s, because the
+#: SDK would otherwise send its own default (10 s).
+SCHEDULE_TO_START = timedelta(seconds=30)
+#: The options every activity of the sample runs with.
+ACTIVITY_OPTIONS: workflow.ActivityOptions = {
+    "start_to_close_timeout": ACTIVITY_TIMEOUT,
+    "schedule_to_start_timeout": SCHEDULE_TO_START,
+    "retry_policy": ACTIVITY_RETRY,
+}
 #: Cadence timers count whole seconds: a shorter sleep becomes a 0 s timer, which the server
 #: rejects (BAD_START_TIMER_ATTRIBUTES, "Invalid StartToFireTimeoutSeconds: 0") on every
 #: decision until the workflow is terminated.
@@ -95,11 +114,9 @@ class OrderWorkflow:
 
     @workflow.run
     async def run(self, order_id: str, items: int, pause_s: int) -> dict[str, Any]:
-        attempt = await reserve.with_options(
-            start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RESERVE_RETRY,
-        ).execute(order_id, items)
+        attempt = await reserve.with_options(**ACTIVITY_OPTIONS).execute(order_id, items)
         await workflow.sleep(timedelta(seconds=pause_s))
-        amount = await charge.with_options(start_to_close_timeout=ACTIVITY_TIMEOUT).execute(order_id, items)
+        amount = await charge.with_options(**ACTIVITY_OPTIONS).execute(order_id, items)
         return {"order_id": order_id, "reserved_on_attempt": attempt, "charged_cents": amount}
 
 
@@ -115,7 +132,7 @@ class EchoWorkflow:
 
     @workflow.run
     async def run(self, value: int) -> int:
-        return await echo.with_options(start_to_close_timeout=ACTIVITY_TIMEOUT).execute(value)
+        return await echo.with_options(**ACTIVITY_OPTIONS).execute(value)
 
 
 async def start_echo(client: Client, value: int, *, task_list: str = TASK_LIST) -> WorkflowExecution:

@@ -213,6 +213,16 @@ FRONTEND_PRE_STOP_S = 5
 #: timeout. 20 s ends every poll within the drain's reach (drain + poll < grace); a worker then
 #: sends one empty poll per 20 s per poller, nothing to a server.
 LONG_POLL_S = 20
+#: Longest time an activity with a retry policy waits in its task list before the server
+#: schedules its next attempt (``history.activityMaxScheduleToStartTimeoutForRetry``, Cadence's
+#: default 30 min). A task matching handed to a poll that a restart then cut is lost to
+#: matching: only this timeout dispatches it again. Cadence raises a retryable activity's
+#: schedule-to-start to the least of its retry expiration and this value
+#: (``service/history/decision/checker.go``, v1.4.1), so with the default a rollout of matching
+#: could leave a workflow waiting 30 min; with 30 s the lost dispatch costs at most 30 s. An
+#: activity waiting longer for a worker is attempted again every 30 s until its retry policy
+#: expires: give activities an expiration, not only a number of attempts.
+ACTIVITY_REDISPATCH_S = 30
 
 
 def dynamic_config(*, history_count_limit_error: int = 51200) -> str:
@@ -221,8 +231,8 @@ def dynamic_config(*, history_count_limit_error: int = 51200) -> str:
     Only limits worth stating are set; everything else keeps Cadence's defaults
     (``common/dynamicconfig/dynamicproperties``). ``history.historyCountLimitError``:
     events after which a workflow is terminated (Cadence default 204800); lower here so a
-    runaway workflow cannot fill a Pi's disk. The drains of :data:`SHUTDOWN_DRAIN_S` and the
-    long poll of :data:`LONG_POLL_S` (durations as Go strings: the file-based client parses them with ``time.ParseDuration``).
+    runaway workflow cannot fill a Pi's disk. The drains of :data:`SHUTDOWN_DRAIN_S`, the
+    long poll of :data:`LONG_POLL_S` and the re-dispatch of :data:`ACTIVITY_REDISPATCH_S` (durations as Go strings: the file-based client parses them with ``time.ParseDuration``).
     """
     doc: dict[str, object] = {
         "history.historyCountLimitError": [{"value": history_count_limit_error, "constraints": {}}],
@@ -231,6 +241,8 @@ def dynamic_config(*, history_count_limit_error: int = 51200) -> str:
     for service, seconds in SHUTDOWN_DRAIN_S.items():
         doc[f"{service}.shutdownDrainDuration"] = [{"value": f"{seconds}s", "constraints": {}}]
     doc["matching.longPollExpirationInterval"] = [{"value": f"{LONG_POLL_S}s", "constraints": {}}]
+    doc["history.activityMaxScheduleToStartTimeoutForRetry"] = [
+        {"value": f"{ACTIVITY_REDISPATCH_S}s", "constraints": {}}]
     return yaml.safe_dump(doc, sort_keys=True)
 
 
