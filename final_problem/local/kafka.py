@@ -366,9 +366,9 @@ class LocalKafkaCluster:
             line = next((l for l in self.log(node_id).splitlines() if "OutOfMemoryError" in l), None)
             if line:
                 found[node_id] = line.strip()
-        for name, kills in self.groups.oom_killed().items():
+        for name in self.groups.oom_killed():
             node_id = int(name.rsplit("-", 1)[1])
-            found.setdefault(node_id, f"{kills} OOM kill(s) by the kernel")
+            found.setdefault(node_id, self.groups.oom_report(name))
         return found
 
     def gc_pauses_ms(self, node_id: int | None = None) -> list[float]:

@@ -245,6 +245,19 @@ class Cgroup:
                     total += int(line.split()[1]) * 1024
         return total
 
+    def memory_breakdown(self) -> dict[str, int]:
+        """What the group is charged for now, in bytes: ``anon`` (the processes' own memory),
+        ``file`` (page cache), and of that ``dirty``, ``writeback`` and ``mapped`` (pages the
+        kernel cannot drop at once when the limit is reached)."""
+        path = self.memory_dir / "memory.stat"
+        if not path.exists():
+            return {}
+        stat = dict((k, int(v)) for k, _, v in (line.partition(" ") for line in path.read_text().splitlines()) if v)
+        keys = ({"anon": "anon", "file": "file", "dirty": "file_dirty", "writeback": "file_writeback",
+                 "mapped": "file_mapped"} if self.v2 else
+                {"anon": "rss", "file": "cache", "dirty": "dirty", "writeback": "writeback", "mapped": "mapped_file"})
+        return {ours: stat.get(theirs, 0) for ours, theirs in keys.items()}
+
     def pids(self) -> list[int]:
         path = self.memory_dir / "cgroup.procs"
         return [int(p) for p in path.read_text().split()] if path.exists() else []
@@ -322,19 +335,27 @@ class Groups:
         self.enabled = enabled
         self.groups: dict[str, Cgroup] = {}
         self._peak_cpu_m: dict[str, int] = {}
+        #: Per group, its memory (:meth:`Cgroup.memory_breakdown`) at the last sample before
+        #: its latest OOM kill: what filled the limit.
+        self.before_oom_kill: dict[str, dict[str, int]] = {}
         self._stop = threading.Event()
         self._sampler: threading.Thread | None = None
 
     def _sample(self) -> None:
-        """Each group's CPU rate over every window, keeping the highest (a daemon thread
-        that only reads cgroup files)."""
+        """Each group's CPU rate over every window, keeping the highest, and its memory before
+        an OOM kill (a daemon thread that only reads cgroup files)."""
         last: dict[str, tuple[float, float]] = {}
+        memory: dict[str, tuple[int, dict[str, int]]] = {}
         while not self._stop.wait(CPU_SAMPLE_S):
             for name, group in list(self.groups.items()):
                 try:
                     now, used = time.monotonic(), group.cpu_seconds()
+                    kills, breakdown = group.oom_kills(), group.memory_breakdown()
                 except OSError:
                     continue  # removed meanwhile
+                if name in memory and kills > memory[name][0]:
+                    self.before_oom_kill[name] = memory[name][1]
+                memory[name] = (kills, breakdown)
                 if name in last:
                     then, before = last[name]
                     rate = round(1000 * (used - before) / max(now - then, 1e-3))
@@ -367,6 +388,19 @@ class Groups:
     def oom_killed(self) -> dict[str, int]:
         """Groups in which the kernel killed a process for exceeding the memory limit."""
         return {name: g.oom_kills() for name, g in self.groups.items() if g.oom_kills()}
+
+    def oom_report(self, name: str) -> str:
+        """Group ``name``'s OOM kills and, when sampled, what it was charged for just before
+        the latest: whether the processes' own memory or page cache the kernel could not drop
+        (dirty, under writeback, mapped) filled the limit."""
+        group = self.groups[name]
+        text = f"{group.oom_kills()} OOM kill(s) by the kernel (limit {group.limits.memory_mib} MiB)"
+        before = self.before_oom_kill.get(name)
+        if before:
+            mib = {k: v / (1 << 20) for k, v in before.items()}
+            text += (f"; up to {CPU_SAMPLE_S:g} s before: anon {mib['anon']:.0f} MiB, page cache {mib['file']:.0f} MiB "
+                     f"(dirty {mib['dirty']:.0f}, writeback {mib['writeback']:.0f}, mapped {mib['mapped']:.0f})")
+        return text
 
     def remove_all(self) -> None:
         self._stop.set()

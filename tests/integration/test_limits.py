@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -29,6 +30,29 @@ def test_a_process_over_its_memory_limit_is_oom_killed_and_counted() -> None:
     # Kept after the group is removed, for the check after each test.
     (group,) = [g for g in limits.created if g.name == "hog"][-1:]
     assert group.oom_kills() == 1 and not any(d.exists() for d in group.dirs)
+
+
+@pytest.mark.oom_expected
+def test_an_oom_kill_is_reported_with_what_filled_the_limit() -> None:
+    """The sampler keeps each group's charge as anon memory and page cache; after a kill the
+    report gives the last sample before it: here the process's own memory, growing 4 MiB
+    every 0.2 s into a 64 MiB limit."""
+    groups = Groups()
+    try:
+        grow = "import time\nx = []\nwhile True:\n    x.append(bytearray(4 << 20)); time.sleep(0.2)"
+        command = groups.wrap("grower", Limits(cpu_m=500, memory_mib=64), [sys.executable, "-c", grow])
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == -9
+        # The sampler notices the kill at its next window.
+        deadline = time.monotonic() + 2 * limits.CPU_SAMPLE_S + 1
+        while "grower" not in groups.before_oom_kill and time.monotonic() < deadline:
+            time.sleep(0.1)
+        before = groups.before_oom_kill["grower"]
+        assert before["anon"] > before["file"] and before["anon"] > 16 << 20, before
+        report = groups.oom_report("grower")
+        assert report.startswith("1 OOM kill(s) by the kernel (limit 64 MiB); up to 1 s before: anon "), report
+    finally:
+        groups.remove_all()
 
 
 def test_a_jvm_reads_the_limits_and_sizes_itself_as_in_the_pod() -> None:
