@@ -229,8 +229,8 @@ def test_the_pod_identity_role_reaches_its_bucket_and_key_only(cluster: dict[str
                  if {"Ref": role_name} in p["Properties"]["Roles"]]
     statements = policy["Properties"]["PolicyDocument"]["Statement"]
     actions = sorted(a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))
-    assert actions == ["kms:Decrypt", "kms:GenerateDataKey", "s3:DeleteObject", "s3:GetObject", "s3:ListBucket",
-                       "s3:PutObject"]
+    assert actions == ["kms:Decrypt", "kms:GenerateDataKey", "s3:AbortMultipartUpload", "s3:DeleteObject",
+                       "s3:GetObject", "s3:ListBucket", "s3:PutObject"]
     for statement in statements:
         assert statement["Effect"] == "Allow"
         named = str(statement["Resource"])

@@ -304,14 +304,16 @@ class S3:
                                     f"SignedHeaders={';'.join(names)}, Signature={signature}")
 
     def request(self, method: str, key: str = "", *, query: dict[str, str] | None = None, body: bytes | None = None,
-                body_file: str | None = None, headers: dict[str, str] | None = None,
+                body_file: str | None = None, body_range: tuple[int, int] | None = None,
+                headers: dict[str, str] | None = None,
                 into_file: str | None = None) -> tuple[int, dict[str, str], bytes]:
         """One request; the response body is returned, or streamed into ``into_file`` when the
-        answer is 200."""
+        answer is 200. ``body_file`` is streamed, all of it or the ``body_range`` (offset,
+        length) of it."""
         query = dict(query or {})
         headers = dict(headers or {})
         if body_file is not None:
-            payload_sha, size = file_digest(body_file, "sha256")
+            payload_sha, size = file_digest(body_file, "sha256", body_range)
             headers["Content-Length"] = str(size)
         else:
             body = body or b""
@@ -326,7 +328,9 @@ class S3:
         try:
             if body_file is not None:
                 with open(body_file, "rb") as f:
-                    conn.request(method, target, body=f, headers=headers)
+                    if body_range is not None:
+                        f.seek(body_range[0])
+                    conn.request(method, target, body=FileSlice(f, int(headers["Content-Length"])), headers=headers)
                     response = conn.getresponse()
             else:
                 conn.request(method, target, body=body, headers=headers)
@@ -361,14 +365,63 @@ class S3:
         if status not in (200, 409):  # 409: BucketAlreadyOwnedByYou (or exists)
             raise self._fail(f"creating bucket {self.bucket}", status, data)
 
+    #: Files larger than this go up in parts (S3 takes at most 5 GiB in one PUT; "Uploading and
+    #: copying objects using multipart upload", Amazon S3 User Guide). 64 MiB parts: a part is
+    #: streamed from the file, never held in memory, and 10,000 of them (S3's most) hold
+    #: 625 GiB; a larger file takes larger parts.
+    multipart_threshold = 64 << 20
+    part_size = 64 << 20
+    #: S3's limits on a multipart upload: parts, and the smallest part but the last.
+    MAX_PARTS, MIN_PART = 10_000, 5 << 20
+
     def put(self, key: str, *, body: bytes | None = None, body_file: str | None = None,
             meta: dict[str, str] | None = None) -> None:
+        if body_file is not None and os.path.getsize(body_file) > self.multipart_threshold:
+            self.put_parts(key, body_file, meta=meta)
+            return
         md5 = hashlib.md5(body).digest() if body is not None else bytes.fromhex(file_digest(body_file or "", "md5")[0])
         headers = {"Content-MD5": base64.b64encode(md5).decode(), "Content-Type": "application/octet-stream",
                    **{f"x-amz-meta-{k}": v for k, v in (meta or {}).items()}}
         status, _, data = self.request("PUT", key, body=body, body_file=body_file, headers=headers)
         if status != 200:
             raise self._fail(f"PUT {key}", status, data)
+
+    def put_parts(self, key: str, path: str, *, meta: dict[str, str] | None = None) -> None:
+        """``path`` as one object, in parts (CreateMultipartUpload, UploadPart each with its
+        Content-MD5, CompleteMultipartUpload); aborted on any failure, so no part is left to
+        pay for (the bucket's lifecycle also aborts uploads left incomplete)."""
+        size = os.path.getsize(path)
+        part = max(self.part_size, self.MIN_PART, -(-size // self.MAX_PARTS))
+        headers = {"Content-Type": "application/octet-stream", **{f"x-amz-meta-{k}": v for k, v in (meta or {}).items()}}
+        status, _, data = self.request("POST", key, query={"uploads": ""}, headers=headers)
+        upload_id = re.search(rb"<UploadId>([^<]+)</UploadId>", data) if status == 200 else None
+        if upload_id is None:
+            raise self._fail(f"starting the multipart upload of {key}", status, data)
+        upload = upload_id.group(1).decode()
+        try:
+            etags = []
+            for number, offset in enumerate(range(0, size, part), start=1):
+                length = min(part, size - offset)
+                md5 = bytes.fromhex(file_digest(path, "md5", (offset, length))[0])
+                status, answer, data = self.request(
+                    "PUT", key, query={"partNumber": str(number), "uploadId": upload}, body_file=path,
+                    body_range=(offset, length), headers={"Content-MD5": base64.b64encode(md5).decode()})
+                if status != 200 or "etag" not in answer:
+                    raise self._fail(f"PUT {key} part {number}", status, data)
+                etags.append(answer["etag"])
+            done = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{tag}</ETag></Part>"
+                           for n, tag in enumerate(etags, start=1))
+            body = f"<CompleteMultipartUpload>{done}</CompleteMultipartUpload>".encode()
+            status, _, data = self.request("POST", key, query={"uploadId": upload}, body=body)
+            # A completion can fail after its 200: the error is then in the body.
+            if status != 200 or b"<Error>" in data:
+                raise self._fail(f"completing the multipart upload of {key}", status, data)
+        except BaseException:
+            try:
+                self.request("DELETE", key, query={"uploadId": upload})
+            except BackupError:
+                pass  # the first failure is the one to report; the lifecycle rule aborts it later
+            raise
 
     def head(self, key: str) -> dict[str, str] | None:
         status, headers, data = self.request("HEAD", key)
@@ -418,13 +471,31 @@ class S3:
             token = root.findtext(f"{ns}NextContinuationToken") or ""
 
 
-def file_digest(path: str, algorithm: str) -> tuple[str, int]:
+def file_digest(path: str, algorithm: str, byte_range: tuple[int, int] | None = None) -> tuple[str, int]:
+    """The digest and size of the file, or of the (offset, length) range of it."""
     digest, size = hashlib.new(algorithm), 0
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+        left = None
+        if byte_range is not None:
+            f.seek(byte_range[0])
+            left = byte_range[1]
+        while chunk := f.read(1 << 20 if left is None else min(1 << 20, left - size)):
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+class FileSlice:
+    """The next ``length`` bytes of an open file, read in blocks as http.client sends them."""
+
+    def __init__(self, f: "object", length: int) -> None:
+        self.f, self.left = f, length
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n) if n else b""  # type: ignore[attr-defined]
+        self.left -= len(data)
+        return data
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -82,10 +82,12 @@ class BackupBucket(Construct):
             assumed_by=iam.ServicePrincipal("pods.eks.amazonaws.com").with_session_tags(),
             description=f"Backup containers of {settings.cluster_name}, through EKS Pod Identity: its bucket only",
         )
-        # Explicit actions, no wildcard: list the bucket, read, write and delete its objects.
+        # Explicit actions, no wildcard: list the bucket, read, write and delete its objects, abort
+        # an upload in parts that failed (s3:PutObject covers the parts themselves).
         self.role.add_to_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self.bucket.bucket_arn]))
         self.role.add_to_policy(iam.PolicyStatement(
-            actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], resources=[self.bucket.arn_for_objects("*")]))
+            actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+            resources=[self.bucket.arn_for_objects("*")]))
         self.role.add_to_policy(iam.PolicyStatement(
             actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[self.key.key_arn]))
         self.associations: dict[str, eks.CfnPodIdentityAssociation] = {}
