@@ -276,7 +276,9 @@ def kafka_upgrade(workdir: Path, *, layout: str = "combined", roll: str = "state
                    "metadata.version after": after.get("metadata.version"),
                    "metadata.version after the downgrade": kafka_features(cluster).get("metadata.version"),
                    "downgrade refused": downgrade,
-                   "out of memory": cluster.out_of_memory()},
+                   "out of memory": cluster.out_of_memory(),
+                   # The headroom through the roll: each node's peak RSS and charge against its limit.
+                   "memory": [str(usage) for usage in cluster.groups.usage()]},
         )
 
 
