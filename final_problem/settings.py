@@ -220,6 +220,13 @@ class ComponentSettings:
     def check(self) -> None:
         """Rules across settings; raise :meth:`error`. Default: none."""
 
+    #: What an inherited setting means for this component, by setting name: any of ``doc``,
+    #: ``minimum``, ``maximum``, ``change`` (:func:`setting`'s arguments), replacing the
+    #: declared one. A settings class shared by several components declares each field once;
+    #: a component that reads a field differently (a CronJob where the others run a sidecar)
+    #: says so here instead of declaring the field again.
+    setting_overrides: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
     #: Change rules (:mod:`final_problem.changes`) of values set in code rather than as
     #: settings, by the name :meth:`recorded_values` gives them (Kafka's declared topics).
     change_rules: ClassVar[Mapping[str, Any]] = {}
@@ -315,6 +322,9 @@ class ComponentSettings:
 
 
 _INFO_CACHE: dict[type, tuple[SettingInfo, ...]] = {}
+#: What :attr:`ComponentSettings.setting_overrides` may replace: the field's default and type
+#: stay the declared ones.
+_OVERRIDABLE = frozenset({"doc", "minimum", "maximum", "change"})
 
 
 def _infos(cls: type) -> tuple[SettingInfo, ...]:
@@ -322,12 +332,21 @@ def _infos(cls: type) -> tuple[SettingInfo, ...]:
     if cached is not None:
         return cached
     hints = typing.get_type_hints(cls)
+    overrides: Mapping[str, Mapping[str, Any]] = getattr(cls, "setting_overrides", {})
     infos = []
     for f in dataclasses.fields(cls):
         meta = f.metadata.get("setting")
         if meta is None:
             continue
-        infos.append(SettingInfo(name=f.name, type=hints[f.name], default=f.default, **meta))
+        own = overrides.get(f.name, {})
+        wrong = sorted(set(own) - _OVERRIDABLE)
+        if wrong:
+            raise TypeError(f"{cls.__name__}.setting_overrides[{f.name!r}]: {', '.join(wrong)} cannot be "
+                            f"overridden (only {', '.join(sorted(_OVERRIDABLE))})")
+        infos.append(SettingInfo(name=f.name, type=hints[f.name], default=f.default, **{**meta, **own}))
+    unknown = sorted(set(overrides) - {i.name for i in infos})
+    if unknown:
+        raise TypeError(f"{cls.__name__}.setting_overrides: no setting {', '.join(unknown)} to override")
     _INFO_CACHE[cls] = result = tuple(infos)
     return result
 

@@ -220,7 +220,12 @@ def test_the_pod_identity_role_reaches_its_bucket_and_key_only(cluster: dict[str
     associations = [a["Properties"] for a in of_type(cluster, "AWS::EKS::PodIdentityAssociation").values()]
     # One role, associated with each backing-up component's service account.
     assert sorted((p["Namespace"], p["ServiceAccount"]) for p in associations) == [
-        ("postgres", "postgres-backup"), ("redis", "redis"), ("zookeeper", "zookeeper-backup")]
+        ("consul", "consul-backup"), ("postgres", "postgres-backup"), ("redis", "redis"),
+        ("zookeeper", "zookeeper-backup")]
+    # Logical ids are the deployed associations' own (a new id would replace one): consul's is new.
+    assert sorted(of_type(cluster, "AWS::EKS::PodIdentityAssociation")) == [
+        "BackupsAssociation77D9207B", "BackupsAssociationConsul481FA82F", "BackupsAssociationRedisEA5E4E70",
+        "BackupsAssociationZookeeper9F8901BD"]
     (role_name,) = {p["RoleArn"]["Fn::GetAtt"][0] for p in associations}
     trust = cluster[role_name]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert trust == [{"Action": ["sts:AssumeRole", "sts:TagSession"], "Effect": "Allow",

@@ -171,3 +171,41 @@ def test_the_size_setting_moves_every_component_default_and_the_node_type() -> N
         "small": "r7g.large", "production": "r7g.large"}
     with pytest.raises(ConfigError, match=r"^size = 'huge': must be one of small, production\. Fix: set size=small$"):
         config.from_mapping({"size": "huge"})
+
+
+# --- a shared settings class, read differently by one component ------------------------------
+
+def test_a_component_overrides_an_inherited_settings_doc_range_and_rule_not_its_field() -> None:
+    from final_problem.changes import nothing, rolling
+    from final_problem.settings import ComponentSettings, setting
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Shared(ComponentSettings):
+        interval: int = setting(60, minimum=5, maximum=100, doc="Shared.", change=rolling("sidecars"))
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Own(Shared):
+        section = "own"
+        setting_overrides = {"interval": {"doc": "Own.", "maximum": 80, "change": nothing("a CronJob")}}
+
+    (shared,), (own,) = Shared.infos(), Own.infos()
+    assert (shared.doc, shared.maximum, shared.change.reason) == ("Shared.", 100, "sidecars")
+    assert (own.doc, own.maximum, own.change.reason, own.default) == ("Own.", 80, "a CronJob", 60)
+    with pytest.raises(ConfigError, match=r"own.interval = 90.*must be 5 to 80"):
+        Own(interval=90)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"intervl": {"doc": "x"}}, "no setting intervl to override"),
+    ({"interval": {"default": 5}}, "default cannot be overridden"),
+])
+def test_an_override_of_no_setting_or_of_its_default_fails_when_read(overrides: dict, message: str) -> None:
+    from final_problem.settings import ComponentSettings, setting
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Wrong(ComponentSettings):
+        interval: int = setting(60, doc="x")
+        setting_overrides = overrides
+
+    with pytest.raises(TypeError, match=message):
+        Wrong.infos()

@@ -166,7 +166,11 @@ def test_the_first_run_sets_everything_up(consul: FakeConsul, api: FakeApi, spec
     assert consul.tokens[metrics]["Policies"] == [{"Name": consul_init.METRICS_POLICY}]
     rules = {p["Name"]: p["Rules"] for p in consul.policies.values()}
     assert rules[consul_init.METRICS_POLICY] == 'agent_prefix "" { policy = "read" }\n'
-    assert len(consul.tokens) == 2  # the agent's and the scrape's, nothing else
+    # Snapshots are on by default (cluster setting backups): the CronJob's token, acl:write only.
+    snapshot = api.store[("consul", "secrets", "consul-snapshot-token")]["stringData"]["token"]
+    assert consul.tokens[snapshot]["Policies"] == [{"Name": consul_init.SNAPSHOT_POLICY}]
+    assert rules[consul_init.SNAPSHOT_POLICY] == 'acl = "write"\n'
+    assert len(consul.tokens) == 3  # the agent's, the scrape's and the snapshot CronJob's, nothing else
     method = consul.auth_methods[spec["auth_method"]["Name"]]
     assert method["Config"]["CACert"] == "KUBERNETES-CA" and method["Config"]["ServiceAccountJWT"] == "reviewer-jwt"
     assert sorted((r["BindType"], r["BindName"]) for r in consul.binding_rules.values()) == sorted(

@@ -1,5 +1,8 @@
 """Precise tests of the snapshot backups as rendered (Redis and ZooKeeper sidecars, Consul's
-CronJob) and of the snapshot agent's pure parts (checksums, log walking, choosing a snapshot)."""
+CronJob) and of the snapshot agent's pure parts (checksums, log walking, choosing a snapshot).
+
+No Consul server runs here (BUSL-1.1): its CronJob, token and policies are checked as rendered;
+only a cluster proves a save with that token and its upload."""
 
 from __future__ import annotations
 
@@ -26,9 +29,14 @@ from final_problem.renderers.backup_agent import BackupError
 ENDPOINT = "http://s3.backups.svc.cluster.local:7070"
 
 
+#: Consul renders on the Pis only where Envoy can run (a 48-bit address space: final_problem.profiles).
+PI_CONSUL = {"pi_arm64_va_bits": 48}
+
+
 def objects(component: str, profile: str = "pi", *, cluster: dict[str, Any] | None = None,
             **values: Any) -> list[dict[str, Any]]:
-    settings = config.from_mapping({"components": ["base", component], component: values, **(cluster or {})})
+    cluster = {**(PI_CONSUL if component == "consul" and profile == "pi" else {}), **(cluster or {})}
+    settings = config.from_mapping({"components": ["base", component], component: values, **cluster})
     return manifests.chart_objects(manifests.render(settings, profile)[component])
 
 
@@ -48,10 +56,27 @@ def env(c: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
 
 
-@pytest.mark.parametrize("component, cluster", [("redis", {"backups": False}), ("zookeeper", {"backups": False}),
-                                                ("consul", {})])
-def test_backups_off_or_consul_without_a_target_no_backups(component: str, cluster: dict[str, Any]) -> None:
-    objs = objects(component, "eks", cluster=cluster)
+def backup_pod(objs: list[dict[str, Any]], component: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod template that backs ``component`` up, and its container that talks to the target:
+    the members' ``backup`` sidecar, or Consul's CronJob and its ``upload`` container."""
+    if component == "consul":
+        template = named(objs, "CronJob", "consul-snapshot")["spec"]["jobTemplate"]["spec"]["template"]
+        name = "upload"
+    else:
+        template, name = named(objs, "StatefulSet", component)["spec"]["template"], "backup"
+    return template, next(c for c in template["spec"]["containers"] if c["name"] == name)
+
+
+def acl_spec(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The spec the chart renders into Consul's ACL Job."""
+    job = next(o for o in objs if o["kind"] == "Job" and o["metadata"]["name"].startswith("consul-acl-init"))
+    return json.loads(env(job["spec"]["template"]["spec"]["containers"][0])["CONSUL_INIT_SPEC"])
+
+
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+@pytest.mark.parametrize("component", ["redis", "zookeeper", "consul"])
+def test_backups_off_no_backups(component: str, profile: str) -> None:
+    objs = objects(component, profile, cluster={"backups": False})
     assert not [o for o in objs if "backup" in o["metadata"]["name"] or o["kind"] == "CronJob"]
     for o in objs:
         if o["kind"] == "StatefulSet":
@@ -101,7 +126,7 @@ def test_each_zookeeper_member_runs_the_sidecar_reading_its_volumes() -> None:
                                                        ("consul", "http://minio.lan", 80)])
 def test_the_backup_pods_may_reach_the_target_port_only(component: str, endpoint: str, port: int) -> None:
     objs = objects(component, "eks", backup_endpoint=endpoint)
-    name = {"consul": "consul-snapshot", "redis": "redis-target", "zookeeper": "zookeeper-backup-target"}[component]
+    name = {"consul": "consul-backup-target", "redis": "redis-target", "zookeeper": "zookeeper-backup-target"}[component]
     policy = named(objs, "NetworkPolicy", name)
     assert policy["spec"]["policyTypes"] == ["Egress"]
     assert {"ports": [{"port": port, "protocol": "TCP"}]} in policy["spec"]["egress"]
@@ -115,40 +140,43 @@ def test_a_program_change_restarts_the_members(component: str) -> None:
     assert digest(objects(component, cluster={"backups": False})) != digest(objects(component))
 
 
-SERVICE_ACCOUNTS = {"redis": "redis", "zookeeper": "zookeeper-backup"}
+SERVICE_ACCOUNTS = {"redis": "redis", "zookeeper": "zookeeper-backup", "consul": "consul-backup"}
 
 
-@pytest.mark.parametrize("component", ["redis", "zookeeper"])
+@pytest.mark.parametrize("component", ["redis", "zookeeper", "consul"])
 def test_on_the_pis_snapshots_go_to_the_in_cluster_server_by_default(component: str) -> None:
     objs = objects(component, "pi")
-    agent = container(objs, component, "backup")
+    template, agent = backup_pod(objs, component)
     values = env(agent)
     assert values["BACKUP_S3_ENDPOINT"] == "http://s3.backups.svc.cluster.local:7070"
     assert values["BACKUP_S3_KEY_PAIR_FROM"] == "backups/backup-target-root"
     assert "AWS_ACCESS_KEY_ID" not in values
-    template = named(objs, "StatefulSet", component)["spec"]["template"]
     account = SERVICE_ACCOUNTS[component]
     assert template["spec"]["serviceAccountName"] == account and template["spec"]["automountServiceAccountToken"] is False
     # The S3 server admits the pods by this label.
     assert template["metadata"]["labels"]["final-problem.io/backup-client"] == "true"
-    # The API token is in the backup container alone.
-    assert [c["name"] for c in template["spec"]["containers"]
-            for m in c.get("volumeMounts", []) if m["name"] == "backup-token"] == ["backup"]
+    # The API token is in the backup container alone (for Consul, not in the save container).
+    assert [c["name"] for c in template["spec"]["containers"] + template["spec"].get("initContainers", [])
+            for m in c.get("volumeMounts", []) if m["name"] == "backup-token"] == [agent["name"]]
     binding = named(objs, "RoleBinding", f"{component}-{account}")
     assert binding["metadata"]["namespace"] == "backups"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": component}]
     assert [o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == account]
 
 
-@pytest.mark.parametrize("component", ["redis", "zookeeper"])
+@pytest.mark.parametrize("component", ["redis", "zookeeper", "consul"])
 def test_on_eks_snapshots_go_to_the_stack_bucket_through_pod_identity(component: str) -> None:
     objs = objects(component, "eks")
-    values = env(container(objs, component, "backup"))
+    template, agent = backup_pod(objs, component)
+    values = env(agent)
     assert values["BACKUP_S3_BUCKET"] == "<BackupBucket output of the cluster stack>"
     assert not {"AWS_ACCESS_KEY_ID", "BACKUP_S3_KEY_PAIR_FROM"} & set(values)
-    assert pod_spec(objs, component)["serviceAccountName"] == SERVICE_ACCOUNTS[component]
+    assert template["spec"]["serviceAccountName"] == SERVICE_ACCOUNTS[component]
     policy = named(objs, "NetworkPolicy", f"{SERVICE_ACCOUNTS[component]}-target")
     assert {"ports": [{"port": 443, "protocol": "TCP"}]} in policy["spec"]["egress"]
+    # Pod Identity's credentials come from the agent on the node.
+    assert {"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}, {"ipBlock": {"cidr": "fd00:ec2::23/128"}}],
+            "ports": [{"port": 80, "protocol": "TCP"}]} in policy["spec"]["egress"]
 
 
 def test_in_the_mesh_redis_backs_up_as_the_mesh_service_account() -> None:
@@ -167,8 +195,9 @@ def test_a_target_while_backups_are_off_is_refused_in_one_line(component: str) -
         objects(component, "eks", cluster={"backups": False}, backup_endpoint=ENDPOINT)
 
 
-def test_consul_snapshots_are_a_cronjob_with_a_token_of_acl_write_only() -> None:
-    objs = objects("consul", "eks", backup_endpoint=ENDPOINT, backup_interval_minutes=120)
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+def test_consul_snapshots_are_a_cronjob_by_default_with_a_token_of_acl_write_only(profile: str) -> None:
+    objs = objects("consul", profile, backup_interval_minutes=120)
     job = named(objs, "CronJob", "consul-snapshot")
     assert job["spec"]["schedule"] == "0 */2 * * *" and job["spec"]["concurrencyPolicy"] == "Forbid"
     pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -183,9 +212,7 @@ def test_consul_snapshots_are_a_cronjob_with_a_token_of_acl_write_only() -> None
     assert upload["command"][:4] == ["python3", "/backup/snapshot_agent.py", "upload", "consul"]
     # The token: the one right a snapshot needs, made by the ACL Job, readable by it.
     assert consul_init.SNAPSHOT_RULES == 'acl = "write"\n'
-    acl_job = next(o for o in objs if o["kind"] == "Job" and o["metadata"]["name"].startswith("consul-acl-init"))
-    spec = json.loads(env(acl_job["spec"]["template"]["spec"]["containers"][0])["CONSUL_INIT_SPEC"])
-    assert spec["snapshot"] is True
+    assert acl_spec(objs)["snapshot"] is True
     role = named(objs, "Role", "consul-init")
     assert any("consul-snapshot-token" in (r.get("resourceNames") or []) for r in role["rules"])
     # The servers admit the snapshot pods on HTTPS.
@@ -196,10 +223,117 @@ def test_consul_snapshots_are_a_cronjob_with_a_token_of_acl_write_only() -> None
     assert admitted and admitted[0]["ports"] == [{"port": 8501, "protocol": "TCP"}]
 
 
+def test_consul_snapshots_to_an_endpoint_use_the_users_secret() -> None:
+    objs = objects("consul", "eks", backup_endpoint="http://minio.lan:9000", backup_bucket="b1", backup_prefix="home",
+                   backup_region="eu-west-1")
+    values = env(backup_pod(objs, "consul")[1])
+    assert (values["BACKUP_S3_ENDPOINT"], values["BACKUP_S3_BUCKET"], values["BACKUP_S3_PREFIX"],
+            values["BACKUP_S3_REGION"]) == ("http://minio.lan:9000", "b1", "home", "eu-west-1")
+    assert values["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": "consul-backup-target", "key": "access-key-id"}
+    assert values["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {"name": "consul-backup-target",
+                                                               "key": "secret-access-key"}
+    assert "BACKUP_S3_KEY_PAIR_FROM" not in values
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    assert set(selector) <= {"matchLabels"}, selector  # no matchExpressions in this chart's policies
+    return (selector.get("matchLabels") or {}).items() <= labels.items()
+
+
+#: Egress rules every pod of the consul namespace has (RestrictedNamespace: cluster DNS).
+DNS = {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+               "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+       "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+SERVERS_HTTPS = {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "server",
+                                                         "app.kubernetes.io/instance": "consul",
+                                                         "app.kubernetes.io/name": "consul"}}}],
+                 "ports": [{"port": 8501, "protocol": "TCP"}]}
+TARGETS = {
+    "eks": [{"ports": [{"port": 443, "protocol": "TCP"}]},
+            {"to": [{"ipBlock": {"cidr": "169.254.170.23/32"}}, {"ipBlock": {"cidr": "fd00:ec2::23/128"}}],
+             "ports": [{"port": 80, "protocol": "TCP"}]}],
+    "pi": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "backups"}},
+                    "podSelector": {"matchLabels": {"app.kubernetes.io/component": "s3-server",
+                                                    "app.kubernetes.io/instance": "base",
+                                                    "app.kubernetes.io/name": "base"}}}],
+            "ports": [{"port": 7070, "protocol": "TCP"}]},
+           {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}],
+}
+
+
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+def test_the_consul_snapshot_pods_reach_dns_the_servers_https_and_the_target_only(profile: str) -> None:
+    """Every egress rule of every policy that selects the CronJob's pods (policies add up):
+    DNS, the servers' HTTPS port, and the profile's target (Pis: the S3 server and the API
+    server for its key pair; EKS: S3 over TLS and the Pod Identity agent)."""
+    objs = objects("consul", profile)
+    labels = backup_pod(objs, "consul")[0]["metadata"]["labels"]
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy" and _selects(o, labels)]
+    assert all(o["metadata"]["namespace"] == "consul" for o in policies)
+    egress = [rule for o in policies if "Egress" in o["spec"]["policyTypes"] for rule in o["spec"].get("egress", [])]
+    def key(rule: dict[str, Any]) -> str:
+        return json.dumps(rule, sort_keys=True)
+    assert sorted(map(key, egress)) == sorted(map(key, [DNS, SERVERS_HTTPS, *TARGETS[profile]]))
+    # A default-deny policy selects them too, so nothing else is allowed.
+    assert any(o["spec"]["podSelector"] == {} and o["spec"]["policyTypes"] == ["Ingress", "Egress"]
+               and not o["spec"].get("egress") for o in policies)
+
+
+@pytest.mark.parametrize("target", ["eks", "pi-full"])
+def test_only_the_snapshot_pods_get_the_snapshot_token(target: str) -> None:
+    """The snapshot token (acl:write, as strong as a management token for ACLs) reaches the
+    save container of the CronJob and no other container of the platform; only the ACL Job's
+    account may read it through the API, and the CronJob's own account holds no right in the
+    consul namespace."""
+    from tests.conftest import rendered
+
+    everything = [o for objs in rendered(target).values() for o in objs]
+    holders = []
+    for o in everything:
+        spec = o.get("spec") or {}
+        template = (spec.get("jobTemplate", {}).get("spec") or spec).get("template")
+        if not template:
+            continue
+        pod = template["spec"]
+        volumes = {v["name"] for v in pod.get("volumes", [])
+                   if "consul-snapshot-token" in json.dumps(v)}
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            if "consul-snapshot-token" in json.dumps(c.get("env", []) + c.get("envFrom", [])) or volumes & {
+                    m["name"] for m in c.get("volumeMounts", [])}:
+                holders.append((o["kind"], o["metadata"]["name"], c["name"]))
+    assert holders == [("CronJob", "consul-snapshot", "save")]
+    readers = []
+    for o in everything:
+        if o["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in o.get("rules", []):
+            if "secrets" in rule.get("resources", []) and {"get", "list", "watch", "*"} & set(rule["verbs"]) and (
+                    not rule.get("resourceNames") or "consul-snapshot-token" in rule["resourceNames"]):
+                if o["kind"] == "ClusterRole" or o["metadata"]["namespace"] == "consul":
+                    readers.append(o["metadata"]["name"])
+    assert readers == ["consul-init"]
+    bound = [o["metadata"]["name"] for o in everything if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+             and {"kind": "ServiceAccount", "name": "consul-backup", "namespace": "consul"} in o.get("subjects", [])]
+    assert all(o["metadata"]["namespace"] == "backups" for o in everything
+               if o["kind"] == "RoleBinding" and o["metadata"]["name"] in bound)
+
+
 def test_without_backups_the_acl_job_makes_no_snapshot_token() -> None:
-    objs = objects("consul", "eks")
-    acl_job = next(o for o in objs if o["kind"] == "Job" and o["metadata"]["name"].startswith("consul-acl-init"))
-    assert "snapshot" not in json.loads(env(acl_job["spec"]["template"]["spec"]["containers"][0])["CONSUL_INIT_SPEC"])
+    objs = objects("consul", "eks", cluster={"backups": False})
+    assert "snapshot" not in acl_spec(objs)
+    role = named(objs, "Role", "consul-init")
+    assert not any("consul-snapshot-token" in (r.get("resourceNames") or []) for r in role["rules"])
+    server_policy = named(objs, "NetworkPolicy", "consul-server")
+    assert consul_chart.SNAPSHOT_POD_LABELS not in [p.get("podSelector", {}).get("matchLabels")
+                                                     for r in server_policy["spec"]["ingress"] for p in r["from"]]
+
+
+@pytest.mark.parametrize("profile", ["eks", "pi"])
+def test_turning_consul_snapshots_on_or_off_leaves_the_servers_as_they_are(profile: str) -> None:
+    def servers(objs: list[dict[str, Any]]) -> dict[str, Any]:
+        return named(objs, "StatefulSet", "consul-server")
+    assert servers(objects("consul", profile)) == servers(objects("consul", profile, cluster={"backups": False}))
 
 
 @pytest.mark.parametrize("minutes, schedule", [(15, "*/15 * * * *"), (60, "0 * * * *"), (360, "0 */6 * * *"),
@@ -208,9 +342,16 @@ def test_cron_schedules_keep_an_even_interval(minutes: int, schedule: str | None
     assert consul_chart.cron_schedule(minutes) == schedule
 
 
-def test_an_interval_no_cronjob_keeps_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"consul.backup_interval_minutes = 90.*not a schedule a CronJob can keep"):
-        objects("consul", "eks", backup_endpoint=ENDPOINT, backup_interval_minutes=90)
+@pytest.mark.parametrize("values", [{}, {"backup_endpoint": ENDPOINT}])
+def test_an_interval_no_cronjob_keeps_is_refused_in_one_line(values: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"consul.backup_interval_minutes = 90.*not a schedule a CronJob can keep") as e:
+        objects("consul", "eks", backup_interval_minutes=90, **values)
+    assert "\n" not in str(e.value)
+
+
+def test_consul_interval_longer_than_crontab_day_steps_keep_is_refused_by_range() -> None:
+    with pytest.raises(ConfigError, match=r"consul.backup_interval_minutes = 43200.*must be 5 to 40320"):
+        objects("consul", "eks", backup_interval_minutes=30 * 1440)
 
 
 @pytest.mark.parametrize("component", ["redis", "zookeeper", "consul"])
@@ -222,7 +363,24 @@ def test_an_endpoint_that_is_not_a_url_is_refused_in_one_line(component: str) ->
 @pytest.mark.parametrize("name", [i.name for i in snapshot_backup.SnapshotBackupSettings.infos()])
 def test_every_backup_setting_has_a_change_rule(name: str) -> None:
     for props in (redis_chart.RedisProps, zookeeper_chart.ZooKeeperProps, consul_chart.ConsulProps):
-        assert props.__dataclass_fields__[name].metadata["setting"]["change"] is not None
+        assert next(i for i in props.infos() if i.name == name).change is not None
+
+
+def test_consul_declares_its_backup_settings_once_and_says_what_they_mean_for_a_cronjob() -> None:
+    from final_problem.changes import Effect
+
+    shared = {i.name: i for i in snapshot_backup.SnapshotBackupSettings.infos()}
+    consul = {i.name: i for i in consul_chart.ConsulProps.infos()}
+    # The fields are the shared class's (one declaration, one default).
+    for name in shared:
+        assert consul_chart.ConsulProps.__dataclass_fields__[name] is snapshot_backup.SnapshotBackupSettings.__dataclass_fields__[name]
+    # A CronJob restarts no pod that runs: what the sidecars roll, Consul's change does not.
+    for name in ("backup_endpoint", "backup_region", "backup_interval_minutes", "backup_retention_days"):
+        assert shared[name].change.effect == Effect.ROLLING and consul[name].change.effect == Effect.NOTHING
+    assert "CronJob" in consul["backup_interval_minutes"].doc and "Redis" not in consul["backup_interval_minutes"].doc
+    assert "Redis" not in shared["backup_interval_minutes"].doc
+    # Redis and ZooKeeper keep the shared meaning.
+    assert {i.name: i for i in redis_chart.RedisProps.infos()}["backup_region"] == shared["backup_region"]
 
 
 # -- the agent's pure parts ---------------------------------------------------------------------

@@ -20,12 +20,18 @@ Creates, in the ``consul`` namespace (Pod Security "restricted", default-deny):
 - headless Service ``consul-server`` and Service ``consul-ui`` (HTTPS 443 → 8501);
 - NetworkPolicies: server ports between servers, HTTPS and gRPC from mesh pods, the
   Jobs' egress;
-- with ``consul.backup_endpoint`` set: CronJob ``consul-snapshot`` every
+- with ``backups`` on (the default): CronJob ``consul-snapshot`` every
   ``backup_interval_minutes``: ``consul snapshot save`` (a point-in-time Raft snapshot the
   command verifies after saving) with the token of Secret ``consul-snapshot-token`` (policy
   ``acl = "write"``, the least a snapshot needs: :data:`final_problem.clients.consul_init.SNAPSHOT_RULES`),
-  then the upload (:mod:`final_problem.renderers.snapshot_agent`) with its SHA-256 and a
-  listing; key pair from Secret ``consul-backup-target``.
+  made by the ACL Job and read by these pods alone, then the upload
+  (:mod:`final_problem.renderers.snapshot_agent`) with its SHA-256 and a listing. The target
+  is the profile's (:func:`final_problem.constructs.backup_target.backup_access`; EKS: the
+  cluster stack's bucket, the pods running as service account :data:`BACKUP_SERVICE_ACCOUNT`,
+  associated with its role through EKS Pod Identity; Pis: the in-cluster S3 server, its key
+  pair read with a token projected into the upload container), or ``consul.backup_endpoint``
+  with the key pair of Secret ``consul-backup-target``. The pods may reach the servers' HTTPS
+  port and the target (and the API server, or the Pod Identity agent) only.
 
 The image is BUSL-1.1 (HashiCorp's Business Source License) since Consul 1.17: the
 platform runs it unmodified and builds nothing from its source.
@@ -38,7 +44,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -65,7 +70,8 @@ from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
 from final_problem.changes import nothing, procedure, rolling, volume_size
 from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
 from final_problem.settings import per_profile, setting
-from final_problem.constructs.snapshot_backup import SCRIPTS_DIR, SnapshotBackupSettings, scripts as backup_scripts
+from final_problem.constructs.backup_target import backup_access
+from final_problem.constructs.snapshot_backup import SCRIPTS_DIR, SnapshotBackupSettings, scripts as backup_scripts, snapshots_on
 from final_problem.renderers.consul import (
     AUTH_METHOD,
     AUTOPILOT_INTERVAL_S,
@@ -92,6 +98,12 @@ TLS_DIR = "/consul/tls"
 API_PORTS = (443, 6443)
 #: Labels of the snapshot CronJob's pods (the servers admit them on HTTPS).
 SNAPSHOT_POD_LABELS = {"app.kubernetes.io/component": "backup", "final-problem.io/job": "consul-snapshot"}
+#: The service account the snapshot CronJob's pods run as: on EKS the cluster stack associates it
+#: with the backup bucket's role (final_problem/stacks/backups.py); on the Pis a Role lets it read
+#: the in-cluster S3 server's key pair. It holds no right in this namespace.
+BACKUP_SERVICE_ACCOUNT = "consul-backup"
+#: Secret (keys ``access-key-id``, ``secret-access-key``) the user creates for ``consul.backup_endpoint``.
+BACKUP_TARGET_SECRET = "consul-backup-target"
 #: A restarted server is taken as back only once autopilot can have promoted it to a voter:
 #: stable for server_stabilization_time, then the next reconcile, plus one probe period
 #: (10 s) for the time between its rejoin and the first passing probe. A rolling update
@@ -137,37 +149,28 @@ class ConsulProps(SnapshotBackupSettings):
         return Sizing(cpu_request_m=cpu[0], cpu_limit_m=cpu[1],
                       memory_request_mib=self.memory_mib, memory_limit_mib=self.memory_mib)
 
-    # Snapshots run as a CronJob, not in the servers' pods: a change restarts nothing.
-    backup_endpoint: str = setting(
-        "", doc="URL of the S3-compatible backup target (e.g. `http://s3.backups.svc.cluster.local:7070`). Set, "
-                "CronJob `consul-snapshot` saves and uploads a snapshot every backup_interval_minutes; empty, none "
-                "(unlike Redis and ZooKeeper, not the profile's target by default: the CronJob needs its own ACL "
-                "token and a key pair in Secret `consul-backup-target`).",
-        change=nothing("the snapshot CronJob (and its token, made by the ACL Job) come or go; the servers keep running"),
-    )
-    backup_bucket: str = setting(
-        "final-problem-backups", doc="Bucket on `backup_endpoint`.",
-        change=procedure("snapshots start over in the new bucket", "keep the old bucket until the new one holds a "
-                         "snapshot as old as any you may need"),
-    )
-    backup_region: str = setting(
-        "us-east-1", doc="Region the backup requests are signed for (any value the target accepts).",
-        change=nothing("the snapshot CronJob's next run uses it"),
-    )
-    backup_interval_minutes: int = setting(
-        60, minimum=5, maximum=60 * 24 * 28,
-        doc="Minutes between snapshots (the CronJob's schedule: a divisor of an hour, whole hours dividing a day, "
-            "or whole days): the most a restore loses.",
-        change=nothing("the snapshot CronJob's schedule"),
-    )
-    backup_retention_days: int = setting(
-        7, minimum=1, maximum=3650, doc="Days snapshots are kept (the newest always is).",
-        change=nothing("the snapshot CronJob's next run prunes with it"),
-    )
+    # The backup settings are SnapshotBackupSettings'; Consul's snapshots run as a CronJob, not
+    # in the servers' pods, so a change of them restarts nothing, and the interval is a schedule.
+    setting_overrides = {
+        "backup_endpoint": {"change": nothing(
+            "the snapshot CronJob's target (the profile's, or this one with the Secret's key pair); the servers "
+            "keep running; snapshots start over at the new target (keep the old one until the new one holds a "
+            "snapshot)")},
+        "backup_region": {"change": nothing("the snapshot CronJob's next run signs with it")},
+        "backup_interval_minutes": {
+            "doc": "Minutes between snapshots, the schedule of CronJob `consul-snapshot`: a divisor of an hour, "
+                   "whole hours dividing a day, or whole days (crontab steps restart at each hour, day and month). "
+                   "The most a restore loses (writes after the newest snapshot are not in it). Default 60: hourly.",
+            # Day steps restart each month (crontab(5)): 28 days is the longest even interval.
+            "maximum": 60 * 24 * 28,
+            "change": nothing("the snapshot CronJob's schedule"),
+        },
+        "backup_retention_days": {"change": nothing("the snapshot CronJob's next run prunes with it")},
+    }
 
     def check(self) -> None:
         self.check_backup()
-        if self.backup_endpoint and cron_schedule(self.backup_interval_minutes) is None:
+        if cron_schedule(self.backup_interval_minutes) is None:
             raise self.error("backup_interval_minutes", "is not a schedule a CronJob can keep (a divisor of an hour, "
                              "whole hours dividing a day, or whole days)", "set consul.backup_interval_minutes=60")
         if self.cert_days > self.ca_days:
@@ -226,6 +229,9 @@ class ConsulChart(PlatformChart):
         self.mesh_services = services_of(enabled)
         self.intentions = intentions_of(self.mesh_services)
         check_mesh(self.mesh_services, self.intentions)
+        #: Whether CronJob ``consul-snapshot`` runs (and the ACL Job makes its token): while the
+        #: cluster setting ``backups`` is on.
+        self.snapshots = snapshots_on(settings, p)
         #: HTTPS API and UI inside the cluster; gRPC for dataplanes on :data:`CONSUL_GRPC_PORT`.
         self.address = f"https://{self.SERVER}.{ns}.svc:{self.PORTS.https}"
 
@@ -251,7 +257,7 @@ class ConsulChart(PlatformChart):
         self._services(ns, selector)
         self._servers(ns, selector, profile, config_text)
         self._acl_job(ns, members, scripts)
-        self.snapshot_job = self._snapshots(ns, selector, p) if p.backup_endpoint else None
+        self.snapshot_job = self._snapshots(ns, selector, p, profile) if self.snapshots else None
         self._network_policies(ns, selector)
         self.put_first(self.consul_namespace)
 
@@ -277,7 +283,7 @@ class ConsulChart(PlatformChart):
             subjects=[k8s.Subject(kind="ServiceAccount", name="consul-auth-method", namespace=ns)],
         )
         own = ["consul-tls", "consul-bootstrap-token", "consul-agent-token", "consul-metrics-token",
-               "consul-auth-method-token", *(["consul-snapshot-token"] if self.props.backup_endpoint else [])]
+               "consul-auth-method-token", *(["consul-snapshot-token"] if self.snapshots else [])]
         self.init_role = k8s.KubeRole(
             self, "InitRole", metadata=_meta("consul-init", ns, "rbac"),
             rules=[
@@ -392,8 +398,8 @@ class ConsulChart(PlatformChart):
             "auth_method": auth_method(kubernetes_host="https://kubernetes.default.svc", ca_cert="", reviewer_jwt=""),
             "binding_rules": binding_rules(),
             "intentions": intention_entries(self.intentions),
-            # The snapshot CronJob's token (consul_init.snapshot_token), only with backups on.
-            **({"snapshot": True} if self.props.backup_endpoint else {}),
+            # The snapshot CronJob's token (consul_init.snapshot_token), only with snapshots on.
+            **({"snapshot": True} if self.snapshots else {}),
         }
         spec_json = json.dumps(spec, sort_keys=True)
         main = self._python("acl", ["acl"], [k8s.EnvVar(name="CONSUL_INIT_SPEC", value=spec_json)],
@@ -551,10 +557,17 @@ class ConsulChart(PlatformChart):
 
     # -- snapshots ----------------------------------------------------------------------
 
-    def _snapshots(self, ns: str, selector: dict[str, str], p: ConsulProps) -> k8s.KubeCronJob:
-        """CronJob ``consul-snapshot``: save (consul image), then upload (python image)."""
+    def _snapshots(self, ns: str, selector: dict[str, str], p: ConsulProps, profile: Profile) -> k8s.KubeCronJob:
+        """CronJob ``consul-snapshot``: save (consul image), then upload (python image) to the
+        profile's target, or to ``consul.backup_endpoint``."""
         self.backup_scripts = k8s.KubeConfigMap(
             self, "BackupScripts", metadata=_meta("consul-backup-scripts", ns, "backup"), data=backup_scripts())
+        # The pods' service account, their egress to the target and, in-cluster, the Role that
+        # reads the S3 server's key pair (final_problem/constructs/backup_target.py).
+        self.backup_access = access = backup_access(
+            self, namespace=ns, service_account=BACKUP_SERVICE_ACCOUNT, pod_selector=SNAPSHOT_POD_LABELS,
+            profile=profile, bucket=p.backup_bucket, region=p.backup_region, prefix=p.backup_prefix,
+            endpoint=p.backup_endpoint, key_secret=BACKUP_TARGET_SECRET)
         work = k8s.VolumeMount(name="work", mount_path="/work")
         save = k8s.Container(
             name="save",
@@ -584,15 +597,11 @@ class ConsulChart(PlatformChart):
                 k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
                 k8s.EnvVar(name="POD_NAME", value_from=k8s.EnvVarSource(
                     field_ref=k8s.ObjectFieldSelector(field_path="metadata.name"))),
-                k8s.EnvVar(name="BACKUP_S3_ENDPOINT", value=p.backup_endpoint),
-                k8s.EnvVar(name="BACKUP_S3_BUCKET", value=p.backup_bucket),
-                k8s.EnvVar(name="BACKUP_S3_PREFIX", value=p.backup_prefix),
-                k8s.EnvVar(name="BACKUP_S3_REGION", value=p.backup_region),
-                *(k8s.EnvVar(name=name, value_from=k8s.EnvVarSource(secret_key_ref=k8s.SecretKeySelector(
-                    name="consul-backup-target", key=key)))
-                  for name, key in (("AWS_ACCESS_KEY_ID", "access-key-id"), ("AWS_SECRET_ACCESS_KEY", "secret-access-key"))),
+                *access.env,
             ],
-            volume_mounts=[work, k8s.VolumeMount(name="backup-scripts", mount_path=SCRIPTS_DIR, read_only=True)],
+            # The target's credentials (in-cluster: the projected token) are in this container only.
+            volume_mounts=[work, k8s.VolumeMount(name="backup-scripts", mount_path=SCRIPTS_DIR, read_only=True),
+                           *access.volume_mounts],
             security_context=container_context(uid=RUNNER_UID),
             resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32, memory_limit_mib=96)),
         )
@@ -610,10 +619,14 @@ class ConsulChart(PlatformChart):
                     backoff_limit=3,
                     active_deadline_seconds=1800,
                     template=k8s.PodTemplateSpec(
-                        metadata=k8s.ObjectMeta(labels={**self.label_set.chart_labels(), **SNAPSHOT_POD_LABELS}),
+                        metadata=k8s.ObjectMeta(labels={**self.label_set.chart_labels(), **SNAPSHOT_POD_LABELS,
+                                                        **access.pod_labels}),
                         spec=k8s.PodSpec(
                             restart_policy="Never",
-                            # It talks to Consul only: no Kubernetes API token.
+                            # Its service account has no right in this namespace; the one token
+                            # the target needs in-cluster is projected into the upload container
+                            # alone (on EKS, Pod Identity's webhook adds its own).
+                            service_account_name=access.service_account,
                             automount_service_account_token=False,
                             enable_service_links=False,
                             security_context=pod_context(uid=RUNNER_UID),
@@ -624,14 +637,15 @@ class ConsulChart(PlatformChart):
                                 k8s.Volume(name="ca", config_map=k8s.ConfigMapVolumeSource(name="consul-ca")),
                                 k8s.Volume(name="backup-scripts", config_map=k8s.ConfigMapVolumeSource(
                                     name="consul-backup-scripts", default_mode=0o444)),
+                                *access.volumes,
                             ],
                         ),
                     ),
                 )),
             ),
         )
-        job.add_dependency(self.backup_scripts, self.acl_job)
-        url = urllib.parse.urlsplit(p.backup_endpoint)
+        job.add_dependency(self.backup_scripts, self.acl_job, *access.objects)
+        # The target's egress is access's policy (consul-backup-target); this one adds the servers.
         self.snapshot_policy = k8s.KubeNetworkPolicy(
             self, "SnapshotPolicy", metadata=_meta("consul-snapshot", ns, "network-policy"),
             spec=k8s.NetworkPolicySpec(
@@ -640,8 +654,6 @@ class ConsulChart(PlatformChart):
                 egress=[
                     k8s.NetworkPolicyEgressRule(to=[k8s.NetworkPolicyPeer(
                         pod_selector=k8s.LabelSelector(match_labels=selector))], ports=ports(self.PORTS.https)),
-                    # The target may be in the cluster or outside it (S3): its port, any address.
-                    k8s.NetworkPolicyEgressRule(ports=ports(url.port or (443 if url.scheme == "https" else 80))),
                 ],
             ),
         )

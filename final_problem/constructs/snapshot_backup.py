@@ -91,7 +91,7 @@ class SnapshotBackupSettings(ComponentSettings):
     backup_interval_minutes: int = setting(
         60, minimum=5, maximum=60 * 24 * 31,
         doc="Minutes between snapshots: the most a restore loses (writes after the newest snapshot are not in it). "
-            "Default 60, as the Redis docs suggest (\"Redis persistence\", backing up Redis data).",
+            "Default 60: hourly.",
         change=rolling("read by the backup sidecar at start: members restart one at a time"),
     )
     backup_retention_days: int = setting(

@@ -26,9 +26,11 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from final_problem.charts import consul as consul_chart
 from final_problem.charts import postgres as postgres_chart
 from final_problem.charts import redis as redis_chart
 from final_problem.charts import zookeeper as zookeeper_chart
+from final_problem.charts.consul import ConsulChart
 from final_problem.charts.postgres import PostgresChart
 from final_problem.charts.redis import RedisChart
 from final_problem.charts.zookeeper import ZooKeeperChart
@@ -42,6 +44,8 @@ BACKUP_SERVICE_ACCOUNTS = {
     "postgres": (PostgresChart.NAMESPACE, postgres_chart.BACKUP_SERVICE_ACCOUNT),
     "redis": (RedisChart.NAMESPACE, redis_chart.BACKUP_SERVICE_ACCOUNT),
     "zookeeper": (ZooKeeperChart.NAMESPACE, zookeeper_chart.BACKUP_SERVICE_ACCOUNT),
+    # The snapshot CronJob's pods (final_problem/charts/consul.py).
+    "consul": (ConsulChart.NAMESPACE, consul_chart.BACKUP_SERVICE_ACCOUNT),
 }
 #: Days an incomplete multipart upload is kept before it is aborted.
 ABORT_MULTIPART_DAYS = 7
