@@ -7,7 +7,8 @@ the settings alone:
   native sidecars added to the main containers, init containers' peak, pod overhead):
   StatefulSets and Deployments (``replicas`` pods) and DaemonSets (one pod per node). Jobs
   are left out: they run once at install (the secret generator) and finish before the
-  platform is under load;
+  platform is under load; so are CronJobs: Consul's snapshot pod (10m CPU and 32 MiB
+  requested, one at a time) lives for a save and an upload each interval, inside the headroom;
 - the cluster's own pods (:func:`system_objects`: the add-ons on EKS; what k3s runs, with
   ServiceLB's DaemonSet per LoadBalancer Service), which take requests and pod slots too;
 - one-member-per-node rules: a StatefulSet or Deployment with *required* anti-affinity

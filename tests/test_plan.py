@@ -132,6 +132,10 @@ SETTING_CASES = [
     ("consul", "eks", {"consul": {"replicas": 3}}, Effect.NOTHING, None, []),
     ("consul", "eks", {"consul": {"cert_days": 400}}, Effect.NOTHING, "consul.cert_days 825 -> 400: nothing", []),
     ("consul", "eks", {"consul": {"storage_gib": 5}}, Effect.REFUSED, "consul.storage_gib 10 -> 5: refused", None),
+    # Snapshots are a CronJob: turning them off, or another target, restarts no server.
+    ("consul", "eks", {"backups": False}, Effect.NOTHING, None, []),
+    ("consul", "eks", {"consul": {"backup_endpoint": "http://minio.lan:9000"}}, Effect.NOTHING,
+     "consul.backup_endpoint -> http://minio.lan:9000: nothing", []),
     # The edge and the demo: configuration rolls, replicas scale.
     ("envoy", "eks", {"envoy": {"retries": 3}}, Effect.ROLLING, "envoy.retries 2 -> 3: rolling restart", ["2 envoy pods (surge 1, unavailable 0)"]),
     ("envoy", "eks", {"envoy": {"replicas": 3}}, Effect.NOTHING, "envoy.replicas 2 -> 3: nothing", []),
