@@ -204,9 +204,12 @@ def test_consul_snapshots_are_a_cronjob_by_default_with_a_token_of_acl_write_onl
     assert pod["automountServiceAccountToken"] is False
     (save,) = pod["initContainers"]
     assert save["image"] == versions.CONSUL_IMAGE
-    assert save["command"][-1].endswith("consul snapshot save /work/consul.snap")
+    assert save["command"][-1].endswith("consul snapshot save -token-file=/consul/token/token /work/consul.snap")
     assert save["command"][-1].startswith("date -u")  # the recovery point, before the save
-    assert env(save)["CONSUL_HTTP_TOKEN"]["secretKeyRef"] == {"name": "consul-snapshot-token", "key": "token"}
+    # The token as a file, from a volume of the Secret mounted in the save container alone.
+    (token,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "consul-snapshot-token"]
+    assert {"name": token["name"], "mountPath": "/consul/token", "readOnly": True} in save["volumeMounts"]
+    assert token["name"] not in [m["name"] for c in pod["containers"] for m in c["volumeMounts"]]
     assert env(save)["CONSUL_HTTP_ADDR"] == "https://consul-server.consul.svc:8501"
     (upload,) = pod["containers"]
     assert upload["command"][:4] == ["python3", "/backup/snapshot_agent.py", "upload", "consul"]

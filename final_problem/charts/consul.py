@@ -67,7 +67,7 @@ from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, pod_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import ENVOY_MIN_ARM64_VA_BITS, Profile
-from final_problem.changes import nothing, procedure, rolling, volume_size
+from final_problem.changes import nothing, rolling, volume_size
 from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
 from final_problem.settings import per_profile, setting
 from final_problem.constructs.backup_target import backup_access
@@ -575,15 +575,16 @@ class ConsulChart(PlatformChart):
             image_pull_policy="IfNotPresent",
             # The time first: every write the servers acknowledged before it is in the snapshot
             # (the leader's state when the save runs; `-stale` is not used).
+            # The token as a file, not a value in the environment (Consul docs, "Consul Commands
+            # (CLI)": -token-file), from the Secret mounted in this container alone.
             command=["sh", "-ec", "date -u +%Y-%m-%dT%H:%M:%SZ > /work/started && "
-                     "consul snapshot save /work/consul.snap"],
+                     "consul snapshot save -token-file=/consul/token/token /work/consul.snap"],
             env=[
                 k8s.EnvVar(name="CONSUL_HTTP_ADDR", value=self.address),
                 k8s.EnvVar(name="CONSUL_CACERT", value="/consul/ca/ca.crt"),
-                k8s.EnvVar(name="CONSUL_HTTP_TOKEN", value_from=k8s.EnvVarSource(secret_key_ref=k8s.SecretKeySelector(
-                    name="consul-snapshot-token", key="token"))),
             ],
-            volume_mounts=[work, k8s.VolumeMount(name="ca", mount_path="/consul/ca", read_only=True)],
+            volume_mounts=[work, k8s.VolumeMount(name="ca", mount_path="/consul/ca", read_only=True),
+                           k8s.VolumeMount(name="snapshot-token", mount_path="/consul/token", read_only=True)],
             security_context=container_context(uid=RUNNER_UID),
             resources=raw_resources(Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32, memory_limit_mib=128)),
         )
@@ -635,6 +636,9 @@ class ConsulChart(PlatformChart):
                             volumes=[
                                 k8s.Volume(name="work", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("1Gi"))),
                                 k8s.Volume(name="ca", config_map=k8s.ConfigMapVolumeSource(name="consul-ca")),
+                                k8s.Volume(name="snapshot-token", secret=k8s.SecretVolumeSource(
+                                    secret_name="consul-snapshot-token",
+                                    items=[k8s.KeyToPath(key="token", path="token")])),
                                 k8s.Volume(name="backup-scripts", config_map=k8s.ConfigMapVolumeSource(
                                     name="consul-backup-scripts", default_mode=0o444)),
                                 *access.volumes,
