@@ -161,7 +161,8 @@ class ConsulProps(SnapshotBackupSettings):
             "doc": "Minutes between snapshots, the schedule of CronJob `consul-snapshot`: a divisor of an hour, "
                    "whole hours dividing a day, or whole days (crontab steps restart at each hour, day and month). "
                    "The most a restore loses (writes after the newest snapshot are not in it). Default 60: hourly.",
-            # Day steps restart each month (crontab(5)): 28 days is the longest even interval.
+            # Day steps restart on each month's 1st (crontab(5)): runs come at most this far apart
+            # (closer at a month's end); at most 28 days, the shortest month, as cron_schedule allows.
             "maximum": 60 * 24 * 28,
             "change": nothing("the snapshot CronJob's schedule"),
         },
