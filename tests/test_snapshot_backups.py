@@ -96,7 +96,7 @@ def test_each_redis_member_runs_the_sidecar_with_its_admin_user_on_its_data_volu
     agent = container(objs, "redis", "backup")
     assert agent["image"] == versions.PYTHON_IMAGE
     assert agent["command"] == ["python3", "/backup/snapshot_agent.py", "redis", "--data-dir", "/data", "--port", "6379",
-                                "--interval-minutes", "30", "--retention-days", "14"]
+                                "--interval-minutes", "30", "--retention-days", "14", "--metrics-port", "9188"]
     values = env(agent)
     assert values["REDIS_ADMIN_PASSWORD"]["secretKeyRef"] == {"name": "redis-auth", "key": "admin-password"}
     assert values["POD_NAME"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -112,7 +112,7 @@ def test_each_zookeeper_member_runs_the_sidecar_reading_its_volumes() -> None:
     agent = container(objs, "zookeeper", "backup")
     assert agent["command"] == ["python3", "/backup/snapshot_agent.py", "zookeeper", "--data-dir", "/data",
                                 "--log-dir", "/datalog", "--spool", "/backup-spool", "--port", "2181",
-                                "--interval-minutes", "60", "--retention-days", "7"]
+                                "--interval-minutes", "60", "--retention-days", "7", "--metrics-port", "9188"]
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     assert mounts["/data"]["readOnly"] is True and mounts["/datalog"]["readOnly"] is True
     volumes = {v["name"]: v for v in pod_spec(objs, "zookeeper")["volumes"]}
@@ -138,6 +138,55 @@ def test_a_program_change_restarts_the_members(component: str) -> None:
         annotations = named(objs, "StatefulSet", component)["spec"]["template"]["metadata"]["annotations"]
         return {k: v for k, v in annotations.items() if "config" in k}
     assert digest(objects(component, cluster={"backups": False})) != digest(objects(component))
+
+
+@pytest.mark.parametrize("component", ["redis", "zookeeper"])
+def test_the_freshness_metrics_are_annotated_for_scraping_and_admitted_from_monitoring_only(component: str) -> None:
+    objs = objects(component, backup_metrics_port=9300)
+    agent = container(objs, component, "backup")
+    assert agent["command"][-2:] == ["--metrics-port", "9300"]
+    assert agent["ports"] == [{"containerPort": 9300, "name": "backup-metrics"}]
+    service = named(objs, "Service", f"{component}-backup-metrics")
+    assert service["metadata"]["annotations"] == {"prometheus.io/scrape": "true", "prometheus.io/port": "9300",
+                                                  "prometheus.io/path": "/metrics"}
+    # Every member: the selector of the StatefulSet's pods, to the sidecar's named port.
+    assert service["spec"]["selector"] == named(objs, "StatefulSet", component)["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "backup-metrics", "port": 9300, "targetPort": "backup-metrics"}]
+    policy = named(objs, "NetworkPolicy", f"{component}-backup-metrics")
+    assert policy["spec"]["podSelector"] == named(objs, "StatefulSet", component)["spec"]["selector"]
+    assert policy["spec"]["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {
+        "final-problem.io/monitoring": "true"}}}], "ports": [{"port": 9300, "protocol": "TCP"}]}]
+
+
+@pytest.mark.parametrize("component", ["redis", "zookeeper"])
+def test_the_freshness_port_defaults_to_postgres_own(component: str) -> None:
+    from final_problem.charts.postgres import PostgresProps
+
+    agent = container(objects(component), component, "backup")
+    assert agent["ports"] == [{"containerPort": PostgresProps.for_profile(PI).backup_metrics_port,
+                               "name": "backup-metrics"}]
+
+
+def test_consul_has_no_freshness_port_its_cronjob_serves_nothing() -> None:
+    assert "backup_metrics_port" not in {i.name for i in consul_chart.ConsulProps.infos()}
+    assert "backup_metrics_port" in {i.name for i in redis_chart.RedisProps.infos()}
+    assert "backup_metrics_port" in {i.name for i in zookeeper_chart.ZooKeeperProps.infos()}
+
+
+@pytest.mark.parametrize("component, port, taken_by", [
+    ("redis", 6379, "the Redis port"), ("redis", 9121, "the metrics exporter"),
+    ("zookeeper", 2181, "zookeeper.client_port"), ("zookeeper", 7000, "zookeeper.metrics_port"),
+    ("zookeeper", 3888, "zookeeper.election_port"),
+])
+def test_a_freshness_port_another_listener_of_the_pod_has_is_refused_in_one_line(component: str, port: int,
+                                                                                 taken_by: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        objects(component, backup_metrics_port=port)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"{component}.backup_metrics_port = {port}")
+    assert f"the same port as {taken_by} in each member's pod" in message
+    assert f"Fix: set {component}.backup_metrics_port={port + 1}" in message
 
 
 SERVICE_ACCOUNTS = {"redis": "redis", "zookeeper": "zookeeper-backup", "consul": "consul-backup"}
@@ -482,3 +531,59 @@ def test_an_unreadable_listing_is_refused_in_one_line() -> None:
                                      "", "zookeeper")
     with pytest.raises(BackupError, match="snapshot listing zookeeper/snapshots/a/snapshot.json: unreadable"):
         store.listings()
+
+
+# -- the freshness metrics ------------------------------------------------------------------------
+
+SNAPSHOT_AGE = 'final_problem_backup_age_seconds{component="redis",kind="snapshot"}'
+
+
+def samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_every_member_reports_the_newest_listed_snapshot_as_the_sets_freshness() -> None:
+    store = snapshot_agent.Snapshots(FakeS3({  # type: ignore[arg-type]
+        "redis/snapshots/a/snapshot.json": listing("a", "2026-12-07T01:00:00Z"),
+        "redis/snapshots/b/snapshot.json": listing("b", "2026-12-07T02:00:00Z"),
+    }), "", "redis")
+    metrics = backup_agent.Metrics("redis", kinds=(snapshot_agent.SNAPSHOT_KIND,))
+    age = snapshot_agent.newest_listed(store, metrics)
+    now = dt.datetime(2026, 12, 7, 2, 30, tzinfo=dt.timezone.utc)
+    assert age is not None and age > 0
+    got = samples(metrics.render(now=now))
+    assert got[SNAPSHOT_AGE] == 30 * 60
+    # Read from the bucket, not uploaded here: no upload counted.
+    assert got['final_problem_backup_uploads_total{component="redis",kind="snapshot",result="success"}'] == 0
+
+
+def test_no_snapshot_listed_no_age_and_no_postgres_kinds() -> None:
+    metrics = backup_agent.Metrics("zookeeper", kinds=(snapshot_agent.SNAPSHOT_KIND,))
+    assert snapshot_agent.newest_listed(snapshot_agent.Snapshots(FakeS3({}), "", "zookeeper"),  # type: ignore[arg-type]
+                                        metrics) is None
+    assert samples(metrics.render()) == {
+        'final_problem_backup_uploads_total{component="zookeeper",kind="snapshot",result="success"}': 0,
+        'final_problem_backup_uploads_total{component="zookeeper",kind="snapshot",result="failure"}': 0}
+
+
+class Taker:
+    def __init__(self, outcome: dict | BackupError | None) -> None:
+        self.outcome = outcome
+
+    def take(self) -> dict | None:
+        if isinstance(self.outcome, BackupError):
+            raise self.outcome
+        return self.outcome
+
+
+def test_a_turn_counts_its_upload_or_its_failure_and_a_declined_turn_neither() -> None:
+    metrics = backup_agent.Metrics("redis", kinds=(snapshot_agent.SNAPSHOT_KIND,))
+    assert snapshot_agent.take_counted(Taker(None), metrics) is None  # type: ignore[arg-type]
+    assert snapshot_agent.take_counted(Taker({"id": "a"}), metrics) == {"id": "a"}  # type: ignore[arg-type]
+    with pytest.raises(BackupError, match="BGSAVE failed"):
+        snapshot_agent.take_counted(Taker(BackupError("redis snapshot on redis-1: BGSAVE failed")), metrics)  # type: ignore[arg-type]
+    got = samples(metrics.render())
+    assert got['final_problem_backup_uploads_total{component="redis",kind="snapshot",result="success"}'] == 1
+    assert got['final_problem_backup_uploads_total{component="redis",kind="snapshot",result="failure"}'] == 1
+    assert got[SNAPSHOT_AGE] < 5

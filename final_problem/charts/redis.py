@@ -54,7 +54,7 @@ from final_problem.constructs.namespace import (
 from final_problem.constructs.mesh import SERVICES, MeshWorkload
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
-from final_problem.constructs.snapshot_backup import SnapshotBackup, SnapshotBackupSettings, snapshots_on
+from final_problem.constructs.snapshot_backup import SidecarSnapshotSettings, SnapshotBackup, snapshots_on
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
@@ -96,7 +96,7 @@ BACKUP_SERVICE_ACCOUNT = SERVICES["redis"].name
 
 
 @dataclass(frozen=True, kw_only=True)
-class RedisProps(SnapshotBackupSettings):
+class RedisProps(SidecarSnapshotSettings):
     """What a user can choose about Redis (section ``redis``); defaults per profile."""
 
     replicas: int = setting(
@@ -201,6 +201,7 @@ class RedisProps(SnapshotBackupSettings):
 
     def check(self) -> None:
         self.check_backup()
+        self.check_backup_metrics_port({"the Redis port": RedisChart.PORT, "the metrics exporter": METRICS_PORT})
         if self.replicas % 2:
             raise self.error(
                 "replicas",

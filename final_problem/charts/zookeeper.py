@@ -40,7 +40,7 @@ from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
-from final_problem.constructs.snapshot_backup import SnapshotBackup, SnapshotBackupSettings, snapshots_on
+from final_problem.constructs.snapshot_backup import SidecarSnapshotSettings, SnapshotBackup, snapshots_on
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
 from final_problem import scaling
@@ -103,7 +103,7 @@ LOGBACK = """<configuration>
 
 
 @dataclass(frozen=True, kw_only=True)
-class ZooKeeperProps(SnapshotBackupSettings):
+class ZooKeeperProps(SidecarSnapshotSettings):
     """Settings of the ensemble (section ``zookeeper``); defaults per profile."""
 
     replicas: int = setting(
@@ -180,6 +180,8 @@ class ZooKeeperProps(SnapshotBackupSettings):
         self.check_backup()
         self.check_jvm_heap("heap_mib", "memory_mib", max_share=MAX_HEAP_SHARE)
         self.check_distinct_ports("client_port", "quorum_port", "election_port", "metrics_port")
+        self.check_backup_metrics_port({f"zookeeper.{name}": getattr(self, name)
+                                        for name in ("client_port", "quorum_port", "election_port", "metrics_port")})
         if self.sync_limit > self.init_limit:
             raise self.error(
                 "sync_limit",

@@ -14,7 +14,11 @@ through EKS Pod Identity, on the Pis the in-cluster S3 server), or to the compon
   Role reading the S3 server's key pair;
 - :attr:`SnapshotBackup.container`, the sidecar (the python image, under the members' uid),
   and :attr:`SnapshotBackup.volumes`, :attr:`SnapshotBackup.pod_labels` and
-  :attr:`SnapshotBackup.service_account`, for the chart to put in its pod template.
+  :attr:`SnapshotBackup.service_account`, for the chart to put in its pod template;
+- Service ``<name>-backup-metrics``, annotated ``prometheus.io/scrape``, through which the
+  sidecar's freshness metrics are scraped on ``backup_metrics_port`` (a settings class of
+  :class:`SidecarSnapshotSettings`), and NetworkPolicy ``<name>-backup-metrics`` admitting
+  that port from namespaces labelled ``final-problem.io/monitoring=true``, as PostgreSQL's.
 
 With ``backup_endpoint`` set, the key pair is read from Secret ``<name>-backup-target``
 (``access-key-id``, ``secret-access-key``) the user creates in the component's namespace.
@@ -24,15 +28,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from final_problem import versions
 from final_problem.changes import procedure, rolling
 from final_problem.constructs.backup_target import backup_access
 from final_problem.constructs.labels import set_component
+from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, ports
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.errors import ConfigError
-from final_problem.imports import k8s
+from final_problem.imports import int_or_string, k8s
 from final_problem.objects import Group, ObjectChart
 from final_problem.profiles import Profile
 from final_problem.renderers import backup_agent, snapshot_agent
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
 #: Where the ConfigMap of programs is mounted in the sidecar.
 SCRIPTS_DIR = "/backup"
 AGENT_FILE = "snapshot_agent.py"
+#: The sidecar's container port (and its Service's) for the freshness metrics.
+METRICS_PORT_NAME = "backup-metrics"
 #: The sidecar's resources: it streams files from disk; one copy at a time.
 SIDECAR_SIZING = Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32, memory_limit_mib=96)
 
@@ -107,6 +114,32 @@ class SnapshotBackupSettings(ComponentSettings):
                              f"set {self.section}.backup_endpoint=http://<host>:<port>, or leave it empty for no backups")
 
 
+@dataclass(frozen=True, kw_only=True)
+class SidecarSnapshotSettings(SnapshotBackupSettings):
+    """The backup settings of a component whose members' ``backup`` sidecar takes the snapshots
+    (:class:`SnapshotBackup`: Redis, ZooKeeper; Consul's come from a CronJob, which serves
+    nothing); call :meth:`check_backup_metrics_port` from the component's ``check``."""
+
+    # The port of postgres.backup_metrics_port: one port for every component's backup
+    # freshness, so one scrape rule fits them all.
+    backup_metrics_port: int = setting(
+        9188, minimum=1024, maximum=65535,
+        doc="Port each member's backup sidecar serves the snapshots' freshness on (Prometheus text: the newest "
+            "listed snapshot's age, whichever member took it, and this sidecar's upload counts), scraped through "
+            "the Service `<component>-backup-metrics`.",
+        change=rolling("read by the backup sidecar at start: members restart one at a time"),
+    )
+
+    def check_backup_metrics_port(self, taken: Mapping[str, int]) -> None:
+        """Refuse a ``backup_metrics_port`` another listener of the member's pod has:
+        ``taken`` maps what listens (``"redis.client_port"``, ``"the Redis exporter"``) to its port."""
+        for what, port in taken.items():
+            if port == self.backup_metrics_port:
+                free = next(p for p in range(port + 1, 65_536) if p not in taken.values())
+                raise self.error("backup_metrics_port", f"the same port as {what} in each member's pod: two "
+                                 "listeners cannot share a port", f"set {self.section}.backup_metrics_port={free}")
+
+
 def snapshots_on(settings: "Settings", props: SnapshotBackupSettings) -> bool:
     """Whether ``props``' component takes snapshots: while the cluster setting ``backups`` is
     on. A ``backup_endpoint`` while it is off is refused (it would silently back up nothing)."""
@@ -123,7 +156,7 @@ class SnapshotBackup(Group):
     ``alive_path`` is the directory it writes its copies in (its liveness probe's)."""
 
     def __init__(self, scope: ObjectChart | Group, id: str, *, name: str, namespace: str, component: str,
-                 settings: SnapshotBackupSettings, profile: Profile, service_account: str,
+                 settings: SidecarSnapshotSettings, profile: Profile, service_account: str,
                  selector: dict[str, str], uid: int, args: Sequence[str], mounts: Sequence[k8s.VolumeMount],
                  alive_path: str, env: Sequence[k8s.EnvVar] = (), create_service_account: bool = True,
                  sizing: Sizing = SIDECAR_SIZING) -> None:
@@ -146,7 +179,9 @@ class SnapshotBackup(Group):
             image=versions.PYTHON_IMAGE,
             image_pull_policy="IfNotPresent",
             command=["python3", f"{SCRIPTS_DIR}/{AGENT_FILE}", component, *args,
-                     "--interval-minutes", str(s.backup_interval_minutes), "--retention-days", str(s.backup_retention_days)],
+                     "--interval-minutes", str(s.backup_interval_minutes), "--retention-days", str(s.backup_retention_days),
+                     "--metrics-port", str(s.backup_metrics_port)],
+            ports=[k8s.ContainerPort(name=METRICS_PORT_NAME, container_port=s.backup_metrics_port)],
             env=[
                 k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
                 k8s.EnvVar(name="POD_NAME", value_from=k8s.EnvVarSource(
@@ -169,6 +204,37 @@ class SnapshotBackup(Group):
         )
         self.volumes = [k8s.Volume(name="backup-scripts", config_map=k8s.ConfigMapVolumeSource(
             name=self.config_map_name, default_mode=0o444)), *access.volumes]
+        self._metrics(name=name, namespace=namespace, selector=selector, port=s.backup_metrics_port)
+
+    def _metrics(self, *, name: str, namespace: str, selector: dict[str, str], port: int) -> None:
+        """The Service the sidecars' freshness is scraped through and the policy admitting it."""
+        # A Service of its own, as PostgreSQL's: the pods' prometheus.io annotations name the
+        # component's exporter, and a pod annotates one port (the Prometheus example
+        # configuration's kubernetes-service-endpoints job reads a Service's annotations and
+        # scrapes each of its endpoints, so every member is scraped).
+        self.metrics_service = k8s.KubeService(
+            self, "MetricsService",
+            metadata=k8s.ObjectMeta(name=f"{name}-backup-metrics", namespace=namespace, annotations={
+                "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}),
+            spec=k8s.ServiceSpec(selector=selector, ports=[k8s.ServicePort(
+                name=METRICS_PORT_NAME, port=port, target_port=int_or_string(METRICS_PORT_NAME))]),
+        )
+        # From the monitoring namespaces only, as every metrics port of the platform.
+        self.metrics_policy = k8s.KubeNetworkPolicy(
+            self, "MetricsPolicy",
+            metadata=k8s.ObjectMeta(name=f"{name}-backup-metrics", namespace=namespace),
+            spec=k8s.NetworkPolicySpec(
+                pod_selector=k8s.LabelSelector(match_labels=selector),
+                policy_types=["Ingress"],
+                ingress=[k8s.NetworkPolicyIngressRule(
+                    from_=[k8s.NetworkPolicyPeer(namespace_selector=k8s.LabelSelector(
+                        match_labels=MONITORING_NAMESPACE_LABEL))],
+                    ports=ports(port),
+                )],
+            ),
+        )
+        set_component(self.metrics_service, "backup")
+        set_component(self.metrics_policy, "network-policy")
 
     @property
     def config_text(self) -> str:

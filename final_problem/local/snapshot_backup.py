@@ -5,7 +5,9 @@ container and the ConfigMap of programs; :class:`LocalSidecar` writes the progra
 directory and runs the container's command as the pod runs it (its environment, its CPU and
 memory limits), with only paths (the programs' mount, the volumes), the member's port and the
 target's address remapped. ``--once`` takes one snapshot and exits: 0 when taken, 3 when the
-member is not the one that takes them (a primary, a follower).
+member is not the one that takes them (a primary, a follower). :meth:`LocalSidecar.start`
+runs the sidecar as its pod does, in its loop, its freshness metrics on a local port
+(:func:`scrape` reads them).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,6 +60,7 @@ class LocalSidecar:
             (self.scripts / name).write_text(text)
             (self.scripts / name).chmod(0o444)
         self.groups = Groups()
+        self.running: list[subprocess.Popen[bytes]] = []
 
     def argv(self, paths: Mapping[str, Path], port: int) -> list[str]:
         """The container's command: rendered paths (whole arguments) and the port replaced."""
@@ -90,5 +95,60 @@ class LocalSidecar:
                                 [*self.argv(paths, port), "--once"])
         return subprocess.run(argv, capture_output=True, text=True, env=self.env(pod, secrets or {}), timeout=300)
 
+    def start(self, *, pod: str, paths: Mapping[str, Path], port: int, metrics_port: int,
+              secrets: Mapping[str, str] | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        """Pod ``pod``'s sidecar in its loop (the rendered command, its metrics on
+        ``metrics_port``, ``extra`` arguments after it), under the container's limits; its
+        output goes to ``<pod>-backup.log`` beside the programs. Stopped by :meth:`close`."""
+        argv = self.argv(paths, port)
+        argv[argv.index("--metrics-port") + 1] = str(metrics_port)
+        argv = self.groups.wrap(f"{self.component}-backup", container_limits(self.container), [*argv, *extra])
+        with open(self.scripts.parent / f"{pod}-backup.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env(pod, secrets or {}))
+        self.running.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        """Stop every sidecar :meth:`start` started."""
+        for proc in self.running:
+            proc.terminate()
+        for proc in self.running:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.running.clear()
+
     def close(self) -> None:
+        self.stop()
         self.groups.remove_all()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The samples a sidecar's ``/metrics`` on ``port`` answers, by series (name and labels);
+    empty while nothing listens there yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def wait_scraped(port: int, series: str, *, proc: "subprocess.Popen[bytes]", minimum: float = 0,
+                 timeout_s: float = 60) -> dict[str, float]:
+    """Scrape ``port`` until ``series`` is there at ``minimum`` or more (an age once a
+    snapshot is listed, a count once one is uploaded); refuses a sidecar that exited, or a
+    wait over ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = scrape(port)
+        if got.get(series, -1.0) >= minimum:
+            return got
+        if proc.poll() is not None:
+            raise AssertionError(f"the sidecar exited with status {proc.returncode} before {series}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {series} >= {minimum:g} on port {port} after {timeout_s:g} s: {got}")
+        time.sleep(0.05)

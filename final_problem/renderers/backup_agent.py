@@ -765,13 +765,14 @@ class Metrics:
     - ``final_problem_backup_uploads_total{component, kind, result}``: uploads that succeeded
       and that failed since the agent started (counters).
 
-    ``kind`` is ``base`` (a base backup, listed) or ``wal`` (an archived segment). The base
-    backup's time is read from the bucket's newest listing at start, so a restarted agent
-    reports the real age, not none.
+    ``kind`` is ``base`` (a base backup, listed) or ``wal`` (an archived segment) for
+    PostgreSQL, ``snapshot`` for the snapshot agent (``kinds``: those whose upload counters
+    show from the start, at 0). The base backup's time is read from the bucket's newest
+    listing at start, so a restarted agent reports the real age, not none.
     """
 
-    def __init__(self, component: str) -> None:
-        self.component = component
+    def __init__(self, component: str, kinds: tuple[str, ...] = ("base", "wal")) -> None:
+        self.component, self.kinds = component, kinds
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._counts: dict[tuple[str, str], int] = {}
@@ -791,7 +792,7 @@ class Metrics:
         now_s = (now or utcnow()).timestamp()
         with self._lock:
             last, counts = dict(self._last), dict(self._counts)
-        kinds = sorted({*last, *(k for k, _ in counts), "base", "wal"})
+        kinds = sorted({*last, *(k for k, _ in counts), *self.kinds})
         c = self.component
         lines = ["# HELP final_problem_backup_last_success_timestamp_seconds When the last backup went up and was "
                  "read back.", "# TYPE final_problem_backup_last_success_timestamp_seconds gauge"]

@@ -29,6 +29,10 @@ Redis (one snapshot every ``--interval-minutes``, from a replica):
   the dump at shutdown).
 
 ZooKeeper (every ``--interval-minutes``, from the leader): see :class:`ZooKeeperSnapshots`.
+
+Freshness (``--metrics-port``): :class:`backup_agent.Metrics` with ``kind="snapshot"``, the
+age of the newest snapshot the bucket lists, read at start and at every check (whichever
+member took it), and this sidecar's own uploads counted.
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ import zlib
 
 if __package__:
     from final_problem.renderers.backup_agent import (
-        MAX_SINGLE_PUT, S3, BackupError, file_digest, iso, parse_time, utcnow, write_atomic,
+        MAX_SINGLE_PUT, S3, BackupError, Metrics, file_digest, iso, parse_time, utcnow, write_atomic,
     )
 else:  # run as a script beside backup_agent.py (the ConfigMap's mount)
-    from backup_agent import MAX_SINGLE_PUT, S3, BackupError, file_digest, iso, parse_time, utcnow, write_atomic  # type: ignore[no-redef]
+    from backup_agent import (  # type: ignore[no-redef]
+        MAX_SINGLE_PUT, S3, BackupError, Metrics, file_digest, iso, parse_time, utcnow, write_atomic,
+    )
 
 LISTING_FORMAT = 1
 LISTING = "snapshot.json"
@@ -609,6 +615,35 @@ def restore_file(store: Snapshots, *, target: dt.datetime | None, into: str) -> 
 
 # -- the sidecar -------------------------------------------------------------------------------
 
+#: The ``kind`` label of the snapshots' freshness metrics (backup_agent.Metrics).
+SNAPSHOT_KIND = "snapshot"
+
+
+def newest_listed(store: Snapshots, metrics: Metrics) -> float | None:
+    """Seconds since the newest listed snapshot ended (None: none listed), also given to
+    ``metrics`` as the last success. The set's freshness, not this member's: one member takes
+    each snapshot, so every sidecar reports what the bucket lists, whoever uploaded it."""
+    listings = store.listings()
+    if not listings:
+        return None
+    ended = max(item["ended"] for item in listings)
+    metrics.succeeded(SNAPSHOT_KIND, at=ended)
+    return (utcnow() - ended).total_seconds()
+
+
+def take_counted(taker: "RedisSnapshots | ZooKeeperSnapshots", metrics: Metrics) -> dict | None:
+    """``taker.take()``, a snapshot uploaded and listed counted as a success, one that failed
+    as a failure; a member that does not take snapshots now counts neither."""
+    try:
+        listing = taker.take()
+    except BackupError:
+        metrics.failed(SNAPSHOT_KIND)
+        raise
+    if listing is not None:
+        metrics.succeeded(SNAPSHOT_KIND)
+    return listing
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="snapshot-agent")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -624,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         agent.add_argument("--stagger-s", type=float, default=120, help="redis: each ordinal's wait for its turn")
         agent.add_argument("--check-s", type=float, default=60, help="seconds between checks whether one is due")
         agent.add_argument("--once", action="store_true", help="one snapshot now, then exit (status 3: not this member's)")
+        agent.add_argument("--metrics-port", type=int, default=0,
+                           help="serve the snapshots' freshness on this port (0: not served)")
     upload = sub.add_parser("upload", help="upload one saved file as a snapshot (the Consul CronJob)")
     upload.add_argument("component")
     upload.add_argument("--file", required=True)
@@ -656,16 +693,19 @@ def main(argv: list[str] | None = None) -> int:
                 return 3
             print(f"{args.command} snapshot {listing['id']} uploaded and listed", flush=True)
             return 0
+        metrics = Metrics(args.command, kinds=(SNAPSHOT_KIND,))
+        if args.metrics_port:
+            metrics.serve(args.metrics_port)
         store.s3.create_bucket()
         started = time.monotonic()
         while True:
             try:
                 stagger = args.stagger_s if args.command == "redis" else 0
-                age = store.newest_age_s()
+                age = newest_listed(store, metrics)
                 turn = ordinal(pod) * stagger
                 due = (time.monotonic() - started >= turn) if age is None else age >= args.interval_minutes * 60 + turn
                 if due:
-                    listing = taker.take()
+                    listing = take_counted(taker, metrics)
                     if listing is not None:
                         print(f"{args.command} snapshot {listing['id']} uploaded and listed", flush=True)
                         store.prune(args.retention_days)

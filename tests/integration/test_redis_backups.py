@@ -22,14 +22,20 @@ from typing import Any, Iterator
 import pytest
 
 from final_problem.clients.redis import RedisClient, RedisSettings
+from final_problem.local import free_ports
 from final_problem.local.redis import LocalRedisSet, local_options
 from final_problem.local.s3 import LocalS3, LocalS3Error
-from final_problem.local.snapshot_backup import NOT_THIS_MEMBER, LocalSidecar
+from final_problem.local.snapshot_backup import NOT_THIS_MEMBER, LocalSidecar, scrape, wait_scraped
+from final_problem.renderers.backup_agent import parse_time
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = 200
+AGE = 'final_problem_backup_age_seconds{component="redis",kind="snapshot"}'
+LAST = 'final_problem_backup_last_success_timestamp_seconds{component="redis",kind="snapshot"}'
+UPLOADED = 'final_problem_backup_uploads_total{component="redis",kind="snapshot",result="success"}'
+FAILED = 'final_problem_backup_uploads_total{component="redis",kind="snapshot",result="failure"}'
 
 
 def backup_cli(s3: LocalS3, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,8 +47,8 @@ def backup_cli(s3: LocalS3, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def drill(redis_binaries: None) -> Iterator[dict[str, Any]]:
     """200 writes acknowledged by a replica (``WAIT 1``), a snapshot by a replica's sidecar
-    (the primary's refusing), 20 writes more; then every member and Sentinel killed and
-    every volume emptied."""
+    (the primary's refusing), both sidecars' freshness metrics scraped, 20 writes more; then
+    every member and Sentinel killed and every volume emptied."""
     with ExitStack() as stack:
         try:
             s3 = stack.enter_context(LocalS3())
@@ -69,8 +75,24 @@ def drill(redis_binaries: None) -> Iterator[dict[str, Any]]:
                                 port=proc.port, secrets={"REDIS_ADMIN_PASSWORD": cluster.passwords.admin})
 
         on_primary = snapshot(primary)
-        taken = snapshot(replica)
-        assert taken.returncode == 0, taken.stderr
+        # The replica's sidecar as its pod runs it (its loop, its turn now: no stagger), then
+        # the primary's: it takes none, and reports the set's freshness from the listing.
+        metrics_ports = free_ports(2)
+
+        def start(index: int, metrics_port: int) -> subprocess.Popen[bytes]:
+            proc = cluster.members[index]
+            return sidecar.start(pod=f"redis-{index}", paths={"/data": Path(proc.env["REDIS_DATA_DIR"])},
+                                 port=proc.port, secrets={"REDIS_ADMIN_PASSWORD": cluster.passwords.admin},
+                                 metrics_port=metrics_port, extra=("--stagger-s", "0", "--check-s", "0.2"))
+
+        taker = start(replica, metrics_ports[0])
+        scraped = {"taker": wait_scraped(metrics_ports[0], UPLOADED, proc=taker, minimum=1)}
+        decliner = start(primary, metrics_ports[1])
+        try:
+            scraped["decliner"] = wait_scraped(metrics_ports[1], AGE, proc=decliner, timeout_s=20)
+        except AssertionError:
+            scraped["decliner"] = scrape(metrics_ports[1])  # the test below says what is missing
+        sidecar.stop()
         for i in range(20):
             client.set_durable(f"after:{i}", "late", replicas=1, timeout_ms=2000)
         cluster.stop()
@@ -79,7 +101,7 @@ def drill(redis_binaries: None) -> Iterator[dict[str, Any]]:
             shutil.rmtree(data)
             data.mkdir()
         yield {"s3": s3, "cluster": cluster, "acknowledged": acknowledged, "on_primary": on_primary,
-               "replica": replica, "work": work}
+               "replica": replica, "work": work, "scraped": scraped}
 
 
 def test_only_a_replica_takes_the_snapshot(drill: dict[str, Any]) -> None:
@@ -87,6 +109,20 @@ def test_only_a_replica_takes_the_snapshot(drill: dict[str, Any]) -> None:
     (listing_key,) = [k for k in drill["s3"].client().list("redis/snapshots/") if k.endswith("/snapshot.json")]
     listing = json.loads(drill["s3"].client().get(listing_key)[1])
     assert listing["member"] == f"redis-{drill['replica']}"
+
+
+def test_every_sidecar_reports_the_sets_newest_snapshot_whoever_took_it(drill: dict[str, Any]) -> None:
+    client = drill["s3"].client()
+    (listing_key,) = [k for k in client.list("redis/snapshots/") if k.endswith("/snapshot.json")]
+    ended = parse_time(json.loads(client.get(listing_key)[1])["ended"]).timestamp()
+    taker, decliner = drill["scraped"]["taker"], drill["scraped"]["decliner"]
+    # The replica counted its upload; its age was scraped just after it, so it is small.
+    assert (taker[UPLOADED], taker[FAILED]) == (1, 0), taker
+    assert taker[AGE] < 10 and abs(taker[LAST] - ended) < 1, taker
+    # The primary uploaded nothing, and still reports the set's snapshot: read from the bucket.
+    assert (decliner[UPLOADED], decliner[FAILED]) == (0, 0), decliner
+    assert AGE in decliner and decliner[AGE] < 10, decliner
+    assert decliner[LAST] == pytest.approx(ended, abs=0.001), decliner
 
 
 def test_restores_every_write_acknowledged_before_the_snapshot_onto_empty_volumes(drill: dict[str, Any]) -> None:

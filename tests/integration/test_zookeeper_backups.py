@@ -23,15 +23,21 @@ from typing import Any, Iterator
 import pytest
 
 from final_problem.clients.zookeeper import ZooKeeperClient
+from final_problem.local import free_ports
 from final_problem.local.s3 import LocalS3, LocalS3Error
-from final_problem.local.snapshot_backup import NOT_THIS_MEMBER, LocalSidecar
+from final_problem.local.snapshot_backup import NOT_THIS_MEMBER, LocalSidecar, scrape, wait_scraped
 from final_problem.local.zookeeper import LocalEnsemble
 from final_problem.local.zookeeper import missing_binaries as zookeeper_missing
+from final_problem.renderers.backup_agent import parse_time
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = 200
+AGE = 'final_problem_backup_age_seconds{component="zookeeper",kind="snapshot"}'
+LAST = 'final_problem_backup_last_success_timestamp_seconds{component="zookeeper",kind="snapshot"}'
+UPLOADED = 'final_problem_backup_uploads_total{component="zookeeper",kind="snapshot",result="success"}'
+FAILED = 'final_problem_backup_uploads_total{component="zookeeper",kind="snapshot",result="failure"}'
 
 
 def backup_cli(s3: LocalS3, *args: str) -> subprocess.CompletedProcess[str]:
@@ -48,8 +54,8 @@ def volumes(ensemble: LocalEnsemble, myid: int) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def drill() -> Iterator[dict[str, Any]]:
     """200 znodes written (each acknowledged by a quorum), a snapshot by each member's sidecar
-    (the leader's taken, the followers' declining), 20 znodes more; then every member killed
-    and both volumes of each emptied."""
+    (the leader's taken, the followers' declining), the leader's and a follower's freshness
+    metrics scraped, 20 znodes more; then every member killed and both volumes of each emptied."""
     if missing := zookeeper_missing():
         pytest.fail(f"missing {', '.join(missing)}")
     with ExitStack() as stack:
@@ -71,14 +77,30 @@ def drill() -> Iterator[dict[str, Any]]:
             path, value = f"/drill/before-{i:04d}", f"value-{i}".encode()
             client.put(path, value)
             acknowledged[path] = value
-        outcomes = {}
-        for myid, proc in ensemble.procs.items():
+        def paths(myid: int) -> dict[str, Path]:
             data, datalog = volumes(ensemble, myid)
             spool = work / f"spool-{myid}"
-            spool.mkdir()
-            outcomes[myid] = sidecar.once(pod=f"zookeeper-{myid - 1}", port=proc.member.client_port,
-                                          paths={"/data": data, "/datalog": datalog, "/backup-spool": spool})
-        assert outcomes[leader].returncode == 0, outcomes[leader].stderr
+            spool.mkdir(exist_ok=True)
+            return {"/data": data, "/datalog": datalog, "/backup-spool": spool}
+
+        outcomes = {myid: sidecar.once(pod=f"zookeeper-{myid - 1}", port=proc.member.client_port, paths=paths(myid))
+                    for myid, proc in ensemble.procs.items() if myid != leader}
+        # The leader's sidecar as its pod runs it (its loop), then a follower's: it takes
+        # none, and reports the ensemble's freshness from the listing.
+        metrics_ports = free_ports(2)
+
+        def start(myid: int, metrics_port: int) -> subprocess.Popen[bytes]:
+            return sidecar.start(pod=f"zookeeper-{myid - 1}", port=ensemble.procs[myid].member.client_port,
+                                 paths=paths(myid), metrics_port=metrics_port, extra=("--check-s", "0.2"))
+
+        taker = start(leader, metrics_ports[0])
+        scraped = {"taker": wait_scraped(metrics_ports[0], UPLOADED, proc=taker, minimum=1)}
+        decliner = start(next(iter(outcomes)), metrics_ports[1])
+        try:
+            scraped["decliner"] = wait_scraped(metrics_ports[1], AGE, proc=decliner, timeout_s=20)
+        except AssertionError:
+            scraped["decliner"] = scrape(metrics_ports[1])  # the test below says what is missing
+        sidecar.stop()
         for i in range(20):
             client.put(f"/drill/after-{i:04d}", b"late")
         client.close()
@@ -86,7 +108,8 @@ def drill() -> Iterator[dict[str, Any]]:
         for myid in ensemble.procs:
             for path in volumes(ensemble, myid):
                 shutil.rmtree(path)
-        yield {"s3": s3, "ensemble": ensemble, "acknowledged": acknowledged, "outcomes": outcomes, "leader": leader}
+        yield {"s3": s3, "ensemble": ensemble, "acknowledged": acknowledged, "outcomes": outcomes, "leader": leader,
+               "scraped": scraped}
 
 
 def test_only_the_leader_takes_the_snapshot(drill: dict[str, Any]) -> None:
@@ -98,6 +121,20 @@ def test_only_the_leader_takes_the_snapshot(drill: dict[str, Any]) -> None:
     listing = json.loads(client.get(listing_key)[1])
     names = [f["name"] for f in listing["files"]]
     assert names[0].startswith("snap/snapshot.") and all(n.startswith("log/log.") for n in names[1:]), names
+
+
+def test_every_sidecar_reports_the_ensembles_newest_snapshot_whoever_took_it(drill: dict[str, Any]) -> None:
+    client = drill["s3"].client()
+    (listing_key,) = [k for k in client.list("zookeeper/snapshots/") if k.endswith("/snapshot.json")]
+    ended = parse_time(json.loads(client.get(listing_key)[1])["ended"]).timestamp()
+    taker, decliner = drill["scraped"]["taker"], drill["scraped"]["decliner"]
+    # The leader counted its upload; its age was scraped just after it, so it is small.
+    assert (taker[UPLOADED], taker[FAILED]) == (1, 0), taker
+    assert taker[AGE] < 10 and abs(taker[LAST] - ended) < 1, taker
+    # The follower uploaded nothing, and still reports the ensemble's snapshot: read from the bucket.
+    assert (decliner[UPLOADED], decliner[FAILED]) == (0, 0), decliner
+    assert AGE in decliner and decliner[AGE] < 10, decliner
+    assert decliner[LAST] == pytest.approx(ended, abs=0.001), decliner
 
 
 def test_restores_every_acknowledged_write_onto_every_members_empty_volumes(drill: dict[str, Any]) -> None:
