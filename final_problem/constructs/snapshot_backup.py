@@ -35,7 +35,7 @@ from final_problem.errors import ConfigError
 from final_problem.imports import k8s
 from final_problem.objects import Group, ObjectChart
 from final_problem.profiles import Profile
-from final_problem.renderers import backup_agent, snapshot_agent
+from final_problem.renderers import backup_agent, restore_init, snapshot_agent
 from final_problem.settings import ComponentSettings, setting
 
 if TYPE_CHECKING:
@@ -51,7 +51,9 @@ SIDECAR_SIZING = Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32
 def scripts() -> dict[str, str]:
     """The ConfigMap's data: the two programs (the snapshot agent imports the S3 client beside it)."""
     return {"backup_agent.py": Path(backup_agent.__file__).read_text(),
-            AGENT_FILE: Path(snapshot_agent.__file__).read_text()}
+            AGENT_FILE: Path(snapshot_agent.__file__).read_text(),
+            # The restore init container's (final_problem.constructs.restore).
+            "restore_init.py": Path(restore_init.__file__).read_text()}
 
 
 @dataclass(frozen=True, kw_only=True)
