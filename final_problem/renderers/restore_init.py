@@ -137,14 +137,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"redis on {pod}: only the member with ordinal 0 restores; this one starts as it is and "
                       "synchronises from the primary", flush=True)
                 return 0
-            data_dir = args.data_dir
-            store = agent.Snapshots(S3.from_env(), prefix, args.component)
-            if args.component == "redis":
-                dirs, run = [data_dir], lambda: agent.restore_redis(store, target=to, data_dir=data_dir)
+            data_dir, component = args.data_dir, args.component
+
+            # The target is read only for a restore: a member that keeps its data starts
+            # whatever the target's state.
+            def store():  # noqa: ANN202
+                return agent.Snapshots(S3.from_env(), prefix, component)
+
+            if component == "redis":
+                dirs, run = [data_dir], lambda: agent.restore_redis(store(), target=to, data_dir=data_dir)
             else:
                 log_dir = args.log_dir
                 dirs = [data_dir, log_dir]
-                run = lambda: agent.restore_zookeeper(store, target=to, data_dir=data_dir, log_dir=log_dir)  # noqa: E731
+                run = lambda: agent.restore_zookeeper(store(), target=to, data_dir=data_dir, log_dir=log_dir)  # noqa: E731
             said = restore_if_empty(args.component, dirs=dirs, marker=os.path.join(data_dir, RESTORING), restore=run)
         print(said, flush=True)
         return 0

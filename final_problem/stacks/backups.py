@@ -149,12 +149,16 @@ class BackupBucket(Construct):
                 "StringLike": {"kms:EncryptionContext:aws:s3:arn": [bucket_arn, f"{bucket_arn}/*"]},
             },
         ))
+        # cdk-nag names a resource with its tokens as <AWS::...>, its literals as they are.
+        partition, region, account = (
+            f"<{ref}>" if cdk.Token.is_unresolved(value) else value for value, ref in (
+                (stack.partition, "AWS::Partition"), (stack.region, "AWS::Region"), (stack.account, "AWS::AccountId")))
         nag.acknowledge(
-            self.role, f"AwsSolutions-IAM5[Resource::{bucket_arn}/*]",
+            self.role, f"AwsSolutions-IAM5[Resource::arn:{partition}:s3:::{name}/*]",
             "the restore reads every backup of the earlier cluster's bucket (restore_bucket), read only",
         )
         nag.acknowledge(
-            self.role, "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:kms:<AWS::Region>:<AWS::AccountId>:key/*]",
+            self.role, f"AwsSolutions-IAM5[Resource::arn:{partition}:kms:{region}:{account}:key/*]",
             "the earlier cluster's retained key is not known at synth; kms:Decrypt is allowed only through S3 "
             "(kms:ViaService) for objects of restore_bucket (kms:EncryptionContext:aws:s3:arn)",
         )
