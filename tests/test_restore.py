@@ -315,7 +315,7 @@ def test_only_redis_ordinal_zero_restores(tmp_path: Path) -> None:
 
 def test_the_program_runs_beside_the_agents_as_the_configmap_mounts_them(tmp_path: Path) -> None:
     """Run from a directory holding only the ConfigMap's files, it imports the agents there."""
-    for name, text in snapshot_backup.scripts().items():
+    for name, text in snapshot_backup.scripts(restore=True).items():
         (tmp_path / name).write_text(text)
     data = tmp_path / "data"
     data.mkdir()
@@ -324,7 +324,9 @@ def test_the_program_runs_beside_the_agents_as_the_configmap_mounts_them(tmp_pat
                            "--data-dir", str(data)], capture_output=True, text=True, cwd="/",
                           env={"PATH": "/usr/bin:/bin", "POD_NAME": "redis-0", "PYTHONDONTWRITEBYTECODE": "1"})
     assert done.returncode == 0 and "left alone" in done.stdout, done.stderr
-    assert set(postgres_backup.scripts()) >= {"backup_agent.py", "restore_init.py"}
+    assert set(postgres_backup.scripts(restore=True)) >= {"backup_agent.py", "restore_init.py"}
+    # Without restore_to the ConfigMaps stay as they were (no restart, no bigger template).
+    assert "restore_init.py" not in snapshot_backup.scripts() and "restore_init.py" not in postgres_backup.scripts()
 
 
 # -- the first base backup after a restore -----------------------------------------------------------

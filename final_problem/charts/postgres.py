@@ -420,7 +420,7 @@ class PostgresChart(PlatformChart):
             pod_labels.update(backup_labels)
             server.volume_mounts.append(  # type: ignore[union-attr]
                 k8s.VolumeMount(name="backup-scripts", mount_path=postgres_backup.SCRIPTS_DIR, read_only=True))
-            config_text += "".join(postgres_backup.scripts().values())
+            config_text += "".join(postgres_backup.scripts(restore=bool(p.restore_to)).values())
         digest = hashlib.sha256(config_text.encode()).hexdigest()[:16]
         self.stateful_set = k8s.KubeStatefulSet(
             self, "Server",
@@ -493,7 +493,7 @@ class PostgresChart(PlatformChart):
         self.backup_scripts = k8s.KubeConfigMap(
             self, "BackupScripts",
             metadata=k8s.ObjectMeta(name="postgres-backup-scripts", namespace=ns),
-            data=postgres_backup.scripts(),
+            data=postgres_backup.scripts(restore=bool(p.restore_to)),
         )
         set_component(self.backup_scripts, "backup")
         self.backup_scripts.add_dependency(self.postgres_namespace.resource)

@@ -368,7 +368,7 @@ class RedisChart(PlatformChart):
                 selector=self.label_set.selector("server"), uid=REDIS_UID,
                 args=["--data-dir", DATA_DIR, "--port", str(self.PORT)],
                 mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR)], alive_path=DATA_DIR,
-                env=[_secret_env("REDIS_ADMIN_PASSWORD", "admin-password")],
+                env=[_secret_env("REDIS_ADMIN_PASSWORD", "admin-password")], restore=bool(p.restore_to),
             )
             self.backup.add_dependency(self.redis_namespace)
             digest = hashlib.sha256((digest + self.backup.config_text).encode()).hexdigest()[:16]

@@ -389,7 +389,7 @@ class ZooKeeperChart(PlatformChart):
                 mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR, read_only=True),
                         k8s.VolumeMount(name="datalog", mount_path=DATA_LOG_DIR, read_only=True),
                         k8s.VolumeMount(name="backup-spool", mount_path=BACKUP_SPOOL)],
-                alive_path=BACKUP_SPOOL,
+                alive_path=BACKUP_SPOOL, restore=bool(props.restore_to),
             )
             self.backup.add_dependency(self.zookeeper_namespace)
             backup_text = self.backup.config_text

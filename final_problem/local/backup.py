@@ -154,7 +154,12 @@ class LocalPostgresBackups:
         """The ``restore`` init container the chart renders with ``postgres.restore_to=to``: its
         exact command line (the scripts' mount and the volume remapped), as the server's user,
         under its limits."""
-        statefulset = rendered(self.profile, backup_prefix=self.prefix, restore_to=to)["statefulset"]
+        objects = rendered(self.profile, backup_prefix=self.prefix, restore_to=to)
+        statefulset = objects["statefulset"]
+        for name, text in objects["configmap"]["data"].items():
+            if not (self.scripts / name).exists():  # the program only a restoring chart ships
+                (self.scripts / name).write_text(text)
+                (self.scripts / name).chmod(0o444)
         (container,) = [c for c in statefulset["spec"]["template"]["spec"]["initContainers"] if c["name"] == "restore"]
         argv = self.groups.wrap("restore", container_limits(container), server._as_server_user(self._command(container)))
         return subprocess.run(argv, capture_output=True, text=True, env=self._env(container, server), timeout=120)

@@ -103,10 +103,13 @@ done
 """
 
 
-def scripts() -> dict[str, str]:
-    """The ConfigMap's data: file name to text."""
-    return {ARCHIVE_FILE: ARCHIVE_WAL_SH, BASE_BACKUP_FILE: BASE_BACKUP_SH, AGENT_FILE: AGENT_SOURCE,
-            RESTORE_FILE: RESTORE_SOURCE}
+def scripts(*, restore: bool = False) -> dict[str, str]:
+    """The ConfigMap's data: file name to text; with ``restore``, the ``restore`` init
+    container's program too."""
+    data = {ARCHIVE_FILE: ARCHIVE_WAL_SH, BASE_BACKUP_FILE: BASE_BACKUP_SH, AGENT_FILE: AGENT_SOURCE}
+    if restore:
+        data[RESTORE_FILE] = RESTORE_SOURCE
+    return data
 
 
 def archive_settings(*, spool: str, archive_timeout_s: int, upload_wait_s: int) -> dict[str, str]:
