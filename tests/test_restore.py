@@ -301,6 +301,23 @@ def test_a_refused_restore_fails_with_one_line_and_leaves_no_marker(tmp_path: Pa
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+@pytest.mark.parametrize("recovering", [True, False])
+def test_the_fetched_wal_goes_once_the_server_has_recovered(tmp_path: Path, recovering: bool) -> None:
+    pgdata, wal = tmp_path / "pgdata", tmp_path / "restore-wal"
+    pgdata.mkdir()
+    wal.mkdir()
+    (pgdata / "PG_VERSION").write_text("17\n")
+    (wal / "000000010000000000000003").write_bytes(b"wal")
+    if recovering:
+        (pgdata / "recovery.signal").touch()
+    done = subprocess.run([sys.executable, str(Path(restore_init.__file__)), "postgres", "--to", "latest", "--pgdata",
+                           str(pgdata), "--wal-dir", str(wal)], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert done.returncode == 0 and "left alone" in done.stdout, done.stderr
+    assert wal.exists() is recovering
+    assert (pgdata / "PG_VERSION").read_text() == "17\n"
+
+
 def test_only_redis_ordinal_zero_restores(tmp_path: Path) -> None:
     # No target in the environment: a member that tried to restore would be refused (status 2).
     base = {"PATH": "/usr/bin:/bin"}

@@ -590,8 +590,8 @@ class Postgres:
             f.write("\n# written by the restore of base backup %s\n" % chosen["id"])
             f.write("restore_command = 'cp \"%s/%%f\" \"%%p\"'\n" % wal_dir.replace("'", "''"))
             # Without a target, recovery replays every segment restore_command finds, then
-            # ends (docs 19.5.6, Recovery Target: "By default, recovery will recover to the
-            # end of the WAL log"). Either way the server then takes a new timeline, numbered
+            # ends (docs, "Recovery Target": "By default, recovery will recover to the end of
+            # the WAL log"). Either way the server then takes a new timeline, numbered
             # above every history file in the archive (fetched into wal_dir; docs 25.3,
             # "Timelines"): its segments and history file have names the archive's never had.
             if target is not None:

@@ -88,6 +88,16 @@ def restore_if_empty(component: str, *, dirs: list[str], marker: str, restore: C
     return ("after an interrupted restore: " if interrupted else "") + said
 
 
+def drop_recovered_wal(pgdata: str, wal_dir: str) -> str:
+    """After a restore, once PostgreSQL has recovered (it removes ``recovery.signal`` when
+    recovery completes; PostgreSQL docs, "Recovering Using a Continuous Archive Backup"), the
+    archived WAL the restore fetched is needed no more: remove it, and say so."""
+    if os.path.isdir(wal_dir) and not os.path.exists(os.path.join(pgdata, "recovery.signal")):
+        shutil.rmtree(wal_dir)
+        return f"; removed {wal_dir}, the WAL of a restore the server has recovered from"
+    return ""
+
+
 def target(text: str):  # -> datetime | None
     """``latest`` (the newest backup; PostgreSQL: the end of the archive), else an ISO 8601 time."""
     return None if text.strip().lower() == "latest" else parse_time(text)
@@ -126,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         prefix = os.environ.get("BACKUP_S3_PREFIX", "")
         if args.component == "postgres":
             pgdata, wal_dir = args.pgdata, args.wal_dir
+            marker = os.path.join(os.path.dirname(pgdata.rstrip("/")), RESTORING)
             said = restore_if_empty(
-                "postgres", dirs=[pgdata], marker=os.path.join(os.path.dirname(pgdata.rstrip("/")), RESTORING),
-                scratch=(wal_dir,),
+                "postgres", dirs=[pgdata], marker=marker, scratch=(wal_dir,),
                 restore=lambda: Postgres(S3.from_env(), prefix).restore(target=to, pgdata=pgdata, wal_dir=wal_dir))
+            if said.endswith("left alone (restore_to restores only an empty volume)"):
+                said += drop_recovered_wal(pgdata, wal_dir)
         else:
             agent = _snapshot_agent()
             pod = os.environ.get("POD_NAME", "")

@@ -140,6 +140,8 @@ def test_the_rendered_restore_init_container_fills_an_empty_volume_and_leaves_on
     assert again.returncode == 0, again.stderr
     assert "already holds data: left alone" in again.stdout, again.stdout
     assert {p: p.stat().st_mtime_ns for p in backups.pgdata.rglob("*")} == held
+    # The server has recovered: the WAL the restore fetched is gone from the volume.
+    assert not (volume / "restore-wal").exists() and "removed" in again.stdout
     # The next drill starts from an empty volume again.
     shutil.rmtree(volume)
     volume.mkdir()
