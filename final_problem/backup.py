@@ -3,7 +3,7 @@
 ::
 
     final-problem backup list postgres|redis|zookeeper   # the backups, and the newest one's age
-    final-problem backup restore postgres --to 2026-12-07T03:40:00Z --data-dir /var/lib/postgresql/data/pgdata
+    final-problem backup restore postgres --to 2026-12-07T03:40:00Z|latest --data-dir /var/lib/postgresql/data/pgdata
     final-problem backup restore redis [--to TIME] --data-dir /data
     final-problem backup restore zookeeper [--to TIME] --data-dir /data --log-dir /datalog
     final-problem backup restore consul [--to TIME] --data-dir DIR   # then: consul snapshot restore DIR/consul.snap
@@ -39,7 +39,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from final_problem.renderers.backup_agent import BackupError, Postgres, S3, iso, parse_time
+from final_problem.renderers.backup_agent import BackupError, Postgres, S3, iso
+from final_problem.renderers.restore_init import target as restore_target
 from final_problem.renderers.snapshot_agent import Snapshots, restore_file, restore_redis, restore_zookeeper
 
 COMPONENTS = ("postgres", "redis", "zookeeper", "consul")
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("component", choices=COMPONENTS)
     restore = sub.add_parser("restore", help="restore onto an empty data directory, to a time")
     restore.add_argument("component", choices=COMPONENTS)
-    restore.add_argument("--to", help="ISO 8601 time with a zone, e.g. 2026-12-07T03:40:00Z (required for postgres; "
-                                      "redis and zookeeper: the newest snapshot before it, the newest without it)")
+    restore.add_argument("--to", help="ISO 8601 time with a zone, e.g. 2026-12-07T03:40:00Z, or latest (required for "
+                                      "postgres, latest: the end of the archive; redis and zookeeper: the newest "
+                                      "snapshot before it, the newest without it)")
     restore.add_argument("--data-dir", required=True, type=Path,
                          help="empty (or absent) directory to fill: PGDATA, a Redis member's /data, a ZooKeeper "
                               "member's dataDir")
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             store = Snapshots(s3, prefix, args.component)
             if args.command == "list":
                 return list_snapshots(store)
-            target = parse_time(args.to) if args.to else None
+            target = restore_target(args.to) if args.to else None
             data_dir = str(args.data_dir.absolute())
             if args.component == "redis":
                 print(restore_redis(store, target=target, data_dir=data_dir))
@@ -114,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"from WAL {item['start_wal']}"))
         if not args.to:
             raise BackupError("restore postgres: --to not given; give the time to recover to, e.g. "
-                              "--to 2026-12-07T03:40:00Z")
+                              "--to 2026-12-07T03:40:00Z, or latest for the end of the archive")
         data_dir_path: Path = args.data_dir.absolute()
         wal_dir: Path = (args.wal_dir or data_dir_path.parent / "restore-wal").absolute()
-        print(postgres.restore(target=parse_time(args.to), pgdata=str(data_dir_path), wal_dir=str(wal_dir)))
+        print(postgres.restore(target=restore_target(args.to), pgdata=str(data_dir_path), wal_dir=str(wal_dir)))
         return 0
     except BackupError as e:
         print(e, file=sys.stderr)

@@ -36,6 +36,9 @@ from final_problem.settings import (
 # '_' (CreateCluster "name"), but the cluster name prefixes the stack names.
 _CLUSTER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,99}")
 _ACCOUNT = re.compile(r"[0-9]{12}")
+# S3 general purpose bucket names: 3-63 characters, lowercase letters, digits, '.' and '-',
+# beginning and ending with a letter or digit (Amazon S3 user guide, "Bucket naming rules").
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]")
 # IAM role names: ASCII letters, digits and +=,.@_- (IAM user guide, "IAM object names").
 _ROLE_ARN = re.compile(r"arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/([A-Za-z0-9+=,.@_-]+/)*[A-Za-z0-9+=,.@_-]{1,64}")
@@ -138,6 +141,17 @@ class Settings:
         doc="Volume of the Pis' S3 server: every component's base backups for their retention days, and the "
             "WAL between them.",
         change=volume_size("the S3 server's volume"),
+    )
+    restore_bucket: str = setting(
+        "", example="final-problem-cluster-backupbucket1a2b3c4d-5e6f7g8h9i0j",
+        doc="EKS: the backup bucket of an earlier deploy (its stack output `BackupBucket`; `make destroy` keeps the "
+            "bucket and its KMS key) that the components' `restore_to` restores from. The backup role may then "
+            "list it, read its objects and decrypt them through S3 with its key, nothing more; backups still go to "
+            "the new stack's bucket. Empty: restores read this cluster's own bucket. The Pis restore from their "
+            "S3 server's volume (or a component's `backup_endpoint`).",
+        change=nothing("the backup role's read access to that bucket, and where a `restore` init container (a component "
+                       "with restore_to) reads from: those pods restart (plan's pod lines) and restore only an empty "
+                       "volume; no volume that holds data is changed"),
     )
     flow_log_retention_days: int = setting(
         90, choices=LOG_RETENTION_DAYS, doc="VPC flow log retention in days (a value CloudWatch Logs accepts).",
@@ -326,6 +340,12 @@ def _check(s: Settings) -> None:
             "CloudFormation stack names, which allow nothing else",
             how_to_set("cluster_name", _suggest_cluster_name(s.cluster_name)),
         )
+    if s.restore_bucket and not _BUCKET.fullmatch(s.restore_bucket):
+        raise ConfigError("restore_bucket", s.restore_bucket,
+                          "not an S3 bucket name (3-63 lowercase letters, digits, '.' or '-', starting and ending "
+                          "with a letter or digit)",
+                          "give the BackupBucket output of the earlier cluster stack, e.g. "
+                          "aws cloudformation describe-stacks --stack-name final-problem-cluster")
     if s.account is not None and not _ACCOUNT.fullmatch(s.account):
         raise ConfigError("account", s.account, "an AWS account id is 12 ASCII digits", "give the 12-digit id, or leave account unset")
     if s.region is not None and not _REGION.fullmatch(s.region):

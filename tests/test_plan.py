@@ -374,6 +374,8 @@ EXPLICIT: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {
        for component in ("redis", "zookeeper", "consul")
        for name, value in (("backup_endpoint", "http://s3.backups.svc.cluster.local:7070"), ("backup_region", "eu-west-1"),
                            ("backup_interval_minutes", 30), ("backup_retention_days", 14))},
+    # A restore: latest, or a time with its zone.
+    **{(component, "restore_to"): ("latest", {}) for component in ("postgres", "redis", "zookeeper")},
 }
 
 

@@ -44,6 +44,7 @@ from final_problem import sizes, versions
 from final_problem.components import PlatformChart, register
 from final_problem.config import Settings
 from final_problem.constructs import backup_target
+from final_problem.constructs.restore import check_restore_to, restore_container, restore_to_setting
 from final_problem.constructs.generated_secrets import API_PORTS, GeneratedSecrets, SecretSpec, secret_env
 from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
@@ -84,6 +85,9 @@ BACKUP_SECRET = "postgres-backup-target"
 #: The service account of the server's pod: the EKS stack associates it with the backup
 #: bucket's role (final_problem/stacks/backups.py); in-cluster it may read the S3 server's key pair.
 BACKUP_SERVICE_ACCOUNT = "postgres-backup"
+#: Where the ``restore`` init container puts the archived WAL recovery reads (beside PGDATA,
+#: on the volume: recovery reads it after the init container has ended).
+RESTORE_WAL_DIR = f"{MOUNT}/restore-wal"
 #: Seconds archive_command waits for the upload of one segment before it fails (PostgreSQL then
 #: keeps the segment and retries): a 16 MiB segment compressed and uploaded over a home network
 #: takes well under it.
@@ -221,6 +225,9 @@ class PostgresProps(ComponentSettings):
             "age and the upload counts), scraped through the Service `postgres-backup-metrics`.",
         change=rolling("read by the backup sidecar at start: the server's pod restarts"),
     )
+    restore_to: str = restore_to_setting(
+        "postgres", chosen="PostgreSQL recovers to that time from the newest base backup that ended before it "
+                           "and the archived WAL after it (`latest`: to the end of the archive)")
     archive_timeout_s: int = setting(
         60, minimum=10, maximum=3600,
         doc="`archive_timeout`: a segment with writes is archived at least this often, the most a lost volume "
@@ -251,6 +258,7 @@ class PostgresProps(ComponentSettings):
         if self.backup_endpoint and not self.backup_endpoint.startswith(("http://", "https://")):
             raise self.error("backup_endpoint", "is not an http(s) URL",
                              "set postgres.backup_endpoint=http://<host>:<port>, or leave it empty for no backups")
+        check_restore_to(self)
         if self.port == self.metrics_port:
             raise self.error("metrics_port", "equals postgres.port", "set postgres.metrics_port=9187"
                              if self.port != 9187 else "set postgres.metrics_port=9188")
@@ -323,6 +331,10 @@ class PostgresChart(PlatformChart):
                               "postgres.backup_endpoint unset")
         #: Whether the server archives its WAL and takes base backups.
         self.backups = settings.backups
+        check_restore_to(p, backups=settings.backups)
+        #: The ``restore`` init container (``postgres.restore_to`` set), else None.
+        self.restore: k8s.Container | None = None
+        self._restore_bucket = settings.restore_bucket
         settings_map = server_settings(max_connections=p.max_connections, shared_buffers_mib=p.shared_buffers_mib)
         if self.backups:
             settings_map.update(postgres_backup.archive_settings(
@@ -408,7 +420,7 @@ class PostgresChart(PlatformChart):
             pod_labels.update(backup_labels)
             server.volume_mounts.append(  # type: ignore[union-attr]
                 k8s.VolumeMount(name="backup-scripts", mount_path=postgres_backup.SCRIPTS_DIR, read_only=True))
-            config_text += "".join(postgres_backup.scripts().values())
+            config_text += "".join(postgres_backup.scripts(restore=bool(p.restore_to)).values())
         digest = hashlib.sha256(config_text.encode()).hexdigest()[:16]
         self.stateful_set = k8s.KubeStatefulSet(
             self, "Server",
@@ -442,6 +454,7 @@ class PostgresChart(PlatformChart):
                         security_context=pod_context(uid=POSTGRES_UID),
                         # A fast shutdown checkpoints; give it time before SIGKILL.
                         termination_grace_period_seconds=TERMINATION_GRACE_S,
+                        init_containers=[self.restore] if self.restore else None,
                         containers=[server, exporter, *sidecars],
                         volumes=[
                             k8s.Volume(name="run", empty_dir=k8s.EmptyDirVolumeSource(size_limit=quantity("8Mi"))),
@@ -480,7 +493,7 @@ class PostgresChart(PlatformChart):
         self.backup_scripts = k8s.KubeConfigMap(
             self, "BackupScripts",
             metadata=k8s.ObjectMeta(name="postgres-backup-scripts", namespace=ns),
-            data=postgres_backup.scripts(),
+            data=postgres_backup.scripts(restore=bool(p.restore_to)),
         )
         set_component(self.backup_scripts, "backup")
         self.backup_scripts.add_dependency(self.postgres_namespace.resource)
@@ -556,6 +569,13 @@ class PostgresChart(PlatformChart):
         self.backup_metrics.add_dependency(self.postgres_namespace.resource)
         volume = k8s.Volume(name="backup-scripts", config_map=k8s.ConfigMapVolumeSource(
             name="postgres-backup-scripts", default_mode=0o444))
+        if p.restore_to:
+            # The same access as the agent's; the server's size (see restore_container).
+            self.restore = restore_container(
+                component="postgres", to=p.restore_to, args=["--pgdata", PGDATA, "--wal-dir", RESTORE_WAL_DIR],
+                env=access.env, mounts=[*mounts, *access.volume_mounts], scripts_dir=postgres_backup.SCRIPTS_DIR,
+                uid=POSTGRES_UID, sizing=p.sizing, profile=self.profile, restore_bucket=self._restore_bucket,
+                own_endpoint=bool(p.backup_endpoint))
         return [base_backup, agent], [volume, *access.volumes], access.pod_labels
 
     def client_pod_labels(self) -> dict[str, str]:

@@ -54,6 +54,7 @@ from final_problem.constructs.namespace import (
 from final_problem.constructs.mesh import SERVICES, MeshWorkload
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.generated_secrets import GeneratedSecrets, SecretSpec
+from final_problem.constructs.restore import check_restore_to, restore_to_setting, snapshot_restore_container
 from final_problem.constructs.snapshot_backup import SidecarSnapshotSettings, SnapshotBackup, snapshots_on
 from final_problem.constructs.security import Sizing, container_context, raw_resources
 from final_problem.imports import int_or_string, k8s, quantity
@@ -179,6 +180,10 @@ class RedisProps(SidecarSnapshotSettings):
             "their saved state within seconds, so an empty `redis-0` (a lost volume) follows them instead.",
         change=rolling("the members' start script"),
     )
+    restore_to: str = restore_to_setting(
+        "redis", chosen="the newest snapshot taken before it (`latest`: the newest); only `redis-0` restores, and "
+                        "starts as the primary when no member or Sentinel answers; the others start empty and "
+                        "synchronise from it")
 
     @property
     def sentinel_quorum(self) -> int:
@@ -202,6 +207,7 @@ class RedisProps(SidecarSnapshotSettings):
     def check(self) -> None:
         self.check_backup()
         self.check_backup_metrics_port({"the Redis port": RedisChart.PORT, "the metrics exporter": METRICS_PORT})
+        check_restore_to(self)
         if self.replicas % 2:
             raise self.error(
                 "replicas",
@@ -363,10 +369,18 @@ class RedisChart(PlatformChart):
                 selector=self.label_set.selector("server"), uid=REDIS_UID,
                 args=["--data-dir", DATA_DIR, "--port", str(self.PORT)],
                 mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR)], alive_path=DATA_DIR,
-                env=[_secret_env("REDIS_ADMIN_PASSWORD", "admin-password")],
+                env=[_secret_env("REDIS_ADMIN_PASSWORD", "admin-password")], restore=bool(p.restore_to),
             )
             self.backup.add_dependency(self.redis_namespace)
             digest = hashlib.sha256((digest + self.backup.config_text).encode()).hexdigest()[:16]
+        check_restore_to(p, backups=settings.backups)
+        #: The ``restore`` init container (``redis.restore_to`` set): every member runs it, only
+        #: ordinal 0 restores (marked to start as the primary); the others stay empty and sync.
+        self.restore = snapshot_restore_container(
+            self.backup, component="redis", to=p.restore_to, args=["--data-dir", DATA_DIR],
+            data_mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR)], uid=REDIS_UID, sizing=p.redis_sizing,
+            profile=profile, restore_bucket=settings.restore_bucket, own_endpoint=bool(p.backup_endpoint),
+        ) if p.restore_to and self.backup else None
         annotations = {"final-problem.io/config-hash": digest}
 
         redis_container = k8s.Container(
@@ -440,7 +454,7 @@ class RedisChart(PlatformChart):
             name="redis", namespace=ns, labels=self.label_set, component="server",
             replicas=members, service_name=headless, profile=profile, uid=REDIS_UID,
             containers=[redis_container, metrics_container, *([self.backup.container] if self.backup else [])],
-            init_containers=self.mesh.init_containers if self.mesh else (),
+            init_containers=[*([self.restore] if self.restore else []), *(self.mesh.init_containers if self.mesh else ())],
             service_account_name=(SERVICES["redis"].name if self.mesh else
                                   self.backup.service_account if self.backup else None),
             pod_labels={**(self.mesh.pod_labels if self.mesh else {}), **(self.backup.pod_labels if self.backup else {})},

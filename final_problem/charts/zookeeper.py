@@ -40,6 +40,7 @@ from final_problem.constructs.labels import set_component
 from final_problem.constructs.namespace import MONITORING_NAMESPACE_LABEL, RestrictedNamespace, ports
 from final_problem.constructs.quorum import ClaimSpec, QuorumStatefulSet
 from final_problem.constructs.security import Sizing, container_context, raw_resources
+from final_problem.constructs.restore import check_restore_to, restore_to_setting, snapshot_restore_container
 from final_problem.constructs.snapshot_backup import SidecarSnapshotSettings, SnapshotBackup, snapshots_on
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.profiles import Profile
@@ -167,6 +168,9 @@ class ZooKeeperProps(SidecarSnapshotSettings):
             "client connects to these when set.",
         change=nothing("bare-metal members only: the Kubernetes ensemble does not read it"),
     )
+    restore_to: str = restore_to_setting(
+        "zookeeper", chosen="the newest snapshot taken before it (`latest`: the newest), with its transaction "
+                            "logs; every member with empty volumes restores the same one")
 
     @property
     def sizing(self) -> Sizing:
@@ -178,6 +182,7 @@ class ZooKeeperProps(SidecarSnapshotSettings):
 
     def check(self) -> None:
         self.check_backup()
+        check_restore_to(self)
         self.check_jvm_heap("heap_mib", "memory_mib", max_share=MAX_HEAP_SHARE)
         self.check_distinct_ports("client_port", "quorum_port", "election_port", "metrics_port")
         self.check_backup_metrics_port({f"zookeeper.{name}": getattr(self, name)
@@ -386,10 +391,21 @@ class ZooKeeperChart(PlatformChart):
                 mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR, read_only=True),
                         k8s.VolumeMount(name="datalog", mount_path=DATA_LOG_DIR, read_only=True),
                         k8s.VolumeMount(name="backup-spool", mount_path=BACKUP_SPOOL)],
-                alive_path=BACKUP_SPOOL,
+                alive_path=BACKUP_SPOOL, restore=bool(props.restore_to),
             )
             self.backup.add_dependency(self.zookeeper_namespace)
             backup_text = self.backup.config_text
+        check_restore_to(props, backups=settings.backups)
+        #: The ``restore`` init container (``zookeeper.restore_to`` set): every member with empty
+        #: volumes restores the same snapshot and logs.
+        self.restore = snapshot_restore_container(
+            self.backup, component="zookeeper", to=props.restore_to,
+            args=["--data-dir", DATA_DIR, "--log-dir", DATA_LOG_DIR],
+            data_mounts=[k8s.VolumeMount(name="data", mount_path=DATA_DIR),
+                         k8s.VolumeMount(name="datalog", mount_path=DATA_LOG_DIR)],
+            uid=ZOOKEEPER_UID, sizing=props.sizing, profile=profile, restore_bucket=settings.restore_bucket,
+            own_endpoint=bool(props.backup_endpoint),
+        ) if props.restore_to and self.backup else None
         digest = hashlib.sha256((config + LOGBACK + "".join(scripts.values()) + backup_text).encode()).hexdigest()[:16]
         self.stateful_set = QuorumStatefulSet(
             self, "Ensemble",
@@ -400,6 +416,7 @@ class ZooKeeperChart(PlatformChart):
             replicas=props.replicas,
             service_name=self.HEADLESS_SERVICE,
             containers=[container, *([self.backup.container] if self.backup else [])],
+            init_containers=[self.restore] if self.restore else (),
             profile=profile,
             uid=ZOOKEEPER_UID,
             service_account_name=self.backup.service_account if self.backup else None,

@@ -40,7 +40,7 @@ from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s
 from final_problem.objects import Group, ObjectChart
 from final_problem.profiles import Profile
-from final_problem.renderers import backup_agent, snapshot_agent
+from final_problem.renderers import backup_agent, restore_init, snapshot_agent
 from final_problem.settings import ComponentSettings, setting
 
 if TYPE_CHECKING:
@@ -55,10 +55,14 @@ METRICS_PORT_NAME = "backup-metrics"
 SIDECAR_SIZING = Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32, memory_limit_mib=96)
 
 
-def scripts() -> dict[str, str]:
-    """The ConfigMap's data: the two programs (the snapshot agent imports the S3 client beside it)."""
-    return {"backup_agent.py": Path(backup_agent.__file__).read_text(),
+def scripts(*, restore: bool = False) -> dict[str, str]:
+    """The ConfigMap's data: the two programs (the snapshot agent imports the S3 client beside it),
+    and with ``restore`` the restore init container's (final_problem.constructs.restore)."""
+    data = {"backup_agent.py": Path(backup_agent.__file__).read_text(),
             AGENT_FILE: Path(snapshot_agent.__file__).read_text()}
+    if restore:
+        data["restore_init.py"] = Path(restore_init.__file__).read_text()
+    return data
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,19 +157,23 @@ def snapshots_on(settings: "Settings", props: SnapshotBackupSettings) -> bool:
 class SnapshotBackup(Group):
     """The ``backup`` sidecar of each member of ``name``'s StatefulSet, its programs and its
     access to the target (the profile's, or ``backup_endpoint``), as ``service_account``;
-    ``alive_path`` is the directory it writes its copies in (its liveness probe's)."""
+    ``alive_path`` is the directory it writes its copies in (its liveness probe's); ``restore``:
+    the ConfigMap also carries the restore init container's program."""
 
     def __init__(self, scope: ObjectChart | Group, id: str, *, name: str, namespace: str, component: str,
                  settings: SidecarSnapshotSettings, profile: Profile, service_account: str,
                  selector: dict[str, str], uid: int, args: Sequence[str], mounts: Sequence[k8s.VolumeMount],
                  alive_path: str, env: Sequence[k8s.EnvVar] = (), create_service_account: bool = True,
-                 sizing: Sizing = SIDECAR_SIZING) -> None:
+                 sizing: Sizing = SIDECAR_SIZING, restore: bool = False) -> None:
         super().__init__(scope, id)
         s = settings
         self.secret_name = f"{name}-backup-target"
         self.config_map_name = f"{name}-backup-scripts"
         self.config_map = k8s.KubeConfigMap(
-            self, "Scripts", metadata=k8s.ObjectMeta(name=self.config_map_name, namespace=namespace), data=scripts())
+            self, "Scripts", metadata=k8s.ObjectMeta(name=self.config_map_name, namespace=namespace),
+            data=scripts(restore=restore))
+        #: Whether the ConfigMap carries the restore init container's program.
+        self.restore = restore
         set_component(self.config_map, "backup")
         access = backup_access(
             self, namespace=namespace, service_account=service_account, pod_selector=selector, profile=profile,
@@ -239,4 +247,6 @@ class SnapshotBackup(Group):
     @property
     def config_text(self) -> str:
         """What the pod template's config digest covers: a changed program restarts the members."""
+        # Not the restore program: its pods change with the init container anyway, and the
+        # other pods sharing the digest (Redis's Sentinels) need not restart for it.
         return "".join(scripts().values())

@@ -69,7 +69,7 @@ class LocalPostgresBackups:
 
     def __init__(self, *, s3: LocalS3, volume: Path, workdir: Path, profile: Profile = PI, prefix: str = "") -> None:
         self.objects = rendered(profile, backup_prefix=prefix)
-        self.s3, self.volume, self.prefix = s3, volume, prefix
+        self.s3, self.volume, self.prefix, self.profile = s3, volume, prefix, profile
         self.scripts = workdir / "scripts"
         self.scripts.mkdir(parents=True, exist_ok=True)
         for name, text in self.objects["configmap"]["data"].items():
@@ -103,7 +103,7 @@ class LocalPostgresBackups:
     def _env(self, container: dict[str, Any], server: LocalPostgres) -> dict[str, str]:
         """The container's environment: its values, its Secrets' values from the local servers."""
         secrets = {"POSTGRES_PASSWORD": server.password, "AWS_ACCESS_KEY_ID": self.s3.access_key,
-                   "AWS_SECRET_ACCESS_KEY": self.s3.secret_key}
+                   "AWS_SECRET_ACCESS_KEY": self.s3.secret_key, "POD_NAME": "postgres-0"}
         env = {"PATH": f"{server.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "LC_ALL": "C.UTF-8"}
         for item in container.get("env", []):
             env[item["name"]] = item["value"] if "value" in item else secrets[item["name"]]
@@ -149,6 +149,20 @@ class LocalPostgresBackups:
                                 server._as_server_user([*self._command(container), "once"]))
         return subprocess.run(argv, capture_output=True,
                               text=True, env=self._env(container, server), timeout=120)
+
+    def restore_init(self, server: LocalPostgres, to: str) -> subprocess.CompletedProcess[str]:
+        """The ``restore`` init container the chart renders with ``postgres.restore_to=to``: its
+        exact command line (the scripts' mount and the volume remapped), as the server's user,
+        under its limits."""
+        objects = rendered(self.profile, backup_prefix=self.prefix, restore_to=to)
+        statefulset = objects["statefulset"]
+        for name, text in objects["configmap"]["data"].items():
+            if not (self.scripts / name).exists():  # the program only a restoring chart ships
+                (self.scripts / name).write_text(text)
+                (self.scripts / name).chmod(0o444)
+        (container,) = [c for c in statefulset["spec"]["template"]["spec"]["initContainers"] if c["name"] == "restore"]
+        argv = self.groups.wrap("restore", container_limits(container), server._as_server_user(self._command(container)))
+        return subprocess.run(argv, capture_output=True, text=True, env=self._env(container, server), timeout=120)
 
     def log_tail(self) -> str:
         try:

@@ -612,8 +612,9 @@ class Postgres:
 
     # Restore --------------------------------------------------------------------------------
 
-    def restore(self, *, target: dt.datetime, pgdata: str, wal_dir: str) -> str:
-        """Make ``pgdata`` (empty or absent) a copy that recovers to ``target`` when started."""
+    def restore(self, *, target: dt.datetime | None, pgdata: str, wal_dir: str) -> str:
+        """Make ``pgdata`` (empty or absent) a copy that recovers to ``target`` when started;
+        ``None``: to the end of the archive (the newest base backup, every segment after it)."""
         if os.path.isdir(pgdata) and os.listdir(pgdata):
             raise BackupError(f"restore: {pgdata} is not empty; restore onto an empty data directory "
                               "(a new volume, or move the old directory away)")
@@ -622,7 +623,7 @@ class Postgres:
         if not listings:
             raise BackupError(f"restore: no base backup under {where}; take one first (the backup sidecar "
                               "takes the first within minutes of its start)")
-        before = [item for item in listings if item["ended"] <= target]
+        before = [item for item in listings if target is None or item["ended"] <= target]
         if not before:
             raise BackupError(f"restore: no base backup ended before {iso(target)} (the oldest ended at "
                               f"{iso(listings[0]['ended'])}); choose --to after that")
@@ -659,15 +660,22 @@ class Postgres:
             # PostgreSQL docs, 20.5.5 Archive Recovery and 20.5.6 Recovery Target.
             f.write("\n# written by the restore of base backup %s\n" % chosen["id"])
             f.write("restore_command = 'cp \"%s/%%f\" \"%%p\"'\n" % wal_dir.replace("'", "''"))
-            f.write("recovery_target_time = '%s'\n" % target.strftime("%Y-%m-%d %H:%M:%S.%f+00"))
-            f.write("recovery_target_action = 'promote'\n")
+            # Without a target, recovery replays every segment restore_command finds, then
+            # ends (docs, "Recovery Target": "By default, recovery will recover to the end of
+            # the WAL log"). Either way the server then takes a new timeline, numbered
+            # above every history file in the archive (fetched into wal_dir; docs 25.3,
+            # "Timelines"): its segments and history file have names the archive's never had.
+            if target is not None:
+                f.write("recovery_target_time = '%s'\n" % target.strftime("%Y-%m-%d %H:%M:%S.%f+00"))
+                f.write("recovery_target_action = 'promote'\n")
         open(os.path.join(pgdata, "recovery.signal"), "w").close()
+        to = iso(target) if target is not None else "the end of the archive"
         return (f"restored base backup {chosen['id']} (ended {iso(chosen['ended'])}) and {segments} WAL files into "
-                f"{pgdata}: PostgreSQL recovers to {iso(target)} when started on it")
+                f"{pgdata}: PostgreSQL recovers to {to} when started on it")
 
-    def fetch_wal(self, chosen: dict, target: dt.datetime, wal_dir: str) -> int:
+    def fetch_wal(self, chosen: dict, target: dt.datetime | None, wal_dir: str) -> int:
         """Download and check every segment from the backup's first; refuse a gap or an archive
-        that ends before ``target``."""
+        that ends before ``target`` (``None``: the end of the archive, whatever it is)."""
         first = segment_position(chosen["start_wal"])
         keys = self.s3.list(f"{self.root}wal/")
         wanted = []
@@ -701,9 +709,9 @@ class Postgres:
             if later != earlier + 1:
                 raise BackupError(f"restore: WAL after position {earlier:#x} is missing from the archive; recovery "
                                   "stops there: choose --to before that segment was archived")
-        if newest is None or newest < target:
+        if newest is None or (target is not None and newest < target):
             raise BackupError(f"restore: the archive ends at {iso(newest) if newest else 'nothing'}, before "
-                              f"{iso(target)}; choose --to at or before it")
+                              f"{iso(target) if target is not None else 'the end of the archive'}; choose --to at or before it")
         return len(wanted)
 
 

@@ -19,11 +19,14 @@ from pathlib import Path
 #: Where the ConfigMap of scripts is mounted.
 SCRIPTS_DIR = "/backup"
 AGENT_FILE = "backup_agent.py"
+#: The ``restore`` init container's program (:mod:`final_problem.renderers.restore_init`).
+RESTORE_FILE = "restore_init.py"
 ARCHIVE_FILE = "archive-wal.sh"
 BASE_BACKUP_FILE = "base-backup.sh"
 
 #: The agent's own source: the file next to this one, stdlib only.
 AGENT_SOURCE = (Path(__file__).parent / AGENT_FILE).read_text()
+RESTORE_SOURCE = (Path(__file__).parent / RESTORE_FILE).read_text()
 
 #: ``archive_command``: ``sh archive-wal.sh SPOOL %p %f WAIT_S``. Copies the segment into the
 #: spool under a temporary name, renames it (the agent never sees half a file), then waits
@@ -56,7 +59,8 @@ rm -f "$spool/$name" "$spool/$name.done"
 #: ``pg_basebackup`` over the loopback replication connection (the official image's initdb
 #: allows replication from 127.0.0.1 with the password), checked by ``pg_verifybackup`` (every
 #: file against the manifest's SHA-256), then handed to the agent (``<id>.ready``, ``<id>.end``:
-#: when it ended, after the server archived its last WAL). ``once``: one backup, then exit
+#: when it ended, after the server archived its last WAL). Never while the server is in
+#: recovery (a restored server replaying the archive). ``once``: one backup, then exit
 #: (the tests).
 BASE_BACKUP_SH = r"""set -u
 spool="$1/base"; every_min=$(($2 * 60)); mode="${3:-loop}"
@@ -70,6 +74,15 @@ while :; do
   if [ "$due" = yes ] || [ "$mode" = once ]; then
     id="$(date -u +%Y%m%dT%H%M%SZ)"
     rm -rf "$spool"/*.partial
+    if [ "$(psql -X -At -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = t ]; then
+      # A restored server answers read-only while it replays the archive: a backup now would
+      # belong to the timeline it leaves at its promotion. The first one after a restore
+      # (a new volume: no last-uploaded, so at once) waits for the promotion.
+      echo "base backup $id: the server is still recovering (a restore); waiting for its promotion"
+      [ "$mode" = once ] && exit 1
+      sleep 10
+      continue
+    fi
     if pg_isready -q -h 127.0.0.1 -p "$PGPORT" \
       && pg_basebackup -h 127.0.0.1 -p "$PGPORT" -U postgres -D "$spool/$id.partial" -F plain -X none \
            --checkpoint=fast --manifest-checksums=SHA256 \
@@ -90,9 +103,13 @@ done
 """
 
 
-def scripts() -> dict[str, str]:
-    """The ConfigMap's data: file name to text."""
-    return {ARCHIVE_FILE: ARCHIVE_WAL_SH, BASE_BACKUP_FILE: BASE_BACKUP_SH, AGENT_FILE: AGENT_SOURCE}
+def scripts(*, restore: bool = False) -> dict[str, str]:
+    """The ConfigMap's data: file name to text; with ``restore``, the ``restore`` init
+    container's program too."""
+    data = {ARCHIVE_FILE: ARCHIVE_WAL_SH, BASE_BACKUP_FILE: BASE_BACKUP_SH, AGENT_FILE: AGENT_SOURCE}
+    if restore:
+        data[RESTORE_FILE] = RESTORE_SOURCE
+    return data
 
 
 def archive_settings(*, spool: str, archive_timeout_s: int, upload_wait_s: int) -> dict[str, str]:

@@ -162,10 +162,15 @@ class Snapshots:
         return paths
 
 
+#: The in-cluster restore's marker (final_problem.renderers.restore_init.RESTORING): it sits in
+#: the directory it restores into, so it does not count as data.
+RESTORE_MARKER = ".restore-in-progress"
+
+
 def refuse_nonempty(path: str, component: str) -> None:
     """A restore writes only into an empty (or absent) directory; ``lost+found`` of a new
-    filesystem does not count."""
-    if os.path.isdir(path) and [e for e in os.listdir(path) if e != "lost+found"]:
+    filesystem, and the in-cluster restore's marker, do not count."""
+    if os.path.isdir(path) and [e for e in os.listdir(path) if e not in ("lost+found", RESTORE_MARKER)]:
         raise BackupError(f"restore: {path} is not empty; restore {component} onto an empty data directory "
                           "(a new volume, or move the old directory away)")
 
@@ -379,6 +384,8 @@ def restore_redis(store: Snapshots, *, target: dt.datetime | None, data_dir: str
         open(os.path.join(data_dir, FORCE_PRIMARY_FILE), "w").close()
     except BaseException:
         for entry in os.listdir(data_dir):
+            if entry == "lost+found":  # a new filesystem's, root's: not the restore's to remove
+                continue
             path = os.path.join(data_dir, entry)
             shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
         raise

@@ -11,7 +11,10 @@
   cluster restores from them);
 - a role only EKS Pod Identity can assume, allowed to list the bucket, and to get, put and delete
   its objects with the key, nothing else; associated with the service account of each deployed
-  component's backing-up pods (:data:`BACKUP_SERVICE_ACCOUNTS`).
+  component's backing-up pods (:data:`BACKUP_SERVICE_ACCOUNTS`);
+- with ``restore_bucket`` (the bucket of an earlier deploy, which ``make destroy`` kept, with
+  its key): the same role may list that bucket, get its objects and decrypt them with its key
+  through S3, for the components' ``restore`` init containers; nothing else of it.
 
 Sources: Amazon S3 user guide ("Blocking public access", "Using versioning", "Lifecycle
 configuration elements"); EKS user guide ("EKS Pod Identity").
@@ -94,6 +97,8 @@ class BackupBucket(Construct):
             resources=[self.bucket.arn_for_objects("*")]))
         self.role.add_to_policy(iam.PolicyStatement(
             actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[self.key.key_arn]))
+        if settings.restore_bucket:
+            self._read_restore_bucket(settings.restore_bucket)
         self.associations: dict[str, eks.CfnPodIdentityAssociation] = {}
         for component, (namespace, service_account) in BACKUP_SERVICE_ACCOUNTS.items():
             if component not in settings.components:
@@ -121,3 +126,46 @@ class BackupBucket(Construct):
             {"id": "CKV_AWS_144", "comment": "cross-region replication doubles the cost of backups; the "
                                              "bucket is versioned and retained"},
         ]})
+
+    def _read_restore_bucket(self, name: str) -> None:
+        """List, get and (through S3 only) decrypt the objects of the bucket ``name``.
+
+        Its key is unknown at synth (a retained key of the old stack), so kms:Decrypt names any
+        key of this account and region, and is allowed only for a request S3 makes on the
+        role's behalf (``kms:ViaService``) for an object of that bucket: the encryption context
+        S3 passes is the object's ARN, or with an S3 Bucket Key the bucket's (Amazon S3 user
+        guide, "Using Amazon S3 Bucket Keys"; AWS KMS developer guide, "kms:ViaService",
+        "kms:EncryptionContext:context-key"). An IAM policy in the key's account is enough: the
+        old stack's key policy (the default this stack also gets) allows the account to grant
+        its use through IAM (AWS KMS developer guide, "Default key policy": "Allows access to the
+        AWS account and enables IAM policies"), and the old bucket's policy only denies requests
+        without TLS.
+        """
+        stack = cdk.Stack.of(self)
+        bucket_arn = f"arn:{stack.partition}:s3:::{name}"
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="RestoreList", actions=["s3:ListBucket"], resources=[bucket_arn]))
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="RestoreRead", actions=["s3:GetObject"], resources=[f"{bucket_arn}/*"]))
+        self.role.add_to_policy(iam.PolicyStatement(
+            sid="RestoreDecrypt", actions=["kms:Decrypt"],
+            resources=[f"arn:{stack.partition}:kms:{stack.region}:{stack.account}:key/*"],
+            conditions={
+                "StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"},
+                "StringLike": {"kms:EncryptionContext:aws:s3:arn": [bucket_arn, f"{bucket_arn}/*"]},
+            },
+        ))
+        # cdk-nag names a resource with its tokens as <AWS::...>, its literals as they are.
+        partition, region, account = (
+            f"<{ref}>" if cdk.Token.is_unresolved(value) else value for value, ref in (
+                (stack.partition, "AWS::Partition"), (stack.region, "AWS::Region"), (stack.account, "AWS::AccountId")))
+        nag.acknowledge(
+            self.role, f"AwsSolutions-IAM5[Resource::arn:{partition}:s3:::{name}/*]",
+            "the restore reads every backup of the earlier cluster's bucket (restore_bucket), read only",
+        )
+        nag.acknowledge(
+            self.role, f"AwsSolutions-IAM5[Resource::arn:{partition}:kms:{region}:{account}:key/*]",
+            "the earlier cluster's retained key is not known at synth; kms:Decrypt is allowed only through S3 "
+            "(kms:ViaService) for objects of restore_bucket (kms:EncryptionContext:aws:s3:arn)",
+        )
+

@@ -105,6 +105,49 @@ def drill() -> Iterator[dict[str, Any]]:
         yield {"s3": s3, "server": server, "backups": backups, "target": target, "volume": volume}
 
 
+def test_the_rendered_restore_init_container_fills_an_empty_volume_and_leaves_one_with_data_alone(
+        drill: dict[str, Any]) -> None:
+    """``postgres.restore_to=latest`` on a new cluster: the init container's command, as
+    rendered, fills the empty volume; the server recovers to the end of the archive, every row
+    is there, and it archives its new timeline into the same bucket beside the old one; run
+    again on the volume now holding data, it changes nothing."""
+    server, backups, s3, volume = drill["server"], drill["backups"], drill["s3"], drill["volume"]
+    assert not any(volume.iterdir())
+    if server.run_as:  # the pod's fsGroup makes the new volume the server's
+        chown_tree(volume, server.run_as)
+    first = backups.restore_init(server, "latest")
+    assert first.returncode == 0, first.stderr
+    assert "restored base backup" in first.stdout and "the end of the archive" in first.stdout, first.stdout
+    backups.start_agent(server)
+    server.start()
+    wait_for("the restored server to promote", lambda: server.query("SELECT pg_is_in_recovery()")[0][0] == "f",
+             timeout_s=60, interval_s=0.1)
+    assert server.query("SELECT seq FROM drill ORDER BY seq") == [[str(n)] for n in range(1, 8)]
+    # A new timeline: its history file and segments go up beside the old timeline's, none replaced.
+    timeline = int(server.query("SELECT timeline_id FROM pg_control_checkpoint()")[0][0])
+    server.psql("INSERT INTO drill (seq) VALUES (8)")
+    segment = server.query("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    assert int(segment[:8], 16) > 1 and timeline >= 1
+    client = s3.client()
+    wait_for(f"segment {segment} of the new timeline archived", lambda: f"postgres/wal/{segment}.gz" in client.list(
+        "postgres/wal/"), timeout_s=30, interval_s=0.05)
+    assert f"postgres/wal/{int(segment[:8], 16):08X}.history.gz" in client.list("postgres/wal/")
+    assert server.query("SELECT failed_count FROM pg_stat_archiver") == [["0"]], backups.log_tail()
+    # A clean stop, the agent still up: the archiver ends its work before the server exits.
+    server.stop()
+    backups.stop_agent()
+    held = {p: p.stat().st_mtime_ns for p in backups.pgdata.rglob("*")}
+    again = backups.restore_init(server, "latest")
+    assert again.returncode == 0, again.stderr
+    assert "already holds data: left alone" in again.stdout, again.stdout
+    assert {p: p.stat().st_mtime_ns for p in backups.pgdata.rglob("*")} == held
+    # The server has recovered: the WAL the restore fetched is gone from the volume.
+    assert not (volume / "restore-wal").exists() and "removed" in again.stdout
+    # The next drill starts from an empty volume again.
+    shutil.rmtree(volume)
+    volume.mkdir()
+
+
 def test_restores_every_row_committed_before_the_target_and_none_after(drill: dict[str, Any]) -> None:
     server, backups, s3 = drill["server"], drill["backups"], drill["s3"]
     listed = subprocess.run([sys.executable, "-m", "final_problem.cli", "backup", "list", "postgres"],
