@@ -12,7 +12,7 @@ import pytest
 from final_problem import config, manifests, versions
 from final_problem.charts import postgres as chart
 from final_problem.errors import ConfigError
-from final_problem.renderers import backup_agent, postgres_backup
+from final_problem.renderers import backup_agent, postgres_backup, program
 from final_problem.renderers.backup_agent import S3, BackupError, parse_time, segment_position
 
 ENDPOINT = "http://s3.backups.svc.cluster.local:7070"
@@ -64,7 +64,9 @@ def test_the_scripts_configmap_holds_the_scripts_the_pod_runs() -> None:
     objs = objects(backup_endpoint=ENDPOINT)
     configmap = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "postgres-backup-scripts")
     assert configmap["data"] == postgres_backup.scripts()
-    assert configmap["data"]["backup_agent.py"] == Path(backup_agent.__file__).read_text()
+    assert set(configmap["binaryData"]) == {"backup_agent.pyz"}
+    assert program.sources(configmap["binaryData"]["backup_agent.pyz"]) == {
+        "__main__.py": Path(backup_agent.__file__).read_text()}
     volumes = {v["name"]: v for v in statefulset(objs)["spec"]["template"]["spec"]["volumes"]}
     assert volumes["backup-scripts"]["configMap"]["name"] == "postgres-backup-scripts"
 
@@ -93,7 +95,7 @@ def test_the_agent_runs_in_the_python_image_with_the_target_and_retention() -> N
     objs = objects(backup_endpoint=ENDPOINT, backup_bucket="b1", backup_prefix="home", backup_retention_days=14)
     agent = container(objs, "backup")
     assert agent["image"] == versions.PYTHON_IMAGE
-    assert agent["command"] == ["python3", "/backup/backup_agent.py", "agent", "--spool", f"{chart.MOUNT}/backup-spool",
+    assert agent["command"] == ["python3", "/backup/backup_agent.pyz", "agent", "--spool", f"{chart.MOUNT}/backup-spool",
                                 "--retention-days", "14", "--metrics-port", "9188"]
     values = env(agent)
     assert (values["BACKUP_S3_ENDPOINT"], values["BACKUP_S3_BUCKET"], values["BACKUP_S3_PREFIX"]) == (ENDPOINT, "b1", "home")

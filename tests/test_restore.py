@@ -22,7 +22,7 @@ from final_problem.charts import redis as redis_chart
 from final_problem.charts import zookeeper as zookeeper_chart
 from final_problem.constructs import snapshot_backup
 from final_problem.errors import ConfigError
-from final_problem.renderers import postgres_backup, restore_init, snapshot_agent
+from final_problem.renderers import postgres_backup, program, restore_init, snapshot_agent
 from final_problem.renderers.backup_agent import BackupError
 from final_problem.stacks.backups import BackupBucket
 from tests.conftest import new_app
@@ -78,11 +78,12 @@ def test_restore_to_runs_the_restore_program_from_the_scripts_configmap_first(pr
     spec = pod_spec(objs, SERVER[component])
     restore = restore_of(objs, SERVER[component])
     assert restore is not None and spec["initContainers"][0] is restore, "the restore runs before anything else"
-    assert restore["command"] == ["python3", "/backup/restore_init.py", component, "--to", "2026-12-07T03:40:00Z",
+    assert restore["command"] == ["python3", "/backup/restore_init.pyz", component, "--to", "2026-12-07T03:40:00Z",
                                   *args]
     # The program is the one in the scripts ConfigMap its sidecars mount.
     (configmap,) = [o for o in objs if o["kind"] == "ConfigMap" and "backup-scripts" in o["metadata"]["name"]]
-    assert configmap["data"]["restore_init.py"] == Path(restore_init.__file__).read_text()
+    assert program.sources(configmap["binaryData"]["restore_init.pyz"])["__main__.py"] == \
+        Path(restore_init.__file__).read_text()
     mounts = {m["mountPath"]: m for m in restore["volumeMounts"]}
     assert mounts["/backup"]["readOnly"] is True
     volume = next(v for v in spec["volumes"] if v["name"] == mounts["/backup"]["name"])
@@ -332,18 +333,18 @@ def test_only_redis_ordinal_zero_restores(tmp_path: Path) -> None:
 
 def test_the_program_runs_beside_the_agents_as_the_configmap_mounts_them(tmp_path: Path) -> None:
     """Run from a directory holding only the ConfigMap's files, it imports the agents there."""
-    for name, text in snapshot_backup.scripts(restore=True).items():
-        (tmp_path / name).write_text(text)
+    for name, content in snapshot_backup.scripts(restore=True).items():
+        (tmp_path / name).write_bytes(content)
     data = tmp_path / "data"
     data.mkdir()
     (data / "appendonlydir").mkdir()
-    done = subprocess.run([sys.executable, str(tmp_path / "restore_init.py"), "redis", "--to", "latest",
+    done = subprocess.run([sys.executable, str(tmp_path / "restore_init.pyz"), "redis", "--to", "latest",
                            "--data-dir", str(data)], capture_output=True, text=True, cwd="/",
                           env={"PATH": "/usr/bin:/bin", "POD_NAME": "redis-0", "PYTHONDONTWRITEBYTECODE": "1"})
     assert done.returncode == 0 and "left alone" in done.stdout, done.stderr
-    assert set(postgres_backup.scripts(restore=True)) >= {"backup_agent.py", "restore_init.py"}
+    assert set(postgres_backup.programs(restore=True)) == {"backup_agent.pyz", "restore_init.pyz"}
     # Without restore_to the ConfigMaps stay as they were (no restart, no bigger template).
-    assert "restore_init.py" not in snapshot_backup.scripts() and "restore_init.py" not in postgres_backup.scripts()
+    assert "restore_init.pyz" not in snapshot_backup.scripts() and "restore_init.pyz" not in postgres_backup.programs()
 
 
 # -- the first base backup after a restore -----------------------------------------------------------

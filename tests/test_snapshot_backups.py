@@ -23,7 +23,7 @@ from final_problem.clients import consul_init
 from final_problem.constructs import snapshot_backup
 from final_problem.errors import ConfigError
 from final_problem.profiles import PI
-from final_problem.renderers import backup_agent, snapshot_agent
+from final_problem.renderers import backup_agent, program, snapshot_agent
 from final_problem.renderers.backup_agent import BackupError
 
 ENDPOINT = "http://s3.backups.svc.cluster.local:7070"
@@ -86,8 +86,9 @@ def test_backups_off_no_backups(component: str, profile: str) -> None:
 @pytest.mark.parametrize("component", ["redis", "zookeeper", "consul"])
 def test_the_programs_configmap_holds_the_agent_and_its_s3_client(component: str) -> None:
     configmap = named(objects(component, "eks", backup_endpoint=ENDPOINT), "ConfigMap", f"{component}-backup-scripts")
-    assert configmap["data"] == {"backup_agent.py": Path(backup_agent.__file__).read_text(),
-                                 "snapshot_agent.py": Path(snapshot_agent.__file__).read_text()}
+    assert "data" not in configmap and set(configmap["binaryData"]) == {"snapshot_agent.pyz"}
+    assert program.sources(configmap["binaryData"]["snapshot_agent.pyz"]) == {
+        "__main__.py": Path(snapshot_agent.__file__).read_text(), "backup_agent.py": Path(backup_agent.__file__).read_text()}
 
 
 def test_each_redis_member_runs_the_sidecar_with_its_admin_user_on_its_data_volume() -> None:
@@ -95,7 +96,7 @@ def test_each_redis_member_runs_the_sidecar_with_its_admin_user_on_its_data_volu
                    backup_interval_minutes=30, backup_retention_days=14)
     agent = container(objs, "redis", "backup")
     assert agent["image"] == versions.PYTHON_IMAGE
-    assert agent["command"] == ["python3", "/backup/snapshot_agent.py", "redis", "--data-dir", "/data", "--port", "6379",
+    assert agent["command"] == ["python3", "/backup/snapshot_agent.pyz", "redis", "--data-dir", "/data", "--port", "6379",
                                 "--interval-minutes", "30", "--retention-days", "14", "--metrics-port", "9188"]
     values = env(agent)
     assert values["REDIS_ADMIN_PASSWORD"]["secretKeyRef"] == {"name": "redis-auth", "key": "admin-password"}
@@ -110,7 +111,7 @@ def test_each_redis_member_runs_the_sidecar_with_its_admin_user_on_its_data_volu
 def test_each_zookeeper_member_runs_the_sidecar_reading_its_volumes() -> None:
     objs = objects("zookeeper", backup_endpoint=ENDPOINT)
     agent = container(objs, "zookeeper", "backup")
-    assert agent["command"] == ["python3", "/backup/snapshot_agent.py", "zookeeper", "--data-dir", "/data",
+    assert agent["command"] == ["python3", "/backup/snapshot_agent.pyz", "zookeeper", "--data-dir", "/data",
                                 "--log-dir", "/datalog", "--spool", "/backup-spool", "--port", "2181",
                                 "--interval-minutes", "60", "--retention-days", "7", "--metrics-port", "9188"]
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
@@ -261,7 +262,7 @@ def test_consul_snapshots_are_a_cronjob_by_default_with_a_token_of_acl_write_onl
     assert token["name"] not in [m["name"] for c in pod["containers"] for m in c["volumeMounts"]]
     assert env(save)["CONSUL_HTTP_ADDR"] == "https://consul-server.consul.svc:8501"
     (upload,) = pod["containers"]
-    assert upload["command"][:4] == ["python3", "/backup/snapshot_agent.py", "upload", "consul"]
+    assert upload["command"][:4] == ["python3", "/backup/snapshot_agent.pyz", "upload", "consul"]
     # The token: the one right a snapshot needs, made by the ACL Job, readable by it.
     assert consul_init.SNAPSHOT_RULES == 'acl = "write"\n'
     assert acl_spec(objs)["snapshot"] is True

@@ -71,7 +71,10 @@ from final_problem.changes import nothing, rolling, volume_size
 from final_problem.scaling import Exec, Refused, Scale, Step, WaitReady, membership, membership_change
 from final_problem.settings import per_profile, setting
 from final_problem.constructs.backup_target import backup_access
-from final_problem.constructs.snapshot_backup import SCRIPTS_DIR, SnapshotBackupSettings, scripts as backup_scripts, snapshots_on
+from final_problem.constructs.snapshot_backup import (
+    AGENT_FILE as BACKUP_AGENT_FILE, SCRIPTS_DIR, SnapshotBackupSettings, scripts as backup_scripts, snapshots_on,
+)
+from final_problem.renderers import program
 from final_problem.renderers.consul import (
     AUTH_METHOD,
     AUTOPILOT_INTERVAL_S,
@@ -562,7 +565,8 @@ class ConsulChart(PlatformChart):
         """CronJob ``consul-snapshot``: save (consul image), then upload (python image) to the
         profile's target, or to ``consul.backup_endpoint``."""
         self.backup_scripts = k8s.KubeConfigMap(
-            self, "BackupScripts", metadata=_meta("consul-backup-scripts", ns, "backup"), data=backup_scripts())
+            self, "BackupScripts", metadata=_meta("consul-backup-scripts", ns, "backup"),
+            binary_data=program.binary_data(backup_scripts()))
         # The pods' service account, their egress to the target and, in-cluster, the Role that
         # reads the S3 server's key pair (final_problem/constructs/backup_target.py).
         self.backup_access = access = backup_access(
@@ -593,7 +597,7 @@ class ConsulChart(PlatformChart):
             name="upload",
             image=versions.PYTHON_IMAGE,
             image_pull_policy="IfNotPresent",
-            command=["python3", f"{SCRIPTS_DIR}/snapshot_agent.py", "upload", "consul", "--file", "/work/consul.snap",
+            command=["python3", f"{SCRIPTS_DIR}/{BACKUP_AGENT_FILE}", "upload", "consul", "--file", "/work/consul.snap",
                      "--started-file", "/work/started", "--retention-days", str(p.backup_retention_days)],
             env=[
                 k8s.EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),

@@ -54,7 +54,7 @@ from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s, quantity
 from final_problem.objects import ObjectChart
 from final_problem.profiles import Profile
-from final_problem.renderers import postgres_backup
+from final_problem.renderers import postgres_backup, program
 from final_problem.renderers.postgres import ROLE_SQL, server_args, server_settings
 from final_problem.changes import procedure, rolling, volume_size
 from final_problem.settings import ComponentSettings, per_profile, setting
@@ -420,7 +420,8 @@ class PostgresChart(PlatformChart):
             pod_labels.update(backup_labels)
             server.volume_mounts.append(  # type: ignore[union-attr]
                 k8s.VolumeMount(name="backup-scripts", mount_path=postgres_backup.SCRIPTS_DIR, read_only=True))
-            config_text += "".join(postgres_backup.scripts(restore=bool(p.restore_to)).values())
+            config_text += "".join(postgres_backup.scripts().values()) + program.digest_text(
+                postgres_backup.programs(restore=bool(p.restore_to)))
         digest = hashlib.sha256(config_text.encode()).hexdigest()[:16]
         self.stateful_set = k8s.KubeStatefulSet(
             self, "Server",
@@ -493,7 +494,8 @@ class PostgresChart(PlatformChart):
         self.backup_scripts = k8s.KubeConfigMap(
             self, "BackupScripts",
             metadata=k8s.ObjectMeta(name="postgres-backup-scripts", namespace=ns),
-            data=postgres_backup.scripts(restore=bool(p.restore_to)),
+            data=postgres_backup.scripts(),
+            binary_data=program.binary_data(postgres_backup.programs(restore=bool(p.restore_to))),
         )
         set_component(self.backup_scripts, "backup")
         self.backup_scripts.add_dependency(self.postgres_namespace.resource)

@@ -35,7 +35,7 @@ from final_problem.settings import setting
 #: The init container's name.
 NAME = "restore"
 #: The program, in each component's ConfigMap of backup scripts.
-PROGRAM = "restore_init.py"
+PROGRAM = "restore_init.pyz"
 
 
 def restore_to_setting(component: str, *, chosen: str) -> Any:
@@ -72,7 +72,7 @@ def check_restore_to(props: Any, *, backups: bool | None = None) -> None:
 def restore_container(*, component: str, to: str, args: Sequence[str], env: Sequence[Any],
                       mounts: Sequence[Any], scripts_dir: str, uid: int, sizing: Sizing, profile: Profile,
                       restore_bucket: str = "", own_endpoint: bool = False) -> k8s.Container:
-    """The ``restore`` init container: ``restore_init.py COMPONENT --to TO ARGS`` in the python
+    """The ``restore`` init container: ``restore_init.pyz COMPONENT --to TO ARGS`` in the python
     image, as ``uid`` (the server's, which then owns what it writes), under the Pod Security
     "restricted" context of the sidecars.
 

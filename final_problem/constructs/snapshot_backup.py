@@ -7,8 +7,9 @@ target (:mod:`final_problem.constructs.backup_target`: on EKS the cluster stack'
 through EKS Pod Identity, on the Pis the in-cluster S3 server), or to the component's own
 ``backup_endpoint``. :class:`SnapshotBackup` then creates:
 
-- ConfigMap ``<name>-backup-scripts``: the programs, :mod:`final_problem.renderers.backup_agent`
-  (the S3 client) and :mod:`final_problem.renderers.snapshot_agent` (the snapshots);
+- ConfigMap ``<name>-backup-scripts``: the program, :mod:`final_problem.renderers.snapshot_agent`
+  (the snapshots) with :mod:`final_problem.renderers.backup_agent` (the S3 client) beside it,
+  a zip application (:mod:`final_problem.renderers.program`);
 - what :func:`~final_problem.constructs.backup_target.backup_access` adds: the pods' service
   account (unless the pod has one already), their egress to the target and, in-cluster, the
   Role reading the S3 server's key pair;
@@ -27,7 +28,6 @@ With ``backup_endpoint`` set, the key pair is read from Secret ``<name>-backup-t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from final_problem import versions
@@ -40,7 +40,7 @@ from final_problem.errors import ConfigError
 from final_problem.imports import int_or_string, k8s
 from final_problem.objects import Group, ObjectChart
 from final_problem.profiles import Profile
-from final_problem.renderers import backup_agent, restore_init, snapshot_agent
+from final_problem.renderers import program
 from final_problem.settings import ComponentSettings, setting
 
 if TYPE_CHECKING:
@@ -48,21 +48,23 @@ if TYPE_CHECKING:
 
 #: Where the ConfigMap of programs is mounted in the sidecar.
 SCRIPTS_DIR = "/backup"
-AGENT_FILE = "snapshot_agent.py"
+AGENT_FILE = "snapshot_agent.pyz"
+#: The restore init container's program (final_problem.constructs.restore).
+RESTORE_FILE = "restore_init.pyz"
 #: The sidecar's container port (and its Service's) for the freshness metrics.
 METRICS_PORT_NAME = "backup-metrics"
 #: The sidecar's resources: it streams files from disk; one copy at a time.
 SIDECAR_SIZING = Sizing(cpu_request_m=10, cpu_limit_m=500, memory_request_mib=32, memory_limit_mib=96)
 
 
-def scripts(*, restore: bool = False) -> dict[str, str]:
-    """The ConfigMap's data: the two programs (the snapshot agent imports the S3 client beside it),
-    and with ``restore`` the restore init container's (final_problem.constructs.restore)."""
-    data = {"backup_agent.py": Path(backup_agent.__file__).read_text(),
-            AGENT_FILE: Path(snapshot_agent.__file__).read_text()}
+def scripts(*, restore: bool = False) -> dict[str, bytes]:
+    """The ConfigMap's programs (zip applications, :mod:`final_problem.renderers.program`): the
+    snapshot agent with the S3 client it imports, and with ``restore`` the restore init
+    container's (final_problem.constructs.restore)."""
+    programs = {AGENT_FILE: program.zipapp("snapshot_agent.py", ["backup_agent.py"])}
     if restore:
-        data["restore_init.py"] = Path(restore_init.__file__).read_text()
-    return data
+        programs[RESTORE_FILE] = program.zipapp("restore_init.py", ["backup_agent.py", "snapshot_agent.py"])
+    return programs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,7 +173,7 @@ class SnapshotBackup(Group):
         self.config_map_name = f"{name}-backup-scripts"
         self.config_map = k8s.KubeConfigMap(
             self, "Scripts", metadata=k8s.ObjectMeta(name=self.config_map_name, namespace=namespace),
-            data=scripts(restore=restore))
+            binary_data=program.binary_data(scripts(restore=restore)))
         #: Whether the ConfigMap carries the restore init container's program.
         self.restore = restore
         set_component(self.config_map, "backup")
@@ -249,4 +251,4 @@ class SnapshotBackup(Group):
         """What the pod template's config digest covers: a changed program restarts the members."""
         # Not the restore program: its pods change with the init container anyway, and the
         # other pods sharing the digest (Redis's Sentinels) need not restart for it.
-        return "".join(scripts().values())
+        return program.digest_text(scripts())

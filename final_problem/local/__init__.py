@@ -178,3 +178,22 @@ def server_cache() -> Path:
     """``${XDG_CACHE_HOME:-~/.cache}/final-problem``: the servers built or fetched once, keyed
     by version (the Makefile's SERVER_CACHE)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "final-problem"
+
+
+def write_config_map(config_map: dict, directory: Path, *, keep_existing: bool = False) -> list[Path]:
+    """The files a ConfigMap's volume holds (``data`` as text, ``binaryData`` decoded), written
+    read-only into ``directory`` as the kubelet mounts them; with ``keep_existing`` a file already
+    there is left as it is. Returns the files written."""
+    import base64
+
+    files = {name: text.encode() for name, text in (config_map.get("data") or {}).items()}
+    files.update({name: base64.b64decode(value) for name, value in (config_map.get("binaryData") or {}).items()})
+    written = []
+    for name, content in files.items():
+        path = directory / name
+        if keep_existing and path.exists():
+            continue
+        path.write_bytes(content)
+        path.chmod(0o444)
+        written.append(path)
+    return written

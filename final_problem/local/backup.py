@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from final_problem.charts import postgres as chart
-from final_problem.local import free_ports, kill_group
+from final_problem.local import free_ports, kill_group, write_config_map
 from final_problem.local.limits import Groups, Limits
 from final_problem.local.postgres import LocalPostgres
 from final_problem.local.s3 import LocalS3
@@ -72,9 +72,7 @@ class LocalPostgresBackups:
         self.s3, self.volume, self.prefix, self.profile = s3, volume, prefix, profile
         self.scripts = workdir / "scripts"
         self.scripts.mkdir(parents=True, exist_ok=True)
-        for name, text in self.objects["configmap"]["data"].items():
-            (self.scripts / name).write_text(text)
-            (self.scripts / name).chmod(0o444)
+        write_config_map(self.objects["configmap"], self.scripts)
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_log = workdir / "backup-agent.log"
         #: Where the agent serves its freshness metrics on this host.
@@ -156,10 +154,7 @@ class LocalPostgresBackups:
         under its limits."""
         objects = rendered(self.profile, backup_prefix=self.prefix, restore_to=to)
         statefulset = objects["statefulset"]
-        for name, text in objects["configmap"]["data"].items():
-            if not (self.scripts / name).exists():  # the program only a restoring chart ships
-                (self.scripts / name).write_text(text)
-                (self.scripts / name).chmod(0o444)
+        write_config_map(objects["configmap"], self.scripts, keep_existing=True)  # the program only a restoring chart ships
         (container,) = [c for c in statefulset["spec"]["template"]["spec"]["initContainers"] if c["name"] == "restore"]
         argv = self.groups.wrap("restore", container_limits(container), server._as_server_user(self._command(container)))
         return subprocess.run(argv, capture_output=True, text=True, env=self._env(container, server), timeout=120)

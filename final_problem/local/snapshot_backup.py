@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
 
+from final_problem.local import write_config_map
 from final_problem.local.backup import RENDERED_ENDPOINT, container_limits
 from final_problem.local.limits import Groups
 from final_problem.local.s3 import LocalS3
@@ -56,9 +57,7 @@ class LocalSidecar:
         self.container = rendered["container"]
         self.scripts = workdir / f"{component}-backup-scripts"
         self.scripts.mkdir(parents=True, exist_ok=True)
-        for name, text in rendered["configmap"]["data"].items():
-            (self.scripts / name).write_text(text)
-            (self.scripts / name).chmod(0o444)
+        write_config_map(rendered["configmap"], self.scripts)
         self.groups = Groups()
         self.running: list[subprocess.Popen[bytes]] = []
 

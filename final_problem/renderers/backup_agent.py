@@ -51,8 +51,6 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 
-#: A single PUT carries at most 5 GiB (Amazon S3 API reference, PutObject).
-MAX_SINGLE_PUT = 5 * 1024 ** 3
 WAL_NAME = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 HISTORY_NAME = re.compile(r"^[0-9A-F]{8}\.history$")
 LISTING_FORMAT = 1
@@ -557,9 +555,6 @@ class Postgres:
             for entry in sorted(os.listdir(ready_dir)):
                 tar.add(os.path.join(ready_dir, entry), arcname=entry)
         sha, size = file_digest(archive, "sha256")
-        if size > MAX_SINGLE_PUT:
-            raise BackupError(f"base backup {backup_id}: {size} bytes, over the 5 GiB of one upload; "
-                              "multipart uploads are not supported yet")
         key = f"{self.root}base/{backup_id}/base.tar.gz"
         self.s3.put(key, body_file=archive, meta={"sha256": sha})
         stored = self.s3.head(key)

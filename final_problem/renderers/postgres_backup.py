@@ -14,19 +14,18 @@ waits until it is archived before the backup ends), ``pg_verifybackup``.
 
 from __future__ import annotations
 
-from pathlib import Path
+from final_problem.renderers import program
 
 #: Where the ConfigMap of scripts is mounted.
 SCRIPTS_DIR = "/backup"
-AGENT_FILE = "backup_agent.py"
+#: The agent (:mod:`final_problem.renderers.backup_agent`) as a zip application
+#: (:mod:`final_problem.renderers.program`).
+AGENT_FILE = "backup_agent.pyz"
 #: The ``restore`` init container's program (:mod:`final_problem.renderers.restore_init`).
-RESTORE_FILE = "restore_init.py"
+RESTORE_FILE = "restore_init.pyz"
 ARCHIVE_FILE = "archive-wal.sh"
 BASE_BACKUP_FILE = "base-backup.sh"
 
-#: The agent's own source: the file next to this one, stdlib only.
-AGENT_SOURCE = (Path(__file__).parent / AGENT_FILE).read_text()
-RESTORE_SOURCE = (Path(__file__).parent / RESTORE_FILE).read_text()
 
 #: ``archive_command``: ``sh archive-wal.sh SPOOL %p %f WAIT_S``. Copies the segment into the
 #: spool under a temporary name, renames it (the agent never sees half a file), then waits
@@ -103,13 +102,18 @@ done
 """
 
 
-def scripts(*, restore: bool = False) -> dict[str, str]:
-    """The ConfigMap's data: file name to text; with ``restore``, the ``restore`` init
-    container's program too."""
-    data = {ARCHIVE_FILE: ARCHIVE_WAL_SH, BASE_BACKUP_FILE: BASE_BACKUP_SH, AGENT_FILE: AGENT_SOURCE}
+def scripts() -> dict[str, str]:
+    """The ConfigMap's data: the two shell scripts, file name to text."""
+    return {ARCHIVE_FILE: ARCHIVE_WAL_SH, BASE_BACKUP_FILE: BASE_BACKUP_SH}
+
+
+def programs(*, restore: bool = False) -> dict[str, bytes]:
+    """The ConfigMap's binary data: the agent, and with ``restore`` the ``restore`` init
+    container's program, each a zip application of the standard-library sources beside this file."""
+    files = {AGENT_FILE: program.zipapp("backup_agent.py")}
     if restore:
-        data[RESTORE_FILE] = RESTORE_SOURCE
-    return data
+        files[RESTORE_FILE] = program.zipapp("restore_init.py", ["backup_agent.py"])
+    return files
 
 
 def archive_settings(*, spool: str, archive_timeout_s: int, upload_wait_s: int) -> dict[str, str]:

@@ -52,11 +52,11 @@ import zlib
 
 if __package__:
     from final_problem.renderers.backup_agent import (
-        MAX_SINGLE_PUT, S3, BackupError, Metrics, file_digest, iso, parse_time, utcnow, write_atomic,
+        S3, BackupError, Metrics, file_digest, iso, parse_time, utcnow, write_atomic,
     )
 else:  # run as a script beside backup_agent.py (the ConfigMap's mount)
     from backup_agent import (  # type: ignore[no-redef]
-        MAX_SINGLE_PUT, S3, BackupError, Metrics, file_digest, iso, parse_time, utcnow, write_atomic,
+        S3, BackupError, Metrics, file_digest, iso, parse_time, utcnow, write_atomic,
     )
 
 LISTING_FORMAT = 1
@@ -81,9 +81,6 @@ class Snapshots:
         entries = []
         for name, path in files:
             sha, size = file_digest(path, "sha256")
-            if size > MAX_SINGLE_PUT:
-                raise BackupError(f"{self.component} snapshot {snapshot_id}: {name} is {size} bytes, over the 5 GiB "
-                                  "of one upload; multipart uploads are not supported yet")
             key = f"{self.root}{snapshot_id}/{name}"
             self.s3.put(key, body_file=path, meta={"sha256": sha})
             stored = self.s3.head(key)
