@@ -20,9 +20,13 @@ in the integration tests) and prints:
   time each took, the acknowledged writes, those lost and the longest write outage;
 - membership: on the same kind of set, ``final-problem scale`` redis.replicas 2 -> 4 -> 2 and
   redis.sentinels 3 -> 5 -> 3 (the procedure's steps on the rendered StatefulSets) under the
-  same writes: each change's duration, writes lost and longest write outage.
+  same writes: each change's duration, writes lost and longest write outage;
+- with ``--only handover``: redis.replicas 2 -> 4, the primary moved to redis-4, then 4 -> 2
+  (the scale-down removes the primary's pod: its hand-over) while ``--hogs`` processes burn
+  CPU, ``--runs`` times on one set: the longest write outage and what the primary's hook said.
 
     .venv/bin/python -m bench.redis [--runs 5] [--requests 20000] [--cuts 5]     (or: make bench)
+    .venv/bin/python -m bench.redis --only handover [--runs 3] [--hogs 10]
 """
 
 from __future__ import annotations
@@ -129,6 +133,45 @@ def membership(workdir: Path) -> list[str]:
     return lines
 
 
+def move_primary_to(cluster: LocalRedisSet, index: int) -> None:
+    """Have the Sentinels promote member ``index``: the preferred replica (the lowest
+    replica-priority above 0) once every Sentinel has read it, then SENTINEL FAILOVER."""
+    name, port = cluster.options.master_name, cluster.member_ports[index]
+    cluster.admin(index).config_set("replica-priority", 1)
+    cluster.wait_for("every Sentinel to read the preferred replica", lambda: all(
+        any(int(r["port"]) == port and int(r["slave-priority"]) == 1
+            for r in cluster.sentinel_admin(i).sentinel_slaves(name)) for i in range(len(cluster.sentinels))),
+        timeout_s=30, interval_s=0.5)
+    old = cluster.wait_settled(timeout_s=60)
+    cluster.sentinel_admin(0).sentinel_failover(name)
+    cluster.wait_new_primary(old, timeout_s=30)
+    cluster.wait_settled(timeout_s=60)
+
+
+def handover(workdir: Path, runs: int, hogs: int) -> list[str]:
+    """redis.replicas 4 -> 2 with the primary on a removed member, under ``hogs`` CPU burners."""
+    lines = []
+    with pi_pods(workdir) as (cluster, servers, sentinels):
+        deployed = RedisProps.for_profile(PI)
+        for _ in range(runs):
+            up = scale_under_writes(cluster, servers, sentinels, deployed, "replicas", 4).settings
+            move_primary_to(cluster, 4)
+            log = cluster.members[4].log
+            burners = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(hogs)]
+            try:
+                down = scale_under_writes(cluster, servers, sentinels, up, "replicas", 2)
+            finally:
+                for burner in burners:
+                    burner.kill()
+                    burner.wait()
+            said = [line for line in log.read_text(errors="replace").splitlines()
+                    if "handed over" in line or "hand-over failed" in line]
+            lines.append(down.summary(f"redis scale redis.replicas 4 -> 2, the primary removed, {hogs} CPU hogs")
+                         + f"; hook: {said[-1] if said else 'no hand-over logged'}")
+            deployed = down.settings
+    return lines
+
+
 def client_ops(client: RedisClient, requests: int) -> dict[str, float]:
     primary = client.primary
     result = {}
@@ -161,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--cuts", type=int, default=5)
-    parser.add_argument("--only", choices=("membership",), help="run only this part")
+    parser.add_argument("--only", choices=("membership", "handover"), help="run only this part")
+    parser.add_argument("--hogs", type=int, default=10, help="CPU-burning processes during --only handover")
     args = parser.parse_args(argv)
+    if args.only == "handover":
+        with tempfile.TemporaryDirectory(prefix="redis-bench-") as tmp:
+            for line in handover(Path(tmp), args.runs, args.hogs):
+                print(line, flush=True)
+        return 0
     if args.only == "membership":
         with tempfile.TemporaryDirectory(prefix="redis-bench-") as tmp:
             for line in membership(Path(tmp)):

@@ -181,6 +181,17 @@ def test_prestop_hands_over_in_the_order_that_keeps_acknowledged_writes(tmp_path
     assert "handed over to r1:6379" in stderr
 
 
+def test_prestop_asks_for_the_failover_before_polling_the_sentinels(tmp_path: Path) -> None:
+    """Writes are paused from the catch-up on: the failover is asked for at once, not after a
+    round of questions to every Sentinel (each round stretched the pause by up to a second on a
+    loaded host, toward the Sentinels calling the paused primary down: README, redis.replicas)."""
+    status, calls, stderr = run_prestop(tmp_path)
+    assert status == 0, stderr
+    pause = next(i for i, call in enumerate(calls) if "CLIENT PAUSE" in call)
+    after = [call for call in calls[pause:] if "SENTINEL" in call]
+    assert "SENTINEL FAILOVER" in after[0], after[:4]
+
+
 def test_prestop_on_a_replica_hands_nothing_over(tmp_path: Path) -> None:
     status, calls, stderr = run_prestop(tmp_path, self_role="slave")
     assert status == 0 and "not the primary" in stderr

@@ -606,6 +606,9 @@ offset=$(member_cli "$self" INFO replication | info_field master_repl_offset)
 while :; do
   promotable=0
   behind=""
+  # What the Sentinels list as promotable, asked once per round and only if a replica has
+  # replica-priority 0: every question here is asked while writes are paused.
+  listed=""
   for replica in $replicas; do
     state=$(member_cli "$replica" INFO replication)
     priority=$(printf '%s\n' "$state" | info_field slave_priority)
@@ -614,7 +617,8 @@ while :; do
       # Sentinel still lists it as promotable, from INFO up to 10 s old (sentinel.c,
       # sentinel_info_period), and could pick it. Readiness and the PDB normally keep a
       # primary from stopping that soon after a replica restarted.
-      case " $(promotable_replicas | tr '\n' ' ') " in
+      [ -n "$listed" ] || listed=" $(promotable_replicas | tr '\n' ' ') "
+      case "$listed" in
         *" $replica "*) ;;
         *) continue ;;
       esac
@@ -639,6 +643,19 @@ done
 asked=0
 asked_at=0
 while :; do
+  now=$(date +%s)
+  # Asked before the Sentinels are polled, not after a first round of questions: every
+  # round adds to the pause, several tenths of a second each on a loaded host.
+  if [ $((now - asked_at)) -ge __RETRY__ ]; then
+    # The next Sentinel each time, and at once when one does not answer: the one asked
+    # before may be stopping (a node drain stops a Sentinel too).
+    set -- $REDIS_SENTINELS
+    shift $((asked % $#))
+    answer=$(sentinel_cli "$1" SENTINEL FAILOVER "$REDIS_MASTER_NAME" | tr '\n' ' ')
+    echo "asked the Sentinel $1 to fail over: ${answer:-no answer}" >&2
+    asked=$((asked + 1))
+    [ -z "$answer" ] || asked_at=$now
+  fi
   # What clients are told (get-master-addr-by-name: Redis docs, "Sentinel client spec"):
   # the promoted replica once a Sentinel has seen the promotion, or learnt it from the
   # hello of the Sentinel that ran the failover.
@@ -653,18 +670,7 @@ while :; do
     [ "$names" != "$REDIS_ANNOUNCE_HOST $REDIS_PORT" ]; then
     break
   fi
-  now=$(date +%s)
-  [ "$now" -lt "$deadline" ] || fail "the Sentinels did not agree on a new primary (they name: $(printf '%s' "$names" | tr '\n' ';'))"
-  if [ $((now - asked_at)) -ge __RETRY__ ]; then
-    # The next Sentinel each time, and at once when one does not answer: the one asked
-    # before may be stopping (a node drain stops a Sentinel too).
-    set -- $REDIS_SENTINELS
-    shift $((asked % $#))
-    answer=$(sentinel_cli "$1" SENTINEL FAILOVER "$REDIS_MASTER_NAME" | tr '\n' ' ')
-    echo "asked the Sentinel $1 to fail over: ${answer:-no answer}" >&2
-    asked=$((asked + 1))
-    [ -z "$answer" ] || asked_at=$now
-  fi
+  [ "$(date +%s)" -lt "$deadline" ] || fail "the Sentinels did not agree on a new primary (they name: $(printf '%s' "$names" | tr '\n' ';'))"
   sleep 0.05
 done
 set -- $names

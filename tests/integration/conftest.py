@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -191,3 +192,27 @@ def fill_to_maxmemory(cluster: LocalRedisSet, port: int, maxmemory_mib: int) -> 
         return bool(replicas) and all(r.get("state") == "online" and r.get("offset") == info["master_repl_offset"]
                                       for r in replicas)
     wait_for("the replicas to catch up", replicas_online, timeout_s=120, interval_s=0.5)
+
+
+def snapshot_metric(component: str, name: str, **labels: str) -> str:
+    """A snapshot sidecar's metric series as it is scraped: ``name`` with the component's labels."""
+    extra = "".join(f',{k}="{v}"' for k, v in labels.items())
+    return f'final_problem_backup_{name}{{component="{component}",kind="snapshot"{extra}}}'
+
+
+def assert_set_wide_freshness(client: Any, component: str, scraped: dict[str, dict[str, float]]) -> None:
+    """The member that took the snapshot counted its upload, and one that declined (it uploaded
+    nothing) reports the same newest snapshot, read from the bucket: the set's freshness."""
+    from final_problem.renderers.backup_agent import parse_time
+
+    age, last = snapshot_metric(component, "age_seconds"), snapshot_metric(component, "last_success_timestamp_seconds")
+    uploaded, failed = (snapshot_metric(component, "uploads_total", result=r) for r in ("success", "failure"))
+    (listing_key,) = [k for k in client.list(f"{component}/snapshots/") if k.endswith("/snapshot.json")]
+    ended = parse_time(json.loads(client.get(listing_key)[1])["ended"]).timestamp()
+    taker, decliner = scraped["taker"], scraped["decliner"]
+    # The taker's age was scraped just after its upload, so it is small.
+    assert (taker[uploaded], taker[failed]) == (1, 0), taker
+    assert taker[age] < 10 and abs(taker[last] - ended) < 1, taker
+    assert (decliner[uploaded], decliner[failed]) == (0, 0), decliner
+    assert age in decliner and decliner[age] < 10, decliner
+    assert decliner[last] == pytest.approx(ended, abs=0.001), decliner

@@ -25,19 +25,17 @@ import pytest
 from final_problem.clients.zookeeper import ZooKeeperClient
 from final_problem.local import free_ports
 from final_problem.local.s3 import LocalS3, LocalS3Error
+from tests.integration.conftest import assert_set_wide_freshness, snapshot_metric
 from final_problem.local.snapshot_backup import NOT_THIS_MEMBER, LocalSidecar, scrape, wait_scraped
 from final_problem.local.zookeeper import LocalEnsemble
 from final_problem.local.zookeeper import missing_binaries as zookeeper_missing
-from final_problem.renderers.backup_agent import parse_time
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 WRITES = 200
-AGE = 'final_problem_backup_age_seconds{component="zookeeper",kind="snapshot"}'
-LAST = 'final_problem_backup_last_success_timestamp_seconds{component="zookeeper",kind="snapshot"}'
-UPLOADED = 'final_problem_backup_uploads_total{component="zookeeper",kind="snapshot",result="success"}'
-FAILED = 'final_problem_backup_uploads_total{component="zookeeper",kind="snapshot",result="failure"}'
+AGE = snapshot_metric("zookeeper", "age_seconds")
+UPLOADED = snapshot_metric("zookeeper", "uploads_total", result="success")
 
 
 def backup_cli(s3: LocalS3, *args: str) -> subprocess.CompletedProcess[str]:
@@ -124,17 +122,7 @@ def test_only_the_leader_takes_the_snapshot(drill: dict[str, Any]) -> None:
 
 
 def test_every_sidecar_reports_the_ensembles_newest_snapshot_whoever_took_it(drill: dict[str, Any]) -> None:
-    client = drill["s3"].client()
-    (listing_key,) = [k for k in client.list("zookeeper/snapshots/") if k.endswith("/snapshot.json")]
-    ended = parse_time(json.loads(client.get(listing_key)[1])["ended"]).timestamp()
-    taker, decliner = drill["scraped"]["taker"], drill["scraped"]["decliner"]
-    # The leader counted its upload; its age was scraped just after it, so it is small.
-    assert (taker[UPLOADED], taker[FAILED]) == (1, 0), taker
-    assert taker[AGE] < 10 and abs(taker[LAST] - ended) < 1, taker
-    # The follower uploaded nothing, and still reports the ensemble's snapshot: read from the bucket.
-    assert (decliner[UPLOADED], decliner[FAILED]) == (0, 0), decliner
-    assert AGE in decliner and decliner[AGE] < 10, decliner
-    assert decliner[LAST] == pytest.approx(ended, abs=0.001), decliner
+    assert_set_wide_freshness(drill["s3"].client(), "zookeeper", drill["scraped"])
 
 
 def test_restores_every_acknowledged_write_onto_every_members_empty_volumes(drill: dict[str, Any]) -> None:
