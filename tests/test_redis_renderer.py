@@ -13,6 +13,7 @@ import pytest
 
 from final_problem.renderers.redis import (
     APP_PERMISSIONS,
+    HANDOVER_RETRY_S,
     LIB_SH,
     MEMBERSHIP_SH,
     PRESTOP_REDIS,
@@ -110,7 +111,8 @@ with open(path + ".log", "a") as log:
     log.write(addr + " " + " ".join(words) + "\n")
 cmd = " ".join(words[:2]).upper()
 if addr in state["sentinels"]:
-    primary = state["new"] if state.get("failed_over") else state["primary"]
+    seen = state.get("failed_over") and state["sentinels"].index(addr) < state.get("seen_by", 99)
+    primary = state["new"] if seen else state["primary"]
     if cmd == "SENTINEL MASTER":
         print("\n".join(["name", "platform", "config-epoch", "2" if state.get("failed_over") else "1"]))
     elif cmd == "SENTINEL GET-MASTER-ADDR-BY-NAME":
@@ -126,6 +128,10 @@ elif cmd == "INFO REPLICATION":
 elif cmd == "CLIENT PAUSE":
     state["paused"] = True
     print("OK")
+elif words[:1] == ["REPLICAOF"]:
+    # Its link to the new primary comes up at once.
+    state["members"][addr] = {"role": "slave", "master_link_status": "up"}
+    print("OK")
 else:
     print("OK")
 json.dump(state, open(path, "w"))
@@ -133,8 +139,9 @@ json.dump(state, open(path, "w"))
 
 
 def run_prestop(tmp_path: Path, *, self_role: str = "master", catch_up: bool = True,
-                timeout_s: int = 20) -> tuple[int, list[str], str]:
-    """prestop-redis.sh against the stand-in redis-cli: exit status, calls, stderr."""
+                timeout_s: int = 20, seen_by: int = 99) -> tuple[int, list[str], str]:
+    """prestop-redis.sh against the stand-in redis-cli: exit status, calls, stderr. After the
+    failover only the first ``seen_by`` Sentinels name the new primary."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     cli = bin_dir / "redis-cli"
@@ -147,6 +154,7 @@ def run_prestop(tmp_path: Path, *, self_role: str = "master", catch_up: bool = T
     replica = {"role": "slave", "master_link_status": "up", "slave_priority": "100", "slave_repl_offset": "90"}
     state = {
         "sentinels": ["s0:26379", "s1:26379", "s2:26379"], "primary": "r0:6379", "new": "r1:6379", "offset": 100,
+        "seen_by": seen_by,
         "members": {
             "127.0.0.1:6379": ({"role": "master", "master_repl_offset": "100",
                                 "slave0": "ip=r1,port=6379,state=online,offset=90,lag=0"}
@@ -190,6 +198,15 @@ def test_prestop_asks_for_the_failover_before_polling_the_sentinels(tmp_path: Pa
     pause = next(i for i, call in enumerate(calls) if "CLIENT PAUSE" in call)
     after = [call for call in calls[pause:] if "SENTINEL" in call]
     assert "SENTINEL FAILOVER" in after[0], after[:4]
+
+
+def test_prestop_never_asks_again_once_a_sentinel_names_the_new_primary(tmp_path: Path) -> None:
+    """One Sentinel has seen the promotion, the others not yet (no majority): asking the next
+    one to fail over would fail over the new primary, which takes writes unpaused. The hook
+    waits for the others instead, past its retry period, until its deadline."""
+    status, calls, stderr = run_prestop(tmp_path, seen_by=1, timeout_s=HANDOVER_RETRY_S + 2)
+    assert status == 1 and "did not agree on a new primary" in stderr, stderr
+    assert len([c for c in calls if "SENTINEL FAILOVER" in c]) == 1, [c for c in calls if "FAILOVER" in c]
 
 
 def test_prestop_on_a_replica_hands_nothing_over(tmp_path: Path) -> None:

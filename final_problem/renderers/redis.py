@@ -642,11 +642,14 @@ done
 
 asked=0
 asked_at=0
+moved=0
 while :; do
   now=$(date +%s)
   # Asked before the Sentinels are polled, not after a first round of questions: every
-  # round adds to the pause, several tenths of a second each on a loaded host.
-  if [ $((now - asked_at)) -ge __RETRY__ ]; then
+  # round adds to the pause, several tenths of a second each on a loaded host. Asked again
+  # only while no Sentinel names another primary: one that does has seen the promotion, and
+  # asked to fail over it would fail over the new primary, which takes writes unpaused.
+  if [ "$moved" = 0 ] && [ $((now - asked_at)) -ge __RETRY__ ]; then
     # The next Sentinel each time, and at once when one does not answer: the one asked
     # before may be stopping (a node drain stops a Sentinel too).
     set -- $REDIS_SENTINELS
@@ -666,6 +669,9 @@ while :; do
   done)
   answered=$(printf '%s\n' "$views" | grep -c . || true)
   names=$(printf '%s\n' "$views" | grep . | sort -u)
+  if printf '%s\n' "$names" | grep . | grep -qvx "$REDIS_ANNOUNCE_HOST $REDIS_PORT"; then
+    moved=1
+  fi
   if [ "$answered" -ge "$majority" ] && [ "$(printf '%s\n' "$names" | grep -c .)" -eq 1 ] &&
     [ "$names" != "$REDIS_ANNOUNCE_HOST $REDIS_PORT" ]; then
     break
