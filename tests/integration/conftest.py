@@ -216,3 +216,45 @@ def assert_set_wide_freshness(client: Any, component: str, scraped: dict[str, di
     assert (decliner[uploaded], decliner[failed]) == (0, 0), decliner
     assert age in decliner and decliner[age] < 10, decliner
     assert decliner[last] == pytest.approx(ended, abs=0.001), decliner
+
+
+def chown_tree(path: Path, user: str) -> None:
+    """``path`` and everything under it owned by ``user`` (the server's user, as a pod's fsGroup
+    would make its volume)."""
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
+            os.chown(name, entry.pw_uid, entry.pw_gid)
+
+
+def archiving_postgres(stack: ExitStack, prefix: str) -> tuple[Any, Path, Path, Any, LocalPostgres]:
+    """A real S3 server (versitygw) and PostgreSQL on a volume of its own, archiving to it through
+    the chart's backup sidecar: ``(s3, work, volume, backups, server)``, all closed by ``stack``.
+    ``work``, named from ``prefix``, lies outside pytest's temporary directory (root's only), so
+    the server's user reaches it."""
+    import tempfile
+
+    from final_problem.local.backup import LocalPostgresBackups
+    from final_problem.local.s3 import LocalS3, LocalS3Error
+
+    try:
+        s3 = stack.enter_context(LocalS3())
+    except LocalS3Error as e:
+        pytest.fail(str(e))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(work, 0o755)
+    stack.callback(shutil.rmtree, work, True)
+    volume = work / "volume"
+    volume.mkdir()
+    backups = LocalPostgresBackups(s3=s3, volume=volume, workdir=work)
+    server = LocalPostgres(data_dir=backups.pgdata, overrides=backups.server_overrides())
+    stack.callback(server.close)
+    if server.run_as:
+        chown_tree(volume, server.run_as)
+    server.init()
+    server.start()
+    backups.start_agent(server)
+    stack.callback(backups.close)
+    return s3, work, volume, backups, server

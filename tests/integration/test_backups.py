@@ -11,11 +11,9 @@ import hashlib
 import json
 import os
 import re
-import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,9 +22,8 @@ from typing import Any, Iterator
 import pytest
 
 from final_problem.local import wait_for
-from final_problem.local.backup import LocalPostgresBackups
-from final_problem.local.postgres import LocalPostgres
-from final_problem.local.s3 import LocalS3, LocalS3Error
+from final_problem.local.s3 import LocalS3
+from tests.integration.conftest import archiving_postgres, chown_tree
 
 pytestmark = pytest.mark.integration
 
@@ -43,37 +40,12 @@ def restore(s3: LocalS3, target: str, data_dir: Path) -> subprocess.CompletedPro
     )
 
 
-def chown_tree(path: Path, user: str) -> None:
-    entry = pwd.getpwnam(user)
-    for root, dirs, files in os.walk(path):
-        for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
-            os.chown(name, entry.pw_uid, entry.pw_gid)
-
-
 @pytest.fixture(scope="module")
 def drill() -> Iterator[dict[str, Any]]:
     """Rows 1-3, a base backup, rows 4-5, the target time, rows 6-7, the last segment archived;
     then the server killed and its whole volume (data directory and spool) deleted."""
     with ExitStack() as stack:
-        try:
-            s3 = stack.enter_context(LocalS3())
-        except LocalS3Error as e:
-            pytest.fail(str(e))
-        # Outside pytest's temporary directory (root's only): the server's user reaches it.
-        work = Path(tempfile.mkdtemp(prefix="final-problem-backups-"))
-        os.chmod(work, 0o755)
-        stack.callback(shutil.rmtree, work, True)
-        volume = work / "volume"
-        volume.mkdir()
-        backups = LocalPostgresBackups(s3=s3, volume=volume, workdir=work)
-        server = LocalPostgres(data_dir=backups.pgdata, overrides=backups.server_overrides())
-        stack.callback(server.close)
-        if server.run_as:
-            chown_tree(volume, server.run_as)
-        server.init()
-        server.start()
-        backups.start_agent(server)
-        stack.callback(backups.close)
+        s3, work, volume, backups, server = archiving_postgres(stack, "final-problem-backups-")
 
         def insert(*rows: int) -> None:
             for row in rows:  # one commit each

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,22 +27,14 @@ from typing import Any
 import pytest
 
 from final_problem.local import LOOPBACK, kill_group, wait_for
-from final_problem.local.backup import LocalPostgresBackups
 from final_problem.local.postgres import LocalPostgres
-from final_problem.local.s3 import LocalS3, LocalS3Error
+from tests.integration.conftest import archiving_postgres, chown_tree
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 #: As few workflows as show that every start before the recovery point is kept.
 BEFORE = 3
-
-
-def chown_tree(path: Path, user: str) -> None:
-    entry = pwd.getpwnam(user)
-    for root, dirs, files in os.walk(path):
-        for name in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
-            os.chown(name, entry.pw_uid, entry.pw_gid)
 
 
 def utc_now(server: LocalPostgres) -> str:
@@ -97,25 +87,7 @@ def drill() -> Iterator[dict[str, Any]]:
     except tools.CadenceToolsMissing as e:
         pytest.fail(str(e))
     with ExitStack() as stack:
-        try:
-            s3 = stack.enter_context(LocalS3())
-        except LocalS3Error as e:
-            pytest.fail(str(e))
-        # Outside pytest's temporary directory (root's only): the server's user reaches it.
-        work = Path(tempfile.mkdtemp(prefix="final-problem-cadence-restore-"))
-        os.chmod(work, 0o755)
-        stack.callback(shutil.rmtree, work, True)
-        volume = work / "volume"
-        volume.mkdir()
-        backups = LocalPostgresBackups(s3=s3, volume=volume, workdir=work)
-        server = LocalPostgres(data_dir=backups.pgdata, overrides=backups.server_overrides())
-        stack.callback(server.close)
-        if server.run_as:
-            chown_tree(volume, server.run_as)
-        server.init()
-        server.start()
-        backups.start_agent(server)
-        stack.callback(backups.close)
+        s3, work, volume, backups, server = archiving_postgres(stack, "final-problem-cadence-restore-")
         # Killed first at the end: a fast shutdown would wait for its last segment's upload.
         stack.callback(server.kill)
         password = server.create_role(CadenceChart.DB_ROLE)
